@@ -1,0 +1,1 @@
+"""absl entry points: flags -> config -> jaxlin calls -> files in --workdir."""

@@ -1,0 +1,126 @@
+"""What every entry point shares: workdir files, progress bars, error handling."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Mapping
+
+
+from jaxlin.errors import ConfigError, JaxlinError
+
+
+def merge_config(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
+  unknown = set(config) - set(defaults)
+  if unknown:
+    raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(defaults)}")
+  return {**defaults, **config}
+
+
+def prepare_workdir(workdir: str, stale: tuple[str, ...] = ("results.json",)) -> str:
+  """Create the workdir, prove it is writable, and remove stale result files.
+
+  A failed run must not leave an older results.json looking like its own.
+  """
+  if not workdir:
+    raise ConfigError("--workdir is required: the folder where results and plots are written")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write_test")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable ({e.strerror}); "
+                      "choose another --workdir") from None
+  for name in stale:
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
+  return workdir
+
+
+def write_json(path: str, obj: Any) -> str:
+  """Write JSON atomically (a temporary file renamed into place)."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
+
+
+def _json_default(o):
+  try:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    if isinstance(o, np.generic):
+      return o.item()
+    if hasattr(o, "tolist"):
+      return o.tolist()
+  except ImportError:
+    pass
+  raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to metrics.jsonl."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    open(self.path, "w").close()
+
+  def write(self, **record):
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def progress(desc: str, total: int | None = None, unit: str = "it"):
+  """A tqdm progress bar on stderr (silent when stderr is not a terminal and CI is set)."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
+              disable=bool(os.environ.get("JAXLIN_NO_PROGRESS")))
+
+
+def tile_callback(bar) -> Callable[[int, int], None]:
+  """Adapts a tqdm bar to the (done, total) callbacks of jaxlin's long loops."""
+  def cb(done, total):
+    bar.total = total
+    bar.n = done
+    bar.refresh()
+  return cb
+
+
+class Timer:
+  def __init__(self):
+    self.t0 = time.perf_counter()
+
+  def __call__(self) -> float:
+    return time.perf_counter() - self.t0
+
+
+def parse_ints(values, name: str) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except (TypeError, ValueError):
+    raise ConfigError(f"--{name} must be a comma-separated list of integers, got {values!r}") from None
+
+
+def parse_floats(values, name: str) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except (TypeError, ValueError):
+    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {values!r}") from None
+
+
+def run_main(run: Callable[[dict, str], dict], config: dict, workdir: str) -> None:
+  """Calls run(config, workdir); a user error becomes one line on stderr and exit code 2."""
+  try:
+    run(config, workdir)
+  except JaxlinError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted; results.json was not written", file=sys.stderr)
+    sys.exit(130)

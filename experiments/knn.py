@@ -1,0 +1,185 @@
+r"""k-nearest neighbours on CIFAR-10: k and the distance chosen by cross-validation.
+
+  python -m experiments.knn --dataset=folder:/data/cifar10-jpeg --workdir=runs/knn
+
+Cross-validates every (metric, k) on the training subset (or scores it on the
+val split with --cv_folds=0), picks the best mean accuracy, evaluates it once
+on the test subset and writes config.json, results.json and plots/ into
+--workdir.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from experiments import common
+from jaxlin import data, distances, knn, metrics, plots, selection
+from jaxlin.errors import ConfigError
+
+DEFAULTS = dict(
+    dataset="cifar10", data_dir=None, seed=0, num_train=5000, num_test=500, num_val=1000,
+    k=[1, 3, 5, 8, 10, 12, 15, 20, 50, 100], metric=["l1", "l2"], cv_folds=5,
+    tie_break="smallest_label", num_neighbor_rows=8)
+
+_DATASET = flags.DEFINE_string("dataset", DEFAULTS["dataset"],
+                               "cifar10 (through tfds) or folder:PATH (PATH/{train,test}/<class>/*.jpg)")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, results and plots", required=True)
+_SEED = flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed for subsets and fold order")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", DEFAULTS["num_train"], "training images (0 = all)")
+_NUM_TEST = flags.DEFINE_integer("num_test", DEFAULTS["num_test"], "test images (0 = all)")
+_NUM_VAL = flags.DEFINE_integer("num_val", DEFAULTS["num_val"], "val images: the last of the training split")
+_K = flags.DEFINE_list("k", [str(k) for k in DEFAULTS["k"]], "values of k to compare")
+_METRIC = flags.DEFINE_list("metric", DEFAULTS["metric"], "distances to compare: l1, l2, cosine")
+_CV_FOLDS = flags.DEFINE_integer("cv_folds", DEFAULTS["cv_folds"], "folds (0 = use the val split)")
+_TIE_BREAK = flags.DEFINE_enum("tie_break", DEFAULTS["tie_break"], list(knn.TIE_BREAKS),
+                               "how a tied vote is decided")
+
+
+def validate(config: dict) -> dict:
+  """Checks every value before any heavy work; returns a normalised config."""
+  c = common.merge_config(DEFAULTS, config)
+  c["k"] = common.parse_ints(c["k"], "k")
+  if not c["k"] or min(c["k"]) < 1:
+    raise ConfigError(f"--k values must be >= 1, got {c['k']}")
+  c["k"] = sorted(set(c["k"]))
+  c["metric"] = [str(m).strip().lower() for m in c["metric"]]
+  for m in c["metric"]:
+    if m not in distances.METRICS or m == "l2_squared":
+      raise ConfigError(f"unknown --metric {m!r}; choose from l1, l2, cosine")
+  if not c["metric"]:
+    raise ConfigError("--metric needs at least one of l1, l2, cosine")
+  if c["cv_folds"] == 1 or c["cv_folds"] < 0:
+    raise ConfigError(f"--cv_folds must be 0 (use the val split) or at least 2, got {c['cv_folds']}")
+  for name in ("num_train", "num_test"):
+    if c[name] is not None and c[name] < 0:
+      raise ConfigError(f"--{name} must be >= 0 (0 = all), got {c[name]}")
+    if c[name] == 0:
+      c[name] = None
+  single = len(c["k"]) == 1 and len(c["metric"]) == 1
+  if c["num_val"] < 0 or (c["cv_folds"] == 0 and c["num_val"] < 1 and not single):
+    raise ConfigError(f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c['num_val']}")
+  if c["num_train"] is not None:
+    _check_k_fits(c, c["num_train"], single)
+  if c["tie_break"] not in knn.TIE_BREAKS:
+    raise ConfigError(f"unknown --tie_break {c['tie_break']!r}; choose from {knn.TIE_BREAKS}")
+  return c
+
+
+def _check_k_fits(c: dict, num_train: int, single: bool = False):
+  folds = 0 if single else c["cv_folds"]
+  fit = num_train - -(-num_train // folds) if folds else num_train
+  if max(c["k"]) > fit:
+    where = f"the {fit} training images of each of {folds} folds" if folds else f"the {fit} training images"
+    raise ConfigError(f"--k={max(c['k'])} is larger than {where}; use smaller k or more --num_train")
+
+
+def run(config: dict, workdir: str) -> dict:
+  c = validate(config)
+  workdir = common.prepare_workdir(workdir)
+  data.check_name(c["dataset"])
+  common.write_json(os.path.join(workdir, "config.json"), c)
+  timer = common.Timer()
+
+  logging.info("loading %s", c["dataset"])
+  ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
+                 num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"])
+  _check_k_fits(c, len(ds.train), len(c["k"]) == 1 and len(c["metric"]) == 1)
+  load_s = timer()
+  flat = lambda imgs: imgs.reshape(len(imgs), -1)  # uint8 rows: L1 stays exact integer work
+  train_x, train_y = flat(ds.train.images), ds.train.labels
+  logging.info("train %d, val %d, test %d images of %s, %d classes",
+               len(ds.train), len(ds.val), len(ds.test), ds.image_shape, ds.num_classes)
+
+  # ---- model selection: every (metric, k) from one search per fold ----
+  accuracies, sel_t = {}, common.Timer()
+  single = len(c["metric"]) == 1 and len(c["k"]) == 1
+  for m in ([] if single else c["metric"]):
+    if c["cv_folds"]:
+      order = np.random.default_rng([c["seed"], 3]).permutation(len(train_y))
+      with common.progress(f"{c['cv_folds']}-fold CV, {m}", c["cv_folds"], "fold") as bar:
+        accuracies[m] = selection.cross_validate_knn(
+            train_x[order], train_y[order], c["k"], num_folds=c["cv_folds"], metric=m,
+            num_classes=ds.num_classes, tie_break=c["tie_break"],
+            callback=common.tile_callback(bar))
+    else:
+      with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
+        preds = knn.predict(train_x, train_y, flat(ds.val.images), k=c["k"], metric=m,
+                            num_classes=ds.num_classes, tie_break=c["tie_break"],
+                            callback=common.tile_callback(bar))
+      accuracies[m] = np.array([[float(metrics.accuracy(ds.val.labels, p)) for p in preds]])
+    logging.info("%s: mean accuracy by k %s", m,
+                 {k: round(float(a), 4) for k, a in zip(c["k"], accuracies[m].mean(0))})
+  select_s = sel_t()
+  if single:  # nothing to choose: evaluate the one setting on test
+    best_metric, best_k = c["metric"][0], c["k"][0]
+  else:  # best mean accuracy; ties go to the first metric given, then the smallest k
+    best_metric, best_j = max(((m, j) for m in c["metric"] for j in range(len(c["k"]))),
+                              key=lambda mj: (accuracies[mj[0]][:, mj[1]].mean(),
+                                              -c["metric"].index(mj[0]), -mj[1]))
+    best_k = c["k"][best_j]
+
+  # ---- the test split, touched once ----
+  test_t = common.Timer()
+  show_k = min(max(best_k, 10), len(train_y))
+  with common.progress(f"test, {best_metric} k={best_k}", len(ds.test), "img") as bar:
+    _, idx = knn.search(flat(ds.test.images), train_x, show_k, metric=best_metric,
+                        callback=common.tile_callback(bar))
+  idx = np.asarray(idx)
+  test_pred = np.asarray(knn.vote(train_y[idx[:, :best_k]], ds.num_classes, tie_break=c["tie_break"]))
+  test_s = test_t()
+  test_acc = float(metrics.accuracy(ds.test.labels, test_pred))
+  cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, ds.num_classes))
+
+  # ---- figures, then results (written last: its presence means the run finished) ----
+  if accuracies:
+    plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
+  rows = np.random.default_rng([c["seed"], 4]).permutation(len(ds.test))[:c["num_neighbor_rows"]]
+  plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), ds.test.images[rows],
+                  ds.test.labels[rows], ds.train.images[idx[rows, :10]], train_y[idx[rows, :10]],
+                  ds.class_names)
+  plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
+                  title=f"kNN {best_metric} k={best_k}, test")
+  results = {
+      "dataset": c["dataset"],
+      "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+      "class_names": list(ds.class_names),
+      "selection": ("none (a single setting)" if single else "val split" if not c["cv_folds"]
+                    else f"{c['cv_folds']}-fold cross-validation"),
+      "k": c["k"],
+      "accuracy": {m: {"per_fold": a.tolist(), "mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
+                   for m, a in accuracies.items()},
+      "chosen": {"metric": best_metric, "k": best_k,
+                 "selection_accuracy": None if single else float(
+                     accuracies[best_metric][:, c["k"].index(best_k)].mean())},
+      "test_accuracy": test_acc,
+      "per_class_test_accuracy": dict(zip(ds.class_names,
+                                          np.asarray(metrics.per_class_accuracy(cm)).tolist())),
+      "confusion_matrix": cm.tolist(),
+      "timings_s": {"load": load_s, "selection": select_s, "test": test_s, "total": timer()},
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+  common.write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
+               best_metric, best_k, results["chosen"]["selection_accuracy"], test_acc,
+               len(ds.test), timer())
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, seed=_SEED.value,
+                num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value, num_val=_NUM_VAL.value,
+                k=_K.value, metric=_METRIC.value, cv_folds=_CV_FOLDS.value,
+                tie_break=_TIE_BREAK.value)
+  common.run_main(run, config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

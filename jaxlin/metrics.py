@@ -1,0 +1,27 @@
+"""Classification metrics on label arrays (numpy or jax)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def accuracy(labels_N, preds_N):
+  """Fraction of predictions equal to the labels (float)."""
+  labels_N, preds_N = jnp.asarray(labels_N), jnp.asarray(preds_N)
+  if labels_N.shape != preds_N.shape:
+    raise ValueError(f"labels and predictions differ in shape: {labels_N.shape} vs {preds_N.shape}")
+  return jnp.mean(labels_N == preds_N)
+
+
+def confusion_matrix(labels_N, preds_N, num_classes: int):
+  """(C, C) int32 counts; row = true class, column = predicted class."""
+  labels_N, preds_N = jnp.asarray(labels_N), jnp.asarray(preds_N)
+  flat = labels_N.astype(jnp.int32) * num_classes + preds_N.astype(jnp.int32)
+  counts = jnp.bincount(flat, length=num_classes * num_classes)
+  return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def per_class_accuracy(confusion_CxC):
+  """Recall of each class from a confusion matrix (NaN for an absent class)."""
+  confusion_CxC = jnp.asarray(confusion_CxC)
+  totals = confusion_CxC.sum(axis=1)
+  return jnp.where(totals > 0, jnp.diag(confusion_CxC) / jnp.maximum(totals, 1), jnp.nan)

@@ -1,0 +1,37 @@
+"""Shared fixtures: small generated data only (no network, no real dataset)."""
+import os
+
+os.environ.setdefault("JAXLIN_NO_PROGRESS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CLASSES = ("cat", "dog", "frog")
+
+
+def make_image_folder(root, *, per_class_train=20, per_class_test=6, size=8, seed=0,
+                      classes=CLASSES):
+  """PNG image folder (lossless, so pixel values are known) whose classes differ in colour."""
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in (("train", per_class_train), ("test", per_class_test)):
+    for c, name in enumerate(classes):
+      d = os.path.join(root, split, name)
+      os.makedirs(d, exist_ok=True)
+      base = np.zeros(3)
+      base[c % 3] = 180
+      for i in range(n):
+        img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+        path = os.path.join(d, f"{i:04d}.png")
+        Image.fromarray(img).save(path)
+        arrays[path] = img
+  return arrays
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  root = tmp_path / "images"
+  arrays = make_image_folder(str(root))
+  return str(root), arrays

@@ -1,0 +1,90 @@
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxlin import data
+from jaxlin.errors import DataError
+from tests.conftest import CLASSES
+
+
+def test_folder_loads_exact_pixels_labels_and_class_names(image_folder):
+  root, arrays = image_folder
+  images, labels, classes = data.load_split(f"folder:{root}", "train")
+  assert classes == CLASSES
+  assert images.shape == (60, 8, 8, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
+  assert np.bincount(labels).tolist() == [20, 20, 20]
+  # Every loaded image is one of the files of its class, pixel for pixel (PNG is lossless).
+  by_class = {c: [a for p, a in arrays.items() if f"/train/{c}/" in p] for c in CLASSES}
+  for img, lab in zip(images, labels):
+    assert any(np.array_equal(img, a) for a in by_class[CLASSES[lab]])
+
+
+def test_splits_sizes_and_seeded_random_subsets(image_folder):
+  root, _ = image_folder
+  full = data.load(f"folder:{root}", num_val=6)
+  assert (len(full.train), len(full.val), len(full.test)) == (54, 6, 18)
+  a = data.load(f"folder:{root}", num_val=6, num_train=10, num_test=5, seed=3)
+  b = data.load(f"folder:{root}", num_val=6, num_train=10, num_test=5, seed=3)
+  c = data.load(f"folder:{root}", num_val=6, num_train=10, num_test=5, seed=4)
+  np.testing.assert_array_equal(a.train.images, b.train.images)
+  assert not np.array_equal(a.train.images, c.train.images)
+  assert not np.array_equal(a.train.images, full.train.images[:10])  # never the first N
+  np.testing.assert_array_equal(a.val.images, full.val.images)  # val: the last num_val, fixed
+  assert a.num_classes == 3 and a.image_shape == (8, 8, 3)
+  with pytest.raises(DataError, match=r"num_train=100 must be in \[1, 54\]"):
+    data.load(f"folder:{root}", num_val=6, num_train=100)
+
+
+def test_folder_errors_name_the_path(tmp_path, image_folder):
+  with pytest.raises(DataError, match="does not exist"):
+    data.load_split(f"folder:{tmp_path}/nope", "train")
+  root, _ = image_folder
+  os.makedirs(os.path.join(root, "train", "empty"))
+  with pytest.raises(DataError, match=r"class folder .*train/empty is empty"):
+    data.check_folder(root)
+  os.rmdir(os.path.join(root, "train", "empty"))
+  bad = os.path.join(root, "train", "dog", "9999.jpg")
+  with open(bad, "wb") as f:
+    f.write(b"this is not a jpeg")
+  with pytest.raises(DataError, match=r"cannot decode image .*train/dog/9999.jpg"):
+    data.load_split(f"folder:{root}", "train")
+
+
+def test_folder_without_test_split(tmp_path):
+  os.makedirs(tmp_path / "train" / "a")
+  with pytest.raises(DataError, match="no test/ folder"):
+    data.check_folder(str(tmp_path))
+
+
+def test_tfds_cifar10_through_mock_data():
+  with tfds.testing.mock_data(num_examples=40):
+    ds = data.load("cifar10", num_val=8, num_test=10, seed=0)
+  assert ds.train.images.shape == (32, 32, 32, 3) and ds.train.images.dtype == np.uint8
+  assert (len(ds.val), len(ds.test)) == (8, 10)
+  # mock data carries no label metadata, so names are the label numbers
+  assert ds.class_names == tuple(str(i) for i in range(10)) and ds.num_classes == 10
+
+
+def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "_reachable", lambda *a, **k: False)
+  t = time.time()
+  with pytest.raises(DataError, match=r"not prepared in .* network is unreachable.*folder:PATH"):
+    data.load("cifar10", data_dir=str(tmp_path))
+  assert time.time() - t < 20
+
+
+def test_unknown_dataset_name():
+  with pytest.raises(DataError, match="unknown dataset 'cifar11'"):
+    data.check_name("cifar11")
+  with pytest.raises(DataError, match="needs a path"):
+    data.check_name("folder:")
+
+
+def test_preprocess_subtracts_the_mean_image():
+  imgs = np.array([[[[0, 10, 20]]], [[[2, 30, 40]]]], np.uint8)  # (2, 1, 1, 3)
+  mu = data.mean_image(imgs)
+  np.testing.assert_allclose(mu, [[[1, 20, 30]]])
+  np.testing.assert_allclose(data.preprocess(imgs, mu), [[-1, -10, -10], [1, 10, 10]])

@@ -1,0 +1,76 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlin import distances
+
+X = np.array([[0., 0.], [1., 1.]], np.float32)
+Y = np.array([[3., 4.], [0., 0.], [1., 0.]], np.float32)
+EXPECTED = {
+    "l1": [[7, 0, 1], [5, 2, 1]],
+    "l2_squared": [[25, 0, 1], [13, 2, 1]],
+    "l2": [[5, 0, 1], [np.sqrt(13), np.sqrt(2), 1]],
+    "cosine": [[1, 1, 1], [1 - 7 / (5 * np.sqrt(2)), 1, 1 - 1 / np.sqrt(2)]],
+}
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+@pytest.mark.parametrize("fn", [distances.pairwise_distances, distances.pairwise_distances_reference])
+def test_literal_values(metric, fn):
+  d = fn(X, Y, metric=metric)
+  assert d.shape == (2, 3) and d.dtype == jnp.float32
+  np.testing.assert_allclose(d, EXPECTED[metric], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+def test_fast_matches_reference_on_random_floats(metric):
+  kx, ky = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (13, 37)) * 3 + 1
+  y = jax.random.normal(ky, (29, 37)) * 3 + 1
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric=metric),
+                             distances.pairwise_distances_reference(x, y, metric=metric),
+                             rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+def test_jit_matches_eager(metric):
+  rng = np.random.default_rng(1)
+  x, y = rng.random((5, 300), np.float32), rng.random((7, 300), np.float32)
+  f = jax.jit(distances.pairwise_distances, static_argnames="metric")
+  np.testing.assert_allclose(f(x, y, metric=metric), distances.pairwise_distances(x, y, metric=metric),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_l1_on_uint8_is_exact():
+  rng = np.random.default_rng(2)
+  x = rng.integers(0, 256, (9, 3072), dtype=np.uint8)
+  y = rng.integers(0, 256, (11, 3072), dtype=np.uint8)
+  expected = np.abs(x[:, None, :].astype(np.int64) - y[None].astype(np.int64)).sum(-1)
+  got = np.asarray(distances.pairwise_distances(x, y, metric="l1"))
+  np.testing.assert_array_equal(got, expected.astype(np.float32))
+  np.testing.assert_array_equal(got.astype(np.int64), expected)  # < 2**24: float32 is exact
+
+
+def test_l2_on_uint8_close_to_float64():
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+  y = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
+  ref = np.sqrt(((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1))
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2"), ref, rtol=1e-5)
+
+
+def test_squared_distance_never_negative_for_identical_rows():
+  x = np.full((4, 3072), 200.0, np.float32) + np.arange(4)[:, None]
+  d = distances.pairwise_distances(x, x, metric="l2_squared")
+  assert float(d.min()) >= 0.0
+  np.testing.assert_allclose(np.diag(d), 0.0, atol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="unknown metric 'l3'"):
+    distances.pairwise_distances(X, Y, metric="l3")
+  with pytest.raises(ValueError, match="feature sizes differ"):
+    distances.pairwise_distances(X, Y[:, :1], metric="l1")
+  with pytest.raises(ValueError, match="flatten images"):
+    distances.pairwise_distances(X[None], Y, metric="l1")

@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import knn as knn_exp
+from jaxlin import data
+from jaxlin.errors import ConfigError, DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _brute_accuracy(ds, metric, k):
+  tr = ds.train.images.reshape(len(ds.train), -1).astype(np.float64)
+  te = ds.test.images.reshape(len(ds.test), -1).astype(np.float64)
+  diff = te[:, None] - tr[None]
+  d = np.abs(diff).sum(-1) if metric == "l1" else (diff ** 2).sum(-1)
+  idx = np.argsort(d, 1, kind="stable")[:, :k]
+  pred = np.array([np.bincount(ds.train.labels[r], minlength=ds.num_classes).argmax() for r in idx])
+  return np.mean(pred == ds.test.labels)
+
+
+def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
+  root, _ = image_folder
+  config = dict(dataset=f"folder:{root}", num_train=40, num_test=12, num_val=6, k=[1, 3, 5],
+                metric=["l1", "l2"], cv_folds=4, seed=1, num_neighbor_rows=3)
+  res = knn_exp.run(config, str(tmp_path / "wd"))
+  wd = tmp_path / "wd"
+  for f in ("config.json", "results.json", "plots/cross_validation.png", "plots/neighbors.png",
+            "plots/confusion.png"):
+    assert (wd / f).stat().st_size > 0, f
+  on_disk = json.loads((wd / "results.json").read_text())
+  assert on_disk["chosen"] == res["chosen"]
+  assert on_disk["sizes"] == {"train": 40, "val": 6, "test": 12}
+  assert np.array(on_disk["accuracy"]["l1"]["per_fold"]).shape == (4, 3)
+  # The chosen setting has the best mean CV accuracy.
+  best = max(max(v["mean"]) for v in on_disk["accuracy"].values())
+  assert res["chosen"]["selection_accuracy"] == pytest.approx(best)
+  # Test accuracy equals a float64 brute-force kNN on the same (seeded) subsets.
+  ds = data.load(f"folder:{root}", num_train=40, num_test=12, num_val=6, seed=1)
+  assert res["test_accuracy"] == pytest.approx(_brute_accuracy(ds, res["chosen"]["metric"],
+                                                               res["chosen"]["k"]))
+  assert res["test_accuracy"] > 0.9  # colours separate the generated classes
+  assert np.array(res["confusion_matrix"]).sum() == 12
+
+
+def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
+  with tfds.testing.mock_data(num_examples=50):
+    res = knn_exp.run(dict(dataset="cifar10", num_train=30, num_test=10, num_val=10, k=[1, 2],
+                           metric=["l2"], cv_folds=0, num_neighbor_rows=2), str(tmp_path))
+  assert res["selection"] == "val split" and res["sizes"] == {"train": 30, "val": 10, "test": 10}
+  assert np.array(res["accuracy"]["l2"]["per_fold"]).shape == (1, 2)
+  assert (tmp_path / "plots" / "cross_validation.png").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(k=[0, 3]), "--k values must be >= 1"),
+    (dict(k=["x"]), "comma-separated list of integers"),
+    (dict(metric=["l3"]), "unknown --metric 'l3'"),
+    (dict(cv_folds=1), "--cv_folds must be 0"),
+    (dict(num_train=50, k=[45]), "--k=45 is larger than the 40 training images"),
+    (dict(num_train=-2), "--num_train must be >= 0"),
+])
+def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
+  with pytest.raises(ConfigError, match=message):
+    knn_exp.run(dict(dataset="folder:/does/not/matter", **override), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_unwritable_workdir_and_missing_dataset(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(ConfigError, match="is not writable"):
+    knn_exp.run(dict(dataset="cifar10"), str(blocker / "wd"))
+  with pytest.raises(DataError, match="does not exist"):
+    knn_exp.run(dict(dataset=f"folder:{tmp_path}/missing"), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd" / "results.json").exists()
+
+
+def test_command_line_error_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.knn", "--k=0", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == "error: --k values must be >= 1, got [0]"
+  assert "Traceback" not in proc.stderr
