@@ -1,0 +1,206 @@
+r"""Linear classifiers (multiclass SVM or softmax) on CIFAR-10 with a vectorised grid search.
+
+  python -m experiments.linear --dataset=folder:/data/cifar10-jpeg --workdir=runs/softmax --loss=softmax
+
+Every (learning rate x reg) pair of the grid is trained at once (vmap, one
+compiled program) on the training split, the best on the val split is chosen,
+and the test split is used once. Writes config.json, metrics.jsonl,
+results.json, plots/ and model.npz into --workdir.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from jaxlin import checkpoint, data, linear, losses, metrics, plots, train
+from jaxlin.errors import ConfigError
+
+DEFAULTS = dict(
+    dataset="cifar10", data_dir=None, seed=0, loss="softmax", optimizer="momentum",
+    learning_rate=[3e-4, 1e-3, 3e-3], reg=[1e-2, 1e-1, 1.0], batch_size=200, num_epochs=5.0,
+    num_steps=0, schedule="cosine", num_train=0, num_val=1000, num_test=0, log_every=0,
+    init_scale=1e-3, margin=1.0)
+
+_DATASET = flags.DEFINE_string("dataset", DEFAULTS["dataset"], "cifar10 or folder:PATH")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, metrics, results, plots, model",
+                               required=True)
+_SEED = flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed for init, minibatches and subsets")
+_LOSS = flags.DEFINE_string("loss", DEFAULTS["loss"], "svm (multiclass hinge, sum form) or softmax")
+_OPTIMIZER = flags.DEFINE_string("optimizer", DEFAULTS["optimizer"], "sgd, momentum, adam or lbfgs")
+_LR = flags.DEFINE_list("learning_rate", [str(v) for v in DEFAULTS["learning_rate"]],
+                        "learning rates (a list makes a grid; ignored by lbfgs)")
+_REG = flags.DEFINE_list("reg", [str(v) for v in DEFAULTS["reg"]], "L2 strengths (a list makes a grid)")
+_BATCH = flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "minibatch size (lbfgs: full batch)")
+_EPOCHS = flags.DEFINE_float("num_epochs", DEFAULTS["num_epochs"], "epochs (used when --num_steps=0)")
+_STEPS = flags.DEFINE_integer("num_steps", DEFAULTS["num_steps"], "steps (0 = from --num_epochs)")
+_SCHEDULE = flags.DEFINE_string("schedule", DEFAULTS["schedule"], "learning-rate schedule: constant, cosine, step")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", DEFAULTS["num_train"], "training images (0 = all)")
+_NUM_VAL = flags.DEFINE_integer("num_val", DEFAULTS["num_val"], "val images: the last of the training split")
+_NUM_TEST = flags.DEFINE_integer("num_test", DEFAULTS["num_test"], "test images (0 = all)")
+_LOG_EVERY = flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between logs (0 = each epoch)")
+
+
+def validate(config: dict) -> dict:
+  c = common.merge_config(DEFAULTS, config)
+  if c["loss"] not in losses.LOSSES:
+    raise ConfigError(f"unknown --loss {c['loss']!r}; choose from {', '.join(losses.LOSSES)}")
+  if c["optimizer"] not in train.OPTIMIZERS:
+    raise ConfigError(f"unknown --optimizer {c['optimizer']!r}; choose from {', '.join(train.OPTIMIZERS)}")
+  if c["schedule"] not in train.SCHEDULES:
+    raise ConfigError(f"unknown --schedule {c['schedule']!r}; choose from {', '.join(train.SCHEDULES)}")
+  c["learning_rate"] = common.parse_floats(c["learning_rate"], "learning_rate")
+  c["reg"] = common.parse_floats(c["reg"], "reg")
+  if c["optimizer"] == "lbfgs":
+    c["learning_rate"] = [1.0]  # the line search sets the step
+  if not c["learning_rate"] or not all(np.isfinite(v) and v > 0 for v in c["learning_rate"]):
+    raise ConfigError(f"--learning_rate values must be positive numbers, got {c['learning_rate']}")
+  if not c["reg"] or not all(np.isfinite(v) and v >= 0 for v in c["reg"]):
+    raise ConfigError(f"--reg values must be numbers >= 0, got {c['reg']}")
+  if c["batch_size"] < 1:
+    raise ConfigError(f"--batch_size must be >= 1, got {c['batch_size']}")
+  if c["num_steps"] < 0 or c["num_epochs"] < 0 or (c["num_steps"] == 0 and c["num_epochs"] <= 0):
+    raise ConfigError("give a positive --num_steps or --num_epochs")
+  for name in ("num_train", "num_test"):
+    if c[name] < 0:
+      raise ConfigError(f"--{name} must be >= 0 (0 = all), got {c[name]}")
+  if c["num_val"] < 1:
+    raise ConfigError(f"--num_val must be >= 1 (the grid is chosen on it), got {c['num_val']}")
+  if c["num_train"] and c["optimizer"] != "lbfgs" and c["batch_size"] > c["num_train"]:
+    raise ConfigError(f"--batch_size={c['batch_size']} exceeds --num_train={c['num_train']}")
+  if c["log_every"] < 0:
+    raise ConfigError(f"--log_every must be >= 0, got {c['log_every']}")
+  return c
+
+
+def _num_steps(c, n_train):
+  if c["num_steps"]:
+    return c["num_steps"]
+  per_epoch = 1 if c["optimizer"] == "lbfgs" else max(n_train // c["batch_size"], 1)
+  return max(int(round(c["num_epochs"] * per_epoch)), 1)
+
+
+def run(config: dict, workdir: str) -> dict:
+  c = validate(config)
+  workdir = common.prepare_workdir(workdir, stale=("results.json", "model.npz"))
+  data.check_name(c["dataset"])
+  common.write_json(os.path.join(workdir, "config.json"), c)
+  timer = common.Timer()
+  key = jax.random.key(c["seed"])
+
+  ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
+                 num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"])
+  if c["optimizer"] != "lbfgs" and c["batch_size"] > len(ds.train):
+    raise ConfigError(f"--batch_size={c['batch_size']} exceeds the {len(ds.train)} training images")
+  load_s = timer()
+  mean = data.mean_image(ds.train.images)
+  scale = float(jnp.std(ds.train.images.astype(np.float32) - mean))  # one scalar: keeps lr/reg scales sane
+  prep = lambda imgs: data.preprocess(imgs, mean) / scale
+  x_tr, x_va, x_te = prep(ds.train.images), prep(ds.val.images), prep(ds.test.images)
+  y_tr, y_va, y_te = (jnp.asarray(s.labels) for s in (ds.train, ds.val, ds.test))
+  d, n_cls = x_tr.shape[1], ds.num_classes
+  logging.info("train %d, val %d, test %d; %d features, %d classes", len(ds.train), len(ds.val),
+               len(ds.test), d, n_cls)
+
+  # ---- the grid, trained at once ----
+  grid = list(itertools.product(c["learning_rate"], c["reg"]))
+  steps = _num_steps(c, len(ds.train))
+  loss_fn = losses.LOSSES[c["loss"]]
+  if c["loss"] == "svm" and c["margin"] != 1.0:
+    loss_fn = lambda s, y: losses.multiclass_svm(s, y, margin=c["margin"])
+  model = train.Model(init=lambda k: linear.init_params(k, d, n_cls, scale=c["init_scale"]),
+                      apply=linear.scores)
+  trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
+                          total_steps=steps)
+  sub = np.random.default_rng([c["seed"], 5]).permutation(len(ds.train))[:1000]
+  writer = common.MetricsWriter(workdir)
+  with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
+    def log(record):
+      bar.update(record["step"] - bar.n)
+      for g, (lr, reg) in enumerate(grid):
+        writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr, reg=reg,
+                     loss=float(record["loss"][g]), train_accuracy=float(record["train_accuracy"][g]),
+                     val_accuracy=float(record["val_accuracy"][g]))
+    fit_t = common.Timer()
+    fit = trainer.fit(key, x_tr, y_tr, learning_rates=[g[0] for g in grid],
+                      regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
+                      log_every=c["log_every"] or None,
+                      eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": (x_va, y_va)},
+                      callback=log)
+    jax.block_until_ready(fit.params)
+    train_s = fit_t()
+  val_acc = np.where(fit.diverged_at >= 0, np.nan, fit.history[-1]["val_accuracy"])
+  best = int(np.nanargmax(val_acc))
+  params = train.member(fit.params, best)
+
+  # ---- the test split, once ----
+  pred_t = common.Timer()
+  test_pred = np.asarray(jnp.argmax(linear.scores(params, x_te), axis=1))
+  predict_s = pred_t()
+  test_acc = float(metrics.accuracy(ds.test.labels, test_pred))
+  cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, n_cls))
+
+  # ---- model, figures, then results (last: its presence means the run finished) ----
+  model_path = checkpoint.save(os.path.join(workdir, "model.npz"),
+                               params={k: np.asarray(v) for k, v in params.items()},
+                               mean_image=np.asarray(mean), scale=scale,
+                               class_names=ds.class_names, kind="linear", loss=c["loss"])
+  p = lambda name: os.path.join(workdir, "plots", name)
+  plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
+                  title=f"{c['loss']} templates (lr={grid[best][0]:g}, reg={grid[best][1]:g})")
+  steps_axis = np.arange(1, fit.losses.shape[0] + 1)
+  plots.curves(p("loss.png"), {f"lr={lr:g} reg={reg:g}" + (" (chosen)" if g == best else ""):
+                               (steps_axis, fit.losses[:, g]) for g, (lr, reg) in enumerate(grid)
+                               if g == best or len(grid) <= 9},
+               ylabel="training objective", title=f"{c['loss']} loss, {c['optimizer']}", logy=True)
+  plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
+             c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
+             title="val accuracy over the grid")
+  plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['loss']}, test")
+  results = {
+      "dataset": c["dataset"], "loss": c["loss"], "optimizer": c["optimizer"],
+      "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+      "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
+      "grid": [{"learning_rate": lr, "reg": reg, "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
+                "final_loss": float(fit.history[-1]["loss"][g]),
+                "diverged_at_step": int(fit.diverged_at[g]) if fit.diverged_at[g] >= 0 else None}
+               for g, (lr, reg) in enumerate(grid)],
+      "chosen": {"learning_rate": grid[best][0], "reg": grid[best][1],
+                 "val_accuracy": float(val_acc[best])},
+      "test_accuracy": test_acc,
+      "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(metrics.per_class_accuracy(cm)).tolist())),
+      "confusion_matrix": cm.tolist(),
+      "model": os.path.basename(model_path),
+      "timings_s": {"load": load_s, "train_grid": train_s, "train_per_setting": train_s / len(grid),
+                    "predict_test": predict_s, "total": timer()},
+      "compiles": fit.compile_count,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+  common.write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("chosen lr=%g reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in %.1f s",
+               grid[best][0], grid[best][1], val_acc[best], test_acc, len(grid), train_s)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, seed=_SEED.value,
+                loss=_LOSS.value, optimizer=_OPTIMIZER.value, learning_rate=_LR.value,
+                reg=_REG.value, batch_size=_BATCH.value, num_epochs=_EPOCHS.value,
+                num_steps=_STEPS.value, schedule=_SCHEDULE.value, num_train=_NUM_TRAIN.value,
+                num_val=_NUM_VAL.value, num_test=_NUM_TEST.value, log_every=_LOG_EVERY.value)
+  common.run_main(run, config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import linear as linear_exp
+from experiments import predict
+from jaxlin import checkpoint, data, linear
+from jaxlin.errors import ConfigError, DivergenceError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(num_val=6, learning_rate=[1e-3, 1e-2], reg=[0.0, 0.1], batch_size=8, num_epochs=8)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_run_end_to_end_and_reloaded_model_predicts_the_same(image_folder, tmp_path, loss):
+  root, _ = image_folder
+  wd = tmp_path / "wd"
+  res = linear_exp.run(dict(dataset=f"folder:{root}", loss=loss, **SMALL), str(wd))
+  for f in ("config.json", "metrics.jsonl", "results.json", "model.npz", "plots/weights.png",
+            "plots/loss.png", "plots/grid.png", "plots/confusion.png"):
+    assert (wd / f).stat().st_size > 0, f
+  assert len(res["grid"]) == 4 and res["compiles"] == 1
+  best = max(g["val_accuracy"] for g in res["grid"])
+  assert res["chosen"]["val_accuracy"] == best
+  assert res["test_accuracy"] > 0.9  # the generated classes differ by colour
+  lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert len(lines) == 4 * 8  # 4 settings x 8 epochs (one log per epoch)
+  assert {"step", "loss", "train_accuracy", "val_accuracy", "learning_rate", "reg"} <= set(lines[0])
+
+  # The saved model (numpy only) reproduces the run's test predictions.
+  model = checkpoint.load(str(wd / "model.npz"))
+  assert model.kind == "linear" and model.loss == loss and model.image_shape == (8, 8, 3)
+  ds = data.load(f"folder:{root}", num_val=6)
+  pred_np = model.scores(ds.test.images).argmax(1)
+  params = {k: jnp.asarray(v) for k, v in model.params.items()}
+  x = (data.preprocess(ds.test.images, jnp.asarray(model.mean_image)) / model.scale)
+  np.testing.assert_array_equal(pred_np, np.asarray(linear.scores(params, x).argmax(1)))
+  assert np.mean(pred_np == ds.test.labels) == pytest.approx(res["test_accuracy"])
+
+
+def test_predict_script_classifies_files_and_reports_bad_ones(image_folder, tmp_path):
+  root, arrays = image_folder
+  wd = tmp_path / "wd"
+  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(wd))
+  frog = next(p for p in arrays if "/test/frog/" in p)
+  big = tmp_path / "big_frog.jpg"  # other size and format: resized to the model's 8x8
+  Image.fromarray(arrays[frog]).resize((64, 48), Image.NEAREST).save(big, quality=95)
+  bad = tmp_path / "broken.png"
+  bad.write_bytes(b"not an image")
+  model = checkpoint.load(str(wd / "model.npz"))
+  out = predict.classify(model, [frog, str(bad), str(big)], top=2)
+  assert out[0][1][0][0] == "frog" and out[2][1][0][0] == "frog"
+  assert sum(v for _, v in out[0][1]) <= 1.0 + 1e-6
+  assert out[1][1] is None and "cannot read" in out[1][2]
+  proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--model={wd}/model.npz",
+                         frog, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert proc.stdout.startswith(f"{frog}: frog ")
+  assert proc.stderr.strip() == f"error: cannot read {bad}: not an image file"
+
+
+def test_model_loads_without_tensorflow(image_folder, tmp_path):
+  root, _ = image_folder
+  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(tmp_path))
+  code = ("import sys, numpy as np; from jaxlin import checkpoint; "
+          f"m = checkpoint.load({str(tmp_path / 'model.npz')!r}); "
+          "m.scores(np.zeros((2, 8, 8, 3), np.uint8)); "
+          "assert 'tensorflow' not in sys.modules and 'jax' not in sys.modules, 'imported'")
+  subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_corrupt_model_file(tmp_path):
+  bad = tmp_path / "m.npz"
+  bad.write_bytes(b"junk")
+  with pytest.raises(ValueError, match="is not a jaxlin model file"):
+    checkpoint.load(str(bad))
+  with pytest.raises(ValueError, match="does not exist"):
+    checkpoint.load(str(tmp_path / "none.npz"))
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(loss="hinge"), "unknown --loss 'hinge'"),
+    (dict(optimizer="rmsprop"), "unknown --optimizer 'rmsprop'"),
+    (dict(learning_rate=[-1.0]), "must be positive"),
+    (dict(reg=["a"]), "comma-separated list of numbers"),
+    (dict(batch_size=0), "--batch_size must be >= 1"),
+    (dict(num_epochs=0, num_steps=0), "positive --num_steps or --num_epochs"),
+    (dict(schedule="linear"), "unknown --schedule"),
+])
+def test_bad_config_rejected_before_work(override, message, tmp_path):
+  with pytest.raises(ConfigError, match=message):
+    linear_exp.run(dict(dataset="folder:/nowhere", **override), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_divergence_leaves_no_results(image_folder, tmp_path):
+  root, _ = image_folder
+  with pytest.raises(DivergenceError, match="smaller --learning_rate"):
+    linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, optimizer="sgd", learning_rate=[1e4],
+                        reg=[10.0], batch_size=8, num_epochs=5), str(tmp_path))
+  assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.npz").exists()

@@ -1,0 +1,127 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlin import linear, losses, train
+
+# The lecture's table: three training images (cat, car, frog), scores for (cat, car, frog).
+SCORES = np.array([[3.2, 5.1, -1.7], [1.3, 4.9, 2.0], [2.2, 2.5, -3.1]], np.float32)
+LABELS = np.array([0, 1, 2])
+
+
+def test_svm_lecture_numbers():
+  l = losses.multiclass_svm(SCORES, LABELS)
+  np.testing.assert_allclose(l, [2.9, 0.0, 12.9], rtol=1e-5, atol=1e-5)
+  assert float(jnp.mean(l)) == pytest.approx(5.27, abs=0.005)
+
+
+def test_svm_squared_and_margin():
+  np.testing.assert_allclose(losses.multiclass_svm(SCORES, LABELS, squared=True),
+                             [2.9 ** 2, 0.0, 6.3 ** 2 + 6.6 ** 2], rtol=1e-5)
+  np.testing.assert_allclose(losses.multiclass_svm(SCORES, LABELS, margin=0.0), [1.9, 0.0, 10.9],
+                             rtol=1e-5)
+
+
+def test_softmax_lecture_numbers():
+  p = jax.nn.softmax(jnp.array([3.2, 5.1, -1.7]))
+  np.testing.assert_allclose(p, [0.13, 0.87, 0.00], atol=0.005)
+  np.testing.assert_allclose(losses.softmax_cross_entropy(SCORES[:1], LABELS[:1]), [-np.log(p[0])],
+                             rtol=1e-5)
+
+
+def test_softmax_is_stable_for_huge_scores():
+  s = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
+  l = losses.softmax_cross_entropy(s, np.array([1, 0]))
+  assert np.all(np.isfinite(l))
+  np.testing.assert_allclose(l, [2e4, np.log(3)], rtol=1e-6)
+
+
+def _np_svm(s, y, margin=1.0, squared=False):
+  out = []
+  for i in range(len(y)):
+    total = 0.0
+    for j in range(s.shape[1]):
+      if j != y[i]:
+        m = max(0.0, s[i, j] - s[i, y[i]] + margin)
+        total += m * m if squared else m
+    out.append(total)
+  return np.array(out)
+
+
+def _np_softmax(s, y):
+  out = []
+  for i in range(len(y)):
+    z = s[i] - s[i].max()
+    out.append(-(z[y[i]] - np.log(np.exp(z).sum())))
+  return np.array(out)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_losses_match_naive_loops_on_random_data(squared):
+  rng = np.random.default_rng(0)
+  s, y = rng.normal(size=(50, 7)) * 3, rng.integers(0, 7, 50)
+  np.testing.assert_allclose(losses.multiclass_svm(s.astype(np.float32), y, squared=squared),
+                             _np_svm(s, y, squared=squared), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(losses.softmax_cross_entropy(s.astype(np.float32), y), _np_softmax(s, y),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_initial_loss_is_about_c_minus_1_and_log_c():
+  x = np.random.default_rng(1).normal(size=(500, 100)).astype(np.float32)
+  y = np.random.default_rng(2).integers(0, 10, 500)
+  p = linear.init_params(jax.random.key(0), 100, 10, scale=1e-4)
+  s = linear.scores(p, x)
+  assert float(jnp.mean(losses.multiclass_svm(s, y))) == pytest.approx(9.0, abs=0.05)
+  assert float(jnp.mean(losses.softmax_cross_entropy(s, y))) == pytest.approx(np.log(10), abs=0.01)
+
+
+def test_l2_penalty_skips_biases():
+  p = {"W": jnp.array([[1.0, 2.0]]), "b": jnp.array([10.0, 10.0])}
+  assert float(losses.l2_penalty(p)) == 5.0
+
+
+@pytest.mark.parametrize("loss", ["svm", "softmax"])
+def test_gradient_matches_numerical_gradient(loss):
+  """Sparse gradient check as in the course: centred differences of a float64 numpy objective."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(20, 8)), rng.integers(0, 4, 20)
+  w, b, reg = rng.normal(size=(8, 4)) * 0.5, rng.normal(size=4) * 0.1, 0.3
+  np_loss = _np_svm if loss == "svm" else _np_softmax
+
+  def f_np(w_, b_):
+    return np_loss(x @ w_ + b_, y).mean() + reg * np.sum(w_ * w_)
+
+  params = {"W": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  grad = jax.grad(lambda p: train.objective(p, jnp.asarray(x, jnp.float32), y, reg,
+                                            apply_fn=linear.scores,
+                                            loss_fn=losses.LOSSES[loss])[0])(params)
+  h = 1e-5
+  for _ in range(12):
+    i, j = rng.integers(0, 8), rng.integers(0, 4)
+    wp, wm = w.copy(), w.copy()
+    wp[i, j] += h
+    wm[i, j] -= h
+    assert float(grad["W"][i, j]) == pytest.approx((f_np(wp, b) - f_np(wm, b)) / (2 * h), rel=2e-3, abs=2e-4)
+  for j in range(4):
+    bp, bm = b.copy(), b.copy()
+    bp[j] += h
+    bm[j] -= h
+    assert float(grad["b"][j]) == pytest.approx((f_np(w, bp) - f_np(w, bm)) / (2 * h), rel=2e-3, abs=2e-4)
+
+
+@pytest.mark.parametrize("loss", ["svm", "softmax"])
+def test_jit_equals_eager(loss):
+  rng = np.random.default_rng(4)
+  s, y = rng.normal(size=(9, 5)).astype(np.float32), rng.integers(0, 5, 9)
+  f = losses.LOSSES[loss]
+  np.testing.assert_allclose(jax.jit(f)(s, y), f(s, y), rtol=1e-6)
+
+
+def test_shape_and_dtype_errors():
+  with pytest.raises(ValueError, match="expected scores"):
+    losses.softmax_cross_entropy(SCORES, LABELS[:2])
+  with pytest.raises(ValueError, match="labels must be integers"):
+    losses.multiclass_svm(SCORES, LABELS.astype(np.float32))
+  with pytest.raises(ValueError, match=r"expected \(N, 3\)"):
+    linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.zeros((4, 5), np.float32))
