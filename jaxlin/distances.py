@@ -6,8 +6,10 @@ Two forms of every metric:
   vmapped function of two vectors. Slow and obviously correct; tests compare
   against it.
 * ``pairwise_distances`` -- the fast form used by search: a matrix product for
-  L2 / cosine (``precision=HIGHEST``, squared distances clamped at 0) and an
-  integer accumulation for L1 on integer pixels (exact).
+  L2 / cosine (on uint8 pixels exact integer results from float32 products
+  over feature chunks; on floats ``precision=HIGHEST``, centred, squared
+  distances clamped at 0) and
+  an accumulation over features for L1 (exact integer work on pixels).
 
 Inputs may be uint8 pixels or floats; they are cast before any arithmetic.
 Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)`` float32.
@@ -89,32 +91,87 @@ def l2_squared_from_dot(x_QxD, y_NxD, x_sq_Q, y_sq_N):
   return jnp.maximum(x_sq_Q[:, None] + y_sq_N[None, :] - 2.0 * dot, 0.0)
 
 
-def l1_tile(x_QxD, y_NxD, *, chunk: int = 256):
-  """Sum of absolute differences without a (Q, N, D) array.
+def centred_pixels(x):
+  """uint8 / int8 pixels as float32 integers in [-128, 127] (uint8 shifted by -128)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.float32) - (128.0 if x.dtype == jnp.uint8 else 0.0)
 
-  Accumulates over feature chunks of width ``chunk``: the largest intermediate
-  is (Q, N, chunk). On integer inputs the arithmetic is int32 and exact.
+
+def int_squared_norms(x_NxD):
+  """Exact int32 squared norms of integer-valued rows."""
+  x = jnp.asarray(x_NxD).astype(jnp.int32)
+  return jnp.sum(x * x, axis=1)
+
+
+_EXACT_CHUNK = 1024  # 1024 * 128 * 128 = 2**24: every partial sum is an exact float32 integer
+
+
+def l2_squared_pixels(x_QxD, y_NxD, x_sq_Q, y_sq_N):
+  """Exact int32 squared L2 between rows of centred pixels (see centred_pixels).
+
+  |x|^2 + |y|^2 - 2 x.y with the dot product as float32 matrix products over
+  feature chunks of 1024: each product is an integer of at most 2**14 and
+  every partial sum at most 2**24 in size, so float32 holds it exactly; the
+  chunk results are summed in int32. Exact at float32 matmul speed.
   """
-  q, d = x_QxD.shape
-  n = y_NxD.shape[0]
-  exact = is_integer(x_QxD) and is_integer(y_NxD)
-  acc_dtype = jnp.int32 if exact else jnp.float32
-  x = x_QxD.astype(acc_dtype)
-  y = y_NxD.astype(acc_dtype)
-  chunk = min(chunk, d)
-  pad = (-d) % chunk
-  if pad:  # zero columns add nothing to |x - y|
-    x = jnp.pad(x, ((0, 0), (0, pad)))
-    y = jnp.pad(y, ((0, 0), (0, pad)))
-  xs = x.reshape(q, -1, chunk).transpose(1, 0, 2)
-  ys = y.reshape(n, -1, chunk).transpose(1, 0, 2)
+  d = x_QxD.shape[1]
+  dot = None
+  for start in range(0, d, _EXACT_CHUNK):
+    part = jnp.matmul(x_QxD[:, start:start + _EXACT_CHUNK], y_NxD[:, start:start + _EXACT_CHUNK].T,
+                      precision=_HIGHEST).astype(jnp.int32)
+    dot = part if dot is None else dot + part
+  return x_sq_Q[:, None] + y_sq_N[None, :] - 2 * dot
 
-  def body(acc, xy):
-    xc, yc = xy
-    return acc + jnp.sum(jnp.abs(xc[:, None, :] - yc[None, :, :]), axis=-1), None
 
-  acc, _ = jax.lax.scan(body, jnp.zeros((q, n), acc_dtype), (xs, ys))
+def _is_small_int(x) -> bool:
+  """uint8 / int8: |a - b| <= 255, so 128 terms fit an int16 accumulator."""
+  return x.dtype in (jnp.uint8, jnp.int8)
+
+
+def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
+  """(Q, N) sum_d |x_d - y_d| from feature-major inputs, without a (Q, N, D) array.
+
+  The reduction is written as an accumulation over features: for each d,
+  acc[q, n] += |x[d, q] - y[d, n]|, so the inner work is a broadcast over a
+  contiguous (Q, N) tile that XLA vectorises well. On uint8/int8 inputs the
+  arithmetic is integer and exact: int16 partial sums over blocks of 128
+  features (128 * 255 < 2**15), then int32. Other integers accumulate in
+  int32, floats in float32.
+  """
+  d, q = xT_DxQ.shape
+  n = yT_DxN.shape[1]
+  if is_integer(xT_DxQ) and is_integer(yT_DxN):
+    small = _is_small_int(xT_DxQ) and _is_small_int(yT_DxN)
+    block, part_dtype = (128, jnp.int16) if small else (1, jnp.int32)
+    xs, ys, out_dtype = xT_DxQ.astype(part_dtype), yT_DxN.astype(part_dtype), jnp.int32
+  else:
+    block, part_dtype, out_dtype = 1, jnp.float32, jnp.float32
+    xs, ys = as_float(xT_DxQ).astype(jnp.float32), as_float(yT_DxN).astype(jnp.float32)
+  pad = (-d) % block
+  if pad:  # zero features add nothing
+    xs = jnp.pad(xs, ((0, pad), (0, 0)))
+    ys = jnp.pad(ys, ((0, pad), (0, 0)))
+  if block == 1:
+    def body(i, acc):
+      return acc + jnp.abs(xs[i][:, None] - ys[i][None, :]).astype(out_dtype)
+    acc = jax.lax.fori_loop(0, xs.shape[0], body, jnp.zeros((q, n), out_dtype),
+                            unroll=min(unroll, xs.shape[0]))
+    return acc.astype(jnp.float32)
+
+  def outer(b, acc):
+    def inner(j, part):
+      i = b * block + j
+      return part + jnp.abs(xs[i][:, None] - ys[i][None, :])
+    part = jax.lax.fori_loop(0, block, inner, jnp.zeros((q, n), part_dtype), unroll=unroll)
+    return acc + part.astype(out_dtype)
+
+  acc = jax.lax.fori_loop(0, xs.shape[0] // block, outer, jnp.zeros((q, n), out_dtype))
   return acc.astype(jnp.float32)
+
+
+def l1_tile(x_QxD, y_NxD):
+  """Sum of absolute differences (Q, N); exact on integer inputs. See l1_transposed."""
+  return l1_transposed(x_QxD.T, y_NxD.T)
 
 
 def pairwise_distances(x_QxD, y_NxD, *, metric: str):
@@ -131,6 +188,10 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   _check_pair(x_QxD, y_NxD)
   if metric == "l1":
     return l1_tile(x_QxD, y_NxD)
+  if metric != "cosine" and _is_small_int(x_QxD) and _is_small_int(y_NxD):
+    xc, yc = centred_pixels(x_QxD), centred_pixels(y_NxD)  # exact integer results
+    d2 = l2_squared_pixels(xc, yc, int_squared_norms(xc), int_squared_norms(yc)).astype(jnp.float32)
+    return jnp.sqrt(d2) if metric == "l2" else d2
   x, y = as_float(x_QxD), as_float(y_NxD)
   if metric == "cosine":
     xn = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-30)

@@ -8,6 +8,13 @@ no (Q, N) array beyond one query tile.
 Tie rule: neighbours at equal distance come in increasing database index, as
 ``jax.lax.top_k`` orders them (it is stable, and the running merge keeps the
 candidates of earlier tiles, which have lower indices, first).
+
+Exactness: on uint8 pixels L1 (an int16/int32 accumulation) and L2 (float32
+matrix products over feature chunks that hold integers exactly, summed in
+int32) compute exact integer distances; they are compared as float32, which is
+exact below 2**24 (always for L1 on 32x32x3 pixels; for L2 up to an RMS pixel
+difference of 74). So neighbours, ties included, equal a brute-force integer
+reference. Float inputs use float32 (L2 centred, ``precision=HIGHEST``).
 """
 from __future__ import annotations
 
@@ -23,57 +30,82 @@ from jaxlin import distances
 TIE_BREAKS = ("smallest_label", "nearest")
 
 
-def _prepare_database(database_NxD, metric):
-  """Per-search preparation of the database and the matching query transform."""
+def _mode(queries, database, metric) -> str:
+  """Which exact kernel serves this search."""
   if metric == "l1":
+    return "l1"
+  if metric in ("l2", "l2_squared") and distances._is_small_int(queries) and distances._is_small_int(database):
+    return "l2_pixels"  # exact integer distances
+  return "cosine" if metric == "cosine" else "l2_float"
+
+
+def _prepare_database(database_NxD, mode):
+  """(database rows, per-row aux, query transform) for one search."""
+  if mode == "l1":  # kept in its own (integer) dtype; tiles are made feature-major later
     return database_NxD, None, lambda q: q
+  if mode == "l2_pixels":
+    db = distances.centred_pixels(database_NxD)
+    return db, distances.int_squared_norms(db), distances.centred_pixels
   db = distances.as_float(database_NxD)
-  if metric == "cosine":
-    db = db / jnp.maximum(jnp.linalg.norm(db, axis=1, keepdims=True), 1e-30)
-    return db, None, lambda q: q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+  if mode == "cosine":
+    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    return unit(db), None, lambda q: unit(distances.as_float(q))
   mu = jnp.mean(db, axis=0)  # centring: L2 is translation invariant, float32 cancels less
   db = db - mu
-  return db, distances.squared_norms(db), lambda q: q - mu
+  return db, distances.squared_norms(db), lambda q: distances.as_float(q) - mu
 
 
-def _tile_distances(q, q_sq, db_tile, db_sq_tile, metric):
-  if metric == "l1":
-    return distances.l1_tile(q, db_tile)
-  if metric == "cosine":
+def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
+  """(T, S) distances of one query tile to one database tile, in the mode's key dtype."""
+  if mode == "l1":  # db_tile is feature-major (D, S)
+    d = distances.l1_transposed(q.T, db_tile)
+    return d.astype(jnp.int32) if distances.is_integer(q) else d
+  if mode == "l2_pixels":
+    return distances.l2_squared_pixels(q, db_tile, q_aux, db_aux_tile)
+  if mode == "cosine":
     return 1.0 - jnp.matmul(q, db_tile.T, precision=jax.lax.Precision.HIGHEST)
-  return distances.l2_squared_from_dot(q, db_tile, q_sq, db_sq_tile)
+  return distances.l2_squared_from_dot(q, db_tile, q_aux, db_aux_tile)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric"))
-def _search_tile(q_TxD, db_tiles_MxSxD, db_sq_MxS, n_valid, *, k, metric):
-  """Top-k over all database tiles for one query tile, by a running merge."""
+@functools.partial(jax.jit, static_argnames=("k", "mode"))
+def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
+  """Top-k over all database tiles for one query tile, by a running merge.
+
+  Distances are compared in their exact dtype (int32 for integer pixels,
+  float32 otherwise); the padding rows of the last tile get the largest value.
+  """
   t = q_TxD.shape[0]
-  tile = db_tiles_MxSxD.shape[1]
-  q_sq = None if metric in ("l1", "cosine") else distances.squared_norms(q_TxD)
+  tile = db_aux_MxS.shape[1]
+  q_aux = {"l2_pixels": distances.int_squared_norms, "l2_float": distances.squared_norms}.get(
+      mode, lambda q: None)(q_TxD)
+  # Keys are float32 (XLA's CPU top_k is ~20x slower on int32): integer distances
+  # below 2**24 convert exactly, so L1 on pixels (at most 3072 * 255) is always
+  # exact and L2 on pixels whenever the squared distance is below 2**24.
+  key_dtype, worst = jnp.float32, jnp.inf
 
   def body(carry, inputs):
     best_d, best_i = carry
-    m, db_tile, db_sq = inputs
-    d = _tile_distances(q_TxD, q_sq, db_tile, db_sq, metric).astype(jnp.float32)
+    m, db_tile, db_aux = inputs
+    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(key_dtype)
     idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, jnp.inf)
+    d = jnp.where(idx[None, :] < n_valid, d, worst)
     # Earlier candidates (lower indices) first, so the stable top_k keeps ties by index.
     cand_d = jnp.concatenate([best_d, d], axis=1)
     cand_i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (t, tile))], axis=1)
-    neg, pos = jax.lax.top_k(-cand_d, k)
-    return (-neg, jnp.take_along_axis(cand_i, pos, axis=1)), None
+    _, pos = jax.lax.top_k(-cand_d, k)
+    return (jnp.take_along_axis(cand_d, pos, axis=1), jnp.take_along_axis(cand_i, pos, axis=1)), None
 
-  init = (jnp.full((t, k), jnp.inf, jnp.float32), jnp.full((t, k), -1, jnp.int32))
-  steps = jnp.arange(db_tiles_MxSxD.shape[0], dtype=jnp.int32)
-  (best_d, best_i), _ = jax.lax.scan(body, init, (steps, db_tiles_MxSxD, db_sq_MxS))
-  if metric == "l2":
-    best_d = jnp.sqrt(best_d)
-  return best_d, best_i
+  init = (jnp.full((t, k), worst, key_dtype), jnp.full((t, k), -1, jnp.int32))
+  steps = jnp.arange(db_aux_MxS.shape[0], dtype=jnp.int32)
+  (best_d, best_i), _ = jax.lax.scan(body, init, (steps, db_tiles, db_aux_MxS))
+  return best_d.astype(jnp.float32), best_i
 
 
 def default_tiles(metric: str) -> tuple[int, int]:
-  """(query_tile, database_tile) sizes that keep intermediates small."""
-  return (128, 512) if metric == "l1" else (1024, 4096)
+  """(query_tile, database_tile) sizes: the (query_tile, database_tile) distance
+  block stays cache-sized for L1 and is a large matmul for L2 / cosine
+  (measured in benchmarks/knn_speed.py)."""
+  return (64, 1024) if metric == "l1" else (1024, 4096)
 
 
 def _pad_rows(x, multiple):
@@ -109,18 +141,23 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
   qt = max(1, min(query_tile or qt, queries_QxD.shape[0]))
   dt = max(1, min(database_tile or dt, n))
 
-  db, db_sq, transform_q = _prepare_database(database_NxD, metric)
+  mode = _mode(queries_QxD, database_NxD, metric)
+  db, db_aux, transform_q = _prepare_database(database_NxD, mode)
   db = _pad_rows(db, dt).reshape(-1, dt, db.shape[1])
-  db_sq = (jnp.zeros(db.shape[:2], jnp.float32) if db_sq is None
-           else _pad_rows(db_sq, dt).reshape(db.shape[:2]))
-  queries = transform_q(queries_QxD if metric == "l1" else distances.as_float(queries_QxD))
+  db_aux = (jnp.zeros(db.shape[:2], jnp.float32) if db_aux is None
+            else _pad_rows(db_aux, dt).reshape(db.shape[:2]))
+  if mode == "l1":
+    db = db.transpose(0, 2, 1)  # (tiles, D, S): feature-major for the accumulation
+  queries = transform_q(queries_QxD)
 
   q_total = queries.shape[0]
   out_d, out_i = [], []
   for start in range(0, q_total, qt):
     q = queries[start:start + qt]
     valid = q.shape[0]
-    d, i = _search_tile(_pad_rows(q, qt), db, db_sq, n, k=k, metric=metric)
+    d, i = _search_tile(_pad_rows(q, qt), db, db_aux, n, k=k, mode=mode)
+    if metric == "l2":
+      d = jnp.sqrt(d)
     out_d.append(d[:valid])
     out_i.append(i[:valid])
     if callback is not None:

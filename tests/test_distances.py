@@ -52,12 +52,21 @@ def test_l1_on_uint8_is_exact():
   np.testing.assert_array_equal(got.astype(np.int64), expected)  # < 2**24: float32 is exact
 
 
-def test_l2_on_uint8_close_to_float64():
+def test_l2_on_uint8_is_exact_integer_work():
   rng = np.random.default_rng(3)
   x = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
   y = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
-  ref = np.sqrt(((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1))
-  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2"), ref, rtol=1e-5)
+  ref = ((x[:, None].astype(np.int64) - y[None]) ** 2).sum(-1)
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2_squared"), ref, rtol=1e-7)
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2"), np.sqrt(ref), rtol=1e-6)
+  xc, yc = distances.centred_pixels(x), distances.centred_pixels(y)
+  np.testing.assert_array_equal(distances.l2_squared_pixels(
+      xc, yc, distances.int_squared_norms(xc), distances.int_squared_norms(yc)), ref)
+  # The worst case for the chunked products: every pixel at -128 (0 shifted) against -128.
+  z = np.zeros((2, 3072), np.uint8)
+  zc = distances.centred_pixels(z)
+  dot = distances.l2_squared_pixels(zc, zc, distances.int_squared_norms(zc), distances.int_squared_norms(zc))
+  np.testing.assert_array_equal(dot, 0)
 
 
 def test_squared_distance_never_negative_for_identical_rows():

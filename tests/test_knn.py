@@ -62,11 +62,24 @@ def test_l1_uint8_exact_neighbour_for_neighbour():
   np.testing.assert_array_equal(d, ref_d)
 
 
-def test_l2_uint8_pixels_agree_with_float64_reference():
+@pytest.mark.parametrize("metric", ["l2", "l2_squared"])
+def test_l2_uint8_exact_neighbour_for_neighbour(metric):
   rng = np.random.default_rng(6)
-  # Images: a smooth random field per image, as real pixels are (not white noise).
-  base = rng.integers(0, 256, (700, 1, 3072)).astype(np.float64)
-  pix = np.clip(base * 0.5 + rng.integers(0, 128, (700, 1, 3072)), 0, 255).astype(np.uint8)[:, 0]
+  q = rng.integers(0, 3, (45, 3072), dtype=np.uint8) * 120  # few levels: many exact ties
+  db = rng.integers(0, 3, (300, 3072), dtype=np.uint8) * 120
+  db[7] = db[200] = q[0]  # duplicates: distance 0 twice
+  d, i = knn.search(q, db, 15, metric=metric, query_tile=16, database_tile=64)
+  ref_d, ref_i = brute_force(q, db, 15, metric)
+  np.testing.assert_array_equal(i, ref_i)
+  np.testing.assert_allclose(d, ref_d, rtol=1e-6)
+  assert list(np.asarray(i[0, :2])) == [7, 200]
+
+
+def test_l2_on_float_pixels_agrees_with_float64_reference():
+  rng = np.random.default_rng(7)
+  # Pixel-like floats (uncentred, 0..255): the float path centres to avoid cancellation.
+  base = rng.integers(0, 256, (700, 3072)).astype(np.float64)
+  pix = np.clip(base * 0.5 + rng.integers(0, 128, (700, 3072)), 0, 255).astype(np.float32)
   q, db = pix[:100], pix[100:]
   _, i = knn.search(q, db, 10, metric="l2", query_tile=32, database_tile=128)
   _, ref_i = brute_force(q, db, 10, "l2")

@@ -1,0 +1,1 @@
+"""Speed benchmarks: jaxlin against numpy, scikit-learn and faiss on the same data."""

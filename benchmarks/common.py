@@ -1,0 +1,75 @@
+"""Shared helpers: data cached as .npy for child processes, timing, tables."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+
+
+def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
+  """Whole train and test splits as uint8 .npy files in out_dir (loaded once, by jaxlin.data)."""
+  paths = {n: os.path.join(out_dir, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
+  if not all(os.path.exists(p) for p in paths.values()):
+    from jaxlin import data  # pylint: disable=g-import-not-at-top
+    tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
+    ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)
+    for n, a in zip(paths, (tx.reshape(len(tx), -1), ty, ex.reshape(len(ex), -1), ey)):
+      np.save(paths[n], a)
+  return paths
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_child(module: str, args: list[str], timeout: float | None = None) -> dict:
+  """Run `python -m module args` and return the JSON it prints on its last line."""
+  proc = subprocess.run([sys.executable, "-m", module] + args, capture_output=True, text=True,
+                        timeout=timeout)
+  if proc.returncode != 0:
+    raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def save_report(out_dir: str, name: str, header: dict, table: str, rows: list[dict]) -> str:
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+    json.dump({**header, "rows": rows}, f, indent=2)
+  path = os.path.join(out_dir, f"{name}.md")
+  with open(path, "w") as f:
+    f.write("\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n\n" + table + "\n")
+  return path
+
+
+class Stopwatch:
+  def __enter__(self):
+    self.t0 = time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self.seconds = time.perf_counter() - self.t0

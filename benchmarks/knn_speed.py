@@ -1,0 +1,131 @@
+r"""Exact kNN search: jaxlin vs the course's numpy code, scikit-learn and faiss.
+
+  python -m benchmarks.knn_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_knn
+
+For each metric, every method searches the same queries (the first Q test
+images) in the same database (all training images) for the k nearest
+neighbours. Each method runs in its own child process, so its peak resident
+memory is its own; jaxlin's answer is the reference the others are compared
+with (fraction of identical neighbour indices, and of identical distances).
+Prints and saves a table of times, ratios and peak memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+_DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
+_OUT = flags.DEFINE_string("out", "runs/bench_knn", "folder for the cached arrays and the report")
+_K = flags.DEFINE_integer("k", 100, "neighbours per query")
+_L2_QUERIES = flags.DEFINE_integer("l2_queries", 10000, "queries for the L2 problem")
+_L1_QUERIES = flags.DEFINE_integer("l1_queries", 10000, "queries for the L1 problem")
+_METHODS = flags.DEFINE_list("methods", ["jaxlin", "faiss", "sklearn", "numpy"],
+                             "methods to run (numpy: L2 only)")
+_METRICS = flags.DEFINE_list("metrics", ["l2", "l1"], "metrics to run")
+# Child-process mode (internal).
+_CHILD = flags.DEFINE_string("child", None, "internal: run one method and print JSON")
+_METRIC = flags.DEFINE_string("metric", "l2", "internal")
+_QUERIES = flags.DEFINE_integer("queries", 0, "internal")
+
+
+def _search(method, metric, q, db, k):
+  """(dists, idx) of the k nearest, by one method. Distances: L2 (not squared) and L1."""
+  if method == "jaxlin":
+    from jaxlin import knn  # pylint: disable=g-import-not-at-top
+    d, i = knn.search(q, db, k, metric=metric)
+    return np.asarray(d), np.asarray(i)
+  if method == "faiss":
+    import faiss  # pylint: disable=g-import-not-at-top
+    index = (faiss.IndexFlatL2(db.shape[1]) if metric == "l2"
+             else faiss.IndexFlat(db.shape[1], faiss.METRIC_L1))
+    index.add(db.astype(np.float32))
+    d, i = index.search(q.astype(np.float32), k)
+    return (np.sqrt(np.maximum(d, 0)) if metric == "l2" else d), i
+  if method == "sklearn":
+    from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
+    clf = KNeighborsClassifier(n_neighbors=k, algorithm="brute",
+                               metric="euclidean" if metric == "l2" else "manhattan")
+    clf.fit(db.astype(np.float32), np.zeros(len(db)))
+    d, i = clf.kneighbors(q.astype(np.float32), k)
+    return d, i
+  if method == "numpy":  # the course's "no loops" code, in chunks of 1000 queries to fit memory
+    if metric != "l2":
+      raise ValueError("the numpy baseline is the course's L2 code")
+    x, xs = db.astype(np.float32), np.sum(db.astype(np.float32) ** 2, axis=1)
+    out_d, out_i = [], []
+    for s in range(0, len(q), 1000):
+      t = q[s:s + 1000].astype(np.float32)
+      dists = np.sqrt(np.maximum(np.sum(t ** 2, axis=1)[:, None] + xs[None] - 2 * t @ x.T, 0))
+      idx = np.argsort(dists, axis=1)[:, :k]
+      out_i.append(idx)
+      out_d.append(np.take_along_axis(dists, idx, 1))
+    return np.concatenate(out_d), np.concatenate(out_i)
+  raise ValueError(f"unknown method {method}")
+
+
+def child(method, metric, queries, k, out):
+  paths = {n: os.path.join(out, f"{n}.npy") for n in ("train_x", "test_x")}
+  db, q = np.load(paths["train_x"]), np.load(paths["test_x"])[:queries]
+  if method == "jaxlin":  # compile once on a small problem of the same tile shapes
+    _search(method, metric, q[:8], db[:max(k, 8)], k)
+  t0 = time.perf_counter()
+  d, i = _search(method, metric, q, db, k)
+  seconds = time.perf_counter() - t0
+  np.save(os.path.join(out, f"idx_{method}_{metric}.npy"), i)
+  np.save(os.path.join(out, f"dist_{method}_{metric}.npy"), d)
+  print(json.dumps({"seconds": seconds, "peak_rss_mb": common.peak_rss_mb()}))
+
+
+def main(argv):
+  del argv
+  out = os.path.abspath(_OUT.value)
+  os.makedirs(out, exist_ok=True)
+  if _CHILD.value:
+    child(_CHILD.value, _METRIC.value, _QUERIES.value, _K.value, out)
+    return
+  paths = common.cached_arrays(_DATASET.value, out, _DATA_DIR.value)
+  n_db = len(np.load(paths["train_y"]))
+  rows = []
+  for metric in _METRICS.value:
+    queries = _L2_QUERIES.value if metric == "l2" else _L1_QUERIES.value
+    ref_i = ref_d = ref_t = None
+    for method in _METHODS.value:
+      if method == "numpy" and metric != "l2":
+        continue
+      print(f"{metric}: {method}, {queries} queries x {n_db} ...", file=sys.stderr, flush=True)
+      r = common.run_child("benchmarks.knn_speed", [
+          f"--child={method}", f"--metric={metric}", f"--queries={queries}", f"--k={_K.value}",
+          f"--out={out}"])
+      i = np.load(os.path.join(out, f"idx_{method}_{metric}.npy"))
+      d = np.load(os.path.join(out, f"dist_{method}_{metric}.npy"))
+      if ref_i is None:
+        ref_i, ref_d, ref_t = i, d, r["seconds"]
+      row = {"metric": metric, "method": method, "queries": queries, "database": n_db,
+             "k": _K.value, "seconds": r["seconds"], "s_per_1000_queries": r["seconds"] / queries * 1000,
+             "jaxlin_x_faster": r["seconds"] / ref_t, "peak_rss_mb": r["peak_rss_mb"],
+             "same_idx_as_jaxlin": float(np.mean(i == ref_i)),
+             "same_dist_as_jaxlin": float(np.mean(np.isclose(d, ref_d, rtol=1e-5, atol=1e-3)))}
+      rows.append(row)
+      print(json.dumps(row), file=sys.stderr, flush=True)
+  cols = ["metric", "method", "queries", "k", "seconds", "s_per_1000_queries", "jaxlin_x_faster",
+          "peak_rss_mb", "same_idx_as_jaxlin", "same_dist_as_jaxlin"]
+  table = common.markdown_table(rows, cols)
+  header = {"benchmark": "knn_speed", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": common.machine(), "dataset": _DATASET.value,
+            "command": "python -m benchmarks.knn_speed " + " ".join(sys.argv[1:])}
+  path = common.save_report(out, "knn_speed", header, table, rows)
+  print(table)
+  print(f"saved {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
