@@ -9,7 +9,29 @@ import time
 from typing import Any, Callable, Mapping
 
 
+from absl import flags
+
 from jaxlin.errors import ConfigError, JaxlinError
+
+# Flags every experiment shares, defined once so that entry points can import
+# each other (the study runs them all). Sizes default to None: "the
+# experiment's own default" (see each experiment's DEFAULTS).
+DATASET = flags.DEFINE_string(
+    "dataset", "cifar10", "cifar10 (through tfds) or folder:PATH (PATH/{train,test}/<class>/*.jpg)")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
+WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, results, plots and models")
+SEED = flags.DEFINE_integer("seed", 0, "seed for subsets, folds, init and minibatches")
+NUM_TRAIN = flags.DEFINE_integer("num_train", None, "training images (0 = all; default: the experiment's)")
+NUM_VAL = flags.DEFINE_integer("num_val", None, "val images, the last of the training split (default 1000)")
+NUM_TEST = flags.DEFINE_integer("num_test", None, "test images (0 = all; default: the experiment's)")
+
+
+def shared_flag_config(defaults: Mapping[str, Any]) -> dict:
+  """The shared flags as config entries (unset sizes take the experiment's defaults)."""
+  out = dict(dataset=DATASET.value, data_dir=DATA_DIR.value, seed=SEED.value)
+  for name, holder in (("num_train", NUM_TRAIN), ("num_val", NUM_VAL), ("num_test", NUM_TEST)):
+    out[name] = defaults[name] if holder.value is None else holder.value
+  return out
 
 
 def merge_config(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict:

@@ -26,14 +26,6 @@ DEFAULTS = dict(
     k=[1, 3, 5, 8, 10, 12, 15, 20, 50, 100], metric=["l1", "l2"], cv_folds=5,
     tie_break="smallest_label", num_neighbor_rows=8)
 
-_DATASET = flags.DEFINE_string("dataset", DEFAULTS["dataset"],
-                               "cifar10 (through tfds) or folder:PATH (PATH/{train,test}/<class>/*.jpg)")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, results and plots", required=True)
-_SEED = flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed for subsets and fold order")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", DEFAULTS["num_train"], "training images (0 = all)")
-_NUM_TEST = flags.DEFINE_integer("num_test", DEFAULTS["num_test"], "test images (0 = all)")
-_NUM_VAL = flags.DEFINE_integer("num_val", DEFAULTS["num_val"], "val images: the last of the training split")
 _K = flags.DEFINE_list("k", [str(k) for k in DEFAULTS["k"]], "values of k to compare")
 _METRIC = flags.DEFINE_list("metric", DEFAULTS["metric"], "distances to compare: l1, l2, cosine")
 _CV_FOLDS = flags.DEFINE_integer("cv_folds", DEFAULTS["cv_folds"], "folds (0 = use the val split)")
@@ -174,11 +166,9 @@ def run(config: dict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, seed=_SEED.value,
-                num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value, num_val=_NUM_VAL.value,
-                k=_K.value, metric=_METRIC.value, cv_folds=_CV_FOLDS.value,
-                tie_break=_TIE_BREAK.value)
-  common.run_main(run, config, _WORKDIR.value)
+  config = dict(common.shared_flag_config(DEFAULTS), k=_K.value, metric=_METRIC.value,
+                cv_folds=_CV_FOLDS.value, tie_break=_TIE_BREAK.value)
+  common.run_main(run, config, common.WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,6 @@ DEFAULTS = dict(
     num_steps=0, schedule="cosine", num_train=0, num_val=1000, num_test=0, log_every=0,
     init_scale=1e-3, margin=1.0)
 
-_DATASET = flags.DEFINE_string("dataset", DEFAULTS["dataset"], "cifar10 or folder:PATH")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, metrics, results, plots, model",
-                               required=True)
-_SEED = flags.DEFINE_integer("seed", DEFAULTS["seed"], "seed for init, minibatches and subsets")
 _LOSS = flags.DEFINE_string("loss", DEFAULTS["loss"], "svm (multiclass hinge, sum form) or softmax")
 _OPTIMIZER = flags.DEFINE_string("optimizer", DEFAULTS["optimizer"], "sgd, momentum, adam or lbfgs")
 _LR = flags.DEFINE_list("learning_rate", [str(v) for v in DEFAULTS["learning_rate"]],
@@ -44,9 +39,6 @@ _BATCH = flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "minibatch s
 _EPOCHS = flags.DEFINE_float("num_epochs", DEFAULTS["num_epochs"], "epochs (used when --num_steps=0)")
 _STEPS = flags.DEFINE_integer("num_steps", DEFAULTS["num_steps"], "steps (0 = from --num_epochs)")
 _SCHEDULE = flags.DEFINE_string("schedule", DEFAULTS["schedule"], "learning-rate schedule: constant, cosine, step")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", DEFAULTS["num_train"], "training images (0 = all)")
-_NUM_VAL = flags.DEFINE_integer("num_val", DEFAULTS["num_val"], "val images: the last of the training split")
-_NUM_TEST = flags.DEFINE_integer("num_test", DEFAULTS["num_test"], "test images (0 = all)")
 _LOG_EVERY = flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between logs (0 = each epoch)")
 
 
@@ -194,12 +186,11 @@ def run(config: dict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, seed=_SEED.value,
-                loss=_LOSS.value, optimizer=_OPTIMIZER.value, learning_rate=_LR.value,
-                reg=_REG.value, batch_size=_BATCH.value, num_epochs=_EPOCHS.value,
-                num_steps=_STEPS.value, schedule=_SCHEDULE.value, num_train=_NUM_TRAIN.value,
-                num_val=_NUM_VAL.value, num_test=_NUM_TEST.value, log_every=_LOG_EVERY.value)
-  common.run_main(run, config, _WORKDIR.value)
+  config = dict(common.shared_flag_config(DEFAULTS), loss=_LOSS.value,
+                optimizer=_OPTIMIZER.value, learning_rate=_LR.value, reg=_REG.value,
+                batch_size=_BATCH.value, num_epochs=_EPOCHS.value, num_steps=_STEPS.value,
+                schedule=_SCHEDULE.value, log_every=_LOG_EVERY.value)
+  common.run_main(run, config, common.WORKDIR.value)
 
 
 if __name__ == "__main__":
