@@ -1,6 +1,9 @@
-r"""Linear classifiers (multiclass SVM or softmax) on CIFAR-10 with a vectorised grid search.
+r"""Linear classifiers (multiclass SVM or softmax) and a two-layer network on CIFAR-10,
+on raw pixels or HOG + colour features, with a vectorised grid search.
 
   python -m experiments.linear --dataset=folder:/data/cifar10-jpeg --workdir=runs/softmax --loss=softmax
+  python -m experiments.linear --dataset=folder:/data/cifar10-jpeg --workdir=runs/mlp --model=mlp
+  python -m experiments.linear --dataset=... --workdir=runs/svm_feat --loss=svm --features=hog_hsv
 
 Every (learning rate x reg) pair of the grid is trained at once (vmap, one
 compiled program) on the training split, the best on the val split is chosen,
@@ -21,22 +24,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from jaxlin import checkpoint, data, linear, losses, metrics, plots, train
+from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, plots, train
 from jaxlin.errors import ConfigError
 
 DEFAULTS = dict(
-    dataset="cifar10", data_dir=None, seed=0, loss="softmax", optimizer="momentum",
-    learning_rate=[3e-4, 1e-3, 3e-3], reg=[1e-2, 1e-1, 1.0], batch_size=200, num_epochs=5.0,
-    num_steps=0, schedule="cosine", num_train=0, num_val=1000, num_test=0, log_every=0,
-    init_scale=1e-3, margin=1.0)
+    dataset="cifar10", data_dir=None, seed=0, model="linear", features="pixels", hidden_size=500,
+    loss="softmax", optimizer="momentum", learning_rate=None, reg=None, batch_size=200,
+    num_epochs=None, num_steps=0, schedule="cosine", num_train=0, num_val=1000, num_test=0,
+    log_every=0, init_scale=None, margin=1.0, cache_dir=os.path.join("~", ".cache", "jaxlin"))
+MODELS = ("linear", "mlp")
+FEATURES = ("pixels", "hog_hsv")
+# Defaults that depend on (model, features), used where the config leaves them None.
+# Chosen on the val split of CIFAR-10 (see WORKSPACE.md).
+MODEL_DEFAULTS = {
+    ("linear", "pixels"): dict(learning_rate=[3e-4, 1e-3, 3e-3], reg=[1e-2, 1e-1, 1.0], num_epochs=5.0),
+    ("linear", "hog_hsv"): dict(learning_rate=[1e-3, 3e-3, 1e-2], reg=[1e-4, 1e-3, 1e-2], num_epochs=10.0),
+    ("mlp", "pixels"): dict(learning_rate=[3e-3, 1e-2], reg=[1e-3, 3e-3], num_epochs=15.0),
+    ("mlp", "hog_hsv"): dict(learning_rate=[1e-2, 3e-2], reg=[1e-4, 1e-3], num_epochs=20.0),
+}
 
+_MODEL = flags.DEFINE_string("model", DEFAULTS["model"], "linear (xW + b) or mlp (two-layer network)")
+_FEATURES = flags.DEFINE_string("features", DEFAULTS["features"], "pixels or hog_hsv (HOG + hue histogram)")
+_HIDDEN = flags.DEFINE_integer("hidden_size", DEFAULTS["hidden_size"], "hidden units of --model=mlp")
+_CACHE = flags.DEFINE_string("cache_dir", DEFAULTS["cache_dir"], "feature cache ('' = none)")
 _LOSS = flags.DEFINE_string("loss", DEFAULTS["loss"], "svm (multiclass hinge, sum form) or softmax")
 _OPTIMIZER = flags.DEFINE_string("optimizer", DEFAULTS["optimizer"], "sgd, momentum, adam or lbfgs")
-_LR = flags.DEFINE_list("learning_rate", [str(v) for v in DEFAULTS["learning_rate"]],
-                        "learning rates (a list makes a grid; ignored by lbfgs)")
-_REG = flags.DEFINE_list("reg", [str(v) for v in DEFAULTS["reg"]], "L2 strengths (a list makes a grid)")
+_LR = flags.DEFINE_list("learning_rate", None,
+                        "learning rates (a list makes a grid; ignored by lbfgs; default per --model/--features)")
+_REG = flags.DEFINE_list("reg", None, "L2 strengths (a list makes a grid; default per --model/--features)")
 _BATCH = flags.DEFINE_integer("batch_size", DEFAULTS["batch_size"], "minibatch size (lbfgs: full batch)")
-_EPOCHS = flags.DEFINE_float("num_epochs", DEFAULTS["num_epochs"], "epochs (used when --num_steps=0)")
+_EPOCHS = flags.DEFINE_float("num_epochs", None, "epochs when --num_steps=0 (default per --model/--features)")
 _STEPS = flags.DEFINE_integer("num_steps", DEFAULTS["num_steps"], "steps (0 = from --num_epochs)")
 _SCHEDULE = flags.DEFINE_string("schedule", DEFAULTS["schedule"], "learning-rate schedule: constant, cosine, step")
 _LOG_EVERY = flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps between logs (0 = each epoch)")
@@ -44,6 +61,15 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", DEFAULTS["log_every"], "steps bet
 
 def validate(config: dict) -> dict:
   c = common.merge_config(DEFAULTS, config)
+  if c["model"] not in MODELS:
+    raise ConfigError(f"unknown --model {c['model']!r}; choose from {', '.join(MODELS)}")
+  if c["features"] not in FEATURES:
+    raise ConfigError(f"unknown --features {c['features']!r}; choose from {', '.join(FEATURES)}")
+  for name, value in MODEL_DEFAULTS[(c["model"], c["features"])].items():
+    if c[name] is None:
+      c[name] = value
+  if c["model"] == "mlp" and c["hidden_size"] < 1:
+    raise ConfigError(f"--hidden_size must be >= 1, got {c['hidden_size']}")
   if c["loss"] not in losses.LOSSES:
     raise ConfigError(f"unknown --loss {c['loss']!r}; choose from {', '.join(losses.LOSSES)}")
   if c["optimizer"] not in train.OPTIMIZERS:
@@ -96,8 +122,18 @@ def run(config: dict, workdir: str) -> dict:
   load_s = timer()
   mean = data.mean_image(ds.train.images)
   scale = float(jnp.std(ds.train.images.astype(np.float32) - mean))  # one scalar: keeps lr/reg scales sane
-  prep = lambda imgs: data.preprocess(imgs, mean) / scale
-  x_tr, x_va, x_te = prep(ds.train.images), prep(ds.val.images), prep(ds.test.images)
+  feat_t, feature_stats = common.Timer(), {}
+  if c["features"] == "pixels":
+    prep = lambda imgs: data.preprocess(imgs, mean) / scale
+    x_tr, x_va, x_te = prep(ds.train.images), prep(ds.val.images), prep(ds.test.images)
+  else:
+    cache = os.path.expanduser(c["cache_dir"]) if c["cache_dir"] else None
+    with common.progress("HOG + hue features", None, "img") as bar:
+      raw = [features.cached_extract(s.images, cache_dir=cache, callback=common.tile_callback(bar))
+             for s in (ds.train, ds.val, ds.test)]
+    (x_tr, x_va, x_te), (f_mean, f_std) = features.standardise(*raw)
+    feature_stats = dict(feature_mean=np.asarray(f_mean), feature_std=np.asarray(f_std))
+  features_s = feat_t()
   y_tr, y_va, y_te = (jnp.asarray(s.labels) for s in (ds.train, ds.val, ds.test))
   d, n_cls = x_tr.shape[1], ds.num_classes
   logging.info("train %d, val %d, test %d; %d features, %d classes", len(ds.train), len(ds.val),
@@ -109,8 +145,12 @@ def run(config: dict, workdir: str) -> dict:
   loss_fn = losses.LOSSES[c["loss"]]
   if c["loss"] == "svm" and c["margin"] != 1.0:
     loss_fn = lambda s, y: losses.multiclass_svm(s, y, margin=c["margin"])
-  model = train.Model(init=lambda k: linear.init_params(k, d, n_cls, scale=c["init_scale"]),
-                      apply=linear.scores)
+  if c["model"] == "linear":
+    model = train.Model(init=lambda k: linear.init_params(k, d, n_cls, scale=c["init_scale"] or 1e-3),
+                        apply=linear.scores)
+  else:
+    model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
+                        apply=mlp.scores)
   trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
                           total_steps=steps)
   sub = np.random.default_rng([c["seed"], 5]).permutation(len(ds.train))[:1000]
@@ -136,7 +176,7 @@ def run(config: dict, workdir: str) -> dict:
 
   # ---- the test split, once ----
   pred_t = common.Timer()
-  test_pred = np.asarray(jnp.argmax(linear.scores(params, x_te), axis=1))
+  test_pred = np.asarray(jnp.argmax(model.apply(params, x_te), axis=1))
   predict_s = pred_t()
   test_acc = float(metrics.accuracy(ds.test.labels, test_pred))
   cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, n_cls))
@@ -145,10 +185,18 @@ def run(config: dict, workdir: str) -> dict:
   model_path = checkpoint.save(os.path.join(workdir, "model.npz"),
                                params={k: np.asarray(v) for k, v in params.items()},
                                mean_image=np.asarray(mean), scale=scale,
-                               class_names=ds.class_names, kind="linear", loss=c["loss"])
+                               class_names=ds.class_names, kind=c["model"], loss=c["loss"],
+                               features=c["features"], **feature_stats)
   p = lambda name: os.path.join(workdir, "plots", name)
-  plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
-                  title=f"{c['loss']} templates (lr={grid[best][0]:g}, reg={grid[best][1]:g})")
+  setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
+  if c["features"] == "pixels" and c["model"] == "linear":
+    plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
+                    title=f"{c['loss']} templates ({setting})")
+  elif c["features"] == "pixels":  # first-layer weights of the network, as images
+    w1 = np.asarray(params["W1"])
+    show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
+    plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
+                    title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
   plots.curves(p("loss.png"), {f"lr={lr:g} reg={reg:g}" + (" (chosen)" if g == best else ""):
                                (steps_axis, fit.losses[:, g]) for g, (lr, reg) in enumerate(grid)
@@ -157,9 +205,16 @@ def run(config: dict, workdir: str) -> dict:
   plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
              c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
              title="val accuracy over the grid")
-  plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['loss']}, test")
+  plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['model']} {c['loss']}, test")
+  epochs_axis = [h["epoch"] for h in fit.history]
+  plots.curves(p("accuracy.png"), {
+      "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
+      "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
+      xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
   results = {
-      "dataset": c["dataset"], "loss": c["loss"], "optimizer": c["optimizer"],
+      "dataset": c["dataset"], "model": c["model"], "features": c["features"],
+      "hidden_size": c["hidden_size"] if c["model"] == "mlp" else None,
+      "input_dim": d, "loss": c["loss"], "optimizer": c["optimizer"],
       "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
       "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
       "grid": [{"learning_rate": lr, "reg": reg, "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
@@ -171,8 +226,8 @@ def run(config: dict, workdir: str) -> dict:
       "test_accuracy": test_acc,
       "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(metrics.per_class_accuracy(cm)).tolist())),
       "confusion_matrix": cm.tolist(),
-      "model": os.path.basename(model_path),
-      "timings_s": {"load": load_s, "train_grid": train_s, "train_per_setting": train_s / len(grid),
+      "model_file": os.path.basename(model_path),
+      "timings_s": {"load": load_s, "features": features_s, "train_grid": train_s, "train_per_setting": train_s / len(grid),
                     "predict_test": predict_s, "total": timer()},
       "compiles": fit.compile_count,
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -186,7 +241,8 @@ def run(config: dict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = dict(common.shared_flag_config(DEFAULTS), loss=_LOSS.value,
+  config = dict(common.shared_flag_config(DEFAULTS), model=_MODEL.value, features=_FEATURES.value,
+                hidden_size=_HIDDEN.value, cache_dir=_CACHE.value, loss=_LOSS.value,
                 optimizer=_OPTIMIZER.value, learning_rate=_LR.value, reg=_REG.value,
                 batch_size=_BATCH.value, num_epochs=_EPOCHS.value, num_steps=_STEPS.value,
                 schedule=_SCHEDULE.value, log_every=_LOG_EVERY.value)

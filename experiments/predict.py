@@ -18,8 +18,14 @@ from PIL import Image, UnidentifiedImageError
 
 from jaxlin import checkpoint
 
-_MODEL = flags.DEFINE_string("model", None, "path to a model.npz written by an experiment", required=True)
-_TOP = flags.DEFINE_integer("top", 3, "how many classes to print per image")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a program: --model here is a file, while in the
+  training experiments it names the model kind, and tests import both."""
+  flags.DEFINE_string("model", None, "path to a model.npz written by an experiment", required=True)
+  flags.DEFINE_integer("top", 3, "how many classes to print per image")
 
 
 def read_image(path: str, image_shape) -> np.ndarray:
@@ -56,15 +62,15 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give one or more image files after the flags")
-  if _TOP.value < 1:
+  if FLAGS.top < 1:
     sys.exit("error: --top must be >= 1")
   try:
-    model = checkpoint.load(_MODEL.value)
+    model = checkpoint.load(FLAGS.model)
   except ValueError as e:
     sys.exit(f"error: {e}")
   what = "probability" if model.loss == "softmax" else "score"
   failed = 0
-  for path, top, error in classify(model, paths, _TOP.value):
+  for path, top, error in classify(model, paths, FLAGS.top):
     if error:
       print(f"error: {error}", file=sys.stderr)
       failed += 1
@@ -75,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,7 +1,8 @@
 """Save and load a trained classifier with its preprocessing, in one .npz file.
 
-Loading needs numpy only (no TensorFlow, no JAX): a saved model can be used
-anywhere. The file holds the parameters (``param/<name>``), the training mean
+Loading and pixel models need numpy only (no TensorFlow, no JAX): a saved
+model can be used anywhere; models on HOG + hue features compute their
+features with jaxlin.features (JAX). The file holds the parameters (``param/<name>``), the training mean
 image, the input scale, the class names and a small JSON header (model kind,
 loss, image shape, version).
 """
@@ -27,8 +28,16 @@ class SavedModel:
   kind: str                # "linear" or "mlp"
   loss: str                # "svm" or "softmax"
   image_shape: tuple
+  features: str = "pixels"  # or "hog_hsv"
+  feature_mean: np.ndarray | None = None  # (F,) standardisation of hog_hsv features
+  feature_std: np.ndarray | None = None
 
   def preprocess(self, images_uint8_NxHxWxC) -> np.ndarray:
+    """The model's input rows: scaled centred pixels, or standardised HOG + hue features."""
+    if self.features == "hog_hsv":
+      from jaxlin import features  # pylint: disable=g-import-not-at-top  (needs JAX, not TensorFlow)
+      f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
+      return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image
     return (x / self.scale).reshape(len(x), -1)
 
@@ -49,12 +58,16 @@ class SavedModel:
 
 
 def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: float,
-         class_names: Sequence[str], kind: str, loss: str) -> str:
+         class_names: Sequence[str], kind: str, loss: str, features: str = "pixels",
+         feature_mean=None, feature_std=None) -> str:
   """Write atomically (temporary file renamed into place)."""
   mean_image = np.asarray(mean_image, np.float32)
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss, "scale": float(scale),
-            "image_shape": list(mean_image.shape)}
+            "image_shape": list(mean_image.shape), "features": features}
   arrays = {f"param/{k}": np.asarray(v, np.float32) for k, v in params.items()}
+  if features != "pixels":
+    arrays.update(feature_mean=np.asarray(feature_mean, np.float32),
+                  feature_std=np.asarray(feature_std, np.float32))
   arrays.update(mean_image=mean_image, class_names=np.asarray(list(class_names), dtype=str),
                 header=np.asarray(json.dumps(header)))
   directory = os.path.dirname(os.path.abspath(path))
@@ -76,6 +89,7 @@ def load(path: str) -> SavedModel:
       header = json.loads(str(f["header"]))
       params = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
       mean_image, class_names = f["mean_image"], tuple(str(c) for c in f["class_names"])
+      feature_stats = {k: f[k] for k in ("feature_mean", "feature_std") if k in f.files}
   except FileNotFoundError:
     raise ValueError(f"model file {path} does not exist") from None
   except (OSError, KeyError, ValueError) as e:
@@ -85,4 +99,5 @@ def load(path: str) -> SavedModel:
                      f"this jaxlin reads format {FORMAT_VERSION}")
   return SavedModel(params=params, mean_image=mean_image, scale=header["scale"],
                     class_names=class_names, kind=header["kind"], loss=header["loss"],
-                    image_shape=tuple(header["image_shape"]))
+                    image_shape=tuple(header["image_shape"]),
+                    features=header.get("features", "pixels"), **feature_stats)

@@ -105,3 +105,38 @@ def test_divergence_leaves_no_results(image_folder, tmp_path):
     linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, optimizer="sgd", learning_rate=[1e4],
                         reg=[10.0], batch_size=8, num_epochs=5), str(tmp_path))
   assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.npz").exists()
+
+
+@pytest.mark.parametrize("model, feats", [("mlp", "pixels"), ("linear", "hog_hsv"), ("mlp", "hog_hsv")])
+def test_network_and_feature_runs_end_to_end(tmp_path, model, feats):
+  from tests.conftest import make_image_folder
+  root = str(tmp_path / "images")
+  make_image_folder(root, size=16)  # 16x16: 2x2 HOG cells
+  wd = tmp_path / "wd"
+  cache = tmp_path / "cache"
+  cfg = dict(dataset=f"folder:{root}", model=model, features=feats, hidden_size=16, num_val=6,
+             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
+  res = linear_exp.run(cfg, str(wd))
+  assert res["model"] == model and res["features"] == feats
+  assert res["input_dim"] == (16 * 16 * 3 if feats == "pixels" else 2 * 2 * 9 + 10)
+  assert res["test_accuracy"] > 0.8
+  for f in ("plots/loss.png", "plots/accuracy.png", "plots/confusion.png", "model.npz"):
+    assert (wd / f).exists(), f
+  assert (wd / "plots" / "weights.png").exists() == (feats == "pixels")
+  saved = checkpoint.load(str(wd / "model.npz"))
+  assert saved.kind == model and saved.features == feats
+  ds = data.load(f"folder:{root}", num_val=6)
+  assert np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels) == pytest.approx(res["test_accuracy"])
+  if feats == "hog_hsv":  # features were cached; a second run reuses them
+    files = sorted(os.listdir(cache))
+    assert len(files) == 3
+    res2 = linear_exp.run(cfg, str(tmp_path / "wd2"))
+    assert sorted(os.listdir(cache)) == files
+    assert res2["test_accuracy"] == res["test_accuracy"]
+
+
+def test_unknown_model_and_features(tmp_path):
+  with pytest.raises(ConfigError, match="unknown --model 'cnn'"):
+    linear_exp.run(dict(dataset="folder:/x", model="cnn"), str(tmp_path))
+  with pytest.raises(ConfigError, match="unknown --features 'sift'"):
+    linear_exp.run(dict(dataset="folder:/x", features="sift"), str(tmp_path))

@@ -1,0 +1,64 @@
+r"""Cross-validation over many k costs one search per fold.
+
+  python -m benchmarks.cv_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_cv
+
+5-fold cross-validation of kNN over 10 values of k on 5,000 random training
+images, against the same 5 folds evaluated for a single k: the ratio should
+be close to 1 (target <= 1.2), since every k is voted from one search.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+_DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
+_OUT = flags.DEFINE_string("out", "runs/bench_cv", "folder for cached arrays and the report")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 5000, "training images")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats (median)")
+
+KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
+
+
+def main(argv):
+  del argv
+  from jaxlin import selection  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(_OUT.value)
+  os.makedirs(out, exist_ok=True)
+  paths = common.cached_arrays(_DATASET.value, out, _DATA_DIR.value)
+  tx, ty = np.load(paths["train_x"]), np.load(paths["train_y"])
+  idx = np.random.default_rng(0).permutation(len(ty))[:_NUM_TRAIN.value]
+  x, y = tx[idx], ty[idx]
+  rows = []
+  for metric in ("l2", "l1"):
+    times = {}
+    for name, ks in (("one k (k=100)", [100]), ("10 values of k", KS)):
+      selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=10)  # compile
+      runs = []
+      for _ in range(_REPEATS.value):
+        with common.Stopwatch() as sw:
+          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=10)
+        runs.append(sw.seconds)
+      times[name] = float(np.median(runs))
+    rows.append({"metric": metric, "5 folds, one k (s)": times["one k (k=100)"],
+                 "5 folds, 10 k (s)": times["10 values of k"],
+                 "ratio": times["10 values of k"] / times["one k (k=100)"]})
+    print(rows[-1], file=sys.stderr, flush=True)
+  table = common.markdown_table(rows, list(rows[0]))
+  header = {"benchmark": "cv_speed", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": common.machine(), "dataset": _DATASET.value, "num_train": _NUM_TRAIN.value,
+            "command": "python -m benchmarks.cv_speed " + " ".join(sys.argv[1:])}
+  path = common.save_report(out, "cv_speed", header, table, rows)
+  print(table)
+  print(f"saved {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

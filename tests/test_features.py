@@ -1,0 +1,129 @@
+import colorsys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlin import features, losses, mlp, train
+
+
+def hog_reference(img, orientations=9, cell=8):
+  """Per-pixel loops, written plainly after the course's hog_feature."""
+  g = img.astype(np.float64) @ np.array(features.GREY)
+  h, w = g.shape
+  gx, gy = np.zeros_like(g), np.zeros_like(g)
+  for i in range(h):
+    for j in range(w - 1):
+      gx[i, j] = g[i, j + 1] - g[i, j]
+  for i in range(h - 1):
+    for j in range(w):
+      gy[i, j] = g[i + 1, j] - g[i, j]
+  out = np.zeros((h // cell, w // cell, orientations))
+  width = 180.0 / orientations
+  for ci in range(h // cell):
+    for cj in range(w // cell):
+      for i in range(ci * cell, ci * cell + cell):
+        for j in range(cj * cell, cj * cell + cell):
+          mag = np.hypot(gx[i, j], gy[i, j])
+          ori = np.degrees(np.arctan2(gy[i, j], gx[i, j])) + 90.0
+          for b in range(orientations):
+            if width * b <= ori < width * (b + 1) and ori > 0:
+              out[ci, cj, b] += mag / (cell * cell)
+  return out.ravel()
+
+
+def hue_hist_reference(img, bins=10):
+  counts = np.zeros(bins)
+  for row in img:
+    for r, g, b in row:
+      h, _, _ = colorsys.rgb_to_hsv(r / 255.0, g / 255.0, b / 255.0)
+      counts[min(int(np.floor(h * bins)), bins - 1)] += 1
+  return counts / (img.shape[0] * img.shape[1])
+
+
+def test_hog_literal_vertical_edge():
+  # Left half black, right half white: one column of horizontal gradient 255 per row,
+  # orientation atan2(0, 255) + 90 = 90 degrees -> bin 4 of 9 ([80, 100)).
+  img = np.zeros((8, 8, 3), np.uint8)
+  img[:, 4:] = 255
+  f = np.asarray(features.hog(img))
+  assert f.shape == (9,)
+  expected = np.zeros(9)
+  expected[4] = 8 * 255.0 / 64  # 8 edge pixels of magnitude 255, averaged over the cell
+  np.testing.assert_allclose(f, expected, rtol=1e-5)
+
+
+def test_hue_histogram_literal_colours():
+  img = np.zeros((2, 2, 3), np.uint8)
+  img[0, 0] = (255, 0, 0)    # red: hue 0
+  img[0, 1] = (0, 255, 0)    # green: hue 1/3
+  img[1, 0] = (0, 0, 255)    # blue: hue 2/3
+  img[1, 1] = (128, 128, 128)  # grey: hue 0
+  np.testing.assert_allclose(features.hue_histogram(img, bins=3), [0.5, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_features_match_slow_references_on_random_images(seed):
+  rng = np.random.default_rng(seed)
+  img = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+  np.testing.assert_allclose(features.hog(img), hog_reference(img), rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(features.hue_histogram(img), hue_hist_reference(img), atol=1e-6)
+
+
+def test_extract_batches_equal_single_images_and_jit():
+  rng = np.random.default_rng(2)
+  imgs = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+  f = features.extract(imgs, batch_size=3)  # 7 = 3 + 3 + 1 (padded)
+  assert f.shape == (7, 4 * 4 * 9 + 10)
+  for i in (0, 6):
+    np.testing.assert_allclose(f[i], jnp.concatenate([features.hog(imgs[i]),
+                                                      features.hue_histogram(imgs[i])]), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"expected images \(N, H, W, 3\)"):
+    features.extract(imgs[..., 0])
+
+
+def test_standardise_uses_training_statistics():
+  tr = jnp.array([[0.0, 1.0], [2.0, 1.0]])
+  te = jnp.array([[4.0, 3.0]])
+  (a, b), (mean, std) = features.standardise(tr, te)
+  np.testing.assert_allclose(a, [[-1, 0], [1, 0]])
+  np.testing.assert_allclose(b, [[3, 2]])
+
+
+def test_mlp_gradients_match_numerical_gradients():
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(10, 5)), rng.integers(0, 3, 10)
+  params = mlp.init_params(jax.random.key(0), 5, 7, 3)
+  params = {k: v + 0.01 for k, v in params.items()}  # biases off zero: no ReLU kinks at 0
+  reg = 0.05
+
+  def f64(p):
+    h = np.maximum(x @ p["W1"] + p["b1"], 0)
+    s = h @ p["W2"] + p["b2"]
+    z = s - s.max(1, keepdims=True)
+    data = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y])
+    return data + reg * (np.sum(p["W1"] ** 2) + np.sum(p["W2"] ** 2))
+
+  grad = jax.grad(lambda p: train.objective(p, jnp.asarray(x, jnp.float32), y, reg,
+                                            apply_fn=mlp.scores,
+                                            loss_fn=losses.softmax_cross_entropy)[0])(params)
+  p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  h = 1e-6
+  for name in ("W1", "b1", "W2", "b2"):
+    for _ in range(5):
+      idx = tuple(rng.integers(0, s) for s in p64[name].shape)
+      plus = {k: v.copy() for k, v in p64.items()}
+      minus = {k: v.copy() for k, v in p64.items()}
+      plus[name][idx] += h
+      minus[name][idx] -= h
+      num = (f64(plus) - f64(minus)) / (2 * h)
+      assert float(grad[name][idx]) == pytest.approx(num, rel=1e-3, abs=1e-4), name
+
+
+def test_mlp_shapes_and_errors():
+  p = mlp.init_params(jax.random.key(1), 6, 4, 3)
+  assert mlp.scores(p, jnp.ones((2, 6))).shape == (2, 3)
+  assert float(losses.l2_penalty(p)) == pytest.approx(float(jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2)))
+  with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
+    mlp.scores(p, jnp.ones((2, 5)))
