@@ -13,6 +13,7 @@ a fixed, class-mixed set for a given source.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import threading
@@ -227,7 +228,23 @@ def _class_names_tfds(name, data_dir, labels):
 
 
 def load_split(name: str, split: str, *, data_dir: str | None = None):
-  """Whole split as (images uint8 (N, H, W, C), labels int32 (N,), class_names)."""
+  """Whole split as (images uint8 (N, H, W, C), labels int32 (N,), class_names).
+
+  The last few splits loaded stay in memory (read-only arrays), so a process
+  that runs several experiments on one dataset decodes it once.
+  """
+  return _load_split_cached(name, split, data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split_cached(name, split, data_dir):
+  images, labels, classes = _load_split(name, split, data_dir)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  return images, labels, classes
+
+
+def _load_split(name, split, data_dir):
   kind, value = parse_name(name)
   if kind == "folder":
     classes = check_folder(value)
