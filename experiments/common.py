@@ -24,11 +24,30 @@ SEED = flags.DEFINE_integer("seed", 0, "seed for subsets, folds, init and miniba
 NUM_TRAIN = flags.DEFINE_integer("num_train", None, "training images (0 = all; default: the experiment's)")
 NUM_VAL = flags.DEFINE_integer("num_val", None, "val images, the last of the training split (default 1000)")
 NUM_TEST = flags.DEFINE_integer("num_test", None, "test images (0 = all; default: the experiment's)")
+SHARD = flags.DEFINE_string(
+    "shard", "auto", "many devices: auto (split the queries / the batch when there are several "
+    "devices), none, queries, or database (kNN: split the database rows)")
+SHARD_MODES = ("auto", "none", "queries", "database")
+
+
+def check_shard(value: str) -> str:
+  if value not in SHARD_MODES:
+    raise ConfigError(f"unknown --shard {value!r}; choose from {', '.join(SHARD_MODES)}")
+  return value
+
+
+def mesh_for(shard: str):
+  """(mesh or None, kNN shard mode): a mesh over all devices unless there is one or shard=none."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxlin import sharding  # pylint: disable=g-import-not-at-top
+  if shard == "none" or jax.device_count() == 1:
+    return None, "queries"
+  return sharding.make_mesh(), ("database" if shard == "database" else "queries")
 
 
 def shared_flag_config(defaults: Mapping[str, Any]) -> dict:
   """The shared flags as config entries (unset sizes take the experiment's defaults)."""
-  out = dict(dataset=DATASET.value, data_dir=DATA_DIR.value, seed=SEED.value)
+  out = dict(dataset=DATASET.value, data_dir=DATA_DIR.value, seed=SEED.value, shard=SHARD.value)
   for name, holder in (("num_train", NUM_TRAIN), ("num_val", NUM_VAL), ("num_test", NUM_TEST)):
     out[name] = defaults[name] if holder.value is None else holder.value
   return out

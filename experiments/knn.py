@@ -24,7 +24,7 @@ from jaxlin.errors import ConfigError
 DEFAULTS = dict(
     dataset="cifar10", data_dir=None, seed=0, num_train=5000, num_test=500, num_val=1000,
     k=[1, 3, 5, 8, 10, 12, 15, 20, 50, 100], metric=["l1", "l2"], cv_folds=5,
-    tie_break="smallest_label", num_neighbor_rows=8)
+    tie_break="smallest_label", num_neighbor_rows=8, shard="auto")
 
 _K = flags.DEFINE_list("k", [str(k) for k in DEFAULTS["k"]], "values of k to compare")
 _METRIC = flags.DEFINE_list("metric", DEFAULTS["metric"], "distances to compare: l1, l2, cosine")
@@ -58,6 +58,7 @@ def validate(config: dict) -> dict:
     raise ConfigError(f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c['num_val']}")
   if c["num_train"] is not None:
     _check_k_fits(c, c["num_train"], single)
+  common.check_shard(c["shard"])
   if c["tie_break"] not in knn.TIE_BREAKS:
     raise ConfigError(f"unknown --tie_break {c['tie_break']!r}; choose from {knn.TIE_BREAKS}")
   return c
@@ -77,6 +78,7 @@ def run(config: dict, workdir: str) -> dict:
   data.check_name(c["dataset"])
   common.write_json(os.path.join(workdir, "config.json"), c)
   timer = common.Timer()
+  mesh, shard = common.mesh_for(c["shard"])
 
   logging.info("loading %s", c["dataset"])
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
@@ -98,12 +100,12 @@ def run(config: dict, workdir: str) -> dict:
         accuracies[m] = selection.cross_validate_knn(
             train_x[order], train_y[order], c["k"], num_folds=c["cv_folds"], metric=m,
             num_classes=ds.num_classes, tie_break=c["tie_break"],
-            callback=common.tile_callback(bar))
+            callback=common.tile_callback(bar), mesh=mesh, shard=shard)
     else:
       with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
         preds = knn.predict(train_x, train_y, flat(ds.val.images), k=c["k"], metric=m,
                             num_classes=ds.num_classes, tie_break=c["tie_break"],
-                            callback=common.tile_callback(bar))
+                            callback=common.tile_callback(bar), mesh=mesh, shard=shard)
       accuracies[m] = np.array([[float(metrics.accuracy(ds.val.labels, p)) for p in preds]])
     logging.info("%s: mean accuracy by k %s", m,
                  {k: round(float(a), 4) for k, a in zip(c["k"], accuracies[m].mean(0))})
@@ -121,7 +123,7 @@ def run(config: dict, workdir: str) -> dict:
   show_k = min(max(best_k, 10), len(train_y))
   with common.progress(f"test, {best_metric} k={best_k}", len(ds.test), "img") as bar:
     _, idx = knn.search(flat(ds.test.images), train_x, show_k, metric=best_metric,
-                        callback=common.tile_callback(bar))
+                        callback=common.tile_callback(bar), mesh=mesh, shard=shard)
   idx = np.asarray(idx)
   test_pred = np.asarray(knn.vote(train_y[idx[:, :best_k]], ds.num_classes, tie_break=c["tie_break"]))
   test_s = test_t()
@@ -153,6 +155,7 @@ def run(config: dict, workdir: str) -> dict:
       "per_class_test_accuracy": dict(zip(ds.class_names,
                                           np.asarray(metrics.per_class_accuracy(cm)).tolist())),
       "confusion_matrix": cm.tolist(),
+      "devices": 1 if mesh is None else int(mesh.devices.size),
       "timings_s": {"load": load_s, "selection": select_s, "test": test_s, "total": timer()},
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }

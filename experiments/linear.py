@@ -31,7 +31,7 @@ DEFAULTS = dict(
     dataset="cifar10", data_dir=None, seed=0, model="linear", features="pixels", hidden_size=500,
     loss="softmax", optimizer="momentum", learning_rate=None, reg=None, batch_size=200,
     num_epochs=None, num_steps=0, schedule="cosine", num_train=0, num_val=1000, num_test=0,
-    log_every=0, init_scale=None, margin=1.0, cache_dir=os.path.join("~", ".cache", "jaxlin"))
+    log_every=0, init_scale=None, margin=1.0, shard="auto", cache_dir=os.path.join("~", ".cache", "jaxlin"))
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")
 # Defaults that depend on (model, features), used where the config leaves them None.
@@ -95,6 +95,7 @@ def validate(config: dict) -> dict:
     raise ConfigError(f"--num_val must be >= 1 (the grid is chosen on it), got {c['num_val']}")
   if c["num_train"] and c["optimizer"] != "lbfgs" and c["batch_size"] > c["num_train"]:
     raise ConfigError(f"--batch_size={c['batch_size']} exceeds --num_train={c['num_train']}")
+  common.check_shard(c["shard"])
   if c["log_every"] < 0:
     raise ConfigError(f"--log_every must be >= 0, got {c['log_every']}")
   return c
@@ -151,8 +152,9 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
+  mesh, _ = common.mesh_for(c["shard"])  # data parallel when there are several devices
   trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
-                          total_steps=steps)
+                          total_steps=steps, mesh=mesh)
   sub = np.random.default_rng([c["seed"], 5]).permutation(len(ds.train))[:1000]
   writer = common.MetricsWriter(workdir)
   with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
@@ -230,6 +232,7 @@ def run(config: dict, workdir: str) -> dict:
       "timings_s": {"load": load_s, "features": features_s, "train_grid": train_s, "train_per_setting": train_s / len(grid),
                     "predict_test": predict_s, "total": timer()},
       "compiles": fit.compile_count,
+      "devices": 1 if mesh is None else int(mesh.devices.size),
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
   common.write_json(os.path.join(workdir, "results.json"), results)

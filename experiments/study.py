@@ -33,7 +33,8 @@ from jaxlin.errors import ConfigError, DataError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 DEFAULTS = dict(dataset="cifar10", data_dir=None, seed=0, num_train=0, num_val=1000, num_test=0,
-                knn_num_train=5000, stages=list(STAGES), mlp_hidden_size=500, mlp_epochs=10.0)
+                knn_num_train=5000, stages=list(STAGES), mlp_hidden_size=500, mlp_epochs=10.0,
+                shard="auto")
 
 _STAGES = flags.DEFINE_list("stages", DEFAULTS["stages"], f"stages to run, from {', '.join(STAGES)}")
 _KNN_TRAIN = flags.DEFINE_integer("knn_num_train", DEFAULTS["knn_num_train"],
@@ -49,7 +50,7 @@ def stage_configs(c: dict, available_train: int | None = None) -> dict:
   (``available_train``: the training images there are, when known).
   """
   shared = dict(dataset=c["dataset"], data_dir=c["data_dir"], seed=c["seed"], num_val=c["num_val"],
-                num_test=c["num_test"])
+                num_test=c["num_test"], shard=c["shard"])
   lin = dict(shared, num_train=c["num_train"])
   n_knn = c["knn_num_train"] or available_train
   ks = knn_exp.DEFAULTS["k"]

@@ -115,7 +115,8 @@ def _pad_rows(x, multiple):
 
 def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
            query_tile: int | None = None, database_tile: int | None = None,
-           callback: Callable[[int, int], None] | None = None):
+           callback: Callable[[int, int], None] | None = None, mesh=None,
+           shard: str = "queries"):
   """Exact k nearest neighbours of every query in the database.
 
   Args:
@@ -125,11 +126,21 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
     metric: "l1", "l2", "l2_squared" or "cosine".
     query_tile, database_tile: tile sizes (memory is bounded by them).
     callback: called as ``callback(queries_done, Q)`` after each query tile.
+    mesh: a ``jax.sharding.Mesh`` (see jaxlin.sharding) to search on many
+      devices, splitting the queries (shard="queries") or the database
+      (shard="database"); same results as on one device.
 
   Returns:
     (dists_QxK float32, idx_QxK int32): nearest first; ties at equal distance
     in increasing database index.
   """
+  if mesh is not None and mesh.devices.size > 1:
+    from jaxlin import sharding  # pylint: disable=g-import-not-at-top  (it builds on this module)
+    out = sharding.search(queries_QxD, database_NxD, k, mesh=mesh, metric=metric, mode=shard,
+                          query_tile=query_tile, database_tile=database_tile)
+    if callback is not None:
+      callback(len(queries_QxD), len(queries_QxD))
+    return out
   distances.check_metric(metric)
   queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
   distances._check_pair(queries_QxD, database_NxD)
@@ -191,13 +202,13 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
 
 def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "l2",
             num_classes: int, tie_break: str = "smallest_label",
-            callback: Callable[[int, int], None] | None = None):
+            callback: Callable[[int, int], None] | None = None, mesh=None, shard: str = "queries"):
   """kNN predictions. ``k`` an int -> (Q,); a sequence of ints -> (len(k), Q),
   all from ONE search with the largest k."""
   ks = [k] if isinstance(k, (int, np.integer)) else list(k)
   if not ks or any(not isinstance(kk, (int, np.integer)) or kk < 1 for kk in ks):
     raise ValueError(f"k must be a positive int or a non-empty sequence of them, got {k!r}")
-  _, idx = search(test_x, train_x, max(ks), metric=metric, callback=callback)
+  _, idx = search(test_x, train_x, max(ks), metric=metric, callback=callback, mesh=mesh, shard=shard)
   labels = jnp.asarray(train_y)[idx]
   preds = jnp.stack([vote(labels[:, :kk], num_classes, tie_break=tie_break) for kk in ks])
   return preds[0] if isinstance(k, (int, np.integer)) else preds

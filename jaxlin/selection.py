@@ -24,7 +24,8 @@ def kfold_indices(n: int, num_folds: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: str = "l2",
                        num_classes: int, tie_break: str = "smallest_label",
-                       callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+                       callback: Callable[[int, int], None] | None = None, mesh=None,
+                       shard: str = "queries") -> np.ndarray:
   """Accuracy of kNN for every fold and k: (num_folds, len(ks)).
 
   Each fold runs ONE search (with max(ks)) and votes for every k from it.
@@ -37,7 +38,7 @@ def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: s
     if max(ks) > len(tr):
       raise ValueError(f"k={max(ks)} exceeds the {len(tr)} training examples of a fold")
     preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes,
-                        tie_break=tie_break)
+                        tie_break=tie_break, mesh=mesh, shard=shard)
     out[f] = [float(metrics.accuracy(y[va], p)) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)

@@ -86,12 +86,15 @@ class Trainer:
   """Compiles the epoch program once; ``fit`` runs the host loop."""
 
   def __init__(self, model: Model, loss_fn: Callable, *, optimizer: str, schedule: str = "constant",
-               total_steps: int = 1):
+               total_steps: int = 1, mesh=None):
+    """mesh: a jax.sharding.Mesh with axis "data" for data-parallel training
+    (each minibatch split along the batch axis, parameters replicated)."""
     if optimizer not in OPTIMIZERS:
       raise ValueError(f"unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}")
     self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
     self.schedule = make_schedule(schedule, total_steps)
     self.full_batch = optimizer == "lbfgs"
+    self.mesh = mesh if mesh is not None and mesh.devices.size > 1 else None
     self.trace_count = 0  # how many times the epoch program was traced (compiled)
     self._run_steps = jax.jit(self._run_steps_impl, donate_argnums=(0,))
     self._accuracy = jax.jit(self._accuracy_impl)
@@ -138,6 +141,10 @@ class Trainer:
     def one_step(state, inputs):
       idx, valid = inputs
       xb, yb = (x, y) if self.full_batch else (x[idx], y[idx])
+      if self.mesh is not None:  # data parallel: the batch split across devices
+        batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        xb = jax.lax.with_sharding_constraint(xb, batch)
+        yb = jax.lax.with_sharding_constraint(yb, batch)
       new_p, new_o, value = jax.vmap(self._member_step, in_axes=(0, 0, 0, 0, None, None))(
           state.params, state.opt_state, hyper["lr"], hyper["reg"], xb, yb)
       finite = jnp.isfinite(value) | ~valid

@@ -1,0 +1,121 @@
+"""Many devices through jax.sharding: a device mesh, sharded kNN search, data-parallel training.
+
+One code path for CPU, GPU and TPU; a mesh of one device is the single-device
+case. Two kNN modes, both giving results identical to ``jaxlin.knn.search``
+(ties included):
+
+* ``mode="queries"`` -- queries split across devices, the database replicated
+  on each (the fast default when the database fits on one device);
+* ``mode="database"`` -- database rows split across devices; each device finds
+  its local top-k, the candidates are gathered and merged by (distance,
+  global index), so a database larger than one device's memory can be searched.
+
+Training is data-parallel by placing the training arrays row-sharded on the
+mesh (``shard_rows``) and the parameters replicated; jit's partitioner adds
+the gradient all-reduce.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlin import distances, knn
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named "data" over the given devices (default: all, every process)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(-1), (AXIS,))
+
+
+def shard_rows(x, mesh: Mesh):
+  """Place x split by rows over the mesh (rows must divide evenly: see pad_rows)."""
+  return jax.device_put(x, NamedSharding(mesh, P(AXIS)))
+
+
+def replicate(x, mesh: Mesh):
+  return jax.device_put(x, NamedSharding(mesh, P()))
+
+
+def pad_rows(x, multiple: int):
+  pad = (-x.shape[0]) % multiple
+  return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) if pad else x
+
+
+def _local_search(q_QxD, db_tiles, db_aux, n_valid, *, k, mode, qt):
+  """All query tiles of one device's queries against one device's database tiles."""
+  tiles = q_QxD.reshape(-1, qt, q_QxD.shape[1])
+  d, i = jax.lax.map(lambda q: knn._search_tile(q, db_tiles, db_aux, n_valid, k=k, mode=mode), tiles)
+  return d.reshape(-1, k), i.reshape(-1, k)
+
+
+def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
+           mode: str = "queries", query_tile: int | None = None, database_tile: int | None = None):
+  """``jaxlin.knn.search`` over the devices of ``mesh``; same results, ties included."""
+  if mode not in ("queries", "database"):
+    raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
+  distances.check_metric(metric)
+  queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
+  distances._check_pair(queries_QxD, database_NxD)
+  n, q_total = database_NxD.shape[0], queries_QxD.shape[0]
+  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
+  k, ndev = int(k), mesh.devices.size
+  qt, dt = knn.default_tiles(metric)
+  kmode = knn._mode(queries_QxD, database_NxD, metric)
+  db, db_aux, transform_q = knn._prepare_database(database_NxD, kmode)
+  queries = transform_q(queries_QxD)
+
+  if mode == "queries":
+    qt = max(1, min(query_tile or qt, -(-q_total // ndev)))
+    dt = max(1, min(database_tile or dt, n))
+    tiles, aux = _tile_database(db, db_aux, dt, kmode, 1)
+    q = pad_rows(queries, ndev * qt)
+    fn = jax.shard_map(functools.partial(_local_search, k=k, mode=kmode, qt=qt), mesh=mesh,
+                       in_specs=(P(AXIS), P(), P(), P()), out_specs=(P(AXIS), P(AXIS)),
+                       check_vma=False)
+    d, i = jax.jit(fn)(q, tiles, aux, jnp.int32(n))
+  else:
+    rows = -(-n // ndev)  # database rows per device (the last devices may hold padding)
+    dt = max(1, min(database_tile or dt, rows))
+    rows = -(-rows // dt) * dt
+    tiles, aux = _tile_database(pad_rows(db, rows * ndev), None if db_aux is None else
+                                pad_rows(db_aux, rows * ndev), dt, kmode, ndev)
+    qt = max(1, min(query_tile or qt, q_total))
+    q = pad_rows(queries, qt)
+
+    def per_device(q, tiles, aux):
+      me = jax.lax.axis_index(AXIS)
+      n_local = jnp.clip(n - me * rows, 0, rows).astype(jnp.int32)
+      d, i = _local_search(q, tiles, aux, n_local, k=k, mode=kmode, qt=qt)
+      i = jnp.where(i >= 0, i + me * rows, i)  # global indices
+      # Gather every device's candidates in device order (= increasing global index).
+      d_all = jax.lax.all_gather(d, AXIS, axis=1, tiled=True)
+      i_all = jax.lax.all_gather(i, AXIS, axis=1, tiled=True)
+      _, pos = jax.lax.top_k(-d_all, k)  # stable: equal distances keep the lower global index
+      return jnp.take_along_axis(d_all, pos, 1), jnp.take_along_axis(i_all, pos, 1)
+
+    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                       out_specs=(P(), P()), check_vma=False)
+    d, i = jax.jit(fn)(q, tiles, aux)
+  d, i = d[:q_total], i[:q_total]
+  if metric == "l2":
+    d = jnp.sqrt(d)
+  return d, i
+
+
+def _tile_database(db, db_aux, dt, kmode, ndev):
+  """(tiles, aux) as knn.search lays them out, with rows padded to whole tiles per device."""
+  db = pad_rows(db, dt * ndev)
+  tiles = db.reshape(-1, dt, db.shape[1])
+  aux = (jnp.zeros(tiles.shape[:2], jnp.float32) if db_aux is None
+         else pad_rows(db_aux, dt * ndev).reshape(tiles.shape[:2]))
+  if kmode == "l1":
+    tiles = tiles.transpose(0, 2, 1)
+  return tiles, aux
