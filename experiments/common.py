@@ -28,6 +28,36 @@ SHARD = flags.DEFINE_string(
     "shard", "auto", "many devices: auto (split the queries / the batch when there are several "
     "devices), none, queries, or database (kNN: split the database rows)")
 SHARD_MODES = ("auto", "none", "queries", "database")
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "multi-host: host:port of process 0 (with --num_processes, --process_id)")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0 .. num_processes-1")
+DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "multi-host on a managed cluster (TPU pods, SLURM): discover the processes")
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize() from the multi-host flags (no-op when none are given)."""
+  if not (DISTRIBUTED.value or COORDINATOR.value or NUM_PROCESSES.value):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if COORDINATOR.value and (NUM_PROCESSES.value is None or PROCESS_ID.value is None):
+    raise ConfigError("--coordinator_address needs --num_processes and --process_id")
+  try:  # CPU-only processes need a collectives backend to talk to each other
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, KeyError, ValueError):
+    pass
+  if DISTRIBUTED.value and not COORDINATOR.value:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=COORDINATOR.value,
+                               num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)
+
+
+def is_writer() -> bool:
+  """Only process 0 writes files; every process computes the same results."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 def check_shard(value: str) -> str:
@@ -68,6 +98,8 @@ def prepare_workdir(workdir: str, stale: tuple[str, ...] = ("results.json",)) ->
   if not workdir:
     raise ConfigError("--workdir is required: the folder where results and plots are written")
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not is_writer():
+    return workdir
   try:
     os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
     fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write_test")
@@ -84,7 +116,9 @@ def prepare_workdir(workdir: str, stale: tuple[str, ...] = ("results.json",)) ->
 
 
 def write_json(path: str, obj: Any) -> str:
-  """Write JSON atomically (a temporary file renamed into place)."""
+  """Write JSON atomically (a temporary file renamed into place); process 0 only."""
+  if not is_writer():
+    return path
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
@@ -110,9 +144,13 @@ class MetricsWriter:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    open(self.path, "w").close()
+    self.enabled = is_writer()
+    if self.enabled:
+      open(self.path, "w").close()
 
   def write(self, **record):
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record, default=_json_default) + "\n")
 
@@ -158,6 +196,7 @@ def parse_floats(values, name: str) -> list[float]:
 def run_main(run: Callable[[dict, str], dict], config: dict, workdir: str) -> None:
   """Calls run(config, workdir); a user error becomes one line on stderr and exit code 2."""
   try:
+    init_distributed()
     run(config, workdir)
   except JaxlinError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from experiments import common
@@ -131,14 +132,15 @@ def run(config: dict, workdir: str) -> dict:
   cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, ds.num_classes))
 
   # ---- figures, then results (written last: its presence means the run finished) ----
-  if accuracies:
+  if accuracies and common.is_writer():
     plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
   rows = np.random.default_rng([c["seed"], 4]).permutation(len(ds.test))[:c["num_neighbor_rows"]]
-  plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), ds.test.images[rows],
-                  ds.test.labels[rows], ds.train.images[idx[rows, :10]], train_y[idx[rows, :10]],
-                  ds.class_names)
-  plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
-                  title=f"kNN {best_metric} k={best_k}, test")
+  if common.is_writer():
+    plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), ds.test.images[rows],
+                    ds.test.labels[rows], ds.train.images[idx[rows, :10]], train_y[idx[rows, :10]],
+                    ds.class_names)
+    plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
+                    title=f"kNN {best_metric} k={best_k}, test")
   results = {
       "dataset": c["dataset"],
       "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
@@ -156,6 +158,7 @@ def run(config: dict, workdir: str) -> dict:
                                           np.asarray(metrics.per_class_accuracy(cm)).tolist())),
       "confusion_matrix": cm.tolist(),
       "devices": 1 if mesh is None else int(mesh.devices.size),
+      "processes": jax.process_count(),
       "timings_s": {"load": load_s, "selection": select_s, "test": test_s, "total": timer()},
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }

@@ -152,6 +152,9 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
+  if jax.process_count() > 1:
+    raise ConfigError("the training experiments run on one host (any number of its devices); "
+                      "multi-host training is not supported yet: drop the multi-host flags")
   mesh, _ = common.mesh_for(c["shard"])  # data parallel when there are several devices
   trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
                           total_steps=steps, mesh=mesh)
@@ -200,10 +203,12 @@ def run(config: dict, workdir: str) -> dict:
     plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
                     title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
-  plots.curves(p("loss.png"), {f"lr={lr:g} reg={reg:g}" + (" (chosen)" if g == best else ""):
-                               (steps_axis, fit.losses[:, g]) for g, (lr, reg) in enumerate(grid)
-                               if g == best or len(grid) <= 9},
-               ylabel="training objective", title=f"{c['loss']} loss, {c['optimizer']}", logy=True)
+  label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
+  shown = range(len(grid)) if len(grid) <= 9 else [best]
+  plots.curves(p("loss.png"), {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
+               ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
+               highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
+               f"(moving average over {max(1, len(steps_axis) // 50)} steps)")
   plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
              c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
              title="val accuracy over the grid")

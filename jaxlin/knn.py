@@ -39,20 +39,43 @@ def _mode(queries, database, metric) -> str:
   return "cosine" if metric == "cosine" else "l2_float"
 
 
-def _prepare_database(database_NxD, mode):
-  """(database rows, per-row aux, query transform) for one search."""
-  if mode == "l1":  # kept in its own (integer) dtype; tiles are made feature-major later
-    return database_NxD, None, lambda q: q
+@functools.partial(jax.jit, static_argnames=("mode", "tile"))
+def _prepare_tiles(database_NxD, n_valid, *, mode, tile):
+  """Database tiles (M, S, D) -- (M, D, S) for L1 -- per-row aux (M, S), and the
+  centre for float L2, made in one compiled program (no extra full-size copies).
+
+  Rows past n_valid are padding (zeros); search masks them out.
+  """
+  db = _pad_rows(database_NxD, tile)
+  aux, mu = None, None
   if mode == "l2_pixels":
-    db = distances.centred_pixels(database_NxD)
-    return db, distances.int_squared_norms(db), distances.centred_pixels
-  db = distances.as_float(database_NxD)
+    db = distances.centred_pixels(db)
+    aux = distances.int_squared_norms(db)
+  elif mode == "cosine":
+    db = distances.as_float(db)
+    db = db / jnp.maximum(jnp.linalg.norm(db, axis=1, keepdims=True), 1e-30)
+  elif mode == "l2_float":
+    db = distances.as_float(db)
+    mu = jnp.sum(db, axis=0) / n_valid  # padding rows are zeros: the mean of the real rows
+    db = db - mu  # centring: L2 is translation invariant, and float32 cancels less
+    aux = distances.squared_norms(db)
+  tiles = db.reshape(-1, tile, db.shape[1])
+  aux = jnp.zeros(tiles.shape[:2], jnp.float32) if aux is None else aux.reshape(tiles.shape[:2])
+  if mode == "l1":
+    tiles = tiles.transpose(0, 2, 1)  # feature-major for the accumulation
+  return tiles, aux, mu
+
+
+def _transform_queries(queries_QxD, mode, mu):
+  """The query-side counterpart of _prepare_tiles."""
+  if mode == "l1":
+    return queries_QxD
+  if mode == "l2_pixels":
+    return distances.centred_pixels(queries_QxD)
+  q = distances.as_float(queries_QxD)
   if mode == "cosine":
-    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-    return unit(db), None, lambda q: unit(distances.as_float(q))
-  mu = jnp.mean(db, axis=0)  # centring: L2 is translation invariant, float32 cancels less
-  db = db - mu
-  return db, distances.squared_norms(db), lambda q: distances.as_float(q) - mu
+    return q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+  return q - mu
 
 
 def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
@@ -153,13 +176,8 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
   dt = max(1, min(database_tile or dt, n))
 
   mode = _mode(queries_QxD, database_NxD, metric)
-  db, db_aux, transform_q = _prepare_database(database_NxD, mode)
-  db = _pad_rows(db, dt).reshape(-1, dt, db.shape[1])
-  db_aux = (jnp.zeros(db.shape[:2], jnp.float32) if db_aux is None
-            else _pad_rows(db_aux, dt).reshape(db.shape[:2]))
-  if mode == "l1":
-    db = db.transpose(0, 2, 1)  # (tiles, D, S): feature-major for the accumulation
-  queries = transform_q(queries_QxD)
+  db, db_aux, mu = _prepare_tiles(database_NxD, n, mode=mode, tile=dt)
+  queries = _transform_queries(queries_QxD, mode, mu)
 
   q_total = queries.shape[0]
   out_d, out_i = [], []

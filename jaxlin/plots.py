@@ -117,7 +117,7 @@ def templates(path: str, w_DxC, image_shape: Sequence[int], class_names: Sequenc
   c = w.shape[1]
   cols = min(c, 10)
   rows = -(-c // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
   for j, ax in enumerate(axes.ravel()):
     ax.set_xticks([])
     ax.set_yticks([])
@@ -131,11 +131,22 @@ def templates(path: str, w_DxC, image_shape: Sequence[int], class_names: Sequenc
 
 
 def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-           xlabel: str = "step", ylabel: str = "", title: str = "", logy: bool = False) -> str:
-  """Line plot of named (x, y) series (loss, accuracy, ...)."""
+           xlabel: str = "step", ylabel: str = "", title: str = "", logy: bool = False,
+           smooth: int = 1, highlight: str | None = None) -> str:
+  """Line plot of named (x, y) series (loss, accuracy, ...).
+
+  smooth > 1 draws the moving average over that many points (noisy minibatch
+  losses); ``highlight`` names a series drawn bold, the others thin.
+  """
   fig, ax = plt.subplots(figsize=(7, 4))
   for name, (xs, ys) in series.items():
-    ax.plot(xs, ys, label=name, marker="." if len(xs) < 60 else None)
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    if smooth > 1 and len(ys) >= smooth:
+      ys = np.convolve(ys, np.ones(smooth) / smooth, mode="valid")
+      xs = xs[smooth - 1:]
+    bold = highlight is None or name == highlight
+    ax.plot(xs, ys, label=name, marker="." if len(xs) < 60 else None,
+            linewidth=2.0 if bold else 0.8, alpha=1.0 if bold else 0.6)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)

@@ -69,14 +69,12 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
   k, ndev = int(k), mesh.devices.size
   qt, dt = knn.default_tiles(metric)
   kmode = knn._mode(queries_QxD, database_NxD, metric)
-  db, db_aux, transform_q = knn._prepare_database(database_NxD, kmode)
-  queries = transform_q(queries_QxD)
 
   if mode == "queries":
     qt = max(1, min(query_tile or qt, -(-q_total // ndev)))
     dt = max(1, min(database_tile or dt, n))
-    tiles, aux = _tile_database(db, db_aux, dt, kmode, 1)
-    q = pad_rows(queries, ndev * qt)
+    tiles, aux, mu = knn._prepare_tiles(database_NxD, n, mode=kmode, tile=dt)
+    q = pad_rows(knn._transform_queries(queries_QxD, kmode, mu), ndev * qt)
     fn = jax.shard_map(functools.partial(_local_search, k=k, mode=kmode, qt=qt), mesh=mesh,
                        in_specs=(P(AXIS), P(), P(), P()), out_specs=(P(AXIS), P(AXIS)),
                        check_vma=False)
@@ -85,10 +83,11 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     rows = -(-n // ndev)  # database rows per device (the last devices may hold padding)
     dt = max(1, min(database_tile or dt, rows))
     rows = -(-rows // dt) * dt
-    tiles, aux = _tile_database(pad_rows(db, rows * ndev), None if db_aux is None else
-                                pad_rows(db_aux, rows * ndev), dt, kmode, ndev)
+    # Rows padded so that every device holds `rows` of them, in whole tiles.
+    tiles, aux, mu = knn._prepare_tiles(pad_rows(jnp.asarray(database_NxD), rows * ndev), n,
+                                        mode=kmode, tile=dt)
     qt = max(1, min(query_tile or qt, q_total))
-    q = pad_rows(queries, qt)
+    q = pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
 
     def per_device(q, tiles, aux):
       me = jax.lax.axis_index(AXIS)
@@ -104,18 +103,17 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
                        out_specs=(P(), P()), check_vma=False)
     d, i = jax.jit(fn)(q, tiles, aux)
-  d, i = d[:q_total], i[:q_total]
+  d, i = to_host(d)[:q_total], to_host(i)[:q_total]
   if metric == "l2":
-    d = jnp.sqrt(d)
-  return d, i
+    d = np.sqrt(d)
+  return jnp.asarray(d), jnp.asarray(i)
 
 
-def _tile_database(db, db_aux, dt, kmode, ndev):
-  """(tiles, aux) as knn.search lays them out, with rows padded to whole tiles per device."""
-  db = pad_rows(db, dt * ndev)
-  tiles = db.reshape(-1, dt, db.shape[1])
-  aux = (jnp.zeros(tiles.shape[:2], jnp.float32) if db_aux is None
-         else pad_rows(db_aux, dt * ndev).reshape(tiles.shape[:2]))
-  if kmode == "l1":
-    tiles = tiles.transpose(0, 2, 1)
-  return tiles, aux
+def to_host(x) -> np.ndarray:
+  """The whole value of a (possibly multi-process) array as numpy, on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  if x.sharding.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
