@@ -57,12 +57,18 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
   return "\n".join(lines)
 
 
-def save_report(out_dir: str, name: str, header: dict, table: str, rows: list[dict]) -> str:
+def report(out_dir: str, name: str, rows: list[dict], columns: list[str], **info) -> str:
+  """Print the table and save it (name.md, name.json) with the date, machine and command."""
+  table = markdown_table(rows, columns)
+  header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+            **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
   path = os.path.join(out_dir, f"{name}.md")
   with open(path, "w") as f:
     f.write("\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n\n" + table + "\n")
+  print(table)
+  print(f"saved {path}")
   return path
 
 

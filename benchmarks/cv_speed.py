@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -51,13 +50,8 @@ def main(argv):
                  "5 folds, 10 k (s)": times["10 values of k"],
                  "ratio": times["10 values of k"] / times["one k (k=100)"]})
     print(rows[-1], file=sys.stderr, flush=True)
-  table = common.markdown_table(rows, list(rows[0]))
-  header = {"benchmark": "cv_speed", "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": common.machine(), "dataset": _DATASET.value, "num_train": _NUM_TRAIN.value,
-            "command": "python -m benchmarks.cv_speed " + " ".join(sys.argv[1:])}
-  path = common.save_report(out, "cv_speed", header, table, rows)
-  print(table)
-  print(f"saved {path}")
+  common.report(out, "cv_speed", rows, list(rows[0]), dataset=_DATASET.value,
+                num_train=_NUM_TRAIN.value)
 
 
 if __name__ == "__main__":

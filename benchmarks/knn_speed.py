@@ -116,15 +116,9 @@ def main(argv):
              "same_dist_as_jaxlin": float(np.mean(np.isclose(d, ref_d, rtol=1e-5, atol=1e-3)))}
       rows.append(row)
       print(json.dumps(row), file=sys.stderr, flush=True)
-  cols = ["metric", "method", "queries", "k", "seconds", "s_per_1000_queries", "jaxlin_x_faster",
-          "peak_rss_mb", "same_idx_as_jaxlin", "same_dist_as_jaxlin"]
-  table = common.markdown_table(rows, cols)
-  header = {"benchmark": "knn_speed", "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": common.machine(), "dataset": _DATASET.value,
-            "command": "python -m benchmarks.knn_speed " + " ".join(sys.argv[1:])}
-  path = common.save_report(out, "knn_speed", header, table, rows)
-  print(table)
-  print(f"saved {path}")
+  common.report(out, "knn_speed", rows, [
+      "metric", "method", "queries", "k", "seconds", "s_per_1000_queries", "jaxlin_x_faster",
+      "peak_rss_mb", "same_idx_as_jaxlin", "same_dist_as_jaxlin"], dataset=_DATASET.value)
 
 
 if __name__ == "__main__":

@@ -35,17 +35,12 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def shard_rows(x, mesh: Mesh):
-  """Place x split by rows over the mesh (rows must divide evenly: see pad_rows)."""
+  """Place x split by rows over the mesh (rows must divide evenly by the device count)."""
   return jax.device_put(x, NamedSharding(mesh, P(AXIS)))
 
 
 def replicate(x, mesh: Mesh):
   return jax.device_put(x, NamedSharding(mesh, P()))
-
-
-def pad_rows(x, multiple: int):
-  pad = (-x.shape[0]) % multiple
-  return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) if pad else x
 
 
 def _local_search(q_QxD, db_tiles, db_aux, n_valid, *, k, mode, qt):
@@ -74,7 +69,7 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     qt = max(1, min(query_tile or qt, -(-q_total // ndev)))
     dt = max(1, min(database_tile or dt, n))
     tiles, aux, mu = knn._prepare_tiles(database_NxD, n, mode=kmode, tile=dt)
-    q = pad_rows(knn._transform_queries(queries_QxD, kmode, mu), ndev * qt)
+    q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), ndev * qt)
     fn = jax.shard_map(functools.partial(_local_search, k=k, mode=kmode, qt=qt), mesh=mesh,
                        in_specs=(P(AXIS), P(), P(), P()), out_specs=(P(AXIS), P(AXIS)),
                        check_vma=False)
@@ -84,10 +79,10 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     dt = max(1, min(database_tile or dt, rows))
     rows = -(-rows // dt) * dt
     # Rows padded so that every device holds `rows` of them, in whole tiles.
-    tiles, aux, mu = knn._prepare_tiles(pad_rows(jnp.asarray(database_NxD), rows * ndev), n,
+    tiles, aux, mu = knn._prepare_tiles(knn._pad_rows(jnp.asarray(database_NxD), rows * ndev), n,
                                         mode=kmode, tile=dt)
     qt = max(1, min(query_tile or qt, q_total))
-    q = pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
+    q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
 
     def per_device(q, tiles, aux):
       me = jax.lax.axis_index(AXIS)
