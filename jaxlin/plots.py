@@ -68,7 +68,8 @@ def neighbors(path: str, query_images, query_labels, neighbor_images, neighbor_l
               class_names: Sequence[str]) -> str:
   """Each row: a query image, then its nearest training images (green = same class)."""
   q, k = np.asarray(neighbor_labels).shape
-  fig, axes = plt.subplots(q, k + 1, figsize=(1.1 * (k + 1), 1.2 * q), squeeze=False)
+  fig, axes = plt.subplots(q, k + 1, figsize=(1.1 * (k + 1), 1.2 * q), squeeze=False,
+                           layout="constrained")
   for r in range(q):
     ax = axes[r, 0]
     ax.imshow(_as_image(query_images[r]))
