@@ -9,7 +9,14 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
+
+# Flags every benchmark shares (defined once, so the modules can be imported together).
+DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
+OUT = flags.DEFINE_string("out", None, "folder for the cached arrays and the report "
+                          "(default runs/<benchmark>)")
 
 
 def machine() -> str:
@@ -32,6 +39,19 @@ def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
     for n, a in zip(paths, (tx.reshape(len(tx), -1), ty, ex.reshape(len(ex), -1), ey)):
       np.save(paths[n], a)
   return paths
+
+
+def out_dir(name: str) -> str:
+  path = os.path.abspath(OUT.value or os.path.join("runs", name))
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def prepare(name: str) -> tuple[str, dict]:
+  """The output folder and the data, loaded once and cached there: (out_dir, {name: array})."""
+  out = out_dir(name)
+  paths = cached_arrays(DATASET.value, out, DATA_DIR.value)
+  return out, {n: np.load(p) for n, p in paths.items()}
 
 
 def peak_rss_mb() -> float:
@@ -57,14 +77,14 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
   return "\n".join(lines)
 
 
-def report(out_dir: str, name: str, rows: list[dict], columns: list[str], **info) -> str:
+def report(out: str, name: str, rows: list[dict], columns: list[str], **info) -> str:
   """Print the table and save it (name.md, name.json) with the date, machine and command."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
-  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            "dataset": DATASET.value, **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
+  with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
-  path = os.path.join(out_dir, f"{name}.md")
+  path = os.path.join(out, f"{name}.md")
   with open(path, "w") as f:
     f.write("\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n\n" + table + "\n")
   print(table)

@@ -8,7 +8,6 @@ be close to 1 (target <= 1.2), since every k is voted from one search.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app
@@ -17,9 +16,6 @@ import numpy as np
 
 from benchmarks import common
 
-_DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
-_OUT = flags.DEFINE_string("out", "runs/bench_cv", "folder for cached arrays and the report")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 5000, "training images")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats (median)")
 
@@ -29,10 +25,8 @@ KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 def main(argv):
   del argv
   from jaxlin import selection  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(_OUT.value)
-  os.makedirs(out, exist_ok=True)
-  paths = common.cached_arrays(_DATASET.value, out, _DATA_DIR.value)
-  tx, ty = np.load(paths["train_x"]), np.load(paths["train_y"])
+  out, arrays = common.prepare("cv_speed")
+  tx, ty = arrays["train_x"], arrays["train_y"]
   idx = np.random.default_rng(0).permutation(len(ty))[:_NUM_TRAIN.value]
   x, y = tx[idx], ty[idx]
   rows = []
@@ -50,7 +44,7 @@ def main(argv):
                  "5 folds, 10 k (s)": times["10 values of k"],
                  "ratio": times["10 values of k"] / times["one k (k=100)"]})
     print(rows[-1], file=sys.stderr, flush=True)
-  common.report(out, "cv_speed", rows, list(rows[0]), dataset=_DATASET.value,
+  common.report(out, "cv_speed", rows, list(rows[0]),
                 num_train=_NUM_TRAIN.value)
 
 

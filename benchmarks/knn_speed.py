@@ -22,9 +22,6 @@ import numpy as np
 
 from benchmarks import common
 
-_DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
-_OUT = flags.DEFINE_string("out", "runs/bench_knn", "folder for the cached arrays and the report")
 _K = flags.DEFINE_integer("k", 100, "neighbours per query")
 _L2_QUERIES = flags.DEFINE_integer("l2_queries", 10000, "queries for the L2 problem")
 _L1_QUERIES = flags.DEFINE_integer("l1_queries", 10000, "queries for the L1 problem")
@@ -87,13 +84,11 @@ def child(method, metric, queries, k, out):
 
 def main(argv):
   del argv
-  out = os.path.abspath(_OUT.value)
-  os.makedirs(out, exist_ok=True)
   if _CHILD.value:
-    child(_CHILD.value, _METRIC.value, _QUERIES.value, _K.value, out)
+    child(_CHILD.value, _METRIC.value, _QUERIES.value, _K.value, common.out_dir("knn_speed"))
     return
-  paths = common.cached_arrays(_DATASET.value, out, _DATA_DIR.value)
-  n_db = len(np.load(paths["train_y"]))
+  out, arrays = common.prepare("knn_speed")
+  n_db = len(arrays["train_y"])
   rows = []
   for metric in _METRICS.value:
     queries = _L2_QUERIES.value if metric == "l2" else _L1_QUERIES.value
@@ -118,7 +113,7 @@ def main(argv):
       print(json.dumps(row), file=sys.stderr, flush=True)
   common.report(out, "knn_speed", rows, [
       "metric", "method", "queries", "k", "seconds", "s_per_1000_queries", "jaxlin_x_faster",
-      "peak_rss_mb", "same_idx_as_jaxlin", "same_dist_as_jaxlin"], dataset=_DATASET.value)
+      "peak_rss_mb", "same_idx_as_jaxlin", "same_dist_as_jaxlin"])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ r"""Linear classifiers: jaxlin training vs scikit-learn, and the vmapped grid vs
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import warnings
 
@@ -22,9 +21,6 @@ import numpy as np
 
 from benchmarks import common
 
-_DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
-_OUT = flags.DEFINE_string("out", "runs/bench_linear", "folder for cached arrays and the report")
 _EPOCHS = flags.DEFINE_float("epochs", 5.0, "jaxlin epochs")
 _GRID_EPOCHS = flags.DEFINE_float("grid_epochs", 1.0, "epochs for the grid comparison")
 _SKIP_SKLEARN = flags.DEFINE_bool("skip_sklearn", False, "only run jaxlin")
@@ -35,11 +31,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxlin import linear, losses, train  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(_OUT.value)
-  os.makedirs(out, exist_ok=True)
-  paths = common.cached_arrays(_DATASET.value, out, _DATA_DIR.value)
-  tx, ty = np.load(paths["train_x"]), np.load(paths["train_y"])
-  ex, ey = np.load(paths["test_x"]), np.load(paths["test_y"])
+  out, arrays = common.prepare("linear_speed")
+  tx, ty, ex, ey = (arrays[n] for n in ("train_x", "train_y", "test_x", "test_y"))
   tx, ty = tx[:-1000], ty[:-1000]  # the course's 49,000 (the last 1,000 are val)
   rows = []
 
@@ -99,7 +92,7 @@ def main(argv):
   rows.append({"task": "5x5 grid, 1 epoch each", "method": "25 sequential jaxlin runs",
                "seconds": sw_seq.seconds, "jaxlin_x_faster": sw_seq.seconds / sw_grid.seconds})
   common.report(out, "linear_speed", rows,
-                ["task", "method", "seconds", "test_accuracy", "jaxlin_x_faster"], dataset=_DATASET.value)
+                ["task", "method", "seconds", "test_accuracy", "jaxlin_x_faster"])
 
 
 if __name__ == "__main__":
