@@ -152,10 +152,7 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
-  if jax.process_count() > 1:
-    raise ConfigError("the training experiments run on one host (any number of its devices); "
-                      "multi-host training is not supported yet: drop the multi-host flags")
-  mesh, _ = common.mesh_for(c["shard"])  # data parallel when there are several devices
+  mesh, _ = common.mesh_for(c["shard"])  # data parallel over every device (of every host)
   trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
                           total_steps=steps, mesh=mesh)
   sub = np.random.default_rng([c["seed"], 5]).permutation(len(ds.train))[:1000]
@@ -177,7 +174,7 @@ def run(config: dict, workdir: str) -> dict:
     train_s = fit_t()
   val_acc = np.where(fit.diverged_at >= 0, np.nan, fit.history[-1]["val_accuracy"])
   best = int(np.nanargmax(val_acc))
-  params = train.member(fit.params, best)
+  params = {k: jnp.asarray(np.asarray(v)) for k, v in train.member(fit.params, best).items()}
 
   # ---- the test split, once ----
   pred_t = common.Timer()
@@ -187,37 +184,38 @@ def run(config: dict, workdir: str) -> dict:
   cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, n_cls))
 
   # ---- model, figures, then results (last: its presence means the run finished) ----
-  model_path = checkpoint.save(os.path.join(workdir, "model.npz"),
-                               params={k: np.asarray(v) for k, v in params.items()},
-                               mean_image=np.asarray(mean), scale=scale,
-                               class_names=ds.class_names, kind=c["model"], loss=c["loss"],
-                               features=c["features"], **feature_stats)
-  p = lambda name: os.path.join(workdir, "plots", name)
-  setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
-  if c["features"] == "pixels" and c["model"] == "linear":
-    plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
-                    title=f"{c['loss']} templates ({setting})")
-  elif c["features"] == "pixels":  # first-layer weights of the network, as images
-    w1 = np.asarray(params["W1"])
-    show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
-    plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
-                    title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
-  steps_axis = np.arange(1, fit.losses.shape[0] + 1)
-  label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
-  shown = range(len(grid)) if len(grid) <= 9 else [best]
-  plots.curves(p("loss.png"), {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
-               ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
-               highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
-               f"(moving average over {max(1, len(steps_axis) // 50)} steps)")
-  plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
-             c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
-             title="val accuracy over the grid")
-  plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['model']} {c['loss']}, test")
-  epochs_axis = [h["epoch"] for h in fit.history]
-  plots.curves(p("accuracy.png"), {
-      "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
-      "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
-      xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
+  model_path = os.path.join(workdir, "model.npz")
+  if common.is_writer():  # every process computed the same; process 0 writes
+    checkpoint.save(model_path, params={k: np.asarray(v) for k, v in params.items()},
+                    mean_image=np.asarray(mean), scale=scale,
+                    class_names=ds.class_names, kind=c["model"], loss=c["loss"],
+                    features=c["features"], **feature_stats)
+    p = lambda name: os.path.join(workdir, "plots", name)
+    setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
+    if c["features"] == "pixels" and c["model"] == "linear":
+      plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
+                      title=f"{c['loss']} templates ({setting})")
+    elif c["features"] == "pixels":  # first-layer weights of the network, as images
+      w1 = np.asarray(params["W1"])
+      show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
+      plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
+                      title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
+    steps_axis = np.arange(1, fit.losses.shape[0] + 1)
+    label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
+    shown = range(len(grid)) if len(grid) <= 9 else [best]
+    plots.curves(p("loss.png"), {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
+                 ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
+                 highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
+                 f"(moving average over {max(1, len(steps_axis) // 50)} steps)")
+    plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
+               c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
+               title="val accuracy over the grid")
+    plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['model']} {c['loss']}, test")
+    epochs_axis = [h["epoch"] for h in fit.history]
+    plots.curves(p("accuracy.png"), {
+        "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
+        "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
+        xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
   results = {
       "dataset": c["dataset"], "model": c["model"], "features": c["features"],
       "hidden_size": c["hidden_size"] if c["model"] == "mlp" else None,
@@ -238,6 +236,7 @@ def run(config: dict, workdir: str) -> dict:
                     "predict_test": predict_s, "total": timer()},
       "compiles": fit.compile_count,
       "devices": 1 if mesh is None else int(mesh.devices.size),
+      "processes": jax.process_count(),
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
   common.write_json(os.path.join(workdir, "results.json"), results)

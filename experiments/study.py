@@ -173,7 +173,9 @@ def run(config: dict, workdir: str) -> dict:
       rows[stage] = {"error": f"{type(e).__name__}: {e}".replace("|", "/").replace("\n", " ")}
     logging.info("[%d/%d] %s done in %.1f s: %s", i, len(c["stages"]), stage, stage_t(),
                  {k: v for k, v in rows[stage].items() if k in ("chosen", "test_accuracy", "error")})
-  report = write_report(workdir, c, rows, started, timer())
+  report = os.path.join(workdir, "report.md")
+  if common.is_writer():
+    write_report(workdir, c, rows, started, timer())
   out = {"dataset": c["dataset"], "stages": rows, "total_s": timer(), "report": report,
          "date": started}
   common.write_json(os.path.join(workdir, "results.json"), out)

@@ -190,6 +190,11 @@ class Trainer:
     recorded and ``callback(record)`` is called. Raises DivergenceError when
     every member's loss became non-finite.
     """
+    if self.mesh is not None:  # on the mesh, replicated: one global array even across hosts
+      place = lambda a: jax.device_put(np.asarray(a), jax.sharding.NamedSharding(
+          self.mesh, jax.sharding.PartitionSpec()))
+      x, y = place(x), place(y)
+      eval_sets = {k: (place(a), place(b)) for k, (a, b) in (eval_sets or {}).items()}
     x, y = jnp.asarray(x), jnp.asarray(y)
     n = x.shape[0]
     if not self.full_batch and not 1 <= batch_size <= n:
