@@ -58,10 +58,11 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_child(module: str, args: list[str], timeout: float | None = None) -> dict:
-  """Run `python -m module args` and return the JSON it prints on its last line."""
+def run_child(module: str, args: list[str], timeout: float | None = None,
+              env: dict | None = None) -> dict:
+  """Run `python -m module args` (extra environment `env`) and return the JSON it prints last."""
   proc = subprocess.run([sys.executable, "-m", module] + args, capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, env={**os.environ, **(env or {})})
   if proc.returncode != 0:
     raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])

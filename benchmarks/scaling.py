@@ -1,0 +1,92 @@
+r"""kNN search and training on 1, 2, 4 and 8 devices (simulated CPU devices by default).
+
+  python -m benchmarks.scaling --dataset=folder:/data/cifar10-jpeg --out=runs/scaling
+
+Each device count runs in a child process started with
+XLA_FLAGS=--xla_force_host_platform_device_count=N (on a GPU or TPU host,
+pass --real_devices to use the real ones instead), so the figures show the
+cost of the sharded code paths, not a speed-up: simulated CPU devices share
+the same cores. Every run is checked against the single-device answer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "device counts")
+_QUERIES = flags.DEFINE_integer("queries", 2000, "test images searched")
+_K = flags.DEFINE_integer("k", 10, "neighbours")
+_REAL = flags.DEFINE_bool("real_devices", False, "use the host's real devices (first N)")
+_CHILD = flags.DEFINE_integer("child", 0, "internal: device count of this child")
+
+
+def child(n: int, out: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=g-import-not-at-top
+  arrays = {k: np.load(os.path.join(out, f"{k}.npy")) for k in ("train_x", "train_y", "test_x")}
+  db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
+  mesh = sharding.make_mesh(jax.devices()[:n])
+  rows = {}
+  for metric in ("l2", "l1"):
+    for mode in ("queries", "database"):
+      search = lambda qq: knn.search(qq, db, _K.value, metric=metric, mesh=mesh, shard=mode)
+      search(q[:64])  # compile the small shapes; full shapes compile inside the timing
+      t0 = time.perf_counter()
+      _, idx = search(q)
+      np.save(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"), np.asarray(idx))
+      rows[f"knn {metric}, split {mode}"] = time.perf_counter() - t0
+  x = (db[:20000].astype(np.float32) - 128.0) / 64.0
+  y = arrays["train_y"][:20000]
+  model = train.Model(init=lambda key: linear.init_params(key, x.shape[1], 10), apply=linear.scores)
+  t0 = time.perf_counter()
+  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum", total_steps=200,
+                      mesh=mesh).fit(jax.random.key(0), x, y, learning_rates=[1e-3, 3e-3],
+                                     regs=[0.01, 0.01], batch_size=200, num_steps=200)
+  jax.block_until_ready(fit.params)
+  rows["softmax training, 200 steps x 2 settings"] = time.perf_counter() - t0
+  rows["final losses"] = np.asarray(fit.losses[-1]).tolist()
+  print(json.dumps(rows))
+
+
+def main(argv):
+  del argv
+  if _CHILD.value:
+    child(_CHILD.value, common.out_dir("scaling"))
+    return
+  out, _ = common.prepare("scaling")
+  results = {}
+  for n in map(int, _DEVICES.value):
+    env = {} if _REAL.value else {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    print(f"{n} device(s) ...", file=sys.stderr, flush=True)
+    results[n] = common.run_child("benchmarks.scaling", [f"--child={n}", f"--out={out}",
+                                                         f"--queries={_QUERIES.value}",
+                                                         f"--k={_K.value}"], env=env)
+  base = min(results)
+  rows = []
+  for task in [t for t in results[base] if t != "final losses"]:
+    row = {"task": task}
+    for n in results:
+      row[f"{n} dev (s)"] = results[n][task]
+    if task.startswith("knn"):
+      metric, mode = task.split()[1].rstrip(","), task.split()[-1]
+      ref = np.load(os.path.join(out, f"idx_{base}_{metric}_{mode}.npy"))
+      row["same answer"] = all(np.array_equal(np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy")), ref)
+                               for n in results)
+    else:
+      row["same answer"] = all(np.allclose(results[n]["final losses"], results[base]["final losses"],
+                                           rtol=1e-4) for n in results)
+    rows.append(row)
+  common.report(out, "scaling", rows, list(rows[0]), queries=_QUERIES.value, k=_K.value,
+                devices="real" if _REAL.value else "simulated CPU devices")
+
+
+if __name__ == "__main__":
+  app.run(main)
