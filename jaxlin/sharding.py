@@ -10,9 +10,10 @@ case. Two kNN modes, both giving results identical to ``jaxlin.knn.search``
   its local top-k, the candidates are gathered and merged by (distance,
   global index), so a database larger than one device's memory can be searched.
 
-Training is data-parallel by placing the training arrays row-sharded on the
-mesh (``shard_rows``) and the parameters replicated; jit's partitioner adds
-the gradient all-reduce.
+Training is data-parallel through ``train.Trainer(..., mesh=mesh)``: each
+minibatch is split along the batch axis and the parameters are replicated;
+jit's partitioner adds the gradient all-reduce. Across hosts (after
+``jax.distributed.initialize()``) the same code runs on the global mesh.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlin import distances, knn
 
@@ -32,15 +33,6 @@ def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh named "data" over the given devices (default: all, every process)."""
   devices = np.asarray(jax.devices() if devices is None else devices)
   return Mesh(devices.reshape(-1), (AXIS,))
-
-
-def shard_rows(x, mesh: Mesh):
-  """Place x split by rows over the mesh (rows must divide evenly by the device count)."""
-  return jax.device_put(x, NamedSharding(mesh, P(AXIS)))
-
-
-def replicate(x, mesh: Mesh):
-  return jax.device_put(x, NamedSharding(mesh, P()))
 
 
 def _local_search(q_QxD, db_tiles, db_aux, n_valid, *, k, mode, qt):

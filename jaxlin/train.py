@@ -203,7 +203,7 @@ class Trainer:
     log_every = log_every or (10 if self.full_batch else steps_per_epoch)
     k_init, k_data = jax.random.split(key)
     state, hyper = self.init(k_init, learning_rates, regs)
-    all_losses, history, pending = [], [], None
+    all_losses, history = [], []
     done = 0
     while done < num_steps:
       chunk = min(log_every, num_steps - done)
