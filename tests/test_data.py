@@ -88,3 +88,13 @@ def test_preprocess_subtracts_the_mean_image():
   mu = data.mean_image(imgs)
   np.testing.assert_allclose(mu, [[[1, 20, 30]]])
   np.testing.assert_allclose(data.preprocess(imgs, mu), [[-1, -10, -10], [1, 10, 10]])
+
+
+def test_images_of_different_sizes_are_named(image_folder):
+  from PIL import Image
+  root, _ = image_folder
+  odd = os.path.join(root, "test", "cat", "0999.png")
+  Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(odd)
+  with pytest.raises(DataError, match=r"image .*test/cat/0999.png has shape \(5, 7, 3\) but others "
+                                      r"have \(8, 8, 3\); resize"):
+    data.load_split(f"folder:{root}", "test")
