@@ -124,8 +124,13 @@ def l2_squared_pixels(x_QxD, y_NxD, x_sq_Q, y_sq_N):
 
 
 def _is_small_int(x) -> bool:
-  """uint8 / int8: |a - b| <= 255, so 128 terms fit an int16 accumulator."""
   return x.dtype in (jnp.uint8, jnp.int8)
+
+
+def same_small_int(x, y) -> bool:
+  """Both uint8 or both int8: |a - b| <= 255, so 128 terms fit an int16
+  accumulator, and both shift to [-128, 127] the same way."""
+  return x.dtype == y.dtype and _is_small_int(x)
 
 
 def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
@@ -141,7 +146,7 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   d, q = xT_DxQ.shape
   n = yT_DxN.shape[1]
   if is_integer(xT_DxQ) and is_integer(yT_DxN):
-    small = _is_small_int(xT_DxQ) and _is_small_int(yT_DxN)
+    small = same_small_int(xT_DxQ, yT_DxN)
     block, part_dtype = (128, jnp.int16) if small else (1, jnp.int32)
     xs, ys, out_dtype = xT_DxQ.astype(part_dtype), yT_DxN.astype(part_dtype), jnp.int32
   else:
@@ -188,7 +193,7 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   _check_pair(x_QxD, y_NxD)
   if metric == "l1":
     return l1_tile(x_QxD, y_NxD)
-  if metric != "cosine" and _is_small_int(x_QxD) and _is_small_int(y_NxD):
+  if metric != "cosine" and same_small_int(x_QxD, y_NxD):
     xc, yc = centred_pixels(x_QxD), centred_pixels(y_NxD)  # exact integer results
     d2 = l2_squared_pixels(xc, yc, int_squared_norms(xc), int_squared_norms(yc)).astype(jnp.float32)
     return jnp.sqrt(d2) if metric == "l2" else d2

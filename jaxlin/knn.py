@@ -34,7 +34,7 @@ def _mode(queries, database, metric) -> str:
   """Which exact kernel serves this search."""
   if metric == "l1":
     return "l1"
-  if metric in ("l2", "l2_squared") and distances._is_small_int(queries) and distances._is_small_int(database):
+  if metric in ("l2", "l2_squared") and distances.same_small_int(queries, database):
     return "l2_pixels"  # exact integer distances
   return "cosine" if metric == "cosine" else "l2_float"
 

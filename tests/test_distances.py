@@ -83,3 +83,13 @@ def test_bad_inputs_raise_clear_errors():
     distances.pairwise_distances(X, Y[:, :1], metric="l1")
   with pytest.raises(ValueError, match="flatten images"):
     distances.pairwise_distances(X[None], Y, metric="l1")
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2_squared"])
+def test_mixed_uint8_and_int8_inputs_are_not_mistaken_for_one_pixel_type(metric):
+  rng = np.random.default_rng(9)
+  x = rng.integers(0, 256, (3, 300), dtype=np.uint8)
+  y = rng.integers(-128, 128, (4, 300)).astype(np.int8)
+  diff = x[:, None].astype(np.int64) - y[None].astype(np.int64)
+  ref = np.abs(diff).sum(-1) if metric == "l1" else (diff ** 2).sum(-1)
+  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric=metric), ref, rtol=1e-6)
