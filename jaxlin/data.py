@@ -12,10 +12,12 @@ a fixed, class-mixed set for a given source.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import socket
+import sys
 import threading
 from typing import Iterable
 
@@ -55,7 +57,11 @@ class Dataset:
 
 
 def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # TensorFlow only decodes images here: keep its C++ info and warning lines out of
+  # the user's terminal (errors still show; set TF_CPP_MIN_LOG_LEVEL=0 to see all).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  with _quiet_native_stderr():  # its import-time notices (oneDNN, logging set-up)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised; devices were hidden the first time
@@ -139,7 +145,8 @@ def _find_bad_image(paths: Iterable[str]) -> str:
   first_shape = None
   for p in paths:
     try:
-      img = tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+      with _quiet_native_stderr():
+        img = tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
     except Exception as e:  # pylint: disable=broad-except
       return f"cannot decode image {p} ({type(e).__name__}); remove or replace the file"
     if first_shape is None:
@@ -150,13 +157,34 @@ def _find_bad_image(paths: Iterable[str]) -> str:
   return "could not read the image folder; check its files"
 
 
-def _numpy_split(ds, size_hint: int | None = None):
+@contextlib.contextmanager
+def _quiet_native_stderr():
+  """Silence what native code (TensorFlow's C++ logging) writes to stderr meanwhile.
+
+  A bad image makes tf.data log several lines of C++ warnings before Python
+  sees the error; callers turn that error into one clear line instead.
+  (Recent TensorFlow ignores TF_CPP_MIN_LOG_LEVEL for these.)
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def _numpy_split(ds):
   """Iterate a tf.data dataset of (image, label) into two numpy arrays."""
   tfds = _tfds()
   imgs, labels = [], []
-  for x, y in tfds.as_numpy(ds.batch(2048)):
-    imgs.append(x)
-    labels.append(y)
+  with _quiet_native_stderr():
+    for x, y in tfds.as_numpy(ds.batch(2048)):
+      imgs.append(x)
+      labels.append(y)
   if not imgs:
     raise DataError("the dataset split is empty")
   return np.concatenate(imgs).astype(np.uint8), np.concatenate(labels).astype(np.int32)
