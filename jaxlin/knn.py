@@ -128,7 +128,7 @@ def default_tiles(metric: str) -> tuple[int, int]:
   """(query_tile, database_tile) sizes: the (query_tile, database_tile) distance
   block stays cache-sized for L1 and is a large matmul for L2 / cosine
   (measured in benchmarks/knn_speed.py)."""
-  return (64, 1024) if metric == "l1" else (1024, 4096)
+  return (64, 1024) if metric == "l1" else (4096, 2048)
 
 
 def _pad_rows(x, multiple):
@@ -172,6 +172,10 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
     raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
   k = int(k)
   qt, dt = default_tiles(metric)
+  if query_tile is None:  # even tiles: the padded last tile wastes little
+    q_total = queries_QxD.shape[0]
+    qt = -(-q_total // -(-q_total // qt))
+    qt = -(-qt // 8) * 8 if qt > 8 else qt
   qt = max(1, min(query_tile or qt, queries_QxD.shape[0]))
   dt = max(1, min(database_tile or dt, n))
 
