@@ -13,9 +13,13 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GREY = (0.299, 0.587, 0.114)
 
@@ -106,10 +110,6 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   Repeated runs on the same images reuse the saved features; ``cache_dir``
   None disables the cache. Files are written atomically.
   """
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if not cache_dir:
     return extract(images_NxHxWx3, callback=callback, **settings)
   images = np.ascontiguousarray(images_NxHxWx3)

@@ -81,8 +81,7 @@ def _transform_queries(queries_QxD, mode, mu):
 def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
   """(T, S) distances of one query tile to one database tile, in the mode's key dtype."""
   if mode == "l1":  # db_tile is feature-major (D, S)
-    d = distances.l1_transposed(q.T, db_tile)
-    return d.astype(jnp.int32) if distances.is_integer(q) else d
+    return distances.l1_transposed(q.T, db_tile)
   if mode == "l2_pixels":
     return distances.l2_squared_pixels(q, db_tile, q_aux, db_aux_tile)
   if mode == "cosine":
@@ -94,34 +93,32 @@ def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
 def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
   """Top-k over all database tiles for one query tile, by a running merge.
 
-  Distances are compared in their exact dtype (int32 for integer pixels,
-  float32 otherwise); the padding rows of the last tile get the largest value.
+  Distances are compared as float32 keys (XLA's CPU top_k is ~20x slower on
+  int32): integer distances below 2**24 convert exactly, so L1 on pixels (at
+  most 3072 * 255) is always exact and L2 on pixels whenever the squared
+  distance is below 2**24. Padding rows of the last tile get +inf.
   """
   t = q_TxD.shape[0]
   tile = db_aux_MxS.shape[1]
   q_aux = {"l2_pixels": distances.int_squared_norms, "l2_float": distances.squared_norms}.get(
       mode, lambda q: None)(q_TxD)
-  # Keys are float32 (XLA's CPU top_k is ~20x slower on int32): integer distances
-  # below 2**24 convert exactly, so L1 on pixels (at most 3072 * 255) is always
-  # exact and L2 on pixels whenever the squared distance is below 2**24.
-  key_dtype, worst = jnp.float32, jnp.inf
 
   def body(carry, inputs):
     best_d, best_i = carry
     m, db_tile, db_aux = inputs
-    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(key_dtype)
+    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(jnp.float32)
     idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, worst)
+    d = jnp.where(idx[None, :] < n_valid, d, jnp.inf)
     # Earlier candidates (lower indices) first, so the stable top_k keeps ties by index.
     cand_d = jnp.concatenate([best_d, d], axis=1)
     cand_i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (t, tile))], axis=1)
     _, pos = jax.lax.top_k(-cand_d, k)
     return (jnp.take_along_axis(cand_d, pos, axis=1), jnp.take_along_axis(cand_i, pos, axis=1)), None
 
-  init = (jnp.full((t, k), worst, key_dtype), jnp.full((t, k), -1, jnp.int32))
+  init = (jnp.full((t, k), jnp.inf, jnp.float32), jnp.full((t, k), -1, jnp.int32))
   steps = jnp.arange(db_aux_MxS.shape[0], dtype=jnp.int32)
   (best_d, best_i), _ = jax.lax.scan(body, init, (steps, db_tiles, db_aux_MxS))
-  return best_d.astype(jnp.float32), best_i
+  return best_d, best_i
 
 
 def default_tiles(metric: str) -> tuple[int, int]:
@@ -129,6 +126,17 @@ def default_tiles(metric: str) -> tuple[int, int]:
   block stays cache-sized for L1 and is a large matmul for L2 / cosine
   (measured in benchmarks/knn_speed.py)."""
   return (64, 1024) if metric == "l1" else (4096, 2048)
+
+
+def checked_inputs(queries_QxD, database_NxD, k, metric):
+  """(queries, database, k) as arrays and an int, or a clear ValueError."""
+  distances.check_metric(metric)
+  queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
+  distances._check_pair(queries_QxD, database_NxD)
+  n = database_NxD.shape[0]
+  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
+  return queries_QxD, database_NxD, int(k)
 
 
 def _pad_rows(x, multiple):
@@ -164,13 +172,8 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
     if callback is not None:
       callback(len(queries_QxD), len(queries_QxD))
     return out
-  distances.check_metric(metric)
-  queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
-  distances._check_pair(queries_QxD, database_NxD)
+  queries_QxD, database_NxD, k = checked_inputs(queries_QxD, database_NxD, k, metric)
   n = database_NxD.shape[0]
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
-  k = int(k)
   qt, dt = default_tiles(metric)
   if query_tile is None:  # even tiles: the padded last tile wastes little
     q_total = queries_QxD.shape[0]

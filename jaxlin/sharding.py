@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxlin import distances, knn
+from jaxlin import knn
 
 AXIS = "data"
 
@@ -47,13 +47,8 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
   """``jaxlin.knn.search`` over the devices of ``mesh``; same results, ties included."""
   if mode not in ("queries", "database"):
     raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
-  distances.check_metric(metric)
-  queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
-  distances._check_pair(queries_QxD, database_NxD)
-  n, q_total = database_NxD.shape[0], queries_QxD.shape[0]
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
-  k, ndev = int(k), mesh.devices.size
+  queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric)
+  n, q_total, ndev = database_NxD.shape[0], queries_QxD.shape[0], mesh.devices.size
   qt, dt = knn.default_tiles(metric)
   kmode = knn._mode(queries_QxD, database_NxD, metric)
 
