@@ -6,9 +6,15 @@ The only module that imports tensorflow / tensorflow_datasets (lazily, so that
 Splits follow the course: train = the first ``M - num_val`` examples of the
 source's training split, val = its last ``num_val``, test = the test split.
 Subsets (``num_train``, ``num_test``) are drawn at random with the run's seed,
-never the first N. tfds's CIFAR-10 training split is already shuffled, and
-tfds.ImageFolder shuffles each split with a fixed seed, so the val split is
-a fixed, class-mixed set for a given source.
+never the first N, and kept in source order. tfds's CIFAR-10 training split is
+already shuffled, and image folders are read in tfds.ImageFolder's order
+(shuffled with a fixed seed per split), so the val split is a fixed,
+class-mixed set for a given source.
+
+Many hosts: ``load(..., rows=...)`` reads only the given rows of each split;
+since subsets keep source order, a process's rows are one contiguous range of
+the source (a tfds slice such as ``train[12500:25000]``, or a range of an image
+folder's files), so each process decodes only its own shard.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import random
 import socket
 import sys
 import threading
@@ -27,7 +34,7 @@ import numpy as np
 
 from jaxlin.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
 _DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches CIFAR-10
 
 
@@ -35,9 +42,19 @@ _DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches CIFAR-10
 class Split:
   images: np.ndarray  # (N, H, W, C) uint8
   labels: np.ndarray  # (N,) int32
+  start: int = 0      # these are rows [start, start + N) of the whole split ...
+  total: int = -1     # ... which has `total` rows (-1: N, the split is whole)
+
+  def __post_init__(self):
+    if self.total < 0:
+      object.__setattr__(self, "total", len(self.labels))
 
   def __len__(self):
     return len(self.labels)
+
+  @property
+  def is_whole(self) -> bool:
+    return len(self.labels) == self.total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,16 +207,39 @@ def _numpy_split(ds):
   return np.concatenate(imgs).astype(np.uint8), np.concatenate(labels).astype(np.int32)
 
 
-def _load_folder_split(root: str, split: str):
+def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
+  """(image paths, labels) of a folder split in tfds.ImageFolder's order.
+
+  That order: classes sorted, paths sorted within a class, then the whole list
+  shuffled by ``random.Random(split)`` (a fixed seed per split). Reading the
+  list ourselves lets a process decode just a range of it; a test checks the
+  order against tfds.ImageFolder's own.
+  """
+  classes = _subdirs(os.path.join(root, "train"))
+  examples = []
+  for c in _subdirs(os.path.join(root, split)):
+    examples += [(p, classes.index(c)) for p in _images_in(os.path.join(root, split, c))]
+  random.Random(split).shuffle(examples)
+  return [p for p, _ in examples], np.array([c for _, c in examples], np.int32)
+
+
+def _load_folder_split(root: str, split: str, start: int, stop: int):
   tfds, tf = _tfds(), _tf()
-  builder = tfds.ImageFolder(root)
-  ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+  paths, labels = folder_examples(root, split)
+  paths, labels = paths[start:stop], labels[start:stop]
+  image = tfds.features.Image()  # decodes as tfds.ImageFolder does
+  ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+      lambda p, y: (image.decode_example(tf.io.read_file(p)), y),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   try:
     return _numpy_split(ds)
   except (tf.errors.OpError, ValueError) as e:
-    split_dir = os.path.join(root, split)
-    paths = [p for c in _subdirs(split_dir) for p in _images_in(os.path.join(split_dir, c))]
     raise DataError(_find_bad_image(paths)) from e
+
+
+def _folder_size(root: str, split: str) -> int:
+  return sum(len(_images_in(os.path.join(root, split, c)))
+             for c in _subdirs(os.path.join(root, split)))
 
 
 # --------------------------------------------------------------------------
@@ -230,10 +270,10 @@ def _tfds_builder(name: str, data_dir: str | None):
     raise DataError(f"unknown dataset {name!r} ({e}); use cifar10 or folder:PATH") from e
 
 
-def _load_tfds_split(name: str, split: str, data_dir: str | None):
+def _tfds_dataset(name: str, split: str, data_dir: str | None):
   builder = _tfds_builder(name, data_dir)
   try:
-    ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+    return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
   except AssertionError:  # not prepared in data_dir
     where = data_dir or "the default tfds data_dir (~/tensorflow_datasets)"
     if not _reachable(_DOWNLOAD_HOST):
@@ -243,8 +283,25 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None):
           "point at a local copy with --dataset=folder:PATH (PATH/train/<class>/*.jpg, "
           "PATH/test/<class>/*.jpg)") from None
     builder.download_and_prepare()
-    ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
-  return _numpy_split(ds)
+    return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+
+
+def _load_tfds_split(name: str, split: str, data_dir: str | None, start: int, stop: int | None):
+  if start == 0 and stop is None:
+    return _numpy_split(_tfds_dataset(name, split, data_dir))
+  # A tfds slice reads only the files and records it needs.
+  images, labels = _numpy_split(_tfds_dataset(name, f"{split}[{start}:{stop}]", data_dir))
+  if len(labels) != stop - start:  # a source without slicing (tfds's mock data): cut it here
+    images, labels, _ = load_split(name, split, data_dir=data_dir)
+    images, labels = images[start:stop], labels[start:stop]
+  return images, labels
+
+
+def _tfds_size(name: str, split: str, data_dir: str | None) -> int:
+  splits = _tfds_builder(name, data_dir).info.splits
+  if split in splits and splits[split].num_examples:
+    return int(splits[split].num_examples)
+  return len(load_split(name, split, data_dir=data_dir)[1])  # unknown until read
 
 
 def _class_names_tfds(name, data_dir, labels):
@@ -255,64 +312,105 @@ def _class_names_tfds(name, data_dir, labels):
     return tuple(str(i) for i in range(int(labels.max()) + 1))
 
 
-def load_split(name: str, split: str, *, data_dir: str | None = None):
-  """Whole split as (images uint8 (N, H, W, C), labels int32 (N,), class_names).
+def load_split(name: str, split: str, *, data_dir: str | None = None, start: int = 0,
+               stop: int | None = None):
+  """Rows [start, stop) of a source split (all by default) as
+  (images uint8 (N, H, W, C), labels int32 (N,), class_names).
 
-  The last few splits loaded stay in memory (read-only arrays), so a process
-  that runs several experiments on one dataset decodes it once.
+  Only those rows are read and decoded. The last few reads stay in memory
+  (read-only arrays), so a process that runs several experiments on one
+  dataset decodes it once.
   """
-  return _load_split_cached(name, split, data_dir)
+  return _load_split_cached(name, split, data_dir, start, stop)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_split_cached(name, split, data_dir):
-  images, labels, classes = _load_split(name, split, data_dir)
+def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
+  """Examples in a source split, without decoding it where the source knows."""
+  kind, value = parse_name(name)
+  if kind == "folder":
+    check_folder(value)
+    return _folder_size(value, split)
+  return _tfds_size(value, split, data_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split_cached(name, split, data_dir, start, stop):
+  kind, value = parse_name(name)
+  if stop is not None and start >= stop:  # no rows: read one for the image shape
+    images, labels, classes = _load_split_cached(name, split, data_dir, 0, 1)
+    return images[:0], labels[:0], classes
+  if kind == "folder":
+    classes = check_folder(value)
+    images, labels = _load_folder_split(value, split, start, stop)
+  else:
+    images, labels = _load_tfds_split(value, split, data_dir, start, stop)
+    classes = _class_names_tfds(value, data_dir, labels)
   images.setflags(write=False)
   labels.setflags(write=False)
   return images, labels, classes
 
 
-def _load_split(name, split, data_dir):
-  kind, value = parse_name(name)
-  if kind == "folder":
-    classes = check_folder(value)
-    images, labels = _load_folder_split(value, split)
-    return images, labels, classes
-  images, labels = _load_tfds_split(value, split, data_dir)
-  return images, labels, _class_names_tfds(value, data_dir, labels)
+def split_rows(name: str, *, data_dir: str | None = None, num_train: int | None = None,
+               num_val: int = 1000, num_test: int | None = None, seed: int = 0) -> dict:
+  """Which source rows make up each split of ``load``: {split: (source split, indices)}.
+
+  Indices are increasing (subsets keep source order); nothing is decoded.
+  """
+  m = split_size(name, "train", data_dir=data_dir)
+  if not 0 <= num_val < m:
+    raise DataError(f"num_val={num_val} must be in [0, {m - 1}] "
+                    f"(the training split has {m} examples)")
+  pool = m - num_val
+  rng_train, rng_test = (np.random.default_rng([seed, i]) for i in (1, 2))
+  return {"train": ("train", _subset(pool, num_train, rng_train, "num_train")),
+          "val": ("train", np.arange(pool, m)),
+          "test": ("test", _subset(split_size(name, "test", data_dir=data_dir), num_test, rng_test,
+                                   "num_test"))}
+
+
+def _subset(size, num, rng, what) -> np.ndarray:
+  if num is None:
+    return np.arange(size)
+  if not 1 <= num <= size:
+    raise DataError(f"{what}={num} must be in [1, {size}] (examples available)")
+  return np.sort(rng.permutation(size)[:num])
 
 
 def load(name: str, *, data_dir: str | None = None, num_train: int | None = None,
-         num_val: int = 1000, num_test: int | None = None, seed: int = 0) -> Dataset:
+         num_val: int = 1000, num_test: int | None = None, seed: int = 0,
+         rows: dict | None = None) -> Dataset:
   """Train / val / test splits as uint8 arrays.
 
   val = the last ``num_val`` of the training split, train = a random subset of
-  ``num_train`` of the rest (all, in source order, when None), test = a random
-  subset of ``num_test`` of the test split (all when None), drawn with ``seed``.
+  ``num_train`` of the rest (all when None), test = a random subset of
+  ``num_test`` of the test split (all when None), drawn with ``seed``; subsets
+  keep source order.
+
+  rows: {"train" | "val" | "test": (lo, hi)} reads only rows [lo, hi) of that
+  split (a process's own shard); the split's ``start`` and ``total`` say where
+  they sit. Splits not named are read whole.
   """
-  train_x, train_y, classes = load_split(name, "train", data_dir=data_dir)
-  test_x, test_y, _ = load_split(name, "test", data_dir=data_dir)
-  if not 0 <= num_val < len(train_y):
-    raise DataError(f"num_val={num_val} must be in [0, {len(train_y) - 1}] "
-                    f"(the training split has {len(train_y)} examples)")
-  pool = len(train_y) - num_val
-  val = Split(train_x[pool:], train_y[pool:])
-  rng_train, rng_test = (np.random.default_rng([seed, i]) for i in (1, 2))
-  train = Split(*_subset(train_x[:pool], train_y[:pool], num_train, rng_train, "num_train"))
-  test = Split(*_subset(test_x, test_y, num_test, rng_test, "num_test"))
-  image_shape = train.images.shape[1:]
-  if test.images.shape[1:] != image_shape:
-    raise DataError(f"train images are {image_shape} but test images are {test.images.shape[1:]}")
-  return Dataset(train=train, val=val, test=test, class_names=tuple(classes))
-
-
-def _subset(x, y, num, rng, what):
-  if num is None:
-    return x, y
-  if not 1 <= num <= len(y):
-    raise DataError(f"{what}={num} must be in [1, {len(y)}] (examples available)")
-  idx = rng.permutation(len(y))[:num]
-  return x[idx], y[idx]
+  plan = split_rows(name, data_dir=data_dir, num_train=num_train, num_val=num_val,
+                    num_test=num_test, seed=seed)
+  splits, classes = {}, ()
+  for which, (source, idx) in plan.items():
+    lo, hi = (rows or {}).get(which, (0, len(idx)))
+    if not 0 <= lo <= hi <= len(idx):
+      raise ValueError(f"rows {(lo, hi)} of the {which} split are outside [0, {len(idx)}]")
+    part = idx[lo:hi]
+    if which not in (rows or {}):  # a whole split: one read of its source serves all
+      x, y, classes = load_split(name, source, data_dir=data_dir)
+      x, y = (x, y) if len(idx) == len(y) else (x[idx], y[idx])
+    else:
+      first, last = (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+      x, y, classes = load_split(name, source, data_dir=data_dir, start=first, stop=last)
+      x, y = x[part - first], y[part - first]
+    splits[which] = Split(x, y, start=lo, total=len(idx))
+  image_shape = splits["train"].images.shape[1:]
+  if splits["test"].images.shape[1:] != image_shape:
+    raise DataError(f"train images are {image_shape} but test images are "
+                    f"{splits['test'].images.shape[1:]}")
+  return Dataset(class_names=tuple(classes), **splits)
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,59 @@ def test_splits_sizes_and_seeded_random_subsets(image_folder):
     data.load(f"folder:{root}", num_val=6, num_train=100)
 
 
+def test_folder_order_is_tfds_image_folders_order(image_folder):
+  root, _ = image_folder
+  for split in ("train", "test"):
+    ref = tfds.ImageFolder(root).as_dataset(split=split, shuffle_files=False, as_supervised=True)
+    ref_x, ref_y = map(np.stack, zip(*tfds.as_numpy(ref)))
+    x, y, _ = data.load_split(f"folder:{root}", split)
+    np.testing.assert_array_equal(x, ref_x)
+    np.testing.assert_array_equal(y, ref_y)
+  assert data.split_size(f"folder:{root}", "train") == 60
+
+
+def test_subsets_keep_source_order(image_folder):
+  root, _ = image_folder
+  (_, train_idx), (_, val_idx), (_, test_idx) = data.split_rows(
+      f"folder:{root}", num_val=6, num_train=10, num_test=5, seed=3).values()
+  assert len(train_idx) == 10 and np.all(np.diff(train_idx) > 0) and train_idx.max() < 54
+  assert val_idx.tolist() == list(range(54, 60))
+  assert len(test_idx) == 5 and np.all(np.diff(test_idx) > 0)
+  x, y, _ = data.load_split(f"folder:{root}", "train")
+  ds = data.load(f"folder:{root}", num_val=6, num_train=10, num_test=5, seed=3)
+  np.testing.assert_array_equal(ds.train.images, x[train_idx])
+  np.testing.assert_array_equal(ds.train.labels, y[train_idx])
+
+
+@pytest.mark.parametrize("num_train", [None, 17])
+def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_folder, num_train):
+  root, _ = image_folder
+  name = f"folder:{root}"
+  whole = data.load(name, num_val=6, num_train=num_train, seed=1)
+  rows = {"train": (3, 11), "val": (2, 6), "test": (17, 18)}
+  part = data.load(name, num_val=6, num_train=num_train, seed=1, rows=rows)
+  for which, (lo, hi) in rows.items():
+    w, p = getattr(whole, which), getattr(part, which)
+    np.testing.assert_array_equal(p.images, w.images[lo:hi])
+    np.testing.assert_array_equal(p.labels, w.labels[lo:hi])
+    assert (p.start, p.total, len(p), p.is_whole) == (lo, len(w), hi - lo, False)
+  empty = data.load(name, num_val=6, seed=1, rows={"test": (5, 5)})
+  assert empty.test.images.shape == (0, 8, 8, 3) and empty.test.total == 18
+  with pytest.raises(ValueError, match="outside"):
+    data.load(name, num_val=6, rows={"val": (0, 7)})
+
+
+def test_folder_reads_only_its_rows(image_folder, monkeypatch):
+  """A range is decoded from its own files alone: the others may even be unreadable."""
+  root, _ = image_folder
+  paths, _ = data.folder_examples(root, "train")
+  for p in paths[:30]:
+    with open(p, "wb") as f:
+      f.write(b"not an image")
+  x, _, _ = data.load_split(f"folder:{root}", "train", start=30, stop=60)
+  assert x.shape == (30, 8, 8, 3)
+
+
 def test_folder_errors_name_the_path(tmp_path, image_folder):
   with pytest.raises(DataError, match="does not exist"):
     data.load_split(f"folder:{tmp_path}/nope", "train")
@@ -66,6 +119,9 @@ def test_tfds_cifar10_through_mock_data():
   assert (len(ds.val), len(ds.test)) == (8, 10)
   # mock data carries no label metadata, so names are the label numbers
   assert ds.class_names == tuple(str(i) for i in range(10)) and ds.num_classes == 10
+  with tfds.testing.mock_data(num_examples=40):  # a shard: rows 5..12 of the test split
+    part = data.load("cifar10", num_val=8, num_test=10, seed=0, rows={"test": (5, 9)})
+  np.testing.assert_array_equal(part.test.images, ds.test.images[5:9])
 
 
 def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch):
