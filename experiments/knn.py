@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from experiments import common
-from jaxlin import data, distances, knn, metrics, plots, selection
+from jaxlin import data, distances, knn, metrics, plots, selection, sharding
 from jaxlin.errors import ConfigError
 
 DEFAULTS = dict(
@@ -82,14 +82,32 @@ def run(config: dict, workdir: str) -> dict:
   mesh, shard = common.mesh_for(c["shard"])
 
   logging.info("loading %s", c["dataset"])
+  # Across hosts with the queries split, each process reads only its own rows of the query
+  # splits (val, test) and searches them on its own devices; the database (the training
+  # split, also the source of the CV folds) is read whole by every process.
+  spread = mesh is not None and shard == "queries" and jax.process_count() > 1
+  rows = None
+  if spread:
+    plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
+                           num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"])
+    rows = {s: sharding.process_rows(len(plan[s][1]), mesh) for s in ("val", "test")}
+    local = jax.local_devices()
+    query_mesh = sharding.make_mesh(local) if len(local) > 1 else None
+    logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
+                 ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+  else:
+    query_mesh = mesh
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
-                 num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"])
+                 num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"], rows=rows)
   _check_k_fits(c, len(ds.train), len(c["k"]) == 1 and len(c["metric"]) == 1)
   load_s = timer()
   flat = lambda imgs: imgs.reshape(len(imgs), -1)  # uint8 rows: L1 stays exact integer work
   train_x, train_y = flat(ds.train.images), ds.train.labels
+  # Rows of a query split from every process (as it is when each holds the whole split).
+  whole = lambda split, a: sharding.gather_rows(a, split.start, split.total) if spread else a
+  val_labels, test_labels = whole(ds.val, ds.val.labels), whole(ds.test, ds.test.labels)
   logging.info("train %d, val %d, test %d images of %s, %d classes",
-               len(ds.train), len(ds.val), len(ds.test), ds.image_shape, ds.num_classes)
+               len(ds.train), ds.val.total, ds.test.total, ds.image_shape, ds.num_classes)
 
   # ---- model selection: every (metric, k) from one search per fold ----
   accuracies, sel_t = {}, common.Timer()
@@ -106,8 +124,9 @@ def run(config: dict, workdir: str) -> dict:
       with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
         preds = knn.predict(train_x, train_y, flat(ds.val.images), k=c["k"], metric=m,
                             num_classes=ds.num_classes, tie_break=c["tie_break"],
-                            callback=common.tile_callback(bar), mesh=mesh, shard=shard)
-      accuracies[m] = np.array([[float(metrics.accuracy(ds.val.labels, p)) for p in preds]])
+                            callback=common.tile_callback(bar), mesh=query_mesh, shard=shard)
+      accuracies[m] = np.array([[float(metrics.accuracy(val_labels, whole(ds.val, np.asarray(p))))
+                                 for p in preds]])
     logging.info("%s: mean accuracy by k %s", m,
                  {k: round(float(a), 4) for k, a in zip(c["k"], accuracies[m].mean(0))})
   select_s = sel_t()
@@ -124,26 +143,27 @@ def run(config: dict, workdir: str) -> dict:
   show_k = min(max(best_k, 10), len(train_y))
   with common.progress(f"test, {best_metric} k={best_k}", len(ds.test), "img") as bar:
     _, idx = knn.search(flat(ds.test.images), train_x, show_k, metric=best_metric,
-                        callback=common.tile_callback(bar), mesh=mesh, shard=shard)
-  idx = np.asarray(idx)
+                        callback=common.tile_callback(bar), mesh=query_mesh, shard=shard)
+  idx = whole(ds.test, np.asarray(idx))
   test_pred = np.asarray(knn.vote(train_y[idx[:, :best_k]], ds.num_classes, tie_break=c["tie_break"]))
   test_s = test_t()
-  test_acc = float(metrics.accuracy(ds.test.labels, test_pred))
-  cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, ds.num_classes))
+  test_acc = float(metrics.accuracy(test_labels, test_pred))
+  cm = np.asarray(metrics.confusion_matrix(test_labels, test_pred, ds.num_classes))
 
   # ---- figures, then results (written last: its presence means the run finished) ----
   if accuracies and common.is_writer():
     plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
-  rows = np.random.default_rng([c["seed"], 4]).permutation(len(ds.test))[:c["num_neighbor_rows"]]
+  shown = np.random.default_rng([c["seed"], 4]).permutation(ds.test.total)[:c["num_neighbor_rows"]]
+  shown_images = _rows_at(ds.test, shown) if spread else ds.test.images[shown]
   if common.is_writer():
-    plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), ds.test.images[rows],
-                    ds.test.labels[rows], ds.train.images[idx[rows, :10]], train_y[idx[rows, :10]],
+    plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), shown_images,
+                    test_labels[shown], ds.train.images[idx[shown, :10]], train_y[idx[shown, :10]],
                     ds.class_names)
     plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
                     title=f"kNN {best_metric} k={best_k}, test")
   results = {
       "dataset": c["dataset"],
-      "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+      "sizes": {"train": len(ds.train), "val": ds.val.total, "test": ds.test.total},
       "class_names": list(ds.class_names),
       "selection": ("none (a single setting)" if single else "val split" if not c["cv_folds"]
                     else f"{c['cv_folds']}-fold cross-validation"),
@@ -165,8 +185,17 @@ def run(config: dict, workdir: str) -> dict:
   common.write_json(os.path.join(workdir, "results.json"), results)
   logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
                best_metric, best_k, results["chosen"]["selection_accuracy"], test_acc,
-               len(ds.test), timer())
+               ds.test.total, timer())
   return results
+
+
+def _rows_at(split, positions) -> np.ndarray:
+  """Images at the given positions of a split, on every process (each adds the rows it holds)."""
+  out = np.zeros((len(positions),) + split.images.shape[1:], np.int32)
+  for j, r in enumerate(positions):
+    if split.start <= r < split.start + len(split):
+      out[j] = split.images[r - split.start]
+  return sharding.process_sum(out).astype(np.uint8)
 
 
 def main(argv):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, plots, train
+from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, plots, sharding, train
 from jaxlin.errors import ConfigError
 
 DEFAULTS = dict(
@@ -101,6 +101,13 @@ def validate(config: dict) -> dict:
   return c
 
 
+def _feature_stats(local_NxF, n):
+  """(mean, std) of each feature over the n training rows of every process."""
+  mean = sharding.process_sum(jnp.sum(local_NxF, axis=0)) / np.float32(n)
+  var = sharding.process_sum(jnp.sum((local_NxF - mean) ** 2, axis=0)) / np.float32(n)
+  return jnp.asarray(mean), jnp.asarray(np.sqrt(var))
+
+
 def _num_steps(c, n_train):
   if c["num_steps"]:
     return c["num_steps"]
@@ -116,13 +123,29 @@ def run(config: dict, workdir: str) -> dict:
   timer = common.Timer()
   key = jax.random.key(c["seed"])
 
+  mesh, _ = common.mesh_for(c["shard"])  # data parallel over every device (of every host)
+  # Across hosts each process reads only its own rows of every split (see jaxlin.sharding).
+  spread = mesh is not None and jax.process_count() > 1
+  plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
+                         num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"])
+  rows = {s: sharding.process_rows(len(idx), mesh) for s, (_, idx) in plan.items()} if spread else None
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
-                 num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"])
-  if c["optimizer"] != "lbfgs" and c["batch_size"] > len(ds.train):
-    raise ConfigError(f"--batch_size={c['batch_size']} exceeds the {len(ds.train)} training images")
+                 num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"], rows=rows)
+  n_tr = ds.train.total
+  if c["optimizer"] != "lbfgs" and c["batch_size"] > n_tr:
+    raise ConfigError(f"--batch_size={c['batch_size']} exceeds the {n_tr} training images")
+  if spread and c["optimizer"] == "lbfgs":
+    raise ConfigError("--optimizer=lbfgs uses the whole training set at every step; across "
+                      "processes use sgd, momentum or adam, or run on one host")
   load_s = timer()
-  mean = data.mean_image(ds.train.images)
-  scale = float(jnp.std(ds.train.images.astype(np.float32) - mean))  # one scalar: keeps lr/reg scales sane
+  # Pixel statistics as sums over the rows of every process (one process: all rows).
+  pixels = ds.train.images.astype(np.float32)
+  mean = jnp.asarray(sharding.process_sum(jnp.sum(pixels, 0)) / np.float32(n_tr))
+  centred = pixels - mean
+  shift = sharding.process_sum(jnp.sum(centred)) / np.float32(n_tr * centred[0].size)
+  scale = float(np.sqrt(sharding.process_sum(jnp.sum((centred - shift) ** 2))
+                        / np.float32(n_tr * centred[0].size)))  # one scalar: keeps lr/reg scales sane
+  del pixels, centred
   feat_t, feature_stats = common.Timer(), {}
   if c["features"] == "pixels":
     prep = lambda imgs: data.preprocess(imgs, mean) / scale
@@ -132,17 +155,26 @@ def run(config: dict, workdir: str) -> dict:
     with common.progress("HOG + hue features", None, "img") as bar:
       raw = [features.cached_extract(s.images, cache_dir=cache, callback=common.tile_callback(bar))
              for s in (ds.train, ds.val, ds.test)]
-    (x_tr, x_va, x_te), (f_mean, f_std) = features.standardise(*raw)
+    stats = _feature_stats(raw[0], n_tr) if spread else None
+    (x_tr, x_va, x_te), (f_mean, f_std) = features.standardise(*raw, stats=stats)
     feature_stats = dict(feature_mean=np.asarray(f_mean), feature_std=np.asarray(f_std))
   features_s = feat_t()
   y_tr, y_va, y_te = (jnp.asarray(s.labels) for s in (ds.train, ds.val, ds.test))
   d, n_cls = x_tr.shape[1], ds.num_classes
-  logging.info("train %d, val %d, test %d; %d features, %d classes", len(ds.train), len(ds.val),
-               len(ds.test), d, n_cls)
+  logging.info("train %d, val %d, test %d; %d features, %d classes", n_tr, ds.val.total,
+               ds.test.total, d, n_cls)
+  if spread:
+    logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
+                 ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+    glob = lambda s, a: sharding.rows_to_global(a, getattr(ds, s).total, mesh)
+    train_x, train_y = glob("train", x_tr), glob("train", y_tr)
+    val_set = (glob("val", x_va), glob("val", y_va), ds.val.total)
+  else:
+    train_x, train_y, val_set = x_tr, y_tr, (x_va, y_va)
 
   # ---- the grid, trained at once ----
   grid = list(itertools.product(c["learning_rate"], c["reg"]))
-  steps = _num_steps(c, len(ds.train))
+  steps = _num_steps(c, n_tr)
   loss_fn = losses.LOSSES[c["loss"]]
   if c["loss"] == "svm" and c["margin"] != 1.0:
     loss_fn = lambda s, y: losses.multiclass_svm(s, y, margin=c["margin"])
@@ -152,10 +184,9 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
-  mesh, _ = common.mesh_for(c["shard"])  # data parallel over every device (of every host)
   trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
                           total_steps=steps, mesh=mesh)
-  sub = np.random.default_rng([c["seed"], 5]).permutation(len(ds.train))[:1000]
+  sub = np.random.default_rng([c["seed"], 5]).permutation(n_tr)[:1000]
   writer = common.MetricsWriter(workdir)
   with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
     def log(record):
@@ -165,10 +196,10 @@ def run(config: dict, workdir: str) -> dict:
                      loss=float(record["loss"][g]), train_accuracy=float(record["train_accuracy"][g]),
                      val_accuracy=float(record["val_accuracy"][g]))
     fit_t = common.Timer()
-    fit = trainer.fit(key, x_tr, y_tr, learning_rates=[g[0] for g in grid],
+    fit = trainer.fit(key, train_x, train_y, learning_rates=[g[0] for g in grid],
                       regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
-                      log_every=c["log_every"] or None,
-                      eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": (x_va, y_va)},
+                      log_every=c["log_every"] or None, num_examples=n_tr,
+                      eval_sets={"train": (train_x[sub], train_y[sub]), "val": val_set},
                       callback=log)
     jax.block_until_ready(fit.params)
     train_s = fit_t()
@@ -179,9 +210,14 @@ def run(config: dict, workdir: str) -> dict:
   # ---- the test split, once ----
   pred_t = common.Timer()
   test_pred = np.asarray(jnp.argmax(model.apply(params, x_te), axis=1))
+  # Every process predicts its own test rows; then all of them hold every prediction.
+  test_labels = ds.test.labels
+  if spread:
+    test_pred = sharding.gather_rows(test_pred, ds.test.start, ds.test.total)
+    test_labels = sharding.gather_rows(test_labels, ds.test.start, ds.test.total)
   predict_s = pred_t()
-  test_acc = float(metrics.accuracy(ds.test.labels, test_pred))
-  cm = np.asarray(metrics.confusion_matrix(ds.test.labels, test_pred, n_cls))
+  test_acc = float(metrics.accuracy(test_labels, test_pred))
+  cm = np.asarray(metrics.confusion_matrix(test_labels, test_pred, n_cls))
 
   # ---- model, figures, then results (last: its presence means the run finished) ----
   model_path = os.path.join(workdir, "model.npz")
@@ -220,7 +256,7 @@ def run(config: dict, workdir: str) -> dict:
       "dataset": c["dataset"], "model": c["model"], "features": c["features"],
       "hidden_size": c["hidden_size"] if c["model"] == "mlp" else None,
       "input_dim": d, "loss": c["loss"], "optimizer": c["optimizer"],
-      "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+      "sizes": {"train": n_tr, "val": ds.val.total, "test": ds.test.total},
       "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
       "grid": [{"learning_rate": lr, "reg": reg, "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
                 "final_loss": float(fit.history[-1]["loss"][g]),

@@ -96,10 +96,13 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
   return jnp.concatenate(out)
 
 
-def standardise(train_NxF, *others):
-  """(x - mean) / std with training statistics (std of a constant feature: 1)."""
-  mean = jnp.mean(train_NxF, axis=0)
-  std = jnp.std(train_NxF, axis=0)
+def standardise(train_NxF, *others, stats=None):
+  """(x - mean) / std with training statistics (std of a constant feature: 1).
+
+  stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
+  """
+  mean, std = stats if stats is not None else (jnp.mean(train_NxF, axis=0),
+                                                jnp.std(train_NxF, axis=0))
   std = jnp.where(std > 0, std, 1.0)
   return tuple((x - mean) / std for x in (train_NxF,) + others), (mean, std)
 

@@ -14,6 +14,12 @@ Training is data-parallel through ``train.Trainer(..., mesh=mesh)``: each
 minibatch is split along the batch axis and the parameters are replicated;
 jit's partitioner adds the gradient all-reduce. Across hosts (after
 ``jax.distributed.initialize()``) the same code runs on the global mesh.
+
+Across hosts each process reads only its own rows of a split:
+``process_rows`` says which (the rows its devices hold when the split is laid
+along the mesh), ``rows_to_global`` assembles the global array from every
+process's rows, ``process_sum`` and ``gather_rows`` bring small results
+(statistics, predictions) to every process.
 """
 from __future__ import annotations
 
@@ -89,6 +95,84 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
   if metric == "l2":
     d = np.sqrt(d)
   return jnp.asarray(d), jnp.asarray(i)
+
+
+def padded_rows(n: int, mesh: Mesh) -> int:
+  """n rounded up to a multiple of the mesh size: the rows of an n-row array laid along it."""
+  return -(-n // mesh.devices.size) * mesh.devices.size
+
+
+def process_rows(n: int, mesh: Mesh) -> tuple[int, int]:
+  """Rows [lo, hi) of an n-row split that this process holds when it is laid along ``mesh``.
+
+  The split is padded to ``padded_rows(n, mesh)`` rows and cut into equal
+  blocks, one per device in mesh order; a process holds its devices' blocks,
+  clipped to the n real rows (the last processes may hold fewer, or none).
+  """
+  n_pad = padded_rows(n, mesh)
+  spans = sorted(_span(index[0], n_pad) for index in jax.sharding.NamedSharding(
+      mesh, P(AXIS)).addressable_devices_indices_map((n_pad,)).values())
+  if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+    raise ValueError("this process's devices are not adjacent in the mesh; build it with "
+                     "make_mesh() (devices in process order)")
+  return min(spans[0][0], n), min(spans[-1][1], n)
+
+
+def _span(s: slice, size: int) -> tuple[int, int]:
+  return (s.start or 0, size if s.stop is None else s.stop)
+
+
+def rows_to_global(local, n: int, mesh: Mesh) -> jax.Array:
+  """The (padded_rows(n, mesh), ...) global array laid along ``mesh``, from this process's rows.
+
+  ``local`` holds rows ``process_rows(n, mesh)`` of the split; padding rows are
+  zeros. Every process calls this with its own rows.
+  """
+  local = np.asarray(local)
+  lo, hi = process_rows(n, mesh)
+  if len(local) != hi - lo:
+    raise ValueError(f"this process holds rows [{lo}, {hi}) but got {len(local)} rows")
+  n_pad = padded_rows(n, mesh)
+
+  def block(index):
+    a, b = _span(index[0], n_pad)
+    out = np.zeros((b - a,) + local.shape[1:], local.dtype)
+    real = local[a - lo:max(min(b, n), a) - lo]
+    out[:len(real)] = real
+    return out
+
+  return jax.make_array_from_callback((n_pad,) + local.shape[1:],
+                                      jax.sharding.NamedSharding(mesh, P(AXIS)), block)
+
+
+def process_sum(x) -> np.ndarray:
+  """Elementwise sum of ``x`` over all processes (``x`` itself in a single process)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x)).sum(0)
+
+
+def gather_rows(local, lo: int, n: int) -> np.ndarray:
+  """The whole n-row array on every process, from each process's rows [lo, lo + len(local))."""
+  local = np.asarray(local)
+  if jax.process_count() == 1:
+    if (lo, len(local)) != (0, n):
+      raise ValueError(f"one process must hold all {n} rows, got [{lo}, {lo + len(local)})")
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  spans = np.asarray(multihost_utils.process_allgather(np.array([lo, len(local)], np.int64)))
+  width = int(spans[:, 1].max())
+  block = np.zeros((width,) + local.shape[1:], local.dtype)
+  block[:len(local)] = local
+  blocks = np.asarray(multihost_utils.process_allgather(block))
+  out = np.zeros((n,) + local.shape[1:], local.dtype)
+  for (start, count), rows in zip(spans, blocks):
+    out[start:start + count] = rows[:count]
+  if spans[:, 1].sum() != n:
+    raise ValueError(f"the processes hold {spans[:, 1].sum()} rows between them, not {n}")
+  return out
 
 
 def to_host(x) -> np.ndarray:

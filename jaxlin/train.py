@@ -164,16 +164,19 @@ class Trainer:
     return jnp.sum((pred == y_B[None]) & mask_B[None], axis=1)
 
   # ---- host side -------------------------------------------------------------
-  def accuracy(self, params, x, y, *, batch_size: int = 2048):
-    """(G,) accuracy of every member; pad-and-mask so each example counts once."""
-    n = x.shape[0]
+  def accuracy(self, params, x, y, *, num_examples: int | None = None, batch_size: int = 2048):
+    """(G,) accuracy of every member on the first ``num_examples`` rows (all by default).
+
+    Pad-and-mask: each example counts once, whatever the batch and device count.
+    """
+    n = x.shape[0] if num_examples is None else num_examples
     correct = 0
     for start in range(0, n, batch_size):
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-      valid = xb.shape[0]
-      pad = min(batch_size, n) - valid
-      mask = jnp.arange(valid + pad) < valid
-      if pad:
+      valid = min(xb.shape[0], n - start)
+      pad = min(batch_size, n) - xb.shape[0]
+      mask = jnp.arange(xb.shape[0] + max(pad, 0)) < valid
+      if pad > 0:
         xb = jnp.pad(xb, ((0, pad), (0, 0)))
         yb = jnp.pad(yb, (0, pad))
       correct = correct + self._accuracy(params, xb, yb, mask)
@@ -181,22 +184,28 @@ class Trainer:
 
   def fit(self, key, x, y, *, learning_rates: Sequence[float], regs: Sequence[float],
           batch_size: int, num_steps: int, log_every: int | None = None,
-          eval_sets: dict | None = None, callback: Callable[[dict], None] | None = None) -> FitResult:
+          eval_sets: dict | None = None, callback: Callable[[dict], None] | None = None,
+          num_examples: int | None = None) -> FitResult:
     """Train every (learning rate, reg) pair for ``num_steps`` steps on the same batches.
 
     Minibatches are drawn without replacement from a fresh permutation each
     epoch (``fold_in(key, epoch)``), on device. Every ``log_every`` steps (one
-    epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)}) are
-    recorded and ``callback(record)`` is called. Raises DivergenceError when
-    every member's loss became non-finite.
+    epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)} or
+    {name: (x, y, num_examples)}) are recorded and ``callback(record)`` is
+    called. Raises DivergenceError when every member's loss became non-finite.
+
+    ``x`` may be a global array already laid along the mesh, rows split across
+    processes (``sharding.rows_to_global``); its rows past ``num_examples``
+    are padding and never drawn. Other inputs are replicated on the mesh.
     """
-    if self.mesh is not None:  # on the mesh, replicated: one global array even across hosts
-      place = lambda a: jax.device_put(np.asarray(a), jax.sharding.NamedSharding(
-          self.mesh, jax.sharding.PartitionSpec()))
+    eval_sets = {k: (v if len(v) == 3 else (*v, None)) for k, v in (eval_sets or {}).items()}
+    if self.mesh is not None:  # on the mesh: one global array even across hosts
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      place = lambda a: a if _on_mesh(a, self.mesh) else jax.device_put(np.asarray(a), replicated)
       x, y = place(x), place(y)
-      eval_sets = {k: (place(a), place(b)) for k, (a, b) in (eval_sets or {}).items()}
+      eval_sets = {k: (place(a), place(b), m) for k, (a, b, m) in eval_sets.items()}
     x, y = jnp.asarray(x), jnp.asarray(y)
-    n = x.shape[0]
+    n = x.shape[0] if num_examples is None else num_examples
     if not self.full_batch and not 1 <= batch_size <= n:
       raise ValueError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}")
     steps_per_epoch = 1 if self.full_batch else n // batch_size
@@ -222,8 +231,8 @@ class Trainer:
       all_losses.append(np.asarray(step_losses)[:chunk])
       record = {"step": done, "epoch": done / steps_per_epoch,
                 "loss": _finite_mean(all_losses[-1])}
-      for name, (ex, ey) in (eval_sets or {}).items():
-        record[f"{name}_accuracy"] = self.accuracy(state.params, ex, ey)
+      for name, (ex, ey, en) in eval_sets.items():
+        record[f"{name}_accuracy"] = self.accuracy(state.params, ex, ey, num_examples=en)
       history.append(record)
       if callback is not None:
         callback(record)
@@ -235,6 +244,12 @@ class Trainer:
     return FitResult(params=state.params, losses=np.concatenate(all_losses),
                      history=history, diverged_at=np.asarray(state.diverged_at),
                      steps=done, compile_count=self.trace_count)
+
+
+def _on_mesh(a, mesh) -> bool:
+  """Whether ``a`` is already a global array on ``mesh`` (e.g. rows split across processes)."""
+  sharding = getattr(a, "sharding", None)
+  return isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))

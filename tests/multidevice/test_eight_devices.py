@@ -49,6 +49,36 @@ def test_data_parallel_training_matches_single_device():
   np.testing.assert_array_equal(many.history[-1]["train_accuracy"], one.history[-1]["train_accuracy"])
 
 
+def test_rows_laid_along_the_mesh_padded_with_zeros():
+  mesh = sharding.make_mesh()
+  x = np.arange(13 * 3, dtype=np.float32).reshape(13, 3)
+  assert sharding.padded_rows(13, mesh) == 16 and sharding.process_rows(13, mesh) == (0, 13)
+  g = sharding.rows_to_global(x, 13, mesh)
+  assert g.shape == (16, 3) and len(g.sharding.device_set) == 8
+  np.testing.assert_array_equal(np.asarray(g), np.concatenate([x, np.zeros((3, 3), np.float32)]))
+  with pytest.raises(ValueError, match=r"holds rows \[0, 13\) but got 12 rows"):
+    sharding.rows_to_global(x[:12], 13, mesh)
+
+
+def test_training_on_rows_split_along_the_mesh_matches_single_device():
+  """Padding rows of a row-split training set are never drawn; eval masks them."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(75, 12)).astype(np.float32)  # 75 rows: 5 padding rows on 8 devices
+  y = rng.integers(0, 4, 75).astype(np.int32)
+  model = train.Model(init=lambda k: linear.init_params(k, 12, 4), apply=linear.scores)
+  mesh = sharding.make_mesh()
+  trainer = lambda m: train.Trainer(model, losses.multiclass_svm, optimizer="sgd", total_steps=12,
+                                    mesh=m)
+  kw = dict(learning_rates=[0.05], regs=[1e-3], batch_size=16, num_steps=12, log_every=4)
+  one = trainer(None).fit(jax.random.key(1), x, y, eval_sets={"val": (x, y)}, **kw)
+  gx, gy = sharding.rows_to_global(x, 75, mesh), sharding.rows_to_global(y, 75, mesh)
+  many = trainer(mesh).fit(jax.random.key(1), gx, gy, num_examples=75,
+                           eval_sets={"val": (gx, gy, 75)}, **kw)
+  np.testing.assert_allclose(many.losses, one.losses, rtol=1e-5, atol=1e-6)
+  assert [h["val_accuracy"].tolist() for h in many.history] == [
+      h["val_accuracy"].tolist() for h in one.history]
+
+
 def test_knn_experiment_on_eight_devices(tmp_path):
   from experiments import knn as knn_exp
   from tests.conftest import make_image_folder
