@@ -6,9 +6,8 @@ Two forms of every metric:
   vmapped function of two vectors. Slow and obviously correct; tests compare
   against it.
 * ``pairwise_distances`` -- the fast form used by search: a matrix product for
-  L2 / cosine (on uint8 pixels exact integer results from float32 products
-  over feature chunks; on floats ``precision=HIGHEST``, centred, squared
-  distances clamped at 0) and
+  L2 / cosine (on uint8 pixels an exact int8 product accumulated in int32;
+  on floats ``precision=HIGHEST``, centred, squared distances clamped at 0) and
   an accumulation over features for L1 (exact integer work on pixels).
 
 Inputs may be uint8 pixels or floats; they are cast before any arithmetic.
@@ -92,9 +91,11 @@ def l2_squared_from_dot(x_QxD, y_NxD, x_sq_Q, y_sq_N):
 
 
 def centred_pixels(x):
-  """uint8 / int8 pixels as float32 integers in [-128, 127] (uint8 shifted by -128)."""
+  """uint8 / int8 pixels as int8 in [-128, 127] (uint8 shifted by -128, exactly)."""
   x = jnp.asarray(x)
-  return x.astype(jnp.float32) - (128.0 if x.dtype == jnp.uint8 else 0.0)
+  if x.dtype == jnp.uint8:
+    return (x.astype(jnp.int16) - 128).astype(jnp.int8)
+  return x.astype(jnp.int8)
 
 
 def int_squared_norms(x_NxD):
@@ -103,23 +104,16 @@ def int_squared_norms(x_NxD):
   return jnp.sum(x * x, axis=1)
 
 
-_EXACT_CHUNK = 1024  # 1024 * 128 * 128 = 2**24: every partial sum is an exact float32 integer
-
-
 def l2_squared_pixels(x_QxD, y_NxD, x_sq_Q, y_sq_N):
-  """Exact int32 squared L2 between rows of centred pixels (see centred_pixels).
+  """Exact int32 squared L2 between rows of int8 pixels (see centred_pixels).
 
-  |x|^2 + |y|^2 - 2 x.y with the dot product as float32 matrix products over
-  feature chunks of 1024: each product is an integer of at most 2**14 and
-  every partial sum at most 2**24 in size, so float32 holds it exactly; the
-  chunk results are summed in int32. Exact at float32 matmul speed.
+  |x|^2 + |y|^2 - 2 x.y with the dot product as an int8 matrix product
+  accumulated in int32: every product is at most 2**14 and the sum of 3072
+  of them below 2**26, so the result is exact. On CPUs with int8 matrix
+  instructions this runs several times faster than a float32 product.
   """
-  d = x_QxD.shape[1]
-  dot = None
-  for start in range(0, d, _EXACT_CHUNK):
-    part = jnp.matmul(x_QxD[:, start:start + _EXACT_CHUNK], y_NxD[:, start:start + _EXACT_CHUNK].T,
-                      precision=_HIGHEST).astype(jnp.int32)
-    dot = part if dot is None else dot + part
+  dot = jax.lax.dot_general(x_QxD, y_NxD, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.int32)
   return x_sq_Q[:, None] + y_sq_N[None, :] - 2 * dot
 
 

@@ -9,9 +9,8 @@ Tie rule: neighbours at equal distance come in increasing database index, as
 ``jax.lax.top_k`` orders them (it is stable, and the running merge keeps the
 candidates of earlier tiles, which have lower indices, first).
 
-Exactness: on uint8 pixels L1 (an int16/int32 accumulation) and L2 (float32
-matrix products over feature chunks that hold integers exactly, summed in
-int32) compute exact integer distances; they are compared as float32, which is
+Exactness: on uint8 pixels L1 (an int16/int32 accumulation) and L2 (an int8
+matrix product accumulated in int32) compute exact integer distances; they are compared as float32, which is
 exact below 2**24 (always for L1 on 32x32x3 pixels; for L2 up to an RMS pixel
 difference of 74). So neighbours, ties included, equal a brute-force integer
 reference. Float inputs use float32 (L2 centred, ``precision=HIGHEST``).
@@ -106,12 +105,16 @@ def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
   def body(carry, inputs):
     best_d, best_i = carry
     m, db_tile, db_aux = inputs
-    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(jnp.float32)
+    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode)  # int32 or float32
     idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, jnp.inf)
-    # Earlier candidates (lower indices) first, so the stable top_k keeps ties by index.
-    cand_d = jnp.concatenate([best_d, d], axis=1)
-    cand_i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (t, tile))], axis=1)
+    d = jnp.where(idx[None, :] < n_valid, d, _worst(d.dtype))
+    # This tile's k best, then a small merge with the running best. Earlier candidates
+    # (lower indices) come first, so the stable selections keep ties by index.
+    pos = smallest_k(d, min(k, tile))
+    tile_d = jnp.take_along_axis(d, pos, axis=1)
+    tile_d = jnp.where(tile_d == _worst(d.dtype), jnp.inf, tile_d.astype(jnp.float32))
+    cand_d = jnp.concatenate([best_d, tile_d], axis=1)
+    cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
     _, pos = jax.lax.top_k(-cand_d, k)
     return (jnp.take_along_axis(cand_d, pos, axis=1), jnp.take_along_axis(cand_i, pos, axis=1)), None
 
@@ -121,11 +124,65 @@ def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
   return best_d, best_i
 
 
+_CHUNK = 16  # elements per chunk in smallest_k
+
+
+def _worst(dtype):
+  """A key larger than any real distance: +inf, or the integer maximum."""
+  return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
+
+
+def smallest_k(values_TxN, k: int):
+  """Positions (T, k) of the k smallest values of each row, as a stable
+  ``jax.lax.top_k(-values, k)`` on float32 keys gives them (equal values:
+  lower position first). Integer values are compared as float32, which is
+  exact below 2**24.
+
+  Long rows go through chunks: the k smallest values lie in the k chunks of
+  16 with the smallest minima (each chunk ahead of an element's chunk holds a
+  smaller value than that element), so one top_k picks k chunks and a second
+  picks k values among their 16 k. XLA's CPU top_k costs about 15 us per row
+  plus 3 ns per element (k = 100); this costs a min-reduction, fused with
+  the distance computation, and top_k over N / 16 and 16 k elements.
+  """
+  t, n = values_TxN.shape
+  s = _CHUNK
+  key = lambda x: -x.astype(jnp.float32)
+  if n < 4 * k * s:  # short rows: the plain selection is as cheap
+    return jax.lax.top_k(key(values_TxN), k)[1]
+  pad = (-n) % s  # the worst key after every real element: never picked ahead of one
+  v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=_worst(values_TxN.dtype))
+  v = v.reshape(t, -1, s)
+  _, chunks = jax.lax.top_k(key(jnp.min(v, axis=2)), k)
+  chunks = jnp.sort(chunks, axis=1)  # back in position order, for ties
+  cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
+  _, pos = jax.lax.top_k(key(cand), k)
+  return jnp.take_along_axis((chunks[:, :, None] * s + jnp.arange(s)).reshape(t, k * s), pos, 1)
+
+
 def default_tiles(metric: str) -> tuple[int, int]:
-  """(query_tile, database_tile) sizes: the (query_tile, database_tile) distance
-  block stays cache-sized for L1 and is a large matmul for L2 / cosine
-  (measured in benchmarks/knn_speed.py)."""
-  return (64, 1024) if metric == "l1" else (4096, 2048)
+  """Largest (query_tile, database_tile): for L1 the distance block stays
+  cache-sized; for L2 / cosine a (256, 65536) block is a large matrix product
+  with long rows for smallest_k (measured in benchmarks/knn_speed.py)."""
+  return (64, 1024) if metric == "l1" else (256, 65536)
+
+
+def even_tile(total: int, largest: int, multiple: int = 1) -> int:
+  """The smallest tile, a multiple of `multiple`, that covers `total` in as
+  few tiles as tiles of `largest` do (so the last tile wastes little)."""
+  total = max(total, 1)
+  tile = -(-total // -(-total // largest))
+  return -(-tile // multiple) * multiple
+
+
+def tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
+               database_tile=None) -> tuple[int, int]:
+  """(query_tile, database_tile) for a search: the given sizes, or even splits
+  within default_tiles."""
+  qt, dt = default_tiles(metric)
+  qt = query_tile or even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
+  dt = database_tile or even_tile(num_database, dt, _CHUNK if num_database > _CHUNK else 1)
+  return max(1, min(qt, num_queries)), max(1, min(dt, num_database))
 
 
 def checked_inputs(queries_QxD, database_NxD, k, metric):
@@ -174,13 +231,7 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
     return out
   queries_QxD, database_NxD, k = checked_inputs(queries_QxD, database_NxD, k, metric)
   n = database_NxD.shape[0]
-  qt, dt = default_tiles(metric)
-  if query_tile is None:  # even tiles: the padded last tile wastes little
-    q_total = queries_QxD.shape[0]
-    qt = -(-q_total // -(-q_total // qt))
-    qt = -(-qt // 8) * 8 if qt > 8 else qt
-  qt = max(1, min(query_tile or qt, queries_QxD.shape[0]))
-  dt = max(1, min(database_tile or dt, n))
+  qt, dt = tile_sizes(metric, queries_QxD.shape[0], n, query_tile, database_tile)
 
   mode = _mode(queries_QxD, database_NxD, metric)
   db, db_aux, mu = _prepare_tiles(database_NxD, n, mode=mode, tile=dt)

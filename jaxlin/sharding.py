@@ -55,12 +55,10 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
   queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric)
   n, q_total, ndev = database_NxD.shape[0], queries_QxD.shape[0], mesh.devices.size
-  qt, dt = knn.default_tiles(metric)
   kmode = knn._mode(queries_QxD, database_NxD, metric)
 
   if mode == "queries":
-    qt = max(1, min(query_tile or qt, -(-q_total // ndev)))
-    dt = max(1, min(database_tile or dt, n))
+    qt, dt = knn.tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile)
     tiles, aux, mu = knn._prepare_tiles(database_NxD, n, mode=kmode, tile=dt)
     q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), ndev * qt)
     fn = jax.shard_map(functools.partial(_local_search, k=k, mode=kmode, qt=qt), mesh=mesh,
@@ -69,12 +67,11 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     d, i = jax.jit(fn)(q, tiles, aux, jnp.int32(n))
   else:
     rows = -(-n // ndev)  # database rows per device (the last devices may hold padding)
-    dt = max(1, min(database_tile or dt, rows))
+    qt, dt = knn.tile_sizes(metric, q_total, rows, query_tile, database_tile)
     rows = -(-rows // dt) * dt
     # Rows padded so that every device holds `rows` of them, in whole tiles.
     tiles, aux, mu = knn._prepare_tiles(knn._pad_rows(jnp.asarray(database_NxD), rows * ndev), n,
                                         mode=kmode, tile=dt)
-    qt = max(1, min(query_tile or qt, q_total))
     q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
 
     def per_device(q, tiles, aux):

@@ -75,6 +75,31 @@ def test_l2_uint8_exact_neighbour_for_neighbour(metric):
   assert list(np.asarray(i[0, :2])) == [7, 200]
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.float32])
+@pytest.mark.parametrize("n,k", [(64, 1), (333, 5), (1000, 3), (2000, 31), (90, 7)])
+def test_smallest_k_is_the_stable_top_k(dtype, n, k):
+  """Chunked selection (long rows) and plain top_k (short rows) give the same
+  positions as a stable sort, ties by position, with padding and worst keys."""
+  rng = np.random.default_rng(n + k)
+  v = rng.integers(0, 6, (23, n)).astype(dtype)  # six levels: ties everywhere
+  v[3] = knn._worst(dtype)  # a row of worst keys only
+  v[4, ::7] = 0
+  pos = np.asarray(knn.smallest_k(jax.numpy.asarray(v), k))
+  np.testing.assert_array_equal(pos, np.argsort(v, axis=1, kind="stable")[:, :k])
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_long_database_tiles_take_the_chunked_selection(metric):
+  """Tiles of 1,000 rows with k = 4 go through smallest_k's chunk path."""
+  rng = np.random.default_rng(11)
+  q = rng.integers(0, 3, (21, 12), dtype=np.uint8)
+  db = rng.integers(0, 3, (2500, 12), dtype=np.uint8)  # three levels: many ties
+  d, i = knn.search(q, db, 4, metric=metric, database_tile=1000)
+  ref_d, ref_i = brute_force(q, db, 4, metric)
+  np.testing.assert_array_equal(i, ref_i)
+  np.testing.assert_allclose(d, ref_d, rtol=1e-6)  # exact squared distances; sqrt in float32
+
+
 def test_l2_on_float_pixels_agrees_with_float64_reference():
   rng = np.random.default_rng(7)
   # Pixel-like floats (uncentred, 0..255): the float path centres to avoid cancellation.
