@@ -101,6 +101,16 @@ def validate(config: dict) -> dict:
   return c
 
 
+def _pixel_stats(local_images, n):
+  """(mean image, std of the centred pixels) over the n training images of every process."""
+  mean = data.mean_from_sums(sharding.process_sum(data.pixel_sums(local_images)), n)
+  centred = local_images.astype(np.float32) - mean
+  size = n * centred[0].size
+  shift = sharding.process_sum(jnp.sum(centred)) / np.float32(size)
+  var = sharding.process_sum(jnp.sum((centred - shift) ** 2)) / np.float32(size)
+  return mean, float(np.sqrt(var))
+
+
 def _feature_stats(local_NxF, n):
   """(mean, std) of each feature over the n training rows of every process."""
   mean = sharding.process_sum(jnp.sum(local_NxF, axis=0)) / np.float32(n)
@@ -138,14 +148,11 @@ def run(config: dict, workdir: str) -> dict:
     raise ConfigError("--optimizer=lbfgs uses the whole training set at every step; across "
                       "processes use sgd, momentum or adam, or run on one host")
   load_s = timer()
-  # Pixel statistics as sums over the rows of every process (one process: all rows).
-  pixels = ds.train.images.astype(np.float32)
-  mean = jnp.asarray(sharding.process_sum(jnp.sum(pixels, 0)) / np.float32(n_tr))
-  centred = pixels - mean
-  shift = sharding.process_sum(jnp.sum(centred)) / np.float32(n_tr * centred[0].size)
-  scale = float(np.sqrt(sharding.process_sum(jnp.sum((centred - shift) ** 2))
-                        / np.float32(n_tr * centred[0].size)))  # one scalar: keeps lr/reg scales sane
-  del pixels, centred
+  if spread:  # statistics as sums over the rows of every process
+    mean, scale = _pixel_stats(ds.train.images, n_tr)
+  else:
+    mean = data.mean_image(ds.train.images)
+    scale = float(jnp.std(ds.train.images.astype(np.float32) - mean))  # one scalar: keeps lr/reg scales sane
   feat_t, feature_stats = common.Timer(), {}
   if c["features"] == "pixels":
     prep = lambda imgs: data.preprocess(imgs, mean) / scale

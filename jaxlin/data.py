@@ -423,6 +423,19 @@ def mean_image(images_NxHxWxC):
 
 
 @jax.jit
+def pixel_sums(images_NxHxWxC):
+  """Per-pixel sums of images, float32 (H, W, C): a process's share of the mean image."""
+  return jnp.sum(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
+
+
+@functools.partial(jax.jit, static_argnames="count")
+def mean_from_sums(sums, count: int):
+  """sums / count as mean_image divides (bit for bit): the mean image of rows spread
+  across hosts from their pixel_sums summed over processes."""
+  return sums / count
+
+
+@jax.jit
 def preprocess(images_NxHxWxC, mean_HxWxC):
   """uint8 images -> float32 (N, D) rows with the training mean image subtracted."""
   x = jnp.asarray(images_NxHxWxC).astype(jnp.float32) - mean_HxWxC

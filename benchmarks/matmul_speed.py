@@ -1,0 +1,65 @@
+r"""The matrix product under exact L2 search, by dtype, on this machine.
+
+  python -m benchmarks.matmul_speed --out=runs/bench_matmul
+
+Exact L2 on uint8 pixels is an int8 x int8 product accumulated in int32
+(jaxlin.distances.l2_squared_pixels). Whether that beats float32 depends on
+the chip (int8 matrix instructions) and on XLA's backend: this prints the
+rate of one (4096 x 3072) . (3072 x 2048) product in float32, bfloat16 -> float32
+and int8 -> int32, the shapes of one search tile, and checks that each gives
+the exact integer answer on pixel-range values. No dataset needed.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+_SHAPE = flags.DEFINE_list("shape", ["4096", "3072", "2048"], "M, K, N of (M x K) . (K x N)")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats (best)")
+
+
+def _product(dtype, out_dtype):
+  contract = (((1,), (1,)), ((), ()))  # (M, K) . (N, K)^T, as the search computes it
+  return jax.jit(lambda a, b: jax.lax.dot_general(a.astype(dtype), b.astype(dtype), contract,
+                                                  preferred_element_type=out_dtype))
+
+
+def main(argv):
+  del argv
+  m, k, n = (int(v) for v in _SHAPE.value)
+  out = common.out_dir("bench_matmul")
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.integers(-128, 128, (m, k), dtype=np.int8))
+  b = jnp.asarray(rng.integers(-128, 128, (n, k), dtype=np.int8))
+  exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T  # integers below 2**53
+  rows = []
+  for name, dtype, out_dtype in (("float32", jnp.float32, jnp.float32),
+                                 ("bfloat16 -> float32", jnp.bfloat16, jnp.float32),
+                                 ("int8 -> int32", jnp.int8, jnp.int32)):
+    f = _product(dtype, out_dtype)
+    result = np.asarray(f(a, b), np.float64)
+    times = []
+    for _ in range(_REPEATS.value):
+      with common.Stopwatch() as sw:
+        jax.block_until_ready(f(a, b))
+      times.append(sw.seconds)
+    best = min(times)
+    rows.append({"product": name, "ms": best * 1e3, "GOP/s": 2 * m * k * n / best / 1e9,
+                 "exact": bool(np.array_equal(result, exact))})
+    print(rows[-1], file=sys.stderr, flush=True)
+  base = rows[0]["ms"]
+  for r in rows:
+    r["x faster than float32"] = base / r["ms"]
+  common.report(out, "matmul_speed", rows, list(rows[0]), shape=f"{m}x{k} . {k}x{n}",
+                backend=jax.default_backend())
+
+
+if __name__ == "__main__":
+  app.run(main)
