@@ -92,10 +92,12 @@ def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
 def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
   """Top-k over all database tiles for one query tile, by a running merge.
 
-  Distances are compared as float32 keys (XLA's CPU top_k is ~20x slower on
-  int32): integer distances below 2**24 convert exactly, so L1 on pixels (at
-  most 3072 * 255) is always exact and L2 on pixels whenever the squared
-  distance is below 2**24. Padding rows of the last tile get +inf.
+  Each tile's distances stay in their own dtype (int32 for L2 on pixels)
+  through smallest_k's chunk minima; only the selected few become float32
+  keys (XLA's CPU top_k is ~20x slower on int32). Integer distances below
+  2**24 convert exactly, so L1 on pixels (at most 3072 * 255) is always exact
+  and L2 on pixels whenever the squared distance is below 2**24. Padding rows
+  of the last tile get the worst key and, if ever returned, +inf.
   """
   t = q_TxD.shape[0]
   tile = db_aux_MxS.shape[1]
