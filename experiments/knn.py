@@ -82,36 +82,56 @@ def run(config: dict, workdir: str) -> dict:
   mesh, shard = common.mesh_for(c["shard"])
 
   logging.info("loading %s", c["dataset"])
-  # Across hosts with the queries split, each process reads only its own rows of the query
-  # splits (val, test) and searches them on its own devices; the database (the training
-  # split, also the source of the CV folds) is read whole by every process.
-  spread = mesh is not None and shard == "queries" and jax.process_count() > 1
-  rows = None
-  if spread:
+  # Across hosts each process reads only its own rows of what is split:
+  # --shard=queries: the query splits (val, test), searched on its own devices;
+  # --shard=database without CV: the database (the training split), laid along the mesh.
+  # The CV folds come from the training split, so with CV every process reads it whole.
+  single = len(c["metric"]) == 1 and len(c["k"]) == 1
+  hosts = mesh is not None and jax.process_count() > 1
+  spread = hosts and shard == "queries"
+  db_spread = hosts and shard == "database" and (single or not c["cv_folds"])
+  rows, query_mesh = None, mesh
+  if spread or db_spread:
     plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
                            num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"])
-    rows = {s: sharding.process_rows(len(plan[s][1]), mesh) for s in ("val", "test")}
+    rows = {s: sharding.process_rows(len(plan[s][1]), mesh)
+            for s in (("val", "test") if spread else ("train",))}
     local = jax.local_devices()
-    query_mesh = sharding.make_mesh(local) if len(local) > 1 else None
+    query_mesh = sharding.make_mesh(local) if spread and len(local) > 1 else None
     logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
                  ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
-  else:
-    query_mesh = mesh
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
                  num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"], rows=rows)
-  _check_k_fits(c, len(ds.train), len(c["k"]) == 1 and len(c["metric"]) == 1)
+  n_train = ds.train.total
+  _check_k_fits(c, n_train, single)
   load_s = timer()
   flat = lambda imgs: imgs.reshape(len(imgs), -1)  # uint8 rows: L1 stays exact integer work
-  train_x, train_y = flat(ds.train.images), ds.train.labels
-  # Rows of a query split from every process (as it is when each holds the whole split).
-  whole = lambda split, a: sharding.gather_rows(a, split.start, split.total) if spread else a
+  # A split's rows from every process, for the splits each process reads a part of.
+  def whole(split, a):
+    read_in_part = any(split is p for p in parts)
+    return sharding.gather_rows(a, split.start, split.total) if read_in_part else a
+  parts = [getattr(ds, s) for s in (rows or {})]
+  if db_spread:
+    train_x = sharding.rows_to_global(flat(ds.train.images), n_train, mesh)
+  else:
+    train_x = flat(ds.train.images)
+  train_y = whole(ds.train, ds.train.labels)
   val_labels, test_labels = whole(ds.val, ds.val.labels), whole(ds.test, ds.test.labels)
   logging.info("train %d, val %d, test %d images of %s, %d classes",
-               len(ds.train), ds.val.total, ds.test.total, ds.image_shape, ds.num_classes)
+               n_train, ds.val.total, ds.test.total, ds.image_shape, ds.num_classes)
+
+  def neighbours(split, metric, k, bar):
+    """(split.total, k) database indices of every image of a query split, on every process."""
+    if db_spread:
+      _, idx = sharding.search(flat(split.images), train_x, k, mesh=mesh, metric=metric,
+                               mode="database", num_database=n_train)
+    else:
+      _, idx = knn.search(flat(split.images), train_x, k, metric=metric, mesh=query_mesh,
+                          shard=shard, callback=common.tile_callback(bar))
+    return whole(split, np.asarray(idx))
 
   # ---- model selection: every (metric, k) from one search per fold ----
   accuracies, sel_t = {}, common.Timer()
-  single = len(c["metric"]) == 1 and len(c["k"]) == 1
   for m in ([] if single else c["metric"]):
     if c["cv_folds"]:
       order = np.random.default_rng([c["seed"], 3]).permutation(len(train_y))
@@ -122,11 +142,9 @@ def run(config: dict, workdir: str) -> dict:
             callback=common.tile_callback(bar), mesh=mesh, shard=shard)
     else:
       with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
-        preds = knn.predict(train_x, train_y, flat(ds.val.images), k=c["k"], metric=m,
-                            num_classes=ds.num_classes, tie_break=c["tie_break"],
-                            callback=common.tile_callback(bar), mesh=query_mesh, shard=shard)
-      accuracies[m] = np.array([[float(metrics.accuracy(val_labels, whole(ds.val, np.asarray(p))))
-                                 for p in preds]])
+        idx = neighbours(ds.val, m, max(c["k"]), bar)  # one search serves every k
+      accuracies[m] = np.array([[float(metrics.accuracy(val_labels, knn.vote(
+          train_y[idx[:, :kk]], ds.num_classes, tie_break=c["tie_break"]))) for kk in c["k"]]])
     logging.info("%s: mean accuracy by k %s", m,
                  {k: round(float(a), 4) for k, a in zip(c["k"], accuracies[m].mean(0))})
   select_s = sel_t()
@@ -140,11 +158,9 @@ def run(config: dict, workdir: str) -> dict:
 
   # ---- the test split, touched once ----
   test_t = common.Timer()
-  show_k = min(max(best_k, 10), len(train_y))
+  show_k = min(max(best_k, 10), n_train)
   with common.progress(f"test, {best_metric} k={best_k}", len(ds.test), "img") as bar:
-    _, idx = knn.search(flat(ds.test.images), train_x, show_k, metric=best_metric,
-                        callback=common.tile_callback(bar), mesh=query_mesh, shard=shard)
-  idx = whole(ds.test, np.asarray(idx))
+    idx = neighbours(ds.test, best_metric, show_k, bar)
   test_pred = np.asarray(knn.vote(train_y[idx[:, :best_k]], ds.num_classes, tie_break=c["tie_break"]))
   test_s = test_t()
   test_acc = float(metrics.accuracy(test_labels, test_pred))
@@ -155,15 +171,17 @@ def run(config: dict, workdir: str) -> dict:
     plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
   shown = np.random.default_rng([c["seed"], 4]).permutation(ds.test.total)[:c["num_neighbor_rows"]]
   shown_images = _rows_at(ds.test, shown) if spread else ds.test.images[shown]
+  near = idx[shown, :10]
+  near_images = (_rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
+                 if db_spread else ds.train.images[near])
   if common.is_writer():
     plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), shown_images,
-                    test_labels[shown], ds.train.images[idx[shown, :10]], train_y[idx[shown, :10]],
-                    ds.class_names)
+                    test_labels[shown], near_images, train_y[near], ds.class_names)
     plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
                     title=f"kNN {best_metric} k={best_k}, test")
   results = {
       "dataset": c["dataset"],
-      "sizes": {"train": len(ds.train), "val": ds.val.total, "test": ds.test.total},
+      "sizes": {"train": n_train, "val": ds.val.total, "test": ds.test.total},
       "class_names": list(ds.class_names),
       "selection": ("none (a single setting)" if single else "val split" if not c["cv_folds"]
                     else f"{c['cv_folds']}-fold cross-validation"),

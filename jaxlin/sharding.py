@@ -49,12 +49,23 @@ def _local_search(q_QxD, db_tiles, db_aux, n_valid, *, k, mode, qt):
 
 
 def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
-           mode: str = "queries", query_tile: int | None = None, database_tile: int | None = None):
-  """``jaxlin.knn.search`` over the devices of ``mesh``; same results, ties included."""
+           mode: str = "queries", query_tile: int | None = None, database_tile: int | None = None,
+           num_database: int | None = None):
+  """``jaxlin.knn.search`` over the devices of ``mesh``; same results, ties included.
+
+  With mode="database", ``database_NxD`` may also be a global array already laid
+  along the mesh by ``rows_to_global`` (each process holding only its own rows);
+  then ``num_database`` says how many of its rows are real.
+  """
   if mode not in ("queries", "database"):
     raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
+  if num_database is not None and mode != "database":
+    raise ValueError("a database laid along the mesh (num_database given) needs mode='database'")
+  n = num_database if num_database is not None else np.shape(database_NxD)[0]
+  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
   queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric)
-  n, q_total, ndev = database_NxD.shape[0], queries_QxD.shape[0], mesh.devices.size
+  q_total, ndev = queries_QxD.shape[0], mesh.devices.size
   kmode = knn._mode(queries_QxD, database_NxD, metric)
 
   if mode == "queries":
@@ -66,11 +77,11 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
                        check_vma=False)
     d, i = jax.jit(fn)(q, tiles, aux, jnp.int32(n))
   else:
-    rows = -(-n // ndev)  # database rows per device (the last devices may hold padding)
+    rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global lays them
     qt, dt = knn.tile_sizes(metric, q_total, rows, query_tile, database_tile)
-    rows = -(-rows // dt) * dt
-    # Rows padded so that every device holds `rows` of them, in whole tiles.
-    tiles, aux, mu = knn._prepare_tiles(knn._pad_rows(jnp.asarray(database_NxD), rows * ndev), n,
+    laid = database_NxD if num_database is not None else knn._pad_rows(database_NxD, rows * ndev)
+    # Each device's rows padded to whole tiles (zeros; masked out as past n_local).
+    tiles, aux, mu = knn._prepare_tiles(_pad_each_device(laid, ndev, -(-rows // dt) * dt), n,
                                         mode=kmode, tile=dt)
     q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
 
@@ -92,6 +103,16 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
   if metric == "l2":
     d = np.sqrt(d)
   return jnp.asarray(d), jnp.asarray(i)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pad_each_device(laid_NxD, ndev: int, rows_per_device: int):
+  """(ndev * r, D) rows, r per device, -> (ndev * rows_per_device, D): each block zero-padded."""
+  x = laid_NxD.reshape(ndev, -1, laid_NxD.shape[1])
+  if x.shape[1] == rows_per_device:
+    return laid_NxD
+  x = jnp.pad(x, ((0, 0), (0, rows_per_device - x.shape[1]), (0, 0)))
+  return x.reshape(ndev * rows_per_device, laid_NxD.shape[1])
 
 
 def padded_rows(n: int, mesh: Mesh) -> int:

@@ -67,11 +67,26 @@ def folder(tmp_path):
   return root
 
 
-def test_knn_database_split_on_two_processes(tmp_path, folder):
-  results, _ = _run_two_processes("experiments.knn", [
+def test_knn_database_split_with_cv_on_two_processes(tmp_path, folder):
+  results, outs = _run_two_processes("experiments.knn", [
       f"--dataset=folder:{folder}", "--num_train=40", "--num_test=12", "--num_val=6", "--k=1,3",
       "--cv_folds=4", "--shard=database"], tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
+  assert not any("holds rows" in o for o in outs)  # CV folds need the whole training split
+
+
+def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
+  args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
+          "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=database"]
+  results, outs = _run_two_processes("experiments.knn", args, tmp_path)
+  assert results["processes"] == 2 and results["devices"] == 2
+  # Each process read only its own rows of the database (the training split) ...
+  assert [_held_rows(o) for o in outs] == [{"train": (0, 21)}, {"train": (21, 41)}]
+  assert (tmp_path / "wd0" / "plots" / "neighbors.png").exists()  # neighbours from both hosts
+  # ... and the run equals one process holding everything.
+  single = _run_one_process("experiments.knn", args, tmp_path)
+  for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
+    assert results[key] == single[key], key
 
 
 @pytest.mark.parametrize("cv_folds", [0, 3])
