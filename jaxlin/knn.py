@@ -10,10 +10,11 @@ Tie rule: neighbours at equal distance come in increasing database index, as
 candidates of earlier tiles, which have lower indices, first).
 
 Exactness: on uint8 pixels L1 (an int16/int32 accumulation) and L2 (an int8
-matrix product accumulated in int32) compute exact integer distances; they are compared as float32, which is
-exact below 2**24 (always for L1 on 32x32x3 pixels; for L2 up to an RMS pixel
-difference of 74). So neighbours, ties included, equal a brute-force integer
-reference. Float inputs use float32 (L2 centred, ``precision=HIGHEST``).
+matrix product accumulated in int32) compute exact integer distances, and the
+selection compares them exactly (``order_keys``). So neighbours, ties
+included, equal a brute-force integer reference. (Returned distances are
+float32: exact below 2**24, rounded to float32 above.) Float inputs use
+float32 (L2 centred, ``precision=HIGHEST``).
 """
 from __future__ import annotations
 
@@ -92,53 +93,68 @@ def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
 def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
   """Top-k over all database tiles for one query tile, by a running merge.
 
-  Each tile's distances stay in their own dtype (int32 for L2 on pixels)
-  through smallest_k's chunk minima; only the selected few become float32
-  keys (XLA's CPU top_k is ~20x slower on int32). Integer distances below
-  2**24 convert exactly, so L1 on pixels (at most 3072 * 255) is always exact
-  and L2 on pixels whenever the squared distance is below 2**24. Padding rows
-  of the last tile get the worst key and, if ever returned, +inf.
+  Returns (distances (T, k) in the mode's dtype -- int32 for L2 on pixels,
+  exact -- or float32, indices (T, k)); rows past n_valid are padding and
+  never returned ahead of a real row (see ``as_float_distances``).
   """
   t = q_TxD.shape[0]
   tile = db_aux_MxS.shape[1]
   q_aux = {"l2_pixels": distances.int_squared_norms, "l2_float": distances.squared_norms}.get(
       mode, lambda q: None)(q_TxD)
+  dtype = jnp.int32 if mode == "l2_pixels" else jnp.float32
 
   def body(carry, inputs):
     best_d, best_i = carry
     m, db_tile, db_aux = inputs
-    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode)  # int32 or float32
+    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(dtype)
     idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, _worst(d.dtype))
+    d = jnp.where(idx[None, :] < n_valid, d, _worst(dtype))
     # This tile's k best, then a small merge with the running best. Earlier candidates
     # (lower indices) come first, so the stable selections keep ties by index.
     pos = smallest_k(d, min(k, tile))
-    tile_d = jnp.take_along_axis(d, pos, axis=1)
-    tile_d = jnp.where(tile_d == _worst(d.dtype), jnp.inf, tile_d.astype(jnp.float32))
-    cand_d = jnp.concatenate([best_d, tile_d], axis=1)
+    cand_d = jnp.concatenate([best_d, jnp.take_along_axis(d, pos, axis=1)], axis=1)
     cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
-    _, pos = jax.lax.top_k(-cand_d, k)
+    _, pos = jax.lax.top_k(-order_keys(cand_d), k)
     return (jnp.take_along_axis(cand_d, pos, axis=1), jnp.take_along_axis(cand_i, pos, axis=1)), None
 
-  init = (jnp.full((t, k), jnp.inf, jnp.float32), jnp.full((t, k), -1, jnp.int32))
+  init = (jnp.full((t, k), _worst(dtype), dtype), jnp.full((t, k), -1, jnp.int32))
   steps = jnp.arange(db_aux_MxS.shape[0], dtype=jnp.int32)
   (best_d, best_i), _ = jax.lax.scan(body, init, (steps, db_tiles, db_aux_MxS))
   return best_d, best_i
 
 
 _CHUNK = 16  # elements per chunk in smallest_k
+_INT_WORST = 1 << 30  # above every integer distance of uint8 / int8 rows (< 2**28)
 
 
 def _worst(dtype):
-  """A key larger than any real distance: +inf, or the integer maximum."""
-  return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
+  """A distance larger than any real one: +inf, or 2**30 for integers."""
+  return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else _INT_WORST
+
+
+def order_keys(values):
+  """float32 keys that sort exactly as ``values`` do (XLA's CPU top_k is ~20x
+  slower on int32 than on float32).
+
+  Floats are their own keys. Integers in [0, 2**30] are bit-cast: the float32
+  whose bits are ``value + 2**23`` -- positive normal floats order as their
+  bit patterns -- so no two distinct integers share a key, however large
+  (a plain conversion to float32 would merge them above 2**24).
+  """
+  if jnp.issubdtype(values.dtype, jnp.floating):
+    return values.astype(jnp.float32)
+  return jax.lax.bitcast_convert_type(values.astype(jnp.int32) + (1 << 23), jnp.float32)
+
+
+def as_float_distances(d):
+  """Distances from _search_tile as float32, with +inf for padding rows."""
+  return jnp.where(d == _worst(d.dtype), jnp.inf, d.astype(jnp.float32))
 
 
 def smallest_k(values_TxN, k: int):
   """Positions (T, k) of the k smallest values of each row, as a stable
-  ``jax.lax.top_k(-values, k)`` on float32 keys gives them (equal values:
-  lower position first). Integer values are compared as float32, which is
-  exact below 2**24.
+  ``jax.lax.top_k(-order_keys(values), k)`` gives them (equal values: lower
+  position first); exact for floats and for integers in [0, 2**30].
 
   Long rows go through chunks: the k smallest values lie in the k chunks of
   16 with the smallest minima (each chunk ahead of an element's chunk holds a
@@ -149,7 +165,7 @@ def smallest_k(values_TxN, k: int):
   """
   t, n = values_TxN.shape
   s = _CHUNK
-  key = lambda x: -x.astype(jnp.float32)
+  key = lambda x: -order_keys(x)
   if n < 4 * k * s:  # short rows: the plain selection is as cheap
     return jax.lax.top_k(key(values_TxN), k)[1]
   pad = (-n) % s  # the worst key after every real element: never picked ahead of one
@@ -245,6 +261,7 @@ def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
     q = queries[start:start + qt]
     valid = q.shape[0]
     d, i = _search_tile(_pad_rows(q, qt), db, db_aux, n, k=k, mode=mode)
+    d = as_float_distances(d)
     if metric == "l2":
       d = jnp.sqrt(d)
     out_d.append(d[:valid])

@@ -93,13 +93,14 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
       # Gather every device's candidates in device order (= increasing global index).
       d_all = jax.lax.all_gather(d, AXIS, axis=1, tiled=True)
       i_all = jax.lax.all_gather(i, AXIS, axis=1, tiled=True)
-      _, pos = jax.lax.top_k(-d_all, k)  # stable: equal distances keep the lower global index
+      _, pos = jax.lax.top_k(-knn.order_keys(d_all), k)  # stable: ties keep the lower global index
       return jnp.take_along_axis(d_all, pos, 1), jnp.take_along_axis(i_all, pos, 1)
 
     fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
                        out_specs=(P(), P()), check_vma=False)
     d, i = jax.jit(fn)(q, tiles, aux)
   d, i = to_host(d)[:q_total], to_host(i)[:q_total]
+  d = np.asarray(knn.as_float_distances(jnp.asarray(d)))
   if metric == "l2":
     d = np.sqrt(d)
   return jnp.asarray(d), jnp.asarray(i)

@@ -100,6 +100,18 @@ def test_long_database_tiles_take_the_chunked_selection(metric):
   np.testing.assert_allclose(d, ref_d, rtol=1e-6)  # exact squared distances; sqrt in float32
 
 
+@pytest.mark.parametrize("database_tile", [None, 2])
+def test_l2_order_is_exact_beyond_float32_integers(database_tile):
+  """Squared distances near 2e8 that differ by 1, 3 and 5 (float32 spacing there: 16)."""
+  db = np.full((4, 3072), 255, np.uint8)
+  db[:, 0] = [3, 2, 1, 0]  # |db_i|^2 = S + 9, S + 4, S + 1, S with S = 3071 * 255**2
+  q = np.zeros((1, 3072), np.uint8)
+  d, i = knn.search(q, db, 4, metric="l2_squared", database_tile=database_tile)
+  np.testing.assert_array_equal(i, [[3, 2, 1, 0]])
+  s = 3071 * 255 ** 2
+  np.testing.assert_allclose(d, [[s, s + 1, s + 4, s + 9]], rtol=1e-7)  # float32 of the exact values
+
+
 def test_l2_on_float_pixels_agrees_with_float64_reference():
   rng = np.random.default_rng(7)
   # Pixel-like floats (uncentred, 0..255): the float path centres to avoid cancellation.

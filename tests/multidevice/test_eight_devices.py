@@ -24,6 +24,15 @@ def test_sharded_search_equals_single_device_ties_included(metric, mode):
   np.testing.assert_allclose(d, d0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["queries", "database"])
+def test_sharded_l2_order_is_exact_beyond_float32_integers(mode):
+  db = np.full((16, 3072), 255, np.uint8)
+  db[:, 0] = np.arange(16)[::-1]  # |db_i|^2 = S + (15 - i)^2: nearest is the last row
+  q = np.zeros((3, 3072), np.uint8)
+  _, i = sharding.search(q, db, 16, mesh=sharding.make_mesh(), metric="l2", mode=mode)
+  np.testing.assert_array_equal(i, np.tile(np.arange(16)[::-1], (3, 1)))
+
+
 def test_search_with_mesh_argument_and_predict():
   rng = np.random.default_rng(1)
   x, y = rng.normal(size=(90, 6)).astype(np.float32), rng.integers(0, 3, 90)
