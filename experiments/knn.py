@@ -107,10 +107,12 @@ def run(config: dict, workdir: str) -> dict:
   load_s = timer()
   flat = lambda imgs: imgs.reshape(len(imgs), -1)  # uint8 rows: L1 stays exact integer work
   # A split's rows from every process, for the splits each process reads a part of.
+  parts = [getattr(ds, s) for s in (rows or {})]
+
   def whole(split, a):
     read_in_part = any(split is p for p in parts)
     return sharding.gather_rows(a, split.start, split.total) if read_in_part else a
-  parts = [getattr(ds, s) for s in (rows or {})]
+
   if db_spread:
     train_x = sharding.rows_to_global(flat(ds.train.images), n_train, mesh)
   else:

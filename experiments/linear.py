@@ -136,9 +136,11 @@ def run(config: dict, workdir: str) -> dict:
   mesh, _ = common.mesh_for(c["shard"])  # data parallel over every device (of every host)
   # Across hosts each process reads only its own rows of every split (see jaxlin.sharding).
   spread = mesh is not None and jax.process_count() > 1
-  plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
-                         num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"])
-  rows = {s: sharding.process_rows(len(idx), mesh) for s, (_, idx) in plan.items()} if spread else None
+  rows = None
+  if spread:
+    plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
+                           num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"])
+    rows = {s: sharding.process_rows(len(idx), mesh) for s, (_, idx) in plan.items()}
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"] or None,
                  num_val=c["num_val"], num_test=c["num_test"] or None, seed=c["seed"], rows=rows)
   n_tr = ds.train.total
