@@ -60,6 +60,14 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def log_rows(rows: Mapping[str, tuple[int, int]]) -> None:
+  """One log line: which rows of which splits this process read."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
+               ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+
+
 def check_shard(value: str) -> str:
   if value not in SHARD_MODES:
     raise ConfigError(f"unknown --shard {value!r}; choose from {', '.join(SHARD_MODES)}")

@@ -98,8 +98,7 @@ def run(config: dict, workdir: str) -> dict:
             for s in (("val", "test") if spread else ("train",))}
     local = jax.local_devices()
     query_mesh = sharding.make_mesh(local) if spread and len(local) > 1 else None
-    logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
-                 ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+    common.log_rows(rows)
   ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
                  num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"], rows=rows)
   n_train = ds.train.total

@@ -173,8 +173,7 @@ def run(config: dict, workdir: str) -> dict:
   logging.info("train %d, val %d, test %d; %d features, %d classes", n_tr, ds.val.total,
                ds.test.total, d, n_cls)
   if spread:
-    logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
-                 ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+    common.log_rows(rows)
     glob = lambda s, a: sharding.rows_to_global(a, getattr(ds, s).total, mesh)
     train_x, train_y = glob("train", x_tr), glob("train", y_tr)
     val_set = (glob("val", x_va), glob("val", y_va), ds.val.total)

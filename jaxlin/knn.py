@@ -203,12 +203,15 @@ def tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None
   return max(1, min(qt, num_queries)), max(1, min(dt, num_database))
 
 
-def checked_inputs(queries_QxD, database_NxD, k, metric):
-  """(queries, database, k) as arrays and an int, or a clear ValueError."""
+def checked_inputs(queries_QxD, database_NxD, k, metric, num_database: int | None = None):
+  """(queries, database, k) as arrays and an int, or a clear ValueError.
+
+  num_database: the real rows of a database that carries padding rows after them.
+  """
   distances.check_metric(metric)
   queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
   distances._check_pair(queries_QxD, database_NxD)
-  n = database_NxD.shape[0]
+  n = database_NxD.shape[0] if num_database is None else num_database
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
     raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
   return queries_QxD, database_NxD, int(k)

@@ -61,10 +61,9 @@ def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
     raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
   if num_database is not None and mode != "database":
     raise ValueError("a database laid along the mesh (num_database given) needs mode='database'")
-  n = num_database if num_database is not None else np.shape(database_NxD)[0]
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
-  queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric)
+  queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric,
+                                                    num_database)
+  n = database_NxD.shape[0] if num_database is None else num_database
   q_total, ndev = queries_QxD.shape[0], mesh.devices.size
   kmode = knn._mode(queries_QxD, database_NxD, metric)
 
