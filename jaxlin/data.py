@@ -392,16 +392,17 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
   """
   plan = split_rows(name, data_dir=data_dir, num_train=num_train, num_val=num_val,
                     num_test=num_test, seed=seed)
+  rows = rows or {}
   splits, classes = {}, ()
   for which, (source, idx) in plan.items():
-    lo, hi = (rows or {}).get(which, (0, len(idx)))
+    lo, hi = rows.get(which, (0, len(idx)))
     if not 0 <= lo <= hi <= len(idx):
       raise ValueError(f"rows {(lo, hi)} of the {which} split are outside [0, {len(idx)}]")
-    part = idx[lo:hi]
-    if which not in (rows or {}):  # a whole split: one read of its source serves all
+    if which not in rows:  # a whole split: one read of its source serves all
       x, y, classes = load_split(name, source, data_dir=data_dir)
       x, y = (x, y) if len(idx) == len(y) else (x[idx], y[idx])
     else:
+      part = idx[lo:hi]
       first, last = (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
       x, y, classes = load_split(name, source, data_dir=data_dir, start=first, stop=last)
       x, y = x[part - first], y[part - first]
