@@ -1,8 +1,22 @@
-"""Error types that entry points turn into one clear line for the user."""
+"""Error types that entry points turn into one clear line for the user.
+
+Library errors speak the library's words: they name function arguments
+(``learning_rates``, ``data_dir``), never command-line flags. An error about
+one argument carries its name in ``.argument``, so an entry point can add the
+flag that sets it (``--learning_rate``) without parsing the message.
+"""
 
 
 class JaxlinError(Exception):
   """Base class for errors caused by the user's input, not by a bug."""
+
+  def __init__(self, message: str = "", *, argument: str | None = None):
+    super().__init__(message)
+    self.argument = argument
+
+
+class InputError(JaxlinError, ValueError):
+  """A function argument is invalid (shape, dtype, range, NaN); ``.argument`` names it."""
 
 
 class ConfigError(JaxlinError, ValueError):
