@@ -1,0 +1,75 @@
+"""Writing files: atomically, with the user's umask, and strict JSON.
+
+The one place where jaxlin creates files (checkpoints, figures, feature
+caches, the experiments' results). A file appears whole or not at all: it is
+written to a temporary file in the same folder and renamed into place. Its
+mode is what ``open()`` would give (0o666 less the process umask, typically
+0o644), not the 0o600 of a bare temporary file, so colleagues sharing a
+machine can read results.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Callable, IO
+
+__all__ = ["atomic_write", "write_json", "to_json", "json_safe", "file_mode"]
+
+
+def file_mode() -> int:
+  """The mode a new file gets from ``open()``: 0o666 less the current umask."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
+def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True) -> str:
+  """Create or replace ``path`` with what ``write(f)`` writes to an open file.
+
+  The temporary file lies beside ``path`` and is removed if ``write`` raises
+  (KeyboardInterrupt included): a reader sees the old file or the new one,
+  never a part.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb" if binary else "w") as f:
+      write(f)
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def json_safe(obj: Any) -> Any:
+  """``obj`` with numpy / jax values as Python ones and non-finite floats as None.
+
+  Strict JSON has no NaN or Infinity; a non-finite number (a diverged loss, an
+  accuracy that was never measured) is written as null.
+  """
+  if isinstance(obj, dict):
+    return {str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / jax arrays, scalars
+    return json_safe(obj.tolist())
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def to_json(obj: Any, **kwargs) -> str:
+  """Strict JSON text of ``obj`` (see json_safe); raises on anything unserialisable."""
+  return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path: str, obj: Any) -> str:
+  """Write ``obj`` as indented strict JSON, atomically."""
+  text = to_json(obj, indent=2) + "\n"
+  return atomic_write(path, lambda f: f.write(text), binary=False)
