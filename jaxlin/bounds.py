@@ -1,0 +1,449 @@
+r"""Exact kNN that does less than brute force: pooled lower bounds and a certified cascade.
+
+``build_index(database_NxD, metric=...)`` prepares, once, cheap lower bounds
+on the distance of every database row; ``search(queries_QxD, index, k)``
+returns exactly what ``jaxlin.knn.search`` returns by brute force (the same
+indices, the same float32 distances, ties at equal distance in increasing
+database index) on integer pixels (uint8, or int8):
+
+1. Bounds for every row (one small product or an L1 over pooled sums per
+   query tile), and the ``C`` rows of smallest bound per query (``C + 1``
+   smallest, by ``jaxlin.topk.smallest_k``).
+2. Exact integer distances of those ``C`` candidates only: ``lax.map`` over
+   the queries, each gathering its rows and computing one matrix-vector
+   product (int8 -> int32 for L2, an int16 absolute difference for L1).
+3. Certificate: with ``D_k`` the k-th smallest exact distance among the
+   candidates and ``B`` a lower bound on the distance of every row left out
+   (its ``C + 1``-th smallest bound), ``D_k < B`` proves that no row left out
+   is among the k nearest or ties with the k-th, so the k best candidates
+   (sorted by (distance, index)) are the brute-force answer, ties included.
+   The inequality is strict: a row left out at ``B == D_k`` could tie with a
+   lower index.
+4. Queries not certified go through a second round with more candidates,
+   and those still not certified through brute force (``jaxlin.knn.search``),
+   so the answer is always the brute-force one. ``stats`` counts the queries
+   settled at each level.
+
+Bounds (v = x - y, integer vectors; D features):
+
+* L1, pooled sums. For a partition of the features into groups g (p x p
+  pixel blocks of one channel for images, else runs of p * p consecutive
+  features), with S_x,g = sum_{d in g} x_d: sum_g |S_x,g - S_y,g| <=
+  sum_d |x_d - y_d| (triangle inequality in each group). Computed exactly
+  (integers below 2**24 in float32, checked at build time).
+
+* L2, projection and residual. For Q (m, D) with orthonormal rows, a fixed
+  integer centre c, x_c = x - c and rho_x = |x_c - Q^T Q x_c| =
+  sqrt(|x_c|^2 - |Q x_c|^2): |v|^2 = |Q v|^2 + |(I - Q^T Q) v|^2 >=
+  |Q x_c - Q y_c|^2 + (rho_x - rho_y)^2, i.e. |v| >= |u_x - u_y| with
+  u_x = (Q x_c, rho_x) in R^{m+1}. Q spans the top m principal components of
+  (a sample of) the database, so the bound is tight for images. See
+  ``_l2_rows`` and ``_l2_certified_bound`` for how the float32 arithmetic is
+  kept a bound (the float error is bounded and subtracted).
+
+Shapes: ``queries_QxD``, ``database_NxD``; results ``(Q, k)``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlin import _checks, distances, knn, topk
+from jaxlin.errors import InputError
+
+__all__ = ["METRICS", "Index", "build_index", "search", "supports"]
+
+METRICS = ("l1", "l2", "l2_squared")
+_U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
+_HIGHEST = jax.lax.Precision.HIGHEST
+_F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
+
+
+def _gamma(n: int) -> float:
+  """gamma_n = n u / (1 - n u): |fl(sum of n terms) - sum| <= gamma_n sum |terms|, for ANY
+  order of summation (Higham, Accuracy and Stability of Numerical Algorithms, 3.1)."""
+  return n * _U / (1 - n * _U)
+
+
+class Index(NamedTuple):
+  """What ``search`` needs, built once by ``build_index``.
+
+  Fields (N database rows, D features, G pooled groups, m components):
+    metric: "l1", "l2" or "l2_squared".
+    database: (N, D) rows as the refinement uses them: uint8 / int8 as given
+      for L1; int8 pixels (``distances.centred_pixels``) for L2.
+    sq_norms: (N,) int32 |row|^2 of the int8 rows (L2), zeros for L1.
+    bound_rows: (N, G) float32 pooled sums (L1) or (N, m) projections Q y_c (L2).
+    bound_aux: (N, 2) float32: (|z|^2, rho) of each row (L2), zeros for L1.
+    params: dict of arrays for the bound of a query (see ``_l2_rows``).
+    groups: (D,) int32 group of every feature (L1), or None.
+    dtype: "uint8" or "int8", the dtype of the database as given (queries must match).
+  """
+  metric: str
+  database: jax.Array
+  sq_norms: jax.Array
+  bound_rows: jax.Array
+  bound_aux: jax.Array
+  params: dict
+  groups: np.ndarray | None
+  dtype: str
+
+
+def supports(queries_QxD, database_NxD, metric: str) -> bool:
+  """Whether ``search`` serves these inputs: L1, L2 or squared L2 on 2-D arrays that are
+  both uint8 or both int8 (pixels). Other inputs go to ``jaxlin.knn.search``."""
+  q, d = np.shape(queries_QxD), np.shape(database_NxD)
+  dt = {jnp.dtype(getattr(a, "dtype", np.asarray(a).dtype)) for a in (queries_QxD, database_NxD)}
+  return (metric in METRICS and len(q) == 2 and len(d) == 2 and q[1] == d[1] and len(dt) == 1
+          and dt.pop() in (jnp.uint8, jnp.int8) and d[1] * 255 ** 2 < topk.INT_WORST)
+
+
+# --------------------------------------------------------------------------
+# L1: pooled block sums.
+# --------------------------------------------------------------------------
+def _groups(num_features: int, image_shape, pool: int) -> np.ndarray:
+  """(D,) group id of every feature: p x p blocks per channel of an (H, W, C) image
+  (row-major, channels last, as ``x.reshape(len(x), -1)`` lays images), else runs of
+  p * p consecutive features."""
+  if image_shape is None:
+    return np.arange(num_features) // (pool * pool)
+  h, w, c = image_shape
+  if h * w * c != num_features:
+    raise InputError(f"image_shape {image_shape} has {h * w * c} values, but rows have "
+                     f"{num_features} features", argument="image_shape")
+  gw = -(-w // pool)
+  ii, jj, cc = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
+  return (((ii // pool) * gw + jj // pool) * c + cc).reshape(-1)
+
+
+@functools.partial(jax.jit, static_argnames="num_groups")
+def _pooled(x_NxD, groups_D, *, num_groups: int):
+  """(N, G) float32 sums of each group of features (exact integers below 2**24)."""
+  onehot = (groups_D[:, None] == jnp.arange(num_groups)[None, :]).astype(jnp.float32)
+  return jnp.matmul(x_NxD.astype(jnp.float32), onehot, precision=_HIGHEST)
+
+
+# --------------------------------------------------------------------------
+# L2: projection on principal components, with a float error bound.
+# --------------------------------------------------------------------------
+def _principal_basis(x_NxD, centre_D, m: int, sample: int, seed: int) -> np.ndarray:
+  """(m, D) float64 orthonormal rows spanning (about) the top m principal components of
+  up to ``sample`` evenly spaced rows (randomised subspace iteration). Any orthonormal
+  rows give a valid bound; better components give a tighter one."""
+  n, d = x_NxD.shape
+  rows = np.linspace(0, n - 1, min(n, sample)).astype(np.int64)
+  xs = jnp.asarray(np.asarray(x_NxD)[rows].astype(np.float32) - centre_D.astype(np.float32))
+  width = min(d, m + 16)
+  omega = jax.random.normal(jax.random.key(seed), (d, width), jnp.float32)
+
+  @jax.jit
+  def power(basis):
+    y = jnp.matmul(xs.T, jnp.matmul(xs, basis, precision=_HIGHEST), precision=_HIGHEST)
+    return jnp.linalg.qr(y)[0]
+
+  basis = power(omega)
+  for _ in range(3):
+    basis = power(basis)
+  b = np.asarray(basis, np.float64)
+  proj = np.asarray(xs, np.float64) @ b  # (n_s, width)
+  w, v = np.linalg.eigh(proj.T @ proj)
+  top = b @ v[:, np.argsort(w)[::-1][:m]]  # (D, m)
+  q, _ = np.linalg.qr(top)
+  return q.T
+
+
+def _l2_params(basis_mxD: np.ndarray, centre_D: np.ndarray) -> dict:
+  """The projection split in two float32 parts, P = P1 + P2, and its error constants.
+
+  P1 = round(Q 2**s) / 2**s with s chosen so that 255 sum_d |P1_id| 2**s < 2**24: for
+  integer x_c in [-255, 255]^D every product and every partial sum of P1 x_c is an
+  integer multiple of 2**-s below 2**24 in magnitude, so float32 computes P1 x_c EXACTLY
+  in any order. P2 = fl32(Q - P1) (|P2| <= 2**-(s+1)): its product errs by at most
+  beta_i = gamma_D sum_d |P2_id| 255 per component. phi >= ||P P^T - I||_2 bounds the
+  distance from P = P1 + P2 to an exactly orthonormal Q' (||P - Q'||_2 <= phi).
+  """
+  m, d = basis_mxD.shape
+  row_l1 = np.abs(basis_mxD).sum(axis=1).max()
+  s = int(math.floor(math.log2((_F32_EXACT - 1) / (255.0 * (row_l1 + d)))))
+  p1 = np.round(basis_mxD * 2.0 ** s)
+  assert 255 * np.abs(p1).sum(axis=1).max() < _F32_EXACT
+  p1 = (p1 / 2.0 ** s).astype(np.float32)
+  p2 = (basis_mxD - p1.astype(np.float64)).astype(np.float32)
+  p = p1.astype(np.float64) + p2.astype(np.float64)
+  phi = float(np.linalg.norm(p @ p.T - np.eye(m), 2)) * (1 + 1e-6) + 1e-12
+  beta = _gamma(d) * 255.0 * np.abs(p2.astype(np.float64)).sum(axis=1) * (1 + 1e-6)
+  return {"centre": jnp.asarray(centre_D, jnp.int32), "p1": jnp.asarray(p1),
+          "p2": jnp.asarray(p2), "beta_norm": jnp.float32(np.linalg.norm(beta) * (1 + 1e-6)),
+          "phi": jnp.float32(phi)}
+
+
+def _l2_rows(x_NxD, params):
+  """(z (N, m), |z|^2 (N,), rho (N,), a (N,), err (N,)) float32 for integer rows x.
+
+  z = fl(P x_c) and rho = fl(sqrt(|x_c|^2 - |z|^2)) with x_c = x - centre (integers in
+  [-255, 255]); a = |z| + rho. ``err`` bounds the distance in R^{m+1} between the computed
+  u^ = (z, rho) and the exact u = (Q' x_c, |x_c - Q'^T Q' x_c|) of the orthonormal Q'
+  (see ``_l2_params``):
+
+  * |z - Q' x_c| <= e_z = |beta| + u |z| (1 + u) + phi |x_c|: P1 x_c exact, P2 x_c within
+    beta, one rounding of the sum, ||P - Q'||_2 <= phi.
+  * rho^2 = |x_c|^2 - |Q' x_c|^2 exactly (orthonormal Q'). |x_c|^2 is an exact integer;
+    ||z|^2 - |Q' x_c|^2| <= e_z (2 |z| + e_z); rounding |x_c|^2 to float32, summing m
+    squares and the subtraction add at most gamma_{m+4} (|x_c|^2 + |z|^2). So the
+    computed rho^2 is within e2 of the exact one, and |rho^ - rho| <= min(sqrt(e2),
+    e2 / rho^) (|a - b| <= sqrt(|a^2 - b^2|) and |a - b| = |a^2 - b^2| / (a + b)).
+  * err = 2 (e_z + e_rho) (+ u-sized terms): the factor 2 covers the rounding of these
+    few float32 operations on the error terms themselves (each relative 1e-6 at most).
+  """
+  xc = x_NxD.astype(jnp.int32) - params["centre"][None, :]
+  xsq = jnp.sum(xc * xc, axis=1, dtype=jnp.int32).astype(jnp.float32)
+  xf = xc.astype(jnp.float32)
+  z = (jnp.matmul(xf, params["p1"].T, precision=_HIGHEST)
+       + jnp.matmul(xf, params["p2"].T, precision=_HIGHEST))
+  zsq = jnp.sum(z * z, axis=1)
+  znorm = jnp.sqrt(zsq)
+  m = z.shape[1]
+  e_z = params["beta_norm"] + 2 * _U * znorm + params["phi"] * jnp.sqrt(xsq)
+  e2 = e_z * (2 * znorm + e_z) + _gamma(m + 4) * (xsq + zsq)
+  rho2 = xsq - zsq
+  rho = jnp.sqrt(jnp.maximum(rho2, 0.0))
+  e_rho = jnp.minimum(jnp.sqrt(e2), e2 / jnp.maximum(rho, 1e-30))
+  err = 2.0 * (e_z + e_rho) + 4 * _U * (znorm + rho)
+  return z, zsq, rho, znorm + rho, err
+
+
+def _l2_bound_tile(z, zsq, rho, z_db, aux_db):
+  """(T, N) float32 b^ = |z_x - z_y|^2 + (rho_x - rho_y)^2 by the product identity.
+
+  With a = |z| + rho, float32 computes it within gamma_{m+6} (a_x + a_y)^2 of the exact
+  value of the formula on the float inputs (m-term sums and a handful of roundings).
+  """
+  dot = jnp.matmul(z, z_db.T, precision=_HIGHEST)
+  dr = rho[:, None] - aux_db[None, :, 1]
+  return zsq[:, None] + aux_db[None, :, 0] - 2.0 * dot + dr * dr
+
+
+def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
+  """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
+
+  For such a row y (a_y <= a_max, err_y <= err_max): the exact |u^_x - u^_y|^2 >=
+  b^ - e_b with e_b = gamma_{m+6} (a_x + a_max)^2 (``_l2_bound_tile``), and
+  |x - y| >= |u_x - u_y| >= |u^_x - u^_y| - err_x - err_y (triangle inequality in
+  R^{m+1}, ``_l2_rows``). So |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2,
+  increasing in b^. L is computed in float32 with a few roundings (relative 1e-6 at
+  most), covered by the factor (1 - 1e-5) and the -1; the squared distance is an
+  integer, so it is at least ceil(L), returned as int32.
+  """
+  e_b = 2.0 * _gamma(m + 6) * (a_x + a_max) ** 2
+  s = jnp.sqrt(jnp.maximum(b_hat - e_b, 0.0)) - err_x - err_max
+  low = jnp.maximum(s, 0.0) ** 2 * (1.0 - 1e-5) - 1.0
+  low = jnp.clip(low, 0.0, float(topk.INT_WORST))
+  return jnp.ceil(low).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------
+# Index.
+# --------------------------------------------------------------------------
+def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int = 4,
+                components: int = 128, sample: int = 10000, seed: int = 0) -> Index:
+  """The bounds of every database row, computed once.
+
+  Args:
+    database_NxD: (N, D) uint8 or int8 rows (image pixels, flattened as
+      ``x.reshape(len(x), -1)``), N >= 1.
+    metric: "l1", "l2" or "l2_squared".
+    image_shape: (H, W, C) of the rows, for L1: p x p blocks per channel; None:
+      groups of p * p consecutive features. Unused for L2.
+    pool: p, the block side for L1 (4: 192 sums for 32x32x3 images).
+    components: m, principal components for L2 (at most D).
+    sample: rows used to estimate the components (any basis is a valid bound).
+    seed: for the random start of the component estimate.
+
+  Returns:
+    an ``Index``.
+
+  Raises:
+    InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
+    image_shape, or sums that float32 could not hold exactly.
+  """
+  if metric not in METRICS:
+    raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
+                     f"{', '.join(METRICS)}", argument="metric")
+  db = database_NxD if isinstance(database_NxD, jax.Array) else jnp.asarray(database_NxD)
+  if db.ndim != 2 or db.dtype not in (jnp.uint8, jnp.int8) or db.shape[0] == 0:
+    raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
+                     f"{db.shape} and dtype {db.dtype}", argument="database_NxD")
+  n, d = db.shape
+  if d * 255 ** 2 >= topk.INT_WORST:
+    raise InputError(f"{d} features: squared distances could reach 2**30", argument="database_NxD")
+  if metric == "l1":
+    pool = _checks.concrete_int(pool, "pool")
+    groups = _groups(d, image_shape, pool)
+    g = int(groups.max()) + 1
+    sizes = np.bincount(groups, minlength=g)
+    if sizes.max() * 255 * g >= _F32_EXACT:
+      raise InputError(f"pool={pool}: pooled L1 sums could reach 2**24", argument="pool")
+    sums = _pooled(db, jnp.asarray(groups, jnp.int32), num_groups=g)
+    return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, jnp.zeros((n, 2), jnp.float32),
+                 {}, groups, str(db.dtype))
+  m = _checks.concrete_int(components, "components")
+  if not 1 <= m <= d:
+    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
+  host = np.asarray(db)
+  centre = np.round(host.mean(axis=0, dtype=np.float64)).astype(np.int64)
+  params = _l2_params(_principal_basis(host, centre, m, sample, seed), centre)
+  z, zsq, rho, a, err = jax.jit(_l2_rows)(db, params)
+  params = {**params, "a_max": jnp.max(a), "err_max": jnp.max(err)}
+  pixels = distances.centred_pixels(db)
+  return Index(metric, pixels, distances.int_squared_norms(pixels), z,
+               jnp.stack([zsq, rho], axis=1), params, None, str(db.dtype))
+
+
+# --------------------------------------------------------------------------
+# One round over a tile of queries.
+# --------------------------------------------------------------------------
+def _exact_candidates(q_TxD, cand_TxC, database, sq_norms, metric):
+  """(T, C) exact int32 distances (squared for L2) of each query to its candidates:
+  ``lax.map`` over queries, one gather and one matrix-vector product each (much faster
+  on XLA CPU than a batched product over gathered rows)."""
+  def one(args):
+    q, idx = args
+    rows = database[idx]
+    if metric == "l1":
+      diff = rows.astype(jnp.int16) - q.astype(jnp.int16)[None, :]
+      return jnp.sum(jnp.abs(diff), axis=1, dtype=jnp.int32)
+    dot = jax.lax.dot_general(rows, q, (((1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.int32)
+    qi = q.astype(jnp.int32)
+    return jnp.sum(qi * qi, dtype=jnp.int32) + sq_norms[idx] - 2 * dot
+  return jax.lax.map(one, (q_TxD, cand_TxC))
+
+
+def _l1_bound_tile(s_TxG, sums_db_NxG, db_tile: int = 1024):
+  """(T, N) float32 sum_g |S_x,g - S_y,g| (exact integers), by database tiles that keep
+  the accumulator in cache."""
+  n = sums_db_NxG.shape[0]
+  pad = (-n) % db_tile
+  y = jnp.pad(sums_db_NxG, ((0, pad), (0, 0)))
+  tiles = y.reshape(-1, db_tile, y.shape[1]).transpose(0, 2, 1)  # (M, G, S)
+  xt = s_TxG.T
+
+  def body(_, tile):
+    return None, distances.l1_transposed(xt, tile)
+  _, out = jax.lax.scan(body, None, tiles)  # (M, T, S)
+  return out.transpose(1, 0, 2).reshape(s_TxG.shape[0], -1)[:, :n]
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "k", "c", "groups_count"))
+def _round(q_TxD, database, sq_norms, bound_rows, bound_aux, params, groups, *, metric, k, c,
+           groups_count):
+  """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries
+  with ``c`` candidates each (c + 1 <= N)."""
+  if metric == "l1":
+    s = _pooled(q_TxD, groups, num_groups=groups_count)
+    b = _l1_bound_tile(s, bound_rows)
+    q = q_TxD
+  else:
+    z, zsq, rho, a, err = _l2_rows(q_TxD, params)
+    b = _l2_bound_tile(z, zsq, rho, bound_rows, bound_aux)
+    q = distances.centred_pixels(q_TxD)
+  pos = topk.smallest_k(b, c + 1)  # ascending bound; the last one: smallest left out
+  cand = pos[:, :c]
+  left = jnp.take_along_axis(b, pos[:, c:], axis=1)[:, 0]
+  if metric == "l1":
+    low = left.astype(jnp.int32)  # exact integer bound
+  else:
+    low = _l2_certified_bound(left, a, err, params["a_max"], params["err_max"],
+                              bound_rows.shape[1])
+  d = _exact_candidates(q, cand, database, sq_norms, metric)
+  d, i = jax.lax.sort((d, cand), dimension=1, num_keys=2)  # (distance, index)
+  d, i = d[:, :k], i[:, :k]
+  return d, i, d[:, k - 1] < low
+
+
+def _query_tile(metric: str, n: int, num_queries: int) -> int:
+  largest = 64 if metric == "l1" else max(8, min(256, (1 << 24) // max(n, 1)))
+  return max(1, min(largest, num_queries))
+
+
+def _run_round(queries, index, k, c, tile):
+  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
+  q_total = queries.shape[0]
+  pad = (-q_total) % tile
+  qp = jnp.pad(queries, ((0, pad), (0, 0))) if pad else queries
+  groups = jnp.asarray(index.groups if index.groups is not None else np.zeros(1), jnp.int32)
+  gcount = int(index.groups.max()) + 1 if index.groups is not None else 0
+  base = "l1" if index.metric == "l1" else "l2"
+  outs = []
+  for start in range(0, qp.shape[0], tile):
+    outs.append(_round(qp[start:start + tile], index.database, index.sq_norms, index.bound_rows,
+                       index.bound_aux, index.params, groups, metric=base, k=k, c=c,
+                       groups_count=gcount))
+  d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
+  return d, i, ok
+
+
+def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
+           second_candidates: int | None = None, query_tile: int | None = None):
+  """Exact k nearest database rows of every query, as ``jaxlin.knn.search`` by brute force.
+
+  Args:
+    queries_QxD: (Q, D) queries of the database's dtype (uint8 or int8).
+    index: from ``build_index`` (its metric is the search's).
+    k: neighbours, 1 <= k <= N.
+    candidates: C, rows refined exactly per query in the first round (default
+      256 for L2, 1024 for L1; at least k).
+    second_candidates: rows per query in the second round, for the queries the
+      first could not certify (default 8 C); 0 skips the round.
+    query_tile: queries per compiled step (default: a (tile, N) float32 bound
+      array of at most 64 MB for L2; 64 for L1).
+
+  Returns:
+    (dists_QxK float32, idx_QxK int32, stats): identical to
+    ``knn.search(queries, database, k, metric=index.metric)``; stats: a dict of
+    ints {"queries", "first_round", "second_round", "brute_force"} (queries
+    settled by each level) and "candidates": (C, C2).
+  """
+  n, d = index.database.shape
+  q = queries_QxD if isinstance(queries_QxD, jax.Array) else jnp.asarray(queries_QxD)
+  if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):
+    raise InputError(f"queries_QxD must be 2-D {index.dtype} (the database's dtype) with {d} "
+                     f"features, got shape {q.shape} and dtype {q.dtype}", argument="queries_QxD")
+  k = _checks.concrete_int(k, "k")
+  if not 1 <= k <= n:
+    raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
+                     argument="k")
+  c1 = candidates or (1024 if index.metric == "l1" else 256)
+  c1 = max(k, c1)
+  c2 = 8 * c1 if second_candidates is None else second_candidates
+  q_total = q.shape[0]
+  stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
+           "candidates": (c1, c2)}
+  d_out = np.zeros((q_total, k), np.float32)
+  i_out = np.zeros((q_total, k), np.int32)
+  todo = np.arange(q_total)
+  for level, c in (("first_round", c1), ("second_round", c2)):
+    if not len(todo) or c < k or c + 1 > n:
+      continue
+    sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
+    tile = query_tile or _query_tile(index.metric, n, len(todo))
+    dd, ii, ok = _run_round(sub, index, k, c, min(tile, len(todo)))
+    dd = np.asarray(distances.to_distances(topk.as_float_distances(jnp.asarray(dd)),
+                                           index.metric))
+    d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
+    stats[level] = int(ok.sum())
+    todo = todo[~ok]
+  if len(todo):
+    sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
+    if index.metric != "l1":
+      sub = distances.centred_pixels(sub)  # the index holds int8 pixels: same distances
+    dd, ii = knn.search(sub, index.database, k, metric=index.metric)
+    stats["brute_force"] = len(todo)
+    d_out[todo], i_out[todo] = np.asarray(dd), np.asarray(ii)
+  return jnp.asarray(d_out), jnp.asarray(i_out), stats
+
