@@ -131,6 +131,22 @@ def _pooled(x_NxD, groups_D, *, num_groups: int):
 # --------------------------------------------------------------------------
 # L2: projection on principal components, with a float error bound.
 # --------------------------------------------------------------------------
+def _orthonormal_columns(y):
+  """Columns of y (float64) made orthonormal: Cholesky QR twice (exact to float64
+  rounding for the well-conditioned bases it is used on)."""
+  for _ in range(2):
+    g = y.T @ y
+    g += np.eye(len(g)) * (1e-12 * np.trace(g) / len(g))
+    y = np.linalg.solve(np.linalg.cholesky(g), y.T).T
+  return y
+
+
+@jax.jit
+def _power_step(xs_SxD, basis_DxW):
+  return jnp.matmul(xs_SxD.T, jnp.matmul(xs_SxD, basis_DxW, precision=_HIGHEST),
+                    precision=_HIGHEST)
+
+
 def _principal_basis(x_NxD, centre_D, m: int, sample: int, seed: int) -> np.ndarray:
   """(m, D) float64 orthonormal rows spanning (about) the top m principal components of
   up to ``sample`` evenly spaced rows (randomised subspace iteration). Any orthonormal
@@ -139,22 +155,15 @@ def _principal_basis(x_NxD, centre_D, m: int, sample: int, seed: int) -> np.ndar
   rows = np.linspace(0, n - 1, min(n, sample)).astype(np.int64)
   xs = jnp.asarray(np.asarray(x_NxD)[rows].astype(np.float32) - centre_D.astype(np.float32))
   width = min(d, m + 16)
-  omega = jax.random.normal(jax.random.key(seed), (d, width), jnp.float32)
-
-  @jax.jit
-  def power(basis):
-    y = jnp.matmul(xs.T, jnp.matmul(xs, basis, precision=_HIGHEST), precision=_HIGHEST)
-    return jnp.linalg.qr(y)[0]
-
-  basis = power(omega)
+  basis = np.asarray(jax.random.normal(jax.random.key(seed), (d, width), jnp.float32))
   for _ in range(3):
-    basis = power(basis)
-  b = np.asarray(basis, np.float64)
-  proj = np.asarray(xs, np.float64) @ b  # (n_s, width)
+    basis = _orthonormal_columns(np.asarray(_power_step(xs, jnp.asarray(basis, jnp.float32)),
+                                            np.float64))
+  proj = np.asarray(jnp.matmul(xs, jnp.asarray(basis, jnp.float32), precision=_HIGHEST),
+                    np.float64)  # (n_s, width)
   w, v = np.linalg.eigh(proj.T @ proj)
-  top = b @ v[:, np.argsort(w)[::-1][:m]]  # (D, m)
-  q, _ = np.linalg.qr(top)
-  return q.T
+  top = basis @ v[:, np.argsort(w)[::-1][:m]]  # (D, m)
+  return _orthonormal_columns(top).T
 
 
 def _l2_params(basis_mxD: np.ndarray, centre_D: np.ndarray) -> dict:
@@ -169,7 +178,8 @@ def _l2_params(basis_mxD: np.ndarray, centre_D: np.ndarray) -> dict:
   """
   m, d = basis_mxD.shape
   row_l1 = np.abs(basis_mxD).sum(axis=1).max()
-  s = int(math.floor(math.log2((_F32_EXACT - 1) / (255.0 * (row_l1 + d)))))
+  # sum_d |round(Q_id 2**s)| <= 2**s row_l1 + D / 2.
+  s = int(math.floor(math.log2(((_F32_EXACT - 1) / 255.0 - d / 2) / row_l1)))
   p1 = np.round(basis_mxD * 2.0 ** s)
   assert 255 * np.abs(p1).sum(axis=1).max() < _F32_EXACT
   p1 = (p1 / 2.0 ** s).astype(np.float32)
@@ -177,7 +187,10 @@ def _l2_params(basis_mxD: np.ndarray, centre_D: np.ndarray) -> dict:
   p = p1.astype(np.float64) + p2.astype(np.float64)
   phi = float(np.linalg.norm(p @ p.T - np.eye(m), 2)) * (1 + 1e-6) + 1e-12
   beta = _gamma(d) * 255.0 * np.abs(p2.astype(np.float64)).sum(axis=1) * (1 + 1e-6)
+  # fl32(P1 + P2) differs from P by at most u |P| entrywise: ||.||_2 <= u ||P||_F.
+  p_round = _U * float(np.linalg.norm(p)) * (1 + 1e-6)
   return {"centre": jnp.asarray(centre_D, jnp.int32), "p1": jnp.asarray(p1),
+          "p_round": jnp.float32(p_round),
           "p2": jnp.asarray(p2), "beta_norm": jnp.float32(np.linalg.norm(beta) * (1 + 1e-6)),
           "phi": jnp.float32(phi)}
 
@@ -192,27 +205,29 @@ def _l2_rows(x_NxD, params):
 
   * |z - Q' x_c| <= e_z = |beta| + u |z| (1 + u) + phi |x_c|: P1 x_c exact, P2 x_c within
     beta, one rounding of the sum, ||P - Q'||_2 <= phi.
-  * rho^2 = |x_c|^2 - |Q' x_c|^2 exactly (orthonormal Q'). |x_c|^2 is an exact integer;
-    ||z|^2 - |Q' x_c|^2| <= e_z (2 |z| + e_z); rounding |x_c|^2 to float32, summing m
-    squares and the subtraction add at most gamma_{m+4} (|x_c|^2 + |z|^2). So the
-    computed rho^2 is within e2 of the exact one, and |rho^ - rho| <= min(sqrt(e2),
-    e2 / rho^) (|a - b| <= sqrt(|a^2 - b^2|) and |a - b| = |a^2 - b^2| / (a + b)).
-  * err = 2 (e_z + e_rho) (+ u-sized terms): the factor 2 covers the rounding of these
-    few float32 operations on the error terms themselves (each relative 1e-6 at most).
+  * rho is computed from the residual vector r = fl(x_c - fl(P^T z)): with w = fl(P^T z),
+    |w - P^T z| <= gamma_m || |P|^T |z| || <= gamma_m sqrt(m) (1 + phi) |z|;
+    |P^T z - Q'^T z| <= phi |z|; |Q'^T (z - Q' x_c)| <= e_z. The subtraction adds
+    u |r| and the norm (D squares, a sum, a square root) a relative gamma_{D+2}. So
+    |rho^ - rho| <= e_rho = e_z + (gamma_m sqrt(m) (1 + phi) + phi) |z| + gamma_{D+3} rho^
+    (+ second-order terms).
+  * err = 2 (e_z + e_rho) + 4 u (|z| + rho): the factor 2 covers the second-order terms
+    and the rounding of these few float32 operations on the error terms themselves.
   """
   xc = x_NxD.astype(jnp.int32) - params["centre"][None, :]
   xsq = jnp.sum(xc * xc, axis=1, dtype=jnp.int32).astype(jnp.float32)
   xf = xc.astype(jnp.float32)
+  p = params["p1"] + params["p2"]  # rounded: used only for the residual, within the bound
   z = (jnp.matmul(xf, params["p1"].T, precision=_HIGHEST)
        + jnp.matmul(xf, params["p2"].T, precision=_HIGHEST))
   zsq = jnp.sum(z * z, axis=1)
   znorm = jnp.sqrt(zsq)
-  m = z.shape[1]
-  e_z = params["beta_norm"] + 2 * _U * znorm + params["phi"] * jnp.sqrt(xsq)
-  e2 = e_z * (2 * znorm + e_z) + _gamma(m + 4) * (xsq + zsq)
-  rho2 = xsq - zsq
-  rho = jnp.sqrt(jnp.maximum(rho2, 0.0))
-  e_rho = jnp.minimum(jnp.sqrt(e2), e2 / jnp.maximum(rho, 1e-30))
+  m, d = z.shape[1], xf.shape[1]
+  r = xf - jnp.matmul(z, p, precision=_HIGHEST)
+  rho = jnp.sqrt(jnp.sum(r * r, axis=1))
+  phi = params["phi"] + params["p_round"]
+  e_z = params["beta_norm"] + 2 * _U * znorm + phi * jnp.sqrt(xsq)
+  e_rho = e_z + (_gamma(m) * math.sqrt(m) * (1 + phi) + phi) * znorm + _gamma(d + 3) * rho
   err = 2.0 * (e_z + e_rho) + 4 * _U * (znorm + rho)
   return z, zsq, rho, znorm + rho, err
 
