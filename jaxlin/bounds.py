@@ -382,8 +382,10 @@ def _round(q_TxD, database, sq_norms, bound_rows, bound_aux, params, groups, *, 
 
 
 def _query_tile(metric: str, n: int, num_queries: int) -> int:
+  """Queries per step: a (tile, N) float32 bound array of at most 64 MB (L2), 64 (L1); a
+  power of two when there are fewer queries (few shapes to compile for second rounds)."""
   largest = 64 if metric == "l1" else max(8, min(256, (1 << 24) // max(n, 1)))
-  return max(1, min(largest, num_queries))
+  return min(largest, 1 << max(0, num_queries - 1).bit_length())
 
 
 def _run_round(queries, index, k, c, tile):
@@ -447,7 +449,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
       continue
     sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
     tile = query_tile or _query_tile(index.metric, n, len(todo))
-    dd, ii, ok = _run_round(sub, index, k, c, min(tile, len(todo)))
+    dd, ii, ok = _run_round(sub, index, k, c, tile)
     dd = np.asarray(distances.to_distances(topk.as_float_distances(jnp.asarray(dd)),
                                            index.metric))
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]

@@ -1,0 +1,124 @@
+"""Pruned search equals brute force on adversarial data; the bounds never exceed distances."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlin import bounds, knn
+from jaxlin.errors import InputError
+
+SHAPE = (8, 8, 3)
+D = 8 * 8 * 3
+
+
+def smooth_images(rng, n):
+  """Low-frequency images (where the bounds are tight) plus a little noise."""
+  coarse = rng.integers(0, 256, (n, 2, 2, 3)).astype(np.float64)
+  img = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2) + rng.normal(0, 6, (n, 8, 8, 3))
+  return np.clip(img, 0, 255).astype(np.uint8).reshape(n, -1)
+
+
+def checkerboards(rng, n):
+  """Images that differ only in high frequencies: every 2x2 block has the same sum."""
+  base = rng.integers(60, 196, (n, 1, 1, 3))
+  sign = (np.indices((8, 8)).sum(0) % 2 * 2 - 1)[None, :, :, None]
+  amp = rng.integers(0, 60, (n, 1, 1, 1))
+  return (base + sign * amp).astype(np.uint8).reshape(n, -1)
+
+
+def adversarial(seed=0):
+  """(queries, database): smooth images, checkerboards, constant images, duplicates, and
+  queries equal to database rows."""
+  rng = np.random.default_rng(seed)
+  db = np.concatenate([smooth_images(rng, 150), checkerboards(rng, 60),
+                       np.full((10, D), 7, np.uint8), np.full((5, D), 255, np.uint8),
+                       np.zeros((5, D), np.uint8)])
+  db = np.concatenate([db, db[:20], db[150:160]])  # duplicates, later indices
+  q = np.concatenate([smooth_images(rng, 12), checkerboards(rng, 8), db[[0, 150, 212, 220]],
+                      np.full((2, D), 7, np.uint8)])
+  return q, db
+
+
+def assert_same_as_brute(q, db, k, metric, result):
+  d, i, stats = result
+  bd, bi = knn.search(q, db, k, metric=metric)
+  np.testing.assert_array_equal(np.asarray(i), np.asarray(bi))
+  np.testing.assert_array_equal(np.asarray(d), np.asarray(bd))
+  assert d.dtype == jnp.float32 and i.dtype == jnp.int32
+  assert stats["first_round"] + stats["second_round"] + stats["brute_force"] == len(q)
+  return stats
+
+
+@pytest.mark.parametrize("metric", ["l2", "l2_squared", "l1"])
+def test_adversarial_data_same_as_brute_force_at_every_level(metric):
+  q, db = adversarial()
+  index = bounds.build_index(db, metric=metric, image_shape=SHAPE, pool=2, components=12)
+  seen = {"first_round": 0, "second_round": 0, "brute_force": 0}
+  for k, c, c2 in ((1, 8, 24), (12, 12, 0)):
+    stats = assert_same_as_brute(q, db, k, metric,
+                                 bounds.search(q, index, k, candidates=c, second_candidates=c2))
+    for key in seen:
+      seen[key] += stats[key]
+  assert all(v > 0 for v in seen.values()), seen  # every level engaged and exact
+
+
+def test_k_above_distinct_values_ties_by_index():
+  rng = np.random.default_rng(1)
+  rows = smooth_images(rng, 3)
+  db = rows[rng.integers(0, 3, 60)]  # 3 distinct rows, 60 of them
+  q = np.concatenate([rows, smooth_images(rng, 2)])
+  for metric in ("l2", "l1"):
+    index = bounds.build_index(db, metric=metric, image_shape=SHAPE, pool=4, components=4)
+    assert_same_as_brute(q, db, 25, metric, bounds.search(q, index, 25, candidates=30))
+
+
+def test_int8_rows_and_defaults_fall_back_on_small_databases():
+  rng = np.random.default_rng(2)
+  db = (smooth_images(rng, 40).astype(np.int16) - 128).astype(np.int8)
+  q = (smooth_images(rng, 5).astype(np.int16) - 128).astype(np.int8)
+  for metric in ("l2", "l1"):
+    index = bounds.build_index(db, metric=metric, components=8)
+    stats = assert_same_as_brute(q, db, 3, metric, bounds.search(q, index, 3))
+    assert stats["brute_force"] == 5  # 256 candidates > 40 rows: brute force directly
+
+
+def test_l2_certified_bound_never_exceeds_the_distance():
+  rng = np.random.default_rng(3)
+  db = np.concatenate([smooth_images(rng, 100), checkerboards(rng, 50),
+                       rng.integers(0, 256, (50, D), dtype=np.uint8),
+                       np.zeros((1, D), np.uint8), np.full((1, D), 255, np.uint8)])
+  q = jnp.asarray(np.concatenate([db[::7], 255 - db[:20]]))
+  index = bounds.build_index(db, metric="l2", components=16)
+  p = index.params
+  z, zsq, rho, a, err = bounds._l2_rows(q, p)
+  b = np.asarray(bounds._l2_bound_tile(z, zsq, rho, index.bound_rows, index.bound_aux))
+  low = np.asarray(bounds._l2_certified_bound(jnp.asarray(b), a[:, None], err[:, None],
+                                              p["a_max"], p["err_max"], 16))
+  true = ((np.asarray(q, np.int64)[:, None] - db[None].astype(np.int64)) ** 2).sum(-1)
+  assert np.all(low <= true)
+  assert np.mean(low[:, :150] > 0.5 * true[:, :150]) > 0.5  # and it is a useful bound
+
+
+def test_l1_pooled_bound_never_exceeds_the_distance():
+  rng = np.random.default_rng(4)
+  db = np.concatenate([smooth_images(rng, 30), checkerboards(rng, 30)])
+  index = bounds.build_index(db, metric="l1", image_shape=SHAPE, pool=4)
+  s = bounds._pooled(jnp.asarray(db), jnp.asarray(index.groups, jnp.int32),
+                     num_groups=int(index.groups.max()) + 1)
+  b = np.asarray(bounds._l1_bound_tile(s, index.bound_rows, db_tile=16))
+  true = np.abs(db[:, None].astype(np.int64) - db[None].astype(np.int64)).sum(-1)
+  assert np.all(b <= true) and np.all(np.diag(b) == 0)
+
+
+def test_bad_inputs_raise():
+  db = np.zeros((10, D), np.uint8)
+  with pytest.raises(InputError):
+    bounds.build_index(db.astype(np.float32), metric="l2")
+  with pytest.raises(InputError):
+    bounds.build_index(db, metric="cosine")
+  index = bounds.build_index(db, metric="l1", image_shape=SHAPE)
+  with pytest.raises(InputError):
+    bounds.search(db.astype(np.int8), index, 1)
+  with pytest.raises(InputError):
+    bounds.search(db, index, 11)
+  assert bounds.supports(db, db, "l2") and not bounds.supports(db, db, "cosine")
+  assert not bounds.supports(db.astype(np.float32), db.astype(np.float32), "l1")
