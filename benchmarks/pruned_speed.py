@@ -1,0 +1,137 @@
+r"""Exact kNN below the brute-force floor: pruned search vs brute force vs faiss.
+
+  python -m benchmarks.pruned_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_pruned
+
+L2: the first ``--l2_queries`` test images; L1: ``--l1_queries`` random test
+images (seeded); all training images as the database; k nearest. Methods:
+
+* pruned -- ``jaxlin.bounds``: index built once (time reported apart and
+  included), then the certified cascade;
+* brute -- ``jaxlin.knn.search``;
+* faiss -- IndexFlatL2 / IndexFlat(METRIC_L1) on float32.
+
+Each method runs in its own child process (its peak resident memory is its
+own). jaxlin's methods are warmed up on the first 256 queries (compilation)
+before the timed call. The pruned answer must equal brute force exactly
+(indices and float32 distances); faiss is compared for information. ``--full``
+runs all test images for L1 too, ``--k=100`` the larger k.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import common
+
+_K = flags.DEFINE_integer("k", 10, "neighbours per query")
+_L2_QUERIES = flags.DEFINE_integer("l2_queries", 10000, "queries for L2 (first test images)")
+_L1_QUERIES = flags.DEFINE_integer("l1_queries", 1000, "random test queries for L1")
+_FULL = flags.DEFINE_bool("full", False, "all test images as queries for both metrics")
+_METHODS = flags.DEFINE_list("methods", ["pruned", "brute", "faiss"], "methods to run")
+_METRICS = flags.DEFINE_list("metrics", ["l2", "l1"], "metrics to run")
+_CANDIDATES = flags.DEFINE_integer("candidates", 0, "pruned: first-round candidates (0: default)")
+_CHILD = flags.DEFINE_string("child", None, "internal: run one method and print JSON")
+_METRIC = flags.DEFINE_string("metric", "l2", "internal")
+
+
+def _queries(metric, test_x):
+  if _FULL.value:
+    return np.arange(len(test_x))
+  if metric == "l2":
+    return np.arange(min(_L2_QUERIES.value, len(test_x)))
+  rng = np.random.default_rng(0)
+  return np.sort(rng.permutation(len(test_x))[:_L1_QUERIES.value])
+
+
+def child(method, metric, k, out):
+  paths = common.array_paths(out)
+  db = np.load(paths["train_x"])
+  test_x = np.load(paths["test_x"])
+  q = test_x[_queries(metric, test_x)]
+  result = {"build_seconds": 0.0, "stats": ""}
+  if method == "faiss":
+    import faiss  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    index = (faiss.IndexFlatL2(db.shape[1]) if metric == "l2"
+             else faiss.IndexFlat(db.shape[1], faiss.METRIC_L1))
+    index.add(db.astype(np.float32))
+    result["build_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d, i = index.search(q.astype(np.float32), k)
+    result["seconds"] = time.perf_counter() - t0
+    d = np.sqrt(np.maximum(d, 0)) if metric == "l2" else d
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    from jaxlin import bounds, knn  # pylint: disable=g-import-not-at-top
+    if method == "pruned":
+      t0 = time.perf_counter()
+      index = bounds.build_index(db, metric=metric, image_shape=(32, 32, 3))
+      jax.block_until_ready(index.bound_rows)
+      result["build_seconds"] = time.perf_counter() - t0
+      c = _CANDIDATES.value or None
+      fn = lambda x: bounds.search(x, index, k, candidates=c)
+    else:
+      fn = lambda x: knn.search(x, db, k, metric=metric) + ({},)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(q[:256])[:2])  # compiles the programs of the timed call
+    result["warmup_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d, i, stats = fn(q)
+    d, i = np.asarray(d), np.asarray(i)
+    result["seconds"] = time.perf_counter() - t0
+    result["stats"] = json.dumps(stats) if stats else ""
+  np.save(os.path.join(out, f"idx_{method}_{metric}.npy"), i)
+  np.save(os.path.join(out, f"dist_{method}_{metric}.npy"), d)
+  result["peak_rss_mb"] = common.peak_rss_mb()
+  print(json.dumps(result))
+
+
+def main(argv):
+  del argv
+  if _CHILD.value:
+    child(_CHILD.value, _METRIC.value, _K.value, common.out_dir("bench_pruned"))
+    return
+  out, arrays = common.prepare("bench_pruned")
+  rows = []
+  for metric in _METRICS.value:
+    nq = len(_queries(metric, arrays["test_x"]))
+    results = {}
+    for method in _METHODS.value:
+      print(f"{metric}: {method}, {nq} queries x {len(arrays['train_x'])} ...", file=sys.stderr,
+            flush=True)
+      r = common.run_child("benchmarks.pruned_speed", [
+          f"--child={method}", f"--metric={metric}", f"--k={_K.value}", f"--out={out}",
+          f"--l2_queries={_L2_QUERIES.value}", f"--l1_queries={_L1_QUERIES.value}",
+          f"--full={_FULL.value}", f"--candidates={_CANDIDATES.value}"] + common.data_flags())
+      r["idx"] = np.load(os.path.join(out, f"idx_{method}_{metric}.npy"))
+      r["dist"] = np.load(os.path.join(out, f"dist_{method}_{metric}.npy"))
+      results[method] = r
+      print({k: v for k, v in r.items() if k not in ("idx", "dist")}, file=sys.stderr, flush=True)
+    ref = results.get("brute")
+    faiss_s = results["faiss"]["seconds"] if "faiss" in results else None
+    for method, r in results.items():
+      total = r["seconds"] + r["build_seconds"] if method == "pruned" else r["seconds"]
+      row = {"metric": metric, "method": method, "queries": nq, "k": _K.value,
+             "build_s": r["build_seconds"], "search_s": r["seconds"], "total_s": total,
+             "faiss_over_search": "" if faiss_s is None else faiss_s / r["seconds"],
+             "faiss_over_total": "" if faiss_s is None else faiss_s / total,
+             "peak_rss_mb": r["peak_rss_mb"], "stats": r.get("stats", "")}
+      if ref is not None:
+        row["same_idx_as_brute"] = bool(np.array_equal(r["idx"], ref["idx"]))
+        row["same_dist_as_brute"] = bool(np.array_equal(r["dist"], ref["dist"]))
+        row["idx_agreement"] = float(np.mean(r["idx"] == ref["idx"]))
+      rows.append(row)
+  common.report(out, "pruned_speed", rows, [
+      "metric", "method", "queries", "k", "build_s", "search_s", "total_s", "faiss_over_search",
+      "faiss_over_total", "peak_rss_mb", "same_idx_as_brute", "same_dist_as_brute",
+      "idx_agreement", "stats"])
+
+
+if __name__ == "__main__":
+  app.run(main)
