@@ -367,7 +367,7 @@ def _round(q_TxD, database, sq_norms, bound_rows, bound_aux, params, groups, *, 
     z, zsq, rho, a, err = _l2_rows(q_TxD, params)
     b = _l2_bound_tile(z, zsq, rho, bound_rows, bound_aux)
     q = distances.centred_pixels(q_TxD)
-  pos = topk.smallest_k(b, c + 1)  # ascending bound; the last one: smallest left out
+  pos = _smallest(b, c + 1)  # ascending bound; the last one: smallest left out
   cand = pos[:, :c]
   left = jnp.take_along_axis(b, pos[:, c:], axis=1)[:, 0]
   if metric == "l1":
@@ -381,10 +381,30 @@ def _round(q_TxD, database, sq_norms, bound_rows, bound_aux, params, groups, *, 
   return d, i, d[:, k - 1] < low
 
 
-def _query_tile(metric: str, n: int, num_queries: int) -> int:
+def _smallest(values_TxN, k: int):
+  """Positions (T, k) of the k smallest values, ascending (any order among equal values:
+  the certificate does not need the index order). ``topk.smallest_k``'s two top_k over
+  chunk minima and the k best chunks, used whenever there are k chunks (it switches to
+  one top_k over the whole row earlier, which costs about 10x more for k ~ 1000)."""
+  t, n = values_TxN.shape
+  s = topk.CHUNK
+  if n < 2 * k * s:
+    return topk.smallest_k(values_TxN, k)
+  pad = (-n) % s
+  v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=jnp.inf).reshape(t, -1, s)
+  _, chunks = jax.lax.top_k(-jnp.min(v, axis=2), k)
+  cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
+  _, pos = jax.lax.top_k(-cand, k)
+  rows = (chunks[:, :, None] * s + jnp.arange(s, dtype=chunks.dtype)).reshape(t, k * s)
+  return jnp.take_along_axis(rows, pos, 1)
+
+
+def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
   """Queries per step: a (tile, N) float32 bound array of at most 64 MB (L2), 64 (L1); a
   power of two when there are fewer queries (few shapes to compile for second rounds)."""
   largest = 64 if metric == "l1" else max(8, min(256, (1 << 24) // max(n, 1)))
+  if second:
+    largest = min(largest, 32)
   return min(largest, 1 << max(0, num_queries - 1).bit_length())
 
 
@@ -414,9 +434,9 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     index: from ``build_index`` (its metric is the search's).
     k: neighbours, 1 <= k <= N.
     candidates: C, rows refined exactly per query in the first round (default
-      256 for L2, 1024 for L1; at least k).
+      256 for L2, 512 for L1; at least k).
     second_candidates: rows per query in the second round, for the queries the
-      first could not certify (default 8 C); 0 skips the round.
+      first could not certify (default 4 C); 0 skips the round.
     query_tile: queries per compiled step (default: a (tile, N) float32 bound
       array of at most 64 MB for L2; 64 for L1).
 
@@ -435,9 +455,9 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
                      argument="k")
-  c1 = candidates or (1024 if index.metric == "l1" else 256)
+  c1 = candidates or (512 if index.metric == "l1" else 256)
   c1 = max(k, c1)
-  c2 = 8 * c1 if second_candidates is None else second_candidates
+  c2 = 4 * c1 if second_candidates is None else second_candidates
   q_total = q.shape[0]
   stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
            "candidates": (c1, c2)}
@@ -448,7 +468,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     if not len(todo) or c < k or c + 1 > n:
       continue
     sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
-    tile = query_tile or _query_tile(index.metric, n, len(todo))
+    tile = query_tile or _query_tile(index.metric, n, len(todo), level == "second_round")
     dd, ii, ok = _run_round(sub, index, k, c, tile)
     dd = np.asarray(distances.to_distances(topk.as_float_distances(jnp.asarray(dd)),
                                            index.metric))
@@ -459,8 +479,10 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
     if index.metric != "l1":
       sub = distances.centred_pixels(sub)  # the index holds int8 pixels: same distances
+    rows = _query_tile(index.metric, n, len(todo))  # few shapes: few compilations
+    sub = jnp.pad(sub, ((0, (-len(todo)) % rows), (0, 0)))
     dd, ii = knn.search(sub, index.database, k, metric=index.metric)
     stats["brute_force"] = len(todo)
-    d_out[todo], i_out[todo] = np.asarray(dd), np.asarray(ii)
+    d_out[todo], i_out[todo] = np.asarray(dd)[:len(todo)], np.asarray(ii)[:len(todo)]
   return jnp.asarray(d_out), jnp.asarray(i_out), stats
 
