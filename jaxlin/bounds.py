@@ -84,6 +84,9 @@ class Index(NamedTuple):
     params: dict of arrays for the bound of a query (see ``_l2_rows``).
     groups: (D,) int32 group of every feature (L1), or None.
     dtype: "uint8" or "int8", the dtype of the database as given (queries must match).
+    fine_groups: (D,) int32 groups of the finer pooling (L1: p / 2 blocks) whose sums
+      (``params["fine_rows"]``, (N, G2) float32) bound the second round, or None.
+    cache: the database as brute force uses it, prepared on first use (a dict).
   """
   metric: str
   database: jax.Array
@@ -93,6 +96,8 @@ class Index(NamedTuple):
   params: dict
   groups: np.ndarray | None
   dtype: str
+  fine_groups: np.ndarray | None = None
+  cache: dict | None = None
 
 
 def supports(queries_QxD, database_NxD, metric: str) -> bool:
@@ -347,8 +352,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     if sizes.max() * 255 * g >= _F32_EXACT:
       raise InputError(f"pool={pool}: pooled L1 sums could reach 2**24", argument="pool")
     sums = _pooled(db, jnp.asarray(groups, jnp.int32), num_groups=g)
+    fine = _groups(d, image_shape, max(1, pool // 2))  # tighter bound for the second round
+    fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
     return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, jnp.zeros((n, 2), jnp.float32),
-                 {}, groups, str(db.dtype))
+                 {"fine_rows": fine_rows}, groups, str(db.dtype), fine, {})
   m = _checks.concrete_int(components, "components")
   if not 1 <= m <= d:
     raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
@@ -359,7 +366,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   params = {**params, "a_max": jnp.max(a), "err_max": jnp.max(err)}
   pixels = distances.centred_pixels(db)
   return Index(metric, pixels, distances.int_squared_norms(pixels), z,
-               jnp.stack([zsq, rho], axis=1), params, None, str(db.dtype))
+               jnp.stack([zsq, rho], axis=1), params, None, str(db.dtype), None, {})
 
 
 # --------------------------------------------------------------------------
@@ -451,21 +458,52 @@ def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> 
   return min(largest, 1 << max(0, num_queries - 1).bit_length())
 
 
-def _run_round(queries, index, k, c, tile):
-  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
+def _run_round(queries, index, k, c, tile, fine=False):
+  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays; ``fine``: with
+  the finer L1 pooling."""
   q_total = queries.shape[0]
   pad = (-q_total) % tile
   qp = jnp.pad(queries, ((0, pad), (0, 0))) if pad else queries
-  groups = jnp.asarray(index.groups if index.groups is not None else np.zeros(1), jnp.int32)
-  gcount = int(index.groups.max()) + 1 if index.groups is not None else 0
+  use = index.fine_groups if fine and index.fine_groups is not None else index.groups
+  rows = index.params["fine_rows"] if use is index.fine_groups and use is not None else (
+      index.bound_rows)
+  groups = jnp.asarray(use if use is not None else np.zeros(1), jnp.int32)
+  gcount = int(use.max()) + 1 if use is not None else 0
   base = "l1" if index.metric == "l1" else "l2"
   outs = []
   for start in range(0, qp.shape[0], tile):
-    outs.append(_round(qp[start:start + tile], index.database, index.sq_norms, index.bound_rows,
+    outs.append(_round(qp[start:start + tile], index.database, index.sq_norms, rows,
                        index.bound_aux, index.params, groups, metric=base, k=k, c=c,
                        groups_count=gcount))
   d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
   return d, i, ok
+
+
+def _brute_force(queries, index, k):
+  """(float32 distances, indices) as numpy, by ``jaxlin.knn``'s own brute-force programs
+  (the same kernel, tiles and merge as ``knn.search``, so the same answer), with the
+  database prepared once per index instead of once per call."""
+  n, d = index.database.shape
+  kernel = distances.kernel_for(index.metric, index.database.dtype, index.database.dtype, d)
+  tile = _query_tile(index.metric, n, queries.shape[0])  # few shapes: few compilations
+  _, dt = knn._tile_sizes(index.metric, tile, n)  # pylint: disable=protected-access
+  cache = index.cache if index.cache is not None else {}
+  if cache.get("tile") != dt:
+    db = knn._pad_rows(index.database, dt)  # pylint: disable=protected-access
+    cache["prepared"] = knn._prepare(db, jnp.int32(n), kernel=kernel, tile=dt,  # pylint: disable=protected-access
+                                     mesh=None, layout="queries")
+    cache["tile"] = dt
+  tiles, aux, centre = cache["prepared"]
+  q_total = queries.shape[0]
+  qp = jnp.pad(queries, ((0, (-q_total) % tile), (0, 0)))
+  out_d, out_i = [], []
+  for start in range(0, qp.shape[0], tile):
+    dd, ii = knn._search_block(qp[start:start + tile], tiles, aux, centre, jnp.int32(n),  # pylint: disable=protected-access
+                               kernel=kernel, k=k, mesh=None, layout="queries")
+    out_d.append(dd)
+    out_i.append(ii)
+  dist = distances.to_distances(topk.as_float_distances(jnp.concatenate(out_d)), index.metric)
+  return np.asarray(dist)[:q_total], np.asarray(jnp.concatenate(out_i))[:q_total]
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
@@ -479,7 +517,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     candidates: C, rows refined exactly per query in the first round (default
       256 for L2, 512 for L1; at least k).
     second_candidates: rows per query in the second round, for the queries the
-      first could not certify (default 4 C); 0 skips the round.
+      first could not certify (L2: default 4 C; L1: default C, with the bound of
+      the finer pooling, p / 2 blocks); 0 skips the round.
     query_tile: queries per compiled step (default: a (tile, N) float32 bound
       array of at most 64 MB for L2; 64 for L1).
 
@@ -500,7 +539,9 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
                      argument="k")
   c1 = candidates or (512 if index.metric == "l1" else 256)
   c1 = max(k, c1)
-  c2 = 4 * c1 if second_candidates is None else second_candidates
+  if second_candidates is None:  # L1: the finer pooling instead of more candidates
+    second_candidates = c1 if index.metric == "l1" else 4 * c1
+  c2 = second_candidates
   q_total = q.shape[0]
   stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
            "candidates": (c1, c2)}
@@ -512,7 +553,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
       continue
     sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
     tile = query_tile or _query_tile(index.metric, n, len(todo), level == "second_round")
-    dd, ii, ok = _run_round(sub, index, k, c, tile)
+    dd, ii, ok = _run_round(sub, index, k, c, tile, fine=level == "second_round")
     dd = np.asarray(distances.to_distances(topk.as_float_distances(jnp.asarray(dd)),
                                            index.metric))
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
@@ -522,10 +563,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
     if index.metric != "l1":
       sub = distances.centred_pixels(sub)  # the index holds int8 pixels: same distances
-    rows = _query_tile(index.metric, n, len(todo))  # few shapes: few compilations
-    sub = jnp.pad(sub, ((0, (-len(todo)) % rows), (0, 0)))
-    dd, ii = knn.search(sub, index.database, k, metric=index.metric)
+    dd, ii = _brute_force(sub, index, k)
     stats["brute_force"] = len(todo)
-    d_out[todo], i_out[todo] = np.asarray(dd)[:len(todo)], np.asarray(ii)[:len(todo)]
+    d_out[todo], i_out[todo] = dd, ii
   return jnp.asarray(d_out), jnp.asarray(i_out), stats
 
