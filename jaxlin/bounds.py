@@ -522,7 +522,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     index: from ``build_index`` (its metric is the search's).
     k: neighbours, 1 <= k <= N.
     candidates: C, rows refined exactly per query in the first round (default
-      256 for L2, 512 for L1; at least k).
+      max(256, 8 k) for L2, max(512, 8 k) for L1; at least k).
     second_candidates: rows per query in the second round, for the queries the
       first could not certify (L2: default 4 C; L1: default C, with the bound of
       the finer pooling, p / 2 blocks); 0 skips the round.
@@ -544,7 +544,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
                      argument="k")
-  c1 = candidates or (512 if index.metric == "l1" else 256)
+  c1 = candidates or max(512 if index.metric == "l1" else 256, 8 * k)
   c1 = max(k, c1)
   if second_candidates is None:  # L1: the finer pooling instead of more candidates
     second_candidates = c1 if index.metric == "l1" else 4 * c1
