@@ -15,6 +15,17 @@ own). jaxlin's methods are warmed up on the first 256 queries (compilation)
 before the timed call. The pruned answer must equal brute force exactly
 (indices and float32 distances); faiss is compared for information. ``--full``
 runs all test images for L1 too, ``--k=100`` the larger k.
+
+Measured (2026-11-29, 2 cores of an Intel Xeon with AVX-512 and AMX, shared
+with other jobs, so faiss's times varied 2-8x between runs; CIFAR-10, k=10):
+pruned equal to brute force in every run (indices and distances, also at
+k=100). L2, 10,000 queries: pruned 13.7 s + 3.5 s index build, 85 % of the
+queries certified in the first round, 14.7 % in the second, 0.25 % by brute
+force; jaxlin brute force (int8 products, 16x faster than float32 here) 4.5 s;
+faiss 78.7 s. L1, 1,000 random queries: pruned 8.9 s + 0.7 s (45 % / 54 % /
+0.7 %), brute force 5.9 s, faiss 31.7 s. Peak memory below 2 GB for every
+method. On this CPU brute force beats the cascade (``bounds.prefer_pruned``
+says so); the cascade is for CPUs without fast int8 products.
 """
 from __future__ import annotations
 
