@@ -25,7 +25,7 @@ import numpy as np
 
 from experiments import common
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, plots, sharding, train
-from jaxlin.errors import ConfigError
+from jaxlin.errors import ConfigError, DivergenceError
 
 DEFAULTS = dict(
     dataset="cifar10", data_dir=None, seed=0, model="linear", features="pixels", hidden_size=500,
@@ -192,8 +192,9 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
-  trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
-                          total_steps=steps, mesh=mesh)
+  # (lbfgs's line search sets each step: no learning rate, so no schedule)
+  trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"],
+                          schedule=None if c["optimizer"] == "lbfgs" else c["schedule"], mesh=mesh)
   sub = np.random.default_rng([c["seed"], 5]).permutation(n_tr)[:1000]
   writer = common.MetricsWriter(workdir)
   with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
@@ -204,11 +205,16 @@ def run(config: dict, workdir: str) -> dict:
                      loss=float(record["loss"][g]), train_accuracy=float(record["train_accuracy"][g]),
                      val_accuracy=float(record["val_accuracy"][g]))
     fit_t = common.Timer()
-    fit = trainer.fit(key, train_x, train_y, learning_rates=[g[0] for g in grid],
-                      regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
-                      log_every=c["log_every"] or None, num_examples=n_tr,
-                      eval_sets={"train": (train_x[sub], train_y[sub]), "val": val_set},
-                      callback=log)
+    try:
+      fit = trainer.fit(key, train_x, train_y,
+                        learning_rates=[g[0] for g in grid] if trainer.has_learning_rate else None,
+                        regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
+                        log_every=c["log_every"] or None, num_examples=n_tr,
+                        eval_sets={"train": (train_x[sub], train_y[sub]), "val": val_set},
+                        callback=log)
+    except DivergenceError as e:  # the library names the argument; here it is a flag
+      raise DivergenceError(str(e).replace("learning_rates", "--learning_rate"),
+                            argument=e.argument) from None
     jax.block_until_ready(fit.params)
     train_s = fit_t()
   val_acc = np.where(fit.diverged_at >= 0, np.nan, fit.history[-1]["val_accuracy"])
