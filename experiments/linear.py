@@ -243,29 +243,33 @@ def run(config: dict, workdir: str) -> dict:
     p = lambda name: os.path.join(workdir, "plots", name)
     setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
     if c["features"] == "pixels" and c["model"] == "linear":
-      plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
-                      title=f"{c['loss']} templates ({setting})")
+      plots.save(plots.templates(params["W"], ds.image_shape, ds.class_names,
+                                 title=f"{c['loss']} templates ({setting})"), p("weights.png"))
     elif c["features"] == "pixels":  # first-layer weights of the network, as images
       w1 = np.asarray(params["W1"])
       show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
-      plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
-                      title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
+      plots.save(plots.templates(
+          w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
+          title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})"),
+          p("weights.png"))
     steps_axis = np.arange(1, fit.losses.shape[0] + 1)
     label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
     shown = range(len(grid)) if len(grid) <= 9 else [best]
-    plots.curves(p("loss.png"), {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
-                 ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
-                 highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
-                 f"(moving average over {max(1, len(steps_axis) // 50)} steps)")
-    plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
-               c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
-               title="val accuracy over the grid")
-    plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['model']} {c['loss']}, test")
+    plots.save(plots.curves(
+        {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
+        ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
+        highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
+        f"(moving average over {max(1, len(steps_axis) // 50)} steps)"), p("loss.png"))
+    plots.save(plots.grid(val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
+                          c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
+                          title="val accuracy over the grid"), p("grid.png"))
+    plots.save(plots.confusion(cm, ds.class_names, title=f"{c['model']} {c['loss']}, test"),
+               p("confusion.png"))
     epochs_axis = [h["epoch"] for h in fit.history]
-    plots.curves(p("accuracy.png"), {
+    plots.save(plots.curves({
         "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
         "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
-        xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
+        xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})"), p("accuracy.png"))
   results = {
       "dataset": c["dataset"], "model": c["model"], "features": c["features"],
       "hidden_size": c["hidden_size"] if c["model"] == "mlp" else None,
