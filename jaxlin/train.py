@@ -271,12 +271,14 @@ class Trainer:
       return self._factory(lr)
     return self._factory(lambda count: lr * multiplier(count))
 
-  def _init(self, key, lrs, multiplier):
+  def _init(self, key, lrs, *, multiplier):
     # Every member starts from the same parameters: settings are compared fairly,
     # and member i equals a single run with its (lr, reg).
     g = lrs.shape[0]
     params = jax.vmap(lambda _: self.model.init(key))(jnp.arange(g))
     opt_state = jax.vmap(lambda p, lr: self._member_tx(lr, multiplier).init(p))(params, lrs)
+    # Weak types as a step leaves them (strong): else the second chunk compiles again.
+    params, opt_state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), (params, opt_state))
     return _GridState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((g,), bool),
                       jnp.full((g,), -1, jnp.int32))
 
@@ -426,7 +428,7 @@ class Trainer:
     k_init, k_data = jax.random.split(key)
     self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
     multiplier = self._multiplier(int(num_steps))
-    state = self._init(k_init, hyper["lr"], multiplier)
+    state = self._init(k_init, hyper["lr"], multiplier=multiplier)
     full_batch = self._full_batch
     if full_batch is None:
       full_batch = _has_line_search(state.opt_state)

@@ -22,8 +22,11 @@ def _problem(n=120, d=6, c=3, seed=0):
 LINEAR = train.Model(init=lambda k: linear.init_params(k, 6, 3), apply=linear.scores)
 
 
-def _trainer(opt="sgd", loss="softmax", schedule=None, **kw):
-  return train.Trainer(LINEAR, losses.LOSSES[loss], optimizer=opt, schedule=schedule, **kw)
+def _new_trainer(opt="sgd", loss="softmax", schedule=None):
+  return train.Trainer(LINEAR, losses.LOSSES[loss], optimizer=opt, schedule=schedule)
+
+
+_trainer = functools.lru_cache(maxsize=None)(_new_trainer)  # shared: compiled programs reused
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
@@ -32,7 +35,7 @@ def test_grid_member_equals_a_single_run(opt):
   lrs, regs = [0.01, 0.05, 0.01, 0.05], [0.0, 0.0, 0.1, 0.1]
   grid = _trainer(opt, schedule="cosine").fit(jax.random.key(1), x, y, learning_rates=lrs,
                                               regs=regs, batch_size=16, num_steps=20)
-  single = _trainer(opt, schedule="cosine")
+  single = _new_trainer(opt, schedule="cosine")
   for g in (1, 2):  # one trainer, one compiled program for both single runs
     res = single.fit(jax.random.key(1), x, y, learning_rates=[lrs[g]], regs=[regs[g]],
                      batch_size=16, num_steps=20)
@@ -44,7 +47,7 @@ def test_grid_member_equals_a_single_run(opt):
 
 def test_training_learns_and_compiles_once():
   x, y = _problem()
-  t = _trainer("momentum")
+  t = _new_trainer("momentum")
   res = t.fit(jax.random.key(0), x, y, learning_rates=[0.05], regs=[1e-3], batch_size=16,
               num_steps=47, log_every=10, eval_sets={"train": (x, y)})
   assert res.steps == 47 and res.losses.shape == (47, 1)
@@ -83,12 +86,13 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
 
 def test_lbfgs_full_batch_reaches_the_optimum():
   x, y = _problem()
-  res = _trainer("lbfgs").fit(jax.random.key(0), x, y, regs=[0.1], num_steps=40)
+  res = _new_trainer("lbfgs").fit(jax.random.key(0), x, y, regs=[0.1], num_steps=40)
   p = train.member(res.params, 0)
   g = jax.grad(lambda p: train.objective(p, x, y, 0.1, apply_fn=linear.scores,
                                          loss_fn=losses.softmax_cross_entropy)[0])(p)
   assert float(jnp.linalg.norm(g["W"])) < 1e-3
   assert res.losses[-1, 0] < res.losses[0, 0]
+  assert res.compile_count == 1  # the line search's state keeps its types across chunks
   with pytest.raises(InputError, match="regs only") as e:  # lbfgs has no learning rate
     _trainer("lbfgs").fit(jax.random.key(0), x, y, learning_rates=[1.0, 2.0], regs=[0.1, 0.1],
                           num_steps=2)
@@ -211,9 +215,9 @@ def test_reg_penalises_weights_of_any_pytree():
 def test_bad_arguments():
   x, y = _problem()
   with pytest.raises(InputError, match="unknown optimizer"):
-    _trainer("rmsprop")
+    _new_trainer("rmsprop")
   with pytest.raises(InputError, match="unknown schedule"):
-    _trainer("sgd", schedule="linear")
+    _new_trainer("sgd", schedule="linear")
   t = _trainer()
   fit = functools.partial(t.fit, jax.random.key(0), learning_rates=[0.1], regs=[0.0],
                           batch_size=10, num_steps=1)
