@@ -129,15 +129,15 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     ``tx.init(params)``.
   """
   penalty_fn = losses.l2_penalty if penalty is None else penalty
-  if penalty is None and not isinstance(reg, jax.core.Tracer) and np.ndim(reg) == 0:
-    if float(reg) < 0:
-      raise InputError(f"reg must be >= 0, got {reg}", argument="reg")
+  concrete = not isinstance(reg, jax.core.Tracer) and np.ndim(reg) == 0
+  if concrete and not float(reg) >= 0:
+    raise InputError(f"reg must be a number >= 0, got {reg}", argument="reg")
+  check_penalised = concrete and float(reg) > 0 and penalty is None
 
   def train_step(params, opt_state, batch):
     x, y = batch
-    if penalty is None and not isinstance(reg, jax.core.Tracer) and np.ndim(reg) == 0:
-      if float(reg) > 0:
-        _check_penalised(params)
+    if check_penalised:  # at trace time: reg > 0 must penalise something
+      _check_penalised(params)
 
     def f(p):
       return objective(p, x, y, reg, apply_fn=apply_fn, loss_fn=loss_fn, penalty=penalty_fn)
