@@ -77,12 +77,15 @@ def main(argv):
                "seconds": seconds, "test_accuracy": acc})
   print(rows[-1], file=sys.stderr, flush=True)
   if not _SKIP_SKLEARN.value:
-    from sklearn.linear_model import LogisticRegression, SGDClassifier  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      for name, clf in (("scikit-learn LogisticRegression (lbfgs)", LogisticRegression(max_iter=100)),
+      for name, clf in (("scikit-learn LogisticRegression (lbfgs)",
+                         LogisticRegression(max_iter=100)),
                         ("scikit-learn SGDClassifier (log loss)",
-                         SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=5, tol=None, random_state=0))):
+                         SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=5, tol=None,
+                                       random_state=0))):
         with common.Stopwatch() as sw:
           clf.fit(xtr, ty)
         rows.append({"task": "softmax, full data", "method": name, "seconds": sw.seconds,

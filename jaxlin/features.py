@@ -65,7 +65,8 @@ def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   ori = jnp.degrees(jnp.arctan2(gy, gx)) + 90.0
   width = 180.0 / orientations
   bins = jnp.arange(orientations, dtype=jnp.float32)
-  in_bin = (ori[..., None] >= width * bins) & (ori[..., None] < width * (bins + 1)) & (ori[..., None] > 0)
+  o = ori[..., None]
+  in_bin = (o >= width * bins) & (o < width * (bins + 1)) & (o > 0)
   per_bin = jnp.where(in_bin, mag[..., None], 0.0)  # (H, W, O)
   ch, cw = h // cell, w // cell
   cells = per_bin[:ch * cell, :cw * cell].reshape(ch, cell, cw, cell, orientations)

@@ -14,7 +14,8 @@ from jaxlin.errors import InputError
 __all__ = ["init_params", "hidden", "scores"]
 
 
-def init_params(key, num_features: int, hidden_size: int, num_classes: int, *, scale: float | None = None):
+def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
+                scale: float | None = None):
   """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` gives the std."""
   k1, k2 = jax.random.split(key)
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
