@@ -47,7 +47,7 @@ def child(n: int, out: str):
   y = arrays["train_y"][:20000]
   model = train.Model(init=lambda key: linear.init_params(key, x.shape[1], 10), apply=linear.scores)
   t0 = time.perf_counter()
-  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum", total_steps=200,
+  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum",
                       mesh=mesh).fit(jax.random.key(0), x, y, learning_rates=[1e-3, 3e-3],
                                      regs=[0.01, 0.01], batch_size=200, num_steps=200)
   jax.block_until_ready(fit.params)

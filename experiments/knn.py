@@ -169,17 +169,18 @@ def run(config: dict, workdir: str) -> dict:
 
   # ---- figures, then results (written last: its presence means the run finished) ----
   if accuracies and common.is_writer():
-    plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
+    plots.save(plots.cross_validation(c["k"], accuracies),
+               os.path.join(workdir, "plots", "cross_validation.png"))
   shown = np.random.default_rng([c["seed"], 4]).permutation(ds.test.total)[:c["num_neighbor_rows"]]
   shown_images = _rows_at(ds.test, shown) if spread else ds.test.images[shown]
   near = idx[shown, :10]
   near_images = (_rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
                  if db_spread else ds.train.images[near])
   if common.is_writer():
-    plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), shown_images,
-                    test_labels[shown], near_images, train_y[near], ds.class_names)
-    plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
-                    title=f"kNN {best_metric} k={best_k}, test")
+    plots.save(plots.neighbors(shown_images, test_labels[shown], near_images, train_y[near],
+                               ds.class_names), os.path.join(workdir, "plots", "neighbors.png"))
+    plots.save(plots.confusion(cm, ds.class_names, title=f"kNN {best_metric} k={best_k}, test"),
+               os.path.join(workdir, "plots", "confusion.png"))
   results = {
       "dataset": c["dataset"],
       "sizes": {"train": n_train, "val": ds.val.total, "test": ds.test.total},

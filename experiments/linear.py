@@ -25,7 +25,7 @@ import numpy as np
 
 from experiments import common
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, plots, sharding, train
-from jaxlin.errors import ConfigError
+from jaxlin.errors import ConfigError, DivergenceError
 
 DEFAULTS = dict(
     dataset="cifar10", data_dir=None, seed=0, model="linear", features="pixels", hidden_size=500,
@@ -192,8 +192,9 @@ def run(config: dict, workdir: str) -> dict:
   else:
     model = train.Model(init=lambda k: mlp.init_params(k, d, c["hidden_size"], n_cls, scale=c["init_scale"]),
                         apply=mlp.scores)
-  trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"], schedule=c["schedule"],
-                          total_steps=steps, mesh=mesh)
+  # (lbfgs's line search sets each step: no learning rate, so no schedule)
+  trainer = train.Trainer(model, loss_fn, optimizer=c["optimizer"],
+                          schedule=None if c["optimizer"] == "lbfgs" else c["schedule"], mesh=mesh)
   sub = np.random.default_rng([c["seed"], 5]).permutation(n_tr)[:1000]
   writer = common.MetricsWriter(workdir)
   with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
@@ -204,11 +205,16 @@ def run(config: dict, workdir: str) -> dict:
                      loss=float(record["loss"][g]), train_accuracy=float(record["train_accuracy"][g]),
                      val_accuracy=float(record["val_accuracy"][g]))
     fit_t = common.Timer()
-    fit = trainer.fit(key, train_x, train_y, learning_rates=[g[0] for g in grid],
-                      regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
-                      log_every=c["log_every"] or None, num_examples=n_tr,
-                      eval_sets={"train": (train_x[sub], train_y[sub]), "val": val_set},
-                      callback=log)
+    try:
+      fit = trainer.fit(key, train_x, train_y,
+                        learning_rates=[g[0] for g in grid] if trainer.has_learning_rate else None,
+                        regs=[g[1] for g in grid], batch_size=c["batch_size"], num_steps=steps,
+                        log_every=c["log_every"] or None, num_examples=n_tr,
+                        eval_sets={"train": (train_x[sub], train_y[sub]), "val": val_set},
+                        callback=log)
+    except DivergenceError as e:  # the library names the argument; here it is a flag
+      raise DivergenceError(str(e).replace("learning_rates", "--learning_rate"),
+                            argument=e.argument) from None
     jax.block_until_ready(fit.params)
     train_s = fit_t()
   val_acc = np.where(fit.diverged_at >= 0, np.nan, fit.history[-1]["val_accuracy"])
@@ -237,29 +243,33 @@ def run(config: dict, workdir: str) -> dict:
     p = lambda name: os.path.join(workdir, "plots", name)
     setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
     if c["features"] == "pixels" and c["model"] == "linear":
-      plots.templates(p("weights.png"), params["W"], ds.image_shape, ds.class_names,
-                      title=f"{c['loss']} templates ({setting})")
+      plots.save(plots.templates(params["W"], ds.image_shape, ds.class_names,
+                                 title=f"{c['loss']} templates ({setting})"), p("weights.png"))
     elif c["features"] == "pixels":  # first-layer weights of the network, as images
       w1 = np.asarray(params["W1"])
       show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
-      plots.templates(p("weights.png"), w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
-                      title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
+      plots.save(plots.templates(
+          w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
+          title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})"),
+          p("weights.png"))
     steps_axis = np.arange(1, fit.losses.shape[0] + 1)
     label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
     shown = range(len(grid)) if len(grid) <= 9 else [best]
-    plots.curves(p("loss.png"), {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
-                 ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
-                 highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
-                 f"(moving average over {max(1, len(steps_axis) // 50)} steps)")
-    plots.grid(p("grid.png"), val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
-               c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
-               title="val accuracy over the grid")
-    plots.confusion(p("confusion.png"), cm, ds.class_names, title=f"{c['model']} {c['loss']}, test")
+    plots.save(plots.curves(
+        {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
+        ylabel="training objective", logy=True, smooth=max(1, len(steps_axis) // 50),
+        highlight=label(best), title=f"{c['model']} {c['loss']} loss, {c['optimizer']} "
+        f"(moving average over {max(1, len(steps_axis) // 50)} steps)"), p("loss.png"))
+    plots.save(plots.grid(val_acc.reshape(len(c["learning_rate"]), len(c["reg"])),
+                          c["learning_rate"], c["reg"], a_label="learning rate", b_label="reg",
+                          title="val accuracy over the grid"), p("grid.png"))
+    plots.save(plots.confusion(cm, ds.class_names, title=f"{c['model']} {c['loss']}, test"),
+               p("confusion.png"))
     epochs_axis = [h["epoch"] for h in fit.history]
-    plots.curves(p("accuracy.png"), {
+    plots.save(plots.curves({
         "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
         "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
-        xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
+        xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})"), p("accuracy.png"))
   results = {
       "dataset": c["dataset"], "model": c["model"], "features": c["features"],
       "hidden_size": c["hidden_size"] if c["model"] == "mlp" else None,

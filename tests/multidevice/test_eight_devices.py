@@ -49,7 +49,7 @@ def test_data_parallel_training_matches_single_device():
   y = rng.integers(0, 4, 160)
   model = train.Model(init=lambda k: linear.init_params(k, 12, 4), apply=linear.scores)
   fit = lambda mesh: train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum",
-                                   total_steps=20, mesh=mesh).fit(
+                                   mesh=mesh).fit(
       jax.random.key(0), x, y, learning_rates=[0.05, 0.1], regs=[1e-3, 1e-3], batch_size=32,
       num_steps=20, eval_sets={"train": (x, y)})
   one, many = fit(None), fit(sharding.make_mesh())
@@ -99,7 +99,7 @@ def test_training_on_rows_split_along_the_mesh_matches_single_device():
   y = rng.integers(0, 4, 75).astype(np.int32)
   model = train.Model(init=lambda k: linear.init_params(k, 12, 4), apply=linear.scores)
   mesh = sharding.make_mesh()
-  trainer = lambda m: train.Trainer(model, losses.multiclass_svm, optimizer="sgd", total_steps=12,
+  trainer = lambda m: train.Trainer(model, losses.multiclass_svm, optimizer="sgd",
                                     mesh=m)
   kw = dict(learning_rates=[0.05], regs=[1e-3], batch_size=16, num_steps=12, log_every=4)
   one = trainer(None).fit(jax.random.key(1), x, y, eval_sets={"val": (x, y)}, **kw)
