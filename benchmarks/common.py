@@ -111,7 +111,8 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], **info) ->
   """Print the table and save it (name.md, name.json) with the date, machine and command."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            "dataset": DATASET.value, **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
+            "dataset": DATASET.value, **info,
+            "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
   path = os.path.join(out, f"{name}.md")

@@ -126,7 +126,8 @@ def main(argv):
         ref_i, ref_d, ref_t = i, d, r["seconds"]
       row = {"metric": metric, "method": method, "queries": queries, "database": n_db,
              "k": _K.value, "seconds": r["seconds"],
-             "first_call_seconds": "" if r["first_call_seconds"] is None else r["first_call_seconds"],
+             "first_call_seconds": ("" if r["first_call_seconds"] is None
+                                    else r["first_call_seconds"]),
              "s_per_1000_queries": r["seconds"] / queries * 1000,
              "jaxlin_x_faster": r["seconds"] / ref_t, "peak_rss_mb": r["peak_rss_mb"],
              "same_idx_as_jaxlin": float(np.mean(i == ref_i)),

@@ -81,11 +81,12 @@ def main(argv):
     if task.startswith("knn"):
       metric, mode = task.split()[1].rstrip(","), task.split()[-1]
       ref = np.load(os.path.join(out, f"idx_{base}_{metric}_{mode}.npy"))
-      row["same answer"] = all(np.array_equal(np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy")), ref)
-                               for n in results)
+      idx = lambda n: np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"))
+      row["same answer"] = all(np.array_equal(idx(n), ref) for n in results)
     else:
-      row["same answer"] = all(np.allclose(results[n]["final losses"], results[base]["final losses"],
-                                           rtol=1e-4) for n in results)
+      losses_of = lambda n: results[n]["final losses"]
+      row["same answer"] = all(np.allclose(losses_of(n), losses_of(base), rtol=1e-4)
+                               for n in results)
     rows.append(row)
   common.report(out, "scaling", rows, list(rows[0]), queries=_QUERIES.value, k=_K.value,
                 devices="real" if _REAL.value else "simulated CPU devices")

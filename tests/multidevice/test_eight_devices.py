@@ -58,8 +58,9 @@ def test_cross_validation_compiles_once_for_all_folds_and_new_data(layout):
   mesh = sharding.make_mesh()
   marks = []
   with count_compiles() as events:
-    acc = selection.cross_validate_knn(x, y, [1, 3], num_classes=3, metric="l2", mesh=mesh,
-                                       layout=layout, callback=lambda f, n: marks.append(len(events)))
+    acc = selection.cross_validate_knn(
+        x, y, [1, 3], num_classes=3, metric="l2", mesh=mesh, layout=layout,
+        callback=lambda f, n: marks.append(len(events)))
     second = len(events)
     selection.cross_validate_knn(x[::-1].copy(), y[::-1].copy(), [1, 3], num_classes=3,
                                  metric="l2", mesh=mesh, layout=layout, seed=1)
@@ -80,7 +81,8 @@ def test_data_parallel_training_matches_single_device():
   one, many = fit(None), fit(sharding.make_mesh())
   np.testing.assert_allclose(many.losses, one.losses, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(many.params["W"], one.params["W"], rtol=1e-4, atol=1e-6)
-  np.testing.assert_array_equal(many.history[-1]["train_accuracy"], one.history[-1]["train_accuracy"])
+  np.testing.assert_array_equal(many.history[-1]["train_accuracy"],
+                                one.history[-1]["train_accuracy"])
 
 
 def test_rows_laid_along_the_mesh_padded_with_zeros():
