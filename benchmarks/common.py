@@ -1,6 +1,7 @@
 """Shared helpers: data cached as .npy for child processes, timing, tables."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -29,16 +30,44 @@ def machine() -> str:
   return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
 
 
+def cache_dir(out: str, dataset: str | None = None, data_dir: str | None = None) -> str:
+  """The folder under ``out`` that caches one dataset's arrays: keyed by the dataset and
+  its data_dir (default: the --dataset and --data_dir flags), so a run on another dataset
+  never reuses them."""
+  dataset = DATASET.value if dataset is None else dataset
+  data_dir = DATA_DIR.value if data_dir is None else data_dir
+  key = json.dumps({"dataset": dataset, "data_dir": data_dir}, sort_keys=True)
+  name = "".join(c if c.isalnum() else "_" for c in dataset)[:40]
+  return os.path.join(out, f"data_{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}")
+
+
+def array_paths(out: str) -> dict:
+  """Paths of the cached train/test arrays for the --dataset flag's dataset."""
+  folder = cache_dir(out)
+  return {n: os.path.join(folder, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
+
+
 def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
-  """Whole train and test splits as uint8 .npy files in out_dir (loaded once, by jaxlin.data)."""
-  paths = {n: os.path.join(out_dir, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
+  """Whole train and test splits as uint8 .npy files, loaded once by jaxlin.data and
+  cached in ``cache_dir(out_dir, dataset, data_dir)``."""
+  folder = cache_dir(out_dir, dataset, data_dir)
+  paths = {n: os.path.join(folder, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
   if not all(os.path.exists(p) for p in paths.values()):
     from jaxlin import data  # pylint: disable=g-import-not-at-top
+    os.makedirs(folder, exist_ok=True)
     tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
     ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)
     for n, a in zip(paths, (tx.reshape(len(tx), -1), ty, ex.reshape(len(ex), -1), ey)):
       np.save(paths[n], a)
+    with open(os.path.join(folder, "source.json"), "w") as f:
+      json.dump({"dataset": dataset, "data_dir": data_dir}, f)
   return paths
+
+
+def data_flags() -> list[str]:
+  """The dataset flags to pass on to a child process (it finds the same cache)."""
+  out = [f"--dataset={DATASET.value}"]
+  return out + ([f"--data_dir={DATA_DIR.value}"] if DATA_DIR.value else [])
 
 
 def out_dir(name: str) -> str:
@@ -82,7 +111,8 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], **info) ->
   """Print the table and save it (name.md, name.json) with the date, machine and command."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            "dataset": DATASET.value, **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
+            "dataset": DATASET.value, **info,
+            "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
   path = os.path.join(out, f"{name}.md")

@@ -31,14 +31,15 @@ _CHILD = flags.DEFINE_integer("child", 0, "internal: device count of this child"
 def child(n: int, out: str):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=g-import-not-at-top
-  arrays = {k: np.load(os.path.join(out, f"{k}.npy")) for k in ("train_x", "train_y", "test_x")}
+  paths = common.array_paths(out)
+  arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
   mesh = sharding.make_mesh(jax.devices()[:n])
   rows = {}
   for metric in ("l2", "l1"):
-    for mode in ("queries", "database"):
-      search = lambda qq: knn.search(qq, db, _K.value, metric=metric, mesh=mesh, shard=mode)
-      search(q[:64])  # compile the small shapes; full shapes compile inside the timing
+    for mode in knn.LAYOUTS:
+      search = lambda qq: knn.search(qq, db, _K.value, metric=metric, mesh=mesh, layout=mode)
+      search(q)  # the same shapes as the timed call: it compiles, the timed call does not
       t0 = time.perf_counter()
       _, idx = search(q)
       np.save(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"), np.asarray(idx))
@@ -49,7 +50,8 @@ def child(n: int, out: str):
   t0 = time.perf_counter()
   fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum",
                       mesh=mesh).fit(jax.random.key(0), x, y, learning_rates=[1e-3, 3e-3],
-                                     regs=[0.01, 0.01], batch_size=200, num_steps=200)
+                                     regs=[0.01, 0.01], batch_size=min(200, len(x)),
+                                     num_steps=200)
   jax.block_until_ready(fit.params)
   rows["softmax training, 200 steps x 2 settings"] = time.perf_counter() - t0
   rows["final losses"] = np.asarray(fit.losses[-1]).tolist()
@@ -68,7 +70,8 @@ def main(argv):
     print(f"{n} device(s) ...", file=sys.stderr, flush=True)
     results[n] = common.run_child("benchmarks.scaling", [f"--child={n}", f"--out={out}",
                                                          f"--queries={_QUERIES.value}",
-                                                         f"--k={_K.value}"], env=env)
+                                                         f"--k={_K.value}"] + common.data_flags(),
+                                  env=env)
   base = min(results)
   rows = []
   for task in [t for t in results[base] if t != "final losses"]:
@@ -78,11 +81,12 @@ def main(argv):
     if task.startswith("knn"):
       metric, mode = task.split()[1].rstrip(","), task.split()[-1]
       ref = np.load(os.path.join(out, f"idx_{base}_{metric}_{mode}.npy"))
-      row["same answer"] = all(np.array_equal(np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy")), ref)
-                               for n in results)
+      idx = lambda n: np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"))
+      row["same answer"] = all(np.array_equal(idx(n), ref) for n in results)
     else:
-      row["same answer"] = all(np.allclose(results[n]["final losses"], results[base]["final losses"],
-                                           rtol=1e-4) for n in results)
+      losses_of = lambda n: results[n]["final losses"]
+      row["same answer"] = all(np.allclose(losses_of(n), losses_of(base), rtol=1e-4)
+                               for n in results)
     rows.append(row)
   common.report(out, "scaling", rows, list(rows[0]), queries=_QUERIES.value, k=_K.value,
                 devices="real" if _REAL.value else "simulated CPU devices")

@@ -1,11 +1,11 @@
-r"""Selecting the k nearest from long rows: XLA's top_k against knn.smallest_k.
+r"""Selecting the k nearest from long rows: XLA's top_k against topk.smallest_k.
 
   python -m benchmarks.topk_speed --out=runs/bench_topk
 
 One block of squared L2 distances (int32, pixel scale) as the search meets it
 (a 256-query tile against a 50,000-row database tile), k = 100 by default:
 the plain selection (``jax.lax.top_k`` on float32 keys) against the chunked
-one that search uses (``jaxlin.knn.smallest_k``), checked to give the same
+one that search uses (``jaxlin.topk.smallest_k``), checked to give the same
 positions, ties included. No dataset needed.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from jaxlin import knn
+from jaxlin import topk
 
 _ROWS = flags.DEFINE_integer("rows", 256, "rows of the block (queries of a tile)")
 _COLS = flags.DEFINE_integer("cols", 50000, "columns of the block (database rows)")
@@ -46,8 +46,8 @@ def main(argv):
                                dtype=np.int32))
   rows = []
   for k in (int(v) for v in _K.value):
-    plain = jax.jit(lambda x, k=k: jax.lax.top_k(-knn.order_keys(x), k)[1])
-    chunked = jax.jit(lambda x, k=k: knn.smallest_k(x, k))
+    plain = jax.jit(lambda x, k=k: jax.lax.top_k(-topk.order_keys(x), k)[1])
+    chunked = jax.jit(lambda x, k=k: topk.smallest_k(x, k))
     same = bool(np.array_equal(np.asarray(plain(d)), np.asarray(chunked(d))))
     t_plain, t_chunked = _best_time(plain, d), _best_time(chunked, d)
     rows.append({"k": k, "block": f"{_ROWS.value} x {_COLS.value}", "top_k (ms)": t_plain * 1e3,

@@ -124,23 +124,22 @@ def run(config: dict, workdir: str) -> dict:
   def neighbours(split, metric, k, bar):
     """(split.total, k) database indices of every image of a query split, on every process."""
     if db_spread:
-      _, idx = sharding.search(flat(split.images), train_x, k, mesh=mesh, metric=metric,
-                               mode="database", num_database=n_train)
+      _, idx = knn.search(flat(split.images), train_x, k, metric=metric, mesh=mesh,
+                          layout="database", num_database=n_train)
     else:
       _, idx = knn.search(flat(split.images), train_x, k, metric=metric, mesh=query_mesh,
-                          shard=shard, callback=common.tile_callback(bar))
+                          layout=shard, callback=common.tile_callback(bar))
     return whole(split, np.asarray(idx))
 
   # ---- model selection: every (metric, k) from one search per fold ----
   accuracies, sel_t = {}, common.Timer()
   for m in ([] if single else c["metric"]):
     if c["cv_folds"]:
-      order = np.random.default_rng([c["seed"], 3]).permutation(len(train_y))
       with common.progress(f"{c['cv_folds']}-fold CV, {m}", c["cv_folds"], "fold") as bar:
-        accuracies[m] = selection.cross_validate_knn(
-            train_x[order], train_y[order], c["k"], num_folds=c["cv_folds"], metric=m,
+        accuracies[m] = selection.cross_validate_knn(  # folds of default_rng([seed, 3])
+            train_x, train_y, c["k"], num_folds=c["cv_folds"], metric=m,
             num_classes=ds.num_classes, tie_break=c["tie_break"],
-            callback=common.tile_callback(bar), mesh=mesh, shard=shard)
+            callback=common.tile_callback(bar), seed=(c["seed"], 3), mesh=mesh, layout=shard)
     else:
       with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
         idx = neighbours(ds.val, m, max(c["k"]), bar)  # one search serves every k

@@ -1,42 +1,120 @@
-"""Pairwise distances between two sets of vectors.
+"""Pairwise distances between two sets of vectors, and the kernels search runs.
 
 Two forms of every metric:
 
 * ``pairwise_distances_reference`` -- the definition, written as a doubly
   vmapped function of two vectors. Slow and obviously correct; tests compare
   against it.
-* ``pairwise_distances`` -- the fast form used by search: a matrix product for
-  L2 / cosine (on uint8 pixels an exact int8 product accumulated in int32;
-  on floats ``precision=HIGHEST``, centred, squared distances clamped at 0) and
-  an accumulation over features for L1 (exact integer work on pixels).
+* ``pairwise_distances`` -- ONE tile of what ``jaxlin.knn.search`` runs: the
+  same kernel prepares the database, transforms the queries and computes the
+  tile, so a test of it is a test of search's arithmetic.
 
-Inputs may be uint8 pixels or floats; they are cast before any arithmetic.
-Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)`` float32.
+The kernels (``kernel_for`` picks one from the metric and the two dtypes):
+
+=========  ======================  ============================================
+kernel     inputs                  distance of a tile
+=========  ======================  ============================================
+l1_int     both integer            sum_d |x_d - y_d|, exact int32 (int16 partial
+                                   sums over 128 features for uint8 / int8)
+l1_float   any float               sum_d |x_d - y_d| in float32 (float64 inputs:
+                                   float64)
+l2_int8    both uint8 / both int8  |x|^2 + |y|^2 - 2 x.y, exact: int8 product
+                                   accumulated in int32 (uint8 shifted by -128)
+l2_float   other                   the same identity on rows centred on the
+                                   database mean, ``precision=HIGHEST``,
+                                   clamped at 0
+cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector)
+=========  ======================  ============================================
+
+Integer kernels give int32 distances (search compares them exactly, see
+``jaxlin.topk``); float kernels compute in float32, or float64 when an input
+is float64 (under ``jax_enable_x64``). Inputs are cast before any arithmetic.
+Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxlin import _checks
+from jaxlin.errors import InputError
+
+__all__ = [
+    "KERNELS", "METRICS", "Kernel", "as_float", "centred_pixels", "checked_inputs",
+    "int_squared_norms", "kernel_for", "l1_transposed", "l2_squared_from_dot",
+    "l2_squared_pixels", "pairwise_distances", "pairwise_distances_reference", "squared_norms",
+    "to_distances",
+]
+
 METRICS = ("l1", "l2", "l2_squared", "cosine")
 _HIGHEST = jax.lax.Precision.HIGHEST
+_INT_LIMIT = 1 << 30  # integer distances stay below this (jaxlin.topk.INT_WORST)
 
 
-def check_metric(metric: str) -> str:
+# --------------------------------------------------------------------------
+# Input checks (shared with jaxlin.knn).
+# --------------------------------------------------------------------------
+def _check_metric(metric) -> str:
   if metric not in METRICS:
-    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}",
+                     argument="metric")
   return metric
 
 
-def _check_pair(x, y):
-  if x.ndim != 2 or y.ndim != 2:
-    raise ValueError(
-        f"expected 2-D arrays (Q, D) and (N, D), got shapes {x.shape} and {y.shape}; "
-        "flatten images first, e.g. x.reshape(len(x), -1)")
+def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
+  """(x, y, kernel): both inputs as arrays, checked, and the kernel that serves them.
+
+  Raises InputError naming the argument (``names``) for: an unknown metric,
+  arrays that are not 2-D, different feature sizes, non-numeric dtypes, NaN or
+  inf in a float input, and integers whose L1 distances could reach 2**30.
+  Value checks are skipped for traced inputs.
+  """
+  _check_metric(metric)
+  arrays = []
+  for a, name in zip((x_QxD, y_NxD), names):
+    a = a if isinstance(a, jax.Array) else jnp.asarray(a)
+    if a.ndim != 2:
+      raise InputError(f"{name} must be 2-D (rows, features), got shape {a.shape}; flatten "
+                       "images first, e.g. x.reshape(len(x), -1)", argument=name)
+    if not (is_integer(a) or jnp.issubdtype(a.dtype, jnp.floating)):
+      raise InputError(f"{name} must hold integers or real floats, got {a.dtype}", argument=name)
+    arrays.append(a)
+  x, y = arrays
   if x.shape[1] != y.shape[1]:
-    raise ValueError(f"feature sizes differ: {x.shape} vs {y.shape}")
+    raise InputError(f"feature sizes differ: {names[0]} has shape {x.shape}, {names[1]} has "
+                     f"{y.shape}; both need the same D", argument=names[0])
+  for a, name in zip(arrays, names):
+    _checks.finite(a, name)
+  kernel = kernel_for(metric, x.dtype, y.dtype, x.shape[1])
+  if kernel.name == "l1_int":
+    _check_l1_int_range(x, y, names)
+  return x, y, kernel
 
 
+def _check_l1_int_range(x, y, names):
+  """Integer L1 accumulates in int32: D * (max - min) must stay below 2**30."""
+  d = x.shape[1]
+  if same_small_int(x, y):
+    span = 255
+  elif _checks.is_traced(x) or _checks.is_traced(y) or x.size == 0 or y.size == 0:
+    return
+  else:
+    lo = min(int(jnp.min(x)), int(jnp.min(y)))
+    hi = max(int(jnp.max(x)), int(jnp.max(y)))
+    span = hi - lo
+  if d * span >= _INT_LIMIT:
+    raise InputError(f"integer L1 distances of {names[0]} and {names[1]} could reach "
+                     f"{d} * {span} >= 2**30 (int32 accumulation); pass float arrays instead",
+                     argument=names[1])
+
+
+# --------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------
 def is_integer(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_
 
@@ -49,11 +127,22 @@ def as_float(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _float_dtype(*dtypes) -> str:
+  """The float dtype of the arithmetic: float64 if an input is float64, else float32."""
+  return "float64" if any(jnp.dtype(d) == jnp.float64 for d in dtypes) else "float32"
+
+
+def same_small_int(x, y) -> bool:
+  """Both uint8 or both int8: |a - b| <= 255, so 128 terms fit an int16
+  accumulator, and both shift to [-128, 127] the same way."""
+  return x.dtype == y.dtype and x.dtype in (jnp.uint8, jnp.int8)
+
+
 # --------------------------------------------------------------------------
 # Reference: the definition, one pair at a time, vmapped over both sets.
 # --------------------------------------------------------------------------
 def _one_pair(a, b, metric):
-  a = a.astype(jnp.float64 if a.dtype == jnp.float64 else jnp.float32)
+  a = a.astype(jnp.float64 if jnp.float64 in (a.dtype, b.dtype) else jnp.float32)
   b = b.astype(a.dtype)
   if metric == "l1":
     return jnp.sum(jnp.abs(a - b))
@@ -69,15 +158,13 @@ def _one_pair(a, b, metric):
 
 def pairwise_distances_reference(x_QxD, y_NxD, *, metric: str):
   """Distances by their definition: vmap over queries of vmap over database."""
-  check_metric(metric)
-  x_QxD, y_NxD = jnp.asarray(x_QxD), jnp.asarray(y_NxD)
-  _check_pair(x_QxD, y_NxD)
+  x_QxD, y_NxD, _ = checked_inputs(x_QxD, y_NxD, metric)
   row = jax.vmap(lambda a, b: _one_pair(a, b, metric), in_axes=(None, 0))
   return jax.vmap(row, in_axes=(0, None))(x_QxD, y_NxD)
 
 
 # --------------------------------------------------------------------------
-# Fast forms.
+# Building blocks of the kernels.
 # --------------------------------------------------------------------------
 def squared_norms(x_NxD):
   x = as_float(x_NxD)
@@ -101,30 +188,21 @@ def centred_pixels(x):
 def int_squared_norms(x_NxD):
   """Exact int32 squared norms of integer-valued rows."""
   x = jnp.asarray(x_NxD).astype(jnp.int32)
-  return jnp.sum(x * x, axis=1)
+  return jnp.sum(x * x, axis=1, dtype=jnp.int32)
 
 
 def l2_squared_pixels(x_QxD, y_NxD, x_sq_Q, y_sq_N):
   """Exact int32 squared L2 between rows of int8 pixels (see centred_pixels).
 
   |x|^2 + |y|^2 - 2 x.y with the dot product as an int8 matrix product
-  accumulated in int32: every product is at most 2**14 and the sum of 3072
-  of them below 2**26, so the result is exact. On CPUs with int8 matrix
-  instructions this runs several times faster than a float32 product.
+  accumulated in int32: every product is at most 2**14 and the distance at
+  most D * 255**2, below 2**30 for D <= 16512 (``kernel_for`` checks), so
+  the result is exact. On CPUs with int8 matrix instructions this runs
+  several times faster than a float32 product.
   """
   dot = jax.lax.dot_general(x_QxD, y_NxD, (((1,), (1,)), ((), ())),
                             preferred_element_type=jnp.int32)
   return x_sq_Q[:, None] + y_sq_N[None, :] - 2 * dot
-
-
-def _is_small_int(x) -> bool:
-  return x.dtype in (jnp.uint8, jnp.int8)
-
-
-def same_small_int(x, y) -> bool:
-  """Both uint8 or both int8: |a - b| <= 255, so 128 terms fit an int16
-  accumulator, and both shift to [-128, 127] the same way."""
-  return x.dtype == y.dtype and _is_small_int(x)
 
 
 def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
@@ -132,10 +210,10 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
 
   The reduction is written as an accumulation over features: for each d,
   acc[q, n] += |x[d, q] - y[d, n]|, so the inner work is a broadcast over a
-  contiguous (Q, N) tile that XLA vectorises well. On uint8/int8 inputs the
-  arithmetic is integer and exact: int16 partial sums over blocks of 128
-  features (128 * 255 < 2**15), then int32. Other integers accumulate in
-  int32, floats in float32.
+  contiguous (Q, N) tile that XLA vectorises well. Integer inputs give exact
+  int32: int16 partial sums over blocks of 128 features for uint8 / int8
+  (128 * 255 < 2**15), int32 otherwise. Floats accumulate in float32, or in
+  float64 when an input is float64.
   """
   d, q = xT_DxQ.shape
   n = yT_DxN.shape[1]
@@ -144,8 +222,9 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
     block, part_dtype = (128, jnp.int16) if small else (1, jnp.int32)
     xs, ys, out_dtype = xT_DxQ.astype(part_dtype), yT_DxN.astype(part_dtype), jnp.int32
   else:
-    block, part_dtype, out_dtype = 1, jnp.float32, jnp.float32
-    xs, ys = as_float(xT_DxQ).astype(jnp.float32), as_float(yT_DxN).astype(jnp.float32)
+    out_dtype = jnp.dtype(_float_dtype(xT_DxQ.dtype, yT_DxN.dtype))
+    block, part_dtype = 1, out_dtype
+    xs, ys = xT_DxQ.astype(out_dtype), yT_DxN.astype(out_dtype)
   pad = (-d) % block
   if pad:  # zero features add nothing
     xs = jnp.pad(xs, ((0, pad), (0, 0)))
@@ -153,9 +232,8 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   if block == 1:
     def body(i, acc):
       return acc + jnp.abs(xs[i][:, None] - ys[i][None, :]).astype(out_dtype)
-    acc = jax.lax.fori_loop(0, xs.shape[0], body, jnp.zeros((q, n), out_dtype),
-                            unroll=min(unroll, xs.shape[0]))
-    return acc.astype(jnp.float32)
+    return jax.lax.fori_loop(0, xs.shape[0], body, jnp.zeros((q, n), out_dtype),
+                             unroll=max(1, min(unroll, xs.shape[0])))
 
   def outer(b, acc):
     def inner(j, part):
@@ -164,40 +242,156 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
     part = jax.lax.fori_loop(0, block, inner, jnp.zeros((q, n), part_dtype), unroll=unroll)
     return acc + part.astype(out_dtype)
 
-  acc = jax.lax.fori_loop(0, xs.shape[0] // block, outer, jnp.zeros((q, n), out_dtype))
-  return acc.astype(jnp.float32)
+  return jax.lax.fori_loop(0, xs.shape[0] // block, outer, jnp.zeros((q, n), out_dtype))
 
 
-def l1_tile(x_QxD, y_NxD):
-  """Sum of absolute differences (Q, N); exact on integer inputs. See l1_transposed."""
-  return l1_transposed(x_QxD.T, y_NxD.T)
+def _unit_rows(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
+# --------------------------------------------------------------------------
+# The kernel table. Each entry: prepare the database once, transform each
+# query tile, compute one (query tile, database tile) block of distances.
+# --------------------------------------------------------------------------
+class _Ops(NamedTuple):
+  prepare: Callable  # (database_NxD, n_valid, dtype) -> (db_NxD, aux_N, centre_D)
+  transform: Callable  # (queries_QxD, centre_D, dtype) -> (q_QxD, q_aux_Q)
+  tile: Callable  # (q_TxD, q_aux_T, db_tile, db_aux_S) -> (T, S) distances
+  feature_major: bool  # database tiles are (D, S) instead of (S, D)
+
+
+def _no_aux(x, dtype):
+  return jnp.zeros((x.shape[0],), dtype)
+
+
+def _no_centre(x, dtype):
+  return jnp.zeros((x.shape[1],), dtype)
+
+
+def _l2_float_prepare(db, n_valid, dtype):
+  db = db.astype(dtype)
+  # Padding rows are zeros: the sum over all rows is the sum over the real ones.
+  mu = jnp.sum(db, axis=0) / jnp.asarray(n_valid).astype(dtype)
+  db = db - mu  # L2 is translation invariant, and centred rows cancel less in the identity
+  return db, jnp.sum(db * db, axis=1), mu
+
+
+def _l2_float_transform(q, centre, dtype):
+  q = q.astype(dtype) - centre.astype(dtype)
+  return q, jnp.sum(q * q, axis=1)
+
+
+KERNELS = {
+    "l1_int": _Ops(
+        prepare=lambda db, n, dt: (db, _no_aux(db, jnp.int32), _no_centre(db, jnp.float32)),
+        transform=lambda q, c, dt: (q, _no_aux(q, jnp.int32)),
+        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS),
+        feature_major=True),
+    "l1_float": _Ops(
+        prepare=lambda db, n, dt: (db.astype(dt), _no_aux(db, dt), _no_centre(db, dt)),
+        transform=lambda q, c, dt: (q.astype(dt), _no_aux(q, dt)),
+        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS),
+        feature_major=True),
+    "l2_int8": _Ops(
+        prepare=lambda db, n, dt: (centred_pixels(db), int_squared_norms(centred_pixels(db)),
+                                   _no_centre(db, jnp.float32)),
+        transform=lambda q, c, dt: (centred_pixels(q), int_squared_norms(centred_pixels(q))),
+        tile=lambda q, qa, db, da: l2_squared_pixels(q, db, qa, da),
+        feature_major=False),
+    "l2_float": _Ops(prepare=_l2_float_prepare, transform=_l2_float_transform,
+                     tile=lambda q, qa, db, da: l2_squared_from_dot(q, db, qa, da),
+                     feature_major=False),
+    "cosine": _Ops(
+        prepare=lambda db, n, dt: (_unit_rows(db.astype(dt)), _no_aux(db, dt), _no_centre(db, dt)),
+        transform=lambda q, c, dt: (_unit_rows(q.astype(dt)), _no_aux(q, dt)),
+        tile=lambda q, qa, db, da: 1.0 - jnp.matmul(q, db.T, precision=_HIGHEST),
+        feature_major=False),
+}
+"""The distance kernels by name (see the module docstring); ``Kernel`` runs them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """One entry of ``KERNELS`` with the float dtype of its arithmetic.
+
+  Hashable by value, so it can be a static argument of a compiled program.
+  ``dtype`` is the dtype of the distances: "int32" for the integer kernels,
+  else "float32" or "float64".
+  """
+  name: str
+  float_dtype: str = "float32"
+
+  @property
+  def dtype(self) -> str:
+    return "int32" if self.name in ("l1_int", "l2_int8") else self.float_dtype
+
+  @property
+  def feature_major(self) -> bool:
+    return KERNELS[self.name].feature_major
+
+  def prepare(self, database_NxD, n_valid):
+    """(db_NxD, aux_N, centre_D): the database as the tiles use it; rows past
+    ``n_valid`` are padding (zeros) and do not count in the centre."""
+    return KERNELS[self.name].prepare(database_NxD, n_valid, jnp.dtype(self.float_dtype))
+
+  def tiles(self, db_NxD, tile: int):
+    """Database tiles (M, S, D) -- (M, D, S) when feature-major; N a multiple of S."""
+    t = db_NxD.reshape(-1, tile, db_NxD.shape[1])
+    return t.transpose(0, 2, 1) if self.feature_major else t
+
+  def transform(self, queries_QxD, centre_D):
+    """(q_QxD, q_aux_Q): the queries as the tiles use them."""
+    return KERNELS[self.name].transform(queries_QxD, centre_D, jnp.dtype(self.float_dtype))
+
+  def tile(self, q_TxD, q_aux_T, db_tile, db_aux_S):
+    """(T, S) distances of a transformed query tile to one database tile, in ``dtype``
+    (squared for L2)."""
+    d = KERNELS[self.name].tile(q_TxD, q_aux_T, db_tile, db_aux_S)
+    return d.astype(self.dtype)
+
+
+def kernel_for(metric: str, queries_dtype, database_dtype, num_features: int) -> Kernel:
+  """The kernel that computes ``metric`` on inputs of these dtypes."""
+  _check_metric(metric)
+  qd, dd = jnp.dtype(queries_dtype), jnp.dtype(database_dtype)
+  ints = all(jnp.issubdtype(d, jnp.integer) or d == jnp.bool_ for d in (qd, dd))
+  fd = _float_dtype(qd, dd)
+  if metric == "l1":
+    return Kernel("l1_int" if ints else "l1_float", fd)
+  if metric == "cosine":
+    return Kernel("cosine", fd)
+  small = qd == dd and qd in (jnp.uint8, jnp.int8)
+  if small and num_features * 255 ** 2 < _INT_LIMIT:
+    return Kernel("l2_int8", fd)
+  return Kernel("l2_float", fd)
+
+
+def to_distances(d, metric: str):
+  """Distances as returned to users: float32 (float64 stays float64), square root for "l2"."""
+  d = d.astype(jnp.float64 if d.dtype == jnp.float64 else jnp.float32)
+  return jnp.sqrt(d) if metric == "l2" else d
 
 
 def pairwise_distances(x_QxD, y_NxD, *, metric: str):
-  """Pairwise distances, (Q, N) float32, in their fast form.
+  """Pairwise distances (Q, N) by the kernel search runs, as one tile.
 
   l1: sum_d |x_d - y_d| (exact on integer inputs);
-  l2_squared: |x - y|^2 by the matmul identity, centred on the mean of y to
-  avoid cancellation, clamped at 0; l2: its square root;
-  cosine: 1 - x.y / (|x| |y|) (1 for a zero vector).
-  For large inputs use ``jaxlin.knn.search``, which streams over tiles.
+  l2_squared: |x - y|^2 by the matmul identity (exact int8 products on
+  uint8 / int8 pixels; on floats centred on the mean of y, clamped at 0);
+  l2: its square root; cosine: 1 - x.y / (|x| |y|) (1 for a zero vector).
+  float32 results, float64 when an input is float64. For large inputs use
+  ``jaxlin.knn.search``, which streams over tiles.
   """
-  check_metric(metric)
-  x_QxD, y_NxD = jnp.asarray(x_QxD), jnp.asarray(y_NxD)
-  _check_pair(x_QxD, y_NxD)
-  if metric == "l1":
-    return l1_tile(x_QxD, y_NxD)
-  if metric != "cosine" and same_small_int(x_QxD, y_NxD):
-    xc, yc = centred_pixels(x_QxD), centred_pixels(y_NxD)  # exact integer results
-    d2 = l2_squared_pixels(xc, yc, int_squared_norms(xc), int_squared_norms(yc)).astype(jnp.float32)
-    return jnp.sqrt(d2) if metric == "l2" else d2
-  x, y = as_float(x_QxD), as_float(y_NxD)
-  if metric == "cosine":
-    xn = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-30)
-    yn = y / jnp.maximum(jnp.linalg.norm(y, axis=1, keepdims=True), 1e-30)
-    return (1.0 - jnp.matmul(xn, yn.T, precision=_HIGHEST)).astype(jnp.float32)
-  mu = jnp.mean(y, axis=0)  # L2 is translation invariant; centring avoids cancellation
-  x, y = x - mu, y - mu
-  d2 = l2_squared_from_dot(x, y, squared_norms(x), squared_norms(y))
-  d2 = d2.astype(jnp.float32)
-  return jnp.sqrt(d2) if metric == "l2" else d2
+  x, y, kernel = checked_inputs(x_QxD, y_NxD, metric)
+  if y.shape[0] == 0:
+    return jnp.zeros((x.shape[0], 0), jnp.dtype(kernel.float_dtype))
+  return _one_tile(x, y, kernel=kernel, metric=metric)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "metric"))
+def _one_tile(x_QxD, y_NxD, *, kernel, metric):
+  """All of y as one database tile: prepare, transform the queries, the tile's distances."""
+  n = y_NxD.shape[0]
+  db, aux, centre = kernel.prepare(y_NxD, n)
+  q, q_aux = kernel.transform(x_QxD, centre)
+  return to_distances(kernel.tile(q, q_aux, kernel.tiles(db, n)[0], aux), metric)

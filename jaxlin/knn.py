@@ -1,20 +1,46 @@
 """Exact k-nearest-neighbour search, majority vote and prediction.
 
-``search`` streams over query tiles (a host loop, one compiled program for
-all tiles) and, inside each, over database tiles (``lax.scan``) with a running
-top-k merge, so memory is bounded by the tile sizes: no (Q, N, D) array, and
-no (Q, N) array beyond one query tile.
+Public API: ``search`` (the k nearest database rows of every query, on one
+device or a mesh), ``vote`` (majority vote over neighbour labels),
+``predict`` (search + vote, for many k from one search), and the constants
+``METRICS``, ``LAYOUTS``, ``TIE_BREAKS``.
 
-Tie rule: neighbours at equal distance come in increasing database index, as
-``jax.lax.top_k`` orders them (it is stable, and the running merge keeps the
-candidates of earlier tiles, which have lower indices, first).
+How search runs. The distance kernel (``jaxlin.distances.kernel_for``:
+metric and dtypes) prepares the database once -- centred, normalised or
+shifted to int8, cut into tiles of ``database_tile`` rows -- in one compiled
+program. Queries then go in blocks (a host loop, one compiled program for
+every block of a shape): inside, a ``lax.scan`` over database tiles computes
+each (query tile, database tile) block of distances and merges its k best
+with the running k best. Memory is bounded by the tile sizes: no (Q, N, D)
+array, and no (Q, N) array beyond one tile. The compiled programs are cached
+by (mesh, layout, kernel, k, shapes): CV folds and splits of the same shapes
+compile once.
 
-Exactness: on uint8 pixels L1 (an int16/int32 accumulation) and L2 (an int8
-matrix product accumulated in int32) compute exact integer distances, and the
-selection compares them exactly (``order_keys``). So neighbours, ties
-included, equal a brute-force integer reference. (Returned distances are
-float32: exact below 2**24, rounded to float32 above.) Float inputs use
-float32 (L2 centred, ``precision=HIGHEST``).
+Layouts on a mesh (``mesh``: a 1-D ``jax.sharding.Mesh``, see
+``jaxlin.sharding.make_mesh``); both give the one-device answer, ties included:
+
+* ``layout="queries"`` -- each block holds one query tile per device; the
+  database is replicated on every device (fast when it fits on one).
+* ``layout="database"`` -- database rows split in equal contiguous blocks,
+  one per device in mesh order (as ``jaxlin.sharding.rows_to_global`` lays
+  them); each device finds its local k best, and the candidates of all
+  devices are merged by (distance, global index). ``database_NxD`` may be a
+  global array already laid along the mesh, padded to
+  ``sharding.padded_rows(num_database, mesh)`` rows, of which
+  ``num_database`` are real (each host then holds only its own rows).
+
+Tie rule: neighbours at equal distance come in increasing database index
+(``jax.lax.top_k`` is stable; the running merge and the device merge keep
+earlier, lower-index candidates first).
+
+Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
+int8 pixels, L2 (an int8 matrix product accumulated in int32) compute exact
+integer distances, and the selection compares them exactly
+(``jaxlin.topk.order_keys``), at any size. So neighbours, ties included,
+equal a brute-force integer reference. Returned distances are float32: exact
+below 2**24, rounded above. Float inputs compute in float32 (L2 centred on
+the database mean, ``precision=HIGHEST``), or float64 when an input is
+float64 under ``jax_enable_x64`` (distances are then returned as float64).
 """
 from __future__ import annotations
 
@@ -24,168 +50,58 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxlin import distances
+from jaxlin import _checks, distances, sharding, topk
+from jaxlin.errors import InputError
 
+__all__ = ["LAYOUTS", "METRICS", "TIE_BREAKS", "predict", "search", "vote"]
+
+METRICS = distances.METRICS
+LAYOUTS = ("queries", "database")
 TIE_BREAKS = ("smallest_label", "nearest")
 
 
-def _mode(queries, database, metric) -> str:
-  """Which exact kernel serves this search."""
-  if metric == "l1":
-    return "l1"
-  if metric in ("l2", "l2_squared") and distances.same_small_int(queries, database):
-    return "l2_pixels"  # exact integer distances
-  return "cosine" if metric == "cosine" else "l2_float"
+# --------------------------------------------------------------------------
+# Argument checks.
+# --------------------------------------------------------------------------
+def _checked_k(k, n: int, name: str = "k") -> int:
+  k = _checks.concrete_int(k, name)
+  if not 1 <= k <= n:
+    raise InputError(f"{name} must be an integer in [1, {n}] (the database size), got {k}",
+                     argument=name)
+  return k
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "tile"))
-def _prepare_tiles(database_NxD, n_valid, *, mode, tile):
-  """Database tiles (M, S, D) -- (M, D, S) for L1 -- per-row aux (M, S), and the
-  centre for float L2, made in one compiled program (no extra full-size copies).
-
-  Rows past n_valid are padding (zeros); search masks them out.
-  """
-  db = _pad_rows(database_NxD, tile)
-  aux, mu = None, None
-  if mode == "l2_pixels":
-    db = distances.centred_pixels(db)
-    aux = distances.int_squared_norms(db)
-  elif mode == "cosine":
-    db = distances.as_float(db)
-    db = db / jnp.maximum(jnp.linalg.norm(db, axis=1, keepdims=True), 1e-30)
-  elif mode == "l2_float":
-    db = distances.as_float(db)
-    mu = jnp.sum(db, axis=0) / n_valid  # padding rows are zeros: the mean of the real rows
-    db = db - mu  # centring: L2 is translation invariant, and float32 cancels less
-    aux = distances.squared_norms(db)
-  tiles = db.reshape(-1, tile, db.shape[1])
-  aux = jnp.zeros(tiles.shape[:2], jnp.float32) if aux is None else aux.reshape(tiles.shape[:2])
-  if mode == "l1":
-    tiles = tiles.transpose(0, 2, 1)  # feature-major for the accumulation
-  return tiles, aux, mu
+def _checked_tile(tile, name: str):
+  if tile is None:
+    return None
+  tile = _checks.concrete_int(tile, name)
+  if tile < 1:
+    raise InputError(f"{name} must be a positive integer or None, got {tile}", argument=name)
+  return tile
 
 
-def _transform_queries(queries_QxD, mode, mu):
-  """The query-side counterpart of _prepare_tiles."""
-  if mode == "l1":
-    return queries_QxD
-  if mode == "l2_pixels":
-    return distances.centred_pixels(queries_QxD)
-  q = distances.as_float(queries_QxD)
-  if mode == "cosine":
-    return q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-  return q - mu
+def _mesh_size(mesh) -> int:
+  if mesh is None:
+    return 1
+  if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh (see jaxlin.sharding.make_mesh) or "
+                     f"None, got {mesh!r}", argument="mesh")
+  return mesh.devices.size
 
 
-def _tile_distances(q, q_aux, db_tile, db_aux_tile, mode):
-  """(T, S) distances of one query tile to one database tile, in the mode's key dtype."""
-  if mode == "l1":  # db_tile is feature-major (D, S)
-    return distances.l1_transposed(q.T, db_tile)
-  if mode == "l2_pixels":
-    return distances.l2_squared_pixels(q, db_tile, q_aux, db_aux_tile)
-  if mode == "cosine":
-    return 1.0 - jnp.matmul(q, db_tile.T, precision=jax.lax.Precision.HIGHEST)
-  return distances.l2_squared_from_dot(q, db_tile, q_aux, db_aux_tile)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "mode"))
-def _search_tile(q_TxD, db_tiles, db_aux_MxS, n_valid, *, k, mode):
-  """Top-k over all database tiles for one query tile, by a running merge.
-
-  Returns (distances (T, k) in the mode's dtype -- int32 for L2 on pixels,
-  exact -- or float32, indices (T, k)); rows past n_valid are padding and
-  never returned ahead of a real row (see ``as_float_distances``).
-  """
-  t = q_TxD.shape[0]
-  tile = db_aux_MxS.shape[1]
-  q_aux = {"l2_pixels": distances.int_squared_norms, "l2_float": distances.squared_norms}.get(
-      mode, lambda q: None)(q_TxD)
-  dtype = jnp.int32 if mode == "l2_pixels" else jnp.float32
-
-  def body(carry, inputs):
-    best_d, best_i = carry
-    m, db_tile, db_aux = inputs
-    d = _tile_distances(q_TxD, q_aux, db_tile, db_aux, mode).astype(dtype)
-    idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, _worst(dtype))
-    # This tile's k best, then a small merge with the running best. Earlier candidates
-    # (lower indices) come first, so the stable selections keep ties by index.
-    pos = smallest_k(d, min(k, tile))
-    cand_d = jnp.concatenate([best_d, jnp.take_along_axis(d, pos, axis=1)], axis=1)
-    cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
-    _, pos = jax.lax.top_k(-order_keys(cand_d), k)
-    return (jnp.take_along_axis(cand_d, pos, axis=1), jnp.take_along_axis(cand_i, pos, axis=1)), None
-
-  init = (jnp.full((t, k), _worst(dtype), dtype), jnp.full((t, k), -1, jnp.int32))
-  steps = jnp.arange(db_aux_MxS.shape[0], dtype=jnp.int32)
-  (best_d, best_i), _ = jax.lax.scan(body, init, (steps, db_tiles, db_aux_MxS))
-  return best_d, best_i
-
-
-_CHUNK = 16  # elements per chunk in smallest_k
-_INT_WORST = 1 << 30  # above every integer distance of uint8 / int8 rows (< 2**28)
-
-
-def _worst(dtype):
-  """A distance larger than any real one: +inf, or 2**30 for integers."""
-  return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else _INT_WORST
-
-
-def order_keys(values):
-  """float32 keys that sort exactly as ``values`` do (XLA's CPU top_k is ~20x
-  slower on int32 than on float32).
-
-  Floats are their own keys. Integers in [0, 2**30] are bit-cast: the float32
-  whose bits are ``value + 2**23`` -- positive normal floats order as their
-  bit patterns -- so no two distinct integers share a key, however large
-  (a plain conversion to float32 would merge them above 2**24).
-  """
-  if jnp.issubdtype(values.dtype, jnp.floating):
-    return values.astype(jnp.float32)
-  return jax.lax.bitcast_convert_type(values.astype(jnp.int32) + (1 << 23), jnp.float32)
-
-
-def as_float_distances(d):
-  """Distances from _search_tile as float32, with +inf for padding rows."""
-  return jnp.where(d == _worst(d.dtype), jnp.inf, d.astype(jnp.float32))
-
-
-def smallest_k(values_TxN, k: int):
-  """Positions (T, k) of the k smallest values of each row, as a stable
-  ``jax.lax.top_k(-order_keys(values), k)`` gives them (equal values: lower
-  position first); exact for floats and for integers in [0, 2**30].
-
-  Long rows go through chunks: the k smallest values lie in the k chunks of
-  16 with the smallest minima (each chunk ahead of an element's chunk holds a
-  smaller value than that element), so one top_k picks k chunks and a second
-  picks k values among their 16 k: a min-reduction, fused with the distance
-  computation, and top_k over N / 16 and 16 k elements instead of N
-  (benchmarks/topk_speed.py: 1.9x to 4.5x faster on rows of 50,000).
-  """
-  t, n = values_TxN.shape
-  s = _CHUNK
-  key = lambda x: -order_keys(x)
-  if n < 4 * k * s:  # short rows: the plain selection is as cheap
-    return jax.lax.top_k(key(values_TxN), k)[1]
-  pad = (-n) % s  # the worst key after every real element: never picked ahead of one
-  v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=_worst(values_TxN.dtype))
-  v = v.reshape(t, -1, s)
-  _, chunks = jax.lax.top_k(key(jnp.min(v, axis=2)), k)
-  chunks = jnp.sort(chunks, axis=1)  # back in position order, for ties
-  cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
-  _, pos = jax.lax.top_k(key(cand), k)
-  return jnp.take_along_axis((chunks[:, :, None] * s + jnp.arange(s)).reshape(t, k * s), pos, 1)
-
-
-def default_tiles(metric: str) -> tuple[int, int]:
+# --------------------------------------------------------------------------
+# Tiles.
+# --------------------------------------------------------------------------
+def _default_tiles(metric: str) -> tuple[int, int]:
   """Largest (query_tile, database_tile): for L1 the distance block stays
   cache-sized; for L2 / cosine a (256, 65536) block is a large matrix product
   with long rows for smallest_k (measured in benchmarks/knn_speed.py)."""
   return (64, 1024) if metric == "l1" else (256, 65536)
 
 
-def even_tile(total: int, largest: int, multiple: int = 1) -> int:
+def _even_tile(total: int, largest: int, multiple: int = 1) -> int:
   """The smallest tile, a multiple of `multiple`, that covers `total` in as
   few tiles as tiles of `largest` do (so the last tile wastes little)."""
   total = max(total, 1)
@@ -193,102 +109,236 @@ def even_tile(total: int, largest: int, multiple: int = 1) -> int:
   return -(-tile // multiple) * multiple
 
 
-def tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
-               database_tile=None) -> tuple[int, int]:
-  """(query_tile, database_tile) for a search: the given sizes, or even splits
-  within default_tiles."""
-  qt, dt = default_tiles(metric)
-  qt = query_tile or even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
-  dt = database_tile or even_tile(num_database, dt, _CHUNK if num_database > _CHUNK else 1)
+def _tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
+                database_tile=None) -> tuple[int, int]:
+  """(query_tile, database_tile): the given sizes, or even splits within _default_tiles."""
+  qt, dt = _default_tiles(metric)
+  qt = query_tile or _even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
+  dt = database_tile or _even_tile(num_database, dt, topk.CHUNK if num_database > topk.CHUNK
+                                   else 1)
   return max(1, min(qt, num_queries)), max(1, min(dt, num_database))
 
 
-def checked_inputs(queries_QxD, database_NxD, k, metric, num_database: int | None = None):
-  """(queries, database, k) as arrays and an int, or a clear ValueError.
-
-  num_database: the real rows of a database that carries padding rows after them.
-  """
-  distances.check_metric(metric)
-  queries_QxD, database_NxD = jnp.asarray(queries_QxD), jnp.asarray(database_NxD)
-  distances._check_pair(queries_QxD, database_NxD)
-  n = database_NxD.shape[0] if num_database is None else num_database
-  if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-    raise ValueError(f"k must be an integer in [1, {n}] (the database size), got {k!r}")
-  return queries_QxD, database_NxD, int(k)
-
-
-def _pad_rows(x, multiple):
+def _pad_rows(x, multiple: int):
   pad = (-x.shape[0]) % multiple
   return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) if pad else x
 
 
-def search(queries_QxD, database_NxD, k: int, *, metric: str = "l2",
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pad_each_device(laid_NxD, ndev: int, rows_per_device: int):
+  """(ndev * r, D) rows, r per device, -> (ndev * rows_per_device, D): each block zero-padded."""
+  x = laid_NxD.reshape(ndev, -1, laid_NxD.shape[1])
+  if x.shape[1] == rows_per_device:
+    return laid_NxD
+  x = jnp.pad(x, ((0, 0), (0, rows_per_device - x.shape[1]), (0, 0)))
+  return x.reshape(ndev * rows_per_device, laid_NxD.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def _rows(x, start, *, size: int):
+  """Rows [start, start + size) of x: one compiled program for every block."""
+  return jax.lax.dynamic_slice_in_dim(x, start, size)
+
+
+# --------------------------------------------------------------------------
+# The compiled programs (module-level jits: cached by static arguments and shapes).
+# --------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("kernel", "tile", "mesh", "layout"))
+def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout):
+  """(tiles (M, S, D) -- (M, D, S) feature-major --, aux (M, S), centre (D,)), placed
+  on the mesh: replicated for layout "queries", split by tiles for "database"."""
+  db, aux, centre = kernel.prepare(database_NxD, n_valid)
+  tiles = kernel.tiles(db, tile)
+  aux = aux.reshape(tiles.shape[0], tile)
+  if mesh is not None:
+    spec = P(mesh.axis_names[0]) if layout == "database" else P()
+    tiles = jax.lax.with_sharding_constraint(tiles, NamedSharding(mesh, spec))
+    aux = jax.lax.with_sharding_constraint(aux, NamedSharding(mesh, spec))
+    centre = jax.lax.with_sharding_constraint(centre, NamedSharding(mesh, P()))
+  return tiles, aux, centre
+
+
+def _search_tile(q_TxD, tiles, aux_MxS, centre, n_valid, *, kernel, k):
+  """Top-k of one query tile over all database tiles, by a running merge.
+
+  Returns (distances (T, k) in the kernel's dtype -- int32 for integer
+  kernels, exact -- indices (T, k) int32); rows at or past n_valid are
+  padding and never returned ahead of a real row.
+  """
+  q, q_aux = kernel.transform(q_TxD, centre)
+  t, tile = q.shape[0], aux_MxS.shape[1]
+  dtype = jnp.dtype(kernel.dtype)
+  worst = topk.worst(dtype)
+
+  def body(carry, inputs):
+    best_d, best_i = carry
+    m, db_tile, db_aux = inputs
+    d = kernel.tile(q, q_aux, db_tile, db_aux)
+    idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
+    d = jnp.where(idx[None, :] < n_valid, d, worst)
+    # This tile's k best, then a small merge with the running best. Earlier candidates
+    # (lower indices) come first, so the stable selections keep ties by index.
+    pos = topk.smallest_k(d, min(k, tile))
+    cand_d = jnp.concatenate([best_d, jnp.take_along_axis(d, pos, axis=1)], axis=1)
+    cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
+    _, pos = jax.lax.top_k(-topk.order_keys(cand_d), k)
+    return (jnp.take_along_axis(cand_d, pos, 1), jnp.take_along_axis(cand_i, pos, 1)), None
+
+  init = (jnp.full((t, k), worst, dtype), jnp.full((t, k), -1, jnp.int32))
+  steps = jnp.arange(aux_MxS.shape[0], dtype=jnp.int32)
+  (best_d, best_i), _ = jax.lax.scan(body, init, (steps, tiles, aux_MxS))
+  return best_d, best_i
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "k", "mesh", "layout"))
+def _search_block(q_BxD, tiles, aux, centre, n_valid, *, kernel, k, mesh, layout):
+  """The k best of a block of queries: one tile on one device; with layout
+  "queries" one tile per device; with layout "database" one tile searched by
+  every device in its rows, merged by (distance, global index)."""
+  local = functools.partial(_search_tile, kernel=kernel, k=k)
+  if mesh is None:
+    return local(q_BxD, tiles, aux, centre, n_valid)
+  axis = mesh.axis_names[0]
+  if layout == "queries":
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(), P(), P(), P()),
+                       out_specs=(P(axis), P(axis)), check_vma=False)
+    return fn(q_BxD, tiles, aux, centre, n_valid)
+  ndev = mesh.devices.size
+
+  def per_device(q, tiles, aux, centre, n):
+    me = jax.lax.axis_index(axis)
+    rows = (n + ndev - 1) // ndev  # device j holds rows [j * rows, (j + 1) * rows)
+    n_local = jnp.clip(n - me * rows, 0, rows).astype(jnp.int32)
+    d, i = local(q, tiles, aux, centre, n_local)
+    i = jnp.where(i >= 0, i + me * rows, i)  # global indices
+    # Every device's candidates in device order (= increasing global index).
+    d_all = jax.lax.all_gather(d, axis, axis=1, tiled=True)
+    i_all = jax.lax.all_gather(i, axis, axis=1, tiled=True)
+    _, pos = jax.lax.top_k(-topk.order_keys(d_all), k)  # stable: ties keep the lower index
+    return jnp.take_along_axis(d_all, pos, 1), jnp.take_along_axis(i_all, pos, 1)
+
+  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(), P()),
+                     out_specs=(P(), P()), check_vma=False)
+  return fn(q_BxD, tiles, aux, centre, n_valid)
+
+
+# --------------------------------------------------------------------------
+# Public API.
+# --------------------------------------------------------------------------
+def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | None = None,
+           layout: str = "queries", num_database: int | None = None,
            query_tile: int | None = None, database_tile: int | None = None,
-           callback: Callable[[int, int], None] | None = None, mesh=None,
-           shard: str = "queries"):
+           callback: Callable[[int, int], None] | None = None):
   """Exact k nearest neighbours of every query in the database.
 
   Args:
-    queries_QxD: (Q, D) uint8 or float queries.
-    database_NxD: (N, D) database, same feature size.
-    k: number of neighbours, 1 <= k <= N.
-    metric: "l1", "l2", "l2_squared" or "cosine".
-    query_tile, database_tile: tile sizes (memory is bounded by them).
-    callback: called as ``callback(queries_done, Q)`` after each query tile.
-    mesh: a ``jax.sharding.Mesh`` (see jaxlin.sharding) to search on many
-      devices, splitting the queries (shard="queries") or the database
-      (shard="database"); same results as on one device.
+    queries_QxD: (Q, D) integer (e.g. uint8 pixels) or float queries; Q may be 0.
+    database_NxD: (N, D) database, same feature size, N >= 1; with
+      ``num_database``, a global array laid along ``mesh`` (see below).
+    k: number of neighbours, 1 <= k <= N: an int, numpy integer or concrete
+      integer jax scalar.
+    metric: "l1", "l2", "l2_squared" or "cosine" (1 - cosine similarity).
+    mesh: None (one device) or a 1-D ``jax.sharding.Mesh`` to search on its
+      devices; same results as on one device.
+    layout: "queries" (queries split across the mesh, database replicated) or
+      "database" (database rows split across the mesh).
+    num_database: the real rows of a database laid along ``mesh`` by
+      ``jaxlin.sharding.rows_to_global`` (``sharding.padded_rows(num_database,
+      mesh)`` rows, zeros after the real ones); needs layout "database".
+    query_tile, database_tile: tile sizes (memory is bounded by them);
+      default: sizes measured fast on CPU.
+    callback: called as ``callback(queries_done, Q)`` after each block of queries.
 
   Returns:
-    (dists_QxK float32, idx_QxK int32): nearest first; ties at equal distance
-    in increasing database index.
+    (dists_QxK, idx_QxK int32): nearest first; ties at equal distance in
+    increasing database index. Distances are float32 (float64 for float64
+    inputs under ``jax_enable_x64``): sum |x - y| for l1, |x - y| for l2,
+    |x - y|^2 for l2_squared.
+
+  Raises:
+    InputError naming the argument: not 2-D, different feature sizes, NaN or
+    inf in a float input, an empty database, k out of range or not an integer,
+    an unknown metric or layout, a laid database of the wrong size.
   """
-  if mesh is not None and mesh.devices.size > 1:
-    from jaxlin import sharding  # pylint: disable=g-import-not-at-top  (it builds on this module)
-    out = sharding.search(queries_QxD, database_NxD, k, mesh=mesh, metric=metric, mode=shard,
-                          query_tile=query_tile, database_tile=database_tile)
-    if callback is not None:
-      callback(len(queries_QxD), len(queries_QxD))
-    return out
-  queries_QxD, database_NxD, k = checked_inputs(queries_QxD, database_NxD, k, metric)
-  n = database_NxD.shape[0]
-  qt, dt = tile_sizes(metric, queries_QxD.shape[0], n, query_tile, database_tile)
+  return _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
+                 num_database=num_database, query_tile=query_tile, database_tile=database_tile,
+                 callback=callback, names=("queries_QxD", "database_NxD"))
 
-  mode = _mode(queries_QxD, database_NxD, metric)
-  db, db_aux, mu = _prepare_tiles(database_NxD, n, mode=mode, tile=dt)
-  queries = _transform_queries(queries_QxD, mode, mu)
 
+def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database, query_tile,
+            database_tile, callback, names):
+  """search, with errors naming the caller's arguments (``names``: queries, database)."""
+  if layout not in LAYOUTS:
+    raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
+                     argument="layout")
+  ndev = _mesh_size(mesh)
+  queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
+                                                       names=names)
+  if database.shape[0] == 0:
+    raise InputError(f"{names[1]} is empty: search needs at least one database row",
+                     argument=names[1])
+  if num_database is None:
+    n = database.shape[0]
+  else:
+    n = _checks.concrete_int(num_database, "num_database")
+    if layout != "database":
+      raise InputError("num_database (a database laid along the mesh) needs layout='database'",
+                       argument="num_database")
+    laid_rows = -(-n // ndev) * ndev
+    if n < 1 or database.shape[0] != laid_rows:
+      raise InputError(f"num_database={n} real rows laid along {ndev} device(s) make "
+                       f"{laid_rows} rows, but {names[1]} has {database.shape[0]} (see "
+                       "jaxlin.sharding.rows_to_global)", argument="num_database")
+  k = _checked_k(k, n)
+  query_tile = _checked_tile(query_tile, "query_tile")
+  database_tile = _checked_tile(database_tile, "database_tile")
   q_total = queries.shape[0]
-  out_d, out_i = [], []
-  for start in range(0, q_total, qt):
-    q = queries[start:start + qt]
-    valid = q.shape[0]
-    d, i = _search_tile(_pad_rows(q, qt), db, db_aux, n, k=k, mode=mode)
-    d = as_float_distances(d)
-    if metric == "l2":
-      d = jnp.sqrt(d)
-    out_d.append(d[:valid])
-    out_i.append(i[:valid])
+  out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
+  if q_total == 0:
     if callback is not None:
-      out_i[-1].block_until_ready()
-      callback(start + valid, q_total)
-  return jnp.concatenate(out_d), jnp.concatenate(out_i)
+      callback(0, 0)
+    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32)
+
+  if layout == "queries":
+    qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile)
+    db = _pad_rows(database, dt)
+    block = qt * ndev
+  else:
+    rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global
+    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile)
+    laid = database if num_database is not None else _pad_rows(database, rows * ndev)
+    # Each device's rows padded to whole tiles (zeros; masked out as past its real rows).
+    db = _pad_each_device(laid, ndev, -(-rows // dt) * dt)
+    block = qt
+  n_valid = jnp.int32(n)
+  tiles, aux, centre = _prepare(db, n_valid, kernel=kernel, tile=dt, mesh=mesh, layout=layout)
+
+  many_hosts = mesh is not None and jax.process_count() > 1
+  queries = _pad_rows(queries, block)
+  out_d, out_i = [], []
+  for start in range(0, q_total, block):
+    q = _rows(queries, jnp.int32(start), size=block)
+    if many_hosts:
+      q = np.asarray(q)  # host data: the same on every process
+    d, i = _search_block(q, tiles, aux, centre, n_valid, kernel=kernel, k=k, mesh=mesh,
+                         layout=layout)
+    out_d.append(d)
+    out_i.append(i)
+    if callback is not None:
+      i.block_until_ready()
+      callback(min(start + block, q_total), q_total)
+  if mesh is None:
+    d, i = jnp.concatenate(out_d)[:q_total], jnp.concatenate(out_i)[:q_total]
+  else:  # blocks laid along the mesh (or replicated across hosts): gathered once, at the end
+    d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
+    i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
+  return distances.to_distances(topk.as_float_distances(d), metric), i
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))
-def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_label"):
-  """Majority vote over each row of neighbour labels (nearest first).
-
-  tie_break="smallest_label": a tie between classes goes to the smallest
-  label (as scikit-learn and the course code). tie_break="nearest": to the
-  tied class whose first member is nearest.
-  Returns (Q,) int32 predicted labels.
-  """
-  if tie_break not in TIE_BREAKS:
-    raise ValueError(f"unknown tie_break {tie_break!r}; choose one of {TIE_BREAKS}")
-  labels = jnp.asarray(neighbor_labels_QxK)
-  k = labels.shape[1]
-  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)  # (Q, K, C)
+def _vote(labels_QxK, num_classes: int, tie_break: str):
+  k = labels_QxK.shape[1]
+  one_hot = jax.nn.one_hot(labels_QxK, num_classes, dtype=jnp.int32)  # (Q, K, C)
   counts = one_hot.sum(axis=1)
   if tie_break == "smallest_label":
     return jnp.argmax(counts, axis=1).astype(jnp.int32)  # argmax: first (smallest) maximum
@@ -298,15 +348,63 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
   return jnp.argmin(jnp.where(is_max, first, k + 1), axis=1).astype(jnp.int32)
 
 
+def _checked_tie_break(tie_break: str) -> str:
+  if tie_break not in TIE_BREAKS:
+    raise InputError(f"unknown tie_break {tie_break!r}; choose one of {TIE_BREAKS}",
+                     argument="tie_break")
+  return tie_break
+
+
+def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_label"):
+  """Majority vote over each row of neighbour labels (nearest first).
+
+  counts[q, c] = #{j : labels[q, j] == c}; the prediction is a class with the
+  most votes. tie_break="smallest_label": a tie between classes goes to the
+  smallest label (as scikit-learn and the course code). tie_break="nearest":
+  to the tied class whose first member is nearest.
+
+  Args:
+    neighbor_labels_QxK: (Q, K) integer labels in [0, num_classes) (checked
+      when concrete; under jit a label outside counts for no class).
+    num_classes: C.
+
+  Returns:
+    (Q,) int32 predicted labels.
+  """
+  _checked_tie_break(tie_break)
+  num_classes = _checks.num_classes(num_classes)
+  labels = _checks.labels(neighbor_labels_QxK, num_classes, "neighbor_labels_QxK")
+  if labels.ndim != 2:
+    raise InputError(f"neighbor_labels_QxK must be 2-D (queries, neighbours), got shape "
+                     f"{labels.shape}", argument="neighbor_labels_QxK")
+  return _vote(jnp.asarray(labels), num_classes, tie_break)
+
+
 def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "l2",
             num_classes: int, tie_break: str = "smallest_label",
-            callback: Callable[[int, int], None] | None = None, mesh=None, shard: str = "queries"):
-  """kNN predictions. ``k`` an int -> (Q,); a sequence of ints -> (len(k), Q),
-  all from ONE search with the largest k."""
-  ks = [k] if isinstance(k, (int, np.integer)) else list(k)
-  if not ks or any(not isinstance(kk, (int, np.integer)) or kk < 1 for kk in ks):
-    raise ValueError(f"k must be a positive int or a non-empty sequence of them, got {k!r}")
-  _, idx = search(test_x, train_x, max(ks), metric=metric, callback=callback, mesh=mesh, shard=shard)
-  labels = jnp.asarray(train_y)[idx]
-  preds = jnp.stack([vote(labels[:, :kk], num_classes, tie_break=tie_break) for kk in ks])
-  return preds[0] if isinstance(k, (int, np.integer)) else preds
+            callback: Callable[[int, int], None] | None = None, mesh: Mesh | None = None,
+            layout: str = "queries"):
+  """kNN predictions of ``test_x`` from (``train_x``, ``train_y``).
+
+  ``k`` an int -> (Q,) int32; a sequence of ints -> (len(k), Q), all from ONE
+  search with the largest k. ``train_y``: (N,) integer labels in
+  [0, num_classes). Other arguments as in ``search`` and ``vote``.
+  """
+  _checked_tie_break(tie_break)
+  num_classes = _checks.num_classes(num_classes)
+  single = np.ndim(k) == 0
+  ks = [k] if single else list(k)
+  if not ks:
+    raise InputError("k must be a positive int or a non-empty sequence of them, got []",
+                     argument="k")
+  ks = [_checks.concrete_int(kk, "k") for kk in ks]
+  if min(ks) < 1:
+    raise InputError(f"k must be positive, got {k!r}", argument="k")
+  n = np.shape(train_x)[0] if np.ndim(train_x) else 0
+  labels = _checks.labels(train_y, num_classes, "train_y", n)
+  _, idx = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
+                   num_database=None, query_tile=None, database_tile=None, callback=callback,
+                   names=("test_x", "train_x"))
+  neighbor_labels = jnp.asarray(labels)[idx]
+  preds = jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])
+  return preds[0] if single else preds

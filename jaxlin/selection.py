@@ -1,44 +1,112 @@
-"""Train/validation splits, k-fold indices and cross-validation."""
+"""k-fold indices (shuffled, seeded, optionally stratified) and cross-validation of kNN.
+
+Folds. With ``shuffle=True`` (the default) the rows are put in the order
+``perm = np.random.default_rng(seed).permutation(n)`` and cut by
+``np.array_split(perm, num_folds)``; the training rows of a fold are the other
+folds concatenated in order. So permuting the data with the same generator
+and taking contiguous folds gives identical folds (and identical results).
+``shuffle=False`` uses ``perm = arange(n)``: contiguous folds, which on data
+sorted by class leave classes out of training. Stratified folds deal each
+class's rows (in ``perm`` order) round-robin to the folds, continuing the
+count from class to class, so every fold holds each class in proportion and
+the fold sizes are those of ``np.array_split``.
+"""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxlin import knn, metrics
+from jaxlin import _checks, knn, metrics
+from jaxlin.errors import InputError
+
+__all__ = ["cross_validate_knn", "kfold_indices"]
 
 
-def kfold_indices(n: int, num_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(train_idx, val_idx) for each fold: contiguous folds of range(n) in order.
+def _permutation(n: int, shuffle: bool, seed) -> np.ndarray:
+  if not shuffle:
+    return np.arange(n)
+  try:
+    rng = np.random.default_rng(seed)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"seed must be a non-negative int or a sequence of them, got {seed!r}",
+                     argument="seed") from e
+  return rng.permutation(n)
 
-  Fold sizes follow ``np.array_split`` (the first ``n % num_folds`` folds get
-  one more). Callers shuffle the data first.
+
+def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
+                  labels=None) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(train_idx, val_idx) for each of ``num_folds`` folds of range(n).
+
+  Args:
+    n: number of examples.
+    num_folds: 2 <= num_folds <= n.
+    shuffle: shuffle with ``seed`` first (see the module docstring); else
+      contiguous folds in order.
+    seed: an int or a sequence of ints for ``np.random.default_rng``.
+    labels: (n,) class labels: stratified folds (each class in proportion).
+
+  Returns:
+    A list of (train_idx, val_idx) int arrays. Fold sizes follow
+    ``np.array_split`` (the first ``n % num_folds`` folds get one more).
   """
+  n = _checks.concrete_int(n, "n")
+  num_folds = _checks.concrete_int(num_folds, "num_folds")
   if num_folds < 2:
-    raise ValueError(f"num_folds must be at least 2, got {num_folds}")
+    raise InputError(f"num_folds must be at least 2, got {num_folds}", argument="num_folds")
   if n < num_folds:
-    raise ValueError(f"cannot split {n} examples into {num_folds} folds")
-  folds = np.array_split(np.arange(n), num_folds)
+    raise InputError(f"cannot split {n} examples into {num_folds} folds; use num_folds <= {n}",
+                     argument="num_folds")
+  perm = _permutation(n, shuffle, seed)
+  if labels is None:
+    folds = np.array_split(perm, num_folds)
+  else:
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+      raise InputError(f"labels must have shape ({n},), got {labels.shape}", argument="labels")
+    ordered = labels[perm]
+    fold_of = np.empty(n, np.int64)  # fold of perm[j]
+    count = 0
+    for c in np.unique(ordered):
+      where = np.flatnonzero(ordered == c)
+      fold_of[where] = (count + np.arange(len(where))) % num_folds
+      count += len(where)
+    folds = [perm[fold_of == f] for f in range(num_folds)]  # in perm order
   return [(np.concatenate(folds[:i] + folds[i + 1:]), folds[i]) for i in range(num_folds)]
 
 
 def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: str = "l2",
                        num_classes: int, tie_break: str = "smallest_label",
-                       callback: Callable[[int, int], None] | None = None, mesh=None,
-                       shard: str = "queries") -> np.ndarray:
-  """Accuracy of kNN for every fold and k: (num_folds, len(ks)).
+                       callback: Callable[[int, int], None] | None = None, shuffle: bool = True,
+                       seed=0, stratify: bool = False, mesh=None,
+                       layout: str = "queries") -> np.ndarray:
+  """Accuracy of kNN for every fold and k: (num_folds, len(ks)) float64.
 
-  Each fold runs ONE search (with max(ks)) and votes for every k from it.
-  ``callback(fold_done, num_folds)`` is called after each fold.
+  Folds from ``kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
+  labels=y if stratify else None)``. Each fold runs ONE search (with
+  max(ks)) and votes for every k from it; folds of equal shapes reuse one
+  compiled program. ``callback(fold_done, num_folds)`` is called after each
+  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes).
   """
   x, y = np.asarray(x), np.asarray(y)
-  ks = list(ks)
+  if x.ndim != 2:
+    raise InputError(f"x must be 2-D (examples, features), got shape {x.shape}", argument="x")
+  _checks.finite(x, "x")
+  num_classes = _checks.num_classes(num_classes)
+  _checks.labels(y, num_classes, "y", len(x))
+  ks = [_checks.concrete_int(k, "ks") for k in ks]
+  if not ks or min(ks) < 1:
+    raise InputError(f"ks must be a non-empty sequence of positive ints, got {ks}", argument="ks")
+  folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
+                        labels=y if stratify else None)
+  smallest = min(len(tr) for tr, _ in folds)
+  if max(ks) > smallest:
+    raise InputError(f"k={max(ks)} exceeds the {smallest} training examples of a fold",
+                     argument="ks")
   out = np.zeros((num_folds, len(ks)), np.float64)
-  for f, (tr, va) in enumerate(kfold_indices(len(x), num_folds)):
-    if max(ks) > len(tr):
-      raise ValueError(f"k={max(ks)} exceeds the {len(tr)} training examples of a fold")
+  for f, (tr, va) in enumerate(folds):
     preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes,
-                        tie_break=tie_break, mesh=mesh, shard=shard)
+                        tie_break=tie_break, mesh=mesh, layout=layout)
     out[f] = [float(metrics.accuracy(y[va], p)) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)

@@ -1,14 +1,10 @@
-"""Many devices through jax.sharding: a device mesh, sharded kNN search, data-parallel training.
+"""Device mesh and host plumbing for many devices and many hosts.
 
 One code path for CPU, GPU and TPU; a mesh of one device is the single-device
-case. Two kNN modes, both giving results identical to ``jaxlin.knn.search``
-(ties included):
-
-* ``mode="queries"`` -- queries split across devices, the database replicated
-  on each (the fast default when the database fits on one device);
-* ``mode="database"`` -- database rows split across devices; each device finds
-  its local top-k, the candidates are gathered and merged by (distance,
-  global index), so a database larger than one device's memory can be searched.
+case. This module only lays arrays out and moves them between hosts; it
+imports nothing of jaxlin. The computations take the mesh as an argument:
+kNN search through ``jaxlin.knn.search(..., mesh=mesh, layout=...)`` (queries
+or database rows split across devices, results identical to one device).
 
 Training is data-parallel through ``train.Trainer(..., mesh=mesh)``: each
 minibatch is split along the batch axis and the parameters are replicated;
@@ -23,14 +19,12 @@ process's rows, ``process_sum`` and ``gather_rows`` bring small results
 """
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxlin import knn
+__all__ = ["AXIS", "gather_rows", "make_mesh", "padded_rows", "process_rows", "process_sum",
+           "rows_to_global", "to_host"]
 
 AXIS = "data"
 
@@ -39,80 +33,6 @@ def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh named "data" over the given devices (default: all, every process)."""
   devices = np.asarray(jax.devices() if devices is None else devices)
   return Mesh(devices.reshape(-1), (AXIS,))
-
-
-def _local_search(q_QxD, db_tiles, db_aux, n_valid, *, k, mode, qt):
-  """All query tiles of one device's queries against one device's database tiles."""
-  tiles = q_QxD.reshape(-1, qt, q_QxD.shape[1])
-  d, i = jax.lax.map(lambda q: knn._search_tile(q, db_tiles, db_aux, n_valid, k=k, mode=mode), tiles)
-  return d.reshape(-1, k), i.reshape(-1, k)
-
-
-def search(queries_QxD, database_NxD, k: int, *, mesh: Mesh, metric: str = "l2",
-           mode: str = "queries", query_tile: int | None = None, database_tile: int | None = None,
-           num_database: int | None = None):
-  """``jaxlin.knn.search`` over the devices of ``mesh``; same results, ties included.
-
-  With mode="database", ``database_NxD`` may also be a global array already laid
-  along the mesh by ``rows_to_global`` (each process holding only its own rows);
-  then ``num_database`` says how many of its rows are real.
-  """
-  if mode not in ("queries", "database"):
-    raise ValueError(f"unknown mode {mode!r}; choose 'queries' or 'database'")
-  if num_database is not None and mode != "database":
-    raise ValueError("a database laid along the mesh (num_database given) needs mode='database'")
-  queries_QxD, database_NxD, k = knn.checked_inputs(queries_QxD, database_NxD, k, metric,
-                                                    num_database)
-  n = database_NxD.shape[0] if num_database is None else num_database
-  q_total, ndev = queries_QxD.shape[0], mesh.devices.size
-  kmode = knn._mode(queries_QxD, database_NxD, metric)
-
-  if mode == "queries":
-    qt, dt = knn.tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile)
-    tiles, aux, mu = knn._prepare_tiles(database_NxD, n, mode=kmode, tile=dt)
-    q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), ndev * qt)
-    fn = jax.shard_map(functools.partial(_local_search, k=k, mode=kmode, qt=qt), mesh=mesh,
-                       in_specs=(P(AXIS), P(), P(), P()), out_specs=(P(AXIS), P(AXIS)),
-                       check_vma=False)
-    d, i = jax.jit(fn)(q, tiles, aux, jnp.int32(n))
-  else:
-    rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global lays them
-    qt, dt = knn.tile_sizes(metric, q_total, rows, query_tile, database_tile)
-    laid = database_NxD if num_database is not None else knn._pad_rows(database_NxD, rows * ndev)
-    # Each device's rows padded to whole tiles (zeros; masked out as past n_local).
-    tiles, aux, mu = knn._prepare_tiles(_pad_each_device(laid, ndev, -(-rows // dt) * dt), n,
-                                        mode=kmode, tile=dt)
-    q = knn._pad_rows(knn._transform_queries(queries_QxD, kmode, mu), qt)
-
-    def per_device(q, tiles, aux):
-      me = jax.lax.axis_index(AXIS)
-      n_local = jnp.clip(n - me * rows, 0, rows).astype(jnp.int32)
-      d, i = _local_search(q, tiles, aux, n_local, k=k, mode=kmode, qt=qt)
-      i = jnp.where(i >= 0, i + me * rows, i)  # global indices
-      # Gather every device's candidates in device order (= increasing global index).
-      d_all = jax.lax.all_gather(d, AXIS, axis=1, tiled=True)
-      i_all = jax.lax.all_gather(i, AXIS, axis=1, tiled=True)
-      _, pos = jax.lax.top_k(-knn.order_keys(d_all), k)  # stable: ties keep the lower global index
-      return jnp.take_along_axis(d_all, pos, 1), jnp.take_along_axis(i_all, pos, 1)
-
-    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                       out_specs=(P(), P()), check_vma=False)
-    d, i = jax.jit(fn)(q, tiles, aux)
-  d, i = to_host(d)[:q_total], to_host(i)[:q_total]
-  d = np.asarray(knn.as_float_distances(jnp.asarray(d)))
-  if metric == "l2":
-    d = np.sqrt(d)
-  return jnp.asarray(d), jnp.asarray(i)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _pad_each_device(laid_NxD, ndev: int, rows_per_device: int):
-  """(ndev * r, D) rows, r per device, -> (ndev * rows_per_device, D): each block zero-padded."""
-  x = laid_NxD.reshape(ndev, -1, laid_NxD.shape[1])
-  if x.shape[1] == rows_per_device:
-    return laid_NxD
-  x = jnp.pad(x, ((0, 0), (0, rows_per_device - x.shape[1]), (0, 0)))
-  return x.reshape(ndev * rows_per_device, laid_NxD.shape[1])
 
 
 def padded_rows(n: int, mesh: Mesh) -> int:

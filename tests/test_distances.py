@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import distances
+from jaxlin import distances, knn
+from jaxlin.errors import InputError
 
 X = np.array([[0., 0.], [1., 1.]], np.float32)
 Y = np.array([[3., 4.], [0., 0.], [1., 0.]], np.float32)
@@ -16,7 +17,8 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("metric", distances.METRICS)
-@pytest.mark.parametrize("fn", [distances.pairwise_distances, distances.pairwise_distances_reference])
+@pytest.mark.parametrize("fn", [distances.pairwise_distances,
+                                distances.pairwise_distances_reference])
 def test_literal_values(metric, fn):
   d = fn(X, Y, metric=metric)
   assert d.shape == (2, 3) and d.dtype == jnp.float32
@@ -38,7 +40,8 @@ def test_jit_matches_eager(metric):
   rng = np.random.default_rng(1)
   x, y = rng.random((5, 300), np.float32), rng.random((7, 300), np.float32)
   f = jax.jit(distances.pairwise_distances, static_argnames="metric")
-  np.testing.assert_allclose(f(x, y, metric=metric), distances.pairwise_distances(x, y, metric=metric),
+  np.testing.assert_allclose(f(x, y, metric=metric),
+                             distances.pairwise_distances(x, y, metric=metric),
                              rtol=1e-5, atol=1e-4)
 
 
@@ -54,18 +57,20 @@ def test_l1_on_uint8_is_exact():
 
 def test_l2_on_uint8_is_exact_integer_work():
   rng = np.random.default_rng(3)
-  x = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
-  y = rng.integers(0, 256, (30, 3072), dtype=np.uint8)
+  x = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+  y = rng.integers(0, 256, (9, 3072), dtype=np.uint8)
   ref = ((x[:, None].astype(np.int64) - y[None]) ** 2).sum(-1)
-  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2_squared"), ref, rtol=1e-7)
-  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2"), np.sqrt(ref), rtol=1e-6)
+  pd = lambda metric: distances.pairwise_distances(x, y, metric=metric)
+  np.testing.assert_allclose(pd("l2_squared"), ref, rtol=1e-7)
+  np.testing.assert_allclose(pd("l2"), np.sqrt(ref), rtol=1e-6)
   xc, yc = distances.centred_pixels(x), distances.centred_pixels(y)
   np.testing.assert_array_equal(distances.l2_squared_pixels(
       xc, yc, distances.int_squared_norms(xc), distances.int_squared_norms(yc)), ref)
   # The worst case for the chunked products: every pixel at -128 (0 shifted) against -128.
   z = np.zeros((2, 3072), np.uint8)
   zc = distances.centred_pixels(z)
-  dot = distances.l2_squared_pixels(zc, zc, distances.int_squared_norms(zc), distances.int_squared_norms(zc))
+  zn = distances.int_squared_norms(zc)
+  dot = distances.l2_squared_pixels(zc, zc, zn, zn)
   np.testing.assert_array_equal(dot, 0)
 
 
@@ -77,12 +82,56 @@ def test_squared_distance_never_negative_for_identical_rows():
 
 
 def test_bad_inputs_raise_clear_errors():
-  with pytest.raises(ValueError, match="unknown metric 'l3'"):
-    distances.pairwise_distances(X, Y, metric="l3")
-  with pytest.raises(ValueError, match="feature sizes differ"):
-    distances.pairwise_distances(X, Y[:, :1], metric="l1")
-  with pytest.raises(ValueError, match="flatten images"):
-    distances.pairwise_distances(X[None], Y, metric="l1")
+  bad = Y.copy()
+  bad[1, 0] = np.nan
+  cases = [((X, Y, "l3"), "metric", "unknown metric 'l3'"),
+           ((X, Y[:, :1], "l1"), "x_QxD", "feature sizes differ"),
+           ((X[None], Y, "l1"), "x_QxD", "flatten images"),
+           ((X, bad, "l2"), "y_NxD", "y_NxD contains 1 NaN"),
+           ((np.full((1, 3), 2 ** 29, np.int32), np.zeros((1, 3), np.int32), "l1"), "y_NxD",
+            "pass float arrays")]
+  for (x, y, metric), argument, message in cases:
+    with pytest.raises(InputError, match=message) as e:
+      distances.pairwise_distances(x, y, metric=metric)
+    assert e.value.argument == argument
+
+
+@pytest.mark.parametrize("qd,dd,metric,name", [
+    (np.uint8, np.uint8, "l1", "l1_int"), (np.int32, np.uint8, "l1", "l1_int"),
+    (np.float32, np.uint8, "l1", "l1_float"), (np.uint8, np.uint8, "l2", "l2_int8"),
+    (np.int8, np.int8, "l2_squared", "l2_int8"), (np.uint8, np.int8, "l2", "l2_float"),
+    (np.float32, np.float32, "l2", "l2_float"), (np.uint8, np.uint8, "cosine", "cosine")])
+def test_one_kernel_table_picks_by_metric_and_dtypes(qd, dd, metric, name):
+  kernel = distances.kernel_for(metric, qd, dd, 3072)
+  assert kernel.name == name and kernel.float_dtype == "float32"
+  assert kernel.dtype == ("int32" if name in ("l1_int", "l2_int8") else "float32")
+  # Pixel rows too long for exact int32 squared distances fall back to floats.
+  assert distances.kernel_for("l2", np.uint8, np.uint8, 20000).name == "l2_float"
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_search_returns_exactly_the_pairwise_distances(metric, dtype):
+  """pairwise_distances is one tile of search: the same values (bit for bit on pixels;
+  float rounding may differ by an ulp where XLA fuses the compiled search differently)."""
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, (4, 30)).astype(dtype)
+  y = rng.integers(0, 256, (9, 30)).astype(dtype)
+  full = np.asarray(distances.pairwise_distances(x, y, metric=metric))
+  d, i = knn.search(x, y, 9, metric=metric, database_tile=9)
+  tol = 0 if dtype == np.uint8 and metric != "cosine" else 1e-6
+  np.testing.assert_allclose(np.asarray(d), np.take_along_axis(full, np.asarray(i), 1), rtol=tol)
+  np.testing.assert_array_equal(i, np.argsort(full, axis=1, kind="stable"))
+
+
+def test_float64_inputs_computed_in_float64():
+  with jax.enable_x64(True):
+    x = np.array([[1.0, 1.0]])
+    y = 1.0 + np.array([[3e-9, 0.0], [1e-9, 0.0]])
+    for metric in ("l1", "l2"):
+      d = distances.pairwise_distances(x, y, metric=metric)
+      assert d.dtype == jnp.float64
+      np.testing.assert_allclose(d, [[3e-9, 1e-9]], rtol=1e-4)
 
 
 @pytest.mark.parametrize("metric", ["l1", "l2_squared"])

@@ -2,16 +2,57 @@ import numpy as np
 import pytest
 
 from jaxlin import metrics, selection
+from jaxlin.errors import InputError
 
 
-def test_kfold_indices_are_contiguous_like_array_split():
-  folds = selection.kfold_indices(10, 3)
+def test_kfold_indices_without_shuffle_are_contiguous_like_array_split():
+  folds = selection.kfold_indices(10, 3, shuffle=False)
   assert [list(v) for _, v in folds] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
   assert list(folds[1][0]) == [0, 1, 2, 3, 7, 8, 9]
-  with pytest.raises(ValueError, match="at least 2"):
+  with pytest.raises(InputError, match="at least 2") as e:
     selection.kfold_indices(10, 1)
-  with pytest.raises(ValueError, match="cannot split 3"):
+  assert e.value.argument == "num_folds"
+  with pytest.raises(InputError, match="cannot split 3"):
     selection.kfold_indices(3, 5)
+
+
+def test_shuffled_folds_are_literal_for_a_seed_and_follow_the_permuted_data():
+  folds = selection.kfold_indices(7, 3, seed=0)
+  # np.random.default_rng(0).permutation(7) = [2, 4, 3, 6, 5, 0, 1]
+  assert [v.tolist() for _, v in folds] == [[2, 4, 3], [6, 5], [0, 1]]
+  assert [t.tolist() for t, _ in folds] == [[6, 5, 0, 1], [2, 4, 3, 0, 1], [2, 4, 3, 6, 5]]
+  # Permuting with the same generator, then contiguous folds: the same rows.
+  perm = np.random.default_rng((3, 3)).permutation(20)
+  for (tr, va), (ctr, cva) in zip(selection.kfold_indices(20, 4, seed=(3, 3)),
+                                  selection.kfold_indices(20, 4, shuffle=False)):
+    assert tr.tolist() == perm[ctr].tolist() and va.tolist() == perm[cva].tolist()
+
+
+def test_stratified_folds_keep_the_class_proportions():
+  labels = np.repeat([0, 1, 2], [12, 6, 3])  # sorted by class
+  folds = selection.kfold_indices(21, 3, labels=labels, seed=1)
+  for tr, va in folds:
+    assert np.bincount(labels[va], minlength=3).tolist() == [4, 2, 1]
+    assert sorted(tr.tolist() + va.tolist()) == list(range(21))
+  assert [len(v) for _, v in selection.kfold_indices(22, 3, labels=np.arange(22) % 4)] == [8, 7, 7]
+
+
+def test_default_cross_validation_on_class_sorted_data_is_sensible():
+  rng = np.random.default_rng(2)
+  y = np.repeat(np.arange(5), 8)  # sorted by class: each contiguous fold is a whole class
+  x = (y[:, None] * 10 + rng.integers(0, 3, (40, 6))).astype(np.uint8)
+  cv = lambda **kw: selection.cross_validate_knn(x, y, [1], num_classes=5, metric="l1", **kw)
+  assert cv().mean() == 1.0 and cv(stratify=True).mean() == 1.0
+  assert cv(shuffle=False).mean() == 0.0  # the class of each fold is never in its training rows
+  bad = y.copy()
+  bad[0] = 4
+  with pytest.raises(InputError, match=r"y must lie in \[0, num_classes\)") as e:
+    selection.cross_validate_knn(x, bad, [1], num_classes=4)
+  nan = x.astype(np.float32)
+  nan[3, 2] = np.nan
+  with pytest.raises(InputError, match="x contains 1 NaN"):
+    selection.cross_validate_knn(nan, y, [1], num_classes=5)
+  assert e.value.argument == "y"
 
 
 def _plain_knn_accuracy(xtr, ytr, xva, yva, k):
@@ -23,16 +64,17 @@ def _plain_knn_accuracy(xtr, ytr, xva, yva, k):
 
 def test_cross_validation_matches_a_plain_loop_over_folds():
   rng = np.random.default_rng(0)
-  x = rng.integers(0, 8, (53, 12), dtype=np.uint8)
-  y = rng.integers(0, 4, 53)
+  x = rng.integers(0, 8, (50, 12), dtype=np.uint8)
+  y = rng.integers(0, 4, 50)
   ks = [1, 2, 5, 9]
-  acc = selection.cross_validate_knn(x, y, ks, num_folds=5, metric="l1", num_classes=4)
+  acc = selection.cross_validate_knn(x, y, ks, num_folds=5, metric="l1", num_classes=4, seed=7)
   assert acc.shape == (5, 4)
-  folds = np.array_split(np.arange(53), 5)
+  folds = np.array_split(np.random.default_rng(7).permutation(50), 5)
   for f in range(5):
     tr = np.concatenate(folds[:f] + folds[f + 1:])
     for j, k in enumerate(ks):
-      assert acc[f, j] == pytest.approx(_plain_knn_accuracy(x[tr], y[tr], x[folds[f]], y[folds[f]], k))
+      va = folds[f]
+      assert acc[f, j] == pytest.approx(_plain_knn_accuracy(x[tr], y[tr], x[va], y[va], k))
 
 
 def test_metrics_literal_values():

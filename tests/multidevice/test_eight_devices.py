@@ -4,32 +4,41 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin import knn, linear, losses, sharding, train
+from jaxlin import knn, linear, losses, selection, sharding, train
+from jaxlin.errors import InputError
+from tests.test_knn import count_compiles
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
 
 @pytest.mark.parametrize("metric", ["l1", "l2", "cosine"])
-@pytest.mark.parametrize("mode", ["queries", "database"])
-def test_sharded_search_equals_single_device_ties_included(metric, mode):
+def test_sharded_search_equals_single_device_ties_included(metric):
+  """Both layouts, and a database handed over already laid along the mesh (as each
+  host reads its rows), give the one-device answer."""
   rng = np.random.default_rng(0)
   q = rng.integers(0, 3, (37, 48), dtype=np.uint8)  # few levels: many ties
-  db = rng.integers(0, 3, (203, 48), dtype=np.uint8)  # 203 rows over 8 devices
+  db = rng.integers(0, 3, (203, 48), dtype=np.uint8)  # 203 rows: 26 per device, the last 21
   if metric == "cosine":
     q, db = q.astype(np.float32) + 1, db.astype(np.float32) + 1
+  mesh = sharding.make_mesh()
+  laid = sharding.rows_to_global(db, 203, mesh)
   d0, i0 = knn.search(q, db, 9, metric=metric, query_tile=4, database_tile=8)
-  d, i = sharding.search(q, db, 9, mesh=sharding.make_mesh(), metric=metric, mode=mode,
-                         query_tile=4, database_tile=8)
-  np.testing.assert_array_equal(i, i0)
-  np.testing.assert_allclose(d, d0, rtol=1e-6)
+  for layout, database, n in (("queries", db, None), ("database", db, None),
+                              ("database", laid, 203)):
+    calls = []
+    d, i = knn.search(q, database, 9, metric=metric, mesh=mesh, layout=layout, num_database=n,
+                      query_tile=4, database_tile=8, callback=lambda *a: calls.append(a))
+    np.testing.assert_array_equal(i, i0)
+    np.testing.assert_allclose(d, d0, rtol=1e-6)
+    assert calls[-1] == (37, 37)
 
 
-@pytest.mark.parametrize("mode", ["queries", "database"])
-def test_sharded_l2_order_is_exact_beyond_float32_integers(mode):
+@pytest.mark.parametrize("layout", ["queries", "database"])
+def test_sharded_l2_order_is_exact_beyond_float32_integers(layout):
   db = np.full((16, 3072), 255, np.uint8)
   db[:, 0] = np.arange(16)[::-1]  # |db_i|^2 = S + (15 - i)^2: nearest is the last row
   q = np.zeros((3, 3072), np.uint8)
-  _, i = sharding.search(q, db, 16, mesh=sharding.make_mesh(), metric="l2", mode=mode)
+  _, i = knn.search(q, db, 16, mesh=sharding.make_mesh(), metric="l2", layout=layout)
   np.testing.assert_array_equal(i, np.tile(np.arange(16)[::-1], (3, 1)))
 
 
@@ -39,9 +48,31 @@ def test_search_with_mesh_argument_and_predict():
   q = rng.normal(size=(13, 6)).astype(np.float32)
   mesh = sharding.make_mesh()
   np.testing.assert_array_equal(
-      knn.predict(x, y, q, k=[1, 5], metric="l2", num_classes=3, mesh=mesh, shard="database"),
+      knn.predict(x, y, q, k=[1, 5], metric="l2", num_classes=3, mesh=mesh, layout="database"),
       knn.predict(x, y, q, k=[1, 5], metric="l2", num_classes=3))
+  d, i = knn.search(q[:0], x, 4, mesh=mesh)
+  assert d.shape == i.shape == (0, 4)
 
+
+@pytest.mark.parametrize("layout", ["queries", "database"])
+def test_cross_validation_compiles_once_for_all_folds_and_new_data(layout):
+  """Folds of equal shapes reuse the sharded programs: only the first fold compiles,
+  and a second call with other data of the same shapes compiles nothing."""
+  rng = np.random.default_rng(5)
+  x, y = rng.integers(0, 4, (40, 12), dtype=np.uint8), rng.integers(0, 3, 40)
+  mesh = sharding.make_mesh()
+  marks = []
+  with count_compiles() as events:
+    acc = selection.cross_validate_knn(
+        x, y, [1, 3], num_classes=3, metric="l2", mesh=mesh, layout=layout,
+        callback=lambda f, n: marks.append(len(events)))
+    second = len(events)
+    selection.cross_validate_knn(x[::-1].copy(), y[::-1].copy(), [1, 3], num_classes=3,
+                                 metric="l2", mesh=mesh, layout=layout, seed=1)
+  assert marks[0] > 0 and marks == [marks[0]] * 5, marks  # folds 2..5: no compile
+  assert len(events) == second, (second, len(events))  # new data, same shapes: no compile
+  np.testing.assert_array_equal(
+      acc, selection.cross_validate_knn(x, y, [1, 3], num_classes=3, metric="l2"))
 
 def test_data_parallel_training_matches_single_device():
   rng = np.random.default_rng(2)
@@ -55,7 +86,8 @@ def test_data_parallel_training_matches_single_device():
   one, many = fit(None), fit(sharding.make_mesh())
   np.testing.assert_allclose(many.losses, one.losses, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(many.params["W"], one.params["W"], rtol=1e-4, atol=1e-6)
-  np.testing.assert_array_equal(many.history[-1]["train_accuracy"], one.history[-1]["train_accuracy"])
+  np.testing.assert_array_equal(many.history[-1]["train_accuracy"],
+                                one.history[-1]["train_accuracy"])
 
 
 def test_rows_laid_along_the_mesh_padded_with_zeros():
@@ -69,27 +101,29 @@ def test_rows_laid_along_the_mesh_padded_with_zeros():
     sharding.rows_to_global(x[:12], 13, mesh)
 
 
-@pytest.mark.parametrize("metric", ["l1", "l2", "cosine"])
-def test_database_laid_along_the_mesh_equals_single_device(metric):
-  """A database handed over already split across devices (as each host reads its rows)."""
+def test_database_laid_along_the_mesh_with_default_tiles_and_errors():
+  """Default tiles pad each device's rows (26 -> 32); errors name the argument."""
   rng = np.random.default_rng(4)
   q = rng.integers(0, 3, (29, 48), dtype=np.uint8)
-  db = rng.integers(0, 3, (203, 48), dtype=np.uint8)  # 203 rows: 26 per device, the last 21
-  if metric == "cosine":
-    q, db = q.astype(np.float32) + 1, db.astype(np.float32) + 1
+  db = rng.integers(0, 3, (203, 48), dtype=np.uint8)
   mesh = sharding.make_mesh()
   laid = sharding.rows_to_global(db, 203, mesh)
-  # Float cosine: the same tile shapes on both sides, so that rounding agrees at near-ties.
-  for tile in ((8,) if metric == "cosine" else (None, 8)):
-    d0, i0 = knn.search(q, db, 9, metric=metric, database_tile=tile)
-    d, i = sharding.search(q, laid, 9, mesh=mesh, metric=metric, mode="database",
-                           num_database=203, database_tile=tile)
-    np.testing.assert_array_equal(i, i0)
-    np.testing.assert_allclose(d, d0, rtol=1e-6)
-  with pytest.raises(ValueError, match="needs mode='database'"):
-    sharding.search(q, laid, 9, mesh=mesh, metric=metric, num_database=203)
-  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 203\]"):
-    sharding.search(q, laid, 204, mesh=mesh, metric=metric, mode="database", num_database=203)
+  d0, i0 = knn.search(q, db, 9, metric="l2")
+  d, i = knn.search(q, laid, 9, mesh=mesh, metric="l2", layout="database", num_database=203)
+  np.testing.assert_array_equal(i, i0)
+  np.testing.assert_allclose(d, d0, rtol=1e-6)
+  with pytest.raises(InputError, match="needs layout='database'"):
+    knn.search(q, laid, 9, mesh=mesh, num_database=203)
+  with pytest.raises(InputError, match=r"k must be an integer in \[1, 203\]"):
+    knn.search(q, laid, 204, mesh=mesh, layout="database", num_database=203)
+  with pytest.raises(InputError, match="num_database=200 real rows") as e:
+    knn.search(q, laid, 9, mesh=mesh, layout="database", num_database=200)
+  assert e.value.argument == "num_database"
+  nan = db.astype(np.float32)
+  nan[150, 3] = np.nan
+  with pytest.raises(InputError, match="database_NxD contains 1 NaN"):
+    knn.search(q, sharding.rows_to_global(nan, 203, mesh), 9, mesh=mesh, layout="database",
+               num_database=203)
 
 
 def test_training_on_rows_split_along_the_mesh_matches_single_device():

@@ -1,0 +1,73 @@
+"""Argument checks shared by the search modules (knn, distances, selection).
+
+Each raises ``jaxlin.errors.InputError`` naming the argument and the fix.
+Value checks are skipped for traced arrays (never branch on a traced value).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlin.errors import InputError
+
+
+def is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def concrete_int(value, name: str) -> int:
+  """A Python int from an int, a numpy integer or a concrete integer jax scalar."""
+  if isinstance(value, (bool, np.bool_)):
+    raise InputError(f"{name} must be an integer, got the bool {value!r}", argument=name)
+  if is_traced(value):
+    raise InputError(f"{name} must be a concrete integer (it sets a shape), not a traced "
+                     "value; pass it as a static argument", argument=name)
+  if isinstance(value, (jax.Array, np.ndarray)):
+    if value.ndim != 0 or not jnp.issubdtype(value.dtype, jnp.integer):
+      raise InputError(f"{name} must be an integer scalar, got an array of shape "
+                       f"{value.shape} and dtype {value.dtype}", argument=name)
+    return int(value)
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  raise InputError(f"{name} must be an integer, got {value!r}", argument=name)
+
+
+def num_classes(value) -> int:
+  value = concrete_int(value, "num_classes")
+  if value < 1:
+    raise InputError(f"num_classes must be at least 1, got {value}", argument="num_classes")
+  return value
+
+
+def labels(values, num_classes_: int, name: str, n: int | None = None):
+  """Concrete integer labels checked to lie in [0, num_classes); traced ones pass.
+
+  n: the labels must be 1-D with n entries (one per database row).
+  """
+  if is_traced(values):
+    return values
+  values = values if isinstance(values, jax.Array) else np.asarray(values)
+  if not jnp.issubdtype(values.dtype, jnp.integer):
+    raise InputError(f"{name} must hold integer class labels, got dtype {values.dtype}",
+                     argument=name)
+  if n is not None and (values.ndim != 1 or values.shape[0] != n):
+    raise InputError(f"{name} must be 1-D with one label per row ({n}), got shape "
+                     f"{values.shape}", argument=name)
+  if values.size:
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= num_classes_:
+      raise InputError(f"{name} must lie in [0, num_classes) = [0, {num_classes_}), found "
+                       f"{lo if lo < 0 else hi}; pass the right num_classes or fix the labels",
+                       argument=name)
+  return values
+
+
+def finite(x, name: str) -> None:
+  """InputError naming ``name`` if a concrete float array holds NaN or inf."""
+  if is_traced(x) or not jnp.issubdtype(x.dtype, jnp.floating) or x.size == 0:
+    return
+  bad = int(jnp.sum(~jnp.isfinite(x)))
+  if bad:
+    raise InputError(f"{name} contains {bad} NaN or infinite value(s); distances to them are "
+                     "undefined: remove or replace those rows first", argument=name)
