@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from jaxlin import files
 
 FORMAT_VERSION = 1
 
@@ -60,7 +60,7 @@ class SavedModel:
 def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: float,
          class_names: Sequence[str], kind: str, loss: str, features: str = "pixels",
          feature_mean=None, feature_std=None) -> str:
-  """Write atomically (temporary file renamed into place)."""
+  """Write atomically (temporary file renamed into place), with the user's umask."""
   mean_image = np.asarray(mean_image, np.float32)
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss, "scale": float(scale),
             "image_shape": list(mean_image.shape), "features": features}
@@ -70,16 +70,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
                   feature_std=np.asarray(feature_std, np.float32))
   arrays.update(mean_image=mean_image, class_names=np.asarray(list(class_names), dtype=str),
                 header=np.asarray(json.dumps(header)))
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
-  os.close(fd)
-  try:
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return files.atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: str) -> SavedModel:

@@ -67,9 +67,9 @@ def test_predict_script_classifies_files_and_reports_bad_ones(image_folder, tmp_
 
 def test_model_loads_without_tensorflow(image_folder, tmp_path):
   root, _ = image_folder
-  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(tmp_path))
+  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(tmp_path / "wd"))
   code = ("import sys, numpy as np; from jaxlin import checkpoint; "
-          f"m = checkpoint.load({str(tmp_path / 'model.npz')!r}); "
+          f"m = checkpoint.load({str(tmp_path / 'wd' / 'model.npz')!r}); "
           "m.scores(np.zeros((2, 8, 8, 3), np.uint8)); "
           "assert 'tensorflow' not in sys.modules and 'jax' not in sys.modules, 'imported'")
   subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
@@ -103,8 +103,8 @@ def test_divergence_leaves_no_results(image_folder, tmp_path):
   root, _ = image_folder
   with pytest.raises(DivergenceError, match="smaller --learning_rate"):
     linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, optimizer="sgd", learning_rate=[1e4],
-                        reg=[10.0], batch_size=8, num_epochs=5), str(tmp_path))
-  assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.npz").exists()
+                        reg=[10.0], batch_size=8, num_epochs=5), str(tmp_path / "wd"))
+  assert os.listdir(tmp_path / "wd") == []
 
 
 @pytest.mark.parametrize("model, feats", [("mlp", "pixels"), ("linear", "hog_hsv"), ("mlp", "hog_hsv")])

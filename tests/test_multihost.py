@@ -53,13 +53,6 @@ def _run_one_process(module, args, tmp_path, devices=2):
   return json.loads((tmp_path / "single" / "results.json").read_text())
 
 
-def _held_rows(out):
-  """{split: (lo, hi)} from a process's "holds rows" log line."""
-  line = next(l for l in out.splitlines() if "holds rows" in l).split("holds rows ", 1)[1]
-  return {part.split(" [")[0]: tuple(int(v) for v in part.split("[")[1].rstrip(")").split(", "))
-          for part in line.split("), ")}
-
-
 @pytest.fixture
 def folder(tmp_path):
   root = str(tmp_path / "images")
@@ -72,7 +65,8 @@ def test_knn_database_split_with_cv_on_two_processes(tmp_path, folder):
       f"--dataset=folder:{folder}", "--num_train=40", "--num_test=12", "--num_val=6", "--k=1,3",
       "--cv_folds=4", "--shard=database"], tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
-  assert not any("holds rows" in o for o in outs)  # CV folds need the whole training split
+  whole = {"train": [0, 40], "val": [0, 6], "test": [0, 12]}
+  assert results["rows_read"] == [whole, whole]  # CV folds need the whole training split
 
 
 def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
@@ -81,7 +75,8 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
   results, outs = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
-  assert [_held_rows(o) for o in outs] == [{"train": (0, 21)}, {"train": (21, 41)}]
+  assert results["rows_read"] == [{"train": [0, 21], "val": [0, 7], "test": [0, 13]},
+                                  {"train": [21, 41], "val": [0, 7], "test": [0, 13]}]
   assert (tmp_path / "wd0" / "plots" / "neighbors.png").exists()  # neighbours from both hosts
   # ... and the run equals one process holding everything.
   single = _run_one_process("experiments.knn", args, tmp_path)
@@ -96,8 +91,8 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder, cv_folds):
   results, outs = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
-  assert [_held_rows(o) for o in outs] == [{"val": (0, 4), "test": (0, 7)},
-                                           {"val": (4, 7), "test": (7, 13)}]
+  assert results["rows_read"] == [{"train": [0, 41], "val": [0, 4], "test": [0, 7]},
+                                  {"train": [0, 41], "val": [4, 7], "test": [7, 13]}]
   # ... and the run equals one process holding everything.
   single = _run_one_process("experiments.knn", args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
@@ -112,9 +107,8 @@ def test_linear_training_on_two_processes(tmp_path, folder, features):
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
   # Each process read only its own rows: two halves of every split (odd sizes: 23 + 22, ...).
-  held = [_held_rows(o) for o in outs]
-  assert held[0] == {"train": (0, 23), "val": (0, 4), "test": (0, 9)}
-  assert held[1] == {"train": (23, 45), "val": (4, 7), "test": (9, 18)}
+  assert results["rows_read"] == [{"train": [0, 23], "val": [0, 4], "test": [0, 9]},
+                                  {"train": [23, 45], "val": [4, 7], "test": [9, 18]}]
   # ... and the run equals one process holding everything on two devices.
   single = _run_one_process("experiments.linear", args, tmp_path)
   assert single["processes"] == 1 and single["devices"] == 2
