@@ -96,7 +96,7 @@ def _base_type(hint):
 def define_flags(cls, flag_values=None) -> None:
   """Defines one absl flag per field of ``cls``, with the field's default and help."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values
   hints = typing.get_type_hints(cls)
   for f in dataclasses.fields(cls):
     kind, is_list = _base_type(hints[f.name])
@@ -117,7 +117,7 @@ def define_flags(cls, flag_values=None) -> None:
 def from_flags(cls, flag_values=None) -> dict:
   """The overrides given on the command line for the fields of ``cls``."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values
   return {f.name: fv[f.name].value for f in dataclasses.fields(cls) if fv[f.name].present}
 
 

@@ -86,8 +86,9 @@ def validate(config) -> Config:
   unknown = [s for s in c.stages if s not in STAGES]
   require(not unknown and bool(c.stages), "stages",
           f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
-  require(c.knn_num_train >= 0, "knn_num_train",
-          f"--knn_num_train must be >= 0 (0 = all), got {c.knn_num_train}")
+  require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
+          f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
+          f"got {c.knn_num_train}")
   require(c.mlp_hidden_size >= 1, "mlp_hidden_size",
           f"--mlp_hidden_size must be >= 1, got {c.mlp_hidden_size}")
   cfg.finite(c.mlp_epochs, "mlp_epochs")

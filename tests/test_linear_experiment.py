@@ -140,3 +140,30 @@ def test_unknown_model_and_features(tmp_path):
     linear_exp.run(dict(dataset="folder:/x", model="cnn"), str(tmp_path))
   with pytest.raises(ConfigError, match="unknown --features 'sift'"):
     linear_exp.run(dict(dataset="folder:/x", features="sift"), str(tmp_path))
+
+
+def _strict(text):
+  def refuse(name):
+    raise ValueError(f"not strict JSON: {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(image_folder, tmp_path):
+  root, _ = image_folder
+  old = os.umask(0o027)
+  try:
+    res = linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, optimizer="sgd",
+                              learning_rate=[1e-3, 1e6], reg=[1.0], batch_size=8, num_epochs=2),
+                         str(tmp_path / "wd"))
+  finally:
+    os.umask(old)
+  wd = tmp_path / "wd"
+  assert res["grid"][1]["diverged_at_step"] is not None and res["grid"][1]["val_accuracy"] is None
+  on_disk = _strict((wd / "results.json").read_text())
+  assert on_disk["grid"][1]["final_loss"] is None
+  lines = [_strict(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert any(l["loss"] is None for l in lines)
+  _strict((wd / "config.json").read_text())
+  for dirpath, _, names in os.walk(wd):
+    for name in names:
+      assert oct(os.stat(os.path.join(dirpath, name)).st_mode & 0o777) == oct(0o640), name
