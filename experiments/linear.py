@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common, compat, hosts as hosts_lib
+from experiments import common, compat, hosts as hosts_lib, tensorboard
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
@@ -227,19 +227,28 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
     val_set = (x_va, y_va)
   sub = cfg.rng(c.seed, "train_sample").permutation(n_tr)[:1000]
   writer = common.MetricsWriter(r)
+  board = tensorboard.ScalarWriter(r.file(tensorboard.FOLDER))
   with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
     def log(record):
       bar.update(record["step"] - bar.n)
       for g, (lr, reg) in enumerate(grid):
+        values = dict(loss=float(record["loss"][g]),
+                      train_accuracy=float(record["train_accuracy"][g]),
+                      val_accuracy=float(record["val_accuracy"][g]),
+                      scheduled_learning_rate=compat.learning_rate_at(
+                          c.schedule, steps, lr, record["step"] - 1))
         writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
-                     reg=reg, loss=float(record["loss"][g]),
-                     train_accuracy=float(record["train_accuracy"][g]),
-                     val_accuracy=float(record["val_accuracy"][g]))
-    fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr, learning_rates=[g[0] for g in grid],
-                      regs=[g[1] for g in grid], batch_size=c.batch_size, num_steps=steps,
-                      log_every=c.log_every or None, num_examples=n_tr,
-                      eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": val_set}, callback=log)
-    jax.block_until_ready(fit.params)
+                     reg=reg, **values)
+        board.write(tensorboard.member_name(lr, reg), record["step"], values)
+    try:
+      fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr, learning_rates=[g[0] for g in grid],
+                        regs=[g[1] for g in grid], batch_size=c.batch_size, num_steps=steps,
+                        log_every=c.log_every or None, num_examples=n_tr,
+                        eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": val_set},
+                        callback=log)
+      jax.block_until_ready(fit.params)
+    finally:
+      board.close()
   return fit
 
 

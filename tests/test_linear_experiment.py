@@ -167,3 +167,30 @@ def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(image_fo
   for dirpath, _, names in os.walk(wd):
     for name in names:
       assert oct(os.stat(os.path.join(dirpath, name)).st_mode & 0o777) == oct(0o640), name
+
+
+def test_tensorboard_curves_equal_metrics_jsonl(image_folder, tmp_path):
+  root, _ = image_folder
+  wd = tmp_path / "wd"
+  linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, learning_rate=[1e-3, 1e-2], reg=[0.1],
+                      batch_size=8, num_epochs=3, schedule="cosine"), str(wd))
+  from jaxlin import data as data_lib
+  tf = data_lib._tf()  # pylint: disable=protected-access
+  lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  members = sorted(os.listdir(wd / "tensorboard"))
+  assert members == ["lr=0.001,reg=0.1", "lr=0.01,reg=0.1"]
+  for member in members:
+    lr = float(member.split(",")[0][3:])
+    curves = {}
+    for path in (wd / "tensorboard" / member).iterdir():
+      for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for v in event.summary.value:
+          assert v.metadata.plugin_data.plugin_name == "scalars"
+          curves.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    mine = [l for l in lines if l["learning_rate"] == lr]
+    assert len(mine) == 3
+    for tag in ("loss", "train_accuracy", "val_accuracy", "scheduled_learning_rate"):
+      assert [s for s, _ in curves[tag]] == [l["step"] for l in mine], tag
+      np.testing.assert_allclose([v for _, v in curves[tag]], [l[tag] for l in mine], rtol=1e-6)
+  rates = [l["scheduled_learning_rate"] for l in lines if l["learning_rate"] == 1e-2]
+  assert rates[0] > rates[1] > rates[2] > 0  # cosine decay
