@@ -232,6 +232,18 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print("interrupted; no results were written and the workdir keeps its previous run",
           file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
+  except Exception as e:  # pylint: disable=broad-except
+    multihost = sys.modules.get("experiments.multihost")
+    if multihost is None or not multihost.started():
+      raise  # a bug: the traceback helps
+    # Across hosts a failing collective usually means a peer was lost: one line, exit now.
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"error: this process failed while working with the others ({type(e).__name__}: "
+          f"{first}); another process may have stopped", file=sys.stderr)
+    _exit(EXIT_FAILED)
+  multihost = sys.modules.get("experiments.multihost")
+  if multihost is not None:
+    multihost.finish()
   _exit(exit_code(results))
 
 
