@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from typing import Any, Mapping
@@ -97,21 +98,23 @@ def define_flags(cls, flag_values=None) -> None:
   """Defines one absl flag per field of ``cls``, with the field's default and help."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS if flag_values is None else flag_values
+  # Listed by --help as the program's own flags (absl keys the main module by sys.argv[0]).
+  module = sys.argv[0] if flag_values is None else None
   hints = typing.get_type_hints(cls)
   for f in dataclasses.fields(cls):
     kind, is_list = _base_type(hints[f.name])
     default, help_text = f.default, f.metadata.get("help", f.name)
     if is_list:
       flags.DEFINE_list(f.name, None if default is None else [str(v) for v in default],
-                        help_text, flag_values=fv)
+                        help_text, flag_values=fv, module_name=module)
     elif kind is bool:
-      flags.DEFINE_bool(f.name, default, help_text, flag_values=fv)
+      flags.DEFINE_bool(f.name, default, help_text, flag_values=fv, module_name=module)
     elif kind is int:
-      flags.DEFINE_integer(f.name, default, help_text, flag_values=fv)
+      flags.DEFINE_integer(f.name, default, help_text, flag_values=fv, module_name=module)
     elif kind is float:
-      flags.DEFINE_float(f.name, default, help_text, flag_values=fv)
+      flags.DEFINE_float(f.name, default, help_text, flag_values=fv, module_name=module)
     else:
-      flags.DEFINE_string(f.name, default, help_text, flag_values=fv)
+      flags.DEFINE_string(f.name, default, help_text, flag_values=fv, module_name=module)
 
 
 def from_flags(cls, flag_values=None) -> dict:

@@ -2,9 +2,10 @@
 
 Loading and pixel models need numpy only (no TensorFlow, no JAX): a saved
 model can be used anywhere; models on HOG + hue features compute their
-features with jaxlin.features (JAX). The file holds the parameters (``param/<name>``), the training mean
-image, the input scale, the class names and a small JSON header (model kind,
-loss, image shape, version).
+features with jaxlin.features (JAX). The file holds the parameters
+(``param/<name>``), the training mean image, the input scale, the class names
+and a small JSON header (model kind, loss, image shape, version). ``load``
+checks all of it and says in one line what is wrong with a file.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class SavedModel:
     """
     images_uint8_NxHxWxC = self._check_images(images_uint8_NxHxWxC)
     if self.features == "hog_hsv":
-      from jaxlin import features  # pylint: disable=g-import-not-at-top  (needs JAX, not TensorFlow)
+      # needs JAX, not TensorFlow
+      from jaxlin import features  # pylint: disable=g-import-not-at-top
       f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
       return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image

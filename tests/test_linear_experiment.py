@@ -189,7 +189,8 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
   cache = tmp_path / "cache"
   cfg = dict(dataset=f"folder:{root}", model=model, features=feats, loss=loss, hidden_size=16,
              num_val=6,
-             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
+             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10,
+             cache_dir=str(cache))
   res = linear_exp.run(cfg, str(wd))
   assert res["model"] == model and res["features"] == feats
   assert res["input_dim"] == (16 * 16 * 3 if feats == "pixels" else 2 * 2 * 9 + 10)
@@ -200,7 +201,8 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
   saved = checkpoint.load(str(wd / "model.npz"))
   assert saved.kind == model and saved.features == feats
   ds = data.load(f"folder:{root}", num_val=6)
-  assert np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels) == pytest.approx(res["test_accuracy"])
+  accuracy = np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels)
+  assert accuracy == pytest.approx(res["test_accuracy"])
   if feats == "hog_hsv":  # features were cached; a second run reuses them
     files = sorted(os.listdir(cache))
     assert len(files) == 3

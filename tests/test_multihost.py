@@ -41,7 +41,8 @@ def _run_two_processes(module, args, tmp_path):
       p.kill()
   assert all(p.returncode == 0 for p in procs), outs
   # The summary line without its wall time: the same choice and accuracies on both processes.
-  summaries = [next(l for l in o.splitlines() if "test accuracy" in l).split("] ", 1)[1].rsplit(";", 1)[0]
+  summaries = [next(l for l in o.splitlines() if "test accuracy" in l)
+               .split("] ", 1)[1].rsplit(";", 1)[0]
                for o in outs]
   assert summaries[0] == summaries[1]
   assert not (tmp_path / "wd1").exists()  # only process 0 writes
@@ -106,7 +107,8 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder):
 def test_linear_training_on_two_processes(tmp_path, folder):
   """HOG features: both statistics paths (pixels and features) summed over processes."""
   features = "hog_hsv"
-  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45", "--learning_rate=0.001,0.01",
+  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
+          "--learning_rate=0.001,0.01",
           "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}", "--cache_dir="]
   results, outs = _run_two_processes("experiments.linear", args, tmp_path)
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
@@ -175,7 +177,8 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
   procs = _start("experiments.linear", {0: args, 1: args}, tmp_path, (0, 1), _free_port(), 5)
   try:
     t0 = time.time()
-    while not any(os.path.getsize(p) for p in glob.glob(f"{tmp_path}/wd0/.staging-*/metrics.jsonl")):
+    staged = f"{tmp_path}/wd0/.staging-*/metrics.jsonl"
+    while not any(os.path.getsize(p) for p in glob.glob(staged)):
       assert procs[0].poll() is None and time.time() - t0 < 120, procs[0].communicate()
       time.sleep(0.2)
     procs[1].kill()
