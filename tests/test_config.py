@@ -130,3 +130,16 @@ def test_strict_json_and_the_users_umask(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
   finally:
     os.umask(old)
+
+
+def test_library_errors_are_printed_in_flag_names():
+  from jaxlin.errors import DataError, InputError
+  e = InputError("learning_rates must be positive, got [-1.0]", argument="learning_rates")
+  assert common.flag_message(e, linear_exp.FLAGS_OF_ARGUMENTS) == (
+      "--learning_rate must be positive, got [-1.0]")
+  e = DataError("num_train=5000 must be in [1, 36] (examples available)", argument="num_train")
+  assert common.flag_message(e) == "--num_train=5000 must be in [1, 36] (examples available)"
+  e = ConfigError("--hidden_size must be >= 1, got 0", argument="hidden_size")
+  renamed = common.rename_flags(e, study.STAGE_FLAGS["mlp"])
+  assert str(renamed) == "--mlp_hidden_size must be >= 1, got 0"
+  assert renamed.argument == "mlp_hidden_size"

@@ -110,21 +110,24 @@ def _wait_for_training(proc, wd, timeout=120):
     time.sleep(0.2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_a_run_stopped_during_training_leaves_the_previous_run(finished, folder, tmp_path, sig):
-  wd = _copy(finished, tmp_path / "wd")
-  before = _snapshot(wd)
-  proc = _start_training(folder, wd)
-  _wait_for_training(proc, wd)
-  proc.send_signal(sig)
-  _, err = proc.communicate(timeout=60)
-  assert _snapshot(wd) == before  # results.json and plots of the finished run, untouched
-  if sig == signal.SIGINT:  # Ctrl-C: one line, exit 130, nothing staged left
-    assert proc.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("interrupted; no results were written")
-    assert "Traceback" not in err
-    assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
-  else:  # killed: its lock died with it; the next run takes the workdir and cleans up
-    assert proc.returncode == -signal.SIGKILL
-    knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
-    assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
+def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, tmp_path):
+  """Ctrl-C (SIGINT) and SIGKILL, two runs at once (one start-up cost)."""
+  runs = {}
+  for sig in (signal.SIGINT, signal.SIGKILL):
+    wd = _copy(finished, tmp_path / f"wd{int(sig)}")
+    runs[sig] = (wd, _snapshot(wd), _start_training(folder, wd))
+  for sig, (wd, _, proc) in runs.items():
+    _wait_for_training(proc, wd)
+    proc.send_signal(sig)
+  for sig, (wd, before, proc) in runs.items():
+    _, err = proc.communicate(timeout=60)
+    assert _snapshot(wd) == before  # results.json and plots of the finished run, untouched
+    if sig == signal.SIGINT:  # Ctrl-C: one line, exit 130, nothing staged left
+      assert proc.returncode == 130
+      assert err.strip().splitlines()[-1].startswith("interrupted; no results were written")
+      assert "Traceback" not in err
+      assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
+    else:  # killed: its lock died with it; the next run takes the workdir and cleans up
+      assert proc.returncode == -signal.SIGKILL
+      knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
+      assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
