@@ -63,10 +63,26 @@ def trainer(model, loss_fn, *, optimizer: str, schedule: str, num_steps: int, me
   if _accepts(train.Trainer.__init__, "total_steps"):
     return train.Trainer(model, loss_fn, optimizer=optimizer, schedule=schedule,
                          total_steps=num_steps, mesh=mesh)
+  if optimizer == "lbfgs":  # its line search sets the step: nothing to schedule
+    schedule = None
   return train.Trainer(model, loss_fn, optimizer=optimizer, schedule=schedule, mesh=mesh)
+
+
+def learning_rates(optimizer: str, rates):
+  """The learning_rates argument of Trainer.fit (None for lbfgs once fit takes None)."""
+  if optimizer == "lbfgs" and not _accepts(train.Trainer.__init__, "total_steps"):
+    return None
+  return list(rates)
 
 
 def learning_rate_at(schedule: str, num_steps: int, base: float, step: int) -> float:
   """The scheduled learning rate at ``step`` (what the optimiser used for that step)."""
-  fn = train.make_schedule(schedule, num_steps)
+  try:
+    fn = train.make_schedule(schedule, num_steps)
+  except (AttributeError, TypeError):  # the schedule is built inside Trainer.fit now
+    import optax  # pylint: disable=g-import-not-at-top
+    fn = {"constant": lambda t: 1.0,
+          "cosine": optax.cosine_decay_schedule(1.0, max(num_steps, 1)),
+          "step": optax.piecewise_constant_schedule(
+              1.0, {int(num_steps * 0.5): 0.1, int(num_steps * 0.75): 0.1})}[schedule]
   return float(base * np.asarray(fn(np.int32(step))))

@@ -241,7 +241,8 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
                      reg=reg, **values)
         board.write(tensorboard.member_name(lr, reg), record["step"], values)
     try:
-      fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr, learning_rates=[g[0] for g in grid],
+      fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr,
+                        learning_rates=compat.learning_rates(c.optimizer, [g[0] for g in grid]),
                         regs=[g[1] for g in grid], batch_size=c.batch_size, num_steps=steps,
                         log_every=c.log_every or None, num_examples=n_tr,
                         eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": val_set},
