@@ -53,7 +53,7 @@ def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
   folder = cache_dir(out_dir, dataset, data_dir)
   paths = {n: os.path.join(folder, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
   if not all(os.path.exists(p) for p in paths.values()):
-    from jaxlin import data  # pylint: disable=g-import-not-at-top
+    from jaxlin import data  # pylint: disable=import-outside-toplevel
     os.makedirs(folder, exist_ok=True)
     tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
     ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)

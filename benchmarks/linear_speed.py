@@ -37,9 +37,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 200, "minibatch size")
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxlin import linear, losses, train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxlin import linear, losses, train  # pylint: disable=import-outside-toplevel
   out, arrays = common.prepare("linear_speed")
   tx, ty, ex, ey = (arrays[n] for n in ("train_x", "train_y", "test_x", "test_y"))
   tx, ty = tx[:-_NUM_VAL.value], ty[:-_NUM_VAL.value]  # the course's 49,000 (last 1,000: val)
@@ -77,7 +77,7 @@ def main(argv):
                "seconds": seconds, "test_accuracy": acc})
   print(rows[-1], file=sys.stderr, flush=True)
   if not _SKIP_SKLEARN.value:
-    # pylint: disable-next=g-import-not-at-top
+    # pylint: disable-next=import-outside-toplevel
     from sklearn.linear_model import LogisticRegression, SGDClassifier
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")

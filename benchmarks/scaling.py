@@ -29,8 +29,8 @@ _CHILD = flags.DEFINE_integer("child", 0, "internal: device count of this child"
 
 
 def child(n: int, out: str):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=import-outside-toplevel
   paths = common.array_paths(out)
   arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import files, plots
-from jaxlin.errors import ConfigError, JaxlinError
+from jaxlin.errors import JaxlinError
 
 SHARD_MODES = ("auto", "none", "queries", "database")
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -93,13 +93,13 @@ class Run:
   """
 
   def __init__(self, kind: str, c: cfg.BaseConfig, workdir: str, *, overwrite: bool = False):
-    from experiments import hosts  # pylint: disable=g-import-not-at-top
+    from experiments import hosts  # pylint: disable=import-outside-toplevel
     self.kind, self.config = kind, c
     self.hosts = hosts.Hosts(getattr(c, "shard", "auto"))
     self.writer = self.hosts.writer
     self.workdir = None
     if self.writer:
-      from experiments.workdir import Workdir  # pylint: disable=g-import-not-at-top
+      from experiments.workdir import Workdir  # pylint: disable=import-outside-toplevel
       self.workdir = Workdir(workdir, kind, overwrite=overwrite)
     self.timer = Timer()
     self.started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -160,7 +160,7 @@ class MetricsWriter:
 # ---- progress and timing -------------------------------------------------------------------
 def progress(desc: str, total: int | None = None, unit: str = "it"):
   """A tqdm progress bar on stderr (off when JAXLIN_NO_PROGRESS is set)."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
               disable=bool(os.environ.get("JAXLIN_NO_PROGRESS")))
 
@@ -223,7 +223,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     validate = sys.modules[run.__module__].validate
     c = validate(c)
     if launch.multi_host:
-      from experiments import multihost  # pylint: disable=g-import-not-at-top
+      from experiments import multihost  # pylint: disable=import-outside-toplevel
       multihost.start(launch, kind, c)
     results = run(c, launch.workdir, overwrite=launch.overwrite)
   except JaxlinError as e:
@@ -260,7 +260,7 @@ def _exit(code: int) -> None:
 
 def main(kind: str, config_cls, run, **kwargs) -> None:
   """Defines the program's flags (its config's and the launch options) and runs it."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=import-outside-toplevel
   cfg.define_flags(config_cls)
   cfg.define_flags(Launch)
 

@@ -96,7 +96,7 @@ def _base_type(hint):
 
 def define_flags(cls, flag_values=None) -> None:
   """Defines one absl flag per field of ``cls``, with the field's default and help."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FLAGS if flag_values is None else flag_values
   # Listed by --help as the program's own flags (absl keys the main module by sys.argv[0]).
   module = sys.argv[0] if flag_values is None else None
@@ -119,7 +119,7 @@ def define_flags(cls, flag_values=None) -> None:
 
 def from_flags(cls, flag_values=None) -> dict:
   """The overrides given on the command line for the fields of ``cls``."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FLAGS if flag_values is None else flag_values
   return {f.name: fv[f.name].value for f in dataclasses.fields(cls) if fv[f.name].present}
 

@@ -59,8 +59,8 @@ class _Deadline:
 
 def fingerprint(kind: str, c) -> dict:
   """What every process must agree on: the experiment, its config and its data plan."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  from jaxlin import data  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=import-outside-toplevel
+  from jaxlin import data  # pylint: disable=import-outside-toplevel
   out = {"experiment": kind, **{k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict))
                                 else v for k, v in c.asdict().items()}}
   try:
@@ -71,7 +71,7 @@ def fingerprint(kind: str, c) -> dict:
       h.update(f"{split}:{source}:{len(idx)}:".encode())
       h.update(idx.astype("int64").tobytes())
     out["data_plan"] = h.hexdigest()[:16]
-  except Exception as e:  # pylint: disable=broad-except  (compared; the run reports it)
+  except Exception as e:  # compared; the run reports it; pylint: disable=broad-except
     out["data_plan"] = f"unreadable ({type(e).__name__})"
   return out
 
@@ -82,7 +82,7 @@ def differences(mine: dict, theirs: dict) -> list[str]:
 
 def start(launch, kind: str, c) -> None:
   """Joins the other processes, checks that they all run the same, starts the watchdog."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
   try:  # CPU-only processes need a collectives backend to talk to each other
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, KeyError, ValueError):
@@ -108,7 +108,7 @@ def start(launch, kind: str, c) -> None:
 
 
 def _client():
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
   return distributed.global_state.client
 
 
@@ -164,7 +164,7 @@ class _Watchdog(threading.Thread):
         for p, (value, since) in last.items():
           try:
             seen = client.key_value_try_get(f"{_PREFIX}/alive/{p}")
-          except Exception:  # pylint: disable=broad-except  (not written yet)
+          except Exception:  # not written yet; pylint: disable=broad-except
             seen = None
           if seen != value:
             last[p] = (seen, now)
@@ -172,7 +172,7 @@ class _Watchdog(threading.Thread):
                 and not _is_done(client, p)):
             _die(f"process {p} stopped answering for {self.timeout:g} s (--host_timeout): "
                  "it was killed, hung or lost its host; stopping this process too", EXIT_LOST)
-      except Exception:  # pylint: disable=broad-except  (the coordination service is gone)
+      except Exception:  # the coordination service is gone; pylint: disable=broad-except
         if self.finishing.is_set():  # at the end, process 0 may simply have finished first
           return
         if not self.stop.is_set():
@@ -183,7 +183,7 @@ class _Watchdog(threading.Thread):
 def _is_done(client, p: int) -> bool:
   try:
     return client.key_value_try_get(f"{_PREFIX}/done/{p}") == "1"
-  except Exception:  # pylint: disable=broad-except  (not done)
+  except Exception:  # not done; pylint: disable=broad-except
     return False
 
 
@@ -199,7 +199,7 @@ def finish() -> None:
   """
   if not started():
     return
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
   t = _state["timeout"]
   _client().key_value_set(f"{_PREFIX}/done/{jax.process_index()}", "1")
   for w in _watchdogs():

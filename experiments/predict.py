@@ -95,7 +95,7 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=import-outside-toplevel
   c = Config.make(cfg.from_flags(Config))
   paths = argv[1:]
   if not paths:
@@ -122,6 +122,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=import-outside-toplevel
   cfg.define_flags(Config)
   app.run(main)

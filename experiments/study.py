@@ -189,7 +189,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         rows[stage] = _row(stage, module.run(stage_config, stage_dir))
       except DataError:
         raise
-      except Exception as e:  # pylint: disable=broad-except  (reported; the rest runs)
+      except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
         logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
         if isinstance(e, JaxlinError):
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))

@@ -26,9 +26,9 @@ class ScalarWriter:
     self.folder, self._writers = folder, {}
     if folder is None:
       return
-    from jaxlin import data  # pylint: disable=g-import-not-at-top  (TensorFlow, GPU hidden)
+    from jaxlin import data  # TensorFlow, GPU hidden; pylint: disable=import-outside-toplevel
     self._tf = data._tf()  # pylint: disable=protected-access
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
     self._metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN),
         data_class=summary_pb2.DATA_CLASS_SCALAR)

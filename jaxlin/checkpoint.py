@@ -44,7 +44,7 @@ class SavedModel:
     images_uint8_NxHxWxC = self._check_images(images_uint8_NxHxWxC)
     if self.features == "hog_hsv":
       # needs JAX, not TensorFlow
-      from jaxlin import features  # pylint: disable=g-import-not-at-top
+      from jaxlin import features  # pylint: disable=import-outside-toplevel
       f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
       return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image

@@ -78,7 +78,7 @@ def _tf():
   # the user's terminal (errors still show; set TF_CPP_MIN_LOG_LEVEL=0 to see all).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with _quiet_native_stderr():  # its import-time notices (oneDNN, logging set-up)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised; devices were hidden the first time
@@ -88,7 +88,7 @@ def _tf():
 
 def _tfds():
   _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   return tfds
 
 

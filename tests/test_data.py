@@ -127,7 +127,8 @@ def test_tfds_cifar10_through_mock_data():
 def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch):
   monkeypatch.setattr(data, "_reachable", lambda *a, **k: False)
   t = time.time()
-  with pytest.raises(DataError, match=r"not prepared in .* network is unreachable.*folder:PATH") as e:
+  expected = r"not prepared in .* network is unreachable.*folder:PATH"
+  with pytest.raises(DataError, match=expected) as e:
     data.load("cifar10", data_dir=str(tmp_path))
   assert e.value.argument == "data_dir" and "--" not in str(e.value)
   assert time.time() - t < 20

@@ -116,7 +116,7 @@ def test_cache_written_with_the_users_umask(tmp_path):
 def test_standardise_uses_training_statistics():
   tr = jnp.array([[0.0, 1.0], [2.0, 1.0]])
   te = jnp.array([[4.0, 3.0]])
-  (a, b), (mean, std) = features.standardise(tr, te)
+  (a, b), _ = features.standardise(tr, te)
   np.testing.assert_allclose(a, [[-1, 0], [1, 0]])
   np.testing.assert_allclose(b, [[3, 2]])
 
@@ -154,6 +154,7 @@ def test_mlp_gradients_match_numerical_gradients():
 def test_mlp_shapes_and_errors():
   p = mlp.init_params(jax.random.key(1), 6, 4, 3)
   assert mlp.scores(p, jnp.ones((2, 6))).shape == (2, 3)
-  assert float(losses.l2_penalty(p)) == pytest.approx(float(jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2)))
+  expected = float(jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2))
+  assert float(losses.l2_penalty(p)) == pytest.approx(expected)
   with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
     mlp.scores(p, jnp.ones((2, 5)))

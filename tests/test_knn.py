@@ -70,7 +70,7 @@ def test_cosine_matches_reference_order():
   qn = q / np.linalg.norm(q, axis=1, keepdims=True)
   dbn = db / np.linalg.norm(db, axis=1, keepdims=True)
   ref = 1 - qn @ dbn.T
-  d, i = knn.search(q.astype(np.float32), db.astype(np.float32), 5, metric="cosine",
+  _, i = knn.search(q.astype(np.float32), db.astype(np.float32), 5, metric="cosine",
                     database_tile=7)
   np.testing.assert_array_equal(i, np.argsort(ref, 1, kind="stable")[:, :5])
 

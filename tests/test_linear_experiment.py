@@ -87,8 +87,7 @@ def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(softmax_
 
 def test_tensorboard_curves_equal_metrics_jsonl(softmax_run):
   _, wd = softmax_run
-  from jaxlin import data as data_lib
-  tf = data_lib._tf()  # pylint: disable=protected-access
+  tf = data._tf()  # pylint: disable=protected-access
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   members = sorted(os.listdir(wd / "tensorboard"))
   assert len(members) == 6 and "lr=0.01,reg=0.1" in members

@@ -64,7 +64,8 @@ def test_losses_match_naive_loops_on_random_data(squared):
   s, y = rng.normal(size=(50, 7)) * 3, rng.integers(0, 7, 50)
   np.testing.assert_allclose(losses.multiclass_svm(s.astype(np.float32), y, squared=squared),
                              _np_svm(s, y, squared=squared), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(losses.softmax_cross_entropy(s.astype(np.float32), y), _np_softmax(s, y),
+  np.testing.assert_allclose(losses.softmax_cross_entropy(s.astype(np.float32), y),
+                             _np_softmax(s, y),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -119,12 +120,14 @@ def test_gradient_matches_numerical_gradient(loss):
     wp, wm = w.copy(), w.copy()
     wp[i, j] += h
     wm[i, j] -= h
-    assert float(grad["W"][i, j]) == pytest.approx((f_np(wp, b) - f_np(wm, b)) / (2 * h), rel=2e-3, abs=2e-4)
+    numeric = (f_np(wp, b) - f_np(wm, b)) / (2 * h)
+    assert float(grad["W"][i, j]) == pytest.approx(numeric, rel=2e-3, abs=2e-4)
   for j in range(4):
     bp, bm = b.copy(), b.copy()
     bp[j] += h
     bm[j] -= h
-    assert float(grad["b"][j]) == pytest.approx((f_np(w, bp) - f_np(w, bm)) / (2 * h), rel=2e-3, abs=2e-4)
+    numeric = (f_np(w, bp) - f_np(w, bm)) / (2 * h)
+    assert float(grad["b"][j]) == pytest.approx(numeric, rel=2e-3, abs=2e-4)
 
 
 @pytest.mark.parametrize("loss", ["svm", "softmax"])

@@ -78,7 +78,7 @@ def folder(tmp_path_factory):
 def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
           "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=database"]
-  results, outs = _run_two_processes("experiments.knn", args, tmp_path)
+  results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
   assert results["rows_read"] == [{"train": [0, 21], "val": [0, 7], "test": [0, 13]},
@@ -93,7 +93,7 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
 def test_knn_queries_split_on_two_processes(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
           "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=queries"]
-  results, outs = _run_two_processes("experiments.knn", args, tmp_path)
+  results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
   assert results["rows_read"] == [{"train": [0, 41], "val": [0, 4], "test": [0, 7]},
@@ -110,7 +110,7 @@ def test_linear_training_on_two_processes(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
           "--learning_rate=0.001,0.01",
           "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}", "--cache_dir="]
-  results, outs = _run_two_processes("experiments.linear", args, tmp_path)
+  results, _ = _run_two_processes("experiments.linear", args, tmp_path)
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
   # Each process read only its own rows: two halves of every split (odd sizes: 23 + 22, ...).

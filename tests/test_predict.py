@@ -141,5 +141,5 @@ def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
   # float outside [0, 1]: refused, one line
   model = checkpoint.load(_save(tmp_path / "m.npz"))
   bad = _write(tmp_path, "big.tiff", Image.fromarray(np.full((4, 4), 7.5, np.float32)))
-  (path, top, error), = predict.classify(model, [bad])
+  (_, top, error), = predict.classify(model, [bad])
   assert top is None and error.startswith(f"cannot read {bad}: a float image with values")

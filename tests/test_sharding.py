@@ -41,7 +41,7 @@ def test_one_device_mesh_is_the_plain_search():
 
 
 def test_sharding_imports_nothing_of_jaxlin():
-  import ast  # pylint: disable=g-import-not-at-top
+  import ast  # pylint: disable=import-outside-toplevel
   with open(os.path.join(ROOT, "jaxlin", "sharding.py")) as f:
     tree = ast.parse(f.read())
   names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
