@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "using_jaxlin.md")
+DOC = os.path.join(ROOT, "README.md")
 OWNED = ("features", "linear", "losses", "metrics", "mlp", "plots", "train")
 
 
@@ -42,8 +42,11 @@ def test_all_names_public_documented_objects(name):
 
 
 def _blocks():
+  """The python blocks of the README's section "Using jaxlin in your own code"."""
   with open(DOC) as f:
-    return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    text = f.read()
+  section = text.split("## Using jaxlin in your own code\n", 1)[1].split("\n## ", 1)[0]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 def _small_dataset(data):
@@ -67,7 +70,7 @@ def test_readme_snippets_run(tmp_path, monkeypatch):
   import matplotlib.pyplot as plt
   from jaxlin import data
   blocks = _blocks()
-  assert len(blocks) == 5
+  assert len(blocks) == 6
   ds = _small_dataset(data)
   monkeypatch.setattr(data, "load", lambda name, **kw: ds)  # generated data, no download
   monkeypatch.chdir(tmp_path)
@@ -81,4 +84,5 @@ def test_readme_snippets_run(tmp_path, monkeypatch):
   assert fit.compile_count == 1 and fit.losses.shape == (12, 4)
   assert np.isfinite(float(namespace["step_metrics"]["loss"]))
   assert namespace["pred"].shape == (40,)
+  assert namespace["acc"].shape == (5, 3) and namespace["d"].shape == (4, 10)
   assert os.path.getsize(tmp_path / "figures" / "overview.png") > 1000
