@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -217,6 +219,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error,
   130 interrupted (Ctrl-C; no results written).
   """
+  signal.signal(signal.SIGINT, _on_interrupt)
   try:
     launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
     c = config_cls.make(cfg.from_flags(config_cls))
@@ -230,8 +233,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print(f"error: {flag_message(e, flags)}", file=sys.stderr)
     _exit(EXIT_USAGE)
   except KeyboardInterrupt:
-    print("interrupted; no results were written and the workdir keeps its previous run",
-          file=sys.stderr)
+    print(INTERRUPTED, file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
     multihost = sys.modules.get("experiments.multihost")
@@ -246,6 +248,36 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   if multihost is not None:
     multihost.finish()
   _exit(exit_code(results))
+
+
+INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+INTERRUPT_GRACE_S = 10.0
+_interrupted = threading.Event()
+
+
+def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
+  """Ctrl-C: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
+
+  Native code (XLA, TensorFlow) can hold or swallow the KeyboardInterrupt; if the run has
+  not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the
+  run's staging folder, releases its lock and ends the process with exit code 130.
+  """
+  if _interrupted.is_set():
+    _force_stop()
+  _interrupted.set()
+  backstop = threading.Timer(INTERRUPT_GRACE_S, _force_stop)
+  backstop.daemon = True  # a run that ends by itself does not wait for it
+  backstop.start()
+  raise KeyboardInterrupt
+
+
+def _force_stop() -> None:
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  for w in list(workdir.OPEN):
+    w.close()
+  print(INTERRUPTED, file=sys.stderr)
+  sys.stderr.flush()
+  os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
 
 
 def _exit(code: int) -> None:

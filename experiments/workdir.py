@@ -26,6 +26,7 @@ LOCK = ".lock"
 STAGING = ".staging-"
 PREVIOUS = ".previous-"
 KIND_KEY = "experiment"  # config.json names the experiment that wrote the workdir
+OPEN: set = set()  # the workdirs of this process's runs in progress (for a forced stop)
 
 
 def _legacy_kind(config: dict) -> str | None:
@@ -73,6 +74,7 @@ class Workdir:
           shutil.rmtree(os.path.join(self.path, e), ignore_errors=True)
       self.staging = os.path.join(self.path, f"{STAGING}{os.getpid()}")
       os.makedirs(os.path.join(self.staging, "plots"))
+      OPEN.add(self)
     except BaseException:
       self._unlock()
       raise
@@ -157,6 +159,7 @@ class Workdir:
 
   def close(self) -> None:
     """Removes the staging folder (if not committed) and releases the lock."""
+    OPEN.discard(self)
     if self.staging:
       shutil.rmtree(self.staging, ignore_errors=True)
       self.staging = None
@@ -168,8 +171,11 @@ class Workdir:
         os.remove(os.path.join(self.path, LOCK))
       except OSError:
         pass
-      os.close(self._lock_fd)
-      self._lock_fd = None
+      fd, self._lock_fd = self._lock_fd, None
+      try:
+        os.close(fd)
+      except OSError:  # closed already by a forced stop in another thread
+        pass
 
   def __enter__(self):
     return self.open()

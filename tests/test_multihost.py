@@ -77,7 +77,7 @@ def folder(tmp_path_factory):
 
 def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=database"]
+          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
@@ -92,7 +92,7 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
 
 def test_knn_queries_split_on_two_processes(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=queries"]
+          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
@@ -148,7 +148,7 @@ def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder):
           "--reg=0.1", "--batch_size=8", "--num_steps=2", "--cache_dir="]
   t0 = time.time()
   procs = _start("experiments.linear", {0: base + ["--seed=0"], 1: base + ["--seed=1"]},
-                 tmp_path, (0, 1), _free_port(), 20)
+                 tmp_path, (0, 1), _free_port(), 45)
   try:
     outs = [p.communicate(timeout=90) for p in procs]
   finally:
