@@ -84,6 +84,19 @@ def prepare(name: str) -> tuple[str, dict]:
 
 
 def peak_rss_mb() -> float:
+  """This process's peak resident memory in MB.
+
+  Linux's VmHWM, which starts afresh at exec: ``ru_maxrss`` keeps the peak of the
+  process before exec, so a child started by a large parent would report the
+  parent's memory.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
