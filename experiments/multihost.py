@@ -13,6 +13,8 @@
   ends the process with one line (exit code 1). JAX's own heartbeat timeout is set longer,
   so that it never fires first.
 * ``finish`` stops the watchdog and shuts the distributed runtime down within the bound.
+* A lost process 0 (which hosts the coordination service) makes JAX abort the others from a
+  C++ thread before this module can act; ``experiments.supervisor`` turns that into one line.
 """
 from __future__ import annotations
 
@@ -133,13 +135,14 @@ def _agree(jax, mine: dict, t: float) -> None:
       verdict = (f"the processes were started with different settings ({detail}); start every "
                  "process with the same flags")
     client.key_value_set(f"{_PREFIX}/verdict", verdict)
-    for p in range(1, n):  # stay until every process has read the verdict
-      client.blocking_key_value_get(f"{_PREFIX}/read/{p}", ms)
   else:
     verdict = client.blocking_key_value_get(f"{_PREFIX}/verdict", ms)
-    client.key_value_set(f"{_PREFIX}/read/{me}", "1")
   deadline.cancel()
   if verdict != "ok":
+    # Leave together, through JAX's shutdown barrier: a process still connected when process 0
+    # (the coordination service) exits would be aborted by JAX with a C++ stack dump.
+    _Deadline(t, verdict, EXIT_MISMATCH)
+    jax.distributed.shutdown()
     _die(verdict, EXIT_MISMATCH)
 
 
