@@ -196,3 +196,27 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
   finally:
     for p in procs:
       p.kill()
+
+
+def test_supervisor_passes_output_until_a_fatal_report():
+  from experiments import supervisor  # pylint: disable=import-outside-toplevel
+  assert supervisor.wanted(["--num_processes=2", "--workdir=w"])
+  assert not supervisor.wanted(["--workdir=w", "--k=1"])
+  assert not supervisor.wanted(["--num_processes=2", "--help"])
+  r, w = os.pipe()
+  os.write(w, b"step 1\rstep 2\nI1202 ok\nF1202 client.h:80] Terminating process because the JAX "
+              b"distributed service detected fatal errors.\n*** Check failure stack trace: ***\n")
+  os.close(w)
+
+  class Sink:
+    data = b""
+    def write(self, b):
+      Sink.data += b
+    def flush(self):
+      pass
+
+  fatal = []
+  with os.fdopen(r, "rb") as src:
+    supervisor._pump(src, Sink(), fatal)  # pylint: disable=protected-access
+  assert Sink.data == b"step 1\rstep 2\nI1202 ok\n"
+  assert fatal and fatal[0].startswith(b"Terminating process because the JAX distributed")
