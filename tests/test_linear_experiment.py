@@ -14,6 +14,9 @@ from experiments import predict
 from jaxlin import checkpoint, data, linear
 from jaxlin.errors import ConfigError, DivergenceError
 
+# Module fixtures build one shared run: keep this file on one test worker.
+pytestmark = pytest.mark.xdist_group("test_linear_experiment")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_val=6, learning_rate=[1e-3, 1e-2], reg=[0.0, 0.1], batch_size=8, num_epochs=8)
 

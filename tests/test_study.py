@@ -8,6 +8,9 @@ from experiments import study
 from jaxlin.errors import ConfigError, DataError
 from tests.conftest import make_image_folder
 
+# Module fixtures build one shared run: keep this file on one test worker.
+pytestmark = pytest.mark.xdist_group("test_study")
+
 TINY = dict(num_val=6, mlp_hidden_size=8, mlp_epochs=2, cache_dir="")
 # (chosen, val accuracy, test accuracy) of a deterministic tiny study (seed 0; the folder
 # below; every linear stage 2 epochs of batches of 8). If these move, so would the

@@ -15,6 +15,9 @@ from experiments.workdir import Workdir
 from jaxlin.errors import ConfigError, DataError
 from tests.conftest import make_image_folder
 
+# Module fixtures build one shared run: keep this file on one test worker.
+pytestmark = pytest.mark.xdist_group("test_workdir")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNN = dict(num_train=30, num_test=6, num_val=6, k=[1], metric=["l2"], cv_folds=0,
            num_neighbor_rows=2)
