@@ -53,7 +53,7 @@ def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
   folder = cache_dir(out_dir, dataset, data_dir)
   paths = {n: os.path.join(folder, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
   if not all(os.path.exists(p) for p in paths.values()):
-    from jaxlin import data  # pylint: disable=g-import-not-at-top
+    from jaxlin import data  # pylint: disable=import-outside-toplevel
     os.makedirs(folder, exist_ok=True)
     tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
     ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)
@@ -84,6 +84,19 @@ def prepare(name: str) -> tuple[str, dict]:
 
 
 def peak_rss_mb() -> float:
+  """This process's peak resident memory in MB.
+
+  Linux's VmHWM, which starts afresh at exec: ``ru_maxrss`` keeps the peak of the
+  process before exec, so a child started by a large parent would report the
+  parent's memory.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -111,7 +124,8 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], **info) ->
   """Print the table and save it (name.md, name.json) with the date, machine and command."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            "dataset": DATASET.value, **info, "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
+            "dataset": DATASET.value, **info,
+            "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
   path = os.path.join(out, f"{name}.md")

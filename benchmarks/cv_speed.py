@@ -24,7 +24,7 @@ KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 
 def main(argv):
   del argv
-  from jaxlin import selection  # pylint: disable=g-import-not-at-top
+  from jaxlin import selection  # pylint: disable=import-outside-toplevel
   out, arrays = common.prepare("cv_speed")
   tx, ty = arrays["train_x"], arrays["train_y"]
   idx = np.random.default_rng(0).permutation(len(ty))[:_NUM_TRAIN.value]

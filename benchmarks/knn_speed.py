@@ -52,18 +52,18 @@ def _exact_l2_neighbours(q, db, k):
 def _search(method, metric, q, db, k):
   """(dists, idx) of the k nearest, by one method. Distances: L2 (not squared) and L1."""
   if method == "jaxlin":
-    from jaxlin import knn  # pylint: disable=g-import-not-at-top
+    from jaxlin import knn  # pylint: disable=import-outside-toplevel
     d, i = knn.search(q, db, k, metric=metric)
     return np.asarray(d), np.asarray(i)
   if method == "faiss":
-    import faiss  # pylint: disable=g-import-not-at-top
+    import faiss  # pylint: disable=import-outside-toplevel
     index = (faiss.IndexFlatL2(db.shape[1]) if metric == "l2"
              else faiss.IndexFlat(db.shape[1], faiss.METRIC_L1))
-    index.add(db.astype(np.float32))
-    d, i = index.search(q.astype(np.float32), k)
+    index.add(db.astype(np.float32))  # pylint: disable=no-value-for-parameter
+    d, i = index.search(q.astype(np.float32), k)  # pylint: disable=no-value-for-parameter
     return (np.sqrt(np.maximum(d, 0)) if metric == "l2" else d), i
   if method == "sklearn":
-    from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top
+    from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=import-outside-toplevel
     clf = KNeighborsClassifier(n_neighbors=k, algorithm="brute",
                                metric="euclidean" if metric == "l2" else "manhattan")
     clf.fit(db.astype(np.float32), np.zeros(len(db)))
@@ -126,7 +126,8 @@ def main(argv):
         ref_i, ref_d, ref_t = i, d, r["seconds"]
       row = {"metric": metric, "method": method, "queries": queries, "database": n_db,
              "k": _K.value, "seconds": r["seconds"],
-             "first_call_seconds": "" if r["first_call_seconds"] is None else r["first_call_seconds"],
+             "first_call_seconds": ("" if r["first_call_seconds"] is None
+                                    else r["first_call_seconds"]),
              "s_per_1000_queries": r["seconds"] / queries * 1000,
              "jaxlin_x_faster": r["seconds"] / ref_t, "peak_rss_mb": r["peak_rss_mb"],
              "same_idx_as_jaxlin": float(np.mean(i == ref_i)),

@@ -29,8 +29,8 @@ _CHILD = flags.DEFINE_integer("child", 0, "internal: device count of this child"
 
 
 def child(n: int, out: str):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=import-outside-toplevel
   paths = common.array_paths(out)
   arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
@@ -48,7 +48,7 @@ def child(n: int, out: str):
   y = arrays["train_y"][:20000]
   model = train.Model(init=lambda key: linear.init_params(key, x.shape[1], 10), apply=linear.scores)
   t0 = time.perf_counter()
-  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum", total_steps=200,
+  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum",
                       mesh=mesh).fit(jax.random.key(0), x, y, learning_rates=[1e-3, 3e-3],
                                      regs=[0.01, 0.01], batch_size=min(200, len(x)),
                                      num_steps=200)
@@ -81,11 +81,12 @@ def main(argv):
     if task.startswith("knn"):
       metric, mode = task.split()[1].rstrip(","), task.split()[-1]
       ref = np.load(os.path.join(out, f"idx_{base}_{metric}_{mode}.npy"))
-      row["same answer"] = all(np.array_equal(np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy")), ref)
-                               for n in results)
+      idx = lambda n: np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"))
+      row["same answer"] = all(np.array_equal(idx(n), ref) for n in results)
     else:
-      row["same answer"] = all(np.allclose(results[n]["final losses"], results[base]["final losses"],
-                                           rtol=1e-4) for n in results)
+      losses_of = lambda n: results[n]["final losses"]
+      row["same answer"] = all(np.allclose(losses_of(n), losses_of(base), rtol=1e-4)
+                               for n in results)
     rows.append(row)
   common.report(out, "scaling", rows, list(rows[0]), queries=_QUERIES.value, k=_K.value,
                 devices="real" if _REAL.value else "simulated CPU devices")

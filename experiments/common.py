@@ -1,171 +1,168 @@
-"""What every entry point shares: workdir files, progress bars, error handling."""
+"""What every entry point shares: the shared config fields, the launch options, the
+run's files (staged in the workdir, committed on success), error handling and
+exit codes."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+import re
+import signal
 import sys
-import tempfile
+import threading
 import time
 from typing import Any, Callable, Mapping
 
+from experiments import config as cfg
+from experiments.config import option, require
+from jaxlin import files, plots
+from jaxlin.errors import JaxlinError
 
-from absl import flags
-
-from jaxlin.errors import ConfigError, JaxlinError
-
-# Flags every experiment shares, defined once so that entry points can import
-# each other (the study runs them all). Sizes default to None: "the
-# experiment's own default" (see each experiment's DEFAULTS).
-DATASET = flags.DEFINE_string(
-    "dataset", "cifar10", "cifar10 (through tfds) or folder:PATH (PATH/{train,test}/<class>/*.jpg)")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds's own)")
-WORKDIR = flags.DEFINE_string("workdir", None, "folder for config, results, plots and models")
-SEED = flags.DEFINE_integer("seed", 0, "seed for subsets, folds, init and minibatches")
-NUM_TRAIN = flags.DEFINE_integer("num_train", None, "training images (0 = all; default: the experiment's)")
-NUM_VAL = flags.DEFINE_integer("num_val", None, "val images, the last of the training split (default 1000)")
-NUM_TEST = flags.DEFINE_integer("num_test", None, "test images (0 = all; default: the experiment's)")
-SHARD = flags.DEFINE_string(
-    "shard", "auto", "many devices: auto (split the queries / the batch when there are several "
-    "devices), none, queries, or database (kNN: split the database rows)")
 SHARD_MODES = ("auto", "none", "queries", "database")
-COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "multi-host: host:port of process 0 (with --num_processes, --process_id)")
-NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
-PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's id, 0 .. num_processes-1")
-DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "multi-host on a managed cluster (TPU pods, SLURM): discover the processes")
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-def init_distributed() -> None:
-  """jax.distributed.initialize() from the multi-host flags (no-op when none are given)."""
-  if not (DISTRIBUTED.value or COORDINATOR.value or NUM_PROCESSES.value):
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  if COORDINATOR.value and (NUM_PROCESSES.value is None or PROCESS_ID.value is None):
-    raise ConfigError("--coordinator_address needs --num_processes and --process_id")
-  try:  # CPU-only processes need a collectives backend to talk to each other
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except (AttributeError, KeyError, ValueError):
-    pass
-  if DISTRIBUTED.value and not COORDINATOR.value:
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator_address=COORDINATOR.value,
-                               num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)
+@dataclasses.dataclass(frozen=True)
+class DataConfig(cfg.BaseConfig):
+  """The fields every experiment has: which data, how much of it, the seed, the devices."""
+  dataset: str = option("cifar10", "cifar10 (through tfds) or folder:PATH "
+                        "(PATH/{train,test}/<class>/*.png|jpg)")
+  data_dir: str | None = option(None, "tfds data_dir (default: tfds's own)")
+  seed: int = option(0, "seed of every random stream (subsets, folds, init, minibatches, ...)")
+  num_train: int = option(0, "training images (0 = all)")
+  num_val: int = option(1000, "val images, the last of the training split")
+  num_test: int = option(0, "test images (0 = all)")
+  shard: str = option("auto", "many devices: auto (split the queries / the batch when there are "
+                      "several devices), none, queries, or database (kNN: split the database)")
 
 
-def is_writer() -> bool:
-  """Only process 0 writes files; every process computes the same results."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
+def validate_data(c: DataConfig) -> DataConfig:
+  """Checks of the shared fields; sizes of 0 mean all. (The dataset is checked by the run.)"""
+  require(isinstance(c.seed, int) and c.seed >= 0, "seed", f"--seed must be >= 0, got {c.seed}")
+  for name in ("num_train", "num_test"):
+    value = getattr(c, name)
+    require(value is None or value >= 0, name, f"--{name} must be >= 0 (0 = all), got {value}")
+  require(c.num_val >= 0, "num_val", f"--num_val must be >= 0, got {c.num_val}")
+  require(c.shard in SHARD_MODES, "shard",
+          f"unknown --shard {c.shard!r}; choose from {', '.join(SHARD_MODES)}")
+  return c.replace(num_train=c.num_train or 0, num_test=c.num_test or 0)
 
 
-def log_rows(rows: Mapping[str, tuple[int, int]]) -> None:
-  """One log line: which rows of which splits this process read."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.info("process %d of %d holds rows %s", jax.process_index(), jax.process_count(),
-               ", ".join(f"{s} [{lo}, {hi})" for s, (lo, hi) in rows.items()))
+@dataclasses.dataclass(frozen=True)
+class Launch(cfg.BaseConfig):
+  """How a program runs, not what it computes: where it writes and who its peers are."""
+  workdir: str | None = option(None, "folder for config, results, plots and models")
+  overwrite: bool = option(False, "replace a workdir that holds another experiment's run or "
+                           "files that are not a jaxlin run")
+  coordinator_address: str | None = option(
+      None, "multi-host: host:port of process 0 (with --num_processes, --process_id)")
+  num_processes: int | None = option(None, "multi-host: number of processes")
+  process_id: int | None = option(None, "multi-host: this process's id, 0 .. num_processes-1")
+  distributed: bool = option(False, "multi-host on a managed cluster (TPU pods, SLURM): "
+                             "discover the processes")
+  host_timeout: float = option(60.0, "multi-host: seconds to wait for the other processes "
+                               "(to start, to agree, to answer) before stopping")
+
+  @property
+  def multi_host(self) -> bool:
+    return bool(self.distributed or self.coordinator_address or self.num_processes)
 
 
-def check_shard(value: str) -> str:
-  if value not in SHARD_MODES:
-    raise ConfigError(f"unknown --shard {value!r}; choose from {', '.join(SHARD_MODES)}")
-  return value
+def validate_launch(launch: Launch) -> Launch:
+  require(bool(launch.workdir), "workdir",
+          "--workdir is required: the folder where results and plots are written")
+  cfg.finite(launch.host_timeout, "host_timeout")
+  require(launch.host_timeout > 0, "host_timeout",
+          f"--host_timeout must be > 0 seconds, got {launch.host_timeout}")
+  if launch.coordinator_address or launch.num_processes is not None:
+    require(launch.coordinator_address is not None and launch.num_processes is not None
+            and launch.process_id is not None, "coordinator_address",
+            "--coordinator_address needs --num_processes and --process_id (and the reverse)")
+    require(launch.num_processes >= 1, "num_processes",
+            f"--num_processes must be >= 1, got {launch.num_processes}")
+    require(0 <= launch.process_id < launch.num_processes, "process_id",
+            f"--process_id must be in [0, {launch.num_processes - 1}] "
+            f"(--num_processes={launch.num_processes}), got {launch.process_id}")
+  return launch
 
 
-def mesh_for(shard: str):
-  """(mesh or None, kNN shard mode): a mesh over all devices unless there is one or shard=none."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxlin import sharding  # pylint: disable=g-import-not-at-top
-  if shard == "none" or jax.device_count() == 1:
-    return None, "queries"
-  return sharding.make_mesh(), ("database" if shard == "database" else "queries")
+# ---- the files of one run --------------------------------------------------------------------
+class Run:
+  """One run of an experiment: its hosts, its staged workdir, its timer.
 
-
-def shared_flag_config(defaults: Mapping[str, Any]) -> dict:
-  """The shared flags as config entries (unset sizes take the experiment's defaults)."""
-  out = dict(dataset=DATASET.value, data_dir=DATA_DIR.value, seed=SEED.value, shard=SHARD.value)
-  for name, holder in (("num_train", NUM_TRAIN), ("num_val", NUM_VAL), ("num_test", NUM_TEST)):
-    out[name] = defaults[name] if holder.value is None else holder.value
-  return out
-
-
-def merge_config(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
-  unknown = set(config) - set(defaults)
-  if unknown:
-    raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(defaults)}")
-  return {**defaults, **config}
-
-
-def prepare_workdir(workdir: str, stale: tuple[str, ...] = ("results.json",)) -> str:
-  """Create the workdir, prove it is writable, and remove stale result files.
-
-  A failed run must not leave an older results.json looking like its own.
+  Process 0 writes; the others compute the same and write nothing. Files go to
+  the staging folder; ``finish`` writes results.json and commits them, so the
+  workdir shows the previous run's files until this one has succeeded.
   """
-  if not workdir:
-    raise ConfigError("--workdir is required: the folder where results and plots are written")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not is_writer():
-    return workdir
-  try:
-    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write_test")
-    os.close(fd)
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"workdir {workdir} is not writable ({e.strerror}); "
-                      "choose another --workdir") from None
-  for name in stale:
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      os.remove(path)
-  return workdir
 
+  def __init__(self, kind: str, c: cfg.BaseConfig, workdir: str, *, overwrite: bool = False):
+    from experiments import hosts  # pylint: disable=import-outside-toplevel
+    self.kind, self.config = kind, c
+    self.hosts = hosts.Hosts(getattr(c, "shard", "auto"))
+    self.writer = self.hosts.writer
+    self.workdir = None
+    if self.writer:
+      from experiments.workdir import Workdir  # pylint: disable=import-outside-toplevel
+      self.workdir = Workdir(workdir, kind, overwrite=overwrite)
+    self.timer = Timer()
+    self.started = time.strftime("%Y-%m-%d %H:%M:%S")
 
-def write_json(path: str, obj: Any) -> str:
-  """Write JSON atomically (a temporary file renamed into place); process 0 only."""
-  if not is_writer():
-    return path
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
-  return path
+  def __enter__(self) -> "Run":
+    if self.workdir is not None:
+      self.workdir.open()
+      self.write_json("config.json", {"experiment": self.kind, **self.config.asdict()})
+    return self
 
+  def __exit__(self, *exc):
+    if self.workdir is not None:
+      self.workdir.close()
+    return False
 
-def _json_default(o):
-  try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    if isinstance(o, np.generic):
-      return o.item()
-    if hasattr(o, "tolist"):
-      return o.tolist()
-  except ImportError:
-    pass
-  raise TypeError(f"not JSON serialisable: {type(o)}")
+  def file(self, name: str) -> str | None:
+    """Path of ``name`` in this run's staging folder (None on processes that do not write)."""
+    return self.workdir.file(name) if self.writer else None
+
+  def write_json(self, name: str, obj: Any) -> None:
+    if self.writer:
+      path = self.file(name)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      files.write_json(path, obj)
+
+  def plot(self, name: str, function: str, *args, **kwargs) -> None:
+    """plots.<function>(...) written to plots/<name> (process 0 only)."""
+    if self.writer:
+      path = self.file(os.path.join("plots", name))
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      plots.save(getattr(plots, function)(*args, **kwargs), path)
+
+  def finish(self, results: dict) -> dict:
+    """Writes results.json and replaces the previous run's files with this run's."""
+    results = dict(results, processes=self.hosts.count, devices=self.hosts.devices,
+                   date=self.started)
+    results.setdefault("timings_s", {})["total"] = self.timer()
+    self.write_json("results.json", results)
+    if self.workdir is not None:
+      self.workdir.commit()
+    return results
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to metrics.jsonl."""
+  """Appends one strict-JSON object per logged step to metrics.jsonl (process 0 only)."""
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = is_writer()
-    if self.enabled:
+  def __init__(self, run: Run):
+    self.path = run.file("metrics.jsonl")
+    if self.path:
       open(self.path, "w").close()
 
   def write(self, **record):
-    if not self.enabled:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record, default=_json_default) + "\n")
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(files.to_json(record) + "\n")
 
 
+# ---- progress and timing -------------------------------------------------------------------
 def progress(desc: str, total: int | None = None, unit: str = "it"):
-  """A tqdm progress bar on stderr (silent when stderr is not a terminal and CI is set)."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  """A tqdm progress bar on stderr (off when JAXLIN_NO_PROGRESS is set)."""
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
               disable=bool(os.environ.get("JAXLIN_NO_PROGRESS")))
 
@@ -187,28 +184,121 @@ class Timer:
     return time.perf_counter() - self.t0
 
 
-def parse_ints(values, name: str) -> list[int]:
+# ---- errors and exit codes -----------------------------------------------------------------
+def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None) -> str:
+  """The error's message in the words of the command line.
+
+  ``flags`` maps a library argument or config field (``learning_rates``) to the flag that sets
+  it (``learning_rate``). A ``--name`` in the message that ``flags`` renames (the study's
+  ``--hidden_size`` -> ``--mlp_hidden_size``) is renamed too.
+  """
+  message, flags = str(error), dict(flags or {})
+  for name, flag in flags.items():
+    message = re.sub(rf"(?<![\w-])--{re.escape(name)}(?![\w-])", f"--{flag}", message)
+  argument = getattr(error, "argument", None)
+  if argument and argument in flags or argument and f"--{argument}" not in message:
+    flag = flags.get(argument, argument)
+    if f"--{flag}" not in message:
+      renamed = re.sub(rf"(?<![\w-]){re.escape(argument)}(?![\w-])", f"--{flag}", message, 1)
+      message = renamed if renamed != message else f"--{flag}: {message}"
+  return message
+
+
+def rename_flags(error: JaxlinError, flags: Mapping[str, str]) -> JaxlinError:
+  """The same error, its message and argument in the words of another program's flags."""
+  out = type(error)(flag_message(error, flags), argument=flags.get(error.argument,
+                                                                   error.argument))
+  return out
+
+
+def run_main(kind: str, config_cls, run: Callable[..., dict], *,
+             flags: Mapping[str, str] | None = None,
+             exit_code: Callable[[dict], int] = lambda results: 0) -> None:
+  """The program: flags -> checked config and launch -> run -> one line per error, exit code.
+
+  Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error,
+  130 interrupted (Ctrl-C; no results written).
+  """
+  signal.signal(signal.SIGINT, _on_interrupt)
   try:
-    return [int(v) for v in values]
-  except (TypeError, ValueError):
-    raise ConfigError(f"--{name} must be a comma-separated list of integers, got {values!r}") from None
-
-
-def parse_floats(values, name: str) -> list[float]:
-  try:
-    return [float(v) for v in values]
-  except (TypeError, ValueError):
-    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {values!r}") from None
-
-
-def run_main(run: Callable[[dict, str], dict], config: dict, workdir: str) -> None:
-  """Calls run(config, workdir); a user error becomes one line on stderr and exit code 2."""
-  try:
-    init_distributed()
-    run(config, workdir)
+    launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
+    c = config_cls.make(cfg.from_flags(config_cls))
+    validate = sys.modules[run.__module__].validate
+    c = validate(c)
+    if launch.multi_host:
+      from experiments import multihost  # pylint: disable=import-outside-toplevel
+      multihost.start(launch, kind, c)
+    results = run(c, launch.workdir, overwrite=launch.overwrite)
   except JaxlinError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {flag_message(e, flags)}", file=sys.stderr)
+    _exit(EXIT_USAGE)
   except KeyboardInterrupt:
-    print("interrupted; results.json was not written", file=sys.stderr)
-    sys.exit(130)
+    print(INTERRUPTED, file=sys.stderr)
+    _exit(EXIT_INTERRUPTED)
+  except Exception as e:  # pylint: disable=broad-except
+    multihost = sys.modules.get("experiments.multihost")
+    if multihost is None or not multihost.started():
+      raise  # a bug: the traceback helps
+    # Across hosts a failing collective usually means a peer was lost: one line, exit now.
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"error: this process failed while working with the others ({type(e).__name__}: "
+          f"{first}); another process may have stopped", file=sys.stderr)
+    _exit(EXIT_FAILED)
+  multihost = sys.modules.get("experiments.multihost")
+  if multihost is not None:
+    multihost.finish()
+  _exit(exit_code(results))
+
+
+INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+INTERRUPT_GRACE_S = 10.0
+_interrupted = threading.Event()
+
+
+def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
+  """Ctrl-C: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
+
+  Native code (XLA, TensorFlow) can hold or swallow the KeyboardInterrupt; if the run has
+  not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the
+  run's staging folder, releases its lock and ends the process with exit code 130.
+  """
+  if _interrupted.is_set():
+    _force_stop()
+  _interrupted.set()
+  backstop = threading.Timer(INTERRUPT_GRACE_S, _force_stop)
+  backstop.daemon = True  # a run that ends by itself does not wait for it
+  backstop.start()
+  raise KeyboardInterrupt
+
+
+def _force_stop() -> None:
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  for w in list(workdir.OPEN):
+    w.close()
+  print(INTERRUPTED, file=sys.stderr)
+  sys.stderr.flush()
+  os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+
+
+def _exit(code: int) -> None:
+  """Exits; a failed multi-host process exits at once (no shutdown barrier waiting for peers)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  multihost = sys.modules.get("experiments.multihost")
+  if code and multihost is not None and multihost.started():
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
+def main(kind: str, config_cls, run, **kwargs) -> None:
+  """Defines the program's flags (its config's and the launch options) and runs it."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  cfg.define_flags(config_cls)
+  cfg.define_flags(Launch)
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_main(kind, config_cls, run, **kwargs)
+
+  app.run(_main)

@@ -9,220 +9,201 @@ on the test subset and writes config.json, results.json and plots/ into
 """
 from __future__ import annotations
 
-import os
-import time
+import dataclasses
 
-from absl import app
-from absl import flags
 from absl import logging
-import jax
 import numpy as np
 
 from experiments import common
-from jaxlin import data, distances, knn, metrics, plots, selection, sharding
-from jaxlin.errors import ConfigError
-
-DEFAULTS = dict(
-    dataset="cifar10", data_dir=None, seed=0, num_train=5000, num_test=500, num_val=1000,
-    k=[1, 3, 5, 8, 10, 12, 15, 20, 50, 100], metric=["l1", "l2"], cv_folds=5,
-    tie_break="smallest_label", num_neighbor_rows=8, shard="auto")
-
-_K = flags.DEFINE_list("k", [str(k) for k in DEFAULTS["k"]], "values of k to compare")
-_METRIC = flags.DEFINE_list("metric", DEFAULTS["metric"], "distances to compare: l1, l2, cosine")
-_CV_FOLDS = flags.DEFINE_integer("cv_folds", DEFAULTS["cv_folds"], "folds (0 = use the val split)")
-_TIE_BREAK = flags.DEFINE_enum("tie_break", DEFAULTS["tie_break"], list(knn.TIE_BREAKS),
-                               "how a tied vote is decided")
+from experiments import config as cfg
+from experiments.config import option, require
+from jaxlin import data, distances, knn, metrics, selection
 
 
-def validate(config: dict) -> dict:
-  """Checks every value before any heavy work; returns a normalised config."""
-  c = common.merge_config(DEFAULTS, config)
-  c["k"] = common.parse_ints(c["k"], "k")
-  if not c["k"] or min(c["k"]) < 1:
-    raise ConfigError(f"--k values must be >= 1, got {c['k']}")
-  c["k"] = sorted(set(c["k"]))
-  c["metric"] = [str(m).strip().lower() for m in c["metric"]]
-  for m in c["metric"]:
-    if m not in distances.METRICS or m == "l2_squared":
-      raise ConfigError(f"unknown --metric {m!r}; choose from l1, l2, cosine")
-  if not c["metric"]:
-    raise ConfigError("--metric needs at least one of l1, l2, cosine")
-  if c["cv_folds"] == 1 or c["cv_folds"] < 0:
-    raise ConfigError(f"--cv_folds must be 0 (use the val split) or at least 2, got {c['cv_folds']}")
-  for name in ("num_train", "num_test"):
-    if c[name] is not None and c[name] < 0:
-      raise ConfigError(f"--{name} must be >= 0 (0 = all), got {c[name]}")
-    if c[name] == 0:
-      c[name] = None
-  single = len(c["k"]) == 1 and len(c["metric"]) == 1
-  if c["num_val"] < 0 or (c["cv_folds"] == 0 and c["num_val"] < 1 and not single):
-    raise ConfigError(f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c['num_val']}")
-  if c["num_train"] is not None:
-    _check_k_fits(c, c["num_train"], single)
-  common.check_shard(c["shard"])
-  if c["tie_break"] not in knn.TIE_BREAKS:
-    raise ConfigError(f"unknown --tie_break {c['tie_break']!r}; choose from {knn.TIE_BREAKS}")
+@dataclasses.dataclass(frozen=True)
+class Config(common.DataConfig):
+  num_train: int = option(5000, "training images (0 = all)")
+  num_test: int = option(500, "test images (0 = all)")
+  k: tuple[int, ...] = option((1, 3, 5, 8, 10, 12, 15, 20, 50, 100), "values of k to compare")
+  metric: tuple[str, ...] = option(("l1", "l2"), "distances to compare: l1, l2, cosine")
+  cv_folds: int = option(5, "cross-validation folds (0 = choose on the val split)")
+  tie_break: str = option("smallest_label", f"how a tied vote is decided: "
+                          f"{', '.join(knn.TIE_BREAKS)}")
+  num_neighbor_rows: int = option(8, "test images shown with their neighbours in "
+                                  "plots/neighbors.png")
+
+  @property
+  def single(self) -> bool:
+    """One (metric, k): nothing to choose, the test split is searched once."""
+    return len(self.k) == 1 and len(self.metric) == 1
+
+
+def validate(config) -> Config:
+  """Checks every value before any data is read; returns the normalised config."""
+  c = common.validate_data(Config.make(config))
+  given = cfg.ints(c.k, "k")
+  k = sorted(set(given))
+  require(bool(k) and min(k) >= 1, "k", f"--k values must be >= 1, got {list(given)}")
+  metric = tuple(str(m).strip().lower() for m in c.metric)
+  require(bool(metric), "metric", "--metric needs at least one of l1, l2, cosine")
+  for m in metric:
+    require(m in distances.METRICS and m != "l2_squared", "metric",
+            f"unknown --metric {m!r}; choose from l1, l2, cosine")
+  c = c.replace(k=k, metric=metric)
+  require(c.cv_folds == 0 or c.cv_folds >= 2, "cv_folds",
+          f"--cv_folds must be 0 (use the val split) or at least 2, got {c.cv_folds}")
+  require(c.num_val >= (1 if c.cv_folds == 0 and not c.single else 0), "num_val",
+          f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c.num_val}")
+  require(c.tie_break in knn.TIE_BREAKS, "tie_break",
+          f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
+  require(c.num_neighbor_rows >= 0, "num_neighbor_rows",
+          f"--num_neighbor_rows must be >= 0, got {c.num_neighbor_rows}")
+  if c.num_train:
+    check_sizes(c, c.num_train)
   return c
 
 
-def _check_k_fits(c: dict, num_train: int, single: bool = False):
-  folds = 0 if single else c["cv_folds"]
+def check_sizes(c: Config, num_train: int) -> None:
+  """The folds and the largest k fit ``num_train`` training images."""
+  folds = 0 if c.single else c.cv_folds
+  require(folds <= num_train, "cv_folds",
+          f"--cv_folds={folds} is more than the {num_train} training images")
   fit = num_train - -(-num_train // folds) if folds else num_train
-  if max(c["k"]) > fit:
-    where = f"the {fit} training images of each of {folds} folds" if folds else f"the {fit} training images"
-    raise ConfigError(f"--k={max(c['k'])} is larger than {where}; use smaller k or more --num_train")
+  where = (f"the {fit} training images of each of {folds} folds" if folds
+           else f"the {fit} training images")
+  require(max(c.k) <= fit, "k",
+          f"--k={max(c.k)} is larger than {where}; use smaller k or more --num_train")
 
 
-def run(config: dict, workdir: str) -> dict:
+def run(config, workdir: str, *, overwrite: bool = False) -> dict:
+  """Load, select (metric, k) on training data, evaluate once on test, write."""
   c = validate(config)
-  workdir = common.prepare_workdir(workdir)
-  data.check_name(c["dataset"])
-  common.write_json(os.path.join(workdir, "config.json"), c)
-  timer = common.Timer()
-  mesh, shard = common.mesh_for(c["shard"])
+  with common.Run("knn", c, workdir, overwrite=overwrite) as r:
+    plan = data.split_rows(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
+                           num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
+    check_sizes(c, len(plan["train"][1]))
+    logging.info("loading %s", c.dataset)
+    ds = r.hosts.load(c, plan, _split_in_parts(c, r.hosts))
+    db = _Database(ds, r.hosts)
+    load_s = r.timer()
+    logging.info("train %d, val %d, test %d images of %s, %d classes", db.n, ds.val.total,
+                 ds.test.total, ds.image_shape, ds.num_classes)
 
-  logging.info("loading %s", c["dataset"])
-  # Across hosts each process reads only its own rows of what is split:
-  # --shard=queries: the query splits (val, test), searched on its own devices;
-  # --shard=database without CV: the database (the training split), laid along the mesh.
-  # The CV folds come from the training split, so with CV every process reads it whole.
-  single = len(c["metric"]) == 1 and len(c["k"]) == 1
-  hosts = mesh is not None and jax.process_count() > 1
-  spread = hosts and shard == "queries"
-  db_spread = hosts and shard == "database" and (single or not c["cv_folds"])
-  rows, query_mesh = None, mesh
-  if spread or db_spread:
-    plan = data.split_rows(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
-                           num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"])
-    rows = {s: sharding.process_rows(len(plan[s][1]), mesh)
-            for s in (("val", "test") if spread else ("train",))}
-    local = jax.local_devices()
-    query_mesh = sharding.make_mesh(local) if spread and len(local) > 1 else None
-    common.log_rows(rows)
-  ds = data.load(c["dataset"], data_dir=c["data_dir"], num_train=c["num_train"],
-                 num_val=c["num_val"], num_test=c["num_test"], seed=c["seed"], rows=rows)
-  n_train = ds.train.total
-  _check_k_fits(c, n_train, single)
-  load_s = timer()
-  flat = lambda imgs: imgs.reshape(len(imgs), -1)  # uint8 rows: L1 stays exact integer work
-  # A split's rows from every process, for the splits each process reads a part of.
-  parts = [getattr(ds, s) for s in (rows or {})]
+    select_t = common.Timer()
+    accuracies = {m: _select(c, ds, db, m) for m in ([] if c.single else c.metric)}
+    best_metric, best_k = _choose(c, accuracies)
+    select_s = select_t()
 
-  def whole(split, a):
-    read_in_part = any(split is p for p in parts)
-    return sharding.gather_rows(a, split.start, split.total) if read_in_part else a
+    test_t = common.Timer()  # the test split, touched once
+    with common.progress(f"test, {best_metric} k={best_k}", ds.test.total, "img") as bar:
+      idx = db.neighbours(ds.test, best_metric, min(max(best_k, 10), db.n), bar)
+    test_pred = np.asarray(knn.vote(db.y[idx[:, :best_k]], ds.num_classes,
+                                    tie_break=c.tie_break))
+    test_s = test_t()
+    test_y = r.hosts.whole(ds.test, ds.test.labels)
+    cm = np.asarray(metrics.confusion_matrix(test_y, test_pred, ds.num_classes))
 
-  if db_spread:
-    train_x = sharding.rows_to_global(flat(ds.train.images), n_train, mesh)
-  else:
-    train_x = flat(ds.train.images)
-  train_y = whole(ds.train, ds.train.labels)
-  val_labels, test_labels = whole(ds.val, ds.val.labels), whole(ds.test, ds.test.labels)
-  logging.info("train %d, val %d, test %d images of %s, %d classes",
-               n_train, ds.val.total, ds.test.total, ds.image_shape, ds.num_classes)
-
-  def neighbours(split, metric, k, bar):
-    """(split.total, k) database indices of every image of a query split, on every process."""
-    if db_spread:
-      _, idx = knn.search(flat(split.images), train_x, k, metric=metric, mesh=mesh,
-                          layout="database", num_database=n_train)
-    else:
-      _, idx = knn.search(flat(split.images), train_x, k, metric=metric, mesh=query_mesh,
-                          layout=shard, callback=common.tile_callback(bar))
-    return whole(split, np.asarray(idx))
-
-  # ---- model selection: every (metric, k) from one search per fold ----
-  accuracies, sel_t = {}, common.Timer()
-  for m in ([] if single else c["metric"]):
-    if c["cv_folds"]:
-      with common.progress(f"{c['cv_folds']}-fold CV, {m}", c["cv_folds"], "fold") as bar:
-        accuracies[m] = selection.cross_validate_knn(  # folds of default_rng([seed, 3])
-            train_x, train_y, c["k"], num_folds=c["cv_folds"], metric=m,
-            num_classes=ds.num_classes, tie_break=c["tie_break"],
-            callback=common.tile_callback(bar), seed=(c["seed"], 3), mesh=mesh, layout=shard)
-    else:
-      with common.progress(f"val split, {m}", len(ds.val), "img") as bar:
-        idx = neighbours(ds.val, m, max(c["k"]), bar)  # one search serves every k
-      accuracies[m] = np.array([[float(metrics.accuracy(val_labels, knn.vote(
-          train_y[idx[:, :kk]], ds.num_classes, tie_break=c["tie_break"]))) for kk in c["k"]]])
-    logging.info("%s: mean accuracy by k %s", m,
-                 {k: round(float(a), 4) for k, a in zip(c["k"], accuracies[m].mean(0))})
-  select_s = sel_t()
-  if single:  # nothing to choose: evaluate the one setting on test
-    best_metric, best_k = c["metric"][0], c["k"][0]
-  else:  # best mean accuracy; ties go to the first metric given, then the smallest k
-    best_metric, best_j = max(((m, j) for m in c["metric"] for j in range(len(c["k"]))),
-                              key=lambda mj: (accuracies[mj[0]][:, mj[1]].mean(),
-                                              -c["metric"].index(mj[0]), -mj[1]))
-    best_k = c["k"][best_j]
-
-  # ---- the test split, touched once ----
-  test_t = common.Timer()
-  show_k = min(max(best_k, 10), n_train)
-  with common.progress(f"test, {best_metric} k={best_k}", len(ds.test), "img") as bar:
-    idx = neighbours(ds.test, best_metric, show_k, bar)
-  test_pred = np.asarray(knn.vote(train_y[idx[:, :best_k]], ds.num_classes, tie_break=c["tie_break"]))
-  test_s = test_t()
-  test_acc = float(metrics.accuracy(test_labels, test_pred))
-  cm = np.asarray(metrics.confusion_matrix(test_labels, test_pred, ds.num_classes))
-
-  # ---- figures, then results (written last: its presence means the run finished) ----
-  if accuracies and common.is_writer():
-    plots.cross_validation(os.path.join(workdir, "plots", "cross_validation.png"), c["k"], accuracies)
-  shown = np.random.default_rng([c["seed"], 4]).permutation(ds.test.total)[:c["num_neighbor_rows"]]
-  shown_images = _rows_at(ds.test, shown) if spread else ds.test.images[shown]
-  near = idx[shown, :10]
-  near_images = (_rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
-                 if db_spread else ds.train.images[near])
-  if common.is_writer():
-    plots.neighbors(os.path.join(workdir, "plots", "neighbors.png"), shown_images,
-                    test_labels[shown], near_images, train_y[near], ds.class_names)
-    plots.confusion(os.path.join(workdir, "plots", "confusion.png"), cm, ds.class_names,
-                    title=f"kNN {best_metric} k={best_k}, test")
-  results = {
-      "dataset": c["dataset"],
-      "sizes": {"train": n_train, "val": ds.val.total, "test": ds.test.total},
-      "class_names": list(ds.class_names),
-      "selection": ("none (a single setting)" if single else "val split" if not c["cv_folds"]
-                    else f"{c['cv_folds']}-fold cross-validation"),
-      "k": c["k"],
-      "accuracy": {m: {"per_fold": a.tolist(), "mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
-                   for m, a in accuracies.items()},
-      "chosen": {"metric": best_metric, "k": best_k,
-                 "selection_accuracy": None if single else float(
-                     accuracies[best_metric][:, c["k"].index(best_k)].mean())},
-      "test_accuracy": test_acc,
-      "per_class_test_accuracy": dict(zip(ds.class_names,
-                                          np.asarray(metrics.per_class_accuracy(cm)).tolist())),
-      "confusion_matrix": cm.tolist(),
-      "devices": 1 if mesh is None else int(mesh.devices.size),
-      "processes": jax.process_count(),
-      "timings_s": {"load": load_s, "selection": select_s, "test": test_s, "total": timer()},
-      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-  }
-  common.write_json(os.path.join(workdir, "results.json"), results)
+    _figures(r, c, ds, db, accuracies, idx, test_y, cm, f"kNN {best_metric} k={best_k}, test")
+    results = _results(c, ds, accuracies, best_metric, best_k, cm,
+                       float(metrics.accuracy(test_y, test_pred)))
+    results.update(rows_read=r.hosts.rows_read(ds),
+                   timings_s={"load": load_s, "selection": select_s, "test": test_s})
+    results = r.finish(results)
   logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
-               best_metric, best_k, results["chosen"]["selection_accuracy"], test_acc,
-               ds.test.total, timer())
+               best_metric, best_k, results["chosen"]["selection_accuracy"],
+               results["test_accuracy"], ds.test.total, results["timings_s"]["total"])
   return results
 
 
-def _rows_at(split, positions) -> np.ndarray:
-  """Images at the given positions of a split, on every process (each adds the rows it holds)."""
-  out = np.zeros((len(positions),) + split.images.shape[1:], np.int32)
-  for j, r in enumerate(positions):
-    if split.start <= r < split.start + len(split):
-      out[j] = split.images[r - split.start]
-  return sharding.process_sum(out).astype(np.uint8)
+def _split_in_parts(c: Config, hosts) -> tuple[str, ...]:
+  """Across hosts each process reads only its own rows of what is split: with
+  --shard=queries the query splits (val, test); with --shard=database and no CV the database
+  (the training split). CV folds come from the training split: with CV it is read whole."""
+  if not hosts.spread:
+    return ()
+  if hosts.layout == "queries":
+    return ("val", "test")
+  return ("train",) if c.single or not c.cv_folds else ()
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = dict(common.shared_flag_config(DEFAULTS), k=_K.value, metric=_METRIC.value,
-                cv_folds=_CV_FOLDS.value, tie_break=_TIE_BREAK.value)
-  common.run_main(run, config, common.WORKDIR.value)
+class _Database:
+  """The training split as the kNN database: rows (laid along the mesh when read in parts)
+  and the labels of every row on every process."""
+
+  def __init__(self, ds: data.Dataset, hosts):
+    self.hosts, self.n = hosts, ds.train.total
+    self.x = ds.train.images.reshape(len(ds.train), -1)  # uint8: L1 stays exact integer work
+    if hosts.in_parts(ds.train):
+      self.x = hosts.global_rows(ds.train, self.x)
+    self.y = hosts.whole(ds.train, ds.train.labels)
+
+  def neighbours(self, split: data.Split, metric: str, k: int, bar) -> np.ndarray:
+    """(split.total, k) database indices of every row of ``split``, on every process."""
+    return self.hosts.search(split, self.x, metric, k, num_database=self.n,
+                             callback=common.tile_callback(bar))
+
+
+def _select(c: Config, ds: data.Dataset, db: _Database, metric: str) -> np.ndarray:
+  """(folds, len(k)) accuracies of every k for one metric: one search per fold (or val)."""
+  ks = list(c.k)
+  if c.cv_folds:
+    with common.progress(f"{c.cv_folds}-fold CV, {metric}", c.cv_folds, "fold") as bar:
+      acc = selection.cross_validate_knn(
+          db.x, db.y, ks, num_folds=c.cv_folds, metric=metric, num_classes=ds.num_classes,
+          tie_break=c.tie_break, callback=common.tile_callback(bar), mesh=db.hosts.mesh,
+          layout=db.hosts.layout, shuffle=True, seed=(c.seed, cfg.SEEDS["folds"]))
+  else:
+    with common.progress(f"val split, {metric}", ds.val.total, "img") as bar:
+      idx = db.neighbours(ds.val, metric, max(ks), bar)  # one search serves every k
+    val_y = db.hosts.whole(ds.val, ds.val.labels)
+    acc = np.array([[float(metrics.accuracy(val_y, knn.vote(
+        db.y[idx[:, :k]], ds.num_classes, tie_break=c.tie_break))) for k in ks]])
+  logging.info("%s: mean accuracy by k %s", metric,
+               {k: round(float(a), 4) for k, a in zip(ks, acc.mean(0))})
+  return acc
+
+
+def _choose(c: Config, accuracies: dict) -> tuple[str, int]:
+  """Best mean accuracy; ties go to the first metric given, then the smallest k."""
+  if c.single:
+    return c.metric[0], c.k[0]
+  m, j = max(((m, j) for m in c.metric for j in range(len(c.k))),
+             key=lambda mj: (accuracies[mj[0]][:, mj[1]].mean(), -c.metric.index(mj[0]), -mj[1]))
+  return m, c.k[j]
+
+
+def _figures(r, c: Config, ds, db: _Database, accuracies, idx, test_y, cm, title) -> None:
+  if accuracies:
+    r.plot("cross_validation.png", "cross_validation", list(c.k), accuracies)
+  shown = cfg.rng(c.seed, "shown_images").permutation(ds.test.total)[:c.num_neighbor_rows]
+  near = idx[shown, :10]
+  shown_images = r.hosts.rows_at(ds.test, shown)  # every process takes part
+  near_images = r.hosts.rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
+  r.plot("neighbors.png", "neighbors", shown_images, test_y[shown], near_images, db.y[near],
+         ds.class_names)
+  r.plot("confusion.png", "confusion", cm, ds.class_names, title=title)
+
+
+def _results(c: Config, ds, accuracies, best_metric, best_k, cm, test_acc) -> dict:
+  single = "none (a single setting)"
+  return {
+      "dataset": c.dataset,
+      "sizes": {"train": ds.train.total, "val": ds.val.total, "test": ds.test.total},
+      "class_names": list(ds.class_names),
+      "selection": (single if c.single else "val split" if not c.cv_folds
+                    else f"{c.cv_folds}-fold cross-validation"),
+      "k": list(c.k),
+      "accuracy": {m: {"per_fold": a.tolist(), "mean": a.mean(0).tolist(),
+                       "std": a.std(0).tolist()} for m, a in accuracies.items()},
+      "chosen": {"metric": best_metric, "k": best_k,
+                 "selection_accuracy": None if c.single else float(
+                     accuracies[best_metric][:, c.k.index(best_k)].mean())},
+      "test_accuracy": test_acc,
+      "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(
+          metrics.per_class_accuracy(cm)).tolist())),
+      "confusion_matrix": cm.tolist(),
+  }
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main("knn", Config, run)

@@ -2,40 +2,76 @@ r"""Classify image files with a saved model (no TensorFlow needed).
 
   python -m experiments.predict --model=runs/softmax/model.npz cat.jpg plane.png
 
-Images of any size and common format are converted to RGB and resized to the
-model's input. Prints the top classes per image, with probabilities (softmax)
-or scores (SVM). An unreadable file gets one error line; the others are
-still classified (exit code 1 if any failed).
+Images of any size and common format are converted to 8-bit RGB and resized to
+the model's input: 16-bit and 32-bit integer images are scaled to 8 bits,
+float images in [0, 1] are scaled by 255, palette, grayscale and CMYK images
+are converted, and transparent pixels are composited on white. Anything else
+(e.g. float images outside [0, 1]) is refused with one line. Prints the top
+classes per image, with probabilities (softmax) or scores (SVM). A bad model
+file is one error line (exit code 2); an unreadable image gets one error line
+and the others are still classified (exit code 1 if any failed).
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from absl import app
-from absl import flags
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from experiments import config as cfg
+from experiments.config import option
 from jaxlin import checkpoint
 
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass(frozen=True)
+class Config(cfg.BaseConfig):
+  model: str | None = option(None, "path to a model.npz written by an experiment")
+  top: int = option(3, "how many classes to print per image")
 
 
-def define_flags():
-  """Defined only when run as a program: --model here is a file, while in the
-  training experiments it names the model kind, and tests import both."""
-  flags.DEFINE_string("model", None, "path to a model.npz written by an experiment", required=True)
-  flags.DEFINE_integer("top", 3, "how many classes to print per image")
+class ImageError(ValueError):
+  """An image that cannot be turned into 8-bit RGB without guessing."""
+
+
+def to_rgb8(img: Image.Image) -> np.ndarray:
+  """(H, W, 3) uint8 pixels of a Pillow image of any mode, scaled rather than clipped."""
+  mode = img.mode
+  if mode.startswith("I;16") or mode in ("I", "F"):
+    a = np.asarray(img).astype(np.float64)
+    if mode == "F":
+      if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1 or np.isnan(a).any()):
+        raise ImageError(f"a float image with values outside [0, 1] ({mode}); "
+                         "convert it to 8-bit first")
+      a = a * 255
+    elif mode.startswith("I;16") or (a.size and a.max() > 255):
+      if a.size and (a.min() < 0 or a.max() > 65535):
+        raise ImageError(f"a {mode} image with values outside 16 bits; convert it to 8-bit first")
+      a = a / 257  # 65535 -> 255
+    grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if mode == "P":
+    img = img.convert("RGBA")
+  elif mode == "PA":
+    img = img.convert("RGBA")
+  if img.mode in ("RGBA", "LA", "La", "RGBa"):
+    img = img.convert("RGBA")
+    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    img = Image.alpha_composite(white, img)
+  try:
+    return np.asarray(img.convert("RGB"), np.uint8)
+  except (ValueError, OSError) as e:
+    raise ImageError(f"cannot convert a {mode} image to RGB ({e})") from None
 
 
 def read_image(path: str, image_shape) -> np.ndarray:
   """RGB uint8 array of the model's (H, W, C), resized with bilinear filtering."""
   h, w = image_shape[:2]
   with Image.open(path) as img:
-    img = img.convert("RGB")
-    if img.size != (w, h):
-      img = img.resize((w, h), Image.BILINEAR)
-    return np.asarray(img, np.uint8)
+    rgb = to_rgb8(img)
+  if rgb.shape[:2] != (h, w):
+    rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), np.uint8)
+  return rgb
 
 
 def classify(model: checkpoint.SavedModel, paths, top: int = 3):
@@ -59,27 +95,33 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
 
 
 def main(argv):
+  from absl import app  # pylint: disable=import-outside-toplevel
+  c = Config.make(cfg.from_flags(Config))
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give one or more image files after the flags")
-  if FLAGS.top < 1:
+  if not c.model:
+    sys.exit("error: --model is required: the model.npz an experiment wrote")
+  if c.top < 1:
     sys.exit("error: --top must be >= 1")
   try:
-    model = checkpoint.load(FLAGS.model)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+    model = checkpoint.load(c.model)
+  except checkpoint.ModelFileError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   what = "probability" if model.loss == "softmax" else "score"
   failed = 0
-  for path, top, error in classify(model, paths, FLAGS.top):
+  for path, top, error in classify(model, paths, c.top):
     if error:
       print(f"error: {error}", file=sys.stderr)
       failed += 1
       continue
-    print(f"{path}: " + ", ".join(f"{c} {what} {v:.3f}" if what == "score" else f"{c} {v:.1%}"
-                                  for c, v in top))
+    print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else f"{n} {v:.1%}"
+                                  for n, v in top))
   sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
-  define_flags()
+  from absl import app  # pylint: disable=import-outside-toplevel
+  cfg.define_flags(Config)
   app.run(main)

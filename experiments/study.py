@@ -17,72 +17,90 @@ fails is reported in the table with its error; the others still run.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 import traceback
 
-from absl import app
-from absl import flags
 from absl import logging
 
 from experiments import common
+from experiments import config as cfg
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
-from jaxlin import data
-from jaxlin.errors import ConfigError, DataError
+from experiments.config import option, require
+from jaxlin import data, files
+from jaxlin.errors import DataError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
-DEFAULTS = dict(dataset="cifar10", data_dir=None, seed=0, num_train=0, num_val=1000, num_test=0,
-                knn_num_train=5000, stages=list(STAGES), mlp_hidden_size=500, mlp_epochs=10.0,
-                shard="auto")
-
-_STAGES = flags.DEFINE_list("stages", DEFAULTS["stages"], f"stages to run, from {', '.join(STAGES)}")
-_KNN_TRAIN = flags.DEFINE_integer("knn_num_train", DEFAULTS["knn_num_train"],
-                                  "training images for kNN cross-validation (0 = all)")
-_MLP_HIDDEN = flags.DEFINE_integer("mlp_hidden_size", DEFAULTS["mlp_hidden_size"], "hidden units")
-_MLP_EPOCHS = flags.DEFINE_float("mlp_epochs", DEFAULTS["mlp_epochs"], "epochs for the networks")
+# A stage's own flags -> the study's flags that set them (for error messages).
+STAGE_FLAGS = {
+    "knn": {"num_train": "knn_num_train"},
+    "mlp": {"hidden_size": "mlp_hidden_size", "num_epochs": "mlp_epochs"},
+    "mlp_features": {"hidden_size": "mlp_hidden_size", "num_epochs": "mlp_epochs"},
+}
 
 
-def stage_configs(c: dict, available_train: int | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Config(common.DataConfig):
+  stages: tuple[str, ...] = option(STAGES, f"stages to run, from {', '.join(STAGES)}")
+  knn_num_train: int = option(5000, "training images for kNN cross-validation (0 = all; "
+                              "fewer when the training split has fewer)")
+  mlp_hidden_size: int = option(500, "hidden units of both networks")
+  mlp_epochs: float | None = option(None, "epochs of both networks (default: 10 on pixels, "
+                                    "20 on HOG + hue)")
+  cache_dir: str = option(os.path.join("~", ".cache", "jaxlin"), "feature cache ('' = none)")
+
+
+def stage_configs(c: Config, available_train: int | None = None) -> dict:
   """The configs each stage's experiment runs with.
 
-  kNN compares the lecture's k values that fit the training images of a fold
-  (``available_train``: the training images there are, when known).
+  kNN uses at most ``available_train`` training images (the images there are, when known)
+  and compares the lecture's k values that fit the training images of a fold.
   """
-  shared = dict(dataset=c["dataset"], data_dir=c["data_dir"], seed=c["seed"], num_val=c["num_val"],
-                num_test=c["num_test"], shard=c["shard"])
-  lin = dict(shared, num_train=c["num_train"])
-  n_knn = c["knn_num_train"] or available_train
-  ks = knn_exp.DEFAULTS["k"]
+  shared = dict(dataset=c.dataset, data_dir=c.data_dir, seed=c.seed, num_val=c.num_val,
+                num_test=c.num_test, shard=c.shard)
+  lin = dict(shared, num_train=c.num_train)
+  feat = dict(lin, features="hog_hsv", cache_dir=c.cache_dir)
+  n_knn = c.knn_num_train or available_train
+  if n_knn and available_train:
+    n_knn = min(n_knn, available_train)
+  ks = knn_exp.Config.k
   if n_knn:
     ks = [k for k in ks if k <= n_knn - -(-n_knn // 5)] or [1]
+  mlp = dict(model="mlp", hidden_size=c.mlp_hidden_size)
   return {
-      "knn": (knn_exp, dict(shared, num_train=c["knn_num_train"], metric=["l1", "l2"], cv_folds=5,
-                            k=ks)),
+      "knn": (knn_exp, dict(shared, num_train=n_knn if c.knn_num_train else 0,
+                            metric=["l1", "l2"], cv_folds=5, k=ks)),
       "svm": (linear_exp, dict(lin, loss="svm")),
       "softmax": (linear_exp, dict(lin, loss="softmax")),
-      "svm_features": (linear_exp, dict(lin, loss="svm", features="hog_hsv")),
-      "mlp": (linear_exp, dict(lin, model="mlp", hidden_size=c["mlp_hidden_size"],
-                               num_epochs=c["mlp_epochs"], learning_rate=[1e-2], reg=[1e-3, 3e-3])),
-      "mlp_features": (linear_exp, dict(lin, model="mlp", features="hog_hsv",
-                                        hidden_size=c["mlp_hidden_size"])),
+      "svm_features": (linear_exp, dict(feat, loss="svm")),
+      "mlp": (linear_exp, dict(lin, **mlp, num_epochs=c.mlp_epochs or 10.0,
+                               learning_rate=[1e-2], reg=[1e-3, 3e-3])),
+      "mlp_features": (linear_exp, dict(feat, **mlp, num_epochs=c.mlp_epochs)),
   }
 
 
-def validate(config: dict) -> dict:
-  c = common.merge_config(DEFAULTS, config)
-  unknown = [s for s in c["stages"] if s not in STAGES]
-  if unknown or not c["stages"]:
-    raise ConfigError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
-  for name in ("num_train", "num_test", "knn_num_train"):
-    if c[name] < 0:
-      raise ConfigError(f"--{name} must be >= 0 (0 = all), got {c[name]}")
-  if c["knn_num_train"] == 0:
-    c["knn_num_train"] = None
+def validate(config) -> Config:
+  """The study's own checks, then every stage's, in the study's flags."""
+  c = common.validate_data(Config.make(config))
+  unknown = [s for s in c.stages if s not in STAGES]
+  require(not unknown and bool(c.stages), "stages",
+          f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
+  require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
+          f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
+          f"got {c.knn_num_train}")
+  require(c.mlp_hidden_size >= 1, "mlp_hidden_size",
+          f"--mlp_hidden_size must be >= 1, got {c.mlp_hidden_size}")
+  cfg.finite(c.mlp_epochs, "mlp_epochs")
+  require(c.mlp_epochs is None or c.mlp_epochs > 0, "mlp_epochs",
+          f"--mlp_epochs must be > 0, got {c.mlp_epochs}")
   configs = stage_configs(c)
-  for s in c["stages"]:  # every stage's own checks, before any heavy work
-    module, cfg = configs[s]
-    module.validate(cfg)
+  for s in c.stages:  # every stage's own checks, before any heavy work
+    module, stage_config = configs[s]
+    try:
+      module.validate(stage_config)
+    except JaxlinError as e:
+      raise common.rename_flags(e, STAGE_FLAGS.get(s, {})) from None
   return c
 
 
@@ -112,13 +130,18 @@ def _pct(v):
   return "—" if v is None else f"{100 * v:.1f} %"
 
 
-def write_report(workdir: str, c: dict, rows: dict, started: str, total_s: float) -> str:
-  lines = [f"# jaxlin study: {c['dataset']}", "",
+def write_report(path: str, c: Config, rows: dict, started: str, total_s: float) -> str:
+  """report.md: the table, which stages failed, and the key figures."""
+  failed = [s for s in c.stages if "error" in rows[s]]
+  lines = [f"# jaxlin study: {c.dataset}", "",
            f"Run {started}, {total_s:.0f} s in all. Each method is chosen on validation data "
-           "and evaluated once on the test split.", "",
-           "| method | chosen | val accuracy | test accuracy | train time (grid) | predict time / image | train images |",
-           "|---|---|---|---|---|---|---|"]
-  for stage in c["stages"]:
+           "and evaluated once on the test split.", ""]
+  if failed:
+    lines += [("**Every stage failed.**" if len(failed) == len(c.stages) else
+               f"**{len(failed)} of {len(c.stages)} stages failed: {', '.join(failed)}.**"), ""]
+  lines += ["| method | chosen | val accuracy | test accuracy | train time (grid) | "
+            "predict time / image | train images |", "|---|---|---|---|---|---|---|"]
+  for stage in c.stages:
     r = rows[stage]
     if "error" in r:
       lines.append(f"| {stage} | **failed**: {r['error']} | | | | | |")
@@ -126,8 +149,8 @@ def write_report(workdir: str, c: dict, rows: dict, started: str, total_s: float
     grid = f" ({r['grid_size']} settings)" if r.get("grid_size") else ""
     train = "none (lazy)" if stage == "knn" else f"{r['train_s']:.1f} s{grid}"
     lines.append(f"| {r['method']} | {r['chosen']} | {_pct(r['val_accuracy'])} | "
-                 f"**{_pct(r['test_accuracy'])}** | {train} | {r['predict_ms_per_image']:.3f} ms | "
-                 f"{r['train_size']} |")
+                 f"**{_pct(r['test_accuracy'])}** | {train} | "
+                 f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']} |")
   lines += ["", "kNN's validation figure is the mean 5-fold cross-validation accuracy; kNN "
             "does its work at test time, the others at training time.", ""]
   figures = [("knn", "cross_validation.png", "kNN: accuracy vs k by cross-validation"),
@@ -135,62 +158,59 @@ def write_report(workdir: str, c: dict, rows: dict, started: str, total_s: float
              ("softmax", "weights.png", "Softmax: each class's learned template"),
              ("svm", "weights.png", "SVM: each class's learned template"),
              ("mlp", "weights.png", "Two-layer network: first-layer weights")]
-  figures += [(s, "confusion.png", f"{s}: test confusion matrix") for s in c["stages"]]
+  figures += [(s, "confusion.png", f"{s}: test confusion matrix") for s in c.stages]
+  folder = os.path.dirname(path)
   for stage, name, caption in figures:
-    path = os.path.join(stage, "plots", name)
-    if stage in c["stages"] and "error" not in rows[stage] and os.path.exists(os.path.join(workdir, path)):
-      lines += [f"## {caption}", "", f"![{caption}]({path})", ""]
-  path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
-  return path
+    figure = os.path.join(stage, "plots", name)
+    if (stage in c.stages and "error" not in rows[stage]
+        and os.path.exists(os.path.join(folder, figure))):
+      lines += [f"## {caption}", "", f"![{caption}]({figure})", ""]
+  text = "\n".join(lines) + "\n"
+  return files.atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def run(config: dict, workdir: str) -> dict:
+def run(config, workdir: str, *, overwrite: bool = False) -> dict:
+  """Every stage in its own subfolder, then report.md and results.json.
+
+  A stage that fails is reported (``failed_stages``); the others still run. A missing
+  dataset stops the study at once.
+  """
   c = validate(config)
-  workdir = common.prepare_workdir(workdir, stale=("results.json", "report.md"))
-  common.write_json(os.path.join(workdir, "config.json"), c)
-  data.check_name(c["dataset"])
-  timer, started = common.Timer(), time.strftime("%Y-%m-%d %H:%M")
-  # Load once up front: a missing dataset stops the study at once, and every stage reuses it.
-  logging.info("loading %s", c["dataset"])
-  for split in ("train", "test"):
-    data.load_split(c["dataset"], split, data_dir=c["data_dir"])
-  pool = len(data.load_split(c["dataset"], "train", data_dir=c["data_dir"])[1]) - c["num_val"]
-  configs, rows, results = stage_configs(c, pool), {}, {}
-  for i, stage in enumerate(c["stages"], 1):
-    module, cfg = configs[stage]
-    logging.info("[%d/%d] %s", i, len(c["stages"]), stage)
-    stage_t = common.Timer()
-    try:
-      results[stage] = module.run(cfg, os.path.join(workdir, stage))
-      rows[stage] = _row(stage, results[stage])
-    except DataError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (reported in the table; the rest runs)
-      logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
-      rows[stage] = {"error": f"{type(e).__name__}: {e}".replace("|", "/").replace("\n", " ")}
-    logging.info("[%d/%d] %s done in %.1f s: %s", i, len(c["stages"]), stage, stage_t(),
-                 {k: v for k, v in rows[stage].items() if k in ("chosen", "test_accuracy", "error")})
-  report = os.path.join(workdir, "report.md")
-  if common.is_writer():
-    write_report(workdir, c, rows, started, timer())
-  out = {"dataset": c["dataset"], "stages": rows, "total_s": timer(), "report": report,
-         "date": started}
-  common.write_json(os.path.join(workdir, "results.json"), out)
-  logging.info("study done in %.0f s; report: %s", timer(), report)
-  return out
+  with common.Run("study", c, workdir, overwrite=overwrite) as r:
+    logging.info("loading %s", c.dataset)
+    pool = data.split_size(c.dataset, "train", data_dir=c.data_dir) - c.num_val
+    configs, rows = stage_configs(c, pool), {}
+    for i, stage in enumerate(c.stages, 1):
+      module, stage_config = configs[stage]
+      logging.info("[%d/%d] %s", i, len(c.stages), stage)
+      stage_t = common.Timer()
+      stage_dir = r.file(stage) or os.path.join(workdir, stage)  # processes > 0 write nothing
+      try:
+        rows[stage] = _row(stage, module.run(stage_config, stage_dir))
+      except DataError:
+        raise
+      except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
+        logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
+        if isinstance(e, JaxlinError):
+          e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
+        rows[stage] = {"error": f"{type(e).__name__}: {e}".replace("|", "/").replace("\n", " ")}
+      logging.info("[%d/%d] %s done in %.1f s: %s", i, len(c.stages), stage, stage_t(),
+                   {k: v for k, v in rows[stage].items()
+                    if k in ("chosen", "test_accuracy", "error")})
+    failed = [s for s in c.stages if "error" in rows[s]]
+    if r.writer:
+      write_report(r.file("report.md"), c, rows, r.started, r.timer())
+    results = r.finish({"dataset": c.dataset, "stages": rows, "failed_stages": failed,
+                        "report": os.path.join(os.path.abspath(workdir), "report.md")})
+  logging.info("study done in %.0f s; report: %s%s", results["timings_s"]["total"],
+               results["report"], f"; failed stages: {', '.join(failed)}" if failed else "")
+  return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = dict(common.shared_flag_config(DEFAULTS), stages=_STAGES.value,
-                knn_num_train=_KNN_TRAIN.value, mlp_hidden_size=_MLP_HIDDEN.value,
-                mlp_epochs=_MLP_EPOCHS.value)
-  common.run_main(run, config, common.WORKDIR.value)
+def exit_code(results: dict) -> int:
+  """1 when any stage failed (the report says which), else 0."""
+  return common.EXIT_FAILED if results["failed_stages"] else 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main("study", Config, run, exit_code=exit_code)

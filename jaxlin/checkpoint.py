@@ -2,19 +2,22 @@
 
 Loading and pixel models need numpy only (no TensorFlow, no JAX): a saved
 model can be used anywhere; models on HOG + hue features compute their
-features with jaxlin.features (JAX). The file holds the parameters (``param/<name>``), the training mean
-image, the input scale, the class names and a small JSON header (model kind,
-loss, image shape, version).
+features with jaxlin.features (JAX). The file holds the parameters
+(``param/<name>``), the training mean image, the input scale, the class names
+and a small JSON header (model kind, loss, image shape, version). ``load``
+checks all of it and says in one line what is wrong with a file.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
+import zipfile
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from jaxlin import files
+from jaxlin.errors import DataError, InputError
 
 FORMAT_VERSION = 1
 
@@ -33,13 +36,34 @@ class SavedModel:
   feature_std: np.ndarray | None = None
 
   def preprocess(self, images_uint8_NxHxWxC) -> np.ndarray:
-    """The model's input rows: scaled centred pixels, or standardised HOG + hue features."""
+    """The model's input rows: scaled centred pixels, or standardised HOG + hue features.
+
+    Raises InputError unless the images are (N, *image_shape) 8-bit pixels (uint8, or
+    integers in [0, 255]): floats such as [0, 1] images would be silently wrong.
+    """
+    images_uint8_NxHxWxC = self._check_images(images_uint8_NxHxWxC)
     if self.features == "hog_hsv":
-      from jaxlin import features  # pylint: disable=g-import-not-at-top  (needs JAX, not TensorFlow)
+      # needs JAX, not TensorFlow
+      from jaxlin import features  # pylint: disable=import-outside-toplevel
       f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
       return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image
     return (x / self.scale).reshape(len(x), -1)
+
+  def _check_images(self, images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.shape[1:] != tuple(self.image_shape) or images.ndim != 4:
+      raise InputError(f"images must be (N, {', '.join(map(str, self.image_shape))}) for this "
+                       f"model, got {images.shape}", argument="images")
+    if images.dtype == np.uint8:
+      return images
+    if not np.issubdtype(images.dtype, np.integer):
+      raise InputError(f"images must be uint8 pixels in [0, 255], got {images.dtype} (for "
+                       "[0, 1] floats: (x * 255).round().astype(np.uint8))", argument="images")
+    if images.size and (images.min() < 0 or images.max() > 255):
+      raise InputError(f"images must be 8-bit pixels in [0, 255], got values in "
+                       f"[{images.min()}, {images.max()}]", argument="images")
+    return images.astype(np.uint8)
 
   def scores(self, images_uint8_NxHxWxC) -> np.ndarray:
     """Class scores (N, C) in numpy, the same function as training used."""
@@ -60,7 +84,7 @@ class SavedModel:
 def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: float,
          class_names: Sequence[str], kind: str, loss: str, features: str = "pixels",
          feature_mean=None, feature_std=None) -> str:
-  """Write atomically (temporary file renamed into place)."""
+  """Write atomically (temporary file renamed into place), with the user's umask."""
   mean_image = np.asarray(mean_image, np.float32)
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss, "scale": float(scale),
             "image_shape": list(mean_image.shape), "features": features}
@@ -70,34 +94,128 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
                   feature_std=np.asarray(feature_std, np.float32))
   arrays.update(mean_image=mean_image, class_names=np.asarray(list(class_names), dtype=str),
                 header=np.asarray(json.dumps(header)))
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
-  os.close(fd)
-  try:
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return files.atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class ModelFileError(DataError, ValueError):
+  """A model file is missing, unreadable or not a valid jaxlin model."""
+
+
+KINDS = {"linear": (("W", 2), ("b", 1)), "mlp": (("W1", 2), ("b1", 1), ("W2", 2), ("b2", 1))}
+LOSSES = ("svm", "softmax")
+FEATURES = ("pixels", "hog_hsv")
+_ZIP, _NPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
 def load(path: str) -> SavedModel:
-  """Read a model written by ``save``; a clear error for anything else."""
+  """Read a model written by ``save`` and check it whole.
+
+  Raises ModelFileError (one line: what is wrong, and with which file) for a missing,
+  empty, truncated or foreign file, missing or mis-shaped arrays, non-finite weights, a
+  non-positive scale, too few class names, an unknown kind, loss or features, or a HOG model
+  without its feature statistics.
+  """
+  arrays, header = _read(path)
+  bad = lambda why: ModelFileError(f"{path} is not a valid jaxlin model: {why}",
+                                   argument="path")
+  if header.get("format_version") != FORMAT_VERSION:
+    raise ModelFileError(f"{path} has model format {header.get('format_version')}; "
+                         f"this jaxlin reads format {FORMAT_VERSION}", argument="path")
+  kind, loss = header.get("kind"), header.get("loss")
+  features = header.get("features", "pixels")
+  for name, value, known in (("kind", kind, tuple(KINDS)), ("loss", loss, LOSSES),
+                             ("features", features, FEATURES)):
+    if value not in known:
+      raise bad(f"unknown {name} {value!r} (known: {', '.join(known)})")
+  try:
+    image_shape = tuple(int(v) for v in header["image_shape"])
+    scale = float(header["scale"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise bad(f"header lacks a valid {e}") from None
+  if len(image_shape) != 3 or min(image_shape) < 1:
+    raise bad(f"image_shape {image_shape} is not (H, W, C)")
+  if not (np.isfinite(scale) and scale > 0):
+    raise bad(f"scale must be a finite number > 0, got {scale}")
+  needed = ["mean_image", "class_names"] + [f"param/{n}" for n, _ in KINDS[kind]]
+  if features == "hog_hsv":
+    needed += ["feature_mean", "feature_std"]
+  missing = [n for n in needed if n not in arrays]
+  if missing:
+    raise bad(f"missing {', '.join(missing)}")
+  params = {n: arrays[f"param/{n}"] for n, _ in KINDS[kind]}
+  class_names = tuple(str(c) for c in np.atleast_1d(arrays["class_names"]))
+  shapes = _expected_shapes(kind, params, image_shape, features, arrays, bad)
+  for name, expected in shapes.items():
+    got = arrays[name].shape
+    if got != expected:
+      raise bad(f"{name} has shape {got}, expected {expected}")
+    if not np.issubdtype(arrays[name].dtype, np.floating):
+      raise bad(f"{name} has dtype {arrays[name].dtype}, expected float")
+    if not np.all(np.isfinite(arrays[name])):
+      raise bad(f"{name} holds inf or NaN")
+  n_classes = params["b" if kind == "linear" else "b2"].shape[0]
+  if len(class_names) != n_classes:
+    raise bad(f"{len(class_names)} class names for {n_classes} classes")
+  stats = {}
+  if features == "hog_hsv":
+    if not np.all(arrays["feature_std"] > 0):
+      raise bad("feature_std must be > 0")
+    stats = {k: arrays[k] for k in ("feature_mean", "feature_std")}
+  return SavedModel(params=params, mean_image=arrays["mean_image"], scale=scale,
+                    class_names=class_names, kind=kind, loss=loss, image_shape=image_shape,
+                    features=features, **stats)
+
+
+def _expected_shapes(kind, params, image_shape, features, arrays, bad) -> dict:
+  """{array name: shape} the arrays must have, from the first layer's output sizes."""
+  d = (int(np.prod(image_shape)) if features == "pixels"
+       else (arrays["feature_mean"].shape or (0,))[0])
+  for name, ndim in KINDS[kind]:
+    if params[name].ndim != ndim:
+      raise bad(f"param/{name} has shape {params[name].shape}, expected {ndim} dimensions")
+  shapes = {"mean_image": image_shape}
+  if kind == "linear":
+    c = params["W"].shape[1]
+    shapes.update({"param/W": (d, c), "param/b": (c,)})
+  else:
+    h, c = params["W1"].shape[1], params["W2"].shape[1]
+    shapes.update({"param/W1": (d, h), "param/b1": (h,), "param/W2": (h, c), "param/b2": (c,)})
+  if features == "hog_hsv":
+    shapes.update(feature_mean=(d,), feature_std=(d,))
+  return shapes
+
+
+def _read(path: str) -> tuple[dict, dict]:
+  """(arrays, header) of a model file, or ModelFileError naming what the file is instead."""
+  not_model = lambda why: ModelFileError(f"{path} is not a jaxlin model file ({why})",
+                                         argument="path")
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(8)
+  except FileNotFoundError:
+    raise ModelFileError(f"model file {path} does not exist", argument="path") from None
+  except IsADirectoryError:
+    raise not_model("it is a folder") from None
+  except OSError as e:
+    raise ModelFileError(f"cannot read model file {path}: {e.strerror or e}",
+                         argument="path") from None
+  if not magic:
+    raise not_model("the file is empty")
+  if magic.startswith(_NPY):
+    raise not_model("it is a single .npy array; a model is the .npz an experiment writes")
+  if not magic.startswith(_ZIP):
+    raise not_model("not an .npz archive")
   try:
     with np.load(path, allow_pickle=False) as f:
-      header = json.loads(str(f["header"]))
-      params = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
-      mean_image, class_names = f["mean_image"], tuple(str(c) for c in f["class_names"])
-      feature_stats = {k: f[k] for k in ("feature_mean", "feature_std") if k in f.files}
-  except FileNotFoundError:
-    raise ValueError(f"model file {path} does not exist") from None
-  except (OSError, KeyError, ValueError) as e:
-    raise ValueError(f"{path} is not a jaxlin model file ({e})") from None
-  if header.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path} has model format {header.get('format_version')}; "
-                     f"this jaxlin reads format {FORMAT_VERSION}")
-  return SavedModel(params=params, mean_image=mean_image, scale=header["scale"],
-                    class_names=class_names, kind=header["kind"], loss=header["loss"],
-                    image_shape=tuple(header["image_shape"]),
-                    features=header.get("features", "pixels"), **feature_stats)
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise not_model(f"truncated or corrupt: {e}") from None
+  if "header" not in arrays:
+    raise not_model("no header")
+  try:
+    header = json.loads(str(arrays.pop("header")))
+    if not isinstance(header, dict):
+      raise ValueError("not an object")
+  except ValueError as e:
+    raise not_model(f"unreadable header: {e}") from None
+  return arrays, header

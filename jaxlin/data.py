@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.errors import DataError
+from jaxlin.errors import DataError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
 _DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches CIFAR-10
@@ -78,7 +78,7 @@ def _tf():
   # the user's terminal (errors still show; set TF_CPP_MIN_LOG_LEVEL=0 to see all).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with _quiet_native_stderr():  # its import-time notices (oneDNN, logging set-up)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised; devices were hidden the first time
@@ -88,7 +88,7 @@ def _tf():
 
 def _tfds():
   _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   return tfds
 
 
@@ -98,11 +98,12 @@ def _tfds():
 def parse_name(name: str) -> tuple[str, str]:
   """("folder", PATH) for "folder:PATH", else ("tfds", name)."""
   if not isinstance(name, str) or not name.strip():
-    raise DataError("--dataset is empty; use cifar10 or folder:PATH")
+    raise DataError("the dataset name is empty; use cifar10 or folder:PATH", argument="name")
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     if not path:
-      raise DataError("--dataset=folder: needs a path, e.g. --dataset=folder:/data/cifar10")
+      raise DataError("dataset name folder: needs a path, e.g. folder:/data/cifar10",
+                      argument="name")
     return "folder", os.path.abspath(os.path.expanduser(path))
   return "tfds", name
 
@@ -279,9 +280,9 @@ def _tfds_dataset(name: str, split: str, data_dir: str | None):
     if not _reachable(_DOWNLOAD_HOST):
       raise DataError(
           f"{name} is not prepared in {where} and the network is unreachable. Fix: run once "
-          "with network access (tfds downloads it), pass --data_dir where it is prepared, or "
-          "point at a local copy with --dataset=folder:PATH (PATH/train/<class>/*.jpg, "
-          "PATH/test/<class>/*.jpg)") from None
+          "with network access (tfds downloads it), pass data_dir where it is prepared, or "
+          "point at a local copy with the dataset name folder:PATH (PATH/train/<class>/*.jpg, "
+          "PATH/test/<class>/*.jpg)", argument="data_dir") from None
     builder.download_and_prepare()
     return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
 
@@ -359,7 +360,7 @@ def split_rows(name: str, *, data_dir: str | None = None, num_train: int | None 
   m = split_size(name, "train", data_dir=data_dir)
   if not 0 <= num_val < m:
     raise DataError(f"num_val={num_val} must be in [0, {m - 1}] "
-                    f"(the training split has {m} examples)")
+                    f"(the training split has {m} examples)", argument="num_val")
   pool = m - num_val
   rng_train, rng_test = (np.random.default_rng([seed, i]) for i in (1, 2))
   return {"train": ("train", _subset(pool, num_train, rng_train, "num_train")),
@@ -372,7 +373,7 @@ def _subset(size, num, rng, what) -> np.ndarray:
   if num is None:
     return np.arange(size)
   if not 1 <= num <= size:
-    raise DataError(f"{what}={num} must be in [1, {size}] (examples available)")
+    raise DataError(f"{what}={num} must be in [1, {size}] (examples available)", argument=what)
   return np.sort(rng.permutation(size)[:num])
 
 
@@ -397,7 +398,8 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
   for which, (source, idx) in plan.items():
     lo, hi = rows.get(which, (0, len(idx)))
     if not 0 <= lo <= hi <= len(idx):
-      raise ValueError(f"rows {(lo, hi)} of the {which} split are outside [0, {len(idx)}]")
+      raise InputError(f"rows {(lo, hi)} of the {which} split are outside [0, {len(idx)}]",
+                       argument="rows")
     if which not in rows:  # a whole split: one read of its source serves all
       x, y, classes = load_split(name, source, data_dir=data_dir)
       x, y = (x, y) if len(idx) == len(y) else (x[idx], y[idx])
@@ -417,15 +419,27 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
 # --------------------------------------------------------------------------
 # Preprocessing (pure jnp, runs on device).
 # --------------------------------------------------------------------------
+def _check_pixels(images_NxHxWxC):
+  """uint8 (N, H, W, C) images; checked at trace time (dtype and shape are static)."""
+  if images_NxHxWxC.dtype != jnp.uint8 or images_NxHxWxC.ndim != 4:
+    raise InputError(f"images must be uint8 pixels (N, H, W, C), got {images_NxHxWxC.dtype} "
+                     f"{images_NxHxWxC.shape}; for floats in [0, 1] pass "
+                     "(x * 255).round().astype(np.uint8)", argument="images_NxHxWxC")
+
+
 @jax.jit
 def mean_image(images_NxHxWxC):
-  """Per-pixel mean of the training images, float32 (H, W, C)."""
+  """Per-pixel mean of the uint8 training images, float32 (H, W, C)."""
+  _check_pixels(images_NxHxWxC)
+  if images_NxHxWxC.shape[0] == 0:
+    raise InputError("images_NxHxWxC is empty: no images to average", argument="images_NxHxWxC")
   return jnp.mean(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
 
 
 @jax.jit
 def pixel_sums(images_NxHxWxC):
-  """Per-pixel sums of images, float32 (H, W, C): a process's share of the mean image."""
+  """Per-pixel sums of uint8 images, float32 (H, W, C): a process's share of the mean image."""
+  _check_pixels(images_NxHxWxC)
   return jnp.sum(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
 
 
@@ -438,6 +452,10 @@ def mean_from_sums(sums, count: int):
 
 @jax.jit
 def preprocess(images_NxHxWxC, mean_HxWxC):
-  """uint8 images -> float32 (N, D) rows with the training mean image subtracted."""
+  """uint8 images (N, H, W, C) -> float32 (N, D) rows with the training mean image subtracted."""
+  _check_pixels(images_NxHxWxC)
+  if mean_HxWxC.shape != images_NxHxWxC.shape[1:]:
+    raise InputError(f"mean_HxWxC has shape {mean_HxWxC.shape}; expected "
+                     f"{images_NxHxWxC.shape[1:]} (one image)", argument="mean_HxWxC")
   x = jnp.asarray(images_NxHxWxC).astype(jnp.float32) - mean_HxWxC
   return x.reshape(x.shape[0], -1)

@@ -34,11 +34,11 @@ Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlin import _checks
 from jaxlin.errors import InputError
@@ -383,9 +383,15 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   ``jaxlin.knn.search``, which streams over tiles.
   """
   x, y, kernel = checked_inputs(x_QxD, y_NxD, metric)
-  n = y.shape[0]
-  if n == 0:
+  if y.shape[0] == 0:
     return jnp.zeros((x.shape[0], 0), jnp.dtype(kernel.float_dtype))
-  db, aux, centre = kernel.prepare(y, n)
-  q, q_aux = kernel.transform(x, centre)
+  return _one_tile(x, y, kernel=kernel, metric=metric)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "metric"))
+def _one_tile(x_QxD, y_NxD, *, kernel, metric):
+  """All of y as one database tile: prepare, transform the queries, the tile's distances."""
+  n = y_NxD.shape[0]
+  db, aux, centre = kernel.prepare(y_NxD, n)
+  q, q_aux = kernel.transform(x_QxD, centre)
   return to_distances(kernel.tile(q, q_aux, kernel.tiles(db, n)[0], aux), metric)

@@ -9,29 +9,52 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
   pixels gets, per bin, the mean gradient magnitude of its pixels in that bin.
 * Colour: a histogram of the hue channel of HSV over ``bins`` equal bins of
   [0, 1], normalised to sum to 1.
+
+Images are uint8 pixels (0..255), as data.load gives them. Other dtypes are
+rejected with an InputError: HOG magnitudes scale with the pixel range, so
+float images in [0, 1] would silently give features 255 times smaller.
+Convert them first, e.g. ``(images * 255).round().astype(np.uint8)``.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin import files
+from jaxlin.errors import InputError
+
+__all__ = ["GREY", "hog", "hue", "hue_histogram", "extract", "cached_extract", "standardise"]
+
 GREY = (0.299, 0.587, 0.114)
 
 
-def grey(image_HxWx3):
+def _pixels(image, argument: str = "image", ndim: int = 3):
+  """``image`` as an array, checked to be uint8 (..., 3) pixels (at trace time under jit)."""
+  x = image if isinstance(image, jax.Array) else np.asarray(image)
+  if x.dtype != np.uint8:
+    raise InputError(
+        f"{argument} must be uint8 pixels (0..255), got {x.dtype}; for floats in [0, 1] pass "
+        f"(x * 255).round().astype(np.uint8) (features scale with the pixel range)",
+        argument=argument)
+  if x.ndim != ndim or x.shape[-1] != 3:
+    shape = "(H, W, 3)" if ndim == 3 else "(N, H, W, 3)"
+    raise InputError(f"expected {argument} {shape}, got {x.shape}", argument=argument)
+  return x
+
+
+def _grey(image_HxWx3):
   x = jnp.asarray(image_HxWx3).astype(jnp.float32)
   return x @ jnp.asarray(GREY, jnp.float32)
 
 
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
-  """(H // cell) * (W // cell) * orientations features, cell-major."""
-  g = grey(image_HxWx3)
+  """(H // cell) * (W // cell) * orientations features of a uint8 image, cell-major."""
+  g = _grey(_pixels(image_HxWx3))
   h, w = g.shape
   gx = jnp.zeros_like(g).at[:, :-1].set(jnp.diff(g, axis=1))
   gy = jnp.zeros_like(g).at[:-1, :].set(jnp.diff(g, axis=0))
@@ -42,7 +65,8 @@ def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   ori = jnp.degrees(jnp.arctan2(gy, gx)) + 90.0
   width = 180.0 / orientations
   bins = jnp.arange(orientations, dtype=jnp.float32)
-  in_bin = (ori[..., None] >= width * bins) & (ori[..., None] < width * (bins + 1)) & (ori[..., None] > 0)
+  o = ori[..., None]
+  in_bin = (o >= width * bins) & (o < width * (bins + 1)) & (o > 0)
   per_bin = jnp.where(in_bin, mag[..., None], 0.0)  # (H, W, O)
   ch, cw = h // cell, w // cell
   cells = per_bin[:ch * cell, :cw * cell].reshape(ch, cell, cw, cell, orientations)
@@ -50,8 +74,8 @@ def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
 
 
 def hue(image_HxWx3):
-  """Hue in [0, 1) of HSV, from RGB (matplotlib's rgb_to_hsv convention)."""
-  x = jnp.asarray(image_HxWx3).astype(jnp.float32) / 255.0
+  """Hue (H, W) in [0, 1) of HSV, from uint8 RGB (matplotlib's rgb_to_hsv convention)."""
+  x = jnp.asarray(_pixels(image_HxWx3)).astype(jnp.float32) / 255.0
   r, g, b = x[..., 0], x[..., 1], x[..., 2]
   mx, mn = x.max(-1), x.min(-1)
   delta = mx - mn
@@ -78,11 +102,14 @@ def _extract_batch(images_BxHxWx3, *, orientations, cell, bins):
 
 def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int = 10,
             batch_size: int = 1000, callback=None):
-  """HOG and hue-histogram features (N, F) float32 of uint8 images, in batches."""
-  images = jnp.asarray(images_NxHxWx3)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"expected images (N, H, W, 3), got {images.shape}")
+  """HOG and hue-histogram features (N, F) float32 of uint8 images (N, H, W, 3), in batches.
+
+  F = (H // cell) * (W // cell) * orientations + bins. callback(done, N) after each batch.
+  """
+  images = jnp.asarray(_pixels(images_NxHxWx3, "images", ndim=4))
   n = images.shape[0]
+  if n == 0:
+    raise InputError("images is empty: no images to extract features from", argument="images")
   out = []
   for start in range(0, n, batch_size):
     batch = images[start:start + batch_size]
@@ -101,6 +128,8 @@ def standardise(train_NxF, *others, stats=None):
 
   stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
   """
+  if stats is None and np.shape(train_NxF)[0] == 0:
+    raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
   mean, std = stats if stats is not None else (jnp.mean(train_NxF, axis=0),
                                                 jnp.std(train_NxF, axis=0))
   std = jnp.where(std > 0, std, 1.0)
@@ -111,11 +140,11 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   """``extract`` with an on-disk cache keyed by the image bytes and the settings.
 
   Repeated runs on the same images reuse the saved features; ``cache_dir``
-  None disables the cache. Files are written atomically.
+  None disables the cache. Files are written atomically, with the user's umask.
   """
   if not cache_dir:
     return extract(images_NxHxWx3, callback=callback, **settings)
-  images = np.ascontiguousarray(images_NxHxWx3)
+  images = np.ascontiguousarray(_pixels(images_NxHxWx3, "images", ndim=4))
   h = hashlib.blake2b(digest_size=16)
   h.update(repr((images.shape, str(images.dtype), sorted(settings.items()))).encode())
   h.update(images.data)
@@ -127,8 +156,5 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
       pass  # unreadable cache entry: recompute and overwrite
   out = extract(images, callback=callback, **settings)
   os.makedirs(cache_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy")
-  os.close(fd)
-  np.save(tmp, np.asarray(out))
-  os.replace(tmp, path)
+  files.atomic_write(path, lambda f: np.save(f, np.asarray(out)))
   return out

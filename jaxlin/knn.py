@@ -318,20 +318,21 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   out_d, out_i = [], []
   for start in range(0, q_total, block):
     q = _rows(queries, jnp.int32(start), size=block)
-    valid = min(block, q_total - start)
     if many_hosts:
       q = np.asarray(q)  # host data: the same on every process
     d, i = _search_block(q, tiles, aux, centre, n_valid, kernel=kernel, k=k, mesh=mesh,
                          layout=layout)
-    if mesh is not None:
-      d, i = jnp.asarray(sharding.to_host(d)), jnp.asarray(sharding.to_host(i))
-    out_d.append(d[:valid])
-    out_i.append(i[:valid])
+    out_d.append(d)
+    out_i.append(i)
     if callback is not None:
-      out_i[-1].block_until_ready()
-      callback(start + valid, q_total)
-  d = distances.to_distances(topk.as_float_distances(jnp.concatenate(out_d)), metric)
-  return d, jnp.concatenate(out_i)
+      i.block_until_ready()
+      callback(min(start + block, q_total), q_total)
+  if mesh is None:
+    d, i = jnp.concatenate(out_d)[:q_total], jnp.concatenate(out_i)[:q_total]
+  else:  # blocks laid along the mesh (or replicated across hosts): gathered once, at the end
+    d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
+    i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
+  return distances.to_distances(topk.as_float_distances(d), metric), i
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))

@@ -1,19 +1,35 @@
-"""Per-example classification losses and the L2 penalty.
+"""Per-example classification losses and the L2 penalty over any params pytree.
 
-Losses take scores (N, C) and integer labels (N,) and return (N,); the
-training objective is mean(loss) + reg * l2_penalty(params).
+Losses take scores (N, C) and integer labels (N,) in [0, C) and return (N,);
+the training objective is mean(loss) + reg * l2_penalty(params).
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Union
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxlin.errors import InputError
+
+__all__ = ["multiclass_svm", "softmax_cross_entropy", "l2_penalty", "penalised_leaves", "LOSSES"]
+
+Mask = Union[None, Callable[[str, Any], bool], Any]
 
 
 def _check(scores_NxC, labels_N):
   if scores_NxC.ndim != 2 or labels_N.shape != scores_NxC.shape[:1]:
-    raise ValueError(f"expected scores (N, C) and labels (N,), got {scores_NxC.shape} and {labels_N.shape}")
+    raise InputError(f"expected scores (N, C) and labels (N,), got {scores_NxC.shape} and "
+                     f"{labels_N.shape}", argument="labels")
   if not jnp.issubdtype(labels_N.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got {labels_N.dtype}")
+    raise InputError(f"labels must be integers, got {labels_N.dtype}", argument="labels")
+  if labels_N.size and not isinstance(labels_N, jax.core.Tracer):  # concrete: check the range
+    labels = np.asarray(labels_N)
+    c = scores_NxC.shape[1]
+    if labels.min() < 0 or labels.max() >= c:
+      raise InputError(f"labels must lie in [0, {c}) for scores of {c} classes, got values in "
+                       f"[{labels.min()}, {labels.max()}]", argument="labels")
 
 
 def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool = False):
@@ -47,9 +63,49 @@ def softmax_cross_entropy(scores_NxC, labels_N):
   return jax.nn.logsumexp(scores_NxC - correct, axis=1)
 
 
-def l2_penalty(params):
-  """Sum of squared weights over every leaf named W* (biases are not regularised)."""
-  return sum(jnp.sum(v * v) for k, v in params.items() if k.startswith("W"))
+def _path_name(path) -> str:
+  """"layers/0/w" for a jax key path."""
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def penalised_leaves(params, *, mask: Mask = None) -> list:
+  """The leaves of ``params`` that ``l2_penalty`` sums over, in tree order.
+
+  mask: None (every leaf with ndim >= 2: weight matrices and kernels, not
+  biases or scales), a predicate ``(path, leaf) -> bool`` with path a string
+  such as "layers/0/w", or a pytree of bools with the structure of params.
+  """
+  if mask is None:
+    return [v for v in jax.tree.leaves(params) if jnp.ndim(v) >= 2]
+  if callable(mask):
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [v for path, v in flat if mask(_path_name(path), v)]
+  if jax.tree.structure(mask) != jax.tree.structure(params):
+    raise InputError(f"mask must be a predicate or a pytree of bools with the structure of "
+                     f"params {jax.tree.structure(params)}, got {jax.tree.structure(mask)}",
+                     argument="mask")
+  return [v for m, v in zip(jax.tree.leaves(mask), jax.tree.leaves(params)) if bool(m)]
+
+
+def l2_penalty(params, *, mask: Mask = None):
+  """sum over penalised leaves W of sum(W ** 2) (see ``penalised_leaves``; 0 if none).
+
+  By default every leaf with ndim >= 2 is penalised: the weights of
+  ``{"W", "b"}``, ``{"W1", "b1", "W2", "b2"}``, ``{"kernel", "bias"}`` or a
+  list of layers, never the 1-D biases.
+  """
+  total = 0.0
+  for i, v in enumerate(penalised_leaves(params, mask=mask)):
+    total = jnp.sum(v * v) if i == 0 else total + jnp.sum(v * v)
+  return jnp.asarray(total, jnp.float32) if isinstance(total, float) else total
 
 
 LOSSES = {"svm": multiclass_svm, "softmax": softmax_cross_entropy}

@@ -1,7 +1,7 @@
 """Two-layer network: affine -> ReLU -> affine.
 
 Parameters ``{"W1": (D, H), "b1": (H,), "W2": (H, C), "b2": (C,)}``; the
-weights (names starting with W) are L2-regularised, biases are not. Trained
+weights (the 2-D leaves) are L2-regularised, biases are not. Trained
 with the same losses, train step and grid search as the linear models.
 """
 from __future__ import annotations
@@ -9,8 +9,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlin.errors import InputError
 
-def init_params(key, num_features: int, hidden_size: int, num_classes: int, *, scale: float | None = None):
+__all__ = ["init_params", "hidden", "scores"]
+
+
+def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
+                scale: float | None = None):
   """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` gives the std."""
   k1, k2 = jax.random.split(key)
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
@@ -24,7 +29,8 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *, s
 def hidden(params, x_NxD):
   """ReLU activations (N, H)."""
   if x_NxD.ndim != 2 or x_NxD.shape[1] != params["W1"].shape[0]:
-    raise ValueError(f"x has shape {x_NxD.shape}; expected (N, {params['W1'].shape[0]})")
+    raise InputError(f"x has shape {x_NxD.shape}; expected (N, {params['W1'].shape[0]})",
+                     argument="x_NxD")
   return jax.nn.relu(x_NxD @ params["W1"] + params["b1"])
 
 

@@ -1,33 +1,65 @@
-"""matplotlib figures written to PNG files (Agg backend; no display needed).
+"""matplotlib figures for notebooks and for files.
 
-Every function takes arrays and a path, writes the figure atomically (a
-temporary file renamed into place) and returns the path.
+Every function takes the data, draws into ``ax`` when one is given (a grid of
+images fills that Axes' area with small panels), else into a new
+``matplotlib.figure.Figure``, and returns the Figure. Nothing here touches
+pyplot's global state or switches the backend: a notebook shows the returned
+Figure, and ``save(fig, path)`` writes it as a PNG atomically (headless, no
+display needed).
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.figure
+import matplotlib.ticker
 import numpy as np
 
+from jaxlin import files
 
-def _save(fig, path: str) -> str:
+__all__ = ["save", "cross_validation", "neighbors", "confusion", "templates", "curves", "grid"]
+
+
+def save(fig: matplotlib.figure.Figure, path: str, *, dpi: int = 110) -> str:
+  """Write ``fig`` as a PNG at ``path`` (folders made; atomic; the user's umask) -> path.
+
+  The figure stays open and usable (e.g. shown again in a notebook).
+  """
+  path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return files.atomic_write(
+      path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def _figure_and_ax(ax, figsize):
+  if ax is not None:
+    return ax.figure, ax
+  fig = matplotlib.figure.Figure(figsize=figsize)
+  return fig, fig.add_subplot()
+
+
+def _panels(ax, rows: int, cols: int, figsize):
+  """(figure, (rows, cols) array of Axes): a new figure's subplots, or insets filling ``ax``."""
+  if ax is None:
+    fig = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+  ax.set_axis_off()
+  gap = 0.04
+  w, h = 1.0 / cols, 1.0 / rows
+  axes = np.empty((rows, cols), dtype=object)
+  for r in range(rows):
+    for c in range(cols):
+      axes[r, c] = ax.inset_axes([c * w + gap * w / 2, 1 - (r + 1) * h + gap * h / 2,
+                                  w * (1 - gap), h * (1 - gap) - 0.15 * h])
+  return ax.figure, axes
+
+
+def _title(fig, ax, text: str, fontsize: float):
+  if ax is None:
+    fig.suptitle(text, fontsize=fontsize)
+  else:
+    ax.set_title(text, fontsize=fontsize, pad=12)
 
 
 def _as_image(x_HxWxC):
@@ -39,12 +71,13 @@ def _as_image(x_HxWxC):
   return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def cross_validation(path: str, ks: Sequence[int], accuracies: Mapping[str, np.ndarray]) -> str:
+def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
+                     ax=None) -> matplotlib.figure.Figure:
   """Accuracy vs k: each fold a dot, the mean a line with std error bars, one curve per metric.
 
   accuracies: metric name -> (num_folds, len(ks)).
   """
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = _figure_and_ax(ax, (7, 4.5))
   ks = np.asarray(ks)
   for i, (name, acc) in enumerate(accuracies.items()):
     acc = np.asarray(acc)
@@ -61,41 +94,43 @@ def cross_validation(path: str, ks: Sequence[int], accuracies: Mapping[str, np.n
   ax.set_title("k-nearest neighbours: choosing k by cross-validation")
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return fig
 
 
-def neighbors(path: str, query_images, query_labels, neighbor_images, neighbor_labels,
-              class_names: Sequence[str]) -> str:
-  """Each row: a query image, then its nearest training images (green = same class)."""
+def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
+              class_names: Sequence[str], *, ax=None) -> matplotlib.figure.Figure:
+  """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
+  titled with their labels (green = same class as the query, red = other)."""
   q, k = np.asarray(neighbor_labels).shape
-  fig, axes = plt.subplots(q, k + 1, figsize=(1.1 * (k + 1), 1.2 * q), squeeze=False,
-                           layout="constrained")
+  outer = ax
+  fig, axes = _panels(ax, q, k + 1, (1.1 * (k + 1), 1.2 * q))
   for r in range(q):
-    ax = axes[r, 0]
-    ax.imshow(_as_image(query_images[r]))
-    ax.set_title(f"query: {class_names[query_labels[r]]}", fontsize=7)
+    a = axes[r, 0]
+    a.imshow(_as_image(query_images[r]))
+    a.set_title(f"query: {class_names[query_labels[r]]}", fontsize=7)
     for c in range(k):
-      ax = axes[r, c + 1]
-      ax.imshow(_as_image(neighbor_images[r][c]))
+      a = axes[r, c + 1]
+      a.imshow(_as_image(neighbor_images[r][c]))
       same = neighbor_labels[r][c] == query_labels[r]
-      for s in ax.spines.values():
+      for s in a.spines.values():
         s.set_color("green" if same else "red")
         s.set_linewidth(2)
-      ax.set_title(class_names[neighbor_labels[r][c]], fontsize=6,
-                   color="green" if same else "red")
-  for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.suptitle("test images (left) and their nearest training images", fontsize=9)
-  return _save(fig, path)
+      a.set_title(class_names[neighbor_labels[r][c]], fontsize=6,
+                  color="green" if same else "red")
+  for a in axes.ravel():
+    a.set_xticks([])
+    a.set_yticks([])
+  _title(fig, outer, "test images (left) and their nearest training images", 9)
+  return fig
 
 
-def confusion(path: str, confusion_CxC, class_names: Sequence[str], title: str = "") -> str:
-  """Row-normalised confusion matrix with counts in the cells."""
+def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
+              ax=None) -> matplotlib.figure.Figure:
+  """Row-normalised confusion matrix (C, C) with counts in the cells."""
   cm = np.asarray(confusion_CxC)
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   c = len(class_names)
-  fig, ax = plt.subplots(figsize=(0.6 * c + 2.5, 0.6 * c + 2))
+  fig, ax = _figure_and_ax(ax, (0.6 * c + 2.5, 0.6 * c + 2))
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
   for i in range(c):
     for j in range(c):
@@ -108,38 +143,39 @@ def confusion(path: str, confusion_CxC, class_names: Sequence[str], title: str =
   acc = np.trace(cm) / max(cm.sum(), 1)
   ax.set_title(f"{title} accuracy {acc:.1%}".strip())
   fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-  return _save(fig, path)
+  return fig
 
 
-def templates(path: str, w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
-              title: str = "learned templates") -> str:
-  """Each class's weight column shown as an image (the lecture's visual viewpoint)."""
+def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
+              title: str = "learned templates", *, ax=None) -> matplotlib.figure.Figure:
+  """Each class's weight column (D = prod(image_shape)) shown as an image."""
   w = np.asarray(w_DxC)
   c = w.shape[1]
   cols = min(c, 10)
   rows = -(-c // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
-  for j, ax in enumerate(axes.ravel()):
-    ax.set_xticks([])
-    ax.set_yticks([])
+  outer = ax
+  fig, axes = _panels(ax, rows, cols, (1.8 * cols, 2.0 * rows))
+  for j, a in enumerate(axes.ravel()):
+    a.set_xticks([])
+    a.set_yticks([])
     if j < c:
-      ax.imshow(_as_image(w[:, j].reshape(image_shape)))
-      ax.set_title(class_names[j], fontsize=8)
+      a.imshow(_as_image(w[:, j].reshape(image_shape)))
+      a.set_title(class_names[j], fontsize=8)
     else:
-      ax.axis("off")
-  fig.suptitle(title, fontsize=10)
-  return _save(fig, path)
+      a.axis("off")
+  _title(fig, outer, title, 10)
+  return fig
 
 
-def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
            xlabel: str = "step", ylabel: str = "", title: str = "", logy: bool = False,
-           smooth: int = 1, highlight: str | None = None) -> str:
+           smooth: int = 1, highlight: str | None = None, ax=None) -> matplotlib.figure.Figure:
   """Line plot of named (x, y) series (loss, accuracy, ...).
 
   smooth > 1 draws the moving average over that many points (noisy minibatch
   losses); ``highlight`` names a series drawn bold, the others thin.
   """
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = _figure_and_ax(ax, (7, 4))
   for name, (xs, ys) in series.items():
     xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
     if smooth > 1 and len(ys) >= smooth:
@@ -155,14 +191,14 @@ def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float
     ax.set_yscale("log")
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return fig
 
 
-def grid(path: str, values_AxB, a_values: Sequence[float], b_values: Sequence[float], *,
-         a_label: str, b_label: str, title: str = "") -> str:
-  """Heat map of a metric over a 2-D hyperparameter grid, values in the cells."""
+def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_label: str,
+         b_label: str, title: str = "", ax=None) -> matplotlib.figure.Figure:
+  """Heat map of a metric (A, B) over a 2-D hyperparameter grid, values in the cells."""
   v = np.asarray(values_AxB, np.float64)
-  fig, ax = plt.subplots(figsize=(1.1 * len(b_values) + 2.5, 0.7 * len(a_values) + 2))
+  fig, ax = _figure_and_ax(ax, (1.1 * len(b_values) + 2.5, 0.7 * len(a_values) + 2))
   im = ax.imshow(v, cmap="viridis")
   for i in range(v.shape[0]):
     for j in range(v.shape[1]):
@@ -174,4 +210,4 @@ def grid(path: str, values_AxB, a_values: Sequence[float], b_values: Sequence[fl
   ax.set_ylabel(a_label)
   ax.set_title(title)
   fig.colorbar(im, ax=ax, fraction=0.046)
-  return _save(fig, path)
+  return fig

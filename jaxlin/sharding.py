@@ -88,7 +88,7 @@ def process_sum(x) -> np.ndarray:
   x = np.asarray(x)
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
@@ -99,7 +99,7 @@ def gather_rows(local, lo: int, n: int) -> np.ndarray:
     if (lo, len(local)) != (0, n):
       raise ValueError(f"one process must hold all {n} rows, got [{lo}, {lo + len(local)})")
     return local
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   spans = np.asarray(multihost_utils.process_allgather(np.array([lo, len(local)], np.int64)))
   width = int(spans[:, 1].max())
   block = np.zeros((width,) + local.shape[1:], local.dtype)
@@ -119,5 +119,5 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
   if x.sharding.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -74,4 +74,5 @@ def smallest_k(values_TxN, k: int):
   chunks = jnp.sort(chunks, axis=1)  # back in position order, for ties
   cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
   _, pos = jax.lax.top_k(key(cand), k)
-  return jnp.take_along_axis((chunks[:, :, None] * s + jnp.arange(s, dtype=chunks.dtype)).reshape(t, k * s), pos, 1)
+  cand_pos = chunks[:, :, None] * s + jnp.arange(s, dtype=chunks.dtype)
+  return jnp.take_along_axis(cand_pos.reshape(t, k * s), pos, 1)

@@ -1,18 +1,25 @@
-"""Training: a pure step from a loss and an optax optimizer, a host loop, evaluation.
+"""Training: a pure step from a loss, a model and any optax optimizer; a host loop; evaluation.
 
-Everything trains a *grid* of settings at once: parameters and optimizer
+The building block is ``make_train_step(loss_fn, apply_fn, tx)``: a pure,
+jit-able ``train_step(params, opt_state, (x, y)) -> (params, opt_state,
+metrics)`` for any params pytree and any ``optax.GradientTransformation``
+(line-search methods such as ``optax.lbfgs`` included). Use it in your own loop,
+or let ``Trainer`` run it.
+
+``Trainer`` trains a *grid* of settings at once: parameters and optimizer
 states carry a leading grid axis G, each member has its own learning rate and
 regularisation strength, and one compiled program (``jax.vmap`` over the grid,
-``lax.scan`` over the steps of an epoch) advances them all on the same
+``lax.scan`` over the steps of a chunk) advances them all on the same
 minibatches. A single run is a grid of one.
 
-Objective of each member: mean(loss(apply(params, x), y)) + reg * l2_penalty(params).
+Objective of each member: mean_i loss(apply(params, x_i), y_i) + reg * penalty(params),
+penalty = ``losses.l2_penalty`` (every weight matrix, no biases) unless given.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -20,33 +27,62 @@ import numpy as np
 import optax
 
 from jaxlin import losses
-from jaxlin.errors import DivergenceError
+from jaxlin.errors import DivergenceError, InputError
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Model", "FitResult", "Trainer", "make_train_step",
+           "make_optimizer", "make_schedule", "objective", "member"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "lbfgs")
 SCHEDULES = ("constant", "cosine", "step")
 
+Optimizer = Union[str, optax.GradientTransformation, Callable[[Any], optax.GradientTransformation]]
+Schedule = Union[str, Callable[[Any], Any], None]
+
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """How to make and apply parameters: init(key) -> params; apply(params, x) -> scores."""
+  """How to make and apply parameters: init(key) -> params; apply(params, x_BxD) -> scores_BxC.
+
+  params may be any pytree (dicts, lists, tuples of arrays).
+  """
   init: Callable[[Any], Any]
   apply: Callable[[Any, Any], Any]
 
 
-def make_schedule(name: str, total_steps: int) -> Callable[[Any], Any]:
-  """Multiplier of the base learning rate at step t (1 at t = 0)."""
+def _constant(t):
+  return jnp.ones_like(t, jnp.float32)
+
+
+def make_schedule(name: str, num_steps: int) -> Callable[[Any], Any]:
+  """Multiplier of the base learning rate at step t (0-based) of a run of ``num_steps`` steps.
+
+  * constant: 1.
+  * cosine: (1 + cos(pi * min(t, T) / T)) / 2 with T = num_steps
+    (``optax.cosine_decay_schedule(1, T)``): 1 at t = 0, 0 at the end.
+  * step: 1, then x0.1 from step floor(T / 2) and x0.1 again from floor(3 T / 4)
+    (never before step 1).
+  """
+  if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise InputError(f"num_steps must be a positive integer, got {num_steps!r}",
+                     argument="num_steps")
   if name == "constant":
-    return lambda t: jnp.ones_like(t, jnp.float32)
+    return _constant
   if name == "cosine":
-    return optax.cosine_decay_schedule(1.0, max(total_steps, 1))
-  if name == "step":  # x0.1 at 50 % and again at 75 % of training
-    return optax.piecewise_constant_schedule(
-        1.0, {int(total_steps * 0.5): 0.1, int(total_steps * 0.75): 0.1})
-  raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
+    return optax.cosine_decay_schedule(1.0, int(num_steps))
+  if name == "step":
+    first = max(int(num_steps * 0.5), 1)
+    second = max(int(num_steps * 0.75), 1)
+    cuts = {first: 0.1, second: 0.1} if first != second else {first: 0.01}
+    return optax.piecewise_constant_schedule(1.0, cuts)
+  raise InputError(f"unknown schedule {name!r}; choose from {SCHEDULES} or pass a callable "
+                   "step -> multiplier", argument="schedule")
 
 
 def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
-  """sgd, momentum (Nesterov, 0.9), adam, or lbfgs (full batch, line search: no learning rate)."""
+  """sgd, momentum (Nesterov, 0.9), adam, or lbfgs (line search; no learning rate).
+
+  learning_rate: a number or an optax schedule (step -> learning rate).
+  """
   if name == "sgd":
     return optax.sgd(learning_rate)
   if name == "momentum":
@@ -55,16 +91,80 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
   if name == "lbfgs":
     return optax.lbfgs()
-  raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+  raise InputError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}, or pass an "
+                   "optax.GradientTransformation or a function learning_rate -> one",
+                   argument="optimizer")
 
 
-def objective(params, x, y, reg, *, apply_fn, loss_fn):
-  """(mean data loss + reg * l2_penalty, mean data loss)."""
+def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
+  """(mean data loss + reg * penalty(params), mean data loss); penalty defaults to l2_penalty."""
   data = jnp.mean(loss_fn(apply_fn(params, x), y))
-  return data + reg * losses.l2_penalty(params), data
+  penalty_fn = losses.l2_penalty if penalty is None else penalty
+  return data + reg * penalty_fn(params), data
 
 
-class GridState(NamedTuple):
+def _has_line_search(opt_state) -> bool:
+  """Whether the optimizer keeps the objective's value in its state (optax.lbfgs and other
+  line searches): it then needs ``value``, ``grad`` and ``value_fn`` in update and the
+  same (full) batch at every step."""
+  return optax.tree.get(opt_state, "value", None) is not None
+
+
+def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTransformation, *,
+                    reg=0.0, penalty: Callable[[Any], Any] | None = None):
+  """A pure step of gradient descent on mean(loss) + reg * penalty.
+
+  Args:
+    loss_fn: per-example loss (scores_BxC, labels_B) -> (B,), e.g. losses.softmax_cross_entropy.
+    apply_fn: (params, x_BxD) -> scores_BxC for any params pytree.
+    tx: any optax.GradientTransformation. Line-search methods (optax.lbfgs) get
+      ``value``, ``grad`` and ``value_fn`` in update; give them the same batch every step.
+    reg: regularisation strength (a number or a traced scalar).
+    penalty: params -> scalar; default losses.l2_penalty (every leaf with ndim >= 2).
+
+  Returns:
+    ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)`` with
+    batch = (x_BxD, y_B) and metrics = {"loss": objective, "data_loss": mean loss}
+    at the parameters before the step. Pure and jit-able; init the state with
+    ``tx.init(params)``.
+  """
+  penalty_fn = losses.l2_penalty if penalty is None else penalty
+  concrete = not isinstance(reg, jax.core.Tracer) and np.ndim(reg) == 0
+  if concrete and not float(reg) >= 0:
+    raise InputError(f"reg must be a number >= 0, got {reg}", argument="reg")
+  check_penalised = concrete and float(reg) > 0 and penalty is None
+
+  def train_step(params, opt_state, batch):
+    x, y = batch
+    if check_penalised:  # at trace time: reg > 0 must penalise something
+      _check_penalised(params)
+
+    def f(p):
+      return objective(p, x, y, reg, apply_fn=apply_fn, loss_fn=loss_fn, penalty=penalty_fn)
+
+    if _has_line_search(opt_state):
+      value_fn = lambda p: f(p)[0]
+      value, grad = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
+      data = f(params)[1]  # removed by the compiler where unused
+      updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
+                                     value_fn=value_fn)
+    else:
+      (value, data), grad = jax.value_and_grad(f, has_aux=True)(params)
+      updates, opt_state = tx.update(grad, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {"loss": value, "data_loss": data}
+
+  return train_step
+
+
+def _check_penalised(params, what: str = "reg"):
+  if not losses.penalised_leaves(params):
+    raise InputError(
+        f"{what} > 0 but the default L2 penalty finds no weight (leaf with ndim >= 2) in params; "
+        f"pass reg=0, or a penalty (e.g. functools.partial(losses.l2_penalty, mask=...))",
+        argument=what)
+
+
+class _GridState(NamedTuple):
   params: Any       # pytree, leaves (G, ...)
   opt_state: Any    # pytree, leaves (G, ...)
   step: Any         # () int32
@@ -74,64 +174,122 @@ class GridState(NamedTuple):
 
 @dataclasses.dataclass
 class FitResult:
-  params: Any                 # (G, ...) final parameters of every member
-  losses: np.ndarray          # (steps, G) training objective at every step
-  history: list               # per logged step: {"step", "epoch", "loss", "train_accuracy", "val_accuracy"} (lists over G)
-  diverged_at: np.ndarray     # (G,) -1 where finite throughout
+  """What ``Trainer.fit`` returns.
+
+  params: (G, ...) final parameters of every member (``member(params, g)`` for one).
+  losses: (steps, G) training objective at every step.
+  history: per logged step {"step", "epoch", "loss", "<name>_accuracy"} (arrays over G).
+  diverged_at: (G,) step of the first non-finite loss, -1 where finite throughout.
+  """
+  params: Any
+  losses: np.ndarray
+  history: list
+  diverged_at: np.ndarray
   steps: int
   compile_count: int
 
 
 class Trainer:
-  """Compiles the epoch program once; ``fit`` runs the host loop."""
+  """Trains a grid of (learning rate, reg) settings with one compiled program.
 
-  def __init__(self, model: Model, loss_fn: Callable, *, optimizer: str, schedule: str = "constant",
-               total_steps: int = 1, mesh=None):
-    """mesh: a jax.sharding.Mesh with axis "data" for data-parallel training
-    (each minibatch split along the batch axis, parameters replicated)."""
-    if optimizer not in OPTIMIZERS:
-      raise ValueError(f"unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}")
+  ``optimizer`` is one of
+    * a function learning_rate -> optax.GradientTransformation, e.g.
+      ``lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr))``;
+      the learning rate is each member's (traced, so the grid compiles once), or
+      an optax schedule step -> lr when ``schedule`` is given;
+    * an optax.GradientTransformation (its learning rate, schedule included, is
+      fixed): the grid is over ``regs`` only;
+    * a name, a shortcut for the command line: "sgd", "momentum" (Nesterov 0.9),
+      "adam" (functions of the learning rate) or "lbfgs" (optax.lbfgs(): line
+      search, full batch, no learning rate).
+
+  ``schedule`` multiplies each member's learning rate at step t: a callable
+  (any optax schedule, step -> multiplier; with learning_rates left at 1 it is
+  the learning rate itself) or a name ("constant", "cosine", "step", see
+  ``make_schedule``) built from the ``num_steps`` given to ``fit``.
+
+  ``penalty``: params -> scalar regulariser (default losses.l2_penalty).
+  ``mesh``: a jax.sharding.Mesh with axis "data" for data-parallel training
+  (each minibatch split along the batch axis, parameters replicated).
+  ``full_batch``: every step sees all the data; default True for optimizers
+  with a line search (optax.lbfgs).
+  """
+
+  def __init__(self, model: Model, loss_fn: Callable, *, optimizer: Optimizer,
+               schedule: Schedule = None, penalty: Callable | None = None, mesh=None,
+               full_batch: bool | None = None):
+    if isinstance(optimizer, str):
+      if optimizer not in OPTIMIZERS:
+        make_optimizer(optimizer, 0.0)  # raises InputError naming the choices
+      self._fixed_tx = optax.lbfgs() if optimizer == "lbfgs" else None
+      self._factory = None if optimizer == "lbfgs" else functools.partial(make_optimizer,
+                                                                           optimizer)
+      self._always_schedule = True  # named: the learning rate is a schedule, as ever
+    elif isinstance(optimizer, optax.GradientTransformation):
+      self._fixed_tx, self._factory, self._always_schedule = optimizer, None, False
+    elif callable(optimizer):
+      self._fixed_tx, self._factory, self._always_schedule = None, optimizer, False
+    else:
+      raise InputError(f"optimizer must be a name {OPTIMIZERS}, an optax.GradientTransformation "
+                       f"or a function learning_rate -> one, got {type(optimizer).__name__}",
+                       argument="optimizer")
+    if schedule is not None and not callable(schedule) and schedule not in SCHEDULES:
+      make_schedule(schedule, 1)  # raises InputError naming the choices
+    if self._fixed_tx is not None and schedule not in (None, "constant"):
+      raise InputError("this optimizer has no learning rate to schedule; put the schedule in "
+                       "the optax transformation (e.g. optax.adamw(optax.cosine_decay_schedule"
+                       "(...)))", argument="schedule")
     self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-    self.schedule = make_schedule(schedule, total_steps)
-    self.full_batch = optimizer == "lbfgs"
+    self.schedule, self.penalty = schedule, penalty
+    self._full_batch = full_batch
+    self._multipliers: dict[int, Callable] = {}
     self.mesh = mesh if mesh is not None and mesh.devices.size > 1 else None
-    self.trace_count = 0  # how many times the epoch program was traced (compiled)
-    self._run_steps = jax.jit(self._run_steps_impl, donate_argnums=(0,))
+    self.trace_count = 0  # how many times the chunk program was traced (compiled)
+    self._run_steps = jax.jit(self._run_steps_impl, donate_argnums=(0,),
+                              static_argnames=("multiplier", "full_batch"))
     self._accuracy = jax.jit(self._accuracy_impl)
 
-  # ---- pure pieces -------------------------------------------------------
-  def _tx(self, lr):
-    return make_optimizer(self.optimizer, lambda count: lr * self.schedule(count))
+  @property
+  def has_learning_rate(self) -> bool:
+    """False for a fixed optax transformation or lbfgs: the grid is over regs only."""
+    return self._fixed_tx is None
 
-  def init(self, key, learning_rates, regs) -> tuple[GridState, dict]:
-    lrs = jnp.asarray(learning_rates, jnp.float32)
-    regs = jnp.asarray(regs, jnp.float32)
-    if lrs.shape != regs.shape or lrs.ndim != 1:
-      raise ValueError(f"learning_rates and regs must be 1-D of equal length, got {lrs.shape}, {regs.shape}")
-    g = lrs.shape[0]
+  def _multiplier(self, num_steps: int) -> Callable:
+    """step -> multiplier of the learning rate; one function object per distinct program."""
+    if self.schedule is None or self.schedule == "constant":
+      return _constant
+    if callable(self.schedule):
+      return self.schedule
+    if num_steps not in self._multipliers:
+      self._multipliers[num_steps] = make_schedule(self.schedule, num_steps)
+    return self._multipliers[num_steps]
+
+  def _member_tx(self, lr, multiplier):
+    if self._fixed_tx is not None:
+      return self._fixed_tx
+    if multiplier is _constant and not self._always_schedule:
+      return self._factory(lr)
+    return self._factory(lambda count: lr * multiplier(count))
+
+  def _init(self, key, lrs, *, multiplier):
     # Every member starts from the same parameters: settings are compared fairly,
     # and member i equals a single run with its (lr, reg).
+    g = lrs.shape[0]
     params = jax.vmap(lambda _: self.model.init(key))(jnp.arange(g))
-    opt_state = jax.vmap(self._tx(1.0).init)(params)
-    state = GridState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((g,), bool),
+    opt_state = jax.vmap(lambda p, lr: self._member_tx(lr, multiplier).init(p))(params, lrs)
+    # Weak types as a step leaves them (strong): else the second chunk compiles again.
+    params, opt_state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), (params, opt_state))
+    return _GridState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((g,), bool),
                       jnp.full((g,), -1, jnp.int32))
-    return state, {"lr": lrs, "reg": regs}
 
-  def _member_step(self, params, opt_state, lr, reg, x, y):
-    f = functools.partial(objective, x=x, y=y, reg=reg, apply_fn=self.model.apply,
-                          loss_fn=self.loss_fn)
-    tx = self._tx(lr)
-    if self.full_batch:
-      value_fn = lambda p: f(p)[0]
-      value, grad = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
-      updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
-                                     value_fn=value_fn)
-    else:
-      (value, _), grad = jax.value_and_grad(f, has_aux=True)(params)
-      updates, opt_state = tx.update(grad, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
+  def _member_step(self, params, opt_state, lr, reg, x, y, multiplier):
+    step = make_train_step(self.loss_fn, self.model.apply, self._member_tx(lr, multiplier),
+                           reg=reg, penalty=self.penalty)
+    params, opt_state, metrics = step(params, opt_state, (x, y))
+    return params, opt_state, metrics["loss"]
 
-  def _run_steps_impl(self, state: GridState, hyper, x, y, idx_SxB, valid_S):
+  def _run_steps_impl(self, state: _GridState, hyper, x, y, idx_SxB, valid_S, *, multiplier,
+                      full_batch):
     """Runs the S steps of one chunk; steps with valid_S False change nothing.
 
     (The last chunk is padded to the same length, so one program serves all.)
@@ -140,12 +298,13 @@ class Trainer:
 
     def one_step(state, inputs):
       idx, valid = inputs
-      xb, yb = (x, y) if self.full_batch else (x[idx], y[idx])
+      xb, yb = (x, y) if full_batch else (x[idx], y[idx])
       if self.mesh is not None:  # data parallel: the batch split across devices
         batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         xb = jax.lax.with_sharding_constraint(xb, batch)
         yb = jax.lax.with_sharding_constraint(yb, batch)
-      new_p, new_o, value = jax.vmap(self._member_step, in_axes=(0, 0, 0, 0, None, None))(
+      member_step = functools.partial(self._member_step, multiplier=multiplier)
+      new_p, new_o, value = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None, None))(
           state.params, state.opt_state, hyper["lr"], hyper["reg"], xb, yb)
       finite = jnp.isfinite(value) | ~valid
       ok = state.alive & finite & valid
@@ -154,8 +313,8 @@ class Trainer:
       opt_state = jax.tree.map(keep, new_o, state.opt_state)
       diverged_at = jnp.where(state.alive & ~finite, state.step, state.diverged_at)
       alive = state.alive & finite
-      return GridState(params, opt_state, state.step + valid.astype(jnp.int32), alive,
-                       diverged_at), value
+      return _GridState(params, opt_state, state.step + valid.astype(jnp.int32), alive,
+                        diverged_at), value
 
     return jax.lax.scan(one_step, state, (idx_SxB, valid_S))
 
@@ -170,6 +329,8 @@ class Trainer:
     Pad-and-mask: each example counts once, whatever the batch and device count.
     """
     n = x.shape[0] if num_examples is None else num_examples
+    if n < 1:
+      raise InputError("x is empty: no examples to measure accuracy on", argument="x")
     correct = 0
     for start in range(0, n, batch_size):
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -177,20 +338,74 @@ class Trainer:
       pad = min(batch_size, n) - xb.shape[0]
       mask = jnp.arange(xb.shape[0] + max(pad, 0)) < valid
       if pad > 0:
-        xb = jnp.pad(xb, ((0, pad), (0, 0)))
+        xb = jnp.pad(xb, ((0, pad),) + ((0, 0),) * (xb.ndim - 1))
         yb = jnp.pad(yb, (0, pad))
       correct = correct + self._accuracy(params, xb, yb, mask)
     return np.asarray(correct) / n
 
-  def fit(self, key, x, y, *, learning_rates: Sequence[float], regs: Sequence[float],
-          batch_size: int, num_steps: int, log_every: int | None = None,
-          eval_sets: dict | None = None, callback: Callable[[dict], None] | None = None,
-          num_examples: int | None = None) -> FitResult:
-    """Train every (learning rate, reg) pair for ``num_steps`` steps on the same batches.
+  def _hyper(self, learning_rates, regs):
+    regs = np.asarray(regs, np.float64)
+    if regs.ndim != 1 or regs.size == 0:
+      raise InputError(f"regs must be a non-empty 1-D sequence, got shape {regs.shape}",
+                       argument="regs")
+    if not np.all(np.isfinite(regs) & (regs >= 0)):
+      raise InputError(f"regs must be finite and >= 0, got {regs.tolist()}", argument="regs")
+    if not self.has_learning_rate:
+      if learning_rates is not None:
+        raise InputError(
+            "this optimizer has a fixed learning rate (an optax transformation, or lbfgs's "
+            "line search): the grid is over regs only; pass learning_rates=None",
+            argument="learning_rates")
+      lrs = np.ones_like(regs)
+    elif learning_rates is None:
+      lrs = np.ones_like(regs)  # the schedule (or 1) is the learning rate
+    else:
+      lrs = np.asarray(learning_rates, np.float64)
+      if lrs.shape != regs.shape:
+        raise InputError(f"learning_rates and regs must be 1-D of equal length (one pair per "
+                         f"grid member), got {lrs.shape}, {regs.shape}",
+                         argument="learning_rates")
+      if not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise InputError(f"learning_rates must be finite and > 0, got {lrs.tolist()}",
+                         argument="learning_rates")
+    return {"lr": jnp.asarray(lrs, jnp.float32), "reg": jnp.asarray(regs, jnp.float32)}
 
-    Minibatches are drawn without replacement from a fresh permutation each
-    epoch (``fold_in(key, epoch)``), on device. Every ``log_every`` steps (one
-    epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)} or
+  def _check_data(self, key, x, y, n, regs):
+    if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+      raise InputError(f"expected x (N, ...) and y (N,), got {x.shape} and {y.shape}",
+                       argument="x")
+    if n < 1 or x.shape[0] < 1:
+      raise InputError("x is empty: no training examples", argument="x")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+      raise InputError(f"y must hold integer labels, got {y.dtype}", argument="y")
+    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
+      raise InputError("x holds NaN or inf values", argument="x")
+    params = jax.eval_shape(self.model.init, key)
+    scores = jax.eval_shape(self.model.apply, params,
+                            jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+    c = scores.shape[-1]
+    lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    if lo < 0 or hi >= c:
+      raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
+                       f"[{lo}, {hi}]", argument="y")
+    if self.penalty is None and np.any(np.asarray(regs) > 0):
+      _check_penalised(params, "regs")
+
+  def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
+          learning_rates: Sequence[float] | None = None, batch_size: int | None = None,
+          num_steps: int, log_every: int | None = None, eval_sets: dict | None = None,
+          callback: Callable[[dict], None] | None = None,
+          num_examples: int | None = None) -> FitResult:
+    """Train every grid member for ``num_steps`` steps on the same batches.
+
+    Members are the pairs (learning_rates[g], regs[g]); learning_rates None
+    gives each the rate 1 (the schedule is then the learning rate), and must be
+    None for an optimizer without a learning rate to vary.
+
+    Minibatches of ``batch_size`` rows are drawn without replacement from a
+    fresh permutation each epoch (``fold_in(key, epoch)``), on device; a
+    full-batch optimizer sees all rows at every step. Every ``log_every`` steps
+    (one epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)} or
     {name: (x, y, num_examples)}) are recorded and ``callback(record)`` is
     called. Raises DivergenceError when every member's loss became non-finite.
 
@@ -198,6 +413,10 @@ class Trainer:
     processes (``sharding.rows_to_global``); its rows past ``num_examples``
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+      raise InputError(f"num_steps must be a positive integer, got {num_steps!r}",
+                       argument="num_steps")
+    hyper = self._hyper(learning_rates, regs)
     eval_sets = {k: (v if len(v) == 3 else (*v, None)) for k, v in (eval_sets or {}).items()}
     if self.mesh is not None:  # on the mesh: one global array even across hosts
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -206,18 +425,24 @@ class Trainer:
       eval_sets = {k: (place(a), place(b), m) for k, (a, b, m) in eval_sets.items()}
     x, y = jnp.asarray(x), jnp.asarray(y)
     n = x.shape[0] if num_examples is None else num_examples
-    if not self.full_batch and not 1 <= batch_size <= n:
-      raise ValueError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}")
-    steps_per_epoch = 1 if self.full_batch else n // batch_size
-    log_every = log_every or (10 if self.full_batch else steps_per_epoch)
     k_init, k_data = jax.random.split(key)
-    state, hyper = self.init(k_init, learning_rates, regs)
+    self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
+    multiplier = self._multiplier(int(num_steps))
+    state = self._init(k_init, hyper["lr"], multiplier=multiplier)
+    full_batch = self._full_batch
+    if full_batch is None:
+      full_batch = _has_line_search(state.opt_state)
+    if not full_batch and (batch_size is None or not 1 <= batch_size <= n):
+      raise InputError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}",
+                       argument="batch_size")
+    steps_per_epoch = 1 if full_batch else n // batch_size
+    log_every = log_every or (10 if full_batch else steps_per_epoch)
     all_losses, history = [], []
     done = 0
     while done < num_steps:
       chunk = min(log_every, num_steps - done)
       valid = jnp.arange(log_every) < chunk
-      if self.full_batch:
+      if full_batch:
         idx = jnp.zeros((log_every, 1), jnp.int32)  # unused: every step sees all the data
       else:
         # Steps [done, done + log_every) may span epochs: take their rows of the epoch permutations.
@@ -226,7 +451,8 @@ class Trainer:
                                 for e in epochs])
         start = done - epochs[0] * steps_per_epoch
         idx = perm[start:start + log_every]
-      state, step_losses = self._run_steps(state, hyper, x, y, idx, valid)
+      state, step_losses = self._run_steps(state, hyper, x, y, idx, valid,
+                                           multiplier=multiplier, full_batch=full_batch)
       done += chunk
       all_losses.append(np.asarray(step_losses)[:chunk])
       record = {"step": done, "epoch": done / steps_per_epoch,
@@ -238,9 +464,15 @@ class Trainer:
         callback(record)
       if not bool(np.asarray(state.alive).any()):
         first = int(np.asarray(state.diverged_at).min())
+        if self.has_learning_rate:
+          largest = float(np.max(np.asarray(hyper["lr"])))
+          raise DivergenceError(
+              f"training diverged: the loss became inf or NaN at step {first} for every setting "
+              f"(largest learning rate {largest:g}); try smaller learning_rates",
+              argument="learning_rates")
         raise DivergenceError(
-            f"training diverged: the loss became inf or NaN at step {first} for every setting "
-            f"(largest learning rate {max(learning_rates):g}); try a smaller --learning_rate")
+            f"training diverged: the loss became inf or NaN at step {first} for every setting; "
+            "try a smaller learning rate in the optimizer", argument="optimizer")
     return FitResult(params=state.params, losses=np.concatenate(all_losses),
                      history=history, diverged_at=np.asarray(state.diverged_at),
                      steps=done, compile_count=self.trace_count)
@@ -268,5 +500,5 @@ def _finite_mean(losses_SxG):
 
 
 def member(params_G, i: int):
-  """Parameters of grid member i."""
+  """Parameters of grid member i (any pytree with a leading grid axis)."""
   return jax.tree.map(lambda v: v[i], params_G)

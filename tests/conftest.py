@@ -12,8 +12,11 @@ CLASSES = ("cat", "dog", "frog")
 
 
 def make_image_folder(root, *, per_class_train=20, per_class_test=6, size=8, seed=0,
-                      classes=CLASSES):
-  """PNG image folder (lossless, so pixel values are known) whose classes differ in colour."""
+                      classes=CLASSES, noise=40.0):
+  """PNG image folder (lossless, so pixel values are known) whose classes differ in colour.
+
+  noise: std of the Gaussian pixel noise around each class's colour (larger: harder).
+  """
   rng = np.random.default_rng(seed)
   arrays = {}
   for split, n in (("train", per_class_train), ("test", per_class_test)):
@@ -23,7 +26,7 @@ def make_image_folder(root, *, per_class_train=20, per_class_test=6, size=8, see
       base = np.zeros(3)
       base[c % 3] = 180
       for i in range(n):
-        img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+        img = np.clip(base + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
         path = os.path.join(d, f"{i:04d}.png")
         Image.fromarray(img).save(path)
         arrays[path] = img

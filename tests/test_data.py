@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxlin import data
-from jaxlin.errors import DataError
+from jaxlin.errors import DataError, InputError
 from tests.conftest import CLASSES
 
 
@@ -76,7 +76,7 @@ def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_fold
     assert (p.start, p.total, len(p), p.is_whole) == (lo, len(w), hi - lo, False)
   empty = data.load(name, num_val=6, seed=1, rows={"test": (5, 5)})
   assert empty.test.images.shape == (0, 8, 8, 3) and empty.test.total == 18
-  with pytest.raises(ValueError, match="outside"):
+  with pytest.raises(InputError, match="outside"):
     data.load(name, num_val=6, rows={"val": (0, 7)})
 
 
@@ -127,16 +127,19 @@ def test_tfds_cifar10_through_mock_data():
 def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch):
   monkeypatch.setattr(data, "_reachable", lambda *a, **k: False)
   t = time.time()
-  with pytest.raises(DataError, match=r"not prepared in .* network is unreachable.*folder:PATH"):
+  expected = r"not prepared in .* network is unreachable.*folder:PATH"
+  with pytest.raises(DataError, match=expected) as e:
     data.load("cifar10", data_dir=str(tmp_path))
+  assert e.value.argument == "data_dir" and "--" not in str(e.value)
   assert time.time() - t < 20
 
 
 def test_unknown_dataset_name():
   with pytest.raises(DataError, match="unknown dataset 'cifar11'"):
     data.check_name("cifar11")
-  with pytest.raises(DataError, match="needs a path"):
+  with pytest.raises(DataError, match="needs a path") as e:
     data.check_name("folder:")
+  assert e.value.argument == "name" and "--" not in str(e.value)
 
 
 def test_preprocess_subtracts_the_mean_image():
@@ -144,6 +147,14 @@ def test_preprocess_subtracts_the_mean_image():
   mu = data.mean_image(imgs)
   np.testing.assert_allclose(mu, [[[1, 20, 30]]])
   np.testing.assert_allclose(data.preprocess(imgs, mu), [[-1, -10, -10], [1, 10, 10]])
+  for f in (data.mean_image, lambda x: data.preprocess(x, mu)):
+    with pytest.raises(InputError, match="uint8 pixels") as e:
+      f(imgs / 255.0)
+    assert e.value.argument == "images_NxHxWxC"
+  with pytest.raises(InputError, match="empty"):
+    data.mean_image(imgs[:0])
+  with pytest.raises(InputError, match="mean_HxWxC"):
+    data.preprocess(imgs, mu[0])
 
 
 def test_images_of_different_sizes_are_named(image_folder):

@@ -17,7 +17,8 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("metric", distances.METRICS)
-@pytest.mark.parametrize("fn", [distances.pairwise_distances, distances.pairwise_distances_reference])
+@pytest.mark.parametrize("fn", [distances.pairwise_distances,
+                                distances.pairwise_distances_reference])
 def test_literal_values(metric, fn):
   d = fn(X, Y, metric=metric)
   assert d.shape == (2, 3) and d.dtype == jnp.float32
@@ -39,7 +40,8 @@ def test_jit_matches_eager(metric):
   rng = np.random.default_rng(1)
   x, y = rng.random((5, 300), np.float32), rng.random((7, 300), np.float32)
   f = jax.jit(distances.pairwise_distances, static_argnames="metric")
-  np.testing.assert_allclose(f(x, y, metric=metric), distances.pairwise_distances(x, y, metric=metric),
+  np.testing.assert_allclose(f(x, y, metric=metric),
+                             distances.pairwise_distances(x, y, metric=metric),
                              rtol=1e-5, atol=1e-4)
 
 
@@ -58,15 +60,17 @@ def test_l2_on_uint8_is_exact_integer_work():
   x = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
   y = rng.integers(0, 256, (9, 3072), dtype=np.uint8)
   ref = ((x[:, None].astype(np.int64) - y[None]) ** 2).sum(-1)
-  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2_squared"), ref, rtol=1e-7)
-  np.testing.assert_allclose(distances.pairwise_distances(x, y, metric="l2"), np.sqrt(ref), rtol=1e-6)
+  pd = lambda metric: distances.pairwise_distances(x, y, metric=metric)
+  np.testing.assert_allclose(pd("l2_squared"), ref, rtol=1e-7)
+  np.testing.assert_allclose(pd("l2"), np.sqrt(ref), rtol=1e-6)
   xc, yc = distances.centred_pixels(x), distances.centred_pixels(y)
   np.testing.assert_array_equal(distances.l2_squared_pixels(
       xc, yc, distances.int_squared_norms(xc), distances.int_squared_norms(yc)), ref)
   # The worst case for the chunked products: every pixel at -128 (0 shifted) against -128.
   z = np.zeros((2, 3072), np.uint8)
   zc = distances.centred_pixels(z)
-  dot = distances.l2_squared_pixels(zc, zc, distances.int_squared_norms(zc), distances.int_squared_norms(zc))
+  zn = distances.int_squared_norms(zc)
+  dot = distances.l2_squared_pixels(zc, zc, zn, zn)
   np.testing.assert_array_equal(dot, 0)
 
 

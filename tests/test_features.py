@@ -1,4 +1,6 @@
 import colorsys
+import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlin import features, losses, mlp, train
+from jaxlin.errors import InputError
 
 
 def hog_reference(img, orientations=9, cell=8):
@@ -83,10 +86,37 @@ def test_extract_batches_equal_single_images_and_jit():
     features.extract(imgs[..., 0])
 
 
+def test_float_and_empty_images_are_rejected_not_scaled(tmp_path):
+  img = np.random.default_rng(5).random((8, 8, 3))  # floats in [0, 1]: not pixels
+  for f in (features.hog, features.hue_histogram, jax.jit(features.hog)):
+    with pytest.raises(InputError, match=r"uint8 pixels .* got float") as e:
+      f(img)
+    assert e.value.argument == "image"
+  with pytest.raises(InputError, match="uint8 pixels") as e:
+    features.extract(img[None].astype(np.float32))
+  assert e.value.argument == "images"
+  with pytest.raises(InputError, match="uint8 pixels"):
+    features.cached_extract(img[None] * 255, cache_dir=str(tmp_path))
+  with pytest.raises(InputError, match="empty"):
+    features.extract(np.zeros((0, 8, 8, 3), np.uint8))
+
+
+def test_cache_written_with_the_users_umask(tmp_path):
+  imgs = np.random.default_rng(6).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  old = os.umask(0o022)
+  try:
+    a = features.cached_extract(imgs, cache_dir=str(tmp_path))
+  finally:
+    os.umask(old)
+  (name,) = os.listdir(tmp_path)
+  assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644
+  np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir=str(tmp_path)), a)
+
+
 def test_standardise_uses_training_statistics():
   tr = jnp.array([[0.0, 1.0], [2.0, 1.0]])
   te = jnp.array([[4.0, 3.0]])
-  (a, b), (mean, std) = features.standardise(tr, te)
+  (a, b), _ = features.standardise(tr, te)
   np.testing.assert_allclose(a, [[-1, 0], [1, 0]])
   np.testing.assert_allclose(b, [[3, 2]])
 
@@ -124,6 +154,7 @@ def test_mlp_gradients_match_numerical_gradients():
 def test_mlp_shapes_and_errors():
   p = mlp.init_params(jax.random.key(1), 6, 4, 3)
   assert mlp.scores(p, jnp.ones((2, 6))).shape == (2, 3)
-  assert float(losses.l2_penalty(p)) == pytest.approx(float(jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2)))
+  expected = float(jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2))
+  assert float(losses.l2_penalty(p)) == pytest.approx(expected)
   with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
     mlp.scores(p, jnp.ones((2, 5)))

@@ -70,7 +70,8 @@ def test_cosine_matches_reference_order():
   qn = q / np.linalg.norm(q, axis=1, keepdims=True)
   dbn = db / np.linalg.norm(db, axis=1, keepdims=True)
   ref = 1 - qn @ dbn.T
-  d, i = knn.search(q.astype(np.float32), db.astype(np.float32), 5, metric="cosine", database_tile=7)
+  _, i = knn.search(q.astype(np.float32), db.astype(np.float32), 5, metric="cosine",
+                    database_tile=7)
   np.testing.assert_array_equal(i, np.argsort(ref, 1, kind="stable")[:, :5])
 
 
@@ -132,7 +133,8 @@ def test_l2_order_is_exact_beyond_float32_integers(database_tile):
   d, i = knn.search(q, db, 4, metric="l2_squared", database_tile=database_tile)
   np.testing.assert_array_equal(i, [[3, 2, 1, 0]])
   s = 3071 * 255 ** 2
-  np.testing.assert_allclose(d, [[s, s + 1, s + 4, s + 9]], rtol=1e-7)  # float32 of the exact values
+  # float32 of the exact values
+  np.testing.assert_allclose(d, [[s, s + 1, s + 4, s + 9]], rtol=1e-7)
 
 
 def test_l2_on_float_pixels_agrees_with_float64_reference():

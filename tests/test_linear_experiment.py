@@ -8,34 +8,64 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments import common
 from experiments import linear as linear_exp
 from experiments import predict
 from jaxlin import checkpoint, data, linear
 from jaxlin.errors import ConfigError, DivergenceError
 
+# Module fixtures build one shared run: keep this file on one test worker.
+pytestmark = pytest.mark.xdist_group("test_linear_experiment")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_val=6, learning_rate=[1e-3, 1e-2], reg=[0.0, 0.1], batch_size=8, num_epochs=8)
 
 
-@pytest.mark.parametrize("loss", ["softmax", "svm"])
-def test_run_end_to_end_and_reloaded_model_predicts_the_same(image_folder, tmp_path, loss):
-  root, _ = image_folder
-  wd = tmp_path / "wd"
-  res = linear_exp.run(dict(dataset=f"folder:{root}", loss=loss, **SMALL), str(wd))
+def _strict(text):
+  def refuse(name):
+    raise ValueError(f"not strict JSON: {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  from tests.conftest import make_image_folder
+  root = str(tmp_path_factory.mktemp("linear") / "images")
+  return root, make_image_folder(root)
+
+
+@pytest.fixture(scope="module")
+def softmax_run(folder, tmp_path_factory):
+  """One run shared by the checks below: a 3 x 2 grid whose (lr=1e6, reg=0.1) member
+  diverges, written under a umask of 027."""
+  root, _ = folder
+  wd = tmp_path_factory.mktemp("softmax") / "wd"
+  old = os.umask(0o027)
+  try:
+    res = linear_exp.run(dict(SMALL, dataset=f"folder:{root}", loss="softmax",
+                              learning_rate=[1e-3, 1e-2, 1e6]), str(wd))
+  finally:
+    os.umask(old)
+  return res, wd
+
+
+def test_run_end_to_end_and_reloaded_model_predicts_the_same(folder, softmax_run):
+  root, _ = folder
+  res, wd = softmax_run
   for f in ("config.json", "metrics.jsonl", "results.json", "model.npz", "plots/weights.png",
             "plots/loss.png", "plots/grid.png", "plots/confusion.png"):
     assert (wd / f).stat().st_size > 0, f
-  assert len(res["grid"]) == 4 and res["compiles"] == 1
-  best = max(g["val_accuracy"] for g in res["grid"])
+  assert len(res["grid"]) == 6 and res["compiles"] == 1
+  best = max(g["val_accuracy"] for g in res["grid"] if g["val_accuracy"] is not None)
   assert res["chosen"]["val_accuracy"] == best
   assert res["test_accuracy"] > 0.9  # the generated classes differ by colour
   lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
-  assert len(lines) == 4 * 8  # 4 settings x 8 epochs (one log per epoch)
+  assert len(lines) == 6 * 8  # 6 settings x 8 epochs (one log per epoch)
   assert {"step", "loss", "train_accuracy", "val_accuracy", "learning_rate", "reg"} <= set(lines[0])
 
   # The saved model (numpy only) reproduces the run's test predictions.
   model = checkpoint.load(str(wd / "model.npz"))
-  assert model.kind == "linear" and model.loss == loss and model.image_shape == (8, 8, 3)
+  assert model.kind == "linear" and model.loss == "softmax" and model.image_shape == (8, 8, 3)
   ds = data.load(f"folder:{root}", num_val=6)
   pred_np = model.scores(ds.test.images).argmax(1)
   params = {k: jnp.asarray(v) for k, v in model.params.items()}
@@ -44,10 +74,47 @@ def test_run_end_to_end_and_reloaded_model_predicts_the_same(image_folder, tmp_p
   assert np.mean(pred_np == ds.test.labels) == pytest.approx(res["test_accuracy"])
 
 
-def test_predict_script_classifies_files_and_reports_bad_ones(image_folder, tmp_path):
-  root, arrays = image_folder
-  wd = tmp_path / "wd"
-  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(wd))
+def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(softmax_run):
+  res, wd = softmax_run
+  diverged, = [g for g in res["grid"] if (g["learning_rate"], g["reg"]) == (1e6, 0.1)]
+  assert diverged["diverged_at_step"] is not None and diverged["val_accuracy"] is None
+  on_disk = _strict((wd / "results.json").read_text())
+  assert on_disk["grid"][res["grid"].index(diverged)]["final_loss"] is None
+  lines = [_strict(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  assert any(l["loss"] is None for l in lines)
+  _strict((wd / "config.json").read_text())
+  for dirpath, _, names in os.walk(wd):
+    for name in names:
+      assert oct(os.stat(os.path.join(dirpath, name)).st_mode & 0o777) == oct(0o640), name
+
+
+def test_tensorboard_curves_equal_metrics_jsonl(softmax_run):
+  _, wd = softmax_run
+  tf = data._tf()  # pylint: disable=protected-access
+  lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  members = sorted(os.listdir(wd / "tensorboard"))
+  assert len(members) == 6 and "lr=0.01,reg=0.1" in members
+  for member in members:
+    lr, reg = (float(v.split("=")[1]) for v in member.split(","))
+    curves = {}
+    for path in (wd / "tensorboard" / member).iterdir():
+      for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for v in event.summary.value:
+          assert v.metadata.plugin_data.plugin_name == "scalars"
+          curves.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    mine = [l for l in lines if (l["learning_rate"], l["reg"]) == (lr, reg)]
+    assert len(mine) == 8
+    for tag in ("loss", "train_accuracy", "val_accuracy", "scheduled_learning_rate"):
+      assert [s for s, _ in curves[tag]] == [l["step"] for l in mine], tag
+      expected = [np.nan if l[tag] is None else l[tag] for l in mine]  # null in JSON: NaN here
+      np.testing.assert_allclose([v for _, v in curves[tag]], expected, rtol=1e-6)
+  rates = [l["scheduled_learning_rate"] for l in lines if l["learning_rate"] == 1e-2]
+  assert rates[0] > rates[3] > rates[7] > 0  # cosine decay
+
+
+def test_predict_script_classifies_files_and_reports_bad_ones(folder, softmax_run, tmp_path):
+  _, arrays = folder
+  _, wd = softmax_run
   frog = next(p for p in arrays if "/test/frog/" in p)
   big = tmp_path / "big_frog.jpg"  # other size and format: resized to the model's 8x8
   Image.fromarray(arrays[frog]).resize((64, 48), Image.NEAREST).save(big, quality=95)
@@ -59,20 +126,21 @@ def test_predict_script_classifies_files_and_reports_bad_ones(image_folder, tmp_
   assert sum(v for _, v in out[0][1]) <= 1.0 + 1e-6
   assert out[1][1] is None and "cannot read" in out[1][2]
   proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--model={wd}/model.npz",
-                         frog, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         frog, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 1
   assert proc.stdout.startswith(f"{frog}: frog ")
   assert proc.stderr.strip() == f"error: cannot read {bad}: not an image file"
 
 
-def test_model_loads_without_tensorflow(image_folder, tmp_path):
-  root, _ = image_folder
-  linear_exp.run(dict(dataset=f"folder:{root}", **SMALL), str(tmp_path))
+def test_model_loads_without_tensorflow(softmax_run):
+  _, wd = softmax_run
   code = ("import sys, numpy as np; from jaxlin import checkpoint; "
-          f"m = checkpoint.load({str(tmp_path / 'model.npz')!r}); "
+          f"m = checkpoint.load({str(wd / 'model.npz')!r}); "
           "m.scores(np.zeros((2, 8, 8, 3), np.uint8)); "
           "assert 'tensorflow' not in sys.modules and 'jax' not in sys.modules, 'imported'")
-  subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+  subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60,
+                 env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_corrupt_model_file(tmp_path):
@@ -99,23 +167,36 @@ def test_bad_config_rejected_before_work(override, message, tmp_path):
   assert not (tmp_path / "config.json").exists()
 
 
-def test_divergence_leaves_no_results(image_folder, tmp_path):
-  root, _ = image_folder
-  with pytest.raises(DivergenceError, match="smaller --learning_rate"):
+def test_divergence_leaves_no_results(folder, tmp_path):
+  root, _ = folder
+  with pytest.raises(DivergenceError, match="smaller learning_rates") as raised:
     linear_exp.run(dict(dataset=f"folder:{root}", num_val=6, optimizer="sgd", learning_rate=[1e4],
-                        reg=[10.0], batch_size=8, num_epochs=5), str(tmp_path))
-  assert not (tmp_path / "results.json").exists() and not (tmp_path / "model.npz").exists()
+                        reg=[10.0], batch_size=8, num_epochs=2), str(tmp_path / "wd"))
+  assert os.listdir(tmp_path / "wd") == []
+  # The library names its argument; the command line names the flag that sets it.
+  line = common.flag_message(raised.value, linear_exp.FLAGS_OF_ARGUMENTS)
+  assert "try smaller --learning_rate" in line and "learning_rates" not in line
 
 
-@pytest.mark.parametrize("model, feats", [("mlp", "pixels"), ("linear", "hog_hsv"), ("mlp", "hog_hsv")])
-def test_network_and_feature_runs_end_to_end(tmp_path, model, feats):
+@pytest.fixture(scope="module")
+def folder16(tmp_path_factory):
   from tests.conftest import make_image_folder
-  root = str(tmp_path / "images")
+  root = str(tmp_path_factory.mktemp("linear16") / "images")
   make_image_folder(root, size=16)  # 16x16: 2x2 HOG cells
+  return root
+
+
+@pytest.mark.parametrize("model, feats, loss", [("mlp", "pixels", "softmax"),
+                                               ("linear", "hog_hsv", "svm"),
+                                               ("mlp", "hog_hsv", "svm")])
+def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, loss):
+  root = folder16
   wd = tmp_path / "wd"
   cache = tmp_path / "cache"
-  cfg = dict(dataset=f"folder:{root}", model=model, features=feats, hidden_size=16, num_val=6,
-             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
+  cfg = dict(dataset=f"folder:{root}", model=model, features=feats, loss=loss, hidden_size=16,
+             num_val=6,
+             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10,
+             cache_dir=str(cache))
   res = linear_exp.run(cfg, str(wd))
   assert res["model"] == model and res["features"] == feats
   assert res["input_dim"] == (16 * 16 * 3 if feats == "pixels" else 2 * 2 * 9 + 10)
@@ -126,7 +207,8 @@ def test_network_and_feature_runs_end_to_end(tmp_path, model, feats):
   saved = checkpoint.load(str(wd / "model.npz"))
   assert saved.kind == model and saved.features == feats
   ds = data.load(f"folder:{root}", num_val=6)
-  assert np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels) == pytest.approx(res["test_accuracy"])
+  accuracy = np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels)
+  assert accuracy == pytest.approx(res["test_accuracy"])
   if feats == "hog_hsv":  # features were cached; a second run reuses them
     files = sorted(os.listdir(cache))
     assert len(files) == 3

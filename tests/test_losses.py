@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxlin import linear, losses, train
+from jaxlin.errors import InputError
 
 # The lecture's table: three training images (cat, car, frog), scores for (cat, car, frog).
 SCORES = np.array([[3.2, 5.1, -1.7], [1.3, 4.9, 2.0], [2.2, 2.5, -3.1]], np.float32)
@@ -63,7 +64,8 @@ def test_losses_match_naive_loops_on_random_data(squared):
   s, y = rng.normal(size=(50, 7)) * 3, rng.integers(0, 7, 50)
   np.testing.assert_allclose(losses.multiclass_svm(s.astype(np.float32), y, squared=squared),
                              _np_svm(s, y, squared=squared), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(losses.softmax_cross_entropy(s.astype(np.float32), y), _np_softmax(s, y),
+  np.testing.assert_allclose(losses.softmax_cross_entropy(s.astype(np.float32), y),
+                             _np_softmax(s, y),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -79,6 +81,22 @@ def test_initial_loss_is_about_c_minus_1_and_log_c():
 def test_l2_penalty_skips_biases():
   p = {"W": jnp.array([[1.0, 2.0]]), "b": jnp.array([10.0, 10.0])}
   assert float(losses.l2_penalty(p)) == 5.0
+
+
+def test_l2_penalty_over_any_pytree():
+  w, b = jnp.array([[1.0, 2.0]]), jnp.array([10.0, 10.0])
+  flax_style = {"params": {"Dense_0": {"kernel": w, "bias": b}, "Dense_1": {"kernel": 2 * w}}}
+  assert float(losses.l2_penalty(flax_style)) == 25.0
+  assert float(losses.l2_penalty({"w1": w, "b1": b})) == 5.0
+  layers = {"layers": [{"w": w, "b": b}, {"w": w, "b": b}]}  # a list of layers
+  assert float(losses.l2_penalty(layers)) == 10.0
+  assert float(losses.l2_penalty(layers, mask=lambda path, v: path == "layers/1/w")) == 5.0
+  mask = {"layers": [{"w": True, "b": True}, {"w": False, "b": False}]}
+  assert float(losses.l2_penalty(layers, mask=mask)) == 205.0
+  assert float(losses.l2_penalty({"b": b})) == 0.0  # nothing penalised
+  with pytest.raises(InputError, match="structure of params") as e:
+    losses.l2_penalty(layers, mask={"layers": True})
+  assert e.value.argument == "mask"
 
 
 @pytest.mark.parametrize("loss", ["svm", "softmax"])
@@ -102,12 +120,14 @@ def test_gradient_matches_numerical_gradient(loss):
     wp, wm = w.copy(), w.copy()
     wp[i, j] += h
     wm[i, j] -= h
-    assert float(grad["W"][i, j]) == pytest.approx((f_np(wp, b) - f_np(wm, b)) / (2 * h), rel=2e-3, abs=2e-4)
+    numeric = (f_np(wp, b) - f_np(wm, b)) / (2 * h)
+    assert float(grad["W"][i, j]) == pytest.approx(numeric, rel=2e-3, abs=2e-4)
   for j in range(4):
     bp, bm = b.copy(), b.copy()
     bp[j] += h
     bm[j] -= h
-    assert float(grad["b"][j]) == pytest.approx((f_np(w, bp) - f_np(w, bm)) / (2 * h), rel=2e-3, abs=2e-4)
+    numeric = (f_np(w, bp) - f_np(w, bm)) / (2 * h)
+    assert float(grad["b"][j]) == pytest.approx(numeric, rel=2e-3, abs=2e-4)
 
 
 @pytest.mark.parametrize("loss", ["svm", "softmax"])
@@ -123,5 +143,10 @@ def test_shape_and_dtype_errors():
     losses.softmax_cross_entropy(SCORES, LABELS[:2])
   with pytest.raises(ValueError, match="labels must be integers"):
     losses.multiclass_svm(SCORES, LABELS.astype(np.float32))
+  for f in (losses.multiclass_svm, losses.softmax_cross_entropy):
+    for bad in ([0, 1, 3], [0, -1, 2]):
+      with pytest.raises(InputError, match=r"labels must lie in \[0, 3\)") as e:
+        f(SCORES, np.array(bad))
+      assert e.value.argument == "labels"
   with pytest.raises(ValueError, match=r"expected \(N, 3\)"):
     linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.zeros((4, 5), np.float32))

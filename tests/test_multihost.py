@@ -1,12 +1,18 @@
 """Two processes on localhost (CPU collectives) run one experiment together."""
+import glob
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
+import typing
 
 import pytest
 
+from experiments import config as cfg
+from experiments import knn as knn_exp
+from experiments import linear as linear_exp
 from tests.conftest import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,91 +41,182 @@ def _run_two_processes(module, args, tmp_path):
       p.kill()
   assert all(p.returncode == 0 for p in procs), outs
   # The summary line without its wall time: the same choice and accuracies on both processes.
-  summaries = [next(l for l in o.splitlines() if "test accuracy" in l).split("] ", 1)[1].rsplit(";", 1)[0]
+  summaries = [next(l for l in o.splitlines() if "test accuracy" in l)
+               .split("] ", 1)[1].rsplit(";", 1)[0]
                for o in outs]
   assert summaries[0] == summaries[1]
   assert not (tmp_path / "wd1").exists()  # only process 0 writes
   return json.loads((tmp_path / "wd0" / "results.json").read_text()), outs
 
 
-def _run_one_process(module, args, tmp_path, devices=2):
-  """The same experiment in one process with `devices` simulated CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXLIN_NO_PROGRESS="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run([sys.executable, "-m", module, f"--workdir={tmp_path / 'single'}", *args],
-                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=240)
-  assert out.returncode == 0, out.stdout
-  return json.loads((tmp_path / "single" / "results.json").read_text())
+def _run_one_process(module, args, tmp_path):
+  """The same experiment in this test's process (one device), from the same flags."""
+  lists = {"k", "metric", "learning_rate", "reg", "stages"}
+  config = {}
+  for arg in args:
+    name, value = arg[2:].split("=", 1)
+    config[name] = value.split(",") if name in lists else value
+  c = module.Config.make({k: v if k in lists else _typed(module.Config, k, v)
+                          for k, v in config.items()})
+  return module.run(c, str(tmp_path / "single"))
 
 
-def _held_rows(out):
-  """{split: (lo, hi)} from a process's "holds rows" log line."""
-  line = next(l for l in out.splitlines() if "holds rows" in l).split("holds rows ", 1)[1]
-  return {part.split(" [")[0]: tuple(int(v) for v in part.split("[")[1].rstrip(")").split(", "))
-          for part in line.split("), ")}
+def _typed(cls, name, value):
+  kind, _ = cfg._base_type(typing.get_type_hints(cls)[name])  # pylint: disable=protected-access
+  if kind is bool:
+    return value.lower() in ("1", "true")
+  return kind(value) if kind in (int, float) else value
 
 
-@pytest.fixture
-def folder(tmp_path):
-  root = str(tmp_path / "images")
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("multihost") / "images")
   make_image_folder(root)
   return root
 
 
-def test_knn_database_split_with_cv_on_two_processes(tmp_path, folder):
-  results, outs = _run_two_processes("experiments.knn", [
-      f"--dataset=folder:{folder}", "--num_train=40", "--num_test=12", "--num_val=6", "--k=1,3",
-      "--cv_folds=4", "--shard=database"], tmp_path)
-  assert results["processes"] == 2 and results["devices"] == 2
-  assert not any("holds rows" in o for o in outs)  # CV folds need the whole training split
-
-
 def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1,l2", "--cv_folds=0", "--shard=database"]
-  results, outs = _run_two_processes("experiments.knn", args, tmp_path)
+          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database"]
+  results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
-  assert [_held_rows(o) for o in outs] == [{"train": (0, 21)}, {"train": (21, 41)}]
+  assert results["rows_read"] == [{"train": [0, 21], "val": [0, 7], "test": [0, 13]},
+                                  {"train": [21, 41], "val": [0, 7], "test": [0, 13]}]
   assert (tmp_path / "wd0" / "plots" / "neighbors.png").exists()  # neighbours from both hosts
   # ... and the run equals one process holding everything.
-  single = _run_one_process("experiments.knn", args, tmp_path)
+  single = _run_one_process(knn_exp, args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
     assert results[key] == single[key], key
 
 
-@pytest.mark.parametrize("cv_folds", [0, 3])
-def test_knn_queries_split_on_two_processes(tmp_path, folder, cv_folds):
+def test_knn_queries_split_on_two_processes(tmp_path, folder):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1,l2", f"--cv_folds={cv_folds}", "--shard=queries"]
-  results, outs = _run_two_processes("experiments.knn", args, tmp_path)
+          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries"]
+  results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
-  assert [_held_rows(o) for o in outs] == [{"val": (0, 4), "test": (0, 7)},
-                                           {"val": (4, 7), "test": (7, 13)}]
+  assert results["rows_read"] == [{"train": [0, 41], "val": [0, 4], "test": [0, 7]},
+                                  {"train": [0, 41], "val": [4, 7], "test": [7, 13]}]
   # ... and the run equals one process holding everything.
-  single = _run_one_process("experiments.knn", args, tmp_path)
+  single = _run_one_process(knn_exp, args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
     assert results[key] == single[key], key
 
 
-@pytest.mark.parametrize("features", ["pixels", "hog_hsv"])
-def test_linear_training_on_two_processes(tmp_path, folder, features):
-  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45", "--learning_rate=0.001,0.01",
+def test_linear_training_on_two_processes(tmp_path, folder):
+  """HOG features: both statistics paths (pixels and features) summed over processes."""
+  features = "hog_hsv"
+  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
+          "--learning_rate=0.001,0.01",
           "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}", "--cache_dir="]
-  results, outs = _run_two_processes("experiments.linear", args, tmp_path)
+  results, _ = _run_two_processes("experiments.linear", args, tmp_path)
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
   # Each process read only its own rows: two halves of every split (odd sizes: 23 + 22, ...).
-  held = [_held_rows(o) for o in outs]
-  assert held[0] == {"train": (0, 23), "val": (0, 4), "test": (0, 9)}
-  assert held[1] == {"train": (23, 45), "val": (4, 7), "test": (9, 18)}
+  assert results["rows_read"] == [{"train": [0, 23], "val": [0, 4], "test": [0, 9]},
+                                  {"train": [23, 45], "val": [4, 7], "test": [9, 18]}]
   # ... and the run equals one process holding everything on two devices.
-  single = _run_one_process("experiments.linear", args, tmp_path)
-  assert single["processes"] == 1 and single["devices"] == 2
+  single = _run_one_process(linear_exp, args, tmp_path)
   assert results["test_accuracy"] == single["test_accuracy"]
   assert results["confusion_matrix"] == single["confusion_matrix"]
   for a, b in zip(results["grid"], single["grid"]):
     assert a["val_accuracy"] == pytest.approx(b["val_accuracy"])
     assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-4)
+
+
+def _start(module, args, tmp_path, process_ids, port, timeout_s):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXLIN_NO_PROGRESS="1", PYTHONPATH=ROOT)
+  return [subprocess.Popen(
+      [sys.executable, "-m", module, f"--workdir={tmp_path / f'wd{p}'}", *args[p],
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={p}",
+       f"--host_timeout={timeout_s}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for p in process_ids]
+
+
+def _one_error_line(err):
+  """The last line is the error; it is the only one; no traceback or C++ stack dump."""
+  errors = [l for l in err.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+  for sign in ("Traceback", "Check failed", "*** ", " @ 0x", "Aborted"):
+    assert sign not in err, err
+  return errors[0]
+
+
+def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder):
+  base = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.01",
+          "--reg=0.1", "--batch_size=8", "--num_steps=2", "--cache_dir="]
+  t0 = time.time()
+  procs = _start("experiments.linear", {0: base + ["--seed=0"], 1: base + ["--seed=1"]},
+                 tmp_path, (0, 1), _free_port(), 45)
+  try:
+    outs = [p.communicate(timeout=90) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert time.time() - t0 < 60
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 2, err
+    line = _one_error_line(err)
+    assert "--seed: process 0 has 0, process 1 has 1" in line, line
+  assert not (tmp_path / "wd0" / "results.json").exists()
+
+
+def test_a_missing_peer_ends_the_process_within_the_host_timeout(tmp_path, folder):
+  t0 = time.time()
+  proc, = _start("experiments.linear", {0: [f"--dataset=folder:{folder}", "--num_val=7"]},
+                 tmp_path, (0,), _free_port(), 3)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 1 and time.time() - t0 < 30
+  assert "did not all join 127.0.0.1:" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("lost", [1, 0])  # a peer; the coordinator
+def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_path, folder,
+                                                                             lost):
+  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.001",
+          "--reg=0", "--batch_size=2", "--num_epochs=100000", "--log_every=1", "--cache_dir="]
+  procs = _start("experiments.linear", {0: args, 1: args}, tmp_path, (0, 1), _free_port(), 5)
+  try:
+    t0 = time.time()
+    staged = f"{tmp_path}/wd0/.staging-*/metrics.jsonl"
+    while not any(os.path.getsize(p) for p in glob.glob(staged)):
+      assert procs[0].poll() is None and time.time() - t0 < 120, procs[0].communicate()
+      time.sleep(0.2)
+    procs[lost].kill()
+    t1 = time.time()
+    survivor = procs[1 - lost]
+    _, err = survivor.communicate(timeout=60)
+    assert time.time() - t1 < 30
+    assert survivor.returncode == 1, err
+    line = _one_error_line(err)
+    assert any(s in line for s in (f"process {lost}", "another process may have stopped",
+                                   "lost contact")), line
+    assert not (tmp_path / "wd0" / "results.json").exists()
+  finally:
+    for p in procs:
+      p.kill()
+
+
+def test_supervisor_passes_output_until_a_fatal_report():
+  from experiments import supervisor  # pylint: disable=import-outside-toplevel
+  assert supervisor.wanted(["--num_processes=2", "--workdir=w"])
+  assert not supervisor.wanted(["--workdir=w", "--k=1"])
+  assert not supervisor.wanted(["--num_processes=2", "--help"])
+  r, w = os.pipe()
+  os.write(w, b"step 1\rstep 2\nI1202 ok\nF1202 client.h:80] Terminating process because the JAX "
+              b"distributed service detected fatal errors.\n*** Check failure stack trace: ***\n")
+  os.close(w)
+
+  class Sink:
+    data = b""
+    def write(self, b):
+      Sink.data += b
+    def flush(self):
+      pass
+
+  fatal = []
+  with os.fdopen(r, "rb") as src:
+    supervisor._pump(src, Sink(), fatal)  # pylint: disable=protected-access
+  assert Sink.data == b"step 1\rstep 2\nI1202 ok\n"
+  assert fatal and fatal[0].startswith(b"Terminating process because the JAX distributed")

@@ -73,7 +73,8 @@ def test_cross_validation_matches_a_plain_loop_over_folds():
   for f in range(5):
     tr = np.concatenate(folds[:f] + folds[f + 1:])
     for j, k in enumerate(ks):
-      assert acc[f, j] == pytest.approx(_plain_knn_accuracy(x[tr], y[tr], x[folds[f]], y[folds[f]], k))
+      va = folds[f]
+      assert acc[f, j] == pytest.approx(_plain_knn_accuracy(x[tr], y[tr], x[va], y[va], k))
 
 
 def test_metrics_literal_values():

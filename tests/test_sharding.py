@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_sharded_paths_on_eight_simulated_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "-o", "addopts=",
                          "tests/multidevice"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -40,7 +41,7 @@ def test_one_device_mesh_is_the_plain_search():
 
 
 def test_sharding_imports_nothing_of_jaxlin():
-  import ast  # pylint: disable=g-import-not-at-top
+  import ast  # pylint: disable=import-outside-toplevel
   with open(os.path.join(ROOT, "jaxlin", "sharding.py")) as f:
     tree = ast.parse(f.read())
   names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

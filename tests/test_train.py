@@ -1,12 +1,16 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxlin import linear, losses, train
-from jaxlin.errors import DivergenceError
+from jaxlin.errors import DivergenceError, InputError
 
 
+@functools.lru_cache(maxsize=None)
 def _problem(n=120, d=6, c=3, seed=0):
   rng = np.random.default_rng(seed)
   centres = rng.normal(size=(c, d)) * 3
@@ -15,27 +19,35 @@ def _problem(n=120, d=6, c=3, seed=0):
   return jnp.asarray(x), jnp.asarray(y)
 
 
-def _trainer(opt="sgd", loss="softmax", d=6, c=3, steps=30, schedule="constant"):
-  model = train.Model(init=lambda k: linear.init_params(k, d, c), apply=linear.scores)
-  return train.Trainer(model, losses.LOSSES[loss], optimizer=opt, schedule=schedule, total_steps=steps)
+LINEAR = train.Model(init=lambda k: linear.init_params(k, 6, 3), apply=linear.scores)
+
+
+def _new_trainer(opt="sgd", loss="softmax", schedule=None):
+  return train.Trainer(LINEAR, losses.LOSSES[loss], optimizer=opt, schedule=schedule)
+
+
+_trainer = functools.lru_cache(maxsize=None)(_new_trainer)  # shared: compiled programs reused
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
 def test_grid_member_equals_a_single_run(opt):
   x, y = _problem()
   lrs, regs = [0.01, 0.05, 0.01, 0.05], [0.0, 0.0, 0.1, 0.1]
-  grid = _trainer(opt, schedule="cosine").fit(jax.random.key(1), x, y, learning_rates=lrs, regs=regs,
-                                              batch_size=16, num_steps=30)
-  for g in (1, 2):
-    single = _trainer(opt, schedule="cosine").fit(jax.random.key(1), x, y, learning_rates=[lrs[g]],
-                                                  regs=[regs[g]], batch_size=16, num_steps=30)
-    np.testing.assert_allclose(train.member(grid.params, g)["W"], single.params["W"][0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grid.losses[:, g], single.losses[:, 0], rtol=1e-5)
+  grid = _trainer(opt, schedule="cosine").fit(jax.random.key(1), x, y, learning_rates=lrs,
+                                              regs=regs, batch_size=16, num_steps=20)
+  single = _new_trainer(opt, schedule="cosine")
+  for g in (1, 2):  # one trainer, one compiled program for both single runs
+    res = single.fit(jax.random.key(1), x, y, learning_rates=[lrs[g]], regs=[regs[g]],
+                     batch_size=16, num_steps=20)
+    np.testing.assert_allclose(train.member(grid.params, g)["W"], res.params["W"][0], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(grid.losses[:, g], res.losses[:, 0], rtol=1e-5)
+  assert res.compile_count == 1
 
 
 def test_training_learns_and_compiles_once():
   x, y = _problem()
-  t = _trainer("momentum")
+  t = _new_trainer("momentum")
   res = t.fit(jax.random.key(0), x, y, learning_rates=[0.05], regs=[1e-3], batch_size=16,
               num_steps=47, log_every=10, eval_sets={"train": (x, y)})
   assert res.steps == 47 and res.losses.shape == (47, 1)
@@ -43,21 +55,17 @@ def test_training_learns_and_compiles_once():
   assert res.compile_count == 1  # the padded last chunk reuses the same program
   assert res.losses[-5:].mean() < 0.5 * res.losses[:5].mean()
   assert res.history[-1]["train_accuracy"][0] > 0.9
-
-
-def test_same_seed_same_result_other_seed_other_batches():
-  x, y = _problem()
-  fit = lambda seed: _trainer().fit(jax.random.key(seed), x, y, learning_rates=[0.05], regs=[0.0],
-                                    batch_size=16, num_steps=10).losses
+  fit = lambda seed: t.fit(jax.random.key(seed), x, y, learning_rates=[0.05], regs=[0.0],
+                           batch_size=16, num_steps=10, log_every=10).losses
   np.testing.assert_array_equal(fit(3), fit(3))
   assert not np.array_equal(fit(3), fit(4))
+  assert t.trace_count == 1
 
 
 def test_accuracy_counts_every_example_once():
   x, y = _problem(n=101)
-  t = _trainer()
   params = jax.vmap(lambda _: linear.init_params(jax.random.key(5), 6, 3, scale=1.0))(jnp.arange(2))
-  acc = t.accuracy(params, x, y, batch_size=16)  # 101 = 6 * 16 + 5: the last batch is padded
+  acc = _trainer().accuracy(params, x, y, batch_size=16)  # 101 = 6 * 16 + 5: last batch padded
   pred = np.argmax(np.asarray(x) @ np.asarray(params["W"][0]) + np.asarray(params["b"][0]), 1)
   assert acc.shape == (2,)
   assert acc[0] == pytest.approx(np.mean(pred == np.asarray(y)))
@@ -67,32 +75,164 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
   x, y = _problem()
   t = _trainer("sgd")
   res = t.fit(jax.random.key(0), x, y, learning_rates=[0.05, 1e3], regs=[1.0, 1.0], batch_size=16,
-              num_steps=60)
-  assert res.diverged_at[0] == -1 and 0 <= res.diverged_at[1] < 60
+              num_steps=30)
+  assert res.diverged_at[0] == -1 and 0 <= res.diverged_at[1] < 30
   assert np.all(np.isfinite(np.asarray(res.params["W"][1])))  # frozen before the NaN
-  with pytest.raises(DivergenceError, match=r"at step \d+ .*smaller --learning_rate"):
-    _trainer("sgd").fit(jax.random.key(0), x, y, learning_rates=[1e3], regs=[1.0], batch_size=16,
-                        num_steps=60)
+  with pytest.raises(DivergenceError, match=r"at step \d+ .*smaller learning_rates") as e:
+    t.fit(jax.random.key(0), x, y, learning_rates=[1e3, 1e3], regs=[1.0, 1.0], batch_size=16,
+          num_steps=30)
+  assert e.value.argument == "learning_rates" and "--" not in str(e.value)
 
 
 def test_lbfgs_full_batch_reaches_the_optimum():
   x, y = _problem()
-  res = _trainer("lbfgs").fit(jax.random.key(0), x, y, learning_rates=[1.0], regs=[0.1],
-                              batch_size=len(y), num_steps=40)
+  res = _new_trainer("lbfgs").fit(jax.random.key(0), x, y, regs=[0.1], num_steps=40)
   p = train.member(res.params, 0)
   g = jax.grad(lambda p: train.objective(p, x, y, 0.1, apply_fn=linear.scores,
                                          loss_fn=losses.softmax_cross_entropy)[0])(p)
   assert float(jnp.linalg.norm(g["W"])) < 1e-3
   assert res.losses[-1, 0] < res.losses[0, 0]
+  assert res.compile_count == 1  # the line search's state keeps its types across chunks
+  with pytest.raises(InputError, match="regs only") as e:  # lbfgs has no learning rate
+    _trainer("lbfgs").fit(jax.random.key(0), x, y, learning_rates=[1.0, 2.0], regs=[0.1, 0.1],
+                          num_steps=2)
+  assert e.value.argument == "learning_rates"
+
+
+def _constant_gradient_run(schedule, num_steps, lr=0.5):
+  """sgd on loss -s_0 with s = b: each step adds lr * multiplier(t) to b_0."""
+  model = train.Model(init=lambda k: {"b": jnp.zeros(2)},
+                      apply=lambda p, x: jnp.broadcast_to(p["b"], (x.shape[0], 2)))
+  t = train.Trainer(model, lambda s, y: -s[:, 0], optimizer="sgd", schedule=schedule)
+  x, y = jnp.zeros((4, 1)), jnp.zeros(4, jnp.int32)
+  res = t.fit(jax.random.key(0), x, y, learning_rates=[lr], batch_size=4, num_steps=num_steps)
+  return float(res.params["b"][0, 0]) / lr
+
+
+def test_named_schedules_follow_fits_step_count():
+  # cosine over 8 steps: (1 + cos(pi t / 8)) / 2, not 0 after the first step.
+  cosine = sum(0.5 * (1 + np.cos(np.pi * t / 8)) for t in range(8))
+  assert _constant_gradient_run("cosine", 8) == pytest.approx(cosine, rel=1e-5)
+  # step over 8 steps: 1 for steps 0-3, 0.1 for 4-5, 0.01 for 6-7 (never 0.1 from step 0).
+  assert _constant_gradient_run("step", 8) == pytest.approx(4 + 0.2 + 0.02, rel=1e-5)
+  assert _constant_gradient_run("step", 1) == pytest.approx(1.0)
+  m = train.make_schedule("step", 8)
+  assert [round(float(m(jnp.int32(t))), 4) for t in range(8)] == [1, 1, 1, 1, .1, .1, .01, .01]
+  # any optax schedule: step -> multiplier (with learning rate 1, the learning rate itself)
+  linear_decay = optax.linear_schedule(1.0, 0.0, 4)
+  assert _constant_gradient_run(linear_decay, 4) == pytest.approx(1 + .75 + .5 + .25, rel=1e-5)
+
+
+def _mlp2_init(key, d=6, h=16, c=3):
+  """Two hidden layers as a list of layer dicts: a plain params pytree."""
+  sizes = [d, h, h, c]
+  keys = jax.random.split(key, 3)
+  return {"layers": [{"w": jax.random.normal(k, (a, b)) * (2.0 / a) ** 0.5, "b": jnp.zeros(b)}
+                     for k, a, b in zip(keys, sizes[:-1], sizes[1:])]}
+
+
+def _mlp2_apply(params, x):
+  *hidden, last = params["layers"]
+  for layer in hidden:
+    x = jax.nn.relu(x @ layer["w"] + layer["b"])
+  return x @ last["w"] + last["b"]
+
+
+def test_own_model_optax_chain_and_schedule_through_the_public_api():
+  x, y = _problem()
+  steps = 30
+  t = train.Trainer(
+      train.Model(_mlp2_init, _mlp2_apply), losses.softmax_cross_entropy,
+      optimizer=lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr)),
+      schedule=optax.cosine_decay_schedule(1.0, steps))
+  res = t.fit(jax.random.key(0), x, y, learning_rates=[1e-2, 3e-2, 1e-2, 3e-2],
+              regs=[0.0, 0.0, 0.5, 0.5], batch_size=16, num_steps=steps, log_every=10,
+              eval_sets={"train": (x, y)})
+  assert res.compile_count == 1
+  assert res.history[-1]["train_accuracy"].min() > 0.9
+  w0 = train.member(res.params, 0)["layers"][0]["w"]
+  w2 = train.member(res.params, 2)["layers"][0]["w"]
+  assert float(jnp.sum(w2 ** 2)) < float(jnp.sum(w0 ** 2))  # reg shrinks the weights
+
+
+def test_train_step_in_your_own_loop_equals_the_trainer():
+  x, y = _problem()
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
+  model = train.Model(_mlp2_init, _mlp2_apply)
+  t = train.Trainer(model, losses.softmax_cross_entropy, optimizer=tx, full_batch=True)
+  res = t.fit(jax.random.key(0), x, y, regs=[0.1], num_steps=5)
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, _mlp2_apply, tx, reg=0.1))
+  params = model.init(jax.random.split(jax.random.key(0))[0])  # fit's init key
+  opt_state = tx.init(params)
+  for i in range(5):
+    params, opt_state, metrics = step(params, opt_state, (x, y))
+    np.testing.assert_allclose(metrics["loss"], res.losses[i, 0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[0], rtol=1e-4, atol=1e-6),
+               params, res.params)
+
+
+def test_fixed_transformation_grids_over_reg_only():
+  x, y = _problem()
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(optax.cosine_decay_schedule(0.1, 20)))
+  t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=tx)
+  res = t.fit(jax.random.key(0), x, y, regs=[0.0, 1.0], batch_size=16, num_steps=20)
+  assert not np.allclose(res.params["W"][0], res.params["W"][1])
+  with pytest.raises(InputError, match="regs only") as e:
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0, 0.0], batch_size=16,
+          num_steps=2)
+  assert e.value.argument == "learning_rates"
+  with pytest.raises(InputError, match="no learning rate to schedule"):
+    train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=tx, schedule="cosine")
+
+
+def test_reg_penalises_weights_of_any_pytree():
+  x, y = _problem()
+  init = lambda k: {"Dense_0": {"kernel": linear.init_params(k, 6, 3, scale=0.5)["W"],
+                                "bias": jnp.zeros(3)}}
+  apply = lambda p, x: x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+  t = train.Trainer(train.Model(init, apply), losses.softmax_cross_entropy, optimizer="sgd")
+  res = t.fit(jax.random.key(0), x, y, learning_rates=[0.05, 0.05], regs=[0.0, 1e-2],
+              batch_size=16, num_steps=10)
+  k = res.params["Dense_0"]["kernel"]
+  assert not np.array_equal(k[0], k[1])
+  # Only 1-D leaves: nothing to penalise, so reg > 0 is an error, not a silent no-op.
+  biases = train.Model(lambda k: {"b": jnp.zeros(3)},
+                       lambda p, x: jnp.broadcast_to(p["b"], (x.shape[0], 3)))
+  with pytest.raises(InputError, match="no weight") as e:
+    train.Trainer(biases, losses.softmax_cross_entropy, optimizer="sgd").fit(
+        jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.1], batch_size=16, num_steps=1)
+  assert e.value.argument == "regs"
+  step = train.make_train_step(losses.softmax_cross_entropy, biases.apply, optax.sgd(0.1),
+                               reg=0.1)
+  with pytest.raises(InputError, match="no weight"):
+    step({"b": jnp.zeros(3)}, optax.sgd(0.1).init({"b": jnp.zeros(3)}), (x, y))
+  penalty = lambda p: jnp.sum(p["b"] ** 2)  # the caller's own penalty
+  ok = train.make_train_step(losses.softmax_cross_entropy, biases.apply, optax.sgd(0.1), reg=0.1,
+                             penalty=penalty)
+  ok({"b": jnp.ones(3)}, optax.sgd(0.1).init({"b": jnp.ones(3)}), (x, y))
 
 
 def test_bad_arguments():
   x, y = _problem()
-  with pytest.raises(ValueError, match="unknown optimizer"):
-    _trainer("rmsprop")
-  with pytest.raises(ValueError, match="batch_size must be in"):
-    _trainer().fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.0], batch_size=1000,
-                   num_steps=1)
-  with pytest.raises(ValueError, match="equal length"):
-    _trainer().fit(jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0], batch_size=10,
-                   num_steps=1)
+  with pytest.raises(InputError, match="unknown optimizer"):
+    _new_trainer("rmsprop")
+  with pytest.raises(InputError, match="unknown schedule"):
+    _new_trainer("sgd", schedule="linear")
+  t = _trainer()
+  fit = functools.partial(t.fit, jax.random.key(0), learning_rates=[0.1], regs=[0.0],
+                          batch_size=10, num_steps=1)
+  with pytest.raises(InputError, match="batch_size must be in"):
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.0], batch_size=1000,
+          num_steps=1)
+  with pytest.raises(InputError, match="equal length"):
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0], batch_size=10,
+          num_steps=1)
+  with pytest.raises(InputError, match="NaN or inf") as e:
+    fit(x.at[3, 2].set(jnp.nan), y)
+  assert e.value.argument == "x"
+  with pytest.raises(InputError, match="empty"):
+    fit(x[:0], y[:0])
+  with pytest.raises(InputError, match=r"labels must lie in \[0, 3\)"):
+    fit(x, y.at[0].set(3))
+  with pytest.raises(InputError, match="num_steps"):
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1], batch_size=10, num_steps=0)

@@ -1,0 +1,157 @@
+"""One source of truth per experiment: a frozen dataclass whose fields are its flags.
+
+Each experiment declares ``Config(BaseConfig)`` with fields made by
+``option(default, help)``. The same class gives
+
+* the absl flags of the program (``define_flags``, called only when the
+  module runs as a program, so that entry points can import each other -- the
+  study imports knn and linear -- without their flags colliding),
+* the config a test passes to ``run`` (``Config.make({"k": [1, 3]})``), with
+  unknown keys refused,
+* config.json (``asdict``).
+
+Why a dataclass and not ml_collections: no new dependency, typed fields,
+frozen values, and a validated copy is one ``dataclasses.replace``.
+
+Randomness: every random stream of an experiment is named in ``SEEDS``; a
+stream's generator is ``rng(seed, "folds")``. The JAX key for parameter
+initialisation and minibatch order is ``jax.random.key(seed)``, split inside
+``train.Trainer.fit``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxlin.errors import ConfigError
+
+# Named numpy seed streams, default_rng([seed, stream]). The first two are drawn by
+# jaxlin.data.split_rows (which rows make up the train / test subsets).
+SEEDS = {
+    "train_subset": 1,   # jaxlin.data: which training images
+    "test_subset": 2,    # jaxlin.data: which test images
+    "folds": 3,          # kNN cross-validation: the order cut into folds
+    "shown_images": 4,   # kNN: the test images shown with their neighbours
+    "train_sample": 5,   # linear: the training images whose accuracy is logged
+}
+# jax.random.key(seed) -> split in Trainer.fit into parameter init and minibatch order.
+
+
+def rng(seed: int, stream: str) -> np.random.Generator:
+  """The numpy generator of a named seed stream."""
+  return np.random.default_rng([seed, SEEDS[stream]])
+
+
+def option(default: Any, help: str) -> Any:  # pylint: disable=redefined-builtin
+  """A config field that is also a flag."""
+  if isinstance(default, list):
+    default = tuple(default)
+  return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+  """Fields every experiment shares (dataset, sizes, seed, device layout)."""
+
+  @classmethod
+  def make(cls, config: BaseConfig | Mapping[str, Any] | None = None):
+    """The config from an instance or a mapping of overrides (unknown keys refused)."""
+    if isinstance(config, cls):
+      return config
+    if isinstance(config, BaseConfig):
+      config = config.asdict()
+    config = dict(config or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+      raise ConfigError(f"unknown config keys {unknown}; known: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return cls(**values)
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in changes.items()})
+
+  def asdict(self) -> dict:
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)}
+
+
+def _base_type(hint):
+  """(python type, is_list) of a field annotation such as ``int | None`` or ``tuple[int, ...]``."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    return _base_type(args[0])
+  if origin in (tuple, list):
+    return (args[0] if args else str), True
+  return hint, False
+
+
+def define_flags(cls, flag_values=None) -> None:
+  """Defines one absl flag per field of ``cls``, with the field's default and help."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FLAGS if flag_values is None else flag_values
+  # Listed by --help as the program's own flags (absl keys the main module by sys.argv[0]).
+  module = sys.argv[0] if flag_values is None else None
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    kind, is_list = _base_type(hints[f.name])
+    default, help_text = f.default, f.metadata.get("help", f.name)
+    if is_list:
+      flags.DEFINE_list(f.name, None if default is None else [str(v) for v in default],
+                        help_text, flag_values=fv, module_name=module)
+    elif kind is bool:
+      flags.DEFINE_bool(f.name, default, help_text, flag_values=fv, module_name=module)
+    elif kind is int:
+      flags.DEFINE_integer(f.name, default, help_text, flag_values=fv, module_name=module)
+    elif kind is float:
+      flags.DEFINE_float(f.name, default, help_text, flag_values=fv, module_name=module)
+    else:
+      flags.DEFINE_string(f.name, default, help_text, flag_values=fv, module_name=module)
+
+
+def from_flags(cls, flag_values=None) -> dict:
+  """The overrides given on the command line for the fields of ``cls``."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FLAGS if flag_values is None else flag_values
+  return {f.name: fv[f.name].value for f in dataclasses.fields(cls) if fv[f.name].present}
+
+
+# ---- value checks shared by the experiments' validate() --------------------------------------
+def ints(values, name: str) -> tuple[int, ...]:
+  try:
+    out = []
+    for v in values:
+      if isinstance(v, float) and not v.is_integer():
+        raise ValueError
+      out.append(int(v))
+    return tuple(out)
+  except (TypeError, ValueError):
+    raise ConfigError(f"--{name} must be a comma-separated list of integers, got {values!r}",
+                      argument=name) from None
+
+
+def floats(values, name: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in values)
+  except (TypeError, ValueError):
+    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {values!r}",
+                      argument=name) from None
+
+
+def require(ok: bool, name: str, message: str) -> None:
+  """Raises ConfigError(message) naming the flag ``name`` unless ``ok``."""
+  if not ok:
+    raise ConfigError(message, argument=name)
+
+
+def finite(value, name: str) -> None:
+  require(value is None or math.isfinite(value), name,
+          f"--{name} must be a finite number, got {value}")

@@ -1,0 +1,151 @@
+"""Host topology of a run: processes, the mesh, the rows each process reads, and
+the helpers that put a split read in parts back together.
+
+One object answers every "which process / which rows" question of an
+experiment, so the experiments themselves read as load, select, evaluate,
+write. On one host every helper is the identity (or a plain computation), and
+the statistics below are the same numbers, bit for bit, as the one-host
+formulas (``data.mean_image``, ``jnp.std``).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlin import data, knn, sharding
+
+SPLITS = ("train", "val", "test")
+
+
+class Hosts:
+  """Processes and devices of a run, and what each process reads.
+
+  Attributes:
+    mesh: a mesh over every device of every process, or None (one device, or --shard=none).
+    layout: kNN layout on the mesh: "queries" or "database".
+    count, index: process count and this process's index.
+    writer: whether this process writes files (process 0).
+    parts: {split: (lo, hi)} the rows of each split this process reads (splits not named are
+      read whole).
+  """
+
+  def __init__(self, shard: str):
+    self.count, self.index = jax.process_count(), jax.process_index()
+    self.writer = self.index == 0
+    if shard == "none" or jax.device_count() == 1:
+      self.mesh, self.layout = None, "queries"
+    else:
+      self.mesh = sharding.make_mesh()
+      self.layout = "database" if shard == "database" else "queries"
+    self.parts: dict[str, tuple[int, int]] = {}
+    self._ds: data.Dataset | None = None
+
+  @property
+  def spread(self) -> bool:
+    """Whether there are several processes on one mesh (each reads part of some splits)."""
+    return self.mesh is not None and self.count > 1
+
+  @property
+  def devices(self) -> int:
+    return 1 if self.mesh is None else int(self.mesh.devices.size)
+
+  @property
+  def local_mesh(self):
+    """A mesh of this process's own devices (None for one device)."""
+    local = jax.local_devices()
+    return sharding.make_mesh(local) if len(local) > 1 else None
+
+  # ---- reading ---------------------------------------------------------------------------
+  def load(self, c, plan: Mapping, split_in_parts: Iterable[str] = ()) -> data.Dataset:
+    """The dataset of config ``c``; each split in ``split_in_parts`` read in parts when spread.
+
+    plan: ``data.split_rows`` of the same config (sizes of each split).
+    """
+    if self.spread:
+      self.parts = {s: sharding.process_rows(len(plan[s][1]), self.mesh) for s in split_in_parts}
+    self._ds = data.load(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
+                         num_val=c.num_val, num_test=c.num_test or None, seed=c.seed,
+                         rows=self.parts or None)
+    return self._ds
+
+  def in_parts(self, split: data.Split) -> bool:
+    """Whether the processes read ``split`` in parts (the same answer on every process)."""
+    return any(split is getattr(self._ds, s) for s in self.parts)
+
+  def rows_read(self, ds: data.Dataset) -> list[dict]:
+    """[{split: [lo, hi)} for each process]: the rows of every split each process read."""
+    mine = np.zeros((self.count, len(SPLITS), 2), np.int64)
+    for j, s in enumerate(SPLITS):
+      split = getattr(ds, s)
+      mine[self.index, j] = split.start, split.start + len(split)
+    every = sharding.process_sum(mine)
+    return [{s: [int(v) for v in every[p, j]] for j, s in enumerate(SPLITS)}
+            for p in range(self.count)]
+
+  # ---- putting splits together -----------------------------------------------------------
+  def whole(self, split: data.Split, local) -> np.ndarray:
+    """Rows of ``split`` from every process (``local`` holds this process's rows of it)."""
+    if not self.in_parts(split):
+      return np.asarray(local)
+    return sharding.gather_rows(local, split.start, split.total)
+
+  def global_rows(self, split: data.Split, local):
+    """This process's rows of ``split`` as one global array laid along the mesh."""
+    return sharding.rows_to_global(local, split.total, self.mesh)
+
+  def rows_at(self, split: data.Split, positions) -> np.ndarray:
+    """Images at ``positions`` of ``split``, on every process (each adds the rows it holds)."""
+    if not self.in_parts(split):
+      return split.images[np.asarray(positions)]
+    out = np.zeros((len(positions),) + split.images.shape[1:], np.int32)
+    for j, r in enumerate(positions):
+      if split.start <= r < split.start + len(split):
+        out[j] = split.images[r - split.start]
+    return sharding.process_sum(out).astype(np.uint8)
+
+  # ---- statistics over the rows of every process -----------------------------------------
+  def pixel_stats(self, split: data.Split) -> tuple[jax.Array, float]:
+    """(mean image, std of the centred pixels) over every process's rows of ``split``."""
+    n = split.total
+    mean = data.mean_from_sums(sharding.process_sum(data.pixel_sums(split.images)), n)
+    centred = split.images.astype(np.float32) - mean
+    size = n * centred[0].size
+    shift = sharding.process_sum(jnp.sum(centred)) / np.float32(size)
+    var = sharding.process_sum(jnp.sum((centred - shift) ** 2)) / np.float32(size)
+    return mean, float(np.sqrt(var))
+
+  def feature_stats(self, local_NxF, n: int) -> tuple[jax.Array, jax.Array]:
+    """(mean, std) of each feature over the n rows of every process."""
+    mean = data.mean_from_sums(sharding.process_sum(jnp.sum(local_NxF, axis=0)), n)
+    var = sharding.process_sum(_squared_deviations(local_NxF, mean)) / np.float32(n)
+    return mean, jnp.sqrt(var)
+
+  # ---- kNN search ------------------------------------------------------------------------
+  def search(self, split: data.Split, database, metric: str, k: int, *, num_database: int,
+             callback=None) -> np.ndarray:
+    """(split.total, k) database indices of the neighbours of every row of ``split``.
+
+    ``database`` is either the whole (N, D) array or, when it was laid along the mesh with
+    ``global_rows``, the global array (``num_database`` real rows).
+    """
+    flat = split.images.reshape(len(split), -1)
+    if self.database_spread:
+      _, idx = knn.search(flat, database, k, metric=metric, mesh=self.mesh,
+                          layout="database", num_database=num_database)
+    else:
+      mesh = self.local_mesh if "test" in self.parts else self.mesh
+      _, idx = knn.search(flat, database, k, metric=metric, mesh=mesh,
+                          layout=self.layout, callback=callback)
+    return self.whole(split, np.asarray(idx))
+
+  @property
+  def database_spread(self) -> bool:
+    return "train" in self.parts
+
+
+@jax.jit
+def _squared_deviations(x_NxF, mean_F):
+  return jnp.sum(jnp.square(x_NxF - mean_F), axis=0)

@@ -1,0 +1,145 @@
+"""Configs: one source per experiment, flags from its fields, every value checked before data."""
+import dataclasses
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+
+from absl import flags
+import pytest
+
+from experiments import common
+from experiments import config as cfg
+from experiments import knn as knn_exp
+from experiments import linear as linear_exp
+from experiments import study
+from jaxlin import files
+from jaxlin.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module", [knn_exp, linear_exp, study])
+def test_every_config_key_is_a_flag_with_the_same_default(module):
+  fv = flags.FlagValues()
+  cfg.define_flags(module.Config, fv)
+  cfg.define_flags(common.Launch, fv)  # the launch options do not collide with any config key
+  for f in dataclasses.fields(module.Config):
+    value = fv[f.name].default
+    expected = f.default
+    if isinstance(expected, tuple):
+      value = tuple(type(expected[0])(v) for v in value)
+    assert value == expected, f.name
+  fv(["prog"])
+  assert module.Config.make(cfg.from_flags(module.Config, fv)) == module.Config()
+
+
+def test_flags_reach_the_config():
+  fv = flags.FlagValues()
+  cfg.define_flags(linear_exp.Config, fv)
+  fv(["prog", "--margin=2", "--init_scale=0.01", "--learning_rate=0.1,0.2", "--seed=3"])
+  c = linear_exp.validate(cfg.from_flags(linear_exp.Config, fv))
+  assert (c.margin, c.init_scale, c.learning_rate, c.seed) == (2.0, 0.01, (0.1, 0.2), 3)
+  fv = flags.FlagValues()
+  cfg.define_flags(knn_exp.Config, fv)
+  fv(["prog", "--num_neighbor_rows=2", "--k=5,1"])
+  c = knn_exp.validate(cfg.from_flags(knn_exp.Config, fv))
+  assert (c.num_neighbor_rows, c.k) == (2, (1, 5))
+
+
+def test_study_mlp_flags_reach_both_networks():
+  c = study.validate(dict(mlp_epochs=3.0, mlp_hidden_size=7))
+  configs = study.stage_configs(c, available_train=100)
+  for stage in ("mlp", "mlp_features"):
+    assert configs[stage][1]["num_epochs"] == 3.0 and configs[stage][1]["hidden_size"] == 7
+  default = study.stage_configs(study.validate({}), available_train=100)
+  assert default["mlp"][1]["num_epochs"] == 10.0  # the published defaults
+  assert linear_exp.validate(default["mlp_features"][1]).num_epochs == 20.0
+  # fewer training images than --knn_num_train: kNN uses what there is
+  assert default["knn"][1]["num_train"] == 100 and max(default["knn"][1]["k"]) <= 80
+
+
+def test_unknown_key_is_refused():
+  with pytest.raises(ConfigError, match=r"unknown config keys \['kk'\]"):
+    knn_exp.run(dict(kk=1), "/nowhere")
+
+
+@pytest.mark.parametrize("module, override, message", [
+    (knn_exp, dict(num_train=30, cv_folds=50), "--cv_folds=50 is more than the 30 training"),
+    (knn_exp, dict(seed=-1), "--seed must be >= 0"),
+    (linear_exp, dict(num_epochs=math.nan), "--num_epochs must be a finite number"),
+    (linear_exp, dict(num_epochs=math.inf), "--num_epochs must be a finite number"),
+    (linear_exp, dict(margin=-1.0), "--margin must be >= 0"),
+    (linear_exp, dict(init_scale=0.0), "--init_scale must be > 0"),
+    (study, dict(mlp_hidden_size=0), "--mlp_hidden_size must be >= 1"),
+    (study, dict(mlp_epochs=math.nan), "--mlp_epochs must be a finite number"),
+])
+def test_bad_values_are_refused_before_anything_is_read(module, override, message, tmp_path):
+  with pytest.raises(ConfigError, match=message):
+    module.run(dict(dataset="folder:/does/not/exist", **override), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
+def test_unwritable_cache_dir_is_refused(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(ConfigError, match="--cache_dir=.* is not a writable folder"):
+    linear_exp.validate(dict(features="hog_hsv", cache_dir=str(blocker / "cache")))
+
+
+def test_stage_errors_name_the_study_flags():
+  with pytest.raises(ConfigError, match="--knn_num_train") as e:
+    study.validate(dict(knn_num_train=3))  # 3 images cannot make 5 folds
+  assert "--num_train" not in str(e.value)
+
+
+def test_cv_folds_above_the_training_images_there_are(tmp_path):
+  from tests.conftest import make_image_folder
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=4, per_class_test=1)  # 12 images, 6 for training
+  with pytest.raises(ConfigError, match="--cv_folds=10 is more than the 6 training images"):
+    knn_exp.run(dict(dataset=f"folder:{root}", num_train=0, num_test=0, num_val=6, k=[1],
+                     metric=["l1", "l2"],
+                     cv_folds=10), str(tmp_path / "wd"))
+  assert os.listdir(tmp_path / "wd") == []  # nothing staged is left
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--process_id=2", "--num_processes=2", "--coordinator_address=127.0.0.1:1"],
+     "error: --process_id must be in [0, 1] (--num_processes=2), got 2"),
+    (["--num_epochs=nan"], "error: --num_epochs must be a finite number, got nan"),
+    (["--learning_rate=0.1", "--reg=1", "--num_steps=-1"],
+     "error: give a positive --num_steps or --num_epochs"),
+])
+def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.linear", f"--workdir={tmp_path}/wd",
+                         "--dataset=folder:/nowhere", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [message]
+  assert not (tmp_path / "wd").exists()
+
+
+def test_strict_json_and_the_users_umask(tmp_path):
+  old = os.umask(0o027)
+  try:
+    path = files.write_json(str(tmp_path / "x.json"), {"a": math.nan, "b": [math.inf, 1.0]})
+    assert json.loads(open(path).read()) == {"a": None, "b": [None, 1.0]}
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+  finally:
+    os.umask(old)
+
+
+def test_library_errors_are_printed_in_flag_names():
+  from jaxlin.errors import DataError, InputError
+  e = InputError("learning_rates must be positive, got [-1.0]", argument="learning_rates")
+  assert common.flag_message(e, linear_exp.FLAGS_OF_ARGUMENTS) == (
+      "--learning_rate must be positive, got [-1.0]")
+  e = DataError("num_train=5000 must be in [1, 36] (examples available)", argument="num_train")
+  assert common.flag_message(e) == "--num_train=5000 must be in [1, 36] (examples available)"
+  e = ConfigError("--hidden_size must be >= 1, got 0", argument="hidden_size")
+  renamed = common.rename_flags(e, study.STAGE_FLAGS["mlp"])
+  assert str(renamed) == "--mlp_hidden_size must be >= 1, got 0"
+  assert renamed.argument == "mlp_hidden_size"

@@ -1,0 +1,145 @@
+"""Saved models are checked when loaded; images of any mode become 8-bit RGB or one error line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import predict
+from jaxlin import checkpoint
+from jaxlin.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (4, 4, 3)
+CLASSES = ("cat", "dog", "frog")
+
+
+def _save(path, *, kind="linear", features="pixels", **changes):
+  rng = np.random.default_rng(0)
+  d = int(np.prod(SHAPE)) if features == "pixels" else 5
+  params = ({"W": rng.normal(size=(d, 3)), "b": np.zeros(3)} if kind == "linear" else
+            {"W1": rng.normal(size=(d, 4)), "b1": np.zeros(4), "W2": rng.normal(size=(4, 3)),
+             "b2": np.zeros(3)})
+  stats = dict(feature_mean=np.zeros(d), feature_std=np.ones(d)) if features != "pixels" else {}
+  checkpoint.save(str(path), params=params, mean_image=np.full(SHAPE, 100.0), scale=50.0,
+                  class_names=CLASSES, kind=kind, loss="softmax", features=features, **stats)
+  if changes:  # rewrite the archive with some arrays changed, removed (None) or added
+    with np.load(str(path)) as f:
+      arrays = {k: f[k] for k in f.files}
+    header = json.loads(str(arrays["header"]))
+    header.update(changes.pop("header", {}))
+    arrays["header"] = np.asarray(json.dumps(header))
+    for k, v in changes.items():
+      if v is None:
+        arrays.pop(k.replace("__", "/"))
+      else:
+        arrays[k.replace("__", "/")] = v
+    with open(path, "wb") as f:
+      np.savez(f, **arrays)
+  return str(path)
+
+
+def test_a_saved_model_loads_and_refuses_float_images(tmp_path):
+  model = checkpoint.load(_save(tmp_path / "m.npz", kind="mlp"))
+  pixels = np.random.default_rng(1).integers(0, 256, (2,) + SHAPE).astype(np.uint8)
+  np.testing.assert_allclose(model.scores(pixels), model.scores(pixels.astype(np.int64)))
+  with pytest.raises(InputError, match="uint8 pixels in \\[0, 255\\], got float"):
+    model.scores(pixels / 255.0)  # [0, 1] floats would all land in one class
+  with pytest.raises(InputError, match="must be \\(N, 4, 4, 3\\)"):
+    model.scores(pixels[:, :2])
+
+
+def _bad_files(tmp_path):
+  good = _save(tmp_path / "good.npz")
+  data = open(good, "rb").read()
+  text = tmp_path / "text.npz"
+  text.write_text("W,b\n1,2\n")
+  npy = tmp_path / "w.npy"
+  np.save(npy, np.zeros(3))
+  empty = tmp_path / "empty.npz"
+  empty.write_bytes(b"")
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(data[:len(data) // 2])
+  return {
+      "text": (str(text), "not an .npz archive"),
+      "npy": (str(npy), "single .npy array"),
+      "empty": (str(empty), "the file is empty"),
+      "truncated": (str(truncated), "truncated or corrupt"),
+      "missing": (str(tmp_path / "none.npz"), "does not exist"),
+      "no_W": (_save(tmp_path / "a.npz", param__W=None), "missing param/W"),
+      "shape": (_save(tmp_path / "b.npz", param__W=np.zeros((47, 3))),
+                r"param/W has shape \(47, 3\), expected \(48, 3\)"),
+      "classes": (_save(tmp_path / "c.npz", class_names=np.asarray(["cat", "dog"])),
+                  "2 class names for 3 classes"),
+      "kind": (_save(tmp_path / "d.npz", header={"kind": "cnn"}), "unknown kind 'cnn'"),
+      "loss": (_save(tmp_path / "e.npz", header={"loss": "hinge"}), "unknown loss 'hinge'"),
+      "scale": (_save(tmp_path / "f.npz", header={"scale": 0.0}), "scale must be a finite"),
+      "nan": (_save(tmp_path / "g.npz", param__b=np.array([0.0, np.nan, 0.0])),
+              "param/b holds inf or NaN"),
+      "hog": (_save(tmp_path / "h.npz", features="hog_hsv", feature_std=None),
+              "missing feature_std"),
+      "hog_std": (_save(tmp_path / "i.npz", features="hog_hsv", feature_std=np.zeros(5)),
+                  "feature_std must be > 0"),
+  }
+
+
+def test_every_broken_model_file_is_one_clear_error(tmp_path):
+  for name, (path, message) in _bad_files(tmp_path).items():
+    with pytest.raises(checkpoint.ModelFileError, match=message):
+      checkpoint.load(path)
+    assert name
+
+
+def test_predict_command_line_on_a_text_file_named_npz(tmp_path):
+  text = tmp_path / "model.npz"
+  text.write_text("hello")
+  img = tmp_path / "x.png"
+  Image.fromarray(np.zeros(SHAPE, np.uint8)).save(img)
+  proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--model={text}", str(img)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {text} is not a jaxlin model file (not an .npz archive)"]
+
+
+def _write(tmp_path, name, img, **kw):
+  path = str(tmp_path / name)
+  img.save(path, **kw)
+  return path
+
+
+def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
+  rng = np.random.default_rng(2)
+  grey8 = rng.integers(0, 256, (4, 4)).astype(np.uint8)
+  rgb8 = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+  as_rgb = np.repeat(grey8[..., None], 3, -1)
+  read = lambda p: predict.read_image(p, SHAPE)
+  # 16-bit greyscale PNG: scaled to 8 bits, not clipped to white
+  g16 = Image.fromarray(grey8.astype(np.uint16) * 257)
+  np.testing.assert_array_equal(read(_write(tmp_path, "g16.png", g16)), as_rgb)
+  # float TIFF in [0, 1]
+  f32 = Image.fromarray(grey8.astype(np.float32) / 255)
+  np.testing.assert_array_equal(read(_write(tmp_path, "f.tiff", f32)), as_rgb)
+  # grayscale, palette, CMYK (lossless TIFF), opaque alpha
+  np.testing.assert_array_equal(read(_write(tmp_path, "l.png", Image.fromarray(grey8))), as_rgb)
+  pal = Image.fromarray(rgb8).quantize(256)
+  np.testing.assert_array_equal(read(_write(tmp_path, "p.png", pal)),
+                                np.asarray(pal.convert("RGB")))
+  rgba = np.concatenate([rgb8, np.full((4, 4, 1), 255, np.uint8)], -1)
+  np.testing.assert_array_equal(read(_write(tmp_path, "a.png", Image.fromarray(rgba))), rgb8)
+  cmyk = Image.fromarray(rgb8).convert("CMYK")
+  np.testing.assert_array_equal(read(_write(tmp_path, "c.tiff", cmyk)),
+                                np.asarray(cmyk.convert("RGB")))
+  # transparent pixels: on white
+  clear = np.zeros((4, 4, 4), np.uint8)
+  np.testing.assert_array_equal(read(_write(tmp_path, "t.png", Image.fromarray(clear))),
+                                np.full((4, 4, 3), 255, np.uint8))
+  # float outside [0, 1]: refused, one line
+  model = checkpoint.load(_save(tmp_path / "m.npz"))
+  bad = _write(tmp_path, "big.tiff", Image.fromarray(np.full((4, 4), 7.5, np.float32)))
+  (_, top, error), = predict.classify(model, [bad])
+  assert top is None and error.startswith(f"cannot read {bad}: a float image with values")

@@ -1,0 +1,136 @@
+"""A workdir never loses a finished run: staging, commit, lock, kind, interrupts."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import knn as knn_exp
+from experiments import linear as linear_exp
+from experiments.workdir import Workdir
+from jaxlin.errors import ConfigError, DataError
+from tests.conftest import make_image_folder
+
+# Module fixtures build one shared run: keep this file on one test worker.
+pytestmark = pytest.mark.xdist_group("test_workdir")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KNN = dict(num_train=30, num_test=6, num_val=6, k=[1], metric=["l2"], cv_folds=0,
+           num_neighbor_rows=2)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("wd_images") / "images")
+  make_image_folder(root, per_class_train=12, per_class_test=2)
+  return root
+
+
+@pytest.fixture(scope="module")
+def finished(folder, tmp_path_factory):
+  """A workdir holding one finished kNN run; tests copy it."""
+  wd = tmp_path_factory.mktemp("finished") / "wd"
+  knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
+  return wd
+
+
+def _snapshot(wd):
+  return {os.path.relpath(p, wd): open(p, "rb").read()
+          for p in glob.glob(f"{wd}/**/*", recursive=True) if os.path.isfile(p)}
+
+
+def _copy(src, dst):
+  subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+  return dst
+
+
+def test_a_failed_rerun_keeps_the_previous_run(finished, tmp_path):
+  wd = _copy(finished, tmp_path / "wd")
+  before = _snapshot(wd)
+  assert {"config.json", "results.json", "plots/neighbors.png"} <= set(before)
+  with pytest.raises(DataError, match="does not exist"):
+    knn_exp.run(dict(dataset=f"folder:{tmp_path}/missing", **KNN), str(wd))
+  assert _snapshot(wd) == before
+  assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))  # no staging, no lock left
+
+
+def test_a_new_run_replaces_every_file_of_the_previous_one(finished, folder, tmp_path):
+  wd = _copy(finished, tmp_path / "wd")
+  (wd / "plots" / "old_figure.png").write_bytes(b"from an earlier run")
+  res = knn_exp.run(dict(dataset=f"folder:{folder}", **dict(KNN, metric=["l1"])), str(wd))
+  assert res["chosen"]["metric"] == "l1"
+  assert not (wd / "plots" / "old_figure.png").exists()
+  assert json.loads((wd / "config.json").read_text())["metric"] == ["l1"]
+  assert json.loads((wd / "results.json").read_text())["chosen"]["metric"] == "l1"
+  assert sorted(os.listdir(wd)) == ["config.json", "plots", "results.json"]
+
+
+def test_a_workdir_in_use_is_refused(finished, folder, tmp_path):
+  wd = _copy(finished, tmp_path / "wd")
+  with Workdir(str(wd), "knn"):  # another run holds the lock
+    with pytest.raises(ConfigError, match="is in use by another run .*knn, process"):
+      knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
+  knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))  # free again
+
+
+def test_another_experiment_or_foreign_files_are_refused_unless_overwrite(finished, folder,
+                                                                           tmp_path):
+  wd = _copy(finished, tmp_path / "wd")
+  lin = dict(dataset=f"folder:{folder}", num_val=6, learning_rate=[1e-2], reg=[0.0],
+             batch_size=8, num_steps=2)
+  with pytest.raises(ConfigError, match="holds a knn run, not linear.*--overwrite"):
+    linear_exp.run(lin, str(wd))
+  foreign = tmp_path / "home"
+  foreign.mkdir()
+  (foreign / "thesis.tex").write_text("precious")
+  with pytest.raises(ConfigError, match="not a jaxlin run .*thesis.tex"):
+    knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(foreign))
+  assert (foreign / "thesis.tex").read_text() == "precious"
+  linear_exp.run(lin, str(wd), overwrite=True)
+  assert "model.npz" in os.listdir(wd) and "neighbors.png" not in os.listdir(wd / "plots")
+
+
+def _start_training(folder, wd):
+  """A linear run on the command line that trains long enough to be stopped."""
+  env = dict(os.environ, JAXLIN_NO_PROGRESS="1", PYTHONPATH=ROOT)
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.linear", f"--workdir={wd}", f"--dataset=folder:{folder}",
+       "--num_val=6", "--learning_rate=0.001", "--reg=0", "--batch_size=2", "--num_epochs=100000",
+       "--log_every=1", "--overwrite"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_training(proc, wd, timeout=120):
+  t0 = time.time()
+  while not glob.glob(f"{wd}/.staging-*/metrics.jsonl") or not any(
+      os.path.getsize(p) for p in glob.glob(f"{wd}/.staging-*/metrics.jsonl")):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t0 < timeout, "training did not start"
+    time.sleep(0.2)
+
+
+def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, tmp_path):
+  """Ctrl-C (SIGINT) and SIGKILL, two runs at once (one start-up cost)."""
+  runs = {}
+  for sig in (signal.SIGINT, signal.SIGKILL):
+    wd = _copy(finished, tmp_path / f"wd{int(sig)}")
+    runs[sig] = (wd, _snapshot(wd), _start_training(folder, wd))
+  for sig, (wd, _, proc) in runs.items():
+    _wait_for_training(proc, wd)
+    proc.send_signal(sig)
+  for sig, (wd, before, proc) in runs.items():
+    _, err = proc.communicate(timeout=60)
+    assert _snapshot(wd) == before  # results.json and plots of the finished run, untouched
+    if sig == signal.SIGINT:  # Ctrl-C: one line, exit 130, nothing staged left
+      assert proc.returncode == 130
+      assert err.strip().splitlines()[-1].startswith("interrupted; no results were written")
+      assert "Traceback" not in err
+      assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
+    else:  # killed: its lock died with it; the next run takes the workdir and cleans up
+      assert proc.returncode == -signal.SIGKILL
+      knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
+      assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
