@@ -125,21 +125,24 @@ class Hosts:
 
   # ---- kNN search ------------------------------------------------------------------------
   def search(self, split: data.Split, database, metric: str, k: int, *, num_database: int,
-             callback=None) -> np.ndarray:
-    """(split.total, k) database indices of the neighbours of every row of ``split``.
+             callback=None, method: str = "auto") -> tuple[np.ndarray, dict]:
+    """((split.total, k) database indices of the neighbours of every row of ``split``,
+    the search's stats (``knn.search``'s ``return_stats``)).
 
     ``database`` is either the whole (N, D) array or, when it was laid along the mesh with
     ``global_rows``, the global array (``num_database`` real rows).
     """
     flat = split.images.reshape(len(split), -1)
     if self.database_spread:
-      _, idx = knn.search(flat, database, k, metric=metric, mesh=self.mesh,
-                          layout="database", num_database=num_database)
+      _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=self.mesh,
+                                 layout="database", num_database=num_database, method=method,
+                                 return_stats=True)
     else:
       mesh = self.local_mesh if "test" in self.parts else self.mesh
-      _, idx = knn.search(flat, database, k, metric=metric, mesh=mesh,
-                          layout=self.layout, callback=callback)
-    return self.whole(split, np.asarray(idx))
+      _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=mesh,
+                                 layout=self.layout, callback=callback, method=method,
+                                 return_stats=True)
+    return self.whole(split, np.asarray(idx)), stats
 
   @property
   def database_spread(self) -> bool:

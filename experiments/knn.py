@@ -29,6 +29,9 @@ class Config(common.DataConfig):
   cv_folds: int = option(5, "cross-validation folds (0 = choose on the val split)")
   tie_break: str = option("smallest_label", f"how a tied vote is decided: "
                           f"{', '.join(knn.TIE_BREAKS)}")
+  search: str = option("auto", "how neighbours are found, every way exact: brute (every "
+                       "distance), pruned (lower bounds rule most rows out; one device), auto "
+                       "(pruned where it is measured faster)")
   num_neighbor_rows: int = option(8, "test images shown with their neighbours in "
                                   "plots/neighbors.png")
 
@@ -54,6 +57,8 @@ def validate(config) -> Config:
           f"--cv_folds must be 0 (use the val split) or at least 2, got {c.cv_folds}")
   require(c.num_val >= (1 if c.cv_folds == 0 and not c.single else 0), "num_val",
           f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c.num_val}")
+  require(c.search in knn.METHODS, "search",
+          f"unknown --search {c.search!r}; choose from {', '.join(knn.METHODS)}")
   require(c.tie_break in knn.TIE_BREAKS, "tie_break",
           f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
   require(c.num_neighbor_rows >= 0, "num_neighbor_rows",
@@ -83,8 +88,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
     check_sizes(c, len(plan["train"][1]))
     logging.info("loading %s", c.dataset)
+    require(c.search != "pruned" or r.hosts.mesh is None, "search",
+            f"--search=pruned runs on one device, and this run has {r.hosts.devices}; use "
+            "--search=auto or brute, or --shard=none")
     ds = r.hosts.load(c, plan, _split_in_parts(c, r.hosts))
-    db = _Database(ds, r.hosts)
+    db = _Database(ds, r.hosts, c.search)
     load_s = r.timer()
     logging.info("train %d, val %d, test %d images of %s, %d classes", db.n, ds.val.total,
                  ds.test.total, ds.image_shape, ds.num_classes)
@@ -96,7 +104,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
     test_t = common.Timer()  # the test split, touched once
     with common.progress(f"test, {best_metric} k={best_k}", ds.test.total, "img") as bar:
-      idx = db.neighbours(ds.test, best_metric, min(max(best_k, 10), db.n), bar)
+      idx = db.neighbours("test", ds.test, best_metric, min(max(best_k, 10), db.n), bar)
     test_pred = np.asarray(knn.vote(db.y[idx[:, :best_k]], ds.num_classes,
                                     tie_break=c.tie_break))
     test_s = test_t()
@@ -106,7 +114,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     _figures(r, c, ds, db, accuracies, idx, test_y, cm, f"kNN {best_metric} k={best_k}, test")
     results = _results(c, ds, accuracies, best_metric, best_k, cm,
                        float(metrics.accuracy(test_y, test_pred)))
-    results.update(rows_read=r.hosts.rows_read(ds),
+    results.update(rows_read=r.hosts.rows_read(ds), search=db.stats,
                    timings_s={"load": load_s, "selection": select_s, "test": test_s})
     results = r.finish(results)
   logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
@@ -130,17 +138,21 @@ class _Database:
   """The training split as the kNN database: rows (laid along the mesh when read in parts)
   and the labels of every row on every process."""
 
-  def __init__(self, ds: data.Dataset, hosts):
-    self.hosts, self.n = hosts, ds.train.total
+  def __init__(self, ds: data.Dataset, hosts, method: str):
+    self.hosts, self.n, self.method = hosts, ds.train.total, method
+    self.stats: dict[str, dict] = {}  # split name -> how its search went
     self.x = ds.train.images.reshape(len(ds.train), -1)  # uint8: L1 stays exact integer work
     if hosts.in_parts(ds.train):
       self.x = hosts.global_rows(ds.train, self.x)
     self.y = hosts.whole(ds.train, ds.train.labels)
 
-  def neighbours(self, split: data.Split, metric: str, k: int, bar) -> np.ndarray:
-    """(split.total, k) database indices of every row of ``split``, on every process."""
-    return self.hosts.search(split, self.x, metric, k, num_database=self.n,
-                             callback=common.tile_callback(bar))
+  def neighbours(self, name: str, split: data.Split, metric: str, k: int, bar) -> np.ndarray:
+    """(split.total, k) database indices of every row of ``split`` (called ``name`` in the
+    stats), on every process."""
+    idx, self.stats[name] = self.hosts.search(
+        split, self.x, metric, k, num_database=self.n, callback=common.tile_callback(bar),
+        method=self.method)
+    return idx
 
 
 def _select(c: Config, ds: data.Dataset, db: _Database, metric: str) -> np.ndarray:
@@ -151,10 +163,11 @@ def _select(c: Config, ds: data.Dataset, db: _Database, metric: str) -> np.ndarr
       acc = selection.cross_validate_knn(
           db.x, db.y, ks, num_folds=c.cv_folds, metric=metric, num_classes=ds.num_classes,
           tie_break=c.tie_break, callback=common.tile_callback(bar), mesh=db.hosts.mesh,
-          layout=db.hosts.layout, shuffle=True, seed=(c.seed, cfg.SEEDS["folds"]))
+          layout=db.hosts.layout, shuffle=True, seed=(c.seed, cfg.SEEDS["folds"]),
+          method=c.search)
   else:
     with common.progress(f"val split, {metric}", ds.val.total, "img") as bar:
-      idx = db.neighbours(ds.val, metric, max(ks), bar)  # one search serves every k
+      idx = db.neighbours(f"val_{metric}", ds.val, metric, max(ks), bar)  # serves every k
     val_y = db.hosts.whole(ds.val, ds.val.labels)
     acc = np.array([[float(metrics.accuracy(val_y, knn.vote(
         db.y[idx[:, :k]], ds.num_classes, tie_break=c.tie_break))) for k in ks]])

@@ -6,20 +6,22 @@ returns exactly what ``jaxlin.knn.search`` returns by brute force (the same
 indices, the same float32 distances, ties at equal distance in increasing
 database index) on integer pixels (uint8, or int8):
 
-1. Bounds for every row (one small product or an L1 over pooled sums per
-   query tile), and the ``C`` rows of smallest bound per query (``C + 1``
-   smallest, by ``jaxlin.topk.smallest_k``).
-2. Exact integer distances of those ``C`` candidates only: ``lax.map`` over
-   the queries, each gathering its rows and computing one matrix-vector
-   product (int8 -> int32 for L2, an int16 absolute difference for L1).
+1. Bounds for every row (L2: one product with m + 2 columns per chunk of
+   database rows; L1: an L1 over pooled sums), then ``C`` candidates per query.
+   L2 selects in two short steps: the ``C`` groups of ``GROUP`` consecutive
+   rows with the smallest minimum bound, then the ``C`` rows of smallest bound
+   among those groups' rows. L1 takes the ``C`` rows of smallest bound.
+2. Exact integer distances of the ``C`` candidates only (gathered int8 rows and
+   a product for L2, an int16 absolute difference for L1).
 3. Certificate: with ``D_k`` the k-th smallest exact distance among the
    candidates and ``B`` a lower bound on the distance of every row left out
-   (its ``C + 1``-th smallest bound), ``D_k < B`` proves that no row left out
-   is among the k nearest or ties with the k-th, so the k best candidates
-   (sorted by (distance, index)) are the brute-force answer, ties included.
-   The inequality is strict: a row left out at ``B == D_k`` could tie with a
-   lower index.
-4. Queries not certified go through a second round (L2: 4x the candidates;
+   (L2: the smaller of the (C + 1)-th group minimum and the (C + 1)-th bound
+   among the chosen groups; L1: the (C + 1)-th smallest bound), ``D_k < B``
+   proves that no row left out is among the k nearest or ties with the k-th,
+   so the k best candidates (sorted by (distance, index)) are the brute-force
+   answer, ties included. The inequality is strict: a row left out at
+   ``B == D_k`` could tie with a lower index.
+4. Queries not certified go through a second round (L2: 2x the candidates;
    L1: the bound of a finer pooling, p / 2 blocks), and those still not
    certified through brute force (``jaxlin.knn``'s own programs), so the answer
    is always the brute-force one. ``stats`` counts the queries settled at each
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +88,9 @@ class Index(NamedTuple):
     database: (N, D) rows as the refinement uses them: uint8 / int8 as given
       for L1; int8 pixels (``distances.centred_pixels``) for L2.
     sq_norms: (N,) int32 |row|^2 of the int8 rows (L2), zeros for L1.
-    bound_rows: (N, G) float32 pooled sums (L1) or (N, m) projections Q y_c (L2).
-    bound_aux: (N, 2) float32: (|z|^2, rho) of each row (L2), zeros for L1.
+    bound_rows: (N, G) float32 pooled sums (L1), or (M, S, m + 2) float32 chunks of
+      S rows (z, rho, |z|^2 + rho^2) (L2, ``_l2_augmented``; padded with rows that
+      are never chosen).
     params: dict of arrays for the bound of a query (see ``_l2_rows``).
     groups: (D,) int32 group of every feature (L1), or None.
     dtype: "uint8" or "int8", the dtype of the database as given (queries must match).
@@ -99,7 +102,6 @@ class Index(NamedTuple):
   database: jax.Array
   sq_norms: jax.Array
   bound_rows: jax.Array
-  bound_aux: jax.Array
   params: dict
   groups: np.ndarray | None
   dtype: str
@@ -143,20 +145,19 @@ def int8_speedup() -> float:
 
 
 def prefer_pruned(metric: str, num_queries: int, num_database: int) -> bool:
-  """Whether ``search`` (with its index build) should beat brute force here.
+  """Whether ``search`` (with its index build) should beat brute force here: the rule of
+  ``jaxlin.knn.search(method="auto")``.
 
-  L1: no (measured on CIFAR-10 with 2 Xeon cores: 8.9 s against brute force's
-  5.9 s for 1,000 queries; the first-round bound, 4x4 sums, certifies only
-  45 % of queries with 512 candidates). L2 on pixels: brute force is an int8
-  product; where int8 products run >= 4x faster than float32 (``int8_speedup``,
-  e.g. Intel AMX, 16x here) brute force is about 3x faster than the cascade;
-  elsewhere (AVX2: about 1.4x) the cascade does 1/24 of the products, so it is
-  chosen for 2,000 queries or more (the index build costs about as much as
-  1,000 queries). This estimate is not yet measured on an AVX2 machine.
+  L1: never (the pooled bound certifies too few queries: slower than brute force on every
+  CPU measured). L2 on pixels: brute force is an int8 product; where int8 products run
+  >= 4x faster than float32 (``int8_speedup``: Intel AMX, 7-16x) brute force wins. Elsewhere
+  (AVX2 about 1.4x, AVX-512 VNNI about 1.7x) the cascade's float32 bound does 1/16 of the
+  brute-force products, and it pays for its index build (a few seconds for 50,000 CIFAR-10
+  images) from about 5,000 queries against 10,000 rows or more (WORKSPACE.md).
   """
-  if metric not in ("l2", "l2_squared") or num_database < 10000:
+  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 5000:
     return False
-  return num_queries >= 2000 and int8_speedup() < 4.0
+  return int8_speedup() < 4.0
 
 
 # --------------------------------------------------------------------------
@@ -203,13 +204,12 @@ def _power_step(xs_SxD, basis_DxW):
                     precision=_HIGHEST)
 
 
-def _principal_basis(x_NxD, centre_D, m: int, sample: int, seed: int) -> np.ndarray:
+def _principal_basis(rows_SxD, centre_D, m: int, seed: int) -> np.ndarray:
   """(m, D) float64 orthonormal rows spanning (about) the top m principal components of
-  up to ``sample`` evenly spaced rows (randomised subspace iteration). Any orthonormal
-  rows give a valid bound; better components give a tighter one."""
-  n, d = x_NxD.shape
-  rows = np.linspace(0, n - 1, min(n, sample)).astype(np.int64)
-  xs = jnp.asarray(np.asarray(x_NxD)[rows].astype(np.float32) - centre_D.astype(np.float32))
+  the sample rows (randomised subspace iteration). Any orthonormal rows give a valid
+  bound; better components give a tighter one."""
+  d = rows_SxD.shape[1]
+  xs = jnp.asarray(rows_SxD.astype(np.float32) - centre_D.astype(np.float32))
   width = min(d, m + 16)
   basis = np.asarray(jax.random.normal(jax.random.key(seed), (d, width), jnp.float32))
   for _ in range(3):
@@ -288,29 +288,38 @@ def _l2_rows(x_NxD, params):
   return z, zsq, rho, znorm + rho, err
 
 
-def _l2_bound_tile(z, zsq, rho, z_db, aux_db):
-  """(T, N) float32 b^ = |z_x - z_y|^2 + (rho_x - rho_y)^2 by the product identity.
+GROUP = 16  # database rows per group: the first selection picks groups by their smallest bound
+_PAD_BOUND = 1e30  # the bound of a padding row: above every real one
 
-  With a = |z| + rho, float32 computes it within gamma_{m+6} (a_x + a_y)^2 of the exact
-  value of the formula on the float inputs (m-term sums and a handful of roundings).
-  """
-  dot = jnp.matmul(z, z_db.T, precision=_HIGHEST)
-  dr = rho[:, None] - aux_db[None, :, 1]
-  return zsq[:, None] + aux_db[None, :, 0] - 2.0 * dot + dr * dr
+
+def _l2_augmented(z, zsq, rho):
+  """(N, m + 2) float32 rows (z, rho, |z|^2 + rho^2): one product with (-2 z_x, -2 rho_x, 1)
+  gives s = |u_y|^2 - 2 u_x . u_y, so |u_x - u_y|^2 = (|z_x|^2 + rho_x^2) + s."""
+  return jnp.concatenate([z, rho[:, None], (zsq + rho * rho)[:, None]], axis=1)
+
+
+def _l2_query_rows(q_TxD, params):
+  """(ux (T, m + 2), const (T,), a (T,), err (T,)) of queries: b^ = const + ux . row for
+  every ``_l2_augmented`` row (``_l2_rows`` gives a and err)."""
+  z, zsq, rho, a, err = _l2_rows(q_TxD, params)
+  ux = jnp.concatenate([-2.0 * z, -2.0 * rho[:, None], jnp.ones_like(rho)[:, None]], axis=1)
+  return ux, zsq + rho * rho, a, err
 
 
 def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
 
-  For such a row y (a_y <= a_max, err_y <= err_max): the exact |u^_x - u^_y|^2 >=
-  b^ - e_b with e_b = gamma_{m+6} (a_x + a_max)^2 (``_l2_bound_tile``), and
-  |x - y| >= |u_x - u_y| >= |u^_x - u^_y| - err_x - err_y (triangle inequality in
-  R^{m+1}, ``_l2_rows``). So |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2,
-  increasing in b^. L is computed in float32 with a few roundings (relative 1e-6 at
-  most), covered by the factor (1 - 1e-5) and the -1; the squared distance is an
-  integer, so it is at least ceil(L), returned as int32.
+  b^ = fl(fl(|z_x|^2 + rho_x^2) + fl(s)), s from the product of ``_l2_augmented`` rows:
+  every term passes through at most 2 m + 6 roundings (the squares and sums of the two
+  norms, the m + 2 products and their sum, the last addition), so with a = |z| + rho >= |u|,
+  |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 in any order of summation
+  (Higham 3.1). For such a row y (a_y <= a_max, err_y <= err_max): |x - y| >= |u_x - u_y|
+  >= |u^_x - u^_y| - err_x - err_y (triangle inequality in R^{m+1}, ``_l2_rows``), so
+  |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2, increasing in b^. L is computed
+  in float32 with a few roundings (relative 1e-6 at most), covered by the factor
+  (1 - 1e-5) and the -1; the squared distance is an integer, so it is at least ceil(L).
   """
-  e_b = 2.0 * _gamma(m + 6) * (a_x + a_max) ** 2
+  e_b = _gamma(2 * m + 8) * (1 + 1e-3) * (a_x + a_max) ** 2
   s = jnp.sqrt(jnp.maximum(b_hat - e_b, 0.0)) - err_x - err_max
   low = jnp.maximum(s, 0.0) ** 2 * (1.0 - 1e-5) - 1.0
   low = jnp.clip(low, 0.0, float(topk.INT_WORST))
@@ -321,7 +330,7 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
 # Index.
 # --------------------------------------------------------------------------
 def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int = 4,
-                components: int = 128, sample: int = 10000, seed: int = 0) -> Index:
+                components: int = 192, sample: int = 5000, seed: int = 0) -> Index:
   """The bounds of every database row, computed once.
 
   Args:
@@ -362,19 +371,66 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     sums = _pooled(db, jnp.asarray(groups, jnp.int32), num_groups=g)
     fine = _groups(d, image_shape, max(1, pool // 2))  # tighter bound for the second round
     fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
-    return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, jnp.zeros((n, 2), jnp.float32),
-                 {"fine_rows": fine_rows}, groups, str(db.dtype), fine, {})
+    return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, {"fine_rows": fine_rows}, groups,
+                 str(db.dtype), fine, {})
   m = _checks.concrete_int(components, "components")
   if not 1 <= m <= d:
     raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   host = np.asarray(db)
-  centre = np.round(host.mean(axis=0, dtype=np.float64)).astype(np.int64)
-  params = _l2_params(_principal_basis(host, centre, m, sample, seed), centre)
-  z, zsq, rho, a, err = jax.jit(_l2_rows)(db, params)
+  rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
+  centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
+  params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
+  z, zsq, rho, a, err = _l2_rows_blocked(host, params)
   params = {**params, "a_max": jnp.max(a), "err_max": jnp.max(err)}
-  pixels = distances.centred_pixels(db)
-  return Index(metric, pixels, distances.int_squared_norms(pixels), z,
-               jnp.stack([zsq, rho], axis=1), params, None, str(db.dtype), None, {})
+  pixels, sq_norms = _pixels_and_norms(db)
+  return Index(metric, pixels, sq_norms,
+               _l2_chunks(_l2_augmented(z, zsq, rho), chunk=_chunk_rows(n)), params, None,
+               str(db.dtype), None, {})
+
+
+_BUILD_BLOCK = 4096  # rows per step of the index build: bounded memory, one compilation
+
+
+_l2_rows_jit = jax.jit(_l2_rows)
+
+
+@jax.jit
+def _pixels_and_norms(db_NxD):
+  """int8 pixels (``distances.centred_pixels``) and their exact int32 squared norms."""
+  pixels = distances.centred_pixels(db_NxD)
+  return pixels, distances.int_squared_norms(pixels)
+
+
+def _l2_rows_blocked(host_NxD: np.ndarray, params):
+  """``_l2_rows`` of every row of a host array, in blocks of ``_BUILD_BLOCK`` (the last
+  one padded): bounded memory, one compiled program."""
+  n = host_NxD.shape[0]
+  block = min(_BUILD_BLOCK, n)
+  outs = [_l2_rows_jit(_padded_rows(host_NxD[i:i + block], block), params)
+          for i in range(0, n, block)]
+  return tuple(jnp.concatenate([o[j] for o in outs])[:n] for j in range(5))
+
+
+def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  """Host rows zero-padded to ``rows`` (padding on the host: no compiled program per
+  shape)."""
+  return np.pad(x, ((0, rows - len(x)), (0, 0))) if len(x) < rows else x
+
+
+def _chunk_rows(n: int) -> int:
+  """Database rows per step of the bound scan: 8192 (a (T, 8192) block stays near the
+  cache), fewer for small databases; a multiple of GROUP."""
+  return min(8192, -(-n // GROUP) * GROUP)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _l2_chunks(aug_NxW, *, chunk: int):
+  """(M, chunk, W) augmented rows, padded with rows of bound ``_PAD_BOUND`` (zero
+  projection, |u|^2 = _PAD_BOUND: never below a real row)."""
+  n, w = aug_NxW.shape
+  pad = (-n) % chunk
+  padding = jnp.zeros((pad, w), jnp.float32).at[:, -1].set(_PAD_BOUND)
+  return jnp.concatenate([aug_NxW, padding]).reshape(-1, chunk, w)
 
 
 # --------------------------------------------------------------------------
@@ -412,31 +468,93 @@ def _l1_bound_tile(s_TxG, sums_db_NxG, db_tile: int = 1024):
   return out.transpose(1, 0, 2).reshape(s_TxG.shape[0], -1)[:, :n]
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "k", "c", "groups_count"))
-def _round(q_TxD, database, sq_norms, bound_rows, bound_aux, params, groups, *, metric, k, c,
-           groups_count):
+@functools.partial(jax.jit, static_argnames=("k", "c", "groups_count"))
+def _l1_round(q_TxD, database, bound_rows, groups, *, k, c, groups_count):
   """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries
-  with ``c`` candidates each (c + 1 <= N)."""
-  if metric == "l1":
-    s = _pooled(q_TxD, groups, num_groups=groups_count)
-    b = _l1_bound_tile(s, bound_rows)
-    q = q_TxD
-  else:
-    z, zsq, rho, a, err = _l2_rows(q_TxD, params)
-    b = _l2_bound_tile(z, zsq, rho, bound_rows, bound_aux)
-    q = distances.centred_pixels(q_TxD)
+  with ``c`` candidates each (c + 1 <= N), by pooled L1 bounds."""
+  b = _l1_bound_tile(_pooled(q_TxD, groups, num_groups=groups_count), bound_rows)
   pos = _smallest(b, c + 1)  # ascending bound; the last one: smallest left out
   cand = pos[:, :c]
-  left = jnp.take_along_axis(b, pos[:, c:], axis=1)[:, 0]
-  if metric == "l1":
-    low = left.astype(jnp.int32)  # exact integer bound
-  else:
-    low = _l2_certified_bound(left, a, err, params["a_max"], params["err_max"],
-                              bound_rows.shape[1])
-  d = _exact_candidates(q, cand, database, sq_norms, metric)
-  d, i = jax.lax.sort((d, cand), dimension=1, num_keys=2)  # (distance, index)
+  low = jnp.take_along_axis(b, pos[:, c:], axis=1)[:, 0].astype(jnp.int32)  # exact integers
+  d = _exact_candidates(q_TxD, cand, database, None, "l1")
+  return _certified(d, cand, low, k)
+
+
+def _certified(d_TxC, cand_TxC, low_T, k: int):
+  """The k best candidates by (distance, index), and whether the k-th lies strictly below
+  ``low_T``, a lower bound on every row left out: then no row left out is among the k
+  nearest or ties with the k-th (a tie could have a lower index), so the answer is the
+  brute-force one, ties included."""
+  d, i = jax.lax.sort((d_TxC, cand_TxC), dimension=1, num_keys=2)
   d, i = d[:, :k], i[:, :k]
-  return d, i, d[:, k - 1] < low
+  return d, i, d[:, k - 1] < low_T
+
+
+def _top_k(x, k: int):
+  """``jax.lax.top_k``, kept whole: when only part of its outputs is used, XLA's CPU
+  compiler may replace it by a full sort of every row (10x slower here)."""
+  return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+
+
+def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
+  """(T, C) exact int32 squared distances of int8 queries to their candidates.
+
+  ``lax.map`` over blocks of ``block`` queries: each gathers its queries' candidate rows
+  and takes one int8 product with all ``block`` queries, keeping the block's diagonal
+  (a product ``block`` times larger than needed, but XLA's CPU products run far faster
+  than its batched or per-row forms; measured in benchmarks/pruned_speed.py)."""
+  t, c = cand_TxC.shape
+  qn = jnp.sum(jnp.square(q_TxD.astype(jnp.int32)), axis=1)
+  eye = jnp.arange(block)
+
+  def one(args):
+    q, idx, n = args  # (block, D), (block * C,), (block,)
+    rows = jnp.take(pixels, idx, axis=0, mode="clip")
+    dot = jax.lax.dot_general(rows, q, (((1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.int32)  # (block * C, block)
+    dot = dot.reshape(block, c, block)[eye, :, eye]
+    return n[:, None] + jnp.take(sq_norms, idx, mode="clip").reshape(block, c) - 2 * dot
+  out = jax.lax.map(one, (q_TxD.reshape(t // block, block, -1),
+                          cand_TxC.reshape(t // block, block * c), qn.reshape(-1, block)))
+  return out.reshape(t, c)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "g", "c"))
+def _l2_round(q_TxD, pixels, sq_norms, chunks, params, *, k, g, c):
+  """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries.
+
+  1. b^ = |u^_x - u^_y|^2 for every row, by a scan over the ``chunks`` of augmented rows
+     (one product each), keeping every value and each GROUP's minimum.
+  2. The ``g`` groups of smallest minimum (top_k over N / GROUP values), then the ``c``
+     rows of smallest b^ among their g * GROUP rows (top_k again): two selections over
+     short rows instead of one over N. Every row left out has b^ at least
+     min((g + 1)-th group minimum, (c + 1)-th value among the chosen groups).
+  3. Exact int8 distances of the c candidates; certificate against that minimum made a
+     certified integer bound (``_l2_certified_bound``).
+  Needs c + 1 <= g * GROUP and g + 1 <= the number of groups.
+  """
+  t = q_TxD.shape[0]
+  num_chunks, chunk, width = chunks.shape
+  per = chunk // GROUP
+  ux, const, a, err = _l2_query_rows(q_TxD, params)
+
+  def body(_, rows):
+    s = jnp.matmul(ux, rows.T, precision=_HIGHEST)  # (T, chunk): b^ - (|z_x|^2 + rho_x^2)
+    return None, (s, jnp.min(s.reshape(t, per, GROUP), axis=2))
+  _, (s, gmin) = jax.lax.scan(body, None, chunks)  # (M, T, chunk), (M, T, per)
+  neg, grp = _top_k(-gmin.transpose(1, 0, 2).reshape(t, -1), g + 1)
+  g_left, grp = -neg[:, g], grp[:, :g]
+  # Element (chunk m, query i, group w of the chunk) of s, with groups as rows of GROUP.
+  flat = ((grp // per) * t + jnp.arange(t)[:, None]) * per + grp % per
+  vals = jnp.take(s.reshape(-1, GROUP), flat.reshape(-1), axis=0).reshape(t, g * GROUP)
+  neg, pos = _top_k(-vals, c + 1)
+  rows = (grp[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(t, g * GROUP)
+  cand = jnp.take_along_axis(rows, pos[:, :c], axis=1)
+  left = jnp.minimum(g_left, -neg[:, c]) + const
+  low = _l2_certified_bound(left, a, err, params["a_max"], params["err_max"], width - 2)
+  block = 8 if t % 8 == 0 else 1
+  d = _l2_exact(distances.centred_pixels(q_TxD), cand, pixels, sq_norms, block)
+  return _certified(d, cand, low, k)
 
 
 def _smallest(values_TxN, k: int):
@@ -458,31 +576,46 @@ def _smallest(values_TxN, k: int):
 
 
 def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
-  """Queries per step: a (tile, N) float32 bound array of at most 64 MB (L2), 64 (L1); a
-  power of two when there are fewer queries (few shapes to compile for second rounds)."""
-  largest = 64 if metric == "l1" else max(8, min(256, (1 << 24) // max(n, 1)))
-  if second:
-    largest = min(largest, 32)
-  return min(largest, 1 << max(0, num_queries - 1).bit_length())
+  """Queries per step: L2 128 (a (128, 8192) float32 bound block per scan step), 64 in
+  second rounds; L1 a (tile, N) bound array of at most 64 MB, at most 64. A power of two
+  (at least 8 for L2) when there are fewer queries: few shapes to compile."""
+  if metric == "l1":
+    largest = max(8, min(64, (1 << 24) // max(n, 1)))
+    return min(largest, 1 << max(0, num_queries - 1).bit_length())
+  largest = 64 if second else 128
+  return min(largest, max(8, 1 << max(0, num_queries - 1).bit_length()))
 
 
-def _run_round(queries, index, k, c, tile, fine=False):
-  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays; ``fine``: with
-  the finer L1 pooling."""
+def _l2_groups(index: Index, c: int, g: int | None) -> int:
+  """Groups chosen per query (default: c, at most all groups but one), or 0 when the
+  round cannot run (c + 1 rows must lie in the chosen groups and in the database)."""
+  n = index.database.shape[0]
+  total = index.bound_rows.shape[0] * (index.bound_rows.shape[1] // GROUP)
+  g = min(g or c, total - 1)
+  return g if g >= 1 and c + 1 <= min(n, g * GROUP) else 0
+
+
+def _run_round(queries, index, k, c, tile, second=False, callback=None):
+  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays; L1's second
+  round uses the finer pooling."""
   q_total = queries.shape[0]
-  pad = (-q_total) % tile
-  qp = jnp.pad(queries, ((0, pad), (0, 0))) if pad else queries
-  use = index.fine_groups if fine and index.fine_groups is not None else index.groups
-  rows = index.params["fine_rows"] if use is index.fine_groups and use is not None else (
-      index.bound_rows)
-  groups = jnp.asarray(use if use is not None else np.zeros(1), jnp.int32)
-  gcount = int(use.max()) + 1 if use is not None else 0
-  base = "l1" if index.metric == "l1" else "l2"
+  if index.metric == "l1":
+    fine = second and index.fine_groups is not None
+    use = index.fine_groups if fine else index.groups
+    rows = index.params["fine_rows"] if fine else index.bound_rows
+    step = functools.partial(_l1_round, database=index.database, bound_rows=rows,
+                             groups=jnp.asarray(use, jnp.int32), k=k, c=c,
+                             groups_count=int(use.max()) + 1)
+  else:
+    step = functools.partial(_l2_round, pixels=index.database, sq_norms=index.sq_norms,
+                             chunks=index.bound_rows, params=index.params, k=k,
+                             g=_l2_groups(index, c, None), c=c)
   outs = []
-  for start in range(0, qp.shape[0], tile):
-    outs.append(_round(qp[start:start + tile], index.database, index.sq_norms, rows,
-                       index.bound_aux, index.params, groups, metric=base, k=k, c=c,
-                       groups_count=gcount))
+  for start in range(0, q_total, tile):
+    outs.append(step(_padded_rows(queries[start:start + tile], tile)))
+    if callback is not None and len(outs) % 8 == 0:
+      outs[-1][2].block_until_ready()
+      callback(min(start + tile, q_total), q_total)
   d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
   return d, i, ok
 
@@ -503,11 +636,11 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
     cache["tile"] = dt
   tiles, aux, centre = cache["prepared"]
   q_total = queries.shape[0]
-  qp = jnp.pad(queries, ((0, (-q_total) % tile), (0, 0)))
   out_d, out_i = [], []
-  for start in range(0, qp.shape[0], tile):
-    dd, ii = knn._search_block(qp[start:start + tile], tiles, aux, centre, jnp.int32(n),
-                               kernel=kernel, k=k, mesh=None, layout="queries")
+  for start in range(0, q_total, tile):
+    dd, ii = knn._search_block(_padded_rows(queries[start:start + tile], tile), tiles, aux,
+                               centre, jnp.int32(n), kernel=kernel, k=k, mesh=None,
+                               layout="queries")
     out_d.append(dd)
     out_i.append(ii)
   dist = distances.to_distances(topk.as_float_distances(jnp.concatenate(out_d)), index.metric)
@@ -515,7 +648,8 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
-           second_candidates: int | None = None, query_tile: int | None = None):
+           second_candidates: int | None = None, query_tile: int | None = None,
+           callback: Callable[[int, int], None] | None = None):
   """Exact k nearest database rows of every query, as ``jaxlin.knn.search`` by brute force.
 
   Args:
@@ -523,21 +657,23 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     index: from ``build_index`` (its metric is the search's).
     k: neighbours, 1 <= k <= N.
     candidates: C, rows refined exactly per query in the first round (default
-      max(256, 8 k) for L2, max(512, 8 k) for L1; at least k).
+      max(160, 8 k) for L2, max(512, 8 k) for L1; at least k).
     second_candidates: rows per query in the second round, for the queries the
-      first could not certify (L2: default 4 C; L1: default C, with the bound of
+      first could not certify (L2: default 2 C; L1: default C, with the bound of
       the finer pooling, p / 2 blocks); 0 skips the round.
-    query_tile: queries per compiled step (default: a (tile, N) float32 bound
-      array of at most 64 MB for L2; 64 for L1).
+    query_tile: queries per compiled step (default: 128 for L2; for L1 a
+      (tile, N) float32 bound array of at most 64 MB, at most 64).
+    callback: called as ``callback(queries_done, Q)`` as the first round goes
+      and once at the end.
 
   Returns:
     (dists_QxK float32, idx_QxK int32, stats): identical to
     ``knn.search(queries, database, k, metric=index.metric)``; stats: a dict of
     ints {"queries", "first_round", "second_round", "brute_force"} (queries
-    settled by each level) and "candidates": (C, C2).
+    settled by each level) and "candidates": [C, C2].
   """
   n, d = index.database.shape
-  q = queries_QxD if isinstance(queries_QxD, jax.Array) else jnp.asarray(queries_QxD)
+  q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
   if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):
     raise InputError(f"queries_QxD must be 2-D {index.dtype} (the database's dtype) with {d} "
                      f"features, got shape {q.shape} and dtype {q.dtype}", argument="queries_QxD")
@@ -545,34 +681,43 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
                      argument="k")
-  c1 = candidates or max(512 if index.metric == "l1" else 256, 8 * k)
-  c1 = max(k, c1)
+  c1 = max(k, candidates or max(512 if index.metric == "l1" else 160, 8 * k))
   if second_candidates is None:  # L1: the finer pooling instead of more candidates
-    second_candidates = c1 if index.metric == "l1" else 4 * c1
+    second_candidates = c1 if index.metric == "l1" else 2 * c1
   c2 = second_candidates
   q_total = q.shape[0]
   stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
-           "candidates": (c1, c2)}
+           "candidates": [c1, c2]}
   d_out = np.zeros((q_total, k), np.float32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
   for level, c in (("first_round", c1), ("second_round", c2)):
-    if not len(todo) or c < k or c + 1 > n:
+    if not len(todo) or c < k or c + 1 > n or (
+        index.metric != "l1" and not _l2_groups(index, c, None)):
       continue
-    sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
+    sub = q[todo]
     tile = query_tile or _query_tile(index.metric, n, len(todo), level == "second_round")
-    dd, ii, ok = _run_round(sub, index, k, c, tile, fine=level == "second_round")
-    dd = np.asarray(distances.to_distances(topk.as_float_distances(jnp.asarray(dd)),
-                                           index.metric))
+    progress = callback if level == "first_round" and len(todo) == q_total else None
+    dd, ii, ok = _run_round(sub, index, k, c, tile, second=level == "second_round",
+                            callback=progress)
+    dd = _to_float_distances(dd, index.metric)
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
     stats[level] = int(ok.sum())
     todo = todo[~ok]
   if len(todo):
-    sub = q if len(todo) == q_total else q[jnp.asarray(todo)]
-    if index.metric != "l1":
-      sub = distances.centred_pixels(sub)  # the index holds int8 pixels: same distances
+    sub = q[todo]
+    if index.metric != "l1":  # the index holds int8 pixels: the same distances
+      sub = np.asarray(distances.centred_pixels(sub))
     dd, ii = _brute_force(sub, index, k)
     stats["brute_force"] = len(todo)
     d_out[todo], i_out[todo] = dd, ii
+  if callback is not None:
+    callback(q_total, q_total)
   return jnp.asarray(d_out), jnp.asarray(i_out), stats
 
+
+def _to_float_distances(d_int, metric: str) -> np.ndarray:
+  """Exact integer distances (squared for L2) as ``knn.search`` returns them: float32, the
+  square root for "l2" (numpy's float32 square root is correctly rounded, as XLA's)."""
+  d = np.asarray(d_int).astype(np.float32)
+  return np.sqrt(d) if metric == "l2" else d

@@ -55,10 +55,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxlin import _checks, distances, sharding, topk
 from jaxlin.errors import InputError
 
-__all__ = ["LAYOUTS", "METRICS", "TIE_BREAKS", "predict", "search", "vote"]
+__all__ = ["LAYOUTS", "METHODS", "METRICS", "TIE_BREAKS", "predict", "search", "vote"]
 
 METRICS = distances.METRICS
 LAYOUTS = ("queries", "database")
+METHODS = ("auto", "brute", "pruned")
 TIE_BREAKS = ("smallest_label", "nearest")
 
 
@@ -228,7 +229,8 @@ def _search_block(q_BxD, tiles, aux, centre, n_valid, *, kernel, k, mesh, layout
 def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | None = None,
            layout: str = "queries", num_database: int | None = None,
            query_tile: int | None = None, database_tile: int | None = None,
-           callback: Callable[[int, int], None] | None = None):
+           callback: Callable[[int, int], None] | None = None, method: str = "auto",
+           return_stats: bool = False):
   """Exact k nearest neighbours of every query in the database.
 
   Args:
@@ -248,26 +250,39 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     query_tile, database_tile: tile sizes (memory is bounded by them);
       default: sizes measured fast on CPU.
     callback: called as ``callback(queries_done, Q)`` after each block of queries.
+    method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
+      rule out most rows, a certificate proves the answer; uint8 / int8 inputs,
+      l1 / l2 / l2_squared, one device; ``database_tile`` does not apply) or
+      "auto" (pruned where it is measured faster: see ``bounds.prefer_pruned``).
+      Every method returns the same neighbours and distances.
+    return_stats: also return a dict: {"method": the method used} and, for
+      "pruned", the queries settled by each level of the cascade.
 
   Returns:
-    (dists_QxK, idx_QxK int32): nearest first; ties at equal distance in
-    increasing database index. Distances are float32 (float64 for float64
-    inputs under ``jax_enable_x64``): sum |x - y| for l1, |x - y| for l2,
-    |x - y|^2 for l2_squared.
+    (dists_QxK, idx_QxK int32), and the stats dict with ``return_stats``:
+    nearest first; ties at equal distance in increasing database index.
+    Distances are float32 (float64 for float64 inputs under ``jax_enable_x64``):
+    sum |x - y| for l1, |x - y| for l2, |x - y|^2 for l2_squared.
 
   Raises:
     InputError naming the argument: not 2-D, different feature sizes, NaN or
     inf in a float input, an empty database, k out of range or not an integer,
-    an unknown metric or layout, a laid database of the wrong size.
+    an unknown metric, layout or method, a laid database of the wrong size,
+    method "pruned" on inputs it does not serve.
   """
-  return _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
-                 num_database=num_database, query_tile=query_tile, database_tile=database_tile,
-                 callback=callback, names=("queries_QxD", "database_NxD"))
+  out = _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
+                num_database=num_database, query_tile=query_tile, database_tile=database_tile,
+                callback=callback, names=("queries_QxD", "database_NxD"), method=method)
+  return out if return_stats else out[:2]
 
 
 def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database, query_tile,
-            database_tile, callback, names):
-  """search, with errors naming the caller's arguments (``names``: queries, database)."""
+            database_tile, callback, names, method="auto"):
+  """search, with errors naming the caller's arguments (``names``: queries, database):
+  (dists, idx, stats)."""
+  if method not in METHODS:
+    raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
+                     argument="method")
   if layout not in LAYOUTS:
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
@@ -297,7 +312,12 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
-    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32)
+    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), {"method": "brute"}
+  if _use_pruned(method, queries, database, metric, mesh, num_database, names):
+    from jaxlin import bounds  # pylint: disable=g-import-not-at-top  (bounds imports knn)
+    index = bounds.build_index(database, metric=metric, image_shape=None)
+    d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
+    return d, i, {"method": "pruned", **stats}
 
   if layout == "queries":
     qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile)
@@ -332,7 +352,27 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   else:  # blocks laid along the mesh (or replicated across hosts): gathered once, at the end
     d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
-  return distances.to_distances(topk.as_float_distances(d), metric), i
+  return distances.to_distances(topk.as_float_distances(d), metric), i, {"method": "brute"}
+
+
+def _use_pruned(method, queries, database, metric, mesh, num_database, names) -> bool:
+  """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``)."""
+  if method == "brute":
+    return False
+  from jaxlin import bounds  # pylint: disable=g-import-not-at-top  (bounds imports knn)
+  served = bounds.supports(queries, database, metric)
+  if method == "pruned":
+    if mesh is not None or num_database is not None:
+      raise InputError("method='pruned' runs on one device; use method='brute' or 'auto' with "
+                       "a mesh", argument="method")
+    if not served:
+      raise InputError(f"method='pruned' needs {names[0]} and {names[1]} both uint8 or both "
+                       f"int8 (pixels) and metric l1, l2 or l2_squared, got {queries.dtype}, "
+                       f"{database.dtype} and {metric!r}; use method='brute' or 'auto'",
+                       argument="method")
+    return True
+  return (served and mesh is None and num_database is None
+          and bounds.prefer_pruned(metric, queries.shape[0], database.shape[0]))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))
@@ -383,7 +423,7 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
 def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "l2",
             num_classes: int, tie_break: str = "smallest_label",
             callback: Callable[[int, int], None] | None = None, mesh: Mesh | None = None,
-            layout: str = "queries"):
+            layout: str = "queries", method: str = "auto"):
   """kNN predictions of ``test_x`` from (``train_x``, ``train_y``).
 
   ``k`` an int -> (Q,) int32; a sequence of ints -> (len(k), Q), all from ONE
@@ -402,9 +442,9 @@ def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "
     raise InputError(f"k must be positive, got {k!r}", argument="k")
   n = np.shape(train_x)[0] if np.ndim(train_x) else 0
   labels = _checks.labels(train_y, num_classes, "train_y", n)
-  _, idx = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
-                   num_database=None, query_tile=None, database_tile=None, callback=callback,
-                   names=("test_x", "train_x"))
+  _, idx, _ = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
+                      num_database=None, query_tile=None, database_tile=None,
+                      callback=callback, names=("test_x", "train_x"), method=method)
   neighbor_labels = jnp.asarray(labels)[idx]
   preds = jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])
   return preds[0] if single else preds

@@ -79,14 +79,15 @@ def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: s
                        num_classes: int, tie_break: str = "smallest_label",
                        callback: Callable[[int, int], None] | None = None, shuffle: bool = True,
                        seed=0, stratify: bool = False, mesh=None,
-                       layout: str = "queries") -> np.ndarray:
+                       layout: str = "queries", method: str = "auto") -> np.ndarray:
   """Accuracy of kNN for every fold and k: (num_folds, len(ks)) float64.
 
   Folds from ``kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
   labels=y if stratify else None)``. Each fold runs ONE search (with
   max(ks)) and votes for every k from it; folds of equal shapes reuse one
   compiled program. ``callback(fold_done, num_folds)`` is called after each
-  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes).
+  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``
+  and ``method`` as in ``jaxlin.knn.search``.
   """
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2:
@@ -106,7 +107,7 @@ def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: s
   out = np.zeros((num_folds, len(ks)), np.float64)
   for f, (tr, va) in enumerate(folds):
     preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes,
-                        tie_break=tie_break, mesh=mesh, layout=layout)
+                        tie_break=tie_break, mesh=mesh, layout=layout, method=method)
     out[f] = [float(metrics.accuracy(y[va], p)) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)

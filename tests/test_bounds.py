@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import bounds, knn
+from jaxlin import bounds, knn, sharding
 from jaxlin.errors import InputError
 
 SHAPE = (8, 8, 3)
@@ -88,8 +88,9 @@ def test_l2_certified_bound_never_exceeds_the_distance():
   q = jnp.asarray(np.concatenate([db[::7], 255 - db[:20]]))
   index = bounds.build_index(db, metric="l2", components=16)
   p = index.params
-  z, zsq, rho, a, err = bounds._l2_rows(q, p)
-  b = np.asarray(bounds._l2_bound_tile(z, zsq, rho, index.bound_rows, index.bound_aux))
+  ux, const, a, err = bounds._l2_query_rows(q, p)
+  rows = index.bound_rows.reshape(-1, index.bound_rows.shape[2])[:len(db)]
+  b = np.asarray(const[:, None] + jnp.matmul(ux, rows.T, precision="highest"))
   low = np.asarray(bounds._l2_certified_bound(jnp.asarray(b), a[:, None], err[:, None],
                                               p["a_max"], p["err_max"], 16))
   true = ((np.asarray(q, np.int64)[:, None] - db[None].astype(np.int64)) ** 2).sum(-1)
@@ -121,3 +122,39 @@ def test_bad_inputs_raise():
     bounds.search(db, index, 11)
   assert bounds.supports(db, db, "l2") and not bounds.supports(db, db, "cosine")
   assert not bounds.supports(db.astype(np.float32), db.astype(np.float32), "l1")
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1"])
+def test_knn_search_methods_agree_and_report_how(metric):
+  q, db = adversarial(5)
+  bd, bi, bs = knn.search(q, db, 3, metric=metric, method="brute", return_stats=True)
+  pd, pi, ps = knn.search(q, db, 3, metric=metric, method="pruned", return_stats=True)
+  np.testing.assert_array_equal(np.asarray(pi), np.asarray(bi))
+  np.testing.assert_array_equal(np.asarray(pd), np.asarray(bd))
+  assert bs == {"method": "brute"}
+  assert ps["method"] == "pruned" and ps["queries"] == len(q)
+  assert ps["first_round"] > 0 if metric == "l2" else ps["brute_force"] == len(q)  # L1: C > N
+  assert ps["first_round"] + ps["second_round"] + ps["brute_force"] == len(q)
+  # auto: brute force below 10,000 rows (nothing timed), the same answer.
+  ad, _, stats = knn.search(q, db, 3, metric=metric, return_stats=True)
+  assert stats == {"method": "brute"} and np.array_equal(np.asarray(ad), np.asarray(bd))
+  preds = knn.predict(db, np.arange(len(db)) % 3, q, k=[1, 3], metric=metric, num_classes=3,
+                      method="pruned")
+  np.testing.assert_array_equal(np.asarray(preds), np.asarray(knn.predict(
+      db, np.arange(len(db)) % 3, q, k=[1, 3], metric=metric, num_classes=3, method="brute")))
+
+
+def test_pruned_method_rejects_what_it_does_not_serve():
+  q, db = adversarial()
+  with pytest.raises(InputError, match="unknown method 'fast'") as e:
+    knn.search(q, db, 1, method="fast")
+  assert e.value.argument == "method"
+  with pytest.raises(InputError, match="both uint8 or both int8"):
+    knn.search(q.astype(np.float32), db.astype(np.float32), 1, method="pruned")
+  with pytest.raises(InputError, match="metric l1, l2 or l2_squared"):
+    knn.search(q, db, 1, metric="cosine", method="pruned")
+  with pytest.raises(InputError, match="runs on one device"):
+    knn.search(q, db, 1, method="pruned", mesh=sharding.make_mesh())
+  # auto with a mesh is brute force on the mesh.
+  _, _, stats = knn.search(q, db, 1, mesh=sharding.make_mesh(), return_stats=True)
+  assert stats == {"method": "brute"}

@@ -51,8 +51,14 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
 def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
   with tfds.testing.mock_data(num_examples=50):
     res = knn_exp.run(dict(dataset="cifar10", num_train=30, num_test=10, num_val=10, k=[1, 2],
-                           metric=["l2"], cv_folds=0, num_neighbor_rows=2), str(tmp_path))
+                           metric=["l2"], cv_folds=0, num_neighbor_rows=2, search="pruned"),
+                      str(tmp_path))
   assert res["selection"] == "val split" and res["sizes"] == {"train": 30, "val": 10, "test": 10}
+  # How each search went: the cascade (here every query falls to its brute-force level: 30
+  # rows are fewer than its candidates).
+  assert set(res["search"]) == {"val_l2", "test"}
+  assert res["search"]["test"] == {"method": "pruned", "queries": 10, "first_round": 0,
+                                   "second_round": 0, "brute_force": 10, "candidates": [160, 320]}
   assert np.array(res["accuracy"]["l2"]["per_fold"]).shape == (1, 2)
   assert (tmp_path / "plots" / "cross_validation.png").exists()
 
@@ -62,6 +68,7 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(k=["x"]), "comma-separated list of integers"),
     (dict(metric=["l3"]), "unknown --metric 'l3'"),
     (dict(cv_folds=1), "--cv_folds must be 0"),
+    (dict(search="fast"), "unknown --search 'fast'"),
     (dict(num_train=50, k=[45]), "--k=45 is larger than the 40 training images"),
     (dict(num_train=-2), "--num_train must be >= 0"),
 ])
