@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from experiments import config as cfg
+from experiments import supervisor
 from experiments.config import option, require
 from jaxlin import files, plots
 from jaxlin.errors import JaxlinError
@@ -250,7 +251,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   _exit(exit_code(results))
 
 
-INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 

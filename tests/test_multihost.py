@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import typing
 
@@ -171,7 +172,7 @@ def test_a_missing_peer_ends_the_process_within_the_host_timeout(tmp_path, folde
   assert "did not all join 127.0.0.1:" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("lost", [1, 0])  # a peer; the coordinator
+@pytest.mark.parametrize("lost", [1, 0, "stop"])  # kill a peer; the coordinator; SIGTERM both
 def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_path, folder,
                                                                              lost):
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.001",
@@ -183,6 +184,16 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
     while not any(os.path.getsize(p) for p in glob.glob(staged)):
       assert procs[0].poll() is None and time.time() - t0 < 120, procs[0].communicate()
       time.sleep(0.2)
+    if lost == "stop":  # as `kill` or a scheduler would: both stop cleanly, exit code 130
+      for p in procs:
+        p.terminate()
+      outs = [p.communicate(timeout=60) for p in procs]
+      for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 130, err
+        assert err.strip().splitlines()[-1].startswith("interrupted; no results"), err
+      assert not (tmp_path / "wd0" / "results.json").exists()
+      assert not glob.glob(f"{tmp_path}/wd0/.staging-*")
+      return
     procs[lost].kill()
     t1 = time.time()
     survivor = procs[1 - lost]
@@ -198,15 +209,23 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
       p.kill()
 
 
-def test_supervisor_passes_output_until_a_fatal_report():
+def test_supervisor_passes_stderr_until_jax_reports_a_lost_service():
   from experiments import supervisor  # pylint: disable=import-outside-toplevel
   assert supervisor.wanted(["--num_processes=2", "--workdir=w"])
+  assert supervisor.wanted(["--coordinator_address=h:1", "--num_processes=2"])
+  assert not supervisor.wanted(["--num_processes=1"])
   assert not supervisor.wanted(["--workdir=w", "--k=1"])
   assert not supervisor.wanted(["--num_processes=2", "--help"])
+  report = (b"F1202 client.h:80] Terminating process because the JAX distributed service "
+            b"detected fatal errors.\n*** Check failure stack trace: ***\n")
+  pieces = [b"step 1\rstep 2", b"\nI1202 ok\nF12", report[3:40], report[40:]]
   r, w = os.pipe()
-  os.write(w, b"step 1\rstep 2\nI1202 ok\nF1202 client.h:80] Terminating process because the JAX "
-              b"distributed service detected fatal errors.\n*** Check failure stack trace: ***\n")
-  os.close(w)
+
+  def write():
+    for piece in pieces:  # separate reads: a line and the report split across them
+      os.write(w, piece)
+      time.sleep(0.3)
+    os.close(w)
 
   class Sink:
     data = b""
@@ -215,8 +234,11 @@ def test_supervisor_passes_output_until_a_fatal_report():
     def flush(self):
       pass
 
-  fatal = []
+  writer = threading.Thread(target=write)
+  writer.start()
   with os.fdopen(r, "rb") as src:
-    supervisor._pump(src, Sink(), fatal)  # pylint: disable=protected-access
+    err = supervisor._Stderr(src, Sink())  # pylint: disable=protected-access
+    err.run()
+  writer.join()
   assert Sink.data == b"step 1\rstep 2\nI1202 ok\n"
-  assert fatal and fatal[0].startswith(b"Terminating process because the JAX distributed")
+  assert err.held.startswith(b"F1202 client.h:80] Terminating") and not err.child_error
