@@ -218,9 +218,10 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   """The program: flags -> checked config and launch -> run -> one line per error, exit code.
 
   Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error,
-  130 interrupted (Ctrl-C; no results written).
+  130 interrupted (Ctrl-C or SIGTERM; no results written).
   """
-  signal.signal(signal.SIGINT, _on_interrupt)
+  for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`, a scheduler's stop
+    signal.signal(sig, _on_interrupt)
   try:
     launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
     c = config_cls.make(cfg.from_flags(config_cls))
@@ -257,7 +258,7 @@ _interrupted = threading.Event()
 
 
 def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
-  """Ctrl-C: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
+  """Ctrl-C or SIGTERM: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
 
   Native code (XLA, TensorFlow) can hold or swallow the KeyboardInterrupt; if the run has
   not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the
