@@ -34,6 +34,8 @@ class DataConfig(cfg.BaseConfig):
   num_test: int = option(0, "test images (0 = all)")
   shard: str = option("auto", "many devices: auto (split the queries / the batch when there are "
                       "several devices), none, queries, or database (kNN: split the database)")
+  cache_dir: str = option(os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "jaxlin"),
+                          "cache of decoded image folders and of image features ('' = none)")
 
 
 def validate_data(c: DataConfig) -> DataConfig:

@@ -27,6 +27,7 @@ from typing import Any
 
 EXIT_MISMATCH, EXIT_LOST = 2, 1
 _PREFIX = "jaxlin"
+_LOCAL_KEYS = ("cache_dir",)  # may differ between hosts without changing any result
 _state: dict[str, Any] = {}
 
 
@@ -64,7 +65,8 @@ def fingerprint(kind: str, c) -> dict:
   import hashlib  # pylint: disable=import-outside-toplevel
   from jaxlin import data  # pylint: disable=import-outside-toplevel
   out = {"experiment": kind, **{k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict))
-                                else v for k, v in c.asdict().items()}}
+                                else v for k, v in c.asdict().items()
+                                if k not in _LOCAL_KEYS}}
   try:
     plan = data.split_rows(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)

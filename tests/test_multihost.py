@@ -14,6 +14,7 @@ import pytest
 from experiments import config as cfg
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
+from jaxlin import data
 from tests.conftest import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +77,19 @@ def folder(tmp_path_factory):
   return root
 
 
-def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
+@pytest.fixture(scope="module")
+def cache(folder, tmp_path_factory):
+  """The folder decoded once, here: the processes read their rows without TensorFlow."""
+  path = str(tmp_path_factory.mktemp("cache"))
+  for split in ("train", "test"):
+    data.load_split(f"folder:{folder}", split, cache_dir=path)
+  return path
+
+
+def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder, cache):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database"]
+          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
@@ -91,9 +102,10 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
     assert results[key] == single[key], key
 
 
-def test_knn_queries_split_on_two_processes(tmp_path, folder):
+def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries"]
+          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
@@ -105,12 +117,13 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder):
     assert results[key] == single[key], key
 
 
-def test_linear_training_on_two_processes(tmp_path, folder):
+def test_linear_training_on_two_processes(tmp_path, folder, cache):
   """HOG features: both statistics paths (pixels and features) summed over processes."""
   features = "hog_hsv"
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
           "--learning_rate=0.001,0.01",
-          "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}", "--cache_dir="]
+          "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.linear", args, tmp_path)
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
@@ -144,9 +157,9 @@ def _one_error_line(err):
   return errors[0]
 
 
-def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder):
+def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder, cache):
   base = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.01",
-          "--reg=0.1", "--batch_size=8", "--num_steps=2", "--cache_dir="]
+          "--reg=0.1", "--batch_size=8", "--num_steps=2", f"--cache_dir={cache}"]
   t0 = time.time()
   procs = _start("experiments.linear", {0: base + ["--seed=0"], 1: base + ["--seed=1"]},
                  tmp_path, (0, 1), _free_port(), 45)
@@ -174,9 +187,10 @@ def test_a_missing_peer_ends_the_process_within_the_host_timeout(tmp_path, folde
 
 @pytest.mark.parametrize("lost", [1, 0])  # a peer (stopped by SIGTERM); the coordinator (killed)
 def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_path, folder,
-                                                                             lost):
+                                                                             cache, lost):
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.001",
-          "--reg=0", "--batch_size=2", "--num_epochs=100000", "--log_every=1", "--cache_dir="]
+          "--reg=0", "--batch_size=2", "--num_epochs=100000", "--log_every=1",
+          f"--cache_dir={cache}"]
   procs = _start("experiments.linear", {0: args, 1: args}, tmp_path, (0, 1), _free_port(), 5)
   try:
     t0 = time.time()
