@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import os
 import random
+import shutil
 import socket
 import sys
 import threading
@@ -241,14 +242,23 @@ def _load_folder_split(root: str, split: str, start: int, stop: int):
 _DECODED_FORMAT = b"jaxlin decoded image folder, tfds.features.Image decoder, v1"
 
 
-def _decoded_entry(root: str, split: str, cache_dir: str) -> tuple[str, str, int]:
-  """(images path, labels path, rows) of a split's entry in the decoded cache."""
+def _decoded_entry(root: str, split: str, cache_dir: str) -> tuple[str, str, int] | None:
+  """(images path, labels path, rows) of a split's entry in the decoded cache; None when a
+  file cannot be read (the decoder then names it).
+
+  The key covers each file's path, label, size, modification and change times and inode:
+  a rewritten file changes its change time, which ``touch`` or ``cp -p`` cannot set back.
+  """
   import hashlib  # pylint: disable=import-outside-toplevel
   paths, labels = folder_examples(root, split)
   h = hashlib.sha256(_DECODED_FORMAT)
   for p, y in zip(paths, labels):
-    st = os.stat(p)
-    h.update(f"\0{os.path.relpath(p, root)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    try:
+      st = os.stat(p)
+    except OSError:
+      return None
+    h.update(f"\0{os.path.relpath(p, root)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}"
+             f"\0{st.st_ctime_ns}\0{st.st_ino}".encode())
   key = f"{split}-{h.hexdigest()[:32]}"
   return (os.path.join(cache_dir, f"images-{key}.npy"),
           os.path.join(cache_dir, f"labels-{key}.npy"), len(paths))
@@ -257,10 +267,13 @@ def _decoded_entry(root: str, split: str, cache_dir: str) -> tuple[str, str, int
 def _read_decoded(entry, start: int, stop: int | None):
   """Rows [start, stop) from a cache entry, or None when it is missing or unreadable."""
   images_path, labels_path, n = entry
+  if start >= n:  # no such rows: the decoder says so
+    return None
   try:
     images = np.load(images_path, mmap_mode="r")
     labels = np.load(labels_path, mmap_mode="r")
-    if (images.dtype != np.uint8 or images.ndim != 4 or len(images) != n
+    if (not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray)
+        or images.dtype != np.uint8 or images.ndim != 4 or len(images) != n
         or labels.dtype != np.int32 or labels.shape != (n,)):
       return None
     stop = n if stop is None else min(stop, n)
@@ -275,7 +288,10 @@ def _write_decoded(entry, images, labels) -> None:
   from jaxlin import files  # pylint: disable=import-outside-toplevel
   images_path, labels_path, _ = entry
   try:
-    os.makedirs(os.path.dirname(images_path), exist_ok=True)
+    folder = os.path.dirname(images_path)
+    os.makedirs(folder, exist_ok=True)
+    if shutil.disk_usage(folder).free < 2 * images.nbytes:  # never fill the disk with it
+      return
     files.atomic_write(labels_path, lambda f: np.save(f, labels))
     files.atomic_write(images_path, lambda f: np.save(f, images))
   except OSError:
@@ -394,6 +410,10 @@ def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None):
     return images[:0], labels[:0], classes
   if kind == "folder":
     classes = check_folder(value)
+    size = _folder_size(value, split)
+    if not 0 <= start < size:
+      raise InputError(f"start={start} is outside the {split} split's {size} examples "
+                       f"(rows 0 to {size - 1})", argument="start")
     entry = _decoded_entry(value, split, cache_dir) if cache_dir else None
     hit = _read_decoded(entry, start, stop) if entry else None
     if hit is not None:

@@ -199,6 +199,19 @@ def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder
   data._load_split_cached.cache_clear()  # pylint: disable=protected-access
   x3, _, _ = data.load_split(name, "train", cache_dir=cache)
   assert (x3[0] == 7).all() and np.array_equal(x3[1:], x[1:])
+  # Rows beyond the split: the same error with or without the cache.
+  for cached in (cache, None):
+    with pytest.raises(InputError, match="start=65 is outside the train split's 60") as e:
+      data.load_split(name, "train", start=len(x) + 5, cache_dir=cached)
+    assert e.value.argument == "start"
+  # A rewrite that keeps the size and the modification time still changes the key.
+  st = os.stat(first)
+  Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(first)
+  assert os.stat(first).st_size == st.st_size
+  os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+  data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+  x3, _, _ = data.load_split(name, "train", cache_dir=cache)
+  assert (x3[0] == 9).all()
   # An unreadable entry is decoded again, not trusted.
   for f in os.listdir(cache):
     if f.startswith("images-"):
@@ -207,3 +220,10 @@ def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder
   data._load_split_cached.cache_clear()  # pylint: disable=protected-access
   x4, _, _ = data.load_split(name, "train", cache_dir=cache)
   np.testing.assert_array_equal(x4, x3)
+
+
+def test_decoded_cache_names_a_broken_file_as_the_decoder_does(image_folder, tmp_path):
+  root, _ = image_folder
+  os.symlink(str(tmp_path / "gone.png"), os.path.join(root, "train", CLASSES[0], "zz.png"))
+  with pytest.raises(DataError, match="zz.png"):
+    data.load_split(f"folder:{root}", "train", cache_dir=str(tmp_path / "cache"))
