@@ -336,7 +336,7 @@ def _tfds_dataset(name: str, split: str, data_dir: str | None):
   try:
     return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
   except AssertionError:  # not prepared in data_dir
-    where = data_dir or "the default tfds data_dir (~/tensorflow_datasets)"
+    where = data_dir or "tfds's default folder (~/tensorflow_datasets)"
     if not _reachable(_DOWNLOAD_HOST):
       raise DataError(
           f"{name} is not prepared in {where} and the network is unreachable. Fix: run once "
