@@ -65,6 +65,10 @@ def _field(number: int, payload: bytes) -> bytes:  # a length-delimited field
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _wall_time(seconds: float) -> bytes:  # Event.wall_time, a double (field 1)
+  return _varint(1 << 3 | 1) + struct.pack("<d", seconds)
+
+
 # Summary.Value.metadata: SummaryMetadata{plugin_data{plugin_name}, data_class=SCALAR}.
 _METADATA = _field(9, _field(1, _field(1, PLUGIN.encode())) + _varint(4 << 3) + _varint(1))
 
@@ -81,7 +85,7 @@ def _event(step: int, values: Mapping[str, float], wall_time: float) -> bytes:
              + _field(8, _varint(1 << 3) + _varint(1) + _field(2, b"")
                       + _field(5, struct.pack("<f", _float32(value)))))
       for tag, value in values.items())
-  return (_varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3)
+  return (_wall_time(wall_time) + _varint(2 << 3)
           + _varint(step & 0xFFFFFFFFFFFFFFFF) + _field(5, summary))
 
 
@@ -106,8 +110,7 @@ class ScalarWriter:
       name = (f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}."
               f"{next(_COUNTER)}.v2")
       f = self._files[run] = open(os.path.join(self.folder, run, name), "xb")
-      f.write(_record(_varint(1 << 3 | 1) + struct.pack("<d", now)
-                      + _field(3, b"brain.Event:2")))  # the file's version event
+      f.write(_record(_wall_time(now) + _field(3, b"brain.Event:2")))  # the version event
     f = self._files[run]
     f.write(_record(_event(step, {k: float(v) for k, v in values.items()}, time.time())))
     f.flush()

@@ -225,10 +225,9 @@ def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
   return [p for p, _ in examples], np.array([c for _, c in examples], np.int32)
 
 
-def _load_folder_split(root: str, split: str, start: int, stop: int):
+def _load_folder_split(paths: list[str], labels: np.ndarray):
+  """Decodes these files (rows of ``folder_examples``) as tfds.ImageFolder does."""
   tfds, tf = _tfds(), _tf()
-  paths, labels = folder_examples(root, split)
-  paths, labels = paths[start:stop], labels[start:stop]
   image = tfds.features.Image()  # decodes as tfds.ImageFolder does
   ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
       lambda p, y: (image.decode_example(tf.io.read_file(p)), y),
@@ -242,15 +241,15 @@ def _load_folder_split(root: str, split: str, start: int, stop: int):
 _DECODED_FORMAT = b"jaxlin decoded image folder, tfds.features.Image decoder, v1"
 
 
-def _decoded_entry(root: str, split: str, cache_dir: str) -> tuple[str, str, int] | None:
-  """(images path, labels path, rows) of a split's entry in the decoded cache; None when a
-  file cannot be read (the decoder then names it).
+def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
+                   cache_dir: str) -> tuple[str, str, int] | None:
+  """(images path, labels path, rows) of the entry in the decoded cache of a split's files
+  (``folder_examples``); None when a file cannot be read (the decoder then names it).
 
   The key covers each file's path, label, size, modification and change times and inode:
   a rewritten file changes its change time, which ``touch`` or ``cp -p`` cannot set back.
   """
   import hashlib  # pylint: disable=import-outside-toplevel
-  paths, labels = folder_examples(root, split)
   h = hashlib.sha256(_DECODED_FORMAT)
   for p, y in zip(paths, labels):
     try:
@@ -267,8 +266,6 @@ def _decoded_entry(root: str, split: str, cache_dir: str) -> tuple[str, str, int
 def _read_decoded(entry, start: int, stop: int | None):
   """Rows [start, stop) from a cache entry, or None when it is missing or unreadable."""
   images_path, labels_path, n = entry
-  if start >= n:  # no such rows: the decoder says so
-    return None
   try:
     images = np.load(images_path, mmap_mode="r")
     labels = np.load(labels_path, mmap_mode="r")
@@ -383,7 +380,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   dataset decodes it once.
 
   cache_dir: for image folders, a folder of decoded splits (``.npy``, keyed by
-  the split's file names, sizes and modification times). Reading a whole split
+  the split's file names, labels, sizes, times and inodes). Reading a whole split
   writes it there; later reads of any of its rows, by any process, load them
   without decoding (CIFAR-10's 50,000 training JPEGs: about 20 s to decode with
   TensorFlow's import, under 1 s from the cache). A changed file changes the
@@ -410,17 +407,18 @@ def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None):
     return images[:0], labels[:0], classes
   if kind == "folder":
     classes = check_folder(value)
-    size = _folder_size(value, split)
+    paths, all_labels = folder_examples(value, split)  # listed once for all below
+    size = len(paths)
     if not 0 <= start < size:
       raise InputError(f"start={start} is outside the {split} split's {size} examples "
                        f"(rows 0 to {size - 1})", argument="start")
-    entry = _decoded_entry(value, split, cache_dir) if cache_dir else None
+    entry = _decoded_entry(value, split, paths, all_labels, cache_dir) if cache_dir else None
     hit = _read_decoded(entry, start, stop) if entry else None
     if hit is not None:
       images, labels = hit
     else:
-      images, labels = _load_folder_split(value, split, start, stop)
-      if entry and start == 0 and (stop is None or stop >= entry[2]):
+      images, labels = _load_folder_split(paths[start:stop], all_labels[start:stop])
+      if entry and start == 0 and (stop is None or stop >= size):
         _write_decoded(entry, images, labels)
   else:
     images, labels = _load_tfds_split(value, split, data_dir, start, stop)
