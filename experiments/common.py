@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from experiments import config as cfg
+from experiments import supervisor
 from experiments.config import option, require
 from jaxlin import files, plots
 from jaxlin.errors import JaxlinError
@@ -33,6 +34,8 @@ class DataConfig(cfg.BaseConfig):
   num_test: int = option(0, "test images (0 = all)")
   shard: str = option("auto", "many devices: auto (split the queries / the batch when there are "
                       "several devices), none, queries, or database (kNN: split the database)")
+  cache_dir: str = option(os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "jaxlin"),
+                          "cache of decoded image folders and of image features ('' = none)")
 
 
 def validate_data(c: DataConfig) -> DataConfig:
@@ -217,9 +220,10 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   """The program: flags -> checked config and launch -> run -> one line per error, exit code.
 
   Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error,
-  130 interrupted (Ctrl-C; no results written).
+  130 interrupted (Ctrl-C or SIGTERM; no results written).
   """
-  signal.signal(signal.SIGINT, _on_interrupt)
+  for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`, a scheduler's stop
+    signal.signal(sig, _on_interrupt)
   try:
     launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
     c = config_cls.make(cfg.from_flags(config_cls))
@@ -250,13 +254,13 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   _exit(exit_code(results))
 
 
-INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 
 
 def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
-  """Ctrl-C: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
+  """Ctrl-C or SIGTERM: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
 
   Native code (XLA, TensorFlow) can hold or swallow the KeyboardInterrupt; if the run has
   not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the

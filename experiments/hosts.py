@@ -68,7 +68,7 @@ class Hosts:
       self.parts = {s: sharding.process_rows(len(plan[s][1]), self.mesh) for s in split_in_parts}
     self._ds = data.load(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                          num_val=c.num_val, num_test=c.num_test or None, seed=c.seed,
-                         rows=self.parts or None)
+                         rows=self.parts or None, cache_dir=c.cache_dir or None)
     return self._ds
 
   def in_parts(self, split: data.Split) -> bool:

@@ -64,7 +64,6 @@ class Config(common.DataConfig):
   log_every: int = option(0, "steps between logs (0 = each epoch)")
   init_scale: float | None = option(None, "std of the initial weights (default: 1e-3 for "
                                     "linear, He initialisation for mlp)")
-  cache_dir: str = option(os.path.join("~", ".cache", "jaxlin"), "feature cache ('' = none)")
 
 
 def _choice(value, name: str, choices) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 EXIT_MISMATCH, EXIT_LOST = 2, 1
 _PREFIX = "jaxlin"
+_LOCAL_KEYS = ("cache_dir",)  # may differ between hosts without changing any result
 _state: dict[str, Any] = {}
 
 
@@ -64,7 +65,8 @@ def fingerprint(kind: str, c) -> dict:
   import hashlib  # pylint: disable=import-outside-toplevel
   from jaxlin import data  # pylint: disable=import-outside-toplevel
   out = {"experiment": kind, **{k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict))
-                                else v for k, v in c.asdict().items()}}
+                                else v for k, v in c.asdict().items()
+                                if k not in _LOCAL_KEYS}}
   try:
     plan = data.split_rows(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
@@ -142,7 +144,10 @@ def _agree(jax, mine: dict, t: float) -> None:
     # Leave together, through JAX's shutdown barrier: a process still connected when process 0
     # (the coordination service) exits would be aborted by JAX with a C++ stack dump.
     _Deadline(t, verdict, EXIT_MISMATCH)
-    jax.distributed.shutdown()
+    try:
+      jax.distributed.shutdown()
+    except Exception:  # a peer left first: the verdict still stands; pylint: disable=broad-except
+      pass
     _die(verdict, EXIT_MISMATCH)
 
 

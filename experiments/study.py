@@ -48,7 +48,6 @@ class Config(common.DataConfig):
   mlp_hidden_size: int = option(500, "hidden units of both networks")
   mlp_epochs: float | None = option(None, "epochs of both networks (default: 10 on pixels, "
                                     "20 on HOG + hue)")
-  cache_dir: str = option(os.path.join("~", ".cache", "jaxlin"), "feature cache ('' = none)")
 
 
 def stage_configs(c: Config, available_train: int | None = None) -> dict:
@@ -58,9 +57,9 @@ def stage_configs(c: Config, available_train: int | None = None) -> dict:
   and compares the lecture's k values that fit the training images of a fold.
   """
   shared = dict(dataset=c.dataset, data_dir=c.data_dir, seed=c.seed, num_val=c.num_val,
-                num_test=c.num_test, shard=c.shard)
+                num_test=c.num_test, shard=c.shard, cache_dir=c.cache_dir)
   lin = dict(shared, num_train=c.num_train)
-  feat = dict(lin, features="hog_hsv", cache_dir=c.cache_dir)
+  feat = dict(lin, features="hog_hsv")
   n_knn = c.knn_num_train or available_train
   if n_knn and available_train:
     n_knn = min(n_knn, available_train)

@@ -1,22 +1,28 @@
-"""A multi-host process runs under a small supervisor, so that a lost peer ends it with one line.
+"""A multi-host process runs under a small supervisor, so that a lost coordinator ends it with
+one line.
 
 When process 0 (which hosts JAX's coordination service) dies, JAX ends every other process
 from one of its own threads: ``LOG(FATAL)`` with a C++ stack dump and an abort, before any
-Python code can react. So a multi-host run of an entry point (``python -m experiments.X``
-with ``--coordinator_address``, ``--num_processes`` or ``--distributed``) starts itself
-again as a child of a supervisor that imports only the standard library:
+Python code can react. So on Linux a multi-host run of an entry point (``python -m
+experiments.X`` with ``--coordinator_address``, ``--num_processes`` > 1 or ``--distributed``)
+starts itself again as a child of a supervisor that imports only the standard library:
 
-* the child's stdout and stderr pass through as they come (progress bars included), until
-  JAX's fatal report begins; from there on the report is held back;
-* when the child ends that way (or by a signal it did not ask for), the supervisor prints
-  one line naming the cause, removes the child's staging folder, and exits with code 1;
-* otherwise it exits with the child's code. Ctrl-C reaches the child through the terminal
-  (the supervisor ignores it and waits); SIGTERM and SIGHUP are passed on; the child is
-  killed by the kernel if the supervisor dies (``PR_SET_PDEATHSIG``; elsewhere it polls).
+* the child's stdout is the supervisor's own; its stderr passes through as it comes
+  (progress bars included) until JAX's report of a lost coordination service begins; that
+  report and what follows it (stack dumps) are held back;
+* when the child then ends with an error, the supervisor prints one line naming the cause,
+  removes the child's staging folder and exits with code 1. Any other crash passes through
+  untouched, and the child's exit code (or signal) becomes the supervisor's;
+* the child runs in its own process group: SIGINT (Ctrl-C), SIGTERM and SIGHUP reach it once,
+  through the supervisor, as SIGINT (JAX's preemption notifier would swallow a SIGTERM), so the
+  run stops cleanly with exit code 130; the kernel kills the child if the supervisor dies
+  (``PR_SET_PDEATHSIG``).
 """
 from __future__ import annotations
 
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -24,87 +30,155 @@ import sys
 import threading
 
 ENV = "JAXLIN_SUPERVISED"
-_MULTI_HOST = ("--coordinator_address", "--num_processes", "--distributed")
-# How JAX's (and absl's, and Python's) fatal reports begin; everything from there is held back.
-_FATAL = (b"Terminating process because the JAX distributed service detected fatal errors",
-          b"*** Check failure stack trace", b"Fatal Python error", b"terminate called after")
+# JAX's report when the coordination service is lost (client.h); held back from here on.
+_LOST_MARK = b"Terminating process because the JAX distributed service detected fatal errors"
 _LOST = ("lost contact with the other processes: JAX's coordination service reported a fatal "
          "error (process 0, the coordinator, or a peer stopped, or its host is gone); stopping "
          "this process too")
-EXIT_LOST = 1
+EXIT_LOST, EXIT_INTERRUPTED = 1, 130
+INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+_FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL log line
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def wanted(argv: list[str]) -> bool:
   """Whether this command line runs an entry point on several hosts, not yet supervised."""
-  flags = {a.split("=", 1)[0] for a in argv}
-  return (not os.environ.get(ENV) and sys.platform != "win32" and bool(flags & set(_MULTI_HOST))
-          and not flags & {"--help", "--helpfull"})
+  if os.environ.get(ENV) or not sys.platform.startswith("linux"):
+    return False
+  values = {}
+  for a in argv:
+    name, _, value = a.partition("=")
+    values[name] = value
+  if "--help" in values or "--helpfull" in values:
+    return False
+  several = values.get("--num_processes", "") not in ("", "0", "1")
+  cluster = "--distributed" in values and values["--distributed"].lower() not in ("false", "0")
+  return several or cluster or bool(values.get("--coordinator_address"))
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+class _Stderr:
+  """Copies the child's stderr to ours as it comes, up to JAX's lost-service report."""
+
+  def __init__(self, src, dst):
+    self.src, self.dst = src, dst
+    self.held = b""  # the report and what follows it
+    self.child_error = False  # the child printed its own one-line error
+    self.interrupted = False  # ... or its line for an interrupted run
+    self._tail = b""  # the unfinished last line, written once it ends or output pauses
+    self._dst_ok = True
+
+  def _write(self, data: bytes) -> None:
+    if not data or not self._dst_ok:
+      return
+    self.child_error |= data.startswith(b"error: ") or b"\nerror: " in data
+    self.interrupted |= INTERRUPTED.encode() in data
+    try:
+      self.dst.write(data)
+      self.dst.flush()
+    except (OSError, ValueError):  # our stderr is gone: keep draining the child's
+      self._dst_ok = False
+
+  def run(self) -> None:
+    fd = self.src.fileno()
+    while True:
+      if (self._tail and not _FATAL_LINE.match(self._tail)
+          and not select.select([fd], [], [], 0.2)[0]):
+        self._write(self._tail)  # a progress bar, or a line without its end yet
+        self._tail = b""
+      chunk = os.read(fd, 65536)
+      if not chunk:
+        break
+      if self.held:
+        self.held += chunk[:1 << 20]
+        continue
+      data, self._tail = self._tail + chunk, b""
+      cut = data.find(_LOST_MARK)
+      if cut >= 0:
+        start = data.rfind(b"\n", 0, cut) + 1  # from the start of the report's line
+        self._write(data[:start])
+        self.held = data[start:]
+        continue
+      end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+      self._write(data[:end])
+      self._tail = data[end:]
+    if not self.held:
+      self._write(self._tail)
+
+
+def _preexec():
+  """The child's own process group (signals reach it once, through the supervisor), and a
+  SIGKILL from the kernel when the supervisor dies (``PR_SET_PDEATHSIG``)."""
+  import ctypes  # pylint: disable=import-outside-toplevel
   try:
-    import ctypes  # pylint: disable=import-outside-toplevel
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
   except (OSError, AttributeError):
-    pass
+    prctl = None
+  parent = os.getpid()
+
+  def preexec():
+    os.setpgid(0, 0)
+    if prctl is not None:
+      prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:  # the supervisor died before the call
+      os._exit(1)  # pylint: disable=protected-access
+  return preexec
 
 
-def _pump(src, dst, fatal: list) -> None:
-  """Copies ``src`` to ``dst`` as it comes, up to the start of a fatal report."""
-  held = False
-  while chunk := os.read(src.fileno(), 65536):
-    if held:
-      continue
-    cut = min((chunk.find(m) for m in _FATAL if m in chunk), default=-1)
-    if cut >= 0:
-      fatal.append(chunk[cut:cut + 200])
-      chunk, held = chunk[:chunk.rfind(b"\n", 0, cut) + 1], True
-    dst.write(chunk)
-    dst.flush()
-
-
-def _workdir(argv: list[str]) -> str | None:
+def _staging(argv: list[str]) -> str | None:
   for i, a in enumerate(argv):
     if a.startswith("--workdir="):
-      return a.split("=", 1)[1]
+      return os.path.expanduser(a.split("=", 1)[1])
     if a == "--workdir" and i + 1 < len(argv):
-      return argv[i + 1]
+      return os.path.expanduser(argv[i + 1])
   return None
 
 
 def run(argv: list[str]) -> int:
-  """Runs ``python <argv>`` as a supervised child; returns the exit code for this process."""
+  """Runs ``python <argv>`` as a supervised child; returns this process's exit code (or ends
+  it by the child's signal)."""
   env = dict(os.environ, **{ENV: "1"})
   child = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
-      [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-  for sig in (signal.SIGTERM, signal.SIGHUP):
-    signal.signal(sig, lambda s, _: child.send_signal(s))
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the child too
-  fatal: list = []
-  pumps = [threading.Thread(target=_pump, args=(src, dst.buffer, fatal), daemon=True)
-           for src, dst in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]
-  for p in pumps:
-    p.start()
-  code = child.wait()
-  for p in pumps:
-    p.join(timeout=5)
-  if not fatal and code >= 0:
-    return code
-  if not fatal and -code in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-    return 128 - code
-  workdir = _workdir(argv)
-  if workdir:
-    shutil.rmtree(os.path.join(workdir, f".staging-{child.pid}"), ignore_errors=True)
-  if fatal and b"JAX distributed service" in fatal[0]:
-    cause = _LOST
-  elif fatal:
-    first = fatal[0].splitlines()[0].decode(errors="replace")
-    cause = f"this process crashed ({first}); another process may have stopped"
-  else:
-    cause = f"this process was ended by signal {-code}"
-  print(f"error: {cause}", file=sys.stderr, flush=True)
-  return EXIT_LOST
+      [sys.executable, *argv], env=env, stderr=subprocess.PIPE, preexec_fn=_preexec())
+  forwarded = set()
+
+  def forward(sig, _):
+    # As SIGINT: the child stops cleanly (exit 130). JAX's preemption notifier catches a
+    # multi-host process's SIGTERM and waits for a sync point that these programs never reach.
+    if sig not in forwarded:
+      forwarded.add(sig)
+      child.send_signal(signal.SIGINT)
+  for sig in _FORWARDED:
+    signal.signal(sig, forward)
+  err = _Stderr(child.stderr, sys.stderr.buffer)
+  pump = threading.Thread(target=err.run, daemon=True)
+  # The signals go to this (main) thread, where their handler runs: the pump thread starts
+  # with them blocked.
+  signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+  pump.start()
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+  while True:
+    try:
+      code = child.wait(timeout=0.5)
+      break
+    except subprocess.TimeoutExpired:
+      pass
+  pump.join(timeout=5)
+  if err.held and code != 0 and not err.child_error:
+    workdir = _staging(argv)
+    if workdir:
+      shutil.rmtree(os.path.join(workdir, f".staging-{child.pid}"), ignore_errors=True)
+    if forwarded:  # stopped on request; the others (asked too) may simply have ended first
+      if not err.interrupted:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+      return EXIT_INTERRUPTED
+    print(f"error: {_LOST}", file=sys.stderr, flush=True)
+    return EXIT_LOST
+  if err.held and code == 0:  # not an ending after all: show what was held back
+    err._write(err.held)  # pylint: disable=protected-access
+  if code < 0:  # end as the child did
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+  return code if code >= 0 else 128 - code
 
 
 def main_if_wanted() -> None:

@@ -4,13 +4,16 @@ One event-file folder per grid member (``tensorboard/lr=0.001,reg=0.1/``), each 
 scalars loss, train_accuracy, val_accuracy and learning_rate, one event per logged step.
 
 The files are written here, in plain Python: ``tf.summary.scalar`` needs the tensorboard
-package (not a dependency), and the format is small and stable. An event file is a sequence of TFRecords (length, masked CRC-32C of the length, an ``Event``
-protocol buffer, masked CRC-32C of it); each Event holds a ``Summary`` of scalar tensors
-tagged with the scalars plugin's metadata, as ``tf.summary.scalar`` writes them. A test
-reads the files back with TensorFlow's own reader.
+package (not a dependency), and the format is small and stable. An event file is a sequence
+of TFRecords (length, masked CRC-32C of the length, an ``Event`` protocol buffer, masked
+CRC-32C of it); each Event holds a ``Summary`` of scalar tensors tagged with the scalars
+plugin's metadata, as ``tf.summary.scalar`` writes them. A test reads the files back with
+TensorFlow's own reader.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import socket
 import struct
@@ -18,6 +21,8 @@ import time
 from typing import Mapping
 
 FOLDER = "tensorboard"
+_F32_MAX = 3.4028234663852886e38
+_COUNTER = itertools.count()  # file names unique within a process, as TensorFlow's
 PLUGIN = "scalars"
 
 
@@ -60,8 +65,17 @@ def _field(number: int, payload: bytes) -> bytes:  # a length-delimited field
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _wall_time(seconds: float) -> bytes:  # Event.wall_time, a double (field 1)
+  return _varint(1 << 3 | 1) + struct.pack("<d", seconds)
+
+
 # Summary.Value.metadata: SummaryMetadata{plugin_data{plugin_name}, data_class=SCALAR}.
 _METADATA = _field(9, _field(1, _field(1, PLUGIN.encode())) + _varint(4 << 3) + _varint(1))
+
+
+def _float32(value: float) -> float:
+  """Beyond float32's range: +-inf (as TensorFlow stores it), not an OverflowError."""
+  return value if math.isnan(value) or abs(value) <= _F32_MAX else math.copysign(math.inf, value)
 
 
 def _event(step: int, values: Mapping[str, float], wall_time: float) -> bytes:
@@ -69,9 +83,9 @@ def _event(step: int, values: Mapping[str, float], wall_time: float) -> bytes:
       _field(1, _field(1, tag.encode()) + _METADATA
              # tensor: TensorProto{dtype=DT_FLOAT, tensor_shape={} (a scalar), float_val}
              + _field(8, _varint(1 << 3) + _varint(1) + _field(2, b"")
-                      + _field(5, struct.pack("<f", value))))
+                      + _field(5, struct.pack("<f", _float32(value)))))
       for tag, value in values.items())
-  return (_varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3)
+  return (_wall_time(wall_time) + _varint(2 << 3)
           + _varint(step & 0xFFFFFFFFFFFFFFFF) + _field(5, summary))
 
 
@@ -93,15 +107,21 @@ class ScalarWriter:
     if run not in self._files:
       os.makedirs(os.path.join(self.folder, run), exist_ok=True)
       now = time.time()
-      name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.v2"
-      f = self._files[run] = open(os.path.join(self.folder, run, name), "wb")
-      f.write(_record(_varint(1 << 3 | 1) + struct.pack("<d", now)
-                      + _field(3, b"brain.Event:2")))  # the file's version event
+      name = (f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}."
+              f"{next(_COUNTER)}.v2")
+      f = self._files[run] = open(os.path.join(self.folder, run, name), "xb")
+      f.write(_record(_wall_time(now) + _field(3, b"brain.Event:2")))  # the version event
     f = self._files[run]
     f.write(_record(_event(step, {k: float(v) for k, v in values.items()}, time.time())))
     f.flush()
 
   def close(self) -> None:
-    for f in self._files.values():
-      f.close()
-    self._files = {}
+    files, self._files = list(self._files.values()), {}
+    errors = []
+    for f in files:
+      try:
+        f.close()
+      except OSError as e:  # close the others first
+        errors.append(e)
+    if errors:
+      raise errors[0]

@@ -1,8 +1,16 @@
 """Shared fixtures: small generated data only (no network, no real dataset)."""
 import os
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 os.environ.setdefault("JAXLIN_NO_PROGRESS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The experiments' default caches (decoded images, features) go to a folder of this session's,
+# not the user's ~/.cache (subprocesses inherit it).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jaxlin-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

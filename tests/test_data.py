@@ -165,3 +165,65 @@ def test_images_of_different_sizes_are_named(image_folder):
   with pytest.raises(DataError, match=r"image .*test/cat/0999.png has shape \(5, 7, 3\) but others "
                                       r"have \(8, 8, 3\); resize"):
     data.load_split(f"folder:{root}", "test")
+
+
+def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder, tmp_path,
+                                                                    monkeypatch):
+  root, _ = image_folder
+  cache = str(tmp_path / "cache")
+  name = f"folder:{root}"
+  x, y, _ = data.load_split(name, "train", cache_dir=cache)  # decodes, writes the entries
+  data.load_split(name, "test", cache_dir=cache)
+  assert sorted(f.split("-", 2)[:2] for f in os.listdir(cache)) == [
+      ["images", "test"], ["images", "train"], ["labels", "test"], ["labels", "train"]]
+  decoded = data._load_folder_split  # pylint: disable=protected-access
+
+  def no_decoding(*args):
+    raise AssertionError(f"decoded {args}")
+  monkeypatch.setattr(data, "_load_folder_split", no_decoding)
+  data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+  x2, y2, classes = data.load_split(name, "train", cache_dir=cache)
+  np.testing.assert_array_equal(x2, x)
+  np.testing.assert_array_equal(y2, y)
+  assert classes == CLASSES
+  part, labels, _ = data.load_split(name, "train", start=7, stop=31, cache_dir=cache)
+  np.testing.assert_array_equal(part, x[7:31])
+  np.testing.assert_array_equal(labels, y[7:31])
+  ds = data.load(name, num_val=6, num_train=10, seed=1, cache_dir=cache)
+  assert len(ds.train) == 10
+  # A changed file changes the key: decoded again (and the new pixels are read).
+  monkeypatch.setattr(data, "_load_folder_split", decoded)
+  first = data.folder_examples(root, "train")[0][0]
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(first)
+  data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+  x3, _, _ = data.load_split(name, "train", cache_dir=cache)
+  assert (x3[0] == 7).all() and np.array_equal(x3[1:], x[1:])
+  # Rows beyond the split: the same error with or without the cache.
+  for cached in (cache, None):
+    with pytest.raises(InputError, match="start=65 is outside the train split's 60") as e:
+      data.load_split(name, "train", start=len(x) + 5, cache_dir=cached)
+    assert e.value.argument == "start"
+  # A rewrite that keeps the size and the modification time still changes the key.
+  st = os.stat(first)
+  Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(first)
+  assert os.stat(first).st_size == st.st_size
+  os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+  data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+  x3, _, _ = data.load_split(name, "train", cache_dir=cache)
+  assert (x3[0] == 9).all()
+  # An unreadable entry is decoded again, not trusted.
+  for f in os.listdir(cache):
+    if f.startswith("images-"):
+      with open(os.path.join(cache, f), "wb") as fh:
+        fh.write(b"\x93NUMPY broken")
+  data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+  x4, _, _ = data.load_split(name, "train", cache_dir=cache)
+  np.testing.assert_array_equal(x4, x3)
+
+
+def test_decoded_cache_names_a_broken_file_as_the_decoder_does(image_folder, tmp_path):
+  root, _ = image_folder
+  os.symlink(str(tmp_path / "gone.png"), os.path.join(root, "train", CLASSES[0], "zz.png"))
+  with pytest.raises(DataError, match="zz.png"):
+    data.load_split(f"folder:{root}", "train", cache_dir=str(tmp_path / "cache"))

@@ -209,9 +209,10 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
   ds = data.load(f"folder:{root}", num_val=6)
   accuracy = np.mean(saved.scores(ds.test.images).argmax(1) == ds.test.labels)
   assert accuracy == pytest.approx(res["test_accuracy"])
-  if feats == "hog_hsv":  # features were cached; a second run reuses them
+  if feats == "hog_hsv":  # features were cached (and the decoded images); a second run reuses them
     files = sorted(os.listdir(cache))
-    assert len(files) == 3
+    assert [f.split("-")[0] for f in files].count("features") == 3
+    assert [f.split("-")[0] for f in files].count("images") == 2  # train, test
     res2 = linear_exp.run(cfg, str(tmp_path / "wd2"))
     assert sorted(os.listdir(cache)) == files
     assert res2["test_accuracy"] == res["test_accuracy"]

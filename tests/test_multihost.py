@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import typing
 
@@ -13,6 +14,7 @@ import pytest
 from experiments import config as cfg
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
+from jaxlin import data
 from tests.conftest import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +77,19 @@ def folder(tmp_path_factory):
   return root
 
 
-def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
+@pytest.fixture(scope="module")
+def cache(folder, tmp_path_factory):
+  """The folder decoded once, here: the processes read their rows without TensorFlow."""
+  path = str(tmp_path_factory.mktemp("cache"))
+  for split in ("train", "test"):
+    data.load_split(f"folder:{folder}", split, cache_dir=path)
+  return path
+
+
+def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder, cache):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database"]
+          "--k=1,3,5", "--metric=l2", "--cv_folds=0", "--shard=database",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the database (the training split) ...
@@ -90,9 +102,10 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder):
     assert results[key] == single[key], key
 
 
-def test_knn_queries_split_on_two_processes(tmp_path, folder):
+def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries"]
+          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
   # Each process read only its own rows of the query splits ...
@@ -104,12 +117,13 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder):
     assert results[key] == single[key], key
 
 
-def test_linear_training_on_two_processes(tmp_path, folder):
+def test_linear_training_on_two_processes(tmp_path, folder, cache):
   """HOG features: both statistics paths (pixels and features) summed over processes."""
   features = "hog_hsv"
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
           "--learning_rate=0.001,0.01",
-          "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}", "--cache_dir="]
+          "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}",
+          f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.linear", args, tmp_path)
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
@@ -143,9 +157,9 @@ def _one_error_line(err):
   return errors[0]
 
 
-def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder):
+def test_processes_with_different_flags_stop_with_one_line(tmp_path, folder, cache):
   base = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.01",
-          "--reg=0.1", "--batch_size=8", "--num_steps=2", "--cache_dir="]
+          "--reg=0.1", "--batch_size=8", "--num_steps=2", f"--cache_dir={cache}"]
   t0 = time.time()
   procs = _start("experiments.linear", {0: base + ["--seed=0"], 1: base + ["--seed=1"]},
                  tmp_path, (0, 1), _free_port(), 45)
@@ -171,11 +185,12 @@ def test_a_missing_peer_ends_the_process_within_the_host_timeout(tmp_path, folde
   assert "did not all join 127.0.0.1:" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("lost", [1, 0])  # a peer; the coordinator
+@pytest.mark.parametrize("lost", [1, 0])  # a peer (stopped by SIGTERM); the coordinator (killed)
 def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_path, folder,
-                                                                             lost):
+                                                                             cache, lost):
   args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=30", "--learning_rate=0.001",
-          "--reg=0", "--batch_size=2", "--num_epochs=100000", "--log_every=1", "--cache_dir="]
+          "--reg=0", "--batch_size=2", "--num_epochs=100000", "--log_every=1",
+          f"--cache_dir={cache}"]
   procs = _start("experiments.linear", {0: args, 1: args}, tmp_path, (0, 1), _free_port(), 5)
   try:
     t0 = time.time()
@@ -183,8 +198,14 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
     while not any(os.path.getsize(p) for p in glob.glob(staged)):
       assert procs[0].poll() is None and time.time() - t0 < 120, procs[0].communicate()
       time.sleep(0.2)
-    procs[lost].kill()
     t1 = time.time()
+    if lost == 1:  # as `kill` or a scheduler would: it stops cleanly, exit code 130
+      procs[1].terminate()
+      _, err = procs[1].communicate(timeout=60)
+      assert procs[1].returncode == 130, err
+      assert err.strip().splitlines()[-1].startswith("interrupted; no results"), err
+    else:  # the coordinator, without a chance to clean up
+      procs[0].kill()
     survivor = procs[1 - lost]
     _, err = survivor.communicate(timeout=60)
     assert time.time() - t1 < 30
@@ -198,15 +219,23 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
       p.kill()
 
 
-def test_supervisor_passes_output_until_a_fatal_report():
+def test_supervisor_passes_stderr_until_jax_reports_a_lost_service():
   from experiments import supervisor  # pylint: disable=import-outside-toplevel
   assert supervisor.wanted(["--num_processes=2", "--workdir=w"])
+  assert supervisor.wanted(["--coordinator_address=h:1", "--num_processes=2"])
+  assert not supervisor.wanted(["--num_processes=1"])
   assert not supervisor.wanted(["--workdir=w", "--k=1"])
   assert not supervisor.wanted(["--num_processes=2", "--help"])
+  report = (b"F1202 client.h:80] Terminating process because the JAX distributed service "
+            b"detected fatal errors.\n*** Check failure stack trace: ***\n")
+  pieces = [b"step 1\rstep 2", b"\nI1202 ok\nF12", report[3:40], report[40:]]
   r, w = os.pipe()
-  os.write(w, b"step 1\rstep 2\nI1202 ok\nF1202 client.h:80] Terminating process because the JAX "
-              b"distributed service detected fatal errors.\n*** Check failure stack trace: ***\n")
-  os.close(w)
+
+  def write():
+    for piece in pieces:  # separate reads: a line and the report split across them
+      os.write(w, piece)
+      time.sleep(0.3)
+    os.close(w)
 
   class Sink:
     data = b""
@@ -215,8 +244,11 @@ def test_supervisor_passes_output_until_a_fatal_report():
     def flush(self):
       pass
 
-  fatal = []
+  writer = threading.Thread(target=write)
+  writer.start()
   with os.fdopen(r, "rb") as src:
-    supervisor._pump(src, Sink(), fatal)  # pylint: disable=protected-access
+    err = supervisor._Stderr(src, Sink())  # pylint: disable=protected-access
+    err.run()
+  writer.join()
   assert Sink.data == b"step 1\rstep 2\nI1202 ok\n"
-  assert fatal and fatal[0].startswith(b"Terminating process because the JAX distributed")
+  assert err.held.startswith(b"F1202 client.h:80] Terminating") and not err.child_error

@@ -12,8 +12,15 @@ from jaxlin.errors import InputError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_sharded_paths_on_eight_simulated_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+def test_sharded_paths_on_eight_simulated_devices(tmp_path):
+  from jaxlin import data  # pylint: disable=import-outside-toplevel
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  root, cache = str(tmp_path / "images"), str(tmp_path / "cache")
+  make_image_folder(root)
+  for split in ("train", "test"):  # decoded here: the subprocess needs no TensorFlow
+    data.load_split(f"folder:{root}", split, cache_dir=cache)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             JAXLIN_TEST_FOLDER=root, JAXLIN_TEST_CACHE=cache)
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                          "-o", "addopts=",
                          "tests/multidevice"], cwd=ROOT, env=env, capture_output=True, text=True,

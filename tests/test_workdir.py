@@ -114,9 +114,9 @@ def _wait_for_training(proc, wd, timeout=120):
 
 
 def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, tmp_path):
-  """Ctrl-C (SIGINT) and SIGKILL, two runs at once (one start-up cost)."""
+  """Ctrl-C (SIGINT), SIGTERM and SIGKILL, three runs at once (one start-up cost)."""
   runs = {}
-  for sig in (signal.SIGINT, signal.SIGKILL):
+  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
     wd = _copy(finished, tmp_path / f"wd{int(sig)}")
     runs[sig] = (wd, _snapshot(wd), _start_training(folder, wd))
   for sig, (wd, _, proc) in runs.items():
@@ -125,7 +125,7 @@ def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, t
   for sig, (wd, before, proc) in runs.items():
     _, err = proc.communicate(timeout=60)
     assert _snapshot(wd) == before  # results.json and plots of the finished run, untouched
-    if sig == signal.SIGINT:  # Ctrl-C: one line, exit 130, nothing staged left
+    if sig != signal.SIGKILL:  # Ctrl-C or `kill`: one line, exit 130, nothing staged left
       assert proc.returncode == 130
       assert err.strip().splitlines()[-1].startswith("interrupted; no results were written")
       assert "Traceback" not in err

@@ -146,12 +146,17 @@ def test_training_on_rows_split_along_the_mesh_matches_single_device():
 
 
 def test_knn_experiment_on_eight_devices(tmp_path):
+  import os  # pylint: disable=import-outside-toplevel
   from experiments import knn as knn_exp
   from tests.conftest import make_image_folder
-  root = str(tmp_path / "images")
-  make_image_folder(root)
+  # A folder decoded by the calling test (tests/test_sharding.py), else one made here.
+  root = os.environ.get("JAXLIN_TEST_FOLDER")
+  cache = os.environ.get("JAXLIN_TEST_CACHE", str(tmp_path / "cache"))
+  if not root:
+    root = str(tmp_path / "images")
+    make_image_folder(root)
   cfg = dict(dataset=f"folder:{root}", num_train=40, num_test=12, num_val=6, k=[1, 3], cv_folds=0,
-             metric=["l2"])  # CV on a mesh: test_cross_validation_compiles_once_...
+             metric=["l2"], cache_dir=cache)  # CV on a mesh: test_cross_validation_compiles_...
   many = knn_exp.run(dict(cfg, shard="database"), str(tmp_path / "a"))
   one = knn_exp.run(dict(cfg, shard="none"), str(tmp_path / "b"))
   assert many["accuracy"] == one["accuracy"] and many["test_accuracy"] == one["test_accuracy"]
