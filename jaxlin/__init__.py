@@ -3,6 +3,7 @@
 Modules (each imported on first use, so ``import jaxlin; jaxlin.knn.search``
 works and TensorFlow is imported only when ``jaxlin.data`` is touched):
 
+* bounds: exact kNN that computes fewer distances (lower bounds and a certificate).
 * checkpoint: save / load a trained model with its preprocessing and class names.
 * data: CIFAR-10 through tfds and local image folders as uint8 arrays (imports TensorFlow).
 * distances: pairwise L1, squared L2 and cosine distances.
@@ -28,8 +29,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("checkpoint", "data", "distances", "errors", "features", "files", "knn", "linear",
-            "losses", "metrics", "mlp", "plots", "selection", "sharding", "topk", "train")
+_MODULES = ("bounds", "checkpoint", "data", "distances", "errors", "features", "files", "knn",
+            "linear", "losses", "metrics", "mlp", "plots", "selection", "sharding", "topk", "train")
 __all__ = list(_MODULES)
 
 

@@ -314,7 +314,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
       callback(0, 0)
     return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), {"method": "brute"}
   if _use_pruned(method, queries, database, metric, mesh, num_database, names):
-    from jaxlin import bounds  # pylint: disable=g-import-not-at-top  (bounds imports knn)
+    from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
     index = bounds.build_index(database, metric=metric, image_shape=None)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
@@ -357,9 +357,9 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
 
 def _use_pruned(method, queries, database, metric, mesh, num_database, names) -> bool:
   """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``)."""
-  if method == "brute":
+  if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
     return False
-  from jaxlin import bounds  # pylint: disable=g-import-not-at-top  (bounds imports knn)
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)
   if method == "pruned":
     if mesh is not None or num_database is not None:
@@ -371,8 +371,7 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
                        f"{database.dtype} and {metric!r}; use method='brute' or 'auto'",
                        argument="method")
     return True
-  return (served and mesh is None and num_database is None
-          and bounds.prefer_pruned(metric, queries.shape[0], database.shape[0]))
+  return served and bounds.prefer_pruned(metric, queries.shape[0], database.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))

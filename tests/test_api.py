@@ -70,7 +70,7 @@ def test_readme_snippets_run(tmp_path, monkeypatch):
   import matplotlib.pyplot as plt
   from jaxlin import data
   blocks = _blocks()
-  assert len(blocks) == 6
+  assert len(blocks) == 7
   ds = _small_dataset(data)
   monkeypatch.setattr(data, "load", lambda name, **kw: ds)  # generated data, no download
   monkeypatch.chdir(tmp_path)
