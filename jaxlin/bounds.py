@@ -65,10 +65,12 @@ import numpy as np
 from jaxlin import _checks, distances, knn, topk
 from jaxlin.errors import InputError
 
-__all__ = ["METRICS", "Index", "build_index", "int8_speedup", "prefer_pruned", "search",
-           "supports"]
+__all__ = ["COMPONENTS", "MAX_FEATURES", "METRICS", "Index", "build_index", "int8_speedup",
+           "prefer_pruned", "search", "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
+COMPONENTS = 192  # default principal components of the L2 bound (measured: WORKSPACE.md)
+MAX_FEATURES = (topk.INT_WORST - 1) // 255 ** 2  # squared distances of uint8 rows below 2**30
 _U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
 _HIGHEST = jax.lax.Precision.HIGHEST
 _F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
@@ -116,7 +118,7 @@ def supports(queries_QxD, database_NxD, metric: str) -> bool:
   dt = {jnp.dtype(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype)
         for a in (queries_QxD, database_NxD)}
   return (metric in METRICS and len(q) == 2 and len(d) == 2 and q[1] == d[1] and len(dt) == 1
-          and dt.pop() in (jnp.uint8, jnp.int8) and d[1] * 255 ** 2 < topk.INT_WORST)
+          and dt.pop() in (jnp.uint8, jnp.int8) and d[1] <= MAX_FEATURES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -318,12 +320,17 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 in any order of summation
   (Higham 3.1). For such a row y (a_y <= a_max, err_y <= err_max): |x - y| >= |u_x - u_y|
   >= |u^_x - u^_y| - err_x - err_y (triangle inequality in R^{m+1}, ``_l2_rows``), so
-  |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2, increasing in b^. L is computed
-  in float32 with a few roundings (relative 1e-6 at most), covered by the factor
-  (1 - 1e-5) and the -1; the squared distance is an integer, so it is at least ceil(L).
+  |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2, increasing in b^. In float32
+  the root and the subtractions err by at most 3 u (sqrt(b^) + err_x + err_max), taken off
+  before squaring (cancellation cannot hide it); the squaring and the rest are covered by
+  the factor (1 - 1e-5) and the -1; the squared distance is an integer, so it is at least
+  ceil(L).
   """
   e_b = _gamma(2 * m + 8) * (1 + 1e-3) * (a_x + a_max) ** 2
-  s = jnp.sqrt(jnp.maximum(b_hat - e_b, 0.0)) - err_x - err_max
+  root = jnp.sqrt(jnp.maximum(b_hat - e_b, 0.0))
+  # The square root and the two subtractions err by at most 3 u (root + err_x + err_max)
+  # in all, even when the subtractions cancel: 4 u of it is taken off.
+  s = root - err_x - err_max - 4 * _U * (root + err_x + err_max)
   low = jnp.maximum(s, 0.0) ** 2 * (1.0 - 1e-5) - 1.0
   low = jnp.clip(low, 0.0, float(topk.INT_WORST))
   return jnp.ceil(low).astype(jnp.int32)
@@ -333,7 +340,7 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
 # Index.
 # --------------------------------------------------------------------------
 def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int = 4,
-                components: int = 192, sample: int = 5000, seed: int = 0) -> Index:
+                components: int = COMPONENTS, sample: int = 5000, seed: int = 0) -> Index:
   """The bounds of every database row, computed once.
 
   Args:
@@ -362,7 +369,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
                      f"{db.shape} and dtype {db.dtype}", argument="database_NxD")
   n, d = db.shape
-  if d * 255 ** 2 >= topk.INT_WORST:
+  if d > MAX_FEATURES:
     raise InputError(f"{d} features: squared distances could reach 2**30", argument="database_NxD")
   if metric == "l1":
     pool = _checks.concrete_int(pool, "pool")
@@ -550,6 +557,10 @@ def _l2_round(q_TxD, pixels, sq_norms, chunks, params, *, k, g, c):
   low = _l2_certified_bound(left, a, err, params["a_max"], params["err_max"], width - 2)
   block = 8 if t % 8 == 0 else 1
   d = _l2_exact(distances.centred_pixels(q_TxD), cand, pixels, sq_norms, block)
+  # A padding row is a candidate only when the chosen groups hold fewer than c real rows
+  # (then every real row of them is a candidate too); its distance is made the worst, so
+  # it never counts as a neighbour, and the query is not certified if it would.
+  d = jnp.where(cand < pixels.shape[0], d, topk.INT_WORST)
   return _certified(d, cand, low, k)
 
 

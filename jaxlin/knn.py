@@ -309,13 +309,16 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   database_tile = _checked_tile(database_tile, "database_tile")
   q_total = queries.shape[0]
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
+  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names)
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
-    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), {"method": "brute"}
-  if _use_pruned(method, queries, database, metric, mesh, num_database, names):
+    return (jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32),
+            {"method": "pruned" if pruned else "brute"})
+  if pruned:
     from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
-    index = bounds.build_index(database, metric=metric, image_shape=None)
+    index = bounds.build_index(database, metric=metric, image_shape=None,
+                               components=min(bounds.COMPONENTS, database.shape[1]))
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
 
@@ -365,6 +368,11 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
     if mesh is not None or num_database is not None:
       raise InputError("method='pruned' runs on one device; use method='brute' or 'auto' with "
                        "a mesh", argument="method")
+    if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
+        queries.dtype in (jnp.uint8, jnp.int8)):
+      raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "
+                       f"(squared distances below 2**30), got {database.shape[1]}; use "
+                       "method='brute'", argument="method")
     if not served:
       raise InputError(f"method='pruned' needs {names[0]} and {names[1]} both uint8 or both "
                        f"int8 (pixels) and metric l1, l2 or l2_squared, got {queries.dtype}, "
