@@ -82,6 +82,29 @@ def _gamma(n: int) -> float:
   return n * _U / (1 - n * _U)
 
 
+def _int_at_least(value, name: str, low: int) -> int:
+  """``value`` as a Python int of at least ``low``, else an InputError naming ``name``."""
+  value = _checks.concrete_int(value, name)
+  if value < low:
+    raise InputError(f"{name} must be an integer >= {low}, got {value}", argument=name)
+  return value
+
+
+def _image_shape(image_shape, num_features: int):
+  """(H, W, C) of positive ints whose product is ``num_features``, or None."""
+  if image_shape is None:
+    return None
+  try:
+    h, w, c = (_int_at_least(v, "image_shape", 1) for v in image_shape)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"image_shape must be (H, W, C), three positive integers, or None, got "
+                     f"{image_shape!r}", argument="image_shape") from e
+  if h * w * c != num_features:
+    raise InputError(f"image_shape {tuple(image_shape)} has {h * w * c} values, but rows have "
+                     f"{num_features} features", argument="image_shape")
+  return h, w, c
+
+
 class Index(NamedTuple):
   """What ``search`` needs, built once by ``build_index``.
 
@@ -175,9 +198,6 @@ def _groups(num_features: int, image_shape, pool: int) -> np.ndarray:
   if image_shape is None:
     return np.arange(num_features) // (pool * pool)
   h, w, c = image_shape
-  if h * w * c != num_features:
-    raise InputError(f"image_shape {image_shape} has {h * w * c} values, but rows have "
-                     f"{num_features} features", argument="image_shape")
   gw = -(-w // pool)
   ii, jj, cc = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
   return (((ii // pool) * gw + jj // pool) * c + cc).reshape(-1)
@@ -194,13 +214,11 @@ def _pooled(x_NxD, groups_D, *, num_groups: int):
 # L2: projection on principal components, with a float error bound.
 # --------------------------------------------------------------------------
 def _orthonormal_columns(y):
-  """Columns of y (float64) made orthonormal: Cholesky QR twice (exact to float64
-  rounding for the well-conditioned bases it is used on)."""
-  for _ in range(2):
-    g = y.T @ y
-    g += np.eye(len(g)) * (1e-12 * np.trace(g) / len(g))
-    y = np.linalg.solve(np.linalg.cholesky(g), y.T).T
-  return y
+  """Orthonormal float64 columns spanning the leading columns of y, in order
+  (Householder QR: orthonormal to float64 rounding even when y is rank deficient,
+  e.g. zero for a sample without spread)."""
+  q, _ = np.linalg.qr(y)
+  return q
 
 
 @jax.jit
@@ -340,7 +358,7 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
 # Index.
 # --------------------------------------------------------------------------
 def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int = 4,
-                components: int = COMPONENTS, sample: int = 5000, seed: int = 0) -> Index:
+                components: int | None = None, sample: int = 5000, seed: int = 0) -> Index:
   """The bounds of every database row, computed once.
 
   Args:
@@ -350,7 +368,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     image_shape: (H, W, C) of the rows, for L1: p x p blocks per channel; None:
       groups of p * p consecutive features. Unused for L2.
     pool: p, the block side for L1 (4: 192 sums for 32x32x3 images).
-    components: m, principal components for L2 (at most D).
+    components: m, principal components for L2, 1 <= m <= D (default
+      min(COMPONENTS, D)).
     sample: rows used to estimate the components (any basis is a valid bound).
     seed: for the random start of the component estimate.
 
@@ -369,10 +388,18 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
                      f"{db.shape} and dtype {db.dtype}", argument="database_NxD")
   n, d = db.shape
-  if d > MAX_FEATURES:
-    raise InputError(f"{d} features: squared distances could reach 2**30", argument="database_NxD")
+  if d == 0 or d > MAX_FEATURES:
+    raise InputError(f"database_NxD must have between 1 and {MAX_FEATURES} features (squared "
+                     f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
+  image_shape = _image_shape(image_shape, d)
+  pool = _int_at_least(pool, "pool", 1)
+  sample = _int_at_least(sample, "sample", 1)
+  seed = _checks.concrete_int(seed, "seed")
+  m = min(COMPONENTS, d) if components is None else _checks.concrete_int(components,
+                                                                         "components")
+  if not 1 <= m <= d:
+    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   if metric == "l1":
-    pool = _checks.concrete_int(pool, "pool")
     groups = _groups(d, image_shape, pool)
     g = int(groups.max()) + 1
     sizes = np.bincount(groups, minlength=g)
@@ -383,9 +410,6 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
     return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, {"fine_rows": fine_rows}, groups,
                  str(db.dtype), fine, {})
-  m = _checks.concrete_int(components, "components")
-  if not 1 <= m <= d:
-    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   host = np.asarray(db)
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
@@ -667,7 +691,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
       max(160, 8 k) for L2, max(512, 8 k) for L1; at least k).
     second_candidates: rows per query in the second round, for the queries the
       first could not certify (L2: default 2 C; L1: default C, with the bound of
-      the finer pooling, p / 2 blocks); 0 skips the round.
+      the finer pooling, p / 2 blocks); fewer than k (e.g. 0) skips the round.
     query_tile: queries per compiled step (default: 128 for L2; for L1 a
       (tile, N) float32 bound array of at most 64 MB, at most 64).
     callback: called as ``callback(queries_done, Q)`` as the first round goes
@@ -679,6 +703,9 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     ints {"queries", "first_round", "second_round", "brute_force"} (queries
     settled by each level) and "candidates": [C, C2].
   """
+  if not isinstance(index, Index):
+    raise InputError(f"index must be an Index from bounds.build_index, got "
+                     f"{type(index).__name__}", argument="index")
   n, d = index.database.shape
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
   if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):
@@ -688,10 +715,17 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
                      argument="k")
-  c1 = max(k, candidates or max(512 if index.metric == "l1" else 160, 8 * k))
+  if candidates is None:
+    candidates = max(512 if index.metric == "l1" else 160, 8 * k)
+  c1 = max(k, _int_at_least(candidates, "candidates", 1))
   if second_candidates is None:  # L1: the finer pooling instead of more candidates
     second_candidates = c1 if index.metric == "l1" else 2 * c1
-  c2 = second_candidates
+  c2 = _int_at_least(second_candidates, "second_candidates", 0)
+  if query_tile is not None:
+    query_tile = _int_at_least(query_tile, "query_tile", 1)
+  if callback is not None and not callable(callback):
+    raise InputError(f"callback must be callable as callback(queries_done, total) or None, "
+                     f"got {callback!r}", argument="callback")
   q_total = q.shape[0]
   stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
            "candidates": [c1, c2]}

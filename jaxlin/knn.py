@@ -317,8 +317,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
             {"method": "pruned" if pruned else "brute"})
   if pruned:
     from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
-    index = bounds.build_index(database, metric=metric, image_shape=None,
-                               components=min(bounds.COMPONENTS, database.shape[1]))
+    index = bounds.build_index(database, metric=metric)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
 

@@ -124,6 +124,44 @@ def test_bad_inputs_raise():
   assert not bounds.supports(db.astype(np.float32), db.astype(np.float32), "l1")
 
 
+@pytest.mark.parametrize("n, sample", [(1, 5000), (20, 5000), (20, 1)])
+def test_l2_sample_without_spread_still_builds_an_exact_index(n, sample):
+  """Equal sample rows (or one row) have no principal components: any orthonormal basis
+  is still a valid bound."""
+  db = np.full((n, D), 9, np.uint8)
+  db[n // 2:] = 200  # the sample of one row sees no spread either
+  q = np.concatenate([db[:1], np.full((1, D), 100, np.uint8), np.zeros((1, D), np.uint8)])
+  index = bounds.build_index(db, metric="l2", components=5, sample=sample)
+  assert_same_as_brute(q, db, 1, "l2", bounds.search(q, index, 1, candidates=min(8, n - 1) or 1))
+
+
+BAD_SEARCH = [("candidates", 10.5), ("candidates", "a"), ("candidates", -5),
+              ("candidates", True), ("second_candidates", -1), ("query_tile", 0),
+              ("query_tile", 2.5), ("callback", 3)]
+BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("pool", 0), ("components", 0),
+             ("image_shape", (8, 8)), ("image_shape", (8, 8, 2)), ("image_shape", (8, -8, -3)),
+             ("image_shape", 5)]
+
+
+@pytest.mark.parametrize("name, value", BAD_SEARCH + BAD_BUILD)
+def test_bad_arguments_name_themselves(name, value):
+  db = smooth_images(np.random.default_rng(6), 40)
+  with pytest.raises(InputError) as e:
+    if (name, value) in BAD_BUILD:
+      bounds.build_index(db, metric="l1", **{name: value})
+    else:
+      bounds.search(db[:3], bounds.build_index(db, metric="l1", image_shape=SHAPE), 2,
+                    **{name: value})
+  assert e.value.argument == name
+
+
+def test_index_and_features_must_be_usable():
+  with pytest.raises(InputError, match="bounds.build_index"):
+    bounds.search(np.zeros((1, D), np.uint8), "index", 1)
+  with pytest.raises(InputError, match="features"):
+    bounds.build_index(np.zeros((3, 0), np.uint8), metric="l1")
+
+
 @pytest.mark.parametrize("metric", ["l2", "l1"])
 def test_knn_search_methods_agree_and_report_how(metric):
   q, db = adversarial(5)
