@@ -128,8 +128,9 @@ def test_bad_inputs_raise():
 def test_l2_sample_without_spread_still_builds_an_exact_index(n, sample):
   """Equal sample rows (or one row) have no principal components: any orthonormal basis
   is still a valid bound."""
-  db = np.full((n, D), 9, np.uint8)
-  db[n // 2:] = 200  # the sample of one row sees no spread either
+  db = np.full((n, D), 9, np.uint8)  # all equal
+  if sample == 1:
+    db[n // 2:] = 200  # rows differ, but a sample of one row sees no spread
   q = np.concatenate([db[:1], np.full((1, D), 100, np.uint8), np.zeros((1, D), np.uint8)])
   index = bounds.build_index(db, metric="l2", components=5, sample=sample)
   assert_same_as_brute(q, db, 1, "l2", bounds.search(q, index, 1, candidates=min(8, n - 1) or 1))
