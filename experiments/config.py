@@ -39,6 +39,7 @@ SEEDS = {
     "folds": 3,          # kNN cross-validation: the order cut into folds
     "shown_images": 4,   # kNN: the test images shown with their neighbours
     "train_sample": 5,   # linear: the training images whose accuracy is logged
+    "cv_subset": 6,      # kNN: the training images cross-validation uses (--cv_num_train)
 }
 # jax.random.key(seed) -> split in Trainer.fit into parameter init and minibatch order.
 

@@ -2,10 +2,11 @@ r"""k-nearest neighbours on CIFAR-10: k and the distance chosen by cross-validat
 
   python -m experiments.knn --dataset=folder:/data/cifar10-jpeg --workdir=runs/knn
 
-Cross-validates every (metric, k) on the training subset (or scores it on the
-val split with --cv_folds=0), picks the best mean accuracy, evaluates it once
-on the test subset and writes config.json, results.json and plots/ into
---workdir.
+Cross-validates every (metric, k) on the training images (or on a random
+--cv_num_train of them, or scores it on the val split with --cv_folds=0), picks
+the best mean accuracy, evaluates it once on the test subset against all
+--num_train training images and writes config.json, results.json and plots/
+into --workdir.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class Config(common.DataConfig):
   k: tuple[int, ...] = option((1, 3, 5, 8, 10, 12, 15, 20, 50, 100), "values of k to compare")
   metric: tuple[str, ...] = option(("l1", "l2"), "distances to compare: l1, l2, cosine")
   cv_folds: int = option(5, "cross-validation folds (0 = choose on the val split)")
+  cv_num_train: int = option(0, "training images cross-validation uses, a seeded random "
+                             "subset (0 = all of them); the test split is still searched "
+                             "against all training images")
   tie_break: str = option("smallest_label", f"how a tied vote is decided: "
                           f"{', '.join(knn.TIE_BREAKS)}")
   search: str = option("auto", "how neighbours are found, every way exact: brute (every "
@@ -61,6 +65,12 @@ def validate(config) -> Config:
           f"unknown --search {c.search!r}; choose from {', '.join(knn.METHODS)}")
   require(c.tie_break in knn.TIE_BREAKS, "tie_break",
           f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
+  require(c.cv_num_train >= 0, "cv_num_train",
+          f"--cv_num_train must be >= 0 (0 = all training images), got {c.cv_num_train}")
+  require(c.cv_num_train == 0 or (c.cv_folds and not c.single), "cv_num_train",
+          "--cv_num_train sets the images cross-validation uses, and this run "
+          + ("has nothing to choose (one --k and one --metric)" if c.single else
+             "chooses on the val split (--cv_folds=0)") + "; leave it at 0")
   require(c.num_neighbor_rows >= 0, "num_neighbor_rows",
           f"--num_neighbor_rows must be >= 0, got {c.num_neighbor_rows}")
   if c.num_train:
@@ -69,15 +79,21 @@ def validate(config) -> Config:
 
 
 def check_sizes(c: Config, num_train: int) -> None:
-  """The folds and the largest k fit ``num_train`` training images."""
+  """The folds and the largest k fit ``num_train`` training images (or the
+  --cv_num_train of them that cross-validation uses)."""
   folds = 0 if c.single else c.cv_folds
+  require(c.cv_num_train <= num_train, "cv_num_train",
+          f"--cv_num_train={c.cv_num_train} is more than the {num_train} training images; "
+          "use at most that many (0 = all)")
+  num_train = c.cv_num_train or num_train
   require(folds <= num_train, "cv_folds",
           f"--cv_folds={folds} is more than the {num_train} training images")
   fit = num_train - -(-num_train // folds) if folds else num_train
   where = (f"the {fit} training images of each of {folds} folds" if folds
            else f"the {fit} training images")
   require(max(c.k) <= fit, "k",
-          f"--k={max(c.k)} is larger than {where}; use smaller k or more --num_train")
+          f"--k={max(c.k)} is larger than {where}; use smaller k or more "
+          f"{'--cv_num_train' if c.cv_num_train else '--num_train'}")
 
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
@@ -98,7 +114,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                  ds.test.total, ds.image_shape, ds.num_classes)
 
     select_t = common.Timer()
-    accuracies = {m: _select(c, ds, db, m) for m in ([] if c.single else c.metric)}
+    cv_rows = _cv_rows(c, db.n)
+    accuracies = {m: _select(c, ds, db, m, cv_rows) for m in ([] if c.single else c.metric)}
     best_metric, best_k = _choose(c, accuracies)
     select_s = select_t()
 
@@ -114,6 +131,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     _figures(r, c, ds, db, accuracies, idx, test_y, cm, f"kNN {best_metric} k={best_k}, test")
     results = _results(c, ds, accuracies, best_metric, best_k, cm,
                        float(metrics.accuracy(test_y, test_pred)))
+    results["sizes"]["cross_validation"] = (len(cv_rows) if c.cv_folds and not c.single
+                                            else 0)
     results.update(rows_read=r.hosts.rows_read(ds), search=db.stats,
                    timings_s={"load": load_s, "selection": select_s, "test": test_s})
     results = r.finish(results)
@@ -155,13 +174,24 @@ class _Database:
     return idx
 
 
-def _select(c: Config, ds: data.Dataset, db: _Database, metric: str) -> np.ndarray:
+def _cv_rows(c: Config, n: int) -> np.ndarray:
+  """The training rows cross-validation uses: all, or a seeded random --cv_num_train of them
+  (in increasing order)."""
+  if not c.cv_num_train or c.cv_num_train >= n:
+    return np.arange(n)
+  return np.sort(cfg.rng(c.seed, "cv_subset").permutation(n)[:c.cv_num_train])
+
+
+def _select(c: Config, ds: data.Dataset, db: _Database, metric: str,
+            cv_rows: np.ndarray) -> np.ndarray:
   """(folds, len(k)) accuracies of every k for one metric: one search per fold (or val)."""
   ks = list(c.k)
   if c.cv_folds:
+    whole = len(cv_rows) == db.n  # no copy of the database
     with common.progress(f"{c.cv_folds}-fold CV, {metric}", c.cv_folds, "fold") as bar:
       acc = selection.cross_validate_knn(
-          db.x, db.y, ks, num_folds=c.cv_folds, metric=metric, num_classes=ds.num_classes,
+          db.x if whole else db.x[cv_rows], db.y if whole else db.y[cv_rows], ks,
+          num_folds=c.cv_folds, metric=metric, num_classes=ds.num_classes,
           tie_break=c.tie_break, callback=common.tile_callback(bar), mesh=db.hosts.mesh,
           layout=db.hosts.layout, shuffle=True, seed=(c.seed, cfg.SEEDS["folds"]),
           method=c.search)

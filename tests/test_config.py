@@ -57,8 +57,13 @@ def test_study_mlp_flags_reach_both_networks():
   default = study.stage_configs(study.validate({}), available_train=100)
   assert default["mlp"][1]["num_epochs"] == 10.0  # the published defaults
   assert linear_exp.validate(default["mlp_features"][1]).num_epochs == 20.0
-  # fewer training images than --knn_num_train: kNN uses what there is
-  assert default["knn"][1]["num_train"] == 100 and max(default["knn"][1]["k"]) <= 80
+  # fewer training images than --knn_num_train: kNN cross-validates on what there is, and
+  # tests against all training images
+  knn_config = default["knn"][1]
+  assert knn_config["cv_num_train"] == 100 and knn_config["num_train"] == 0
+  assert max(knn_config["k"]) <= 80
+  small = study.stage_configs(study.validate(dict(num_train=600)), available_train=1000)["knn"][1]
+  assert small["cv_num_train"] == 600 and small["num_train"] == 600
 
 
 def test_unknown_key_is_refused():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments import config as cfg
 from experiments import knn as knn_exp
-from jaxlin import data
+from jaxlin import data, selection
 from jaxlin.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def _brute_accuracy(ds, metric, k):
 def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
   root, _ = image_folder
   config = dict(dataset=f"folder:{root}", num_train=40, num_test=12, num_val=6, k=[1, 3, 5],
-                metric=["l1", "l2"], cv_folds=4, seed=1, num_neighbor_rows=3)
+                metric=["l1", "l2"], cv_folds=4, cv_num_train=24, seed=1, num_neighbor_rows=3)
   res = knn_exp.run(config, str(tmp_path / "wd"))
   wd = tmp_path / "wd"
   for f in ("config.json", "results.json", "plots/cross_validation.png", "plots/neighbors.png",
@@ -35,13 +36,19 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
     assert (wd / f).stat().st_size > 0, f
   on_disk = json.loads((wd / "results.json").read_text())
   assert on_disk["chosen"] == res["chosen"]
-  assert on_disk["sizes"] == {"train": 40, "val": 6, "test": 12}
-  assert np.array(on_disk["accuracy"]["l1"]["per_fold"]).shape == (4, 3)
+  assert on_disk["sizes"] == {"train": 40, "val": 6, "test": 12, "cross_validation": 24}
+  # Cross-validation on a seeded subset of 24 of the 40 training images, in their order.
+  ds = data.load(f"folder:{root}", num_train=40, num_test=12, num_val=6, seed=1)
+  rows = np.sort(cfg.rng(1, "cv_subset").permutation(40)[:24])
+  for metric in ("l1", "l2"):
+    expect = selection.cross_validate_knn(
+        ds.train.images.reshape(40, -1)[rows], ds.train.labels[rows], [1, 3, 5], num_folds=4,
+        metric=metric, num_classes=3, seed=(1, cfg.SEEDS["folds"]))
+    np.testing.assert_array_equal(on_disk["accuracy"][metric]["per_fold"], expect)
   # The chosen setting has the best mean CV accuracy.
   best = max(max(v["mean"]) for v in on_disk["accuracy"].values())
   assert res["chosen"]["selection_accuracy"] == pytest.approx(best)
-  # Test accuracy equals a float64 brute-force kNN on the same (seeded) subsets.
-  ds = data.load(f"folder:{root}", num_train=40, num_test=12, num_val=6, seed=1)
+  # Test accuracy equals a float64 brute-force kNN against all 40 training images.
   assert res["test_accuracy"] == pytest.approx(_brute_accuracy(ds, res["chosen"]["metric"],
                                                                res["chosen"]["k"]))
   assert res["test_accuracy"] > 0.9  # colours separate the generated classes
@@ -53,7 +60,8 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     res = knn_exp.run(dict(dataset="cifar10", num_train=30, num_test=10, num_val=10, k=[1, 2],
                            metric=["l2"], cv_folds=0, num_neighbor_rows=2, search="pruned"),
                       str(tmp_path))
-  assert res["selection"] == "val split" and res["sizes"] == {"train": 30, "val": 10, "test": 10}
+  assert res["selection"] == "val split"
+  assert res["sizes"] == {"train": 30, "val": 10, "test": 10, "cross_validation": 0}
   # How each search went: the cascade (here every query falls to its brute-force level: 30
   # rows are fewer than its candidates).
   assert set(res["search"]) == {"val_l2", "test"}
@@ -71,6 +79,12 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(search="fast"), "unknown --search 'fast'"),
     (dict(num_train=50, k=[45]), "--k=45 is larger than the 40 training images"),
     (dict(num_train=-2), "--num_train must be >= 0"),
+    (dict(cv_num_train=-1), "--cv_num_train must be >= 0"),
+    (dict(cv_num_train=10, cv_folds=0, num_val=5), r"chooses on the val split \(--cv_folds=0\)"),
+    (dict(cv_num_train=10, k=[1], metric=["l1"]), "has nothing to choose"),
+    (dict(num_train=20, cv_num_train=30), "--cv_num_train=30 is more than the 20 training"),
+    (dict(num_train=50, cv_num_train=10, k=[9]),
+     "--k=9 is larger than the 8 training images of each of 5 folds"),
 ])
 def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):
