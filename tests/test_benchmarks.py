@@ -1,4 +1,5 @@
 """The L1 bounds that benchmarks.bound_tightness measures never exceed the distance."""
+# pylint: disable=too-many-function-args  # pylint misreads the jitted function's signature
 import numpy as np
 import pytest
 
@@ -13,7 +14,8 @@ def test_pooled_and_residual_l1_bounds_are_lower_bounds(p):
                       np.tile(rng.integers(0, 2, (1, 192)) * 255, (5, 1))]).astype(np.uint8)
   s, r = bound_tightness.block_features(x, p)
   assert s.shape == (45, 192 // (p * p)) and r.shape == s.shape
-  pooled, residual = (np.asarray(b) for b in bound_tightness._bounds(s, r, s, r, n=p * p))
+  pooled, residual = (np.asarray(b) for b in bound_tightness._bounds(
+      s, r, s, r, n=p * p))
   exact = np.abs(x[:, None].astype(np.int64) - x[None].astype(np.int64)).sum(-1)
   assert np.all(pooled <= exact) and np.all(residual <= exact + 1e-3)
   assert np.all(residual >= pooled) and np.mean(residual > pooled) > 0.3  # and tighter
