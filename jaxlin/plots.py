@@ -49,8 +49,8 @@ def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
   rows, cols = len(images), max(len(r) for r in images)
   h, w = next(im.shape[:2] for r in images for im in r if im is not None)
   frame = max(1, round(h / 16))
-  cell_h, cell_w = h + 2 * frame + round(0.5 * h), w + 2 * frame + round(0.2 * w)
-  top, left = round(0.5 * h), round(0.1 * w)  # room for the label above each image
+  cell_h, cell_w = h + 2 * frame + round(0.3 * h), w + 2 * frame + round(0.2 * w)
+  top, left = round(0.3 * h), round(0.1 * w)  # room for the label above each image
   mosaic = np.ones((rows * cell_h, cols * cell_w, 3))
   for r, row in enumerate(images):
     for c, im in enumerate(row):
@@ -63,8 +63,8 @@ def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
       mosaic[y + frame:y + frame + h, x + frame:x + frame + w] = im
   if ax is None:
     fig = matplotlib.figure.Figure(
-        figsize=(cell_inches * cols, cell_inches * cols * mosaic.shape[0] / mosaic.shape[1] + 0.4))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))
+        figsize=(cell_inches * cols, cell_inches * cols * mosaic.shape[0] / mosaic.shape[1] + 0.3))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.3 / fig.get_figheight()))
     fig.suptitle(title, fontsize=title_size)
   else:
     fig = ax.figure
