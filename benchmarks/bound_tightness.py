@@ -37,8 +37,9 @@ _POOLS = flags.DEFINE_list("pools", ["4", "2"], "block sides p")
 
 
 def block_features(x_NxD: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-  """(S, R): per p x p block of each channel of 32x32x3 images, the pixel sum and the L1
-  norm of the block minus its mean, float32 (exact: multiples of 1 / p**2 below 2**16)."""
+  """(S, R): per p x p block of each channel of square RGB images (rows of H * H * 3
+  values), the pixel sum and the L1 norm of the block minus its mean, float32 (exact for
+  p = 1, 2, 4, 8: multiples of 1 / p**2 below 2**20)."""
   n = x_NxD.shape[0]
   side = int(round((x_NxD.shape[1] // 3) ** 0.5))
   img = x_NxD.reshape(n, side // p, p, side // p, p, 3).astype(np.float32)
@@ -55,18 +56,41 @@ def _bounds(sq, rq, sd, rd, *, n: int):
   return a.sum(-1), jnp.maximum(a, dr - a * (1 - 2.0 / n)).sum(-1)
 
 
+def _checked_flags(db_shape) -> tuple[list[int], list[int]]:
+  """(ks, pools) from the flags, or one UsageError naming the flag and the fix."""
+  n, d = db_shape
+  side = int(round((d // 3) ** 0.5))
+  if side * side * 3 != d:
+    raise app.UsageError(f"the dataset's images have {d} values: this benchmark needs square "
+                         "RGB images (H = W, 3 channels), e.g. CIFAR-10")
+  try:
+    ks = sorted({int(k) for k in _KS.value})
+    pools = [int(p) for p in _POOLS.value]
+  except ValueError as e:
+    raise app.UsageError(f"--ks and --pools take comma-separated integers: {e}") from None
+  if not ks or ks[0] < 1 or ks[-1] > n:
+    raise app.UsageError(f"--ks must lie in [1, {n}] (the training images), got {_KS.value}")
+  if not 1 <= _QUERIES.value:
+    raise app.UsageError(f"--queries must be >= 1, got {_QUERIES.value}")
+  for p in pools:  # powers of two: the block means and residual sums are exact in float32
+    if p not in (1, 2, 4, 8) or side % p:
+      raise app.UsageError(f"--pools must be 1, 2, 4 or 8 and divide the image side {side}, "
+                           f"got {p}")
+  return ks, pools
+
+
 def main(argv):
   del argv
   from jaxlin import knn  # pylint: disable=import-outside-toplevel
   out, arrays = common.prepare("bench_bounds")
   db, test_x = arrays["train_x"], arrays["test_x"]
+  ks, pools = _checked_flags(db.shape)
   q = test_x[np.random.default_rng(0).permutation(len(test_x))[:_QUERIES.value]]
-  ks = sorted(int(k) for k in _KS.value)
   d_true, _ = knn.search(q, db, max(ks), metric="l1")
   d_true = np.asarray(d_true)
   exact = np.abs(q[:40, None].astype(np.int32) - db[None, :400].astype(np.int32)).sum(-1)
   rows = []
-  for p in (int(v) for v in _POOLS.value):
+  for p in pools:
     sq, rq = block_features(q, p)
     parts = {"pooled": [], "pooled+residual": []}
     for start in range(0, len(db), 2000):

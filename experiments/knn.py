@@ -30,7 +30,7 @@ class Config(common.DataConfig):
   cv_folds: int = option(5, "cross-validation folds (0 = choose on the val split)")
   cv_num_train: int = option(0, "training images cross-validation uses, a seeded random "
                              "subset (0 = all of them); the test split is still searched "
-                             "against all training images")
+                             "against all --num_train training images")
   tie_break: str = option("smallest_label", f"how a tied vote is decided: "
                           f"{', '.join(knn.TIE_BREAKS)}")
   search: str = option("auto", "how neighbours are found, every way exact: brute (every "
@@ -73,8 +73,8 @@ def validate(config) -> Config:
              "chooses on the val split (--cv_folds=0)") + "; leave it at 0")
   require(c.num_neighbor_rows >= 0, "num_neighbor_rows",
           f"--num_neighbor_rows must be >= 0, got {c.num_neighbor_rows}")
-  if c.num_train:
-    check_sizes(c, c.num_train)
+  if c.num_train or c.cv_num_train:  # else: checked once the training split's size is known
+    check_sizes(c, c.num_train or c.cv_num_train)
   return c
 
 
@@ -86,8 +86,9 @@ def check_sizes(c: Config, num_train: int) -> None:
           f"--cv_num_train={c.cv_num_train} is more than the {num_train} training images; "
           "use at most that many (0 = all)")
   num_train = c.cv_num_train or num_train
-  require(folds <= num_train, "cv_folds",
-          f"--cv_folds={folds} is more than the {num_train} training images")
+  images = (f"the {num_train} training images of --cv_num_train" if c.cv_num_train
+            else f"the {num_train} training images")
+  require(folds <= num_train, "cv_folds", f"--cv_folds={folds} is more than {images}")
   fit = num_train - -(-num_train // folds) if folds else num_train
   where = (f"the {fit} training images of each of {folds} folds" if folds
            else f"the {fit} training images")
@@ -219,11 +220,12 @@ def _figures(r, c: Config, ds, db: _Database, accuracies, idx, test_y, cm, title
   if accuracies:
     r.plot("cross_validation.png", "cross_validation", list(c.k), accuracies)
   shown = cfg.rng(c.seed, "shown_images").permutation(ds.test.total)[:c.num_neighbor_rows]
-  near = idx[shown, :10]
-  shown_images = r.hosts.rows_at(ds.test, shown)  # every process takes part
-  near_images = r.hosts.rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
-  r.plot("neighbors.png", "neighbors", shown_images, test_y[shown], near_images, db.y[near],
-         ds.class_names)
+  if len(shown):  # --num_neighbor_rows=0: no neighbours figure
+    near = idx[shown, :10]
+    shown_images = r.hosts.rows_at(ds.test, shown)  # every process takes part
+    near_images = r.hosts.rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
+    r.plot("neighbors.png", "neighbors", shown_images, test_y[shown], near_images, db.y[near],
+           ds.class_names)
   r.plot("confusion.png", "confusion", cm, ds.class_names, title=title)
 
 

@@ -92,6 +92,8 @@ def validate(config) -> Config:
   require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
           f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
           f"got {c.knn_num_train}")
+  require("knn" not in c.stages or c.num_train == 0 or c.num_train >= 5, "num_train",
+          f"--num_train must be 0 (all) or at least 5 (kNN's 5 folds), got {c.num_train}")
   require(c.mlp_hidden_size >= 1, "mlp_hidden_size",
           f"--mlp_hidden_size must be >= 1, got {c.mlp_hidden_size}")
   cfg.finite(c.mlp_epochs, "mlp_epochs")

@@ -367,9 +367,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     metric: "l1", "l2" or "l2_squared".
     image_shape: (H, W, C) of the rows, for L1: p x p blocks per channel; None:
       groups of p * p consecutive features. Unused for L2.
-    pool: p, the block side for L1 (4: 192 sums for 32x32x3 images).
+    pool: p, the block side for L1 (4: 192 sums for 32x32x3 images). Unused
+      for L2.
     components: m, principal components for L2, 1 <= m <= D (default
-      min(COMPONENTS, D)).
+      min(COMPONENTS, D)). Unused for L1, as are sample and seed.
     sample: rows used to estimate the components (any basis is a valid bound).
     seed: for the random start of the component estimate.
 
@@ -391,15 +392,9 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if d == 0 or d > MAX_FEATURES:
     raise InputError(f"database_NxD must have between 1 and {MAX_FEATURES} features (squared "
                      f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
-  image_shape = _image_shape(image_shape, d)
-  pool = _int_at_least(pool, "pool", 1)
-  sample = _int_at_least(sample, "sample", 1)
-  seed = _checks.concrete_int(seed, "seed")
-  m = min(COMPONENTS, d) if components is None else _checks.concrete_int(components,
-                                                                         "components")
-  if not 1 <= m <= d:
-    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
-  if metric == "l1":
+  if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
+    image_shape = _image_shape(image_shape, d)
+    pool = _int_at_least(pool, "pool", 1)
     groups = _groups(d, image_shape, pool)
     g = int(groups.max()) + 1
     sizes = np.bincount(groups, minlength=g)
@@ -410,6 +405,14 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
     return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, {"fine_rows": fine_rows}, groups,
                  str(db.dtype), fine, {})
+  m = min(COMPONENTS, d) if components is None else _checks.concrete_int(components,
+                                                                         "components")
+  if not 1 <= m <= d:
+    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
+  sample = _int_at_least(sample, "sample", 1)
+  seed = _checks.concrete_int(seed, "seed")
+  if not -2 ** 63 <= seed < 2 ** 63:
+    raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
   host = np.asarray(db)
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do

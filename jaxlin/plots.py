@@ -1,7 +1,7 @@
 """matplotlib figures for notebooks and for files.
 
 Every function takes the data, draws into ``ax`` when one is given (a grid of
-images fills that Axes' area with small panels), else into a new
+images becomes one framed, labelled image in that Axes), else into a new
 ``matplotlib.figure.Figure``, and returns the Figure. Nothing here touches
 pyplot's global state or switches the backend: a notebook shows the returned
 Figure, and ``save(fig, path)`` writes it as a PNG atomically (headless, no
@@ -18,6 +18,7 @@ import matplotlib.ticker
 import numpy as np
 
 from jaxlin import files
+from jaxlin.errors import InputError
 
 __all__ = ["save", "cross_validation", "neighbors", "confusion", "templates", "curves", "grid"]
 
@@ -40,18 +41,29 @@ def _figure_and_ax(ax, figsize):
   return fig, fig.add_subplot()
 
 
+def _check_labels(labels, class_names: Sequence[str]) -> None:
+  """Labels must index ``class_names``."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+    raise InputError(f"labels must lie in [0, {len(class_names)}) to name a class of "
+                     f"class_names, found {labels.min() if labels.min() < 0 else labels.max()}",
+                     argument="class_names")
+
+
 def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
                 title_size: float, label_size: float):
   """Draw ``images`` (rows, cols) of (H, W, 3) arrays in [0, 1] (None: an empty cell) as ONE
   image, each cell labelled above and framed in its colour (None: no frame), into ``ax`` or
   a new figure -> the figure. One Axes and one image instead of rows x cols Axes: drawn in
   a fraction of the time (a 8 x 11 grid: 0.3 s instead of 2 s)."""
-  rows, cols = len(images), max(len(r) for r in images)
+  rows, cols = len(images), max((len(r) for r in images), default=0)
+  if not rows or not cols or all(im is None for r in images for im in r):
+    raise InputError("there are no images to draw: pass at least one", argument="images")
   h, w = next(im.shape[:2] for r in images for im in r if im is not None)
   frame = max(1, round(h / 16))
   cell_h, cell_w = h + 2 * frame + round(0.3 * h), w + 2 * frame + round(0.2 * w)
   top, left = round(0.3 * h), round(0.1 * w)  # room for the label above each image
-  mosaic = np.ones((rows * cell_h, cols * cell_w, 3))
+  mosaic = np.ones((rows * cell_h, cols * cell_w, 3), np.float32)
   for r, row in enumerate(images):
     for c, im in enumerate(row):
       if im is None:
@@ -119,6 +131,8 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
   """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
   titled with their labels (green = same class as the query, red = other)."""
   q, k = np.asarray(neighbor_labels).shape
+  _check_labels(np.concatenate([np.ravel(query_labels), np.ravel(neighbor_labels)]),
+                class_names)
   images, labels, colors = [], [], []
   for r in range(q):
     same = [neighbor_labels[r][c] == query_labels[r] for c in range(k)]
@@ -159,6 +173,9 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
   """Each class's weight column (D = prod(image_shape)) shown as an image."""
   w = np.asarray(w_DxC)
   c = w.shape[1]
+  if len(class_names) != c:
+    raise InputError(f"class_names has {len(class_names)} names for {c} templates (columns "
+                     "of w_DxC): pass one name per column", argument="class_names")
   cols = min(c, 10)
   rows = -(-c // cols)
   cells = [_as_image(w[:, j].reshape(image_shape)) for j in range(c)] + [None] * (rows * cols - c)

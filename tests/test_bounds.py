@@ -139,7 +139,8 @@ def test_l2_sample_without_spread_still_builds_an_exact_index(n, sample):
 BAD_SEARCH = [("candidates", 10.5), ("candidates", "a"), ("candidates", -5),
               ("candidates", True), ("second_candidates", -1), ("query_tile", 0),
               ("query_tile", 2.5), ("callback", 3)]
-BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("pool", 0), ("components", 0),
+BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("seed", 2 ** 70), ("pool", 0),
+             ("components", 0),
              ("image_shape", (8, 8)), ("image_shape", (8, 8, 2)), ("image_shape", (8, -8, -3)),
              ("image_shape", 5)]
 
@@ -148,8 +149,9 @@ BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("pool", 0), ("compo
 def test_bad_arguments_name_themselves(name, value):
   db = smooth_images(np.random.default_rng(6), 40)
   with pytest.raises(InputError) as e:
-    if (name, value) in BAD_BUILD:
-      bounds.build_index(db, metric="l1", **{name: value})
+    if (name, value) in BAD_BUILD:  # each checked by the metric that uses it
+      metric = "l1" if name in ("pool", "image_shape") else "l2"
+      bounds.build_index(db, metric=metric, **{name: value})
     else:
       bounds.search(db[:3], bounds.build_index(db, metric="l1", image_shape=SHAPE), 2,
                     **{name: value})

@@ -58,7 +58,7 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
 def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
   with tfds.testing.mock_data(num_examples=50):
     res = knn_exp.run(dict(dataset="cifar10", num_train=30, num_test=10, num_val=10, k=[1, 2],
-                           metric=["l2"], cv_folds=0, num_neighbor_rows=2, search="pruned"),
+                           metric=["l2"], cv_folds=0, num_neighbor_rows=0, search="pruned"),
                       str(tmp_path))
   assert res["selection"] == "val split"
   assert res["sizes"] == {"train": 30, "val": 10, "test": 10, "cross_validation": 0}
@@ -69,6 +69,7 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
                                    "second_round": 0, "brute_force": 10, "candidates": [160, 320]}
   assert np.array(res["accuracy"]["l2"]["per_fold"]).shape == (1, 2)
   assert (tmp_path / "plots" / "cross_validation.png").exists()
+  assert not (tmp_path / "plots" / "neighbors.png").exists()  # --num_neighbor_rows=0
 
 
 @pytest.mark.parametrize("override, message", [
@@ -85,6 +86,9 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(num_train=20, cv_num_train=30), "--cv_num_train=30 is more than the 20 training"),
     (dict(num_train=50, cv_num_train=10, k=[9]),
      "--k=9 is larger than the 8 training images of each of 5 folds"),
+    (dict(num_train=0, cv_num_train=10, k=[9]), "use smaller k or more --cv_num_train"),
+    (dict(num_train=50, cv_num_train=3), "--cv_folds=5 is more than the 3 training images of "
+                                         "--cv_num_train"),
 ])
 def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxlin import plots
+from jaxlin.errors import InputError
 
 NAMES = ("cat", "dog", "frog")
 _RNG = np.random.default_rng(0)
@@ -65,3 +66,14 @@ def test_import_keeps_the_backend_and_pyplot_untouched():
   env = dict(os.environ, MPLBACKEND="svg")
   subprocess.run([sys.executable, "-c", code], check=True, env=env,
                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_names_and_labels_must_fit_the_images():
+  with pytest.raises(InputError, match="class_names has 2 names for 3 templates"):
+    plots.templates(_RNG.normal(size=(4 * 4 * 3, 3)), (4, 4, 3), NAMES[:2])
+  with pytest.raises(InputError, match=r"labels must lie in \[0, 3\)"):
+    plots.neighbors(np.zeros((1, 4, 4, 3), np.uint8), [0], np.zeros((1, 2, 4, 4, 3), np.uint8),
+                    np.array([[0, 3]]), NAMES)
+  with pytest.raises(InputError, match="no images to draw"):
+    plots.neighbors(np.zeros((0, 4, 4, 3), np.uint8), [], np.zeros((0, 2, 4, 4, 3), np.uint8),
+                    np.zeros((0, 2), int), NAMES)
