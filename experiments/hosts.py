@@ -141,7 +141,7 @@ class Hosts:
       mesh = self.local_mesh if "test" in self.parts else self.mesh
       _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=mesh,
                                  layout=self.layout, callback=callback, method=method,
-                                 return_stats=True)
+                                 return_stats=True, image_shape=split.images.shape[1:])
     return self.whole(split, np.asarray(idx)), stats
 
   @property

@@ -65,8 +65,8 @@ import numpy as np
 from jaxlin import _checks, distances, knn, topk
 from jaxlin.errors import InputError
 
-__all__ = ["COMPONENTS", "MAX_FEATURES", "METRICS", "Index", "build_index", "int8_speedup",
-           "prefer_pruned", "search", "supports"]
+__all__ = ["COMPONENTS", "MAX_FEATURES", "METRICS", "Index", "build_index",
+           "checked_image_shape", "int8_speedup", "prefer_pruned", "search", "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
 COMPONENTS = 192  # default principal components of the L2 bound (measured: WORKSPACE.md)
@@ -90,8 +90,9 @@ def _int_at_least(value, name: str, low: int) -> int:
   return value
 
 
-def _image_shape(image_shape, num_features: int):
-  """(H, W, C) of positive ints whose product is ``num_features``, or None."""
+def checked_image_shape(image_shape, num_features: int):
+  """(H, W, C) of positive ints whose product is ``num_features``, or None; else an
+  InputError naming image_shape."""
   if image_shape is None:
     return None
   try:
@@ -393,7 +394,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     raise InputError(f"database_NxD must have between 1 and {MAX_FEATURES} features (squared "
                      f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
-    image_shape = _image_shape(image_shape, d)
+    image_shape = checked_image_shape(image_shape, d)
     pool = _int_at_least(pool, "pool", 1)
     groups = _groups(d, image_shape, pool)
     g = int(groups.max()) + 1

@@ -230,7 +230,7 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
            layout: str = "queries", num_database: int | None = None,
            query_tile: int | None = None, database_tile: int | None = None,
            callback: Callable[[int, int], None] | None = None, method: str = "auto",
-           return_stats: bool = False):
+           return_stats: bool = False, image_shape=None):
   """Exact k nearest neighbours of every query in the database.
 
   Args:
@@ -257,6 +257,9 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       Every method returns the same neighbours and distances.
     return_stats: also return a dict: {"method": the method used} and, for
       "pruned", the queries settled by each level of the cascade.
+    image_shape: (H, W, C) of the rows (flattened images), for the pruned L1
+      bound: sums over p x p pixel blocks of each channel. None: sums over runs
+      of consecutive features, a looser bound (slower, the same answer).
 
   Returns:
     (dists_QxK, idx_QxK int32), and the stats dict with ``return_stats``:
@@ -272,12 +275,13 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
   """
   out = _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
                 num_database=num_database, query_tile=query_tile, database_tile=database_tile,
-                callback=callback, names=("queries_QxD", "database_NxD"), method=method)
+                callback=callback, names=("queries_QxD", "database_NxD"), method=method,
+                image_shape=image_shape)
   return out if return_stats else out[:2]
 
 
 def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database, query_tile,
-            database_tile, callback, names, method="auto"):
+            database_tile, callback, names, method="auto", image_shape=None):
   """search, with errors naming the caller's arguments (``names``: queries, database):
   (dists, idx, stats)."""
   if method not in METHODS:
@@ -292,6 +296,9 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   if database.shape[0] == 0:
     raise InputError(f"{names[1]} is empty: search needs at least one database row",
                      argument=names[1])
+  if image_shape is not None:
+    from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+    image_shape = bounds.checked_image_shape(image_shape, database.shape[1])
   if num_database is None:
     n = database.shape[0]
   else:
@@ -317,7 +324,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
             {"method": "pruned" if pruned else "brute"})
   if pruned:
     from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
-    index = bounds.build_index(database, metric=metric)
+    index = bounds.build_index(database, metric=metric, image_shape=image_shape)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
 

@@ -176,6 +176,13 @@ def test_knn_search_methods_agree_and_report_how(metric):
   assert ps["method"] == "pruned" and ps["queries"] == len(q)
   assert ps["first_round"] > 0 if metric == "l2" else ps["brute_force"] == len(q)  # L1: C > N
   assert ps["first_round"] + ps["second_round"] + ps["brute_force"] == len(q)
+  if metric == "l1":  # the pixel-block bound of images: the same answer
+    sd, si = knn.search(q, db, 3, metric=metric, method="pruned", image_shape=SHAPE)
+    np.testing.assert_array_equal(np.asarray(si), np.asarray(bi))
+    np.testing.assert_array_equal(np.asarray(sd), np.asarray(bd))
+  with pytest.raises(InputError) as e:
+    knn.search(q, db, 3, metric=metric, image_shape=(8, 8, 2))  # 128 values for 192 features
+  assert e.value.argument == "image_shape"
   # auto: brute force below 10,000 rows (nothing timed), the same answer.
   ad, _, stats = knn.search(q, db, 3, metric=metric, return_stats=True)
   assert stats == {"method": "brute"} and np.array_equal(np.asarray(ad), np.asarray(bd))
