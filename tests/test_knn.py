@@ -288,3 +288,17 @@ def test_shapes_and_options_are_checked_with_their_names():
     assert e.value.argument == argument, kwargs
   with pytest.raises(InputError, match="unknown tie_break"):
     knn.vote(np.zeros((1, 2), np.int32), 4, tie_break="random")
+
+
+@pytest.mark.parametrize("queries, database, kw, argument, message", [
+    # int64 beyond int32: JAX would wrap the values silently (a wrong answer, not an error).
+    (np.array([[2 ** 40, 0]]), np.zeros((3, 2), np.int64), {}, "queries_QxD", "beyond int32"),
+    (np.zeros((2, 0)), np.zeros((5, 0)), {}, "queries_QxD", "no features"),
+    (np.zeros((2, 3)).astype(object), np.zeros((5, 3)), {}, "queries_QxD", "dtype object"),
+    ([[1, 2], [3]], np.zeros((5, 2)), {}, "queries_QxD", "rectangular"),
+    (np.zeros((2, 3)), np.zeros((5, 3)), {"callback": 5}, "callback", "callable"),
+])
+def test_inputs_jax_cannot_hold_exactly_are_refused(queries, database, kw, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    knn.search(queries, database, 1, **kw)
+  assert e.value.argument == argument
