@@ -305,4 +305,4 @@ def main(kind: str, config_cls, run, **kwargs) -> None:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     run_main(kind, config_cls, run, **kwargs)
 
-  app.run(_main)
+  app.run(_main, flags_parser=cfg.parse_flags)

@@ -126,6 +126,18 @@ def from_flags(cls, flag_values=None) -> dict:
 
 
 # ---- value checks shared by the experiments' validate() --------------------------------------
+def parse_flags(argv):
+  """absl's flag parsing for ``app.run(main, flags_parser=parse_flags)``: a value absl
+  cannot parse (e.g. ``--num_train=abc``) or an unknown flag is one line and exit code 2,
+  like every other bad flag value, instead of absl's FATAL line and help hint."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def ints(values, name: str) -> tuple[int, ...]:
   try:
     out = []

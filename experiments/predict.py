@@ -124,4 +124,4 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=import-outside-toplevel
   cfg.define_flags(Config)
-  app.run(main)
+  app.run(main, flags_parser=cfg.parse_flags)

@@ -106,10 +106,15 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
   assert not (tmp_path / "wd" / "results.json").exists()
 
 
-def test_command_line_error_is_one_line(tmp_path):
+@pytest.mark.parametrize("flag, error", [
+    ("--k=0", "error: --k values must be >= 1, got [0]"),
+    ("--cv_num_train=2.5", "error: flag --cv_num_train=2.5: invalid literal for int() with "
+                           "base 10: '2.5'"),  # absl's own parsing: the same one line, exit 2
+])
+def test_command_line_error_is_one_line(tmp_path, flag, error):
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.knn", "--k=0", f"--workdir={tmp_path}"],
+      [sys.executable, "-m", "experiments.knn", flag, f"--workdir={tmp_path}"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1] == "error: --k values must be >= 1, got [0]"
-  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == error
+  assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr

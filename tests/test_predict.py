@@ -143,3 +143,15 @@ def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
   bad = _write(tmp_path, "big.tiff", Image.fromarray(np.full((4, 4), 7.5, np.float32)))
   (_, top, error), = predict.classify(model, [bad])
   assert top is None and error.startswith(f"cannot read {bad}: a float image with values")
+
+
+@pytest.mark.parametrize("flag, error", [
+    ("--top=abc", "error: flag --top=abc: invalid literal for int() with base 10: 'abc'"),
+    ("--k=3", "error: Unknown command line flag 'k'"),
+])
+def test_predict_flag_errors_are_one_line(flag, error):
+  proc = subprocess.run([sys.executable, "-m", "experiments.predict", flag, "x.png"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [error]
