@@ -195,13 +195,14 @@ def _select(c: Config, ds: data.Dataset, db: _Database, metric: str,
           num_folds=c.cv_folds, metric=metric, num_classes=ds.num_classes,
           tie_break=c.tie_break, callback=common.tile_callback(bar), mesh=db.hosts.mesh,
           layout=db.hosts.layout, shuffle=True, seed=(c.seed, cfg.SEEDS["folds"]),
-          method=c.search)
+          method=c.search, image_shape=ds.image_shape)
   else:
     with common.progress(f"val split, {metric}", ds.val.total, "img") as bar:
       idx = db.neighbours(f"val_{metric}", ds.val, metric, max(ks), bar)  # serves every k
     val_y = db.hosts.whole(ds.val, ds.val.labels)
-    acc = np.array([[float(metrics.accuracy(val_y, knn.vote(
-        db.y[idx[:, :k]], ds.num_classes, tie_break=c.tie_break))) for k in ks]])
+    acc = np.array([[np.count_nonzero(np.asarray(knn.vote(
+        db.y[idx[:, :k]], ds.num_classes, tie_break=c.tie_break)) == val_y) / len(val_y)
+                     for k in ks]])  # exact fractions (float64), as cross_validate_knn
   logging.info("%s: mean accuracy by k %s", metric,
                {k: round(float(a), 4) for k, a in zip(ks, acc.mean(0))})
   return acc

@@ -648,7 +648,8 @@ def _run_round(queries, index, k, c, tile, second=False, callback=None):
   outs = []
   for start in range(0, q_total, tile):
     outs.append(step(_padded_rows(queries[start:start + tile], tile)))
-    if callback is not None and len(outs) % 8 == 0:
+    # (Q, Q) is reported once, by search, at the very end.
+    if callback is not None and len(outs) % 8 == 0 and start + tile < q_total:
       outs[-1][2].block_until_ready()
       callback(min(start + tile, q_total), q_total)
   d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
@@ -680,6 +681,22 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
     out_i.append(ii)
   dist = distances.to_distances(topk.as_float_distances(jnp.concatenate(out_d)), index.metric)
   return np.asarray(dist)[:q_total], np.asarray(jnp.concatenate(out_i))[:q_total]
+
+
+def candidate_counts(metric: str, k: int, candidates=None, second_candidates=None):
+  """(C, C2): the rows per query refined in the first and second rounds (see ``search``)."""
+  if candidates is None:
+    candidates = max(512 if metric == "l1" else 160, 8 * k)
+  c1 = max(k, _int_at_least(candidates, "candidates", 1))
+  if second_candidates is None:  # L1: the finer pooling instead of more candidates
+    second_candidates = c1 if metric == "l1" else 2 * c1
+  return c1, _int_at_least(second_candidates, "second_candidates", 0)
+
+
+def empty_stats(metric: str, k: int) -> dict:
+  """``search``'s stats for no queries (with the default candidates)."""
+  return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
+          "candidates": list(candidate_counts(metric, k))}
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
@@ -719,20 +736,14 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",
                      argument="k")
-  if candidates is None:
-    candidates = max(512 if index.metric == "l1" else 160, 8 * k)
-  c1 = max(k, _int_at_least(candidates, "candidates", 1))
-  if second_candidates is None:  # L1: the finer pooling instead of more candidates
-    second_candidates = c1 if index.metric == "l1" else 2 * c1
-  c2 = _int_at_least(second_candidates, "second_candidates", 0)
+  c1, c2 = candidate_counts(index.metric, k, candidates, second_candidates)
   if query_tile is not None:
     query_tile = _int_at_least(query_tile, "query_tile", 1)
   if callback is not None and not callable(callback):
     raise InputError(f"callback must be callable as callback(queries_done, total) or None, "
                      f"got {callback!r}", argument="callback")
   q_total = q.shape[0]
-  stats = {"queries": q_total, "first_round": 0, "second_round": 0, "brute_force": 0,
-           "candidates": [c1, c2]}
+  stats = {**empty_stats(index.metric, k), "queries": q_total, "candidates": [c1, c2]}
   d_out = np.zeros((q_total, k), np.float32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)

@@ -294,13 +294,17 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
   ndev = _mesh_size(mesh)
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+  if isinstance(database_NxD, bounds.Index):
+    raise InputError(f"{names[1]} is a bounds.Index: search it with jaxlin.bounds.search("
+                     "queries, index, k), or pass the (N, D) database rows here",
+                     argument=names[1])
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
                                                        names=names)
   if database.shape[0] == 0:
     raise InputError(f"{names[1]} is empty: search needs at least one database row",
                      argument=names[1])
   if image_shape is not None:
-    from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
     image_shape = bounds.checked_image_shape(image_shape, database.shape[1])
   if num_database is None:
     n = database.shape[0]
@@ -323,10 +327,10 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
-    return (jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32),
-            {"method": "pruned" if pruned else "brute"})
+    stats = {"method": "pruned", **bounds.empty_stats(metric, k)} if pruned else {
+        "method": "brute"}
+    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
   if pruned:
-    from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
     index = bounds.build_index(database, metric=metric, image_shape=image_shape)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
@@ -383,10 +387,13 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
                        f"(squared distances below 2**30), got {database.shape[1]}; use "
                        "method='brute'", argument="method")
     if not served:
-      raise InputError(f"method='pruned' needs {names[0]} and {names[1]} both uint8 or both "
-                       f"int8 (pixels) and metric l1, l2 or l2_squared, got {queries.dtype}, "
-                       f"{database.dtype} and {metric!r}; use method='brute' or 'auto'",
-                       argument="method")
+      inputs, dtypes = ((f"{names[0]} uint8 or int8", f"{queries.dtype}")
+                        if names[0] == names[1] else
+                        (f"{names[0]} and {names[1]} both uint8 or both int8",
+                         f"{queries.dtype}, {database.dtype}"))
+      raise InputError(f"method='pruned' needs {inputs} (pixels) and metric l1, "
+                       f"l2 or l2_squared, got {dtypes} and {metric!r}; use method='brute' or "
+                       "'auto'", argument="method")
     return True
   return served and bounds.prefer_pruned(metric, queries.shape[0], database.shape[0])
 
@@ -439,28 +446,45 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
 def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "l2",
             num_classes: int, tie_break: str = "smallest_label",
             callback: Callable[[int, int], None] | None = None, mesh: Mesh | None = None,
-            layout: str = "queries", method: str = "auto"):
+            layout: str = "queries", method: str = "auto", image_shape=None):
   """kNN predictions of ``test_x`` from (``train_x``, ``train_y``).
 
   ``k`` an int -> (Q,) int32; a sequence of ints -> (len(k), Q), all from ONE
   search with the largest k. ``train_y``: (N,) integer labels in
   [0, num_classes). Other arguments as in ``search`` and ``vote``.
   """
+  return _predict(train_x, train_y, test_x, k=k, metric=metric, num_classes=num_classes,
+                  tie_break=tie_break, callback=callback, mesh=mesh, layout=layout,
+                  method=method, image_shape=image_shape, names=("test_x", "train_x"))
+
+
+def checked_ks(k, name: str = "k") -> list[int]:
+  """A positive int or a non-empty sequence of them as a list of ints (InputError naming
+  ``name`` otherwise)."""
+  ks = [k] if np.ndim(k) == 0 else list(k)
+  if not ks:
+    raise InputError(f"{name} must be a positive int or a non-empty sequence of them, got []",
+                     argument=name)
+  ks = [_checks.concrete_int(kk, name) for kk in ks]
+  if min(ks) < 1:
+    raise InputError(f"{name} must be positive, got {k!r}", argument=name)
+  return ks
+
+
+def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, callback, mesh,
+             layout, method, image_shape, names, y_name="train_y"):
+  """predict, with errors naming the caller's arguments (``names``: queries, database)."""
   _checked_tie_break(tie_break)
   num_classes = _checks.num_classes(num_classes)
   single = np.ndim(k) == 0
-  ks = [k] if single else list(k)
-  if not ks:
-    raise InputError("k must be a positive int or a non-empty sequence of them, got []",
-                     argument="k")
-  ks = [_checks.concrete_int(kk, "k") for kk in ks]
-  if min(ks) < 1:
-    raise InputError(f"k must be positive, got {k!r}", argument="k")
-  n = np.shape(train_x)[0] if np.ndim(train_x) else 0
-  labels = _checks.labels(train_y, num_classes, "train_y", n)
+  ks = checked_ks(k)
+  if np.ndim(train_x) != 2:
+    raise InputError(f"{names[1]} must be 2-D (rows, features), got shape {np.shape(train_x)}; "
+                     "flatten images first, e.g. x.reshape(len(x), -1)", argument=names[1])
+  labels = _checks.labels(train_y, num_classes, y_name, np.shape(train_x)[0])
   _, idx, _ = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
                       num_database=None, query_tile=None, database_tile=None,
-                      callback=callback, names=("test_x", "train_x"), method=method)
+                      callback=callback, names=names, method=method, image_shape=image_shape)
   neighbor_labels = jnp.asarray(labels)[idx]
   preds = jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])
   return preds[0] if single else preds

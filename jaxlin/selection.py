@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxlin import _checks, knn, metrics
+from jaxlin import _checks, knn
 from jaxlin.errors import InputError
 
 __all__ = ["cross_validate_knn", "kfold_indices"]
@@ -75,29 +75,35 @@ def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
   return [(np.concatenate(folds[:i] + folds[i + 1:]), folds[i]) for i in range(num_folds)]
 
 
-def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: str = "l2",
-                       num_classes: int, tie_break: str = "smallest_label",
+def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
+                       metric: str = "l2", num_classes: int, tie_break: str = "smallest_label",
                        callback: Callable[[int, int], None] | None = None, shuffle: bool = True,
                        seed=0, stratify: bool = False, mesh=None,
-                       layout: str = "queries", method: str = "auto") -> np.ndarray:
-  """Accuracy of kNN for every fold and k: (num_folds, len(ks)) float64.
+                       layout: str = "queries", method: str = "auto",
+                       image_shape=None) -> np.ndarray:
+  """Accuracy of kNN for every fold and k: (num_folds, len(ks)) float64
+  (``ks`` an int: (num_folds,)), each the exact fraction of a fold's rows right.
 
   Folds from ``kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
   labels=y if stratify else None)``. Each fold runs ONE search (with
   max(ks)) and votes for every k from it; folds of equal shapes reuse one
   compiled program. ``callback(fold_done, num_folds)`` is called after each
-  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``
-  and ``method`` as in ``jaxlin.knn.search``.
+  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``,
+  ``method`` and ``image_shape`` as in ``jaxlin.knn.search``.
   """
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2:
     raise InputError(f"x must be 2-D (examples, features), got shape {x.shape}", argument="x")
+  if len(x) == 0:
+    raise InputError("x is empty: cross-validation needs at least num_folds rows", argument="x")
   _checks.finite(x, "x")
   num_classes = _checks.num_classes(num_classes)
   _checks.labels(y, num_classes, "y", len(x))
-  ks = [_checks.concrete_int(k, "ks") for k in ks]
-  if not ks or min(ks) < 1:
-    raise InputError(f"ks must be a non-empty sequence of positive ints, got {ks}", argument="ks")
+  single = np.ndim(ks) == 0
+  ks = knn.checked_ks(ks, "ks")
+  if callback is not None and not callable(callback):
+    raise InputError(f"callback must be callable as callback(folds_done, num_folds) or None, "
+                     f"got {callback!r}", argument="callback")
   folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
                         labels=y if stratify else None)
   smallest = min(len(tr) for tr, _ in folds)
@@ -106,9 +112,11 @@ def cross_validate_knn(x, y, ks: Sequence[int], *, num_folds: int = 5, metric: s
                      argument="ks")
   out = np.zeros((num_folds, len(ks)), np.float64)
   for f, (tr, va) in enumerate(folds):
-    preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes,
-                        tie_break=tie_break, mesh=mesh, layout=layout, method=method)
-    out[f] = [float(metrics.accuracy(y[va], p)) for p in preds]
+    preds = knn._predict(  # pylint: disable=protected-access  # errors name x, not test_x
+        x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes, tie_break=tie_break,
+        callback=None, mesh=mesh, layout=layout, method=method, image_shape=image_shape,
+        names=("x", "x"), y_name="y")
+    out[f] = [np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)
-  return out
+  return out[:, 0] if single else out

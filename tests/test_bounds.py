@@ -161,6 +161,11 @@ def test_bad_arguments_name_themselves(name, value):
 def test_index_and_features_must_be_usable():
   with pytest.raises(InputError, match="bounds.build_index"):
     bounds.search(np.zeros((1, D), np.uint8), "index", 1)
+  q, db = adversarial()
+  with pytest.raises(InputError, match=r"is a bounds.Index: search it with jaxlin.bounds.search") \
+      as e:
+    knn.search(q, bounds.build_index(db, metric="l1"), 1)
+  assert e.value.argument == "database_NxD"
   with pytest.raises(InputError, match="features"):
     bounds.build_index(np.zeros((3, 0), np.uint8), metric="l1")
 
@@ -183,11 +188,13 @@ def test_knn_search_methods_agree_and_report_how(metric):
   with pytest.raises(InputError) as e:
     knn.search(q, db, 3, metric=metric, image_shape=(8, 8, 2))  # 128 values for 192 features
   assert e.value.argument == "image_shape"
+  _, _, none = knn.search(q[:0], db, 3, metric=metric, method="pruned", return_stats=True)
+  assert none == {**ps, "queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0}
   # auto: brute force below 10,000 rows (nothing timed), the same answer.
   ad, _, stats = knn.search(q, db, 3, metric=metric, return_stats=True)
   assert stats == {"method": "brute"} and np.array_equal(np.asarray(ad), np.asarray(bd))
   preds = knn.predict(db, np.arange(len(db)) % 3, q, k=[1, 3], metric=metric, num_classes=3,
-                      method="pruned")
+                      method="pruned", image_shape=SHAPE)
   np.testing.assert_array_equal(np.asarray(preds), np.asarray(knn.predict(
       db, np.arange(len(db)) % 3, q, k=[1, 3], metric=metric, num_classes=3, method="brute")))
 
@@ -245,3 +252,11 @@ def test_database_sizes_around_groups_and_chunks(n, k, c):
   metric = "l2_squared" if n % 2 else "l2"
   index = bounds.build_index(db, metric=metric, components=6)
   assert_same_as_brute(q, db, k, metric, bounds.search(q, index, k, candidates=c))
+
+
+def test_progress_reaches_the_end_once():
+  q, db = adversarial()
+  calls = []
+  bounds.search(q[:16], bounds.build_index(db, metric="l2"), 2, query_tile=1,
+                callback=lambda done, total: calls.append((done, total)))
+  assert calls == [(8, 16), (16, 16)]  # every 8 tiles, then once at the end

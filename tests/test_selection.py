@@ -74,7 +74,29 @@ def test_cross_validation_matches_a_plain_loop_over_folds():
     tr = np.concatenate(folds[:f] + folds[f + 1:])
     for j, k in enumerate(ks):
       va = folds[f]
-      assert acc[f, j] == pytest.approx(_plain_knn_accuracy(x[tr], y[tr], x[va], y[va], k))
+      assert acc[f, j] == _plain_knn_accuracy(x[tr], y[tr], x[va], y[va], k)  # exact fractions
+  single = selection.cross_validate_knn(x, y, 5, num_folds=5, metric="l1", num_classes=4, seed=7)
+  np.testing.assert_array_equal(single, acc[:, 2])  # an int k: (folds,)
+
+
+def test_cross_validation_checks_its_arguments_before_any_fold():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 8, (20, 12), dtype=np.uint8)
+  y = rng.integers(0, 4, 20)
+  cv = lambda x=x, y=y, **kw: selection.cross_validate_knn(x, y, kw.pop("ks", [1]), num_classes=4,
+                                                           **kw)
+  for kw, argument, message in [
+      (dict(callback=5), "callback", "callback must be callable"),
+      (dict(ks=[]), "ks", "non-empty"),
+      (dict(ks=[1, 0]), "ks", "must be positive"),
+      (dict(ks=2.5), "ks", "must be an integer"),
+      (dict(x=x[:0], y=y[:0]), "x", "x is empty"),
+      (dict(x=x.astype(np.float32), method="pruned"), "method",
+       "needs x uint8 or int8 .pixels. and metric"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      cv(**kw)
+    assert e.value.argument == argument, kw
 
 
 def test_metrics_literal_values():
