@@ -72,8 +72,8 @@ class BaseConfig:
     unknown = sorted(set(config) - set(names))
     if unknown:
       raise ConfigError(f"unknown config keys {unknown}; known: {sorted(names)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _checked_type(k, v, hints[k]) for k, v in config.items()})
 
   def replace(self, **changes):
     return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v
@@ -82,6 +82,34 @@ class BaseConfig:
   def asdict(self) -> dict:
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
             for f in dataclasses.fields(self)}
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
+def _checked_type(name: str, value, hint):
+  """``value`` for the field ``name`` (annotation ``hint``), or ConfigError naming it: a
+  list field takes a list or tuple (a single value becomes a 1-tuple; its items are checked
+  by the experiment's validate, as flag strings are); a single-valued field takes its type
+  (ints also for floats; None where the field allows it), never a string for a number."""
+  kind, is_list = _base_type(hint)
+  if value is None and type(None) in typing.get_args(hint):
+    return None
+  if is_list:
+    return tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else (value,)
+  ok = {bool: isinstance(value, (bool, np.bool_)),
+        int: isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)),
+        float: isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, (bool, np.bool_)),
+        str: isinstance(value, str)}.get(kind, True)
+  if not ok:
+    raise ConfigError(f"--{name} must be {_TYPE_NAMES[kind]}, got {value!r} "
+                      f"({type(value).__name__})", argument=name)
+  if kind is int:
+    return int(value)
+  if kind is float:
+    return float(value)
+  return bool(value) if kind is bool else value
 
 
 def _base_type(hint):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from absl import flags
+import numpy as np
 import pytest
 
 from experiments import common
@@ -64,6 +65,28 @@ def test_study_mlp_flags_reach_both_networks():
   assert max(knn_config["k"]) <= 80
   small = study.stage_configs(study.validate(dict(num_train=600)), available_train=1000)["knn"][1]
   assert small["cv_num_train"] == 600 and small["num_train"] == 600
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(cv_num_train="30"), r"--cv_num_train must be an integer, got '30' \(str\)"),
+    (dict(cv_num_train=30.0), r"--cv_num_train must be an integer, got 30.0 \(float\)"),
+    (dict(cv_folds=True), r"--cv_folds must be an integer, got True \(bool\)"),
+    (dict(num_train=None), r"--num_train must be an integer, got None"),
+    (dict(tie_break=1), r"--tie_break must be a string, got 1 \(int\)"),
+])
+def test_python_config_values_of_the_wrong_type_are_refused(override, message):
+  with pytest.raises(ConfigError, match=message) as e:
+    knn_exp.Config.make(override)
+  assert e.value.argument == next(iter(override))
+
+
+def test_python_config_values_become_the_field_types():
+  c = knn_exp.Config.make(dict(k=3, metric="l1", num_train=np.int64(7)))
+  assert (c.k, c.metric, c.num_train) == ((3,), ("l1",), 7) and type(c.num_train) is int
+  lc = linear_exp.Config.make(dict(margin=1, learning_rate=0.1, num_epochs=None))
+  assert (lc.margin, lc.learning_rate, lc.num_epochs) == (1.0, (0.1,), None)
+  with pytest.raises(ConfigError, match=r"--overwrite must be True or False, got 1"):
+    common.Launch.make(dict(overwrite=1))
 
 
 def test_unknown_key_is_refused():
