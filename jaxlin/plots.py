@@ -4,8 +4,9 @@ Every function takes the data, draws into ``ax`` when one is given (a grid of
 images becomes one framed, labelled image in that Axes), else into a new
 ``matplotlib.figure.Figure``, and returns the Figure. Nothing here touches
 pyplot's global state or switches the backend: a notebook shows the returned
-Figure, and ``save(fig, path)`` writes it as a PNG atomically (headless, no
-display needed).
+Figure, and ``save(fig, path)`` writes it atomically in the format its
+extension names (.png, .pdf, .svg, ...; headless, no display needed).
+Arrays of the wrong shape or dtype raise one InputError naming the argument.
 """
 from __future__ import annotations
 
@@ -24,14 +25,40 @@ __all__ = ["save", "cross_validation", "neighbors", "confusion", "templates", "c
 
 
 def save(fig: matplotlib.figure.Figure, path: str, *, dpi: int = 110) -> str:
-  """Write ``fig`` as a PNG at ``path`` (folders made; atomic; the user's umask) -> path.
+  """Write ``fig`` at ``path`` (folders made; atomic; the user's umask) -> path, in the
+  format its extension names (.png, .pdf, .svg, .jpg, ...; no extension: PNG).
 
   The figure stays open and usable (e.g. shown again in a notebook).
   """
   path = os.fspath(path)
+  ext = os.path.splitext(path)[1][1:].lower() or "png"
+  supported = fig.canvas.get_supported_filetypes()
+  if ext not in supported:
+    raise InputError(f"cannot write a figure as .{ext} ({path}); use one of "
+                     f"{', '.join('.' + e for e in sorted(supported))}", argument="path")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   return files.atomic_write(
-      path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+      path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))
+
+
+def _array(x, name: str, shape: str, ndims, *, integer: bool = False, sizes=None):
+  """``x`` as a numpy array of one of the dimensions ``ndims``, or InputError naming
+  ``name`` with the expected ``shape`` (e.g. "(Q, H, W, C)"); ``integer``: integer labels;
+  ``sizes``: {axis: size} the array must have."""
+  try:
+    a = np.asarray(x)
+  except ValueError:  # ragged nested lists
+    a = np.asarray(x, dtype=object)
+  if a.dtype == object or a.ndim not in ndims or (integer and a.size and not np.issubdtype(
+      a.dtype, np.integer)) or not (integer or np.issubdtype(a.dtype, np.number)):
+    what = "integer labels" if integer else "numbers"
+    raise InputError(f"{name} must be an array of {what} of shape {shape}, got shape "
+                     f"{a.shape} and dtype {a.dtype}", argument=name)
+  for axis, size in (sizes or {}).items():
+    if a.shape[axis] != size:
+      raise InputError(f"{name} must have shape {shape}, got {a.shape}: {size} expected in "
+                       f"axis {axis}", argument=name)
+  return a
 
 
 def _figure_and_ax(ax, figsize):
@@ -81,6 +108,10 @@ def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
   else:
     fig = ax.figure
     ax.set_title(title, fontsize=title_size, pad=12)
+    box = ax.get_position().transformed(fig.transFigure).transformed(
+        fig.dpi_scale_trans.inverted())  # the Axes in inches: labels shrink with the cells
+    inches_per_cell = min(box.width / cols, box.height * cell_w / (rows * cell_h))
+    label_size *= min(1.0, inches_per_cell / cell_inches)
   ax.imshow(mosaic, interpolation="nearest")
   ax.set_axis_off()
   for r, row in enumerate(labels):
@@ -106,10 +137,14 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
 
   accuracies: metric name -> (num_folds, len(ks)).
   """
+  ks = _array(ks, "ks", "(K,)", (1,), integer=True)
+  accuracies = {name: _array(acc, f"accuracies[{name!r}]", f"(num_folds, {len(ks)})", (2,),
+                             sizes={1: len(ks)}) for name, acc in accuracies.items()}
+  if not len(ks) or not accuracies:
+    raise InputError("there is nothing to draw: pass at least one k and one metric",
+                     argument="accuracies")
   fig, ax = _figure_and_ax(ax, (7, 4.5))
-  ks = np.asarray(ks)
   for i, (name, acc) in enumerate(accuracies.items()):
-    acc = np.asarray(acc)
     color = f"C{i}"
     for fold in acc:
       ax.scatter(ks, fold, s=12, color=color, alpha=0.5)
@@ -130,9 +165,20 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
               class_names: Sequence[str], *, ax=None) -> matplotlib.figure.Figure:
   """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
   titled with their labels (green = same class as the query, red = other)."""
-  q, k = np.asarray(neighbor_labels).shape
-  _check_labels(np.concatenate([np.ravel(query_labels), np.ravel(neighbor_labels)]),
-                class_names)
+  neighbor_labels = _array(neighbor_labels, "neighbor_labels", "(Q, K)", (2,), integer=True)
+  q, k = neighbor_labels.shape
+  query_labels = _array(query_labels, "query_labels", f"(Q,) = ({q},)", (1,), integer=True,
+                        sizes={0: q})
+  query_images = _array(query_images, "query_images", f"(Q, H, W) or (Q, H, W, C), Q = {q} "
+                        "(reshape flattened rows to images)", (3, 4), sizes={0: q})
+  neighbor_images = _array(neighbor_images, "neighbor_images", f"({q}, {k}) + "
+                           f"{query_images.shape[1:]} (Q, K and the query images' shape)",
+                           (query_images.ndim + 1,), sizes={0: q, 1: k})
+  if neighbor_images.shape[2:] != query_images.shape[1:]:
+    raise InputError(f"neighbor_images has images of shape {neighbor_images.shape[2:]}, the "
+                     f"queries {query_images.shape[1:]}: both must be the same",
+                     argument="neighbor_images")
+  _check_labels(np.concatenate([query_labels, neighbor_labels.ravel()]), class_names)
   images, labels, colors = [], [], []
   for r in range(q):
     same = [neighbor_labels[r][c] == query_labels[r] for c in range(k)]
@@ -149,9 +195,10 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
 def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
               ax=None) -> matplotlib.figure.Figure:
   """Row-normalised confusion matrix (C, C) with counts in the cells."""
-  cm = np.asarray(confusion_CxC)
-  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   c = len(class_names)
+  cm = _array(confusion_CxC, "confusion_CxC", f"(C, C) = ({c}, {c}), one row and column per "
+              "class name", (2,), integer=True, sizes={0: c, 1: c})
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   fig, ax = _figure_and_ax(ax, (0.6 * c + 2.5, 0.6 * c + 2))
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
   for i in range(c):
@@ -171,8 +218,12 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
 def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
               title: str = "learned templates", *, ax=None) -> matplotlib.figure.Figure:
   """Each class's weight column (D = prod(image_shape)) shown as an image."""
-  w = np.asarray(w_DxC)
+  w = _array(w_DxC, "w_DxC", "(D, C)", (2,))
   c = w.shape[1]
+  if not all(isinstance(n, (int, np.integer)) and n > 0 for n in image_shape) or (
+      int(np.prod(image_shape)) != w.shape[0]):
+    raise InputError(f"image_shape {tuple(image_shape)} must be positive ints whose product is "
+                     f"the {w.shape[0]} rows (D) of w_DxC", argument="image_shape")
   if len(class_names) != c:
     raise InputError(f"class_names has {len(class_names)} names for {c} templates (columns "
                      "of w_DxC): pass one name per column", argument="class_names")
@@ -196,7 +247,9 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   """
   fig, ax = _figure_and_ax(ax, (7, 4))
   for name, (xs, ys) in series.items():
-    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,)).astype(np.float64)
+    ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,),
+                sizes={0: len(xs)}).astype(np.float64)
     if smooth > 1 and len(ys) >= smooth:
       ys = np.convolve(ys, np.ones(smooth) / smooth, mode="valid")
       xs = xs[smooth - 1:]
@@ -216,7 +269,9 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
 def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_label: str,
          b_label: str, title: str = "", ax=None) -> matplotlib.figure.Figure:
   """Heat map of a metric (A, B) over a 2-D hyperparameter grid, values in the cells."""
-  v = np.asarray(values_AxB, np.float64)
+  v = _array(values_AxB, "values_AxB", f"(len(a_values), len(b_values)) = ({len(a_values)}, "
+             f"{len(b_values)})", (2,), sizes={0: len(a_values), 1: len(b_values)}).astype(
+                 np.float64)
   fig, ax = _figure_and_ax(ax, (1.1 * len(b_values) + 2.5, 0.7 * len(a_values) + 2))
   im = ax.imshow(v, cmap="viridis")
   for i in range(v.shape[0]):

@@ -77,3 +77,58 @@ def test_names_and_labels_must_fit_the_images():
   with pytest.raises(InputError, match="no images to draw"):
     plots.neighbors(np.zeros((0, 4, 4, 3), np.uint8), [], np.zeros((0, 2, 4, 4, 3), np.uint8),
                     np.zeros((0, 2), int), NAMES)
+
+
+def test_save_writes_the_format_its_extension_names(tmp_path):
+  fig = CALLS["curves"](None)
+  assert plots.save(fig, tmp_path / "a.pdf") == str(tmp_path / "a.pdf")
+  assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
+  plots.save(fig, tmp_path / "a.svg")
+  assert b"<svg" in (tmp_path / "a.svg").read_bytes()[:2000]
+  with pytest.raises(InputError, match=r"cannot write a figure as .xyz .*\.png") as e:
+    plots.save(fig, tmp_path / "a.xyz")
+  assert e.value.argument == "path" and not (tmp_path / "a.xyz").exists()
+
+
+def _neighbors(**changes):
+  args = dict(query_images=np.zeros((2, 4, 4, 3), np.uint8), query_labels=[0, 1],
+              neighbor_images=np.zeros((2, 3, 4, 4, 3), np.uint8),
+              neighbor_labels=np.array([[0, 1, 2], [1, 1, 0]]), class_names=NAMES)
+  args.update(changes)
+  return plots.neighbors(**args)
+
+
+@pytest.mark.parametrize("call, argument, message", [
+    (lambda: _neighbors(query_images=np.zeros((2, 48), np.uint8)), "query_images",
+     r"\(Q, H, W\) or \(Q, H, W, C\), Q = 2 \(reshape flattened rows"),
+    (lambda: _neighbors(query_labels=[0.0, 1.0]), "query_labels", "integer labels"),
+    (lambda: _neighbors(query_labels=[0]), "query_labels", r"\(Q,\) = \(2,\)"),
+    (lambda: _neighbors(neighbor_labels=np.zeros((2, 3), np.float32)), "neighbor_labels",
+     "integer labels"),
+    (lambda: _neighbors(neighbor_images=np.zeros((2, 3, 5, 4, 3), np.uint8)), "neighbor_images",
+     r"images of shape \(5, 4, 3\), the queries \(4, 4, 3\)"),
+    (lambda: _neighbors(neighbor_images=np.zeros((2, 2, 4, 4, 3), np.uint8)), "neighbor_images",
+     "2 expected in axis 0|3 expected in axis 1"),
+    (lambda: plots.templates(np.zeros((48, 3)), (4, 4, 2), NAMES), "image_shape",
+     "whose product is the 48 rows"),
+    (lambda: plots.templates(np.zeros(48), (4, 4, 3), NAMES), "w_DxC", r"shape \(D, C\)"),
+    (lambda: plots.confusion(np.eye(2, dtype=int), NAMES), "confusion_CxC", r"\(3, 3\)"),
+    (lambda: plots.grid(np.zeros((2, 3)), [1, 2], [1, 2], a_label="a", b_label="b"),
+     "values_AxB", r"\(2, 2\)"),
+    (lambda: plots.curves({"loss": ([1, 2, 3], [1.0, 2.0])}), "series['loss'] y", r"\(3,\)"),
+    (lambda: plots.cross_validation([1, 3], {"l1": np.zeros((5, 3))}), "accuracies['l1']",
+     r"\(num_folds, 2\)"),
+])
+def test_arrays_of_the_wrong_shape_or_dtype_name_themselves(call, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    call()
+  assert e.value.argument == argument
+
+
+def test_labels_shrink_with_a_small_given_axes():
+  def label_sizes(fig):
+    return {t.get_fontsize() for a in fig.axes for t in a.texts}
+  alone = label_sizes(CALLS["neighbors"](None))
+  small = matplotlib.figure.Figure(figsize=(4, 4))
+  CALLS["neighbors"](small.subplots(3, 3)[0, 0])
+  assert alone == {6.0} and max(label_sizes(small)) < 2.0
