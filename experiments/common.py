@@ -29,9 +29,9 @@ class DataConfig(cfg.BaseConfig):
                         "(PATH/{train,test}/<class>/*.png|jpg)")
   data_dir: str | None = option(None, "tfds data_dir (default: tfds's own)")
   seed: int = option(0, "seed of every random stream (subsets, folds, init, minibatches, ...)")
-  num_train: int = option(0, "training images (0 = all)")
+  num_train: int | None = option(0, "training images (0 = all)")
   num_val: int = option(1000, "val images, the last of the training split")
-  num_test: int = option(0, "test images (0 = all)")
+  num_test: int | None = option(0, "test images (0 = all)")
   shard: str = option("auto", "many devices: auto (split the queries / the batch when there are "
                       "several devices), none, queries, or database (kNN: split the database)")
   cache_dir: str = option(os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "jaxlin"),

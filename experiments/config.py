@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -89,14 +90,23 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "Tru
 
 def _checked_type(name: str, value, hint):
   """``value`` for the field ``name`` (annotation ``hint``), or ConfigError naming it: a
-  list field takes a list or tuple (a single value becomes a 1-tuple; its items are checked
-  by the experiment's validate, as flag strings are); a single-valued field takes its type
-  (ints also for floats; None where the field allows it), never a string for a number."""
+  list field takes any iterable (a list, tuple, range, array; a single value or string
+  becomes a 1-tuple; its items are checked by the experiment's validate, as flag strings
+  are); a single-valued field takes its type (numpy and jax scalars too, ints also for
+  floats, a path for a string, None where the field allows it), never a string for a
+  number."""
   kind, is_list = _base_type(hint)
   if value is None and type(None) in typing.get_args(hint):
     return None
   if is_list:
-    return tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else (value,)
+    if (isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, typing.Iterable)
+        or (hasattr(value, "ndim") and np.ndim(value) == 0)):
+      return (value.item() if hasattr(value, "item") else value,)  # one value
+    return tuple(v.item() if np.ndim(v) == 0 and hasattr(v, "item") else v for v in value)
+  if hasattr(value, "ndim") and np.ndim(value) == 0 and hasattr(value, "item"):
+    value = value.item()  # a numpy or jax scalar
+  if kind is str and isinstance(value, os.PathLike):
+    value = os.fspath(value)
   ok = {bool: isinstance(value, (bool, np.bool_)),
         int: isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)),
         float: isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
@@ -162,7 +172,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {str(e).removeprefix('ERROR:: ')}", file=sys.stderr)
     sys.exit(2)
 
 

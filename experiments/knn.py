@@ -23,8 +23,8 @@ from jaxlin import data, distances, knn, metrics, selection
 
 @dataclasses.dataclass(frozen=True)
 class Config(common.DataConfig):
-  num_train: int = option(5000, "training images (0 = all)")
-  num_test: int = option(500, "test images (0 = all)")
+  num_train: int | None = option(5000, "training images (0 = all)")
+  num_test: int | None = option(500, "test images (0 = all)")
   k: tuple[int, ...] = option((1, 3, 5, 8, 10, 12, 15, 20, 50, 100), "values of k to compare")
   metric: tuple[str, ...] = option(("l1", "l2"), "distances to compare: l1, l2, cosine")
   cv_folds: int = option(5, "cross-validation folds (0 = choose on the val split)")

@@ -294,11 +294,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
   ndev = _mesh_size(mesh)
+  not_an_index(database_NxD, names[1])
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
-  if isinstance(database_NxD, bounds.Index):
-    raise InputError(f"{names[1]} is a bounds.Index: search it with jaxlin.bounds.search("
-                     "queries, index, k), or pass the (N, D) database rows here",
-                     argument=names[1])
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
                                                        names=names)
   if database.shape[0] == 0:
@@ -369,6 +366,14 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
   return distances.to_distances(topk.as_float_distances(d), metric), i, {"method": "brute"}
+
+
+def not_an_index(x, name: str) -> None:
+  """InputError naming ``name`` if ``x`` is a ``bounds.Index`` (rows are expected)."""
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+  if isinstance(x, bounds.Index):
+    raise InputError(f"{name} is a bounds.Index: search it with jaxlin.bounds.search("
+                     f"queries, index, k), or pass the (N, D) rows here", argument=name)
 
 
 def _use_pruned(method, queries, database, metric, mesh, num_database, names) -> bool:
@@ -478,6 +483,7 @@ def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, cal
   num_classes = _checks.num_classes(num_classes)
   single = np.ndim(k) == 0
   ks = checked_ks(k)
+  not_an_index(train_x, names[1])
   if np.ndim(train_x) != 2:
     raise InputError(f"{names[1]} must be 2-D (rows, features), got shape {np.shape(train_x)}; "
                      "flatten images first, e.g. x.reshape(len(x), -1)", argument=names[1])

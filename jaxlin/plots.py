@@ -41,17 +41,21 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: int = 110) -> str:
       path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))
 
 
-def _array(x, name: str, shape: str, ndims, *, integer: bool = False, sizes=None):
+def _array(x, name: str, shape: str, ndims, *, kind: str = "numbers", sizes=None):
   """``x`` as a numpy array of one of the dimensions ``ndims``, or InputError naming
-  ``name`` with the expected ``shape`` (e.g. "(Q, H, W, C)"); ``integer``: integer labels;
-  ``sizes``: {axis: size} the array must have."""
+  ``name`` with the expected ``shape`` (e.g. "(Q, H, W, C)"); ``kind``: "numbers" (bools
+  too), "floats" (None becomes NaN: a gap in a curve) or "labels" (integers); ``sizes``:
+  {axis: size} the array must have."""
   try:
-    a = np.asarray(x)
-  except ValueError:  # ragged nested lists
+    a = np.asarray(x, np.float64) if kind == "floats" else np.asarray(x)
+  except (TypeError, ValueError):  # ragged nested lists, strings
     a = np.asarray(x, dtype=object)
-  if a.dtype == object or a.ndim not in ndims or (integer and a.size and not np.issubdtype(
-      a.dtype, np.integer)) or not (integer or np.issubdtype(a.dtype, np.number)):
-    what = "integer labels" if integer else "numbers"
+  if kind == "labels":
+    ok = np.issubdtype(a.dtype, np.integer) or (a.size == 0 and a.dtype != object)
+  else:
+    ok = np.issubdtype(a.dtype, np.number) or a.dtype == bool
+  if not ok or a.ndim not in ndims:
+    what = {"labels": "integer labels"}.get(kind, "numbers")
     raise InputError(f"{name} must be an array of {what} of shape {shape}, got shape "
                      f"{a.shape} and dtype {a.dtype}", argument=name)
   for axis, size in (sizes or {}).items():
@@ -137,9 +141,11 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
 
   accuracies: metric name -> (num_folds, len(ks)).
   """
-  ks = _array(ks, "ks", "(K,)", (1,), integer=True)
-  accuracies = {name: _array(acc, f"accuracies[{name!r}]", f"(num_folds, {len(ks)})", (2,),
-                             sizes={1: len(ks)}) for name, acc in accuracies.items()}
+  ks = _array(np.atleast_1d(ks) if np.ndim(ks) == 0 else ks, "ks", "(K,)", (1,))
+  # One k: cross_validate_knn's (num_folds,) accuracies of an int k are one column.
+  accuracies = {name: _array(np.reshape(acc, (-1, 1)) if len(ks) == 1 and np.ndim(acc) == 1
+                             else acc, f"accuracies[{name!r}]", f"(num_folds, {len(ks)})",
+                             (2,), sizes={1: len(ks)}) for name, acc in accuracies.items()}
   if not len(ks) or not accuracies:
     raise InputError("there is nothing to draw: pass at least one k and one metric",
                      argument="accuracies")
@@ -165,9 +171,9 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
               class_names: Sequence[str], *, ax=None) -> matplotlib.figure.Figure:
   """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
   titled with their labels (green = same class as the query, red = other)."""
-  neighbor_labels = _array(neighbor_labels, "neighbor_labels", "(Q, K)", (2,), integer=True)
+  neighbor_labels = _array(neighbor_labels, "neighbor_labels", "(Q, K)", (2,), kind="labels")
   q, k = neighbor_labels.shape
-  query_labels = _array(query_labels, "query_labels", f"(Q,) = ({q},)", (1,), integer=True,
+  query_labels = _array(query_labels, "query_labels", f"(Q,) = ({q},)", (1,), kind="labels",
                         sizes={0: q})
   query_images = _array(query_images, "query_images", f"(Q, H, W) or (Q, H, W, C), Q = {q} "
                         "(reshape flattened rows to images)", (3, 4), sizes={0: q})
@@ -197,13 +203,13 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
   """Row-normalised confusion matrix (C, C) with counts in the cells."""
   c = len(class_names)
   cm = _array(confusion_CxC, "confusion_CxC", f"(C, C) = ({c}, {c}), one row and column per "
-              "class name", (2,), integer=True, sizes={0: c, 1: c})
+              "class name", (2,), sizes={0: c, 1: c})
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   fig, ax = _figure_and_ax(ax, (0.6 * c + 2.5, 0.6 * c + 2))
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
   for i in range(c):
     for j in range(c):
-      ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+      ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center", fontsize=7,
               color="white" if norm[i, j] > 0.5 else "black")
   ax.set_xticks(range(c), class_names, rotation=45, ha="right")
   ax.set_yticks(range(c), class_names)
@@ -220,10 +226,15 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
   """Each class's weight column (D = prod(image_shape)) shown as an image."""
   w = _array(w_DxC, "w_DxC", "(D, C)", (2,))
   c = w.shape[1]
-  if not all(isinstance(n, (int, np.integer)) and n > 0 for n in image_shape) or (
-      int(np.prod(image_shape)) != w.shape[0]):
-    raise InputError(f"image_shape {tuple(image_shape)} must be positive ints whose product is "
-                     f"the {w.shape[0]} rows (D) of w_DxC", argument="image_shape")
+  dims = np.atleast_1d(np.asarray(image_shape, dtype=object)).ravel()
+  if not all(isinstance(n, (int, np.integer)) or (np.ndim(n) == 0 and hasattr(n, "dtype") and
+                                                  np.issubdtype(n.dtype, np.integer))
+             for n in dims) or min(dims, default=0) < 1 or not 2 <= len(dims) <= 3 or (
+                 int(np.prod(dims)) != w.shape[0]):
+    raise InputError(f"image_shape {image_shape!r} must be (H, W) or (H, W, C), positive ints "
+                     f"whose product is the {w.shape[0]} rows (D) of w_DxC",
+                     argument="image_shape")
+  image_shape = tuple(int(n) for n in dims)
   if len(class_names) != c:
     raise InputError(f"class_names has {len(class_names)} names for {c} templates (columns "
                      "of w_DxC): pass one name per column", argument="class_names")
@@ -247,9 +258,9 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   """
   fig, ax = _figure_and_ax(ax, (7, 4))
   for name, (xs, ys) in series.items():
-    xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,)).astype(np.float64)
-    ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,),
-                sizes={0: len(xs)}).astype(np.float64)
+    xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,), kind="floats")
+    ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,), kind="floats",
+                sizes={0: len(xs)})
     if smooth > 1 and len(ys) >= smooth:
       ys = np.convolve(ys, np.ones(smooth) / smooth, mode="valid")
       xs = xs[smooth - 1:]

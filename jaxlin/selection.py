@@ -91,6 +91,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``,
   ``method`` and ``image_shape`` as in ``jaxlin.knn.search``.
   """
+  knn.not_an_index(x, "x")
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2:
     raise InputError(f"x must be 2-D (examples, features), got shape {x.shape}", argument="x")

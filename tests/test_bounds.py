@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import bounds, knn, sharding
+from jaxlin import bounds, knn, selection, sharding
 from jaxlin.errors import InputError
 
 SHAPE = (8, 8, 3)
@@ -166,6 +166,13 @@ def test_index_and_features_must_be_usable():
       as e:
     knn.search(q, bounds.build_index(db, metric="l1"), 1)
   assert e.value.argument == "database_NxD"
+  index = bounds.build_index(db, metric="l2")
+  with pytest.raises(InputError, match="is a bounds.Index") as e:
+    knn.predict(index, np.zeros(len(db), int), q, k=1, num_classes=1)
+  assert e.value.argument == "train_x"
+  with pytest.raises(InputError, match="is a bounds.Index") as e:
+    selection.cross_validate_knn(index, np.zeros(len(db), int), [1], num_classes=1)
+  assert e.value.argument == "x"
   with pytest.raises(InputError, match="features"):
     bounds.build_index(np.zeros((3, 0), np.uint8), metric="l1")
 

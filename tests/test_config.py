@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import stat
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def test_study_mlp_flags_reach_both_networks():
     (dict(cv_num_train="30"), r"--cv_num_train must be an integer, got '30' \(str\)"),
     (dict(cv_num_train=30.0), r"--cv_num_train must be an integer, got 30.0 \(float\)"),
     (dict(cv_folds=True), r"--cv_folds must be an integer, got True \(bool\)"),
-    (dict(num_train=None), r"--num_train must be an integer, got None"),
+    (dict(num_train=[5]), r"--num_train must be an integer, got \[5\] \(list\)"),
+    (dict(cv_num_train=None), r"--cv_num_train must be an integer, got None"),
     (dict(tie_break=1), r"--tie_break must be a string, got 1 \(int\)"),
 ])
 def test_python_config_values_of_the_wrong_type_are_refused(override, message):
@@ -83,6 +85,11 @@ def test_python_config_values_of_the_wrong_type_are_refused(override, message):
 def test_python_config_values_become_the_field_types():
   c = knn_exp.Config.make(dict(k=3, metric="l1", num_train=np.int64(7)))
   assert (c.k, c.metric, c.num_train) == ((3,), ("l1",), 7) and type(c.num_train) is int
+  c = knn_exp.Config.make(dict(k=range(1, 4), seed=np.array(2), num_test=None,
+                               cache_dir=pathlib.Path("/tmp/c"), metric=np.array(["l2"])))
+  assert (c.k, c.seed, c.num_test, c.cache_dir, c.metric) == ((1, 2, 3), 2, None, "/tmp/c",
+                                                               ("l2",))
+  assert knn_exp.Config.make(dict(k=np.array(3))).k == (3,)
   lc = linear_exp.Config.make(dict(margin=1, learning_rate=0.1, num_epochs=None))
   assert (lc.margin, lc.learning_rate, lc.num_epochs) == (1.0, (0.1,), None)
   with pytest.raises(ConfigError, match=r"--overwrite must be True or False, got 1"):

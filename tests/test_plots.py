@@ -132,3 +132,18 @@ def test_labels_shrink_with_a_small_given_axes():
   small = matplotlib.figure.Figure(figsize=(4, 4))
   CALLS["neighbors"](small.subplots(3, 3)[0, 0])
   assert alone == {6.0} and max(label_sizes(small)) < 2.0
+
+
+def test_everything_the_library_returns_or_a_user_holds_is_drawn():
+  acc = np.array([0.5, 0.6, 0.4])  # cross_validate_knn's accuracies of one int k: (folds,)
+  plots.cross_validation(3, {"l1": acc})
+  plots.cross_validation([1.0, 3.0], {"l1": np.zeros((3, 2))})  # float ks
+  plots.confusion(np.eye(3) * 2.5, NAMES)  # averaged counts
+  plots.curves({"gap": ([1, 2, 3], [1.0, None, 2.0]), "bools": ([1, 2], [True, False])})
+  plots.neighbors(np.zeros((1, 4, 4), bool), [0], np.zeros((1, 2, 4, 4), bool), [[0, 1]], NAMES)
+  plots.neighbors(np.zeros((1, 4, 4, 3), np.float32), np.array([0], np.uint8),
+                  np.ones((1, 2, 4, 4, 3), np.float32), [[0, 1]], NAMES)  # floats in [0, 1]
+  plots.templates(np.zeros((48, 3)), np.array([4, 4, 3]), NAMES)
+  plots.templates(np.zeros((16, 3)), (4, 4), NAMES)  # grayscale
+  with pytest.raises(InputError, match=r"image_shape 16 must be \(H, W\) or \(H, W, C\)"):
+    plots.templates(np.zeros((48, 3)), 16, NAMES)

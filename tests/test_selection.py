@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxlin import metrics, selection
+from jaxlin import knn, metrics, selection
 from jaxlin.errors import InputError
 
 
@@ -79,7 +79,10 @@ def test_cross_validation_matches_a_plain_loop_over_folds():
   np.testing.assert_array_equal(single, acc[:, 2])  # an int k: (folds,)
 
 
-def test_cross_validation_checks_its_arguments_before_any_fold():
+def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
+  def no_search(*args, **kwargs):
+    raise AssertionError("a fold ran before the arguments were checked")
+  monkeypatch.setattr(knn, "_search", no_search)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 8, (20, 12), dtype=np.uint8)
   y = rng.integers(0, 4, 20)
@@ -91,12 +94,14 @@ def test_cross_validation_checks_its_arguments_before_any_fold():
       (dict(ks=[1, 0]), "ks", "must be positive"),
       (dict(ks=2.5), "ks", "must be an integer"),
       (dict(x=x[:0], y=y[:0]), "x", "x is empty"),
-      (dict(x=x.astype(np.float32), method="pruned"), "method",
-       "needs x uint8 or int8 .pixels. and metric"),
   ]:
     with pytest.raises(InputError, match=message) as e:
       cv(**kw)
     assert e.value.argument == argument, kw
+  monkeypatch.undo()
+  with pytest.raises(InputError, match=r"needs x uint8 or int8 \(pixels\) and metric") as e:
+    cv(x=x.astype(np.float32), method="pruned")  # checked by the first fold's search
+  assert e.value.argument == "method"
 
 
 def test_metrics_literal_values():
