@@ -63,11 +63,39 @@ def labels(values, num_classes_: int, name: str, n: int | None = None):
   return values
 
 
-def finite(x, name: str) -> None:
+def finite(x, name: str, why: str = "distances to them are undefined") -> None:
   """InputError naming ``name`` if a concrete float array holds NaN or inf."""
   if is_traced(x) or not jnp.issubdtype(x.dtype, jnp.floating) or x.size == 0:
     return
   bad = int(jnp.sum(~jnp.isfinite(x)))
   if bad:
-    raise InputError(f"{name} contains {bad} NaN or infinite value(s); distances to them are "
-                     "undefined: remove or replace those rows first", argument=name)
+    raise InputError(f"{name} contains {bad} NaN or infinite value(s); {why}: remove or "
+                     "replace them first", argument=name)
+
+
+def host_array(a, name: str) -> np.ndarray:
+  """A non-jax input as a numpy array JAX can hold without changing a value: numeric,
+  rectangular, and (without jax_enable_x64) 64-bit integers within int32, which JAX would
+  otherwise wrap silently."""
+  try:
+    a = np.asarray(a)
+  except (ValueError, TypeError) as e:
+    raise InputError(f"{name} must be a rectangular numeric array: {e}", argument=name) from None
+  if a.dtype.kind not in "biuf":
+    raise InputError(f"{name} must hold integers or real floats, got dtype {a.dtype}",
+                     argument=name)
+  if a.dtype.kind in "iu" and a.dtype.itemsize >= 4 and a.size and not jax.config.jax_enable_x64:
+    info = np.iinfo(np.int32)
+    lo, hi = int(a.min()), int(a.max())
+    if lo < info.min or hi > info.max:
+      raise InputError(f"{name} holds integers beyond int32 ({lo if lo < info.min else hi}), "
+                       "which JAX would wrap without jax_enable_x64: pass floats (e.g. "
+                       "float64 with jax_enable_x64) or smaller integers", argument=name)
+  return a
+
+
+def jax_exact(a, name: str):
+  """``a`` unchanged if it is a jax array or traced; else ``host_array(a, name)``."""
+  if isinstance(a, jax.Array) or is_traced(a):
+    return a
+  return host_array(a, name)

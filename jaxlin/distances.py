@@ -39,7 +39,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlin import _checks
 from jaxlin.errors import InputError
@@ -77,7 +76,7 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   _check_metric(metric)
   arrays = []
   for a, name in zip((x_QxD, y_NxD), names):
-    a = a if isinstance(a, jax.Array) else jnp.asarray(_host_array(a, name))
+    a = a if isinstance(a, jax.Array) else jnp.asarray(_checks.host_array(a, name))
     if a.ndim != 2:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {a.shape}; flatten "
                        "images first, e.g. x.reshape(len(x), -1)", argument=name)
@@ -97,27 +96,6 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   if kernel.name == "l1_int":
     _check_l1_int_range(x, y, names)
   return x, y, kernel
-
-
-def _host_array(a, name: str) -> np.ndarray:
-  """A non-jax input as a numpy array JAX can hold without changing a value: numeric,
-  rectangular, and (without jax_enable_x64) 64-bit integers within int32, which JAX would
-  otherwise wrap silently."""
-  try:
-    a = np.asarray(a)
-  except (ValueError, TypeError) as e:
-    raise InputError(f"{name} must be a rectangular numeric array: {e}", argument=name) from None
-  if a.dtype.kind not in "biuf":
-    raise InputError(f"{name} must hold integers or real floats, got dtype {a.dtype}",
-                     argument=name)
-  if a.dtype.kind in "iu" and a.dtype.itemsize >= 4 and a.size and not jax.config.jax_enable_x64:
-    info = np.iinfo(np.int32)
-    lo, hi = int(a.min()), int(a.max())
-    if lo < info.min or hi > info.max:
-      raise InputError(f"{name} holds integers beyond int32 ({lo if lo < info.min else hi}), "
-                       "which JAX would wrap without jax_enable_x64: pass floats (e.g. "
-                       "float64 with jax_enable_x64) or smaller integers", argument=name)
-  return a
 
 
 def _check_l1_int_range(x, y, names):

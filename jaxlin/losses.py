@@ -11,11 +11,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin import _checks
 from jaxlin.errors import InputError
 
 __all__ = ["multiclass_svm", "softmax_cross_entropy", "l2_penalty", "penalised_leaves", "LOSSES"]
 
 Mask = Union[None, Callable[[str, Any], bool], Any]
+
+
+def _inputs(scores_NxC, labels_N):
+  """The checked (scores, labels) as jax arrays."""
+  scores_NxC = jnp.asarray(_checks.jax_exact(scores_NxC, "scores_NxC"))
+  labels_N = jnp.asarray(_checks.jax_exact(labels_N, "labels_N"))
+  if jnp.issubdtype(scores_NxC.dtype, jnp.integer):
+    scores_NxC = scores_NxC.astype(jnp.float32)
+  if not jnp.issubdtype(scores_NxC.dtype, jnp.floating):
+    raise InputError(f"scores_NxC must be real numbers, got {scores_NxC.dtype}",
+                     argument="scores_NxC")
+  _check(scores_NxC, labels_N)
+  return scores_NxC, labels_N
 
 
 def _check(scores_NxC, labels_N):
@@ -39,8 +53,9 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
 
   (optax.losses.multiclass_hinge_loss is the Crammer-Singer max form: a different loss.)
   """
-  scores_NxC, labels_N = jnp.asarray(scores_NxC), jnp.asarray(labels_N)
-  _check(scores_NxC, labels_N)
+  scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
+  if not isinstance(squared, (bool, np.bool_)):
+    raise InputError(f"squared must be True or False, got {squared!r}", argument="squared")
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
   margins = jnp.maximum(0.0, scores_NxC - correct + margin)
   is_true = jax.nn.one_hot(labels_N, scores_NxC.shape[1], dtype=jnp.bool_)
@@ -57,8 +72,7 @@ def softmax_cross_entropy(scores_NxC, labels_N):
   result finite and accurate for scores of any size: no cancellation between
   two large numbers.
   """
-  scores_NxC, labels_N = jnp.asarray(scores_NxC), jnp.asarray(labels_N)
-  _check(scores_NxC, labels_N)
+  scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
   return jax.nn.logsumexp(scores_NxC - correct, axis=1)
 
@@ -104,6 +118,9 @@ def l2_penalty(params, *, mask: Mask = None):
   """
   total = 0.0
   for i, v in enumerate(penalised_leaves(params, mask=mask)):
+    v = jnp.asarray(v)
+    if not jnp.issubdtype(v.dtype, jnp.inexact):  # integer weights: no wrap-around
+      v = v.astype(jnp.float32)
     total = jnp.sum(v * v) if i == 0 else total + jnp.sum(v * v)
   return jnp.asarray(total, jnp.float32) if isinstance(total, float) else total
 

@@ -5,17 +5,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin import _checks
 from jaxlin.errors import InputError
 
 __all__ = ["accuracy", "confusion_matrix", "per_class_accuracy"]
 
 
-def accuracy(labels_N, preds_N):
-  """Fraction of predictions equal to the labels (float)."""
-  labels_N, preds_N = jnp.asarray(labels_N), jnp.asarray(preds_N)
+def _label_arrays(labels_N, preds_N):
+  """(labels, preds) as integer jax arrays of one shape, or InputError naming the argument."""
+  out = []
+  for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
+    v = jnp.asarray(_checks.jax_exact(v, name))
+    if not jnp.issubdtype(v.dtype, jnp.integer):
+      raise InputError(f"{name} must hold integer class labels, got dtype {v.dtype}",
+                       argument=name)
+    out.append(v)
+  labels_N, preds_N = out
   if labels_N.shape != preds_N.shape:
     raise InputError(f"labels and predictions differ in shape: {labels_N.shape} vs "
                      f"{preds_N.shape}", argument="preds_N")
+  return labels_N, preds_N
+
+
+def accuracy(labels_N, preds_N):
+  """Fraction of predictions equal to the labels (float)."""
+  labels_N, preds_N = _label_arrays(labels_N, preds_N)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
   return jnp.mean(labels_N == preds_N)
@@ -23,10 +37,10 @@ def accuracy(labels_N, preds_N):
 
 def confusion_matrix(labels_N, preds_N, num_classes: int):
   """(C, C) int32 counts; row = true class, column = predicted class (both in [0, C))."""
-  labels_N, preds_N = jnp.asarray(labels_N), jnp.asarray(preds_N)
-  if labels_N.shape != preds_N.shape:
-    raise InputError(f"labels and predictions differ in shape: {labels_N.shape} vs "
-                     f"{preds_N.shape}", argument="preds_N")
+  labels_N, preds_N = _label_arrays(labels_N, preds_N)
+  num_classes = _checks.num_classes(num_classes)
+  if labels_N.ndim != 1:
+    raise InputError(f"labels_N must be 1-D, got shape {labels_N.shape}", argument="labels_N")
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     if v.size and not isinstance(v, jax.core.Tracer):  # concrete: bincount would drop them
       lo, hi = int(np.min(v)), int(np.max(v))
@@ -40,6 +54,12 @@ def confusion_matrix(labels_N, preds_N, num_classes: int):
 
 def per_class_accuracy(confusion_CxC):
   """Recall of each class from a confusion matrix (NaN for an absent class)."""
-  confusion_CxC = jnp.asarray(confusion_CxC)
+  cm = _checks.jax_exact(confusion_CxC, "confusion_CxC")
+  if np.ndim(cm) != 2 or np.shape(cm)[0] != np.shape(cm)[1]:
+    raise InputError(f"confusion_CxC must be a square (C, C) matrix, got shape {np.shape(cm)}",
+                     argument="confusion_CxC")
+  if not _checks.is_traced(cm) and np.size(cm) and float(np.min(cm)) < 0:
+    raise InputError("confusion_CxC holds negative counts", argument="confusion_CxC")
+  confusion_CxC = jnp.asarray(cm)
   totals = confusion_CxC.sum(axis=1)
   return jnp.where(totals > 0, jnp.diag(confusion_CxC) / jnp.maximum(totals, 1), jnp.nan)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import linear, losses, train
+from jaxlin import linear, losses, metrics, train
 from jaxlin.errors import InputError
 
 # The lecture's table: three training images (cat, car, frog), scores for (cat, car, frog).
@@ -150,3 +150,37 @@ def test_shape_and_dtype_errors():
       assert e.value.argument == "labels"
   with pytest.raises(ValueError, match=r"expected \(N, 3\)"):
     linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.zeros((4, 5), np.float32))
+
+
+def test_values_jax_would_change_are_refused_and_integer_weights_do_not_wrap():
+  big = np.array([2 ** 32, 0, 1], np.int64)  # without jax_enable_x64 JAX wraps it to class 0
+  for f in (losses.multiclass_svm, losses.softmax_cross_entropy):
+    with pytest.raises(InputError, match=r"beyond int32 \(4294967296\)") as e:
+      f(SCORES, big)
+    assert e.value.argument == "labels_N"
+  with pytest.raises(InputError, match="squared must be True or False") as e:
+    losses.multiclass_svm(SCORES, LABELS, squared="no")
+  with pytest.raises(InputError, match="integers or real floats, got dtype complex64"):
+    losses.softmax_cross_entropy(SCORES.astype(np.complex64), LABELS)  # was a complex loss
+  # Integer scores are scores: the same losses as their float values.
+  ints = np.round(SCORES).astype(np.int32)
+  np.testing.assert_array_equal(np.asarray(losses.multiclass_svm(ints, LABELS)),
+                                np.asarray(losses.multiclass_svm(ints.astype(np.float32),
+                                                                 LABELS)))
+  # int8 weights: 4 * 100**2, not the int8 wrap-around.
+  assert float(losses.l2_penalty({"W": np.full((2, 2), 100, np.int8)})) == 40000.0
+
+
+def test_metrics_refuse_what_they_cannot_count():
+  with pytest.raises(InputError, match="labels_N must hold integer class labels") as e:
+    metrics.confusion_matrix(np.array([1.7]), np.array([1]), 3)  # was counted as class 1
+  with pytest.raises(InputError, match="num_classes must be an integer, got 3.0"):
+    metrics.confusion_matrix(np.array([1]), np.array([1]), 3.0)
+  with pytest.raises(InputError, match=r"beyond int32 \(4294967296\)"):
+    metrics.accuracy(np.array([2 ** 32], np.int64), np.array([0]))  # was 1.0
+  with pytest.raises(InputError, match=r"square \(C, C\) matrix, got shape \(2, 3\)") as e:
+    metrics.per_class_accuracy(np.array([[3, 1, 0], [0, 2, 5]]))
+  assert e.value.argument == "confusion_CxC"
+  with pytest.raises(InputError, match="negative counts"):
+    metrics.per_class_accuracy(np.array([[3, -1], [0, 2]]))
+  assert float(metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 0])) == 0.5
