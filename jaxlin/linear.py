@@ -7,22 +7,49 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin.errors import InputError
 
 __all__ = ["init_params", "scores"]
 
 
+def positive_sizes(**sizes) -> None:
+  """InputError naming the first size that is not a positive int."""
+  for name, v in sizes.items():
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise InputError(f"{name} must be a positive int, got {v!r}", argument=name)
+
+
+def param(params, name: str, shape: tuple):
+  """params[name], checked to have ``shape`` (None: any size), or InputError."""
+  try:
+    v = params[name]
+  except (KeyError, TypeError, IndexError):
+    raise InputError(f"params has no {name!r}: pass the dict init_params returns",
+                     argument="params") from None
+  got = np.shape(v)
+  if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
+    want = tuple("?" if e is None else e for e in shape)
+    raise InputError(f"params[{name!r}] must have shape {want}, got {got}".replace("'?'", "?"),
+                     argument="params")
+  return v
+
+
 def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3):
   """W ~ scale * N(0, 1), b = 0."""
+  positive_sizes(num_features=num_features, num_classes=num_classes)
   return {"W": scale * jax.random.normal(key, (num_features, num_classes), jnp.float32),
           "b": jnp.zeros((num_classes,), jnp.float32)}
 
 
 def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
-  w = params["W"]
-  if x_NxD.ndim != 2 or x_NxD.shape[1] != w.shape[0]:
-    raise InputError(f"x has shape {x_NxD.shape}; expected (N, {w.shape[0]}) for W of shape "
+  if isinstance(x_NxD, (list, tuple)):
+    x_NxD = jnp.asarray(x_NxD)
+  w = param(params, "W", (None, None))
+  b = param(params, "b", (w.shape[1],))
+  if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:
+    raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w.shape[0]}) for W of shape "
                      f"{w.shape}", argument="x_NxD")
-  return jnp.matmul(x_NxD, w, precision=jax.lax.Precision.HIGHEST) + params["b"]
+  return jnp.matmul(x_NxD, w, precision=jax.lax.Precision.HIGHEST) + b

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxlin import linear
 from jaxlin.errors import InputError
 
 __all__ = ["init_params", "hidden", "scores"]
@@ -17,6 +19,8 @@ __all__ = ["init_params", "hidden", "scores"]
 def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
                 scale: float | None = None):
   """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` gives the std."""
+  linear.positive_sizes(num_features=num_features, hidden_size=hidden_size,
+                        num_classes=num_classes)
   k1, k2 = jax.random.split(key)
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5
@@ -28,12 +32,18 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
 
 def hidden(params, x_NxD):
   """ReLU activations (N, H)."""
-  if x_NxD.ndim != 2 or x_NxD.shape[1] != params["W1"].shape[0]:
-    raise InputError(f"x has shape {x_NxD.shape}; expected (N, {params['W1'].shape[0]})",
+  if isinstance(x_NxD, (list, tuple)):
+    x_NxD = jnp.asarray(x_NxD)
+  w1 = linear.param(params, "W1", (None, None))
+  b1 = linear.param(params, "b1", (w1.shape[1],))
+  if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w1.shape[0]:
+    raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w1.shape[0]})",
                      argument="x_NxD")
-  return jax.nn.relu(x_NxD @ params["W1"] + params["b1"])
+  return jax.nn.relu(x_NxD @ w1 + b1)
 
 
 def scores(params, x_NxD):
   """Class scores (N, C) = relu(x W1 + b1) W2 + b2."""
-  return hidden(params, x_NxD) @ params["W2"] + params["b2"]
+  h = hidden(params, x_NxD)
+  w2 = linear.param(params, "W2", (h.shape[1], None))
+  return h @ w2 + linear.param(params, "b2", (w2.shape[1],))

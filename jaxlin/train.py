@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin import losses
+from jaxlin import _checks, losses
 from jaxlin.errors import DivergenceError, InputError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Model", "FitResult", "Trainer", "make_train_step",
@@ -83,17 +84,26 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 
   learning_rate: a number or an optax schedule (step -> learning rate).
   """
+  if name not in OPTIMIZERS:
+    raise InputError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}, or pass an "
+                     "optax.GradientTransformation or a function learning_rate -> one",
+                     argument="optimizer")
+  if name != "lbfgs" and not callable(learning_rate) and not _checks.is_traced(learning_rate):
+    try:
+      ok = (_is_number(learning_rate) and math.isfinite(float(learning_rate))
+            and float(learning_rate) > 0)
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise InputError(f"learning_rate must be a finite number > 0 or an optax schedule, got "
+                       f"{learning_rate!r}", argument="learning_rate")
   if name == "sgd":
     return optax.sgd(learning_rate)
   if name == "momentum":
     return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
   if name == "adam":
     return optax.adam(learning_rate)
-  if name == "lbfgs":
-    return optax.lbfgs()
-  raise InputError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}, or pass an "
-                   "optax.GradientTransformation or a function learning_rate -> one",
-                   argument="optimizer")
+  return optax.lbfgs()
 
 
 def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
@@ -129,9 +139,20 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     ``tx.init(params)``.
   """
   penalty_fn = losses.l2_penalty if penalty is None else penalty
-  concrete = not isinstance(reg, jax.core.Tracer) and np.ndim(reg) == 0
-  if concrete and not float(reg) >= 0:
-    raise InputError(f"reg must be a number >= 0, got {reg}", argument="reg")
+  _callable(loss_fn, "loss_fn", "(scores_BxC, labels_B) -> (B,) losses")
+  _callable(apply_fn, "apply_fn", "(params, x_BxD) -> scores_BxC")
+  _callable(penalty_fn, "penalty", "params -> scalar")
+  if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+    raise InputError(f"tx must be an optax.GradientTransformation (e.g. optax.sgd(1e-3)), got "
+                     f"{tx!r}", argument="tx")
+  concrete = not isinstance(reg, jax.core.Tracer)
+  if concrete:
+    try:
+      ok = _is_number(reg) and 0 <= float(reg) < math.inf
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise InputError(f"reg must be a finite number >= 0, got {reg!r}", argument="reg")
   check_penalised = concrete and float(reg) > 0 and penalty is None
 
   def train_step(params, opt_state, batch):
@@ -154,6 +175,18 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     return optax.apply_updates(params, updates), opt_state, {"loss": value, "data_loss": data}
 
   return train_step
+
+
+def _is_number(v) -> bool:
+  """A real number: a Python or numpy number, or a 0-d real array (not a bool or string)."""
+  return (not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0
+          and np.issubdtype(np.asarray(v).dtype, np.number)
+          and not np.issubdtype(np.asarray(v).dtype, np.complexfloating))
+
+
+def _callable(f, name: str, signature: str) -> None:
+  if not callable(f):
+    raise InputError(f"{name} must be a function {signature}, got {f!r}", argument=name)
 
 
 def _check_penalised(params, what: str = "reg"):
@@ -218,9 +251,15 @@ class Trainer:
   def __init__(self, model: Model, loss_fn: Callable, *, optimizer: Optimizer,
                schedule: Schedule = None, penalty: Callable | None = None, mesh=None,
                full_batch: bool | None = None):
+    if not (callable(getattr(model, "init", None)) and callable(getattr(model, "apply", None))):
+      raise InputError(f"model must be a train.Model(init=key -> params, apply=(params, x) -> "
+                       f"scores), got {model!r}", argument="model")
+    _callable(loss_fn, "loss_fn", "(scores_BxC, labels_B) -> (B,) losses")
+    if penalty is not None:
+      _callable(penalty, "penalty", "params -> scalar")
     if isinstance(optimizer, str):
       if optimizer not in OPTIMIZERS:
-        make_optimizer(optimizer, 0.0)  # raises InputError naming the choices
+        make_optimizer(optimizer, 1.0)  # raises InputError naming the choices
       self._fixed_tx = optax.lbfgs() if optimizer == "lbfgs" else None
       self._factory = None if optimizer == "lbfgs" else functools.partial(make_optimizer,
                                                                            optimizer)
@@ -390,6 +429,41 @@ class Trainer:
                        f"[{lo}, {hi}]", argument="y")
     if self.penalty is None and np.any(np.asarray(regs) > 0):
       _check_penalised(params, "regs")
+    return c
+
+  def _checked_eval_sets(self, eval_sets) -> tuple[dict, dict]:
+    """({name: (x, y, num_examples or None)}, {name: (lowest, highest) label of a host y}),
+    each checked as the training data is."""
+    if eval_sets is None:
+      return {}, {}
+    if not isinstance(eval_sets, dict):
+      raise InputError(f"eval_sets must be a dict {{name: (x, y)}} or {{name: (x, y, "
+                       f"num_examples)}}, got {type(eval_sets).__name__}", argument="eval_sets")
+    out, ranges = {}, {}
+    for name, value in eval_sets.items():
+      if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
+        raise InputError(f"eval_sets[{name!r}] must be (x, y) or (x, y, num_examples)",
+                         argument="eval_sets")
+      ex, ey, en = (*value, None) if len(value) == 2 else value
+      ex = ex if _on_mesh(ex, self.mesh) else _checks.jax_exact(ex, f"eval_sets[{name!r}] x")
+      ey = ey if _on_mesh(ey, self.mesh) else _checks.jax_exact(ey, f"eval_sets[{name!r}] y")
+      rows = np.shape(ex)[0] if np.ndim(ex) else 0
+      if np.ndim(ex) < 2 or np.shape(ey) != (rows,) or rows == 0:
+        raise InputError(f"eval_sets[{name!r}] must hold x (N, ...) and y (N,) with N >= 1, got "
+                         f"shapes {np.shape(ex)} and {np.shape(ey)}", argument="eval_sets")
+      if en is not None and (not isinstance(en, (int, np.integer)) or not 1 <= en <= rows):
+        raise InputError(f"eval_sets[{name!r}] num_examples must be in [1, {rows}], got {en!r}",
+                         argument="eval_sets")
+      if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
+        raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
+                         f"{jnp.result_type(ey)}", argument="eval_sets")
+      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and not bool(
+          jnp.all(jnp.isfinite(jnp.asarray(ex)))):
+        raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
+      out[name] = (ex, ey, en)
+      if not _on_mesh(ey, self.mesh):
+        ranges[name] = int(jnp.min(ey)), int(jnp.max(ey))
+    return out, ranges
 
   def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
           learning_rates: Sequence[float] | None = None, batch_size: int | None = None,
@@ -416,17 +490,39 @@ class Trainer:
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
       raise InputError(f"num_steps must be a positive integer, got {num_steps!r}",
                        argument="num_steps")
+    for name, value, lowest in (("batch_size", batch_size, 1), ("log_every", log_every, 0),
+                                ("num_examples", num_examples, 1)):
+      if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(
+          value, (int, np.integer)) or value < lowest):
+        raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
+                         argument=name)
+    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or key.shape == (2,) and key.dtype == jnp.uint32)):
+      raise InputError(f"key must be a jax random key (jax.random.key(seed)), got {key!r}",
+                       argument="key")
     hyper = self._hyper(learning_rates, regs)
-    eval_sets = {k: (v if len(v) == 3 else (*v, None)) for k, v in (eval_sets or {}).items()}
+    eval_sets, label_ranges = self._checked_eval_sets(eval_sets)
     if self.mesh is not None:  # on the mesh: one global array even across hosts
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       place = lambda a: a if _on_mesh(a, self.mesh) else jax.device_put(np.asarray(a), replicated)
       x, y = place(x), place(y)
       eval_sets = {k: (place(a), place(b), m) for k, (a, b, m) in eval_sets.items()}
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jnp.asarray(_checks.jax_exact(x, "x")), jnp.asarray(_checks.jax_exact(y, "y"))
     n = x.shape[0] if num_examples is None else num_examples
+    if n > x.shape[0]:
+      raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
+                       argument="num_examples")
     k_init, k_data = jax.random.split(key)
-    self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
+    c = self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
+    for name, (ex, _, _) in eval_sets.items():
+      if np.shape(ex)[1:] != x.shape[1:]:
+        raise InputError(f"eval_sets[{name!r}] x has rows of shape {np.shape(ex)[1:]}, the "
+                         f"training x {x.shape[1:]}", argument="eval_sets")
+      if name in label_ranges:
+        lo, hi = label_ranges[name]
+        if lo < 0 or hi >= c:
+          raise InputError(f"eval_sets[{name!r}] labels must lie in [0, {c}), got values in "
+                           f"[{lo}, {hi}]", argument="eval_sets")
     multiplier = self._multiplier(int(num_steps))
     state = self._init(k_init, hyper["lr"], multiplier=multiplier)
     full_batch = self._full_batch
@@ -501,4 +597,12 @@ def _finite_mean(losses_SxG):
 
 def member(params_G, i: int):
   """Parameters of grid member i (any pytree with a leading grid axis)."""
+  i = _checks.concrete_int(i, "i")
+  sizes = {np.shape(v)[0] for v in jax.tree.leaves(params_G) if np.ndim(v)}
+  if len(sizes) != 1:
+    raise InputError(f"params_G must be a pytree of arrays with one leading grid axis, got "
+                     f"leading sizes {sorted(sizes)}", argument="params_G")
+  g = sizes.pop()
+  if not -g <= i < g:
+    raise InputError(f"i={i} is outside the grid of {g} members", argument="i")
   return jax.tree.map(lambda v: v[i], params_G)

@@ -236,3 +236,61 @@ def test_bad_arguments():
     fit(x, y.at[0].set(3))
   with pytest.raises(InputError, match="num_steps"):
     t.fit(jax.random.key(0), x, y, learning_rates=[0.1], batch_size=10, num_steps=0)
+
+
+def _fit_call(**changes):
+  x, y = _problem()
+  args = dict(key=jax.random.key(0), x=np.asarray(x), y=np.asarray(y), learning_rates=[0.1],
+              regs=[0.0], batch_size=10, num_steps=1)
+  args.update(changes)
+  return lambda: _trainer().fit(**args)
+
+
+def _eval(value):
+  return _fit_call(eval_sets=value)
+
+
+_X, _Y = (np.asarray(a) for a in _problem())
+
+
+@pytest.mark.parametrize("call, argument, message", [
+    # Each of these trained (or measured) without complaint before, on wrong data.
+    (_fit_call(y=np.concatenate([[2 ** 32], _Y[1:]]).astype(np.int64)), "y",
+     r"beyond int32 \(4294967296\)"),
+    (_fit_call(num_examples=500), "num_examples", "500 is more than the 120 rows"),
+    (_eval({"val": (_X, _Y, 500)}), "eval_sets", r"num_examples must be in \[1, 120\]"),
+    (_eval({"val": (_X, _Y[:1])}), "eval_sets", r"shapes \(120, 6\) and \(1,\)"),
+    (_eval({"val": (_X, _Y + 10)}), "eval_sets", r"labels must lie in \[0, 3\)"),
+    (_eval({"val": (_X * np.nan, _Y)}), "eval_sets", "NaN or inf"),
+    (_eval({"val": (_X[:, :5], _Y)}), "eval_sets", r"rows of shape \(5,\), the training x"),
+    (_eval([(_X, _Y)]), "eval_sets", "must be a dict"),
+    (_fit_call(key=0), "key", "jax random key"),
+    (_fit_call(batch_size=8.0), "batch_size", "an integer >= 1"),
+    (_fit_call(log_every=-1), "log_every", "an integer >= 0"),
+    (lambda: train.Trainer(LINEAR, "svm", optimizer="sgd"), "loss_fn", "must be a function"),
+    (lambda: train.Trainer(linear, losses.multiclass_svm, optimizer="sgd"), "model",
+     "must be a train.Model"),
+    (lambda: train.make_optimizer("sgd", -0.1), "learning_rate", "finite number > 0"),
+    (lambda: train.make_optimizer("adam", "0.1"), "learning_rate", "finite number > 0"),
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, "sgd"), "tx",
+     "optax.GradientTransformation"),
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1),
+                                   reg=float("inf")), "reg", "finite number >= 0"),
+    (lambda: train.member({"W": np.zeros((2, 6, 3)), "b": np.zeros((2, 3))}, 5), "i",
+     "outside the grid of 2 members"),
+    (lambda: linear.scores({"W": np.zeros((6, 3)), "b": np.zeros(1)}, _X), "params",
+     r"params\['b'\] must have shape \(3,\), got \(1,\)"),
+    (lambda: linear.scores({"W": np.zeros((6, 3))}, _X), "params", "params has no 'b'"),
+    (lambda: linear.init_params(jax.random.key(0), 0, 3), "num_features", "positive int"),
+])
+def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    call()
+  assert e.value.argument == argument
+
+
+def test_member_takes_negative_indices_and_scores_take_lists():
+  params = {"W": np.arange(36.0).reshape(2, 6, 3), "b": np.zeros((2, 3))}
+  np.testing.assert_array_equal(train.member(params, -1)["W"], params["W"][1])
+  np.testing.assert_allclose(np.asarray(linear.scores(train.member(params, 0), _X[:2].tolist())),
+                             _X[:2] @ params["W"][0], rtol=1e-6)
