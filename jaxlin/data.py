@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin import _checks
 from jaxlin.errors import DataError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
@@ -47,6 +48,9 @@ class Split:
   total: int = -1     # ... which has `total` rows (-1: N, the split is whole)
 
   def __post_init__(self):
+    if np.shape(self.images)[:1] != np.shape(self.labels)[:1] or np.ndim(self.labels) != 1:
+      raise InputError(f"a Split needs one label per image: images {np.shape(self.images)}, "
+                       f"labels {np.shape(self.labels)}", argument="labels")
     if self.total < 0:
       object.__setattr__(self, "total", len(self.labels))
 
@@ -523,10 +527,18 @@ def pixel_sums(images_NxHxWxC):
   return jnp.sum(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
 
 
-@functools.partial(jax.jit, static_argnames="count")
 def mean_from_sums(sums, count: int):
   """sums / count as mean_image divides (bit for bit): the mean image of rows spread
-  across hosts from their pixel_sums summed over processes."""
+  across hosts from their pixel_sums summed over processes (or the mean of any sums)."""
+  count = _checks.concrete_int(count, "count")
+  if count < 1:
+    raise InputError(f"count must be the number of images summed (>= 1), got {count}",
+                     argument="count")
+  return _divide(jnp.asarray(sums), count)
+
+
+@functools.partial(jax.jit, static_argnames="count")
+def _divide(sums, count: int):
   return sums / count
 
 
@@ -538,4 +550,4 @@ def preprocess(images_NxHxWxC, mean_HxWxC):
     raise InputError(f"mean_HxWxC has shape {mean_HxWxC.shape}; expected "
                      f"{images_NxHxWxC.shape[1:]} (one image)", argument="mean_HxWxC")
   x = jnp.asarray(images_NxHxWxC).astype(jnp.float32) - mean_HxWxC
-  return x.reshape(x.shape[0], -1)
+  return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (0, D) for no images too

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import files
+from jaxlin import _checks, files
 from jaxlin.errors import InputError
 
 __all__ = ["GREY", "hog", "hue", "hue_histogram", "extract", "cached_extract", "standardise"]
@@ -52,10 +52,20 @@ def _grey(image_HxWx3):
   return x @ jnp.asarray(GREY, jnp.float32)
 
 
+def _positive(**values) -> None:
+  for name, v in values.items():
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise InputError(f"{name} must be a positive int, got {v!r}", argument=name)
+
+
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   """(H // cell) * (W // cell) * orientations features of a uint8 image, cell-major."""
+  _positive(orientations=orientations, cell=cell)
   g = _grey(_pixels(image_HxWx3))
   h, w = g.shape
+  if cell > min(h, w):
+    raise InputError(f"cell={cell} is larger than the {h} x {w} image: no whole cell to "
+                     "describe; use a cell of at most the image side", argument="cell")
   gx = jnp.zeros_like(g).at[:, :-1].set(jnp.diff(g, axis=1))
   gy = jnp.zeros_like(g).at[:-1, :].set(jnp.diff(g, axis=0))
   mag = jnp.sqrt(gx * gx + gy * gy)
@@ -88,6 +98,10 @@ def hue(image_HxWx3):
 
 def hue_histogram(image_HxWx3, *, bins: int = 10):
   """Normalised histogram (sums to 1) of hue over ``bins`` equal bins of [0, 1]."""
+  _positive(bins=bins)
+  if min(np.shape(image_HxWx3)[:2], default=0) < 1:
+    raise InputError(f"image_HxWx3 has no pixels (shape {np.shape(image_HxWx3)})",
+                     argument="image_HxWx3")
   idx = jnp.clip(jnp.floor(hue(image_HxWx3) * bins).astype(jnp.int32), 0, bins - 1)
   counts = jnp.sum(jax.nn.one_hot(idx.reshape(-1), bins, dtype=jnp.float32), axis=0)
   return counts / idx.size
@@ -106,6 +120,7 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
 
   F = (H // cell) * (W // cell) * orientations + bins. callback(done, N) after each batch.
   """
+  _positive(orientations=orientations, cell=cell, bins=bins, batch_size=batch_size)
   images = jnp.asarray(_pixels(images_NxHxWx3, "images", ndim=4))
   n = images.shape[0]
   if n == 0:
@@ -128,12 +143,39 @@ def standardise(train_NxF, *others, stats=None):
 
   stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
   """
-  if stats is None and np.shape(train_NxF)[0] == 0:
-    raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
-  mean, std = stats if stats is not None else (jnp.mean(train_NxF, axis=0),
-                                                jnp.std(train_NxF, axis=0))
+  def rows(x, name):
+    x = jnp.asarray(_checks.jax_exact(x, name))
+    if x.ndim != 2:
+      raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
+                       argument=name)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+      x = x.astype(jnp.float32)  # ints and float16: statistics in float32, no overflow
+    _checks.finite(x, name, "standardised features would be NaN")
+    return x
+  train = rows(train_NxF, "train_NxF")
+  others = tuple(rows(x, f"others[{i}]") for i, x in enumerate(others))
+  f = train.shape[1]
+  for i, x in enumerate(others):
+    if x.shape[1] != f:
+      raise InputError(f"others[{i}] has {x.shape[1]} features, train_NxF {f}",
+                       argument=f"others[{i}]")
+  if stats is None:
+    if train.shape[0] == 0:
+      raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
+    mean, std = jnp.mean(train, axis=0), jnp.std(train, axis=0)
+  else:
+    if not isinstance(stats, (tuple, list)) or len(stats) != 2:
+      raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
+    mean, std = (jnp.asarray(_checks.jax_exact(v, "stats"), jnp.float32) for v in stats)
+    if mean.shape != (f,) or std.shape != (f,):
+      raise InputError(f"stats must be (mean, std) of shape ({f},) each, got {mean.shape} and "
+                       f"{std.shape}", argument="stats")
+    _checks.finite(mean, "stats", "the features would be NaN")
+    _checks.finite(std, "stats", "the features would be NaN")
+    if not _checks.is_traced(std) and bool(jnp.any(std < 0)):
+      raise InputError("stats: std must be >= 0", argument="stats")
   std = jnp.where(std > 0, std, 1.0)
-  return tuple((x - mean) / std for x in (train_NxF,) + others), (mean, std)
+  return tuple((x - mean) / std for x in (train,) + others), (mean, std)
 
 
 def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **settings):

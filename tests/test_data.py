@@ -227,3 +227,17 @@ def test_decoded_cache_names_a_broken_file_as_the_decoder_does(image_folder, tmp
   os.symlink(str(tmp_path / "gone.png"), os.path.join(root, "train", CLASSES[0], "zz.png"))
   with pytest.raises(DataError, match="zz.png"):
     data.load_split(f"folder:{root}", "train", cache_dir=str(tmp_path / "cache"))
+
+
+def test_array_helpers_refuse_counts_and_shapes_that_cannot_be_right():
+  ims = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+  sums = data.pixel_sums(ims)
+  np.testing.assert_array_equal(np.asarray(data.mean_from_sums(sums, 6)),
+                                np.asarray(data.mean_image(ims)))  # bit for bit
+  for count, message in [(0, ">= 1"), (6.5, "must be an integer")]:
+    with pytest.raises(InputError, match=message) as e:
+      data.mean_from_sums(sums, count)  # 0 gave inf, 6.5 a wrong mean
+    assert e.value.argument == "count"
+  with pytest.raises(InputError, match="one label per image"):
+    data.Split(ims, np.zeros(3, np.int32))  # len() said 3
+  assert data.preprocess(ims[:0], data.mean_image(ims)).shape == (0, 48)

@@ -158,3 +158,36 @@ def test_mlp_shapes_and_errors():
   assert float(losses.l2_penalty(p)) == pytest.approx(expected)
   with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
     mlp.scores(p, jnp.ones((2, 5)))
+
+
+def test_standardise_refuses_what_would_be_silently_wrong():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 4)) * 1000
+  (a,), (mean, std) = features.standardise(x.astype(np.float16))  # float16 std overflowed: 0s
+  (b,), _ = features.standardise(x.astype(np.float16).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert mean.dtype == std.dtype == jnp.float32 and float(jnp.abs(a).max()) > 1
+  for stats, message in [((np.zeros(4), np.full(4, np.nan)), "NaN or infinite"),
+                         ((np.zeros(4), -np.ones(4)), "std must be >= 0"),
+                         ((np.zeros(3), np.ones(3)), r"shape \(4,\) each"),
+                         (np.zeros(4), r"a pair \(mean, std\)")]:
+    with pytest.raises(InputError, match=message) as e:
+      features.standardise(x, stats=stats)
+    assert e.value.argument == "stats"
+  with pytest.raises(InputError, match="others.0. has 1 features, train_NxF 4"):
+    features.standardise(x, np.zeros((3, 1)))  # broadcast before
+  with pytest.raises(InputError, match="train_NxF contains 2 NaN"):
+    features.standardise(np.array([[np.nan, 1.0], [np.nan, 2.0]]))
+
+
+def test_feature_settings_that_describe_nothing_are_refused():
+  im = np.zeros((8, 8, 3), np.uint8)
+  for call, argument, message in [
+      (lambda: features.hog(im, cell=16), "cell", "larger than the 8 x 8 image"),  # was (0,)
+      (lambda: features.hog(im, orientations=0), "orientations", "positive int"),
+      (lambda: features.hue_histogram(im, bins=0), "bins", "positive int"),  # was empty
+      (lambda: features.extract(im[None], batch_size=0), "batch_size", "positive int"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      call()
+    assert e.value.argument == argument
