@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import zipfile
 from typing import Mapping, Sequence
 
@@ -42,13 +44,15 @@ class SavedModel:
     integers in [0, 255]): floats such as [0, 1] images would be silently wrong.
     """
     images_uint8_NxHxWxC = self._check_images(images_uint8_NxHxWxC)
+    if self.features == "hog_hsv" and len(images_uint8_NxHxWxC) == 0:
+      return np.zeros((0, len(self.feature_mean)), np.float32)
     if self.features == "hog_hsv":
       # needs JAX, not TensorFlow
       from jaxlin import features  # pylint: disable=import-outside-toplevel
       f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
       return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image
-    return (x / self.scale).reshape(len(x), -1)
+    return (x / self.scale).reshape(len(x), int(np.prod(x.shape[1:])))
 
   def _check_images(self, images) -> np.ndarray:
     images = np.asarray(images)
@@ -84,21 +88,64 @@ class SavedModel:
 def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: float,
          class_names: Sequence[str], kind: str, loss: str, features: str = "pixels",
          feature_mean=None, feature_std=None) -> str:
-  """Write atomically (temporary file renamed into place), with the user's umask."""
-  mean_image = np.asarray(mean_image, np.float32)
-  header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss, "scale": float(scale),
+  """Write atomically (temporary file renamed into place), with the user's umask.
+
+  Checked first as ``load`` checks a file (InputError naming what is wrong, nothing
+  written): a model ``save`` writes is one ``load`` reads.
+  """
+  path = _checked_path(path)
+  if isinstance(class_names, str):
+    raise InputError(f"class_names must be a sequence of names, got the string {class_names!r}",
+                     argument="class_names")
+  def as_float32(name, v):
+    try:
+      with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        return np.asarray(v, np.float32)
+    except (TypeError, ValueError):
+      raise InputError(f"{name} must be an array of numbers, got {type(v).__name__}",
+                       argument=name) from None
+  if not isinstance(params, Mapping):
+    raise InputError(f"params must be a dict of arrays (as init_params returns), got "
+                     f"{type(params).__name__}", argument="params")
+  if features != "pixels" and (feature_mean is None or feature_std is None):
+    raise InputError(f"features={features!r} needs feature_mean and feature_std (the "
+                     "standardisation the model was trained with)", argument="feature_mean")
+  mean_image = as_float32("mean_image", mean_image)
+  header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss,
+            "scale": float(as_float32("scale", scale)) if np.ndim(scale) == 0 else None,
             "image_shape": list(mean_image.shape), "features": features}
-  arrays = {f"param/{k}": np.asarray(v, np.float32) for k, v in params.items()}
+  arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}
   if features != "pixels":
-    arrays.update(feature_mean=np.asarray(feature_mean, np.float32),
-                  feature_std=np.asarray(feature_std, np.float32))
-  arrays.update(mean_image=mean_image, class_names=np.asarray(list(class_names), dtype=str),
-                header=np.asarray(json.dumps(header)))
-  return files.atomic_write(path, lambda f: np.savez(f, **arrays))
+    arrays.update(feature_mean=as_float32("feature_mean", feature_mean),
+                  feature_std=as_float32("feature_std", feature_std))
+  arrays.update(mean_image=mean_image, class_names=np.asarray(list(class_names), dtype=str))
+  try:
+    _validated(path, dict(arrays), header)
+  except ModelFileError as e:
+    why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
+    raise InputError(f"cannot save this model: {why}", argument="params") from None
+  arrays["header"] = np.asarray(json.dumps(header))
+  try:
+    return files.atomic_write(path, lambda f: np.savez(f, **arrays))
+  except OSError as e:
+    raise InputError(f"cannot write the model to {path}: {e.strerror or e}; pass a path in a "
+                     "writable folder", argument="path") from None
+
+
+def _checked_path(path) -> str:
+  """A file path (str or os.PathLike), not a file descriptor or another object."""
+  if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
+    raise InputError(f"path must be a file path (str or os.PathLike), got {path!r}",
+                     argument="path")
+  return os.fspath(path)
 
 
 class ModelFileError(DataError, ValueError):
   """A model file is missing, unreadable or not a valid jaxlin model."""
+
+  def __init__(self, message: str, *, argument: str | None = None, reason: str | None = None):
+    super().__init__(message, argument=argument)
+    self.reason = reason or message
 
 
 KINDS = {"linear": (("W", 2), ("b", 1)), "mlp": (("W1", 2), ("b1", 1), ("W2", 2), ("b2", 1))}
@@ -115,9 +162,15 @@ def load(path: str) -> SavedModel:
   non-positive scale, too few class names, an unknown kind, loss or features, or a HOG model
   without its feature statistics.
   """
+  path = _checked_path(path)
   arrays, header = _read(path)
+  return _validated(path, arrays, header)
+
+
+def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
+  """The SavedModel of a file's arrays and header, or ModelFileError saying what is wrong."""
   bad = lambda why: ModelFileError(f"{path} is not a valid jaxlin model: {why}",
-                                   argument="path")
+                                   argument="path", reason=why)
   if header.get("format_version") != FORMAT_VERSION:
     raise ModelFileError(f"{path} has model format {header.get('format_version')}; "
                          f"this jaxlin reads format {FORMAT_VERSION}", argument="path")
@@ -152,7 +205,7 @@ def load(path: str) -> SavedModel:
     if not np.issubdtype(arrays[name].dtype, np.floating):
       raise bad(f"{name} has dtype {arrays[name].dtype}, expected float")
     if not np.all(np.isfinite(arrays[name])):
-      raise bad(f"{name} holds inf or NaN")
+      raise bad(f"{name} holds inf or NaN (or values beyond float32)")
   n_classes = params["b" if kind == "linear" else "b2"].shape[0]
   if len(class_names) != n_classes:
     raise bad(f"{len(class_names)} class names for {n_classes} classes")

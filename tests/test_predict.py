@@ -155,3 +155,43 @@ def test_predict_flag_errors_are_one_line(flag, error):
                         env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [error]
+
+
+def _good_model():
+  rng = np.random.default_rng(0)
+  return dict(params={"W": rng.normal(size=(48, 3)), "b": np.zeros(3)},
+              mean_image=np.full(SHAPE, 100.0), scale=50.0, class_names=CLASSES, kind="linear",
+              loss="softmax")
+
+
+@pytest.mark.parametrize("changes, argument, message", [
+    (dict(kind="cnn"), "params", "unknown kind 'cnn'"),
+    (dict(scale=0.0), "params", "scale must be a finite number > 0"),
+    (dict(class_names="abc"), "class_names", "got the string 'abc'"),
+    (dict(class_names=["a"]), "params", "1 class names for 3 classes"),
+    (dict(params={"W": np.full((48, 3), 1e300), "b": np.zeros(3)}), "params",
+     r"params\['W'\] holds inf or NaN \(or values beyond float32\)"),
+    (dict(params={"W": np.zeros((47, 3)), "b": np.zeros(3)}), "params",
+     r"params\['W'\] has shape \(47, 3\), expected \(48, 3\)"),
+    (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
+    (dict(mean_image=np.zeros(48)), "params", r"image_shape \(48,\) is not \(H, W, C\)"),
+    (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
+])
+def test_save_writes_only_what_load_reads(tmp_path, changes, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    checkpoint.save(str(tmp_path / "m.npz"), **{**_good_model(), **changes})
+  assert e.value.argument == argument
+  assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_paths_and_empty_batches(tmp_path):
+  path = checkpoint.save(tmp_path / "m.npz", **_good_model())  # an os.PathLike
+  model = checkpoint.load(path)
+  assert model.scores(np.zeros((0,) + SHAPE, np.uint8)).shape == (0, 3)
+  with open(path, "rb") as f:
+    with pytest.raises(InputError, match="must be a file path") as e:
+      checkpoint.load(f.fileno())  # was read, and the caller's descriptor closed
+    os.fstat(f.fileno())  # still open
+  assert e.value.argument == "path"
+  with pytest.raises(InputError, match=r"cannot write the model to .*no/m.npz: No such file"):
+    checkpoint.save(str(tmp_path / "no" / "m.npz"), **_good_model())
