@@ -112,7 +112,8 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
                      "standardisation the model was trained with)", argument="feature_mean")
   mean_image = as_float32("mean_image", mean_image)
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss,
-            "scale": float(as_float32("scale", scale)) if np.ndim(scale) == 0 else None,
+            "scale": float(np.asarray(scale, np.float64)) if as_float32("scale", scale).ndim == 0
+                     else None,  # stored exactly (float64), checked by _validated
             "image_shape": list(mean_image.shape), "features": features}
   arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}
   if features != "pixels":
@@ -134,10 +135,10 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
 
 def _checked_path(path) -> str:
   """A file path (str or os.PathLike), not a file descriptor or another object."""
-  if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
-    raise InputError(f"path must be a file path (str or os.PathLike), got {path!r}",
+  if not isinstance(path, (str, bytes, os.PathLike)):
+    raise InputError(f"path must be a file path (str, bytes or os.PathLike), got {path!r}",
                      argument="path")
-  return os.fspath(path)
+  return os.fsdecode(path)
 
 
 class ModelFileError(DataError, ValueError):

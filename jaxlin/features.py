@@ -143,9 +143,9 @@ def standardise(train_NxF, *others, stats=None):
 
   stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
   """
-  def rows(x, name):
+  def rows(x, name, ndims=(2,)):
     x = jnp.asarray(_checks.jax_exact(x, name))
-    if x.ndim != 2:
+    if x.ndim not in ndims:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
                        argument=name)
     if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
@@ -153,20 +153,20 @@ def standardise(train_NxF, *others, stats=None):
     _checks.finite(x, name, "standardised features would be NaN")
     return x
   train = rows(train_NxF, "train_NxF")
-  others = tuple(rows(x, f"others[{i}]") for i, x in enumerate(others))
+  others = tuple(rows(x, f"others[{i}]", (1, 2)) for i, x in enumerate(others))  # or one row
   f = train.shape[1]
   for i, x in enumerate(others):
-    if x.shape[1] != f:
-      raise InputError(f"others[{i}] has {x.shape[1]} features, train_NxF {f}",
+    if x.shape[-1] != f:
+      raise InputError(f"others[{i}] has {x.shape[-1]} features, train_NxF {f}",
                        argument=f"others[{i}]")
   if stats is None:
     if train.shape[0] == 0:
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = jnp.mean(train, axis=0), jnp.std(train, axis=0)
   else:
-    if not isinstance(stats, (tuple, list)) or len(stats) != 2:
+    if isinstance(stats, (str, bytes)) or np.ndim(stats) == 0 or len(stats) != 2:
       raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
-    mean, std = (jnp.asarray(_checks.jax_exact(v, "stats"), jnp.float32) for v in stats)
+    mean, std = (jnp.asarray(_checks.jax_exact(v, "stats")).astype(train.dtype) for v in stats)
     if mean.shape != (f,) or std.shape != (f,):
       raise InputError(f"stats must be (mean, std) of shape ({f},) each, got {mean.shape} and "
                        f"{std.shape}", argument="stats")

@@ -11,12 +11,15 @@ from jaxlin.errors import InputError
 __all__ = ["accuracy", "confusion_matrix", "per_class_accuracy"]
 
 
-def _label_arrays(labels_N, preds_N):
-  """(labels, preds) as integer jax arrays of one shape, or InputError naming the argument."""
+def _label_arrays(labels_N, preds_N, *, integers: bool = True):
+  """(labels, preds) as jax arrays of one shape (bools as int32), or InputError naming the
+  argument; ``integers``: labels must be integers (or bools), as class indices."""
   out = []
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     v = jnp.asarray(_checks.jax_exact(v, name))
-    if not jnp.issubdtype(v.dtype, jnp.integer):
+    if v.dtype == jnp.bool_:
+      v = v.astype(jnp.int32)
+    if integers and not jnp.issubdtype(v.dtype, jnp.integer):
       raise InputError(f"{name} must hold integer class labels, got dtype {v.dtype}",
                        argument=name)
     out.append(v)
@@ -28,8 +31,9 @@ def _label_arrays(labels_N, preds_N):
 
 
 def accuracy(labels_N, preds_N):
-  """Fraction of predictions equal to the labels (float)."""
-  labels_N, preds_N = _label_arrays(labels_N, preds_N)
+  """Fraction of predictions equal to the labels (float; labels of any dtype, compared
+  exactly)."""
+  labels_N, preds_N = _label_arrays(labels_N, preds_N, integers=False)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
   return jnp.mean(labels_N == preds_N)

@@ -451,14 +451,16 @@ class Trainer:
       if np.ndim(ex) < 2 or np.shape(ey) != (rows,) or rows == 0:
         raise InputError(f"eval_sets[{name!r}] must hold x (N, ...) and y (N,) with N >= 1, got "
                          f"shapes {np.shape(ex)} and {np.shape(ey)}", argument="eval_sets")
-      if en is not None and (not isinstance(en, (int, np.integer)) or not 1 <= en <= rows):
+      if en is not None:
+        en = _checks.concrete_int(en, f"eval_sets[{name!r}] num_examples")
+      if en is not None and not 1 <= en <= rows:
         raise InputError(f"eval_sets[{name!r}] num_examples must be in [1, {rows}], got {en!r}",
                          argument="eval_sets")
       if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
         raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
                          f"{jnp.result_type(ey)}", argument="eval_sets")
-      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and not bool(
-          jnp.all(jnp.isfinite(jnp.asarray(ex)))):
+      finite = np.isfinite if isinstance(ex, np.ndarray) else jnp.isfinite  # no device copy
+      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and not bool(finite(ex).all()):
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):
@@ -496,10 +498,11 @@ class Trainer:
           value, (int, np.integer)) or value < lowest):
         raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
                          argument=name)
-    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                            or key.shape == (2,) and key.dtype == jnp.uint32)):
+    try:
+      k_init, k_data = jax.random.split(key)
+    except (TypeError, ValueError):
       raise InputError(f"key must be a jax random key (jax.random.key(seed)), got {key!r}",
-                       argument="key")
+                       argument="key") from None
     hyper = self._hyper(learning_rates, regs)
     eval_sets, label_ranges = self._checked_eval_sets(eval_sets)
     if self.mesh is not None:  # on the mesh: one global array even across hosts
@@ -512,7 +515,6 @@ class Trainer:
     if n > x.shape[0]:
       raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
                        argument="num_examples")
-    k_init, k_data = jax.random.split(key)
     c = self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
     for name, (ex, _, _) in eval_sets.items():
       if np.shape(ex)[1:] != x.shape[1:]:
@@ -597,6 +599,8 @@ def _finite_mean(losses_SxG):
 
 def member(params_G, i: int):
   """Parameters of grid member i (any pytree with a leading grid axis)."""
+  if _checks.is_traced(i):  # under jit / vmap: no value to check
+    return jax.tree.map(lambda v: v[i], params_G)
   i = _checks.concrete_int(i, "i")
   sizes = {np.shape(v)[0] for v in jax.tree.leaves(params_G) if np.ndim(v)}
   if len(sizes) != 1:

@@ -184,3 +184,8 @@ def test_metrics_refuse_what_they_cannot_count():
   with pytest.raises(InputError, match="negative counts"):
     metrics.per_class_accuracy(np.array([[3, -1], [0, 2]]))
   assert float(metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 0])) == 0.5
+  # Valid labels of other dtypes still count: bools, and floats for accuracy (exact equality).
+  assert float(metrics.accuracy(np.array([True, False]), np.array([True, True]))) == 0.5
+  assert float(metrics.accuracy(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]))) == 0.75
+  assert metrics.confusion_matrix(np.array([True, False]), np.array([True, True]),
+                                  2).tolist() == [[0, 1], [0, 1]]

@@ -289,8 +289,10 @@ def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   assert e.value.argument == argument
 
 
-def test_member_takes_negative_indices_and_scores_take_lists():
+def test_member_takes_negative_and_traced_indices_and_scores_take_lists():
   params = {"W": np.arange(36.0).reshape(2, 6, 3), "b": np.zeros((2, 3))}
   np.testing.assert_array_equal(train.member(params, -1)["W"], params["W"][1])
+  every = jax.vmap(lambda i: train.member(jax.tree.map(jnp.asarray, params), i))(jnp.arange(2))
+  np.testing.assert_array_equal(np.asarray(every["W"]), params["W"])
   np.testing.assert_allclose(np.asarray(linear.scores(train.member(params, 0), _X[:2].tolist())),
                              _X[:2] @ params["W"][0], rtol=1e-6)
