@@ -197,6 +197,10 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
     except (OSError, ValueError):
       pass  # unreadable cache entry: recompute and overwrite
   out = extract(images, callback=callback, **settings)
-  os.makedirs(cache_dir, exist_ok=True)
-  files.atomic_write(path, lambda f: np.save(f, np.asarray(out)))
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    files.atomic_write(path, lambda f: np.save(f, np.asarray(out)))
+  except OSError as e:
+    raise InputError(f"cannot write the feature cache in {cache_dir}: {e.strerror or e}; pass "
+                     "a writable cache_dir, or None for no cache", argument="cache_dir") from None
   return out

@@ -54,6 +54,9 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
   (optax.losses.multiclass_hinge_loss is the Crammer-Singer max form: a different loss.)
   """
   scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
+  if isinstance(margin, (str, bytes, bool, np.bool_)) or (
+      not _checks.is_traced(margin) and not np.isfinite(np.asarray(margin, np.float64)).all()):
+    raise InputError(f"margin must be a finite number, got {margin!r}", argument="margin")
   if not isinstance(squared, (bool, np.bool_)):
     raise InputError(f"squared must be True or False, got {squared!r}", argument="squared")
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)

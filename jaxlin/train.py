@@ -307,8 +307,13 @@ class Trainer:
     if self._fixed_tx is not None:
       return self._fixed_tx
     if multiplier is _constant and not self._always_schedule:
-      return self._factory(lr)
-    return self._factory(lambda count: lr * multiplier(count))
+      tx = self._factory(lr)
+    else:
+      tx = self._factory(lambda count: lr * multiplier(count))
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+      raise InputError(f"optimizer(learning_rate) must return an optax.GradientTransformation, "
+                       f"got {tx!r}", argument="optimizer")
+    return tx
 
   def _init(self, key, lrs, *, multiplier):
     # Every member starts from the same parameters: settings are compared fairly,
@@ -383,7 +388,11 @@ class Trainer:
     return np.asarray(correct) / n
 
   def _hyper(self, learning_rates, regs):
-    regs = np.asarray(regs, np.float64)
+    try:
+      regs = np.asarray(regs, np.float64)
+    except (TypeError, ValueError):
+      raise InputError(f"regs must be a non-empty 1-D sequence of numbers, got {regs!r}",
+                       argument="regs") from None
     if regs.ndim != 1 or regs.size == 0:
       raise InputError(f"regs must be a non-empty 1-D sequence, got shape {regs.shape}",
                        argument="regs")
@@ -399,7 +408,11 @@ class Trainer:
     elif learning_rates is None:
       lrs = np.ones_like(regs)  # the schedule (or 1) is the learning rate
     else:
-      lrs = np.asarray(learning_rates, np.float64)
+      try:
+        lrs = np.asarray(learning_rates, np.float64)
+      except (TypeError, ValueError):
+        raise InputError(f"learning_rates must be a 1-D sequence of numbers, got "
+                         f"{learning_rates!r}", argument="learning_rates") from None
       if lrs.shape != regs.shape:
         raise InputError(f"learning_rates and regs must be 1-D of equal length (one pair per "
                          f"grid member), got {lrs.shape}, {regs.shape}",
@@ -427,7 +440,7 @@ class Trainer:
     if lo < 0 or hi >= c:
       raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
                        f"[{lo}, {hi}]", argument="y")
-    if self.penalty is None and np.any(np.asarray(regs) > 0):
+    if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
       _check_penalised(params, "regs")
     return c
 

@@ -191,3 +191,12 @@ def test_feature_settings_that_describe_nothing_are_refused():
     with pytest.raises(InputError, match=message) as e:
       call()
     assert e.value.argument == argument
+
+
+def test_an_unwritable_feature_cache_is_one_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(InputError, match="cannot write the feature cache") as e:
+    features.cached_extract(np.zeros((1, 8, 8, 3), np.uint8), cache_dir=str(blocker / "c"),
+                            cell=4)
+  assert e.value.argument == "cache_dir"

@@ -160,6 +160,10 @@ def test_values_jax_would_change_are_refused_and_integer_weights_do_not_wrap():
     assert e.value.argument == "labels_N"
   with pytest.raises(InputError, match="squared must be True or False") as e:
     losses.multiclass_svm(SCORES, LABELS, squared="no")
+  for margin in ("1", None, float("nan")):
+    with pytest.raises(InputError, match="margin must be a finite number") as e:
+      losses.multiclass_svm(SCORES, LABELS, margin=margin)
+    assert e.value.argument == "margin"
   with pytest.raises(InputError, match="integers or real floats, got dtype complex64"):
     losses.softmax_cross_entropy(SCORES.astype(np.complex64), LABELS)  # was a complex loss
   # Integer scores are scores: the same losses as their float values.

@@ -282,6 +282,10 @@ _X, _Y = (np.asarray(a) for a in _problem())
      r"params\['b'\] must have shape \(3,\), got \(1,\)"),
     (lambda: linear.scores({"W": np.zeros((6, 3))}, _X), "params", "params has no 'b'"),
     (lambda: linear.init_params(jax.random.key(0), 0, 3), "num_features", "positive int"),
+    (_fit_call(regs=["a"]), "regs", "sequence of numbers"),
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=lambda lr: "sgd").fit(
+        jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10, num_steps=1),
+     "optimizer", "must return an optax.GradientTransformation"),
 ])
 def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
