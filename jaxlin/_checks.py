@@ -63,11 +63,26 @@ def labels(values, num_classes_: int, name: str, n: int | None = None):
   return values
 
 
+@jax.jit
+def _float_stats_jit(x):
+  return jnp.sum(~jnp.isfinite(x)), jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0))
+
+
+def float_stats(x) -> tuple[int, float]:
+  """(number of NaN / inf entries, largest finite absolute value) of a concrete float array:
+  numpy on the host (no compilation), one compiled program for a jax array."""
+  if isinstance(x, np.ndarray):
+    ok = np.isfinite(x)
+    return int(x.size - np.count_nonzero(ok)), float(np.max(np.abs(x), where=ok, initial=0))
+  bad, big = _float_stats_jit(x)
+  return int(bad), float(big)
+
+
 def finite(x, name: str, why: str = "distances to them are undefined") -> None:
   """InputError naming ``name`` if a concrete float array holds NaN or inf."""
   if is_traced(x) or not jnp.issubdtype(x.dtype, jnp.floating) or x.size == 0:
     return
-  bad = int(jnp.sum(~jnp.isfinite(x)))
+  bad = float_stats(x)[0]
   if bad:
     raise InputError(f"{name} contains {bad} NaN or infinite value(s); {why}: remove or "
                      "replace them first", argument=name)

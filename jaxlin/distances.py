@@ -74,9 +74,12 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   Value checks are skipped for traced inputs.
   """
   _check_metric(metric)
-  arrays = []
+  arrays, checked = [], []  # checked: the arrays as given (numpy ones checked on the host)
   for a, name in zip((x_QxD, y_NxD), names):
-    a = a if isinstance(a, jax.Array) else jnp.asarray(_checks.host_array(a, name))
+    if not isinstance(a, jax.Array):
+      a = _checks.host_array(a, name)
+    checked.append(a)
+    a = jnp.asarray(a)
     if a.ndim != 2:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {a.shape}; flatten "
                        "images first, e.g. x.reshape(len(x), -1)", argument=name)
@@ -90,12 +93,37 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   if x.shape[1] != y.shape[1]:
     raise InputError(f"feature sizes differ: {names[0]} has shape {x.shape}, {names[1]} has "
                      f"{y.shape}; both need the same D", argument=names[0])
-  for a, name in zip(arrays, names):
-    _checks.finite(a, name)
+  big = []  # the largest absolute value of each float input
+  for a, name in zip(checked, names):
+    if _checks.is_traced(a) or not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
+      big.append(0.0)
+      continue
+    bad, largest = _checks.float_stats(a)
+    if bad:
+      raise InputError(f"{name} contains {bad} NaN or infinite value(s); distances to them "
+                       "are undefined: remove or replace them first", argument=name)
+    big.append(largest)
   kernel = kernel_for(metric, x.dtype, y.dtype, x.shape[1])
   if kernel.name == "l1_int":
     _check_l1_int_range(x, y, names)
+  if kernel.name in ("l1_float", "l2_float"):
+    _check_float_range(big, x.shape[1], kernel, names)
   return x, y, kernel
+
+
+def _check_float_range(big, d, kernel, names):
+  """InputError unless every distance of float rows with largest absolute values ``big``
+  stays finite in the kernel's dtype: L2 works on centred rows (entries up to 2 M for
+  inputs up to M) through |q|^2 + |d|^2 - 2 q.d, so 16 D M^2 must be finite; L1 sums D
+  differences up to 2 M."""
+  fmax = float(jnp.finfo(kernel.float_dtype).max)
+  limit = (fmax / (16 * d)) ** 0.5 if kernel.name == "l2_float" else fmax / (4 * d)
+  if max(big) > limit:
+    name = names[0] if big[0] >= big[1] else names[1]
+    raise InputError(f"{name} holds values up to {max(big):.3g}: its {kernel.float_dtype} "
+                     f"distances over {d} features would overflow (limit {limit:.3g}); scale "
+                     "the inputs, e.g. divide both by their largest absolute value",
+                     argument=name)
 
 
 def _check_l1_int_range(x, y, names):
@@ -249,7 +277,17 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
 
 
 def _unit_rows(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+  """Rows scaled to unit length (zero rows stay zero), exact in direction for any
+  magnitude: each row is first divided by its largest absolute entry, so its norm can
+  neither overflow (1e20) nor underflow (1e-25) before the division."""
+  plain = jnp.linalg.norm(x, axis=1, keepdims=True)
+  top = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+  safe = jnp.where(top > 0, top, 1)
+  scaled = safe * jnp.linalg.norm(x / safe, axis=1, keepdims=True)  # no over/underflow
+  tiny = jnp.finfo(x.dtype).tiny
+  # The plain norm where its squares stay in range (most rows), else the rescaled one.
+  norm = jnp.where((plain > tiny ** 0.25) & (plain < 1 / tiny ** 0.25), plain, scaled)
+  return x / jnp.where(top > 0, norm, 1)
 
 
 # --------------------------------------------------------------------------

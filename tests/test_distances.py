@@ -142,3 +142,28 @@ def test_mixed_uint8_and_int8_inputs_are_not_mistaken_for_one_pixel_type(metric)
   diff = x[:, None].astype(np.int64) - y[None].astype(np.int64)
   ref = np.abs(diff).sum(-1) if metric == "l1" else (diff ** 2).sum(-1)
   np.testing.assert_allclose(distances.pairwise_distances(x, y, metric=metric), ref, rtol=1e-6)
+
+
+def test_float_distances_that_would_overflow_are_refused():
+  x = np.array([[3e38, 0.0]], np.float32)
+  y = np.array([[-3e38, 0.0], [3e38, 0.0], [0.0, 0.0]], np.float32)
+  for metric in ("l2", "l2_squared"):  # were NaN / inf distances and index -1
+    with pytest.raises(InputError, match=r"values up to 3e\+38: its float32 distances") as e:
+      knn.search(x, y, 3, metric=metric)
+    assert e.value.argument == "queries_QxD"
+  with pytest.raises(InputError, match="would overflow") as e:
+    distances.pairwise_distances(x[:, :1] / 1e20, y[:, :1], metric="l2")
+  assert e.value.argument == "y_NxD"
+  # Large values below the limit are fine, and L1 allows far more.
+  np.testing.assert_allclose(distances.pairwise_distances([[1e16, 0.0]], [[0.0, 0.0]],
+                                                          metric="l2"), [[1e16]], rtol=1e-6)
+  assert float(distances.pairwise_distances(x / 30, y[1:] / 30, metric="l1")[0, 0]) == 0.0
+
+
+def test_cosine_of_tiny_and_huge_vectors():
+  d = lambda a, b: np.asarray(distances.pairwise_distances(np.float32(a), np.float32(b),
+                                                           metric="cosine"))
+  assert d([[1e-25, 0]], [[1, 0]]).tolist() == [[0.0]]  # was -99999: the norm underflowed
+  np.testing.assert_allclose(d([[1e-20, 1e-20]], [[1, 1]]), [[0.0]], atol=1e-7)
+  np.testing.assert_allclose(d([[1e20, 1e20]], [[1, 1], [-1, -1]]), [[0.0, 2.0]], atol=1e-7)
+  assert d([[0, 0]], [[1, 1]]).tolist() == [[1.0]]  # a zero vector: distance 1
