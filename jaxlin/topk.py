@@ -16,6 +16,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlin import _checks
+from jaxlin.errors import InputError
+
 __all__ = ["CHUNK", "INT_WORST", "as_float_distances", "order_keys", "smallest_k", "worst"]
 
 CHUNK = 16  # elements per chunk in smallest_k; database tiles are multiples of it
@@ -36,13 +39,41 @@ def order_keys(values):
   so no two distinct integers share a key, however large. (XLA's CPU top_k is
   about 20x slower on int32 than on float32, hence keys rather than int32.)
   """
+  values = _checked_values(values, "values")
   if jnp.issubdtype(values.dtype, jnp.floating):
-    return values if values.dtype == jnp.float64 else values.astype(jnp.float32)
+    # + 0.0 turns -0.0 into +0.0: top_k orders the two zeros by their bits, not as equal.
+    return (values if values.dtype == jnp.float64 else values.astype(jnp.float32)) + 0.0
   return jax.lax.bitcast_convert_type(values.astype(jnp.int32) + (1 << 23), jnp.float32)
+
+
+def _checked_values(values, name: str, ndim: int | None = None):
+  """``values`` as a jax array of real floats without NaN or integers in [0, 2**30], or
+  InputError naming ``name`` (value checks only for concrete arrays)."""
+  if not _checks.is_traced(values):
+    values = jnp.asarray(_checks.jax_exact(values, name))
+  if ndim is not None and values.ndim != ndim:
+    raise InputError(f"{name} must be {ndim}-D (rows, values), got shape {values.shape}",
+                     argument=name)
+  floating = jnp.issubdtype(values.dtype, jnp.floating)
+  if not floating and not jnp.issubdtype(values.dtype, jnp.integer):
+    raise InputError(f"{name} must hold real floats or integers, got {values.dtype}",
+                     argument=name)
+  if _checks.is_traced(values) or not values.size:
+    return values
+  if floating and bool(jnp.isnan(values).any()):
+    raise InputError(f"{name} holds NaN: it has no place in an order; remove or replace it",
+                     argument=name)
+  if not floating:
+    lo, hi = int(jnp.min(values)), int(jnp.max(values))
+    if lo < 0 or hi > INT_WORST:
+      raise InputError(f"integer {name} must lie in [0, 2**30] (distances), got values in "
+                       f"[{lo}, {hi}]; pass them as floats", argument=name)
+  return values
 
 
 def as_float_distances(d):
   """Distances as float32 (float64 stays float64), with +inf where ``d`` is ``worst``."""
+  d = d if _checks.is_traced(d) else jnp.asarray(_checks.jax_exact(d, "d"))
   out = d.astype(jnp.float64 if d.dtype == jnp.float64 else jnp.float32)
   return jnp.where(d == worst(d.dtype), jnp.inf, out)
 
@@ -62,7 +93,11 @@ def smallest_k(values_TxN, k: int):
   instead of N (benchmarks/topk_speed.py: 1.9x to 4.5x faster on rows of
   50,000).
   """
+  values_TxN = _checked_values(values_TxN, "values_TxN", ndim=2)
   t, n = values_TxN.shape
+  k = _checks.concrete_int(k, "k")
+  if not 1 <= k <= n:
+    raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
   s = CHUNK
   key = lambda x: -order_keys(x)
   if n < 4 * k * s:  # short rows: the plain selection is as cheap

@@ -302,3 +302,26 @@ def test_inputs_jax_cannot_hold_exactly_are_refused(queries, database, kw, argum
   with pytest.raises(InputError, match=message) as e:
     knn.search(queries, database, 1, **kw)
   assert e.value.argument == argument
+
+
+def test_smallest_k_refuses_what_it_cannot_order_and_ties_signed_zeros():
+  x = np.arange(130, dtype=np.float32)[None]
+  x[0, 3] = np.nan  # long rows hid a whole chunk behind a NaN; short ones did not
+  for values, k, argument, message in [
+      (x, 2, "values_TxN", "holds NaN"),
+      (np.full((1, 130), 2 ** 30 + 100, np.int32), 2, "values_TxN", r"\[0, 2\*\*30\]"),
+      (np.array([[-5, 3]]), 1, "values_TxN", r"\[0, 2\*\*30\]"),
+      (np.array([[1 + 5j, 1, 0.5]]), 1, "values_TxN", "real floats"),
+      (np.zeros(4), 1, "values_TxN", "2-D"),
+      (np.zeros((1, 4)), 2.0, "k", "must be an integer"),
+      (np.zeros((1, 4)), 5, "k", r"\[1, 4\]"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      topk.smallest_k(values, k)
+    assert e.value.argument == argument
+  assert np.asarray(topk.smallest_k(np.zeros((1, 4)), 2)).tolist() == [[0, 1]]  # k=2.0 before
+  # -0.0 equals 0.0: the lower position first, as a stable sort.
+  assert np.asarray(topk.smallest_k(np.float32([[0.0, -0.0, 0.0]]), 2)).tolist() == [[0, 1]]
+  zeros = np.zeros((1, 200), np.float32)
+  zeros[0, ::2] = -0.0
+  assert np.asarray(topk.smallest_k(zeros, 5)).tolist() == [[0, 1, 2, 3, 4]]
