@@ -1,10 +1,11 @@
 """Device mesh and host plumbing for many devices and many hosts.
 
 One code path for CPU, GPU and TPU; a mesh of one device is the single-device
-case. This module only lays arrays out and moves them between hosts; it
-imports nothing of jaxlin. The computations take the mesh as an argument:
-kNN search through ``jaxlin.knn.search(..., mesh=mesh, layout=...)`` (queries
-or database rows split across devices, results identical to one device).
+case. This module only lays arrays out and moves them between hosts; of
+jaxlin it imports only the argument checks and error types. The computations
+take the mesh as an argument: kNN search through ``jaxlin.knn.search(...,
+mesh=mesh, layout=...)`` (queries or database rows split across devices,
+results identical to one device).
 
 Training is data-parallel through ``train.Trainer(..., mesh=mesh)``: each
 minibatch is split along the batch axis and the parameters are replicated;
@@ -23,6 +24,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from jaxlin import _checks
+from jaxlin.errors import InputError
+
 __all__ = ["AXIS", "gather_rows", "make_mesh", "padded_rows", "process_rows", "process_sum",
            "rows_to_global", "to_host"]
 
@@ -31,12 +35,30 @@ AXIS = "data"
 
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh named "data" over the given devices (default: all, every process)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), (AXIS,))
+  devices = list(np.asarray(jax.devices() if devices is None else devices, dtype=object).ravel())
+  if not devices or not all(isinstance(d, jax.Device) for d in devices):
+    raise InputError(f"devices must be a non-empty list of jax devices (jax.devices()), got "
+                     f"{devices!r}", argument="devices")
+  if len(set(devices)) != len(devices):
+    raise InputError("devices lists a device more than once: each holds one block of rows",
+                     argument="devices")
+  return Mesh(np.asarray(devices, dtype=object), (AXIS,))
+
+
+def _checked(n, mesh) -> int:
+  """n as a non-negative int, after checking that ``mesh`` is a 1-D "data" mesh."""
+  if not isinstance(mesh, Mesh) or mesh.axis_names != (AXIS,):
+    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh with axis {AXIS!r} (see "
+                     f"make_mesh), got {mesh!r}", argument="mesh")
+  n = _checks.concrete_int(n, "n")
+  if n < 0:
+    raise InputError(f"n must be a number of rows (>= 0), got {n}", argument="n")
+  return n
 
 
 def padded_rows(n: int, mesh: Mesh) -> int:
   """n rounded up to a multiple of the mesh size: the rows of an n-row array laid along it."""
+  n = _checked(n, mesh)
   return -(-n // mesh.devices.size) * mesh.devices.size
 
 
@@ -47,12 +69,13 @@ def process_rows(n: int, mesh: Mesh) -> tuple[int, int]:
   blocks, one per device in mesh order; a process holds its devices' blocks,
   clipped to the n real rows (the last processes may hold fewer, or none).
   """
+  n = _checked(n, mesh)
   n_pad = padded_rows(n, mesh)
   spans = sorted(_span(index[0], n_pad) for index in jax.sharding.NamedSharding(
       mesh, P(AXIS)).addressable_devices_indices_map((n_pad,)).values())
   if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
-    raise ValueError("this process's devices are not adjacent in the mesh; build it with "
-                     "make_mesh() (devices in process order)")
+    raise InputError("this process's devices are not adjacent in the mesh; build it with "
+                     "make_mesh() (devices in process order)", argument="mesh")
   return min(spans[0][0], n), min(spans[-1][1], n)
 
 
@@ -66,10 +89,11 @@ def rows_to_global(local, n: int, mesh: Mesh) -> jax.Array:
   ``local`` holds rows ``process_rows(n, mesh)`` of the split; padding rows are
   zeros. Every process calls this with its own rows.
   """
-  local = np.asarray(local)
+  local = _checks.host_array(local, "local")  # 64-bit values JAX would wrap: refused
   lo, hi = process_rows(n, mesh)
-  if len(local) != hi - lo:
-    raise ValueError(f"this process holds rows [{lo}, {hi}) but got {len(local)} rows")
+  if local.ndim == 0 or len(local) != hi - lo:
+    raise InputError(f"this process holds rows [{lo}, {hi}) of the {n}, but local has shape "
+                     f"{local.shape}", argument="local")
   n_pad = padded_rows(n, mesh)
 
   def block(index):
@@ -97,7 +121,8 @@ def gather_rows(local, lo: int, n: int) -> np.ndarray:
   local = np.asarray(local)
   if jax.process_count() == 1:
     if (lo, len(local)) != (0, n):
-      raise ValueError(f"one process must hold all {n} rows, got [{lo}, {lo + len(local)})")
+      raise InputError(f"one process must hold all {n} rows, got [{lo}, {lo + len(local)})",
+                       argument="local")
     return local
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   spans = np.asarray(multihost_utils.process_allgather(np.array([lo, len(local)], np.int64)))
@@ -109,13 +134,14 @@ def gather_rows(local, lo: int, n: int) -> np.ndarray:
   for (start, count), rows in zip(spans, blocks):
     out[start:start + count] = rows[:count]
   if spans[:, 1].sum() != n:
-    raise ValueError(f"the processes hold {spans[:, 1].sum()} rows between them, not {n}")
+    raise InputError(f"the processes hold {spans[:, 1].sum()} rows between them, not {n}",
+                     argument="n")
   return out
 
 
 def to_host(x) -> np.ndarray:
   """The whole value of a (possibly multi-process) array as numpy, on every process."""
-  if x.is_fully_addressable:
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
   if x.sharding.is_fully_replicated:
     return np.asarray(x.addressable_data(0))

@@ -47,11 +47,37 @@ def test_one_device_mesh_is_the_plain_search():
   assert e.value.argument == "layout"
 
 
-def test_sharding_imports_nothing_of_jaxlin():
+def test_sharding_imports_only_the_argument_checks_of_jaxlin():
   import ast  # pylint: disable=import-outside-toplevel
   with open(os.path.join(ROOT, "jaxlin", "sharding.py")) as f:
     tree = ast.parse(f.read())
   names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
   names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-  assert not [m for m in names if m.startswith("jaxlin")]
+  # A leaf below knn and train: of jaxlin only the checks and error types, which import no
+  # other jaxlin module.
+  assert sorted({m for m in names if m.startswith("jaxlin")}) == ["jaxlin", "jaxlin.errors"]
+  imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              and n.module == "jaxlin" for a in n.names]
+  assert imported == ["_checks"]
   assert not hasattr(sharding, "search")
+
+
+def test_mesh_and_row_helpers_refuse_what_cannot_be_laid_out():
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  d0 = jax.devices()[0]
+  for call, argument, message in [
+      (lambda: sharding.make_mesh([]), "devices", "non-empty list of jax devices"),
+      (lambda: sharding.make_mesh([0, 1]), "devices", "non-empty list of jax devices"),
+      (lambda: sharding.make_mesh([d0, d0]), "devices", "more than once"),  # wrong row ranges
+      (lambda: sharding.padded_rows(5.5, mesh), "n", "must be an integer"),  # was 8.0
+      (lambda: sharding.process_rows(-1, mesh), "n", ">= 0"),  # was (-1, -1)
+      (lambda: sharding.padded_rows(5, None), "mesh", "1-D jax.sharding.Mesh"),
+      (lambda: sharding.rows_to_global(np.array([2 ** 40, 1]), 2, mesh), "local",
+       "beyond int32"),  # JAX wrapped it to 0
+      (lambda: sharding.rows_to_global(np.zeros((4, 3)), 5, mesh), "local",
+       r"rows \[0, 5\) of the 5, but local has shape \(4, 3\)"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      call()
+    assert e.value.argument == argument
+  np.testing.assert_array_equal(sharding.to_host(np.arange(3)), np.arange(3))

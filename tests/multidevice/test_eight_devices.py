@@ -97,7 +97,8 @@ def test_rows_laid_along_the_mesh_padded_with_zeros():
   g = sharding.rows_to_global(x, 13, mesh)
   assert g.shape == (16, 3) and len(g.sharding.device_set) == 8
   np.testing.assert_array_equal(np.asarray(g), np.concatenate([x, np.zeros((3, 3), np.float32)]))
-  with pytest.raises(ValueError, match=r"holds rows \[0, 13\) but got 12 rows"):
+  with pytest.raises(ValueError,
+                     match=r"holds rows \[0, 13\) of the 13, but local has shape \(12, 3\)"):
     sharding.rows_to_global(x[:12], 13, mesh)
 
 
