@@ -30,16 +30,24 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True)
 
   The temporary file lies beside ``path`` and is removed if ``write`` raises
   (KeyboardInterrupt included): a reader sees the old file or the new one,
-  never a part.
+  never a part. A symbolic link is written through (its target replaced). An
+  OSError (a missing or unwritable folder, a folder at ``path``) names ``path``.
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  path = os.fsdecode(path)
+  target = os.path.realpath(path) if os.path.islink(path) else path  # a link: write through
+  directory = os.path.dirname(os.path.abspath(target))
+  if os.path.isdir(target):
+    raise IsADirectoryError(21, "Is a directory (a file path is needed)", path)
+  try:  # a short prefix: a temporary name within the limit whenever the name itself is
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)[:40]}.",
+                               suffix=".tmp")
+  except OSError as e:  # name the user's path, not the temporary file's
+    raise type(e)(e.errno, e.strerror, path) from None
   try:
     with os.fdopen(fd, "wb" if binary else "w") as f:
       write(f)
     os.chmod(tmp, file_mode())
-    os.replace(tmp, path)
+    os.replace(tmp, target)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

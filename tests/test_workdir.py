@@ -134,3 +134,18 @@ def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, t
       assert proc.returncode == -signal.SIGKILL
       knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
       assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
+
+
+def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
+  from jaxlin import files  # pylint: disable=import-outside-toplevel
+  with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*/no/a.bin'$"):
+    files.atomic_write(str(tmp_path / "no" / "a.bin"), lambda f: f.write(b"x"))
+  with pytest.raises(IsADirectoryError, match="a file path is needed"):
+    files.atomic_write(str(tmp_path), lambda f: f.write(b"x"))
+  long_name = tmp_path / ("a" * 250)  # a valid name: the temporary one must fit too
+  assert files.atomic_write(long_name, lambda f: f.write(b"x")) == str(long_name)
+  (tmp_path / "real").write_text("old")
+  (tmp_path / "link").symlink_to(tmp_path / "real")
+  files.atomic_write(str(tmp_path / "link").encode(), lambda f: f.write(b"new"))  # bytes path
+  assert (tmp_path / "link").is_symlink() and (tmp_path / "real").read_text() == "new"
+  assert sorted(os.listdir(tmp_path)) == sorted(["a" * 250, "link", "real"])
