@@ -44,6 +44,8 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
         raise ImageError(f"a float image with values outside [0, 1] ({mode}); "
                          "convert it to 8-bit first")
       a = a * 255
+    elif a.size and a.min() < 0:  # a 32-bit image with negative values: no 8-bit reading
+      raise ImageError(f"a {mode} image with negative values; convert it to 8-bit first")
     elif mode.startswith("I;16") or (a.size and a.max() > 255):
       if a.size and (a.min() < 0 or a.max() > 65535):
         raise ImageError(f"a {mode} image with values outside 16 bits; convert it to 8-bit first")
@@ -61,16 +63,21 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
   try:
     return np.asarray(img.convert("RGB"), np.uint8)
   except (ValueError, OSError) as e:
-    raise ImageError(f"cannot convert a {mode} image to RGB ({e})") from None
+    raise ImageError(f"cannot decode this {mode} image, truncated or corrupt? ({e})") from None
 
 
 def read_image(path: str, image_shape) -> np.ndarray:
   """RGB uint8 array of the model's (H, W, C), resized with bilinear filtering."""
-  h, w = image_shape[:2]
+  h, w, c = image_shape
+  if c not in (1, 3):
+    raise ImageError(f"the model takes images of {c} channels; this command reads RGB (3) or "
+                     "grayscale (1) images")
   with Image.open(path) as img:
     rgb = to_rgb8(img)
   if rgb.shape[:2] != (h, w):
     rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), np.uint8)
+  if c == 1:
+    return np.asarray(Image.fromarray(rgb).convert("L"), np.uint8)[..., None]
   return rgb
 
 
@@ -82,13 +89,18 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
       images.append(read_image(p, model.image_shape))
       ok.append(len(out))
       out.append([p, None, None])
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
       reason = "not an image file" if isinstance(e, UnidentifiedImageError) else str(e)
       out.append([p, None, f"cannot read {p}: {reason}"])
   if images:
-    values = (model.probabilities(np.stack(images)) if model.loss == "softmax"
-              else model.scores(np.stack(images)))
+    with np.errstate(all="ignore"):  # overflow: reported per image below, as one line
+      values = (model.probabilities(np.stack(images)) if model.loss == "softmax"
+                else model.scores(np.stack(images)))
     for row, v in zip(ok, values):
+      if not np.all(np.isfinite(v)):
+        out[row][2] = (f"the model's scores for {out[row][0]} are not finite (its weights or "
+                       "scale overflow float32); retrain or rescale the model")
+        continue
       order = np.argsort(-v, kind="stable")[:top]
       out[row][1] = [(model.class_names[j], float(v[j])) for j in order]
   return [tuple(r) for r in out]

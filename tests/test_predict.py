@@ -195,3 +195,29 @@ def test_paths_and_empty_batches(tmp_path):
   assert e.value.argument == "path"
   with pytest.raises(InputError, match=r"cannot write the model to .*no/m.npz: No such file"):
     checkpoint.save(str(tmp_path / "no" / "m.npz"), **_good_model())
+
+
+def test_images_and_models_the_command_cannot_read_right_are_one_error_each(tmp_path,
+                                                                            monkeypatch):
+  ok = _write(tmp_path, "ok.png", Image.fromarray(np.zeros((4, 4, 3), np.uint8)))
+  neg = _write(tmp_path, "neg.tiff", Image.fromarray(np.array([[-1000, 100], [50, 0]],
+                                                               np.int32)))  # was clipped to 0
+  big = _write(tmp_path, "big.png", Image.fromarray(np.zeros((64, 64, 3), np.uint8)))
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over 2x this: a "bomb"
+  model = checkpoint.load(_save(tmp_path / "m.npz"))
+  out = {p: (top, error) for p, top, error in predict.classify(model, [ok, neg, big])}
+  assert out[ok][1] is None and len(out[ok][0]) == 3  # the others do not stop it
+  assert out[neg][1] == f"cannot read {neg}: a I image with negative values; convert it to " \
+                        "8-bit first"
+  assert out[big][1].startswith(f"cannot read {big}: Image size (4096 pixels) exceeds limit")
+  # A model whose scores overflow: one error, not "nan%".
+  huge = dict(_good_model(), params={"W": np.full((48, 3), 3e38), "b": np.zeros(3)}, scale=1e-30)
+  path = checkpoint.save(tmp_path / "huge.npz", **huge)
+  (_, top, error), = predict.classify(checkpoint.load(path), [ok])
+  assert top is None and error.startswith(f"the model's scores for {ok} are not finite")
+  # Grayscale models read images as one channel.
+  grey = dict(_good_model(), params={"W": np.ones((16, 3)), "b": np.zeros(3)},
+              mean_image=np.zeros((4, 4, 1)))
+  path = checkpoint.save(tmp_path / "grey.npz", **grey)
+  (_, top, error), = predict.classify(checkpoint.load(path), [ok])
+  assert error is None and len(top) == 3
