@@ -96,7 +96,7 @@ def host_array(a, name: str) -> np.ndarray:
     a = np.asarray(a)
   except (ValueError, TypeError) as e:
     raise InputError(f"{name} must be a rectangular numeric array: {e}", argument=name) from None
-  if a.dtype.kind not in "biuf":
+  if a.dtype.kind not in "biuf" and not jnp.issubdtype(a.dtype, jnp.floating):  # + bfloat16
     raise InputError(f"{name} must hold integers or real floats, got dtype {a.dtype}",
                      argument=name)
   if a.dtype.kind in "iu" and a.dtype.itemsize >= 4 and a.size and not jax.config.jax_enable_x64:

@@ -46,10 +46,10 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def _checked(n, mesh) -> int:
-  """n as a non-negative int, after checking that ``mesh`` is a 1-D "data" mesh."""
-  if not isinstance(mesh, Mesh) or mesh.axis_names != (AXIS,):
-    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh with axis {AXIS!r} (see "
-                     f"make_mesh), got {mesh!r}", argument="mesh")
+  """n as a non-negative int, after checking that ``mesh`` is a 1-D mesh."""
+  if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh (see make_mesh), got {mesh!r}",
+                     argument="mesh")
   n = _checks.concrete_int(n, "n")
   if n < 0:
     raise InputError(f"n must be a number of rows (>= 0), got {n}", argument="n")
@@ -72,7 +72,7 @@ def process_rows(n: int, mesh: Mesh) -> tuple[int, int]:
   n = _checked(n, mesh)
   n_pad = padded_rows(n, mesh)
   spans = sorted(_span(index[0], n_pad) for index in jax.sharding.NamedSharding(
-      mesh, P(AXIS)).addressable_devices_indices_map((n_pad,)).values())
+      mesh, P(mesh.axis_names[0])).addressable_devices_indices_map((n_pad,)).values())
   if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
     raise InputError("this process's devices are not adjacent in the mesh; build it with "
                      "make_mesh() (devices in process order)", argument="mesh")
@@ -104,7 +104,8 @@ def rows_to_global(local, n: int, mesh: Mesh) -> jax.Array:
     return out
 
   return jax.make_array_from_callback((n_pad,) + local.shape[1:],
-                                      jax.sharding.NamedSharding(mesh, P(AXIS)), block)
+                                      jax.sharding.NamedSharding(mesh, P(mesh.axis_names[0])),
+                                      block)
 
 
 def process_sum(x) -> np.ndarray:

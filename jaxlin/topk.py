@@ -41,8 +41,10 @@ def order_keys(values):
   """
   values = _checked_values(values, "values")
   if jnp.issubdtype(values.dtype, jnp.floating):
-    # + 0.0 turns -0.0 into +0.0: top_k orders the two zeros by their bits, not as equal.
-    return (values if values.dtype == jnp.float64 else values.astype(jnp.float32)) + 0.0
+    # -0.0 becomes +0.0: top_k orders the two zeros by their bits, not as equal. (Not
+    # x + 0.0: XLA simplifies it away under jit.)
+    v = values if values.dtype == jnp.float64 else values.astype(jnp.float32)
+    return jnp.where(v == 0, jnp.zeros_like(v), v)
   return jax.lax.bitcast_convert_type(values.astype(jnp.int32) + (1 << 23), jnp.float32)
 
 

@@ -322,6 +322,8 @@ def test_smallest_k_refuses_what_it_cannot_order_and_ties_signed_zeros():
   assert np.asarray(topk.smallest_k(np.zeros((1, 4)), 2)).tolist() == [[0, 1]]  # k=2.0 before
   # -0.0 equals 0.0: the lower position first, as a stable sort.
   assert np.asarray(topk.smallest_k(np.float32([[0.0, -0.0, 0.0]]), 2)).tolist() == [[0, 1]]
+  compiled = jax.jit(topk.smallest_k, static_argnums=1)  # as search runs it
+  assert np.asarray(compiled(jnp.float32([[0.0, -0.0, 1.0]]), 2)).tolist() == [[0, 1]]
   zeros = np.zeros((1, 200), np.float32)
   zeros[0, ::2] = -0.0
   assert np.asarray(topk.smallest_k(zeros, 5)).tolist() == [[0, 1, 2, 3, 4]]

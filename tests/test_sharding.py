@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -81,3 +82,10 @@ def test_mesh_and_row_helpers_refuse_what_cannot_be_laid_out():
       call()
     assert e.value.argument == argument
   np.testing.assert_array_equal(sharding.to_host(np.arange(3)), np.arange(3))
+  # Any 1-D mesh, whatever its axis name (knn.search takes them), and bfloat16 rows.
+  other = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+  assert sharding.padded_rows(3, other) == 3
+  rows = np.arange(6, dtype=np.float32).reshape(3, 2).astype(jnp.bfloat16)
+  laid = sharding.rows_to_global(rows, 3, other)
+  assert laid.dtype == jnp.bfloat16 and np.asarray(laid, np.float32).tolist() == [
+      [0, 1], [2, 3], [4, 5]]
