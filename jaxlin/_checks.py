@@ -33,6 +33,22 @@ def concrete_int(value, name: str) -> int:
   raise InputError(f"{name} must be an integer, got {value!r}", argument=name)
 
 
+def int_at_least(value, name: str, low: int) -> int:
+  """``value`` as a Python int of at least ``low``, else an InputError naming ``name``."""
+  value = concrete_int(value, name)
+  if value < low:
+    need = "a positive int" if low == 1 else f"an integer >= {low}"
+    raise InputError(f"{name} must be {need}, got {value}", argument=name)
+  return value
+
+
+def callback(fn, call: str) -> None:
+  """InputError unless ``fn`` is None or callable (``call``: how it is called)."""
+  if fn is not None and not callable(fn):
+    raise InputError(f"callback must be callable as {call} or None, got {fn!r}",
+                     argument="callback")
+
+
 def num_classes(value) -> int:
   value = concrete_int(value, "num_classes")
   if value < 1:
@@ -78,14 +94,16 @@ def float_stats(x) -> tuple[int, float]:
   return int(bad), float(big)
 
 
-def finite(x, name: str, why: str = "distances to them are undefined") -> None:
-  """InputError naming ``name`` if a concrete float array holds NaN or inf."""
+def finite(x, name: str, why: str = "distances to them are undefined") -> float:
+  """InputError naming ``name`` if a concrete float array holds NaN or inf; else its
+  largest absolute value (0.0 for traced, integer or empty arrays)."""
   if is_traced(x) or not jnp.issubdtype(x.dtype, jnp.floating) or x.size == 0:
-    return
-  bad = float_stats(x)[0]
+    return 0.0
+  bad, largest = float_stats(x)
   if bad:
     raise InputError(f"{name} contains {bad} NaN or infinite value(s); {why}: remove or "
                      "replace them first", argument=name)
+  return largest
 
 
 def host_array(a, name: str) -> np.ndarray:

@@ -82,21 +82,13 @@ def _gamma(n: int) -> float:
   return n * _U / (1 - n * _U)
 
 
-def _int_at_least(value, name: str, low: int) -> int:
-  """``value`` as a Python int of at least ``low``, else an InputError naming ``name``."""
-  value = _checks.concrete_int(value, name)
-  if value < low:
-    raise InputError(f"{name} must be an integer >= {low}, got {value}", argument=name)
-  return value
-
-
 def checked_image_shape(image_shape, num_features: int):
   """(H, W, C) of positive ints whose product is ``num_features``, or None; else an
   InputError naming image_shape."""
   if image_shape is None:
     return None
   try:
-    h, w, c = (_int_at_least(v, "image_shape", 1) for v in image_shape)
+    h, w, c = (_checks.int_at_least(v, "image_shape", 1) for v in image_shape)
   except (TypeError, ValueError) as e:
     raise InputError(f"image_shape must be (H, W, C), three positive integers, or None, got "
                      f"{image_shape!r}", argument="image_shape") from e
@@ -395,7 +387,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
                      f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
     image_shape = checked_image_shape(image_shape, d)
-    pool = _int_at_least(pool, "pool", 1)
+    pool = _checks.int_at_least(pool, "pool", 1)
     groups = _groups(d, image_shape, pool)
     g = int(groups.max()) + 1
     sizes = np.bincount(groups, minlength=g)
@@ -410,7 +402,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
                                                                          "components")
   if not 1 <= m <= d:
     raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
-  sample = _int_at_least(sample, "sample", 1)
+  sample = _checks.int_at_least(sample, "sample", 1)
   seed = _checks.concrete_int(seed, "seed")
   if not -2 ** 63 <= seed < 2 ** 63:
     raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
@@ -687,10 +679,10 @@ def candidate_counts(metric: str, k: int, candidates=None, second_candidates=Non
   """(C, C2): the rows per query refined in the first and second rounds (see ``search``)."""
   if candidates is None:
     candidates = max(512 if metric == "l1" else 160, 8 * k)
-  c1 = max(k, _int_at_least(candidates, "candidates", 1))
+  c1 = max(k, _checks.int_at_least(candidates, "candidates", 1))
   if second_candidates is None:  # L1: the finer pooling instead of more candidates
     second_candidates = c1 if metric == "l1" else 2 * c1
-  return c1, _int_at_least(second_candidates, "second_candidates", 0)
+  return c1, _checks.int_at_least(second_candidates, "second_candidates", 0)
 
 
 def empty_stats(metric: str, k: int) -> dict:
@@ -738,10 +730,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
                      argument="k")
   c1, c2 = candidate_counts(index.metric, k, candidates, second_candidates)
   if query_tile is not None:
-    query_tile = _int_at_least(query_tile, "query_tile", 1)
-  if callback is not None and not callable(callback):
-    raise InputError(f"callback must be callable as callback(queries_done, total) or None, "
-                     f"got {callback!r}", argument="callback")
+    query_tile = _checks.int_at_least(query_tile, "query_tile", 1)
+  _checks.callback(callback, "callback(queries_done, total)")
   q_total = q.shape[0]
   stats = {**empty_stats(index.metric, k), "queries": q_total, "candidates": [c1, c2]}
   d_out = np.zeros((q_total, k), np.float32)

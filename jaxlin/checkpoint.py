@@ -112,7 +112,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
                      "standardisation the model was trained with)", argument="feature_mean")
   mean_image = as_float32("mean_image", mean_image)
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss,
-            "scale": float(np.asarray(scale, np.float64)) if as_float32("scale", scale).ndim == 0
+            "scale": float(np.float64(scale)) if as_float32("scale", scale).ndim == 0
                      else None,  # stored exactly (float64), checked by _validated
             "image_shape": list(mean_image.shape), "features": features}
   arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}

@@ -93,16 +93,7 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   if x.shape[1] != y.shape[1]:
     raise InputError(f"feature sizes differ: {names[0]} has shape {x.shape}, {names[1]} has "
                      f"{y.shape}; both need the same D", argument=names[0])
-  big = []  # the largest absolute value of each float input
-  for a, name in zip(checked, names):
-    if _checks.is_traced(a) or not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
-      big.append(0.0)
-      continue
-    bad, largest = _checks.float_stats(a)
-    if bad:
-      raise InputError(f"{name} contains {bad} NaN or infinite value(s); distances to them "
-                       "are undefined: remove or replace them first", argument=name)
-    big.append(largest)
+  big = [_checks.finite(a, name) for a, name in zip(checked, names)]  # largest |value|
   kernel = kernel_for(metric, x.dtype, y.dtype, x.shape[1])
   if kernel.name == "l1_int":
     _check_l1_int_range(x, y, names)

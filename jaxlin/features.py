@@ -52,15 +52,10 @@ def _grey(image_HxWx3):
   return x @ jnp.asarray(GREY, jnp.float32)
 
 
-def _positive(**values) -> None:
-  for name, v in values.items():
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise InputError(f"{name} must be a positive int, got {v!r}", argument=name)
-
-
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   """(H // cell) * (W // cell) * orientations features of a uint8 image, cell-major."""
-  _positive(orientations=orientations, cell=cell)
+  orientations = _checks.int_at_least(orientations, "orientations", 1)
+  cell = _checks.int_at_least(cell, "cell", 1)
   g = _grey(_pixels(image_HxWx3))
   h, w = g.shape
   if cell > min(h, w):
@@ -98,7 +93,7 @@ def hue(image_HxWx3):
 
 def hue_histogram(image_HxWx3, *, bins: int = 10):
   """Normalised histogram (sums to 1) of hue over ``bins`` equal bins of [0, 1]."""
-  _positive(bins=bins)
+  bins = _checks.int_at_least(bins, "bins", 1)
   if min(np.shape(image_HxWx3)[:2], default=0) < 1:
     raise InputError(f"image_HxWx3 has no pixels (shape {np.shape(image_HxWx3)})",
                      argument="image_HxWx3")
@@ -120,7 +115,9 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
 
   F = (H // cell) * (W // cell) * orientations + bins. callback(done, N) after each batch.
   """
-  _positive(orientations=orientations, cell=cell, bins=bins, batch_size=batch_size)
+  for name, value in (("orientations", orientations), ("cell", cell), ("bins", bins),
+                      ("batch_size", batch_size)):
+    _checks.int_at_least(value, name, 1)
   images = jnp.asarray(_pixels(images_NxHxWx3, "images", ndim=4))
   n = images.shape[0]
   if n == 0:

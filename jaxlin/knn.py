@@ -287,9 +287,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   if method not in METHODS:
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
                      argument="method")
-  if callback is not None and not callable(callback):
-    raise InputError(f"callback must be callable as callback(queries_done, total) or None, "
-                     f"got {callback!r}", argument="callback")
+  _checks.callback(callback, "callback(queries_done, total)")
   if layout not in LAYOUTS:
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")

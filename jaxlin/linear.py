@@ -9,16 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin import _checks
 from jaxlin.errors import InputError
 
 __all__ = ["init_params", "scores"]
-
-
-def positive_sizes(**sizes) -> None:
-  """InputError naming the first size that is not a positive int."""
-  for name, v in sizes.items():
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise InputError(f"{name} must be a positive int, got {v!r}", argument=name)
 
 
 def param(params, name: str, shape: tuple):
@@ -38,7 +32,8 @@ def param(params, name: str, shape: tuple):
 
 def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3):
   """W ~ scale * N(0, 1), b = 0."""
-  positive_sizes(num_features=num_features, num_classes=num_classes)
+  num_features = _checks.int_at_least(num_features, "num_features", 1)
+  num_classes = _checks.int_at_least(num_classes, "num_classes", 1)
   return {"W": scale * jax.random.normal(key, (num_features, num_classes), jnp.float32),
           "b": jnp.zeros((num_classes,), jnp.float32)}
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import linear
+from jaxlin import _checks, linear
 from jaxlin.errors import InputError
 
 __all__ = ["init_params", "hidden", "scores"]
@@ -19,8 +19,9 @@ __all__ = ["init_params", "hidden", "scores"]
 def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
                 scale: float | None = None):
   """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` gives the std."""
-  linear.positive_sizes(num_features=num_features, hidden_size=hidden_size,
-                        num_classes=num_classes)
+  for name, size in (("num_features", num_features), ("hidden_size", hidden_size),
+                     ("num_classes", num_classes)):
+    _checks.int_at_least(size, name, 1)
   k1, k2 = jax.random.split(key)
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5

@@ -102,9 +102,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   _checks.labels(y, num_classes, "y", len(x))
   single = np.ndim(ks) == 0
   ks = knn.checked_ks(ks, "ks")
-  if callback is not None and not callable(callback):
-    raise InputError(f"callback must be callable as callback(folds_done, num_folds) or None, "
-                     f"got {callback!r}", argument="callback")
+  _checks.callback(callback, "callback(folds_done, num_folds)")
   folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
                         labels=y if stratify else None)
   smallest = min(len(tr) for tr, _ in folds)

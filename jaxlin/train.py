@@ -142,7 +142,7 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
   _callable(loss_fn, "loss_fn", "(scores_BxC, labels_B) -> (B,) losses")
   _callable(apply_fn, "apply_fn", "(params, x_BxD) -> scores_BxC")
   _callable(penalty_fn, "penalty", "params -> scalar")
-  if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+  if not _has_methods(tx, "init", "update"):
     raise InputError(f"tx must be an optax.GradientTransformation (e.g. optax.sgd(1e-3)), got "
                      f"{tx!r}", argument="tx")
   concrete = not isinstance(reg, jax.core.Tracer)
@@ -182,6 +182,12 @@ def _is_number(v) -> bool:
   return (not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0
           and np.issubdtype(np.asarray(v).dtype, np.number)
           and not np.issubdtype(np.asarray(v).dtype, np.complexfloating))
+
+
+def _has_methods(obj, *names: str) -> bool:
+  """Whether ``obj`` has callable attributes ``names`` (an optax transformation: init and
+  update; a Model: init and apply)."""
+  return all(callable(getattr(obj, n, None)) for n in names)
 
 
 def _callable(f, name: str, signature: str) -> None:
@@ -251,7 +257,7 @@ class Trainer:
   def __init__(self, model: Model, loss_fn: Callable, *, optimizer: Optimizer,
                schedule: Schedule = None, penalty: Callable | None = None, mesh=None,
                full_batch: bool | None = None):
-    if not (callable(getattr(model, "init", None)) and callable(getattr(model, "apply", None))):
+    if not _has_methods(model, "init", "apply"):
       raise InputError(f"model must be a train.Model(init=key -> params, apply=(params, x) -> "
                        f"scores), got {model!r}", argument="model")
     _callable(loss_fn, "loss_fn", "(scores_BxC, labels_B) -> (B,) losses")
@@ -310,7 +316,7 @@ class Trainer:
       tx = self._factory(lr)
     else:
       tx = self._factory(lambda count: lr * multiplier(count))
-    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+    if not _has_methods(tx, "init", "update"):
       raise InputError(f"optimizer(learning_rate) must return an optax.GradientTransformation, "
                        f"got {tx!r}", argument="optimizer")
     return tx
