@@ -511,20 +511,34 @@ def _check_pixels(images_NxHxWxC):
                      "(x * 255).round().astype(np.uint8)", argument="images_NxHxWxC")
 
 
-@jax.jit
+def _pixels(images_NxHxWxC):
+  """The images as a jax or numpy array (lists converted), checked by ``_check_pixels``."""
+  x = _checks.jax_exact(images_NxHxWxC, "images_NxHxWxC")
+  _check_pixels(x)
+  return x
+
+
 def mean_image(images_NxHxWxC):
   """Per-pixel mean of the uint8 training images, float32 (H, W, C)."""
-  _check_pixels(images_NxHxWxC)
-  if images_NxHxWxC.shape[0] == 0:
+  x = _pixels(images_NxHxWxC)
+  if x.shape[0] == 0:
     raise InputError("images_NxHxWxC is empty: no images to average", argument="images_NxHxWxC")
-  return jnp.mean(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
+  return _mean_image(x)
 
 
 @jax.jit
+def _mean_image(images_NxHxWxC):
+  return jnp.mean(images_NxHxWxC.astype(jnp.float32), axis=0)
+
+
 def pixel_sums(images_NxHxWxC):
   """Per-pixel sums of uint8 images, float32 (H, W, C): a process's share of the mean image."""
-  _check_pixels(images_NxHxWxC)
-  return jnp.sum(jnp.asarray(images_NxHxWxC).astype(jnp.float32), axis=0)
+  return _pixel_sums(_pixels(images_NxHxWxC))
+
+
+@jax.jit
+def _pixel_sums(images_NxHxWxC):
+  return jnp.sum(images_NxHxWxC.astype(jnp.float32), axis=0)
 
 
 def mean_from_sums(sums, count: int):
@@ -542,12 +556,18 @@ def _divide(sums, count: int):
   return sums / count
 
 
-@jax.jit
 def preprocess(images_NxHxWxC, mean_HxWxC):
   """uint8 images (N, H, W, C) -> float32 (N, D) rows with the training mean image subtracted."""
-  _check_pixels(images_NxHxWxC)
-  if mean_HxWxC.shape != images_NxHxWxC.shape[1:]:
-    raise InputError(f"mean_HxWxC has shape {mean_HxWxC.shape}; expected "
-                     f"{images_NxHxWxC.shape[1:]} (one image)", argument="mean_HxWxC")
-  x = jnp.asarray(images_NxHxWxC).astype(jnp.float32) - mean_HxWxC
+  x = _pixels(images_NxHxWxC)
+  mean = _checks.jax_exact(mean_HxWxC, "mean_HxWxC")
+  if mean.shape != x.shape[1:]:
+    raise InputError(f"mean_HxWxC has shape {mean.shape}; expected {x.shape[1:]} (one image)",
+                     argument="mean_HxWxC")
+  _checks.finite(mean, "mean_HxWxC", "every preprocessed row would be NaN or inf")
+  return _preprocess(x, mean)
+
+
+@jax.jit
+def _preprocess(images_NxHxWxC, mean_HxWxC):
+  x = images_NxHxWxC.astype(jnp.float32) - mean_HxWxC
   return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (0, D) for no images too

@@ -62,7 +62,12 @@ def json_safe(obj: Any) -> Any:
   accuracy that was never measured) is written as null.
   """
   if isinstance(obj, dict):
-    return {str(k): json_safe(v) for k, v in obj.items()}
+    out = {}
+    for k, v in obj.items():
+      if str(k) in out:  # e.g. 1 and "1": one would silently replace the other
+        raise ValueError(f"two keys are both written as {str(k)!r} in JSON; make them distinct")
+      out[str(k)] = json_safe(v)
+    return out
   if isinstance(obj, (list, tuple)):
     return [json_safe(v) for v in obj]
   if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy / jax arrays, scalars

@@ -101,7 +101,13 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   such as "layers/0/w", or a pytree of bools with the structure of params.
   """
   if mask is None:
-    return [v for v in jax.tree.leaves(params) if jnp.ndim(v) >= 2]
+    leaves = jax.tree.leaves(params)
+    numbers = [v for v in leaves if isinstance(v, (bool, int, float, complex))]
+    if numbers:  # nested lists are trees of scalars: their weights would count for nothing
+      raise InputError(f"params holds {len(numbers)} bare Python number(s) as leaves (nested "
+                       "lists are trees of scalars, never weight matrices); pass arrays, "
+                       "e.g. jnp.asarray(W), or a mask", argument="params")
+    return [v for v in leaves if jnp.ndim(v) >= 2]
   if callable(mask):
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return [v for path, v in flat if mask(_path_name(path), v)]

@@ -155,6 +155,16 @@ def test_preprocess_subtracts_the_mean_image():
     data.mean_image(imgs[:0])
   with pytest.raises(InputError, match="mean_HxWxC"):
     data.preprocess(imgs, mu[0])
+  # Lists are arrays too; a NaN in the mean would make every row NaN.
+  lists = imgs.tolist()
+  with pytest.raises(InputError, match="uint8 pixels"):
+    data.mean_image(lists)  # Python ints are not pixels of a known range
+  np.testing.assert_allclose(data.preprocess(imgs, np.asarray(mu).tolist()),
+                             [[-1, -10, -10], [1, 10, 10]])
+  with pytest.raises(InputError, match="NaN") as e:
+    data.preprocess(imgs, np.where(np.arange(3) == 1, np.nan, mu))
+  assert e.value.argument == "mean_HxWxC"
+  np.testing.assert_allclose(data.pixel_sums(imgs), [[[2, 40, 60]]])
 
 
 def test_images_of_different_sizes_are_named(image_folder):

@@ -149,3 +149,11 @@ def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
   files.atomic_write(str(tmp_path / "link").encode(), lambda f: f.write(b"new"))  # bytes path
   assert (tmp_path / "link").is_symlink() and (tmp_path / "real").read_text() == "new"
   assert sorted(os.listdir(tmp_path)) == sorted(["a" * 250, "link", "real"])
+
+
+def test_json_refuses_keys_that_would_collide(tmp_path):
+  from jaxlin import files  # pylint: disable=import-outside-toplevel
+  assert files.to_json({1: 2, "2": 3, "x": float("nan")}) == '{"1": 2, "2": 3, "x": null}'
+  with pytest.raises(ValueError, match="both written as '1'"):
+    files.write_json(str(tmp_path / "r.json"), {1: "a", "1": "b"})
+  assert not os.listdir(tmp_path)  # nothing written
