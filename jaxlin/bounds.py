@@ -31,7 +31,7 @@ Which is faster depends on the CPU: brute-force L2 on pixels is an int8
 product, about 7x faster than float32 on CPUs with int8 matrix instructions
 (Intel AMX) and 1.4x on AVX2-only CPUs, while the cascade's costs (a float32
 product with m columns, selection, gathers) do not depend on it;
-``prefer_pruned`` decides from a product timed once per process.
+``prefer_pruned`` decides by a cost model and a product timed once per process.
 
 Bounds (v = x - y, integer vectors; D features):
 
@@ -140,8 +140,8 @@ def supports(queries_QxD, database_NxD, metric: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def int8_speedup() -> float:
   """How many times faster an int8 -> int32 product runs than a float32 one on this
-  process's default device: measured once per process (best of 3, a (512 x 3072) .
-  (3072 x 1024) product, about 0.1 s in all). About 7 on CPUs with int8 matrix
+  process's default device: measured once per process (best of 5, a (512 x 3072) .
+  (3072 x 1024) product, about 0.2 s in all). About 7 on CPUs with int8 matrix
   instructions (Intel AMX), about 1.4 on AVX2-only CPUs."""
   import time  # pylint: disable=import-outside-toplevel
   contract = (((1,), (1,)), ((), ()))
@@ -155,7 +155,7 @@ def int8_speedup() -> float:
   for f in (f8, f32):
     f(a8, b8).block_until_ready()
     times = []
-    for _ in range(3):
+    for _ in range(5):
       t0 = time.perf_counter()
       f(a8, b8).block_until_ready()
       times.append(time.perf_counter() - t0)
@@ -163,22 +163,60 @@ def int8_speedup() -> float:
   return best[1] / best[0]
 
 
-def prefer_pruned(metric: str, num_queries: int, num_database: int) -> bool:
+# prefer_pruned's cost model: seconds, measured with CIFAR-10 (D = 3072, 50,000 rows,
+# 4,000 and 10,000 queries, k = 10) on an AMD EPYC (Zen 4), where int8 products run 1.7x
+# float32 (WORKSPACE.md, 2026-12-03).
+_COST_SPEEDUP = 1.7  # int8_speedup() where the costs below were measured
+_COST = {
+    "brute_product": 2.14e-8,  # brute force per (query, row): the int8 product (x 1.7 / speedup)
+    "brute_other": 0.62e-8,  # brute force per (query, row): selection and merge
+    "pruned_pair": 1.12e-8,  # the cascade per (query, row): the bound (a float32 product)
+    "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
+    "build_row": 3.0e-5,  # the index build per row: projection, residual, int8 pixels
+    "build": 1.5,  # the index build, once: the components and compilation
+}
+_COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
+
+
+def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
+                       speedup: float) -> tuple[float, float]:
+  """(brute force, cascade with its build): ``_COST`` scaled by the features (brute force's
+  product, the build and the refinement grow with D; the bound's product with m)."""
+  c, f = _COST, num_features / 3072
+  pairs = num_queries * num_database
+  brute = pairs * (c["brute_product"] * f * _COST_SPEEDUP / speedup + c["brute_other"])
+  m = min(COMPONENTS, num_features) / COMPONENTS
+  pruned = (c["build"] + c["build_row"] * f * num_database
+            + pairs * c["pruned_pair"] * m + num_queries * c["pruned_query"] * f)
+  return brute, pruned
+
+
+def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features: int = 3072,
+                  *, speedup: float | None = None) -> bool:
   """Whether ``search`` (with its index build) should beat brute force here: the rule of
   ``jaxlin.knn.search(method="auto")``.
 
   L1: never (the pooled bound certifies too few queries: about 2x slower than brute force
-  on every CPU measured). L2 on pixels: brute force is an int8 product; where int8 products
-  run >= 4x faster than float32 (``int8_speedup``: Intel AMX, 7-16x) brute force wins.
-  Elsewhere (AVX2 about 1.4x, AVX-512 VNNI about 1.7x) the cascade searches about 2x faster
-  than brute force but first builds its index (about 4 s for 50,000 CIFAR-10 images), so
-  it is chosen from 20,000 queries against 10,000 rows or more: measured on an AMD EPYC
-  (Zen 4), 10,000 CIFAR-10 queries took 4.1 s + 5.9 s against brute force's 11.6 s, a
-  gain too small to pay for timing the products (WORKSPACE.md).
+  on every CPU measured). L2 on pixels: brute force is an int8 product, so its cost falls
+  with ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
+  AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's float32
+  products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
+  times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
+  float32 or more (measured on Intel AMX: brute force 3x faster than the cascade) or
+  against fewer than 10,000 rows. For 50,000 CIFAR-10 rows that is from about 7,000
+  queries at speedup 1.7 (10,000 queries: 3.1 s build + 6.6 s search against 13.8 s)
+  and about 4,700 at 1.4; at speedup 2.5 from about 18,000.
   """
-  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 20000:
+  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 1:
     return False
-  return int8_speedup() < 4.0
+  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
+  if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
+    return False
+  speedup = int8_speedup() if speedup is None else float(speedup)
+  if speedup >= 4.0:
+    return False
+  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, speedup)
+  return brute >= _COST_MARGIN * pruned
 
 
 # --------------------------------------------------------------------------
@@ -215,6 +253,11 @@ def _orthonormal_columns(y):
 
 
 @jax.jit
+def _centred_floats(rows_SxD, centre_D):
+  return rows_SxD.astype(jnp.float32) - centre_D.astype(jnp.float32)
+
+
+@jax.jit
 def _power_step(xs_SxD, basis_DxW):
   return jnp.matmul(xs_SxD.T, jnp.matmul(xs_SxD, basis_DxW, precision=_HIGHEST),
                     precision=_HIGHEST)
@@ -222,12 +265,13 @@ def _power_step(xs_SxD, basis_DxW):
 
 def _principal_basis(rows_SxD, centre_D, m: int, seed: int) -> np.ndarray:
   """(m, D) float64 orthonormal rows spanning (about) the top m principal components of
-  the sample rows (randomised subspace iteration). Any orthonormal rows give a valid
-  bound; better components give a tighter one."""
+  the sample rows (randomised subspace iteration from a numpy random start: no compiled
+  random program). Any orthonormal rows give a valid bound; better components give a
+  tighter one."""
   d = rows_SxD.shape[1]
-  xs = jnp.asarray(rows_SxD.astype(np.float32) - centre_D.astype(np.float32))
+  xs = _centred_floats(rows_SxD, centre_D.astype(np.int32))
   width = min(d, m + 16)
-  basis = np.asarray(jax.random.normal(jax.random.key(seed), (d, width), jnp.float32))
+  basis = np.random.default_rng(seed % 2 ** 64).standard_normal((d, width), np.float32)
   for _ in range(3):
     basis = _orthonormal_columns(np.asarray(_power_step(xs, jnp.asarray(basis, jnp.float32)),
                                             np.float64))
@@ -377,7 +421,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
                      f"{', '.join(METRICS)}", argument="metric")
-  db = database_NxD if isinstance(database_NxD, jax.Array) else jnp.asarray(database_NxD)
+  db = database_NxD if isinstance(database_NxD, jax.Array) else np.asarray(database_NxD)
   if db.ndim != 2 or db.dtype not in (jnp.uint8, jnp.int8) or db.shape[0] == 0:
     raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
                      f"{db.shape} and dtype {db.dtype}", argument="database_NxD")
@@ -393,6 +437,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     sizes = np.bincount(groups, minlength=g)
     if sizes.max() * 255 * g >= _F32_EXACT:
       raise InputError(f"pool={pool}: pooled L1 sums could reach 2**24", argument="pool")
+    db = jnp.asarray(db)
     sums = _pooled(db, jnp.asarray(groups, jnp.int32), num_groups=g)
     fine = _groups(d, image_shape, max(1, pool // 2))  # tighter bound for the second round
     fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
@@ -410,33 +455,34 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
   params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
-  z, zsq, rho, a, err = _l2_rows_blocked(host, params)
+  aug, a, err, pixels, sq_norms = _l2_build(host, params)
   params = {**params, "a_max": jnp.max(a), "err_max": jnp.max(err)}
-  pixels, sq_norms = _pixels_and_norms(db)
-  return Index(metric, pixels, sq_norms,
-               _l2_chunks(_l2_augmented(z, zsq, rho), chunk=_chunk_rows(n)), params, None,
+  return Index(metric, pixels, sq_norms, _l2_chunks(aug, chunk=_chunk_rows(n)), params, None,
                str(db.dtype), None, {})
 
 
-_BUILD_BLOCK = 4096  # rows per step of the index build: bounded memory, one compilation
-
-
-_l2_rows_jit = jax.jit(_l2_rows)
+# Rows per step of the index build: bounded memory, one compilation; a (512, D) float32
+# block stays near the cache (measured in one process, best of 4, on the 50,000 CIFAR-10
+# rows: 512 rows 1.4 s, 256 1.6 s, 1024 2.1 s, 2048 2.0 s; WORKSPACE.md).
+_BUILD_BLOCK = 512
 
 
 @jax.jit
-def _pixels_and_norms(db_NxD):
-  """int8 pixels (``distances.centred_pixels``) and their exact int32 squared norms."""
-  pixels = distances.centred_pixels(db_NxD)
-  return pixels, distances.int_squared_norms(pixels)
+def _l2_build_block(x_BxD, params):
+  """One pass over a block of rows: the ``_l2_augmented`` rows, a and err
+  (``_l2_rows``), int8 pixels (``distances.centred_pixels``) and their exact int32
+  squared norms."""
+  z, zsq, rho, a, err = _l2_rows(x_BxD, params)
+  pixels = distances.centred_pixels(x_BxD)
+  return _l2_augmented(z, zsq, rho), a, err, pixels, distances.int_squared_norms(pixels)
 
 
-def _l2_rows_blocked(host_NxD: np.ndarray, params):
-  """``_l2_rows`` of every row of a host array, in blocks of ``_BUILD_BLOCK`` (the last
-  one padded): bounded memory, one compiled program."""
+def _l2_build(host_NxD: np.ndarray, params):
+  """``_l2_build_block`` of every row of a host array, in blocks of ``_BUILD_BLOCK`` (the
+  last one padded, its padding dropped)."""
   n = host_NxD.shape[0]
   block = min(_BUILD_BLOCK, n)
-  outs = [_l2_rows_jit(_padded_rows(host_NxD[i:i + block], block), params)
+  outs = [_l2_build_block(_padded_rows(host_NxD[i:i + block], block), params)
           for i in range(0, n, block)]
   return tuple(jnp.concatenate([o[j] for o in outs])[:n] for j in range(5))
 

@@ -398,7 +398,7 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
                        f"l2 or l2_squared, got {dtypes} and {metric!r}; use method='brute' or "
                        "'auto'", argument="method")
     return True
-  return served and bounds.prefer_pruned(metric, queries.shape[0], database.shape[0])
+  return served and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))
