@@ -136,7 +136,7 @@ class Hosts:
     if self.database_spread:
       _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=self.mesh,
                                  layout="database", num_database=num_database, method=method,
-                                 return_stats=True)
+                                 return_stats=True, image_shape=split.images.shape[1:])
     else:
       mesh = self.local_mesh if "test" in self.parts else self.mesh
       _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=mesh,

@@ -105,9 +105,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
     check_sizes(c, len(plan["train"][1]))
     logging.info("loading %s", c.dataset)
-    require(c.search != "pruned" or r.hosts.mesh is None, "search",
-            f"--search=pruned runs on one device, and this run has {r.hosts.devices}; use "
-            "--search=auto or brute, or --shard=none")
+    require(c.search != "pruned" or r.hosts.count == 1, "search",
+            f"--search=pruned runs within one process, and this run has {r.hosts.count}; use "
+            "--search=auto or brute")
     ds = r.hosts.load(c, plan, _split_in_parts(c, r.hosts))
     db = _Database(ds, r.hosts, c.search)
     load_s = r.timer()

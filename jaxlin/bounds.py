@@ -695,9 +695,9 @@ def _run_round(queries, index, k, c, tile, second=False, callback=None):
 
 
 def _brute_force(queries, index, k):  # pylint: disable=protected-access
-  """(float32 distances, indices) as numpy, by ``jaxlin.knn``'s own brute-force programs
-  (the same kernel, tiles and merge as ``knn.search``, so the same answer), with the
-  database prepared once per index instead of once per call."""
+  """(exact integer distances, indices) as numpy, by ``jaxlin.knn``'s own brute-force
+  programs (the same kernel, tiles and merge as ``knn.search``, so the same answer), with
+  the database prepared once per index instead of once per call."""
   n, d = index.database.shape
   kernel = distances.kernel_for(index.metric, index.database.dtype, index.database.dtype, d)
   tile = _query_tile(index.metric, n, queries.shape[0])  # few shapes: few compilations
@@ -717,8 +717,8 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
                                layout="queries")
     out_d.append(dd)
     out_i.append(ii)
-  dist = distances.to_distances(topk.as_float_distances(jnp.concatenate(out_d)), index.metric)
-  return np.asarray(dist)[:q_total], np.asarray(jnp.concatenate(out_i))[:q_total]
+  return (np.asarray(jnp.concatenate(out_d))[:q_total],
+          np.asarray(jnp.concatenate(out_i))[:q_total])
 
 
 def candidate_counts(metric: str, k: int, candidates=None, second_candidates=None):
@@ -778,9 +778,17 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if query_tile is not None:
     query_tile = _checks.int_at_least(query_tile, "query_tile", 1)
   _checks.callback(callback, "callback(queries_done, total)")
+  d, i, stats = _search_ints(q, index, k, c1, c2, query_tile, callback)
+  return jnp.asarray(_to_float_distances(d, index.metric)), jnp.asarray(i), stats
+
+
+def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback):
+  """``search`` on checked arguments (q a host array): (exact integer distances (squared
+  for L2), indices, stats) as numpy."""
+  n = index.database.shape[0]
   q_total = q.shape[0]
   stats = {**empty_stats(index.metric, k), "queries": q_total, "candidates": [c1, c2]}
-  d_out = np.zeros((q_total, k), np.float32)
+  d_out = np.zeros((q_total, k), np.int32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
   for level, c in (("first_round", c1), ("second_round", c2)):
@@ -792,7 +800,6 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, second=level == "second_round",
                             callback=progress)
-    dd = _to_float_distances(dd, index.metric)
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
     stats[level] = int(ok.sum())
     todo = todo[~ok]
@@ -805,7 +812,98 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     d_out[todo], i_out[todo] = dd, ii
   if callback is not None:
     callback(q_total, q_total)
-  return jnp.asarray(d_out), jnp.asarray(i_out), stats
+  return d_out, i_out, stats
+
+
+def _index_on(index: Index, device) -> Index:
+  """A copy of ``index`` whose arrays live on ``device`` (its brute-force cache empty)."""
+  return index._replace(database=jax.device_put(index.database, device),
+                        sq_norms=jax.device_put(index.sq_norms, device),
+                        bound_rows=jax.device_put(index.bound_rows, device),
+                        params=jax.device_put(index.params, device), cache={})
+
+
+def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout: str,
+                image_shape=None, query_tile=None, callback=None):
+  """The cascade on every device of a one-process mesh: ``jaxlin.knn.search``'s
+  ``method="pruned"`` with a ``mesh`` (arguments checked there; k <= N).
+
+  layout "database": device j builds the index of rows [j r, (j + 1) r), r = ceil(N /
+  devices) (as ``jaxlin.sharding.rows_to_global`` lays them), and searches all queries in
+  them; the devices' k best are merged by (exact distance, global index), so the answer
+  is the one-device answer, ties included. layout "queries": the index is built once and
+  copied to every device, and device j searches the j-th block of queries. Each device
+  runs in its own thread (JAX releases the interpreter while a device computes).
+
+  Returns (float distances, indices, stats) as ``search``; stats sums the devices'
+  counts (layout "database": every query is searched once per device) and lists them in
+  "per_device".
+  """
+  devices = list(mesh.devices.flat)
+  ndev = len(devices)
+  q = np.asarray(queries_QxD)
+  db = np.asarray(database_NxD)
+  n, q_total = db.shape[0], q.shape[0]
+  if layout == "database":
+    rows = -(-n // ndev)
+    parts = [(db[j * rows:(j + 1) * rows], q, j * rows) for j in range(ndev)]
+  else:
+    block = -(-q_total // ndev)
+    parts = [(None, q[j * block:(j + 1) * block], 0) for j in range(ndev)]
+  shared = {}
+  if layout == "queries":
+    with jax.default_device(devices[0]):
+      shared[0] = build_index(db, metric=metric, image_shape=image_shape)
+  results: list = [None] * ndev
+  errors: list = []
+
+  def work(j):
+    rows_j, q_j, offset = parts[j]
+    try:
+      with jax.default_device(devices[j]):
+        index = (shared[0] if j == 0 else _index_on(shared[0], devices[j])) if (
+            rows_j is None) else None
+        size = n if rows_j is None else len(rows_j)
+        kj = min(k, size)
+        d = np.full((len(q_j), k), topk.INT_WORST, np.int32)
+        i = np.full((len(q_j), k), -1, np.int32)
+        st = {**empty_stats(metric, k), "queries": 0}
+        if kj and len(q_j):
+          if index is None:
+            index = build_index(rows_j, metric=metric, image_shape=image_shape)
+          c1, c2 = candidate_counts(metric, kj)
+          dj, ij, st = _search_ints(q_j, index, kj, c1, c2, query_tile, None)
+          d[:, :kj], i[:, :kj] = dj, ij + offset
+        results[j] = (d, i, st)
+    except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
+      errors.append(e)
+
+  import threading  # pylint: disable=import-outside-toplevel
+  threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in range(ndev)]
+  for t in threads:
+    t.start()
+  for done, t in enumerate(threads, 1):
+    t.join()
+    if callback is not None and not errors and done < ndev:
+      callback(q_total * done // ndev, q_total)
+  if errors:
+    raise errors[0]
+  if layout == "database":  # every device's k best, in device order: merge by (d, index)
+    d_all = np.concatenate([r[0] for r in results], axis=1)
+    i_all = np.concatenate([r[1] for r in results], axis=1)
+    order = np.lexsort((i_all, d_all), axis=1)[:, :k]
+    d, i = np.take_along_axis(d_all, order, 1), np.take_along_axis(i_all, order, 1)
+  else:
+    d = np.concatenate([r[0] for r in results])
+    i = np.concatenate([r[1] for r in results])
+  per_device = [r[2] for r in results]
+  stats = {**empty_stats(metric, k),
+           **{key: sum(st[key] for st in per_device)
+              for key in ("queries", "first_round", "second_round", "brute_force")},
+           "per_device": per_device}
+  if callback is not None:
+    callback(q_total, q_total)
+  return jnp.asarray(_to_float_distances(d, metric)), jnp.asarray(i), stats
 
 
 def _to_float_distances(d_int, metric: str) -> np.ndarray:

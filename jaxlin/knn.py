@@ -252,11 +252,14 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     callback: called as ``callback(queries_done, Q)`` after each block of queries.
     method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
       rule out most rows, a certificate proves the answer; uint8 / int8 inputs,
-      l1 / l2 / l2_squared, one device; ``database_tile`` does not apply) or
-      "auto" (pruned where it is measured faster: see ``bounds.prefer_pruned``).
+      l1 / l2 / l2_squared; ``database_tile`` does not apply; with a ``mesh``
+      within one process, each device runs the cascade on its rows or its
+      queries, by ``layout``) or "auto" (pruned on one device where it is
+      predicted faster: see ``bounds.prefer_pruned``; brute force on a mesh).
       Every method returns the same neighbours and distances.
     return_stats: also return a dict: {"method": the method used} and, for
-      "pruned", the queries settled by each level of the cascade.
+      "pruned", the queries settled by each level of the cascade (on a mesh:
+      summed over the devices' searches, and per device in "per_device").
     image_shape: (H, W, C) of the rows (flattened images), for the pruned L1
       bound: sums over p x p pixel blocks of each channel. None: sums over runs
       of consecutive features, a looser bound (slower, the same answer).
@@ -325,8 +328,14 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     stats = {"method": "pruned", **bounds.empty_stats(metric, k)} if pruned else {
         "method": "brute"}
     return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
+  rows = database if n == database.shape[0] else database[:n]  # the real rows of a laid one
+  if pruned and mesh is not None:
+    d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
+        queries, rows, k, metric=metric, mesh=mesh, layout=layout,
+        image_shape=image_shape, query_tile=query_tile, callback=callback)
+    return d, i, {"method": "pruned", "layout": layout, **stats}
   if pruned:
-    index = bounds.build_index(database, metric=metric, image_shape=image_shape)
+    index = bounds.build_index(rows, metric=metric, image_shape=image_shape)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
 
@@ -381,9 +390,10 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)
   if method == "pruned":
-    if mesh is not None or num_database is not None:
-      raise InputError("method='pruned' runs on one device; use method='brute' or 'auto' with "
-                       "a mesh", argument="method")
+    if mesh is not None and jax.process_count() > 1:
+      raise InputError(f"method='pruned' with a mesh runs within one process, and this run "
+                       f"has {jax.process_count()}; use method='brute' or 'auto' across hosts",
+                       argument="method")
     if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
         queries.dtype in (jnp.uint8, jnp.int8)):
       raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "

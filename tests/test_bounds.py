@@ -1,4 +1,5 @@
 """Pruned search equals brute force on adversarial data; the bounds never exceed distances."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -226,7 +227,7 @@ def test_auto_rule_follows_the_cost_model():
   assert prefer("l2", 40000, 50000, 3072, speedup=2.5)
 
 
-def test_pruned_method_rejects_what_it_does_not_serve():
+def test_pruned_method_rejects_what_it_does_not_serve(monkeypatch):
   q, db = adversarial()
   with pytest.raises(InputError, match="unknown method 'fast'") as e:
     knn.search(q, db, 1, method="fast")
@@ -240,11 +241,21 @@ def test_pruned_method_rejects_what_it_does_not_serve():
   with pytest.raises(InputError, match="at most 16512 features"):
     big = np.zeros((2, bounds.MAX_FEATURES + 1), np.uint8)
     knn.search(big, big, 1, method="pruned")
-  with pytest.raises(InputError, match="runs on one device"):
-    knn.search(q, db, 1, method="pruned", mesh=sharding.make_mesh())
-  # auto with a mesh is brute force on the mesh.
+  with monkeypatch.context() as m:  # many processes: each holds only its own devices
+    m.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(InputError, match="within one process, and this run has 2") as e:
+      knn.search(q, db, 1, method="pruned", mesh=sharding.make_mesh())
+    assert e.value.argument == "method"
+  # auto with a mesh is brute force on the mesh; pruned runs on it (tests/multidevice: many).
   _, _, stats = knn.search(q, db, 1, mesh=sharding.make_mesh(), return_stats=True)
   assert stats == {"method": "brute"}
+  bd, bi = knn.search(q, db, 5)
+  for layout in knn.LAYOUTS:
+    d, i, stats = knn.search(q, db, 5, method="pruned", mesh=sharding.make_mesh(),
+                             layout=layout, return_stats=True)
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(bi))
+    np.testing.assert_array_equal(np.asarray(d), np.asarray(bd))
+    assert stats["layout"] == layout and len(stats["per_device"]) == 1
 
 
 def test_padding_rows_never_become_neighbours():

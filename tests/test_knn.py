@@ -29,9 +29,12 @@ def count_compiles():
 
 
 def brute_force(q, db, k, metric):
-  """float64 / int64 reference with ties broken by lower index (stable sort)."""
-  diff = q[:, None, :].astype(np.float64) - db[None].astype(np.float64)
-  d = np.abs(diff).sum(-1) if metric == "l1" else (diff ** 2).sum(-1)
+  """float64 reference with ties broken by lower index (stable sort): a loop over queries
+  (no (Q, N, D) array)."""
+  dbf = np.asarray(db, np.float64)
+  diffs = (dbf - np.asarray(row, np.float64) for row in q)
+  d = np.array([np.abs(x).sum(-1) if metric == "l1" else (x ** 2).sum(-1) for x in diffs])
+  d = d.reshape(len(q), len(db))
   idx = np.argsort(d, axis=1, kind="stable")[:, :k]
   dist = np.take_along_axis(d, idx, 1)
   return (dist if metric != "l2" else np.sqrt(dist)), idx
