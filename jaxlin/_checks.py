@@ -91,6 +91,8 @@ def float_stats(x) -> tuple[int, float]:
     ok = np.isfinite(x)
     return int(x.size - np.count_nonzero(ok)), float(np.max(np.abs(x), where=ok, initial=0))
   bad, big = _float_stats_jit(x)
+  if is_traced(bad):  # a concrete array inside a caller's jit or map: values unknown here
+    return 0, 0.0
   return int(bad), float(big)
 
 

@@ -140,9 +140,10 @@ def supports(queries_QxD, database_NxD, metric: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def int8_speedup() -> float:
   """How many times faster an int8 -> int32 product runs than a float32 one on this
-  process's default device: measured once per process (best of 5, a (512 x 3072) .
-  (3072 x 1024) product, about 0.2 s in all). About 7 on CPUs with int8 matrix
-  instructions (Intel AMX), about 1.4 on AVX2-only CPUs."""
+  process's default device: measured once per process (a (512 x 3072) . (3072 x 1024)
+  product, the best of 7 runs of each, the two kinds alternating so that a burst of other
+  work slows both; about 0.25 s in all). About 7 on CPUs with int8 matrix instructions
+  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs."""
   import time  # pylint: disable=import-outside-toplevel
   contract = (((1,), (1,)), ((), ()))
   a8 = jnp.ones((512, 3072), jnp.int8)
@@ -151,15 +152,15 @@ def int8_speedup() -> float:
                                                 preferred_element_type=jnp.int32))
   f32 = jax.jit(lambda a, b: jax.lax.dot_general(a.astype(jnp.float32), b.astype(jnp.float32),
                                                  contract, precision=_HIGHEST))
-  best = []
-  for f in (f8, f32):
-    f(a8, b8).block_until_ready()
-    times = []
-    for _ in range(5):
+  fns = (f8, f32)
+  for f in fns:
+    f(a8, b8).block_until_ready()  # compiled apart
+  best = [math.inf, math.inf]
+  for _ in range(7):
+    for j, f in enumerate(fns):
       t0 = time.perf_counter()
       f(a8, b8).block_until_ready()
-      times.append(time.perf_counter() - t0)
-    best.append(min(times))
+      best[j] = min(best[j], time.perf_counter() - t0)
   return best[1] / best[0]
 
 
@@ -170,7 +171,9 @@ _COST_SPEEDUP = 1.7  # int8_speedup() where the costs below were measured
 _COST = {
     "brute_product": 2.14e-8,  # brute force per (query, row): the int8 product (x 1.7 / speedup)
     "brute_other": 0.62e-8,  # brute force per (query, row): selection and merge
-    "pruned_pair": 1.12e-8,  # the cascade per (query, row): the bound (a float32 product)
+    "pruned_bound": 0.56e-8,  # the cascade per (query, row): the bound, a float32 product
+    # with m + 2 columns (x m / 192), and its group minima
+    "pruned_select": 0.56e-8,  # the cascade per (query, row): selections, gathers (not x m)
     "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
     "build_row": 3.0e-5,  # the index build per row: projection, residual, int8 pixels
     "build": 1.5,  # the index build, once: the components and compilation
@@ -181,13 +184,15 @@ _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
                        speedup: float) -> tuple[float, float]:
   """(brute force, cascade with its build): ``_COST`` scaled by the features (brute force's
-  product, the build and the refinement grow with D; the bound's product with m)."""
+  product, the build and the refinement grow with D; the bound's product with m; the
+  selections over every row do not shrink with either)."""
   c, f = _COST, num_features / 3072
   pairs = num_queries * num_database
   brute = pairs * (c["brute_product"] * f * _COST_SPEEDUP / speedup + c["brute_other"])
   m = min(COMPONENTS, num_features) / COMPONENTS
   pruned = (c["build"] + c["build_row"] * f * num_database
-            + pairs * c["pruned_pair"] * m + num_queries * c["pruned_query"] * f)
+            + pairs * (c["pruned_bound"] * m + c["pruned_select"])
+            + num_queries * c["pruned_query"] * f)
   return brute, pruned
 
 
@@ -882,10 +887,14 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in range(ndev)]
   for t in threads:
     t.start()
-  for done, t in enumerate(threads, 1):
-    t.join()
-    if callback is not None and not errors and done < ndev:
-      callback(q_total * done // ndev, q_total)
+  try:
+    for done, t in enumerate(threads, 1):
+      t.join()
+      if callback is not None and not errors and done < ndev:
+        callback(q_total * done // ndev, q_total)
+  finally:  # a callback that raises: no device left computing behind the caller's back
+    for t in threads:
+      t.join()
   if errors:
     raise errors[0]
   if layout == "database":  # every device's k best, in device order: merge by (d, index)

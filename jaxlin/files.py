@@ -15,6 +15,8 @@ import os
 import tempfile
 from typing import Any, Callable, IO
 
+from jaxlin.errors import InputError
+
 __all__ = ["atomic_write", "write_json", "to_json", "json_safe", "file_mode"]
 
 
@@ -65,7 +67,8 @@ def json_safe(obj: Any) -> Any:
     out = {}
     for k, v in obj.items():
       if str(k) in out:  # e.g. 1 and "1": one would silently replace the other
-        raise ValueError(f"two keys are both written as {str(k)!r} in JSON; make them distinct")
+        raise InputError(f"two keys are both written as {str(k)!r} in JSON; make them "
+                         "distinct", argument="obj")
       out[str(k)] = json_safe(v)
     return out
   if isinstance(obj, (list, tuple)):

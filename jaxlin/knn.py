@@ -328,7 +328,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     stats = {"method": "pruned", **bounds.empty_stats(metric, k)} if pruned else {
         "method": "brute"}
     return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
-  rows = database if n == database.shape[0] else database[:n]  # the real rows of a laid one
+  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
+    rows = database if n == database.shape[0] else np.asarray(database)[:n]
   if pruned and mesh is not None:
     d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
         queries, rows, k, metric=metric, mesh=mesh, layout=layout,
@@ -390,10 +391,11 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)
   if method == "pruned":
-    if mesh is not None and jax.process_count() > 1:
-      raise InputError(f"method='pruned' with a mesh runs within one process, and this run "
-                       f"has {jax.process_count()}; use method='brute' or 'auto' across hosts",
-                       argument="method")
+    if mesh is not None and any(d.process_index != jax.process_index()
+                                for d in mesh.devices.flat):
+      raise InputError(f"method='pruned' with a mesh runs on the devices of one process, and "
+                       f"this mesh spans {jax.process_count()} processes; use method='brute' "
+                       "or 'auto' across hosts", argument="method")
     if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
         queries.dtype in (jnp.uint8, jnp.int8)):
       raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "

@@ -101,13 +101,15 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   such as "layers/0/w", or a pytree of bools with the structure of params.
   """
   if mask is None:
-    leaves = jax.tree.leaves(params)
-    numbers = [v for v in leaves if isinstance(v, (bool, int, float, complex))]
-    if numbers:  # nested lists are trees of scalars: their weights would count for nothing
-      raise InputError(f"params holds {len(numbers)} bare Python number(s) as leaves (nested "
-                       "lists are trees of scalars, never weight matrices); pass arrays, "
-                       "e.g. jnp.asarray(W), or a mask", argument="params")
-    return [v for v in leaves if jnp.ndim(v) >= 2]
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, v in flat:  # a matrix as nested lists is a tree of scalars: never penalised
+      if jnp.ndim(v) == 0 and len(path) >= 2 and all(
+          isinstance(key, jax.tree_util.SequenceKey) for key in path[-2:]):
+        where = f"'{_path_name(path[:-2])}'" if len(path) > 2 else "its top level"
+        raise InputError(f"params holds a nested list of numbers at {where} (a tree of "
+                         "scalars, which the penalty skips as it skips biases); pass the "
+                         "weights as an array, e.g. jnp.asarray(W)", argument="params")
+    return [v for _, v in flat if jnp.ndim(v) >= 2]
   if callable(mask):
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return [v for path, v in flat if mask(_path_name(path), v)]

@@ -222,6 +222,7 @@ def test_auto_rule_follows_the_cost_model():
   assert not prefer("l2", 0, 50000, 3072, speedup=1.0)
   # Fewer features: brute force's product shrinks, the bound's (192 components) does not.
   assert not prefer("l2", 10000, 50000, 1024, speedup=1.7)
+  assert not prefer("l2", 10 ** 6, 50000, 16, speedup=1.0)  # the selections still cost
   # More queries pay for the build at a higher int8 speedup.
   assert not prefer("l2", 10000, 50000, 3072, speedup=2.5)
   assert prefer("l2", 40000, 50000, 3072, speedup=2.5)
@@ -243,7 +244,8 @@ def test_pruned_method_rejects_what_it_does_not_serve(monkeypatch):
     knn.search(big, big, 1, method="pruned")
   with monkeypatch.context() as m:  # many processes: each holds only its own devices
     m.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(InputError, match="within one process, and this run has 2") as e:
+    m.setattr(jax, "process_index", lambda: 1)  # the mesh's devices belong to process 0
+    with pytest.raises(InputError, match="devices of one process, and this mesh spans 2") as e:
       knn.search(q, db, 1, method="pruned", mesh=sharding.make_mesh())
     assert e.value.argument == "method"
   # auto with a mesh is brute force on the mesh; pruned runs on it (tests/multidevice: many).

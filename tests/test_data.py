@@ -1,6 +1,7 @@
 import os
 import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -165,6 +166,11 @@ def test_preprocess_subtracts_the_mean_image():
     data.preprocess(imgs, np.where(np.arange(3) == 1, np.nan, mu))
   assert e.value.argument == "mean_HxWxC"
   np.testing.assert_allclose(data.pixel_sums(imgs), [[[2, 40, 60]]])
+  # Inside a caller's jit or map, with the mean captured (concrete): no value check, no error.
+  np.testing.assert_allclose(jax.jit(lambda x: data.preprocess(x, mu))(imgs),
+                             [[-1, -10, -10], [1, 10, 10]])
+  np.testing.assert_allclose(jax.lax.map(lambda x: data.preprocess(x[None], mu)[0], imgs),
+                             [[-1, -10, -10], [1, 10, 10]])
 
 
 def test_images_of_different_sizes_are_named(image_folder):

@@ -94,11 +94,15 @@ def test_l2_penalty_over_any_pytree():
   mask = {"layers": [{"w": True, "b": True}, {"w": False, "b": False}]}
   assert float(losses.l2_penalty(layers, mask=mask)) == 205.0
   assert float(losses.l2_penalty({"b": b})) == 0.0  # nothing penalised
-  # Nested lists are trees of scalars: their penalty would silently be 0.
-  for bad in ([[1.0, 2.0], [3.0, 4.0]], {"W": [[1.0, 2.0]], "b": b}, {"W": w, "t": 1.0}):
-    with pytest.raises(InputError, match="bare Python number") as e:
-      losses.l2_penalty(bad)
-    assert e.value.argument == "params"
+  # A matrix as nested lists is a tree of scalars: its penalty would silently be 0, also
+  # under jit (the tree's structure is static). Scalars and flat lists are not weights.
+  for bad, where in (([[1.0, 2.0], [3.0, 4.0]], "its top level"),
+                     ({"W": [[1.0, 2.0]], "b": b}, "'W'")):
+    for f in (losses.l2_penalty, jax.jit(losses.l2_penalty)):
+      with pytest.raises(InputError, match=f"nested list of numbers at {where}") as e:
+        f(bad)
+      assert e.value.argument == "params"
+  assert float(losses.l2_penalty({"W": w, "scale": 1.0, "t": [1.0, 2.0]})) == 5.0
   assert float(losses.l2_penalty({"W": [[1.0, 2.0]]}, mask={"W": [[True, False]]})) == 1.0
   with pytest.raises(InputError, match="structure of params") as e:
     losses.l2_penalty(layers, mask={"layers": True})
