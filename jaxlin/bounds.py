@@ -197,7 +197,7 @@ def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
 
 
 def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features: int = 3072,
-                  *, speedup: float | None = None) -> bool:
+                  *, k: int = 10, speedup: float | None = None) -> bool:
   """Whether ``search`` (with its index build) should beat brute force here: the rule of
   ``jaxlin.knn.search(method="auto")``.
 
@@ -208,11 +208,14 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
   times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
   float32 or more (measured on Intel AMX: brute force 3x faster than the cascade) or
-  against fewer than 10,000 rows. For 50,000 CIFAR-10 rows that is from about 7,000
+  against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
+  both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
+  it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
+  that is from about 7,000
   queries at speedup 1.7 (10,000 queries: 3.1 s build + 6.6 s search against 13.8 s)
   and about 4,700 at 1.4; at speedup 2.5 from about 18,000.
   """
-  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 1:
+  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 1 or k > 100:
     return False
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32

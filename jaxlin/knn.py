@@ -321,7 +321,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   database_tile = _checked_tile(database_tile, "database_tile")
   q_total = queries.shape[0]
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
-  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names)
+  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k)
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
@@ -384,7 +384,7 @@ def not_an_index(x, name: str) -> None:
                      f"queries, index, k), or pass the (N, D) rows here", argument=name)
 
 
-def _use_pruned(method, queries, database, metric, mesh, num_database, names) -> bool:
+def _use_pruned(method, queries, database, metric, mesh, num_database, names, k) -> bool:
   """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``)."""
   if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
     return False
@@ -410,7 +410,7 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names) ->
                        f"l2 or l2_squared, got {dtypes} and {metric!r}; use method='brute' or "
                        "'auto'", argument="method")
     return True
-  return served and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape)
+  return served and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))

@@ -223,6 +223,8 @@ def test_auto_rule_follows_the_cost_model():
   # Fewer features: brute force's product shrinks, the bound's (192 components) does not.
   assert not prefer("l2", 10000, 50000, 1024, speedup=1.7)
   assert not prefer("l2", 10 ** 6, 50000, 16, speedup=1.0)  # the selections still cost
+  assert prefer("l2", 10000, 50000, 3072, k=100, speedup=1.7)  # measured: 23.3 s against 25.3
+  assert not prefer("l2", 10 ** 6, 50000, 3072, k=101, speedup=1.0)  # unmeasured
   # More queries pay for the build at a higher int8 speedup.
   assert not prefer("l2", 10000, 50000, 3072, speedup=2.5)
   assert prefer("l2", 40000, 50000, 3072, speedup=2.5)
