@@ -19,9 +19,9 @@ runs all test images for L1 too, ``--k=100`` the larger k.
 Measured (2 cores of an AMD EPYC, Zen 4: AVX-512 VNNI, no AMX; one run each;
 WORKSPACE.md has the commands): answers equal to brute force in every run
 (indices and distances, at k=10 and at k=100 on all 10,000 queries). L2,
-10,000 queries, k=10 (2026-12-03): pruned 3.4 s index build + 6.7 s search
+10,000 queries, k=10 (2026-12-03): pruned 3.2 s index build + 5.8 s search
 (92 % of the queries certified in the first round, 7 % in the second, 1 % by
-brute force), brute force 13.5 s, faiss 21.1 s. L1, 1,000 random queries: pruned 0.7 s +
+brute force), brute force 11.4 s, faiss 19.2 s. L1, 1,000 random queries: pruned 0.7 s +
 5.2 s, brute force 3.3 s, faiss 16.2 s. On the Intel Xeon with AMX (int8
 products 16x float32) brute force is about 3x faster than the cascade.
 """
