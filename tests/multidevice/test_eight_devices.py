@@ -167,30 +167,29 @@ def test_knn_experiment_on_eight_devices(tmp_path):
 def test_pruned_search_on_a_mesh_equals_one_device():
   """The cascade on each device (its rows, or its queries), merged by (distance, global
   index): the one-device brute-force answer, ties and duplicates across devices included.
-  L2 on two devices with 400 rows each runs the cascade's rounds; L1 on three devices with
-  fewer rows than k (and than its candidates) goes to brute force on each device (every
-  device compiles its own programs: few devices keep the test short)."""
+  On two devices (every device compiles its own programs: few devices keep the test short):
+  400 rows each run the cascade's rounds (L2 and L1); a laid database with fewer rows per
+  device than k goes to brute force on each device."""
   from tests.test_bounds import SHAPE, adversarial, smooth_images  # pylint: disable=import-outside-toplevel
   q, db = adversarial()
   db = np.concatenate([db, smooth_images(np.random.default_rng(1), 560), db[:40]])  # 800 rows
-  d0, i0 = knn.search(q, db, 7, metric="l2", method="brute")
   two = sharding.make_mesh(jax.devices()[:2])
-  for layout in knn.LAYOUTS:
+  for metric, layout in (("l2", "database"), ("l2", "queries"), ("l1", "queries")):
+    d0, i0 = knn.search(q, db, 7, metric=metric, method="brute")
     calls = []
-    d, i, stats = knn.search(q, db, 7, metric="l2", mesh=two, layout=layout, method="pruned",
-                             return_stats=True, callback=lambda *a: calls.append(a))
+    d, i, stats = knn.search(q, db, 7, metric=metric, mesh=two, layout=layout, method="pruned",
+                             return_stats=True, callback=lambda *a: calls.append(a),
+                             image_shape=SHAPE)
     np.testing.assert_array_equal(i, i0)
     np.testing.assert_array_equal(d, d0)
     assert stats["method"] == "pruned" and len(stats["per_device"]) == 2
     assert stats["queries"] == len(q) * (2 if layout == "database" else 1)
-    assert stats["first_round"] > 0 and calls[-1] == (len(q), len(q))
-  three = sharding.make_mesh(jax.devices()[:3])
-  small = db[:203]  # 68 rows per device, 67 on the last: fewer than k
-  d0, i0 = knn.search(q, small, 70, metric="l1", method="brute")
-  laid = sharding.rows_to_global(small, 203, three)
-  d, i, stats = knn.search(q, laid, 70, metric="l1", mesh=three, layout="database",
-                           num_database=203, method="pruned", image_shape=SHAPE,
-                           return_stats=True)
+    assert stats["first_round"] + stats["second_round"] > 0 and calls[-1] == (len(q), len(q))
+  small = db[:203]  # 102 rows on the first device, 101 on the second: fewer than k
+  d0, i0 = knn.search(q, small, 102, metric="l2", method="brute")
+  laid = sharding.rows_to_global(small, 203, two)
+  d, i, stats = knn.search(q, laid, 102, metric="l2", mesh=two, layout="database",
+                           num_database=203, method="pruned", return_stats=True)
   np.testing.assert_array_equal(i, i0)
   np.testing.assert_array_equal(d, d0)
-  assert stats["brute_force"] == 3 * len(q)
+  assert stats["brute_force"] == 2 * len(q)  # 8 k candidates: more than a device's rows
