@@ -211,10 +211,18 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  that is from about 7,000
-  queries at speedup 1.7 (10,000 queries: 3.1 s build + 6.6 s search against 13.8 s)
-  and about 4,700 at 1.4; at speedup 2.5 from about 18,000.
+  (3,072 features) that is from 6,757 queries at speedup 1.7 (10,000 queries: 3.1 s build
+  + 6.6 s search against 13.8 s), 4,782 at 1.4 and 17,639 at 2.5.
+
+  Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
+  if metric not in distances.METRICS:
+    raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(distances.METRICS)}",
+                     argument="metric")
+  num_queries = _checks.int_at_least(num_queries, "num_queries", 0)
+  num_database = _checks.int_at_least(num_database, "num_database", 0)
+  num_features = _checks.int_at_least(num_features, "num_features", 1)
+  k = _checks.int_at_least(k, "k", 1)
   if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 1 or k > 100:
     return False
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
@@ -429,6 +437,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
                      f"{', '.join(METRICS)}", argument="metric")
+  knn.not_an_index(database_NxD, "database_NxD")
   db = database_NxD if isinstance(database_NxD, jax.Array) else np.asarray(database_NxD)
   if db.ndim != 2 or db.dtype not in (jnp.uint8, jnp.int8) or db.shape[0] == 0:
     raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
@@ -662,13 +671,19 @@ def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> 
   return min(largest, max(8, 1 << max(0, num_queries - 1).bit_length()))
 
 
-def _l2_groups(index: Index, c: int, g: int | None) -> int:
-  """Groups chosen per query (default: c, at most all groups but one), or 0 when the
-  round cannot run (c + 1 rows must lie in the chosen groups and in the database)."""
-  n = index.database.shape[0]
-  total = index.bound_rows.shape[0] * (index.bound_rows.shape[1] // GROUP)
-  g = min(g or c, total - 1)
+def _l2_groups(n: int, c: int) -> int:
+  """Groups chosen per query for ``c`` candidates among ``n`` rows (c, at most all groups
+  of the index's chunks but one), or 0 when the round cannot run (c + 1 rows must lie in
+  the chosen groups and in the database)."""
+  chunk = _chunk_rows(n)
+  total = -(-n // chunk) * (chunk // GROUP)
+  g = min(c, total - 1)
   return g if g >= 1 and c + 1 <= min(n, g * GROUP) else 0
+
+
+def _round_runs(metric: str, n: int, k: int, c: int) -> bool:
+  """Whether a round with ``c`` candidates per query can run against ``n`` rows."""
+  return k <= c and c + 1 <= n and (metric == "l1" or _l2_groups(n, c) > 0)
 
 
 def _run_round(queries, index, k, c, tile, second=False, callback=None):
@@ -685,7 +700,7 @@ def _run_round(queries, index, k, c, tile, second=False, callback=None):
   else:
     step = functools.partial(_l2_round, pixels=index.database, sq_norms=index.sq_norms,
                              chunks=index.bound_rows, params=index.params, k=k,
-                             g=_l2_groups(index, c, None), c=c)
+                             g=_l2_groups(index.database.shape[0], c), c=c)
   outs = []
   for start in range(0, q_total, tile):
     outs.append(step(_padded_rows(queries[start:start + tile], tile)))
@@ -734,10 +749,14 @@ def candidate_counts(metric: str, k: int, candidates=None, second_candidates=Non
   return c1, _checks.int_at_least(second_candidates, "second_candidates", 0)
 
 
-def empty_stats(metric: str, k: int) -> dict:
-  """``search``'s stats for no queries (with the default candidates)."""
+def empty_stats(metric: str, k: int, n: int | None = None) -> dict:
+  """``search``'s stats for no queries, with the default candidates (against ``n`` rows:
+  0 for a round that cannot run)."""
+  counts = candidate_counts(metric, k)
+  if n is not None:
+    counts = tuple(c if _round_runs(metric, n, k, c) else 0 for c in counts)
   return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
-          "candidates": list(candidate_counts(metric, k))}
+          "candidates": list(counts)}
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
@@ -763,12 +782,15 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     (dists_QxK float32, idx_QxK int32, stats): identical to
     ``knn.search(queries, database, k, metric=index.metric)``; stats: a dict of
     ints {"queries", "first_round", "second_round", "brute_force"} (queries
-    settled by each level) and "candidates": [C, C2].
+    settled by each level) and "candidates": [C, C2], 0 for a round that cannot
+    run on this index (C2 < k, or fewer than C + 1 rows, or for L2 than the
+    groups the round needs): its queries go on to the next level.
   """
   if not isinstance(index, Index):
     raise InputError(f"index must be an Index from bounds.build_index, got "
                      f"{type(index).__name__}", argument="index")
   n, d = index.database.shape
+  knn.not_an_index(queries_QxD, "queries_QxD")
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
   if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):
     raise InputError(f"queries_QxD must be 2-D {index.dtype} (the database's dtype) with {d} "
@@ -794,9 +816,11 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
   d_out = np.zeros((q_total, k), np.int32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
-  for level, c in (("first_round", c1), ("second_round", c2)):
-    if not len(todo) or c < k or c + 1 > n or (
-        index.metric != "l1" and not _l2_groups(index, c, None)):
+  for j, (level, c) in enumerate((("first_round", c1), ("second_round", c2))):
+    if not _round_runs(index.metric, n, k, c):
+      stats["candidates"][j] = 0  # the round cannot run on this index (too few rows)
+      continue
+    if not len(todo):
       continue
     sub = q[todo]
     tile = query_tile or _query_tile(index.metric, n, len(todo), level == "second_round")
@@ -839,8 +863,8 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   runs in its own thread (JAX releases the interpreter while a device computes).
 
   Returns (float distances, indices, stats) as ``search``; stats sums the devices'
-  counts (layout "database": every query is searched once per device) and lists them in
-  "per_device".
+  counts (layout "database": every query is searched once per device), lists them in
+  "per_device", and gives the first device's "candidates" (the one with the most rows).
   """
   devices = list(mesh.devices.flat)
   ndev = len(devices)
@@ -870,7 +894,7 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
         kj = min(k, size)
         d = np.full((len(q_j), k), topk.INT_WORST, np.int32)
         i = np.full((len(q_j), k), -1, np.int32)
-        st = {**empty_stats(metric, k), "queries": 0}
+        st = empty_stats(metric, k, size)
         if kj and len(q_j):
           if index is None:
             index = build_index(rows_j, metric=metric, image_shape=image_shape)
@@ -907,7 +931,7 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   stats = {**empty_stats(metric, k),
            **{key: sum(st[key] for st in per_device)
               for key in ("queries", "first_round", "second_round", "brute_force")},
-           "per_device": per_device}
+           "candidates": per_device[0]["candidates"], "per_device": per_device}
   if callback is not None:
     callback(q_total, q_total)
   return jnp.asarray(_to_float_distances(d, metric)), jnp.asarray(i), stats

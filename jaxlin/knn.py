@@ -246,10 +246,14 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       "database" (database rows split across the mesh).
     num_database: the real rows of a database laid along ``mesh`` by
       ``jaxlin.sharding.rows_to_global`` (``sharding.padded_rows(num_database,
-      mesh)`` rows, zeros after the real ones); needs layout "database".
+      mesh)`` rows, zeros after the real ones); needs layout "database". A
+      laid array passed without it is searched as it is, its zero rows
+      included.
     query_tile, database_tile: tile sizes (memory is bounded by them);
       default: sizes measured fast on CPU.
-    callback: called as ``callback(queries_done, Q)`` after each block of queries.
+    callback: called as ``callback(queries_done, Q)`` as the search goes: after each
+      block of queries (method "pruned": every 8 blocks of its first round, and on a
+      mesh as each device finishes), and with (Q, Q) at the end.
     method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
       rule out most rows, a certificate proves the answer; uint8 / int8 inputs,
       l1 / l2 / l2_squared; ``database_tile`` does not apply; with a ``mesh``
@@ -258,8 +262,11 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       predicted faster: see ``bounds.prefer_pruned``; brute force on a mesh).
       Every method returns the same neighbours and distances.
     return_stats: also return a dict: {"method": the method used} and, for
-      "pruned", the queries settled by each level of the cascade (on a mesh:
-      summed over the devices' searches, and per device in "per_device").
+      "pruned", ``bounds.search``'s stats: the queries settled by each level of
+      the cascade. On a mesh also "layout" and "per_device" (each device's own
+      stats); the counts are summed over the devices' searches, so with layout
+      "database", where every device searches every query in its rows,
+      "queries" is Q times the number of devices.
     image_shape: (H, W, C) of the rows (flattened images), for the pruned L1
       bound: sums over p x p pixel blocks of each channel. None: sums over runs
       of consecutive features, a looser bound (slower, the same answer).
@@ -295,6 +302,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
   ndev = _mesh_size(mesh)
+  not_an_index(queries_QxD, names[0])
   not_an_index(database_NxD, names[1])
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
@@ -321,12 +329,20 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   database_tile = _checked_tile(database_tile, "database_tile")
   q_total = queries.shape[0]
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
-  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k)
+  given = (queries_QxD, database_NxD)
+  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given)
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
-    stats = {"method": "pruned", **bounds.empty_stats(metric, k)} if pruned else {
+    stats = {"method": "pruned", **bounds.empty_stats(metric, k, n)} if pruned else {
         "method": "brute"}
+    if pruned and mesh is not None:
+      rows = -(-n // ndev)  # device j's rows with layout "database"; all n with "queries"
+      sizes = ([min(rows, max(n - j * rows, 0)) for j in range(ndev)]
+               if layout == "database" else [n] * ndev)
+      stats.update(layout=layout, per_device=[bounds.empty_stats(metric, k, size)
+                                              for size in sizes])
+      stats["candidates"] = stats["per_device"][0]["candidates"]
     return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
   if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
     rows = database if n == database.shape[0] else np.asarray(database)[:n]
@@ -381,11 +397,18 @@ def not_an_index(x, name: str) -> None:
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   if isinstance(x, bounds.Index):
     raise InputError(f"{name} is a bounds.Index: search it with jaxlin.bounds.search("
-                     f"queries, index, k), or pass the (N, D) rows here", argument=name)
+                     f"queries, index, k), or pass the rows (a 2-D array) here", argument=name)
 
 
-def _use_pruned(method, queries, database, metric, mesh, num_database, names, k) -> bool:
-  """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``)."""
+def _given_dtype(x) -> str:
+  """The dtype the caller passed (before int64 became int32, a list an array)."""
+  return str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
+def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
+                given) -> bool:
+  """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``);
+  ``given``: the caller's (queries, database), for the dtypes an error names."""
   if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
     return False
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
@@ -402,13 +425,14 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k)
                        f"(squared distances below 2**30), got {database.shape[1]}; use "
                        "method='brute'", argument="method")
     if not served:
-      inputs, dtypes = ((f"{names[0]} uint8 or int8", f"{queries.dtype}")
-                        if names[0] == names[1] else
+      q_dtype, db_dtype = (_given_dtype(a) for a in given)
+      inputs, dtypes = ((f"{names[0]} uint8 or int8", q_dtype) if names[0] == names[1] else
                         (f"{names[0]} and {names[1]} both uint8 or both int8",
-                         f"{queries.dtype}, {database.dtype}"))
-      raise InputError(f"method='pruned' needs {inputs} (pixels) and metric l1, "
-                       f"l2 or l2_squared, got {dtypes} and {metric!r}; use method='brute' or "
-                       "'auto'", argument="method")
+                         f"{q_dtype}, {db_dtype}"))
+      raise InputError(f"method='pruned' needs {inputs} (pixels, e.g. x.astype(np.uint8) "
+                       f"for values in [0, 255]) and metric l1, l2 or l2_squared, got "
+                       f"{dtypes} and {metric!r}; use method='brute' or 'auto'",
+                       argument="method")
     return True
   return served and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k)
 
@@ -493,6 +517,7 @@ def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, cal
   num_classes = _checks.num_classes(num_classes)
   single = np.ndim(k) == 0
   ks = checked_ks(k)
+  not_an_index(test_x, names[0])
   not_an_index(train_x, names[1])
   if np.ndim(train_x) != 2:
     raise InputError(f"{names[1]} must be 2-D (rows, features), got shape {np.shape(train_x)}; "

@@ -262,6 +262,36 @@ def test_pruned_method_rejects_what_it_does_not_serve(monkeypatch):
     assert stats["layout"] == layout and len(stats["per_device"]) == 1
 
 
+def test_what_a_new_user_gets_wrong_is_named():
+  """An index where rows go (either argument), dtypes as given, prefer_pruned's arguments,
+  the candidates of rounds that cannot run, stats of no queries on a mesh."""
+  q, db = adversarial()
+  index = bounds.build_index(db, metric="l2")
+  for call, name in ((lambda: knn.search(index, db, 3), "queries_QxD"),
+                     (lambda: knn.predict(db, np.zeros(len(db), int), index, k=1,
+                                          num_classes=2), "test_x"),
+                     (lambda: bounds.search(index, index, 3), "queries_QxD"),
+                     (lambda: bounds.build_index(index), "database_NxD")):
+    with pytest.raises(InputError, match="is a bounds.Index") as e:
+      call()
+    assert e.value.argument == name
+  with pytest.raises(InputError, match=r"x.astype\(np.uint8\).*got int64, int64 and 'l2'"):
+    knn.search(q.astype(np.int64), db.astype(np.int64), 3, method="pruned")
+  for bad, name in ((dict(metric="L2"), "metric"), (dict(num_queries=-1), "num_queries"),
+                    (dict(k=0), "k"), (dict(num_features=0), "num_features")):
+    args = {"metric": "l2", "num_queries": 10, "num_database": 50000, **bad}
+    with pytest.raises(InputError) as e:
+      bounds.prefer_pruned(**args, speedup=1.0)
+    assert e.value.argument == name
+  # 260 rows: the first round (160 candidates) runs, the second (320) cannot.
+  _, _, stats = bounds.search(q, index, 3)
+  assert stats["candidates"] == [160, 0]
+  _, _, none = knn.search(q[:0], db, 3, method="pruned", mesh=sharding.make_mesh(),
+                          layout="database", return_stats=True)
+  assert none["layout"] == "database" and none["candidates"] == [160, 0]
+  assert none["per_device"] == [bounds.empty_stats("l2", 3, len(db))]
+
+
 def test_padding_rows_never_become_neighbours():
   # 40 rows: groups of 16, the last one partly padding. The 16 far rows fill the group left
   # out, so the chosen groups hold fewer real rows than the 31 candidates asked for.

@@ -63,10 +63,10 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
   assert res["selection"] == "val split"
   assert res["sizes"] == {"train": 30, "val": 10, "test": 10, "cross_validation": 0}
   # How each search went: the cascade (here every query falls to its brute-force level: 30
-  # rows are fewer than its candidates).
+  # rows are fewer than its candidates, so neither round can run: 0 candidates).
   assert set(res["search"]) == {"val_l2", "test"}
   assert res["search"]["test"] == {"method": "pruned", "queries": 10, "first_round": 0,
-                                   "second_round": 0, "brute_force": 10, "candidates": [160, 320]}
+                                   "second_round": 0, "brute_force": 10, "candidates": [0, 0]}
   assert np.array(res["accuracy"]["l2"]["per_fold"]).shape == (1, 2)
   assert (tmp_path / "plots" / "cross_validation.png").exists()
   assert not (tmp_path / "plots" / "neighbors.png").exists()  # --num_neighbor_rows=0
