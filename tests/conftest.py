@@ -28,6 +28,13 @@ from PIL import Image  # noqa: E402
 CLASSES = ("cat", "dog", "frog")
 
 
+def pytest_collection_modifyitems(items):
+  """Tests marked ``long`` (tens of seconds: processes started by the test) go first, in
+  their order, so that the two workers share them instead of one running the last of them
+  while the other waits."""
+  items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def make_image_folder(root, *, per_class_train=20, per_class_test=6, size=8, seed=0,
                       classes=CLASSES, noise=40.0):
   """PNG image folder (lossless, so pixel values are known) whose classes differ in colour.

@@ -64,6 +64,7 @@ def _small_dataset(data):
   return data.Dataset(train=split(240), val=split(40), test=split(40), class_names=names)
 
 
+@pytest.mark.long
 def test_readme_snippets_run(tmp_path, monkeypatch):
   import matplotlib
   matplotlib.use("Agg")  # this test's own choice; jaxlin never switches the backend

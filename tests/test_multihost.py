@@ -17,6 +17,8 @@ from experiments import linear as linear_exp
 from jaxlin import data
 from tests.conftest import make_image_folder
 
+pytestmark = pytest.mark.long  # every test starts processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

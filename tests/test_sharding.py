@@ -13,6 +13,7 @@ from jaxlin.errors import InputError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.long
 def test_sharded_paths_on_eight_simulated_devices(tmp_path):
   from jaxlin import data  # pylint: disable=import-outside-toplevel
   from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel

@@ -9,7 +9,7 @@ from jaxlin.errors import ConfigError, DataError
 from tests.conftest import make_image_folder
 
 # Module fixtures build one shared run: keep this file on one test worker.
-pytestmark = pytest.mark.xdist_group("test_study")
+pytestmark = [pytest.mark.xdist_group("test_study"), pytest.mark.long]  # a tiny study first
 
 TINY = dict(num_val=6, mlp_hidden_size=8, mlp_epochs=2, cache_dir="")
 # (chosen, val accuracy, test accuracy) of a deterministic tiny study (seed 0; the folder
