@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from typing import Callable, NamedTuple
 
 import jax
@@ -877,10 +878,10 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   else:
     block = -(-q_total // ndev)
     parts = [(None, q[j * block:(j + 1) * block], 0) for j in range(ndev)]
-  shared = {}
-  if layout == "queries":
+  full = None  # layout "queries": one index, copied to every device
+  if layout == "queries" and q_total:
     with jax.default_device(devices[0]):
-      shared[0] = build_index(db, metric=metric, image_shape=image_shape)
+      full = build_index(db, metric=metric, image_shape=image_shape)
   results: list = [None] * ndev
   errors: list = []
 
@@ -888,15 +889,15 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
     rows_j, q_j, offset = parts[j]
     try:
       with jax.default_device(devices[j]):
-        index = (shared[0] if j == 0 else _index_on(shared[0], devices[j])) if (
-            rows_j is None) else None
         size = n if rows_j is None else len(rows_j)
         kj = min(k, size)
         d = np.full((len(q_j), k), topk.INT_WORST, np.int32)
         i = np.full((len(q_j), k), -1, np.int32)
         st = empty_stats(metric, k, size)
         if kj and len(q_j):
-          if index is None:
+          if rows_j is None:
+            index = full if j == 0 else _index_on(full, devices[j])
+          else:
             index = build_index(rows_j, metric=metric, image_shape=image_shape)
           c1, c2 = candidate_counts(metric, kj)
           dj, ij, st = _search_ints(q_j, index, kj, c1, c2, query_tile, None)
@@ -905,14 +906,13 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
     except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
       errors.append(e)
 
-  import threading  # pylint: disable=import-outside-toplevel
   threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in range(ndev)]
   for t in threads:
     t.start()
   try:
     for done, t in enumerate(threads, 1):
       t.join()
-      if callback is not None and not errors and done < ndev:
+      if callback is not None and not errors and done < ndev and q_total:
         callback(q_total * done // ndev, q_total)
   finally:  # a callback that raises: no device left computing behind the caller's back
     for t in threads:

@@ -331,26 +331,19 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
   given = (queries_QxD, database_NxD)
   pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given)
+  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
+    rows = database if n == database.shape[0] else np.asarray(database)[:n]
+  if pruned and mesh is not None:  # no queries too: each device's stats
+    d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
+        queries, rows, k, metric=metric, mesh=mesh, layout=layout,
+        image_shape=image_shape, query_tile=query_tile, callback=callback)
+    return d, i, {"method": "pruned", "layout": layout, **stats}
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
     stats = {"method": "pruned", **bounds.empty_stats(metric, k, n)} if pruned else {
         "method": "brute"}
-    if pruned and mesh is not None:
-      rows = -(-n // ndev)  # device j's rows with layout "database"; all n with "queries"
-      sizes = ([min(rows, max(n - j * rows, 0)) for j in range(ndev)]
-               if layout == "database" else [n] * ndev)
-      stats.update(layout=layout, per_device=[bounds.empty_stats(metric, k, size)
-                                              for size in sizes])
-      stats["candidates"] = stats["per_device"][0]["candidates"]
     return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
-  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
-    rows = database if n == database.shape[0] else np.asarray(database)[:n]
-  if pruned and mesh is not None:
-    d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
-        queries, rows, k, metric=metric, mesh=mesh, layout=layout,
-        image_shape=image_shape, query_tile=query_tile, callback=callback)
-    return d, i, {"method": "pruned", "layout": layout, **stats}
   if pruned:
     index = bounds.build_index(rows, metric=metric, image_shape=image_shape)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
