@@ -480,8 +480,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 
 
 # Rows per step of the index build: bounded memory, one compilation; a (512, D) float32
-# block stays near the cache (measured in one process, best of 4, on the 50,000 CIFAR-10
-# rows: 512 rows 1.4 s, 256 1.6 s, 1024 2.1 s, 2048 2.0 s; WORKSPACE.md).
+# block stays near the cache (the 50,000 CIFAR-10 rows, benchmarks/pruned_parts.py: 256 and
+# 512 rows 1.6 s, 1024 and 2048 rows 2.0 s; WORKSPACE.md).
 _BUILD_BLOCK = 512
 
 
