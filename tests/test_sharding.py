@@ -21,7 +21,8 @@ def test_sharded_paths_on_eight_simulated_devices(tmp_path):
   make_image_folder(root)
   for split in ("train", "test"):  # decoded here: the subprocess needs no TensorFlow
     data.load_split(f"folder:{root}", split, cache_dir=cache)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
              JAXLIN_TEST_FOLDER=root, JAXLIN_TEST_CACHE=cache)
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                          "-o", "addopts=",
