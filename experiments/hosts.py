@@ -142,7 +142,21 @@ class Hosts:
       _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=mesh,
                                  layout=self.layout, callback=callback, method=method,
                                  return_stats=True, image_shape=split.images.shape[1:])
+      if self.in_parts(split):  # each process searched its own rows: count them all
+        stats = self._summed(stats)
     return self.whole(split, np.asarray(idx)), stats
+
+  def _summed(self, stats: dict) -> dict:
+    """A search's stats with its query counts summed over the processes, each of which
+    searched its own queries. With method "auto" each process chose for itself: "method"
+    is "mixed" when they chose differently."""
+    keys = ("queries", "first_round", "second_round", "brute_force")
+    mine = [stats.get(key, 0) for key in keys] + [int(stats["method"] == "pruned")]
+    *total, pruned = (int(v) for v in sharding.process_sum(np.array(mine, np.int64)))
+    if pruned == 0:
+      return {"method": stats["method"], "processes": self.count}
+    method = "pruned" if pruned == self.count else "mixed"
+    return {**stats, "method": method, **dict(zip(keys, total)), "processes": self.count}
 
   @property
   def database_spread(self) -> bool:

@@ -34,8 +34,8 @@ class Config(common.DataConfig):
   tie_break: str = option("smallest_label", f"how a tied vote is decided: "
                           f"{', '.join(knn.TIE_BREAKS)}")
   search: str = option("auto", "how neighbours are found, every way exact: brute (every "
-                       "distance), pruned (lower bounds rule most rows out; one device), auto "
-                       "(pruned where it is measured faster)")
+                       "distance), pruned (lower bounds rule most rows out, a certificate "
+                       "proves the answer), auto (pruned where it is measured faster)")
   num_neighbor_rows: int = option(8, "test images shown with their neighbours in "
                                   "plots/neighbors.png")
 
@@ -105,9 +105,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
     check_sizes(c, len(plan["train"][1]))
     logging.info("loading %s", c.dataset)
-    require(c.search != "pruned" or r.hosts.count == 1, "search",
-            f"--search=pruned runs within one process, and this run has {r.hosts.count}; use "
-            "--search=auto or brute")
     ds = r.hosts.load(c, plan, _split_in_parts(c, r.hosts))
     db = _Database(ds, r.hosts, c.search)
     load_s = r.timer()

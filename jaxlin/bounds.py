@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import _checks, distances, knn, topk
+from jaxlin import _checks, distances, knn, sharding, topk
 from jaxlin.errors import InputError
 
 __all__ = ["COMPONENTS", "MAX_FEATURES", "METRICS", "Index", "build_index",
@@ -851,17 +851,41 @@ def _index_on(index: Index, device) -> Index:
                         params=jax.device_put(index.params, device), cache={})
 
 
+def _device_rows(database, n: int, device, lo: int, hi: int) -> np.ndarray:
+  """Rows [lo, hi) of the database as host data on ``device``'s process: from ``device``'s
+  own shard when the database is a global array laid along the mesh by
+  ``jaxlin.sharding.rows_to_global`` (its other rows may live on other processes), else
+  sliced from the whole array."""
+  if isinstance(database, jax.Array):
+    for shard in database.addressable_shards:
+      start, stop, _ = shard.index[0].indices(database.shape[0])
+      if shard.device == device and start <= lo and min(hi, n) <= stop:
+        return np.asarray(shard.data)[lo - start:hi - start]
+    if not database.is_fully_addressable:
+      raise InputError("database_NxD spans processes but is not laid along the mesh's "
+                       "devices in order; lay it with jaxlin.sharding.rows_to_global",
+                       argument="database_NxD")
+  return np.asarray(database)[lo:hi]
+
+
+_STAT_KEYS = ("queries", "first_round", "second_round", "brute_force")
+
+
 def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout: str,
-                image_shape=None, query_tile=None, callback=None):
-  """The cascade on every device of a one-process mesh: ``jaxlin.knn.search``'s
-  ``method="pruned"`` with a ``mesh`` (arguments checked there; k <= N).
+                 num_database: int, image_shape=None, query_tile=None, callback=None):
+  """The cascade on every device of a mesh: ``jaxlin.knn.search``'s ``method="pruned"``
+  with a ``mesh`` (arguments checked there; k <= N = ``num_database``, the real rows).
 
   layout "database": device j builds the index of rows [j r, (j + 1) r), r = ceil(N /
-  devices) (as ``jaxlin.sharding.rows_to_global`` lays them), and searches all queries in
-  them; the devices' k best are merged by (exact distance, global index), so the answer
-  is the one-device answer, ties included. layout "queries": the index is built once and
-  copied to every device, and device j searches the j-th block of queries. Each device
-  runs in its own thread (JAX releases the interpreter while a device computes).
+  devices) (as ``jaxlin.sharding.rows_to_global`` lays them; a laid global array may span
+  processes, each reading its own devices' rows), and searches all queries in them; the
+  devices' k best are merged by (exact distance, global index), so the answer is the
+  one-device answer, ties included. layout "queries": each process builds the index once
+  and copies it to its devices, and device j searches the j-th block of queries. Each of a
+  process's devices runs in its own thread (JAX releases the interpreter while a device
+  computes). Across processes (queries the same on every process, as ``search`` needs
+  there) the devices' results are summed into every process, which then merges them
+  alike.
 
   Returns (float distances, indices, stats) as ``search``; stats sums the devices'
   counts (layout "database": every query is searched once per device), lists them in
@@ -869,68 +893,88 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   """
   devices = list(mesh.devices.flat)
   ndev = len(devices)
+  mine = [j for j, dev in enumerate(devices) if dev.process_index == jax.process_index()]
+  if isinstance(queries_QxD, jax.Array) and not queries_QxD.is_fully_addressable:
+    raise InputError("queries_QxD spans processes; on a mesh across processes pass the "
+                     "queries as host data, the same on every process", argument="queries_QxD")
   q = np.asarray(queries_QxD)
-  db = np.asarray(database_NxD)
-  n, q_total = db.shape[0], q.shape[0]
+  n, q_total = num_database, q.shape[0]
   if layout == "database":
     rows = -(-n // ndev)
-    parts = [(db[j * rows:(j + 1) * rows], q, j * rows) for j in range(ndev)]
+    spans = [(j * rows, min(n, (j + 1) * rows)) for j in range(ndev)]
+    blocks = [(0, q_total)] * ndev
   else:
     block = -(-q_total // ndev)
-    parts = [(None, q[j * block:(j + 1) * block], 0) for j in range(ndev)]
-  full = None  # layout "queries": one index, copied to every device
-  if layout == "queries" and q_total:
-    with jax.default_device(devices[0]):
-      full = build_index(db, metric=metric, image_shape=image_shape)
-  results: list = [None] * ndev
+    spans = [(0, n)] * ndev
+    blocks = [(min(q_total, j * block), min(q_total, (j + 1) * block)) for j in range(ndev)]
+  width = max(hi - lo for lo, hi in blocks) if blocks else 0
+  if layout == "queries" and isinstance(database_NxD, jax.Array) and (
+      not database_NxD.is_fully_addressable):
+    raise InputError("with layout='queries' every process needs the whole database_NxD, but "
+                     "it spans processes; pass it as host data, or use layout='database'",
+                     argument="database_NxD")
+  full = None  # layout "queries": one index per process, copied to its devices
+  if layout == "queries" and q_total and mine:
+    with jax.default_device(devices[mine[0]]):
+      full = build_index(_device_rows(database_NxD, n, devices[mine[0]], 0, n),
+                         metric=metric, image_shape=image_shape)
+  # Every device's (width, k) answer and its counts; zeros for other processes' devices.
+  d_all = np.zeros((ndev, width, k), np.int32)
+  i_all = np.zeros((ndev, width, k), np.int32)
+  counts = np.zeros((ndev, len(_STAT_KEYS) + 2), np.int64)
   errors: list = []
 
   def work(j):
-    rows_j, q_j, offset = parts[j]
+    lo, hi = spans[j]
+    q_j = q[blocks[j][0]:blocks[j][1]]
     try:
       with jax.default_device(devices[j]):
-        size = n if rows_j is None else len(rows_j)
+        size = max(0, hi - lo)
         kj = min(k, size)
         d = np.full((len(q_j), k), topk.INT_WORST, np.int32)
         i = np.full((len(q_j), k), -1, np.int32)
         st = empty_stats(metric, k, size)
         if kj and len(q_j):
-          if rows_j is None:
-            index = full if j == 0 else _index_on(full, devices[j])
+          if layout == "queries":
+            index = full if j == mine[0] else _index_on(full, devices[j])
           else:
-            index = build_index(rows_j, metric=metric, image_shape=image_shape)
+            index = build_index(_device_rows(database_NxD, n, devices[j], lo, hi),
+                                metric=metric, image_shape=image_shape)
           c1, c2 = candidate_counts(metric, kj)
           dj, ij, st = _search_ints(q_j, index, kj, c1, c2, query_tile, None)
-          d[:, :kj], i[:, :kj] = dj, ij + offset
-        results[j] = (d, i, st)
+          d[:, :kj], i[:, :kj] = dj, ij + lo
+        d_all[j, :len(q_j)], i_all[j, :len(q_j)] = d, i
+        counts[j] = [st[key] for key in _STAT_KEYS] + list(st["candidates"])
     except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
       errors.append(e)
 
-  threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in range(ndev)]
+  threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in mine]
   for t in threads:
     t.start()
   try:
     for done, t in enumerate(threads, 1):
       t.join()
-      if callback is not None and not errors and done < ndev and q_total:
-        callback(q_total * done // ndev, q_total)
+      if callback is not None and not errors and done < len(mine) and q_total:
+        callback(q_total * done // len(mine), q_total)
   finally:  # a callback that raises: no device left computing behind the caller's back
     for t in threads:
       t.join()
   if errors:
     raise errors[0]
+  if len(mine) < ndev:  # the other processes' devices: every process gets every answer
+    d_all, i_all, counts = (sharding.process_sum(a) for a in (d_all, i_all, counts))
   if layout == "database":  # every device's k best, in device order: merge by (d, index)
-    d_all = np.concatenate([r[0] for r in results], axis=1)
-    i_all = np.concatenate([r[1] for r in results], axis=1)
-    order = np.lexsort((i_all, d_all), axis=1)[:, :k]
-    d, i = np.take_along_axis(d_all, order, 1), np.take_along_axis(i_all, order, 1)
+    d_cat = np.concatenate(list(d_all), axis=1)[:q_total]
+    i_cat = np.concatenate(list(i_all), axis=1)[:q_total]
+    order = np.lexsort((i_cat, d_cat), axis=1)[:, :k]
+    d, i = np.take_along_axis(d_cat, order, 1), np.take_along_axis(i_cat, order, 1)
   else:
-    d = np.concatenate([r[0] for r in results])
-    i = np.concatenate([r[1] for r in results])
-  per_device = [r[2] for r in results]
+    d = np.concatenate([d_all[j, :hi - lo] for j, (lo, hi) in enumerate(blocks)])
+    i = np.concatenate([i_all[j, :hi - lo] for j, (lo, hi) in enumerate(blocks)])
+  per_device = [{**{key: int(c[x]) for x, key in enumerate(_STAT_KEYS)},
+                 "candidates": [int(c[-2]), int(c[-1])]} for c in counts]
   stats = {**empty_stats(metric, k),
-           **{key: sum(st[key] for st in per_device)
-              for key in ("queries", "first_round", "second_round", "brute_force")},
+           **{key: sum(st[key] for st in per_device) for key in _STAT_KEYS},
            "candidates": per_device[0]["candidates"], "per_device": per_device}
   if callback is not None:
     callback(q_total, q_total)

@@ -256,10 +256,12 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       mesh as each device finishes), and with (Q, Q) at the end.
     method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
       rule out most rows, a certificate proves the answer; uint8 / int8 inputs,
-      l1 / l2 / l2_squared; ``database_tile`` does not apply; with a ``mesh``
-      within one process, each device runs the cascade on its rows or its
-      queries, by ``layout``) or "auto" (pruned on one device where it is
-      predicted faster: see ``bounds.prefer_pruned``; brute force on a mesh).
+      l1 / l2 / l2_squared; ``database_tile`` does not apply; with a ``mesh``,
+      each device runs the cascade on its rows or its queries, by ``layout``;
+      across processes the queries are host data, the same on every process,
+      and every process gets the whole answer) or "auto" (pruned on one device
+      where it is predicted faster: see ``bounds.prefer_pruned``; brute force
+      on a mesh).
       Every method returns the same neighbours and distances.
     return_stats: also return a dict: {"method": the method used} and, for
       "pruned", ``bounds.search``'s stats: the queries settled by each level of
@@ -331,13 +333,13 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
   given = (queries_QxD, database_NxD)
   pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given)
-  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
-    rows = database if n == database.shape[0] else np.asarray(database)[:n]
   if pruned and mesh is not None:  # no queries too: each device's stats
     d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
-        queries, rows, k, metric=metric, mesh=mesh, layout=layout,
+        queries, database, k, metric=metric, mesh=mesh, layout=layout, num_database=n,
         image_shape=image_shape, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", "layout": layout, **stats}
+  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
+    rows = database if n == database.shape[0] else np.asarray(database)[:n]
   if q_total == 0:
     if callback is not None:
       callback(0, 0)
@@ -407,11 +409,6 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)
   if method == "pruned":
-    if mesh is not None and any(d.process_index != jax.process_index()
-                                for d in mesh.devices.flat):
-      raise InputError(f"method='pruned' with a mesh runs on the devices of one process, and "
-                       f"this mesh spans {jax.process_count()} processes; use method='brute' "
-                       "or 'auto' across hosts", argument="method")
     if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
         queries.dtype in (jnp.uint8, jnp.int8)):
       raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "

@@ -106,10 +106,14 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder, ca
 
 def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
-          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries",
+          "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries", "--search=pruned",
           f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
   assert results["processes"] == 2 and results["devices"] == 2
+  # The search's counts are the two processes' together (41 rows: too few for a round).
+  test = results["search"]["test"]
+  assert (test["method"], test["processes"], test["queries"], test["brute_force"]) == (
+      "pruned", 2, 13, 13)
   # Each process read only its own rows of the query splits ...
   assert results["rows_read"] == [{"train": [0, 41], "val": [0, 4], "test": [0, 7]},
                                   {"train": [0, 41], "val": [4, 7], "test": [7, 13]}]
@@ -117,6 +121,30 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   single = _run_one_process(knn_exp, args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
     assert results[key] == single[key], key
+
+
+def test_pruned_search_on_a_mesh_across_two_processes():
+  """tests/multihost_search.py on two processes: the cascade on each process's device (a
+  database laid along the mesh, each process holding only its rows; or host queries split
+  along it), the answers exchanged: the one-device brute-force answer on both."""
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_search", str(port), str(p)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for p in (0, 1)]
+  try:
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+  stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert stats[0] == stats[1]
+  for metric in ("l2", "l1"):  # every query searched in both processes' rows, or in one
+    assert stats[0][f"{metric} database"]["per_device"] == [26, 26]
+    assert stats[0][f"{metric} queries"]["per_device"] == [13, 13]
+    for layout in ("database", "queries"):
+      assert stats[0][f"{metric} {layout}"]["first_round"] > 0  # the cascade's rounds ran
 
 
 def test_linear_training_on_two_processes(tmp_path, folder, cache):
