@@ -42,6 +42,17 @@ def int_at_least(value, name: str, low: int) -> int:
   return value
 
 
+def random_key(key, name: str = "key"):
+  """``key`` if it is a jax random key (``jax.random.key``, or a raw uint32 (2,) key of
+  ``jax.random.PRNGKey``), traced or not; else an InputError naming ``name``."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (
+      dtype == jnp.uint32 and np.shape(key)[-1:] == (2,))):
+    return key
+  raise InputError(f"{name} must be a jax random key (jax.random.key(seed)), got {key!r}",
+                   argument=name)
+
+
 def callback(fn, call: str) -> None:
   """InputError unless ``fn`` is None or callable (``call``: how it is called)."""
   if fn is not None and not callable(fn):

@@ -32,6 +32,7 @@ def param(params, name: str, shape: tuple):
 
 def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3):
   """W ~ scale * N(0, 1), b = 0."""
+  key = _checks.random_key(key)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
   num_classes = _checks.int_at_least(num_classes, "num_classes", 1)
   return {"W": scale * jax.random.normal(key, (num_features, num_classes), jnp.float32),

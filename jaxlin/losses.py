@@ -77,7 +77,9 @@ def softmax_cross_entropy(scores_NxC, labels_N):
   """
   scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
-  return jax.nn.logsumexp(scores_NxC - correct, axis=1)
+  loss = jax.nn.logsumexp(scores_NxC - correct, axis=1)
+  # A correct score of -inf: probability 0, loss +inf (the shift would give -inf - -inf).
+  return jnp.where(correct[:, 0] == -jnp.inf, jnp.inf, loss)
 
 
 def _path_name(path) -> str:

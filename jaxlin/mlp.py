@@ -22,7 +22,7 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
   for name, size in (("num_features", num_features), ("hidden_size", hidden_size),
                      ("num_classes", num_classes)):
     _checks.int_at_least(size, name, 1)
-  k1, k2 = jax.random.split(key)
+  k1, k2 = jax.random.split(_checks.random_key(key))
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5
   return {"W1": s1 * jax.random.normal(k1, (num_features, hidden_size), jnp.float32),

@@ -208,7 +208,7 @@ class _GridState(NamedTuple):
   opt_state: Any    # pytree, leaves (G, ...)
   step: Any         # () int32
   alive: Any        # (G,) bool: False once a member's loss was not finite
-  diverged_at: Any  # (G,) int32: step of the first non-finite loss, -1 if none
+  diverged_at: Any  # (G,) int32: step of the first non-finite loss or parameters, -1 if none
 
 
 @dataclasses.dataclass
@@ -218,7 +218,8 @@ class FitResult:
   params: (G, ...) final parameters of every member (``member(params, g)`` for one).
   losses: (steps, G) training objective at every step.
   history: per logged step {"step", "epoch", "loss", "<name>_accuracy"} (arrays over G).
-  diverged_at: (G,) step of the first non-finite loss, -1 where finite throughout.
+  diverged_at: (G,) step of the first non-finite loss (or of a step that would have made
+    the parameters non-finite: they stay as before it), -1 where finite throughout.
   """
   params: Any
   losses: np.ndarray
@@ -291,7 +292,7 @@ class Trainer:
     self.mesh = mesh if mesh is not None and mesh.devices.size > 1 else None
     self.trace_count = 0  # how many times the chunk program was traced (compiled)
     self._run_steps = jax.jit(self._run_steps_impl, donate_argnums=(0,),
-                              static_argnames=("multiplier", "full_batch"))
+                              static_argnames=("multiplier", "full_batch", "num_examples"))
     self._accuracy = jax.jit(self._accuracy_impl)
 
   @property
@@ -339,12 +340,16 @@ class Trainer:
     return params, opt_state, metrics["loss"]
 
   def _run_steps_impl(self, state: _GridState, hyper, x, y, idx_SxB, valid_S, *, multiplier,
-                      full_batch):
+                      full_batch, num_examples):
     """Runs the S steps of one chunk; steps with valid_S False change nothing.
 
-    (The last chunk is padded to the same length, so one program serves all.)
+    (The last chunk is padded to the same length, so one program serves all.) A member
+    whose loss, or whose parameters after the step, are not finite keeps its parameters
+    from before the step and stops there (``diverged_at``).
     """
     self.trace_count += 1  # Python side effect: runs only while tracing
+    if full_batch and num_examples < x.shape[0]:  # rows past num_examples: padding
+      x, y = x[:num_examples], y[:num_examples]
 
     def one_step(state, inputs):
       idx, valid = inputs
@@ -356,7 +361,11 @@ class Trainer:
       member_step = functools.partial(self._member_step, multiplier=multiplier)
       new_p, new_o, value = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None, None))(
           state.params, state.opt_state, hyper["lr"], hyper["reg"], xb, yb)
-      finite = jnp.isfinite(value) | ~valid
+      member_finite = lambda a: jnp.all(jnp.isfinite(a), axis=tuple(range(1, a.ndim)))
+      params_finite = functools.reduce(
+          jnp.logical_and, [member_finite(a) for a in jax.tree.leaves(new_p)
+                            if jnp.issubdtype(a.dtype, jnp.inexact)], jnp.isfinite(value))
+      finite = params_finite | ~valid
       ok = state.alive & finite & valid
       keep = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
       params = jax.tree.map(keep, new_p, state.params)
@@ -402,8 +411,11 @@ class Trainer:
     if regs.ndim != 1 or regs.size == 0:
       raise InputError(f"regs must be a non-empty 1-D sequence, got shape {regs.shape}",
                        argument="regs")
-    if not np.all(np.isfinite(regs) & (regs >= 0)):
-      raise InputError(f"regs must be finite and >= 0, got {regs.tolist()}", argument="regs")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+      as_used = regs.astype(np.float32)
+    if not np.all(np.isfinite(as_used) & (regs >= 0)):
+      raise InputError(f"regs must be finite and >= 0 in float32 (at most 3.4e38), got "
+                       f"{regs.tolist()}", argument="regs")
     if not self.has_learning_rate:
       if learning_rates is not None:
         raise InputError(
@@ -423,9 +435,11 @@ class Trainer:
         raise InputError(f"learning_rates and regs must be 1-D of equal length (one pair per "
                          f"grid member), got {lrs.shape}, {regs.shape}",
                          argument="learning_rates")
-      if not np.all(np.isfinite(lrs) & (lrs > 0)):
-        raise InputError(f"learning_rates must be finite and > 0, got {lrs.tolist()}",
-                         argument="learning_rates")
+      with np.errstate(over="ignore"):
+        as_used = lrs.astype(np.float32)
+      if not np.all(np.isfinite(as_used) & (as_used > 0)):
+        raise InputError(f"learning_rates must be finite and > 0 in float32 (1.4e-45 to "
+                         f"3.4e38), got {lrs.tolist()}", argument="learning_rates")
     return {"lr": jnp.asarray(lrs, jnp.float32), "reg": jnp.asarray(regs, jnp.float32)}
 
   def _check_data(self, key, x, y, n, regs):
@@ -439,8 +453,12 @@ class Trainer:
     if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
       raise InputError("x holds NaN or inf values", argument="x")
     params = jax.eval_shape(self.model.init, key)
-    scores = jax.eval_shape(self.model.apply, params,
-                            jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+    try:
+      scores = jax.eval_shape(self.model.apply, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    except InputError as e:  # the model's own check of its input: here, fit's x
+      if e.argument not in ("x", "x_NxD"):
+        raise
+      raise InputError(str(e), argument="x") from None
     c = scores.shape[-1]
     lo, hi = int(jnp.min(y)), int(jnp.max(y))
     if lo < 0 or hi >= c:
@@ -569,7 +587,8 @@ class Trainer:
         start = done - epochs[0] * steps_per_epoch
         idx = perm[start:start + log_every]
       state, step_losses = self._run_steps(state, hyper, x, y, idx, valid,
-                                           multiplier=multiplier, full_batch=full_batch)
+                                           multiplier=multiplier, full_batch=full_batch,
+                                           num_examples=n if full_batch else 0)
       done += chunk
       all_losses.append(np.asarray(step_losses)[:chunk])
       record = {"step": done, "epoch": done / steps_per_epoch,

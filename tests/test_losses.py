@@ -36,6 +36,10 @@ def test_softmax_is_stable_for_huge_scores():
   l = losses.softmax_cross_entropy(s, np.array([1, 0]))
   assert np.all(np.isfinite(l))
   np.testing.assert_allclose(l, [2e4, np.log(3)], rtol=1e-6)
+  # A correct class of score -inf has probability 0: the loss is +inf, not NaN.
+  l = losses.softmax_cross_entropy(np.array([[1.0, -np.inf], [-np.inf, 2.0]], np.float32),
+                                   np.array([1, 1]))
+  assert np.asarray(l)[0] == np.inf and np.asarray(l)[1] == 0.0
 
 
 def _np_svm(s, y, margin=1.0, squared=False):

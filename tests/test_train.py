@@ -84,6 +84,32 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
   assert e.value.argument == "learning_rates" and "--" not in str(e.value)
 
 
+def test_a_step_that_makes_parameters_non_finite_is_not_taken():
+  """The loss before the step was finite; the step made W inf: the member stops with its
+  last finite parameters, and its accuracies are theirs."""
+  x, y = _problem()
+  res = _trainer("sgd", "svm").fit(jax.random.key(0), x * 10, y, learning_rates=[1e-3, 1e38],
+                                   regs=[0.0, 1.0], batch_size=20, num_steps=6,
+                                   eval_sets={"val": (x, y)})
+  assert res.diverged_at.tolist() == [-1, 0]  # at its first step
+  start = LINEAR.init(jax.random.split(jax.random.key(0))[0])
+  np.testing.assert_array_equal(train.member(res.params, 1)["W"], start["W"])  # never moved
+  final = _trainer("sgd", "svm").accuracy(res.params, x, y)
+  assert res.history[-1]["val_accuracy"][1] == final[1]
+
+
+def test_full_batch_leaves_the_padding_rows_out():
+  x, y = _problem()
+  padded_x = jnp.concatenate([x, jnp.full((8, 6), 100.0)])
+  padded_y = jnp.concatenate([y, jnp.zeros(8, y.dtype)])
+  for opt, lrs in (("lbfgs", None), ("sgd", [0.1])):
+    t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=opt, full_batch=True)
+    plain = t.fit(jax.random.key(0), x, y, learning_rates=lrs, regs=[0.1], num_steps=2)
+    padded = t.fit(jax.random.key(0), padded_x, padded_y, learning_rates=lrs, regs=[0.1],
+                   num_steps=2, num_examples=len(x))
+    np.testing.assert_array_equal(padded.losses, plain.losses)
+
+
 def test_lbfgs_full_batch_reaches_the_optimum():
   x, y = _problem()
   res = _new_trainer("lbfgs").fit(jax.random.key(0), x, y, regs=[0.1], num_steps=40)
@@ -283,6 +309,11 @@ _X, _Y = (np.asarray(a) for a in _problem())
     (lambda: linear.scores({"W": np.zeros((6, 3))}, _X), "params", "params has no 'b'"),
     (lambda: linear.init_params(jax.random.key(0), 0, 3), "num_features", "positive int"),
     (_fit_call(regs=["a"]), "regs", "sequence of numbers"),
+    # Values that float32, where they are used, makes inf or 0: refused, not trained.
+    (_fit_call(regs=[1e39]), "regs", "finite and >= 0 in float32"),
+    (_fit_call(learning_rates=[1e-50]), "learning_rates", "finite and > 0 in float32"),
+    (_fit_call(x=_X[:, :5]), "x", r"x has shape \(120, 5\); expected \(N, 6\)"),  # the user's
+    (lambda: linear.init_params(0, 6, 3), "key", "jax random key"),
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=lambda lr: "sgd").fit(
         jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10, num_steps=1),
      "optimizer", "must return an optax.GradientTransformation"),

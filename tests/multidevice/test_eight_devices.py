@@ -144,6 +144,13 @@ def test_training_on_rows_split_along_the_mesh_matches_single_device():
   np.testing.assert_allclose(many.losses, one.losses, rtol=1e-5, atol=1e-6)
   assert [h["val_accuracy"].tolist() for h in many.history] == [
       h["val_accuracy"].tolist() for h in one.history]
+  # Full batch (every step sees all rows): the padding rows are left out too.
+  full = lambda m: train.Trainer(model, losses.multiclass_svm, optimizer="sgd", mesh=m,
+                                 full_batch=True)
+  kw = dict(learning_rates=[0.05], regs=[1e-3], num_steps=3)
+  one = full(None).fit(jax.random.key(1), x, y, **kw)
+  many = full(mesh).fit(jax.random.key(1), gx, gy, num_examples=75, **kw)
+  np.testing.assert_allclose(many.losses, one.losses, rtol=1e-5, atol=1e-6)
 
 
 def test_knn_experiment_on_eight_devices(tmp_path):
