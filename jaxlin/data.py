@@ -253,6 +253,17 @@ def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
   The key covers each file's path, label, size, modification and change times and inode:
   a rewritten file changes its change time, which ``touch`` or ``cp -p`` cannot set back.
   """
+  stamp = _files_stamp(root, paths, labels)
+  if stamp is None:
+    return None
+  key = f"{split}-{stamp}"
+  return (os.path.join(cache_dir, f"images-{key}.npy"),
+          os.path.join(cache_dir, f"labels-{key}.npy"), len(paths))
+
+
+def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
+  """A hash of each file's path (relative to ``root``), label, size, modification and change
+  times and inode; None when a file cannot be read."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256(_DECODED_FORMAT)
   for p, y in zip(paths, labels):
@@ -262,9 +273,7 @@ def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
       return None
     h.update(f"\0{os.path.relpath(p, root)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}"
              f"\0{st.st_ctime_ns}\0{st.st_ino}".encode())
-  key = f"{split}-{h.hexdigest()[:32]}"
-  return (os.path.join(cache_dir, f"images-{key}.npy"),
-          os.path.join(cache_dir, f"labels-{key}.npy"), len(paths))
+  return h.hexdigest()[:32]
 
 
 def _read_decoded(entry, start: int, stop: int | None):
@@ -381,7 +390,9 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
 
   Only those rows are read and decoded. The last few reads stay in memory
   (read-only arrays), so a process that runs several experiments on one
-  dataset decodes it once.
+  dataset decodes it once; for an image folder they are keyed by its absolute
+  path and its files' names, labels, sizes, times and inodes (listed on every
+  call), so a changed folder is read again.
 
   cache_dir: for image folders, a folder of decoded splits (``.npy``, keyed by
   the split's file names, labels, sizes, times and inodes). Reading a whole split
@@ -390,8 +401,18 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   TensorFlow's import, under 1 s from the cache). A changed file changes the
   key; an unreadable entry is decoded again. None: no cache.
   """
-  return _load_split_cached(name, split, data_dir, start, stop,
-                            os.path.expanduser(cache_dir) if cache_dir else None)
+  cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
+  kind, value = parse_name(name)
+  if kind != "folder":
+    return _load_split_cached(name, split, data_dir, start, stop, cache_dir)
+  check_folder(value)
+  root = os.path.abspath(value)
+  paths, labels = folder_examples(root, split)
+  stamp = _files_stamp(root, paths, labels)
+  if stamp is None:  # a file that cannot be read: the decoder names it
+    return _load_split_cached.__wrapped__(f"folder:{root}", split, data_dir, start, stop,
+                                          cache_dir)
+  return _load_split_cached(f"folder:{root}", split, data_dir, start, stop, cache_dir, stamp)
 
 
 def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
@@ -404,10 +425,11 @@ def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None):
+def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None, stamp=None):
+  """``load_split``; ``stamp`` (a folder's ``_files_stamp``) only keys the memory."""
   kind, value = parse_name(name)
   if stop is not None and start >= stop:  # no rows: read one for the image shape
-    images, labels, classes = _load_split_cached(name, split, data_dir, 0, 1, cache_dir)
+    images, labels, classes = _load_split_cached(name, split, data_dir, 0, 1, cache_dir, stamp)
     return images[:0], labels[:0], classes
   if kind == "folder":
     classes = check_folder(value)

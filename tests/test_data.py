@@ -257,3 +257,25 @@ def test_array_helpers_refuse_counts_and_shapes_that_cannot_be_right():
   with pytest.raises(InputError, match="one label per image"):
     data.Split(ims, np.zeros(3, np.int32))  # len() said 3
   assert data.preprocess(ims[:0], data.mean_image(ims)).shape == (0, 48)
+
+
+def test_reads_kept_in_memory_follow_the_folder(tmp_path, monkeypatch):
+  """The same relative name in two working folders, a rewritten file, an added file: each
+  read returns what is on disk now (the in-memory reads are keyed by the folder's state)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  for where, colour in (("a", 10), ("b", 20)):
+    make_image_folder(str(tmp_path / where / "ds"), per_class_train=2, per_class_test=1)
+    for p in data.folder_examples(str(tmp_path / where / "ds"), "train")[0]:
+      Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(p)
+  monkeypatch.chdir(tmp_path / "a")
+  assert (data.load_split("folder:ds", "train")[0] == 10).all()
+  monkeypatch.chdir(tmp_path / "b")
+  assert (data.load_split("folder:ds", "train")[0] == 20).all()
+  first = data.folder_examples("ds", "train")[0][0]
+  Image.fromarray(np.full((8, 8, 3), 30, np.uint8)).save(first)
+  images, _, _ = data.load_split("folder:ds", "train")
+  assert (images[0] == 30).all() and (images[1:] == 20).all()
+  Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save("ds/train/cat/9999.png")
+  ds = data.load("folder:ds", num_val=2)
+  assert len(ds.train) + len(ds.val) == 7
