@@ -64,11 +64,17 @@ def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
     labels = np.asarray(labels)
     if labels.shape != (n,):
       raise InputError(f"labels must have shape ({n},), got {labels.shape}", argument="labels")
-    ordered = labels[perm]
+    if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
+      raise InputError("labels hold NaN or inf: every example needs a class to stratify by",
+                       argument="labels")
+    if labels.dtype.kind not in "biufcUS":
+      raise InputError(f"labels must be numbers or strings, got dtype {labels.dtype}",
+                       argument="labels")
+    _, cls = np.unique(labels[perm], return_inverse=True)  # class of perm[j]
     fold_of = np.empty(n, np.int64)  # fold of perm[j]
     count = 0
-    for c in np.unique(ordered):
-      where = np.flatnonzero(ordered == c)
+    for c in range(int(cls.max()) + 1):
+      where = np.flatnonzero(cls == c)
       fold_of[where] = (count + np.arange(len(where))) % num_folds
       count += len(where)
     folds = [perm[fold_of == f] for f in range(num_folds)]  # in perm order

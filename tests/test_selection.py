@@ -35,6 +35,14 @@ def test_stratified_folds_keep_the_class_proportions():
     assert np.bincount(labels[va], minlength=3).tolist() == [4, 2, 1]
     assert sorted(tr.tolist() + va.tolist()) == list(range(21))
   assert [len(v) for _, v in selection.kfold_indices(22, 3, labels=np.arange(22) % 4)] == [8, 7, 7]
+  # Class names as strings: the same folds as their codes.
+  names = np.array(["cat", "dog", "frog"])[labels]
+  assert [v.tolist() for _, v in selection.kfold_indices(21, 3, labels=names, seed=1)] == [
+      v.tolist() for _, v in folds]
+  # A NaN label has no class: refused (its row used to drop out of every fold).
+  with pytest.raises(InputError, match="NaN or inf") as e:
+    selection.kfold_indices(4, 2, labels=np.array([0.0, 1.0, np.nan, 1.0]))
+  assert e.value.argument == "labels"
 
 
 def test_default_cross_validation_on_class_sorted_data_is_sensible():
