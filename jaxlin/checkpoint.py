@@ -36,6 +36,8 @@ class SavedModel:
   features: str = "pixels"  # or "hog_hsv"
   feature_mean: np.ndarray | None = None  # (F,) standardisation of hog_hsv features
   feature_std: np.ndarray | None = None
+  # hog_hsv: features.extract's settings (orientations, cell, bins) the model was trained with
+  feature_settings: dict = dataclasses.field(default_factory=dict)
 
   def preprocess(self, images_uint8_NxHxWxC) -> np.ndarray:
     """The model's input rows: scaled centred pixels, or standardised HOG + hue features.
@@ -49,7 +51,8 @@ class SavedModel:
     if self.features == "hog_hsv":
       # needs JAX, not TensorFlow
       from jaxlin import features  # pylint: disable=import-outside-toplevel
-      f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8)))
+      f = np.asarray(features.extract(np.asarray(images_uint8_NxHxWxC, np.uint8),
+                                      **self.feature_settings))
       return (f - self.feature_mean) / self.feature_std
     x = np.asarray(images_uint8_NxHxWxC, np.float32) - self.mean_image
     return (x / self.scale).reshape(len(x), int(np.prod(x.shape[1:])))
@@ -87,8 +90,12 @@ class SavedModel:
 
 def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: float,
          class_names: Sequence[str], kind: str, loss: str, features: str = "pixels",
-         feature_mean=None, feature_std=None) -> str:
+         feature_mean=None, feature_std=None, feature_settings=None) -> str:
   """Write atomically (temporary file renamed into place), with the user's umask.
+
+  features "hog_hsv": ``feature_settings`` are ``features.extract``'s keyword arguments
+  the features were made with ({"orientations", "cell", "bins"}; default: its defaults);
+  feature_mean and feature_std must have their length.
 
   Checked first as ``load`` checks a file (InputError naming what is wrong, nothing
   written): a model ``save`` writes is one ``load`` reads.
@@ -115,6 +122,8 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
             "scale": float(np.float64(scale)) if as_float32("scale", scale).ndim == 0
                      else None,  # stored exactly (float64), checked by _validated
             "image_shape": list(mean_image.shape), "features": features}
+  if features == "hog_hsv":
+    header["feature_settings"] = _feature_settings(feature_settings)
   arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}
   if features != "pixels":
     arrays.update(feature_mean=as_float32("feature_mean", feature_mean),
@@ -124,13 +133,33 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     _validated(path, dict(arrays), header)
   except ModelFileError as e:
     why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
-    raise InputError(f"cannot save this model: {why}", argument="params") from None
+    argument = "feature_mean" if why.startswith("feature_mean") else "params"
+    raise InputError(f"cannot save this model: {why}", argument=argument) from None
   arrays["header"] = np.asarray(json.dumps(header))
   try:
     return files.atomic_write(path, lambda f: np.savez(f, **arrays))
   except OSError as e:
     raise InputError(f"cannot write the model to {path}: {e.strerror or e}; pass a path in a "
                      "writable folder", argument="path") from None
+
+
+_FEATURE_DEFAULTS = {"orientations": 9, "cell": 8, "bins": 10}  # features.extract's
+
+
+def _feature_settings(settings) -> dict:
+  """features.extract's settings in full: ``settings`` over its defaults."""
+  if settings is None:
+    return dict(_FEATURE_DEFAULTS)
+  if not isinstance(settings, Mapping) or set(settings) - set(_FEATURE_DEFAULTS):
+    raise InputError(f"feature_settings must be a dict with keys among "
+                     f"{', '.join(_FEATURE_DEFAULTS)}, got {settings!r}",
+                     argument="feature_settings")
+  out = {**_FEATURE_DEFAULTS, **settings}
+  for k, v in out.items():
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise InputError(f"feature_settings[{k!r}] must be a positive int, got {v!r}",
+                       argument="feature_settings")
+  return {k: int(v) for k, v in out.items()}
 
 
 def _checked_path(path) -> str:
@@ -215,6 +244,17 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
     if not np.all(arrays["feature_std"] > 0):
       raise bad("feature_std must be > 0")
     stats = {k: arrays[k] for k in ("feature_mean", "feature_std")}
+    try:
+      settings = _feature_settings(header.get("feature_settings"))  # older files: defaults
+    except InputError as e:
+      raise bad(str(e)) from None
+    h, w, _ = image_shape
+    size = (h // settings["cell"]) * (w // settings["cell"]) * settings["orientations"] + (
+        settings["bins"])
+    if len(arrays["feature_mean"]) != size:
+      raise bad(f"feature_mean has {len(arrays['feature_mean'])} values, but the HOG + hue "
+                f"features of {h}x{w} images with {settings} have {size}")
+    stats["feature_settings"] = settings
   return SavedModel(params=params, mean_image=arrays["mean_image"], scale=scale,
                     class_names=class_names, kind=kind, loss=loss, image_shape=image_shape,
                     features=features, **stats)

@@ -23,7 +23,8 @@ def _save(path, *, kind="linear", features="pixels", **changes):
   params = ({"W": rng.normal(size=(d, 3)), "b": np.zeros(3)} if kind == "linear" else
             {"W1": rng.normal(size=(d, 4)), "b1": np.zeros(4), "W2": rng.normal(size=(4, 3)),
              "b2": np.zeros(3)})
-  stats = dict(feature_mean=np.zeros(d), feature_std=np.ones(d)) if features != "pixels" else {}
+  stats = dict(feature_mean=np.zeros(d), feature_std=np.ones(d),
+               feature_settings={"bins": 5}) if features != "pixels" else {}  # no HOG cells
   checkpoint.save(str(path), params=params, mean_image=np.full(SHAPE, 100.0), scale=50.0,
                   class_names=CLASSES, kind=kind, loss="softmax", features=features, **stats)
   if changes:  # rewrite the archive with some arrays changed, removed (None) or added
@@ -83,6 +84,9 @@ def _bad_files(tmp_path):
               "missing feature_std"),
       "hog_std": (_save(tmp_path / "i.npz", features="hog_hsv", feature_std=np.zeros(5)),
                   "feature_std must be > 0"),
+      "hog_size": (_save(tmp_path / "j.npz", features="hog_hsv",
+                         header={"feature_settings": {"orientations": 9, "cell": 2, "bins": 5}}),
+                   "feature_mean has 5 values, but the HOG . hue features of 4x4 images"),
   }
 
 
@@ -176,6 +180,10 @@ def _good_model():
     (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
     (dict(mean_image=np.zeros(48)), "params", r"image_shape \(48,\) is not \(H, W, C\)"),
     (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
+    (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48)),
+     "feature_mean", r"48 values, but the HOG \+ hue features of 4x4 images .* have 10"),
+    (dict(features="hog_hsv", feature_mean=np.zeros(10), feature_std=np.ones(10),
+          feature_settings={"cell": 0}), "feature_settings", "must be a positive int"),
 ])
 def test_save_writes_only_what_load_reads(tmp_path, changes, argument, message):
   with pytest.raises(InputError, match=message) as e:
@@ -221,3 +229,19 @@ def test_images_and_models_the_command_cannot_read_right_are_one_error_each(tmp_
   path = checkpoint.save(tmp_path / "grey.npz", **grey)
   (_, top, error), = predict.classify(checkpoint.load(path), [ok])
   assert error is None and len(top) == 3
+
+
+def test_a_feature_model_applies_the_settings_it_was_trained_with(tmp_path):
+  from jaxlin import features  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  f = np.asarray(features.extract(images, cell=4, bins=6))  # 4 x 4 cells x 9 + 6 = 150
+  mean, std = f.mean(axis=0), f.std(axis=0) + 1.0
+  rng = np.random.default_rng(1)
+  path = checkpoint.save(tmp_path / "m.npz", params={"W": rng.normal(size=(150, 3)),
+                                                     "b": np.zeros(3)},
+                         mean_image=np.zeros((16, 16, 3)), scale=1.0, class_names=CLASSES,
+                         kind="linear", loss="svm", features="hog_hsv", feature_mean=mean,
+                         feature_std=std, feature_settings={"cell": 4, "bins": 6})
+  model = checkpoint.load(path)
+  assert model.feature_settings == {"orientations": 9, "cell": 4, "bins": 6}
+  np.testing.assert_allclose(model.preprocess(images), (f - mean) / std, rtol=1e-5, atol=1e-5)
