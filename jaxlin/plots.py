@@ -18,7 +18,7 @@ import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
 
-from jaxlin import files
+from jaxlin import _checks, files
 from jaxlin.errors import InputError
 
 __all__ = ["save", "cross_validation", "neighbors", "confusion", "templates", "curves", "grid"]
@@ -256,6 +256,10 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   smooth > 1 draws the moving average over that many points (noisy minibatch
   losses); ``highlight`` names a series drawn bold, the others thin.
   """
+  smooth = _checks.int_at_least(smooth, "smooth", 1)
+  if not isinstance(series, Mapping):
+    raise InputError(f"series must be a dict {{name: (x, y)}}, got {type(series).__name__}",
+                     argument="series")
   fig, ax = _figure_and_ax(ax, (7, 4))
   for name, (xs, ys) in series.items():
     xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,), kind="floats")
@@ -277,6 +281,13 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   return fig
 
 
+def _tick(value) -> str:
+  """A grid label: numbers as %g (1e-05, 0.001), anything else (an optimizer's name) as text."""
+  if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    return f"{value:g}"
+  return str(value)
+
+
 def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_label: str,
          b_label: str, title: str = "", ax=None) -> matplotlib.figure.Figure:
   """Heat map of a metric (A, B) over a 2-D hyperparameter grid, values in the cells."""
@@ -289,8 +300,8 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
     for j in range(v.shape[1]):
       ax.text(j, i, "nan" if np.isnan(v[i, j]) else f"{v[i, j]:.3f}", ha="center",
               va="center", fontsize=7, color="white")
-  ax.set_xticks(range(len(b_values)), [f"{b:g}" for b in b_values], rotation=45)
-  ax.set_yticks(range(len(a_values)), [f"{a:g}" for a in a_values])
+  ax.set_xticks(range(len(b_values)), [_tick(b) for b in b_values], rotation=45)
+  ax.set_yticks(range(len(a_values)), [_tick(a) for a in a_values])
   ax.set_xlabel(b_label)
   ax.set_ylabel(a_label)
   ax.set_title(title)

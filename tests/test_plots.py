@@ -116,6 +116,8 @@ def _neighbors(**changes):
     (lambda: plots.grid(np.zeros((2, 3)), [1, 2], [1, 2], a_label="a", b_label="b"),
      "values_AxB", r"\(2, 2\)"),
     (lambda: plots.curves({"loss": ([1, 2, 3], [1.0, 2.0])}), "series['loss'] y", r"\(3,\)"),
+    (lambda: plots.curves({"loss": ([1, 2], [1.0, 2.0])}, smooth=2.5), "smooth", "an integer"),
+    (lambda: plots.curves([([1, 2], [1.0, 2.0])]), "series", "must be a dict"),
     (lambda: plots.cross_validation([1, 3], {"l1": np.zeros((5, 3))}), "accuracies['l1']",
      r"\(num_folds, 2\)"),
 ])
@@ -123,6 +125,14 @@ def test_arrays_of_the_wrong_shape_or_dtype_name_themselves(call, argument, mess
   with pytest.raises(InputError, match=message) as e:
     call()
   assert e.value.argument == argument
+
+
+def test_grid_labels_numbers_and_names():
+  fig = plots.grid(np.zeros((2, 3)), ["sgd", "adam"], [0.1, 1e-5, 10], a_label="optimizer",
+                   b_label="reg")
+  ax = fig.axes[0]
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["sgd", "adam"]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "1e-05", "10"]
 
 
 def test_labels_shrink_with_a_small_given_axes():
