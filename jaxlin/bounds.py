@@ -956,13 +956,23 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
       t.join()
       if callback is not None and not errors and done < len(mine) and q_total:
         callback(q_total * done // len(mine), q_total)
+  except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
+    errors.insert(0, e)  # the caller's callback: its error first
   finally:  # a callback that raises: no device left computing behind the caller's back
     for t in threads:
       t.join()
+  if len(mine) < ndev:  # the other processes' devices: every process gets every answer
+    # Every process takes part in the exchange, failed or not (a process that left it
+    # would leave the others waiting); then all of them raise.
+    failed = np.zeros(jax.process_count(), np.int64)
+    failed[jax.process_index()] = bool(errors)
+    d_all, i_all, counts, failed = (sharding.process_sum(a)
+                                    for a in (d_all, i_all, counts, failed))
+    if failed.any() and not errors:
+      raise RuntimeError(f"the pruned search failed on process(es) "
+                         f"{', '.join(map(str, np.flatnonzero(failed)))}; see its error")
   if errors:
     raise errors[0]
-  if len(mine) < ndev:  # the other processes' devices: every process gets every answer
-    d_all, i_all, counts = (sharding.process_sum(a) for a in (d_all, i_all, counts))
   if layout == "database":  # every device's k best, in device order: merge by (d, index)
     d_cat = np.concatenate(list(d_all), axis=1)[:q_total]
     i_cat = np.concatenate(list(i_all), axis=1)[:q_total]

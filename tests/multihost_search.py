@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxlin import knn, sharding
+from jaxlin import bounds, knn, sharding
 from jaxlin.errors import InputError
 from tests.test_bounds import SHAPE, adversarial, smooth_images
 
@@ -48,6 +48,17 @@ def main(port: str, process_id: str) -> None:
     raise AssertionError("a database spanning processes was accepted with layout 'queries'")
   except InputError as e:
     assert e.argument == "database_NxD" and "every process needs the whole" in str(e), e
+  # A process whose search fails still takes part in the exchange: both raise, none waits.
+  real = bounds.build_index
+  if jax.process_index() == 1:
+    bounds.build_index = lambda *a, **kw: (_ for _ in ()).throw(MemoryError("no memory"))
+  try:
+    knn.search(q, laid, 7, mesh=mesh, layout="database", num_database=n, method="pruned")
+    raise AssertionError("a failed search returned")
+  except (MemoryError, RuntimeError) as e:
+    out["failure"] = f"{type(e).__name__}: {e}"
+  finally:
+    bounds.build_index = real
   print(json.dumps(out, sort_keys=True), flush=True)
 
 

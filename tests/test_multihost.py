@@ -139,6 +139,9 @@ def test_pruned_search_on_a_mesh_across_two_processes():
       p.kill()
   assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
   stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert stats[0].pop("failure") == "RuntimeError: the pruned search failed on process(es) 1; "\
+      "see its error"
+  assert stats[1].pop("failure") == "MemoryError: no memory"  # its own error
   assert stats[0] == stats[1]
   for metric in ("l2", "l1"):  # every query searched in both processes' rows, or in one
     assert stats[0][f"{metric} database"]["per_device"] == [26, 26]
