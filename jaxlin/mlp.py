@@ -3,6 +3,10 @@
 Parameters ``{"W1": (D, H), "b1": (H,), "W2": (H, C), "b2": (C,)}``; the
 weights (the 2-D leaves) are L2-regularised, biases are not. Trained
 with the same losses, train step and grid search as the linear models.
+
+Products run at full float32 precision on every device, as in ``jaxlin.linear``
+(a GPU's TF32 or a TPU's bfloat16 passes would change the scores), so a model
+scores alike on CPU, GPU and TPU and as a saved model (``jaxlin.checkpoint``).
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import numpy as np
 
 from jaxlin import _checks, linear
 from jaxlin.errors import InputError
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 __all__ = ["init_params", "hidden", "scores"]
 
@@ -40,11 +46,11 @@ def hidden(params, x_NxD):
   if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w1.shape[0]:
     raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w1.shape[0]})",
                      argument="x_NxD")
-  return jax.nn.relu(x_NxD @ w1 + b1)
+  return jax.nn.relu(jnp.matmul(x_NxD, w1, precision=_HIGHEST) + b1)
 
 
 def scores(params, x_NxD):
   """Class scores (N, C) = relu(x W1 + b1) W2 + b2."""
   h = hidden(params, x_NxD)
   w2 = linear.param(params, "W2", (h.shape[1], None))
-  return h @ w2 + linear.param(params, "b2", (w2.shape[1],))
+  return jnp.matmul(h, w2, precision=_HIGHEST) + linear.param(params, "b2", (w2.shape[1],))
