@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import zlib
 from typing import Callable, NamedTuple
 
 import jax
@@ -894,6 +895,11 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   devices = list(mesh.devices.flat)
   ndev = len(devices)
   mine = [j for j, dev in enumerate(devices) if dev.process_index == jax.process_index()]
+  across = len({dev.process_index for dev in devices}) > 1  # the same on every process
+  if not mine:
+    raise InputError(f"mesh has none of this process's devices (process "
+                     f"{jax.process_index()}): search on a mesh that holds some of them",
+                     argument="mesh")
   if isinstance(queries_QxD, jax.Array) and not queries_QxD.is_fully_addressable:
     raise InputError("queries_QxD spans processes; on a mesh across processes pass the "
                      "queries as host data, the same on every process", argument="queries_QxD")
@@ -908,21 +914,24 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
     spans = [(0, n)] * ndev
     blocks = [(min(q_total, j * block), min(q_total, (j + 1) * block)) for j in range(ndev)]
   width = max(hi - lo for lo, hi in blocks) if blocks else 0
-  if layout == "queries" and isinstance(database_NxD, jax.Array) and (
-      not database_NxD.is_fully_addressable):
+  if layout == "queries" and isinstance(database_NxD, jax.Array) and not (
+      database_NxD.is_fully_addressable or database_NxD.sharding.is_fully_replicated):
     raise InputError("with layout='queries' every process needs the whole database_NxD, but "
-                     "it spans processes; pass it as host data, or use layout='database'",
-                     argument="database_NxD")
-  full = None  # layout "queries": one index per process, copied to its devices
-  if layout == "queries" and q_total and mine:
-    with jax.default_device(devices[mine[0]]):
-      full = build_index(_device_rows(database_NxD, n, devices[mine[0]], 0, n),
-                         metric=metric, image_shape=image_shape)
+                     "it is split across processes; pass it as host data, or use "
+                     "layout='database'", argument="database_NxD")
   # Every device's (width, k) answer and its counts; zeros for other processes' devices.
   d_all = np.zeros((ndev, width, k), np.int32)
   i_all = np.zeros((ndev, width, k), np.int32)
   counts = np.zeros((ndev, len(_STAT_KEYS) + 2), np.int64)
   errors: list = []
+  full = None  # layout "queries": one index per process, copied to its devices
+  if layout == "queries" and q_total:
+    try:
+      with jax.default_device(devices[mine[0]]):
+        full = build_index(_device_rows(database_NxD, n, devices[mine[0]], 0, n),
+                           metric=metric, image_shape=image_shape)
+    except BaseException as e:  # pylint: disable=broad-exception-caught  # raised below
+      errors.append(e)
 
   def work(j):
     lo, hi = spans[j]
@@ -948,7 +957,8 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
     except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
       errors.append(e)
 
-  threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in mine]
+  threads = [] if errors else [threading.Thread(target=work, args=(j,), daemon=True)
+                               for j in mine]
   for t in threads:
     t.start()
   try:
@@ -961,26 +971,32 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   finally:  # a callback that raises: no device left computing behind the caller's back
     for t in threads:
       t.join()
-  if len(mine) < ndev:  # the other processes' devices: every process gets every answer
-    # Every process takes part in the exchange, failed or not (a process that left it
-    # would leave the others waiting); then all of them raise.
-    failed = np.zeros(jax.process_count(), np.int64)
-    failed[jax.process_index()] = bool(errors)
-    d_all, i_all, counts, failed = (sharding.process_sum(a)
-                                    for a in (d_all, i_all, counts, failed))
-    if failed.any() and not errors:
+  if across:
+    # Every process takes part in this exchange, failed or not (one that left it would
+    # leave the others waiting), and learns whether all succeeded on the same queries.
+    status = np.zeros((jax.process_count(), 3), np.int64)
+    status[jax.process_index()] = [bool(errors), zlib.crc32(
+        np.ascontiguousarray(q).tobytes() + repr(q.shape).encode()) & 0x7FFFFFFF, q_total]
+    status = sharding.process_sum(status)
+    if status[:, 0].any() and not errors:
       raise RuntimeError(f"the pruned search failed on process(es) "
-                         f"{', '.join(map(str, np.flatnonzero(failed)))}; see its error")
+                         f"{', '.join(map(str, np.flatnonzero(status[:, 0])))}; see its error")
+    if not errors and (status[:, 1:] != status[0, 1:]).any():
+      raise InputError("queries_QxD differs between processes; on a mesh across processes "
+                       "every process passes the same queries", argument="queries_QxD")
   if errors:
     raise errors[0]
-  if layout == "database":  # every device's k best, in device order: merge by (d, index)
-    d_cat = np.concatenate(list(d_all), axis=1)[:q_total]
-    i_cat = np.concatenate(list(i_all), axis=1)[:q_total]
-    order = np.lexsort((i_cat, d_cat), axis=1)[:, :k]
-    d, i = np.take_along_axis(d_cat, order, 1), np.take_along_axis(i_cat, order, 1)
-  else:
+  if layout == "database":  # every device's k best: merged by (d, index), per process first
+    d, i = _merged(d_all[mine, :q_total], i_all[mine, :q_total], k)
+    if across:
+      d, i = _merged(sharding.process_stack(d), sharding.process_stack(i), k)
+  else:  # each device's block of queries; other processes' blocks are zeros here
+    if across:
+      d_all, i_all = sharding.process_sum(d_all), sharding.process_sum(i_all)
     d = np.concatenate([d_all[j, :hi - lo] for j, (lo, hi) in enumerate(blocks)])
     i = np.concatenate([i_all[j, :hi - lo] for j, (lo, hi) in enumerate(blocks)])
+  if across:
+    counts = sharding.process_sum(counts)
   per_device = [{**{key: int(c[x]) for x, key in enumerate(_STAT_KEYS)},
                  "candidates": [int(c[-2]), int(c[-1])]} for c in counts]
   stats = {**empty_stats(metric, k),
@@ -989,6 +1005,14 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   if callback is not None:
     callback(q_total, q_total)
   return jnp.asarray(_to_float_distances(d, metric)), jnp.asarray(i), stats
+
+
+def _merged(d_PxQxK, i_PxQxK, k: int):
+  """The k best of several (Q, k) answers by (exact distance, index): (Q, k) each."""
+  d_cat = np.concatenate(list(d_PxQxK), axis=1)
+  i_cat = np.concatenate(list(i_PxQxK), axis=1)
+  order = np.lexsort((i_cat, d_cat), axis=1)[:, :k]
+  return np.take_along_axis(d_cat, order, 1), np.take_along_axis(i_cat, order, 1)
 
 
 def _to_float_distances(d_int, metric: str) -> np.ndarray:

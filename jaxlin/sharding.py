@@ -27,8 +27,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jaxlin import _checks
 from jaxlin.errors import InputError
 
-__all__ = ["AXIS", "gather_rows", "make_mesh", "padded_rows", "process_rows", "process_sum",
-           "rows_to_global", "to_host"]
+__all__ = ["AXIS", "gather_rows", "make_mesh", "padded_rows", "process_rows", "process_stack",
+           "process_sum", "rows_to_global", "to_host"]
 
 AXIS = "data"
 
@@ -108,13 +108,22 @@ def rows_to_global(local, n: int, mesh: Mesh) -> jax.Array:
                                       block)
 
 
+def process_stack(x) -> np.ndarray:
+  """(processes, ...) array of every process's ``x`` (the same shape on each), on every
+  process, in process order (``x[None]`` in a single process)."""
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x[None]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x))
+
+
 def process_sum(x) -> np.ndarray:
   """Elementwise sum of ``x`` over all processes (``x`` itself in a single process)."""
   x = np.asarray(x)
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return np.asarray(multihost_utils.process_allgather(x)).sum(0)
+  return process_stack(x).sum(0)
 
 
 def gather_rows(local, lo: int, n: int) -> np.ndarray:

@@ -48,18 +48,30 @@ def main(port: str, process_id: str) -> None:
     raise AssertionError("a database spanning processes was accepted with layout 'queries'")
   except InputError as e:
     assert e.argument == "database_NxD" and "every process needs the whole" in str(e), e
-  # A process whose search fails still takes part in the exchange: both raise, none waits.
+  # A process whose search fails (in either layout) still takes part in the exchange: both
+  # raise, none waits. So do processes given different queries.
   real = bounds.build_index
-  if jax.process_index() == 1:
-    bounds.build_index = lambda *a, **kw: (_ for _ in ()).throw(MemoryError("no memory"))
-  try:
-    knn.search(q, laid, 7, mesh=mesh, layout="database", num_database=n, method="pruned")
-    raise AssertionError("a failed search returned")
-  except (MemoryError, RuntimeError) as e:
-    out["failure"] = f"{type(e).__name__}: {e}"
-  finally:
+  for layout, database, num_database in (("database", laid, n), ("queries", db, None)):
+    if jax.process_index() == 1:
+      bounds.build_index = lambda *a, **kw: (_ for _ in ()).throw(MemoryError("no memory"))
+    out[f"failure {layout}"] = _error(lambda: knn.search(
+        q, database, 7, mesh=mesh, layout=layout, num_database=num_database, method="pruned"))
     bounds.build_index = real
+  other = q if jax.process_index() == 0 else q[::-1]
+  out["other queries"] = _error(lambda: knn.search(other, db, 7, mesh=mesh, method="pruned"))
+  # A mesh of process 0's device only: process 1 is told, process 0 searches alone.
+  first = sharding.make_mesh([d for d in jax.devices() if d.process_index == 0])
+  out["mesh of process 0"] = _error(lambda: knn.search(q, db, 7, mesh=first, method="pruned"))
   print(json.dumps(out, sort_keys=True), flush=True)
+
+
+def _error(call) -> str:
+  """``call()``'s error as "Type: message", or "ok"."""
+  try:
+    call()
+    return "ok"
+  except (InputError, MemoryError, RuntimeError) as e:
+    return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
 def test_pruned_search_on_a_mesh_across_two_processes():
   """tests/multihost_search.py on two processes: the cascade on each process's device (a
   database laid along the mesh, each process holding only its rows; or host queries split
-  along it), the answers exchanged: the one-device brute-force answer on both."""
+  along it), the answers exchanged: the one-device brute-force answer on both; failures,
+  different queries and a mesh without this process's device raise on every process, none
+  left waiting."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-m", "tests.multihost_search", str(port), str(p)],
@@ -139,10 +141,18 @@ def test_pruned_search_on_a_mesh_across_two_processes():
       p.kill()
   assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
   stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-  assert stats[0].pop("failure") == "RuntimeError: the pruned search failed on process(es) 1; "\
-      "see its error"
-  assert stats[1].pop("failure") == "MemoryError: no memory"  # its own error
+  for layout in ("database", "queries"):  # process 1 failed; both raised, neither waits
+    assert stats[0].pop(f"failure {layout}") == (
+        "RuntimeError: the pruned search failed on process(es) 1; see its error")
+    assert stats[1].pop(f"failure {layout}") == "MemoryError: no memory"  # its own error
+  assert stats[0].pop("mesh of process 0") == "ok"
+  assert stats[1].pop("mesh of process 0") == ("InputError: mesh has none of this process's "
+                                               "devices (process 1): search on a mesh that "
+                                               "holds some of them")
   assert stats[0] == stats[1]
+  assert stats[0]["other queries"] == ("InputError: queries_QxD differs between processes; on "
+                                       "a mesh across processes every process passes the "
+                                       "same queries")
   for metric in ("l2", "l1"):  # every query searched in both processes' rows, or in one
     assert stats[0][f"{metric} database"]["per_device"] == [26, 26]
     assert stats[0][f"{metric} queries"]["per_device"] == [13, 13]
