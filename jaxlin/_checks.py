@@ -43,11 +43,14 @@ def int_at_least(value, name: str, low: int) -> int:
 
 
 def random_key(key, name: str = "key"):
-  """``key`` if it is a jax random key (``jax.random.key``, or a raw uint32 (2,) key of
-  ``jax.random.PRNGKey``), traced or not; else an InputError naming ``name``."""
+  """``key`` if it is a jax random key (``jax.random.key``, or a raw uint32 key of
+  ``jax.random.PRNGKey`` for the default implementation: (2,) for threefry, (4,) for
+  rbg), traced or not; else an InputError naming ``name``."""
   dtype = getattr(key, "dtype", None)
-  if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (
-      dtype == jnp.uint32 and np.shape(key)[-1:] == (2,))):
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return key
+  raw = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  if dtype == jnp.uint32 and np.shape(key)[-len(raw):] == raw:
     return key
   raise InputError(f"{name} must be a jax random key (jax.random.key(seed)), got {key!r}",
                    argument=name)

@@ -67,10 +67,14 @@ def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
     if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
       raise InputError("labels hold NaN or inf: every example needs a class to stratify by",
                        argument="labels")
-    if labels.dtype.kind not in "biufcUS":
-      raise InputError(f"labels must be numbers or strings, got dtype {labels.dtype}",
+    try:
+      _, cls = np.unique(labels[perm], return_inverse=True)  # class of perm[j]
+    except TypeError:  # e.g. an object array mixing numbers and strings
+      raise InputError(f"labels must be numbers or strings that compare with each other, "
+                       f"got dtype {labels.dtype}", argument="labels") from None
+    if labels.dtype == object and any(v != v for v in labels):  # NaN among objects
+      raise InputError("labels hold NaN: every example needs a class to stratify by",
                        argument="labels")
-    _, cls = np.unique(labels[perm], return_inverse=True)  # class of perm[j]
     fold_of = np.empty(n, np.int64)  # fold of perm[j]
     count = 0
     for c in range(int(cls.max()) + 1):

@@ -520,7 +520,8 @@ class Trainer:
     full-batch optimizer sees all rows at every step. Every ``log_every`` steps
     (one epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)} or
     {name: (x, y, num_examples)}) are recorded and ``callback(record)`` is
-    called. Raises DivergenceError when every member's loss became non-finite.
+    called. Raises DivergenceError when every member diverged (its loss, or its parameters
+    after a step, became inf or NaN).
 
     ``x`` may be a global array already laid along the mesh, rows split across
     processes (``sharding.rows_to_global``); its rows past ``num_examples``
@@ -603,12 +604,13 @@ class Trainer:
         if self.has_learning_rate:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
-              f"training diverged: the loss became inf or NaN at step {first} for every setting "
-              f"(largest learning rate {largest:g}); try smaller learning_rates",
-              argument="learning_rates")
+              f"training diverged: the loss or the parameters became inf or NaN at step "
+              f"{first} for every setting (largest learning rate {largest:g}); try smaller "
+              "learning_rates", argument="learning_rates")
         raise DivergenceError(
-            f"training diverged: the loss became inf or NaN at step {first} for every setting; "
-            "try a smaller learning rate in the optimizer", argument="optimizer")
+            f"training diverged: the loss or the parameters became inf or NaN at step {first} "
+            "for every setting; try a smaller learning rate in the optimizer",
+            argument="optimizer")
     return FitResult(params=state.params, losses=np.concatenate(all_losses),
                      history=history, diverged_at=np.asarray(state.diverged_at),
                      steps=done, compile_count=self.trace_count)

@@ -39,6 +39,11 @@ def test_stratified_folds_keep_the_class_proportions():
   names = np.array(["cat", "dog", "frog"])[labels]
   assert [v.tolist() for _, v in selection.kfold_indices(21, 3, labels=names, seed=1)] == [
       v.tolist() for _, v in folds]
+  as_objects = names.astype(object)  # e.g. a pandas column of names
+  assert [v.tolist() for _, v in selection.kfold_indices(21, 3, labels=as_objects, seed=1)] == [
+      v.tolist() for _, v in folds]
+  with pytest.raises(InputError, match="compare with each other"):
+    selection.kfold_indices(4, 2, labels=np.array([1, "a", 2, "b"], dtype=object))
   # A NaN label has no class: refused (its row used to drop out of every fold).
   with pytest.raises(InputError, match="NaN or inf") as e:
     selection.kfold_indices(4, 2, labels=np.array([0.0, 1.0, np.nan, 1.0]))

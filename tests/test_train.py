@@ -96,6 +96,10 @@ def test_a_step_that_makes_parameters_non_finite_is_not_taken():
   np.testing.assert_array_equal(train.member(res.params, 1)["W"], start["W"])  # never moved
   final = _trainer("sgd", "svm").accuracy(res.params, x, y)
   assert res.history[-1]["val_accuracy"][1] == final[1]
+  with pytest.raises(DivergenceError, match="the loss or the parameters became inf or NaN at "
+                     "step 0"):  # its loss was finite: the parameters are named too
+    _trainer("sgd", "svm").fit(jax.random.key(0), x * 10, y, learning_rates=[1e38], regs=[1.0],
+                               batch_size=20, num_steps=2)
 
 
 def test_full_batch_leaves_the_padding_rows_out():
@@ -322,6 +326,21 @@ def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
     call()
   assert e.value.argument == argument
+
+
+def test_raw_keys_of_the_default_generator_are_taken():
+  assert linear.init_params(jax.random.PRNGKey(0), 6, 3)["W"].shape == (6, 3)  # threefry (2,)
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")  # TPU users' choice: raw keys of (4,)
+  try:
+    key = jax.random.PRNGKey(0)
+    assert key.shape == (4,) and linear.init_params(key, 6, 3)["W"].shape == (6, 3)
+    x, y = _problem()
+    res = _new_trainer().fit(key, x, y, learning_rates=[0.1], regs=[0.0], batch_size=10,
+                             num_steps=2)
+    assert np.isfinite(res.losses).all()
+  finally:
+    jax.config.update("jax_default_prng_impl", previous)
 
 
 def test_member_takes_negative_and_traced_indices_and_scores_take_lists():
