@@ -246,14 +246,14 @@ _DECODED_FORMAT = b"jaxlin decoded image folder, tfds.features.Image decoder, v1
 
 
 def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
-                   cache_dir: str) -> tuple[str, str, int] | None:
+                   cache_dir: str, stamp: str | None = None) -> tuple[str, str, int] | None:
   """(images path, labels path, rows) of the entry in the decoded cache of a split's files
   (``folder_examples``); None when a file cannot be read (the decoder then names it).
 
   The key covers each file's path, label, size, modification and change times and inode:
   a rewritten file changes its change time, which ``touch`` or ``cp -p`` cannot set back.
   """
-  stamp = _files_stamp(root, paths, labels)
+  stamp = stamp or _files_stamp(root, paths, labels)
   if stamp is None:
     return None
   key = f"{split}-{stamp}"
@@ -266,12 +266,14 @@ def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
   times and inode; None when a file cannot be read."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256(_DECODED_FORMAT)
+  prefix = root.rstrip(os.sep) + os.sep
   for p, y in zip(paths, labels):
     try:
       st = os.stat(p)
     except OSError:
       return None
-    h.update(f"\0{os.path.relpath(p, root)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}"
+    rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)  # fast path
+    h.update(f"\0{rel}\0{y}\0{st.st_size}\0{st.st_mtime_ns}"
              f"\0{st.st_ctime_ns}\0{st.st_ino}".encode())
   return h.hexdigest()[:32]
 
@@ -438,7 +440,8 @@ def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None, stamp
     if not 0 <= start < size:
       raise InputError(f"start={start} is outside the {split} split's {size} examples "
                        f"(rows 0 to {size - 1})", argument="start")
-    entry = _decoded_entry(value, split, paths, all_labels, cache_dir) if cache_dir else None
+    entry = (_decoded_entry(value, split, paths, all_labels, cache_dir, stamp) if cache_dir
+             else None)
     hit = _read_decoded(entry, start, stop) if entry else None
     if hit is not None:
       images, labels = hit
