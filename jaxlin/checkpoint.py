@@ -124,6 +124,9 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
             "image_shape": list(mean_image.shape), "features": features}
   if features == "hog_hsv":
     header["feature_settings"] = _feature_settings(feature_settings)
+  elif feature_settings is not None:
+    raise InputError(f"feature_settings apply to features='hog_hsv', not {features!r}",
+                     argument="feature_settings")
   arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}
   if features != "pixels":
     arrays.update(feature_mean=as_float32("feature_mean", feature_mean),
@@ -133,7 +136,8 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     _validated(path, dict(arrays), header)
   except ModelFileError as e:
     why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
-    argument = "feature_mean" if why.startswith("feature_mean") else "params"
+    argument = next((a for a in ("feature_mean", "feature_settings") if why.startswith(a)),
+                    "params")
     raise InputError(f"cannot save this model: {why}", argument=argument) from None
   arrays["header"] = np.asarray(json.dumps(header))
   try:
@@ -249,6 +253,8 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
     except InputError as e:
       raise bad(str(e)) from None
     h, w, _ = image_shape
+    if settings["cell"] > min(h, w):
+      raise bad(f"feature_settings cell={settings['cell']} is larger than the {h}x{w} images")
     size = (h // settings["cell"]) * (w // settings["cell"]) * settings["orientations"] + (
         settings["bins"])
     if len(arrays["feature_mean"]) != size:

@@ -24,7 +24,8 @@ def _save(path, *, kind="linear", features="pixels", **changes):
             {"W1": rng.normal(size=(d, 4)), "b1": np.zeros(4), "W2": rng.normal(size=(4, 3)),
              "b2": np.zeros(3)})
   stats = dict(feature_mean=np.zeros(d), feature_std=np.ones(d),
-               feature_settings={"bins": 5}) if features != "pixels" else {}  # no HOG cells
+               feature_settings={"cell": 4, "orientations": 1, "bins": 4}  # 1 + 4 features
+               ) if features != "pixels" else {}
   checkpoint.save(str(path), params=params, mean_image=np.full(SHAPE, 100.0), scale=50.0,
                   class_names=CLASSES, kind=kind, loss="softmax", features=features, **stats)
   if changes:  # rewrite the archive with some arrays changed, removed (None) or added
@@ -180,10 +181,15 @@ def _good_model():
     (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
     (dict(mean_image=np.zeros(48)), "params", r"image_shape \(48,\) is not \(H, W, C\)"),
     (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
-    (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48)),
-     "feature_mean", r"48 values, but the HOG \+ hue features of 4x4 images .* have 10"),
+    (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48),
+          feature_settings={"cell": 4}),
+     "feature_mean", r"48 values, but the HOG \+ hue features of 4x4 images .* have 19"),
+    (dict(features="hog_hsv", feature_mean=np.zeros(10), feature_std=np.ones(10),
+          params={"W": np.zeros((10, 3)), "b": np.zeros(3)}),
+     "feature_settings", "cell=8 is larger than the 4x4 images"),
     (dict(features="hog_hsv", feature_mean=np.zeros(10), feature_std=np.ones(10),
           feature_settings={"cell": 0}), "feature_settings", "must be a positive int"),
+    (dict(feature_settings={"cell": 4}), "feature_settings", "not 'pixels'"),
 ])
 def test_save_writes_only_what_load_reads(tmp_path, changes, argument, message):
   with pytest.raises(InputError, match=message) as e:
