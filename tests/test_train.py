@@ -106,12 +106,12 @@ def test_full_batch_leaves_the_padding_rows_out():
   x, y = _problem()
   padded_x = jnp.concatenate([x, jnp.full((8, 6), 100.0)])
   padded_y = jnp.concatenate([y, jnp.zeros(8, y.dtype)])
-  for opt, lrs in (("lbfgs", None), ("sgd", [0.1])):
-    t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=opt, full_batch=True)
-    plain = t.fit(jax.random.key(0), x, y, learning_rates=lrs, regs=[0.1], num_steps=2)
-    padded = t.fit(jax.random.key(0), padded_x, padded_y, learning_rates=lrs, regs=[0.1],
-                   num_steps=2, num_examples=len(x))
-    np.testing.assert_array_equal(padded.losses, plain.losses)
+  # (lbfgs takes the same full-batch path; sgd compiles in a fraction of its time)
+  t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd", full_batch=True)
+  plain = t.fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.1], num_steps=2)
+  padded = t.fit(jax.random.key(0), padded_x, padded_y, learning_rates=[0.1], regs=[0.1],
+                 num_steps=2, num_examples=len(x))
+  np.testing.assert_array_equal(padded.losses, plain.losses)
 
 
 def test_lbfgs_full_batch_reaches_the_optimum():
