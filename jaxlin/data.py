@@ -502,14 +502,16 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
   plan = split_rows(name, data_dir=data_dir, num_train=num_train, num_val=num_val,
                     num_test=num_test, seed=seed)
   rows = rows or {}
-  splits, classes = {}, ()
+  splits, classes, whole = {}, (), {}
   for which, (source, idx) in plan.items():
     lo, hi = rows.get(which, (0, len(idx)))
     if not 0 <= lo <= hi <= len(idx):
       raise InputError(f"rows {(lo, hi)} of the {which} split are outside [0, {len(idx)}]",
                        argument="rows")
     if which not in rows:  # a whole split: one read of its source serves all
-      x, y, classes = load_split(name, source, data_dir=data_dir, cache_dir=cache_dir)
+      if source not in whole:  # (train and val share one: listed and read once)
+        whole[source] = load_split(name, source, data_dir=data_dir, cache_dir=cache_dir)
+      x, y, classes = whole[source]
       x, y = (x, y) if len(idx) == len(y) else (x[idx], y[idx])
     else:
       part = idx[lo:hi]
