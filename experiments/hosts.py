@@ -156,7 +156,9 @@ class Hosts:
     if pruned == 0:
       return {"method": stats["method"], "processes": self.count}
     method = "pruned" if pruned == self.count else "mixed"
-    return {**stats, "method": method, **dict(zip(keys, total)), "processes": self.count}
+    # This process's own devices' counts would not add up to the totals: left out.
+    own = {k: v for k, v in stats.items() if k != "per_device"}
+    return {**own, "method": method, **dict(zip(keys, total)), "processes": self.count}
 
   @property
   def database_spread(self) -> bool:
