@@ -5,6 +5,8 @@ Value checks are skipped for traced arrays (never branch on a traced value).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,13 @@ def int_at_least(value, name: str, low: int) -> int:
   return value
 
 
+@functools.lru_cache(maxsize=None)
+def _raw_key_shape(impl: str) -> tuple:
+  """The shape of a raw key of the random-number generator ``impl`` (its key data)."""
+  del impl  # the cache key: the shape below is the default generator's
+  return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
 def random_key(key, name: str = "key"):
   """``key`` if it is a jax random key (``jax.random.key``, or a raw uint32 key of
   ``jax.random.PRNGKey`` for the default implementation: (2,) for threefry, (4,) for
@@ -49,7 +58,7 @@ def random_key(key, name: str = "key"):
   dtype = getattr(key, "dtype", None)
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     return key
-  raw = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  raw = _raw_key_shape(jax.config.jax_default_prng_impl)
   if dtype == jnp.uint32 and np.shape(key)[-len(raw):] == raw:
     return key
   raise InputError(f"{name} must be a jax random key (jax.random.key(seed)), got {key!r}",

@@ -218,9 +218,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
-  if metric not in distances.METRICS:
-    raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(distances.METRICS)}",
-                     argument="metric")
+  distances._check_metric(metric)  # pylint: disable=protected-access  # its shared check
   num_queries = _checks.int_at_least(num_queries, "num_queries", 0)
   num_database = _checks.int_at_least(num_database, "num_database", 0)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
@@ -974,10 +972,8 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   if across:
     # Every process takes part in this exchange, failed or not (one that left it would
     # leave the others waiting), and learns whether all succeeded on the same queries.
-    status = np.zeros((jax.process_count(), 3), np.int64)
-    status[jax.process_index()] = [bool(errors), zlib.crc32(
-        np.ascontiguousarray(q).tobytes() + repr(q.shape).encode()) & 0x7FFFFFFF, q_total]
-    status = sharding.process_sum(status)
+    status = sharding.process_stack(np.array([bool(errors), zlib.crc32(
+        np.ascontiguousarray(q).tobytes() + repr(q.shape).encode()) & 0x7FFFFFFF, q_total]))
     if status[:, 0].any() and not errors:
       raise RuntimeError(f"the pruned search failed on process(es) "
                          f"{', '.join(map(str, np.flatnonzero(status[:, 0])))}; see its error")

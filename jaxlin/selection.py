@@ -64,16 +64,13 @@ def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
     labels = np.asarray(labels)
     if labels.shape != (n,):
       raise InputError(f"labels must have shape ({n},), got {labels.shape}", argument="labels")
-    if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
-      raise InputError("labels hold NaN or inf: every example needs a class to stratify by",
-                       argument="labels")
     try:
-      _, cls = np.unique(labels[perm], return_inverse=True)  # class of perm[j]
+      classes, cls = np.unique(labels[perm], return_inverse=True)  # class of perm[j]
     except TypeError:  # e.g. an object array mixing numbers and strings
       raise InputError(f"labels must be numbers or strings that compare with each other, "
                        f"got dtype {labels.dtype}", argument="labels") from None
-    if labels.dtype == object and any(v != v for v in labels):  # NaN among objects
-      raise InputError("labels hold NaN: every example needs a class to stratify by",
+    if any(isinstance(c, (float, complex)) and not np.isfinite(c) for c in classes.tolist()):
+      raise InputError("labels hold NaN or inf: every example needs a class to stratify by",
                        argument="labels")
     fold_of = np.empty(n, np.int64)  # fold of perm[j]
     count = 0
