@@ -8,8 +8,7 @@ from experiments import study
 from jaxlin.errors import ConfigError, DataError
 from tests.conftest import make_image_folder
 
-# Module fixtures build one shared run: keep this file on one test worker.
-pytestmark = [pytest.mark.xdist_group("test_study"), pytest.mark.long]  # a tiny study first
+pytestmark = pytest.mark.long  # a tiny study first
 
 TINY = dict(num_val=6, mlp_hidden_size=8, mlp_epochs=2, cache_dir="")
 # (chosen, val accuracy, test accuracy) of a deterministic tiny study (seed 0; the folder
@@ -24,7 +23,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny_study(tmp_path_factory):
   """One study on 16x16 images with a failing stage, shared by the checks below."""
   tmp = tmp_path_factory.mktemp("study")
@@ -43,7 +42,14 @@ def tiny_study(tmp_path_factory):
   return res, tmp / "wd"
 
 
-def test_study_reports_every_stage_and_the_failed_one(tiny_study):
+def test_tiny_study(tiny_study):
+  """Both checks of the one shared study in one test: pytest-xdist's groups did not keep
+  two tests on one worker here, and each worker built the study again."""
+  _check_reports_every_stage_and_the_failed_one(tiny_study)
+  _check_numbers_equal_a_known_tiny_run(tiny_study)
+
+
+def _check_reports_every_stage_and_the_failed_one(tiny_study):
   res, wd = tiny_study
   report = (wd / "report.md").read_text()
   assert json.loads((wd / "results.json").read_text())["stages"].keys() == set(study.STAGES)
@@ -57,7 +63,7 @@ def test_study_reports_every_stage_and_the_failed_one(tiny_study):
   assert not (wd / "svm").exists()
 
 
-def test_study_numbers_equal_a_known_tiny_run(tiny_study):
+def _check_numbers_equal_a_known_tiny_run(tiny_study):
   res, _ = tiny_study
   # fewer training images than the default --knn_num_train=5000: kNN used all 36
   assert res["stages"]["knn"]["train_size"] == 36
