@@ -23,6 +23,16 @@ KNN = dict(num_train=30, num_test=6, num_val=6, k=[1], metric=["l2"], cv_folds=0
            num_neighbor_rows=2)
 
 
+def test_this_files_tests_share_one_worker(request):
+  """Under ``--dist loadgroup`` (setup.cfg) the module fixtures below are built once: the
+  node ids of this file's tests carry their group (pytest 9.2 broke that for pytest-xdist
+  3.8: every worker then built them)."""
+  if getattr(request.config.option, "loadgroup", False):
+    assert request.node.nodeid.endswith("@test_workdir"), (
+        "pytest-xdist did not group this file's tests; install the test extra's pytest "
+        "(pip install -e '.[test]')")
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("wd_images") / "images")
