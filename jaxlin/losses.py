@@ -95,6 +95,28 @@ def _path_name(path) -> str:
   return "/".join(parts)
 
 
+def _number_matrix(node, path: tuple):
+  """Where in ``params`` a matrix is given as nested lists (a list of lists of 0-d
+  leaves: a tree of scalars the penalty would skip, also under jit), as "'W'" or "its top
+  level"; None if nowhere. Tuples of scalars (e.g. (W, b, temperature)) are left alone."""
+  if isinstance(node, list) and node and all(
+      isinstance(row, list) and row and all(not isinstance(
+          v, (list, tuple, dict)) and jnp.ndim(v) == 0 for v in row) for row in node):
+    return f"'{'/'.join(path)}'" if path else "its top level"
+  if isinstance(node, dict):
+    children = ((str(k), v) for k, v in node.items())
+  elif isinstance(node, (list, tuple)):
+    children = ((str(name), v) for name, v in zip(
+        getattr(node, "_fields", None) or range(len(node)), node))
+  else:
+    return None
+  for name, child in children:
+    where = _number_matrix(child, (*path, name))
+    if where is not None:
+      return where
+  return None
+
+
 def penalised_leaves(params, *, mask: Mask = None) -> list:
   """The leaves of ``params`` that ``l2_penalty`` sums over, in tree order.
 
@@ -103,14 +125,12 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   such as "layers/0/w", or a pytree of bools with the structure of params.
   """
   if mask is None:
+    where = _number_matrix(params, ())
+    if where is not None:
+      raise InputError(f"params holds a nested list of numbers at {where} (a tree of "
+                       "scalars, which the penalty skips as it skips biases); pass the "
+                       "weights as an array, e.g. jnp.asarray(W)", argument="params")
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, v in flat:  # a matrix as nested lists is a tree of scalars: never penalised
-      if jnp.ndim(v) == 0 and len(path) >= 2 and all(
-          isinstance(key, jax.tree_util.SequenceKey) for key in path[-2:]):
-        where = f"'{_path_name(path[:-2])}'" if len(path) > 2 else "its top level"
-        raise InputError(f"params holds a nested list of numbers at {where} (a tree of "
-                         "scalars, which the penalty skips as it skips biases); pass the "
-                         "weights as an array, e.g. jnp.asarray(W)", argument="params")
     return [v for _, v in flat if jnp.ndim(v) >= 2]
   if callable(mask):
     flat = jax.tree_util.tree_flatten_with_path(params)[0]

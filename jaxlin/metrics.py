@@ -17,8 +17,8 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
   out = []
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     v = jnp.asarray(_checks.jax_exact(v, name))
-    if v.dtype == jnp.bool_:
-      v = v.astype(jnp.int32)
+    if v.dtype == jnp.bool_ or (v.size == 0 and not jnp.issubdtype(v.dtype, jnp.integer)):
+      v = v.astype(jnp.int32)  # bools, and empty lists (float32 as arrays): no labels
     if integers and not jnp.issubdtype(v.dtype, jnp.integer):
       raise InputError(f"{name} must hold integer class labels, got dtype {v.dtype}",
                        argument=name)
@@ -40,19 +40,27 @@ def accuracy(labels_N, preds_N):
 
 
 def confusion_matrix(labels_N, preds_N, num_classes: int):
-  """(C, C) int32 counts; row = true class, column = predicted class (both in [0, C))."""
+  """(C, C) int32 counts; row = true class, column = predicted class (both in [0, C)).
+
+  Values outside [0, C) raise an InputError; under jit (traced labels, no check) a pair
+  with either outside is not counted, so the counts sum to fewer than N.
+  """
   labels_N, preds_N = _label_arrays(labels_N, preds_N)
   num_classes = _checks.num_classes(num_classes)
   if labels_N.ndim != 1:
     raise InputError(f"labels_N must be 1-D, got shape {labels_N.shape}", argument="labels_N")
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
-    if v.size and not isinstance(v, jax.core.Tracer):  # concrete: bincount would drop them
+    if v.size and not isinstance(v, jax.core.Tracer):  # concrete: checked
       lo, hi = int(np.min(v)), int(np.max(v))
       if lo < 0 or hi >= num_classes:
         raise InputError(f"{name} must lie in [0, {num_classes}), got values in [{lo}, {hi}]",
                          argument=name)
-  flat = labels_N.astype(jnp.int32) * num_classes + preds_N.astype(jnp.int32)
-  counts = jnp.bincount(flat, length=num_classes * num_classes)
+  valid = ((labels_N >= 0) & (labels_N < num_classes) & (preds_N >= 0)
+           & (preds_N < num_classes))  # traced: out-of-range pairs are left out, not moved
+  flat = jnp.where(valid, labels_N.astype(jnp.int32) * num_classes + preds_N.astype(jnp.int32),
+                   0)
+  counts = jnp.bincount(flat, weights=valid.astype(jnp.int32),
+                        length=num_classes * num_classes)
   return counts.reshape(num_classes, num_classes).astype(jnp.int32)
 
 

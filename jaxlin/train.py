@@ -127,8 +127,11 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
   Args:
     loss_fn: per-example loss (scores_BxC, labels_B) -> (B,), e.g. losses.softmax_cross_entropy.
     apply_fn: (params, x_BxD) -> scores_BxC for any params pytree.
-    tx: any optax.GradientTransformation. Line-search methods (optax.lbfgs) get
-      ``value``, ``grad`` and ``value_fn`` in update; give them the same batch every step.
+    tx: any optax.GradientTransformation. One that takes extra arguments
+      (``optax.GradientTransformationExtraArgs``: chains, reduce_on_plateau,
+      polyak_sgd, lbfgs) gets ``value`` (the objective at params), ``grad`` and
+      ``value_fn`` in update; give line searches (optax.lbfgs) the same batch
+      every step.
     reg: regularisation strength (a number or a traced scalar).
     penalty: params -> scalar; default losses.l2_penalty (every leaf with ndim >= 2).
 
@@ -171,10 +174,32 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
                                      value_fn=value_fn)
     else:
       (value, data), grad = jax.value_and_grad(f, has_aux=True)(params)
-      updates, opt_state = tx.update(grad, opt_state, params)
+      if isinstance(tx, optax.GradientTransformationExtraArgs):  # e.g. reduce_on_plateau
+        updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
+                                       value_fn=lambda p: f(p)[0])
+      else:
+        updates, opt_state = tx.update(grad, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, {"loss": value, "data_loss": data}
 
   return train_step
+
+
+def _grid_numbers(values, name: str) -> np.ndarray:
+  """``values`` (a sequence or array of real numbers) as float64, or InputError: bools and
+  strings are refused rather than read as 1.0 or parsed."""
+  try:
+    raw = np.asarray(values)
+  except (TypeError, ValueError):
+    raw = np.asarray([], object)
+  items = raw.reshape(-1).tolist() if raw.dtype == object else []
+  if raw.dtype.kind not in "iuf" and not (raw.dtype == object and items and all(
+      _is_number(v) for v in items)):
+    raise InputError(f"{name} must be a 1-D sequence of real numbers, got {values!r}",
+                     argument=name)
+  if not isinstance(values, (np.ndarray, jax.Array)) and np.ndim(values) == 1 and any(
+      isinstance(v, (bool, np.bool_)) for v in values):
+    raise InputError(f"{name} must be real numbers, not bools, got {values!r}", argument=name)
+  return raw.astype(np.float64)
 
 
 def _is_number(v) -> bool:
@@ -387,9 +412,17 @@ class Trainer:
 
     Pad-and-mask: each example counts once, whatever the batch and device count.
     """
-    n = x.shape[0] if num_examples is None else num_examples
-    if n < 1:
+    if np.ndim(x) < 2 or np.ndim(y) != 1 or np.shape(x)[0] != np.shape(y)[0]:
+      raise InputError(f"expected x (N, ...) and y (N,), got {np.shape(x)} and {np.shape(y)}",
+                       argument="x")
+    if np.shape(x)[0] == 0:
       raise InputError("x is empty: no examples to measure accuracy on", argument="x")
+    n = x.shape[0] if num_examples is None else _checks.int_at_least(num_examples,
+                                                                     "num_examples", 1)
+    if n > x.shape[0]:
+      raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
+                       argument="num_examples")
+    batch_size = _checks.int_at_least(batch_size, "batch_size", 1)
     correct = 0
     for start in range(0, n, batch_size):
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -403,11 +436,7 @@ class Trainer:
     return np.asarray(correct) / n
 
   def _hyper(self, learning_rates, regs):
-    try:
-      regs = np.asarray(regs, np.float64)
-    except (TypeError, ValueError):
-      raise InputError(f"regs must be a non-empty 1-D sequence of numbers, got {regs!r}",
-                       argument="regs") from None
+    regs = _grid_numbers(regs, "regs")
     if regs.ndim != 1 or regs.size == 0:
       raise InputError(f"regs must be a non-empty 1-D sequence, got shape {regs.shape}",
                        argument="regs")
@@ -426,11 +455,7 @@ class Trainer:
     elif learning_rates is None:
       lrs = np.ones_like(regs)  # the schedule (or 1) is the learning rate
     else:
-      try:
-        lrs = np.asarray(learning_rates, np.float64)
-      except (TypeError, ValueError):
-        raise InputError(f"learning_rates must be a 1-D sequence of numbers, got "
-                         f"{learning_rates!r}", argument="learning_rates") from None
+      lrs = _grid_numbers(learning_rates, "learning_rates")
       if lrs.shape != regs.shape:
         raise InputError(f"learning_rates and regs must be 1-D of equal length (one pair per "
                          f"grid member), got {lrs.shape}, {regs.shape}",

@@ -107,6 +107,9 @@ def test_l2_penalty_over_any_pytree():
         f(bad)
       assert e.value.argument == "params"
   assert float(losses.l2_penalty({"W": w, "scale": 1.0, "t": [1.0, 2.0]})) == 5.0
+  # A layer as a tuple with scalars in it, or a list of such tuples, is no matrix.
+  for params in ([(w, b, jnp.array(0.5))], [(w, 2.0)], {"t": [(0.5, 0.1)], "W": w}):
+    assert float(losses.l2_penalty(params)) == 5.0
   assert float(losses.l2_penalty({"W": [[1.0, 2.0]]}, mask={"W": [[True, False]]})) == 1.0
   with pytest.raises(InputError, match="structure of params") as e:
     losses.l2_penalty(layers, mask={"layers": True})
@@ -207,3 +210,15 @@ def test_metrics_refuse_what_they_cannot_count():
   assert float(metrics.accuracy(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]))) == 0.75
   assert metrics.confusion_matrix(np.array([True, False]), np.array([True, True]),
                                   2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_confusion_matrix_under_jit_leaves_out_of_range_pairs_out():
+  """Traced labels cannot be checked: a pair outside [0, C) is not counted (it used to be
+  clipped into class 0 or spill into the next row's cells)."""
+  cm = jax.jit(metrics.confusion_matrix, static_argnums=2)
+  assert cm(jnp.array([-1, 0]), jnp.array([1, 0]), 3).tolist() == [[1, 0, 0], [0, 0, 0],
+                                                                   [0, 0, 0]]
+  assert cm(jnp.array([0, 2, 1]), jnp.array([5, 2, 1]), 3).tolist() == [[0, 0, 0], [0, 1, 0],
+                                                                        [0, 0, 1]]
+  assert cm(jnp.array([0, 1, 1]), jnp.array([0, 1, 0]), 2).tolist() == [[1, 0], [1, 1]]
+  assert metrics.confusion_matrix([], [], 3).tolist() == [[0] * 3] * 3  # empty lists

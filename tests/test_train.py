@@ -201,6 +201,31 @@ def test_train_step_in_your_own_loop_equals_the_trainer():
                params, res.params)
 
 
+@pytest.mark.parametrize("make_tx", [
+    lambda: optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=1,
+                                                                         factor=0.5)),
+    lambda: optax.polyak_sgd(max_learning_rate=0.5)], ids=["reduce_on_plateau", "polyak_sgd"])
+def test_transformations_that_take_the_loss_value_get_it(make_tx):
+  """Transformations with extra arguments get the objective as ``value``: the step equals a
+  hand-written optax loop passing it (without it, update raised a TypeError)."""
+  x, y = _problem()
+  tx = make_tx()
+  params = linear.init_params(jax.random.key(0), 6, 3)
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+  mine, theirs = (params, tx.init(params)), (params, tx.init(params))
+
+  def f(p):
+    return jnp.mean(losses.softmax_cross_entropy(linear.scores(p, x), y))
+  for _ in range(6):
+    p, state, metrics = step(*mine, (x, y))
+    value, grad = jax.value_and_grad(f)(theirs[0])
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
+    updates, st = tx.update(grad, theirs[1], theirs[0], value=value)
+    mine, theirs = (p, state), (optax.apply_updates(theirs[0], updates), st)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               mine[0], theirs[0])
+
+
 def test_fixed_transformation_grids_over_reg_only():
   x, y = _problem()
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(optax.cosine_decay_schedule(0.1, 20)))
@@ -281,6 +306,7 @@ def _eval(value):
 
 
 _X, _Y = (np.asarray(a) for a in _problem())
+_GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32)}
 
 
 @pytest.mark.parametrize("call, argument, message", [
@@ -312,7 +338,16 @@ _X, _Y = (np.asarray(a) for a in _problem())
      r"params\['b'\] must have shape \(3,\), got \(1,\)"),
     (lambda: linear.scores({"W": np.zeros((6, 3))}, _X), "params", "params has no 'b'"),
     (lambda: linear.init_params(jax.random.key(0), 0, 3), "num_features", "positive int"),
-    (_fit_call(regs=["a"]), "regs", "sequence of numbers"),
+    (_fit_call(regs=["a"]), "regs", "sequence of real numbers"),
+    (_fit_call(regs=[True]), "regs", "real numbers"),  # was trained with reg 1.0
+    (_fit_call(learning_rates=["0.1"]), "learning_rates", "real numbers"),  # was parsed
+    (_fit_call(regs=[0.0, True]), "regs", "not bools"),
+    # Trainer.accuracy divided by a num_examples beyond x's rows (0.35 for 0.7).
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y, num_examples=500), "num_examples",
+     "500 is more than the 120 rows"),
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y, num_examples=True), "num_examples", "bool"),
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y, batch_size=0), "batch_size", "positive"),
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y[:5]), "x", r"\(120, 6\) and \(5,\)"),
     # Values that float32, where they are used, makes inf or 0: refused, not trained.
     (_fit_call(regs=[1e39]), "regs", "finite and >= 0 in float32"),
     (_fit_call(learning_rates=[1e-50]), "learning_rates", "finite and > 0 in float32"),
