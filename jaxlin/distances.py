@@ -19,8 +19,10 @@ l1_int     both integer            sum_d |x_d - y_d|, exact int32 (int16 partial
 l1_float   any float               sum_d |x_d - y_d| in float32 (float64 inputs:
                                    float64)
 l2_int8    both uint8 / both int8  |x|^2 + |y|^2 - 2 x.y, exact: int8 product
-                                   accumulated in int32 (uint8 shifted by -128)
-l2_float   other                   the same identity on rows centred on the
+           with D * 255**2 < 2**30 accumulated in int32 (uint8 shifted by -128);
+           (D <= 16,512)           74 x 74 x 3 images at most
+l2_float   other (pixels with      the same identity on rows centred on the
+           more features too)
                                    database mean, ``precision=HIGHEST``,
                                    clamped at 0
 cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector)

@@ -34,13 +34,17 @@ Tie rule: neighbours at equal distance come in increasing database index
 earlier, lower-index candidates first).
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
-int8 pixels, L2 (an int8 matrix product accumulated in int32) compute exact
+int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3
+images), L2 (an int8 matrix product accumulated in int32) compute exact
 integer distances, and the selection compares them exactly
-(``jaxlin.topk.order_keys``), at any size. So neighbours, ties included,
-equal a brute-force integer reference. Returned distances are float32: exact
-below 2**24, rounded above. Float inputs compute in float32 (L2 centred on
-the database mean, ``precision=HIGHEST``), or float64 when an input is
-float64 under ``jax_enable_x64`` (distances are then returned as float64).
+(``jaxlin.topk.order_keys``), for any number of rows. So neighbours, ties
+included, equal a brute-force integer reference. Pixels with more features
+compute L2 in float32, as float inputs do (two rows whose squared distances
+lie within float32 rounding of each other can then come in either order).
+Returned distances are float32: exact below 2**24, rounded above. Float
+inputs compute in float32 (L2 centred on the database mean,
+``precision=HIGHEST``), or float64 when an input is float64 under
+``jax_enable_x64`` (distances are then returned as float64).
 """
 from __future__ import annotations
 

@@ -106,7 +106,9 @@ def test_one_kernel_table_picks_by_metric_and_dtypes(qd, dd, metric, name):
   assert kernel.name == name and kernel.float_dtype == "float32"
   assert kernel.dtype == ("int32" if name in ("l1_int", "l2_int8") else "float32")
   # Pixel rows too long for exact int32 squared distances fall back to floats.
-  assert distances.kernel_for("l2", np.uint8, np.uint8, 20000).name == "l2_float"
+  # The boundary the docs give: 16,512 features (D * 255**2 < 2**30) are exact integer work.
+  assert distances.kernel_for("l2", np.uint8, np.uint8, 16512).name == "l2_int8"
+  assert distances.kernel_for("l2", np.uint8, np.uint8, 16513).name == "l2_float"
 
 
 @pytest.mark.parametrize("metric", distances.METRICS)
