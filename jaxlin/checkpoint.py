@@ -118,9 +118,11 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     raise InputError(f"features={features!r} needs feature_mean and feature_std (the "
                      "standardisation the model was trained with)", argument="feature_mean")
   mean_image = as_float32("mean_image", mean_image)
+  if isinstance(scale, (bool, np.bool_)) or as_float32("scale", scale).ndim != 0:
+    raise InputError(f"scale must be a finite number > 0 (the pixels' scale), got {scale!r}",
+                     argument="scale")
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss,
-            "scale": float(np.float64(scale)) if as_float32("scale", scale).ndim == 0
-                     else None,  # stored exactly (float64), checked by _validated
+            "scale": float(np.float64(scale)),  # stored exactly (float64), checked below
             "image_shape": list(mean_image.shape), "features": features}
   if features == "hog_hsv":
     header["feature_settings"] = _feature_settings(feature_settings)
@@ -136,8 +138,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     _validated(path, dict(arrays), header)
   except ModelFileError as e:
     why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
-    argument = next((a for a in ("feature_mean", "feature_settings") if why.startswith(a)),
-                    "params")
+    argument = _argument_of(why)
     raise InputError(f"cannot save this model: {why}", argument=argument) from None
   arrays["header"] = np.asarray(json.dumps(header))
   try:
@@ -145,6 +146,18 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   except OSError as e:
     raise InputError(f"cannot write the model to {path}: {e.strerror or e}; pass a path in a "
                      "writable folder", argument="path") from None
+
+
+def _argument_of(why: str) -> str:
+  """The argument of ``save`` that ``_validated``'s reason ``why`` is about."""
+  for prefix, argument in (("unknown kind", "kind"), ("unknown loss", "loss"),
+                           ("unknown features", "features"), ("scale", "scale"),
+                           ("image_shape", "mean_image"), ("mean_image", "mean_image"),
+                           ("feature_mean", "feature_mean"), ("feature_std", "feature_std"),
+                           ("feature_settings", "feature_settings")):
+    if why.startswith(prefix):
+      return argument
+  return "class_names" if "class names for" in why else "params"
 
 
 _FEATURE_DEFAULTS = {"orientations": 9, "cell": 8, "bins": 10}  # features.extract's

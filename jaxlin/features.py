@@ -6,7 +6,8 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
 * HOG: grey image, forward-difference gradients (0 in the last row / column),
   orientation atan2(gy, gx) + 90 degrees binned over (0, 180) into
   ``orientations`` equal half-open bins; each cell of ``cell`` x ``cell``
-  pixels gets, per bin, the mean gradient magnitude of its pixels in that bin.
+  pixels gets, per bin, the sum of the gradient magnitudes of its pixels in that
+  bin divided by the cell's cell * cell pixels (the course's mean over the cell).
 * Colour: a histogram of the hue channel of HSV over ``bins`` equal bins of
   [0, 1], normalised to sum to 1.
 
@@ -33,7 +34,7 @@ __all__ = ["GREY", "hog", "hue", "hue_histogram", "extract", "cached_extract", "
 GREY = (0.299, 0.587, 0.114)
 
 
-def _pixels(image, argument: str = "image", ndim: int = 3):
+def _pixels(image, argument: str = "image_HxWx3", ndim: int = 3):
   """``image`` as an array, checked to be uint8 (..., 3) pixels (at trace time under jit)."""
   x = image if isinstance(image, jax.Array) else np.asarray(image)
   if x.dtype != np.uint8:
@@ -49,7 +50,8 @@ def _pixels(image, argument: str = "image", ndim: int = 3):
 
 def _grey(image_HxWx3):
   x = jnp.asarray(image_HxWx3).astype(jnp.float32)
-  return x @ jnp.asarray(GREY, jnp.float32)
+  # Full float32 on every device (GPUs and TPUs would otherwise round the product).
+  return jnp.matmul(x, jnp.asarray(GREY, jnp.float32), precision=jax.lax.Precision.HIGHEST)
 
 
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
@@ -118,10 +120,11 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
   for name, value in (("orientations", orientations), ("cell", cell), ("bins", bins),
                       ("batch_size", batch_size)):
     _checks.int_at_least(value, name, 1)
-  images = jnp.asarray(_pixels(images_NxHxWx3, "images", ndim=4))
+  images = jnp.asarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))
   n = images.shape[0]
   if n == 0:
-    raise InputError("images is empty: no images to extract features from", argument="images")
+    raise InputError("images_NxHxWx3 is empty: no images to extract features from",
+                     argument="images_NxHxWx3")
   out = []
   for start in range(0, n, batch_size):
     batch = images[start:start + batch_size]
@@ -183,7 +186,7 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   """
   if not cache_dir:
     return extract(images_NxHxWx3, callback=callback, **settings)
-  images = np.ascontiguousarray(_pixels(images_NxHxWx3, "images", ndim=4))
+  images = np.ascontiguousarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))
   h = hashlib.blake2b(digest_size=16)
   h.update(repr((images.shape, str(images.dtype), sorted(settings.items()))).encode())
   h.update(images.data)

@@ -473,6 +473,9 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
   if labels.ndim != 2:
     raise InputError(f"neighbor_labels_QxK must be 2-D (queries, neighbours), got shape "
                      f"{labels.shape}", argument="neighbor_labels_QxK")
+  if labels.shape[1] == 0:
+    raise InputError("neighbor_labels_QxK has no neighbours (K = 0): nothing to vote on",
+                     argument="neighbor_labels_QxK")
   return _vote(jnp.asarray(labels), num_classes, tie_break)
 
 

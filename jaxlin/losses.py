@@ -1,7 +1,9 @@
 """Per-example classification losses and the L2 penalty over any params pytree.
 
 Losses take scores (N, C) and integer labels (N,) in [0, C) and return (N,);
-the training objective is mean(loss) + reg * l2_penalty(params).
+the training objective is mean(loss) + reg * l2_penalty(params). Labels outside
+[0, C) raise an InputError; under jit (traced labels, no check) their losses
+are NaN.
 """
 from __future__ import annotations
 
@@ -33,17 +35,27 @@ def _inputs(scores_NxC, labels_N):
 
 
 def _check(scores_NxC, labels_N):
-  if scores_NxC.ndim != 2 or labels_N.shape != scores_NxC.shape[:1]:
+  if scores_NxC.ndim != 2:
+    raise InputError(f"scores_NxC must be 2-D (N, C), got shape {scores_NxC.shape}",
+                     argument="scores_NxC")
+  if labels_N.shape != scores_NxC.shape[:1]:
     raise InputError(f"expected scores (N, C) and labels (N,), got {scores_NxC.shape} and "
-                     f"{labels_N.shape}", argument="labels")
+                     f"{labels_N.shape}", argument="labels_N")
   if not jnp.issubdtype(labels_N.dtype, jnp.integer):
-    raise InputError(f"labels must be integers, got {labels_N.dtype}", argument="labels")
+    raise InputError(f"labels must be integers, got {labels_N.dtype}", argument="labels_N")
   if labels_N.size and not isinstance(labels_N, jax.core.Tracer):  # concrete: check the range
     labels = np.asarray(labels_N)
     c = scores_NxC.shape[1]
     if labels.min() < 0 or labels.max() >= c:
       raise InputError(f"labels must lie in [0, {c}) for scores of {c} classes, got values in "
-                       f"[{labels.min()}, {labels.max()}]", argument="labels")
+                       f"[{labels.min()}, {labels.max()}]", argument="labels_N")
+
+
+def _nan_where_out_of_range(loss_N, labels_N, num_classes: int):
+  """Traced labels cannot be checked: a label outside [0, C) gives a NaN loss (training
+  then stops as diverged) instead of the loss of a clipped class."""
+  valid = (labels_N >= 0) & (labels_N < num_classes)
+  return jnp.where(valid, loss_N, jnp.nan)
 
 
 def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool = False):
@@ -54,7 +66,7 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
   (optax.losses.multiclass_hinge_loss is the Crammer-Singer max form: a different loss.)
   """
   scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
-  if isinstance(margin, (str, bytes, bool, np.bool_)) or (
+  if isinstance(margin, (str, bytes, bool, np.bool_)) or np.ndim(margin) != 0 or (
       not _checks.is_traced(margin) and not np.isfinite(np.asarray(margin, np.float64)).all()):
     raise InputError(f"margin must be a finite number, got {margin!r}", argument="margin")
   if not isinstance(squared, (bool, np.bool_)):
@@ -65,7 +77,7 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
   margins = jnp.where(is_true, 0.0, margins)
   if squared:
     margins = margins * margins
-  return jnp.sum(margins, axis=1)
+  return _nan_where_out_of_range(jnp.sum(margins, axis=1), labels_N, scores_NxC.shape[1])
 
 
 def softmax_cross_entropy(scores_NxC, labels_N):
@@ -78,8 +90,13 @@ def softmax_cross_entropy(scores_NxC, labels_N):
   scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
   loss = jax.nn.logsumexp(scores_NxC - correct, axis=1)
-  # A correct score of -inf: probability 0, loss +inf (the shift would give -inf - -inf).
-  return jnp.where(correct[:, 0] == -jnp.inf, jnp.inf, loss)
+  # A correct score of -inf: probability 0, loss +inf; of +inf: probability 1, loss 0 if
+  # no other score is +inf (else undefined, NaN). The shift would give inf - inf.
+  correct = correct[:, 0]
+  alone = jnp.sum(scores_NxC == jnp.inf, axis=1) == 1
+  loss = jnp.where(correct == -jnp.inf, jnp.inf, loss)
+  loss = jnp.where(correct == jnp.inf, jnp.where(alone, 0.0, jnp.nan), loss)
+  return _nan_where_out_of_range(loss, labels_N, scores_NxC.shape[1])
 
 
 def _path_name(path) -> str:

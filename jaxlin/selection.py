@@ -24,6 +24,8 @@ __all__ = ["cross_validate_knn", "kfold_indices"]
 
 
 def _permutation(n: int, shuffle: bool, seed) -> np.ndarray:
+  if not isinstance(shuffle, (bool, np.bool_)):  # "no" would be true
+    raise InputError(f"shuffle must be True or False, got {shuffle!r}", argument="shuffle")
   if not shuffle:
     return np.arange(n)
   try:
@@ -50,11 +52,14 @@ def kfold_indices(n: int, num_folds: int, *, shuffle: bool = True, seed=0,
     A list of (train_idx, val_idx) int arrays. Fold sizes follow
     ``np.array_split`` (the first ``n % num_folds`` folds get one more).
   """
-  n = _checks.concrete_int(n, "n")
+  n = _checks.int_at_least(n, "n", 0)
   num_folds = _checks.concrete_int(num_folds, "num_folds")
   if num_folds < 2:
     raise InputError(f"num_folds must be at least 2, got {num_folds}", argument="num_folds")
   if n < num_folds:
+    if n < 2:
+      raise InputError(f"n={n} examples cannot make folds (at least 2 are needed)",
+                       argument="n")
     raise InputError(f"cannot split {n} examples into {num_folds} folds; use num_folds <= {n}",
                      argument="num_folds")
   perm = _permutation(n, shuffle, seed)

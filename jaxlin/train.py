@@ -160,7 +160,8 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
 
   def train_step(params, opt_state, batch):
     x, y = batch
-    if check_penalised:  # at trace time: reg > 0 must penalise something
+    _check_float_params(params)  # at trace time, as the next check
+    if check_penalised:  # reg > 0 must penalise something
       _check_penalised(params)
 
     def f(p):
@@ -218,6 +219,17 @@ def _has_methods(obj, *names: str) -> bool:
 def _callable(f, name: str, signature: str) -> None:
   if not callable(f):
     raise InputError(f"{name} must be a function {signature}, got {f!r}", argument=name)
+
+
+def _check_float_params(params):
+  """Gradients need float leaves: an integer or bool leaf of ``params`` is an InputError
+  naming it (JAX's own error names no leaf)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise InputError(f"params{jax.tree_util.keystr(path)} has dtype {dtype}: training needs "
+                       "float parameters; make it float, e.g. jnp.asarray(value, jnp.float32)",
+                       argument="params")
 
 
 def _check_penalised(params, what: str = "reg"):

@@ -82,7 +82,7 @@ def test_extract_batches_equal_single_images_and_jit():
   for i in (0, 6):
     np.testing.assert_allclose(f[i], jnp.concatenate([features.hog(imgs[i]),
                                                       features.hue_histogram(imgs[i])]), rtol=1e-5)
-  with pytest.raises(ValueError, match=r"expected images \(N, H, W, 3\)"):
+  with pytest.raises(ValueError, match=r"expected images_NxHxWx3 \(N, H, W, 3\)"):
     features.extract(imgs[..., 0])
 
 
@@ -91,10 +91,10 @@ def test_float_and_empty_images_are_rejected_not_scaled(tmp_path):
   for f in (features.hog, features.hue_histogram, jax.jit(features.hog)):
     with pytest.raises(InputError, match=r"uint8 pixels .* got float") as e:
       f(img)
-    assert e.value.argument == "image"
+    assert e.value.argument == "image_HxWx3"
   with pytest.raises(InputError, match="uint8 pixels") as e:
     features.extract(img[None].astype(np.float32))
-  assert e.value.argument == "images"
+  assert e.value.argument == "images_NxHxWx3"
   with pytest.raises(InputError, match="uint8 pixels"):
     features.cached_extract(img[None] * 255, cache_dir=str(tmp_path))
   with pytest.raises(InputError, match="empty"):

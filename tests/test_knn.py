@@ -163,6 +163,9 @@ def test_vote_literal_and_tie_rules():
   labels = np.array([[1, 2, 2, 1], [2, 1, 1, 2], [0, 1, 1, 1], [2, 0, 1, 3]])
   np.testing.assert_array_equal(knn.vote(labels, 4), [1, 1, 1, 0])
   np.testing.assert_array_equal(knn.vote(labels, 4, tie_break="nearest"), [1, 2, 1, 2])
+  with pytest.raises(InputError, match="no neighbours") as e:  # was class 0 for every row
+    knn.vote(np.zeros((3, 0), np.int32), 4)
+  assert e.value.argument == "neighbor_labels_QxK"
 
 
 def test_predict_many_k_from_one_search_equals_single_k():

@@ -164,7 +164,21 @@ def test_shape_and_dtype_errors():
     for bad in ([0, 1, 3], [0, -1, 2]):
       with pytest.raises(InputError, match=r"labels must lie in \[0, 3\)") as e:
         f(SCORES, np.array(bad))
-      assert e.value.argument == "labels"
+      assert e.value.argument == "labels_N"
+      # Under jit labels cannot be checked: their losses are NaN, not a clipped class's.
+      loss = np.asarray(jax.jit(f)(SCORES, np.array(bad)))
+      assert np.isnan(loss[np.array(bad) != np.array([0, 1, 2])]).all()
+      assert np.isfinite(loss[np.array(bad) == np.array([0, 1, 2])]).all()
+  with pytest.raises(InputError, match=r"scores_NxC must be 2-D \(N, C\), got shape \(3,\)") as e:
+    losses.multiclass_svm(SCORES[0], LABELS[0])  # was blamed on the labels
+  assert e.value.argument == "scores_NxC"
+  with pytest.raises(InputError, match="margin must be a finite number"):
+    losses.multiclass_svm(SCORES, LABELS, margin=np.array([1.0, 2.0, 3.0]))  # was per class
+  # A correct score of +inf alone: probability 1, loss 0 (was NaN); two +inf: undefined.
+  inf = np.inf
+  np.testing.assert_array_equal(
+      losses.softmax_cross_entropy(np.array([[inf, 0, 0], [inf, inf, 0], [0, inf, 0]]),
+                                   np.array([0, 0, 0])), [0.0, np.nan, inf])
   with pytest.raises(ValueError, match=r"expected \(N, 3\)"):
     linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.zeros((4, 5), np.float32))
 

@@ -170,16 +170,19 @@ def _good_model():
 
 
 @pytest.mark.parametrize("changes, argument, message", [
-    (dict(kind="cnn"), "params", "unknown kind 'cnn'"),
-    (dict(scale=0.0), "params", "scale must be a finite number > 0"),
+    (dict(kind="cnn"), "kind", "unknown kind 'cnn'"),
+    (dict(loss="hinge"), "loss", "unknown loss 'hinge'"),
+    (dict(scale=0.0), "scale", "scale must be a finite number > 0"),
+    (dict(scale=np.array([1.0, 2.0])), "scale", "scale must be a finite number > 0"),  # was
+    (dict(scale=True), "scale", "scale must be a finite number > 0"),  # "lacks a valid float"
     (dict(class_names="abc"), "class_names", "got the string 'abc'"),
-    (dict(class_names=["a"]), "params", "1 class names for 3 classes"),
+    (dict(class_names=["a"]), "class_names", "1 class names for 3 classes"),
     (dict(params={"W": np.full((48, 3), 1e300), "b": np.zeros(3)}), "params",
      r"params\['W'\] holds inf or NaN \(or values beyond float32\)"),
     (dict(params={"W": np.zeros((47, 3)), "b": np.zeros(3)}), "params",
      r"params\['W'\] has shape \(47, 3\), expected \(48, 3\)"),
     (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
-    (dict(mean_image=np.zeros(48)), "params", r"image_shape \(48,\) is not \(H, W, C\)"),
+    (dict(mean_image=np.zeros(48)), "mean_image", r"image_shape \(48,\) is not \(H, W, C\)"),
     (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
     (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48),
           feature_settings={"cell": 4}),

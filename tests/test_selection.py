@@ -117,6 +117,18 @@ def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
   assert e.value.argument == "method"
 
 
+def test_kfold_indices_name_the_argument_that_is_wrong():
+  for args, kw, argument, message in [
+      ((0, 2), {}, "n", "n=0 examples cannot make folds"),  # blamed num_folds
+      ((-3, 2), {}, "n", "integer >= 0"),
+      ((10, 12), {}, "num_folds", "use num_folds <= 10"),
+      ((10, 2), dict(shuffle="no"), "shuffle", "True or False"),  # "no" shuffled
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      selection.kfold_indices(*args, **kw)
+    assert e.value.argument == argument
+
+
 def test_metrics_literal_values():
   y = np.array([0, 0, 1, 1, 2, 2])
   p = np.array([0, 1, 1, 1, 0, 2])

@@ -332,6 +332,9 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
      "optax.GradientTransformation"),
     (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1),
                                    reg=float("inf")), "reg", "finite number >= 0"),
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
+        {"W": np.zeros((6, 3), np.int32), "b": np.zeros(3, np.float32)}, (), (_X, _Y)),
+     "params", r"params\['W'\] has dtype int32: training needs float"),  # was JAX's grad error
     (lambda: train.member({"W": np.zeros((2, 6, 3)), "b": np.zeros((2, 3))}, 5), "i",
      "outside the grid of 2 members"),
     (lambda: linear.scores({"W": np.zeros((6, 3)), "b": np.zeros(1)}, _X), "params",
