@@ -3,7 +3,8 @@
 Losses take scores (N, C) and integer labels (N,) in [0, C) and return (N,);
 the training objective is mean(loss) + reg * l2_penalty(params). Labels outside
 [0, C) raise an InputError; under jit (traced labels, no check) their losses
-are NaN.
+are NaN, so padding labels (e.g. -1) are masked with ``jnp.where(mask, loss, 0)``,
+not by multiplying (NaN * 0 is NaN).
 """
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ def _check(scores_NxC, labels_N):
 
 def _nan_where_out_of_range(loss_N, labels_N, num_classes: int):
   """Traced labels cannot be checked: a label outside [0, C) gives a NaN loss (training
-  then stops as diverged) instead of the loss of a clipped class."""
-  valid = (labels_N >= 0) & (labels_N < num_classes)
-  return jnp.where(valid, loss_N, jnp.nan)
+  then stops as diverged) instead of the loss of a clipped class. (Mask padded labels with
+  ``jnp.where``, not by multiplying: NaN * 0 is NaN.)"""
+  labels = labels_N.astype(jnp.promote_types(labels_N.dtype, jnp.int32))  # C fits: no wrap
+  return jnp.where((labels >= 0) & (labels < num_classes), loss_N, jnp.nan)
 
 
 def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool = False):
@@ -112,26 +114,26 @@ def _path_name(path) -> str:
   return "/".join(parts)
 
 
-def _number_matrix(node, path: tuple):
-  """Where in ``params`` a matrix is given as nested lists (a list of lists of 0-d
-  leaves: a tree of scalars the penalty would skip, also under jit), as "'W'" or "its top
-  level"; None if nowhere. Tuples of scalars (e.g. (W, b, temperature)) are left alone."""
-  if isinstance(node, list) and node and all(
-      isinstance(row, list) and row and all(not isinstance(
-          v, (list, tuple, dict)) and jnp.ndim(v) == 0 for v in row) for row in node):
-    return f"'{'/'.join(path)}'" if path else "its top level"
-  if isinstance(node, dict):
-    children = ((str(k), v) for k, v in node.items())
-  elif isinstance(node, (list, tuple)):
-    children = ((str(name), v) for name, v in zip(
-        getattr(node, "_fields", None) or range(len(node)), node))
-  else:
-    return None
-  for name, child in children:
-    where = _number_matrix(child, (*path, name))
-    if where is not None:
-      return where
-  return None
+def _is_number_matrix(node) -> bool:
+  """A list or tuple of non-empty lists or tuples of 0-d numbers (a matrix written as
+  nested sequences); a sequence holding any array or None is not one."""
+  def number(v):
+    return (v is not None and not isinstance(v, (list, tuple, dict, str, bytes))
+            and np.ndim(v) == 0)
+  return (isinstance(node, (list, tuple)) and len(node) > 0 and all(
+      isinstance(row, (list, tuple)) and len(row) > 0 and all(number(v) for v in row)
+      for row in node))
+
+
+def _number_matrix(params):
+  """Where in ``params`` (any pytree: dicts, dataclasses, flax and equinox nodes) a matrix is
+  given as nested sequences of numbers, a tree of scalars the penalty would skip (also
+  under jit): "'W'" or "its top level"; None if nowhere."""
+  if _is_number_matrix(params):
+    return "its top level"
+  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_number_matrix)[0]
+  return next((f"'{_path_name(path)}'" for path, leaf in flat if _is_number_matrix(leaf)),
+              None)
 
 
 def penalised_leaves(params, *, mask: Mask = None) -> list:
@@ -142,11 +144,12 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   such as "layers/0/w", or a pytree of bools with the structure of params.
   """
   if mask is None:
-    where = _number_matrix(params, ())
+    where = _number_matrix(params)
     if where is not None:
       raise InputError(f"params holds a nested list of numbers at {where} (a tree of "
                        "scalars, which the penalty skips as it skips biases); pass the "
-                       "weights as an array, e.g. jnp.asarray(W)", argument="params")
+                       "weights as an array, e.g. jnp.asarray(W), or choose the penalised "
+                       "leaves with mask=", argument="params")
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return [v for _, v in flat if jnp.ndim(v) >= 2]
   if callable(mask):

@@ -24,8 +24,10 @@ __all__ = ["cross_validate_knn", "kfold_indices"]
 
 
 def _permutation(n: int, shuffle: bool, seed) -> np.ndarray:
-  if not isinstance(shuffle, (bool, np.bool_)):  # "no" would be true
-    raise InputError(f"shuffle must be True or False, got {shuffle!r}", argument="shuffle")
+  if not (isinstance(shuffle, (bool, np.bool_)) or (  # "no" would be true
+      isinstance(shuffle, (int, np.integer)) and shuffle in (0, 1))):
+    raise InputError(f"shuffle must be True or False (or 1 or 0), got {shuffle!r}",
+                     argument="shuffle")
   if not shuffle:
     return np.arange(n)
   try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
@@ -129,9 +130,9 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     apply_fn: (params, x_BxD) -> scores_BxC for any params pytree.
     tx: any optax.GradientTransformation. One that takes extra arguments
       (``optax.GradientTransformationExtraArgs``: chains, reduce_on_plateau,
-      polyak_sgd, lbfgs) gets ``value`` (the objective at params), ``grad`` and
-      ``value_fn`` in update; give line searches (optax.lbfgs) the same batch
-      every step.
+      polyak_sgd, lbfgs) gets those of ``value`` (the objective at params),
+      ``grad`` and ``value_fn`` that its update accepts; give line searches
+      (optax.lbfgs) the same batch every step.
     reg: regularisation strength (a number or a traced scalar).
     penalty: params -> scalar; default losses.l2_penalty (every leaf with ndim >= 2).
 
@@ -175,11 +176,8 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
                                      value_fn=value_fn)
     else:
       (value, data), grad = jax.value_and_grad(f, has_aux=True)(params)
-      if isinstance(tx, optax.GradientTransformationExtraArgs):  # e.g. reduce_on_plateau
-        updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
-                                       value_fn=lambda p: f(p)[0])
-      else:
-        updates, opt_state = tx.update(grad, opt_state, params)
+      updates, opt_state = _update(tx, grad, opt_state, params, value=value, grad=grad,
+                                   value_fn=lambda p: f(p)[0])
     return optax.apply_updates(params, updates), opt_state, {"loss": value, "data_loss": data}
 
   return train_step
@@ -190,24 +188,30 @@ def _grid_numbers(values, name: str) -> np.ndarray:
   strings are refused rather than read as 1.0 or parsed."""
   try:
     raw = np.asarray(values)
-  except (TypeError, ValueError):
-    raw = np.asarray([], object)
+  except (TypeError, ValueError):  # e.g. a list of bfloat16 jax scalars
+    try:
+      raw = np.asarray([np.asarray(v) for v in values])
+    except (TypeError, ValueError):
+      raw = np.asarray([], object)
   items = raw.reshape(-1).tolist() if raw.dtype == object else []
-  if raw.dtype.kind not in "iuf" and not (raw.dtype == object and items and all(
-      _is_number(v) for v in items)):
+  real = (jnp.issubdtype(raw.dtype, jnp.integer) or jnp.issubdtype(raw.dtype, jnp.floating)
+          ) and raw.dtype != np.bool_  # bfloat16 too (numpy's kind "V")
+  if not real and not (raw.dtype == object and items and all(_is_number(v) for v in items)):
     raise InputError(f"{name} must be a 1-D sequence of real numbers, got {values!r}",
                      argument=name)
   if not isinstance(values, (np.ndarray, jax.Array)) and np.ndim(values) == 1 and any(
-      isinstance(v, (bool, np.bool_)) for v in values):
+      np.ndim(v) == 0 and jnp.result_type(v) == jnp.bool_ for v in values):
     raise InputError(f"{name} must be real numbers, not bools, got {values!r}", argument=name)
   return raw.astype(np.float64)
 
 
 def _is_number(v) -> bool:
   """A real number: a Python or numpy number, or a 0-d real array (not a bool or string)."""
-  return (not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0
-          and np.issubdtype(np.asarray(v).dtype, np.number)
-          and not np.issubdtype(np.asarray(v).dtype, np.complexfloating))
+  if isinstance(v, (bool, np.bool_, str, bytes)) or np.ndim(v) != 0:
+    return False
+  dtype = np.asarray(v).dtype  # bfloat16 is no numpy "number", but a real float
+  return (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)) and (
+      dtype != np.bool_)
 
 
 def _has_methods(obj, *names: str) -> bool:
@@ -219,6 +223,27 @@ def _has_methods(obj, *names: str) -> bool:
 def _callable(f, name: str, signature: str) -> None:
   if not callable(f):
     raise InputError(f"{name} must be a function {signature}, got {f!r}", argument=name)
+
+
+def _update(tx, updates, opt_state, params, **extra):
+  """``tx.update``, with the extra arguments (value, grad, value_fn) it takes: all of them
+  for an update with ``**kwargs`` (optax's chains pass them on), else those it names; none
+  for a plain GradientTransformation, or when a transformation inside refuses them (e.g.
+  optax.contrib.sam), as optax's own loops would call it."""
+  if not isinstance(tx, optax.GradientTransformationExtraArgs):
+    return tx.update(updates, opt_state, params)
+  try:
+    sig = inspect.signature(tx.update).parameters
+  except (TypeError, ValueError):
+    sig = {}
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+    extra = {k: v for k, v in extra.items() if k in sig}
+  try:
+    return tx.update(updates, opt_state, params, **extra)
+  except TypeError as e:  # raised while tracing, before any state changed
+    if "unexpected keyword argument" not in str(e):
+      raise
+    return tx.update(updates, opt_state, params)
 
 
 def _check_float_params(params):

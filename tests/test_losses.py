@@ -1,3 +1,6 @@
+import dataclasses
+import typing
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,15 +103,22 @@ def test_l2_penalty_over_any_pytree():
   assert float(losses.l2_penalty({"b": b})) == 0.0  # nothing penalised
   # A matrix as nested lists is a tree of scalars: its penalty would silently be 0, also
   # under jit (the tree's structure is static). Scalars and flat lists are not weights.
+  @jax.tree_util.register_dataclass
+  @dataclasses.dataclass
+  class Layer:
+    w: typing.Any
+
   for bad, where in (([[1.0, 2.0], [3.0, 4.0]], "its top level"),
-                     ({"W": [[1.0, 2.0]], "b": b}, "'W'")):
+                     ({"W": [[1.0, 2.0]], "b": b}, "'W'"), ({"W": ((1, 2), (3, 4))}, "'W'"),
+                     ({"W": [(1.0, 2.0), (3.0, 4.0)]}, "'W'"),
+                     ([Layer([[1.0, 2.0]])], "'0/w'")):  # inside any pytree node
     for f in (losses.l2_penalty, jax.jit(losses.l2_penalty)):
       with pytest.raises(InputError, match=f"nested list of numbers at {where}") as e:
         f(bad)
       assert e.value.argument == "params"
   assert float(losses.l2_penalty({"W": w, "scale": 1.0, "t": [1.0, 2.0]})) == 5.0
   # A layer as a tuple with scalars in it, or a list of such tuples, is no matrix.
-  for params in ([(w, b, jnp.array(0.5))], [(w, 2.0)], {"t": [(0.5, 0.1)], "W": w}):
+  for params in ([(w, b, jnp.array(0.5))], [(w, 2.0)], {"W": w, "x": [[None, None]]}):
     assert float(losses.l2_penalty(params)) == 5.0
   assert float(losses.l2_penalty({"W": [[1.0, 2.0]]}, mask={"W": [[True, False]]})) == 1.0
   with pytest.raises(InputError, match="structure of params") as e:
@@ -236,3 +246,14 @@ def test_confusion_matrix_under_jit_leaves_out_of_range_pairs_out():
                                                                         [0, 0, 1]]
   assert cm(jnp.array([0, 1, 1]), jnp.array([0, 1, 0]), 2).tolist() == [[1, 0], [1, 1]]
   assert metrics.confusion_matrix([], [], 3).tolist() == [[0] * 3] * 3  # empty lists
+
+
+def test_narrow_label_dtypes_are_compared_without_wrapping():
+  """uint8 labels with 256 classes (255 < 256 must not wrap to 255 < 0)."""
+  scores = np.zeros((2, 256), np.float32)
+  labels = np.array([255, 3], np.uint8)
+  for f in (losses.softmax_cross_entropy, jax.jit(losses.softmax_cross_entropy)):
+    np.testing.assert_allclose(f(scores, labels), [np.log(256)] * 2, rtol=1e-6)
+  for f in (metrics.confusion_matrix, jax.jit(metrics.confusion_matrix, static_argnums=2)):
+    assert int(f(labels, labels, 256).sum()) == 2
+    assert int(f(np.array([127], np.int8), np.array([1], np.int8), 200)[127, 1]) == 1

@@ -201,29 +201,47 @@ def test_train_step_in_your_own_loop_equals_the_trainer():
                params, res.params)
 
 
-@pytest.mark.parametrize("make_tx", [
-    lambda: optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=1,
-                                                                         factor=0.5)),
-    lambda: optax.polyak_sgd(max_learning_rate=0.5)], ids=["reduce_on_plateau", "polyak_sgd"])
-def test_transformations_that_take_the_loss_value_get_it(make_tx):
-  """Transformations with extra arguments get the objective as ``value``: the step equals a
-  hand-written optax loop passing it (without it, update raised a TypeError)."""
+def _custom_value_tx():
+  """A transformation whose update names ``value`` and takes no other extra argument."""
+  def update(updates, state, params=None, value=None):
+    del params
+    return jax.tree.map(lambda g: -0.1 * g / (1.0 + value), updates), state
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+@pytest.mark.parametrize("make_tx, takes_value", [
+    # sgd far too fast: the objective stops falling and the plateau halves the rate
+    (lambda: optax.chain(optax.sgd(20.0), optax.contrib.reduce_on_plateau(patience=1,
+                                                                           factor=0.5)), True),
+    (lambda: optax.polyak_sgd(max_learning_rate=0.5), True), (_custom_value_tx, True),
+    (lambda: optax.contrib.sam(optax.sgd(0.1), optax.sgd(0.1)), False)],
+    ids=["reduce_on_plateau", "polyak_sgd", "custom", "sam"])
+def test_transformations_that_take_the_loss_value_get_it(make_tx, takes_value):
+  """Transformations with extra arguments get the objective (penalty included) as
+  ``value`` where they take it: the step equals a hand-written optax loop passing it
+  (without it, update raised a TypeError); those that take no value (sam) get none."""
   x, y = _problem()
-  tx = make_tx()
+  tx, reg = make_tx(), 0.1
   params = linear.init_params(jax.random.key(0), 6, 3)
-  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx,
+                                       reg=reg))
   mine, theirs = (params, tx.init(params)), (params, tx.init(params))
 
   def f(p):
-    return jnp.mean(losses.softmax_cross_entropy(linear.scores(p, x), y))
-  for _ in range(6):
+    return (jnp.mean(losses.softmax_cross_entropy(linear.scores(p, x), y))
+            + reg * losses.l2_penalty(p))
+  for _ in range(8):
     p, state, metrics = step(*mine, (x, y))
     value, grad = jax.value_and_grad(f)(theirs[0])
-    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
-    updates, st = tx.update(grad, theirs[1], theirs[0], value=value)
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
+    extra = {"value": value} if takes_value else {}
+    updates, st = tx.update(grad, theirs[1], theirs[0], **extra)
     mine, theirs = (p, state), (optax.apply_updates(theirs[0], updates), st)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                mine[0], theirs[0])
+  scale = optax.tree.get(mine[1], "scale", None)
+  if make_tx is not _custom_value_tx and takes_value and scale is not None:
+    assert float(scale) < 1.0  # the plateau was reached: the objective reached it
 
 
 def test_fixed_transformation_grids_over_reg_only():
