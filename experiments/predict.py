@@ -1,12 +1,16 @@
-r"""Classify image files with a saved model (no TensorFlow needed).
+r"""Classify image files with a saved model.
 
   python -m experiments.predict --model=runs/softmax/model.npz cat.jpg plane.png
 
-Images of any size and common format are converted to 8-bit RGB and resized to
-the model's input: 16-bit and 32-bit integer images are scaled to 8 bits,
-float images in [0, 1] are scaled by 255, palette, grayscale and CMYK images
-are converted, and transparent pixels are composited on white. Anything else
-(e.g. float images outside [0, 1]) is refused with one line. Prints the top
+JPEG, PNG, GIF and BMP files are decoded exactly as the experiments decode an
+image folder (``jaxlin.data.decode_image``: TensorFlow's decoder and its JPEG
+DCT, alpha dropped), so a model gives the run's own predictions on the run's
+files. Other formats (TIFF, WebP, ...) are read with Pillow and converted to
+8-bit RGB the same way: alpha dropped, 16-bit and 32-bit integer images
+scaled to 8 bits, float images in [0, 1] scaled by 255, palette, grayscale and
+CMYK images converted. Images of another size are resized to the model's
+input. Anything else (e.g. float images outside [0, 1]) is refused with one
+line. Prints the top
 classes per image, with probabilities (softmax) or scores (SVM). A bad model
 file is one error line (exit code 2); an unreadable image gets one error line
 and the others are still classified (exit code 1 if any failed).
@@ -14,6 +18,7 @@ and the others are still classified (exit code 1 if any failed).
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 
 import numpy as np
@@ -21,7 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 from experiments import config as cfg
 from experiments.config import option
-from jaxlin import checkpoint
+from jaxlin import checkpoint, data
+from jaxlin.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +58,8 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
       a = a / 257  # 65535 -> 255
     grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
-  if mode == "P":
-    img = img.convert("RGBA")
-  elif mode == "PA":
-    img = img.convert("RGBA")
-  if img.mode in ("RGBA", "LA", "La", "RGBa"):
-    img = img.convert("RGBA")
-    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(white, img)
+  if mode in ("P", "PA", "LA", "La", "RGBa"):
+    img = img.convert("RGBA")  # then RGB: alpha dropped, as the folder decoder drops it
   try:
     return np.asarray(img.convert("RGB"), np.uint8)
   except (ValueError, OSError) as e:
@@ -72,8 +72,16 @@ def read_image(path: str, image_shape) -> np.ndarray:
   if c not in (1, 3):
     raise ImageError(f"the model takes images of {c} channels; this command reads RGB (3) or "
                      "grayscale (1) images")
-  with Image.open(path) as img:
-    rgb = to_rgb8(img)
+  with open(path, "rb") as f:
+    encoded = f.read()
+  with Image.open(io.BytesIO(encoded)) as img:  # the header: Pillow's decompression-bomb check
+    if encoded.startswith(data.FOLDER_FORMATS):  # as the experiments read an image folder
+      try:
+        rgb = data.decode_image(encoded)
+      except DataError as e:
+        raise ImageError(str(e)) from None
+    else:
+      rgb = to_rgb8(img)
   if rgb.shape[:2] != (h, w):
     rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), np.uint8)
   if c == 1:

@@ -229,6 +229,31 @@ def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
   return [p for p, _ in examples], np.array([c for _, c in examples], np.int32)
 
 
+FOLDER_FORMATS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
+
+
+def decode_image(encoded: bytes) -> np.ndarray:
+  """(H, W, 3) uint8 pixels of one encoded JPEG, PNG, GIF or BMP file, decoded exactly as
+  an image folder's files are (tfds.features.Image's decoder: TensorFlow's, its JPEG
+  DCT, alpha dropped, 16-bit PNG to 8 bits as TensorFlow does), so that a model applied
+  to the file sees what it was trained and tested on.
+
+  Raises:
+    DataError: not one of those formats, or a file that does not decode.
+  """
+  if not encoded.startswith(FOLDER_FORMATS):
+    raise DataError("not a JPEG, PNG, GIF or BMP file (the formats an image folder holds)")
+  tf = _tf()
+  try:
+    with _quiet_native_stderr():
+      image = tf.image.decode_image(tf.constant(encoded), channels=3, dtype=tf.uint8,
+                                    expand_animations=False)
+  except tf.errors.OpError as e:
+    raise DataError(f"cannot decode this image, truncated or corrupt? "
+                    f"({type(e).__name__})") from None
+  return image.numpy()
+
+
 def _load_folder_split(paths: list[str], labels: np.ndarray):
   """Decodes these files (rows of ``folder_examples``) as tfds.ImageFolder does."""
   tfds, tf = _tfds(), _tf()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments import predict
-from jaxlin import checkpoint
+from jaxlin import checkpoint, data
 from jaxlin.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,15 +139,52 @@ def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
   cmyk = Image.fromarray(rgb8).convert("CMYK")
   np.testing.assert_array_equal(read(_write(tmp_path, "c.tiff", cmyk)),
                                 np.asarray(cmyk.convert("RGB")))
-  # transparent pixels: on white
-  clear = np.zeros((4, 4, 4), np.uint8)
-  np.testing.assert_array_equal(read(_write(tmp_path, "t.png", Image.fromarray(clear))),
-                                np.full((4, 4, 3), 255, np.uint8))
+  # transparent pixels: alpha dropped, as the image-folder decoder drops it (PNG and TIFF)
+  clear = np.concatenate([rgb8, np.zeros((4, 4, 1), np.uint8)], -1)
+  np.testing.assert_array_equal(read(_write(tmp_path, "t.png", Image.fromarray(clear))), rgb8)
+  np.testing.assert_array_equal(read(_write(tmp_path, "t.tiff", Image.fromarray(clear))), rgb8)
   # float outside [0, 1]: refused, one line
   model = checkpoint.load(_save(tmp_path / "m.npz"))
   bad = _write(tmp_path, "big.tiff", Image.fromarray(np.full((4, 4), 7.5, np.float32)))
   (_, top, error), = predict.classify(model, [bad])
   assert top is None and error.startswith(f"cannot read {bad}: a float image with values")
+
+
+def test_files_are_read_as_the_image_folder_decodes_them(tmp_path):
+  """The run's own files give the run's pixels: JPEG (TensorFlow's DCT, not Pillow's),
+  PNG with transparency (alpha dropped, not composited), 16-bit, grey and palette PNG.
+  (A model file used to disagree with its run on JPEG and transparent PNG folders.)"""
+  rng = np.random.default_rng(3)
+  rgb = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+  alpha = rng.integers(0, 256, (32, 32, 1)).astype(np.uint8)
+  folder = tmp_path / "images"
+  for split in ("train", "test"):
+    os.makedirs(folder / split / "a")
+  files = {"q.jpg": (Image.fromarray(rgb), {"quality": 75}),
+           "t.png": (Image.fromarray(np.concatenate([rgb, alpha], -1)), {}),
+           "w.png": (Image.fromarray(rgb[..., 0].astype(np.uint16) * 251), {}),
+           "g.png": (Image.fromarray(rgb[..., 1]), {}),
+           "p.png": (Image.fromarray(rgb).quantize(64), {}),
+           "b.bmp": (Image.fromarray(rgb), {})}
+  for name, (img, kw) in files.items():
+    img.save(folder / "train" / "a" / name, **kw)
+  Image.fromarray(rgb).save(folder / "test" / "a" / "x.png")
+  paths, _ = data.folder_examples(str(folder), "train")
+  decoded = data.load_split(f"folder:{folder}", "train", cache_dir=None)[0]
+  for path, pixels in zip(paths, decoded):
+    np.testing.assert_array_equal(predict.read_image(path, (32, 32, 3)), pixels,
+                                  err_msg=path)
+  jpeg = predict.read_image(str(folder / "train" / "a" / "q.jpg"), (32, 32, 3))
+  with Image.open(folder / "train" / "a" / "q.jpg") as img:
+    assert not np.array_equal(jpeg, np.asarray(img))  # Pillow's DCT differs: not used
+  cut = _write(tmp_path, "cut.jpg", Image.fromarray(rgb), quality=90)
+  with open(cut, "rb") as f:
+    head = f.read(200)
+  with open(cut, "wb") as f:
+    f.write(head)
+  model = checkpoint.load(_save(tmp_path / "m.npz"))
+  (_, top, error), = predict.classify(model, [cut])  # one error line, as before
+  assert top is None and error.startswith(f"cannot read {cut}: ")
 
 
 @pytest.mark.parametrize("flag, error", [
