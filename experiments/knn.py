@@ -63,6 +63,9 @@ def validate(config) -> Config:
           f"--num_val must be >= 1 when --cv_folds=0 (>= 0 otherwise), got {c.num_val}")
   require(c.search in knn.METHODS, "search",
           f"unknown --search {c.search!r}; choose from {', '.join(knn.METHODS)}")
+  require(c.search != "pruned" or "cosine" not in metric, "search",
+          "--search=pruned serves --metric=l1,l2 (its lower bounds), not cosine; use "
+          "--search=auto or brute, or leave cosine out of --metric")
   require(c.tie_break in knn.TIE_BREAKS, "tie_break",
           f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
   require(c.cv_num_train >= 0, "cv_num_train",

@@ -26,6 +26,7 @@ from experiments import common, hosts as hosts_lib, tensorboard
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
+from jaxlin.errors import DataError
 
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")
@@ -180,10 +181,18 @@ def _inputs(c: Config, ds: data.Dataset, hosts):
   Statistics are sums over the training rows of every process (one host: the same numbers).
   """
   mean, scale = hosts.pixel_stats(ds.train)  # one scalar scale: keeps lr / reg scales sane
+  if not float(scale) > 0:
+    raise DataError(f"the {ds.train.total} training image(s) are all the same (their pixels' "
+                    "standard deviation is 0): nothing to learn from; use more, different "
+                    "training images (--num_train)")
   prep = dict(mean_image=np.asarray(mean), scale=scale)
   if c.features == "pixels":
     return (*(data.preprocess(s.images, mean) / scale for s in (ds.train, ds.val, ds.test)),
             prep)
+  h, w = ds.train.images.shape[1:3]
+  if min(h, w) < 8:  # features.extract's cells of 8 x 8 pixels
+    raise DataError(f"--features=hog_hsv describes cells of 8 x 8 pixels, but the images are "
+                    f"{h} x {w}; use --features=pixels, or larger images")
   cache = os.path.expanduser(c.cache_dir) if c.cache_dir else None
   with common.progress("HOG + hue features", None, "img") as bar:
     raw = [features.cached_extract(s.images, cache_dir=cache, callback=common.tile_callback(bar))

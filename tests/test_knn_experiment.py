@@ -89,6 +89,7 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(num_train=0, cv_num_train=10, k=[9]), "use smaller k or more --cv_num_train"),
     (dict(num_train=50, cv_num_train=3), "--cv_folds=5 is more than the 3 training images of "
                                          "--cv_num_train"),
+    (dict(search="pruned", metric=["l1", "cosine"]), "--search=pruned serves --metric=l1,l2"),
 ])
 def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):

@@ -12,7 +12,8 @@ from experiments import common
 from experiments import linear as linear_exp
 from experiments import predict
 from jaxlin import checkpoint, data, linear
-from jaxlin.errors import ConfigError, DivergenceError
+from jaxlin.errors import ConfigError, DataError, DivergenceError
+from tests.conftest import make_image_folder
 
 # Module fixtures build one shared run: keep this file on one test worker.
 pytestmark = pytest.mark.xdist_group("test_linear_experiment")
@@ -29,7 +30,6 @@ def _strict(text):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-  from tests.conftest import make_image_folder
   root = str(tmp_path_factory.mktemp("linear") / "images")
   return root, make_image_folder(root)
 
@@ -178,9 +178,26 @@ def test_divergence_leaves_no_results(folder, tmp_path):
   assert "try smaller --learning_rate" in line and "learning_rates" not in line
 
 
+def test_one_training_image_is_one_error_before_training(folder, tmp_path):
+  """One image has no pixel spread to scale by: it used to fail after training (a NaN
+  scale in the evaluation, or a model that could not be saved)."""
+  root, _ = folder
+  with pytest.raises(DataError, match="are all the same .* nothing to learn from"):
+    linear_exp.run(dict(dataset=f"folder:{root}", num_train=1, num_val=1, num_test=2,
+                        batch_size=1, num_steps=2), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd" / "results.json").exists()
+
+
+def test_hog_on_images_smaller_than_a_cell_names_the_flags(tmp_path):
+  make_image_folder(str(tmp_path / "tiny"), per_class_train=4, per_class_test=2, size=4)
+  with pytest.raises(DataError, match=r"cells of 8 x 8 pixels, but the images are 4 x 4; use "
+                                      r"--features=pixels"):  # named a --cell flag
+    linear_exp.run(dict(dataset=f"folder:{tmp_path / 'tiny'}", num_val=2, batch_size=2,
+                        num_steps=1, features="hog_hsv"), str(tmp_path / "wd"))
+
+
 @pytest.fixture(scope="module")
 def folder16(tmp_path_factory):
-  from tests.conftest import make_image_folder
   root = str(tmp_path_factory.mktemp("linear16") / "images")
   make_image_folder(root, size=16)  # 16x16: 2x2 HOG cells
   return root
