@@ -99,6 +99,7 @@ def validate(config) -> Config:
   cfg.finite(c.mlp_epochs, "mlp_epochs")
   require(c.mlp_epochs is None or c.mlp_epochs > 0, "mlp_epochs",
           f"--mlp_epochs must be > 0, got {c.mlp_epochs}")
+  _check_minibatch(c, c.num_train)
   configs = stage_configs(c)
   for s in c.stages:  # every stage's own checks, before any heavy work
     module, stage_config = configs[s]
@@ -107,6 +108,17 @@ def validate(config) -> Config:
     except JaxlinError as e:
       raise common.rename_flags(e, STAGE_FLAGS.get(s, {})) from None
   return c
+
+
+def _check_minibatch(c: Config, num_train: int) -> None:
+  """The linear stages train on minibatches of the linear experiment's default size: a
+  ConfigError naming --num_train when fewer training images than that are used."""
+  batch = linear_exp.Config.batch_size
+  linear = [s for s in c.stages if s != "knn"]
+  require(not linear or not num_train or num_train >= batch, "num_train",
+          f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "
+          f"images, but --num_train={num_train}; use --num_train of at least {batch} (0 = "
+          f"all), or --stages=knn")
 
 
 def _row(stage: str, r: dict) -> dict:
@@ -196,9 +208,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       except DataError:
         raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
-        logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
-        if isinstance(e, JaxlinError):
+        if isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
+          logging.error("stage %s failed: %s", stage, e)
+        else:
+          logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
         rows[stage] = {"error": f"{type(e).__name__}: {e}".replace("|", "/").replace("\n", " ")}
       logging.info("[%d/%d] %s done in %.1f s: %s", i, len(c.stages), stage, stage_t(),
                    {k: v for k, v in rows[stage].items()

@@ -110,6 +110,8 @@ def test_unknown_key_is_refused():
     (linear_exp, dict(init_scale=0.0), "--init_scale must be > 0"),
     (study, dict(mlp_hidden_size=0), "--mlp_hidden_size must be >= 1"),
     (study, dict(num_train=3, stages=["knn"]), r"--num_train must be 0 \(all\) or at least 5"),
+    (study, dict(num_train=40), r"minibatches of 200 images, but --num_train=40"),  # named
+    # --batch_size, which the study does not have
     (study, dict(mlp_epochs=math.nan), "--mlp_epochs must be a finite number"),
 ])
 def test_bad_values_are_refused_before_anything_is_read(module, override, message, tmp_path):

@@ -94,3 +94,21 @@ def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
   with pytest.raises(DataError, match="does not exist"):
     study.run(dict(dataset=f"folder:{tmp_path}/none"), str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "report.md").exists()
+
+
+def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypatch, caplog):
+  """A stage's own error (ConfigError, DataError, ...) is its line in the log, as on the
+  command line; only an unexpected exception gets a traceback."""
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=4, per_class_test=1)
+
+  def fail(cfg, workdir, **kw):
+    raise ConfigError("--batch_size=200 exceeds the 10 training images", argument="batch_size")
+
+  monkeypatch.setattr(linear_exp, "run", fail)
+  with caplog.at_level("ERROR"):
+    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["softmax"]),
+                    str(tmp_path / "wd"))
+  assert res["failed_stages"] == ["softmax"]
+  assert "stage softmax failed: --batch_size=200 exceeds the 10" in caplog.text
+  assert "Traceback" not in caplog.text
