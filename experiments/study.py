@@ -170,7 +170,10 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float)
                  f"**{_pct(r['test_accuracy'])}** | {train} | "
                  f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']} |")
   lines += ["", "kNN's validation figure is the mean 5-fold cross-validation accuracy; kNN "
-            "does its work at test time, the others at training time.", ""]
+            "does its work at test time, the others at training time. Times are wall clock "
+            "and include JIT compilation, which the first stage of a kind pays for the "
+            "programs later stages reuse (the linear SVM's for softmax): compare them "
+            "across stages with care, above all on small data.", ""]
   figures = [("knn", "cross_validation.png", "kNN: accuracy vs k by cross-validation"),
              ("knn", "neighbors.png", "kNN: test images and their nearest training images"),
              ("softmax", "weights.png", "Softmax: each class's learned template"),

@@ -270,7 +270,7 @@ class _GridState(NamedTuple):
   opt_state: Any    # pytree, leaves (G, ...)
   step: Any         # () int32
   alive: Any        # (G,) bool: False once a member's loss was not finite
-  diverged_at: Any  # (G,) int32: step of the first non-finite loss or parameters, -1 if none
+  diverged_at: Any  # (G,) int32: step (from 1) of the first non-finite loss or params, or -1
 
 
 @dataclasses.dataclass
@@ -280,8 +280,9 @@ class FitResult:
   params: (G, ...) final parameters of every member (``member(params, g)`` for one).
   losses: (steps, G) training objective at every step.
   history: per logged step {"step", "epoch", "loss", "<name>_accuracy"} (arrays over G).
-  diverged_at: (G,) step of the first non-finite loss (or of a step that would have made
-    the parameters non-finite: they stay as before it), -1 where finite throughout.
+  diverged_at: (G,) step (counted from 1, as history's "step") of the first non-finite
+    loss (or of a step that would have made the parameters non-finite: they stay as
+    before it), -1 where finite throughout.
   """
   params: Any
   losses: np.ndarray
@@ -432,7 +433,8 @@ class Trainer:
       keep = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
       params = jax.tree.map(keep, new_p, state.params)
       opt_state = jax.tree.map(keep, new_o, state.opt_state)
-      diverged_at = jnp.where(state.alive & ~finite, state.step, state.diverged_at)
+      # Steps count from 1, as history's "step" (step s is the s-th update).
+      diverged_at = jnp.where(state.alive & ~finite, state.step + 1, state.diverged_at)
       alive = state.alive & finite
       return _GridState(params, opt_state, state.step + valid.astype(jnp.int32), alive,
                         diverged_at), value

@@ -76,7 +76,7 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
   t = _trainer("sgd")
   res = t.fit(jax.random.key(0), x, y, learning_rates=[0.05, 1e3], regs=[1.0, 1.0], batch_size=16,
               num_steps=30)
-  assert res.diverged_at[0] == -1 and 0 <= res.diverged_at[1] < 30
+  assert res.diverged_at[0] == -1 and 1 <= res.diverged_at[1] <= 30
   assert np.all(np.isfinite(np.asarray(res.params["W"][1])))  # frozen before the NaN
   with pytest.raises(DivergenceError, match=r"at step \d+ .*smaller learning_rates") as e:
     t.fit(jax.random.key(0), x, y, learning_rates=[1e3, 1e3], regs=[1.0, 1.0], batch_size=16,
@@ -91,13 +91,13 @@ def test_a_step_that_makes_parameters_non_finite_is_not_taken():
   res = _trainer("sgd", "svm").fit(jax.random.key(0), x * 10, y, learning_rates=[1e-3, 1e38],
                                    regs=[0.0, 1.0], batch_size=20, num_steps=6,
                                    eval_sets={"val": (x, y)})
-  assert res.diverged_at.tolist() == [-1, 0]  # at its first step
+  assert res.diverged_at.tolist() == [-1, 1]  # at its first step (counted from 1)
   start = LINEAR.init(jax.random.split(jax.random.key(0))[0])
   np.testing.assert_array_equal(train.member(res.params, 1)["W"], start["W"])  # never moved
   final = _trainer("sgd", "svm").accuracy(res.params, x, y)
   assert res.history[-1]["val_accuracy"][1] == final[1]
   with pytest.raises(DivergenceError, match="the loss or the parameters became inf or NaN at "
-                     "step 0"):  # its loss was finite: the parameters are named too
+                     "step 1"):  # its loss was finite: the parameters are named too
     _trainer("sgd", "svm").fit(jax.random.key(0), x * 10, y, learning_rates=[1e38], regs=[1.0],
                                batch_size=20, num_steps=2)
 
