@@ -234,7 +234,8 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
       multihost.start(launch, kind, c)
     results = run(c, launch.workdir, overwrite=launch.overwrite)
   except JaxlinError as e:
-    print(f"error: {flag_message(e, flags)}", file=sys.stderr)
+    # jaxlin.data names the dataset argument "name"; the experiments' flag is --dataset.
+    print(f"error: {flag_message(e, {'name': 'dataset', **(flags or {})})}", file=sys.stderr)
     _exit(EXIT_USAGE)
   except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)

@@ -103,11 +103,11 @@ def _tfds():
 def parse_name(name: str) -> tuple[str, str]:
   """("folder", PATH) for "folder:PATH", else ("tfds", name)."""
   if not isinstance(name, str) or not name.strip():
-    raise DataError("the dataset name is empty; use cifar10 or folder:PATH", argument="name")
+    raise DataError("name is empty; give a dataset: cifar10 or folder:PATH", argument="name")
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     if not path:
-      raise DataError("dataset name folder: needs a path, e.g. folder:/data/cifar10",
+      raise DataError("name 'folder:' needs a path, e.g. folder:/data/cifar10",
                       argument="name")
     return "folder", os.path.abspath(os.path.expanduser(path))
   return "tfds", name
@@ -122,7 +122,8 @@ def check_name(name: str) -> None:
   tfds = _tfds()
   if value.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
     raise DataError(f"unknown dataset {value!r}; use cifar10 (through tfds) or folder:PATH "
-                    "(a local image folder with PATH/train/<class>/*.jpg and PATH/test/<class>/*)")
+                    "(a local image folder with PATH/train/<class>/*.jpg and PATH/test/<class>/*)"
+                    + _folder_hint(value))
 
 
 # --------------------------------------------------------------------------
@@ -365,7 +366,17 @@ def _tfds_builder(name: str, data_dir: str | None):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError and friends
-    raise DataError(f"unknown dataset {name!r} ({e}); use cifar10 or folder:PATH") from e
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # tfds's message lists every dataset it knows (hundreds of lines): its first line only.
+    raise DataError(f"unknown dataset {name!r} ({first.rstrip('.')}); use cifar10 or "
+                    f"folder:PATH{_folder_hint(name)}") from e
+
+
+def _folder_hint(name: str) -> str:
+  """A hint for a dataset name that looks like a folder but lacks "folder:"."""
+  if os.sep in name or os.path.isdir(os.path.expanduser(name)):
+    return f"; for a local image folder write folder:{name}"
+  return ""
 
 
 def _tfds_dataset(name: str, split: str, data_dir: str | None):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments import common
 from experiments import config as cfg
 from experiments import knn as knn_exp
 from jaxlin import data, selection
@@ -104,6 +105,17 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
     knn_exp.run(dict(dataset="cifar10"), str(blocker / "wd"))
   with pytest.raises(DataError, match="does not exist"):
     knn_exp.run(dict(dataset=f"folder:{tmp_path}/missing"), str(tmp_path / "wd"))
+  # tfds's own message lists every dataset it has (460 lines): its first line only; a path
+  # without folder: gets the hint.
+  for name, end in (("foo_bar", "use cifar10 or folder:PATH"),
+                    (str(tmp_path), f"for a local image folder write folder:{tmp_path}")):
+    with pytest.raises(DataError) as e:
+      knn_exp.run(dict(dataset=name), str(tmp_path / "wd"))
+    assert "\n" not in str(e.value) and str(e.value).endswith(end), str(e.value)
+  with pytest.raises(DataError) as e:
+    knn_exp.run(dict(dataset=""), str(tmp_path / "wd"))
+  assert common.flag_message(e.value, {"name": "dataset"}) == (
+      "--dataset is empty; give a dataset: cifar10 or folder:PATH")
   assert not (tmp_path / "wd" / "results.json").exists()
 
 
