@@ -114,16 +114,21 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
   return [tuple(r) for r in out]
 
 
+def _usage_error(message: str) -> None:
+  """One line on stderr and exit code 2, as the experiments' bad flags."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
-  from absl import app  # pylint: disable=import-outside-toplevel
   c = Config.make(cfg.from_flags(Config))
   paths = argv[1:]
-  if not paths:
-    raise app.UsageError("give one or more image files after the flags")
   if not c.model:
-    sys.exit("error: --model is required: the model.npz an experiment wrote")
+    _usage_error("--model is required: the model.npz an experiment wrote")
   if c.top < 1:
-    sys.exit("error: --top must be >= 1")
+    _usage_error(f"--top must be >= 1, got {c.top}")
+  if not paths:
+    _usage_error("give one or more image files after the flags")
   try:
     model = checkpoint.load(c.model)
   except checkpoint.ModelFileError as e:

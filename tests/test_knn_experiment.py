@@ -123,6 +123,8 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
     ("--k=0", "error: --k values must be >= 1, got [0]"),
     ("--cv_num_train=2.5", "error: flag --cv_num_train=2.5: invalid literal for int() with "
                            "base 10: '2.5'"),  # absl's own parsing: the same one line, exit 2
+    ("3", "error: unexpected arguments '3': every value goes in a flag, lists comma-separated "
+          "without spaces (e.g. --k=1,3 --metric=l1,l2)"),  # `--k 1 3`: was absl's whole help
 ])
 def test_command_line_error_is_one_line(tmp_path, flag, error):
   proc = subprocess.run(
