@@ -24,9 +24,12 @@ from jaxlin.errors import InputError
 __all__ = ["save", "cross_validation", "neighbors", "confusion", "templates", "curves", "grid"]
 
 
-def save(fig: matplotlib.figure.Figure, path: str, *, dpi: int = 110) -> str:
+def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) -> str:
   """Write ``fig`` at ``path`` (folders made; atomic; the user's umask) -> path, in the
   format its extension names (.png, .pdf, .svg, .jpg, ...; no extension: PNG).
+
+  dpi: default matplotlib's ``savefig.dpi`` where your matplotlibrc (or rcParams) sets a
+  number, else 110.
 
   The figure stays open and usable (e.g. shown again in a notebook).
   """
@@ -36,6 +39,9 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: int = 110) -> str:
   if ext not in supported:
     raise InputError(f"cannot write a figure as .{ext} ({path}); use one of "
                      f"{', '.join('.' + e for e in sorted(supported))}", argument="path")
+  if dpi is None:
+    rc = matplotlib.rcParams["savefig.dpi"]
+    dpi = 110 if rc == "figure" else rc
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   return files.atomic_write(
       path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))

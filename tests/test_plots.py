@@ -157,3 +157,15 @@ def test_everything_the_library_returns_or_a_user_holds_is_drawn():
   plots.templates(np.zeros((16, 3)), (4, 4), NAMES)  # grayscale
   with pytest.raises(InputError, match=r"image_shape 16 must be \(H, W\) or \(H, W, C\)"):
     plots.templates(np.zeros((48, 3)), 16, NAMES)
+
+
+def test_save_takes_matplotlibs_savefig_dpi_else_110(tmp_path):
+  fig = CALLS["curves"](None)
+  sizes = {}
+  for name, rc in (("default", "figure"), ("rc", 55)):
+    with matplotlib.rc_context({"savefig.dpi": rc}):
+      with Image.open(plots.save(fig, str(tmp_path / f"{name}.png"))) as im:
+        sizes[name] = im.size[0]
+  with Image.open(plots.save(fig, str(tmp_path / "given.png"), dpi=55)) as im:
+    assert im.size[0] == sizes["rc"]
+  assert sizes["default"] == pytest.approx(sizes["rc"] * 110 / 55, rel=0.05)
