@@ -58,10 +58,12 @@ class Workdir:
     self.kind, self.overwrite = kind, overwrite
     self.staging: str | None = None
     self._lock_fd: int | None = None
+    self._made = False  # this run made the folder: a failed first run removes it again
 
   # ---- opening ---------------------------------------------------------------------------
   def open(self) -> "Workdir":
     try:
+      self._made = not os.path.exists(self.path)
       os.makedirs(self.path, exist_ok=True)
       self._lock()
     except OSError as e:
@@ -164,6 +166,11 @@ class Workdir:
       shutil.rmtree(self.staging, ignore_errors=True)
       self.staging = None
     self._unlock()
+    if self._made:  # a first run that failed leaves no empty folder behind
+      try:
+        os.rmdir(self.path)  # only if empty: a committed run's files stay
+      except OSError:
+        pass
 
   def _unlock(self) -> None:
     if self._lock_fd is not None:

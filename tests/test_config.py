@@ -141,7 +141,7 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
     knn_exp.run(dict(dataset=f"folder:{root}", num_train=0, num_test=0, num_val=6, k=[1],
                      metric=["l1", "l2"],
                      cv_folds=10), str(tmp_path / "wd"))
-  assert os.listdir(tmp_path / "wd") == []  # nothing staged is left
+  assert not (tmp_path / "wd").exists()  # nothing staged is left, nor the folder it made
 
 
 @pytest.mark.parametrize("args, message", [

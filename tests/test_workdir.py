@@ -58,6 +58,18 @@ def _copy(src, dst):
   return dst
 
 
+def test_a_failed_first_run_leaves_no_folder_and_a_given_folder_stays(folder, tmp_path):
+  # Found only once the data is read (the workdir open): more folds than training images.
+  bad = dict(KNN, dataset=f"folder:{folder}", num_train=0, k=[1, 3], cv_folds=1000)
+  with pytest.raises(ConfigError):
+    knn_exp.run(bad, str(tmp_path / "new" / "wd"))
+  assert not (tmp_path / "new" / "wd").exists()  # it made the folder: an empty one was left
+  (tmp_path / "mine").mkdir()
+  with pytest.raises(ConfigError):
+    knn_exp.run(bad, str(tmp_path / "mine"))
+  assert (tmp_path / "mine").is_dir() and not os.listdir(tmp_path / "mine")  # the user's
+
+
 def test_a_failed_rerun_keeps_the_previous_run(finished, tmp_path):
   wd = _copy(finished, tmp_path / "wd")
   before = _snapshot(wd)
