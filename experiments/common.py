@@ -19,7 +19,7 @@ from jaxlin import files, plots
 from jaxlin.errors import JaxlinError
 
 SHARD_MODES = ("auto", "none", "queries", "database")
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = cfg.EXIT_USAGE, 1, 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,11 +302,10 @@ def main(kind: str, config_cls, run, **kwargs) -> None:
   cfg.define_flags(Launch)
 
   def _main(argv):
-    if len(argv) > 1:  # one line and exit code 2, as every bad flag (not absl's whole help)
-      print(f"error: unexpected arguments {' '.join(argv[1:])!r}: every value goes in a flag, "
-            "lists comma-separated without spaces (e.g. --k=1,3 --metric=l1,l2)",
-            file=sys.stderr)
-      sys.exit(2)
+    if len(argv) > 1:
+      cfg.usage_error(f"unexpected arguments {' '.join(argv[1:])!r}: every value goes in a "
+                      "flag, lists comma-separated without spaces (e.g. --k=1,3 "
+                      "--metric=l1,l2)")
     run_main(kind, config_cls, run, **kwargs)
 
   app.run(_main, flags_parser=cfg.parse_flags)

@@ -197,6 +197,16 @@ def floats(values, name: str) -> tuple[float, ...]:
                       argument=name) from None
 
 
+EXIT_USAGE = 2  # a bad flag, argument or dataset
+
+
+def usage_error(message: str) -> None:
+  """One line on stderr and exit code 2: the programs' answer to arguments they cannot
+  use, before any work (absl's own would print the whole help and exit with 1)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USAGE)
+
+
 def require(ok: bool, name: str, message: str) -> None:
   """Raises ConfigError(message) naming the flag ``name`` unless ``ok``."""
   if not ok:

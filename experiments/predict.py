@@ -114,26 +114,19 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
   return [tuple(r) for r in out]
 
 
-def _usage_error(message: str) -> None:
-  """One line on stderr and exit code 2, as the experiments' bad flags."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv):
   c = Config.make(cfg.from_flags(Config))
   paths = argv[1:]
   if not c.model:
-    _usage_error("--model is required: the model.npz an experiment wrote")
+    cfg.usage_error("--model is required: the model.npz an experiment wrote")
   if c.top < 1:
-    _usage_error(f"--top must be >= 1, got {c.top}")
+    cfg.usage_error(f"--top must be >= 1, got {c.top}")
   if not paths:
-    _usage_error("give one or more image files after the flags")
+    cfg.usage_error("give one or more image files after the flags")
   try:
     model = checkpoint.load(c.model)
   except checkpoint.ModelFileError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cfg.usage_error(str(e))
   what = "probability" if model.loss == "softmax" else "score"
   failed = 0
   for path, top, error in classify(model, paths, c.top):

@@ -99,7 +99,7 @@ def validate(config) -> Config:
   cfg.finite(c.mlp_epochs, "mlp_epochs")
   require(c.mlp_epochs is None or c.mlp_epochs > 0, "mlp_epochs",
           f"--mlp_epochs must be > 0, got {c.mlp_epochs}")
-  _check_minibatch(c, c.num_train)
+  _check_minibatch(c)
   configs = stage_configs(c)
   for s in c.stages:  # every stage's own checks, before any heavy work
     module, stage_config = configs[s]
@@ -110,10 +110,10 @@ def validate(config) -> Config:
   return c
 
 
-def _check_minibatch(c: Config, num_train: int) -> None:
+def _check_minibatch(c: Config) -> None:
   """The linear stages train on minibatches of the linear experiment's default size: a
-  ConfigError naming --num_train when fewer training images than that are used."""
-  batch = linear_exp.Config.batch_size
+  ConfigError naming --num_train when it asks for fewer training images than that."""
+  batch, num_train = linear_exp.Config.batch_size, c.num_train
   linear = [s for s in c.stages if s != "knn"]
   require(not linear or not num_train or num_train >= batch, "num_train",
           f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "

@@ -102,6 +102,13 @@ def labels(values, num_classes_: int, name: str, n: int | None = None):
   return values
 
 
+def in_class_range(labels, num_classes_: int):
+  """Bool mask of the integer ``labels`` in [0, num_classes), compared in a dtype that
+  holds num_classes (uint8 labels with 256 classes do not wrap); works traced."""
+  labels = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+  return (labels >= 0) & (labels < num_classes_)
+
+
 @jax.jit
 def _float_stats_jit(x):
   return jnp.sum(~jnp.isfinite(x)), jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0))

@@ -170,7 +170,7 @@ def _find_bad_image(paths: Iterable[str]) -> str:
   for p in paths:
     try:
       with _quiet_native_stderr():
-        img = tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+        img = _tf_decoded(tf, tf.io.read_file(p))
     except Exception as e:  # pylint: disable=broad-except
       return f"cannot decode image {p} ({type(e).__name__}); remove or replace the file"
     if first_shape is None:
@@ -230,6 +230,12 @@ def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
   return [p for p, _ in examples], np.array([c for _, c in examples], np.int32)
 
 
+def _tf_decoded(tf, encoded):
+  """(H, W, 3) uint8 tensor of one encoded file: tfds.features.Image's decode call
+  (``tf.image.decode_image``, 3 channels, uint8), first frame of an animation."""
+  return tf.image.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
 FOLDER_FORMATS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
 
 
@@ -247,8 +253,7 @@ def decode_image(encoded: bytes) -> np.ndarray:
   tf = _tf()
   try:
     with _quiet_native_stderr():
-      image = tf.image.decode_image(tf.constant(encoded), channels=3, dtype=tf.uint8,
-                                    expand_animations=False)
+      image = _tf_decoded(tf, tf.constant(encoded))
   except tf.errors.OpError as e:
     raise DataError(f"cannot decode this image, truncated or corrupt? "
                     f"({type(e).__name__})") from None

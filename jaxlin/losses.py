@@ -56,8 +56,7 @@ def _nan_where_out_of_range(loss_N, labels_N, num_classes: int):
   """Traced labels cannot be checked: a label outside [0, C) gives a NaN loss (training
   then stops as diverged) instead of the loss of a clipped class. (Mask padded labels with
   ``jnp.where``, not by multiplying: NaN * 0 is NaN.)"""
-  labels = labels_N.astype(jnp.promote_types(labels_N.dtype, jnp.int32))  # C fits: no wrap
-  return jnp.where((labels >= 0) & (labels < num_classes), loss_N, jnp.nan)
+  return jnp.where(_checks.in_class_range(labels_N, num_classes), loss_N, jnp.nan)
 
 
 def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool = False):

@@ -55,10 +55,9 @@ def confusion_matrix(labels_N, preds_N, num_classes: int):
       if lo < 0 or hi >= num_classes:
         raise InputError(f"{name} must lie in [0, {num_classes}), got values in [{lo}, {hi}]",
                          argument=name)
-  labels_N, preds_N = (v.astype(jnp.promote_types(v.dtype, jnp.int32))  # C fits: no wrap
-                       for v in (labels_N, preds_N))
-  valid = ((labels_N >= 0) & (labels_N < num_classes) & (preds_N >= 0)
-           & (preds_N < num_classes))  # traced: out-of-range pairs are left out, not moved
+  # Traced: out-of-range pairs are left out, not moved into other cells.
+  valid = (_checks.in_class_range(labels_N, num_classes)
+           & _checks.in_class_range(preds_N, num_classes))
   flat = jnp.where(valid, labels_N.astype(jnp.int32) * num_classes + preds_N.astype(jnp.int32),
                    0)
   counts = jnp.bincount(flat, weights=valid.astype(jnp.int32),

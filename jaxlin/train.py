@@ -193,10 +193,8 @@ def _grid_numbers(values, name: str) -> np.ndarray:
       raw = np.asarray([np.asarray(v) for v in values])
     except (TypeError, ValueError):
       raw = np.asarray([], object)
-  items = raw.reshape(-1).tolist() if raw.dtype == object else []
-  real = (jnp.issubdtype(raw.dtype, jnp.integer) or jnp.issubdtype(raw.dtype, jnp.floating)
-          ) and raw.dtype != np.bool_  # bfloat16 too (numpy's kind "V")
-  if not real and not (raw.dtype == object and items and all(_is_number(v) for v in items)):
+  if raw.dtype == np.bool_ or not (jnp.issubdtype(raw.dtype, jnp.integer)
+                                   or jnp.issubdtype(raw.dtype, jnp.floating)):  # bfloat16 too
     raise InputError(f"{name} must be a 1-D sequence of real numbers, got {values!r}",
                      argument=name)
   if not isinstance(values, (np.ndarray, jax.Array)) and np.ndim(values) == 1 and any(
