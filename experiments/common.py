@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from experiments import config as cfg
 from experiments import supervisor
 from experiments.config import option, require
-from jaxlin import files, plots
+from jaxlin import files
 from jaxlin.errors import JaxlinError
 
 SHARD_MODES = ("auto", "none", "queries", "database")
@@ -135,6 +135,7 @@ class Run:
     if self.writer:
       path = self.file(os.path.join("plots", name))
       os.makedirs(os.path.dirname(path), exist_ok=True)
+      from jaxlin import plots  # pylint: disable=import-outside-toplevel  # matplotlib: 1 s
       plots.save(getattr(plots, function)(*args, **kwargs), path)
 
   def finish(self, results: dict) -> dict:

@@ -111,10 +111,9 @@ class Hosts:
     """(mean image, std of the centred pixels) over every process's rows of ``split``."""
     n = split.total
     mean = data.mean_from_sums(sharding.process_sum(data.pixel_sums(split.images)), n)
-    centred = split.images.astype(np.float32) - mean
-    size = n * centred[0].size
-    shift = sharding.process_sum(jnp.sum(centred)) / np.float32(size)
-    var = sharding.process_sum(jnp.sum((centred - shift) ** 2)) / np.float32(size)
+    size = n * int(np.prod(np.shape(split.images)[1:]))
+    shift = sharding.process_sum(_centred_sum(split.images, mean)) / np.float32(size)
+    var = sharding.process_sum(_centred_squares(split.images, mean, shift)) / np.float32(size)
     return mean, float(np.sqrt(var))
 
   def feature_stats(self, local_NxF, n: int) -> tuple[jax.Array, jax.Array]:
@@ -168,3 +167,13 @@ class Hosts:
 @jax.jit
 def _squared_deviations(x_NxF, mean_F):
   return jnp.sum(jnp.square(x_NxF - mean_F), axis=0)
+
+
+@jax.jit
+def _centred_sum(images, mean):
+  return jnp.sum(images.astype(jnp.float32) - mean)
+
+
+@jax.jit
+def _centred_squares(images, mean, shift):
+  return jnp.sum((images.astype(jnp.float32) - mean - shift) ** 2)

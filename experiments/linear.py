@@ -228,7 +228,8 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
   line_search = c.optimizer == "lbfgs"  # its line search sets the step: no rate, no schedule
   trainer = train.Trainer(model, loss_fn, optimizer=c.optimizer,
                           schedule=None if line_search else c.schedule, mesh=r.hosts.mesh)
-  multiplier = train.make_schedule("constant" if line_search else c.schedule, steps)
+  # Compiled once: the logged rate is one program, not one per operation of the schedule.
+  multiplier = jax.jit(train.make_schedule("constant" if line_search else c.schedule, steps))
   y_tr, y_va = jnp.asarray(ds.train.labels), jnp.asarray(ds.val.labels)
   if r.hosts.spread:  # rows of every process, as global arrays laid along the mesh
     x_tr, y_tr = (r.hosts.global_rows(ds.train, a) for a in (x_tr, y_tr))
@@ -254,12 +255,17 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
                         learning_rates=None if line_search else [g[0] for g in grid],
                         regs=[g[1] for g in grid], batch_size=c.batch_size, num_steps=steps,
                         log_every=c.log_every or None, num_examples=n_tr,
-                        eval_sets={"train": (x_tr[sub], y_tr[sub]), "val": val_set},
+                        eval_sets={"train": _take_rows((x_tr, y_tr), sub), "val": val_set},
                         callback=log)
       jax.block_until_ready(fit.params)
     finally:
       board.close()
   return fit
+
+
+@jax.jit
+def _take_rows(arrays, rows):  # one program for the gather, not one per operation
+  return tuple(a[rows] for a in arrays)
 
 
 def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:

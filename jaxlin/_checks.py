@@ -114,6 +114,18 @@ def _float_stats_jit(x):
   return jnp.sum(~jnp.isfinite(x)), jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0))
 
 
+@jax.jit
+def _min_max(x):
+  return jnp.min(x), jnp.max(x)
+
+
+def value_range(x) -> tuple[int, int]:
+  """(lowest, highest) of a concrete non-empty integer array: numpy for a host array, one
+  compiled program for a jax array."""
+  lo, hi = (np.min(x), np.max(x)) if isinstance(x, np.ndarray) else _min_max(x)
+  return int(lo), int(hi)
+
+
 def float_stats(x) -> tuple[int, float]:
   """(number of NaN / inf entries, largest finite absolute value) of a concrete float array:
   numpy on the host (no compilation), one compiled program for a jax array."""

@@ -162,7 +162,7 @@ def standardise(train_NxF, *others, stats=None):
   if stats is None:
     if train.shape[0] == 0:
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
-    mean, std = jnp.mean(train, axis=0), jnp.std(train, axis=0)
+    mean, std = _moments(train)
   else:
     if isinstance(stats, (str, bytes)) or np.ndim(stats) == 0 or len(stats) != 2:
       raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
@@ -172,10 +172,20 @@ def standardise(train_NxF, *others, stats=None):
                        f"{std.shape}", argument="stats")
     _checks.finite(mean, "stats", "the features would be NaN")
     _checks.finite(std, "stats", "the features would be NaN")
-    if not _checks.is_traced(std) and bool(jnp.any(std < 0)):
+    if not _checks.is_traced(std) and bool(np.any(np.asarray(std) < 0)):
       raise InputError("stats: std must be >= 0", argument="stats")
+  return _standardised((train,) + others, mean, std)
+
+
+@jax.jit
+def _moments(train_NxF):
+  return jnp.mean(train_NxF, axis=0), jnp.std(train_NxF, axis=0)
+
+
+@jax.jit  # one program for every array, not one per operation
+def _standardised(xs, mean, std):
   std = jnp.where(std > 0, std, 1.0)
-  return tuple((x - mean) / std for x in (train,) + others), (mean, std)
+  return tuple((x - mean) / std for x in xs), (mean, std)
 
 
 def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **settings):

@@ -388,7 +388,12 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   else:  # blocks laid along the mesh (or replicated across hosts): gathered once, at the end
     d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
-  return distances.to_distances(topk.as_float_distances(d), metric), i, {"method": "brute"}
+  return _user_distances(d, metric), i, {"method": "brute"}
+
+
+@functools.partial(jax.jit, static_argnames="metric")  # one program, not one per operation
+def _user_distances(d, metric):
+  return distances.to_distances(topk.as_float_distances(d), metric)
 
 
 def not_an_index(x, name: str) -> None:
@@ -523,6 +528,12 @@ def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, cal
   _, idx, _ = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
                       num_database=None, query_tile=None, database_tile=None,
                       callback=callback, names=names, method=method, image_shape=image_shape)
-  neighbor_labels = jnp.asarray(labels)[idx]
-  preds = jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])
+  preds = _votes(jnp.asarray(labels), idx, tuple(ks), num_classes, tie_break)
   return preds[0] if single else preds
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "num_classes", "tie_break"))
+def _votes(labels_N, idx_QxK, ks, num_classes, tie_break):
+  """(len(ks), Q) predictions: the vote of the first kk neighbours for each kk in ks."""
+  neighbor_labels = labels_N[idx_QxK]
+  return jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])

@@ -5,6 +5,8 @@ regularised (see ``jaxlin.losses.l2_penalty``).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,11 @@ def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3
   key = _checks.random_key(key)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
   num_classes = _checks.int_at_least(num_classes, "num_classes", 1)
+  return _init_params(key, num_features, num_classes, scale)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_params(key, num_features, num_classes, scale):
   return {"W": scale * jax.random.normal(key, (num_features, num_classes), jnp.float32),
           "b": jnp.zeros((num_classes,), jnp.float32)}
 

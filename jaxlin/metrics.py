@@ -1,6 +1,8 @@
 """Classification metrics on label arrays (numpy or jax)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,10 +53,15 @@ def confusion_matrix(labels_N, preds_N, num_classes: int):
     raise InputError(f"labels_N must be 1-D, got shape {labels_N.shape}", argument="labels_N")
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     if v.size and not isinstance(v, jax.core.Tracer):  # concrete: checked
-      lo, hi = int(np.min(v)), int(np.max(v))
+      lo, hi = _checks.value_range(v)
       if lo < 0 or hi >= num_classes:
         raise InputError(f"{name} must lie in [0, {num_classes}), got values in [{lo}, {hi}]",
                          argument=name)
+  return _confusion(labels_N, preds_N, num_classes)
+
+
+@functools.partial(jax.jit, static_argnums=2)  # one program, not one per operation
+def _confusion(labels_N, preds_N, num_classes):
   # Traced: out-of-range pairs are left out, not moved into other cells.
   valid = (_checks.in_class_range(labels_N, num_classes)
            & _checks.in_class_range(preds_N, num_classes))
@@ -73,6 +80,10 @@ def per_class_accuracy(confusion_CxC):
                      argument="confusion_CxC")
   if not _checks.is_traced(cm) and np.size(cm) and float(np.min(cm)) < 0:
     raise InputError("confusion_CxC holds negative counts", argument="confusion_CxC")
-  confusion_CxC = jnp.asarray(cm)
+  return _recall(jnp.asarray(cm))
+
+
+@jax.jit
+def _recall(confusion_CxC):
   totals = confusion_CxC.sum(axis=1)
   return jnp.where(totals > 0, jnp.diag(confusion_CxC) / jnp.maximum(totals, 1), jnp.nan)

@@ -125,11 +125,11 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
                      argument="ks")
   out = np.zeros((num_folds, len(ks)), np.float64)
   for f, (tr, va) in enumerate(folds):
-    preds = knn._predict(  # pylint: disable=protected-access  # errors name x, not test_x
+    preds = np.asarray(knn._predict(  # pylint: disable=protected-access  # errors name x
         x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes, tie_break=tie_break,
         callback=None, mesh=mesh, layout=layout, method=method, image_shape=image_shape,
-        names=("x", "x"), y_name="y")
-    out[f] = [np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds]
+        names=("x", "x"), y_name="y"))
+    out[f] = [np.count_nonzero(p == y[va]) / len(va) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)
   return out[:, 0] if single else out

@@ -465,11 +465,11 @@ class Trainer:
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
       valid = min(xb.shape[0], n - start)
       pad = min(batch_size, n) - xb.shape[0]
-      mask = jnp.arange(xb.shape[0] + max(pad, 0)) < valid
+      mask = np.arange(xb.shape[0] + max(pad, 0)) < valid
       if pad > 0:
         xb = jnp.pad(xb, ((0, pad),) + ((0, 0),) * (xb.ndim - 1))
         yb = jnp.pad(yb, (0, pad))
-      correct = correct + self._accuracy(params, xb, yb, mask)
+      correct = correct + np.asarray(self._accuracy(params, xb, yb, mask))
     return np.asarray(correct) / n
 
   def _hyper(self, learning_rates, regs):
@@ -512,7 +512,7 @@ class Trainer:
       raise InputError("x is empty: no training examples", argument="x")
     if not jnp.issubdtype(y.dtype, jnp.integer):
       raise InputError(f"y must hold integer labels, got {y.dtype}", argument="y")
-    if jnp.issubdtype(x.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(x))):
+    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(x)[0]:
       raise InputError("x holds NaN or inf values", argument="x")
     params = jax.eval_shape(self.model.init, key)
     try:
@@ -522,7 +522,7 @@ class Trainer:
         raise
       raise InputError(str(e), argument="x") from None
     c = scores.shape[-1]
-    lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    lo, hi = _checks.value_range(y)
     if lo < 0 or hi >= c:
       raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
                        f"[{lo}, {hi}]", argument="y")
@@ -558,12 +558,11 @@ class Trainer:
       if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
         raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
                          f"{jnp.result_type(ey)}", argument="eval_sets")
-      finite = np.isfinite if isinstance(ex, np.ndarray) else jnp.isfinite  # no device copy
-      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and not bool(finite(ex).all()):
+      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and _checks.float_stats(ex)[0]:
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):
-        ranges[name] = int(jnp.min(ey)), int(jnp.max(ey))
+        ranges[name] = _checks.value_range(ey)
     return out, ranges
 
   def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
@@ -599,7 +598,7 @@ class Trainer:
         raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
                          argument=name)
     try:
-      k_init, k_data = jax.random.split(key)
+      k_init, k_data = _split(key)
     except (TypeError, ValueError):
       raise InputError(f"key must be a jax random key (jax.random.key(seed)), got {key!r}",
                        argument="key") from None
@@ -639,14 +638,14 @@ class Trainer:
     done = 0
     while done < num_steps:
       chunk = min(log_every, num_steps - done)
-      valid = jnp.arange(log_every) < chunk
+      valid = np.arange(log_every) < chunk  # host arrays: no program per operation
       if full_batch:
-        idx = jnp.zeros((log_every, 1), jnp.int32)  # unused: every step sees all the data
+        idx = np.zeros((log_every, 1), np.int32)  # unused: every step sees all the data
       else:
         # Steps [done, done + log_every) may span epochs: take their rows of the epoch permutations.
         epochs = range(done // steps_per_epoch, (done + log_every - 1) // steps_per_epoch + 1)
-        perm = jnp.concatenate([_epoch_batches(k_data, e, n, steps_per_epoch, batch_size)
-                                for e in epochs])
+        perm = np.concatenate([_epoch_batches(k_data, e, n, steps_per_epoch, batch_size)
+                               for e in epochs])
         start = done - epochs[0] * steps_per_epoch
         idx = perm[start:start + log_every]
       state, step_losses = self._run_steps(state, hyper, x, y, idx, valid,
@@ -691,6 +690,12 @@ def _epoch_batches(key, epoch, n, steps, batch_size):
   return perm[:steps * batch_size].reshape(steps, batch_size)
 
 
+@jax.jit
+def _split(key):
+  k_init, k_data = jax.random.split(key)
+  return k_init, k_data
+
+
 def _finite_mean(losses_SxG):
   """Mean over steps of each member's finite losses (NaN for a member with none)."""
   finite = np.isfinite(losses_SxG)
@@ -711,4 +716,9 @@ def member(params_G, i: int):
   g = sizes.pop()
   if not -g <= i < g:
     raise InputError(f"i={i} is outside the grid of {g} members", argument="i")
+  return _member(params_G, i)
+
+
+@jax.jit
+def _member(params_G, i):  # one program for the whole pytree
   return jax.tree.map(lambda v: v[i], params_G)
