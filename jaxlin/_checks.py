@@ -119,6 +119,16 @@ def _min_max(x):
   return jnp.min(x), jnp.max(x)
 
 
+@jax.jit
+def _any_nan(x):
+  return jnp.isnan(x).any()
+
+
+def has_nan(x) -> bool:
+  """Whether a concrete float array holds NaN (numpy on the host, one program otherwise)."""
+  return bool(np.isnan(x).any() if isinstance(x, np.ndarray) else _any_nan(x))
+
+
 def value_range(x) -> tuple[int, int]:
   """(lowest, highest) of a concrete non-empty integer array: numpy for a host array, one
   compiled program for a jax array."""

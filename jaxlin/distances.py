@@ -203,7 +203,11 @@ def l2_squared_from_dot(x_QxD, y_NxD, x_sq_Q, y_sq_N):
 
 def centred_pixels(x):
   """uint8 / int8 pixels as int8 in [-128, 127] (uint8 shifted by -128, exactly)."""
-  x = jnp.asarray(x)
+  return _centred_pixels(jnp.asarray(x))
+
+
+@jax.jit  # one program (inlined under a caller's jit)
+def _centred_pixels(x):
   if x.dtype == jnp.uint8:
     return (x.astype(jnp.int16) - 128).astype(jnp.int8)
   return x.astype(jnp.int8)

@@ -8,6 +8,7 @@ not by multiplying (NaN * 0 is NaN).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Union
 
 import jax
@@ -72,6 +73,13 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
     raise InputError(f"margin must be a finite number, got {margin!r}", argument="margin")
   if not isinstance(squared, (bool, np.bool_)):
     raise InputError(f"squared must be True or False, got {squared!r}", argument="squared")
+  return _svm(scores_NxC, labels_N, margin, bool(squared))
+
+
+# The checks above run eagerly; the arithmetic is one compiled program (inlined under a
+# caller's jit), not one program per operation when a loss is called outside jit.
+@functools.partial(jax.jit, static_argnums=3)
+def _svm(scores_NxC, labels_N, margin, squared):
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
   margins = jnp.maximum(0.0, scores_NxC - correct + margin)
   is_true = jax.nn.one_hot(labels_N, scores_NxC.shape[1], dtype=jnp.bool_)
@@ -89,6 +97,11 @@ def softmax_cross_entropy(scores_NxC, labels_N):
   two large numbers.
   """
   scores_NxC, labels_N = _inputs(scores_NxC, labels_N)
+  return _softmax_cross_entropy(scores_NxC, labels_N)
+
+
+@jax.jit
+def _softmax_cross_entropy(scores_NxC, labels_N):
   correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
   loss = jax.nn.logsumexp(scores_NxC - correct, axis=1)
   # A correct score of -inf: probability 0, loss +inf; of +inf: probability 1, loss 0 if

@@ -13,6 +13,8 @@ or 2**30 for integers. Search uses it for padding rows, and
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -39,7 +41,11 @@ def order_keys(values):
   so no two distinct integers share a key, however large. (XLA's CPU top_k is
   about 20x slower on int32 than on float32, hence keys rather than int32.)
   """
-  values = _checked_values(values, "values")
+  return _order_keys(_checked_values(values, "values"))
+
+
+@jax.jit  # one program (inlined under a caller's jit)
+def _order_keys(values):
   if jnp.issubdtype(values.dtype, jnp.floating):
     # -0.0 becomes +0.0: top_k orders the two zeros by their bits, not as equal. (Not
     # x + 0.0: XLA simplifies it away under jit.)
@@ -62,11 +68,11 @@ def _checked_values(values, name: str, ndim: int | None = None):
                      argument=name)
   if _checks.is_traced(values) or not values.size:
     return values
-  if floating and bool(jnp.isnan(values).any()):
+  if floating and _checks.has_nan(values):
     raise InputError(f"{name} holds NaN: it has no place in an order; remove or replace it",
                      argument=name)
   if not floating:
-    lo, hi = int(jnp.min(values)), int(jnp.max(values))
+    lo, hi = _checks.value_range(values)
     if lo < 0 or hi > INT_WORST:
       raise InputError(f"integer {name} must lie in [0, 2**30] (distances), got values in "
                        f"[{lo}, {hi}]; pass them as floats", argument=name)
@@ -100,6 +106,12 @@ def smallest_k(values_TxN, k: int):
   k = _checks.concrete_int(k, "k")
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
+  return _smallest_k(values_TxN, k)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # one program (inlined under a caller's jit)
+def _smallest_k(values_TxN, k):
+  t, n = values_TxN.shape
   s = CHUNK
   key = lambda x: -order_keys(x)
   if n < 4 * k * s:  # short rows: the plain selection is as cheap
