@@ -75,7 +75,7 @@ class Workdir:
         if e.startswith((STAGING, PREVIOUS)):
           shutil.rmtree(os.path.join(self.path, e), ignore_errors=True)
       self.staging = os.path.join(self.path, f"{STAGING}{os.getpid()}")
-      os.makedirs(os.path.join(self.staging, "plots"))
+      os.makedirs(self.staging)  # plots/ appears with the first figure
       OPEN.add(self)
     except BaseException:
       self._unlock()

@@ -61,6 +61,7 @@ def _check_reports_every_stage_and_the_failed_one(tiny_study):
   assert (wd / "knn" / "plots" / "cross_validation.png").exists()
   assert "svm/plots/weights.png" not in report  # the failed stage shows no figures
   assert not (wd / "svm").exists()
+  assert not (wd / "plots").exists()  # the study's figures are its stages'; no empty folder
 
 
 def _check_numbers_equal_a_known_tiny_run(tiny_study):
