@@ -386,6 +386,8 @@ class Trainer:
   def _init(self, key, lrs, *, multiplier):
     # Every member starts from the same parameters: settings are compared fairly,
     # and member i equals a single run with its (lr, reg).
+    # Not under one jit: a model's init compiled into a larger program may round its
+    # random draws differently (1e-7) from the user's own model.init(key).
     g = lrs.shape[0]
     params = jax.vmap(lambda _: self.model.init(key))(jnp.arange(g))
     opt_state = jax.vmap(lambda p, lr: self._member_tx(lr, multiplier).init(p))(params, lrs)
