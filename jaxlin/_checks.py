@@ -142,6 +142,8 @@ def float_stats(x) -> tuple[int, float]:
   if isinstance(x, np.ndarray):
     ok = np.isfinite(x)
     return int(x.size - np.count_nonzero(ok)), float(np.max(np.abs(x), where=ok, initial=0))
+  if not x.size:  # nothing to count (max has no identity)
+    return 0, 0.0
   bad, big = _float_stats_jit(x)
   if is_traced(bad):  # a concrete array inside a caller's jit or map: values unknown here
     return 0, 0.0

@@ -718,7 +718,9 @@ def member(params_G, i: int):
   g = sizes.pop()
   if not -g <= i < g:
     raise InputError(f"i={i} is outside the grid of {g} members", argument="i")
-  return _member(params_G, i)
+  if all(isinstance(v, jax.Array) for v in jax.tree.leaves(params_G)):
+    return _member(params_G, i)
+  return jax.tree.map(lambda v: v[i], params_G)  # host leaves stay host arrays, as given
 
 
 @jax.jit

@@ -402,7 +402,24 @@ def test_raw_keys_of_the_default_generator_are_taken():
 def test_member_takes_negative_and_traced_indices_and_scores_take_lists():
   params = {"W": np.arange(36.0).reshape(2, 6, 3), "b": np.zeros((2, 3))}
   np.testing.assert_array_equal(train.member(params, -1)["W"], params["W"][1])
+  host = train.member({"w": np.array([0.1, 0.2]), "n": np.array([2**40, 3])}, 0)
+  assert isinstance(host["w"], np.float64) and host["w"] == 0.1  # host leaves: not float32
+  assert host["n"] == 2**40  # nor int32 (wrapped)
   every = jax.vmap(lambda i: train.member(jax.tree.map(jnp.asarray, params), i))(jnp.arange(2))
   np.testing.assert_array_equal(np.asarray(every["W"]), params["W"])
   np.testing.assert_allclose(np.asarray(linear.scores(train.member(params, 0), _X[:2].tolist())),
                              _X[:2] @ params["W"][0], rtol=1e-6)
+
+
+def test_features_of_size_zero_are_refused_naming_the_argument():
+  t = _trainer("sgd")
+  y = np.arange(20) % 3
+  for x in (np.zeros((20, 0), np.float32), jnp.zeros((20, 2, 0))):
+    with pytest.raises(InputError) as e:
+      t.fit(jax.random.key(0), x, y, learning_rates=[0.1], batch_size=5, num_steps=4)
+    assert e.value.argument == "x", e.value
+  x, y = _problem()
+  with pytest.raises(InputError, match="eval_sets") as e:
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1], batch_size=5, num_steps=4,
+          eval_sets={"e": (jnp.zeros((3, 4, 0)), y[:3])})
+  assert e.value.argument == "eval_sets"
