@@ -243,10 +243,20 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
     def log(record):
       bar.update(record["step"] - bar.n)
       for g, (lr, reg) in enumerate(grid):
+        rate = lr * float(multiplier(record["step"] - 1))
+        if record["diverged_at"][g] >= 1:  # no figures of a diverged setting, as results.json
+          writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
+                       reg=reg, loss=None, train_accuracy=None, val_accuracy=None,
+                       scheduled_learning_rate=rate,
+                       diverged_at_step=int(record["diverged_at"][g]))
+          board.write(tensorboard.member_name(lr, reg), record["step"],  # NaN: a gap
+                      dict(loss=np.nan, train_accuracy=np.nan, val_accuracy=np.nan,
+                           scheduled_learning_rate=rate))
+          continue
         values = dict(loss=float(record["loss"][g]),
                       train_accuracy=float(record["train_accuracy"][g]),
                       val_accuracy=float(record["val_accuracy"][g]),
-                      scheduled_learning_rate=lr * float(multiplier(record["step"] - 1)))
+                      scheduled_learning_rate=rate)
         writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
                      reg=reg, **values)
         board.write(tensorboard.member_name(lr, reg), record["step"], values)

@@ -277,7 +277,9 @@ class FitResult:
 
   params: (G, ...) final parameters of every member (``member(params, g)`` for one).
   losses: (steps, G) training objective at every step.
-  history: per logged step {"step", "epoch", "loss", "<name>_accuracy"} (arrays over G).
+  history: per logged step {"step", "epoch", "loss", "<name>_accuracy", "diverged_at"}
+    (arrays over G; a diverged member's accuracies are those of its last finite
+    parameters, and its "diverged_at" so far is >= 1).
   diverged_at: (G,) step (counted from 1, as history's "step") of the first non-finite
     loss (or of a step that would have made the parameters non-finite: they stay as
     before it), -1 where finite throughout.
@@ -656,7 +658,8 @@ class Trainer:
       done += chunk
       all_losses.append(np.asarray(step_losses)[:chunk])
       record = {"step": done, "epoch": done / steps_per_epoch,
-                "loss": _finite_mean(all_losses[-1])}
+                "loss": _finite_mean(all_losses[-1]),
+                "diverged_at": np.array(state.diverged_at)}
       for name, (ex, ey, en) in eval_sets.items():
         record[f"{name}_accuracy"] = self.accuracy(state.params, ex, ey, num_examples=en)
       history.append(record)

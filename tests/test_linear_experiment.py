@@ -82,10 +82,17 @@ def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(softmax_
   assert on_disk["grid"][res["grid"].index(diverged)]["final_loss"] is None
   lines = [_strict(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert any(l["loss"] is None for l in lines)
-  # A logged loss is the mean of its interval's finite losses: the first null one comes
-  # after the step that diverged (steps counted from 1 in both files).
+  # From the logged step whose interval holds the divergence on, the setting's line has no
+  # figures (not the accuracies of its frozen parameters), as results.json (steps from 1).
   mine = [l for l in lines if (l["learning_rate"], l["reg"]) == (1e6, 0.1)]
-  assert 1 <= diverged["diverged_at_step"] < min(l["step"] for l in mine if l["loss"] is None)
+  at = diverged["diverged_at_step"]
+  for l in mine:
+    figures = [l["loss"], l["train_accuracy"], l["val_accuracy"]]
+    if l["step"] >= at:
+      assert figures == [None] * 3 and l["diverged_at_step"] == at, l
+    else:
+      assert None not in figures and "diverged_at_step" not in l, l
+  assert any(l["step"] >= at for l in mine)
   _strict((wd / "config.json").read_text())
   for dirpath, _, names in os.walk(wd):
     for name in names:
