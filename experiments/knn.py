@@ -50,7 +50,8 @@ def validate(config) -> Config:
   c = common.validate_data(Config.make(config))
   given = cfg.ints(c.k, "k")
   k = sorted(set(given))
-  require(bool(k) and min(k) >= 1, "k", f"--k values must be >= 1, got {list(given)}")
+  require(bool(k), "k", "--k is empty; give one or more values, e.g. --k=1,5,10")
+  require(min(k) >= 1, "k", f"--k values must be >= 1, got {list(given)}")
   metric = tuple(str(m).strip().lower() for m in c.metric)
   require(bool(metric), "metric", "--metric needs at least one of l1, l2, cosine")
   for m in metric:

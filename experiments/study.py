@@ -87,8 +87,8 @@ def validate(config) -> Config:
   """The study's own checks, then every stage's, in the study's flags."""
   c = common.validate_data(Config.make(config))
   unknown = [s for s in c.stages if s not in STAGES]
-  require(not unknown and bool(c.stages), "stages",
-          f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
+  require(bool(c.stages), "stages", f"--stages is empty; choose from {', '.join(STAGES)}")
+  require(not unknown, "stages", f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
   require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
           f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
           f"got {c.knn_num_train}")

@@ -36,7 +36,8 @@ _LOST = ("lost contact with the other processes: JAX's coordination service repo
          "error (process 0, the coordinator, or a peer stopped, or its host is gone); stopping "
          "this process too")
 EXIT_LOST, EXIT_INTERRUPTED = 1, 130
-INTERRUPTED = "interrupted; no results were written and the workdir keeps its previous run"
+INTERRUPTED = ("interrupted; no results were written (the workdir keeps its previous run, "
+               "if it had one)")
 _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL log line
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

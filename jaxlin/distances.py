@@ -28,8 +28,9 @@ l2_float   other (pixels with      the same identity on rows centred on the
 cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector)
 =========  ======================  ============================================
 
-Integer kernels give int32 distances (search compares them exactly, see
-``jaxlin.topk``); float kernels compute in float32, or float64 when an input
+Integer kernels compute int32 distances (search compares them exactly, see
+``jaxlin.topk``) and return them as float32, as ``pairwise_distances`` and
+``knn.search`` do; float kernels compute in float32, or float64 when an input
 is float64 (under ``jax_enable_x64``). Inputs are cast before any arithmetic.
 Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 """

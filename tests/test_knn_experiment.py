@@ -76,6 +76,7 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
 @pytest.mark.parametrize("override, message", [
     (dict(k=[0, 3]), "--k values must be >= 1"),
     (dict(k=["x"]), "comma-separated list of integers"),
+    (dict(k=[]), r"--k is empty; give one or more values, e.g. --k=1,5,10"),
     (dict(metric=["l3"]), "unknown --metric 'l3'"),
     (dict(cv_folds=1), "--cv_folds must be 0"),
     (dict(search="fast"), "unknown --search 'fast'"),

@@ -92,6 +92,8 @@ def test_a_study_where_every_stage_failed_says_so(tmp_path, monkeypatch):
 def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
   with pytest.raises(ConfigError, match="unknown --stages"):
     study.run(dict(stages=["knn", "cnn"]), str(tmp_path))
+  with pytest.raises(ConfigError, match="--stages is empty; choose from knn, svm"):
+    study.run(dict(stages=[]), str(tmp_path))
   with pytest.raises(DataError, match="does not exist"):
     study.run(dict(dataset=f"folder:{tmp_path}/none"), str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "report.md").exists()
