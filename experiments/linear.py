@@ -53,8 +53,8 @@ class Config(common.DataConfig):
   margin: float = option(1.0, "margin of --loss=svm")
   optimizer: str = option("momentum", "sgd, momentum, adam or lbfgs")
   learning_rate: tuple[float, ...] | None = option(
-      None, "learning rates (a list makes a grid; ignored by lbfgs; default per --model and "
-      "--features)")
+      None, "learning rates (a list makes a grid; not for lbfgs, whose line search sets the "
+      "step; default per --model and --features)")
   reg: tuple[float, ...] | None = option(
       None, "L2 strengths (a list makes a grid; default per --model and --features)")
   batch_size: int = option(200, "minibatch size (lbfgs: full batch)")
@@ -76,6 +76,11 @@ def validate(config) -> Config:
   c = common.validate_data(Config.make(config))
   _choice(c.model, "model", MODELS)
   _choice(c.features, "features", FEATURES)
+  given = c.learning_rate
+  require(c.optimizer != "lbfgs" or given is None or list(cfg.floats(given, "learning_rate"))
+          == [1.0], "learning_rate",  # [1.0]: the value a run records for lbfgs
+          "--learning_rate has no effect with --optimizer=lbfgs (its line search sets the "
+          "step); leave the flag out")
   c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()
                    if getattr(c, k) is None})
   require(c.model != "mlp" or c.hidden_size >= 1, "hidden_size",
@@ -161,9 +166,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         "load": load_s, "features": features_s, "train_grid": train_s,
         "train_per_setting": train_s / len(grid), "predict_test": predict_s})
     results = r.finish(results)
-  logging.info("chosen lr=%g reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in %.1f s",
-               grid[best][0], grid[best][1], val_acc[best], results["test_accuracy"], len(grid),
-               train_s)
+  rate = "line search" if c.optimizer == "lbfgs" else f"{grid[best][0]:g}"
+  logging.info("chosen lr=%s reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in %.1f s",
+               rate, grid[best][1], val_acc[best], results["test_accuracy"], len(grid), train_s)
   return results
 
 

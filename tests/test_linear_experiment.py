@@ -166,6 +166,8 @@ def test_corrupt_model_file(tmp_path):
 @pytest.mark.parametrize("override, message", [
     (dict(loss="hinge"), "unknown --loss 'hinge'"),
     (dict(optimizer="rmsprop"), "unknown --optimizer 'rmsprop'"),
+    (dict(optimizer="lbfgs", learning_rate=[0.5]),
+     r"--learning_rate has no effect with --optimizer=lbfgs \(its line search"),
     (dict(learning_rate=[-1.0]), "must be positive"),
     (dict(reg=["a"]), "comma-separated list of numbers"),
     (dict(batch_size=0), "--batch_size must be >= 1"),
