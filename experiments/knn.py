@@ -138,8 +138,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     results.update(rows_read=r.hosts.rows_read(ds), search=db.stats,
                    timings_s={"load": load_s, "selection": select_s, "test": test_s})
     results = r.finish(results)
+  chosen_acc = results["chosen"]["selection_accuracy"]
   logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
-               best_metric, best_k, results["chosen"]["selection_accuracy"],
+               best_metric, best_k, "none" if chosen_acc is None else f"{chosen_acc:.4f}",
                results["test_accuracy"], ds.test.total, results["timings_s"]["total"])
   return results
 
