@@ -286,7 +286,8 @@ def _take_rows(arrays, rows):  # one program for the gather, not one per operati
 def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
   if not r.writer:
     return
-  setting = f"lr={grid[best][0]:g}, reg={grid[best][1]:g}"
+  rate = lambda g: "line search" if c.optimizer == "lbfgs" else f"{grid[g][0]:g}"
+  setting = f"lr={rate(best)}, reg={grid[best][1]:g}"
   if c.features == "pixels" and c.model == "linear":
     r.plot("weights.png", "templates", params["W"], ds.image_shape, ds.class_names,
            title=f"{c.loss} templates ({setting})")
@@ -296,7 +297,7 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
     r.plot("weights.png", "templates", w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
            title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
-  label = lambda g: f"lr={grid[g][0]:g} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
+  label = lambda g: f"lr={rate(g)} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
   shown = range(len(grid)) if len(grid) <= 9 else [best]
   smooth = max(1, len(steps_axis) // 50)
   r.plot("loss.png", "curves", {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
