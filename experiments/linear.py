@@ -166,9 +166,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         "load": load_s, "features": features_s, "train_grid": train_s,
         "train_per_setting": train_s / len(grid), "predict_test": predict_s})
     results = r.finish(results)
-  rate = "line search" if c.optimizer == "lbfgs" else f"{grid[best][0]:g}"
   logging.info("chosen lr=%s reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in %.1f s",
-               rate, grid[best][1], val_acc[best], results["test_accuracy"], len(grid), train_s)
+               _rate(c, grid, best), grid[best][1], val_acc[best], results["test_accuracy"],
+               len(grid), train_s)
   return results
 
 
@@ -248,23 +248,14 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
     def log(record):
       bar.update(record["step"] - bar.n)
       for g, (lr, reg) in enumerate(grid):
-        rate = lr * float(multiplier(record["step"] - 1))
-        if record["diverged_at"][g] >= 1:  # no figures of a diverged setting, as results.json
-          writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
-                       reg=reg, loss=None, train_accuracy=None, val_accuracy=None,
-                       scheduled_learning_rate=rate,
-                       diverged_at_step=int(record["diverged_at"][g]))
-          board.write(tensorboard.member_name(lr, reg), record["step"],  # NaN: a gap
-                      dict(loss=np.nan, train_accuracy=np.nan, val_accuracy=np.nan,
-                           scheduled_learning_rate=rate))
-          continue
-        values = dict(loss=float(record["loss"][g]),
-                      train_accuracy=float(record["train_accuracy"][g]),
-                      val_accuracy=float(record["val_accuracy"][g]),
-                      scheduled_learning_rate=rate)
+        at = int(record["diverged_at"][g])  # >= 1: no figures of it, as results.json
+        values = {k: None if at >= 1 else float(record[k][g])
+                  for k in ("loss", "train_accuracy", "val_accuracy")}
+        values["scheduled_learning_rate"] = lr * float(multiplier(record["step"] - 1))
         writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
-                     reg=reg, **values)
-        board.write(tensorboard.member_name(lr, reg), record["step"], values)
+                     reg=reg, **values, **({"diverged_at_step": at} if at >= 1 else {}))
+        board.write(tensorboard.member_name(lr, reg), record["step"],  # null: NaN, a gap
+                    {k: np.nan if v is None else v for k, v in values.items()})
     try:
       fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr,
                         learning_rates=None if line_search else [g[0] for g in grid],
@@ -278,6 +269,11 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
   return fit
 
 
+def _rate(c: Config, grid, g: int) -> str:
+  """Setting g's learning rate as the log and figures name it."""
+  return "line search" if c.optimizer == "lbfgs" else f"{grid[g][0]:g}"
+
+
 @jax.jit
 def _take_rows(arrays, rows):  # one program for the gather, not one per operation
   return tuple(a[rows] for a in arrays)
@@ -286,8 +282,7 @@ def _take_rows(arrays, rows):  # one program for the gather, not one per operati
 def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
   if not r.writer:
     return
-  rate = lambda g: "line search" if c.optimizer == "lbfgs" else f"{grid[g][0]:g}"
-  setting = f"lr={rate(best)}, reg={grid[best][1]:g}"
+  setting = f"lr={_rate(c, grid, best)}, reg={grid[best][1]:g}"
   if c.features == "pixels" and c.model == "linear":
     r.plot("weights.png", "templates", params["W"], ds.image_shape, ds.class_names,
            title=f"{c.loss} templates ({setting})")
@@ -297,7 +292,7 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
     r.plot("weights.png", "templates", w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
            title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
-  label = lambda g: f"lr={rate(g)} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
+  label = lambda g: f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
   shown = range(len(grid)) if len(grid) <= 9 else [best]
   smooth = max(1, len(steps_axis) // 50)
   r.plot("loss.png", "curves", {label(g): (steps_axis, fit.losses[:, g]) for g in shown},

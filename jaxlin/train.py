@@ -712,7 +712,7 @@ def _finite_mean(losses_SxG):
 def member(params_G, i: int):
   """Parameters of grid member i (any pytree with a leading grid axis)."""
   if _checks.is_traced(i):  # under jit / vmap: no value to check
-    return jax.tree.map(lambda v: v[i], params_G)
+    return _take(params_G, i)
   i = _checks.concrete_int(i, "i")
   sizes = {np.shape(v)[0] for v in jax.tree.leaves(params_G) if np.ndim(v)}
   if len(sizes) != 1:
@@ -722,10 +722,12 @@ def member(params_G, i: int):
   if not -g <= i < g:
     raise InputError(f"i={i} is outside the grid of {g} members", argument="i")
   if all(isinstance(v, jax.Array) for v in jax.tree.leaves(params_G)):
-    return _member(params_G, i)
-  return jax.tree.map(lambda v: v[i], params_G)  # host leaves stay host arrays, as given
+    return _take_jit(params_G, i)  # one program for the whole pytree
+  return _take(params_G, i)  # host leaves stay host arrays, as given
 
 
-@jax.jit
-def _member(params_G, i):  # one program for the whole pytree
+def _take(params_G, i):
   return jax.tree.map(lambda v: v[i], params_G)
+
+
+_take_jit = jax.jit(_take)
