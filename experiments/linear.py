@@ -292,7 +292,8 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
     r.plot("weights.png", "templates", w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
            title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
-  label = lambda g: f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}" + (" (chosen)" if g == best else "")
+  label = lambda g: (f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}"
+                     + (" (chosen)" if g == best else ""))
   shown = range(len(grid)) if len(grid) <= 9 else [best]
   smooth = max(1, len(steps_axis) // 50)
   r.plot("loss.png", "curves", {label(g): (steps_axis, fit.losses[:, g]) for g in shown},

@@ -102,7 +102,7 @@ def smallest_k(values_TxN, k: int):
   50,000).
   """
   values_TxN = _checked_values(values_TxN, "values_TxN", ndim=2)
-  t, n = values_TxN.shape
+  n = values_TxN.shape[1]
   k = _checks.concrete_int(k, "k")
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
