@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import data, knn, sharding
+from jaxlin import data, features, knn, sharding
 
 SPLITS = ("train", "val", "test")
 
@@ -120,7 +120,8 @@ class Hosts:
     """(mean, std) of each feature over the n rows of every process."""
     mean = data.mean_from_sums(sharding.process_sum(jnp.sum(local_NxF, axis=0)), n)
     var = sharding.process_sum(_squared_deviations(local_NxF, mean)) / np.float32(n)
-    return mean, jnp.sqrt(var)
+    lows, highs = (sharding.process_stack(v) for v in _column_range(local_NxF))
+    return features.pin_constant_columns(mean, jnp.sqrt(var), lows.min(0), highs.max(0))
 
   # ---- kNN search ------------------------------------------------------------------------
   def search(self, split: data.Split, database, metric: str, k: int, *, num_database: int,
@@ -162,6 +163,11 @@ class Hosts:
   @property
   def database_spread(self) -> bool:
     return "train" in self.parts
+
+
+@jax.jit
+def _column_range(x_NxF):  # (lowest, highest) of each column; (inf, -inf) with no rows
+  return (jnp.min(x_NxF, axis=0, initial=jnp.inf), jnp.max(x_NxF, axis=0, initial=-jnp.inf))
 
 
 @jax.jit

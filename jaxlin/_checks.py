@@ -65,6 +65,19 @@ def random_key(key, name: str = "key"):
                    argument=name)
 
 
+def finite_number(value, name: str):
+  """``value`` as a float if it is a finite real number (a traced one passes unchanged),
+  else InputError naming ``name``."""
+  if is_traced(value):
+    return value
+  if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or not np.issubdtype(
+      np.asarray(value).dtype, np.number) or np.iscomplexobj(value):
+    raise InputError(f"{name} must be a real number, got {value!r}", argument=name)
+  if not np.isfinite(float(value)):
+    raise InputError(f"{name} must be finite, got {value!r}", argument=name)
+  return float(value)
+
+
 def callback(fn, call: str) -> None:
   """InputError unless ``fn`` is None or callable (``call``: how it is called)."""
   if fn is not None and not callable(fn):

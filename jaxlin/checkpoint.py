@@ -129,6 +129,12 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   elif feature_settings is not None:
     raise InputError(f"feature_settings apply to features='hog_hsv', not {features!r}",
                      argument="feature_settings")
+  if kind in KINDS:
+    extra = sorted(set(map(str, params)) - {n for n, _ in KINDS[kind]})
+    if extra:
+      raise InputError(f"params has {', '.join(map(repr, extra))}, which a {kind!r} model "
+                       f"does not have (its params: {', '.join(n for n, _ in KINDS[kind])}); "
+                       "load would drop them", argument="params")
   arrays = {f"param/{k}": as_float32(f"params[{k!r}]", v) for k, v in params.items()}
   if features != "pixels":
     arrays.update(feature_mean=as_float32("feature_mean", feature_mean),
@@ -139,6 +145,10 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   except ModelFileError as e:
     why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
     argument = _argument_of(why)
+    if features == "pixels" and kind in KINDS and why.startswith(
+        f"params['{KINDS[kind][0][0]}'] has shape"):
+      why += (f" (one row per value of mean_image, of shape {mean_image.shape}: the two must "
+              "come from the same images)")
     raise InputError(f"cannot save this model: {why}", argument=argument) from None
   arrays["header"] = np.asarray(json.dumps(header))
   try:

@@ -179,7 +179,21 @@ def standardise(train_NxF, *others, stats=None):
 
 @jax.jit
 def _moments(train_NxF):
-  return jnp.mean(train_NxF, axis=0), jnp.std(train_NxF, axis=0)
+  return pin_constant_columns(jnp.mean(train_NxF, axis=0), jnp.std(train_NxF, axis=0),
+                              jnp.min(train_NxF, axis=0), jnp.max(train_NxF, axis=0))
+
+
+def pin_constant_columns(mean_F, std_F, lowest_F, highest_F):
+  """(mean, std) with every column whose lowest and highest training values are equal set
+  to (that value, 0).
+
+  The float mean of a constant column need not be the constant (0.1 summed in float32),
+  and its std then comes out near 1e-8, not 0: standardising would divide other rows'
+  values by it (0.11 would become 6.7e5).
+  """
+  constant = lowest_F == highest_F
+  return (jnp.where(constant, lowest_F, mean_F),
+          jnp.where(constant, jnp.zeros_like(std_F), std_F))
 
 
 @jax.jit  # one program for every array, not one per operation

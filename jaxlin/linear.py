@@ -24,6 +24,9 @@ def param(params, name: str, shape: tuple):
   except (KeyError, TypeError, IndexError):
     raise InputError(f"params has no {name!r}: pass the dict init_params returns",
                      argument="params") from None
+  if not jnp.issubdtype(jnp.result_type(v), jnp.floating):  # integer products would wrap
+    raise InputError(f"params[{name!r}] has dtype {jnp.result_type(v)}: the model needs float "
+                     "parameters, e.g. jnp.asarray(value, jnp.float32)", argument="params")
   got = np.shape(v)
   if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
     want = tuple("?" if e is None else e for e in shape)
@@ -37,7 +40,7 @@ def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3
   key = _checks.random_key(key)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
   num_classes = _checks.int_at_least(num_classes, "num_classes", 1)
-  return _init_params(key, num_features, num_classes, scale)
+  return _init_params(key, num_features, num_classes, _checks.finite_number(scale, "scale"))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

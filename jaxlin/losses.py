@@ -184,8 +184,8 @@ def l2_penalty(params, *, mask: Mask = None):
   total = 0.0
   for i, v in enumerate(penalised_leaves(params, mask=mask)):
     v = jnp.asarray(v)
-    if not jnp.issubdtype(v.dtype, jnp.inexact):  # integer weights: no wrap-around
-      v = v.astype(jnp.float32)
+    # Integer weights: no wrap-around; float16 / bfloat16: a float32 sum, no overflow at 6.5e4.
+    v = v.astype(jnp.promote_types(v.dtype, jnp.float32))
     total = jnp.sum(v * v) if i == 0 else total + jnp.sum(v * v)
   return jnp.asarray(total, jnp.float32) if isinstance(total, float) else total
 

@@ -80,6 +80,7 @@ def per_class_accuracy(confusion_CxC):
                      argument="confusion_CxC")
   if not _checks.is_traced(cm) and np.size(cm) and float(np.min(cm)) < 0:
     raise InputError("confusion_CxC holds negative counts", argument="confusion_CxC")
+  _checks.finite(cm, "confusion_CxC", "recalls of NaN or inf counts mean nothing")
   return _recall(jnp.asarray(cm))
 
 

@@ -28,6 +28,8 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
   for name, size in (("num_features", num_features), ("hidden_size", hidden_size),
                      ("num_classes", num_classes)):
     _checks.int_at_least(size, name, 1)
+  if scale is not None:
+    scale = _checks.finite_number(scale, "scale")
   k1, k2 = jax.random.split(_checks.random_key(key))
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5

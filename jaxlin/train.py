@@ -249,10 +249,10 @@ def _check_float_params(params):
   naming it (JAX's own error names no leaf)."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.inexact):
+    if not jnp.issubdtype(dtype, jnp.floating):  # complex too: a loss of them has no gradient
       raise InputError(f"params{jax.tree_util.keystr(path)} has dtype {dtype}: training needs "
-                       "float parameters; make it float, e.g. jnp.asarray(value, jnp.float32)",
-                       argument="params")
+                       "float parameters (real, not complex); make it float, e.g. "
+                       "jnp.asarray(value, jnp.float32)", argument="params")
 
 
 def _check_penalised(params, what: str = "reg"):
@@ -394,7 +394,10 @@ class Trainer:
     params = jax.vmap(lambda _: self.model.init(key))(jnp.arange(g))
     opt_state = jax.vmap(lambda p, lr: self._member_tx(lr, multiplier).init(p))(params, lrs)
     # Weak types as a step leaves them (strong): else the second chunk compiles again.
-    params, opt_state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype), (params, opt_state))
+    # A copy of every leaf: optimizers that keep the params in their state (optax.contrib's
+    # dog, prodigy, sam, ...) would otherwise hand the chunk program one buffer twice to donate.
+    params, opt_state = jax.tree.map(lambda a: jnp.array(a, a.dtype, copy=True),
+                                     (params, opt_state))
     return _GridState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((g,), bool),
                       jnp.full((g,), -1, jnp.int32))
 
@@ -452,6 +455,8 @@ class Trainer:
     """(G,) accuracy of every member on the first ``num_examples`` rows (all by default).
 
     Pad-and-mask: each example counts once, whatever the batch and device count.
+    params: the grid's params, every leaf with a leading member axis (``fit``'s
+    ``params``; one member's params ``p`` as ``jax.tree.map(lambda a: a[None], p)``).
     """
     if np.ndim(x) < 2 or np.ndim(y) != 1 or np.shape(x)[0] != np.shape(y)[0]:
       raise InputError(f"expected x (N, ...) and y (N,), got {np.shape(x)} and {np.shape(y)}",
@@ -464,6 +469,47 @@ class Trainer:
       raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
                        argument="num_examples")
     batch_size = _checks.int_at_least(batch_size, "batch_size", 1)
+    x, y = _checks.jax_exact(x, "x"), _checks.jax_exact(y, "y")
+    c = self._grid_classes(params, x)
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+      raise InputError(f"y must hold integer labels, got {jnp.result_type(y)}", argument="y")
+    if jnp.issubdtype(jnp.result_type(x), jnp.floating) and _checks.float_stats(x)[0]:
+      raise InputError("x holds NaN or inf values: its scores and accuracy would mean nothing",
+                       argument="x")
+    if not _on_mesh(y, self.mesh):
+      lo, hi = _checks.value_range(y)
+      if lo < 0 or hi >= c:
+        raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
+                         f"[{lo}, {hi}]", argument="y")
+    return self._checked_accuracy(params, x, y, n, batch_size)
+
+  def _grid_classes(self, params, x) -> int:
+    """The model's number of scores, once ``params`` is known to be a grid of its params."""
+    one = jax.eval_shape(self.model.init, jax.random.key(0))
+    ok = jax.tree.structure(params) == jax.tree.structure(one)
+    leaves = jax.tree.leaves(params)
+    if ok and leaves:
+      g = np.shape(leaves[0])[:1]
+      ok = len(g) == 1 and all(np.shape(a) == g + tuple(b.shape)
+                               for a, b in zip(leaves, jax.tree.leaves(one)))
+    if not ok:
+      shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+      single = jax.tree.structure(params) == jax.tree.structure(one) and all(
+          np.shape(a) == b.shape for a, b in zip(leaves, jax.tree.leaves(one)))
+      hint = ("; these are one member's params: pass jax.tree.map(lambda a: a[None], params)"
+              if single else "")
+      raise InputError(f"params must be a grid of the model's params, each leaf with a leading "
+                       f"member axis as fit returns them: expected (G, ...) of {shapes(one)}, "
+                       f"got {shapes(params)}{hint}", argument="params")
+    one_row = jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)[1:]), jnp.result_type(x))
+    try:
+      return jax.eval_shape(self.model.apply, one, one_row).shape[-1]
+    except InputError as e:  # the model's own check of its input
+      if e.argument not in ("x", "x_NxD"):
+        raise
+      raise InputError(str(e), argument="x") from None
+
+  def _checked_accuracy(self, params, x, y, n: int, batch_size: int = 2048) -> np.ndarray:
     correct = 0
     for start in range(0, n, batch_size):
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -601,6 +647,7 @@ class Trainer:
           value, (int, np.integer)) or value < lowest):
         raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
                          argument=name)
+    _checks.callback(callback, "callback(record)")
     try:
       k_init, k_data = _split(key)
     except (TypeError, ValueError):
@@ -630,6 +677,12 @@ class Trainer:
                            f"[{lo}, {hi}]", argument="eval_sets")
     multiplier = self._multiplier(int(num_steps))
     state = self._init(k_init, hyper["lr"], multiplier=multiplier)
+    finite = jax.tree_util.tree_flatten_with_path(_finite_leaves(state.params))[0]
+    for path, ok in finite:
+      if not bool(ok):
+        raise InputError(f"model.init(key) returned NaN or inf in params"
+                         f"{jax.tree_util.keystr(path)}: training would diverge at its first "
+                         "step", argument="model")
     full_batch = self._full_batch
     if full_batch is None:
       full_batch = _has_line_search(state.opt_state)
@@ -637,7 +690,8 @@ class Trainer:
       raise InputError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}",
                        argument="batch_size")
     steps_per_epoch = 1 if full_batch else n // batch_size
-    log_every = log_every or (10 if full_batch else steps_per_epoch)
+    # A chunk's steps past num_steps would be computed, then dropped: no chunk is longer.
+    log_every = min(log_every or (10 if full_batch else steps_per_epoch), num_steps)
     all_losses, history = [], []
     done = 0
     while done < num_steps:
@@ -661,21 +715,25 @@ class Trainer:
                 "loss": _finite_mean(all_losses[-1]),
                 "diverged_at": np.array(state.diverged_at)}
       for name, (ex, ey, en) in eval_sets.items():
-        record[f"{name}_accuracy"] = self.accuracy(state.params, ex, ey, num_examples=en)
+        record[f"{name}_accuracy"] = self._checked_accuracy(
+            state.params, ex, ey, ex.shape[0] if en is None else en)
       history.append(record)
       if callback is not None:
         callback(record)
       if not bool(np.asarray(state.alive).any()):
         first = int(np.asarray(state.diverged_at).min())
+        at_once = ("" if first > 1 else " (at the first step: check the loss at the starting "
+                   "params too, and the optimizer's constants in the params' dtype, e.g. "
+                   "adam's eps=1e-8 is 0 in float16)")
         if self.has_learning_rate:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
               f"training diverged: the loss or the parameters became inf or NaN at step "
               f"{first} for every setting (largest learning rate {largest:g}); try smaller "
-              "learning_rates", argument="learning_rates")
+              f"learning_rates{at_once}", argument="learning_rates")
         raise DivergenceError(
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
-            "for every setting; try a smaller learning rate in the optimizer",
+            f"for every setting; try a smaller learning rate in the optimizer{at_once}",
             argument="optimizer")
     return FitResult(params=state.params, losses=np.concatenate(all_losses),
                      history=history, diverged_at=np.asarray(state.diverged_at),
@@ -693,6 +751,11 @@ def _epoch_batches(key, epoch, n, steps, batch_size):
   """(steps, batch_size) row indices of one epoch: a fresh permutation per epoch."""
   perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
   return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+@jax.jit
+def _finite_leaves(params):
+  return jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), params)
 
 
 @jax.jit

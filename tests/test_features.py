@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import hosts
 from jaxlin import features, losses, mlp, train
 from jaxlin.errors import InputError
 
@@ -119,6 +120,21 @@ def test_standardise_uses_training_statistics():
   (a, b), _ = features.standardise(tr, te)
   np.testing.assert_allclose(a, [[-1, 0], [1, 0]])
   np.testing.assert_allclose(b, [[3, 2]])
+
+
+def test_constant_columns_stay_constant_when_their_mean_rounds():
+  # The float32 mean of 100 x 0.1 is not 0.1: its std came out 1.5e-8, not 0, and a test
+  # value 0.11 became 6.7e5 (the experiments' statistics, over every process, too).
+  rng = np.random.default_rng(0)
+  tr = np.stack([np.full(100, 0.1), rng.normal(size=100), np.full(100, 123.456)],
+                1).astype(np.float32)
+  te = np.array([[0.11, 0.0, 123.0]], np.float32)
+  for stats in (None, hosts.Hosts("none").feature_stats(tr, len(tr))):
+    (a, b), (mean, std) = features.standardise(tr, te, stats=stats)
+    np.testing.assert_array_equal(np.asarray(a)[:, [0, 2]], 0)
+    np.testing.assert_allclose(np.asarray(b)[0, [0, 2]], [0.01, -0.456], rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(std)[[0, 2]], 1)
+    np.testing.assert_allclose(np.asarray(mean)[1], tr[:, 1].mean(), rtol=1e-5)
 
 
 def test_mlp_gradients_match_numerical_gradients():

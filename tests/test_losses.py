@@ -228,6 +228,8 @@ def test_metrics_refuse_what_they_cannot_count():
   assert e.value.argument == "confusion_CxC"
   with pytest.raises(InputError, match="negative counts"):
     metrics.per_class_accuracy(np.array([[3, -1], [0, 2]]))
+  with pytest.raises(InputError, match="NaN or inf"):  # was a recall of NaN
+    metrics.per_class_accuracy(np.array([[np.nan, 1.0], [0.0, 2.0]]))
   assert float(metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 0])) == 0.5
   # Valid labels of other dtypes still count: bools, and floats for accuracy (exact equality).
   assert float(metrics.accuracy(np.array([True, False]), np.array([True, True]))) == 0.5

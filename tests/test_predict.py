@@ -220,6 +220,10 @@ def _good_model():
     (dict(params={"W": np.zeros((47, 3)), "b": np.zeros(3)}), "params",
      r"params\['W'\] has shape \(47, 3\), expected \(48, 3\)"),
     (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
+    (dict(params={"W": np.zeros((48, 3)), "b": np.zeros(3), "extra": np.ones(2)}), "params",
+     r"params has 'extra', which a 'linear' model does not have"),  # was dropped by load
+    (dict(mean_image=np.zeros((2, 4, 3))), "params",  # named only params
+     r"expected \(24, 3\) \(one row per value of mean_image, of shape \(2, 4, 3\)"),
     (dict(mean_image=np.zeros(48)), "mean_image", r"image_shape \(48,\) is not \(H, W, C\)"),
     (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
     (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48),

@@ -107,6 +107,7 @@ def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
       (dict(ks=[1, 0]), "ks", "must be positive"),
       (dict(ks=2.5), "ks", "must be an integer"),
       (dict(x=x[:0], y=y[:0]), "x", "x is empty"),
+      (dict(stratify="no"), "stratify", "True or False"),  # "no" stratified
   ]:
     with pytest.raises(InputError, match=message) as e:
       cv(**kw)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlin import linear, losses, train
+from jaxlin import linear, losses, mlp, train
 from jaxlin.errors import DivergenceError, InputError
 
 
@@ -369,6 +369,29 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (lambda: _trainer().accuracy(_GRID2, _X, _Y, num_examples=True), "num_examples", "bool"),
     (lambda: _trainer().accuracy(_GRID2, _X, _Y, batch_size=0), "batch_size", "positive"),
     (lambda: _trainer().accuracy(_GRID2, _X, _Y[:5]), "x", r"\(120, 6\) and \(5,\)"),
+    # Trainer.accuracy checked nothing else: 0.0 for labels out of range, class 0 counted
+    # right for NaN rows, JAX's vmap error for one member's params.
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y + 10), "y", r"lie in \[0, 3\)"),
+    (lambda: _trainer().accuracy(_GRID2, np.full_like(_X, np.nan), _Y), "x", "NaN or inf"),
+    (lambda: _trainer().accuracy(train.member(_GRID2, 0), _X, _Y), "params",
+     r"one member's params: pass jax.tree.map\(lambda a: a\[None\], params\)"),
+    (lambda: _trainer().accuracy(_GRID2, _X, _Y.astype(np.float32)), "y", "integer labels"),
+    (_fit_call(callback=3), "callback", "must be callable"),  # was a TypeError after a chunk
+    (lambda: train.Trainer(train.Model(lambda k: {"W": jnp.full((6, 3), jnp.nan),
+                                                  "b": jnp.zeros(3)}, linear.scores),
+                           losses.softmax_cross_entropy, optimizer="sgd").fit(
+        jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10, num_steps=1),
+     "model", r"model.init\(key\) returned NaN or inf in params\['W'\]"),
+    (lambda: linear.init_params(jax.random.key(0), 6, 3, scale=float("nan")), "scale",
+     "finite"),  # was NaN params, then "try smaller learning_rates"
+    (lambda: linear.init_params(jax.random.key(0), 6, 3, scale="a"), "scale", "real number"),
+    (lambda: mlp.init_params(jax.random.key(0), 6, 4, 3, scale=float("inf")), "scale",
+     "finite"),
+    (lambda: linear.scores({"W": np.ones((6, 3), np.uint8), "b": np.zeros(3, np.uint8)},
+                           _X.astype(np.uint8)), "params", "dtype uint8"),  # wrapped at 256
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
+        {"W": np.zeros((6, 3), np.complex64), "b": np.zeros(3, np.float32)}, (), (_X, _Y)),
+     "params", r"params\['W'\] has dtype complex64"),  # was JAX's grad TypeError
     # Values that float32, where they are used, makes inf or 0: refused, not trained.
     (_fit_call(regs=[1e39]), "regs", "finite and >= 0 in float32"),
     (_fit_call(learning_rates=[1e-50]), "learning_rates", "finite and > 0 in float32"),
@@ -423,3 +446,18 @@ def test_features_of_size_zero_are_refused_naming_the_argument():
     t.fit(jax.random.key(0), x, y, learning_rates=[0.1], batch_size=5, num_steps=4,
           eval_sets={"e": (jnp.zeros((3, 4, 0)), y[:3])})
   assert e.value.argument == "eval_sets"
+
+
+def test_optimizers_that_keep_the_params_in_their_state_train():
+  # optax.contrib's dog keeps the params in its state: the chunk program was handed one
+  # buffer twice to donate ("Attempt to donate the same buffer twice").
+  x, y = _problem()
+  res = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=optax.contrib.dog()).fit(
+      jax.random.key(0), x, y, batch_size=10, num_steps=3)
+  assert res.losses.shape == (3, 1) and np.isfinite(res.losses).all()
+
+
+def test_l2_penalty_of_float16_weights_sums_in_float32():
+  w = jnp.full((100, 100), 30.0, jnp.float16)  # 9e6: inf in float16
+  total = losses.l2_penalty({"W": w})
+  assert total.dtype == jnp.float32 and float(total) == 9e6
