@@ -193,7 +193,8 @@ def floats(values, name: str) -> tuple[float, ...]:
   try:
     return tuple(float(v) for v in values)
   except (TypeError, ValueError):
-    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {values!r}",
+    shown = ",".join(map(str, values)) if isinstance(values, (list, tuple)) else values
+    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {shown!r}",
                       argument=name) from None
 
 

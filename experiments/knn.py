@@ -35,7 +35,7 @@ class Config(common.DataConfig):
                           f"{', '.join(knn.TIE_BREAKS)}")
   search: str = option("auto", "how neighbours are found, every way exact: brute (every "
                        "distance), pruned (lower bounds rule most rows out, a certificate "
-                       "proves the answer), auto (pruned where it is measured faster)")
+                       "proves the answer), auto (pruned where a cost model predicts it faster)")
   num_neighbor_rows: int = option(8, "test images shown with their neighbours in "
                                   "plots/neighbors.png")
 

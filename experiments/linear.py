@@ -61,8 +61,9 @@ class Config(common.DataConfig):
   num_epochs: float | None = option(None, "epochs when --num_steps=0 (default per --model and "
                                     "--features)")
   num_steps: int = option(0, "steps (0 = from --num_epochs)")
-  schedule: str = option("cosine", "learning-rate schedule: constant, cosine, step")
-  log_every: int = option(0, "steps between logs (0 = each epoch)")
+  schedule: str = option("cosine", "learning-rate schedule: constant, cosine, step (lbfgs: "
+                         "none, its line search sets the step)")
+  log_every: int = option(0, "steps between logs (0 = each epoch; lbfgs: every 10 steps)")
   init_scale: float | None = option(None, "std of the initial weights (default: 1e-3 for "
                                     "linear, He initialisation for mlp)")
 
@@ -251,10 +252,12 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
         at = int(record["diverged_at"][g])  # >= 1: no figures of it, as results.json
         values = {k: None if at >= 1 else float(record[k][g])
                   for k in ("loss", "train_accuracy", "val_accuracy")}
-        values["scheduled_learning_rate"] = lr * float(multiplier(record["step"] - 1))
-        writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=lr,
+        rate = None if line_search else lr  # lbfgs: no rate (null), its line search sets it
+        if not line_search:
+          values["scheduled_learning_rate"] = lr * float(multiplier(record["step"] - 1))
+        writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=rate,
                      reg=reg, **values, **({"diverged_at_step": at} if at >= 1 else {}))
-        board.write(tensorboard.member_name(lr, reg), record["step"],  # null: NaN, a gap
+        board.write(tensorboard.member_name(rate, reg), record["step"],  # null: NaN, a gap
                     {k: np.nan if v is None else v for k, v in values.items()})
     try:
       fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr,
@@ -290,7 +293,9 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
     w1 = np.asarray(params["W1"])
     show = np.argsort(-np.linalg.norm(w1, axis=0))[:30]
     r.plot("weights.png", "templates", w1[:, show], ds.image_shape, [f"unit {u}" for u in show],
-           title=f"first-layer weights, 30 largest of {w1.shape[1]} units ({setting})")
+           title=f"first-layer weights, {len(show)} largest of {w1.shape[1]} units ({setting})"
+           if len(show) < w1.shape[1] else f"first-layer weights, all {len(show)} units "
+           f"({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
   label = lambda g: (f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}"
                      + (" (chosen)" if g == best else ""))
@@ -299,13 +304,14 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
   r.plot("loss.png", "curves", {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
          ylabel="training objective", logy=True, smooth=smooth, highlight=label(best),
          title=f"{c.model} {c.loss} loss, {c.optimizer} (moving average over {smooth} steps)")
+  rates = ["line search"] if c.optimizer == "lbfgs" else list(c.learning_rate)
   r.plot("grid.png", "grid", val_acc.reshape(len(c.learning_rate), len(c.reg)),
-         list(c.learning_rate), list(c.reg), a_label="learning rate", b_label="reg",
+         rates, list(c.reg), a_label="learning rate", b_label="reg",
          title="val accuracy over the grid")
   r.plot("confusion.png", "confusion", cm, ds.class_names, title=f"{c.model} {c.loss}, test")
   epochs_axis = [h["epoch"] for h in fit.history]
   r.plot("accuracy.png", "curves", {
-      "train (1,000 sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
+      f"train ({min(1000, ds.train.total):,} sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
       "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
       xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
 
@@ -317,12 +323,13 @@ def _results(c: Config, ds, d, grid, fit, best, val_acc, cm, test_acc) -> dict:
       "input_dim": d, "loss": c.loss, "optimizer": c.optimizer,
       "sizes": {"train": ds.train.total, "val": ds.val.total, "test": ds.test.total},
       "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
-      "grid": [{"learning_rate": lr, "reg": reg,
+      "grid": [{"learning_rate": None if c.optimizer == "lbfgs" else lr, "reg": reg,
                 "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
                 "final_loss": float(fit.history[-1]["loss"][g]),
                 "diverged_at_step": int(fit.diverged_at[g]) if fit.diverged_at[g] >= 0 else None}
                for g, (lr, reg) in enumerate(grid)],
-      "chosen": {"learning_rate": grid[best][0], "reg": grid[best][1],
+      "chosen": {"learning_rate": None if c.optimizer == "lbfgs" else grid[best][0],
+                 "reg": grid[best][1],
                  "val_accuracy": float(val_acc[best])},
       "test_accuracy": test_acc,
       "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(

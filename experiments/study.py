@@ -30,7 +30,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import DataError, JaxlinError
+from jaxlin.errors import JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 # A stage's own flags -> the study's flags that set them (for error messages).
@@ -110,15 +110,25 @@ def validate(config) -> Config:
   return c
 
 
-def _check_minibatch(c: Config) -> None:
+MINIBATCH = linear_exp.Config.batch_size  # the linear stages' minibatch size
+
+
+def _check_minibatch(c: Config, available_train: int | None = None) -> None:
   """The linear stages train on minibatches of the linear experiment's default size: a
-  ConfigError naming --num_train when it asks for fewer training images than that."""
-  batch, num_train = linear_exp.Config.batch_size, c.num_train
+  ConfigError naming --num_train when it asks for fewer training images than that, or
+  naming the dataset when it has fewer (``available_train``: its training split less the
+  val images)."""
+  batch, num_train = MINIBATCH, c.num_train
   linear = [s for s in c.stages if s != "knn"]
   require(not linear or not num_train or num_train >= batch, "num_train",
           f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "
           f"images, but --num_train={num_train}; use --num_train of at least {batch} (0 = "
           f"all), or --stages=knn")
+  require(not linear or available_train is None or min(num_train or available_train,
+                                                       available_train) >= batch, "dataset",
+          f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "
+          f"images, but {c.dataset} has {available_train} training images besides the "
+          f"--num_val={c.num_val} val images; use a larger dataset, or --stages=knn")
 
 
 def _row(stage: str, r: dict) -> dict:
@@ -194,12 +204,14 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   """Every stage in its own subfolder, then report.md and results.json.
 
   A stage that fails is reported (``failed_stages``); the others still run. A missing
-  dataset stops the study at once.
+  dataset, or one too small for the linear stages' minibatches, stops the study before
+  its first stage.
   """
   c = validate(config)
   with common.Run("study", c, workdir, overwrite=overwrite) as r:
     logging.info("loading %s", c.dataset)
     pool = data.split_size(c.dataset, "train", data_dir=c.data_dir) - c.num_val
+    _check_minibatch(c, pool)
     configs, rows = stage_configs(c, pool), {}
     for i, stage in enumerate(c.stages, 1):
       module, stage_config = configs[stage]
@@ -208,8 +220,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       stage_dir = r.file(stage) or os.path.join(workdir, stage)  # processes > 0 write nothing
       try:
         rows[stage] = _row(stage, module.run(stage_config, stage_dir))
-      except DataError:
-        raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
         if isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))

@@ -1,7 +1,7 @@
 """TensorBoard event files beside metrics.jsonl: ``tensorboard --logdir runs/`` shows them.
 
 One event-file folder per grid member (``tensorboard/lr=0.001,reg=0.1/``), each with the
-scalars loss, train_accuracy, val_accuracy and learning_rate, one event per logged step.
+scalars loss, train_accuracy, val_accuracy and scheduled_learning_rate, one event per logged step.
 
 The files are written here, in plain Python: ``tf.summary.scalar`` needs the tensorboard
 package (not a dependency), and the format is small and stable. An event file is a sequence
@@ -26,8 +26,10 @@ _COUNTER = itertools.count()  # file names unique within a process, as TensorFlo
 PLUGIN = "scalars"
 
 
-def member_name(learning_rate: float, reg: float) -> str:
-  return f"lr={learning_rate:g},reg={reg:g}"
+def member_name(learning_rate: float | None, reg: float) -> str:
+  """The folder of one grid member; learning_rate None: a line search sets the step."""
+  rate = "line_search" if learning_rate is None else f"lr={learning_rate:g}"
+  return f"{rate},reg={reg:g}"
 
 
 def _crc32c_table() -> list[int]:

@@ -629,7 +629,7 @@ class Trainer:
     Minibatches of ``batch_size`` rows are drawn without replacement from a
     fresh permutation each epoch (``fold_in(key, epoch)``), on device; a
     full-batch optimizer sees all rows at every step. Every ``log_every`` steps
-    (one epoch by default) the accuracies on ``eval_sets`` ({name: (x, y)} or
+    (one epoch by default; 10 steps for a full-batch optimizer) the accuracies on ``eval_sets`` ({name: (x, y)} or
     {name: (x, y, num_examples)}) are recorded and ``callback(record)`` is
     called. Raises DivergenceError when every member diverged (its loss, or its parameters
     after a step, became inf or NaN).

@@ -216,19 +216,29 @@ def folder16(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize("model, feats, loss", [("mlp", "pixels", "softmax"),
-                                               ("linear", "hog_hsv", "svm"),
-                                               ("mlp", "hog_hsv", "svm")])
-def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, loss):
+@pytest.mark.parametrize("model, feats, loss, optimizer", [("mlp", "pixels", "softmax", None),
+                                                          ("linear", "hog_hsv", "svm", "lbfgs"),
+                                                          ("mlp", "hog_hsv", "svm", None)])
+def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, loss, optimizer):
   root = folder16
   wd = tmp_path / "wd"
   cache = tmp_path / "cache"
   cfg = dict(dataset=f"folder:{root}", model=model, features=feats, loss=loss, hidden_size=16,
-             num_val=6,
-             learning_rate=[1e-2, 3e-2], reg=[1e-3], batch_size=8, num_epochs=10,
-             cache_dir=str(cache))
+             num_val=6, reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
+  if optimizer == "lbfgs":
+    cfg.update(optimizer="lbfgs", reg=[1e-3, 1e-2])
+  else:
+    cfg.update(learning_rate=[1e-2, 3e-2])
   res = linear_exp.run(cfg, str(wd))
   assert res["model"] == model and res["features"] == feats
+  if optimizer == "lbfgs":  # no learning rate: its line search sets the step (recorded as 1.0)
+    assert res["chosen"]["learning_rate"] is None
+    assert {g["learning_rate"] for g in res["grid"]} == {None}
+    lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert {l["learning_rate"] for l in lines} == {None}
+    assert not any("scheduled_learning_rate" in l for l in lines)
+    assert sorted(os.listdir(wd / "tensorboard")) == ["line_search,reg=0.001",
+                                                      "line_search,reg=0.01"]
   assert res["input_dim"] == (16 * 16 * 3 if feats == "pixels" else 2 * 2 * 9 + 10)
   assert res["test_accuracy"] > 0.8
   for f in ("plots/loss.png", "plots/accuracy.png", "plots/confusion.png", "model.npz"):

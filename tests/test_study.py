@@ -38,6 +38,7 @@ def tiny_study(tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(linear_exp, "run", run_or_fail)
+    mp.setattr(study, "MINIBATCH", 8)
     res = study.run(dict(dataset=f"folder:{root}", **TINY), str(tmp / "wd"))
   return res, tmp / "wd"
 
@@ -83,6 +84,7 @@ def test_a_study_where_every_stage_failed_says_so(tmp_path, monkeypatch):
 
   monkeypatch.setattr(linear_exp, "run", fail)
   monkeypatch.setattr(knn_exp, "run", fail)
+  monkeypatch.setattr(study, "MINIBATCH", 8)  # the tiny folder's 10 images
   res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["knn", "softmax"]),
                   str(tmp_path / "wd"))
   assert res["failed_stages"] == ["knn", "softmax"] and study.exit_code(res) == 1
@@ -99,6 +101,23 @@ def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
   assert not (tmp_path / "wd" / "report.md").exists()
 
 
+def test_a_stage_data_error_fails_that_stage_and_a_small_dataset_stops_at_once(tmp_path):
+  # A stage's DataError (HOG cells larger than the images) stopped the whole study and lost
+  # the stages already done; a dataset smaller than the minibatches failed every linear stage
+  # with "--batch_size=200 exceeds ...", a flag the study does not have.
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=70, per_class_test=1, size=6)  # 210 images
+  with pytest.raises(ConfigError, match=r"minibatches of 200 images, but folder:.* has 190 "
+                     r"training images besides the --num_val=20 val images"):
+    study.run(dict(dataset=f"folder:{root}", num_val=20, cache_dir=""), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+  res = study.run(dict(dataset=f"folder:{root}", num_val=10, cache_dir="",
+                       stages=["knn", "svm_features"]), str(tmp_path / "wd"))
+  assert res["failed_stages"] == ["svm_features"] and "test_accuracy" in res["stages"]["knn"]
+  assert "cells of 8 x 8 pixels, but the images are 6 x 6" in res["stages"]["svm_features"][
+      "error"]
+
+
 def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypatch, caplog):
   """A stage's own error (ConfigError, DataError, ...) is its line in the log, as on the
   command line; only an unexpected exception gets a traceback."""
@@ -109,6 +128,7 @@ def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypat
     raise ConfigError("--batch_size=200 exceeds the 10 training images", argument="batch_size")
 
   monkeypatch.setattr(linear_exp, "run", fail)
+  monkeypatch.setattr(study, "MINIBATCH", 8)  # the tiny folder's 10 images
   with caplog.at_level("ERROR"):
     res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["softmax"]),
                     str(tmp_path / "wd"))
