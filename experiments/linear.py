@@ -26,7 +26,7 @@ from experiments import common, hosts as hosts_lib, tensorboard
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
-from jaxlin.errors import DataError
+from jaxlin.errors import ConfigError, DataError
 
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")
@@ -79,7 +79,7 @@ def validate(config) -> Config:
   _choice(c.features, "features", FEATURES)
   given = c.learning_rate
   require(c.optimizer != "lbfgs" or given is None or list(cfg.floats(given, "learning_rate"))
-          == [1.0], "learning_rate",  # [1.0]: the value a run records for lbfgs
+          == [1.0], "learning_rate",  # [1.0]: what earlier runs recorded for lbfgs
           "--learning_rate has no effect with --optimizer=lbfgs (its line search sets the "
           "step); leave the flag out")
   c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()
@@ -89,11 +89,14 @@ def validate(config) -> Config:
   _choice(c.loss, "loss", tuple(losses.LOSSES))
   _choice(c.optimizer, "optimizer", train.OPTIMIZERS)
   _choice(c.schedule, "schedule", train.SCHEDULES)
-  c = c.replace(learning_rate=(1.0,) if c.optimizer == "lbfgs"  # the line search sets the step
-                else cfg.floats(c.learning_rate, "learning_rate"), reg=cfg.floats(c.reg, "reg"))
-  require(bool(c.learning_rate) and all(np.isfinite(v) and v > 0 for v in c.learning_rate),
-          "learning_rate", f"--learning_rate values must be positive numbers, "
-          f"got {list(c.learning_rate)}")
+  c = c.replace(reg=cfg.floats(c.reg, "reg"))
+  if c.optimizer == "lbfgs":  # its line search sets the step: no rate, no schedule (recorded)
+    c = c.replace(learning_rate=None, schedule="constant")
+  else:
+    c = c.replace(learning_rate=cfg.floats(c.learning_rate, "learning_rate"))
+    require(bool(c.learning_rate) and all(np.isfinite(v) and v > 0 for v in c.learning_rate),
+            "learning_rate", f"--learning_rate values must be positive numbers, "
+            f"got {list(c.learning_rate)}")
   require(bool(c.reg) and all(np.isfinite(v) and v >= 0 for v in c.reg), "reg",
           f"--reg values must be numbers >= 0, got {list(c.reg)}")
   require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
@@ -141,7 +144,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     logging.info("train %d, val %d, test %d; %d features, %d classes", ds.train.total,
                  ds.val.total, ds.test.total, x_tr.shape[1], ds.num_classes)
 
-    grid = list(itertools.product(c.learning_rate, c.reg))
+    grid = list(itertools.product(_rates(c), c.reg))
     model = _model(c, x_tr.shape[1], ds.num_classes)
     train_t = common.Timer()
     fit = _train(c, r, ds, model, grid, x_tr, x_va)
@@ -197,8 +200,8 @@ def _inputs(c: Config, ds: data.Dataset, hosts):
             prep)
   h, w = ds.train.images.shape[1:3]
   if min(h, w) < 8:  # features.extract's cells of 8 x 8 pixels
-    raise DataError(f"--features=hog_hsv describes cells of 8 x 8 pixels, but the images are "
-                    f"{h} x {w}; use --features=pixels, or larger images")
+    raise ConfigError(f"--features=hog_hsv describes cells of 8 x 8 pixels, but the images are "
+                      f"{h} x {w}; use --features=pixels, or larger images", argument="features")
   cache = os.path.expanduser(c.cache_dir) if c.cache_dir else None
   with common.progress("HOG + hue features", None, "img") as bar:
     raw = [features.cached_extract(s.images, cache_dir=cache, callback=common.tile_callback(bar))
@@ -272,6 +275,12 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
   return fit
 
 
+def _rates(c: Config) -> tuple[float, ...]:
+  """The grid's learning rates: lbfgs has none (its line search sets the step), so its
+  members train with the rate 1 of an optimizer without one."""
+  return (1.0,) if c.optimizer == "lbfgs" else c.learning_rate
+
+
 def _rate(c: Config, grid, g: int) -> str:
   """Setting g's learning rate as the log and figures name it."""
   return "line search" if c.optimizer == "lbfgs" else f"{grid[g][0]:g}"
@@ -305,13 +314,14 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
          ylabel="training objective", logy=True, smooth=smooth, highlight=label(best),
          title=f"{c.model} {c.loss} loss, {c.optimizer} (moving average over {smooth} steps)")
   rates = ["line search"] if c.optimizer == "lbfgs" else list(c.learning_rate)
-  r.plot("grid.png", "grid", val_acc.reshape(len(c.learning_rate), len(c.reg)),
+  r.plot("grid.png", "grid", val_acc.reshape(len(rates), len(c.reg)),
          rates, list(c.reg), a_label="learning rate", b_label="reg",
          title="val accuracy over the grid")
   r.plot("confusion.png", "confusion", cm, ds.class_names, title=f"{c.model} {c.loss}, test")
   epochs_axis = [h["epoch"] for h in fit.history]
   r.plot("accuracy.png", "curves", {
-      f"train ({min(1000, ds.train.total):,} sampled)": (epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
+      f"train ({min(1000, ds.train.total):,} sampled)": (
+          epochs_axis, [h["train_accuracy"][best] for h in fit.history]),
       "val": (epochs_axis, [h["val_accuracy"][best] for h in fit.history])},
       xlabel="epoch", ylabel="accuracy", title=f"chosen setting ({setting})")
 

@@ -30,7 +30,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import JaxlinError
+from jaxlin.errors import DataError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 # A stage's own flags -> the study's flags that set them (for error messages).
@@ -124,11 +124,16 @@ def _check_minibatch(c: Config, available_train: int | None = None) -> None:
           f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "
           f"images, but --num_train={num_train}; use --num_train of at least {batch} (0 = "
           f"all), or --stages=knn")
-  require(not linear or available_train is None or min(num_train or available_train,
-                                                       available_train) >= batch, "dataset",
-          f"the study's linear stages ({', '.join(linear)}) train on minibatches of {batch} "
-          f"images, but {c.dataset} has {available_train} training images besides the "
-          f"--num_val={c.num_val} val images; use a larger dataset, or --stages=knn")
+  if available_train is None:
+    return
+  require(available_train >= 1, "num_val",
+          f"--num_val={c.num_val} leaves no training images of the "
+          f"{available_train + c.num_val} in {c.dataset}; use a smaller --num_val")
+  require(not linear or min(num_train or available_train, available_train) >= batch,
+          "dataset", f"the study's linear stages ({', '.join(linear)}) train on minibatches "
+          f"of {batch} images, but {c.dataset} has {available_train} training images besides "
+          f"the --num_val={c.num_val} val images; use a larger dataset, a smaller --num_val, "
+          "or --stages=knn")
 
 
 def _row(stage: str, r: dict) -> dict:
@@ -205,7 +210,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
   A stage that fails is reported (``failed_stages``); the others still run. A missing
   dataset, or one too small for the linear stages' minibatches, stops the study before
-  its first stage.
+  its first stage; an unreadable one (a DataError) where a stage finds it.
   """
   c = validate(config)
   with common.Run("study", c, workdir, overwrite=overwrite) as r:
@@ -220,6 +225,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       stage_dir = r.file(stage) or os.path.join(workdir, stage)  # processes > 0 write nothing
       try:
         rows[stage] = _row(stage, module.run(stage_config, stage_dir))
+      except DataError:  # the dataset itself (unreadable, corrupt): every stage would fail
+        raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
         if isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))

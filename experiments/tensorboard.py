@@ -1,7 +1,8 @@
 """TensorBoard event files beside metrics.jsonl: ``tensorboard --logdir runs/`` shows them.
 
-One event-file folder per grid member (``tensorboard/lr=0.001,reg=0.1/``), each with the
-scalars loss, train_accuracy, val_accuracy and scheduled_learning_rate, one event per logged step.
+One event-file folder per grid member (``tensorboard/lr=0.001,reg=0.1/``; lbfgs:
+``line_search,reg=0.1/``), each with the scalars loss, train_accuracy, val_accuracy and
+(but for lbfgs) scheduled_learning_rate, one event per logged step.
 
 The files are written here, in plain Python: ``tf.summary.scalar`` needs the tensorboard
 package (not a dependency), and the format is small and stable. An event file is a sequence

@@ -70,8 +70,9 @@ def finite_number(value, name: str):
   else InputError naming ``name``."""
   if is_traced(value):
     return value
-  if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or not np.issubdtype(
-      np.asarray(value).dtype, np.number) or np.iscomplexobj(value):
+  dtype = np.asarray(value).dtype if np.ndim(value) == 0 else None
+  if isinstance(value, (bool, np.bool_)) or dtype is None or not (
+      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
     raise InputError(f"{name} must be a real number, got {value!r}", argument=name)
   if not np.isfinite(float(value)):
     raise InputError(f"{name} must be finite, got {value!r}", argument=name)

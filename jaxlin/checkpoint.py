@@ -145,8 +145,9 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   except ModelFileError as e:
     why = re.sub(r"param/(\w+)", r"params['\1']", e.reason)  # the caller's names
     argument = _argument_of(why)
-    if features == "pixels" and kind in KINDS and why.startswith(
-        f"params['{KINDS[kind][0][0]}'] has shape"):
+    first = params.get(KINDS[kind][0][0]) if kind in KINDS else None
+    if (features == "pixels" and np.ndim(first) == 2 and mean_image.ndim == 3
+        and np.shape(first)[0] != mean_image.size):
       why += (f" (one row per value of mean_image, of shape {mean_image.shape}: the two must "
               "come from the same images)")
     raise InputError(f"cannot save this model: {why}", argument=argument) from None

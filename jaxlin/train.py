@@ -396,8 +396,7 @@ class Trainer:
     # Weak types as a step leaves them (strong): else the second chunk compiles again.
     # A copy of every leaf: optimizers that keep the params in their state (optax.contrib's
     # dog, prodigy, sam, ...) would otherwise hand the chunk program one buffer twice to donate.
-    params, opt_state = jax.tree.map(lambda a: jnp.array(a, a.dtype, copy=True),
-                                     (params, opt_state))
+    params, opt_state = _fresh_copy((params, opt_state))
     return _GridState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((g,), bool),
                       jnp.full((g,), -1, jnp.int32))
 
@@ -484,30 +483,26 @@ class Trainer:
     return self._checked_accuracy(params, x, y, n, batch_size)
 
   def _grid_classes(self, params, x) -> int:
-    """The model's number of scores, once ``params`` is known to be a grid of its params."""
-    one = jax.eval_shape(self.model.init, jax.random.key(0))
-    ok = jax.tree.structure(params) == jax.tree.structure(one)
-    leaves = jax.tree.leaves(params)
-    if ok and leaves:
-      g = np.shape(leaves[0])[:1]
-      ok = len(g) == 1 and all(np.shape(a) == g + tuple(b.shape)
-                               for a, b in zip(leaves, jax.tree.leaves(one)))
-    if not ok:
-      shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
-      single = jax.tree.structure(params) == jax.tree.structure(one) and all(
-          np.shape(a) == b.shape for a, b in zip(leaves, jax.tree.leaves(one)))
-      hint = ("; these are one member's params: pass jax.tree.map(lambda a: a[None], params)"
-              if single else "")
-      raise InputError(f"params must be a grid of the model's params, each leaf with a leading "
-                       f"member axis as fit returns them: expected (G, ...) of {shapes(one)}, "
-                       f"got {shapes(params)}{hint}", argument="params")
+    """The model's number of scores, once ``params`` is known to score as a grid."""
     one_row = jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)[1:]), jnp.result_type(x))
     try:
-      return jax.eval_shape(self.model.apply, one, one_row).shape[-1]
-    except InputError as e:  # the model's own check of its input
-      if e.argument not in ("x", "x_NxD"):
-        raise
-      raise InputError(str(e), argument="x") from None
+      return jax.eval_shape(jax.vmap(self.model.apply, (0, None)), params, one_row).shape[-1]
+    except InputError as e:  # the model's own check of its input: x, or params
+      if e.argument in ("x", "x_NxD"):
+        raise InputError(str(e), argument="x") from None
+      why = f" ({e})"
+    except (ValueError, TypeError, IndexError):  # e.g. vmap's inconsistent sizes
+      why = ""
+    hint = ""
+    try:  # one member's params, as model.init returns them?
+      if len(jax.eval_shape(self.model.apply, params, one_row).shape) == 2:
+        hint = "; these look like one member's params: pass jax.tree.map(lambda a: a[None], p)"
+    except Exception:  # pylint: disable=broad-except
+      pass
+    shapes = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+    raise InputError(f"params must be the grid's params, each leaf with a leading member axis "
+                     f"as fit returns them; got leaves of shapes {shapes}{why}{hint}",
+                     argument="params")
 
   def _checked_accuracy(self, params, x, y, n: int, batch_size: int = 2048) -> np.ndarray:
     correct = 0
@@ -629,10 +624,11 @@ class Trainer:
     Minibatches of ``batch_size`` rows are drawn without replacement from a
     fresh permutation each epoch (``fold_in(key, epoch)``), on device; a
     full-batch optimizer sees all rows at every step. Every ``log_every`` steps
-    (one epoch by default; 10 steps for a full-batch optimizer) the accuracies on ``eval_sets`` ({name: (x, y)} or
-    {name: (x, y, num_examples)}) are recorded and ``callback(record)`` is
-    called. Raises DivergenceError when every member diverged (its loss, or its parameters
-    after a step, became inf or NaN).
+    (one epoch by default; 10 steps for a full-batch optimizer) the accuracies
+    on ``eval_sets`` ({name: (x, y)} or {name: (x, y, num_examples)}) are
+    recorded and ``callback(record)`` is called. Raises DivergenceError when
+    every member diverged (its loss, or its parameters after a step, became inf
+    or NaN).
 
     ``x`` may be a global array already laid along the mesh, rows split across
     processes (``sharding.rows_to_global``); its rows past ``num_examples``
@@ -690,8 +686,10 @@ class Trainer:
       raise InputError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}",
                        argument="batch_size")
     steps_per_epoch = 1 if full_batch else n // batch_size
-    # A chunk's steps past num_steps would be computed, then dropped: no chunk is longer.
-    log_every = min(log_every or (10 if full_batch else steps_per_epoch), num_steps)
+    # A chunk's steps past num_steps are computed, then dropped: a chunk is at most the power
+    # of two at or above num_steps (under 2x the work; few programs for many short fits).
+    log_every = min(log_every or (10 if full_batch else steps_per_epoch),
+                    1 << (num_steps - 1).bit_length())
     all_losses, history = [], []
     done = 0
     while done < num_steps:
@@ -751,6 +749,11 @@ def _epoch_batches(key, epoch, n, steps, batch_size):
   """(steps, batch_size) row indices of one epoch: a fresh permutation per epoch."""
   perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
   return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+@jax.jit  # one program for the whole tree
+def _fresh_copy(tree):
+  return jax.tree.map(lambda a: jnp.array(a, a.dtype, copy=True), tree)
 
 
 @jax.jit

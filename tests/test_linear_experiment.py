@@ -203,8 +203,8 @@ def test_one_training_image_is_one_error_before_training(folder, tmp_path):
 
 def test_hog_on_images_smaller_than_a_cell_names_the_flags(tmp_path):
   make_image_folder(str(tmp_path / "tiny"), per_class_train=4, per_class_test=2, size=4)
-  with pytest.raises(DataError, match=r"cells of 8 x 8 pixels, but the images are 4 x 4; use "
-                                      r"--features=pixels"):  # named a --cell flag
+  with pytest.raises(ConfigError, match=r"cells of 8 x 8 pixels, but the images are 4 x 4; use "
+                                        r"--features=pixels"):  # named a --cell flag
     linear_exp.run(dict(dataset=f"folder:{tmp_path / 'tiny'}", num_val=2, batch_size=2,
                         num_steps=1, features="hog_hsv"), str(tmp_path / "wd"))
 
@@ -232,6 +232,8 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
   res = linear_exp.run(cfg, str(wd))
   assert res["model"] == model and res["features"] == feats
   if optimizer == "lbfgs":  # no learning rate: its line search sets the step (recorded as 1.0)
+    config = json.loads((wd / "config.json").read_text())
+    assert config["learning_rate"] is None and config["schedule"] == "constant"
     assert res["chosen"]["learning_rate"] is None
     assert {g["learning_rate"] for g in res["grid"]} == {None}
     lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]

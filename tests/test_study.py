@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -101,8 +102,9 @@ def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
   assert not (tmp_path / "wd" / "report.md").exists()
 
 
-def test_a_stage_data_error_fails_that_stage_and_a_small_dataset_stops_at_once(tmp_path):
-  # A stage's DataError (HOG cells larger than the images) stopped the whole study and lost
+def test_a_stage_error_about_its_images_fails_that_stage_and_small_datasets_stop_at_once(
+    tmp_path):
+  # A stage's error about its data (HOG cells larger than the images) stopped the study, lost
   # the stages already done; a dataset smaller than the minibatches failed every linear stage
   # with "--batch_size=200 exceeds ...", a flag the study does not have.
   root = str(tmp_path / "images")
@@ -110,12 +112,20 @@ def test_a_stage_data_error_fails_that_stage_and_a_small_dataset_stops_at_once(t
   with pytest.raises(ConfigError, match=r"minibatches of 200 images, but folder:.* has 190 "
                      r"training images besides the --num_val=20 val images"):
     study.run(dict(dataset=f"folder:{root}", num_val=20, cache_dir=""), str(tmp_path / "wd"))
+  with pytest.raises(ConfigError, match=r"--num_val=300 leaves no training images of the "
+                     r"210 in folder:.*; use a smaller --num_val"):  # said "has -90 images"
+    study.run(dict(dataset=f"folder:{root}", num_val=300, cache_dir=""), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
   res = study.run(dict(dataset=f"folder:{root}", num_val=10, cache_dir="",
                        stages=["knn", "svm_features"]), str(tmp_path / "wd"))
   assert res["failed_stages"] == ["svm_features"] and "test_accuracy" in res["stages"]["knn"]
   assert "cells of 8 x 8 pixels, but the images are 6 x 6" in res["stages"]["svm_features"][
       "error"]
+  with open(os.path.join(root, "train", "cat", "zzz_broken.png"), "wb") as f:
+    f.write(b"not an image")  # every stage would fail on it: the study stops, exit code 2
+  with pytest.raises(DataError, match="zzz_broken.png"):
+    study.run(dict(dataset=f"folder:{root}", num_val=10, cache_dir="", stages=["knn", "svm"]),
+              str(tmp_path / "wd2"))
 
 
 def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypatch, caplog):

@@ -374,7 +374,7 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (lambda: _trainer().accuracy(_GRID2, _X, _Y + 10), "y", r"lie in \[0, 3\)"),
     (lambda: _trainer().accuracy(_GRID2, np.full_like(_X, np.nan), _Y), "x", "NaN or inf"),
     (lambda: _trainer().accuracy(train.member(_GRID2, 0), _X, _Y), "params",
-     r"one member's params: pass jax.tree.map\(lambda a: a\[None\], params\)"),
+     r"one member's params: pass jax.tree.map\(lambda a: a\[None\], p\)"),
     (lambda: _trainer().accuracy(_GRID2, _X, _Y.astype(np.float32)), "y", "integer labels"),
     (_fit_call(callback=3), "callback", "must be callable"),  # was a TypeError after a chunk
     (lambda: train.Trainer(train.Model(lambda k: {"W": jnp.full((6, 3), jnp.nan),
@@ -461,3 +461,33 @@ def test_l2_penalty_of_float16_weights_sums_in_float32():
   w = jnp.full((100, 100), 30.0, jnp.float16)  # 9e6: inf in float16
   total = losses.l2_penalty({"W": w})
   assert total.dtype == jnp.float32 and float(total) == 9e6
+
+
+def test_accuracy_takes_any_grid_the_model_scores():
+  # The grid check compared params with model.init's tree: a model whose init takes a raw
+  # PRNGKey failed with JAX's key TypeError, and params of another hidden size were refused.
+  x, y = _problem()
+  raw = train.Model(lambda k: linear.init_params(jax.random.wrap_key_data(k), 6, 3),
+                    linear.scores)
+  t = train.Trainer(raw, losses.softmax_cross_entropy, optimizer="sgd")
+  res = t.fit(jax.random.PRNGKey(0), x, y, learning_rates=[0.1], batch_size=10, num_steps=2)
+  np.testing.assert_array_equal(t.accuracy(res.params, x, y),
+                                np.mean(np.argmax(x @ res.params["W"][0] + res.params["b"][0],
+                                                  1) == y))
+  other = {"W": jnp.zeros((2, 6, 3)), "b": jnp.zeros((2, 3)).at[:, 1].set(1.0)}  # class 1
+  np.testing.assert_array_equal(t.accuracy(other, x, y), [np.mean(np.asarray(y) == 1)] * 2)
+
+
+def test_short_fits_share_their_chunk_program():
+  # A chunk is at most the power of two at or above num_steps: 3 and 4 steps share one.
+  x, y = _problem()
+  t = _new_trainer()
+  for steps in (3, 4):
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.0], batch_size=10,
+          num_steps=steps)
+  assert t.trace_count == 1
+
+
+def test_init_scales_of_any_real_dtype():
+  for scale in (jnp.bfloat16(0.01), np.float16(0.1), 1, np.float32(0.5)):
+    assert linear.init_params(jax.random.key(0), 2, 2, scale=scale)["W"].dtype == jnp.float32
