@@ -79,11 +79,15 @@ def finite_number(value, name: str):
   return float(value)
 
 
-def callback(fn, call: str) -> None:
-  """InputError unless ``fn`` is None or callable (``call``: how it is called)."""
+def callback(fn, call: str, *arrays) -> None:
+  """InputError unless ``fn`` is None or callable (``call``: how it is called), and, when
+  any of ``arrays`` is traced (a caller's jit), None: progress is reported as work ends."""
   if fn is not None and not callable(fn):
     raise InputError(f"callback must be callable as {call} or None, got {fn!r}",
                      argument="callback")
+  if fn is not None and any(is_traced(a) for a in arrays):
+    raise InputError("callback reports the progress of a call outside jit; under jit, "
+                     "vmap or scan pass callback=None", argument="callback")
 
 
 def num_classes(value) -> int:
@@ -94,21 +98,22 @@ def num_classes(value) -> int:
 
 
 def labels(values, num_classes_: int, name: str, n: int | None = None):
-  """Concrete integer labels checked to lie in [0, num_classes); traced ones pass.
+  """Integer labels checked to lie in [0, num_classes); traced ones get the checks of their
+  dtype and shape only (known while tracing).
 
   n: the labels must be 1-D with n entries (one per database row).
   """
-  if is_traced(values):
-    return values
-  values = values if isinstance(values, jax.Array) else np.asarray(values)
+  values = values if isinstance(values, jax.Array) or is_traced(values) else np.asarray(values)
   if not jnp.issubdtype(values.dtype, jnp.integer):
     raise InputError(f"{name} must hold integer class labels, got dtype {values.dtype}",
                      argument=name)
   if n is not None and (values.ndim != 1 or values.shape[0] != n):
     raise InputError(f"{name} must be 1-D with one label per row ({n}), got shape "
                      f"{values.shape}", argument=name)
+  if is_traced(values):
+    return values
   if values.size:
-    lo, hi = int(values.min()), int(values.max())
+    lo, hi = value_range(values)
     if lo < 0 or hi >= num_classes_:
       raise InputError(f"{name} must lie in [0, num_classes) = [0, {num_classes_}), found "
                        f"{lo if lo < 0 else hi}; pass the right num_classes or fix the labels",
@@ -138,16 +143,27 @@ def _any_nan(x):
   return jnp.isnan(x).any()
 
 
+# The checks below run on concrete arrays, also when a caller's jit, scan or map is tracing
+# around them (a concrete jax array closed over): ensure_compile_time_eval computes them now
+# instead of adding them to the caller's program as tracers.
+
+
 def has_nan(x) -> bool:
   """Whether a concrete float array holds NaN (numpy on the host, one program otherwise)."""
-  return bool(np.isnan(x).any() if isinstance(x, np.ndarray) else _any_nan(x))
+  if isinstance(x, np.ndarray):
+    return bool(np.isnan(x).any())
+  with jax.ensure_compile_time_eval():
+    return bool(_any_nan(x))
 
 
 def value_range(x) -> tuple[int, int]:
   """(lowest, highest) of a concrete non-empty integer array: numpy for a host array, one
   compiled program for a jax array."""
-  lo, hi = (np.min(x), np.max(x)) if isinstance(x, np.ndarray) else _min_max(x)
-  return int(lo), int(hi)
+  if isinstance(x, np.ndarray):
+    return int(np.min(x)), int(np.max(x))
+  with jax.ensure_compile_time_eval():
+    lo, hi = _min_max(x)
+    return int(lo), int(hi)
 
 
 def float_stats(x) -> tuple[int, float]:
@@ -158,10 +174,9 @@ def float_stats(x) -> tuple[int, float]:
     return int(x.size - np.count_nonzero(ok)), float(np.max(np.abs(x), where=ok, initial=0))
   if not x.size:  # nothing to count (max has no identity)
     return 0, 0.0
-  bad, big = _float_stats_jit(x)
-  if is_traced(bad):  # a concrete array inside a caller's jit or map: values unknown here
-    return 0, 0.0
-  return int(bad), float(big)
+  with jax.ensure_compile_time_eval():
+    bad, big = _float_stats_jit(x)
+    return int(bad), float(big)
 
 
 def finite(x, name: str, why: str = "distances to them are undefined") -> float:

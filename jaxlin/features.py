@@ -120,6 +120,7 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
   for name, value in (("orientations", orientations), ("cell", cell), ("bins", bins),
                       ("batch_size", batch_size)):
     _checks.int_at_least(value, name, 1)
+  _checks.callback(callback, "callback(done, total)", images_NxHxWx3)
   images = jnp.asarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))
   n = images.shape[0]
   if n == 0:
@@ -164,7 +165,7 @@ def standardise(train_NxF, *others, stats=None):
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = _moments(train)
   else:
-    if isinstance(stats, (str, bytes)) or np.ndim(stats) == 0 or len(stats) != 2:
+    if isinstance(stats, (str, bytes)) or not hasattr(stats, "__len__") or len(stats) != 2:
       raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
     mean, std = (jnp.asarray(_checks.jax_exact(v, "stats")).astype(train.dtype) for v in stats)
     if mean.shape != (f,) or std.shape != (f,):

@@ -303,7 +303,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   if method not in METHODS:
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
                      argument="method")
-  _checks.callback(callback, "callback(queries_done, total)")
+  _checks.callback(callback, "callback(queries_done, total)", queries_QxD, database_NxD)
   if layout not in LAYOUTS:
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
@@ -413,7 +413,13 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
                 given) -> bool:
   """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``);
   ``given``: the caller's (queries, database), for the dtypes an error names."""
-  if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
+  traced = _checks.is_traced(queries) or _checks.is_traced(database)
+  if method == "pruned" and traced:
+    raise InputError("method='pruned' runs outside jit: its certificate and second round "
+                     "depend on the values; call it outside your jit, or use method='brute'",
+                     argument="method")
+  if method == "brute" or (method == "auto" and (
+      mesh is not None or num_database is not None or traced)):
     return False
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)

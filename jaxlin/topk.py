@@ -111,6 +111,8 @@ def smallest_k(values_TxN, k: int):
 
 @functools.partial(jax.jit, static_argnums=1)  # one program (inlined under a caller's jit)
 def _smallest_k(values_TxN, k):
+  if jnp.issubdtype(values_TxN.dtype, jnp.integer) and values_TxN.dtype.itemsize < 4:
+    values_TxN = values_TxN.astype(jnp.int32)  # the padding's 2**30 would wrap (uint8: to 0)
   t, n = values_TxN.shape
   s = CHUNK
   key = lambda x: -order_keys(x)

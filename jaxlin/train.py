@@ -777,13 +777,15 @@ def _finite_mean(losses_SxG):
 
 def member(params_G, i: int):
   """Parameters of grid member i (any pytree with a leading grid axis)."""
-  if _checks.is_traced(i):  # under jit / vmap: no value to check
+  sizes = {np.shape(v)[0] for v in jax.tree.leaves(params_G) if np.ndim(v)}
+  if len(sizes) != 1 or any(np.ndim(v) == 0 for v in jax.tree.leaves(params_G)):
+    raise InputError(f"params_G must be a pytree of arrays with one leading grid axis, got "
+                     f"leading sizes {sorted(sizes)} (a 0-d leaf has none)", argument="params_G")
+  if _checks.is_traced(i):  # under jit / vmap: no value to check, but an integer
+    if not jnp.issubdtype(jnp.result_type(i), jnp.integer):
+      raise InputError(f"i must be an integer, got {jnp.result_type(i)}", argument="i")
     return _take(params_G, i)
   i = _checks.concrete_int(i, "i")
-  sizes = {np.shape(v)[0] for v in jax.tree.leaves(params_G) if np.ndim(v)}
-  if len(sizes) != 1:
-    raise InputError(f"params_G must be a pytree of arrays with one leading grid axis, got "
-                     f"leading sizes {sorted(sizes)}", argument="params_G")
   g = sizes.pop()
   if not -g <= i < g:
     raise InputError(f"i={i} is outside the grid of {g} members", argument="i")

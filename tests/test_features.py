@@ -137,6 +137,13 @@ def test_constant_columns_stay_constant_when_their_mean_rounds():
     np.testing.assert_allclose(np.asarray(mean)[1], tr[:, 1].mean(), rtol=1e-5)
 
 
+def test_standardise_with_stats_traced_by_a_callers_jit():
+  a = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+  f = jax.jit(lambda a, m, s: features.standardise(a, stats=(m, s))[0][0])  # was a
+  np.testing.assert_allclose(f(a, a.mean(0), a.std(0)),  # TracerArrayConversionError
+                             (a - a.mean(0)) / a.std(0), rtol=1e-5)
+
+
 def test_mlp_gradients_match_numerical_gradients():
   rng = np.random.default_rng(3)
   x, y = rng.normal(size=(10, 5)), rng.integers(0, 3, 10)

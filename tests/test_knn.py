@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import knn, topk
+from jaxlin import knn, metrics, topk
 from jaxlin.errors import InputError
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -333,3 +333,52 @@ def test_smallest_k_refuses_what_it_cannot_order_and_ties_signed_zeros():
   zeros = np.zeros((1, 200), np.float32)
   zeros[0, ::2] = -0.0
   assert np.asarray(topk.smallest_k(zeros, 5)).tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_concrete_arrays_closed_over_in_a_callers_jit():
+  # The eager value checks ran their one-program helpers under the caller's trace and
+  # failed on the tracers they returned (ConcretizationTypeError, TracerBoolConversionError).
+  y = jnp.array([0, 1, 2, 1])
+  lab = jnp.array([[0, 1, 1], [2, 2, 0]])
+  v = jnp.array([[3.0, 1.0, 2.0]])
+  np.testing.assert_array_equal(jax.jit(lambda p: metrics.confusion_matrix(y, p, 3))(y),
+                                np.diag([1, 2, 1]))
+  np.testing.assert_array_equal(jax.jit(lambda c: knn.vote(lab, 3) + c)(0), [1, 2])
+  np.testing.assert_array_equal(
+      jax.jit(lambda q: knn.predict(jnp.eye(4), y, q, k=1, num_classes=3))(jnp.eye(4)), y)
+  np.testing.assert_array_equal(jax.jit(lambda c: topk.smallest_k(v, 1) + c)(0), [[1]])
+
+
+def test_traced_inputs_get_the_checks_their_shapes_and_dtypes_allow():
+  lab = jnp.array([[0, 1, 1], [2, 2, 0]])
+  for call, argument, message in [
+      # were [0 0], a TypeError, and labels clamped silently
+      (lambda: jax.jit(lambda l: knn.vote(l, 3))(lab.astype(jnp.float32)), "neighbor_labels_QxK",
+       "integer class labels"),
+      (lambda: jax.jit(lambda l: knn.vote(l, 3))(lab > 0), "neighbor_labels_QxK", "bool"),
+      (lambda: jax.jit(lambda t: knn.predict(jnp.eye(4), t, jnp.eye(4), k=1, num_classes=3))(
+          jnp.array([0, 1])), "train_y", r"one label per row \(4\), got shape \(2,\)"),
+      # the cascade needs values (was a TracerArrayConversionError)
+      (lambda: jax.jit(lambda a, b: knn.search(a, b, 2, method="pruned"))(
+          np.zeros((2, 4), np.uint8), np.arange(40, dtype=np.uint8).reshape(10, 4)), "method",
+       "runs outside jit"),
+      (lambda: jax.jit(lambda x: knn.search(x, jnp.ones((5, 2)), 1, callback=print))(
+          jnp.ones((1, 2))), "callback", "pass callback=None"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      call()
+    assert e.value.argument == argument
+  # method="auto" takes brute force for traced inputs, at any size (was the int8 timing and
+  # the cascade inside the trace)
+  shapes = jax.eval_shape(lambda a, b: knn.search(a, b, 10),
+                          jax.ShapeDtypeStruct((10000, 3072), jnp.uint8),
+                          jax.ShapeDtypeStruct((50000, 3072), jnp.uint8))
+  assert [s.shape for s in shapes] == [(10000, 10), (10000, 10)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16])
+def test_smallest_k_of_narrow_integers(dtype):
+  # The padding's 2**30 wrapped to 0 in narrow dtypes: position 70 of a row of 70.
+  assert np.asarray(topk.smallest_k(np.full((1, 70), 5, dtype), 1)).tolist() == [[0]]
+  v = np.random.default_rng(0).integers(0, 100, (3, 200)).astype(dtype)
+  np.testing.assert_array_equal(topk.smallest_k(v, 3), np.argsort(v, 1, kind="stable")[:, :3])

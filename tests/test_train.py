@@ -488,6 +488,14 @@ def test_short_fits_share_their_chunk_program():
   assert t.trace_count == 1
 
 
+def test_member_checks_the_grid_under_jit_too():
+  grid = {"W": jnp.zeros((3, 2, 2)), "b": jnp.arange(2.0)}  # b has no member axis
+  with pytest.raises(InputError, match=r"leading sizes \[2, 3\]"):
+    jax.jit(train.member)(grid, 1)  # was b[1]: one of b's features
+  with pytest.raises(InputError, match="i must be an integer"):
+    jax.jit(train.member)({"W": jnp.zeros((3, 2))}, 1.0)
+
+
 def test_init_scales_of_any_real_dtype():
   for scale in (jnp.bfloat16(0.01), np.float16(0.1), 1, np.float32(0.5)):
     assert linear.init_params(jax.random.key(0), 2, 2, scale=scale)["W"].dtype == jnp.float32
