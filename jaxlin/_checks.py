@@ -148,6 +148,19 @@ def _any_nan(x):
 # instead of adding them to the caller's program as tracers.
 
 
+def in_trace() -> bool:
+  """Whether a caller's jit is tracing around this call (a value made now is a tracer),
+  whatever the arguments: concrete arrays closed over in a jitted function are too."""
+  return is_traced(jnp.zeros((), jnp.int32))
+
+
+def outside_jit(what: str, argument: str, *arrays) -> None:
+  """InputError naming ``argument`` when ``what`` is called under a caller's jit."""
+  if any(is_traced(a) for a in arrays) or in_trace():
+    raise InputError(f"{what} runs outside jit (it needs concrete values); call it outside "
+                     "your jitted function", argument=argument)
+
+
 def has_nan(x) -> bool:
   """Whether a concrete float array holds NaN (numpy on the host, one program otherwise)."""
   if isinstance(x, np.ndarray):

@@ -165,7 +165,8 @@ def standardise(train_NxF, *others, stats=None):
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = _moments(train)
   else:
-    if isinstance(stats, (str, bytes)) or not hasattr(stats, "__len__") or len(stats) != 2:
+    if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
+        or not hasattr(stats, "__len__") or len(stats) != 2):
       raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
     mean, std = (jnp.asarray(_checks.jax_exact(v, "stats")).astype(train.dtype) for v in stats)
     if mean.shape != (f,) or std.shape != (f,):

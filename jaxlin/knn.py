@@ -308,6 +308,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
   ndev = _mesh_size(mesh)
+  if ndev > 1:  # the answer is gathered to the host
+    _checks.outside_jit("a search on a mesh", "mesh", queries_QxD, database_NxD)
   not_an_index(queries_QxD, names[0])
   not_an_index(database_NxD, names[1])
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
@@ -413,13 +415,15 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
                 given) -> bool:
   """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``);
   ``given``: the caller's (queries, database), for the dtypes an error names."""
-  traced = _checks.is_traced(queries) or _checks.is_traced(database)
-  if method == "pruned" and traced:
-    raise InputError("method='pruned' runs outside jit: its certificate and second round "
-                     "depend on the values; call it outside your jit, or use method='brute'",
-                     argument="method")
-  if method == "brute" or (method == "auto" and (
-      mesh is not None or num_database is not None or traced)):
+  if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
+    return False
+  # Under a caller's jit (traced inputs, or concrete ones closed over): its certificate and
+  # second round depend on the values.
+  if _checks.is_traced(queries) or _checks.is_traced(database) or _checks.in_trace():
+    if method == "pruned":
+      raise InputError("method='pruned' runs outside jit: its certificate and second round "
+                       "depend on the values; call it outside your jit, or use "
+                       "method='brute'", argument="method")
     return False
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)

@@ -108,6 +108,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``,
   ``method`` and ``image_shape`` as in ``jaxlin.knn.search``.
   """
+  _checks.outside_jit("cross_validate_knn (it returns numpy accuracies)", "x", x, y)
   knn.not_an_index(x, "x")
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2:

@@ -142,6 +142,9 @@ def test_standardise_with_stats_traced_by_a_callers_jit():
   f = jax.jit(lambda a, m, s: features.standardise(a, stats=(m, s))[0][0])  # was a
   np.testing.assert_allclose(f(a, a.mean(0), a.std(0)),  # TracerArrayConversionError
                              (a - a.mean(0)) / a.std(0), rtol=1e-5)
+  for stats in (jnp.float32(3.0), {"a": 1, "b": 2}):
+    with pytest.raises(InputError, match=r"stats must be a pair \(mean, std\)"):
+      features.standardise(a, stats=stats)
 
 
 def test_mlp_gradients_match_numerical_gradients():

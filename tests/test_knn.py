@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import knn, metrics, topk
+from jaxlin import knn, metrics, selection, topk
 from jaxlin.errors import InputError
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -374,6 +374,18 @@ def test_traced_inputs_get_the_checks_their_shapes_and_dtypes_allow():
                           jax.ShapeDtypeStruct((10000, 3072), jnp.uint8),
                           jax.ShapeDtypeStruct((50000, 3072), jnp.uint8))
   assert [s.shape for s in shapes] == [(10000, 10), (10000, 10)]
+  # ... and so do concrete arrays closed over in the caller's function
+  q, db = jnp.zeros((2, 4), jnp.uint8), jnp.arange(40, dtype=jnp.uint8).reshape(10, 4)
+  with pytest.raises(InputError, match="runs outside jit") as e:
+    jax.eval_shape(lambda: knn.search(q, db, 2, method="pruned"))
+  assert e.value.argument == "method"
+  with pytest.raises(InputError, match="runs outside jit") as e:
+    jax.jit(lambda c: selection.cross_validate_knn(db, jnp.arange(10) % 2, [1],
+                                                   num_classes=2) + c)(0.0)
+  assert e.value.argument == "x"
+  cm = jnp.array([[3, 1], [0, 2]])  # was a ConcretizationTypeError
+  np.testing.assert_allclose(jax.jit(lambda c: metrics.per_class_accuracy(cm) + c)(0.0),
+                             [0.75, 1.0])
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16])
