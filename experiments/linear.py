@@ -255,7 +255,7 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
         at = int(record["diverged_at"][g])  # >= 1: no figures of it, as results.json
         values = {k: None if at >= 1 else float(record[k][g])
                   for k in ("loss", "train_accuracy", "val_accuracy")}
-        rate = None if line_search else lr  # lbfgs: no rate (null), its line search sets it
+        rate = _recorded_rate(c, lr)
         if not line_search:
           values["scheduled_learning_rate"] = lr * float(multiplier(record["step"] - 1))
         writer.write(step=record["step"], epoch=round(record["epoch"], 4), learning_rate=rate,
@@ -279,6 +279,11 @@ def _rates(c: Config) -> tuple[float, ...]:
   """The grid's learning rates: lbfgs has none (its line search sets the step), so its
   members train with the rate 1 of an optimizer without one."""
   return (1.0,) if c.optimizer == "lbfgs" else c.learning_rate
+
+
+def _recorded_rate(c: Config, lr: float) -> float | None:
+  """The learning rate the written files record: None (null) for lbfgs."""
+  return None if c.optimizer == "lbfgs" else lr
 
 
 def _rate(c: Config, grid, g: int) -> str:
@@ -333,13 +338,12 @@ def _results(c: Config, ds, d, grid, fit, best, val_acc, cm, test_acc) -> dict:
       "input_dim": d, "loss": c.loss, "optimizer": c.optimizer,
       "sizes": {"train": ds.train.total, "val": ds.val.total, "test": ds.test.total},
       "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
-      "grid": [{"learning_rate": None if c.optimizer == "lbfgs" else lr, "reg": reg,
+      "grid": [{"learning_rate": _recorded_rate(c, lr), "reg": reg,
                 "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
                 "final_loss": float(fit.history[-1]["loss"][g]),
                 "diverged_at_step": int(fit.diverged_at[g]) if fit.diverged_at[g] >= 0 else None}
                for g, (lr, reg) in enumerate(grid)],
-      "chosen": {"learning_rate": None if c.optimizer == "lbfgs" else grid[best][0],
-                 "reg": grid[best][1],
+      "chosen": {"learning_rate": _recorded_rate(c, grid[best][0]), "reg": grid[best][1],
                  "val_accuracy": float(val_acc[best])},
       "test_accuracy": test_acc,
       "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(

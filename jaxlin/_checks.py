@@ -85,7 +85,7 @@ def callback(fn, call: str, *arrays) -> None:
   if fn is not None and not callable(fn):
     raise InputError(f"callback must be callable as {call} or None, got {fn!r}",
                      argument="callback")
-  if fn is not None and any(is_traced(a) for a in arrays):
+  if fn is not None and under_jit(*arrays):
     raise InputError("callback reports the progress of a call outside jit; under jit, "
                      "vmap or scan pass callback=None", argument="callback")
 
@@ -148,15 +148,15 @@ def _any_nan(x):
 # instead of adding them to the caller's program as tracers.
 
 
-def in_trace() -> bool:
-  """Whether a caller's jit is tracing around this call (a value made now is a tracer),
-  whatever the arguments: concrete arrays closed over in a jitted function are too."""
-  return is_traced(jnp.zeros((), jnp.int32))
+def under_jit(*arrays) -> bool:
+  """Whether a caller's jit is tracing around this call: any of ``arrays`` is traced, or a
+  value made now is (concrete arrays closed over in a jitted function)."""
+  return any(is_traced(a) for a in arrays) or is_traced(jnp.zeros((), jnp.int32))
 
 
 def outside_jit(what: str, argument: str, *arrays) -> None:
   """InputError naming ``argument`` when ``what`` is called under a caller's jit."""
-  if any(is_traced(a) for a in arrays) or in_trace():
+  if under_jit(*arrays):
     raise InputError(f"{what} runs outside jit (it needs concrete values); call it outside "
                      "your jitted function", argument=argument)
 
@@ -169,14 +169,19 @@ def has_nan(x) -> bool:
     return bool(_any_nan(x))
 
 
-def value_range(x) -> tuple[int, int]:
-  """(lowest, highest) of a concrete non-empty integer array: numpy for a host array, one
-  compiled program for a jax array."""
+def extremes(x) -> tuple:
+  """(lowest, highest) of a concrete non-empty array, as numpy scalars: numpy for a host
+  array, one compiled program for a jax array."""
   if isinstance(x, np.ndarray):
-    return int(np.min(x)), int(np.max(x))
+    return np.min(x), np.max(x)
   with jax.ensure_compile_time_eval():
-    lo, hi = _min_max(x)
-    return int(lo), int(hi)
+    return tuple(np.asarray(v) for v in _min_max(x))
+
+
+def value_range(x) -> tuple[int, int]:
+  """(lowest, highest) of a concrete non-empty integer array."""
+  lo, hi = extremes(x)
+  return int(lo), int(hi)
 
 
 def float_stats(x) -> tuple[int, float]:

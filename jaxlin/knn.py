@@ -419,7 +419,7 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
     return False
   # Under a caller's jit (traced inputs, or concrete ones closed over): its certificate and
   # second round depend on the values.
-  if _checks.is_traced(queries) or _checks.is_traced(database) or _checks.in_trace():
+  if _checks.under_jit(queries, database):
     if method == "pruned":
       raise InputError("method='pruned' runs outside jit: its certificate and second round "
                        "depend on the values; call it outside your jit, or use "

@@ -78,16 +78,10 @@ def per_class_accuracy(confusion_CxC):
   if np.ndim(cm) != 2 or np.shape(cm)[0] != np.shape(cm)[1]:
     raise InputError(f"confusion_CxC must be a square (C, C) matrix, got shape {np.shape(cm)}",
                      argument="confusion_CxC")
-  if not _checks.is_traced(cm) and np.size(cm) and (
-      float(np.min(cm) if isinstance(cm, np.ndarray) else _smallest(cm)) < 0):
+  if not _checks.is_traced(cm) and np.size(cm) and float(_checks.extremes(cm)[0]) < 0:
     raise InputError("confusion_CxC holds negative counts", argument="confusion_CxC")
   _checks.finite(cm, "confusion_CxC", "recalls of NaN or inf counts mean nothing")
   return _recall(jnp.asarray(cm))
-
-
-def _smallest(x):
-  with jax.ensure_compile_time_eval():  # also for a concrete array under a caller's jit
-    return float(jnp.min(x))
 
 
 @jax.jit

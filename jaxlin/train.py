@@ -476,10 +476,7 @@ class Trainer:
       raise InputError("x holds NaN or inf values: its scores and accuracy would mean nothing",
                        argument="x")
     if not _on_mesh(y, self.mesh):
-      lo, hi = _checks.value_range(y)
-      if lo < 0 or hi >= c:
-        raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
-                         f"[{lo}, {hi}]", argument="y")
+      _check_label_range(_checks.value_range(y), c, "labels", "y")
     return self._checked_accuracy(params, x, y, n, batch_size)
 
   def _grid_classes(self, params, x) -> int:
@@ -567,10 +564,7 @@ class Trainer:
         raise
       raise InputError(str(e), argument="x") from None
     c = scores.shape[-1]
-    lo, hi = _checks.value_range(y)
-    if lo < 0 or hi >= c:
-      raise InputError(f"labels must lie in [0, {c}) (the model's {c} scores), got values in "
-                       f"[{lo}, {hi}]", argument="y")
+    _check_label_range(_checks.value_range(y), c, "labels", "y")
     if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
       _check_penalised(params, "regs")
     return c
@@ -667,10 +661,7 @@ class Trainer:
         raise InputError(f"eval_sets[{name!r}] x has rows of shape {np.shape(ex)[1:]}, the "
                          f"training x {x.shape[1:]}", argument="eval_sets")
       if name in label_ranges:
-        lo, hi = label_ranges[name]
-        if lo < 0 or hi >= c:
-          raise InputError(f"eval_sets[{name!r}] labels must lie in [0, {c}), got values in "
-                           f"[{lo}, {hi}]", argument="eval_sets")
+        _check_label_range(label_ranges[name], c, f"eval_sets[{name!r}] labels", "eval_sets")
     multiplier = self._multiplier(int(num_steps))
     state = self._init(k_init, hyper["lr"], multiplier=multiplier)
     finite = jax.tree_util.tree_flatten_with_path(_finite_leaves(state.params))[0]
@@ -736,6 +727,13 @@ class Trainer:
     return FitResult(params=state.params, losses=np.concatenate(all_losses),
                      history=history, diverged_at=np.asarray(state.diverged_at),
                      steps=done, compile_count=self.trace_count)
+
+
+def _check_label_range(lo_hi: tuple[int, int], c: int, what: str, argument: str) -> None:
+  lo, hi = lo_hi
+  if lo < 0 or hi >= c:
+    raise InputError(f"{what} must lie in [0, {c}) (the model's {c} scores), got values in "
+                     f"[{lo}, {hi}]", argument=argument)
 
 
 def _on_mesh(a, mesh) -> bool:
