@@ -197,6 +197,37 @@ def float_stats(x) -> tuple[int, float]:
     return int(bad), float(big)
 
 
+# A float holds every integer up to 2**bits.
+_EXACT_INTS = {"bfloat16": 8, "float16": 11, "float32": 24, "float64": 53}
+
+
+def float_for(*dtypes) -> str:
+  """The float dtype arithmetic on inputs of ``dtypes`` runs in: "float64" if one is float64,
+  or, under jax_enable_x64, an integer of 32 or 64 bits (float32 holds integers exactly only
+  up to 2**24); "float32" otherwise."""
+  dts = [jnp.dtype(d) for d in dtypes]
+  wide = jax.config.jax_enable_x64 and any(
+      jnp.issubdtype(d, jnp.integer) and d.itemsize >= 4 for d in dts)
+  return "float64" if wide or any(d == jnp.float64 for d in dts) else "float32"
+
+
+def exact_ints(x, name: str, float_dtype: str) -> float:
+  """The largest absolute value of a concrete integer array ``x`` (0.0 for traced, empty or
+  float arrays); InputError naming ``name`` if ``float_dtype``, which the arithmetic casts
+  it to, cannot hold every value exactly."""
+  if is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer):
+    return 0.0
+  lo, hi = value_range(x)
+  largest, bits = max(-lo, hi), _EXACT_INTS[str(float_dtype)]
+  if largest > 1 << bits:
+    fix = ("" if float_dtype == "float64" else
+           "enable jax_enable_x64 (32- and 64-bit integers are then computed in float64), or ")
+    raise InputError(f"{name} holds integers up to {largest}, beyond 2**{bits}, so {float_dtype} "
+                     f"arithmetic would round them: {fix}subtract a reference value first "
+                     "(e.g. the column minimum) to bring them within range", argument=name)
+  return float(largest)
+
+
 def finite(x, name: str, why: str = "distances to them are undefined") -> float:
   """InputError naming ``name`` if a concrete float array holds NaN or inf; else its
   largest absolute value (0.0 for traced, integer or empty arrays)."""
@@ -220,6 +251,9 @@ def host_array(a, name: str) -> np.ndarray:
   if a.dtype.kind not in "biuf" and not jnp.issubdtype(a.dtype, jnp.floating):  # + bfloat16
     raise InputError(f"{name} must hold integers or real floats, got dtype {a.dtype}",
                      argument=name)
+  if a.dtype.kind == "f" and a.dtype.itemsize > 8:
+    raise InputError(f"{name} holds {a.dtype}, which JAX has no type for: convert it first, "
+                     "e.g. with .astype(np.float64)", argument=name)
   if a.dtype.kind in "iu" and a.dtype.itemsize >= 4 and a.size and not jax.config.jax_enable_x64:
     info = np.iinfo(np.int32)
     lo, hi = int(a.min()), int(a.max())

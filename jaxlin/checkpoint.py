@@ -98,7 +98,9 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   feature_mean and feature_std must have their length.
 
   Checked first as ``load`` checks a file (InputError naming what is wrong, nothing
-  written): a model ``save`` writes is one ``load`` reads.
+  written): a model ``save`` writes is one ``load`` reads. Arrays are stored as float32,
+  as the experiments train them: float64 params are rounded (scores then agree with the
+  float64 model to float32 precision).
   """
   path = _checked_path(path)
   if isinstance(class_names, str):

@@ -637,5 +637,5 @@ def preprocess(images_NxHxWxC, mean_HxWxC):
 
 @jax.jit
 def _preprocess(images_NxHxWxC, mean_HxWxC):
-  x = images_NxHxWxC.astype(jnp.float32) - mean_HxWxC
+  x = images_NxHxWxC.astype(jnp.float32) - mean_HxWxC.astype(jnp.float32)  # float32 under x64
   return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (0, D) for no images too

@@ -31,7 +31,12 @@ cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector)
 Integer kernels compute int32 distances (search compares them exactly, see
 ``jaxlin.topk``) and return them as float32, as ``pairwise_distances`` and
 ``knn.search`` do; float kernels compute in float32, or float64 when an input
-is float64 (under ``jax_enable_x64``). Inputs are cast before any arithmetic.
+is float64 or, under ``jax_enable_x64``, a 32- or 64-bit integer. Inputs are
+cast before any arithmetic; integers they cast must be exact in that float
+(up to 2**24 in float32, 2**53 in float64), else InputError. Integer rows in
+``l2_float`` are centred on an integer, so their distances are exact (ties
+included) while every squared norm and product sum stays below 2**24
+(float32) or 2**53 (float64).
 Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 """
 from __future__ import annotations
@@ -96,10 +101,13 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   if x.shape[1] != y.shape[1]:
     raise InputError(f"feature sizes differ: {names[0]} has shape {x.shape}, {names[1]} has "
                      f"{y.shape}; both need the same D", argument=names[0])
-  big = [_checks.finite(a, name) for a, name in zip(checked, names)]  # largest |value|
   kernel = kernel_for(metric, x.dtype, y.dtype, x.shape[1])
+  big = [_checks.finite(a, name) for a, name in zip(checked, names)]  # largest |value|
   if kernel.name == "l1_int":
     _check_l1_int_range(x, y, names)
+  elif kernel.name != "l2_int8":  # integers cast to floats: exact, and their largest |value|
+    big = [max(b, _checks.exact_ints(a, name, kernel.float_dtype))
+           for b, a, name in zip(big, checked, names)]
   if kernel.name in ("l1_float", "l2_float"):
     _check_float_range(big, x.shape[1], kernel, names)
   return x, y, kernel
@@ -109,14 +117,23 @@ def _check_float_range(big, d, kernel, names):
   """InputError unless every distance of float rows with largest absolute values ``big``
   stays finite in the kernel's dtype: L2 works on centred rows (entries up to 2 M for
   inputs up to M) through |q|^2 + |d|^2 - 2 q.d, so 16 D M^2 must be finite; L1 sums D
-  differences up to 2 M."""
-  fmax = float(jnp.finfo(kernel.float_dtype).max)
-  limit = (fmax / (16 * d)) ** 0.5 if kernel.name == "l2_float" else fmax / (4 * d)
+  differences up to 2 M. L2 also needs M^2 well above the smallest normal float: the
+  identity resolves squared distances down to eps M^2, and below tiny / eps every one of
+  them would be flushed to 0 (all rows tied)."""
+  info = jnp.finfo(kernel.float_dtype)
+  limit = (float(info.max) / (16 * d)) ** 0.5 if kernel.name == "l2_float" else float(
+      info.max) / (4 * d)
+  name = names[0] if big[0] >= big[1] else names[1]
+  fix = "scale the inputs, e.g. divide both by their largest absolute value"
   if max(big) > limit:
-    name = names[0] if big[0] >= big[1] else names[1]
     raise InputError(f"{name} holds values up to {max(big):.3g}: its {kernel.float_dtype} "
-                     f"distances over {d} features would overflow (limit {limit:.3g}); scale "
-                     "the inputs, e.g. divide both by their largest absolute value",
+                     f"distances over {d} features would overflow (limit {limit:.3g}); {fix}",
+                     argument=name)
+  low = (float(info.tiny) / float(info.eps)) ** 0.5
+  if kernel.name == "l2_float" and 0 < max(big) < low:
+    raise InputError(f"{names[0]} and {names[1]} hold values no larger than "
+                     f"{max(big):.3g}: their {kernel.float_dtype} squared distances would "
+                     f"underflow to 0 (limit: a largest value of at least {low:.3g}); {fix}",
                      argument=name)
 
 
@@ -153,8 +170,9 @@ def as_float(x):
 
 
 def _float_dtype(*dtypes) -> str:
-  """The float dtype of the arithmetic: float64 if an input is float64, else float32."""
-  return "float64" if any(jnp.dtype(d) == jnp.float64 for d in dtypes) else "float32"
+  """The float dtype of the arithmetic: float64 if an input is float64 or, under
+  jax_enable_x64, a 32- or 64-bit integer; else float32 (``_checks.float_for``)."""
+  return _checks.float_for(*dtypes)
 
 
 def same_small_int(x, y) -> bool:
@@ -167,7 +185,7 @@ def same_small_int(x, y) -> bool:
 # Reference: the definition, one pair at a time, vmapped over both sets.
 # --------------------------------------------------------------------------
 def _one_pair(a, b, metric):
-  a = a.astype(jnp.float64 if jnp.float64 in (a.dtype, b.dtype) else jnp.float32)
+  a = a.astype(_float_dtype(a.dtype, b.dtype))
   b = b.astype(a.dtype)
   if metric == "l1":
     return jnp.sum(jnp.abs(a - b))
@@ -308,9 +326,12 @@ def _no_centre(x, dtype):
 
 
 def _l2_float_prepare(db, n_valid, dtype):
+  integers = is_integer(db)
   db = db.astype(dtype)
   # Padding rows are zeros: the sum over all rows is the sum over the real ones.
   mu = jnp.sum(db, axis=0) / jnp.asarray(n_valid).astype(dtype)
+  if integers:  # an integer centre keeps integer rows integers: exact while sums stay exact
+    mu = jnp.round(mu)
   db = db - mu  # L2 is translation invariant, and centred rows cancel less in the identity
   return db, jnp.sum(db * db, axis=1), mu
 

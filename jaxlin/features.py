@@ -150,7 +150,9 @@ def standardise(train_NxF, *others, stats=None):
       raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
                        argument=name)
     if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
-      x = x.astype(jnp.float32)  # ints and float16: statistics in float32, no overflow
+      dtype = _checks.float_for(x.dtype)  # ints and float16: float32 or wider, no overflow
+      _checks.exact_ints(x, name, dtype)
+      x = x.astype(dtype)
     _checks.finite(x, name, "standardised features would be NaN")
     return x
   train = rows(train_NxF, "train_NxF")

@@ -51,8 +51,9 @@ def _init_params(key, num_features, num_classes, scale):
 
 def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
-  if isinstance(x_NxD, (list, tuple)):
-    x_NxD = jnp.asarray(x_NxD)
+  x_NxD = _checks.jax_exact(x_NxD, "x_NxD")  # lists as arrays; strings refused
+  if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)):
+    raise InputError(f"x_NxD must hold real numbers, got dtype {x_NxD.dtype}", argument="x_NxD")
   w = param(params, "W", (None, None))
   b = param(params, "b", (w.shape[1],))
   if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:

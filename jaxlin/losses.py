@@ -27,8 +27,10 @@ def _inputs(scores_NxC, labels_N):
   """The checked (scores, labels) as jax arrays."""
   scores_NxC = jnp.asarray(_checks.jax_exact(scores_NxC, "scores_NxC"))
   labels_N = jnp.asarray(_checks.jax_exact(labels_N, "labels_N"))
-  if jnp.issubdtype(scores_NxC.dtype, jnp.integer):
-    scores_NxC = scores_NxC.astype(jnp.float32)
+  if jnp.issubdtype(scores_NxC.dtype, jnp.integer):  # as floats that hold every value
+    dtype = _checks.float_for(scores_NxC.dtype)
+    _checks.exact_ints(scores_NxC, "scores_NxC", dtype)
+    scores_NxC = scores_NxC.astype(dtype)
   if not jnp.issubdtype(scores_NxC.dtype, jnp.floating):
     raise InputError(f"scores_NxC must be real numbers, got {scores_NxC.dtype}",
                      argument="scores_NxC")

@@ -38,6 +38,10 @@ def accuracy(labels_N, preds_N):
   labels_N, preds_N = _label_arrays(labels_N, preds_N, integers=False)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
+  common = jnp.result_type(labels_N, preds_N)  # what == compares in
+  if jnp.issubdtype(common, jnp.floating):  # integers cast to it must stay exact
+    for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
+      _checks.exact_ints(v, name, str(common))
   return jnp.mean(labels_N == preds_N)
 
 

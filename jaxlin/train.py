@@ -197,7 +197,7 @@ def _grid_numbers(values, name: str) -> np.ndarray:
                                    or jnp.issubdtype(raw.dtype, jnp.floating)):  # bfloat16 too
     raise InputError(f"{name} must be a 1-D sequence of real numbers, got {values!r}",
                      argument=name)
-  if not isinstance(values, (np.ndarray, jax.Array)) and np.ndim(values) == 1 and any(
+  if not isinstance(values, (np.ndarray, jax.Array)) and raw.ndim == 1 and any(
       np.ndim(v) == 0 and jnp.result_type(v) == jnp.bool_ for v in values):
     raise InputError(f"{name} must be real numbers, not bools, got {values!r}", argument=name)
   return raw.astype(np.float64)
@@ -462,13 +462,13 @@ class Trainer:
                        argument="x")
     if np.shape(x)[0] == 0:
       raise InputError("x is empty: no examples to measure accuracy on", argument="x")
+    x, y = _checks.jax_exact(x, "x"), _checks.jax_exact(y, "y")  # lists as arrays
     n = x.shape[0] if num_examples is None else _checks.int_at_least(num_examples,
                                                                      "num_examples", 1)
     if n > x.shape[0]:
       raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
                        argument="num_examples")
     batch_size = _checks.int_at_least(batch_size, "batch_size", 1)
-    x, y = _checks.jax_exact(x, "x"), _checks.jax_exact(y, "y")
     c = self._grid_classes(params, x)
     if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
       raise InputError(f"y must hold integer labels, got {jnp.result_type(y)}", argument="y")
@@ -544,7 +544,7 @@ class Trainer:
       if not np.all(np.isfinite(as_used) & (as_used > 0)):
         raise InputError(f"learning_rates must be finite and > 0 in float32 (1.4e-45 to "
                          f"3.4e38), got {lrs.tolist()}", argument="learning_rates")
-    return {"lr": jnp.asarray(lrs, jnp.float32), "reg": jnp.asarray(regs, jnp.float32)}
+    return {"lr": lrs, "reg": regs}  # float64 numbers, cast to the params' dtype by fit
 
   def _check_data(self, key, x, y, n, regs):
     if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -628,15 +628,18 @@ class Trainer:
     processes (``sharding.rows_to_global``); its rows past ``num_examples``
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
+        num_steps, (int, np.integer)) or num_steps < 1:
       raise InputError(f"num_steps must be a positive integer, got {num_steps!r}",
                        argument="num_steps")
-    for name, value, lowest in (("batch_size", batch_size, 1), ("log_every", log_every, 0),
-                                ("num_examples", num_examples, 1)):
+    num_steps = int(num_steps)  # a numpy integer too
+    sizes = {"batch_size": batch_size, "log_every": log_every, "num_examples": num_examples}
+    for (name, value), lowest in zip(sizes.items(), (1, 0, 1)):
       if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(
           value, (int, np.integer)) or value < lowest):
         raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
                          argument=name)
+    batch_size, log_every, num_examples = (None if v is None else int(v) for v in sizes.values())
     _checks.callback(callback, "callback(record)")
     try:
       k_init, k_data = _split(key)
@@ -656,13 +659,17 @@ class Trainer:
       raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
                        argument="num_examples")
     c = self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
+    # float32 settings, or float64 ones for a model with float64 params (jax_enable_x64).
+    wide = any(getattr(leaf, "dtype", None) == jnp.float64
+               for leaf in jax.tree.leaves(jax.eval_shape(self.model.init, k_init)))
+    hyper = {k: jnp.asarray(v, jnp.float64 if wide else jnp.float32) for k, v in hyper.items()}
     for name, (ex, _, _) in eval_sets.items():
       if np.shape(ex)[1:] != x.shape[1:]:
         raise InputError(f"eval_sets[{name!r}] x has rows of shape {np.shape(ex)[1:]}, the "
                          f"training x {x.shape[1:]}", argument="eval_sets")
       if name in label_ranges:
         _check_label_range(label_ranges[name], c, f"eval_sets[{name!r}] labels", "eval_sets")
-    multiplier = self._multiplier(int(num_steps))
+    multiplier = self._multiplier(num_steps)
     state = self._init(k_init, hyper["lr"], multiplier=multiplier)
     finite = jax.tree_util.tree_flatten_with_path(_finite_leaves(state.params))[0]
     for path, ok in finite:

@@ -2,6 +2,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -162,6 +163,8 @@ def test_preprocess_subtracts_the_mean_image():
     data.mean_image(lists)  # Python ints are not pixels of a known range
   np.testing.assert_allclose(data.preprocess(imgs, np.asarray(mu).tolist()),
                              [[-1, -10, -10], [1, 10, 10]])
+  with jax.enable_x64(True):  # float32 rows, as documented, from a float64 mean
+    assert data.preprocess(imgs, np.asarray(mu, np.float64)).dtype == jnp.float32
   with pytest.raises(InputError, match="NaN") as e:
     data.preprocess(imgs, np.where(np.arange(3) == 1, np.nan, mu))
   assert e.value.argument == "mean_HxWxC"

@@ -162,6 +162,43 @@ def test_float_distances_that_would_overflow_are_refused():
   assert float(distances.pairwise_distances(x / 30, y[1:] / 30, metric="l1")[0, 0]) == 0.0
 
 
+def test_float_l2_that_would_underflow_is_refused():
+  x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+  with pytest.raises(InputError, match=r"no larger than 2\.\d+e-20: their float32 squared "
+                     "distances would underflow") as e:  # were all 0, rows in index order
+    knn.search(x[:2] * 1e-20, x * 1e-20, 2)
+  assert e.value.argument == "database_NxD"  # the larger values
+  d, i = knn.search(x[:2] * 1e-12, x * 1e-12, 2)  # small, but resolved
+  np.testing.assert_array_equal(i, knn.search(x[:2], x, 2)[1])
+  assert float(d[0, 1]) > 0
+  assert float(distances.pairwise_distances(x[:1] * 1e-30, x[:1] * 1e-30, metric="l1")[0, 0]) == 0
+
+
+def test_integers_are_cast_only_to_floats_that_hold_them():
+  rng = np.random.default_rng(1)
+  a = rng.integers(0, 4, size=(40, 3)).astype(np.int32)  # many exact ties
+  ref = ((a[:7, None, :].astype(np.int64) - a[None]) ** 2).sum(-1)
+  d, i = knn.search(a[:7], a, 10, metric="l2_squared")  # integer centre: exact distances
+  np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :10])
+  np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :10])
+  big = np.array([[2**25, 0], [2**25 + 3, 0], [2**25 + 1, 0]], np.int32)
+  for metric in ("l2", "cosine", "l1"):  # l1: mixed with floats, so computed in floats
+    with pytest.raises(InputError, match=r"integers up to 33554435, beyond 2\*\*24, so "
+                       "float32 arithmetic would round them: enable jax_enable_x64") as e:
+      knn.search(np.zeros((1, 2), np.float32 if metric == "l1" else np.int32), big, 3,
+                 metric=metric)
+    assert e.value.argument == "database_NxD"
+  with jax.enable_x64(True):  # 32- and 64-bit integers in float64: exact
+    d, i = knn.search(big[2:].astype(np.int64) + 2**30, big.astype(np.int64) + 2**30, 3)
+    assert d.dtype == jnp.float64
+    np.testing.assert_array_equal(i, [[2, 0, 1]])  # were distances 0, 0, 0 in float32
+    np.testing.assert_array_equal(d, [[0.0, 1.0, 2.0]])
+    with pytest.raises(InputError, match=r"beyond 2\*\*53, so float64 arithmetic") as e:
+      distances.pairwise_distances(np.full((1, 4), -2**62), np.full((1, 4), 2**62),
+                                   metric="l2_squared")  # was inf
+    assert e.value.argument == "x_QxD"
+
+
 def test_cosine_of_tiny_and_huge_vectors():
   d = lambda a, b: np.asarray(distances.pairwise_distances(np.float32(a), np.float32(b),
                                                            metric="cosine"))

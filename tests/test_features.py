@@ -204,6 +204,13 @@ def test_standardise_refuses_what_would_be_silently_wrong():
     features.standardise(x, np.zeros((3, 1)))  # broadcast before
   with pytest.raises(InputError, match="train_NxF contains 2 NaN"):
     features.standardise(np.array([[np.nan, 1.0], [np.nan, 2.0]]))
+  ints = np.array([[2 ** 30], [2 ** 30 + 1], [2 ** 30 + 2]], np.int32)
+  with pytest.raises(InputError, match=r"train_NxF holds integers up to 1073741826, beyond "
+                     r"2\*\*24"):  # was a constant column in float32: all 0
+    features.standardise(ints)
+  with jax.enable_x64(True):
+    (z,), _ = features.standardise(ints.astype(np.int64))
+    np.testing.assert_allclose(np.asarray(z)[:, 0], [-1.5 ** 0.5, 0.0, 1.5 ** 0.5], rtol=1e-12)
 
 
 def test_feature_settings_that_describe_nothing_are_refused():

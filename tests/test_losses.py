@@ -212,6 +212,13 @@ def test_values_jax_would_change_are_refused_and_integer_weights_do_not_wrap():
   np.testing.assert_array_equal(np.asarray(losses.multiclass_svm(ints, LABELS)),
                                 np.asarray(losses.multiclass_svm(ints.astype(np.float32),
                                                                  LABELS)))
+  # Integers beyond what float32 holds: refused, or in float64 under jax_enable_x64.
+  wide = np.array([[2 ** 30, 2 ** 30 + 3]], np.int32)
+  with pytest.raises(InputError, match=r"scores_NxC holds integers up to 1073741827, beyond "
+                     r"2\*\*24") as e:
+    losses.multiclass_svm(wide, np.array([0]))  # was 1.0: both scores rounded to 2**30
+  with jax.enable_x64(True):
+    assert float(losses.multiclass_svm(wide.astype(np.int64) << 10, np.array([0]))[0]) == 3073.0
   # int8 weights: 4 * 100**2, not the int8 wrap-around.
   assert float(losses.l2_penalty({"W": np.full((2, 2), 100, np.int8)})) == 40000.0
 
@@ -234,6 +241,12 @@ def test_metrics_refuse_what_they_cannot_count():
   # Valid labels of other dtypes still count: bools, and floats for accuracy (exact equality).
   assert float(metrics.accuracy(np.array([True, False]), np.array([True, True]))) == 0.5
   assert float(metrics.accuracy(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]))) == 0.75
+  with pytest.raises(InputError, match=r"labels_N holds integers up to 1073741825, beyond "
+                     r"2\*\*24") as e:  # compared in float32: was 1.0
+    metrics.accuracy(np.array([2 ** 30 + 1]), np.array([2 ** 30], np.float32))
+  assert e.value.argument == "labels_N"
+  with pytest.raises(InputError, match="holds float128, which JAX has no type for"):
+    metrics.accuracy(np.array([1.0], np.longdouble), np.array([1]))  # was JAX's TypeError
   assert metrics.confusion_matrix(np.array([True, False]), np.array([True, True]),
                                   2).tolist() == [[0, 1], [0, 1]]
 

@@ -397,6 +397,11 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (_fit_call(learning_rates=[1e-50]), "learning_rates", "finite and > 0 in float32"),
     (_fit_call(x=_X[:, :5]), "x", r"x has shape \(120, 5\); expected \(N, 6\)"),  # the user's
     (lambda: linear.init_params(0, 6, 3), "key", "jax random key"),
+    (_fit_call(num_steps=True), "num_steps", "positive integer, got True"),
+    (lambda: linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.array([["a"] * 3])),
+     "x_NxD", "integers or real floats, got dtype <U1"),  # was JAX's TypeError
+    (lambda: linear.scores(linear.init_params(jax.random.key(0), 3, 2),
+                           np.ones((1, 3), np.complex64)), "x_NxD", "got dtype complex64"),
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=lambda lr: "sgd").fit(
         jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10, num_steps=1),
      "optimizer", "must return an optax.GradientTransformation"),
@@ -405,6 +410,38 @@ def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
     call()
   assert e.value.argument == argument
+
+
+def test_numpy_counts_jax_scalar_rates_and_list_data_are_taken():
+  x, y = _problem()
+  t = _trainer()
+  res = t.fit(jax.random.key(0), x, y, learning_rates=[jnp.bfloat16(0.125)],
+              regs=[np.float32(0.0)], batch_size=np.int64(16), num_steps=np.int64(5))
+  ref = t.fit(jax.random.key(0), x, y, learning_rates=[0.125], regs=[0.0], batch_size=16,
+              num_steps=5)
+  np.testing.assert_array_equal(res.losses, ref.losses)
+  np.testing.assert_array_equal(  # lists, as fit takes them
+      t.accuracy(res.params, np.asarray(x).tolist(), np.asarray(y).tolist()),
+      t.accuracy(res.params, x, y))
+
+
+def test_float64_models_train_with_float64_settings():
+  with jax.enable_x64(True):
+    x, y = (np.asarray(a, np.float64) for a in _problem())
+    y = y.astype(np.int64)
+    wide = lambda k: jax.tree.map(lambda a: a.astype(jnp.float64), linear.init_params(k, 6, 3))
+    t = train.Trainer(train.Model(wide, linear.scores), losses.softmax_cross_entropy,
+                      optimizer="sgd")
+    res = t.fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.01], batch_size=120,
+                num_steps=3)
+    p = wide(jax.random.split(jax.random.key(0))[0])  # fit's init key
+    objective = lambda p: losses.softmax_cross_entropy(linear.scores(p, x), y).mean() + (
+        0.01 * losses.l2_penalty(p))
+    for _ in range(3):
+      p = jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(objective)(p))
+    assert res.params["W"].dtype == jnp.float64
+    # 0.1 and 0.01 rounded to float32 gave differences of 3e-10.
+    np.testing.assert_allclose(res.params["W"][0], p["W"], rtol=0, atol=1e-15)
 
 
 def test_raw_keys_of_the_default_generator_are_taken():
