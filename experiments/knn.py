@@ -21,6 +21,9 @@ from experiments.config import option, require
 from jaxlin import data, distances, knn, metrics, selection
 
 
+MAX_NEIGHBORS_SHOWN = 10  # neighbours per test image in plots/neighbors.png (more: unreadable)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(common.DataConfig):
   num_train: int | None = option(5000, "training images (0 = all)")
@@ -123,14 +126,15 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
     test_t = common.Timer()  # the test split, touched once
     with common.progress(f"test, {best_metric} k={best_k}", ds.test.total, "img") as bar:
-      idx = db.neighbours("test", ds.test, best_metric, min(max(best_k, 10), db.n), bar)
+      idx = db.neighbours("test", ds.test, best_metric,
+                          min(max(best_k, MAX_NEIGHBORS_SHOWN), db.n), bar)
     test_pred = np.asarray(knn.vote(db.y[idx[:, :best_k]], ds.num_classes,
                                     tie_break=c.tie_break))
     test_s = test_t()
     test_y = r.hosts.whole(ds.test, ds.test.labels)
     cm = np.asarray(metrics.confusion_matrix(test_y, test_pred, ds.num_classes))
 
-    _figures(r, c, ds, db, accuracies, idx, test_y, cm, f"kNN {best_metric} k={best_k}, test")
+    _figures(r, c, ds, db, accuracies, (best_metric, best_k), idx, test_y, test_pred, cm)
     results = _results(c, ds, accuracies, best_metric, best_k, cm,
                        float(np.trace(cm) / cm.sum()))  # exact (float64), as the CV ones
     results["sizes"]["cross_validation"] = (len(cv_rows) if c.cv_folds and not c.single
@@ -205,7 +209,8 @@ def _select(c: Config, ds: data.Dataset, db: _Database, metric: str,
     acc = np.array([[np.count_nonzero(np.asarray(knn.vote(
         db.y[idx[:, :k]], ds.num_classes, tie_break=c.tie_break)) == val_y) / len(val_y)
                      for k in ks]])  # exact fractions (float64), as cross_validate_knn
-  logging.info("%s: mean accuracy by k %s", metric,
+  logging.info("%s: %s by k %s", metric,
+               f"mean {c.cv_folds}-fold CV accuracy" if c.cv_folds else "validation accuracy",
                {k: round(float(a), 4) for k, a in zip(ks, acc.mean(0))})
   return acc
 
@@ -219,17 +224,23 @@ def _choose(c: Config, accuracies: dict) -> tuple[str, int]:
   return m, c.k[j]
 
 
-def _figures(r, c: Config, ds, db: _Database, accuracies, idx, test_y, cm, title) -> None:
+def _figures(r, c: Config, ds, db: _Database, accuracies, chosen, idx, test_y, test_pred,
+             cm) -> None:
+  metric, k = chosen
   if accuracies:
-    r.plot("cross_validation.png", "cross_validation", list(c.k), accuracies)
+    r.plot("cross_validation.png", "cross_validation", list(c.k), accuracies, chosen=chosen)
   shown = cfg.rng(c.seed, "shown_images").permutation(ds.test.total)[:c.num_neighbor_rows]
   if len(shown):  # --num_neighbor_rows=0: no neighbours figure
-    near = idx[shown, :10]
+    near = idx[shown, :min(k, MAX_NEIGHBORS_SHOWN)]
     shown_images = r.hosts.rows_at(ds.test, shown)  # every process takes part
     near_images = r.hosts.rows_at(ds.train, near.ravel()).reshape(near.shape + ds.image_shape)
+    which = (f"the first {near.shape[1]} of their k={k} nearest training images"
+             if near.shape[1] < k else f"their k={k} nearest training images" if k > 1
+             else "their nearest training image (k=1)")
     r.plot("neighbors.png", "neighbors", shown_images, test_y[shown], near_images, db.y[near],
-           ds.class_names)
-  r.plot("confusion.png", "confusion", cm, ds.class_names, title=title)
+           ds.class_names, predicted_labels=test_pred[shown],
+           title=f"test images (left) and {which}, {metric} distance")
+  r.plot("confusion.png", "confusion", cm, ds.class_names, title=f"kNN {metric} k={k}, test")
 
 
 def _results(c: Config, ds, accuracies, best_metric, best_k, cm, test_acc) -> dict:

@@ -170,9 +170,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         "load": load_s, "features": features_s, "train_grid": train_s,
         "train_per_setting": train_s / len(grid), "predict_test": predict_s})
     results = r.finish(results)
-  logging.info("chosen lr=%s reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in %.1f s",
-               _rate(c, grid, best), grid[best][1], val_acc[best], results["test_accuracy"],
-               len(grid), train_s)
+  diverged = int(np.count_nonzero(fit.diverged_at >= 1))
+  logging.info("chosen lr=%s reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in "
+               "%.1f s%s", _rate(c, grid, best), grid[best][1], val_acc[best],
+               results["test_accuracy"], len(grid), train_s,
+               f"; {diverged} of {len(grid)} settings diverged" if diverged else "")
   return results
 
 
@@ -311,18 +313,28 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
            if len(show) < w1.shape[1] else f"first-layer weights, all {len(show)} units "
            f"({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
+  diverged = lambda g: int(fit.diverged_at[g]) >= 1
   label = lambda g: (f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}"
-                     + (" (chosen)" if g == best else ""))
+                     + (" (chosen)" if g == best else "")
+                     + (f" (diverged at step {int(fit.diverged_at[g])})" if diverged(g) else ""))
   shown = range(len(grid)) if len(grid) <= 9 else [best]
   smooth = max(1, len(steps_axis) // 50)
-  r.plot("loss.png", "curves", {label(g): (steps_axis, fit.losses[:, g]) for g in shown},
+  on = "" if c.features == "pixels" else f" on {c.features} features"
+  r.plot("loss.png", "curves", {  # a diverged setting: its finite steps, before it diverged
+      label(g): (steps_axis[:fit.diverged_at[g] - 1], fit.losses[:fit.diverged_at[g] - 1, g])
+      if diverged(g) else (steps_axis, fit.losses[:, g]) for g in shown},
          ylabel="training objective", logy=True, smooth=smooth, highlight=label(best),
-         title=f"{c.model} {c.loss} loss, {c.optimizer} (moving average over {smooth} steps)")
+         outliers=[label(g) for g in shown if diverged(g)],
+         title=f"{c.model} {c.loss} loss{on}, {c.optimizer}"
+         + (f" (moving average over {smooth} steps)" if smooth > 1 else ""))
   rates = ["line search"] if c.optimizer == "lbfgs" else list(c.learning_rate)
   r.plot("grid.png", "grid", val_acc.reshape(len(rates), len(c.reg)),
          rates, list(c.reg), a_label="learning rate", b_label="reg",
-         title="val accuracy over the grid")
-  r.plot("confusion.png", "confusion", cm, ds.class_names, title=f"{c.model} {c.loss}, test")
+         title=f"validation accuracy over the grid\n{c.model} {c.loss}{on}",
+         value_label="validation accuracy", nan_text="diverged",
+         chosen=divmod(best, len(c.reg)))
+  r.plot("confusion.png", "confusion", cm, ds.class_names,
+         title=f"{c.model} {c.loss}{on}, test")
   epochs_axis = [h["epoch"] for h in fit.history]
   r.plot("accuracy.png", "curves", {
       f"train ({min(1000, ds.train.total):,} sampled)": (

@@ -14,6 +14,8 @@ import os
 from typing import Mapping, Sequence
 
 import matplotlib.colors
+import matplotlib.font_manager
+import matplotlib.patches
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
@@ -98,8 +100,9 @@ def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
     raise InputError("there are no images to draw: pass at least one", argument="images")
   h, w = next(im.shape[:2] for r in images for im in r if im is not None)
   frame = max(1, round(h / 16))
-  cell_h, cell_w = h + 2 * frame + round(0.3 * h), w + 2 * frame + round(0.2 * w)
-  top, left = round(0.3 * h), round(0.1 * w)  # room for the label above each image
+  lines = max((text.count("\n") + 1 for row in labels for text in row if text), default=1)
+  top, left = round(0.3 * h * lines), round(0.1 * w)  # room for the label above each image
+  cell_h, cell_w = h + 2 * frame + top, w + 2 * frame + round(0.2 * w)
   mosaic = np.ones((rows * cell_h, cols * cell_w, 3), np.float32)
   for r, row in enumerate(images):
     for c, im in enumerate(row):
@@ -142,10 +145,13 @@ def _as_image(x_HxWxC):
 
 
 def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
+                     chosen: tuple[str, float] | None = None,
                      ax=None) -> matplotlib.figure.Figure:
-  """Accuracy vs k: each fold a dot, the mean a line with std error bars, one curve per metric.
+  """Accuracy vs k, one curve per metric: over several folds each fold a dot and the mean a
+  line with std error bars; over one (a validation split) its accuracy.
 
-  accuracies: metric name -> (num_folds, len(ks)).
+  accuracies: metric name -> (num_folds, len(ks)); num_folds = 1: a validation split.
+  chosen: the (metric, k) chosen, ringed and named in the legend.
   """
   ks = _array(np.atleast_1d(ks) if np.ndim(ks) == 0 else ks, "ks", "(K,)", (1,))
   # One k: cross_validate_knn's (num_folds,) accuracies of an int k are one column.
@@ -155,28 +161,83 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
   if not len(ks) or not accuracies:
     raise InputError("there is nothing to draw: pass at least one k and one metric",
                      argument="accuracies")
+  if chosen is not None:
+    chosen_at = _chosen_point(chosen, ks, accuracies)
   fig, ax = _figure_and_ax(ax, (7, 4.5))
+  handles = []  # the legend's, in this order
   for i, (name, acc) in enumerate(accuracies.items()):
     color = f"C{i}"
+    if acc.shape[0] == 1:  # a validation split: one accuracy per k
+      handles += ax.plot(ks, acc[0], color=color, marker="o", label=name)
+      continue
     for fold in acc:
       ax.scatter(ks, fold, s=12, color=color, alpha=0.5)
-    ax.errorbar(ks, acc.mean(0), yerr=acc.std(0), color=color, capsize=3, marker="o",
-                label=f"{name} (mean ± std over {acc.shape[0]} folds)")
+    handles.append(ax.errorbar(ks, acc.mean(0), yerr=acc.std(0), color=color, capsize=3,
+                               marker="o", label=f"{name} (mean ± std over {acc.shape[0]} folds)"))
+  if chosen is not None:
+    metric, j = chosen_at
+    mean = accuracies[metric][:, j].mean()
+    handles.append(ax.scatter([ks[j]], [mean], s=260, facecolors="none", edgecolors="black",
+                              linewidths=1.8, zorder=5,
+                              label=f"chosen: {metric}, k={_tick(ks[j])} ({mean:.3f})"))
   ax.set_xscale("log" if ks.max() / max(ks.min(), 1) > 20 else "linear")
-  ax.set_xticks(ks)
-  ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.set_xticks(ks, _spaced_labels(ax, ks))
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  validation = all(acc.shape[0] == 1 for acc in accuracies.values())
   ax.set_xlabel("k")
-  ax.set_ylabel("cross-validation accuracy")
-  ax.set_title("k-nearest neighbours: choosing k by cross-validation")
+  ax.set_ylabel("validation accuracy" if validation else "cross-validation accuracy")
+  ax.set_title("k-nearest neighbours: choosing k on a validation split" if validation
+               else "k-nearest neighbours: choosing k by cross-validation")
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(handles=handles)
   return fig
 
 
+def _chosen_point(chosen, ks: np.ndarray, accuracies: Mapping[str, np.ndarray]):
+  """``chosen`` (metric, k) -> (metric, index of k in ``ks``), or InputError."""
+  try:
+    metric, k = chosen
+  except (TypeError, ValueError):
+    metric = k = None
+  number = isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
+  at = np.flatnonzero(ks == k) if number else []
+  if not isinstance(metric, str) or metric not in accuracies or not len(at):
+    raise InputError(f"chosen must be a (metric, k) pair of those drawn (metrics "
+                     f"{', '.join(accuracies)}; k {', '.join(_tick(v) for v in ks)}), "
+                     f"got {chosen!r}", argument="chosen")
+  return metric, int(at[0])
+
+
+def _spaced_labels(ax, values: np.ndarray) -> list[str]:
+  """Labels of x ticks at ``values``: each as %g, or '' where it would touch the label
+  before it (k = 10 and 12 on a log axis)."""
+  fig = ax.figure
+  lo, hi = ax.get_xlim()
+  scale = np.log10 if ax.get_xscale() == "log" else np.asarray
+  width = ax.get_position().width * fig.get_figwidth() * 72  # the axis, in points
+  at = (scale(np.asarray(values, np.float64)) - scale(lo)) / (scale(hi) - scale(lo)) * width
+  size = matplotlib.font_manager.FontProperties(
+      size=matplotlib.rcParams["xtick.labelsize"]).get_size_in_points()
+  labels, last = [], None  # last: (position, half width) of the last label kept
+  for x, v in zip(at, values):
+    text, half = _tick(v), 0.32 * size * len(_tick(v))  # a digit: about 0.64 em
+    if last is not None and x - last[0] < last[1] + half + 0.5 * size:
+      labels.append("")
+    else:
+      labels.append(text)
+      last = (x, half)
+  return labels
+
+
 def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
-              class_names: Sequence[str], *, ax=None) -> matplotlib.figure.Figure:
+              class_names: Sequence[str], *, predicted_labels=None, title: str | None = None,
+              ax=None) -> matplotlib.figure.Figure:
   """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
-  titled with their labels (green = same class as the query, red = other)."""
+  titled with their labels (green = same class as the query, red = other).
+
+  predicted_labels: (Q,) the class predicted for each query, named under its true one.
+  title: the figure's title (default: what it shows).
+  """
   neighbor_labels = _array(neighbor_labels, "neighbor_labels", "(Q, K)", (2,), kind="labels")
   q, k = neighbor_labels.shape
   query_labels = _array(query_labels, "query_labels", f"(Q,) = ({q},)", (1,), kind="labels",
@@ -190,23 +251,32 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
     raise InputError(f"neighbor_images has images of shape {neighbor_images.shape[2:]}, the "
                      f"queries {query_images.shape[1:]}: both must be the same",
                      argument="neighbor_images")
+  if predicted_labels is not None:
+    predicted_labels = _array(predicted_labels, "predicted_labels", f"(Q,) = ({q},)", (1,),
+                              kind="labels", sizes={0: q})
+    _check_labels(predicted_labels, class_names)
   _check_labels(np.concatenate([query_labels, neighbor_labels.ravel()]), class_names)
   images, labels, colors = [], [], []
   for r in range(q):
     same = [neighbor_labels[r][c] == query_labels[r] for c in range(k)]
     images.append([_as_image(query_images[r])] + [_as_image(neighbor_images[r][c])
                                                   for c in range(k)])
-    labels.append([f"query: {class_names[query_labels[r]]}"]
+    query = f"query: {class_names[query_labels[r]]}"
+    if predicted_labels is not None:
+      query += f"\npredicted: {class_names[predicted_labels[r]]}"
+    labels.append([query]
                   + [class_names[neighbor_labels[r][c]] for c in range(k)])
     colors.append([None] + ["green" if ok else "red" for ok in same])
   return _image_grid(ax, images, labels, colors, cell_inches=1.1,
-                     title="test images (left) and their nearest training images",
+                     title=("test images (left) and their nearest training images"
+                            if title is None else title),
                      title_size=9, label_size=6)
 
 
 def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
               ax=None) -> matplotlib.figure.Figure:
-  """Row-normalised confusion matrix (C, C) with counts in the cells."""
+  """Row-normalised confusion matrix (C, C): the colour is the fraction of the true class
+  (row), the cells' text the counts."""
   c = len(class_names)
   cm = _array(confusion_CxC, "confusion_CxC", f"(C, C) = ({c}, {c}), one row and column per "
               "class name", (2,), sizes={0: c, 1: c})
@@ -223,7 +293,7 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
   ax.set_ylabel("true")
   acc = np.trace(cm) / max(cm.sum(), 1)
   ax.set_title(f"{title} accuracy {acc:.1%}".strip())
-  fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+  fig.colorbar(im, ax=ax, fraction=0.046, label="colour: fraction of the true class; cells: counts")
   return fig
 
 
@@ -256,17 +326,30 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
 
 def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
            xlabel: str = "step", ylabel: str = "", title: str = "", logy: bool = False,
-           smooth: int = 1, highlight: str | None = None, ax=None) -> matplotlib.figure.Figure:
+           smooth: int = 1, highlight: str | None = None, outliers: Sequence[str] = (),
+           legend: str = "right", ax=None) -> matplotlib.figure.Figure:
   """Line plot of named (x, y) series (loss, accuracy, ...).
 
   smooth > 1 draws the moving average over that many points (noisy minibatch
-  losses); ``highlight`` names a series drawn bold, the others thin.
+  losses); ``highlight`` names a series drawn bold and on top, the others thin.
+  logy: a log y axis, "(log scale)" in its label, numbers as %g (0.7, 2, 1e+06).
+  outliers: names of series (diverged runs) that do not set the y range: drawn dashed,
+  cut off at the range of the others.
+  legend: "right" (outside the axes, covering no curve), "best" (inside) or "none".
   """
   smooth = _checks.int_at_least(smooth, "smooth", 1)
   if not isinstance(series, Mapping):
     raise InputError(f"series must be a dict {{name: (x, y)}}, got {type(series).__name__}",
                      argument="series")
-  fig, ax = _figure_and_ax(ax, (7, 4))
+  if legend not in ("right", "best", "none"):
+    raise InputError(f"legend must be 'right', 'best' or 'none', got {legend!r}",
+                     argument="legend")
+  outliers = [outliers] if isinstance(outliers, str) else list(outliers)
+  unknown = [name for name in outliers if name not in series]
+  if unknown:
+    raise InputError(f"outliers must name series, got {', '.join(map(repr, unknown))} (series: "
+                     f"{', '.join(map(repr, series))})", argument="outliers")
+  data = {}
   for name, (xs, ys) in series.items():
     xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,), kind="floats")
     ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,), kind="floats",
@@ -274,17 +357,53 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     if smooth > 1 and len(ys) >= smooth:
       ys = np.convolve(ys, np.ones(smooth) / smooth, mode="valid")
       xs = xs[smooth - 1:]
-    bold = highlight is None or name == highlight
-    ax.plot(xs, ys, label=name, marker="." if len(xs) < 60 else None,
-            linewidth=2.0 if bold else 0.8, alpha=1.0 if bold else 0.6)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
+    data[name] = xs, ys
+  fig, ax = _figure_and_ax(ax, (7, 4))
   if logy:
     ax.set_yscale("log")
+  lines = {}
+  def draw(name):
+    xs, ys = data[name]
+    bold = highlight is None or name == highlight
+    lines[name], = ax.plot(xs, ys, label=name, marker="." if len(xs) < 60 else None,
+                           linewidth=2.0 if bold else 0.8, alpha=1.0 if bold else 0.6,
+                           zorder=3 if name == highlight else 2,
+                           linestyle="--" if name in outliers else "-")
+  for name in data:
+    if name not in outliers:
+      draw(name)
+  shown = [ys[np.isfinite(ys) & ((ys > 0) if logy else True)]
+           for name, (_, ys) in data.items() if name not in outliers]
+  limits = ax.get_ylim() if any(len(ys) for ys in shown) else None  # the others' range
+  for name in outliers:
+    draw(name)
+  if outliers and limits is not None:
+    ax.set_ylim(limits)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(f"{ylabel} (log scale)".strip() if logy else ylabel)
+  ax.set_title(title)
+  if logy:
+    _log_ticks(ax.yaxis, *ax.get_ylim())
   ax.grid(alpha=0.3)
-  ax.legend()
+  if legend == "right" and data:
+    ax.legend([lines[n] for n in data], list(data), loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+  elif legend == "best" and data:
+    ax.legend([lines[n] for n in data], list(data))
   return fig
+
+
+def _log_ticks(axis, lo: float, hi: float) -> None:
+  """Labelled ticks on a log ``axis`` from ``lo`` to ``hi``: 1-9 x 10^n over a decade or
+  less, 1, 2, 5 x 10^n over three or less, 10^n beyond; numbers as %g."""
+  decades = np.log10(hi / lo) if lo > 0 and hi > lo else np.inf
+  subs = (np.arange(1.0, 10.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 3
+          else (1.0,))
+  axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs, numticks=30))
+  axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_locator(matplotlib.ticker.NullLocator() if len(subs) == 9 else
+                         matplotlib.ticker.LogLocator(base=10, subs="auto", numticks=30))
+  axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _tick(value) -> str:
@@ -295,21 +414,49 @@ def _tick(value) -> str:
 
 
 def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_label: str,
-         b_label: str, title: str = "", ax=None) -> matplotlib.figure.Figure:
-  """Heat map of a metric (A, B) over a 2-D hyperparameter grid, values in the cells."""
+         b_label: str, title: str = "", value_label: str = "", nan_text: str = "nan",
+         chosen: tuple[int, int] | None = None, ax=None) -> matplotlib.figure.Figure:
+  """Heat map of a metric (A, B) over a 2-D hyperparameter grid, values in the cells (black or
+  white, whichever reads on the cell's colour).
+
+  value_label: what the values are, the colour bar's label (e.g. "validation accuracy").
+  nan_text: the text of NaN cells (e.g. "diverged"), drawn grey.
+  chosen: (a index, b index) of the cell framed in red and marked "chosen".
+  """
   v = _array(values_AxB, "values_AxB", f"(len(a_values), len(b_values)) = ({len(a_values)}, "
              f"{len(b_values)})", (2,), sizes={0: len(a_values), 1: len(b_values)}).astype(
                  np.float64)
+  if not isinstance(nan_text, str):
+    raise InputError(f"nan_text must be a string, got {nan_text!r}", argument="nan_text")
+  if chosen is not None:
+    try:
+      i, j = (int(n) if isinstance(n, (int, np.integer)) and not isinstance(n, bool) else None
+              for n in chosen)
+    except (TypeError, ValueError):
+      i = j = None
+    if i is None or j is None or not (0 <= i < v.shape[0] and 0 <= j < v.shape[1]):
+      raise InputError(f"chosen must be the (row, column) indices of a cell of the "
+                       f"{v.shape[0]} x {v.shape[1]} grid, got {chosen!r}", argument="chosen")
+    chosen = i, j
   fig, ax = _figure_and_ax(ax, (1.1 * len(b_values) + 2.5, 0.7 * len(a_values) + 2))
-  im = ax.imshow(v, cmap="viridis")
+  im = ax.imshow(v, cmap=matplotlib.colormaps["viridis"].with_extremes(bad="0.8"))
+  im.autoscale_None()
   for i in range(v.shape[0]):
     for j in range(v.shape[1]):
-      ax.text(j, i, "nan" if np.isnan(v[i, j]) else f"{v[i, j]:.3f}", ha="center",
-              va="center", fontsize=7, color="white")
+      text = nan_text if np.isnan(v[i, j]) else f"{v[i, j]:.3f}"
+      if (i, j) == chosen:
+        text += "\nchosen"
+      r, g, b, _ = im.cmap(im.norm(v[i, j]))
+      ax.text(j, i, text, ha="center", va="center", fontsize=7,
+              color="black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white")
+  if chosen is not None:
+    ax.add_patch(matplotlib.patches.Rectangle(
+        (chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
+        clip_on=False, zorder=3))
   ax.set_xticks(range(len(b_values)), [_tick(b) for b in b_values], rotation=45)
   ax.set_yticks(range(len(a_values)), [_tick(a) for a in a_values])
   ax.set_xlabel(b_label)
   ax.set_ylabel(a_label)
   ax.set_title(title)
-  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.colorbar(im, ax=ax, fraction=0.046, label=value_label)
   return fig

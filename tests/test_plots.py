@@ -169,3 +169,95 @@ def test_save_takes_matplotlibs_savefig_dpi_else_110(tmp_path):
   with Image.open(plots.save(fig, str(tmp_path / "given.png"), dpi=55)) as im:
     assert im.size[0] == sizes["rc"]
   assert sizes["default"] == pytest.approx(sizes["rc"] * 110 / 55, rel=0.05)
+
+
+KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
+
+
+def test_cross_validation_of_a_validation_split_says_so_and_rings_the_chosen_k():
+  acc = np.array([[0.28, 0.265, 0.28, 0.296, 0.292, 0.286, 0.291, 0.287, 0.274, 0.263]])
+  ax = plots.cross_validation(KS, {"l1": acc, "l2": acc - 0.02}, chosen=("l1", 8)).axes[0]
+  assert ax.get_title() == "k-nearest neighbours: choosing k on a validation split"
+  assert ax.get_ylabel() == "validation accuracy"
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      "l1", "l2", "chosen: l1, k=8 (0.296)"]
+  assert list(ax.get_xticks()) == KS  # a tick at every k; 12 unlabelled: it would touch 10
+  assert [t.get_text() for t in ax.get_xticklabels()] == [
+      "1", "3", "5", "8", "10", "", "15", "20", "50", "100"]
+  ring, = [c for c in ax.collections if c.get_sizes().tolist() == [260]]
+  assert ring.get_offsets().tolist() == [[8.0, 0.296]]
+
+
+def test_cross_validation_over_folds_keeps_its_words():
+  ax = plots.cross_validation([1, 3], {"l2": np.array([[0.5, 0.6], [0.7, 0.6]])},
+                              chosen=("l2", 3)).axes[0]
+  assert ax.get_title() == "k-nearest neighbours: choosing k by cross-validation"
+  assert ax.get_ylabel() == "cross-validation accuracy"
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      "l2 (mean ± std over 2 folds)", "chosen: l2, k=3 (0.600)"]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3"]
+
+
+def test_neighbors_name_the_prediction_and_take_a_title():
+  fig = _neighbors(predicted_labels=[2, 1], title="l1, k=3")
+  assert fig.texts[0].get_text() == "l1, k=3"  # the title
+  texts = [t.get_text() for t in fig.axes[0].texts]
+  assert texts[0] == "query: cat\npredicted: frog" and texts[4] == "query: dog\npredicted: dog"
+
+
+def test_grid_greys_nan_cells_picks_readable_text_and_frames_the_chosen_cell():
+  fig = plots.grid(np.array([[0.1, 0.9], [np.nan, 0.5]]), [1e-3, 1e5], [0.1, 1000],
+                   a_label="learning rate", b_label="reg", value_label="validation accuracy",
+                   nan_text="diverged", chosen=(0, 1))
+  ax, bar = fig.axes
+  assert [(t.get_text(), t.get_color()) for t in ax.texts] == [
+      ("0.100", "white"), ("0.900\nchosen", "black"), ("diverged", "black"), ("0.500", "white")]
+  assert ax.images[0].get_cmap().get_bad().tolist() == [0.8, 0.8, 0.8, 1.0]  # NaN: grey
+  frame, = ax.patches
+  assert (frame.get_xy(), frame.get_width(), frame.get_edgecolor()) == (
+      (0.5, -0.5), 1, (1.0, 0.0, 0.0, 1.0))
+  assert bar.get_ylabel() == "validation accuracy"
+
+
+def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
+  fig = plots.curves({"ok": ([1, 2, 3], [0.62, 0.7, 0.9]), "best": ([1, 2, 3], [0.65, 0.7, 0.8]),
+                      "diverged": ([1, 2], [1.0, 1e30])}, ylabel="loss", logy=True,
+                     highlight="best", outliers=["diverged"])
+  ax = fig.axes[0]
+  lo, hi = ax.get_ylim()
+  assert 0.6 < lo < 0.62 and 0.9 < hi < 0.92  # the others' range, not up to 1e30
+  formatter = ax.yaxis.get_major_formatter()
+  assert [formatter(v) for v in ax.get_yticks() if lo <= v <= hi] == ["0.7", "0.8", "0.9"]
+  assert ax.get_ylabel() == "loss (log scale)"
+  assert [line.get_zorder() for line in ax.lines] == [2, 3, 2]  # the highlighted on top
+  assert ax.lines[2].get_linestyle() == "--"
+  legend = ax.get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == ["ok", "best", "diverged"]
+  fig.savefig(io.BytesIO(), format="png")
+  assert legend.get_window_extent().x0 > ax.get_window_extent().x1  # right of the curves
+
+
+@pytest.mark.parametrize("call, argument, message", [
+    (lambda: plots.cross_validation([1, 3], {"l1": np.zeros((2, 2))}, chosen=("l2", 3)),
+     "chosen", r"a \(metric, k\) pair of those drawn \(metrics l1; k 1, 3\), got \('l2', 3\)"),
+    (lambda: plots.cross_validation([1, 3], {"l1": np.zeros((2, 2))}, chosen=("l1", 4)),
+     "chosen", r"got \('l1', 4\)"),
+    (lambda: plots.cross_validation([1, 3], {"l1": np.zeros((2, 2))}, chosen="l1"),
+     "chosen", "got 'l1'"),
+    (lambda: _neighbors(predicted_labels=[0]), "predicted_labels", r"\(Q,\) = \(2,\)"),
+    (lambda: _neighbors(predicted_labels=[0, 3]), "class_names", r"labels must lie in \[0, 3\)"),
+    (lambda: plots.grid(np.zeros((2, 2)), [1, 2], [1, 2], a_label="a", b_label="b",
+                        chosen=(2, 0)), "chosen", r"indices of a cell of the 2 x 2 grid"),
+    (lambda: plots.grid(np.zeros((2, 2)), [1, 2], [1, 2], a_label="a", b_label="b",
+                        chosen=(0.0, 1)), "chosen", r"got \(0.0, 1\)"),
+    (lambda: plots.grid(np.zeros((2, 2)), [1, 2], [1, 2], a_label="a", b_label="b",
+                        nan_text=None), "nan_text", "must be a string"),
+    (lambda: plots.curves({"a": ([1], [1.0])}, legend="top"), "legend",
+     "'right', 'best' or 'none', got 'top'"),
+    (lambda: plots.curves({"a": ([1], [1.0])}, outliers=["b"]), "outliers",
+     r"must name series, got 'b' \(series: 'a'\)"),
+])
+def test_bad_new_arguments_name_themselves(call, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    call()
+  assert e.value.argument == argument
