@@ -211,20 +211,19 @@ def float_for(*dtypes) -> str:
   return "float64" if wide or any(d == jnp.float64 for d in dts) else "float32"
 
 
-def exact_ints(x, name: str, float_dtype: str) -> float:
+def exact_ints(x, name: str, float_dtype: str, fix: str) -> float:
   """The largest absolute value of a concrete integer array ``x`` (0.0 for traced, empty or
-  float arrays); InputError naming ``name`` if ``float_dtype``, which the arithmetic casts
-  it to, cannot hold every value exactly."""
-  if is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer):
-    return 0.0
+  float arrays, and for dtypes ``float_dtype`` holds whole); InputError naming ``name``, with
+  ``fix``, if ``float_dtype``, which the arithmetic casts it to, cannot hold every value."""
+  bits = _EXACT_INTS[str(float_dtype)]
+  if (is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer)
+      or max(-int(jnp.iinfo(x.dtype).min), int(jnp.iinfo(x.dtype).max)) <= 1 << bits):
+    return 0.0  # e.g. uint8 or int16 in float32: nothing to scan
   lo, hi = value_range(x)
-  largest, bits = max(-lo, hi), _EXACT_INTS[str(float_dtype)]
+  largest = max(-lo, hi)
   if largest > 1 << bits:
-    fix = ("" if float_dtype == "float64" else
-           "enable jax_enable_x64 (32- and 64-bit integers are then computed in float64), or ")
     raise InputError(f"{name} holds integers up to {largest}, beyond 2**{bits}, so {float_dtype} "
-                     f"arithmetic would round them: {fix}subtract a reference value first "
-                     "(e.g. the column minimum) to bring them within range", argument=name)
+                     f"arithmetic would round them: {fix}", argument=name)
   return float(largest)
 
 

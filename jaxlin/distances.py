@@ -32,8 +32,10 @@ Integer kernels compute int32 distances (search compares them exactly, see
 ``jaxlin.topk``) and return them as float32, as ``pairwise_distances`` and
 ``knn.search`` do; float kernels compute in float32, or float64 when an input
 is float64 or, under ``jax_enable_x64``, a 32- or 64-bit integer. Inputs are
-cast before any arithmetic; integers they cast must be exact in that float
-(up to 2**24 in float32, 2**53 in float64), else InputError. Integer rows in
+cast before any arithmetic. Integers ``l2_float`` casts must be exact in that
+float (up to 2**24 in float32, 2**53 in float64), else InputError: the
+identity cancels, so rounded rows could all tie (cosine and L1 beside floats
+round them relatively, as floats). Integer rows in
 ``l2_float`` are centred on an integer, so their distances are exact (ties
 included) while every squared norm and product sum stays below 2**24
 (float32) or 2**53 (float64).
@@ -47,6 +49,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin import _checks
 from jaxlin.errors import InputError
@@ -105,36 +108,52 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   big = [_checks.finite(a, name) for a, name in zip(checked, names)]  # largest |value|
   if kernel.name == "l1_int":
     _check_l1_int_range(x, y, names)
-  elif kernel.name != "l2_int8":  # integers cast to floats: exact, and their largest |value|
-    big = [max(b, _checks.exact_ints(a, name, kernel.float_dtype))
+  elif kernel.name == "l2_float":  # integers cast to floats: exact (the identity cancels)
+    fix = ("L2 is unchanged by one shift of both inputs: subtract a reference value (e.g. "
+           "the database's column minimum) from both, or enable jax_enable_x64 (32- and "
+           "64-bit integers are then computed in float64)")
+    big = [max(b, _checks.exact_ints(a, name, kernel.float_dtype, fix))
            for b, a, name in zip(big, checked, names)]
   if kernel.name in ("l1_float", "l2_float"):
-    _check_float_range(big, x.shape[1], kernel, names)
+    _check_float_range(big, x.shape[1], kernel, names, checked)
   return x, y, kernel
 
 
-def _check_float_range(big, d, kernel, names):
+def _check_float_range(big, d, kernel, names, arrays):
   """InputError unless every distance of float rows with largest absolute values ``big``
   stays finite in the kernel's dtype: L2 works on centred rows (entries up to 2 M for
   inputs up to M) through |q|^2 + |d|^2 - 2 q.d, so 16 D M^2 must be finite; L1 sums D
-  differences up to 2 M. L2 also needs M^2 well above the smallest normal float: the
-  identity resolves squared distances down to eps M^2, and below tiny / eps every one of
-  them would be flushed to 0 (all rows tied)."""
+  differences up to 2 M.
+
+  L2 also needs the centred rows' squares above the smallest normal float (``tiny``),
+  else they flush to 0 and every row ties. Rows whose values vary by less than
+  sqrt(tiny) * 256 (2.8e-17 in float32; relative errors then stay near 1e-4) are refused.
+  Only small inputs are scanned for their spread: where M is 2**24 times larger, the
+  identity's rounding (eps M^2) already hides such differences, as documented."""
   info = jnp.finfo(kernel.float_dtype)
   limit = (float(info.max) / (16 * d)) ** 0.5 if kernel.name == "l2_float" else float(
       info.max) / (4 * d)
   name = names[0] if big[0] >= big[1] else names[1]
-  fix = "scale the inputs, e.g. divide both by their largest absolute value"
   if max(big) > limit:
     raise InputError(f"{name} holds values up to {max(big):.3g}: its {kernel.float_dtype} "
-                     f"distances over {d} features would overflow (limit {limit:.3g}); {fix}",
+                     f"distances over {d} features would overflow (limit {limit:.3g}); scale "
+                     "the inputs, e.g. divide both by their largest absolute value",
                      argument=name)
-  low = (float(info.tiny) / float(info.eps)) ** 0.5
-  if kernel.name == "l2_float" and 0 < max(big) < low:
-    raise InputError(f"{names[0]} and {names[1]} hold values no larger than "
-                     f"{max(big):.3g}: their {kernel.float_dtype} squared distances would "
-                     f"underflow to 0 (limit: a largest value of at least {low:.3g}); {fix}",
-                     argument=name)
+  low = float(info.tiny) ** 0.5 * 256
+  if kernel.name != "l2_float" or max(big) >= low * 2.0 ** 24 or any(
+      _checks.is_traced(a) for a in arrays):
+    return
+  rows = [np.asarray(a, np.float64).reshape(-1, d) for a in arrays if a.size]
+  if not rows:
+    return
+  highest = np.max([r.max(0) for r in rows], axis=0)  # per feature, over both inputs
+  spread = float(np.max(highest - np.min([r.min(0) for r in rows], axis=0)))
+  if 0 < spread < low:
+    who = names[0] if names[0] == names[1] else f"{names[0]} and {names[1]}"
+    raise InputError(f"{who} vary by at most {spread:.3g} in any feature: their "
+                     f"{kernel.float_dtype} squared distances would underflow toward 0 (limit "
+                     f"{low:.3g}); scale both inputs up, e.g. divide them by their largest "
+                     "difference, or pass float64 with jax_enable_x64", argument=name)
 
 
 def _check_l1_int_range(x, y, names):
@@ -260,7 +279,7 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   contiguous (Q, N) tile that XLA vectorises well. Integer inputs give exact
   int32: int16 partial sums over blocks of 128 features for uint8 / int8
   (128 * 255 < 2**15), int32 otherwise. Floats accumulate in float32, or in
-  float64 when an input is float64.
+  float64 when an input is float64 (or, under jax_enable_x64, a wide integer).
   """
   d, q = xT_DxQ.shape
   n = yT_DxN.shape[1]
@@ -439,7 +458,8 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   l2_squared: |x - y|^2 by the matmul identity (exact int8 products on
   uint8 / int8 pixels; on floats centred on the mean of y, clamped at 0);
   l2: its square root; cosine: 1 - x.y / (|x| |y|) (1 for a zero vector).
-  float32 results, float64 when an input is float64. For large inputs use
+  float32 results; float64 when an input is float64 or, under jax_enable_x64 in a float
+  kernel, a 32- or 64-bit integer. For large inputs use
   ``jaxlin.knn.search``, which streams over tiles.
   """
   x, y, kernel = checked_inputs(x_QxD, y_NxD, metric)

@@ -143,16 +143,31 @@ def standardise(train_NxF, *others, stats=None):
   """(x - mean) / std with training statistics (std of a constant feature: 1).
 
   stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
+
+  Integers are computed in float32 (float64 under jax_enable_x64 for 32- and
+  64-bit ones). Where that float would round a concrete training array's
+  values (beyond 2**24 in float32, e.g. timestamps), every input is first
+  shifted by the training column minimum in integer arithmetic, so the
+  statistics see the exact spread; the returned mean adds the shift back.
   """
   def rows(x, name, ndims=(2,)):
     x = jnp.asarray(_checks.jax_exact(x, name))
     if x.ndim not in ndims:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
                        argument=name)
+    return x
+  def as_float(x, name, shift):  # ints and float16: float32 or wider, no overflow
     if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
-      dtype = _checks.float_for(x.dtype)  # ints and float16: float32 or wider, no overflow
-      _checks.exact_ints(x, name, dtype)
-      x = x.astype(dtype)
+      dtype = _checks.float_for(x.dtype)
+      if shift is not None and not _checks.is_traced(x):  # exact in int64, then rounded
+        x = jnp.asarray((np.asarray(x, np.int64) - shift).astype(dtype))
+      else:
+        if stats is not None:
+          _checks.exact_ints(x, name, dtype, "subtract a reference value from the data and the "
+                             "mean first, or enable jax_enable_x64 (then float64)")
+        x = x.astype(dtype) - (0 if shift is None else shift.astype(dtype))
+    elif shift is not None:
+      x = x - shift.astype(x.dtype)
     _checks.finite(x, name, "standardised features would be NaN")
     return x
   train = rows(train_NxF, "train_NxF")
@@ -162,10 +177,16 @@ def standardise(train_NxF, *others, stats=None):
     if x.shape[-1] != f:
       raise InputError(f"others[{i}] has {x.shape[-1]} features, train_NxF {f}",
                        argument=f"others[{i}]")
+  shift = _integer_shift(train) if stats is None else None
+  train = as_float(train, "train_NxF", shift)
+  others = tuple(as_float(x, f"others[{i}]", shift) for i, x in enumerate(others))
   if stats is None:
     if train.shape[0] == 0:
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = _moments(train)
+    if shift is not None:
+      (train, *others), (mean_shifted, std) = _standardised((train,) + others, mean, std)
+      return (train, *others), (mean_shifted + shift.astype(mean_shifted.dtype), std)
   else:
     if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
         or not hasattr(stats, "__len__") or len(stats) != 2):
@@ -198,6 +219,20 @@ def pin_constant_columns(mean_F, std_F, lowest_F, highest_F):
   constant = lowest_F == highest_F
   return (jnp.where(constant, lowest_F, mean_F),
           jnp.where(constant, jnp.zeros_like(std_F), std_F))
+
+
+def _integer_shift(train_NxF):
+  """The training column minima (int64, numpy) when the float the integer ``train_NxF`` is
+  computed in would round its values; else None (floats, traced or empty arrays)."""
+  x = train_NxF
+  if (_checks.is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer)
+      or x.dtype == jnp.uint64):
+    return None
+  bits = {"float32": 24, "float64": 53}[_checks.float_for(x.dtype)]
+  lo, hi = _checks.value_range(x)
+  if max(-lo, hi) <= 1 << bits:
+    return None
+  return np.asarray(x, np.int64).min(axis=0)
 
 
 @jax.jit  # one program for every array, not one per operation

@@ -43,8 +43,9 @@ compute L2 in float32, as float inputs do (two rows whose squared distances
 lie within float32 rounding of each other can then come in either order).
 Returned distances are float32: exact below 2**24, rounded above. Float
 inputs compute in float32 (L2 centred on the database mean,
-``precision=HIGHEST``), or float64 when an input is float64 under
-``jax_enable_x64`` (distances are then returned as float64).
+``precision=HIGHEST``), or float64 under ``jax_enable_x64`` when an input is
+float64 or a 32- or 64-bit integer (distances are then returned as float64;
+see ``jaxlin.distances`` for which integers go to float kernels).
 """
 from __future__ import annotations
 
@@ -280,7 +281,8 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
   Returns:
     (dists_QxK, idx_QxK int32), and the stats dict with ``return_stats``:
     nearest first; ties at equal distance in increasing database index.
-    Distances are float32 (float64 for float64 inputs under ``jax_enable_x64``):
+    Distances are float32 (float64 under ``jax_enable_x64`` for float64 inputs and, in
+    float kernels, 32- and 64-bit integers):
     sum |x - y| for l1, |x - y| for l2, |x - y|^2 for l2_squared.
 
   Raises:

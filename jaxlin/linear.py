@@ -52,7 +52,8 @@ def _init_params(key, num_features, num_classes, scale):
 def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
   x_NxD = _checks.jax_exact(x_NxD, "x_NxD")  # lists as arrays; strings refused
-  if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)):
+  if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)
+          or x_NxD.dtype == jnp.bool_):
     raise InputError(f"x_NxD must hold real numbers, got dtype {x_NxD.dtype}", argument="x_NxD")
   w = param(params, "W", (None, None))
   b = param(params, "b", (w.shape[1],))

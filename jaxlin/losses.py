@@ -29,7 +29,8 @@ def _inputs(scores_NxC, labels_N):
   labels_N = jnp.asarray(_checks.jax_exact(labels_N, "labels_N"))
   if jnp.issubdtype(scores_NxC.dtype, jnp.integer):  # as floats that hold every value
     dtype = _checks.float_for(scores_NxC.dtype)
-    _checks.exact_ints(scores_NxC, "scores_NxC", dtype)
+    _checks.exact_ints(scores_NxC, "scores_NxC", dtype, "subtract each row's largest score "
+                       "first (the losses do not change), or enable jax_enable_x64")
     scores_NxC = scores_NxC.astype(dtype)
   if not jnp.issubdtype(scores_NxC.dtype, jnp.floating):
     raise InputError(f"scores_NxC must be real numbers, got {scores_NxC.dtype}",

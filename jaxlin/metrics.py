@@ -38,10 +38,11 @@ def accuracy(labels_N, preds_N):
   labels_N, preds_N = _label_arrays(labels_N, preds_N, integers=False)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
-  common = jnp.result_type(labels_N, preds_N)  # what == compares in
-  if jnp.issubdtype(common, jnp.floating):  # integers cast to it must stay exact
+  if jnp.issubdtype(jnp.result_type(labels_N, preds_N), jnp.floating):  # a float side
+    dtype = _checks.float_for(labels_N.dtype, preds_N.dtype)  # compared in float32 or wider
     for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
-      _checks.exact_ints(v, name, str(common))
+      _checks.exact_ints(v, name, dtype, "pass both as integer class labels")
+    labels_N, preds_N = labels_N.astype(dtype), preds_N.astype(dtype)
   return jnp.mean(labels_N == preds_N)
 
 

@@ -91,7 +91,8 @@ def smallest_k(values_TxN, k: int):
 
   The same positions as a stable ``jax.lax.top_k(-order_keys(values), k)``
   (equal values: lower position first); exact for floats and for integers in
-  [0, 2**30].
+  [0, 2**30]. Floats compare as XLA computes them: on CPU, subnormal values
+  (below 1.2e-38 in float32) count as 0 and keep their position order.
 
   Long rows go through chunks: the k smallest values lie in the k chunks of
   ``CHUNK`` with the smallest minima (each chunk ahead of an element's chunk

@@ -164,11 +164,12 @@ def test_float_distances_that_would_overflow_are_refused():
 
 def test_float_l2_that_would_underflow_is_refused():
   x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
-  with pytest.raises(InputError, match=r"no larger than 2\.\d+e-20: their float32 squared "
-                     "distances would underflow") as e:  # were all 0, rows in index order
-    knn.search(x[:2] * 1e-20, x * 1e-20, 2)
-  assert e.value.argument == "database_NxD"  # the larger values
-  d, i = knn.search(x[:2] * 1e-12, x * 1e-12, 2)  # small, but resolved
+  for offset in (0.0, 1e-15):  # the spread counts, after centring: were all 0, index order
+    with pytest.raises(InputError, match=r"vary by at most \d\.\d+e-20 in any feature: their "
+                       "float32 squared distances would underflow") as e:
+      knn.search(offset + x[:2] * 1e-20, offset + x * 1e-20, 2)
+    assert e.value.argument == "database_NxD"  # the larger values
+  d, i = knn.search(x[:2] * 1e-17, x * 1e-17, 2)  # small, but resolved
   np.testing.assert_array_equal(i, knn.search(x[:2], x, 2)[1])
   assert float(d[0, 1]) > 0
   assert float(distances.pairwise_distances(x[:1] * 1e-30, x[:1] * 1e-30, metric="l1")[0, 0]) == 0
@@ -182,12 +183,17 @@ def test_integers_are_cast_only_to_floats_that_hold_them():
   np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :10])
   np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :10])
   big = np.array([[2**25, 0], [2**25 + 3, 0], [2**25 + 1, 0]], np.int32)
-  for metric in ("l2", "cosine", "l1"):  # l1: mixed with floats, so computed in floats
-    with pytest.raises(InputError, match=r"integers up to 33554435, beyond 2\*\*24, so "
-                       "float32 arithmetic would round them: enable jax_enable_x64") as e:
-      knn.search(np.zeros((1, 2), np.float32 if metric == "l1" else np.int32), big, 3,
-                 metric=metric)
-    assert e.value.argument == "database_NxD"
+  for metric in ("l2", "l2_squared"):  # the identity would cancel: 0, 0, 0 before
+    with pytest.raises(InputError, match=r"integers up to 33554433, beyond 2\*\*24, so "
+                       "float32 arithmetic would round them: L2 is unchanged") as e:
+      knn.search(big[2:], big, 3, metric=metric)
+    assert e.value.argument == "queries_QxD"
+  shifted = big - [2**25, 0]  # as the error says: exact
+  np.testing.assert_array_equal(knn.search(shifted[2:], shifted, 3)[1], [[2, 0, 1]])
+  # Cosine and L1 beside floats round large integers relatively, as floats: no refusal.
+  np.testing.assert_array_equal(knn.search(big[2:], big, 3, metric="cosine")[1], [[0, 1, 2]])
+  np.testing.assert_array_equal(knn.search(big[2:].astype(np.float32), big, 3, metric="l1")[1],
+                                [[0, 2, 1]])
   with jax.enable_x64(True):  # 32- and 64-bit integers in float64: exact
     d, i = knn.search(big[2:].astype(np.int64) + 2**30, big.astype(np.int64) + 2**30, 3)
     assert d.dtype == jnp.float64

@@ -204,10 +204,14 @@ def test_standardise_refuses_what_would_be_silently_wrong():
     features.standardise(x, np.zeros((3, 1)))  # broadcast before
   with pytest.raises(InputError, match="train_NxF contains 2 NaN"):
     features.standardise(np.array([[np.nan, 1.0], [np.nan, 2.0]]))
-  ints = np.array([[2 ** 30], [2 ** 30 + 1], [2 ** 30 + 2]], np.int32)
-  with pytest.raises(InputError, match=r"train_NxF holds integers up to 1073741826, beyond "
-                     r"2\*\*24"):  # was a constant column in float32: all 0
-    features.standardise(ints)
+  ints = np.array([[2 ** 30], [2 ** 30 + 1], [2 ** 30 + 2]], np.int32)  # e.g. timestamps
+  (z, t), (mean, _) = features.standardise(ints, ints[:1] + 4)  # was a constant column: 0s
+  np.testing.assert_allclose(np.asarray(z)[:, 0], [-1.5 ** 0.5, 0.0, 1.5 ** 0.5], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(t), [[3 * 1.5 ** 0.5]], rtol=1e-6)
+  assert float(mean[0]) == 2.0 ** 30  # the shift added back (2**30 + 1 in float32)
+  with pytest.raises(InputError, match=r"others.0. holds integers up to 1073741827, beyond "
+                     r"2\*\*24, so float32 arithmetic would round them: subtract a reference"):
+    features.standardise(np.zeros((2, 1)), ints + 1, stats=(np.zeros(1), np.ones(1)))
   with jax.enable_x64(True):
     (z,), _ = features.standardise(ints.astype(np.int64))
     np.testing.assert_allclose(np.asarray(z)[:, 0], [-1.5 ** 0.5, 0.0, 1.5 ** 0.5], rtol=1e-12)

@@ -245,6 +245,7 @@ def test_metrics_refuse_what_they_cannot_count():
                      r"2\*\*24") as e:  # compared in float32: was 1.0
     metrics.accuracy(np.array([2 ** 30 + 1]), np.array([2 ** 30], np.float32))
   assert e.value.argument == "labels_N"
+  assert float(metrics.accuracy(np.array([1000, 3000]), np.array([1000, 3000], np.float16))) == 1
   with pytest.raises(InputError, match="holds float128, which JAX has no type for"):
     metrics.accuracy(np.array([1.0], np.longdouble), np.array([1]))  # was JAX's TypeError
   assert metrics.confusion_matrix(np.array([True, False]), np.array([True, True]),

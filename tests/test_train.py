@@ -469,6 +469,8 @@ def test_member_takes_negative_and_traced_indices_and_scores_take_lists():
   np.testing.assert_array_equal(np.asarray(every["W"]), params["W"])
   np.testing.assert_allclose(np.asarray(linear.scores(train.member(params, 0), _X[:2].tolist())),
                              _X[:2] @ params["W"][0], rtol=1e-6)
+  np.testing.assert_array_equal(linear.scores(train.member(params, 0), _X[:2] > 0),  # bools
+                                (_X[:2] > 0) @ params["W"][0])
 
 
 def test_features_of_size_zero_are_refused_naming_the_argument():
