@@ -446,8 +446,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if d == 0 or d > MAX_FEATURES:
     raise InputError(f"database_NxD must have between 1 and {MAX_FEATURES} features (squared "
                      f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
+  image_shape = checked_image_shape(image_shape, d)  # as knn.search checks it
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
-    image_shape = checked_image_shape(image_shape, d)
     pool = _checks.int_at_least(pool, "pool", 1)
     groups = _groups(d, image_shape, pool)
     g = int(groups.max()) + 1
@@ -823,7 +823,8 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     if not len(todo):
       continue
     sub = q[todo]
-    tile = query_tile or _query_tile(index.metric, n, len(todo), level == "second_round")
+    tile = (min(query_tile, len(todo)) if query_tile  # no padding past the queries
+            else _query_tile(index.metric, n, len(todo), level == "second_round"))
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, second=level == "second_round",
                             callback=progress)

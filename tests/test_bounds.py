@@ -280,6 +280,14 @@ def test_what_a_new_user_gets_wrong_is_named():
   # 260 rows: the first round (160 candidates) runs, the second (320) cannot.
   _, _, stats = bounds.search(q, index, 3)
   assert stats["candidates"] == [160, 0]
+  # A tile larger than the queries: as many as there are (was a 179 GiB allocation).
+  d, i, _ = bounds.search(q[:5], index, 3, query_tile=10 ** 9)
+  d0, i0 = knn.search(q[:5], db, 3, method="brute")
+  np.testing.assert_array_equal(i, i0)
+  np.testing.assert_array_equal(d, d0)
+  with pytest.raises(InputError, match="image_shape") as e:  # as knn.search says
+    bounds.build_index(db, metric="l2", image_shape=(2, 2, 2))
+  assert e.value.argument == "image_shape"
   _, _, none = knn.search(q[:0], db, 3, method="pruned", mesh=sharding.make_mesh(),
                           layout="database", return_stats=True)
   assert none["layout"] == "database" and none["candidates"] == [160, 0]
