@@ -823,7 +823,7 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     if not len(todo):
       continue
     sub = q[todo]
-    tile = (min(query_tile, len(todo)) if query_tile  # no padding past the queries
+    tile = (min(query_tile, 1 << (len(todo) - 1).bit_length()) if query_tile  # bounded
             else _query_tile(index.metric, n, len(todo), level == "second_round"))
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, second=level == "second_round",

@@ -145,10 +145,13 @@ def standardise(train_NxF, *others, stats=None):
   stats: (mean, std) computed elsewhere, e.g. over the rows of every process.
 
   Integers are computed in float32 (float64 under jax_enable_x64 for 32- and
-  64-bit ones). Where that float would round a concrete training array's
-  values (beyond 2**24 in float32, e.g. timestamps), every input is first
-  shifted by the training column minimum in integer arithmetic, so the
-  statistics see the exact spread; the returned mean adds the shift back.
+  64-bit ones). Where float32 would round a concrete 32-bit training array's
+  values (beyond 2**24, e.g. timestamps), every concrete integer input is
+  first shifted by the training column minimum in int64 arithmetic, so the
+  statistics see the exact spread, and the returned mean adds the shift back
+  (rounded to float32: ``stats=`` of such a mean would round the data again,
+  so integers beyond the float are refused there, as are 64-bit integers
+  beyond 2**53, and traced inputs are cast as they are).
   """
   def rows(x, name, ndims=(2,)):
     x = jnp.asarray(_checks.jax_exact(x, name))
@@ -157,15 +160,18 @@ def standardise(train_NxF, *others, stats=None):
                        argument=name)
     return x
   def as_float(x, name, shift):  # ints and float16: float32 or wider, no overflow
-    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+    if jnp.issubdtype(x.dtype, jnp.integer):
       dtype = _checks.float_for(x.dtype)
-      if shift is not None and not _checks.is_traced(x):  # exact in int64, then rounded
+      if shift is not None and not _checks.is_traced(x):  # exact in int64 (32-bit inputs)
         x = jnp.asarray((np.asarray(x, np.int64) - shift).astype(dtype))
       else:
-        if stats is not None:
-          _checks.exact_ints(x, name, dtype, "subtract a reference value from the data and the "
-                             "mean first, or enable jax_enable_x64 (then float64)")
+        if shift is None:
+          _checks.exact_ints(x, name, dtype, "subtract a reference value first (e.g. the "
+                             "column minimum, from the data and from a mean given as stats)"
+                             + ("" if dtype == "float64" else ", or enable jax_enable_x64"))
         x = x.astype(dtype) - (0 if shift is None else shift.astype(dtype))
+    elif jnp.finfo(x.dtype).bits < 32:  # float16, bfloat16
+      x = x.astype(jnp.float32) - (0 if shift is None else shift.astype(np.float32))
     elif shift is not None:
       x = x - shift.astype(x.dtype)
     _checks.finite(x, name, "standardised features would be NaN")
@@ -226,11 +232,10 @@ def _integer_shift(train_NxF):
   computed in would round its values; else None (floats, traced or empty arrays)."""
   x = train_NxF
   if (_checks.is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer)
-      or x.dtype == jnp.uint64):
-    return None
-  bits = {"float32": 24, "float64": 53}[_checks.float_for(x.dtype)]
+      or x.dtype.itemsize > 4 or _checks.float_for(x.dtype) != "float32"):
+    return None  # 64-bit integers: float64, exact to 2**53 (beyond: refused)
   lo, hi = _checks.value_range(x)
-  if max(-lo, hi) <= 1 << bits:
+  if max(-lo, hi) <= 1 << 24:
     return None
   return np.asarray(x, np.int64).min(axis=0)
 

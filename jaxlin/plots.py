@@ -446,7 +446,7 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
       text = nan_text if np.isnan(v[i, j]) else f"{v[i, j]:.3f}"
       if (i, j) == chosen:
         text += "\nchosen"
-      r, g, b, _ = im.cmap(im.norm(v[i, j]))
+      r, g, b, _ = im.cmap.get_bad() if np.isnan(v[i, j]) else im.cmap(im.norm(v[i, j]))
       ax.text(j, i, text, ha="center", va="center", fontsize=7,
               color="black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white")
   if chosen is not None:

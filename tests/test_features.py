@@ -212,7 +212,16 @@ def test_standardise_refuses_what_would_be_silently_wrong():
   with pytest.raises(InputError, match=r"others.0. holds integers up to 1073741827, beyond "
                      r"2\*\*24, so float32 arithmetic would round them: subtract a reference"):
     features.standardise(np.zeros((2, 1)), ints + 1, stats=(np.zeros(1), np.ones(1)))
+  (_, h), _ = features.standardise(ints, np.float16([[1.5], [-3.25]]))  # not truncated
+  np.testing.assert_allclose(np.asarray(h)[:, 0], (np.float32([1.5, -3.25]) - np.float32(
+      2.0 ** 30 + 1)) * 1.5 ** 0.5, rtol=1e-6)
+  with pytest.raises(InputError, match="others.0. contains 1 NaN"):
+    features.standardise(ints, np.float16([[np.nan]]))
   with jax.enable_x64(True):
+    with pytest.raises(InputError, match=r"beyond 2\*\*53, so float64 arithmetic would round "
+                       r"them: subtract a reference value first \(e.g. the column minimum, from "
+                       r"the data and from a mean given as stats\)$"):  # no x64 advice: it is on
+      features.standardise(np.array([[2 ** 60], [2 ** 60 + 1]], np.uint64))
     (z,), _ = features.standardise(ints.astype(np.int64))
     np.testing.assert_allclose(np.asarray(z)[:, 0], [-1.5 ** 0.5, 0.0, 1.5 ** 0.5], rtol=1e-12)
 

@@ -217,6 +217,9 @@ def test_grid_greys_nan_cells_picks_readable_text_and_frames_the_chosen_cell():
   assert (frame.get_xy(), frame.get_width(), frame.get_edgecolor()) == (
       (0.5, -0.5), 1, (1.0, 0.0, 0.0, 1.0))
   assert bar.get_ylabel() == "validation accuracy"
+  one = plots.grid(np.array([[np.nan, 0.5]]), [1e5], [0.1, 1], a_label="lr", b_label="reg",
+                   nan_text="diverged")  # one finite value: the norm maps NaN to 0 (purple)
+  assert one.axes[0].texts[0].get_color() == "black"  # on the grey, not white
 
 
 def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
