@@ -314,9 +314,13 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
            f"({setting})")
   steps_axis = np.arange(1, fit.losses.shape[0] + 1)
   diverged = lambda g: int(fit.diverged_at[g]) >= 1
+  top = lambda g: np.max(fit.losses[:, g], initial=0.0, where=np.isfinite(fit.losses[:, g]))
+  # A finite run that climbs 1,000 times above the chosen one's highest loss would squash it.
+  off_scale = lambda g: not diverged(g) and top(g) > 1e3 * max(top(best), 1e-12)
   label = lambda g: (f"lr={_rate(c, grid, g)} reg={grid[g][1]:g}"
                      + (" (chosen)" if g == best else "")
-                     + (f" (diverged at step {int(fit.diverged_at[g])})" if diverged(g) else ""))
+                     + (f" (diverged at step {int(fit.diverged_at[g])})" if diverged(g) else "")
+                     + (f" (off the scale: up to {top(g):.3g})" if off_scale(g) else ""))
   shown = range(len(grid)) if len(grid) <= 9 else [best]
   smooth = max(1, len(steps_axis) // 50)
   on = "" if c.features == "pixels" else f" on {c.features} features"
@@ -324,7 +328,7 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
       label(g): (steps_axis[:fit.diverged_at[g] - 1], fit.losses[:fit.diverged_at[g] - 1, g])
       if diverged(g) else (steps_axis, fit.losses[:, g]) for g in shown},
          ylabel="training objective", logy=True, smooth=smooth, highlight=label(best),
-         outliers=[label(g) for g in shown if diverged(g)],
+         outliers=[label(g) for g in shown if diverged(g) or off_scale(g)],
          title=f"{c.model} {c.loss} loss{on}, {c.optimizer}"
          + (f" (moving average over {smooth} steps)" if smooth > 1 else ""))
   rates = ["line search"] if c.optimizer == "lbfgs" else list(c.learning_rate)

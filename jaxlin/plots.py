@@ -379,6 +379,8 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     draw(name)
   if outliers and limits is not None:
     ax.set_ylim(limits)
+  if data and all(np.all(xs == np.round(xs)) for xs, _ in data.values()):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps, epochs
   ax.set_xlabel(xlabel)
   ax.set_ylabel(f"{ylabel} (log scale)".strip() if logy else ylabel)
   ax.set_title(title)

@@ -232,6 +232,7 @@ def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
   formatter = ax.yaxis.get_major_formatter()
   assert [formatter(v) for v in ax.get_yticks() if lo <= v <= hi] == ["0.7", "0.8", "0.9"]
   assert ax.get_ylabel() == "loss (log scale)"
+  assert all(t == int(t) for t in ax.get_xticks())  # whole steps, not 2.5
   assert [line.get_zorder() for line in ax.lines] == [2, 3, 2]  # the highlighted on top
   assert ax.lines[2].get_linestyle() == "--"
   legend = ax.get_legend()
