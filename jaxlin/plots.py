@@ -80,13 +80,13 @@ def _figure_and_ax(ax, figsize):
   return fig, fig.add_subplot()
 
 
-def _check_labels(labels, class_names: Sequence[str]) -> None:
-  """Labels must index ``class_names``."""
+def _check_labels(labels, class_names: Sequence[str], name: str) -> None:
+  """Labels (the argument ``name``) must index ``class_names``."""
   labels = np.asarray(labels)
   if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-    raise InputError(f"labels must lie in [0, {len(class_names)}) to name a class of "
+    raise InputError(f"{name} must lie in [0, {len(class_names)}) to name a class of "
                      f"class_names, found {labels.min() if labels.min() < 0 else labels.max()}",
-                     argument="class_names")
+                     argument=name)
 
 
 def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
@@ -254,8 +254,9 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
   if predicted_labels is not None:
     predicted_labels = _array(predicted_labels, "predicted_labels", f"(Q,) = ({q},)", (1,),
                               kind="labels", sizes={0: q})
-    _check_labels(predicted_labels, class_names)
-  _check_labels(np.concatenate([query_labels, neighbor_labels.ravel()]), class_names)
+    _check_labels(predicted_labels, class_names, "predicted_labels")
+  _check_labels(query_labels, class_names, "query_labels")
+  _check_labels(neighbor_labels, class_names, "neighbor_labels")
   images, labels, colors = [], [], []
   for r in range(q):
     same = [neighbor_labels[r][c] == query_labels[r] for c in range(k)]
