@@ -160,19 +160,19 @@ def standardise(train_NxF, *others, stats=None):
                        argument=name)
     return x
   def as_float(x, name, shift):  # ints and float16: float32 or wider, no overflow
-    if jnp.issubdtype(x.dtype, jnp.integer):
+    integers = jnp.issubdtype(x.dtype, jnp.integer)
+    if integers and shift is not None and not _checks.is_traced(x):  # exact in int64
+      return jnp.asarray((np.asarray(x, np.int64) - shift).astype(_checks.float_for(x.dtype)))
+    if integers:
       dtype = _checks.float_for(x.dtype)
-      if shift is not None and not _checks.is_traced(x):  # exact in int64 (32-bit inputs)
-        x = jnp.asarray((np.asarray(x, np.int64) - shift).astype(dtype))
-      else:
-        if shift is None:
-          _checks.exact_ints(x, name, dtype, "subtract a reference value first (e.g. the "
-                             "column minimum, from the data and from a mean given as stats)"
-                             + ("" if dtype == "float64" else ", or enable jax_enable_x64"))
-        x = x.astype(dtype) - (0 if shift is None else shift.astype(dtype))
+      if shift is None:
+        _checks.exact_ints(x, name, dtype, "subtract a reference value first (e.g. the "
+                           "column minimum, from the data and from a mean given as stats)"
+                           + ("" if dtype == "float64" else ", or enable jax_enable_x64"))
+      x = x.astype(dtype)
     elif jnp.finfo(x.dtype).bits < 32:  # float16, bfloat16
-      x = x.astype(jnp.float32) - (0 if shift is None else shift.astype(np.float32))
-    elif shift is not None:
+      x = x.astype(jnp.float32)
+    if shift is not None:
       x = x - shift.astype(x.dtype)
     _checks.finite(x, name, "standardised features would be NaN")
     return x
@@ -190,9 +190,6 @@ def standardise(train_NxF, *others, stats=None):
     if train.shape[0] == 0:
       raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = _moments(train)
-    if shift is not None:
-      (train, *others), (mean_shifted, std) = _standardised((train,) + others, mean, std)
-      return (train, *others), (mean_shifted + shift.astype(mean_shifted.dtype), std)
   else:
     if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
         or not hasattr(stats, "__len__") or len(stats) != 2):
@@ -205,7 +202,8 @@ def standardise(train_NxF, *others, stats=None):
     _checks.finite(std, "stats", "the features would be NaN")
     if not _checks.is_traced(std) and bool(np.any(np.asarray(std) < 0)):
       raise InputError("stats: std must be >= 0", argument="stats")
-  return _standardised((train,) + others, mean, std)
+  out, (mean, std) = _standardised((train,) + others, mean, std)
+  return out, (mean if shift is None else mean + shift.astype(mean.dtype), std)
 
 
 @jax.jit

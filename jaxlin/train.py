@@ -547,6 +547,7 @@ class Trainer:
     return {"lr": lrs, "reg": regs}  # float64 numbers, cast to the params' dtype by fit
 
   def _check_data(self, key, x, y, n, regs):
+    """(number of classes, the params' shapes and dtypes), once x and y are checked."""
     if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
       raise InputError(f"expected x (N, ...) and y (N,), got {x.shape} and {y.shape}",
                        argument="x")
@@ -567,7 +568,7 @@ class Trainer:
     _check_label_range(_checks.value_range(y), c, "labels", "y")
     if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
       _check_penalised(params, "regs")
-    return c
+    return c, params
 
   def _checked_eval_sets(self, eval_sets) -> tuple[dict, dict]:
     """({name: (x, y, num_examples or None)}, {name: (lowest, highest) label of a host y}),
@@ -658,10 +659,9 @@ class Trainer:
     if n > x.shape[0]:
       raise InputError(f"num_examples={n} is more than the {x.shape[0]} rows of x",
                        argument="num_examples")
-    c = self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples: zeros)
+    c, shapes = self._check_data(k_init, x, y, n, regs)  # (padding rows past num_examples)
     # float32 settings, or float64 ones for a model with float64 params (jax_enable_x64).
-    wide = any(getattr(leaf, "dtype", None) == jnp.float64
-               for leaf in jax.tree.leaves(jax.eval_shape(self.model.init, k_init)))
+    wide = any(getattr(leaf, "dtype", None) == jnp.float64 for leaf in jax.tree.leaves(shapes))
     hyper = {k: jnp.asarray(v, jnp.float64 if wide else jnp.float32) for k, v in hyper.items()}
     for name, (ex, _, _) in eval_sets.items():
       if np.shape(ex)[1:] != x.shape[1:]:
