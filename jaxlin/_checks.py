@@ -6,6 +6,7 @@ Value checks are skipped for traced arrays (never branch on a traced value).
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -79,12 +80,26 @@ def finite_number(value, name: str):
   return float(value)
 
 
-def callback(fn, call: str, *arrays) -> None:
-  """InputError unless ``fn`` is None or callable (``call``: how it is called), and, when
-  any of ``arrays`` is traced (a caller's jit), None: progress is reported as work ends."""
+def callback(fn, call: str, *arrays, nargs: int = 2) -> None:
+  """InputError unless ``fn`` is None or callable with ``nargs`` positional arguments
+  (``call``: how it is called), and, when any of ``arrays`` is traced (a caller's jit),
+  None: progress is reported as work ends. Checked up front, so that a wrong callback
+  fails before the work, not after its first part."""
   if fn is not None and not callable(fn):
     raise InputError(f"callback must be callable as {call} or None, got {fn!r}",
                      argument="callback")
+  if fn is not None:
+    try:
+      signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none: let the call decide
+      signature = None
+    if signature is not None:
+      try:
+        signature.bind(*range(nargs))
+      except TypeError as e:
+        raise InputError(f"callback is called as {call}, but {fn!r} cannot take "
+                         f"{nargs} positional argument{'s' if nargs > 1 else ''} ({e}); "
+                         "change its parameters", argument="callback") from None
   if fn is not None and under_jit(*arrays):
     raise InputError("callback reports the progress of a call outside jit; under jit, "
                      "vmap or scan pass callback=None", argument="callback")

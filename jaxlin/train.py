@@ -641,7 +641,7 @@ class Trainer:
         raise InputError(f"{name} must be an integer >= {lowest} or None, got {value!r}",
                          argument=name)
     batch_size, log_every, num_examples = (None if v is None else int(v) for v in sizes.values())
-    _checks.callback(callback, "callback(record)")
+    _checks.callback(callback, "callback(record)", nargs=1)
     try:
       k_init, k_data = _split(key)
     except (TypeError, ValueError):

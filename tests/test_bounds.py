@@ -138,7 +138,8 @@ def test_l2_sample_without_spread_still_builds_an_exact_index(n, sample):
 
 BAD_SEARCH = [("candidates", 10.5), ("candidates", "a"), ("candidates", -5),
               ("candidates", True), ("second_candidates", -1), ("query_tile", 0),
-              ("query_tile", 2.5), ("callback", 3)]
+              ("query_tile", 2.5), ("callback", 3),
+              ("callback", lambda: None)]
 BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("seed", 2 ** 70), ("pool", 0),
              ("components", 0),
              ("image_shape", (8, 8)), ("image_shape", (8, 8, 2)), ("image_shape", (8, -8, -3)),

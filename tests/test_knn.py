@@ -303,6 +303,9 @@ def test_shapes_and_options_are_checked_with_their_names():
     (np.zeros((2, 3)).astype(object), np.zeros((5, 3)), {}, "queries_QxD", "dtype object"),
     ([[1, 2], [3]], np.zeros((5, 2)), {}, "queries_QxD", "rectangular"),
     (np.zeros((2, 3)), np.zeros((5, 3)), {"callback": 5}, "callback", "callable"),
+    # A callback of the wrong arity raised its own TypeError after the first block's work.
+    (np.zeros((2, 3)), np.zeros((5, 3)), {"callback": lambda done: None}, "callback",
+     r"called as callback\(queries_done, total\), but .* cannot take 2 positional"),
 ])
 def test_inputs_jax_cannot_hold_exactly_are_refused(queries, database, kw, argument, message):
   with pytest.raises(InputError, match=message) as e:

@@ -103,6 +103,7 @@ def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
                                                            **kw)
   for kw, argument, message in [
       (dict(callback=5), "callback", "callback must be callable"),
+      (dict(callback=lambda a, b, c: None), "callback", "missing a required argument: 'c'"),
       (dict(ks=[]), "ks", "non-empty"),
       (dict(ks=[1, 0]), "ks", "must be positive"),
       (dict(ks=2.5), "ks", "must be an integer"),

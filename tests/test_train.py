@@ -377,6 +377,7 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
      r"one member's params: pass jax.tree.map\(lambda a: a\[None\], p\)"),
     (lambda: _trainer().accuracy(_GRID2, _X, _Y.astype(np.float32)), "y", "integer labels"),
     (_fit_call(callback=3), "callback", "must be callable"),  # was a TypeError after a chunk
+    (_fit_call(callback=lambda: None), "callback", "cannot take 1 positional argument "),
     (lambda: train.Trainer(train.Model(lambda k: {"W": jnp.full((6, 3), jnp.nan),
                                                   "b": jnp.zeros(3)}, linear.scores),
                            losses.softmax_cross_entropy, optimizer="sgd").fit(
