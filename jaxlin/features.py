@@ -244,16 +244,27 @@ def _standardised(xs, mean, std):
   return tuple((x - mean) / std for x in xs), (mean, std)
 
 
+@functools.cache
+def _code_key() -> bytes:
+  """The bytes of this module's source: a change to the features' code changes the key."""
+  with open(__file__, "rb") as f:
+    return hashlib.blake2b(f.read(), digest_size=16).digest()
+
+
 def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **settings):
   """``extract`` with an on-disk cache keyed by the image bytes and the settings.
 
   Repeated runs on the same images reuse the saved features; ``cache_dir``
-  None disables the cache. Files are written atomically, with the user's umask.
+  None disables the cache (``~`` is expanded). The key includes this module's
+  source, so features saved by an earlier version of the code are not reused.
+  Files are written atomically, with the user's umask.
   """
   if not cache_dir:
     return extract(images_NxHxWx3, callback=callback, **settings)
+  cache_dir = os.path.expanduser(cache_dir)
   images = np.ascontiguousarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))
   h = hashlib.blake2b(digest_size=16)
+  h.update(_code_key())
   h.update(repr((images.shape, str(images.dtype), sorted(settings.items()))).encode())
   h.update(images.data)
   path = os.path.join(cache_dir, f"features-{h.hexdigest()}.npy")

@@ -114,6 +114,22 @@ def test_cache_written_with_the_users_umask(tmp_path):
   np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir=str(tmp_path)), a)
 
 
+def test_cache_expands_home_and_is_keyed_by_the_code(tmp_path, monkeypatch):
+  # "~/c" made a literal "~" folder in the working directory; features saved by older code
+  # (before a HOG fix, say) were reused by newer code.
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  imgs = np.random.default_rng(7).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  a = features.cached_extract(imgs, cache_dir="~/c", cell=4)
+  assert not (tmp_path / "~").exists()
+  (name,) = os.listdir(tmp_path / "home" / "c")
+  np.save(tmp_path / "home" / "c" / name, np.zeros_like(np.asarray(a)))  # the saved entry is read
+  assert float(np.abs(features.cached_extract(imgs, cache_dir="~/c", cell=4)).max()) == 0.0
+  monkeypatch.setattr(features, "_code_key", lambda: b"other code")
+  np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
+  assert len(os.listdir(tmp_path / "home" / "c")) == 2
+
+
 def test_standardise_uses_training_statistics():
   tr = jnp.array([[0.0, 1.0], [2.0, 1.0]])
   te = jnp.array([[4.0, 3.0]])
