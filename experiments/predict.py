@@ -6,9 +6,11 @@ JPEG, PNG, GIF and BMP files are decoded exactly as the experiments decode an
 image folder (``jaxlin.data.decode_image``: TensorFlow's decoder and its JPEG
 DCT, alpha dropped), so a model gives the run's own predictions on the run's
 files. Other formats (TIFF, WebP, ...) are read with Pillow and converted to
-8-bit RGB the same way: alpha dropped, 16-bit and 32-bit integer images
-scaled to 8 bits, float images in [0, 1] scaled by 255, palette, grayscale and
-CMYK images converted. Images of another size are resized to the model's
+8-bit RGB the same way: alpha dropped; 16-bit images divided by 257 (65535
+becomes 255); 32-bit integer images kept as they are when every value fits 8
+bits, else read as 16-bit (divided by 257), refused beyond 16 bits or below
+0; float images in [0, 1] scaled by 255; palette, grayscale and CMYK images
+converted. Images of another size are resized to the model's
 input. Anything else (e.g. float images outside [0, 1]) is refused with one
 line. Prints the top
 classes per image, with probabilities (softmax) or scores (SVM). A bad model

@@ -213,8 +213,8 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  (3,072 features) that is from 6,757 queries at speedup 1.7 (10,000 queries: 3.1 s build
-  + 6.6 s search against 13.8 s), 4,782 at 1.4 and 17,639 at 2.5.
+  (3,072 features) that is from 6,757 queries at speedup 1.7 (10,000 queries, measured:
+  3.4 s build + 6.7 s search against 13.5 s), 4,782 at 1.4 and 17,639 at 2.5.
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """

@@ -26,6 +26,12 @@ FORMAT_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class SavedModel:
+  """A trained classifier as ``save`` writes it and ``load`` reads it back (numpy only).
+
+  ``preprocess`` / ``scores`` / ``probabilities`` take uint8 images (N, H, W, C) of the
+  training shape and apply the run's own preprocessing (mean image and scale, or HOG and
+  hue features standardised with the training statistics).
+  """
   params: dict             # name -> np.ndarray ("W", "b", or "W1", "b1", "W2", "b2")
   mean_image: np.ndarray   # (H, W, C) float32
   scale: float             # inputs are (pixels - mean_image) / scale
@@ -83,6 +89,8 @@ class SavedModel:
     raise ValueError(f"unknown model kind {self.kind!r}")
 
   def probabilities(self, images_uint8_NxHxWxC) -> np.ndarray:
+    """Softmax of ``scores`` (N, C): class probabilities for a softmax model; for an SVM
+    only an ordering of the classes (its scores are margins, not log-probabilities)."""
     s = self.scores(images_uint8_NxHxWxC)
     e = np.exp(s - s.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)

@@ -42,6 +42,8 @@ _DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches CIFAR-10
 
 @dataclasses.dataclass(frozen=True)
 class Split:
+  """One split's uint8 images and int32 labels (or a process's rows of it, in a multi-host
+  run: rows [start, start + N) of a split of ``total`` rows)."""
   images: np.ndarray  # (N, H, W, C) uint8
   labels: np.ndarray  # (N,) int32
   start: int = 0      # these are rows [start, start + N) of the whole split ...
@@ -64,6 +66,8 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """The train, val and test splits ``load`` returns, and the class names (their order is
+  the labels' order)."""
   train: Split
   val: Split
   test: Split

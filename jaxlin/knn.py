@@ -3,7 +3,7 @@
 Public API: ``search`` (the k nearest database rows of every query, on one
 device or a mesh), ``vote`` (majority vote over neighbour labels),
 ``predict`` (search + vote, for many k from one search), and the constants
-``METRICS``, ``LAYOUTS``, ``TIE_BREAKS``.
+``METRICS``, ``METHODS``, ``LAYOUTS``, ``TIE_BREAKS``.
 
 How search runs. The distance kernel (``jaxlin.distances.kernel_for``:
 metric and dtypes) prepares the database once -- centred, normalised or

@@ -34,13 +34,15 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
 
 def accuracy(labels_N, preds_N):
   """Fraction of predictions equal to the labels (float; labels of any dtype, compared
-  exactly)."""
+  exactly). NaN or inf in concrete float labels or predictions raise an InputError (a NaN
+  equals nothing, so it would count as a wrong prediction, hiding the fault upstream)."""
   labels_N, preds_N = _label_arrays(labels_N, preds_N, integers=False)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
   if jnp.issubdtype(jnp.result_type(labels_N, preds_N), jnp.floating):  # a float side
     dtype = _checks.float_for(labels_N.dtype, preds_N.dtype)  # compared in float32 or wider
     for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
+      _checks.finite(v, name, "they are no class labels")
       _checks.exact_ints(v, name, dtype, "pass both as integer class labels")
     labels_N, preds_N = labels_N.astype(dtype), preds_N.astype(dtype)
   return jnp.mean(labels_N == preds_N)

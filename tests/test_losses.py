@@ -248,6 +248,9 @@ def test_metrics_refuse_what_they_cannot_count():
   assert float(metrics.accuracy(np.array([1000, 3000]), np.array([1000, 3000], np.float16))) == 1
   with pytest.raises(InputError, match="holds float128, which JAX has no type for"):
     metrics.accuracy(np.array([1.0], np.longdouble), np.array([1]))  # was JAX's TypeError
+  with pytest.raises(InputError, match="preds_N contains 1 NaN or infinite value") as e:
+    metrics.accuracy(np.array([0, 1]), np.array([np.nan, 1.0]))  # was 0.5
+  assert e.value.argument == "preds_N"
   assert metrics.confusion_matrix(np.array([True, False]), np.array([True, True]),
                                   2).tolist() == [[0, 1], [0, 1]]
 
