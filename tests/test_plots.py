@@ -4,6 +4,7 @@ import stat
 import subprocess
 import sys
 
+import matplotlib.collections
 import matplotlib.figure
 import numpy as np
 import pytest
@@ -268,3 +269,24 @@ def test_bad_new_arguments_name_themselves(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
     call()
   assert e.value.argument == argument
+
+
+def test_figures_draw_the_values_they_are_given():
+  # Each assertion pins a drawn value: the colour of the confusion matrix (row-normalised),
+  # its title's accuracy, the pixels of an image grid, the fold mean drawn and ringed.
+  ax = plots.confusion(np.array([[3, 1], [0, 4]]), NAMES[:2], title="t").axes[0]
+  np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])
+  assert ax.get_title() == "t accuracy 87.5%"
+  query = np.zeros((1, 2, 2, 3), np.uint8)
+  query[0, 0, 0] = (255, 128, 0)
+  mosaic = plots.neighbors(query, [0], np.full((1, 1, 2, 2, 3), 51, np.uint8), [[1]],
+                           NAMES).axes[0].images[0].get_array()
+  assert np.isclose(mosaic, [1.0, 128 / 255, 0.0]).all(-1).sum() == 1  # the one coloured pixel
+  assert np.isclose(mosaic, 0.2).all(-1).sum() == 4  # the neighbour's 4 pixels at 51 / 255
+  acc = np.array([[0.5, 0.9], [0.7, 0.6], [0.6, 0.3]])
+  ax = plots.cross_validation([1, 3], {"l2": acc}, chosen=("l2", 1)).axes[0]
+  mean_line = ax.containers[0].lines[0]
+  np.testing.assert_allclose(mean_line.get_ydata(), [0.6, 0.6])
+  ring, = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)
+           and c.get_sizes().tolist() == [260]]
+  np.testing.assert_allclose(ring.get_offsets(), [[1.0, 0.6]])
