@@ -74,6 +74,24 @@ def test_l2_on_uint8_is_exact_integer_work():
   np.testing.assert_array_equal(dot, 0)
 
 
+def test_l1_partial_sums_over_many_features_stay_exact():
+  # 300 features of 0 against 255: int16 partial sums over more than 128 would wrap.
+  d = distances.pairwise_distances(np.zeros((1, 300), np.uint8), np.full((2, 300), 255, np.uint8),
+                                   metric="l1")
+  assert np.asarray(d).tolist() == [[76500.0, 76500.0]]
+
+
+def test_float_l2_is_clamped_at_zero_where_rounding_goes_below():
+  # |x|^2 + |y|^2 - 2 x.y of the given norms is -2: clamped to 0.
+  one = np.ones((1, 2), np.float32)
+  assert np.asarray(distances.l2_squared_from_dot(one, one, np.float32([1.0]),
+                                                  np.float32([1.0]))).tolist() == [[0.0]]
+  x = (100 + 3 * np.random.default_rng(5).normal(size=(50, 64))).astype(np.float32)
+  d = np.asarray(distances.pairwise_distances(x, x, metric="l2"))
+  assert np.isfinite(d).all()  # unclamped: 21 NaN (square roots of negative rounding)
+  assert np.diag(d).max() < 1e-3 * d.max()  # 0 up to rounding
+
+
 def test_squared_distance_never_negative_for_identical_rows():
   x = np.full((4, 3072), 200.0, np.float32) + np.arange(4)[:, None]
   d = distances.pairwise_distances(x, x, metric="l2_squared")

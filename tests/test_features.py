@@ -58,6 +58,17 @@ def test_hog_literal_vertical_edge():
   np.testing.assert_allclose(f, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_hog_weighs_the_colours_as_grey_does(channel):
+  # A black | red (green, blue) edge: gradient 255 * weight, grey = .299 R + .587 G + .114 B.
+  img = np.zeros((8, 8, 3), np.uint8)
+  img[:, 4:, channel] = 255
+  expected = np.zeros(9)
+  expected[4] = 8 * 255.0 * features.GREY[channel] / 64
+  assert features.GREY == (0.299, 0.587, 0.114)
+  np.testing.assert_allclose(features.hog(img), expected, rtol=1e-5)
+
+
 def test_hue_histogram_literal_colours():
   img = np.zeros((2, 2, 3), np.uint8)
   img[0, 0] = (255, 0, 0)    # red: hue 0
@@ -136,6 +147,8 @@ def test_standardise_uses_training_statistics():
   (a, b), _ = features.standardise(tr, te)
   np.testing.assert_allclose(a, [[-1, 0], [1, 0]])
   np.testing.assert_allclose(b, [[3, 2]])
+  (a,), _ = features.standardise(np.array([[0.0], [2e-4]], np.float32))  # small, not constant
+  np.testing.assert_allclose(a, [[-1], [1]], rtol=1e-5)
 
 
 def test_constant_columns_stay_constant_when_their_mean_rounds():

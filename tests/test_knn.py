@@ -115,6 +115,14 @@ def test_smallest_k_is_the_stable_top_k(dtype, n, k):
   np.testing.assert_array_equal(pos, np.argsort(v, axis=1, kind="stable")[:, :k])
 
 
+def test_smallest_k_orders_tied_candidates_by_position_across_chunks():
+  # The chunk holding 1 is picked first, the one holding the first 2 (position 5) second:
+  # its 2 must still come before the later chunk's 2 at 101.
+  v = np.full((1, 128), 10, np.int32)
+  v[0, 100], v[0, 5], v[0, 101] = 1, 2, 2
+  assert np.asarray(topk.smallest_k(jnp.asarray(v), 2)).tolist() == [[100, 5]]
+
+
 @pytest.mark.parametrize("metric", ["l1", "l2"])
 def test_long_database_tiles_take_the_chunked_selection(metric):
   """Tiles of 1,000 rows with k = 4 go through smallest_k's chunk path."""

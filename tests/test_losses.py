@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import linear, losses, metrics, train
+from jaxlin import linear, losses, metrics, mlp, train
 from jaxlin.errors import InputError
 
 # The lecture's table: three training images (cat, car, frog), scores for (cat, car, frog).
@@ -83,6 +83,16 @@ def test_initial_loss_is_about_c_minus_1_and_log_c():
   s = linear.scores(p, x)
   assert float(jnp.mean(losses.multiclass_svm(s, y))) == pytest.approx(9.0, abs=0.05)
   assert float(jnp.mean(losses.softmax_cross_entropy(s, y))) == pytest.approx(np.log(10), abs=0.01)
+
+
+def test_initial_params_have_the_documented_scales_and_zero_biases():
+  p = linear.init_params(jax.random.key(0), 400, 50, scale=1e-3)
+  assert np.asarray(p["b"]).tolist() == [0.0] * 50
+  assert float(jnp.std(p["W"])) == pytest.approx(1e-3, rel=0.02)
+  q = mlp.init_params(jax.random.key(0), 800, 200, 10)
+  assert not np.asarray(q["b1"]).any() and not np.asarray(q["b2"]).any()
+  assert float(jnp.std(q["W1"])) == pytest.approx((2 / 800) ** 0.5, rel=0.02)  # He
+  assert float(jnp.std(q["W2"])) == pytest.approx((2 / 200) ** 0.5, rel=0.05)
 
 
 def test_l2_penalty_skips_biases():
@@ -241,6 +251,7 @@ def test_metrics_refuse_what_they_cannot_count():
   # Valid labels of other dtypes still count: bools, and floats for accuracy (exact equality).
   assert float(metrics.accuracy(np.array([True, False]), np.array([True, True]))) == 0.5
   assert float(metrics.accuracy(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]))) == 0.75
+  assert float(metrics.accuracy([0.5, 1.0], [0, 1])) == 0.5  # 0.5 is not class 0
   with pytest.raises(InputError, match=r"labels_N holds integers up to 1073741825, beyond "
                      r"2\*\*24") as e:  # compared in float32: was 1.0
     metrics.accuracy(np.array([2 ** 30 + 1]), np.array([2 ** 30], np.float32))

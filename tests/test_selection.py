@@ -28,6 +28,19 @@ def test_shuffled_folds_are_literal_for_a_seed_and_follow_the_permuted_data():
     assert tr.tolist() == perm[ctr].tolist() and va.tolist() == perm[cva].tolist()
 
 
+def test_unequal_folds_are_scored_by_their_own_size():
+  # 1-NN on the points 0..6, folds [0 1 2] [3 4] [5 6]: 2 of 3, 1 of 2, 2 of 2 right.
+  x = np.arange(7, dtype=np.float32)[:, None]
+  y = np.array([0, 0, 1, 0, 1, 1, 1])
+  acc = selection.cross_validate_knn(x, y, 1, num_folds=3, num_classes=2, shuffle=False)
+  assert acc.tolist() == [2 / 3, 1 / 2, 1.0]
+
+
+def test_stratified_folds_deal_each_class_in_order():
+  folds = selection.kfold_indices(6, 2, shuffle=False, labels=[0, 0, 0, 0, 1, 1])
+  assert [v.tolist() for _, v in folds] == [[0, 2, 4], [1, 3, 5]]
+
+
 def test_stratified_folds_keep_the_class_proportions():
   labels = np.repeat([0, 1, 2], [12, 6, 3])  # sorted by class
   folds = selection.kfold_indices(21, 3, labels=labels, seed=1)
