@@ -539,3 +539,18 @@ def test_member_checks_the_grid_under_jit_too():
 def test_init_scales_of_any_real_dtype():
   for scale in (jnp.bfloat16(0.01), np.float16(0.1), 1, np.float32(0.5)):
     assert linear.init_params(jax.random.key(0), 2, 2, scale=scale)["W"].dtype == jnp.float32
+
+
+def test_accuracy_counts_only_the_first_num_examples_rows():
+  # Every member predicts class 0 (bias); rows 3 and 4 (beyond num_examples) are class 0 too.
+  params = {"W": np.zeros((1, 6, 3), np.float32), "b": np.array([[1.0, 0.0, 0.0]], np.float32)}
+  x, y = _X[:5], np.array([0, 1, 0, 0, 0])
+  assert _trainer().accuracy(params, x, y, num_examples=3, batch_size=2).tolist() == [
+      pytest.approx(2 / 3)]
+  assert _trainer().accuracy(params, x, y).tolist() == [pytest.approx(4 / 5)]
+
+
+def test_logged_loss_is_the_mean_of_each_members_finite_steps():
+  # A member that diverged at the second step logs the mean of its finite steps.
+  got = train._finite_mean(np.array([[1.0, 1.0, np.nan], [3.0, np.nan, np.inf]]))
+  np.testing.assert_array_equal(got, [2.0, 1.0, np.nan])
