@@ -98,6 +98,62 @@ def test_l2_certified_bound_never_exceeds_the_distance():
   assert np.mean(low[:, :150] > 0.5 * true[:, :150]) > 0.5  # and it is a useful bound
 
 
+def test_l2_certified_bound_takes_off_every_margin():
+  bound = lambda b, a_x, e_x, a_y, e_y: int(bounds._l2_certified_bound(
+      *(jnp.float32(v) for v in (b, a_x, e_x, a_y, e_y)), 2))
+  assert bound(100.0, 10.0, 0.0, 10.0, 0.0) == 99  # (1 - 1e-5) and -1 off 100
+  assert bound(100.0, 10.0, 1.0, 10.0, 1.0) == 63  # (10 - 1 - 1)^2 = 64, less the same
+  assert bound(1e4, 1.0, 0.0, 1.0, 0.0) == 9999
+  assert bound(1e4, 1e4, 0.0, 1e4, 0.0) == 9713  # the product's rounding: gamma_12 (2e4)^2
+
+
+def _orthonormal_basis(rng, m, d):
+  return np.linalg.qr(rng.normal(size=(d, m)))[0].T  # (m, d), orthonormal rows
+
+
+@pytest.mark.parametrize("stretch", [1.0, 1.01])  # 1.01: a basis 2 % off orthonormal
+def test_l2_row_errors_cover_the_computed_projection(stretch):
+  # err bounds |(z, rho) - (Q x_c, |x_c - Q^T Q x_c|)| for the orthonormal Q nearest the basis.
+  rng = np.random.default_rng(7)
+  q = _orthonormal_basis(rng, 6, D)
+  params = bounds._l2_params(stretch * q, np.full(D, 128))
+  x = np.concatenate([rng.integers(0, 256, (40, D)), np.zeros((1, D)), np.full((1, D), 255),
+                      smooth_images(rng, 10)]).astype(np.uint8)
+  z, _, rho, _, err = (np.asarray(v, np.float64) for v in bounds._l2_rows(jnp.asarray(x), params))
+  xc = x.astype(np.float64) - 128
+  uz = xc @ q.T
+  urho = np.linalg.norm(xc - uz @ q, axis=1)
+  gap = np.sqrt(((z - uz) ** 2).sum(1) + (rho - urho) ** 2)
+  assert np.all(gap <= err)
+  if stretch == 1:  # and not vacuous: about 2.5e-5 of the rows' norms (1,100) here
+    assert err.max() < 1e-4 * np.linalg.norm(xc, axis=1).max()
+
+
+def test_l2_bound_is_exact_where_residuals_are_parallel():
+  # y - c = 2 (x - c): the residuals are parallel, the bound meets the distance, and any
+  # error the margins do not cover (a residual norm 1 % large, say) would exceed it.
+  rng = np.random.default_rng(8)
+  db = rng.integers(0, 256, (300, D), dtype=np.uint8)
+  index = bounds.build_index(db, metric="l2", components=2)
+  p = index.params
+  c = np.asarray(p["centre"]).astype(np.int64)
+  dx = rng.integers(-50, 51, (50, D))
+  assert np.all((c + 2 * dx >= 0) & (c + 2 * dx <= 255))  # no wrap in uint8
+  x, y = (c + dx).astype(np.uint8), (c + 2 * dx).astype(np.uint8)
+  ux, const, a_x, err_x = bounds._l2_query_rows(jnp.asarray(x), p)
+  z, zsq, rho, a_y, err_y = bounds._l2_rows(jnp.asarray(y), p)
+  b = const + jnp.sum(ux * bounds._l2_augmented(z, zsq, rho), axis=1)
+  low = np.asarray(bounds._l2_certified_bound(b, a_x, err_x, a_y, err_y, 2)).astype(np.int64)
+  true = ((x.astype(np.int64) - y) ** 2).sum(1)
+  assert np.all(low <= true)
+  assert np.all(low >= 0.99 * true)  # tight: so a bound too large by 1 % shows
+
+
+def test_merged_answers_tie_by_index():
+  d, i = bounds._merged(np.array([[[1, 2]], [[1, 2]]]), np.array([[[5, 6]], [[2, 3]]]), 2)
+  assert d.tolist() == [[1, 1]] and i.tolist() == [[2, 5]]
+
+
 def test_l1_pooled_bound_never_exceeds_the_distance():
   rng = np.random.default_rng(4)
   db = np.concatenate([smooth_images(rng, 30), checkerboards(rng, 30)])
