@@ -1,4 +1,5 @@
 import os
+import shutil
 import time
 
 import jax
@@ -106,6 +107,26 @@ def test_folder_errors_name_the_path(tmp_path, image_folder):
     f.write(b"this is not a jpeg")
   with pytest.raises(DataError, match=r"cannot decode image .*train/dog/9999.jpg"):
     data.load_split(f"folder:{root}", "train")
+
+
+def test_seeded_subsets_are_literal(image_folder):
+  # The rows a seed draws are part of a run's record: they must not change between versions.
+  rows = data.split_rows(f"folder:{image_folder[0]}", num_val=6, num_train=10, num_test=5, seed=3)
+  assert {k: (s, i.tolist()) for k, (s, i) in rows.items()} == {
+      "train": ("train", [10, 12, 23, 25, 27, 28, 37, 43, 48, 49]),
+      "val": ("train", [54, 55, 56, 57, 58, 59]),
+      "test": ("test", [0, 2, 4, 7, 16])}
+
+
+def test_test_split_missing_a_class_keeps_the_training_labels(image_folder):
+  root, arrays = image_folder
+  shutil.rmtree(os.path.join(root, "test", "dog"))
+  ds = data.load(f"folder:{root}", num_val=6)
+  assert ds.class_names == ("cat", "dog", "frog")
+  frogs = [img for path, img in arrays.items() if f"{os.sep}test{os.sep}frog{os.sep}" in path]
+  assert sorted(ds.test.labels.tolist()) == [0] * 6 + [2] * 6  # frog is 2, not 1
+  got = {img.tobytes() for img, y in zip(ds.test.images, ds.test.labels) if y == 2}
+  assert got == {img.tobytes() for img in frogs}
 
 
 def test_folder_without_test_split(tmp_path):
