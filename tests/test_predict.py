@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments import predict
-from jaxlin import checkpoint, data
+from jaxlin import checkpoint, data, linear, mlp
 from jaxlin.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +52,27 @@ def test_a_saved_model_loads_and_refuses_float_images(tmp_path):
     model.scores(pixels / 255.0)  # [0, 1] floats would all land in one class
   with pytest.raises(InputError, match="must be \\(N, 4, 4, 3\\)"):
     model.scores(pixels[:, :2])
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_a_saved_model_scores_as_the_library_models_do(tmp_path, kind):
+  model = checkpoint.load(_save(tmp_path / "m.npz", kind=kind))
+  pixels = np.random.default_rng(2).integers(0, 256, (5,) + SHAPE).astype(np.uint8)
+  x = (pixels.astype(np.float64) - 100.0).reshape(5, -1) / 50.0  # the saved mean and scale
+  np.testing.assert_allclose(model.preprocess(pixels), x, rtol=1e-6)
+  params = {k: np.asarray(v, np.float32) for k, v in model.params.items()}
+  library = (linear if kind == "linear" else mlp).scores(params, x.astype(np.float32))
+  np.testing.assert_allclose(model.scores(pixels), library, rtol=1e-4, atol=1e-4)
+
+
+def test_probabilities_of_large_scores_are_a_softmax():
+  model = checkpoint.SavedModel(
+      params={"W": np.zeros((48, 3), np.float32), "b": np.array([1000, 1001, 999], np.float32)},
+      mean_image=np.zeros(SHAPE, np.float32), scale=1.0, class_names=CLASSES, kind="linear",
+      loss="softmax", image_shape=SHAPE)
+  e = np.exp([0.0, 1.0, -1.0])
+  np.testing.assert_allclose(model.probabilities(np.zeros((2,) + SHAPE, np.uint8)),
+                             [e / e.sum()] * 2, rtol=1e-6)  # exp(1000) would be inf: NaN
 
 
 def _bad_files(tmp_path):
