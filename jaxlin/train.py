@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
@@ -132,7 +133,9 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
       (``optax.GradientTransformationExtraArgs``: chains, reduce_on_plateau,
       polyak_sgd, lbfgs) gets those of ``value`` (the objective at params),
       ``grad`` and ``value_fn`` that its update accepts; give line searches
-      (optax.lbfgs) the same batch every step.
+      (optax.lbfgs) the same batch every step. For optax.lookahead, params are
+      ``optax.LookaheadParams``: apply_fn gets them whole, the gradient (and the
+      penalty) is of ``params.fast``.
     reg: regularisation strength (a number or a traced scalar).
     penalty: params -> scalar; default losses.l2_penalty (every leaf with ndim >= 2).
 
@@ -168,7 +171,13 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     def f(p):
       return objective(p, x, y, reg, apply_fn=apply_fn, loss_fn=loss_fn, penalty=penalty_fn)
 
-    if _has_line_search(opt_state):
+    if isinstance(params, optax.LookaheadParams):  # optax.lookahead: the fast weights' gradient
+      def f_fast(fast):  # apply_fn sees the LookaheadParams; the penalty, the fast weights
+        return objective(params._replace(fast=fast), x, y, reg, apply_fn=apply_fn,
+                         loss_fn=loss_fn, penalty=lambda p: penalty_fn(p.fast))
+      (value, data), grad = jax.value_and_grad(f_fast, has_aux=True)(params.fast)
+      updates, opt_state = tx.update(grad, opt_state, params)
+    elif _has_line_search(opt_state):
       value_fn = lambda p: f(p)[0]
       value, grad = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
       data = f(params)[1]  # removed by the compiler where unused
@@ -275,7 +284,11 @@ class _GridState(NamedTuple):
 class FitResult:
   """What ``Trainer.fit`` returns.
 
-  params: (G, ...) final parameters of every member (``member(params, g)`` for one).
+  params: (G, ...) final parameters of every member (``member(params, g)`` for one); for
+    a schedule-free optimizer (optax.contrib.schedule_free*), its evaluation parameters
+    (``optax.contrib.schedule_free_eval_params``), which the accuracies are of too.
+  opt_state: (G, ...) the optimizer's final state (for schedule-free, with
+    ``train_params``, the point where training would go on).
   losses: (steps, G) training objective at every step.
   history: per logged step {"step", "epoch", "loss", "<name>_accuracy", "diverged_at"}
     (arrays over G; a diverged member's accuracies are those of its last finite
@@ -290,6 +303,8 @@ class FitResult:
   diverged_at: np.ndarray
   steps: int
   compile_count: int
+  opt_state: Any = None
+  train_params: Any = None  # the training point: ``params`` unless schedule-free
 
 
 class Trainer:
@@ -300,8 +315,9 @@ class Trainer:
       ``lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr))``;
       the learning rate is each member's (traced, so the grid compiles once), or
       an optax schedule step -> lr when ``schedule`` is given;
-    * an optax.GradientTransformation (its learning rate, schedule included, is
-      fixed): the grid is over ``regs`` only;
+    * an optax.GradientTransformation, or any object with its init and update
+      (optax.MultiSteps): its learning rate, schedule included, is fixed, and the
+      grid is over ``regs`` only;
     * a name, a shortcut for the command line: "sgd", "momentum" (Nesterov 0.9),
       "adam" (functions of the learning rate) or "lbfgs" (optax.lbfgs(): line
       search, full batch, no learning rate).
@@ -334,9 +350,17 @@ class Trainer:
       self._factory = None if optimizer == "lbfgs" else functools.partial(make_optimizer,
                                                                            optimizer)
       self._always_schedule = True  # named: the learning rate is a schedule, as ever
-    elif isinstance(optimizer, optax.GradientTransformation):
+    elif _has_methods(optimizer, "init", "update"):  # e.g. optax.MultiSteps too
       self._fixed_tx, self._factory, self._always_schedule = optimizer, None, False
     elif callable(optimizer):
+      try:
+        inspect.signature(optimizer).bind(1.0)
+      except TypeError as e:
+        raise InputError(f"optimizer is called as optimizer(learning_rate) -> an optax "
+                         f"transformation, but {optimizer!r} cannot take one argument ({e})",
+                         argument="optimizer") from None
+      except ValueError:  # no signature to check (some builtins): the call will tell
+        pass
       self._fixed_tx, self._factory, self._always_schedule = None, optimizer, False
     else:
       raise InputError(f"optimizer must be a name {OPTIMIZERS}, an optax.GradientTransformation "
@@ -376,10 +400,19 @@ class Trainer:
   def _member_tx(self, lr, multiplier):
     if self._fixed_tx is not None:
       return self._fixed_tx
-    if multiplier is _constant and not self._always_schedule:
-      tx = self._factory(lr)
-    else:
-      tx = self._factory(lambda count: lr * multiplier(count))
+    scheduled = not (multiplier is _constant and not self._always_schedule)
+    try:
+      tx = self._factory(lambda count: lr * multiplier(count)) if scheduled else self._factory(lr)
+    except InputError:
+      raise
+    except TypeError as e:  # JAX's tracer errors too: a traced lr in Python control flow
+      given = ("an optax schedule (step -> learning rate), as schedule= is given" if scheduled
+               else "a traced jax scalar (one per grid member)")
+      raise InputError(f"optimizer(learning_rate) failed ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}): its learning_rate is "
+                       f"{given}; pass it only where optax takes an array or a schedule "
+                       "(e.g. lambda lr: optax.adamw(lr)), not to float(), if or arithmetic",
+                       argument="optimizer") from None
     if not _has_methods(tx, "init", "update"):
       raise InputError(f"optimizer(learning_rate) must return an optax.GradientTransformation, "
                        f"got {tx!r}", argument="optimizer")
@@ -710,9 +743,10 @@ class Trainer:
       record = {"step": done, "epoch": done / steps_per_epoch,
                 "loss": _finite_mean(all_losses[-1]),
                 "diverged_at": np.array(state.diverged_at)}
+      eval_params = _eval_params(state.params, state.opt_state) if eval_sets else None
       for name, (ex, ey, en) in eval_sets.items():
         record[f"{name}_accuracy"] = self._checked_accuracy(
-            state.params, ex, ey, ex.shape[0] if en is None else en)
+            eval_params, ex, ey, ex.shape[0] if en is None else en)
       history.append(record)
       if callback is not None:
         callback(record)
@@ -721,6 +755,9 @@ class Trainer:
         at_once = ("" if first > 1 else " (at the first step: check the loss at the starting "
                    "params too, and the optimizer's constants in the params' dtype, e.g. "
                    "adam's eps=1e-8 is 0 in float16)")
+        at_once += ("; if the data or the model give NaN scores, fix those: a member stops at "
+                    "its first non-finite loss, even where the optimizer would skip the step "
+                    "(optax.apply_if_finite)")
         if self.has_learning_rate:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
@@ -731,9 +768,53 @@ class Trainer:
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
             f"for every setting; try a smaller learning rate in the optimizer{at_once}",
             argument="optimizer")
-    return FitResult(params=state.params, losses=np.concatenate(all_losses),
-                     history=history, diverged_at=np.asarray(state.diverged_at),
-                     steps=done, compile_count=self.trace_count)
+    _warn_if_learning_rate_unused(state.params, hyper, np.asarray(state.diverged_at))
+    return FitResult(params=_eval_params(state.params, state.opt_state),
+                     losses=np.concatenate(all_losses), history=history,
+                     diverged_at=np.asarray(state.diverged_at), steps=done,
+                     compile_count=self.trace_count, opt_state=state.opt_state,
+                     train_params=state.params)
+
+
+def _schedule_free_states(opt_state) -> list:
+  is_state = lambda s: isinstance(s, optax.contrib.ScheduleFreeState)
+  return [s for s in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(s)]
+
+
+def _eval_params(params_G, opt_state_G):
+  """The grid's parameters to evaluate: for a schedule-free optimizer (optax.contrib), its
+  evaluation point, not the training point where gradients are taken; else ``params_G``."""
+  states = _schedule_free_states(opt_state_G)
+  if not states:
+    return params_G
+  if len(states) > 1:
+    raise InputError("the optimizer holds more than one schedule-free state: which "
+                     "parameters to evaluate is ambiguous; use one schedule_free transformation",
+                     argument="optimizer")
+  return _schedule_free_eval(params_G, states[0])
+
+
+@jax.jit
+def _schedule_free_eval(params_G, state_G):
+  return jax.vmap(optax.contrib.schedule_free_eval_params)(state_G, params_G)
+
+
+def _warn_if_learning_rate_unused(params_G, hyper, diverged_at) -> None:
+  """A warning when members that differ only in learning rate end bit-identical (none
+  diverged): the optimizer function (or its schedule) ignores its learning rate argument."""
+  lrs, regs = np.asarray(hyper["lr"]), np.asarray(hyper["reg"])
+  leaves = [np.asarray(a) for a in jax.tree.leaves(params_G)]
+  for reg in np.unique(regs):
+    members = np.flatnonzero((regs == reg) & (diverged_at < 0))
+    if len(np.unique(lrs[members])) < 2 or not leaves:
+      continue
+    if all(np.array_equal(a[members[0]], a[i]) for i in members[1:] for a in leaves):
+      rates = ", ".join(f"{v:g}" for v in sorted(set(lrs[members].tolist())))
+      warnings.warn(f"the members with reg={reg:g} and learning rates [{rates}] ended with "
+                    "identical parameters: "
+                    "does optimizer(learning_rate) use its argument (e.g. lambda lr: "
+                    "optax.adam(lr), not optax.adam(1e-3))?", UserWarning, stacklevel=3)
+      return
 
 
 def _check_label_range(lo_hi: tuple[int, int], c: int, what: str, argument: str) -> None:

@@ -554,3 +554,67 @@ def test_logged_loss_is_the_mean_of_each_members_finite_steps():
   # A member that diverged at the second step logs the mean of its finite steps.
   got = train._finite_mean(np.array([[1.0, 1.0, np.nan], [3.0, np.nan, np.inf]]))
   np.testing.assert_array_equal(got, [2.0, 1.0, np.nan])
+
+
+def test_schedule_free_members_are_evaluated_at_their_evaluation_point():
+  # Schedule-free optimizers take gradients at one point and evaluate at another: fit
+  # returned (and scored) the training point, and the state to recover the other was lost.
+  x, y = _problem()
+  opt = lambda lr: optax.contrib.schedule_free_adamw(lr, warmup_steps=2)
+  fit = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=opt, full_batch=True).fit(
+      jax.random.key(3), x, y, learning_rates=[0.05], regs=[0.01], num_steps=6,
+      eval_sets={"train": (x, y)})
+  tx = opt(0.05)
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx, reg=0.01))
+  params = LINEAR.init(jax.random.split(jax.random.key(3))[0])
+  state = tx.init(params)
+  for _ in range(6):
+    params, state, _ = step(params, state, (x, y))
+  evaluated = optax.contrib.schedule_free_eval_params(state, params)
+  for k in ("W", "b"):
+    np.testing.assert_allclose(fit.params[k][0], evaluated[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.train_params[k][0], params[k], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(fit.params["W"], fit.train_params["W"])
+  assert fit.history[-1]["train_accuracy"].tolist() == train.Trainer(
+      LINEAR, losses.softmax_cross_entropy, optimizer="sgd").accuracy(fit.params, x, y).tolist()
+
+
+def test_lookahead_takes_the_gradient_of_the_fast_weights():
+  x, y = _problem()
+  tx = optax.lookahead(optax.adam(0.05), sync_period=3, slow_step_size=0.5)
+  apply = lambda p, xb: linear.scores(p.fast, xb)
+  params = optax.LookaheadParams.init_synced(linear.init_params(jax.random.key(0), 6, 3))
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, apply, tx, reg=0.1))
+  ref_params, state, ref_state = params, tx.init(params), tx.init(params)
+  for _ in range(5):
+    params, state, metrics = step(params, state, (x, y))
+    objective = lambda fast: (jnp.mean(losses.softmax_cross_entropy(linear.scores(fast, x), y))
+                              + 0.1 * jnp.sum(fast["W"] ** 2))
+    value, grad = jax.value_and_grad(objective)(ref_params.fast)
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
+    updates, ref_state = tx.update(grad, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_any_optax_object_and_clear_errors_for_optimizer_functions():
+  x, y = _problem()
+  fit = lambda opt, lrs=(0.05,), **kw: train.Trainer(LINEAR, losses.softmax_cross_entropy,
+                                                     optimizer=opt, **kw).fit(
+      jax.random.key(0), x, y, learning_rates=None if lrs is None else list(lrs),
+      regs=[0.0] * (1 if lrs is None else len(lrs)), batch_size=20, num_steps=4)
+  multi = optax.MultiSteps(optax.sgd(0.05), 2)  # was refused: not a GradientTransformation
+  np.testing.assert_array_equal(fit(multi, None).params["W"],
+                                fit(multi.gradient_transformation(), None).params["W"])
+  for opt, kw, message in [
+      (lambda: optax.sgd(0.1), {}, r"optimizer\(learning_rate\) .* cannot take one argument"),
+      (lambda lr: optax.adam(float(lr)), {}, "a traced jax scalar"),
+      (lambda lr: optax.chain(optax.scale_by_adam(), optax.scale(-lr)), {"schedule": "cosine"},
+       "an optax schedule"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      fit(opt, **kw)
+    assert e.value.argument == "optimizer"
+  with pytest.warns(UserWarning, match=r"learning rates \[0.001, 0.1\] ended with identical"):
+    fit(lambda lr: optax.adam(0.05), lrs=(1e-3, 0.1))
