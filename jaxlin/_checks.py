@@ -90,7 +90,7 @@ def callback(fn, call: str, *arrays, nargs: int = 2) -> None:
                      argument="callback")
   if fn is not None:
     try:
-      signature = inspect.signature(fn)
+      signature = inspect.signature(fn, follow_wrapped=False)  # a wrapper's own parameters
     except (TypeError, ValueError):  # some builtins have none: let the call decide
       signature = None
     if signature is not None:

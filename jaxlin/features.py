@@ -244,11 +244,21 @@ def _standardised(xs, mean, std):
   return tuple((x - mean) / std for x in xs), (mean, std)
 
 
-@functools.cache
-def _code_key() -> bytes:
-  """The bytes of this module's source: a change to the features' code changes the key."""
-  with open(__file__, "rb") as f:
-    return hashlib.blake2b(f.read(), digest_size=16).digest()
+def _source_key() -> bytes | None:
+  """A hash of this module's source as imported (a zip install too), or None if the source
+  is not available: then nothing is cached (a key that misses a code change is stale)."""
+  try:
+    source = __loader__.get_source(__name__)
+  except (ImportError, OSError, AttributeError):
+    source = None
+  return None if source is None else hashlib.blake2b(source.encode(), digest_size=16).digest()
+
+
+_CODE_KEY = _source_key()  # at import: the code that runs, even if the file changes later
+
+
+def _code_key() -> bytes | None:
+  return _CODE_KEY
 
 
 def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **settings):
@@ -259,7 +269,7 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   source, so features saved by an earlier version of the code are not reused.
   Files are written atomically, with the user's umask.
   """
-  if not cache_dir:
+  if not cache_dir or _code_key() is None:
     return extract(images_NxHxWx3, callback=callback, **settings)
   cache_dir = os.path.expanduser(cache_dir)
   images = np.ascontiguousarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))

@@ -350,11 +350,12 @@ class Trainer:
       self._factory = None if optimizer == "lbfgs" else functools.partial(make_optimizer,
                                                                            optimizer)
       self._always_schedule = True  # named: the learning rate is a schedule, as ever
-    elif _has_methods(optimizer, "init", "update"):  # e.g. optax.MultiSteps too
+    elif _has_methods(optimizer, "init", "update") and not isinstance(optimizer, type):
+      # an object with optax's methods (optax.MultiSteps too); a class is a factory
       self._fixed_tx, self._factory, self._always_schedule = optimizer, None, False
     elif callable(optimizer):
       try:
-        inspect.signature(optimizer).bind(1.0)
+        inspect.signature(optimizer, follow_wrapped=False).bind(1.0)
       except TypeError as e:
         raise InputError(f"optimizer is called as optimizer(learning_rate) -> an optax "
                          f"transformation, but {optimizer!r} cannot take one argument ({e})",
@@ -401,18 +402,20 @@ class Trainer:
     if self._fixed_tx is not None:
       return self._fixed_tx
     scheduled = not (multiplier is _constant and not self._always_schedule)
+    given = ("an optax schedule (step -> learning rate), as schedule= is given" if scheduled
+             else "a traced jax scalar (one per grid member)")
     try:
       tx = self._factory(lambda count: lr * multiplier(count)) if scheduled else self._factory(lr)
-    except InputError:
-      raise
-    except TypeError as e:  # JAX's tracer errors too: a traced lr in Python control flow
-      given = ("an optax schedule (step -> learning rate), as schedule= is given" if scheduled
-               else "a traced jax scalar (one per grid member)")
-      raise InputError(f"optimizer(learning_rate) failed ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''}): its learning_rate is "
-                       f"{given}; pass it only where optax takes an array or a schedule "
-                       "(e.g. lambda lr: optax.adamw(lr)), not to float(), if or arithmetic",
-                       argument="optimizer") from None
+    except (jax.errors.JAXTypeError, TypeError) as e:
+      if not isinstance(e, (jax.errors.ConcretizationTypeError,
+                            jax.errors.TracerIntegerConversionError,
+                            jax.errors.TracerArrayConversionError)):
+        e.add_note(f"(jaxlin) optimizer(learning_rate) was called with {given}")
+        raise
+      raise InputError(f"optimizer(learning_rate) needs a concrete learning rate "
+                       f"({type(e).__name__}), but it is {given}: pass it only where optax "
+                       "takes an array or a schedule (e.g. lambda lr: optax.adamw(lr)), "
+                       "not to float(), int() or an if", argument="optimizer") from e
     if not _has_methods(tx, "init", "update"):
       raise InputError(f"optimizer(learning_rate) must return an optax.GradientTransformation, "
                        f"got {tx!r}", argument="optimizer")
@@ -704,12 +707,17 @@ class Trainer:
         _check_label_range(label_ranges[name], c, f"eval_sets[{name!r}] labels", "eval_sets")
     multiplier = self._multiplier(num_steps)
     state = self._init(k_init, hyper["lr"], multiplier=multiplier)
+    # Member 0 at the start, on the host (the state's buffers are donated to the steps):
+    # for the check that the learning rate is used, where a reg has several rates.
+    at_start = ([np.asarray(a[0]) for a in jax.tree.leaves(state.params)]
+             if _rate_groups(hyper, np.full(len(hyper["lr"]), -1)) else None)
     finite = jax.tree_util.tree_flatten_with_path(_finite_leaves(state.params))[0]
     for path, ok in finite:
       if not bool(ok):
         raise InputError(f"model.init(key) returned NaN or inf in params"
                          f"{jax.tree_util.keystr(path)}: training would diverge at its first "
                          "step", argument="model")
+    evaluated = _evaluation(state)
     full_batch = self._full_batch
     if full_batch is None:
       full_batch = _has_line_search(state.opt_state)
@@ -743,7 +751,7 @@ class Trainer:
       record = {"step": done, "epoch": done / steps_per_epoch,
                 "loss": _finite_mean(all_losses[-1]),
                 "diverged_at": np.array(state.diverged_at)}
-      eval_params = _eval_params(state.params, state.opt_state) if eval_sets else None
+      eval_params = evaluated(state.params, state.opt_state) if eval_sets else None
       for name, (ex, ey, en) in eval_sets.items():
         record[f"{name}_accuracy"] = self._checked_accuracy(
             eval_params, ex, ey, ex.shape[0] if en is None else en)
@@ -768,8 +776,8 @@ class Trainer:
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
             f"for every setting; try a smaller learning rate in the optimizer{at_once}",
             argument="optimizer")
-    _warn_if_learning_rate_unused(state.params, hyper, np.asarray(state.diverged_at))
-    return FitResult(params=_eval_params(state.params, state.opt_state),
+    _warn_if_learning_rate_unused(at_start, state.params, hyper, np.asarray(state.diverged_at))
+    return FitResult(params=evaluated(state.params, state.opt_state),
                      losses=np.concatenate(all_losses), history=history,
                      diverged_at=np.asarray(state.diverged_at), steps=done,
                      compile_count=self.trace_count, opt_state=state.opt_state,
@@ -781,17 +789,27 @@ def _schedule_free_states(opt_state) -> list:
   return [s for s in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(s)]
 
 
-def _eval_params(params_G, opt_state_G):
-  """The grid's parameters to evaluate: for a schedule-free optimizer (optax.contrib), its
-  evaluation point, not the training point where gradients are taken; else ``params_G``."""
-  states = _schedule_free_states(opt_state_G)
+def _evaluation(state: _GridState) -> Callable:
+  """(params_G, opt_state_G) -> the grid's parameters to score and return: for a
+  schedule-free optimizer (optax.contrib) its evaluation point, not the training point
+  where gradients are taken; else the params. Tried once on the starting state: a state
+  that does not fit the params whole (several schedule-free groups, masked or wrapped ones)
+  keeps the training point, with a warning."""
+  states = _schedule_free_states(state.opt_state)
   if not states:
-    return params_G
-  if len(states) > 1:
-    raise InputError("the optimizer holds more than one schedule-free state: which "
-                     "parameters to evaluate is ambiguous; use one schedule_free transformation",
-                     argument="optimizer")
-  return _schedule_free_eval(params_G, states[0])
+    return lambda params, _: params
+  if len(states) == 1:
+    try:
+      _schedule_free_eval(state.params, states[0])
+      return lambda params, opt_state: _schedule_free_eval(
+          params, _schedule_free_states(opt_state)[0])
+    except (TypeError, ValueError):
+      pass
+  warnings.warn("the optimizer's schedule-free state does not cover the params as one tree "
+                "(several groups, or a masked or wrapped one): fit scores and returns the "
+                "training point; apply optax.contrib.schedule_free_eval_params yourself "
+                "(fit.opt_state)", UserWarning, stacklevel=3)
+  return lambda params, _: params
 
 
 @jax.jit
@@ -799,16 +817,27 @@ def _schedule_free_eval(params_G, state_G):
   return jax.vmap(optax.contrib.schedule_free_eval_params)(state_G, params_G)
 
 
-def _warn_if_learning_rate_unused(params_G, hyper, diverged_at) -> None:
-  """A warning when members that differ only in learning rate end bit-identical (none
-  diverged): the optimizer function (or its schedule) ignores its learning rate argument."""
+def _rate_groups(hyper, diverged_at) -> list:
+  """Members (not diverged) that share a reg, for each reg given several learning rates."""
+  lrs, regs = np.asarray(hyper["lr"]), np.asarray(hyper["reg"])
+  groups = (np.flatnonzero((regs == r) & (diverged_at < 0)) for r in np.unique(regs))
+  return [m for m in groups if len(np.unique(lrs[m])) > 1]
+
+
+def _warn_if_learning_rate_unused(start, params_G, hyper, diverged_at) -> None:
+  """A warning when members that differ only in learning rate end bit-identical, none
+  diverged and all moved from ``start`` (member 0's first leaves; None: nothing to check):
+  the optimizer function (or its schedule) ignores its learning rate argument. (Not moved:
+  a zero rate at first, e.g. a warm-up.)"""
+  groups = _rate_groups(hyper, diverged_at) if start is not None else []
+  if not groups:
+    return
   lrs, regs = np.asarray(hyper["lr"]), np.asarray(hyper["reg"])
   leaves = [np.asarray(a) for a in jax.tree.leaves(params_G)]
-  for reg in np.unique(regs):
-    members = np.flatnonzero((regs == reg) & (diverged_at < 0))
-    if len(np.unique(lrs[members])) < 2 or not leaves:
-      continue
-    if all(np.array_equal(a[members[0]], a[i]) for i in members[1:] for a in leaves):
+  for members in groups:
+    reg = regs[members[0]]
+    moved = any(not np.array_equal(a[members[0]], s) for a, s in zip(leaves, start))
+    if moved and all(np.array_equal(a[members[0]], a[i]) for i in members[1:] for a in leaves):
       rates = ", ".join(f"{v:g}" for v in sorted(set(lrs[members].tolist())))
       warnings.warn(f"the members with reg={reg:g} and learning rates [{rates}] ended with "
                     "identical parameters: "

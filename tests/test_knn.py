@@ -1,4 +1,5 @@
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -189,6 +190,26 @@ def test_predict_many_k_from_one_search_equals_single_k():
   for row, k in zip(many, [1, 3, 7]):
     ref = [np.bincount(y[r[:k]], minlength=3).argmax() for r in ref_i]
     np.testing.assert_array_equal(row, ref)
+
+
+def test_callbacks_of_every_callable_kind_are_taken():
+  calls = []
+
+  def supplying(fn):  # a decorator that supplies an argument: the wrapper takes (done, total)
+    @functools.wraps(fn)
+    def wrapper(*args):
+      return fn("search", *args)
+    return wrapper
+
+  class Recorder:
+    def __call__(self, done, total, *, unit="queries"):
+      calls.append((unit, done, total))
+
+  db = np.zeros((5, 2), np.float32)
+  for cb in (supplying(lambda name, done, total: calls.append((name, done, total))), Recorder(),
+             functools.partial(lambda tag, done, total: calls.append((tag, done, total)), "p")):
+    knn.search(np.ones((3, 2), np.float32), db, 1, callback=cb)
+  assert calls == [("search", 3, 3), ("queries", 3, 3), ("p", 3, 3)]
 
 
 def test_search_compiles_once_for_all_query_tiles_and_for_new_data():

@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -559,7 +560,8 @@ def test_logged_loss_is_the_mean_of_each_members_finite_steps():
 def test_schedule_free_members_are_evaluated_at_their_evaluation_point():
   # Schedule-free optimizers take gradients at one point and evaluate at another: fit
   # returned (and scored) the training point, and the state to recover the other was lost.
-  x, y = _problem()
+  x, _ = _problem()
+  y = jnp.asarray(np.random.default_rng(4).integers(0, 3, len(x)))  # noise: the points differ
   opt = lambda lr: optax.contrib.schedule_free_adamw(lr, warmup_steps=2)
   fit = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=opt, full_batch=True).fit(
       jax.random.key(3), x, y, learning_rates=[0.05], regs=[0.01], num_steps=6,
@@ -575,8 +577,17 @@ def test_schedule_free_members_are_evaluated_at_their_evaluation_point():
     np.testing.assert_allclose(fit.params[k][0], evaluated[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fit.train_params[k][0], params[k], rtol=1e-5, atol=1e-6)
   assert not np.allclose(fit.params["W"], fit.train_params["W"])
-  assert fit.history[-1]["train_accuracy"].tolist() == train.Trainer(
-      LINEAR, losses.softmax_cross_entropy, optimizer="sgd").accuracy(fit.params, x, y).tolist()
+  score = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd").accuracy
+  assert fit.history[-1]["train_accuracy"].tolist() == score(fit.params, x, y).tolist()
+  assert score(fit.params, x, y).tolist() != score(fit.train_params, x, y).tolist()
+  # Two schedule-free groups: no single evaluation point; the training point, with a warning.
+  two = lambda lr: optax.multi_transform({"W": optax.contrib.schedule_free_sgd(lr),
+                                          "b": optax.contrib.schedule_free_sgd(lr)},
+                                         {"W": "W", "b": "b"})
+  with pytest.warns(UserWarning, match="fit scores and returns the training point"):
+    fit = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=two).fit(
+        jax.random.key(3), x, y, learning_rates=[0.05], regs=[0.0], batch_size=20, num_steps=2)
+  assert fit.params is fit.train_params
 
 
 def test_lookahead_takes_the_gradient_of_the_fast_weights():
@@ -605,16 +616,40 @@ def test_any_optax_object_and_clear_errors_for_optimizer_functions():
       jax.random.key(0), x, y, learning_rates=None if lrs is None else list(lrs),
       regs=[0.0] * (1 if lrs is None else len(lrs)), batch_size=20, num_steps=4)
   multi = optax.MultiSteps(optax.sgd(0.05), 2)  # was refused: not a GradientTransformation
-  np.testing.assert_array_equal(fit(multi, None).params["W"],
-                                fit(multi.gradient_transformation(), None).params["W"])
+  got = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=multi, full_batch=True).fit(
+      jax.random.key(0), x, y, learning_rates=None, regs=[0.0], num_steps=4).params
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, multi))
+  params = LINEAR.init(jax.random.split(jax.random.key(0))[0])
+  state = multi.init(params)
+  for _ in range(4):  # two updates, each of two averaged gradients
+    params, state, _ = step(params, state, (x, y))
+  np.testing.assert_allclose(got["W"][0], params["W"], rtol=1e-6, atol=1e-7)
+
+  class ClippedSGD:  # a class with init and update is a factory of the learning rate
+    def __init__(self, learning_rate):
+      self.tx = optax.chain(optax.clip(1.0), optax.sgd(learning_rate))
+      self.init, self.update = self.tx.init, self.tx.update
+
+  assert fit(ClippedSGD, lrs=(0.1, 0.01)).params["W"].shape == (2, 6, 3)
+  with pytest.raises(TypeError, match="unexpected keyword argument 'betas'") as e:
+    # The user's own mistake keeps its error (a note says how the function was called).
+    fit(lambda lr: optax.adam(lr, betas=(0.9, 0.99)))  # pylint: disable=unexpected-keyword-arg
+  assert "optimizer(learning_rate) was called with a traced jax scalar" in str(e.value.__notes__)
+  with pytest.raises(TypeError, match="unary -") as e:
+    fit(lambda lr: optax.chain(optax.scale_by_adam(), optax.scale(-lr)), schedule="cosine")
+  assert "called with an optax schedule (step -> learning rate)" in str(e.value.__notes__)
   for opt, kw, message in [
       (lambda: optax.sgd(0.1), {}, r"optimizer\(learning_rate\) .* cannot take one argument"),
       (lambda lr: optax.adam(float(lr)), {}, "a traced jax scalar"),
-      (lambda lr: optax.chain(optax.scale_by_adam(), optax.scale(-lr)), {"schedule": "cosine"},
-       "an optax schedule"),
   ]:
     with pytest.raises(InputError, match=message) as e:
       fit(opt, **kw)
     assert e.value.argument == "optimizer"
   with pytest.warns(UserWarning, match=r"learning rates \[0.001, 0.1\] ended with identical"):
     fit(lambda lr: optax.adam(0.05), lrs=(1e-3, 0.1))
+  with warnings.catch_warnings():  # a warm-up from 0: no member moved yet, no warning
+    warnings.simplefilter("error")
+    train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd",
+                  schedule=optax.linear_schedule(0.0, 1.0, 100)).fit(
+        jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0, 0.0], batch_size=20,
+        num_steps=1)
