@@ -134,3 +134,89 @@ def test_command_line_error_is_one_line(tmp_path, flag, error):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == error
   assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr
+
+
+# ---- choices on data where they matter ----------------------------------------------------
+# On the colour folder above every setting scores 1.0, so nothing there shows that the run
+# picks by the mean over folds, votes with the chosen k or scores the val split per k. Here
+# 2 x 2 images with pixel noise of std 180 around three colours: accuracies 0.4-0.9 that
+# differ between k, metrics and folds (each test below first checks that they do).
+NOISY = dict(per_class_train=14, per_class_test=8, size=2, seed=3, noise=180.0)
+
+
+@pytest.fixture(scope="module")
+def noisy_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("noisy")
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  make_image_folder(str(root), **NOISY)
+  return f"folder:{root}"
+
+
+def _predict(train_x, train_y, queries, k, metric):
+  """float64 brute-force kNN: neighbours in (distance, index) order, ties of the vote to the
+  smallest label."""
+  diff = queries[:, None].astype(np.float64) - train_x[None].astype(np.float64)
+  d = np.abs(diff).sum(-1) if metric == "l1" else np.sqrt((diff ** 2).sum(-1))
+  idx = np.argsort(d, 1, kind="stable")[:, :k]
+  return np.array([np.bincount(train_y[r], minlength=3).argmax() for r in idx])
+
+
+def _flat(split):
+  return split.images.reshape(len(split), -1)
+
+
+def test_cross_validation_picks_the_best_mean_and_tests_it_with_its_k(noisy_folder, tmp_path):
+  ks, seed = [1, 3, 5, 9], 3
+  res = knn_exp.run(dict(dataset=noisy_folder, num_train=36, num_val=6, num_test=0, k=ks,
+                         metric=["l1", "l2"], cv_folds=3, seed=seed, num_neighbor_rows=0),
+                    str(tmp_path))
+  ds = data.load(noisy_folder, num_train=36, num_val=6, seed=seed)
+  x, y = _flat(ds.train), ds.train.labels
+  # The folds as jaxlin.selection documents them: a seeded permutation cut by array_split.
+  folds = np.array_split(np.random.default_rng([seed, cfg.SEEDS["folds"]]).permutation(36), 3)
+  expect = {}
+  for metric in ("l1", "l2"):
+    expect[metric] = np.array([[np.mean(_predict(
+        x[np.concatenate(folds[:f] + folds[f + 1:])], y[np.concatenate(folds[:f] + folds[f + 1:])],
+        x[folds[f]], k, metric) == y[folds[f]]) for k in ks] for f in range(3)])
+    got = res["accuracy"][metric]
+    np.testing.assert_allclose(got["per_fold"], expect[metric], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["mean"], expect[metric].mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["std"], expect[metric].std(0), rtol=0, atol=1e-12)
+  # The data discriminate: the best mean is unique, and the best of fold 0 alone, or the best
+  # single fold, would pick another setting.
+  settings = [(m, j) for m in ("l1", "l2") for j in range(len(ks))]
+  means = sorted((expect[m][:, j].mean() for m, j in settings), reverse=True)
+  assert means[0] > means[1]
+  by_mean = max(settings, key=lambda s: expect[s[0]][:, s[1]].mean())
+  assert by_mean != max(settings, key=lambda s: expect[s[0]][0, s[1]])
+  assert by_mean != max(settings, key=lambda s: expect[s[0]][:, s[1]].max())
+  # ...and the run picks it: l1 with k=3, mean CV accuracy 22/36.
+  assert by_mean == ("l1", 1)
+  assert res["chosen"] == {"metric": "l1", "k": 3, "selection_accuracy": pytest.approx(22 / 36)}
+  # The test split is voted on by the chosen k's neighbours (the search keeps 10 for the
+  # figure; voting with all 10 would score 17/24, not 16/24).
+  pred = _predict(x, y, _flat(ds.test), 3, "l1")
+  assert np.mean(_predict(x, y, _flat(ds.test), 10, "l1") == ds.test.labels) == 17 / 24
+  assert res["test_accuracy"] == pytest.approx(16 / 24) == pytest.approx(
+      np.mean(pred == ds.test.labels))
+  # The confusion matrix counts (true class, predicted class); this one is not symmetric.
+  cm = np.zeros((3, 3), int)
+  np.add.at(cm, (ds.test.labels, pred), 1)
+  assert not np.array_equal(cm, cm.T)
+  assert res["confusion_matrix"] == cm.tolist()
+
+
+def test_the_val_split_scores_each_k_with_its_own_neighbours(noisy_folder, tmp_path):
+  ks, seed = [1, 3, 5, 9], 3
+  res = knn_exp.run(dict(dataset=noisy_folder, num_train=30, num_val=12, num_test=6, k=ks,
+                         metric=["l2"], cv_folds=0, seed=seed, num_neighbor_rows=0),
+                    str(tmp_path))
+  ds = data.load(noisy_folder, num_train=30, num_val=12, num_test=6, seed=seed)
+  expect = [np.mean(_predict(_flat(ds.train), ds.train.labels, _flat(ds.val), k, "l2")
+                    == ds.val.labels) for k in ks]
+  assert len(set(expect)) > 1  # k matters on these images
+  assert res["accuracy"]["l2"]["per_fold"] == [pytest.approx(expect, abs=1e-12)]
+  best = int(np.argmax(expect))  # the first best: the smallest k
+  assert res["chosen"] == {"metric": "l2", "k": ks[best],
+                           "selection_accuracy": pytest.approx(expect[best])}

@@ -145,3 +145,68 @@ def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypat
   assert res["failed_stages"] == ["softmax"]
   assert "stage softmax failed: --batch_size=200 exceeds the 10" in caplog.text
   assert "Traceback" not in caplog.text
+
+
+# ---- the table from stage results, and what each stage is asked to do ---------------------
+KNN_RESULT = {"sizes": {"train": 49000, "val": 1000, "test": 400, "cross_validation": 5000},
+              "chosen": {"metric": "l1", "k": 10, "selection_accuracy": 0.2934},
+              "test_accuracy": 0.3167, "timings_s": {"selection": 12.5, "test": 2.0}}
+MLP_RESULT = {"sizes": {"train": 49000, "val": 1000, "test": 400}, "hidden_size": 500,
+              "chosen": {"learning_rate": 0.01, "reg": 0.003, "val_accuracy": 0.5},
+              "test_accuracy": 0.4862, "timings_s": {"train_grid": 30.31, "predict_test": 0.1},
+              "grid": [{}, {}]}
+
+
+def test_rows_and_the_report_table_from_stage_results(tmp_path):
+  knn_row, mlp_row = study._row("knn", KNN_RESULT), study._row("mlp", MLP_RESULT)
+  assert knn_row == {"method": "kNN (5-fold CV on 5,000 train images)", "chosen": "l1, k=10",
+                     "val_accuracy": 0.2934, "test_accuracy": 0.3167, "train_s": 0.0,
+                     "select_s": 12.5, "predict_ms_per_image": 5.0, "train_size": 49000}
+  assert mlp_row == {"method": "two-layer net, pixels", "chosen": "lr=0.01, reg=0.003, hidden=500",
+                     "val_accuracy": 0.5, "test_accuracy": 0.4862, "train_s": 30.31,
+                     "select_s": 30.31, "predict_ms_per_image": 0.25, "train_size": 49000,
+                     "grid_size": 2}
+  c = study.Config.make(dict(dataset="cifar10", stages=["knn", "mlp", "svm"]))
+  rows = {"knn": knn_row, "mlp": mlp_row, "svm": {"error": "RuntimeError: boom"}}
+  text = open(study.write_report(str(tmp_path / "report.md"), c, rows, "2026-12-04 06:00",
+                                 61.0)).read()
+  lines = text.splitlines()
+  assert lines[:2] == ["# jaxlin study: cifar10", ""]
+  assert lines[2].startswith("Run 2026-12-04 06:00, 61 s in all.")
+  assert "**1 of 3 stages failed: svm.**" in lines
+  head = lines.index("| method | chosen | val accuracy | test accuracy | train time (grid) | "
+                     "predict time / image | train images |")
+  assert lines[head + 1:head + 5] == [
+      "|---|---|---|---|---|---|---|",
+      "| kNN (5-fold CV on 5,000 train images) | l1, k=10 | 29.3 % | **31.7 %** | none (lazy) | "
+      "5.000 ms | 49000 |",
+      "| two-layer net, pixels | lr=0.01, reg=0.003, hidden=500 | 50.0 % | **48.6 %** | "
+      "30.3 s (2 settings) | 0.250 ms | 49000 |",
+      "| svm | **failed**: RuntimeError: boom | | | | | |"]
+  assert study._pct(None) == "—"
+
+
+def test_stage_configs_share_the_data_flags_and_fit_k_to_the_folds():
+  c = study.Config.make(dict(dataset="folder:/x", seed=7, num_val=30, num_test=40,
+                             knn_num_train=5000, mlp_epochs=3.0, mlp_hidden_size=9))
+  configs = study.stage_configs(c, available_train=25)
+  for stage, (module, stage_config) in configs.items():
+    assert module is (knn_exp if stage == "knn" else linear_exp)
+    assert {k: stage_config[k] for k in ("dataset", "seed", "num_val", "num_test")} == {
+        "dataset": "folder:/x", "seed": 7, "num_val": 30, "num_test": 40}, stage
+  # 25 images: folds of 5, so 20 training images each; k=20 fits, 50 does not.
+  assert configs["knn"][1]["k"] == [1, 3, 5, 8, 10, 12, 15, 20]
+  assert configs["knn"][1]["cv_num_train"] == 25
+  assert configs["knn"][1]["cv_folds"] == 5 and configs["knn"][1]["metric"] == ["l1", "l2"]
+  assert {s: configs[s][1].get("features", "pixels") for s in study.STAGES} == {
+      "knn": "pixels", "svm": "pixels", "softmax": "pixels", "svm_features": "hog_hsv",
+      "mlp": "pixels", "mlp_features": "hog_hsv"}
+  assert [configs[s][1].get("loss") for s in ("svm", "softmax", "svm_features")] == [
+      "svm", "softmax", "svm"]
+  for s in ("mlp", "mlp_features"):
+    assert (configs[s][1]["model"], configs[s][1]["hidden_size"],
+            configs[s][1]["num_epochs"]) == ("mlp", 9, 3.0)
+  default_epochs = study.stage_configs(study.Config.make(dict(dataset="cifar10")))
+  assert default_epochs["mlp"][1]["num_epochs"] == 10.0
+  assert default_epochs["mlp_features"][1]["num_epochs"] is None  # the linear default: 20
+  assert default_epochs["knn"][1]["k"] == [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
