@@ -176,26 +176,33 @@ def parse_flags(argv):
     sys.exit(2)
 
 
+def _shown(values) -> str:
+  return ",".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
+
+
 def ints(values, name: str) -> tuple[int, ...]:
+  """The integers of a list flag; 2.5, True or "x" is an error, not 2, 1 or a crash."""
   try:
     out = []
     for v in values:
-      if isinstance(v, float) and not v.is_integer():
+      if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ValueError
       out.append(int(v))
     return tuple(out)
-  except (TypeError, ValueError):
-    raise ConfigError(f"--{name} must be a comma-separated list of integers, got {values!r}",
-                      argument=name) from None
+  except (TypeError, ValueError, OverflowError):
+    raise ConfigError(f"--{name} must be a comma-separated list of integers, got "
+                      f"{_shown(values)!r}", argument=name) from None
 
 
 def floats(values, name: str) -> tuple[float, ...]:
+  """The numbers of a list flag; True or "x" is an error."""
   try:
+    if any(isinstance(v, bool) for v in values):
+      raise ValueError
     return tuple(float(v) for v in values)
   except (TypeError, ValueError):
-    shown = ",".join(map(str, values)) if isinstance(values, (list, tuple)) else values
-    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {shown!r}",
-                      argument=name) from None
+    raise ConfigError(f"--{name} must be a comma-separated list of numbers, got "
+                      f"{_shown(values)!r}", argument=name) from None
 
 
 EXIT_USAGE = 2  # a bad flag, argument or dataset

@@ -230,12 +230,17 @@ def _num_steps(c: Config, n_train: int) -> int:
   return max(int(round(c.num_epochs * per_epoch)), 1)
 
 
+def loss_function(c: Config):
+  """The data loss of --loss (with --margin for svm): scores, labels -> per-example losses."""
+  if c.loss == "svm" and c.margin != 1.0:
+    return lambda scores, labels: losses.multiclass_svm(scores, labels, margin=c.margin)
+  return losses.LOSSES[c.loss]
+
+
 def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.FitResult:
   """Trains every grid member at once; logs each to metrics.jsonl and TensorBoard."""
   n_tr, steps = ds.train.total, _num_steps(c, ds.train.total)
-  loss_fn = losses.LOSSES[c.loss]
-  if c.loss == "svm" and c.margin != 1.0:
-    loss_fn = lambda s, y: losses.multiclass_svm(s, y, margin=c.margin)
+  loss_fn = loss_function(c)
   line_search = c.optimizer == "lbfgs"  # its line search sets the step: no rate, no schedule
   trainer = train.Trainer(model, loss_fn, optimizer=c.optimizer,
                           schedule=None if line_search else c.schedule, mesh=r.hosts.mesh)

@@ -76,6 +76,9 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
 @pytest.mark.parametrize("override, message", [
     (dict(k=[0, 3]), "--k values must be >= 1"),
     (dict(k=["x"]), "comma-separated list of integers"),
+    (dict(k=[2.5, 3]), r"--k must be a comma-separated list of integers, got '2.5,3'$"),
+    (dict(k=[True]), "comma-separated list of integers, got 'True'"),  # was k=1
+    (dict(k=[float("inf")]), "comma-separated list of integers, got 'inf'"),
     (dict(k=[]), r"--k is empty; give one or more values, e.g. --k=1,5,10"),
     (dict(metric=["l3"]), "unknown --metric 'l3'"),
     (dict(cv_folds=1), "--cv_folds must be 0"),
@@ -205,6 +208,7 @@ def test_cross_validation_picks_the_best_mean_and_tests_it_with_its_k(noisy_fold
   np.add.at(cm, (ds.test.labels, pred), 1)
   assert not np.array_equal(cm, cm.T)
   assert res["confusion_matrix"] == cm.tolist()
+  assert res["rows_read"] == [{"train": [0, 36], "val": [0, 6], "test": [0, 24]}]  # one process
 
 
 def test_the_val_split_scores_each_k_with_its_own_neighbours(noisy_folder, tmp_path):

@@ -65,6 +65,23 @@ def test_a_saved_model_scores_as_the_library_models_do(tmp_path, kind):
   np.testing.assert_allclose(model.scores(pixels), library, rtol=1e-4, atol=1e-4)
 
 
+def test_tied_classes_are_listed_in_class_order(tmp_path):
+  # 40 classes (numpy's default sort is stable only on short arrays): 1 scores 3, then the
+  # classes scoring 2 in class order.
+  b = np.zeros(40, np.float32)
+  b[[33, 5, 17, 38, 2, 29, 11]] = 2
+  b[21] = 3
+  model = checkpoint.SavedModel(
+      params={"W": np.zeros((48, 40), np.float32), "b": b},
+      mean_image=np.zeros(SHAPE, np.float32), scale=1.0,
+      class_names=tuple(f"c{i}" for i in range(40)), kind="linear", loss="svm",
+      image_shape=SHAPE)
+  path = _write(tmp_path, "x.png", Image.fromarray(np.zeros(SHAPE, np.uint8)))
+  (_, top, error), = predict.classify(model, [path], top=6)
+  assert error is None and top == [("c21", 3.0), ("c2", 2.0), ("c5", 2.0), ("c11", 2.0),
+                                   ("c17", 2.0), ("c29", 2.0)]
+
+
 def test_probabilities_of_large_scores_are_a_softmax():
   model = checkpoint.SavedModel(
       params={"W": np.zeros((48, 3), np.float32), "b": np.array([1000, 1001, 999], np.float32)},
@@ -147,6 +164,10 @@ def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
   # 16-bit greyscale PNG: scaled to 8 bits, not clipped to white
   g16 = Image.fromarray(grey8.astype(np.uint16) * 257)
   np.testing.assert_array_equal(read(_write(tmp_path, "g16.png", g16)), as_rgb)
+  # 16-bit TIFF (Pillow's decoder, not the folder's): divided by 257 and rounded
+  i16 = Image.fromarray(np.array([[0, 1000, 25828, 65535]], np.uint16))
+  np.testing.assert_array_equal(predict.to_rgb8(i16)[..., 0], [[0, 4, 100, 255]])
+  np.testing.assert_array_equal(read(_write(tmp_path, "g16.tiff", g16)), as_rgb)
   # float TIFF in [0, 1]
   f32 = Image.fromarray(grey8.astype(np.float32) / 255)
   np.testing.assert_array_equal(read(_write(tmp_path, "f.tiff", f32)), as_rgb)
