@@ -183,7 +183,7 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float)
     train = "none (lazy)" if stage == "knn" else f"{r['train_s']:.1f} s{grid}"
     lines.append(f"| {r['method']} | {r['chosen']} | {_pct(r['val_accuracy'])} | "
                  f"**{_pct(r['test_accuracy'])}** | {train} | "
-                 f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']} |")
+                 f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']:,} |")
   lines += ["", "kNN's validation figure is the mean 5-fold cross-validation accuracy; kNN "
             "does its work at test time, the others at training time. Times are wall clock "
             "and include JIT compilation, which the first stage of a kind pays for the "

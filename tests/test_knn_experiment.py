@@ -224,3 +224,33 @@ def test_the_val_split_scores_each_k_with_its_own_neighbours(noisy_folder, tmp_p
   best = int(np.argmax(expect))  # the first best: the smallest k
   assert res["chosen"] == {"metric": "l2", "k": ks[best],
                            "selection_accuracy": pytest.approx(expect[best])}
+
+
+def test_each_timing_is_the_stage_it_names(noisy_folder, tmp_path, monkeypatch):
+  """A clock that moves only in cross-validation (1,000 s per metric) and in the test
+  split's search (10 s): results.json's timings must put each where it happened."""
+  clock = [0.0]
+
+  class FakeTimer:
+    def __init__(self):
+      self.t0 = clock[0]
+
+    def __call__(self):
+      return clock[0] - self.t0
+
+  def ticking(function, seconds):
+    def wrapped(*args, **kwargs):
+      clock[0] += seconds
+      return function(*args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(common, "Timer", FakeTimer)
+  monkeypatch.setattr(selection, "cross_validate_knn",
+                      ticking(selection.cross_validate_knn, 1000.0))
+  real_neighbours = knn_exp._Database.neighbours  # pylint: disable=protected-access
+  monkeypatch.setattr(knn_exp._Database, "neighbours",  # pylint: disable=protected-access
+                      lambda self, name, *a: ticking(real_neighbours, 10.0 if name == "test"
+                                                     else 1e6)(self, name, *a))
+  res = knn_exp.run(dict(dataset=noisy_folder, num_train=36, num_val=6, num_test=6, k=[1, 3],
+                         metric=["l1", "l2"], cv_folds=3, num_neighbor_rows=0), str(tmp_path))
+  assert res["timings_s"] == {"load": 0.0, "selection": 2000.0, "test": 10.0, "total": 2010.0}

@@ -179,9 +179,9 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
   assert lines[head + 1:head + 5] == [
       "|---|---|---|---|---|---|---|",
       "| kNN (5-fold CV on 5,000 train images) | l1, k=10 | 29.3 % | **31.7 %** | none (lazy) | "
-      "5.000 ms | 49000 |",
+      "5.000 ms | 49,000 |",
       "| two-layer net, pixels | lr=0.01, reg=0.003, hidden=500 | 50.0 % | **48.6 %** | "
-      "30.3 s (2 settings) | 0.250 ms | 49000 |",
+      "30.3 s (2 settings) | 0.250 ms | 49,000 |",
       "| svm | **failed**: RuntimeError: boom | | | | | |"]
   assert study._pct(None) == "—"
 
