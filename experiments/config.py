@@ -185,9 +185,12 @@ def ints(values, name: str) -> tuple[int, ...]:
   try:
     out = []
     for v in values:
-      if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+      if isinstance(v, (bool, np.bool_)):
         raise ValueError
-      out.append(int(v))
+      i = int(v)
+      if (not isinstance(v, (str, bytes)) and i != v) or abs(i) >= 2 ** 63:  # 2.5 is not 2
+        raise ValueError
+      out.append(i)
     return tuple(out)
   except (TypeError, ValueError, OverflowError):
     raise ConfigError(f"--{name} must be a comma-separated list of integers, got "
@@ -197,7 +200,8 @@ def ints(values, name: str) -> tuple[int, ...]:
 def floats(values, name: str) -> tuple[float, ...]:
   """The numbers of a list flag; True or "x" is an error."""
   try:
-    if any(isinstance(v, bool) for v in values):
+    values = list(values)  # once: a generator is read here, not emptied by the check
+    if any(isinstance(v, (bool, np.bool_)) for v in values):
       raise ValueError
     return tuple(float(v) for v in values)
   except (TypeError, ValueError):

@@ -110,6 +110,9 @@ def validate(config) -> Config:
   require(c.log_every >= 0, "log_every", f"--log_every must be >= 0, got {c.log_every}")
   cfg.finite(c.margin, "margin")
   require(c.margin >= 0, "margin", f"--margin must be >= 0, got {c.margin}")
+  require(c.loss == "svm" or c.margin == 1.0, "margin",
+          f"--margin is the SVM's; --loss={c.loss} has none. Leave --margin out, or use "
+          "--loss=svm")
   cfg.finite(c.init_scale, "init_scale")
   require(c.init_scale is None or c.init_scale > 0, "init_scale",
           f"--init_scale must be > 0, got {c.init_scale}")

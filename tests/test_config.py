@@ -41,7 +41,7 @@ def test_every_config_key_is_a_flag_with_the_same_default(module):
 def test_flags_reach_the_config():
   fv = flags.FlagValues()
   cfg.define_flags(linear_exp.Config, fv)
-  fv(["prog", "--margin=2", "--init_scale=0.01", "--learning_rate=0.1,0.2", "--seed=3"])
+  fv(["prog", "--loss=svm", "--margin=2", "--init_scale=0.01", "--learning_rate=0.1,0.2", "--seed=3"])
   c = linear_exp.validate(cfg.from_flags(linear_exp.Config, fv))
   assert (c.margin, c.init_scale, c.learning_rate, c.seed) == (2.0, 0.01, (0.1, 0.2), 3)
   fv = flags.FlagValues()
@@ -214,3 +214,16 @@ def test_the_defaults_the_published_figures_were_run_with():
   assert (s.stages, s.knn_num_train, s.mlp_hidden_size, s.mlp_epochs) == (
       study.STAGES, 5000, 500, None)
   assert study.STAGES == ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
+
+
+def test_list_values_are_integers_or_numbers_exactly():
+  import decimal  # pylint: disable=import-outside-toplevel
+  assert cfg.ints([3, 3.0, np.float32(4), np.int64(5), "6", " 7 "], "k") == (3, 3, 4, 5, 6, 7)
+  for bad in (2.5, np.float32(2.5), decimal.Decimal("2.5"), True, np.bool_(False), None, "x",
+              float("nan"), float("inf"), 1e300, [1]):
+    with pytest.raises(ConfigError, match="--k must be a comma-separated list of integers"):
+      cfg.ints([1, bad], "k")
+  assert cfg.floats((v for v in [1, "2.5", np.float32(0.5)]), "reg") == (1.0, 2.5, 0.5)
+  for bad in (True, None, "x", [1.0]):
+    with pytest.raises(ConfigError, match="--reg must be a comma-separated list of numbers"):
+      cfg.floats([1.0, bad], "reg")

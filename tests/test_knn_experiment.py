@@ -79,6 +79,7 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(k=[2.5, 3]), r"--k must be a comma-separated list of integers, got '2.5,3'$"),
     (dict(k=[True]), "comma-separated list of integers, got 'True'"),  # was k=1
     (dict(k=[float("inf")]), "comma-separated list of integers, got 'inf'"),
+    (dict(k=[1e300]), r"comma-separated list of integers, got '1e\+300'"),
     (dict(k=[]), r"--k is empty; give one or more values, e.g. --k=1,5,10"),
     (dict(metric=["l3"]), "unknown --metric 'l3'"),
     (dict(cv_folds=1), "--cv_folds must be 0"),
@@ -155,13 +156,18 @@ def noisy_folder(tmp_path_factory):
   return f"folder:{root}"
 
 
-def _predict(train_x, train_y, queries, k, metric):
-  """float64 brute-force kNN: neighbours in (distance, index) order, ties of the vote to the
-  smallest label."""
+def _predict(train_x, train_y, queries, k, metric, tie_break="smallest_label"):
+  """float64 brute-force kNN: neighbours in (distance, index) order, a tied vote to the
+  smallest label or to the tied class whose first neighbour is nearest."""
   diff = queries[:, None].astype(np.float64) - train_x[None].astype(np.float64)
   d = np.abs(diff).sum(-1) if metric == "l1" else np.sqrt((diff ** 2).sum(-1))
-  idx = np.argsort(d, 1, kind="stable")[:, :k]
-  return np.array([np.bincount(train_y[r], minlength=3).argmax() for r in idx])
+  out = []
+  for labels in train_y[np.argsort(d, 1, kind="stable")[:, :k]]:
+    counts = np.bincount(labels, minlength=3)
+    tied = np.flatnonzero(counts == counts.max())
+    out.append(tied[0] if tie_break == "smallest_label" else
+               min(tied, key=lambda c: list(labels).index(c)))  # pylint: disable=cell-var-from-loop
+  return np.array(out)
 
 
 def _flat(split):
@@ -208,22 +214,39 @@ def test_cross_validation_picks_the_best_mean_and_tests_it_with_its_k(noisy_fold
   np.add.at(cm, (ds.test.labels, pred), 1)
   assert not np.array_equal(cm, cm.T)
   assert res["confusion_matrix"] == cm.tolist()
+  assert list(res["per_class_test_accuracy"].values()) == pytest.approx(
+      np.diag(cm) / cm.sum(1))  # of each true class: a row
   assert res["rows_read"] == [{"train": [0, 36], "val": [0, 6], "test": [0, 24]}]  # one process
 
 
 def test_the_val_split_scores_each_k_with_its_own_neighbours(noisy_folder, tmp_path):
-  ks, seed = [1, 3, 5, 9], 3
-  res = knn_exp.run(dict(dataset=noisy_folder, num_train=30, num_val=12, num_test=6, k=ks,
-                         metric=["l2"], cv_folds=0, seed=seed, num_neighbor_rows=0),
-                    str(tmp_path))
-  ds = data.load(noisy_folder, num_train=30, num_val=12, num_test=6, seed=seed)
-  expect = [np.mean(_predict(_flat(ds.train), ds.train.labels, _flat(ds.val), k, "l2")
-                    == ds.val.labels) for k in ks]
-  assert len(set(expect)) > 1  # k matters on these images
+  ks, seed = [1, 2, 4, 6], 3
+  res = knn_exp.run(dict(dataset=noisy_folder, num_train=32, num_val=10, num_test=24, k=ks,
+                         metric=["l2"], cv_folds=0, seed=seed, num_neighbor_rows=0,
+                         tie_break="nearest"), str(tmp_path))
+  ds = data.load(noisy_folder, num_train=32, num_val=10, num_test=24, seed=seed)
+  x, y = _flat(ds.train), ds.train.labels
+  expect = [np.mean(_predict(x, y, _flat(ds.val), k, "l2", "nearest") == ds.val.labels)
+            for k in ks]
+  assert len(set(expect)) > 1  # k matters on these images...
+  assert expect != [np.mean(_predict(x, y, _flat(ds.val), k, "l2") == ds.val.labels)
+                    for k in ks]  # ...and so does the tie rule
   assert res["accuracy"]["l2"]["per_fold"] == [pytest.approx(expect, abs=1e-12)]
   best = int(np.argmax(expect))  # the first best: the smallest k
   assert res["chosen"] == {"metric": "l2", "k": ks[best],
                            "selection_accuracy": pytest.approx(expect[best])}
+  pred = _predict(x, y, _flat(ds.test), ks[best], "l2", "nearest")
+  assert res["test_accuracy"] == pytest.approx(np.mean(pred == ds.test.labels))
+  assert (pred != _predict(x, y, _flat(ds.test), ks[best], "l2")).any()  # the rule matters
+
+
+def test_ties_between_settings_go_to_the_first_metric_given_then_the_smallest_k():
+  c = knn_exp.validate(dict(dataset="folder:/x", metric=["l2", "l1"], k=[1, 3]))
+  one_fold = lambda *rows: np.array([rows])  # pylint: disable=unnecessary-lambda-assignment
+  assert knn_exp._choose(c, {"l2": one_fold(0.5, 0.7),  # pylint: disable=protected-access
+                             "l1": one_fold(0.7, 0.6)}) == ("l2", 3)
+  assert knn_exp._choose(c, {"l2": one_fold(0.5, 0.6),  # pylint: disable=protected-access
+                             "l1": one_fold(0.7, 0.7)}) == ("l1", 1)
 
 
 def test_each_timing_is_the_stage_it_names(noisy_folder, tmp_path, monkeypatch):
@@ -238,9 +261,12 @@ def test_each_timing_is_the_stage_it_names(noisy_folder, tmp_path, monkeypatch):
     def __call__(self):
       return clock[0] - self.t0
 
+  calls = []
+
   def ticking(function, seconds):
     def wrapped(*args, **kwargs):
       clock[0] += seconds
+      calls.append(kwargs)
       return function(*args, **kwargs)
     return wrapped
 
@@ -251,6 +277,11 @@ def test_each_timing_is_the_stage_it_names(noisy_folder, tmp_path, monkeypatch):
   monkeypatch.setattr(knn_exp._Database, "neighbours",  # pylint: disable=protected-access
                       lambda self, name, *a: ticking(real_neighbours, 10.0 if name == "test"
                                                      else 1e6)(self, name, *a))
-  res = knn_exp.run(dict(dataset=noisy_folder, num_train=36, num_val=6, num_test=6, k=[1, 3],
-                         metric=["l1", "l2"], cv_folds=3, num_neighbor_rows=0), str(tmp_path))
+  config = dict(dataset=noisy_folder, num_train=36, num_val=6, num_test=6, k=[1, 3],
+                metric=["l1", "l2"], cv_folds=3, num_neighbor_rows=0, tie_break="nearest")
+  res = knn_exp.run(config, str(tmp_path / "cv"))
   assert res["timings_s"] == {"load": 0.0, "selection": 2000.0, "test": 10.0, "total": 2010.0}
+  assert [(kw["metric"], kw["tie_break"]) for kw in calls if "num_folds" in kw] == [
+      ("l1", "nearest"), ("l2", "nearest")]  # the tie rule reaches cross-validation
+  res = knn_exp.run(dict(config, cv_folds=0, metric=["l2"]), str(tmp_path / "val"))
+  assert res["timings_s"] == {"load": 0.0, "selection": 1e6, "test": 10.0, "total": 1e6 + 10}
