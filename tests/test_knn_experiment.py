@@ -93,6 +93,8 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(num_train=50, cv_num_train=10, k=[9]),
      "--k=9 is larger than the 8 training images of each of 5 folds"),
     (dict(num_train=0, cv_num_train=10, k=[9]), "use smaller k or more --cv_num_train"),
+    (dict(num_train=50, cv_num_train=11, k=[9]),  # folds of 3, 2, 2, 2, 2: 8 to train on
+     "--k=9 is larger than the 8 training images of each of 5 folds"),
     (dict(num_train=50, cv_num_train=3), "--cv_folds=5 is more than the 3 training images of "
                                          "--cv_num_train"),
     (dict(search="pruned", metric=["l1", "cosine"]), "--search=pruned serves --metric=l1,l2"),
