@@ -41,7 +41,8 @@ def test_every_config_key_is_a_flag_with_the_same_default(module):
 def test_flags_reach_the_config():
   fv = flags.FlagValues()
   cfg.define_flags(linear_exp.Config, fv)
-  fv(["prog", "--loss=svm", "--margin=2", "--init_scale=0.01", "--learning_rate=0.1,0.2", "--seed=3"])
+  fv(["prog", "--loss=svm", "--margin=2", "--init_scale=0.01", "--learning_rate=0.1,0.2",
+      "--seed=3"])
   c = linear_exp.validate(cfg.from_flags(linear_exp.Config, fv))
   assert (c.margin, c.init_scale, c.learning_rate, c.seed) == (2.0, 0.01, (0.1, 0.2), 3)
   fv = flags.FlagValues()
