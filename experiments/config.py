@@ -21,6 +21,7 @@ initialisation and minibatch order is ``jax.random.key(seed)``, split inside
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -169,11 +170,20 @@ def parse_flags(argv):
   cannot parse (e.g. ``--num_train=abc``) or an unknown flag is one line and exit code 2,
   like every other bad flag value, instead of absl's FATAL line and help hint."""
   from absl import flags  # pylint: disable=import-outside-toplevel
+  quiet_backend_search()
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     print(f"error: {str(e).removeprefix('ERROR:: ')}", file=sys.stderr)
     sys.exit(2)
+
+
+def quiet_backend_search() -> None:
+  """JAX logs (at INFO) every accelerator it looked for and did not find: on each CPU machine
+  ``Unable to initialize backend 'tpu': ... libtpu.so ...`` above a run's own lines and
+  before a one-line error. Those notes are hidden; JAX's warnings (a GPU it cannot use) and
+  errors still show, and results.json records the devices a run used."""
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def _shown(values) -> str:

@@ -151,6 +151,12 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
     (["--num_epochs=nan"], "error: --num_epochs must be a finite number, got nan"),
     (["--learning_rate=0.1", "--reg=1", "--num_steps=-1"],
      "error: give a positive --num_steps or --num_epochs"),
+    (["--dataset="], "error: --dataset is empty; give a dataset: cifar10 or folder:PATH"),
+    # found missing only once the devices are up: JAX's notes on the accelerators it did
+    # not find (e.g. "Unable to initialize backend 'tpu'") stay out of the one line
+    (["--learning_rate=0.1", "--reg=1", "--num_steps=1"],
+     "error: dataset folder /nowhere does not exist (expected PATH/train/<class>/*.jpg and "
+     "PATH/test/<class>/*.jpg)"),
 ])
 def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.linear", f"--workdir={tmp_path}/wd",
@@ -228,3 +234,52 @@ def test_list_values_are_integers_or_numbers_exactly():
   for bad in (True, None, "x", [1.0]):
     with pytest.raises(ConfigError, match="--reg must be a comma-separated list of numbers"):
       cfg.floats([1.0, bad], "reg")
+
+
+@pytest.mark.parametrize("launch, message", [
+    (dict(host_timeout=0.0), r"--host_timeout must be > 0 seconds, got 0.0"),
+    (dict(host_timeout=math.inf), r"--host_timeout must be a finite number, got inf"),
+    (dict(coordinator_address="h:1", num_processes=2),
+     r"--coordinator_address needs --num_processes and --process_id \(and the reverse\)"),
+    (dict(num_processes=2, process_id=0),
+     r"--coordinator_address needs --num_processes and --process_id \(and the reverse\)"),
+    (dict(coordinator_address="h:1", num_processes=0, process_id=0),
+     r"--num_processes must be >= 1, got 0"),
+    (dict(workdir=""), r"--workdir is required"),
+])
+def test_launch_options_are_checked(launch, message):
+  with pytest.raises(ConfigError, match=f"^{message}"):
+    common.validate_launch(common.Launch.make(dict(dict(workdir="wd"), **launch)))
+
+
+def test_a_run_is_multi_host_when_any_multi_host_option_is_given():
+  assert not common.Launch(workdir="wd").multi_host
+  for given in (dict(distributed=True), dict(coordinator_address="h:1"), dict(num_processes=2)):
+    assert common.Launch(workdir="wd", **given).multi_host, given
+  ok = common.Launch(workdir="wd", coordinator_address="h:1", num_processes=2, process_id=1)
+  assert common.validate_launch(ok) is ok
+
+
+def test_shared_data_fields_are_checked_and_none_sizes_mean_all():
+  with pytest.raises(ConfigError, match=r"^--num_val must be >= 0, got -1$"):
+    common.validate_data(common.DataConfig(num_val=-1))
+  with pytest.raises(ConfigError,
+                     match=r"^unknown --shard 'rows'; choose from auto, none, queries, database$"):
+    common.validate_data(common.DataConfig(shard="rows"))
+  c = common.validate_data(common.DataConfig(num_train=None, num_test=None))
+  assert (c.num_train, c.num_test) == (0, 0)
+
+
+def test_flag_messages_name_the_flag_once_and_leave_longer_names_alone():
+  from jaxlin.errors import InputError
+  # an argument the message does not name is put in front of it
+  assert common.flag_message(InputError("values must be positive", argument="learning_rates"),
+                             linear_exp.FLAGS_OF_ARGUMENTS) == (
+                                 "--learning_rate: values must be positive")
+  # the first mention of the argument becomes the flag, the rest of the words stay
+  assert common.flag_message(InputError("k=0: every k must be >= 1", argument="k")) == (
+      "--k=0: every k must be >= 1")
+  # --hidden_size renamed, --hidden_sizes (another name) not
+  e = ConfigError("--hidden_size must be <= --hidden_sizes", argument="hidden_size")
+  assert common.flag_message(e, {"hidden_size": "mlp_hidden_size"}) == (
+      "--mlp_hidden_size must be <= --hidden_sizes")
