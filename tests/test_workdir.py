@@ -179,3 +179,69 @@ def test_json_refuses_keys_that_would_collide(tmp_path):
   with pytest.raises(ValueError, match="both written as '1'"):
     files.write_json(str(tmp_path / "r.json"), {1: "a", "1": "b"})
   assert not os.listdir(tmp_path)  # nothing written
+
+
+# ---- the workdir on its own: kinds, leftovers, commit order -----------------------------------
+def test_config_json_names_the_experiment(finished):
+  assert json.loads((finished / "config.json").read_text())["experiment"] == "knn"
+
+
+@pytest.mark.parametrize("config, opened_as, message", [
+    ({"experiment": "study", "k": [1]}, "knn", "holds a study run, not knn"),  # the name wins
+    ({"k": [1]}, "linear", "holds a knn run, not linear"),  # older runs: known by their keys
+    ({"loss": "svm"}, "knn", "holds a linear run, not knn"),
+    ({"stages": ["knn"], "k": [1]}, "linear", "holds a study run, not linear"),
+    ([], "knn", r"holds files that are not a jaxlin run \(config.json\)"),
+    ({"epochs": 3}, "knn", r"holds files that are not a jaxlin run \(config.json\)"),
+])
+def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, opened_as,
+                                                             message):
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ConfigError, match=message):
+    Workdir(str(tmp_path), opened_as).open()
+  assert os.listdir(tmp_path) == ["config.json"]  # no lock, no staging left
+  with Workdir(str(tmp_path), opened_as, overwrite=True):
+    pass
+
+
+def test_foreign_files_are_named_three_at_most(tmp_path):
+  for name in ("a", "b", "c"):
+    (tmp_path / name).write_text("x")
+  with pytest.raises(ConfigError, match=r"not a jaxlin run \(a, b, c\); choose"):
+    Workdir(str(tmp_path), "knn").open()
+  (tmp_path / "d").write_text("x")
+  with pytest.raises(ConfigError, match=r"not a jaxlin run \(a, b, c \.\.\.\); choose"):
+    Workdir(str(tmp_path), "knn").open()
+
+
+def test_leftovers_of_runs_that_died_are_not_files_of_a_run_and_are_removed(tmp_path):
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  for leftover in (".previous-999", ".staging-998"):
+    (tmp_path / leftover).mkdir()
+    (tmp_path / leftover / "results.json").write_text("{}")
+  w = Workdir(str(tmp_path), "knn").open()
+  assert sorted(os.listdir(tmp_path)) == [".lock", f".staging-{os.getpid()}"]
+  assert w in workdir.OPEN
+  w.close()
+  assert w not in workdir.OPEN and os.listdir(tmp_path) == []
+
+
+def test_commit_moves_results_json_out_first_and_in_last(tmp_path, monkeypatch):
+  """A reader that sees results.json sees the files of the same run beside it."""
+  (tmp_path / "config.json").write_text('{"experiment": "knn"}')
+  (tmp_path / "results.json").write_text("{}")
+  (tmp_path / "zz.png").write_text("old")
+  w = Workdir(str(tmp_path), "knn").open()
+  for name in ("a.png", "config.json", "results.json"):
+    with open(w.file(name), "w") as f:
+      f.write("new")
+  moves, replace = [], os.replace
+  monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append(
+      (os.path.basename(os.path.dirname(dst)), os.path.basename(src))), replace(src, dst)))
+  w.commit()
+  w.close()
+  trash = f".previous-{os.getpid()}"
+  assert moves == [(trash, "results.json"), (trash, "config.json"), (trash, "zz.png"),
+                   (tmp_path.name, "config.json"), (tmp_path.name, "a.png"),
+                   (tmp_path.name, "results.json")]
+  assert sorted(os.listdir(tmp_path)) == ["a.png", "config.json", "results.json"]
