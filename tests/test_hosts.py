@@ -1,0 +1,35 @@
+"""The host helpers on one process: what a process adds of a split read in parts, and what
+the processes of a multi-host run compare before they start."""
+import numpy as np
+
+from experiments import hosts
+from experiments import knn as knn_exp
+from experiments import multihost
+from jaxlin import data
+
+
+def test_rows_at_gives_the_rows_this_process_holds_and_zeros_for_the_others():
+  """Process 0 of two holds rows [0, 3) of 6; rows 3 and 5 are the other process's (added by
+  the sum over processes, which on one process is the identity)."""
+  images = np.arange(1, 4, dtype=np.uint8).reshape(3, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+  part = data.Split(images, np.zeros(3, np.int32), start=0, total=6)
+  whole = data.Split(images, np.zeros(3, np.int32))
+  h = hosts.Hosts("none")
+  h._ds = data.Dataset(train=whole, val=whole, test=part, class_names=("a",))  # pylint: disable=protected-access
+  h.parts = {"test": (0, 3)}
+  out = h.rows_at(part, [2, 3, 0, 5])
+  assert out.dtype == np.uint8 and out.shape == (4, 2, 2, 3)
+  np.testing.assert_array_equal(out[:, 0, 0, 0], [3, 0, 1, 0])
+  np.testing.assert_array_equal(h.rows_at(whole, [2, 0])[:, 0, 0, 0], [3, 1])  # read whole
+
+
+def test_processes_compare_every_key_but_the_cache_folder():
+  assert multihost.differences({"a": 1}, {"a": 1, "b": 2}) == ["b"]
+  assert multihost.differences({"a": 1, "b": 2}, {"a": 1}) == ["b"]
+  assert multihost.differences({"a": 1, "b": [1]}, {"a": 2, "b": [1]}) == ["a"]
+  c = knn_exp.Config(dataset="folder:/nowhere", cache_dir="/fast/disk")
+  mine = multihost.fingerprint("knn", c)
+  assert mine["experiment"] == "knn" and mine["k"] == "[1, 3, 5, 8, 10, 12, 15, 20, 50, 100]"
+  assert multihost.differences(mine, multihost.fingerprint("knn", c.replace(cache_dir=""))) == []
+  assert multihost.differences(mine, multihost.fingerprint("knn", c.replace(seed=1))) == ["seed"]
+  assert multihost.differences(mine, multihost.fingerprint("linear", c)) == ["experiment"]
