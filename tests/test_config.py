@@ -283,3 +283,19 @@ def test_flag_messages_name_the_flag_once_and_leave_longer_names_alone():
   e = ConfigError("--hidden_size must be <= --hidden_sizes", argument="hidden_size")
   assert common.flag_message(e, {"hidden_size": "mlp_hidden_size"}) == (
       "--mlp_hidden_size must be <= --hidden_sizes")
+
+
+def test_progress_bars_follow_the_callbacks_and_hide_on_request(monkeypatch):
+  monkeypatch.setenv("JAXLIN_NO_PROGRESS", "1")
+  assert common.progress("search").disable
+  monkeypatch.delenv("JAXLIN_NO_PROGRESS")
+  bar = common.progress("search", unit="tile")
+  try:
+    assert not bar.disable
+    callback = common.tile_callback(bar)
+    callback(3, 8)
+    assert (bar.n, bar.total) == (3, 8)
+    callback(8, 8)
+    assert (bar.n, bar.total) == (8, 8)
+  finally:
+    bar.close()
