@@ -245,3 +245,41 @@ def test_commit_moves_results_json_out_first_and_in_last(tmp_path, monkeypatch):
                    (tmp_path.name, "config.json"), (tmp_path.name, "a.png"),
                    (tmp_path.name, "results.json")]
   assert sorted(os.listdir(tmp_path)) == ["a.png", "config.json", "results.json"]
+
+
+def test_a_stop_that_cannot_be_lost_closes_the_run_and_exits_130(tmp_path, monkeypatch, capsys):
+  """Ctrl-C raises KeyboardInterrupt; if native code holds it, a timer (or a second Ctrl-C)
+  removes the staging folder, releases the lock and ends the process."""
+  from experiments import common  # pylint: disable=import-outside-toplevel
+
+  class Exited(Exception):
+    pass
+
+  def fake_exit(code):
+    raise Exited(code)
+
+  stops = []
+  monkeypatch.setattr(common, "INTERRUPT_GRACE_S", 0.1)
+  monkeypatch.setattr(common, "_force_stop", lambda: stops.append(time.monotonic()))
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
+    assert stops == []  # the run may still end by itself ...
+    time.sleep(0.5)
+    assert len(stops) == 1  # ... else the timer stops it
+    with pytest.raises(KeyboardInterrupt):
+      common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
+    assert len(stops) == 2  # a second Ctrl-C stops it at once
+    time.sleep(0.3)
+  finally:
+    common._interrupted.clear()  # pylint: disable=protected-access
+  monkeypatch.undo()
+  (tmp_path / "config.json").write_text('{"experiment": "knn"}')
+  w = Workdir(str(tmp_path), "knn").open()
+  monkeypatch.setattr(os, "_exit", fake_exit)
+  with pytest.raises(Exited) as e:
+    common._force_stop()  # pylint: disable=protected-access
+  assert e.value.args == (130,)
+  assert os.listdir(tmp_path) == ["config.json"]  # no staging folder, no lock
+  assert capsys.readouterr().err.strip() == common.INTERRUPTED
+  assert w.staging is None
