@@ -268,6 +268,8 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the
   run's staging folder, releases its lock and ends the process with exit code 130.
   """
+  if _interrupted.is_set():
+    _force_stop()
   _interrupted.set()
   backstop = threading.Timer(INTERRUPT_GRACE_S, _force_stop)
   backstop.daemon = True  # a run that ends by itself does not wait for it
