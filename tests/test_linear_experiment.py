@@ -348,10 +348,11 @@ def test_a_grid_run_chooses_draws_tests_and_saves_the_best_member(tmp_path, monk
   monkeypatch.setattr(train.Trainer, "__init__", init)
   monkeypatch.setattr(plots, "grid", grid)
   lrs, regs = [1e-2, 1e-1], [0.0, 0.3, 3.0]
-  res = linear_exp.run(dict(dataset=f"folder:{root}", num_train=40, num_val=15, num_test=0,
+  # Subsets of both splits; the batch of 9 fits the 40 training images, not the 8 test ones.
+  res = linear_exp.run(dict(dataset=f"folder:{root}", num_train=40, num_val=15, num_test=8,
                             learning_rate=lrs, reg=regs, batch_size=9, num_epochs=4, loss="svm",
                             margin=0.25, seed=0), str(tmp_path / "wd"))
-  ds = data.load(f"folder:{root}", num_train=40, num_val=15, seed=0)
+  ds = data.load(f"folder:{root}", num_train=40, num_val=15, num_test=8, seed=0)
   model = checkpoint.load(str(tmp_path / "wd" / "model.npz"))
   # The run's validation accuracies are each member's on the val split.
   x_val = jnp.asarray(model.preprocess(ds.val.images))
@@ -383,7 +384,7 @@ def test_a_grid_run_chooses_draws_tests_and_saves_the_best_member(tmp_path, monk
   assert list(res["per_class_test_accuracy"].values()) == pytest.approx(np.diag(cm) / cm.sum(1))
   # Steps and epochs: 4 epochs of 40 // 9 = 4 minibatches, of 40 of the 45 training images.
   assert (res["steps"], res["epochs"], res["sizes"]) == (16, 4.0, {"train": 40, "val": 15,
-                                                                   "test": 30})
+                                                                   "test": 8})
   t = res["timings_s"]
   assert t["train_per_setting"] == pytest.approx(t["train_grid"] / 6)
 
