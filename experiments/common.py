@@ -299,6 +299,7 @@ def _exit(code: int) -> None:
 def main(kind: str, config_cls, run, **kwargs) -> None:
   """Defines the program's flags (its config's and the launch options) and runs it."""
   from absl import app  # pylint: disable=import-outside-toplevel
+  cfg.quiet_backend_search()
   cfg.define_flags(config_cls)
   cfg.define_flags(Launch)
 

@@ -170,7 +170,6 @@ def parse_flags(argv):
   cannot parse (e.g. ``--num_train=abc``) or an unknown flag is one line and exit code 2,
   like every other bad flag value, instead of absl's FATAL line and help hint."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  quiet_backend_search()
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -178,12 +177,26 @@ def parse_flags(argv):
     sys.exit(2)
 
 
+class _NoMissingLibtpu(logging.Filter):
+  """Drops JAX's INFO note that libtpu is not installed (``Unable to initialize backend
+  'tpu': ... libtpu.so: cannot open shared object file``), printed on every machine without
+  a TPU above a run's own lines and before a one-line error. Every other record passes: a
+  libtpu that is installed but fails, JAX's warnings (a GPU it cannot use), and whatever
+  level the user sets (JAX_LOGGING_LEVEL, JAX_DEBUG_LOG_MODULES, --verbosity)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno != logging.INFO:
+      return True
+    message = record.getMessage()
+    return not ("'tpu'" in message and "libtpu" in message
+                and "cannot open shared object file" in message)
+
+
 def quiet_backend_search() -> None:
-  """JAX logs (at INFO) every accelerator it looked for and did not find: on each CPU machine
-  ``Unable to initialize backend 'tpu': ... libtpu.so ...`` above a run's own lines and
-  before a one-line error. Those notes are hidden; JAX's warnings (a GPU it cannot use) and
-  errors still show, and results.json records the devices a run used."""
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  """Hides JAX's note on a TPU library that is not installed (see ``_NoMissingLibtpu``)."""
+  logger = logging.getLogger("jax._src.xla_bridge")
+  if not any(isinstance(f, _NoMissingLibtpu) for f in logger.filters):
+    logger.addFilter(_NoMissingLibtpu())
 
 
 def _shown(values) -> str:

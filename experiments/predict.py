@@ -143,5 +143,6 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=import-outside-toplevel
+  cfg.quiet_backend_search()
   cfg.define_flags(Config)
   app.run(main, flags_parser=cfg.parse_flags)

@@ -159,9 +159,11 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
      "PATH/test/<class>/*.jpg)"),
 ])
 def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("JAX_PLATFORMS", None)  # JAX looks for every kind of device, as for a user
   proc = subprocess.run([sys.executable, "-m", "experiments.linear", f"--workdir={tmp_path}/wd",
                          "--dataset=folder:/nowhere", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+                        text=True, timeout=120, env=env)
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [message]
   assert not (tmp_path / "wd").exists()
@@ -299,3 +301,21 @@ def test_progress_bars_follow_the_callbacks_and_hide_on_request(monkeypatch):
     assert (bar.n, bar.total) == (8, 8)
   finally:
     bar.close()
+
+
+def test_only_the_note_on_a_missing_tpu_library_is_hidden():
+  import logging  # pylint: disable=import-outside-toplevel
+  cfg.quiet_backend_search()
+  cfg.quiet_backend_search()  # once is enough: no second filter
+  logger = logging.getLogger("jax._src.xla_bridge")
+  assert len([f for f in logger.filters if type(f).__name__ == "_NoMissingLibtpu"]) == 1
+
+  def shown(level, message, *args):
+    return logger.filter(logger.makeRecord(logger.name, level, __file__, 1, message, args, None))
+  missing = ("INTERNAL: Failed to open libtpu.so: libtpu.so: cannot open shared object file: "
+             "No such file or directory")
+  assert not shown(logging.INFO, "Unable to initialize backend '%s': %s", "tpu", missing)
+  assert shown(logging.INFO, "Unable to initialize backend '%s': %s", "tpu",
+               "ABORTED: The TPU is already in use by process with pid 12.")  # installed, failed
+  assert shown(logging.WARNING, "Unable to initialize backend '%s': %s", "tpu", missing)
+  assert shown(logging.INFO, "Unable to initialize backend 'cuda': no GPU")

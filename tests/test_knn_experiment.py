@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -39,7 +40,7 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
   on_disk = json.loads((wd / "results.json").read_text())
   assert on_disk["chosen"] == res["chosen"]
   assert on_disk["sizes"] == {"train": 40, "val": 6, "test": 12, "cross_validation": 24}
-  assert (on_disk["processes"], on_disk["devices"]) == (1, 1)
+  assert (on_disk["processes"], on_disk["devices"]) == (1, jax.device_count())
   assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", on_disk["date"])  # the start
   # Cross-validation on a seeded subset of 24 of the 40 training images, in their order.
   ds = data.load(f"folder:{root}", num_train=40, num_test=12, num_val=6, seed=1)

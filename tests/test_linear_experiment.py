@@ -123,23 +123,28 @@ def test_tensorboard_curves_equal_metrics_jsonl(softmax_run):
   assert rates[0] > rates[3] > rates[7] > 0  # cosine decay
 
 
-def test_tensorboard_folders_versions_and_metadata(tmp_path):
+def test_tensorboard_folders_versions_and_metadata(tmp_path, monkeypatch):
+  import types  # pylint: disable=import-outside-toplevel
   from experiments import tensorboard  # pylint: disable=import-outside-toplevel
   assert tensorboard.member_name(1e-3, 0.0) == "lr=0.001,reg=0"
   assert tensorboard.member_name(0.000125, 2.5e-5) == "lr=0.000125,reg=2.5e-05"
   assert tensorboard.member_name(None, 1.0) == "line_search,reg=1"
   assert tensorboard.member_name(1.0, 0.5) == "lr=1,reg=0.5"
   tf = data._tf()  # pylint: disable=protected-access
+  monkeypatch.setattr(tensorboard, "time", types.SimpleNamespace(time=lambda: 1.7e9))
   writers = [tensorboard.ScalarWriter(str(tmp_path)) for _ in range(2)]
-  for w in writers:  # two writers of one member in the same second: two files
-    w.write("m", 127, {"loss": 1e39})  # the largest one-byte varint, a value beyond float32
-  paths = sorted((tmp_path / "m").iterdir())
-  assert len(paths) == 2
-  # flushed at each step: TensorBoard shows a run in progress
-  events = list(tf.compat.v1.train.summary_iterator(str(paths[0])))
-  for w in writers:
-    w.close()
-  assert events[0].file_version == "brain.Event:2" and events[1].step == 127
+  try:
+    for w in writers:  # two writers of one member in the same second: two files
+      w.write("m", 127, {"loss": 1e39})  # the largest one-byte varint, a value beyond float32
+    paths = sorted((tmp_path / "m").iterdir())
+    assert len(paths) == 2 and all(".1700000000." in p.name for p in paths)
+    # flushed at each step: TensorBoard shows a run in progress
+    events = list(tf.compat.v1.train.summary_iterator(str(paths[0])))
+  finally:
+    for w in writers:
+      w.close()
+  assert events[0].file_version == "brain.Event:2" and events[0].wall_time == 1.7e9
+  assert events[1].step == 127
   (value,) = events[1].summary.value
   assert (value.tag, value.metadata.data_class) == ("loss", 1)  # DATA_CLASS_SCALAR
   assert float(tf.make_ndarray(value.tensor)) == np.inf
@@ -158,11 +163,12 @@ def test_tensorboard_close_closes_every_file_then_raises_the_first_error():
         raise self.error
 
   w = tensorboard.ScalarWriter("unused")
-  w._files = {"a": File(OSError("disk full")), "b": File(None)}  # pylint: disable=protected-access
-  files = list(w._files.values())  # pylint: disable=protected-access
+  files = [File(OSError("disk full")), File(None), File(OSError("quota"))]
+  w._files = dict(zip("abc", files))  # pylint: disable=protected-access
   with pytest.raises(OSError, match="disk full"):
     w.close()
   assert all(f.closed for f in files)
+  w.close()  # closed once: nothing left to close
 
 
 def test_predict_script_classifies_files_and_reports_bad_ones(folder, softmax_run, tmp_path):

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -200,8 +201,9 @@ def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, o
   with pytest.raises(ConfigError, match=message):
     Workdir(str(tmp_path), opened_as).open()
   assert os.listdir(tmp_path) == ["config.json"]  # no lock, no staging left
-  with Workdir(str(tmp_path), opened_as, overwrite=True):
-    pass
+  with Workdir(str(tmp_path), opened_as, overwrite=True) as w:  # taken; replaced on commit
+    assert sorted(os.listdir(tmp_path)) == sorted([".lock", "config.json",
+                                                   os.path.basename(w.staging)])
 
 
 def test_foreign_files_are_named_three_at_most(tmp_path):
@@ -220,9 +222,11 @@ def test_leftovers_of_runs_that_died_are_not_files_of_a_run_and_are_removed(tmp_
     (tmp_path / leftover).mkdir()
     (tmp_path / leftover / "results.json").write_text("{}")
   w = Workdir(str(tmp_path), "knn").open()
-  assert sorted(os.listdir(tmp_path)) == [".lock", f".staging-{os.getpid()}"]
-  assert w in workdir.OPEN
-  w.close()
+  try:
+    assert sorted(os.listdir(tmp_path)) == [".lock", f".staging-{os.getpid()}"]
+    assert w in workdir.OPEN
+  finally:
+    w.close()
   assert w not in workdir.OPEN and os.listdir(tmp_path) == []
 
 
@@ -238,19 +242,46 @@ def test_commit_moves_results_json_out_first_and_in_last(tmp_path, monkeypatch):
   moves, replace = [], os.replace
   monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append(
       (os.path.basename(os.path.dirname(dst)), os.path.basename(src))), replace(src, dst)))
-  w.commit()
-  w.close()
-  trash = f".previous-{os.getpid()}"
-  assert moves == [(trash, "results.json"), (trash, "config.json"), (trash, "zz.png"),
-                   (tmp_path.name, "config.json"), (tmp_path.name, "a.png"),
-                   (tmp_path.name, "results.json")]
+  try:
+    w.commit()
+  finally:
+    w.close()
+  into = [name for folder, name in moves if folder == tmp_path.name]
+  out = [name for folder, name in moves if folder != tmp_path.name]
+  assert moves[:len(out)] == [m for m in moves if m[0] != tmp_path.name]  # all out, then in
+  assert (out[0], sorted(out)) == ("results.json", ["config.json", "results.json", "zz.png"])
+  assert (into[-1], sorted(into)) == ("results.json", ["a.png", "config.json", "results.json"])
   assert sorted(os.listdir(tmp_path)) == ["a.png", "config.json", "results.json"]
 
 
 def test_a_stop_that_cannot_be_lost_closes_the_run_and_exits_130(tmp_path, monkeypatch, capsys):
-  """Ctrl-C raises KeyboardInterrupt; if native code holds it, a timer (or a second Ctrl-C)
-  removes the staging folder, releases the lock and ends the process."""
-  from experiments import common  # pylint: disable=import-outside-toplevel
+  """Ctrl-C raises KeyboardInterrupt; if native code holds it, a daemon timer (or a second
+  Ctrl-C) removes the staging folder, releases the lock and ends the process."""
+  import types  # pylint: disable=import-outside-toplevel
+  from experiments import common, workdir  # pylint: disable=import-outside-toplevel
+  timers, stops = [], []
+
+  class Timer:  # records what the handler schedules; nothing runs on its own
+    def __init__(self, interval, function):
+      self.interval, self.function, self.daemon, self.started = interval, function, None, False
+      timers.append(self)
+
+    def start(self):
+      self.started = True
+
+  monkeypatch.setattr(common, "threading", types.SimpleNamespace(Timer=Timer))
+  monkeypatch.setattr(common, "_interrupted", threading.Event())
+  monkeypatch.setattr(common, "_force_stop", lambda: stops.append("stop"))
+  with pytest.raises(KeyboardInterrupt):
+    common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
+  (timer,) = timers
+  assert (timer.interval, timer.daemon, timer.started, stops) == (10.0, True, True, [])
+  timer.function()  # the run did not end within the grace: the timer stops it
+  assert stops == ["stop"]
+  with pytest.raises(KeyboardInterrupt):
+    common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
+  assert stops == ["stop", "stop"]  # a second Ctrl-C stops it at once
+  monkeypatch.undo()
 
   class Exited(Exception):
     pass
@@ -258,28 +289,15 @@ def test_a_stop_that_cannot_be_lost_closes_the_run_and_exits_130(tmp_path, monke
   def fake_exit(code):
     raise Exited(code)
 
-  stops = []
-  monkeypatch.setattr(common, "INTERRUPT_GRACE_S", 0.1)
-  monkeypatch.setattr(common, "_force_stop", lambda: stops.append(time.monotonic()))
-  try:
-    with pytest.raises(KeyboardInterrupt):
-      common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
-    assert stops == []  # the run may still end by itself ...
-    time.sleep(0.5)
-    assert len(stops) == 1  # ... else the timer stops it
-    with pytest.raises(KeyboardInterrupt):
-      common._on_interrupt(signal.SIGINT, None)  # pylint: disable=protected-access
-    assert len(stops) == 2  # a second Ctrl-C stops it at once
-    time.sleep(0.3)
-  finally:
-    common._interrupted.clear()  # pylint: disable=protected-access
-  monkeypatch.undo()
+  monkeypatch.setattr(workdir, "OPEN", set())  # only this test's workdir
   (tmp_path / "config.json").write_text('{"experiment": "knn"}')
   w = Workdir(str(tmp_path), "knn").open()
   monkeypatch.setattr(os, "_exit", fake_exit)
-  with pytest.raises(Exited) as e:
-    common._force_stop()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(Exited) as e:
+      common._force_stop()  # pylint: disable=protected-access
+  finally:
+    w.close()
   assert e.value.args == (130,)
   assert os.listdir(tmp_path) == ["config.json"]  # no staging folder, no lock
   assert capsys.readouterr().err.strip() == common.INTERRUPTED
-  assert w.staging is None
