@@ -258,7 +258,8 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
   sub = cfg.rng(c.seed, "train_sample").permutation(n_tr)[:1000]
   writer = common.MetricsWriter(r)
   board = tensorboard.ScalarWriter(r.file(tensorboard.FOLDER))
-  with common.progress(f"training {len(grid)} settings", steps, "step") as bar:
+  what = f"training {len(grid)} setting{'s' if len(grid) > 1 else ''}"
+  with common.progress(what, steps, "step") as bar:
     def log(record):
       bar.update(record["step"] - bar.n)
       for g, (lr, reg) in enumerate(grid):
