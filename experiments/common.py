@@ -165,10 +165,16 @@ class MetricsWriter:
 
 # ---- progress and timing -------------------------------------------------------------------
 def progress(desc: str, total: int | None = None, unit: str = "it"):
-  """A tqdm progress bar on stderr (off when JAXLIN_NO_PROGRESS is set)."""
+  """A tqdm progress bar on stderr when it is a terminal: not in a log file, where each frame
+  would be a line of carriage returns; off when JAXLIN_NO_PROGRESS is set (but to 0)."""
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  off = os.environ.get("JAXLIN_NO_PROGRESS", "") not in ("", "0")
+  try:
+    terminal = sys.stderr.isatty()
+  except (AttributeError, ValueError):  # replaced by an object without it, or closed
+    terminal = False
   return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
-              disable=bool(os.environ.get("JAXLIN_NO_PROGRESS")))
+              disable=off or not terminal)
 
 
 def tile_callback(bar) -> Callable[[int, int], None]:

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -173,8 +174,24 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {str(e).removeprefix('ERROR:: ')}", file=sys.stderr)
+    print(f"error: {_absl_message(str(e).removeprefix('ERROR:: '), flags.FLAGS)}",
+          file=sys.stderr)
     sys.exit(2)
+
+
+_KIND_OF_PARSER = {"IntegerParser": "an integer", "FloatParser": "a number",
+                   "BooleanParser": "true or false"}
+
+
+def _absl_message(message: str, flag_values) -> str:
+  """absl's parse error in the programs' words: ``--num_train must be an integer, got 'abc'``,
+  not ``flag --num_train=abc: invalid literal for int() with base 10: 'abc'``."""
+  match = re.match(r"flag --(\w+)=(.*?): ", message)
+  if match and match.group(1) in flag_values:
+    kind = _KIND_OF_PARSER.get(type(flag_values[match.group(1)].parser).__name__)
+    if kind:
+      return f"--{match.group(1)} must be {kind}, got {match.group(2)!r}"
+  return message[:1].lower() + message[1:]  # "Unknown command line flag", as the others
 
 
 class _NoMissingLibtpu(logging.Filter):

@@ -149,6 +149,7 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
     (["--process_id=2", "--num_processes=2", "--coordinator_address=127.0.0.1:1"],
      "error: --process_id must be in [0, 1] (--num_processes=2), got 2"),
     (["--num_epochs=nan"], "error: --num_epochs must be a finite number, got nan"),
+    (["--num_epochs=abc"], "error: --num_epochs must be a number, got 'abc'"),
     (["--learning_rate=0.1", "--reg=1", "--num_steps=-1"],
      "error: give a positive --num_steps or --num_epochs"),
     (["--dataset="], "error: --dataset is empty; give a dataset: cifar10 or folder:PATH"),
@@ -287,10 +288,20 @@ def test_flag_messages_name_the_flag_once_and_leave_longer_names_alone():
       "--mlp_hidden_size must be <= --hidden_sizes")
 
 
-def test_progress_bars_follow_the_callbacks_and_hide_on_request(monkeypatch):
-  monkeypatch.setenv("JAXLIN_NO_PROGRESS", "1")
+def test_progress_bars_follow_the_callbacks_on_a_terminal_only(monkeypatch):
+  import io  # pylint: disable=import-outside-toplevel
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar
+  monkeypatch.delenv("JAXLIN_NO_PROGRESS", raising=False)
   assert common.progress("search").disable
-  monkeypatch.delenv("JAXLIN_NO_PROGRESS")
+  monkeypatch.setattr(sys, "stderr", Terminal())
+  monkeypatch.setenv("JAXLIN_NO_PROGRESS", "1")  # off on request
+  assert common.progress("search").disable
+  monkeypatch.setenv("JAXLIN_NO_PROGRESS", "0")
   bar = common.progress("search", unit="tile")
   try:
     assert not bar.disable

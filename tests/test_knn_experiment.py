@@ -132,8 +132,9 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
 
 @pytest.mark.parametrize("flag, error", [
     ("--k=0", "error: --k values must be >= 1, got [0]"),
-    ("--cv_num_train=2.5", "error: flag --cv_num_train=2.5: invalid literal for int() with "
-                           "base 10: '2.5'"),  # absl's own parsing: the same one line, exit 2
+    # absl's own parsing: the same one line, exit 2, in the programs' words
+    ("--cv_num_train=2.5", "error: --cv_num_train must be an integer, got '2.5'"),
+    ("--overwrite=maybe", "error: --overwrite must be true or false, got 'maybe'"),
     ("3", "error: unexpected arguments '3': every value goes in a flag, lists comma-separated "
           "without spaces (e.g. --k=1,3 --metric=l1,l2)"),  # `--k 1 3`: was absl's whole help
 ])

@@ -230,8 +230,8 @@ def test_files_are_read_as_the_image_folder_decodes_them(tmp_path):
 
 
 @pytest.mark.parametrize("flag, error", [
-    ("--top=abc", "error: flag --top=abc: invalid literal for int() with base 10: 'abc'"),
-    ("--k=3", "error: Unknown command line flag 'k'"),
+    ("--top=abc", "error: --top must be an integer, got 'abc'"),
+    ("--k=3", "error: unknown command line flag 'k'"),
     ("--model=", "error: --model is required: the model.npz an experiment wrote"),  # was exit 1
 ])
 def test_predict_flag_errors_are_one_line(flag, error):
