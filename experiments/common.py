@@ -79,7 +79,8 @@ def validate_launch(launch: Launch) -> Launch:
   if launch.coordinator_address or launch.num_processes is not None:
     require(launch.coordinator_address is not None and launch.num_processes is not None
             and launch.process_id is not None, "coordinator_address",
-            "--coordinator_address needs --num_processes and --process_id (and the reverse)")
+            "a multi-host run needs all of --coordinator_address, --num_processes and "
+            "--process_id")
     require(launch.num_processes >= 1, "num_processes",
             f"--num_processes must be >= 1, got {launch.num_processes}")
     require(0 <= launch.process_id < launch.num_processes, "process_id",

@@ -86,19 +86,25 @@ def validate(config) -> Config:
                    if getattr(c, k) is None})
   require(c.model != "mlp" or c.hidden_size >= 1, "hidden_size",
           f"--hidden_size must be >= 1, got {c.hidden_size}")
+  require(c.model == "mlp" or c.hidden_size == Config.hidden_size, "hidden_size",
+          f"--hidden_size is the network's; --model={c.model} has no hidden layer. Leave "
+          "--hidden_size out, or use --model=mlp")
   _choice(c.loss, "loss", tuple(losses.LOSSES))
   _choice(c.optimizer, "optimizer", train.OPTIMIZERS)
   _choice(c.schedule, "schedule", train.SCHEDULES)
+  require(c.optimizer != "lbfgs" or c.schedule in (Config.schedule, "constant"), "schedule",
+          "--schedule has no effect with --optimizer=lbfgs (its line search sets the step); "
+          "leave the flag out")  # constant: what earlier runs recorded for lbfgs
   c = c.replace(reg=cfg.floats(c.reg, "reg"))
   if c.optimizer == "lbfgs":  # its line search sets the step: no rate, no schedule (recorded)
     c = c.replace(learning_rate=None, schedule="constant")
   else:
     c = c.replace(learning_rate=cfg.floats(c.learning_rate, "learning_rate"))
     require(bool(c.learning_rate) and all(np.isfinite(v) and v > 0 for v in c.learning_rate),
-            "learning_rate", f"--learning_rate values must be positive numbers, "
+            "learning_rate", f"--learning_rate values must be finite numbers > 0, "
             f"got {list(c.learning_rate)}")
   require(bool(c.reg) and all(np.isfinite(v) and v >= 0 for v in c.reg), "reg",
-          f"--reg values must be numbers >= 0, got {list(c.reg)}")
+          f"--reg values must be finite numbers >= 0, got {list(c.reg)}")
   require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
   cfg.finite(c.num_epochs, "num_epochs")
   require(c.num_steps >= 0 and c.num_epochs >= 0 and (c.num_steps > 0 or c.num_epochs > 0),

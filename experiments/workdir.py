@@ -62,6 +62,9 @@ class Workdir:
 
   # ---- opening ---------------------------------------------------------------------------
   def open(self) -> "Workdir":
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ConfigError(f"workdir {self.path} is a file, not a folder; choose another "
+                        "--workdir", argument="workdir")
     try:
       self._made = not os.path.exists(self.path)
       os.makedirs(self.path, exist_ok=True)

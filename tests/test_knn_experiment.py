@@ -114,6 +114,9 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
   blocker.write_text("x")
   with pytest.raises(ConfigError, match="is not writable"):
     knn_exp.run(dict(dataset="cifar10"), str(blocker / "wd"))
+  with pytest.raises(ConfigError, match=r"workdir .*/file is a file, not a folder; choose "):
+    knn_exp.run(dict(dataset="cifar10"), str(blocker))
+  assert blocker.read_text() == "x"
   with pytest.raises(DataError, match="does not exist"):
     knn_exp.run(dict(dataset=f"folder:{tmp_path}/missing"), str(tmp_path / "wd"))
   # tfds's own message lists every dataset it has (460 lines): its first line only; a path

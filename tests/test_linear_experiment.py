@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -216,13 +217,17 @@ def test_corrupt_model_file(tmp_path):
     (dict(optimizer="rmsprop"), "unknown --optimizer 'rmsprop'"),
     (dict(optimizer="lbfgs", learning_rate=[0.5]),
      r"--learning_rate has no effect with --optimizer=lbfgs \(its line search"),
-    (dict(learning_rate=[-1.0]), "must be positive"),
+    (dict(learning_rate=[-1.0]), "must be finite numbers > 0"),
     (dict(reg=["a"]), "comma-separated list of numbers"),
     (dict(learning_rate=[True, 0.1]), "list of numbers, got 'True,0.1'"),  # was 1.0
     (dict(batch_size=0), "--batch_size must be >= 1"),
     (dict(num_epochs=0, num_steps=0), "positive --num_steps or --num_epochs"),
     (dict(schedule="linear"), "unknown --schedule"),
     (dict(loss="softmax", margin=2.0), r"--margin is the SVM's; --loss=softmax has none"),
+    (dict(optimizer="lbfgs", schedule="step"),
+     r"--schedule has no effect with --optimizer=lbfgs \(its line search sets the step\)"),
+    (dict(hidden_size=10), r"--hidden_size is the network's; --model=linear has no hidden"),
+    (dict(reg=[math.inf]), r"--reg values must be finite numbers >= 0, got \[inf\]"),
 ])
 def test_bad_config_rejected_before_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):
