@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -47,7 +48,24 @@ def validate_data(c: DataConfig) -> DataConfig:
   require(c.num_val >= 0, "num_val", f"--num_val must be >= 0, got {c.num_val}")
   require(c.shard in SHARD_MODES, "shard",
           f"unknown --shard {c.shard!r}; choose from {', '.join(SHARD_MODES)}")
+  if c.dataset.startswith("folder:"):  # its decoded images are cached
+    check_cache_dir(c)
   return c.replace(num_train=c.num_train or 0, num_test=c.num_test or 0)
+
+
+def check_cache_dir(c: DataConfig) -> None:
+  """--cache_dir ('' = none) is a folder this process can write, else one line now: a cache
+  that cannot be written would be skipped without a word, and every run decode again."""
+  if not c.cache_dir:
+    return
+  folder = os.path.expanduser(c.cache_dir)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    require(False, "cache_dir", f"--cache_dir={c.cache_dir} is not a writable folder "
+            f"({e.strerror or e}); choose another, or '' for no cache")
 
 
 @dataclasses.dataclass(frozen=True)

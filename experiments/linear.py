@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import tempfile
 
 from absl import logging
 import jax
@@ -122,20 +121,9 @@ def validate(config) -> Config:
   cfg.finite(c.init_scale, "init_scale")
   require(c.init_scale is None or c.init_scale > 0, "init_scale",
           f"--init_scale must be > 0, got {c.init_scale}")
-  if c.features != "pixels" and c.cache_dir:
-    _check_writable(c.cache_dir, "cache_dir")
+  if c.features != "pixels":
+    common.check_cache_dir(c)
   return c
-
-
-def _check_writable(path: str, name: str) -> None:
-  folder = os.path.expanduser(path)
-  try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-      pass
-  except OSError as e:
-    require(False, name, f"--{name}={path} is not a writable folder ({e.strerror or e}); "
-            "choose another, or '' for no cache")
 
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:

@@ -126,6 +126,10 @@ def test_unwritable_cache_dir_is_refused(tmp_path):
   blocker.write_text("x")
   with pytest.raises(ConfigError, match="--cache_dir=.* is not a writable folder"):
     linear_exp.validate(dict(features="hog_hsv", cache_dir=str(blocker / "cache")))
+  for module in (knn_exp, linear_exp, study):  # an image folder's decoded images are cached
+    with pytest.raises(ConfigError, match=r"^--cache_dir=.*/file is not a writable folder"):
+      module.validate(dict(dataset=f"folder:{tmp_path}", cache_dir=str(blocker)))
+    module.validate(dict(dataset=f"folder:{tmp_path}", cache_dir=""))  # no cache: fine
 
 
 def test_stage_errors_name_the_study_flags():
