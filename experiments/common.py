@@ -17,7 +17,7 @@ from experiments import config as cfg
 from experiments import supervisor
 from experiments.config import option, require
 from jaxlin import files
-from jaxlin.errors import JaxlinError
+from jaxlin.errors import DataError, JaxlinError
 
 SHARD_MODES = ("auto", "none", "queries", "database")
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = cfg.EXIT_USAGE, 1, 130
@@ -261,7 +261,10 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     results = run(c, launch.workdir, overwrite=launch.overwrite)
   except JaxlinError as e:
     # jaxlin.data names the dataset argument "name"; the experiments' flag is --dataset.
-    print(f"error: {flag_message(e, {'name': 'dataset', **(flags or {})})}", file=sys.stderr)
+    message = flag_message(e, {'name': 'dataset', **(flags or {})})
+    if isinstance(e, DataError) and e.argument in ("num_train", "num_test"):  # a default, too
+      message += f" (--{e.argument}=0 takes them all)"
+    print(f"error: {message}", file=sys.stderr)
     _exit(EXIT_USAGE)
   except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)

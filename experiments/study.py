@@ -88,7 +88,10 @@ def validate(config) -> Config:
   c = common.validate_data(Config.make(config))
   unknown = [s for s in c.stages if s not in STAGES]
   require(bool(c.stages), "stages", f"--stages is empty; choose from {', '.join(STAGES)}")
-  require(not unknown, "stages", f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
+  require(not unknown, "stages",
+          f"unknown --stages {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+  twice = sorted({s for s in c.stages if c.stages.count(s) > 1})
+  require(not twice, "stages", f"--stages names {', '.join(twice)} more than once")
   require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
           f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
           f"got {c.knn_num_train}")
@@ -214,7 +217,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   """
   c = validate(config)
   with common.Run("study", c, workdir, overwrite=overwrite) as r:
-    logging.info("loading %s", c.dataset)
     pool = data.split_size(c.dataset, "train", data_dir=c.data_dir) - c.num_val
     _check_minibatch(c, pool)
     configs, rows = stage_configs(c, pool), {}
@@ -234,9 +236,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         else:
           logging.error("stage %s failed:\n%s", stage, traceback.format_exc())
         rows[stage] = {"error": f"{type(e).__name__}: {e}".replace("|", "/").replace("\n", " ")}
+      row = rows[stage]
       logging.info("[%d/%d] %s done in %.1f s: %s", i, len(c.stages), stage, stage_t(),
-                   {k: v for k, v in rows[stage].items()
-                    if k in ("chosen", "test_accuracy", "error")})
+                   "failed" if "error" in row else
+                   f"{row['chosen']}, test accuracy {_pct(row['test_accuracy'])}")
     failed = [s for s in c.stages if "error" in rows[s]]
     if r.writer:
       write_report(r.file("report.md"), c, rows, r.started, r.timer())

@@ -524,7 +524,8 @@ def _subset(size, num, rng, what) -> np.ndarray:
   if num is None:
     return np.arange(size)
   if not 1 <= num <= size:
-    raise DataError(f"{what}={num} must be in [1, {size}] (examples available)", argument=what)
+    raise DataError(f"{what}={num} must be in [1, {size}]: the split has {size} images",
+                    argument=what)
   return np.sort(rng.permutation(size)[:num])
 
 

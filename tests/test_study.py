@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 
@@ -93,8 +94,10 @@ def test_a_study_where_every_stage_failed_says_so(tmp_path, monkeypatch):
 
 
 def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
-  with pytest.raises(ConfigError, match="unknown --stages"):
+  with pytest.raises(ConfigError, match="^unknown --stages cnn; choose from knn, svm, "):
     study.run(dict(stages=["knn", "cnn"]), str(tmp_path))
+  with pytest.raises(ConfigError, match="^--stages names knn more than once$"):
+    study.run(dict(stages=["knn", "svm", "knn"]), str(tmp_path))
   with pytest.raises(ConfigError, match="--stages is empty; choose from knn, svm"):
     study.run(dict(stages=[]), str(tmp_path))
   with pytest.raises(DataError, match="does not exist"):
@@ -135,16 +138,22 @@ def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypat
   make_image_folder(root, per_class_train=4, per_class_test=1)
 
   def fail(cfg, workdir, **kw):
+    if cfg["loss"] == "svm":
+      return MLP_RESULT
     raise ConfigError("--batch_size=200 exceeds the 10 training images", argument="batch_size")
 
   monkeypatch.setattr(linear_exp, "run", fail)
   monkeypatch.setattr(study, "MINIBATCH", 8)  # the tiny folder's 10 images
-  with caplog.at_level("ERROR"):
-    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["softmax"]),
+  with caplog.at_level("INFO"):
+    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["svm", "softmax"]),
                     str(tmp_path / "wd"))
   assert res["failed_stages"] == ["softmax"]
   assert "stage softmax failed: --batch_size=200 exceeds the 10" in caplog.text
   assert "Traceback" not in caplog.text
+  # each stage's summary in words
+  assert re.search(r"\[1/2\] svm done in [\d.]+ s: lr=0.01, reg=0.003, hidden=500, test "
+                   r"accuracy 48.6 %\n", caplog.text), caplog.text
+  assert re.search(r"\[2/2\] softmax done in [\d.]+ s: failed\n", caplog.text), caplog.text
 
 
 # ---- the table from stage results, and what each stage is asked to do ---------------------
