@@ -143,8 +143,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                    timings_s={"load": load_s, "selection": select_s, "test": test_s})
     results = r.finish(results)
   chosen_acc = results["chosen"]["selection_accuracy"]
-  logging.info("chosen %s k=%d (selection accuracy %s); test accuracy %.4f on %d images; %.1f s",
-               best_metric, best_k, "none" if chosen_acc is None else f"{chosen_acc:.4f}",
+  logging.info("%s %s k=%d%s; test accuracy %.4f on %d images; %.1f s",
+               "the one setting," if chosen_acc is None else "chosen", best_metric, best_k,
+               "" if chosen_acc is None else f" (selection accuracy {chosen_acc:.4f})",
                results["test_accuracy"], ds.test.total, results["timings_s"]["total"])
   return results
 
@@ -258,8 +259,7 @@ def _results(c: Config, ds, accuracies, best_metric, best_k, cm, test_acc) -> di
                  "selection_accuracy": None if c.single else float(
                      accuracies[best_metric][:, c.k.index(best_k)].mean())},
       "test_accuracy": test_acc,
-      "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(
-          metrics.per_class_accuracy(cm)).tolist())),
+      "per_class_test_accuracy": common.per_class_accuracy(cm, ds.class_names),
       "confusion_matrix": cm.tolist(),
   }
 

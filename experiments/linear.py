@@ -365,8 +365,7 @@ def _results(c: Config, ds, d, grid, fit, best, val_acc, cm, test_acc) -> dict:
       "chosen": {"learning_rate": _recorded_rate(c, grid[best][0]), "reg": grid[best][1],
                  "val_accuracy": float(val_acc[best])},
       "test_accuracy": test_acc,
-      "per_class_test_accuracy": dict(zip(ds.class_names, np.asarray(
-          metrics.per_class_accuracy(cm)).tolist())),
+      "per_class_test_accuracy": common.per_class_accuracy(cm, ds.class_names),
       "confusion_matrix": cm.tolist(),
       "model_file": "model.npz",
       "compiles": fit.compile_count,

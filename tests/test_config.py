@@ -335,3 +335,9 @@ def test_only_the_note_on_a_missing_tpu_library_is_hidden():
                "ABORTED: The TPU is already in use by process with pid 12.")  # installed, failed
   assert shown(logging.WARNING, "Unable to initialize backend '%s': %s", "tpu", missing)
   assert shown(logging.INFO, "Unable to initialize backend 'cuda': no GPU")
+
+
+def test_per_class_accuracy_in_results_is_float64_and_none_for_an_absent_class():
+  assert common.per_class_accuracy([[9, 8, 0], [0, 0, 0], [1, 2, 3]], ["a", "b", "c"]) == {
+      "a": 9 / 17, "b": None, "c": 0.5}
+  assert 9 / 17 == 0.5294117647058824  # float32 would write 0.529411792755127

@@ -278,8 +278,10 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
   root = folder16
   wd = tmp_path / "wd"
   cache = tmp_path / "cache"
-  cfg = dict(dataset=f"folder:{root}", model=model, features=feats, loss=loss, hidden_size=16,
+  cfg = dict(dataset=f"folder:{root}", model=model, features=feats, loss=loss,
              num_val=6, reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
+  if model == "mlp":
+    cfg.update(hidden_size=16)
   if optimizer == "lbfgs":
     cfg.update(optimizer="lbfgs", reg=[1e-3, 1e-2])
   else:
