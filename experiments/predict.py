@@ -100,7 +100,12 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
       ok.append(len(out))
       out.append([p, None, None])
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-      reason = "not an image file" if isinstance(e, UnidentifiedImageError) else str(e)
+      if isinstance(e, UnidentifiedImageError):
+        reason = "not an image file"
+      elif isinstance(e, OSError) and e.strerror:  # not "[Errno 2] ...: 'path'" again
+        reason = e.strerror[:1].lower() + e.strerror[1:]
+      else:
+        reason = str(e)
       out.append([p, None, f"cannot read {p}: {reason}"])
   if images:
     with np.errstate(all="ignore"):  # overflow: reported per image below, as one line

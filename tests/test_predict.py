@@ -227,6 +227,8 @@ def test_files_are_read_as_the_image_folder_decodes_them(tmp_path):
   model = checkpoint.load(_save(tmp_path / "m.npz"))
   (_, top, error), = predict.classify(model, [cut])  # one error line, as before
   assert top is None and error.startswith(f"cannot read {cut}: ")
+  (_, _, missing), = predict.classify(model, [str(tmp_path / "none.png")])
+  assert missing == f"cannot read {tmp_path / 'none.png'}: no such file or directory"
 
 
 @pytest.mark.parametrize("flag, error", [
