@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import random
 import shutil
@@ -373,7 +374,8 @@ def _reachable(address, timeout: float = 3.0) -> bool:
 def _tfds_builder(name: str, data_dir: str | None):
   tfds = _tfds()
   try:
-    return tfds.builder(name, data_dir=data_dir)
+    with _without_tfds_notes():
+      return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError and friends
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     # tfds's message lists every dataset it knows (hundreds of lines): its first line only.
@@ -388,10 +390,33 @@ def _folder_hint(name: str) -> str:
   return ""
 
 
+class _DropTfdsNotes(logging.Filter):
+  """Drops tfds's INFO notes that come before an error jaxlin explains better: "Constructing
+  tf.data.Dataset NAME ... from DATA_DIR" before it finds that folder missing (a line that
+  says the opposite), and "Failed to load dataset NAME, builder_kwargs ..." before an
+  unknown name. The experiments log what they load, and its sizes."""
+
+  PREFIXES = ("Constructing tf.data.Dataset", "Failed to load %s from files")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def _without_tfds_notes():
+  quiet, absl_logger = _DropTfdsNotes(), logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
 def _tfds_dataset(name: str, split: str, data_dir: str | None):
   builder = _tfds_builder(name, data_dir)
   try:
-    return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
+    with _without_tfds_notes():
+      return builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
   except AssertionError:  # not prepared in data_dir
     where = data_dir or "tfds's default folder (~/tensorflow_datasets)"
     if not _reachable(_DOWNLOAD_HOST):

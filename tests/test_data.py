@@ -1,3 +1,4 @@
+import logging
 import os
 import shutil
 import time
@@ -147,14 +148,20 @@ def test_tfds_cifar10_through_mock_data():
   np.testing.assert_array_equal(part.test.images, ds.test.images[5:9])
 
 
-def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch):
+def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeypatch, caplog):
   monkeypatch.setattr(data, "_reachable", lambda *a, **k: False)
   t = time.time()
   expected = r"not prepared in .* network is unreachable.*folder:PATH"
-  with pytest.raises(DataError, match=expected) as e:
+  with caplog.at_level("INFO"), pytest.raises(DataError, match=expected) as e:
     data.load("cifar10", data_dir=str(tmp_path))
   assert e.value.argument == "data_dir" and "--" not in str(e.value)
   assert time.time() - t < 20
+  # tfds's notes before it fails ("Constructing tf.data.Dataset cifar10 ... from DATA_DIR",
+  # which says the opposite of the error; "Failed to load ... from files") are not shown
+  with caplog.at_level("INFO"), pytest.raises(DataError, match="unknown dataset 'no_such_x'"):
+    data.load("no_such_x")
+  assert "Constructing" not in caplog.text and "Failed to load" not in caplog.text, caplog.text
+  assert not logging.getLogger("absl").filters  # and only while jaxlin asked tfds
 
 
 def test_unknown_dataset_name():
