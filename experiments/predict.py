@@ -10,12 +10,13 @@ files. Other formats (TIFF, WebP, ...) are read with Pillow and converted to
 becomes 255); 32-bit integer images kept as they are when every value fits 8
 bits, else read as 16-bit (divided by 257), refused beyond 16 bits or below
 0; float images in [0, 1] scaled by 255; palette, grayscale and CMYK images
-converted. Images of another size are resized to the model's
-input. Anything else (e.g. float images outside [0, 1]) is refused with one
-line. Prints the top
-classes per image, with probabilities (softmax) or scores (SVM). A bad model
-file is one error line (exit code 2); an unreadable image gets one error line
-and the others are still classified (exit code 1 if any failed).
+converted. Images of another size are resized to the model's input. Anything
+else (e.g. float images outside [0, 1]) is refused with one line.
+
+Prints the top classes per image, with probabilities (softmax) or scores
+(SVM). A bad model file is one error line (exit code 2); an unreadable image
+gets one error line and the others are still classified (exit code 1 if any
+failed).
 """
 from __future__ import annotations
 

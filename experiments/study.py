@@ -190,8 +190,10 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float)
   lines += ["", "kNN's validation figure is the mean 5-fold cross-validation accuracy; kNN "
             "does its work at test time, the others at training time. Times are wall clock "
             "and include JIT compilation, which the first stage of a kind pays for the "
-            "programs later stages reuse (the linear SVM's for softmax): compare them "
-            "across stages with care, above all on small data.", ""]
+            "programs later stages reuse"
+            + (" (the linear SVM's for softmax)" if {"svm", "softmax"} <= set(c.stages)
+               else "")
+            + ": compare them across stages with care, above all on small data.", ""]
   figures = [("knn", "cross_validation.png", "kNN: accuracy vs k by cross-validation"),
              ("knn", "neighbors.png", "kNN: test images and their nearest training images"),
              ("softmax", "weights.png", "Softmax: each class's learned template"),

@@ -193,6 +193,11 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
       "30.3 s (2 settings) | 0.250 ms | 49,000 |",
       "| svm | **failed**: RuntimeError: boom | | | | | |"]
   assert study._pct(None) == "—"
+  assert "later stages reuse: compare them" in text  # no softmax stage: no "(the SVM's ...)"
+  c = c.replace(stages=("svm", "softmax"))
+  text = open(study.write_report(str(tmp_path / "r2.md"), c, {"svm": mlp_row, "softmax": mlp_row},
+                                 "2026-12-04 06:00", 61.0)).read()
+  assert "later stages reuse (the linear SVM's for softmax): compare them" in text
 
 
 def test_stage_configs_share_the_data_flags_and_fit_k_to_the_folds():
