@@ -360,16 +360,21 @@ def _l2_float_transform(q, centre, dtype):
   return q, jnp.sum(q * q, axis=1)
 
 
+# Features per fused step of the L1 kernels in search (``l1_transposed``'s unroll); read
+# when a search program is compiled. 8 is as fast as 16 with 64-query tiles and keeps
+# 256-query tiles fast (benchmarks/l1_tiles.py, --unroll).
+L1_UNROLL = 8
+
 KERNELS = {
     "l1_int": _Ops(
         prepare=lambda db, n, dt: (db, _no_aux(db, jnp.int32), _no_centre(db, jnp.float32)),
         transform=lambda q, c, dt: (q, _no_aux(q, jnp.int32)),
-        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS),
+        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS, unroll=L1_UNROLL),
         feature_major=True),
     "l1_float": _Ops(
         prepare=lambda db, n, dt: (db.astype(dt), _no_aux(db, dt), _no_centre(db, dt)),
         transform=lambda q, c, dt: (q.astype(dt), _no_aux(q, dt)),
-        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS),
+        tile=lambda q, qa, db_DxS, da: l1_transposed(q.T, db_DxS, unroll=L1_UNROLL),
         feature_major=True),
     "l2_int8": _Ops(
         prepare=lambda db, n, dt: (centred_pixels(db), int_squared_norms(centred_pixels(db)),

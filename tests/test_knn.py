@@ -90,6 +90,46 @@ def test_l1_uint8_exact_neighbour_for_neighbour():
   np.testing.assert_array_equal(d, ref_d)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_l1_tiles_of_256_queries_give_the_reference_answer(dtype):
+  # The tile size jaxlin picks on a CPU with 1 MiB of L2 (and the default, whatever it is
+  # here), with a database that ends inside a tile: the unrolled feature loop and padding.
+  rng = np.random.default_rng(15)
+  q = rng.integers(0, 4, (300, 40), dtype=np.uint8).astype(dtype)
+  db = rng.integers(0, 4, (1100, 40), dtype=np.uint8).astype(dtype)
+  ref_d, ref_i = brute_force(q, db, 5, "l1")
+  for tile in (256, None):
+    d, i = knn.search(q, db, 5, metric="l1", method="brute", query_tile=tile)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_array_equal(d, ref_d)
+
+
+def test_l1_query_tile_follows_the_level_2_cache(tmp_path):
+  assert knn.l1_query_tile(1 << 20, "cpu") == 256  # 512 KiB of int16 partial sums
+  assert knn.l1_query_tile(2 << 20, "cpu") == 256
+  assert knn.l1_query_tile(512 << 10, "cpu") == 128
+  assert knn.l1_query_tile((512 << 10) - 1, "cpu") == 64
+  assert knn.l1_query_tile(256 << 10, "cpu") == 64
+  assert knn.l1_query_tile(0, "cpu") == 64  # unknown
+  assert knn.l1_query_tile(2 << 20, "gpu") == 64
+  for name, level, kind, size in (("index0", 1, "Data", "48K"), ("index1", 1, "Instruction",
+                                  "32K"), ("index2", 2, "Unified", "1024K"),
+                                  ("index3", 3, "Unified", "32768K")):
+    (tmp_path / name).mkdir()
+    for field, value in (("level", level), ("type", kind), ("size", size)):
+      (tmp_path / name / field).write_text(f"{value}\n")
+  (tmp_path / "uevent").write_text("")
+  assert knn.l2_cache_bytes(str(tmp_path)) == 1 << 20
+  (tmp_path / "index2" / "size").write_text("2M\n")
+  knn.l2_cache_bytes.cache_clear()
+  assert knn.l2_cache_bytes(str(tmp_path)) == 2 << 20
+  (tmp_path / "index2" / "size").write_text("big\n")
+  knn.l2_cache_bytes.cache_clear()
+  assert knn.l2_cache_bytes(str(tmp_path)) == 0
+  assert knn.l2_cache_bytes(str(tmp_path / "missing")) == 0
+  knn.l2_cache_bytes.cache_clear()
+
+
 @pytest.mark.parametrize("metric", ["l2", "l2_squared"])
 def test_l2_uint8_exact_neighbour_for_neighbour(metric):
   rng = np.random.default_rng(6)
