@@ -232,7 +232,9 @@ def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None) -> 
   it (``learning_rate``). A ``--name`` in the message that ``flags`` renames (the study's
   ``--hidden_size`` -> ``--mlp_hidden_size``) is renamed too.
   """
-  message, flags = str(error), dict(flags or {})
+  # The library's hint for code a caller controls (its loss, its optimizer) is left out:
+  # a command line's inputs are its own.
+  message, flags = getattr(error, "message", str(error)), dict(flags or {})
   for name, flag in flags.items():
     message = re.sub(rf"(?<![\w-])--{re.escape(name)}(?![\w-])", f"--{flag}", message)
   argument = getattr(error, "argument", None)

@@ -94,6 +94,9 @@ def validate(config) -> Config:
   require(c.optimizer != "lbfgs" or c.schedule in (Config.schedule, "constant"), "schedule",
           "--schedule has no effect with --optimizer=lbfgs (its line search sets the step); "
           "leave the flag out")  # constant: what earlier runs recorded for lbfgs
+  require(c.optimizer != "lbfgs" or c.batch_size == Config.batch_size, "batch_size",
+          "--batch_size has no effect with --optimizer=lbfgs (every step uses the whole "
+          "training set); leave the flag out")
   c = c.replace(reg=cfg.floats(c.reg, "reg"))
   if c.optimizer == "lbfgs":  # its line search sets the step: no rate, no schedule (recorded)
     c = c.replace(learning_rate=None, schedule="constant")
@@ -133,13 +136,15 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     plan = data.split_rows(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
     _check_sizes(c, r.hosts, len(plan["train"][1]))
+    logging.info("loading %s", c.dataset)
     ds = r.hosts.load(c, plan, hosts_lib.SPLITS)
     load_s = r.timer()
     feat_t = common.Timer()
     x_tr, x_va, x_te, prep = _inputs(c, ds, r.hosts)
     features_s = feat_t()
-    logging.info("train %d, val %d, test %d; %d features, %d classes", ds.train.total,
-                 ds.val.total, ds.test.total, x_tr.shape[1], ds.num_classes)
+    logging.info("train %d, val %d, test %d images of %s, %d classes; %d features (%s)",
+                 ds.train.total, ds.val.total, ds.test.total, ds.image_shape, ds.num_classes,
+                 x_tr.shape[1], c.features)
 
     grid = list(itertools.product(_rates(c), c.reg))
     model = _model(c, x_tr.shape[1], ds.num_classes)

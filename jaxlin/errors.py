@@ -8,11 +8,19 @@ flag that sets it (``--learning_rate``) without parsing the message.
 
 
 class JaxlinError(Exception):
-  """Base class for errors caused by the user's input, not by a bug."""
+  """Base class for errors caused by the user's input, not by a bug.
 
-  def __init__(self, message: str = "", *, argument: str | None = None):
-    super().__init__(message)
+  ``library_hint``: advice that only a caller of the library can act on (its own
+  loss, optimizer or data), appended to the message after "; ". ``.message`` is
+  the message without it: what an entry point, whose inputs are its own, shows.
+  """
+
+  def __init__(self, message: str = "", *, argument: str | None = None,
+               library_hint: str | None = None):
+    super().__init__(message + (f"; {library_hint}" if library_hint else ""))
+    self.message = message
     self.argument = argument
+    self.library_hint = library_hint
 
 
 class InputError(JaxlinError, ValueError):

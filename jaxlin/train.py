@@ -760,22 +760,22 @@ class Trainer:
         callback(record)
       if not bool(np.asarray(state.alive).any()):
         first = int(np.asarray(state.diverged_at).min())
-        at_once = ("" if first > 1 else " (at the first step: check the loss at the starting "
-                   "params too, and the optimizer's constants in the params' dtype, e.g. "
-                   "adam's eps=1e-8 is 0 in float16)")
-        at_once += ("; if the data or the model give NaN scores, fix those: a member stops at "
-                    "its first non-finite loss, even where the optimizer would skip the step "
-                    "(optax.apply_if_finite)")
+        hint = ("" if first > 1 else "at the first step: check the loss at the starting "
+                "params too, and the optimizer's constants in the params' dtype, e.g. "
+                "adam's eps=1e-8 is 0 in float16; ")
+        hint += ("if the data or the model give NaN scores, fix those: a member stops at "
+                 "its first non-finite loss, even where the optimizer would skip the step "
+                 "(optax.apply_if_finite)")
         if self.has_learning_rate:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
               f"training diverged: the loss or the parameters became inf or NaN at step "
               f"{first} for every setting (largest learning rate {largest:g}); try smaller "
-              f"learning_rates{at_once}", argument="learning_rates")
+              "learning_rates", argument="learning_rates", library_hint=hint)
         raise DivergenceError(
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
-            f"for every setting; try a smaller learning rate in the optimizer{at_once}",
-            argument="optimizer")
+            "for every setting; try a smaller learning rate in the optimizer",
+            argument="optimizer", library_hint=hint)
     _warn_if_learning_rate_unused(at_start, state.params, hyper, np.asarray(state.diverged_at))
     return FitResult(params=evaluated(state.params, state.opt_state),
                      losses=np.concatenate(all_losses), history=history,

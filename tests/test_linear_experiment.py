@@ -226,6 +226,8 @@ def test_corrupt_model_file(tmp_path):
     (dict(loss="softmax", margin=2.0), r"--margin is the SVM's; --loss=softmax has none"),
     (dict(optimizer="lbfgs", schedule="step"),
      r"--schedule has no effect with --optimizer=lbfgs \(its line search sets the step\)"),
+    (dict(optimizer="lbfgs", batch_size=50),
+     r"--batch_size has no effect with --optimizer=lbfgs \(every step uses the whole"),
     (dict(hidden_size=10), r"--hidden_size is the network's; --model=linear has no hidden"),
     (dict(reg=[math.inf]), r"--reg values must be finite numbers >= 0, got \[inf\]"),
 ])
@@ -244,6 +246,9 @@ def test_divergence_leaves_no_results(folder, tmp_path):
   # The library names its argument; the command line names the flag that sets it.
   line = common.flag_message(raised.value, linear_exp.FLAGS_OF_ARGUMENTS)
   assert "try smaller --learning_rate" in line and "learning_rates" not in line
+  # Advice for library callers (their loss, their optimizer) is not the command line's.
+  assert line.endswith("try smaller --learning_rate") and "apply_if_finite" not in line
+  assert str(raised.value).endswith("(optax.apply_if_finite)")
 
 
 def test_one_training_image_is_one_error_before_training(folder, tmp_path):
@@ -282,7 +287,8 @@ def test_network_and_feature_runs_end_to_end(folder16, tmp_path, model, feats, l
              num_val=6, reg=[1e-3], batch_size=8, num_epochs=10, cache_dir=str(cache))
   if model == "mlp":
     cfg.update(hidden_size=16)
-  if optimizer == "lbfgs":
+  if optimizer == "lbfgs":  # full batch: --batch_size is refused
+    del cfg["batch_size"]
     cfg.update(optimizer="lbfgs", reg=[1e-3, 1e-2])
   else:
     cfg.update(learning_rate=[1e-2, 3e-2])

@@ -83,6 +83,9 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
     t.fit(jax.random.key(0), x, y, learning_rates=[1e3, 1e3], regs=[1.0, 1.0], batch_size=16,
           num_steps=30)
   assert e.value.argument == "learning_rates" and "--" not in str(e.value)
+  assert e.value.message.endswith("try smaller learning_rates")
+  assert str(e.value) == e.value.message + "; " + e.value.library_hint
+  assert "apply_if_finite" in e.value.library_hint and "first step" not in str(e.value)
 
 
 def test_a_step_that_makes_parameters_non_finite_is_not_taken():
