@@ -247,7 +247,8 @@ def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None) -> 
 
 
 def rename_flags(error: JaxlinError, flags: Mapping[str, str]) -> JaxlinError:
-  """The same error, its message and argument in the words of another program's flags."""
+  """The same error, its message and argument in the words of another program's flags
+  (a command line's words: without the library's hint, as ``flag_message``)."""
   out = type(error)(flag_message(error, flags), argument=flags.get(error.argument,
                                                                    error.argument))
   return out

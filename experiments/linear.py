@@ -25,7 +25,7 @@ from experiments import common, hosts as hosts_lib, tensorboard
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
-from jaxlin.errors import ConfigError, DataError
+from jaxlin.errors import ConfigError, DataError, DivergenceError
 
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")
@@ -280,9 +280,27 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
                         eval_sets={"train": _take_rows((x_tr, y_tr), sub), "val": val_set},
                         callback=log)
       jax.block_until_ready(fit.params)
+    except DivergenceError as e:
+      raise _divergence_in_flags(e, line_search) from e
     finally:
       board.close()
   return fit
+
+
+def _divergence_in_flags(e: DivergenceError, line_search: bool) -> DivergenceError:
+  """The library's divergence error with advice this command line can act on: lbfgs has
+  no learning rate to lower, and at the first step the starting weights may be to blame."""
+  if line_search:
+    what = e.message.split("; try")[0]
+    if e.step == 1:
+      return DivergenceError(f"{what}; try a smaller --init_scale (the loss at the starting "
+                             "weights may not be finite)", argument="init_scale", step=1)
+    return DivergenceError(f"{what}; try --optimizer=momentum (or sgd, adam) with its "
+                           "--learning_rate", argument="optimizer", step=e.step)
+  if e.step == 1:
+    return DivergenceError(f"{e.message}, or a smaller --init_scale (the starting weights may "
+                           "be to blame)", argument=e.argument, step=1)
+  return e
 
 
 def _rates(c: Config) -> tuple[float, ...]:

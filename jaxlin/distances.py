@@ -360,9 +360,10 @@ def _l2_float_transform(q, centre, dtype):
   return q, jnp.sum(q * q, axis=1)
 
 
-# Features per fused step of the L1 kernels in search (``l1_transposed``'s unroll); read
-# when a search program is compiled. 8 is as fast as 16 with 64-query tiles and keeps
-# 256-query tiles fast (benchmarks/l1_tiles.py, --unroll).
+# Features per fused step of brute-force L1 search (``l1_transposed``'s unroll; the pruned
+# search's bounds keep the default). Read when a search program is compiled: a program
+# already compiled for a kernel and shapes keeps its value. 8 is as fast as 16 with
+# 64-query tiles and keeps 256-query tiles fast (benchmarks/l1_tiles.py, --unroll).
 L1_UNROLL = 8
 
 KERNELS = {

@@ -17,6 +17,7 @@ class JaxlinError(Exception):
 
   def __init__(self, message: str = "", *, argument: str | None = None,
                library_hint: str | None = None):
+    message = str(message)
     super().__init__(message + (f"; {library_hint}" if library_hint else ""))
     self.message = message
     self.argument = argument
@@ -36,4 +37,10 @@ class DataError(JaxlinError):
 
 
 class DivergenceError(JaxlinError):
-  """Training produced a non-finite loss."""
+  """Training produced a non-finite loss or parameters; ``.step``: at which step (from 1),
+  where known."""
+
+  def __init__(self, message: str = "", *, argument: str | None = None,
+               library_hint: str | None = None, step: int | None = None):
+    super().__init__(message, argument=argument, library_hint=library_hint)
+    self.step = step

@@ -101,20 +101,22 @@ def _mesh_size(mesh) -> int:
 # --------------------------------------------------------------------------
 # Tiles.
 # --------------------------------------------------------------------------
-def _default_tiles(metric: str) -> tuple[int, int]:
-  """Largest (query_tile, database_tile): for L1 the (query_tile, 1024) block of
-  partial sums stays within the CPU's level-2 cache (``l1_query_tile``); for L2 /
-  cosine a (256, 65536) block is a large matrix product with long rows for
-  smallest_k (measured in benchmarks/knn_speed.py)."""
+def _default_tiles(metric: str, platform: str = "cpu") -> tuple[int, int]:
+  """Largest (query_tile, database_tile) on devices of ``platform`` (a multi-process
+  search passes "": every process must pick the same tiles): for L1 see
+  ``l1_query_tile``; for L2 / cosine a (256, 65536) block is a large matrix product
+  with long rows for smallest_k (measured in benchmarks/knn_speed.py)."""
   if metric == "l1":
-    return l1_query_tile(l2_cache_bytes(), jax.default_backend()), 1024
+    return l1_query_tile(l2_cache_bytes() if platform == "cpu" else 0, platform), 1024
   return 256, 65536
 
 
 def l1_query_tile(l2_bytes: int, platform: str) -> int:
-  """Queries per L1 tile against 1,024 database rows: the largest of 256, 128 and 64
-  whose int16 block of partial sums (2 * tile * 1024 bytes) fills at most half of
-  the level-2 cache; 64 off the CPU or where the cache size is unknown (0).
+  """Queries per L1 tile against 1,024 database rows, by a rule fitted on one CPU: the
+  largest of 256, 128 and 64 whose int16 block of partial sums (2 * tile * 1024 bytes;
+  the int32 sums it adds into every 128 features take twice that again) fills at most
+  half of the level-2 cache ``l2_bytes``; 64, the size before the rule, off the CPU or
+  where the cache size is unknown (0).
 
   Measured by ``benchmarks.l1_tiles`` (1,000 CIFAR-10 queries against 50,000 rows) on
   a CPU with 1 MiB of L2 per core (AMD Zen 4): 256 queries per tile search 1.2-1.4x
@@ -129,26 +131,30 @@ def l1_query_tile(l2_bytes: int, platform: str) -> int:
   return 64
 
 
+def _read_text(path: str) -> str:
+  with open(path, encoding="ascii") as f:
+    return f.read().strip()
+
+
 @functools.lru_cache(maxsize=None)
 def l2_cache_bytes(cpu_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
-  """The first CPU's level-2 cache in bytes, from Linux's cache description; 0 when
-  it cannot be read (another system, or a container that hides it)."""
+  """The first CPU's level-2 (data or unified) cache in bytes, from Linux's cache
+  description; 0 when it cannot be read (another system, or a container that hides it)."""
   try:
-    for entry in sorted(os.listdir(cpu_dir)):
-      path = os.path.join(cpu_dir, entry)
-      if not entry.startswith("index"):
+    entries = sorted(e for e in os.listdir(cpu_dir) if e.startswith("index"))
+  except OSError:
+    return 0
+  for entry in entries:
+    path = os.path.join(cpu_dir, entry)
+    try:  # an entry that cannot be read is skipped, not the whole description
+      if (_read_text(os.path.join(path, "level")) != "2"
+          or _read_text(os.path.join(path, "type")) not in ("Unified", "Data")):
         continue
-      with open(os.path.join(path, "level"), encoding="ascii") as f:
-        level = f.read().strip()
-      with open(os.path.join(path, "type"), encoding="ascii") as f:
-        kind = f.read().strip()
-      if level == "2" and kind in ("Unified", "Data"):
-        with open(os.path.join(path, "size"), encoding="ascii") as f:
-          size = f.read().strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-        return int(size.rstrip("KMG")) * scale
-  except (OSError, ValueError):
-    pass
+      size = _read_text(os.path.join(path, "size")).upper()
+      scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+      return int(size.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+      continue
   return 0
 
 
@@ -161,9 +167,9 @@ def _even_tile(total: int, largest: int, multiple: int = 1) -> int:
 
 
 def _tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
-                database_tile=None) -> tuple[int, int]:
+                database_tile=None, platform: str = "cpu") -> tuple[int, int]:
   """(query_tile, database_tile): the given sizes, or even splits within _default_tiles."""
-  qt, dt = _default_tiles(metric)
+  qt, dt = _default_tiles(metric, platform)
   qt = query_tile or _even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
   dt = database_tile or _even_tile(num_database, dt, topk.CHUNK if num_database > topk.CHUNK
                                    else 1)
@@ -404,13 +410,14 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
 
+  platform = _platform(mesh, database)
   if layout == "queries":
-    qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile)
+    qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile, platform)
     db = _pad_rows(database, dt)
     block = qt * ndev
   else:
     rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global
-    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile)
+    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile, platform)
     laid = database if num_database is not None else _pad_rows(database, rows * ndev)
     # Each device's rows padded to whole tiles (zeros; masked out as past its real rows).
     db = _pad_each_device(laid, ndev, -(-rows // dt) * dt)
@@ -438,6 +445,17 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
   return _user_distances(d, metric), i, {"method": "brute"}
+
+
+def _platform(mesh, database) -> str:
+  """The platform the search runs on ("cpu", "gpu", ...): the mesh's, else the database's
+  device's (the default device for host data); "" across processes, whose CPUs may differ
+  while their tiles must not."""
+  if mesh is not None:
+    return "" if jax.process_count() > 1 else mesh.devices.flat[0].platform
+  if isinstance(database, jax.Array) and not isinstance(database, jax.core.Tracer):
+    return next(iter(database.devices())).platform
+  return jax.default_backend()  # host data, or traced inside the caller's jit
 
 
 @functools.partial(jax.jit, static_argnames="metric")  # one program, not one per operation

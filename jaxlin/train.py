@@ -771,11 +771,11 @@ class Trainer:
           raise DivergenceError(
               f"training diverged: the loss or the parameters became inf or NaN at step "
               f"{first} for every setting (largest learning rate {largest:g}); try smaller "
-              "learning_rates", argument="learning_rates", library_hint=hint)
+              "learning_rates", argument="learning_rates", library_hint=hint, step=first)
         raise DivergenceError(
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
             "for every setting; try a smaller learning rate in the optimizer",
-            argument="optimizer", library_hint=hint)
+            argument="optimizer", library_hint=hint, step=first)
     _warn_if_learning_rate_unused(at_start, state.params, hyper, np.asarray(state.diverged_at))
     return FitResult(params=evaluated(state.params, state.opt_state),
                      losses=np.concatenate(all_losses), history=history,

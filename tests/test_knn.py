@@ -104,7 +104,7 @@ def test_l1_tiles_of_256_queries_give_the_reference_answer(dtype):
     np.testing.assert_array_equal(d, ref_d)
 
 
-def test_l1_query_tile_follows_the_level_2_cache(tmp_path):
+def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn.l1_query_tile(1 << 20, "cpu") == 256  # 512 KiB of int16 partial sums
   assert knn.l1_query_tile(2 << 20, "cpu") == 256
   assert knn.l1_query_tile(512 << 10, "cpu") == 128
@@ -112,22 +112,49 @@ def test_l1_query_tile_follows_the_level_2_cache(tmp_path):
   assert knn.l1_query_tile(256 << 10, "cpu") == 64
   assert knn.l1_query_tile(0, "cpu") == 64  # unknown
   assert knn.l1_query_tile(2 << 20, "gpu") == 64
-  for name, level, kind, size in (("index0", 1, "Data", "48K"), ("index1", 1, "Instruction",
-                                  "32K"), ("index2", 2, "Unified", "1024K"),
-                                  ("index3", 3, "Unified", "32768K")):
+  # The search's tiles follow it on a CPU; other platforms, and processes that must agree
+  # on their tiles (platform ""), keep 64.
+  monkeypatch.setattr(knn, "l2_cache_bytes", lambda: 1 << 20)
+  assert knn._tile_sizes("l1", 1000, 50000) == (256, 1024)
+  assert knn._tile_sizes("l1", 1000, 50000, platform="gpu")[0] == 64
+  assert knn._tile_sizes("l1", 1000, 50000, platform="")[0] == 64
+  assert knn._tile_sizes("l2", 1000, 50000)[0] == 256  # L2's tiles do not depend on it
+  assert knn._platform(None, np.zeros(3)) == jax.default_backend()
+  assert knn._platform(None, jnp.zeros(3)) == "cpu"
+  monkeypatch.undo()
+
+  def describe(name, level, kind, size):
     (tmp_path / name).mkdir()
     for field, value in (("level", level), ("type", kind), ("size", size)):
-      (tmp_path / name / field).write_text(f"{value}\n")
+      if value is not None:
+        (tmp_path / name / field).write_text(f"{value}\n")
+  describe("index0", 1, "Data", "48K")
+  describe("index1", 1, "Instruction", "32K")
+  describe("index2", 2, None, None)  # unreadable: skipped, not the end of the search
+  describe("index3", 2, "Instruction", "64K")
+  describe("index4", 2, "Data", "1024K")
+  describe("index5", 3, "Unified", "32768K")
   (tmp_path / "uevent").write_text("")
   assert knn.l2_cache_bytes(str(tmp_path)) == 1 << 20
-  (tmp_path / "index2" / "size").write_text("2M\n")
+  (tmp_path / "index4" / "type").write_text("Unified\n")
+  (tmp_path / "index4" / "size").write_text("2M\n")
   knn.l2_cache_bytes.cache_clear()
   assert knn.l2_cache_bytes(str(tmp_path)) == 2 << 20
-  (tmp_path / "index2" / "size").write_text("big\n")
+  (tmp_path / "index4" / "size").write_text("big\n")
   knn.l2_cache_bytes.cache_clear()
   assert knn.l2_cache_bytes(str(tmp_path)) == 0
   assert knn.l2_cache_bytes(str(tmp_path / "missing")) == 0
   knn.l2_cache_bytes.cache_clear()
+
+
+def test_l1_search_of_a_traced_database_inside_a_callers_jit():
+  rng = np.random.default_rng(16)
+  q = rng.integers(0, 4, (20, 12), dtype=np.uint8)
+  db = rng.integers(0, 4, (50, 12), dtype=np.uint8)
+  d, i = jax.jit(lambda a, b: knn.search(a, b, 3, metric="l1"))(q, db)
+  ref_d, ref_i = brute_force(q, db, 3, "l1")
+  np.testing.assert_array_equal(i, ref_i)
+  np.testing.assert_array_equal(d, ref_d)
 
 
 @pytest.mark.parametrize("metric", ["l2", "l2_squared"])

@@ -86,6 +86,9 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
   assert e.value.message.endswith("try smaller learning_rates")
   assert str(e.value) == e.value.message + "; " + e.value.library_hint
   assert "apply_if_finite" in e.value.library_hint and "first step" not in str(e.value)
+  assert 1 <= e.value.step <= 30 and f"at step {e.value.step} " in e.value.message
+  wrapped = InputError(ValueError("bad x"), argument="x")  # any object, as Exception takes
+  assert str(wrapped) == wrapped.message == "bad x" and wrapped.library_hint is None
 
 
 def test_a_step_that_makes_parameters_non_finite_is_not_taken():
