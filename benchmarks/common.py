@@ -8,8 +8,10 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
+from absl import app
 from absl import flags
 import numpy as np
 
@@ -21,13 +23,70 @@ OUT = flags.DEFINE_string("out", None, "folder for the cached arrays and the rep
 
 
 def machine() -> str:
+  """The cores this process may run on (not all the machine's, under taskset or a
+  container's limits) and the CPU model."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}"
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f"{cores} CPU cores ({cpu}), {platform.system()}"
+
+
+def usage(ok: bool, message: str) -> None:
+  """A flag check: one usage error naming the flag and the fix, before any work."""
+  if not ok:
+    raise app.UsageError(message)
+
+
+def need(module: str, what: str, skip: str = "") -> None:
+  """A baseline's package is installed, or one usage error saying how to get it."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  try:
+    found = importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+    found = False
+  usage(found, f"{what} is not installed: pip install -e '.[bench]'{skip}")
+
+
+def check_methods(methods, known, flag: str = "methods") -> list[str]:
+  """The --methods list: known names, each once, at least one."""
+  methods = list(methods)
+  unknown = [m for m in methods if m not in known]
+  usage(not unknown and methods and len(set(methods)) == len(methods),
+        f"--{flag} takes {', '.join(known)} (each once), got {','.join(methods) or 'none'}")
+  return methods
+
+
+def check_repeats(repeats: int) -> int:
+  usage(repeats >= 1, f"--repeats must be >= 1, got {repeats}")
+  return repeats
+
+
+def num_classes(arrays: dict) -> int:
+  """The classes of the cached splits: one more than the largest label."""
+  return int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
+
+
+def folder_stamp(dataset: str) -> str | None:
+  """A hash of an image folder's file names, sizes and modification times (None for a
+  tfds dataset): the cached arrays of a folder that changed are read again."""
+  if not dataset.startswith("folder:"):
+    return None
+  root = dataset[len("folder:"):]
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      try:
+        st = os.stat(path)
+      except OSError:
+        continue
+      h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+  return h.hexdigest()[:16]
 
 
 def cache_dir(out: str, dataset: str | None = None, data_dir: str | None = None) -> str:
@@ -52,15 +111,25 @@ def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
   cached in ``cache_dir(out_dir, dataset, data_dir)``."""
   folder = cache_dir(out_dir, dataset, data_dir)
   paths = {n: os.path.join(folder, f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
-  if not all(os.path.exists(p) for p in paths.values()):
+  source = {"dataset": dataset, "data_dir": data_dir, "files": folder_stamp(dataset)}
+  try:
+    with open(os.path.join(folder, "source.json")) as f:
+      fresh = json.load(f) == source and all(os.path.exists(p) for p in paths.values())
+  except (OSError, ValueError):
+    fresh = False
+  if not fresh:
     from jaxlin import data  # pylint: disable=import-outside-toplevel
+    from jaxlin.errors import JaxlinError  # pylint: disable=import-outside-toplevel
+    try:
+      tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
+      ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)
+    except JaxlinError as e:  # a missing or corrupt dataset: its one line, nothing written
+      raise app.UsageError(f"--dataset={dataset}: {e}") from None
     os.makedirs(folder, exist_ok=True)
-    tx, ty, _ = data.load_split(dataset, "train", data_dir=data_dir)
-    ex, ey, _ = data.load_split(dataset, "test", data_dir=data_dir)
     for n, a in zip(paths, (tx.reshape(len(tx), -1), ty, ex.reshape(len(ex), -1), ey)):
       np.save(paths[n], a)
     with open(os.path.join(folder, "source.json"), "w") as f:
-      json.dump({"dataset": dataset, "data_dir": data_dir}, f)
+      json.dump(source, f)
   return paths
 
 
@@ -72,7 +141,13 @@ def data_flags() -> list[str]:
 
 def out_dir(name: str) -> str:
   path = os.path.abspath(OUT.value or os.path.join("runs", name))
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise app.UsageError(f"--out={path} cannot be written ({e.strerror}); choose another "
+                         "folder") from None
   return path
 
 
@@ -120,11 +195,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
   return "\n".join(lines)
 
 
-def report(out: str, name: str, rows: list[dict], columns: list[str], **info) -> str:
-  """Print the table and save it (name.md, name.json) with the date, machine and command."""
+def report(out: str, name: str, rows: list[dict], columns: list[str], *,
+           uses_dataset: bool = True, **info) -> str:
+  """Print the table and save it (name.md, name.json) with the date, machine and command
+  (and the dataset, for a benchmark that reads one)."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            "dataset": DATASET.value, **info,
+            **({"dataset": DATASET.value} if uses_dataset else {}), **info,
             "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)

@@ -25,21 +25,26 @@ KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 def main(argv):
   del argv
   from jaxlin import selection  # pylint: disable=import-outside-toplevel
+  common.usage(_NUM_TRAIN.value >= 5, f"--num_train must be >= 5 (5 folds), got "
+               f"{_NUM_TRAIN.value}")
+  common.check_repeats(_REPEATS.value)
   out, arrays = common.prepare("cv_speed")
   tx, ty = arrays["train_x"], arrays["train_y"]
+  classes = common.num_classes(arrays)
   idx = np.random.default_rng(0).permutation(len(ty))[:_NUM_TRAIN.value]
   x, y = tx[idx], ty[idx]
+  common.usage(len(y) >= 5, f"the dataset has {len(y)} training images; 5 folds need 5")
   fit = len(y) - -(-len(y) // 5)  # training rows of a fold: k above it cannot run
   many = [k for k in KS if k <= fit]
   rows = []
   for metric in ("l2", "l1"):
     times = {}
     for name, ks in (("one k", [many[-1]]), ("all k", many)):
-      selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=10)  # compile
+      selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=classes)  # compile
       runs = []
       for _ in range(_REPEATS.value):
         with common.Stopwatch() as sw:
-          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=10)
+          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=classes)
         runs.append(sw.seconds)
       times[name] = float(np.median(runs))
     rows.append({"metric": metric, f"5 folds, one k (k={many[-1]}) (s)": times["one k"],

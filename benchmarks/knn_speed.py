@@ -2,11 +2,13 @@ r"""Exact kNN search: jaxlin vs the course's numpy code, scikit-learn and faiss.
 
   python -m benchmarks.knn_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_knn
 
-For each metric, every method searches the same queries (the first Q test
-images) in the same database (all training images) for the k nearest
-neighbours. Each method runs in its own child process, so its peak resident
-memory is its own; jaxlin's answer is the reference the others are compared
-with (fraction of identical neighbour indices, and of identical distances).
+For each metric, every method searches the same queries (Q test images drawn
+at random, seeded; all of them when Q is at least the split's size) in the
+same database (all training images) for the k nearest neighbours. Each method
+runs in its own child process, so its peak resident memory is its own;
+jaxlin runs first and its answer and time are the reference the others are
+compared with (fraction of identical neighbour indices, and of identical
+distances; how many times jaxlin is faster).
 jaxlin's time is that of a second call on the same arrays (its programs are
 compiled); the first call (compile + search) is reported beside it.
 For L2 every method is also checked against an exact reference on a random
@@ -84,9 +86,16 @@ def _search(method, metric, q, db, k):
   raise ValueError(f"unknown method {method}")
 
 
+def _query_rows(queries: int, num_test: int) -> np.ndarray:
+  """The test rows searched: ``queries`` of them at random (seeded; the folder's files come
+  sorted by class), in increasing order."""
+  return np.sort(np.random.default_rng(0).permutation(num_test)[:queries])
+
+
 def child(method, metric, queries, k, out):
   paths = common.array_paths(out)
-  db, q = np.load(paths["train_x"]), np.load(paths["test_x"])[:queries]
+  test_x = np.load(paths["test_x"])
+  db, q = np.load(paths["train_x"]), test_x[_query_rows(queries, len(test_x))]
   first = None
   if method == "jaxlin":  # the same call twice: the first compiles, the second is timed
     t0 = time.perf_counter()
@@ -106,14 +115,26 @@ def main(argv):
   if _CHILD.value:
     child(_CHILD.value, _METRIC.value, _QUERIES.value, _K.value, common.out_dir("knn_speed"))
     return
+  methods = common.check_methods(_METHODS.value, ("jaxlin", "faiss", "sklearn", "numpy"))
+  common.usage(methods[0] == "jaxlin", "--methods must start with jaxlin: its answer and time "
+               f"are the reference of the others (got {','.join(methods)})")
+  metrics = common.check_methods(_METRICS.value, ("l2", "l1"), "metrics")
+  common.usage(_K.value >= 1, f"--k must be >= 1, got {_K.value}")
+  common.usage(min(_L2_QUERIES.value, _L1_QUERIES.value) >= 1,
+               "--l2_queries and --l1_queries must be >= 1")
+  common.usage(_EXACT_SAMPLE.value >= 0, f"--exact_sample must be >= 0, got {_EXACT_SAMPLE.value}")
+  for module, name in (("faiss", "faiss-cpu"), ("sklearn", "scikit-learn")):
+    if module in methods:
+      common.need(module, name, f" (or leave {module} out of --methods)")
   out, arrays = common.prepare("knn_speed")
-  n_db = len(arrays["train_y"])
+  n_db, n_test = len(arrays["train_y"]), len(arrays["test_y"])
+  common.usage(_K.value <= n_db, f"--k={_K.value} is more than the {n_db} training images")
   rows = []
-  for metric in _METRICS.value:
-    queries = _L2_QUERIES.value if metric == "l2" else _L1_QUERIES.value
+  for metric in metrics:
+    queries = min(_L2_QUERIES.value if metric == "l2" else _L1_QUERIES.value, n_test)
     ref_i = ref_d = ref_t = None
     metric_rows = []
-    for method in _METHODS.value:
+    for method in methods:
       if method == "numpy" and metric != "l2":
         continue
       print(f"{metric}: {method}, {queries} queries x {n_db} ...", file=sys.stderr, flush=True)
@@ -138,7 +159,8 @@ def main(argv):
     # After the children (a child's peak memory must not include this reference).
     if metric == "l2" and _EXACT_SAMPLE.value and metric_rows:
       sample = np.sort(np.random.default_rng(0).permutation(queries)[:_EXACT_SAMPLE.value])
-      exact = _exact_l2_neighbours(arrays["test_x"][sample], arrays["train_x"], _K.value)
+      searched = arrays["test_x"][_query_rows(queries, n_test)]
+      exact = _exact_l2_neighbours(searched[sample], arrays["train_x"], _K.value)
       for row in metric_rows:
         i = np.load(os.path.join(out, f"idx_{row['method']}_{metric}.npy"))
         row["exact_on_sample"] = float(np.mean(i[sample] == exact))

@@ -38,10 +38,19 @@ def main(argv):
   del argv
   if _UNROLL.value is not None:  # before any search program is compiled
     distances.L1_UNROLL = _UNROLL.value
+  try:
+    tiles = [int(t) for t in _TILES.value]
+  except ValueError:
+    tiles = []
+  common.usage(bool(tiles) and min(tiles) >= 1 and len(set(tiles)) == len(tiles),
+               f"--tiles must be distinct integers >= 1, got {','.join(_TILES.value)}")
+  common.check_methods(_DTYPES.value, ("uint8", "float32"), "dtypes")  # int8 would wrap pixels
+  common.check_repeats(_REPEATS.value)
+  common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
   out, arrays = common.prepare("bench_l1_tiles")
   db = arrays["train_x"]
+  common.usage(_K.value <= len(db), f"--k={_K.value} is more than the {len(db)} training images")
   pick = np.random.default_rng(0).permutation(len(arrays["test_x"]))[:_QUERIES.value]
-  tiles = [int(t) for t in _TILES.value]
   chosen = knn.l1_query_tile(knn.l2_cache_bytes(), jax.default_backend())
   print(f"level-2 cache {knn.l2_cache_bytes() >> 10} KiB: jaxlin chooses {chosen} queries "
         "per L1 tile", file=sys.stderr, flush=True)
@@ -67,7 +76,8 @@ def main(argv):
                    f"x faster than {tiles[0]} (median of repeats)":
                        float(np.median(ref / np.array(times[t]))),
                    "chosen here": t == chosen,
-                   "same neighbours": bool(np.array_equal(answers[t], answers[tiles[0]]))})
+                   f"same neighbours as {tiles[0]}": "(reference)" if t == tiles[0] else
+                   bool(np.array_equal(answers[t], answers[tiles[0]]))})
       print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "l1_tiles", rows, list(rows[0]), queries=len(pick),
                 database=len(db), k=_K.value, l2_cache_kib=knn.l2_cache_bytes() >> 10,

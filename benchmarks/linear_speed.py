@@ -40,9 +40,18 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jaxlin import linear, losses, train  # pylint: disable=import-outside-toplevel
+  common.usage(_NUM_VAL.value >= 0, f"--num_val must be >= 0, got {_NUM_VAL.value}")
+  common.usage(_BATCH.value >= 1, f"--batch_size must be >= 1, got {_BATCH.value}")
+  common.usage(_EPOCHS.value > 0 and _GRID_EPOCHS.value > 0, "--epochs and --grid_epochs must "
+               "be > 0")
+  if not _SKIP_SKLEARN.value:
+    common.need("sklearn", "scikit-learn", " (or --skip_sklearn)")
   out, arrays = common.prepare("linear_speed")
   tx, ty, ex, ey = (arrays[n] for n in ("train_x", "train_y", "test_x", "test_y"))
-  tx, ty = tx[:-_NUM_VAL.value], ty[:-_NUM_VAL.value]  # the course's 49,000 (last 1,000: val)
+  n_train = len(tx) - _NUM_VAL.value  # the course's 49,000 (the last 1,000: val)
+  common.usage(n_train >= _BATCH.value, f"--num_val={_NUM_VAL.value} leaves {max(n_train, 0)} "
+               f"of the {len(tx)} training images, fewer than --batch_size={_BATCH.value}")
+  tx, ty = tx[:n_train], ty[:n_train]
   batch = _BATCH.value
   rows = []
 
@@ -53,7 +62,7 @@ def main(argv):
   xte = (ex.astype(np.float32) - mean) / scale
 
   # ---- 1. jaxlin softmax vs scikit-learn ----
-  d, c = xtr.shape[1], 10
+  d, c = xtr.shape[1], common.num_classes(arrays)
   model = train.Model(init=lambda k: linear.init_params(k, d, c), apply=linear.scores)
   steps = max(int(_EPOCHS.value * (len(ty) // batch)), 1)
 

@@ -33,7 +33,13 @@ def _product(dtype, out_dtype):
 
 def main(argv):
   del argv
-  m, k, n = (int(v) for v in _SHAPE.value)
+  try:
+    m, k, n = (int(v) for v in _SHAPE.value)
+  except ValueError:
+    m = k = n = 0
+  common.usage(min(m, k, n) >= 1, f"--shape must be three integers >= 1 (M,K,N), got "
+               f"{','.join(_SHAPE.value)}")
+  common.check_repeats(_REPEATS.value)
   out = common.out_dir("bench_matmul")
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.integers(-128, 128, (m, k), dtype=np.int8))
@@ -57,8 +63,8 @@ def main(argv):
   base = rows[0]["ms"]
   for r in rows:
     r["x faster than float32"] = base / r["ms"]
-  common.report(out, "matmul_speed", rows, list(rows[0]), shape=f"{m}x{k} . {k}x{n}",
-                backend=jax.default_backend())
+  common.report(out, "matmul_speed", rows, list(rows[0]), uses_dataset=False,
+                shape=f"{m}x{k} . {k}x{n}", backend=jax.default_backend())
 
 
 if __name__ == "__main__":

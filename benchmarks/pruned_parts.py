@@ -80,9 +80,15 @@ def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
   from jaxlin import bounds, distances  # pylint: disable=import-outside-toplevel
+  repeats = common.check_repeats(_REPEATS.value)
+  common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
   out, arrays = common.prepare("bench_parts")
   x, q = arrays["train_x"], arrays["test_x"]
-  repeats = _REPEATS.value
+  # The parts are those of a CIFAR-sized search: a tile of 128 queries, 160 candidates.
+  common.usage(len(x) > 1024 and len(q) >= 128, f"this benchmark times the parts of a "
+               f"CIFAR-sized search (tiles of 128 test images, 160 candidates among more than "
+               f"1,024 training rows); the dataset has {len(x)} training and {len(q)} test "
+               "images")
   rows = []
   n = len(x)
   sample = x[np.linspace(0, n - 1, 5000).astype(np.int64)]

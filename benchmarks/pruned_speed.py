@@ -49,6 +49,13 @@ _CHILD = flags.DEFINE_string("child", None, "internal: run one method and print 
 _METRIC = flags.DEFINE_string("metric", "l2", "internal")
 
 
+def _image_shape(num_features: int):
+  """(side, side, 3) when the rows are flattened square RGB images, else None (the pruned
+  L1 bound then sums runs of features: looser, the same answer)."""
+  side = int(round((num_features / 3) ** 0.5))
+  return (side, side, 3) if side * side * 3 == num_features else None
+
+
 def _queries(metric, test_x):
   if _FULL.value:
     return np.arange(len(test_x))
@@ -80,7 +87,7 @@ def child(method, metric, k, out):
     from jaxlin import bounds, knn  # pylint: disable=import-outside-toplevel
     if method == "pruned":
       t0 = time.perf_counter()
-      index = bounds.build_index(db, metric=metric, image_shape=(32, 32, 3))
+      index = bounds.build_index(db, metric=metric, image_shape=_image_shape(db.shape[1]))
       jax.block_until_ready(index.bound_rows)
       result["build_seconds"] = time.perf_counter() - t0
       c = _CANDIDATES.value or None
@@ -106,12 +113,22 @@ def main(argv):
   if _CHILD.value:
     child(_CHILD.value, _METRIC.value, _K.value, common.out_dir("bench_pruned"))
     return
+  methods = common.check_methods(_METHODS.value, ("pruned", "brute", "faiss"))
+  metrics = common.check_methods(_METRICS.value, ("l2", "l1"), "metrics")
+  common.usage(_K.value >= 1, f"--k must be >= 1, got {_K.value}")
+  common.usage(min(_L2_QUERIES.value, _L1_QUERIES.value) >= 1,
+               "--l2_queries and --l1_queries must be >= 1")
+  common.usage(_CANDIDATES.value >= 0, f"--candidates must be >= 0, got {_CANDIDATES.value}")
+  if "faiss" in methods:
+    common.need("faiss", "faiss-cpu", " (or leave faiss out of --methods)")
   out, arrays = common.prepare("bench_pruned")
+  n_db = len(arrays["train_x"])
+  common.usage(_K.value <= n_db, f"--k={_K.value} is more than the {n_db} training images")
   rows = []
-  for metric in _METRICS.value:
+  for metric in metrics:
     nq = len(_queries(metric, arrays["test_x"]))
     results = {}
-    for method in _METHODS.value:
+    for method in methods:
       print(f"{metric}: {method}, {nq} queries x {len(arrays['train_x'])} ...", file=sys.stderr,
             flush=True)
       r = common.run_child("benchmarks.pruned_speed", [

@@ -32,8 +32,10 @@ def child(n: int, out: str):
   import jax  # pylint: disable=import-outside-toplevel
   from jaxlin import knn, linear, losses, sharding, train  # pylint: disable=import-outside-toplevel
   paths = common.array_paths(out)
-  arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x")}
+  arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
+  if len(jax.devices()) < n:
+    raise SystemExit(f"{n} devices asked for, {len(jax.devices())} found")
   mesh = sharding.make_mesh(jax.devices()[:n])
   rows = {}
   for metric in ("l2", "l1"):
@@ -46,7 +48,9 @@ def child(n: int, out: str):
       rows[f"knn {metric}, split {mode}"] = time.perf_counter() - t0
   x = (db[:20000].astype(np.float32) - 128.0) / 64.0
   y = arrays["train_y"][:20000]
-  model = train.Model(init=lambda key: linear.init_params(key, x.shape[1], 10), apply=linear.scores)
+  classes = common.num_classes(arrays)
+  model = train.Model(init=lambda key: linear.init_params(key, x.shape[1], classes),
+                      apply=linear.scores)
   t0 = time.perf_counter()
   fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum",
                       mesh=mesh).fit(jax.random.key(0), x, y, learning_rates=[1e-3, 3e-3],
@@ -63,9 +67,24 @@ def main(argv):
   if _CHILD.value:
     child(_CHILD.value, common.out_dir("scaling"))
     return
-  out, _ = common.prepare("scaling")
+  try:
+    counts = [int(v) for v in _DEVICES.value]
+  except ValueError:
+    counts = []
+  common.usage(bool(counts) and min(counts) >= 1 and len(set(counts)) == len(counts),
+               f"--devices must be distinct device counts >= 1, got {','.join(_DEVICES.value)}")
+  common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
+  if _REAL.value:
+    import jax  # pylint: disable=import-outside-toplevel
+    found = len(jax.devices())
+    common.usage(max(counts) <= found, f"--real_devices: {max(counts)} devices asked for, this "
+                 f"host has {found}; use --devices up to {found}")
+  out, arrays = common.prepare("scaling")
+  common.usage(_K.value <= len(arrays["train_x"]),
+               f"--k={_K.value} is more than the {len(arrays['train_x'])} training images")
+  queries = min(_QUERIES.value, len(arrays["test_x"]))
   results = {}
-  for n in map(int, _DEVICES.value):
+  for n in counts:
     env = {} if _REAL.value else {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
     print(f"{n} device(s) ...", file=sys.stderr, flush=True)
     results[n] = common.run_child("benchmarks.scaling", [f"--child={n}", f"--out={out}",
@@ -78,7 +97,9 @@ def main(argv):
     row = {"task": task}
     for n in results:
       row[f"{n} dev (s)"] = results[n][task]
-    if task.startswith("knn"):
+    if len(results) == 1:
+      row["same answer"] = "(one device count: nothing compared)"
+    elif task.startswith("knn"):
       metric, mode = task.split()[1].rstrip(","), task.split()[-1]
       ref = np.load(os.path.join(out, f"idx_{base}_{metric}_{mode}.npy"))
       idx = lambda n: np.load(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"))
@@ -88,7 +109,7 @@ def main(argv):
       row["same answer"] = all(np.allclose(losses_of(n), losses_of(base), rtol=1e-4)
                                for n in results)
     rows.append(row)
-  common.report(out, "scaling", rows, list(rows[0]), queries=_QUERIES.value, k=_K.value,
+  common.report(out, "scaling", rows, list(rows[0]), queries=queries, k=_K.value,
                 devices="real" if _REAL.value else "simulated CPU devices")
 
 

@@ -39,13 +39,22 @@ def _best_time(f, x):
 
 def main(argv):
   del argv
+  try:
+    ks = [int(v) for v in _K.value]
+  except ValueError:
+    ks = [0]
+  common.usage(_ROWS.value >= 1 and _COLS.value >= 1,
+               f"--rows and --cols must be >= 1, got {_ROWS.value} and {_COLS.value}")
+  common.usage(bool(ks) and all(1 <= k <= _COLS.value for k in ks),
+               f"--k must be integers in [1, --cols={_COLS.value}], got {','.join(_K.value)}")
+  common.check_repeats(_REPEATS.value)
   out = common.out_dir("bench_topk")
   rng = np.random.default_rng(0)
   # Squared distances of pixel rows lie around 10**7; few distinct values make ties.
   d = jnp.asarray(rng.integers(5_000_000, 5_000_000 + 20_000, (_ROWS.value, _COLS.value),
                                dtype=np.int32))
   rows = []
-  for k in (int(v) for v in _K.value):
+  for k in ks:
     plain = jax.jit(lambda x, k=k: jax.lax.top_k(-topk.order_keys(x), k)[1])
     chunked = jax.jit(lambda x, k=k: topk.smallest_k(x, k))
     same = bool(np.array_equal(np.asarray(plain(d)), np.asarray(chunked(d))))
@@ -54,7 +63,8 @@ def main(argv):
                  "smallest_k (ms)": t_chunked * 1e3, "x faster": t_plain / t_chunked,
                  "us per row, top_k": t_plain / _ROWS.value * 1e6, "same positions": same})
     print(rows[-1], file=sys.stderr, flush=True)
-  common.report(out, "topk_speed", rows, list(rows[0]), backend=jax.default_backend())
+  common.report(out, "topk_speed", rows, list(rows[0]), uses_dataset=False,
+                backend=jax.default_backend())
 
 
 if __name__ == "__main__":

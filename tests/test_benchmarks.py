@@ -28,3 +28,61 @@ def test_pooled_and_residual_l1_bounds_are_lower_bounds(p):
   pooled, residual = (np.asarray(v) for v in bound_tightness._bounds(s[:1], r[:1], s[1:], r[1:],
                                                                      n=4))
   assert pooled[0, 0] == 0 and residual[0, 0] == 60  # 3 channels x 20
+
+
+@pytest.fixture(name="parsed_flags")
+def _parsed_flags():
+  """The benchmarks' flags, read as after a command line without them (then unread again)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  was = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  yield flags.FLAGS
+  if not was:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.usefixtures("parsed_flags")
+def test_benchmark_cache_is_read_again_when_the_folder_changes(tmp_path):
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  root = tmp_path / "images"
+  make_image_folder(str(root), per_class_train=2, per_class_test=1, classes=("a", "b"))
+  dataset = f"folder:{root}"
+  paths = common.cached_arrays(dataset, str(tmp_path / "out"))
+  assert np.load(paths["train_y"]).shape == (4,) and np.load(paths["test_x"]).shape == (2, 192)
+  stamp = common.folder_stamp(dataset)
+  assert common.folder_stamp(dataset) == stamp and common.folder_stamp("cifar10") is None
+  make_image_folder(str(root), per_class_train=3, per_class_test=1, classes=("a", "b"))
+  assert common.folder_stamp(dataset) != stamp
+  paths = common.cached_arrays(dataset, str(tmp_path / "out"))
+  assert np.load(paths["train_y"]).shape == (6,)  # not the 4 rows cached before
+  assert common.num_classes({"train_y": np.array([0, 4]), "test_y": np.array([7])}) == 8
+
+
+@pytest.mark.usefixtures("parsed_flags")
+def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
+  import sys  # pylint: disable=import-outside-toplevel
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  assert common.check_methods(["b", "a"], ("a", "b")) == ["b", "a"]
+  for bad in (["a", "c"], ["a", "a"], []):
+    with pytest.raises(app.UsageError, match="--methods takes a, b .each once."):
+      common.check_methods(bad, ("a", "b"))
+  with pytest.raises(app.UsageError, match="--repeats must be >= 1, got 0"):
+    common.check_repeats(0)
+  monkeypatch.setitem(sys.modules, "faiss", None)  # as if it were not installed
+  with pytest.raises(app.UsageError, match=r"faiss-cpu is not installed: pip install -e "
+                     r"'.\[bench\]' \(or leave"):
+    common.need("faiss", "faiss-cpu", " (or leave faiss out of --methods)")
+  common.need("numpy", "numpy")
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  with flagsaver.flagsaver(out=str(blocker / "out")):
+    with pytest.raises(app.UsageError, match="cannot be written"):
+      common.out_dir("x")
+  with pytest.raises(app.UsageError, match=r"--dataset=folder:/nowhere: dataset folder "
+                     "/nowhere does not exist"):
+    common.cached_arrays("folder:/nowhere", str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()  # nothing half-written
+  assert " CPU cores (" in common.machine()
