@@ -46,7 +46,7 @@ def need(module: str, what: str, skip: str = "") -> None:
   import importlib.util  # pylint: disable=import-outside-toplevel
   try:
     found = importlib.util.find_spec(module) is not None
-  except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+  except (ImportError, ValueError):  # ValueError: a module whose __spec__ is None
     found = False
   usage(found, f"{what} is not installed: pip install -e '.[bench]'{skip}")
 
@@ -70,6 +70,19 @@ def num_classes(arrays: dict) -> int:
   return int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1
 
 
+def query_rows(queries: int, num_test: int) -> np.ndarray:
+  """The test rows searched: ``queries`` of them at random (seeded; a folder's files come
+  sorted by class), in increasing order; all of them when ``queries >= num_test``."""
+  return np.sort(np.random.default_rng(0).permutation(num_test)[:queries])
+
+
+def image_shape(num_features: int):
+  """(side, side, 3) when rows of ``num_features`` are flattened square RGB images, else
+  None (the pruned L1 bound then sums runs of features: looser, the same answer)."""
+  side = int(round((num_features / 3) ** 0.5))
+  return (side, side, 3) if side * side * 3 == num_features else None
+
+
 def folder_stamp(dataset: str) -> str | None:
   """A hash of an image folder's file names, sizes and modification times (None for a
   tfds dataset): the cached arrays of a folder that changed are read again."""
@@ -77,7 +90,7 @@ def folder_stamp(dataset: str) -> str | None:
     return None
   root = dataset[len("folder:"):]
   h = hashlib.sha256()
-  for dirpath, dirnames, filenames in os.walk(root):
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # as the loader
     dirnames.sort()
     for name in sorted(filenames):
       path = os.path.join(dirpath, name)
@@ -126,10 +139,14 @@ def cached_arrays(dataset: str, out_dir: str, data_dir=None) -> dict:
     except JaxlinError as e:  # a missing or corrupt dataset: its one line, nothing written
       raise app.UsageError(f"--dataset={dataset}: {e}") from None
     os.makedirs(folder, exist_ok=True)
+    stamp = os.path.join(folder, "source.json")
+    if os.path.exists(stamp):  # arrays being rewritten are not fresh until it is back
+      os.remove(stamp)
     for n, a in zip(paths, (tx.reshape(len(tx), -1), ty, ex.reshape(len(ex), -1), ey)):
       np.save(paths[n], a)
-    with open(os.path.join(folder, "source.json"), "w") as f:
+    with open(stamp + ".tmp", "w") as f:
       json.dump(source, f)
+    os.replace(stamp + ".tmp", stamp)  # written last: a killed run leaves no fresh stamp
   return paths
 
 

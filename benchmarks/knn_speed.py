@@ -86,16 +86,10 @@ def _search(method, metric, q, db, k):
   raise ValueError(f"unknown method {method}")
 
 
-def _query_rows(queries: int, num_test: int) -> np.ndarray:
-  """The test rows searched: ``queries`` of them at random (seeded; the folder's files come
-  sorted by class), in increasing order."""
-  return np.sort(np.random.default_rng(0).permutation(num_test)[:queries])
-
-
 def child(method, metric, queries, k, out):
   paths = common.array_paths(out)
   test_x = np.load(paths["test_x"])
-  db, q = np.load(paths["train_x"]), test_x[_query_rows(queries, len(test_x))]
+  db, q = np.load(paths["train_x"]), test_x[common.query_rows(queries, len(test_x))]
   first = None
   if method == "jaxlin":  # the same call twice: the first compiles, the second is timed
     t0 = time.perf_counter()
@@ -159,7 +153,7 @@ def main(argv):
     # After the children (a child's peak memory must not include this reference).
     if metric == "l2" and _EXACT_SAMPLE.value and metric_rows:
       sample = np.sort(np.random.default_rng(0).permutation(queries)[:_EXACT_SAMPLE.value])
-      searched = arrays["test_x"][_query_rows(queries, n_test)]
+      searched = arrays["test_x"][common.query_rows(queries, n_test)]
       exact = _exact_l2_neighbours(searched[sample], arrays["train_x"], _K.value)
       for row in metric_rows:
         i = np.load(os.path.join(out, f"idx_{row['method']}_{metric}.npy"))

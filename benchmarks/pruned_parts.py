@@ -84,11 +84,11 @@ def main(argv):
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
   out, arrays = common.prepare("bench_parts")
   x, q = arrays["train_x"], arrays["test_x"]
-  # The parts are those of a CIFAR-sized search: a tile of 128 queries, 160 candidates.
-  common.usage(len(x) > 1024 and len(q) >= 128, f"this benchmark times the parts of a "
-               f"CIFAR-sized search (tiles of 128 test images, 160 candidates among more than "
-               f"1,024 training rows); the dataset has {len(x)} training and {len(q)} test "
-               "images")
+  # The parts are those of a round of the search: a tile of 128 queries, 160 candidates.
+  common.usage(bounds._l2_groups(len(x), 160) > 0 and len(q) >= 128,
+               "this benchmark times a round of the pruned search (a tile of 128 test images, "
+               f"160 candidates); the dataset's {len(x)} training and {len(q)} test images are "
+               "too few for it")
   rows = []
   n = len(x)
   sample = x[np.linspace(0, n - 1, 5000).astype(np.int64)]

@@ -49,13 +49,6 @@ _CHILD = flags.DEFINE_string("child", None, "internal: run one method and print 
 _METRIC = flags.DEFINE_string("metric", "l2", "internal")
 
 
-def _image_shape(num_features: int):
-  """(side, side, 3) when the rows are flattened square RGB images, else None (the pruned
-  L1 bound then sums runs of features: looser, the same answer)."""
-  side = int(round((num_features / 3) ** 0.5))
-  return (side, side, 3) if side * side * 3 == num_features else None
-
-
 def _queries(metric, test_x):
   if _FULL.value:
     return np.arange(len(test_x))
@@ -87,7 +80,7 @@ def child(method, metric, k, out):
     from jaxlin import bounds, knn  # pylint: disable=import-outside-toplevel
     if method == "pruned":
       t0 = time.perf_counter()
-      index = bounds.build_index(db, metric=metric, image_shape=_image_shape(db.shape[1]))
+      index = bounds.build_index(db, metric=metric, image_shape=common.image_shape(db.shape[1]))
       jax.block_until_ready(index.bound_rows)
       result["build_seconds"] = time.perf_counter() - t0
       c = _CANDIDATES.value or None

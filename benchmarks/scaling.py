@@ -34,8 +34,9 @@ def child(n: int, out: str):
   paths = common.array_paths(out)
   arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
-  if len(jax.devices()) < n:
-    raise SystemExit(f"{n} devices asked for, {len(jax.devices())} found")
+  if len(jax.devices()) < n:  # checked here: a parent holding the devices would starve us
+    raise SystemExit(f"--real_devices: {n} devices asked for, this host has "
+                     f"{len(jax.devices())}; use --devices up to that")
   mesh = sharding.make_mesh(jax.devices()[:n])
   rows = {}
   for metric in ("l2", "l1"):
@@ -74,11 +75,6 @@ def main(argv):
   common.usage(bool(counts) and min(counts) >= 1 and len(set(counts)) == len(counts),
                f"--devices must be distinct device counts >= 1, got {','.join(_DEVICES.value)}")
   common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
-  if _REAL.value:
-    import jax  # pylint: disable=import-outside-toplevel
-    found = len(jax.devices())
-    common.usage(max(counts) <= found, f"--real_devices: {max(counts)} devices asked for, this "
-                 f"host has {found}; use --devices up to {found}")
   out, arrays = common.prepare("scaling")
   common.usage(_K.value <= len(arrays["train_x"]),
                f"--k={_K.value} is more than the {len(arrays['train_x'])} training images")
@@ -87,10 +83,15 @@ def main(argv):
   for n in counts:
     env = {} if _REAL.value else {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
     print(f"{n} device(s) ...", file=sys.stderr, flush=True)
-    results[n] = common.run_child("benchmarks.scaling", [f"--child={n}", f"--out={out}",
-                                                         f"--queries={_QUERIES.value}",
-                                                         f"--k={_K.value}"] + common.data_flags(),
-                                  env=env)
+    try:
+      results[n] = common.run_child("benchmarks.scaling", [
+          f"--child={n}", f"--out={out}", f"--queries={_QUERIES.value}",
+          f"--k={_K.value}"] + common.data_flags(), env=env)
+    except RuntimeError as e:  # too few real devices: the child's one line
+      last = str(e).strip().splitlines()[-1]
+      if last.startswith("--real_devices:"):
+        raise app.UsageError(last) from None
+      raise
   base = min(results)
   rows = []
   for task in [t for t in results[base] if t != "final losses"]:

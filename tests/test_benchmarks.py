@@ -1,5 +1,7 @@
 """The L1 bounds that benchmarks.bound_tightness measures never exceed the distance."""
 # pylint: disable=too-many-function-args  # pylint misreads the jitted function's signature
+import os
+
 import numpy as np
 import pytest
 
@@ -57,6 +59,30 @@ def test_benchmark_cache_is_read_again_when_the_folder_changes(tmp_path):
   paths = common.cached_arrays(dataset, str(tmp_path / "out"))
   assert np.load(paths["train_y"]).shape == (6,)  # not the 4 rows cached before
   assert common.num_classes({"train_y": np.array([0, 4]), "test_y": np.array([7])}) == 8
+  # A rewrite killed after it began: no fresh stamp, so the next run reads the folder again.
+  os.remove(paths["test_y"])
+  with open(paths["train_x"], "wb") as f:
+    f.write(b"half")
+  paths = common.cached_arrays(dataset, str(tmp_path / "out"))
+  assert np.load(paths["train_x"]).shape == (6, 192)
+  # A folder whose splits are links to folders elsewhere: a change behind the link counts.
+  linked = tmp_path / "linked"
+  linked.mkdir()
+  for split in ("train", "test"):
+    os.symlink(root / split, linked / split)
+  before = common.folder_stamp(f"folder:{linked}")
+  make_image_folder(str(root), per_class_train=4, per_class_test=1, classes=("a", "b"))
+  assert common.folder_stamp(f"folder:{linked}") != before
+
+
+def test_benchmark_queries_and_image_shapes():
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  rows = common.query_rows(5, 20)
+  assert len(set(rows)) == 5 and list(rows) == sorted(rows) and rows.max() < 20
+  np.testing.assert_array_equal(common.query_rows(5, 20), rows)  # seeded: the same rows
+  assert list(common.query_rows(50, 20)) == list(range(20))
+  assert common.image_shape(3072) == (32, 32, 3)
+  assert common.image_shape(192) == (8, 8, 3) and common.image_shape(100) is None
 
 
 @pytest.mark.usefixtures("parsed_flags")
