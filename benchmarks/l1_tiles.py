@@ -46,6 +46,8 @@ def main(argv):
                f"--tiles must be distinct integers >= 1, got {','.join(_TILES.value)}")
   common.check_methods(_DTYPES.value, ("uint8", "float32"), "dtypes")  # int8 would wrap pixels
   common.check_repeats(_REPEATS.value)
+  common.usage(_UNROLL.value is None or _UNROLL.value >= 1,
+               f"--unroll must be >= 1, got {_UNROLL.value}")
   common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
   out, arrays = common.prepare("bench_l1_tiles")
   db = arrays["train_x"]

@@ -21,8 +21,9 @@ WORKSPACE.md has the commands): answers equal to brute force in every run
 (indices and distances, at k=10 and at k=100 on all 10,000 queries). L2,
 10,000 queries, k=10 (2026-12-03): pruned 3.2 s index build + 5.8 s search
 (92 % of the queries certified in the first round, 7 % in the second, 1 % by
-brute force), brute force 11.4 s, faiss 19.2 s. L1, 1,000 random queries: pruned 0.7 s +
-5.2 s, brute force 3.3 s, faiss 16.2 s. On the Intel Xeon with AMX (int8
+brute force), brute force 11.4 s, faiss 19.2 s. L1, 1,000 random queries (2026-12-02):
+pruned 0.7 s + 5.2 s, brute force 3.3 s, faiss 16.2 s; brute force has since become
+1.6x faster (its tiles, 2026-12-04). On the Intel Xeon with AMX (int8
 products 16x float32) brute force is about 3x faster than the cascade.
 """
 from __future__ import annotations

@@ -35,8 +35,9 @@ def child(n: int, out: str):
   arrays = {k: np.load(paths[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
   db, q = arrays["train_x"], arrays["test_x"][:_QUERIES.value]
   if len(jax.devices()) < n:  # checked here: a parent holding the devices would starve us
-    raise SystemExit(f"--real_devices: {n} devices asked for, this host has "
-                     f"{len(jax.devices())}; use --devices up to that")
+    how = ("--real_devices: this host has" if _REAL.value else
+           "the simulated CPU devices are not there (XLA_FLAGS set elsewhere?):")
+    raise SystemExit(f"--devices: {n} devices asked for; {how} {len(jax.devices())}")
   mesh = sharding.make_mesh(jax.devices()[:n])
   rows = {}
   for metric in ("l2", "l1"):
@@ -89,7 +90,7 @@ def main(argv):
           f"--k={_K.value}"] + common.data_flags(), env=env)
     except RuntimeError as e:  # too few real devices: the child's one line
       last = str(e).strip().splitlines()[-1]
-      if last.startswith("--real_devices:"):
+      if last.startswith("--devices:"):
         raise app.UsageError(last) from None
       raise
   base = min(results)

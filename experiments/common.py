@@ -251,6 +251,8 @@ def rename_flags(error: JaxlinError, flags: Mapping[str, str]) -> JaxlinError:
   (a command line's words: without the library's hint, as ``flag_message``)."""
   out = type(error)(flag_message(error, flags), argument=flags.get(error.argument,
                                                                    error.argument))
+  if hasattr(error, "step"):  # DivergenceError's
+    out.step = error.step
   return out
 
 

@@ -30,7 +30,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import DataError, JaxlinError
+from jaxlin.errors import DataError, DivergenceError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 # A stage's own flags -> the study's flags that set them (for error messages).
@@ -232,8 +232,13 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       except DataError:  # the dataset itself (unreadable, corrupt): every stage would fail
         raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
-        if isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
+        if isinstance(e, DivergenceError):  # its advice names the linear experiment's flags
+          e = DivergenceError(f"{e.message.split('; try')[0]}; the study's settings for this "
+                              "stage are fixed: choose others with experiments.linear",
+                              step=e.step)
+        elif isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
+        if isinstance(e, JaxlinError):
           logging.error("stage %s failed: %s", stage, e)
         else:
           logging.error("stage %s failed:\n%s", stage, traceback.format_exc())

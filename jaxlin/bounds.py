@@ -719,7 +719,7 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
   n, d = index.database.shape
   kernel = distances.kernel_for(index.metric, index.database.dtype, index.database.dtype, d)
   tile = _query_tile(index.metric, n, queries.shape[0])  # few shapes: few compilations
-  _, dt = knn._tile_sizes(index.metric, tile, n)
+  _, dt = knn._tile_sizes(index.metric, tile, n, platform=knn._platform(None, index.database))
   cache = index.cache if index.cache is not None else {}
   if cache.get("tile") != dt:
     db = knn._pad_rows(index.database, dt)

@@ -362,8 +362,8 @@ def _l2_float_transform(q, centre, dtype):
 
 # Features per fused step of brute-force L1 search (``l1_transposed``'s unroll; the pruned
 # search's bounds keep the default). Read when a search program is compiled: a program
-# already compiled for a kernel and shapes keeps its value. 8 is as fast as 16 with
-# 64-query tiles and keeps 256-query tiles fast (benchmarks/l1_tiles.py, --unroll).
+# already compiled for a kernel and shapes keeps its value. 8 was 1.1-1.4x faster than 16
+# with 64- and 256-query tiles (benchmarks/l1_tiles.py, --unroll).
 L1_UNROLL = 8
 
 KERNELS = {

@@ -101,7 +101,7 @@ def _mesh_size(mesh) -> int:
 # --------------------------------------------------------------------------
 # Tiles.
 # --------------------------------------------------------------------------
-def _default_tiles(metric: str, platform: str = "cpu") -> tuple[int, int]:
+def _default_tiles(metric: str, platform: str) -> tuple[int, int]:
   """Largest (query_tile, database_tile) on devices of ``platform`` (a multi-process
   search passes "": every process must pick the same tiles): for L1 see
   ``l1_query_tile``; for L2 / cosine a (256, 65536) block is a large matrix product
@@ -120,8 +120,9 @@ def l1_query_tile(l2_bytes: int, platform: str) -> int:
 
   Measured by ``benchmarks.l1_tiles`` (1,000 CIFAR-10 queries against 50,000 rows) on
   a CPU with 1 MiB of L2 per core (AMD Zen 4): 256 queries per tile search 1.2-1.4x
-  faster than 64 on uint8 pixels and 1.2x on float32; 512 is no faster. The smaller
-  tiles for smaller caches are a prediction, not a measurement.
+  faster than 64 on uint8 pixels and 1.2x on float32; 512 is no faster. Float inputs
+  take the same rule though their float32 sums are twice the size (measured, not
+  derived). The smaller tiles for smaller caches are a prediction, not a measurement.
   """
   if platform != "cpu" or l2_bytes <= 0:
     return 64
@@ -167,7 +168,7 @@ def _even_tile(total: int, largest: int, multiple: int = 1) -> int:
 
 
 def _tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
-                database_tile=None, platform: str = "cpu") -> tuple[int, int]:
+                database_tile=None, *, platform: str) -> tuple[int, int]:
   """(query_tile, database_tile): the given sizes, or even splits within _default_tiles."""
   qt, dt = _default_tiles(metric, platform)
   qt = query_tile or _even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
@@ -412,12 +413,13 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
 
   platform = _platform(mesh, database)
   if layout == "queries":
-    qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile, platform)
+    qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile,
+                         platform=platform)
     db = _pad_rows(database, dt)
     block = qt * ndev
   else:
     rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global
-    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile, platform)
+    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile, platform=platform)
     laid = database if num_database is not None else _pad_rows(database, rows * ndev)
     # Each device's rows padded to whole tiles (zeros; masked out as past its real rows).
     db = _pad_each_device(laid, ndev, -(-rows // dt) * dt)

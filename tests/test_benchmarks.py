@@ -112,3 +112,20 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     common.cached_arrays("folder:/nowhere", str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()  # nothing half-written
   assert " CPU cores (" in common.machine()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["benchmarks.knn_speed", "--methods=numpy,jaxlin"], "--methods must start with jaxlin"),
+    (["benchmarks.pruned_speed", "--methods=brute,hnsw"],
+     "--methods takes pruned, brute, faiss (each once), got brute,hnsw"),
+    (["benchmarks.scaling", "--devices=0"], "--devices must be distinct device counts >= 1"),
+])
+def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", *args, "--dataset=folder:/nowhere",
+                         f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import pytest
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments import study
-from jaxlin.errors import ConfigError, DataError
+from jaxlin.errors import ConfigError, DataError, DivergenceError
 from tests.conftest import make_image_folder
 
 pytestmark = pytest.mark.long  # a tiny study first
@@ -154,6 +154,28 @@ def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypat
   assert re.search(r"\[1/2\] svm done in [\d.]+ s: lr=0.01, reg=0.003, hidden=500, test "
                    r"accuracy 48.6 %\n", caplog.text), caplog.text
   assert re.search(r"\[2/2\] softmax done in [\d.]+ s: failed\n", caplog.text), caplog.text
+
+
+def test_a_stage_that_diverges_names_no_flag_the_study_lacks(tmp_path, monkeypatch, caplog):
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=4, per_class_test=1)
+  message = ("training diverged: the loss or the parameters became inf or NaN at step 1 for "
+             "every setting (largest learning rate 0.003)")
+
+  def fail(cfg, workdir, **kw):  # as the linear experiment raises it
+    raise linear_exp._divergence_in_flags(DivergenceError(
+        message + "; try smaller learning_rates", argument="learning_rates",
+        library_hint="(optax.apply_if_finite)", step=1), line_search=False)
+
+  monkeypatch.setattr(linear_exp, "run", fail)
+  monkeypatch.setattr(study, "MINIBATCH", 8)
+  with caplog.at_level("INFO"):
+    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["softmax"]),
+                    str(tmp_path / "wd"))
+  line = (f"stage softmax failed: {message}; the study's settings for this stage are fixed: "
+          "choose others with experiments.linear")
+  assert line in caplog.text and "--init_scale" not in caplog.text, caplog.text
+  assert res["stages"]["softmax"]["error"] == "DivergenceError: " + line.split(": ", 1)[1]
 
 
 # ---- the table from stage results, and what each stage is asked to do ---------------------
