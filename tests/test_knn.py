@@ -118,7 +118,7 @@ def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn._tile_sizes("l1", 1000, 50000, platform="cpu") == (256, 1024)
   assert knn._tile_sizes("l1", 1000, 50000, platform="gpu")[0] == 64
   assert knn._tile_sizes("l1", 1000, 50000, platform="")[0] == 64
-  assert knn._tile_sizes("l2", 1000, 50000, platform="cpu")[0] == 256  # L2's tiles do not depend on it
+  assert knn._tile_sizes("l2", 1000, 50000, platform="cpu")[0] == 256  # L2: not the cache
   assert knn._platform(None, np.zeros(3)) == jax.default_backend()
   assert knn._platform(None, jnp.zeros(3)) == jax.devices()[0].platform
   monkeypatch.undo()
