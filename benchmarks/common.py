@@ -60,6 +60,24 @@ def check_methods(methods, known, flag: str = "methods") -> list[str]:
   return methods
 
 
+def positive_ints(values, message: str, *, distinct: bool = False, count: int | None = None,
+                  at_most: int | None = None) -> list[int]:
+  """A list flag's integers, each >= 1 (and each once with ``distinct``, ``count`` of
+  them, none above ``at_most``), or one usage error with ``message``."""
+  try:
+    out = [int(v) for v in values]
+  except ValueError:
+    out = []
+  usage(bool(out) and min(out) >= 1 and (not distinct or len(set(out)) == len(out))
+        and (count is None or len(out) == count) and (at_most is None or max(out) <= at_most),
+        message)
+  return out
+
+
+def check_k(k: int, num_database: int) -> None:
+  usage(k <= num_database, f"--k={k} is more than the {num_database} training images")
+
+
 def check_repeats(repeats: int) -> int:
   usage(repeats >= 1, f"--repeats must be >= 1, got {repeats}")
   return repeats

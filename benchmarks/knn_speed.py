@@ -122,7 +122,7 @@ def main(argv):
       common.need(module, name, f" (or leave {module} out of --methods)")
   out, arrays = common.prepare("knn_speed")
   n_db, n_test = len(arrays["train_y"]), len(arrays["test_y"])
-  common.usage(_K.value <= n_db, f"--k={_K.value} is more than the {n_db} training images")
+  common.check_k(_K.value, n_db)
   rows = []
   for metric in metrics:
     queries = min(_L2_QUERIES.value if metric == "l2" else _L1_QUERIES.value, n_test)

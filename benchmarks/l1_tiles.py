@@ -36,23 +36,19 @@ _UNROLL = flags.DEFINE_integer("unroll", None, "features per fused step of the L
 
 def main(argv):
   del argv
-  if _UNROLL.value is not None:  # before any search program is compiled
-    distances.L1_UNROLL = _UNROLL.value
-  try:
-    tiles = [int(t) for t in _TILES.value]
-  except ValueError:
-    tiles = []
-  common.usage(bool(tiles) and min(tiles) >= 1 and len(set(tiles)) == len(tiles),
-               f"--tiles must be distinct integers >= 1, got {','.join(_TILES.value)}")
+  tiles = common.positive_ints(_TILES.value, "--tiles must be distinct integers >= 1, got "
+                               f"{','.join(_TILES.value)}", distinct=True)
   common.check_methods(_DTYPES.value, ("uint8", "float32"), "dtypes")  # int8 would wrap pixels
   common.check_repeats(_REPEATS.value)
   common.usage(_UNROLL.value is None or _UNROLL.value >= 1,
                f"--unroll must be >= 1, got {_UNROLL.value}")
   common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
+  if _UNROLL.value is not None:  # before any search program is compiled
+    distances.L1_UNROLL = _UNROLL.value
   out, arrays = common.prepare("bench_l1_tiles")
   db = arrays["train_x"]
-  common.usage(_K.value <= len(db), f"--k={_K.value} is more than the {len(db)} training images")
-  pick = np.random.default_rng(0).permutation(len(arrays["test_x"]))[:_QUERIES.value]
+  common.check_k(_K.value, len(db))
+  pick = common.query_rows(_QUERIES.value, len(arrays["test_x"]))
   chosen = knn.l1_query_tile(knn.l2_cache_bytes(), jax.default_backend())
   print(f"level-2 cache {knn.l2_cache_bytes() >> 10} KiB: jaxlin chooses {chosen} queries "
         "per L1 tile", file=sys.stderr, flush=True)

@@ -33,12 +33,8 @@ def _product(dtype, out_dtype):
 
 def main(argv):
   del argv
-  try:
-    m, k, n = (int(v) for v in _SHAPE.value)
-  except ValueError:
-    m = k = n = 0
-  common.usage(min(m, k, n) >= 1, f"--shape must be three integers >= 1 (M,K,N), got "
-               f"{','.join(_SHAPE.value)}")
+  m, k, n = common.positive_ints(_SHAPE.value, "--shape must be three integers >= 1 (M,K,N), "
+                                 f"got {','.join(_SHAPE.value)}", count=3)
   common.check_repeats(_REPEATS.value)
   out = common.out_dir("bench_matmul")
   rng = np.random.default_rng(0)

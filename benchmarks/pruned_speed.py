@@ -117,7 +117,7 @@ def main(argv):
     common.need("faiss", "faiss-cpu", " (or leave faiss out of --methods)")
   out, arrays = common.prepare("bench_pruned")
   n_db = len(arrays["train_x"])
-  common.usage(_K.value <= n_db, f"--k={_K.value} is more than the {n_db} training images")
+  common.check_k(_K.value, n_db)
   rows = []
   for metric in metrics:
     nq = len(_queries(metric, arrays["test_x"]))

@@ -69,16 +69,11 @@ def main(argv):
   if _CHILD.value:
     child(_CHILD.value, common.out_dir("scaling"))
     return
-  try:
-    counts = [int(v) for v in _DEVICES.value]
-  except ValueError:
-    counts = []
-  common.usage(bool(counts) and min(counts) >= 1 and len(set(counts)) == len(counts),
-               f"--devices must be distinct device counts >= 1, got {','.join(_DEVICES.value)}")
+  counts = common.positive_ints(_DEVICES.value, "--devices must be distinct device counts >= 1, "
+                                f"got {','.join(_DEVICES.value)}", distinct=True)
   common.usage(_QUERIES.value >= 1 and _K.value >= 1, "--queries and --k must be >= 1")
   out, arrays = common.prepare("scaling")
-  common.usage(_K.value <= len(arrays["train_x"]),
-               f"--k={_K.value} is more than the {len(arrays['train_x'])} training images")
+  common.check_k(_K.value, len(arrays["train_x"]))
   queries = min(_QUERIES.value, len(arrays["test_x"]))
   results = {}
   for n in counts:

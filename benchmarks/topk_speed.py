@@ -39,14 +39,10 @@ def _best_time(f, x):
 
 def main(argv):
   del argv
-  try:
-    ks = [int(v) for v in _K.value]
-  except ValueError:
-    ks = [0]
   common.usage(_ROWS.value >= 1 and _COLS.value >= 1,
                f"--rows and --cols must be >= 1, got {_ROWS.value} and {_COLS.value}")
-  common.usage(bool(ks) and all(1 <= k <= _COLS.value for k in ks),
-               f"--k must be integers in [1, --cols={_COLS.value}], got {','.join(_K.value)}")
+  ks = common.positive_ints(_K.value, f"--k must be integers in [1, --cols={_COLS.value}], "
+                            f"got {','.join(_K.value)}", at_most=_COLS.value)
   common.check_repeats(_REPEATS.value)
   out = common.out_dir("bench_topk")
   rng = np.random.default_rng(0)

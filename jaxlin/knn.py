@@ -107,7 +107,7 @@ def _default_tiles(metric: str, platform: str) -> tuple[int, int]:
   ``l1_query_tile``; for L2 / cosine a (256, 65536) block is a large matrix product
   with long rows for smallest_k (measured in benchmarks/knn_speed.py)."""
   if metric == "l1":
-    return l1_query_tile(l2_cache_bytes() if platform == "cpu" else 0, platform), 1024
+    return l1_query_tile(l2_cache_bytes(), platform), 1024
   return 256, 65536
 
 
