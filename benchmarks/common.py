@@ -231,16 +231,18 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def report(out: str, name: str, rows: list[dict], columns: list[str], *,
-           uses_dataset: bool = True, **info) -> str:
-  """Print the table and save it (name.md, name.json) with the date, machine and command
-  (and the dataset, for a benchmark that reads one)."""
+           uses_dataset: bool = True, stem: str | None = None, **info) -> str:
+  """Print the table and save it (stem.md, stem.json; the stem is the benchmark's name
+  unless given) with the date, machine and command (and the dataset, for a benchmark that
+  reads one)."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
             **({"dataset": DATASET.value} if uses_dataset else {}), **info,
             "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
-  with open(os.path.join(out, f"{name}.json"), "w") as f:
+  stem = stem or name
+  with open(os.path.join(out, f"{stem}.json"), "w") as f:
     json.dump({**header, "rows": rows}, f, indent=2)
-  path = os.path.join(out, f"{name}.md")
+  path = os.path.join(out, f"{stem}.md")
   with open(path, "w") as f:
     f.write("\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n\n" + table + "\n")
   print(table)

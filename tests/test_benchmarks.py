@@ -1,4 +1,4 @@
-"""The L1 bounds that benchmarks.bound_tightness measures never exceed the distance."""
+"""The benchmarks: their bounds never exceed the distance, their flags and caches are checked."""
 # pylint: disable=too-many-function-args  # pylint misreads the jitted function's signature
 import os
 
@@ -30,6 +30,30 @@ def test_pooled_and_residual_l1_bounds_are_lower_bounds(p):
   pooled, residual = (np.asarray(v) for v in bound_tightness._bounds(s[:1], r[:1], s[1:], r[1:],
                                                                      n=4))
   assert pooled[0, 0] == 0 and residual[0, 0] == 60  # 3 channels x 20
+
+
+def test_l2_bound_with_residual_regions_is_a_lower_bound():
+  rng = np.random.default_rng(1)
+  x = np.concatenate([rng.integers(0, 256, (20, 192)),  # noise
+                      np.repeat(rng.integers(0, 256, (5, 1)), 192, axis=1),  # constant images
+                      np.tile([0, 255], (5, 96))]).astype(np.uint8)  # checkerboard-like
+  centre = np.round(x.mean(axis=0)).astype(np.int64)
+  basis = np.linalg.qr(rng.standard_normal((192, 6)))[0].T  # any orthonormal rows
+  exact = ((x[:, None].astype(np.int64) - x[None].astype(np.int64)) ** 2).sum(-1)
+  one, many = (bound_tightness.l2_bound(u, u) for u in (
+      bound_tightness.l2_band_features(x, centre, basis, r) for r in (1, 4)))
+  assert np.all(one <= exact * (1 + 1e-9) + 1e-6) and np.all(many <= exact * (1 + 1e-9) + 1e-6)
+  assert np.all(many >= one - 1e-6) and np.mean(many > one + 1e-6) > 0.5  # and tighter
+  # Literal case: no components; two 8 x 8 images, one black, one white in its top-left
+  # quadrant only. One region: (|r_x| - |r_y|)^2 = |r_y|^2 = 16 * 3 * 255**2, the whole
+  # distance, as x = 0; four regions: the same here.
+  a = np.zeros((1, 192), np.uint8)
+  b = np.zeros((8, 8, 3), np.uint8)
+  b[:4, :4] = 255
+  pair = np.concatenate([a, b.reshape(1, -1)])
+  u = bound_tightness.l2_band_features(pair, np.zeros(192, np.int64), np.zeros((0, 192)), 2)
+  assert u.shape == (2, 4) and u[1, 0] == pytest.approx(255 * 48 ** 0.5) and u[1, 1] == 0
+  assert bound_tightness.l2_bound(u[:1], u[1:])[0, 0] == pytest.approx(48 * 255 ** 2)
 
 
 @pytest.fixture(name="parsed_flags")
@@ -112,6 +136,13 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     common.cached_arrays("folder:/nowhere", str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()  # nothing half-written
   assert " CPU cores (" in common.machine()
+  for name, value, message in (("bands", ["1", "3"], "--bands takes square numbers"),
+                               ("pools", ["3"], "--pools takes block sides 1, 2, 4 or 8"),
+                               ("components", ["0"], "--components takes integers >= 1")):
+    with flagsaver.flagsaver(**{name: value}):
+      with pytest.raises(app.UsageError, match=message):
+        bound_tightness._static_flags()  # before any data is read
+  assert bound_tightness._static_flags() == ([1, 10, 100], [4, 2], [64, 128, 192], [1, 4, 16, 64])
 
 
 @pytest.mark.parametrize("args, message", [
