@@ -291,15 +291,15 @@ def _divergence_in_flags(e: DivergenceError, line_search: bool) -> DivergenceErr
   """The library's divergence error with advice this command line can act on: lbfgs has
   no learning rate to lower, and at the first step the starting weights may be to blame."""
   if line_search:
-    what = e.message.split("; try")[0]
     if e.step == 1:
-      return DivergenceError(f"{what}; try a smaller --init_scale (the loss at the starting "
-                             "weights may not be finite)", argument="init_scale", step=1)
-    return DivergenceError(f"{what}; try --optimizer=momentum (or sgd, adam) with its "
+      return DivergenceError(e.what, advice="try a smaller --init_scale (the loss at the "
+                             "starting weights may not be finite)", argument="init_scale",
+                             step=1)
+    return DivergenceError(e.what, advice="try --optimizer=momentum (or sgd, adam) with its "
                            "--learning_rate", argument="optimizer", step=e.step)
   if e.step == 1:
-    return DivergenceError(f"{e.message}, or a smaller --init_scale (the starting weights may "
-                           "be to blame)", argument=e.argument, step=1)
+    return DivergenceError(e.what, advice=f"{e.advice}, or a smaller --init_scale (the "
+                           "starting weights may be to blame)", argument=e.argument, step=1)
   return e
 
 

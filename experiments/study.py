@@ -233,9 +233,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
         if isinstance(e, DivergenceError):  # its advice names the linear experiment's flags
-          e = DivergenceError(f"{e.message.split('; try')[0]}; the study's settings for this "
-                              "stage are fixed: choose others with experiments.linear",
-                              step=e.step)
+          e = DivergenceError(e.what, advice="the study's settings for this stage are fixed: "
+                              "choose others with experiments.linear", step=e.step)
         elif isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
         if isinstance(e, JaxlinError):

@@ -37,10 +37,19 @@ class DataError(JaxlinError):
 
 
 class DivergenceError(JaxlinError):
-  """Training produced a non-finite loss or parameters; ``.step``: at which step (from 1),
-  where known."""
+  """Training produced a non-finite loss or parameters.
 
-  def __init__(self, message: str = "", *, argument: str | None = None,
-               library_hint: str | None = None, step: int | None = None):
-    super().__init__(message, argument=argument, library_hint=library_hint)
+  ``.what``: what happened; ``.advice``: what to try, in the library's words (``.message``
+  is "what; advice"), so an entry point can replace the advice with its own flags';
+  ``.step``: at which step (from 1), where known.
+  """
+
+  def __init__(self, what: str = "", *, advice: str | None = None,
+               argument: str | None = None, library_hint: str | None = None,
+               step: int | None = None):
+    what = str(what)
+    super().__init__(what + (f"; {advice}" if advice else ""), argument=argument,
+                     library_hint=library_hint)
+    self.what = what
+    self.advice = advice
     self.step = step

@@ -770,11 +770,12 @@ class Trainer:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
               f"training diverged: the loss or the parameters became inf or NaN at step "
-              f"{first} for every setting (largest learning rate {largest:g}); try smaller "
-              "learning_rates", argument="learning_rates", library_hint=hint, step=first)
+              f"{first} for every setting (largest learning rate {largest:g})",
+              advice="try smaller learning_rates", argument="learning_rates",
+              library_hint=hint, step=first)
         raise DivergenceError(
             f"training diverged: the loss or the parameters became inf or NaN at step {first} "
-            "for every setting; try a smaller learning rate in the optimizer",
+            "for every setting", advice="try a smaller learning rate in the optimizer",
             argument="optimizer", library_hint=hint, step=first)
     _warn_if_learning_rate_unused(at_start, state.params, hyper, np.asarray(state.diverged_at))
     return FitResult(params=evaluated(state.params, state.opt_state),

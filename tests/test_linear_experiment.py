@@ -255,7 +255,7 @@ def test_divergence_advice_names_what_the_command_line_can_set():
   base = "training diverged: the loss or the parameters became inf or NaN at step {} for " \
          "every setting"
   lbfgs = lambda step: DivergenceError(  # as the library raises it without a learning rate
-      base.format(step) + "; try a smaller learning rate in the optimizer",
+      base.format(step), advice="try a smaller learning rate in the optimizer",
       argument="optimizer", library_hint="(optax.apply_if_finite)", step=step)
   late = linear_exp._divergence_in_flags(lbfgs(7), line_search=True)
   assert common.flag_message(late) == base.format(7) + (
@@ -263,9 +263,9 @@ def test_divergence_advice_names_what_the_command_line_can_set():
   first = linear_exp._divergence_in_flags(lbfgs(1), line_search=True)
   assert common.flag_message(first) == base.format(1) + (
       "; try a smaller --init_scale (the loss at the starting weights may not be finite)")
-  sgd = lambda step: DivergenceError(base.format(step) + " (largest learning rate 10); try "
-                                     "smaller learning_rates", argument="learning_rates",
-                                     library_hint="hint", step=step)
+  sgd = lambda step: DivergenceError(base.format(step) + " (largest learning rate 10)",
+                                     advice="try smaller learning_rates",
+                                     argument="learning_rates", library_hint="hint", step=step)
   flags = linear_exp.FLAGS_OF_ARGUMENTS
   assert linear_exp._divergence_in_flags(sgd(3), line_search=False).step == 3
   assert common.flag_message(linear_exp._divergence_in_flags(sgd(3), False), flags) == (

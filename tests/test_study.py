@@ -164,7 +164,7 @@ def test_a_stage_that_diverges_names_no_flag_the_study_lacks(tmp_path, monkeypat
 
   def fail(cfg, workdir, **kw):  # as the linear experiment raises it
     raise linear_exp._divergence_in_flags(DivergenceError(
-        message + "; try smaller learning_rates", argument="learning_rates",
+        message, advice="try smaller learning_rates", argument="learning_rates",
         library_hint="(optax.apply_if_finite)", step=1), line_search=False)
 
   monkeypatch.setattr(linear_exp, "run", fail)

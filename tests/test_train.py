@@ -84,6 +84,8 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
           num_steps=30)
   assert e.value.argument == "learning_rates" and "--" not in str(e.value)
   assert e.value.message.endswith("try smaller learning_rates")
+  assert e.value.advice == "try smaller learning_rates"  # apart, for a command line's own
+  assert e.value.message == f"{e.value.what}; {e.value.advice}" and ";" not in e.value.what
   assert str(e.value) == e.value.message + "; " + e.value.library_hint
   assert "apply_if_finite" in e.value.library_hint and "first step" not in str(e.value)
   assert 1 <= e.value.step <= 30 and f"at step {e.value.step} " in e.value.message
