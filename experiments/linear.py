@@ -124,8 +124,8 @@ def validate(config) -> Config:
   cfg.finite(c.init_scale, "init_scale")
   require(c.init_scale is None or c.init_scale > 0, "init_scale",
           f"--init_scale must be > 0, got {c.init_scale}")
-  if c.features != "pixels":
-    common.check_cache_dir(c)
+  if c.features != "pixels" and not c.dataset.startswith("folder:"):  # (folders: checked)
+    common.check_cache_dir(c)  # features are cached for every dataset
   return c
 
 
