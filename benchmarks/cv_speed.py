@@ -1,14 +1,32 @@
-r"""Cross-validation over many k costs one search per fold.
+r"""Cross-validation: many k for the price of one, each pair of folds computed once.
 
   python -m benchmarks.cv_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_cv
+  python -m benchmarks.cv_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_cv \
+    --baseline_src=/tmp/jaxlin-old   # e.g. made by: git worktree add /tmp/jaxlin-old <commit>
 
 5-fold cross-validation of kNN over 10 values of k on 5,000 random training
-images, against the same 5 folds evaluated for a single k: the ratio should
-be close to 1 (target <= 1.2), since every k is voted from one search.
+images (uint8 pixels), timed (median of ``--repeats``, after a first call
+that compiles) three ways in one run:
+
+* ``selection.cross_validate_knn`` for one k and for all 10: the ratio should
+  be close to 1, since every k is voted from the same neighbours;
+* one brute-force ``knn.predict`` per fold, as cross-validation ran before
+  each pair of folds was shared: ``cross_validate_knn`` computes the distances
+  of each pair of folds once, so it should take about half the distance work;
+* with ``--baseline_src``, ``cross_validate_knn`` of another jaxlin checkout
+  (an older commit), in a child process on the same images.
+
+Every way must give the same accuracies (the same folds, exact integer
+distances, the same ties; an older checkout's, computed in float32, within
+its rounding), or the run fails.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -18,8 +36,66 @@ from benchmarks import common
 
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 5000, "training images")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats (median)")
+_BASELINE_SRC = flags.DEFINE_string(
+    "baseline_src", None, "a folder holding another jaxlin checkout (its jaxlin/ package) to "
+    "time on the same images, e.g. an older commit")
 
 KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
+
+# Run in the baseline checkout: time its cross_validate_knn (argv: x.npy y.npy metric ks
+# repeats classes); print {"seconds": median, "accuracy": [[...]]}.
+_CHILD = """
+import json, sys, time
+import numpy as np
+from jaxlin import selection
+x, y = np.load(sys.argv[1]), np.load(sys.argv[2])
+metric, ks, repeats = sys.argv[3], [int(k) for k in sys.argv[4].split(",")], int(sys.argv[5])
+cv = lambda: selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=int(sys.argv[6]))
+acc = cv()
+runs = []
+for _ in range(repeats):
+  t0 = time.perf_counter()
+  cv()
+  runs.append(time.perf_counter() - t0)
+print(json.dumps({"seconds": float(np.median(runs)), "accuracy": np.asarray(acc).tolist()}))
+"""
+
+
+def _median_seconds(fn, repeats: int):
+  """(median seconds of ``repeats`` calls after a first, untimed one; its result)."""
+  result = fn()
+  runs = []
+  for _ in range(repeats):
+    with common.Stopwatch() as sw:
+      fn()
+    runs.append(sw.seconds)
+  return float(np.median(runs)), result
+
+
+def _one_search_per_fold(x, y, ks, metric, classes):
+  from jaxlin import knn, selection  # pylint: disable=import-outside-toplevel
+  acc = []
+  for tr, va in selection.kfold_indices(len(x), 5):
+    preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=classes,
+                        method="brute")
+    acc.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
+  return np.array(acc)
+
+
+def _baseline(src: str, x, y, ks, metric, classes, repeats) -> tuple[float, np.ndarray]:
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = [os.path.join(tmp, n) for n in ("x.npy", "y.npy")]
+    np.save(paths[0], x)
+    np.save(paths[1], y)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, *paths, metric, ",".join(map(str, ks)), str(repeats),
+         str(classes)], cwd=src, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.path.abspath(src)})
+  if proc.returncode != 0:
+    raise app.UsageError(f"--baseline_src={src}: its cross_validate_knn failed: "
+                         f"{proc.stderr.strip().splitlines()[-1:]}")
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  return out["seconds"], np.array(out["accuracy"])
 
 
 def main(argv):
@@ -28,6 +104,9 @@ def main(argv):
   common.usage(_NUM_TRAIN.value >= 5, f"--num_train must be >= 5 (5 folds), got "
                f"{_NUM_TRAIN.value}")
   common.check_repeats(_REPEATS.value)
+  src = _BASELINE_SRC.value
+  common.usage(src is None or os.path.isfile(os.path.join(src or "", "jaxlin", "selection.py")),
+               f"--baseline_src={src} holds no jaxlin checkout (no jaxlin/selection.py there)")
   out, arrays = common.prepare("cv_speed")
   tx, ty = arrays["train_x"], arrays["train_y"]
   classes = common.num_classes(arrays)
@@ -38,21 +117,29 @@ def main(argv):
   many = [k for k in KS if k <= fit]
   rows = []
   for metric in ("l2", "l1"):
-    times = {}
-    for name, ks in (("one k", [many[-1]]), ("all k", many)):
-      selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=classes)  # compile
-      runs = []
-      for _ in range(_REPEATS.value):
-        with common.Stopwatch() as sw:
-          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=classes)
-        runs.append(sw.seconds)
-      times[name] = float(np.median(runs))
-    rows.append({"metric": metric, f"5 folds, one k (k={many[-1]}) (s)": times["one k"],
-                 f"5 folds, {len(many)} k (s)": times["all k"],
-                 "ratio": times["all k"] / times["one k"]})
+    cv = lambda ks, metric=metric: selection.cross_validate_knn(x, y, ks, metric=metric,
+                                                                num_classes=classes)
+    one, _ = _median_seconds(lambda: cv([many[-1]]), _REPEATS.value)
+    all_k, acc = _median_seconds(lambda: cv(many), _REPEATS.value)
+    per_fold, acc_per_fold = _median_seconds(
+        lambda metric=metric: _one_search_per_fold(x, y, many, metric, classes), _REPEATS.value)
+    if not np.array_equal(acc, acc_per_fold):
+      raise AssertionError(f"{metric}: one search per fold gave other accuracies: a bug")
+    row = {"metric": metric, f"one k (k={many[-1]}) (s)": one, f"{len(many)} k (s)": all_k,
+           "ratio": all_k / one, f"one search per fold, {len(many)} k (s)": per_fold,
+           "x faster than a search per fold": per_fold / all_k}
+    if src:
+      base, acc_base = _baseline(src, x, y, many, metric, classes, _REPEATS.value)
+      # Older checkouts computed accuracies in float32 (errors near 1e-8): one image of a
+      # fold differs by 1 / fold size.
+      if np.abs(acc - acc_base).max() >= 0.5 / (len(y) - fit):
+        raise AssertionError(f"{metric}: the --baseline_src checkout gave other accuracies")
+      row.update({f"baseline checkout, {len(many)} k (s)": base,
+                  "x faster than the baseline": base / all_k})
+    rows.append(row)
     print(rows[-1], file=sys.stderr, flush=True)
-  common.report(out, "cv_speed", rows, list(rows[0]),
-                num_train=len(y), ks=many)
+  common.report(out, "cv_speed", rows, list(rows[0]), num_train=len(y), ks=many,
+                **({"baseline_src": src} if src else {}))
 
 
 if __name__ == "__main__":

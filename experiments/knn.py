@@ -192,7 +192,8 @@ def _cv_rows(c: Config, n: int) -> np.ndarray:
 
 def _select(c: Config, ds: data.Dataset, db: _Database, metric: str,
             cv_rows: np.ndarray) -> np.ndarray:
-  """(folds, len(k)) accuracies of every k for one metric: one search per fold (or val)."""
+  """(folds, len(k)) accuracies of every k for one metric: one set of neighbours per fold
+  (or the val split) serves every k."""
   ks = list(c.k)
   if c.cv_folds:
     whole = len(cv_rows) == db.n  # no copy of the database

@@ -280,6 +280,25 @@ def _search_block(q_BxD, tiles, aux, centre, n_valid, *, kernel, k, mesh, layout
   return fn(q_BxD, tiles, aux, centre, n_valid)
 
 
+@functools.partial(jax.jit, static_argnames=("kernel", "query_tile", "database_tile"))
+def _distance_block(a_AxD, b_BxD, *, kernel, query_tile: int, database_tile: int):
+  """(A, B) distances of every row of a to every row of b in the kernel's dtype (exact int32
+  for the integer kernels: the same values as a search's), tile by tile as a search
+  computes them. A and B are multiples of the tiles (padding rows are the caller's)."""
+  db, aux, centre = kernel.prepare(b_BxD, b_BxD.shape[0])
+  tiles, aux = kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)
+  q, q_aux = kernel.transform(a_AxD, centre)
+  q = q.reshape(-1, query_tile, q.shape[1])
+  q_aux = q_aux.reshape(-1, query_tile)
+
+  def query_rows(args):
+    qt, qa = args
+    d = jax.lax.map(lambda t: kernel.tile(qt, qa, t[0], t[1]), (tiles, aux))  # (M, T, S)
+    return d.transpose(1, 0, 2).reshape(query_tile, -1)
+
+  return jax.lax.map(query_rows, (q, q_aux)).reshape(a_AxD.shape[0], b_BxD.shape[0])
+
+
 # --------------------------------------------------------------------------
 # Public API.
 # --------------------------------------------------------------------------

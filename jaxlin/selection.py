@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import _checks, knn
+from jaxlin import _checks, distances, knn, topk
 from jaxlin.errors import InputError
 
 __all__ = ["cross_validate_knn", "kfold_indices"]
@@ -104,7 +105,12 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   Folds from ``kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
   labels=y if stratify else None)``. Each fold runs ONE search (with
   max(ks)) and votes for every k from it; folds of equal shapes reuse one
-  compiled program. ``callback(fold_done, num_folds)`` is called after each
+  compiled program. uint8 / int8 rows (pixels) on one device, searched by brute
+  force, compute each pair of folds once instead: the distances of fold g to
+  fold f are those of f to g, transposed, so half the distance work, with the
+  same exact integer distances, selection and vote as one search per fold (the
+  same answers; the blocks wait in memory, at most 512 MB, else one search per
+  fold). ``callback(fold_done, num_folds)`` is called after each
   fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``,
   ``method`` and ``image_shape`` as in ``jaxlin.knn.search``.
   """
@@ -121,19 +127,83 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   single = np.ndim(ks) == 0
   ks = knn.checked_ks(ks, "ks")
   _checks.callback(callback, "callback(folds_done, num_folds)")
+  if layout not in knn.LAYOUTS:
+    raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(knn.LAYOUTS)}",
+                     argument="layout")
   folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
                         labels=y if _flag(stratify, "stratify") else None)
   smallest = min(len(tr) for tr, _ in folds)
   if max(ks) > smallest:
     raise InputError(f"k={max(ks)} exceeds the {smallest} training examples of a fold",
                      argument="ks")
-  out = np.zeros((num_folds, len(ks)), np.float64)
-  for f, (tr, va) in enumerate(folds):
-    preds = np.asarray(knn._predict(  # pylint: disable=protected-access  # errors name x
+  knn._checked_tie_break(tie_break)  # pylint: disable=protected-access
+  kernel = _shared_kernel(x, metric, mesh, method, image_shape, folds, max(ks))
+  if kernel is not None:  # pixels: each pair of folds once
+    fold_preds = _shared_predictions(x, y, folds, ks, kernel=kernel, metric=metric,
+                                     num_classes=num_classes, tie_break=tie_break)
+  else:  # one search per fold
+    fold_preds = (np.asarray(knn._predict(  # pylint: disable=protected-access  # errors name x
         x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=num_classes, tie_break=tie_break,
         callback=None, mesh=mesh, layout=layout, method=method, image_shape=image_shape,
-        names=("x", "x"), y_name="y"))
+        names=("x", "x"), y_name="y")) for tr, va in folds)
+  out = np.zeros((num_folds, len(ks)), np.float64)
+  for f, preds in enumerate(fold_preds):
+    va = folds[f][1]
     out[f] = [np.count_nonzero(p == y[va]) / len(va) for p in preds]
     if callback is not None:
       callback(f + 1, num_folds)
   return out[:, 0] if single else out
+
+
+# Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
+# are fold f's to fold g, transposed, so the folds' searches take half the distance work.
+# A block waits in memory for its second fold: at most this many bytes wait.
+_SHARED_BYTES = 512 * 2 ** 20
+
+
+def _shared_kernel(x, metric, mesh, method, image_shape, folds, k_max):
+  """The exact integer kernel of the shared-blocks path, or None where it does not apply:
+  it serves uint8 / int8 rows on one device with brute force (exact integer distances, so
+  its answers are those of one search per fold), with blocks that fit ``_SHARED_BYTES``.
+  (Where it does not apply, the folds' searches check their arguments.)"""
+  if (mesh is not None or method not in ("auto", "brute")
+      or x.dtype not in (np.uint8, np.int8) or x.shape[1] == 0
+      or metric not in ("l1", "l2", "l2_squared")):
+    return None
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+  bounds.checked_image_shape(image_shape, x.shape[1])  # unused by brute force, but checked
+  kernel = distances.kernel_for(metric, x.dtype, x.dtype, x.shape[1])
+  size = max(len(va) for _, va in folds)
+  if kernel.dtype != "int32" or 2 * len(folds) ** 2 * size * size > _SHARED_BYTES:
+    return None
+  tr, va = folds[0]  # (views of their shapes: the rule reads shapes and dtypes)
+  if method == "auto" and knn._use_pruned(  # pylint: disable=protected-access
+      "auto", x[:len(va)], x[:len(tr)], metric, None, None, ("x", "x"), k_max, (x, x)):
+    return None  # a fold's search would take the cascade: keep it
+  return kernel
+
+
+def _shared_predictions(x, y, folds, ks, *, kernel, metric, num_classes, tie_break):
+  """For each fold, (len(ks), fold size) predictions, as ``knn.predict(x[tr], y[tr], x[va])``
+  gives them: the same exact distances, in the columns of x[tr] (the other folds in order),
+  the same stable selection (ties: lower position) and vote."""
+  size = max(len(va) for _, va in folds)
+  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
+                           platform=knn._platform(None, x))  # pylint: disable=protected-access
+  rows = {"a": -(-size // qt) * qt, "b": -(-size // dt) * dt}
+  padded = lambda idx, side: np.pad(x[idx], ((0, rows[side] - len(idx)), (0, 0)))
+  waiting = {}  # (f, g), f < g: fold f's distances to fold g, until fold g takes them
+  for f, (tr, va) in enumerate(folds):
+    a, parts = padded(va, "a"), []
+    for g, (_, vg) in enumerate(folds):
+      if g < f:
+        parts.append(waiting.pop((g, f)).T)
+      elif g > f:
+        block = knn._distance_block(  # pylint: disable=protected-access
+            a, padded(vg, "b"), kernel=kernel, query_tile=qt, database_tile=dt)
+        waiting[(f, g)] = block[:len(va), :len(vg)]
+        parts.append(waiting[(f, g)])
+    pos = topk.smallest_k(jnp.concatenate(parts, axis=1), max(ks))
+    labels = _checks.labels(y[tr], num_classes, "y", len(tr))
+    yield np.asarray(knn._votes(  # pylint: disable=protected-access
+        jnp.asarray(labels), pos, tuple(ks), num_classes, tie_break))

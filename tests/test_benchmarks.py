@@ -150,6 +150,8 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     (["benchmarks.pruned_speed", "--methods=brute,hnsw"],
      "--methods takes pruned, brute, faiss (each once), got brute,hnsw"),
     (["benchmarks.scaling", "--devices=0"], "--devices must be distinct device counts >= 1"),
+    (["benchmarks.cv_speed", "--baseline_src=/nowhere"],
+     "--baseline_src=/nowhere holds no jaxlin checkout"),
 ])
 def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message):
   import subprocess  # pylint: disable=import-outside-toplevel

@@ -105,6 +105,38 @@ def test_cross_validation_matches_a_plain_loop_over_folds():
   np.testing.assert_array_equal(single, acc[:, 2])  # an int k: (folds,)
 
 
+@pytest.mark.parametrize("dtype, metric", [(np.uint8, "l1"), (np.int8, "l2"),
+                                           (np.uint8, "l2_squared")])
+def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold(
+    dtype, metric, monkeypatch):
+  """uint8 / int8 rows compute each pair of folds once (the distances of fold g to fold f are
+  those of f to g, transposed): the same accuracies as one brute-force search per fold, on
+  data with many ties, unequal and stratified folds, both tie-breaks."""
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 3, (47, 10)).astype(dtype)  # values 0..2: ties everywhere
+  y = rng.integers(0, 4, 47)
+  ks = [1, 2, 5, 9]
+  searched = []
+  search = knn._search
+  monkeypatch.setattr(knn, "_search", lambda *a, **kw: searched.append(1) or search(*a, **kw))
+  for folds, stratify, tie_break in ((5, False, "smallest_label"), (4, True, "nearest")):
+    acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric, num_classes=4,
+                                       stratify=stratify, tie_break=tie_break)
+    assert not searched  # the shared blocks ran, not a search per fold
+    want = []
+    for tr, va in selection.kfold_indices(47, folds, labels=y if stratify else None):
+      preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=4,
+                          tie_break=tie_break, method="brute")
+      want.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
+    np.testing.assert_array_equal(acc, np.array(want))
+    searched.clear()
+  monkeypatch.setattr(selection, "_SHARED_BYTES", 0)  # too large to share: a search per fold
+  np.testing.assert_array_equal(selection.cross_validate_knn(
+      x, y, ks, num_folds=4, metric=metric, num_classes=4, stratify=True, tie_break="nearest"),
+                                acc)
+  assert len(searched) == 4
+
+
 def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
   def no_search(*args, **kwargs):
     raise AssertionError("a fold ran before the arguments were checked")
@@ -122,6 +154,9 @@ def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
       (dict(ks=2.5), "ks", "must be an integer"),
       (dict(x=x[:0], y=y[:0]), "x", "x is empty"),
       (dict(stratify="no"), "stratify", "True or False"),  # "no" stratified
+      (dict(layout="rows"), "layout", "unknown layout 'rows'"),
+      (dict(image_shape=(2, 2, 2)), "image_shape", "has 8 values, but rows have 12"),
+      (dict(tie_break="first"), "tie_break", "unknown tie_break 'first'"),
   ]:
     with pytest.raises(InputError, match=message) as e:
       cv(**kw)
