@@ -12,7 +12,9 @@ that compiles) three ways in one run:
   be close to 1, since every k is voted from the same neighbours;
 * one brute-force ``knn.predict`` per fold, as cross-validation ran before
   each pair of folds was shared: ``cross_validate_knn`` computes the distances
-  of each pair of folds once, so it should take about half the distance work;
+  of each pair of folds once, so it should take about half the distance work
+  (the column "pairs of folds shared" says whether it did: not above about
+  11,000 images, whose blocks would not fit its memory bound);
 * with ``--baseline_src``, ``cross_validate_knn`` of another jaxlin checkout
   (an older commit), in a child process on the same images.
 
@@ -90,7 +92,8 @@ def _baseline(src: str, x, y, ks, metric, classes, repeats) -> tuple[float, np.n
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, *paths, metric, ",".join(map(str, ks)), str(repeats),
          str(classes)], cwd=src, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": os.path.abspath(src)})
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [os.path.abspath(src)] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
   if proc.returncode != 0:
     raise app.UsageError(f"--baseline_src={src}: its cross_validate_knn failed: "
                          f"{proc.stderr.strip().splitlines()[-1:]}")
@@ -116,7 +119,10 @@ def main(argv):
   fit = len(y) - -(-len(y) // 5)  # training rows of a fold: k above it cannot run
   many = [k for k in KS if k <= fit]
   rows = []
+  folds = selection.kfold_indices(len(y), 5)
   for metric in ("l2", "l1"):
+    shared = selection._shared_kernel(  # pylint: disable=protected-access
+        x, metric, None, "auto", folds, many[-1]) is not None
     cv = lambda ks, metric=metric: selection.cross_validate_knn(x, y, ks, metric=metric,
                                                                 num_classes=classes)
     one, _ = _median_seconds(lambda: cv([many[-1]]), _REPEATS.value)
@@ -125,7 +131,8 @@ def main(argv):
         lambda metric=metric: _one_search_per_fold(x, y, many, metric, classes), _REPEATS.value)
     if not np.array_equal(acc, acc_per_fold):
       raise AssertionError(f"{metric}: one search per fold gave other accuracies: a bug")
-    row = {"metric": metric, f"one k (k={many[-1]}) (s)": one, f"{len(many)} k (s)": all_k,
+    row = {"metric": metric, "pairs of folds shared": "yes" if shared else "no (a search per fold)",
+           f"one k (k={many[-1]}) (s)": one, f"{len(many)} k (s)": all_k,
            "ratio": all_k / one, f"one search per fold, {len(many)} k (s)": per_fold,
            "x faster than a search per fold": per_fold / all_k}
     if src:

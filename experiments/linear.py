@@ -298,8 +298,9 @@ def _divergence_in_flags(e: DivergenceError, line_search: bool) -> DivergenceErr
     return DivergenceError(e.what, advice="try --optimizer=momentum (or sgd, adam) with its "
                            "--learning_rate", argument="optimizer", step=e.step)
   if e.step == 1:
-    return DivergenceError(e.what, advice=f"{e.advice}, or a smaller --init_scale (the "
-                           "starting weights may be to blame)", argument=e.argument, step=1)
+    scale = "a smaller --init_scale (the starting weights may be to blame)"
+    return DivergenceError(e.what, advice=f"{e.advice}, or {scale}" if e.advice else
+                           f"try {scale}", argument=e.argument, step=1)
   return e
 
 

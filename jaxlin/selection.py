@@ -109,10 +109,13 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   force, compute each pair of folds once instead: the distances of fold g to
   fold f are those of f to g, transposed, so half the distance work, with the
   same exact integer distances, selection and vote as one search per fold (the
-  same answers; the blocks wait in memory, at most 512 MB, else one search per
-  fold). ``callback(fold_done, num_folds)`` is called after each
-  fold. x: (N, D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``,
-  ``method`` and ``image_shape`` as in ``jaxlin.knn.search``.
+  same answers). It applies where each pair of folds is real work (S^2 D >=
+  2**30 for folds of S rows and D features) and its blocks fit in 512 MB
+  ((F^2 + 16 F) S^2 bytes for F folds: up to about 11,000 CIFAR-10 images in 5
+  folds); elsewhere each fold runs one search. ``callback(fold_done, num_folds)``
+  is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
+  num_classes). ``mesh``, ``layout``, ``method`` and ``image_shape`` as in
+  ``jaxlin.knn.search``.
   """
   _checks.outside_jit("cross_validate_knn (it returns numpy accuracies)", "x", x, y)
   knn.not_an_index(x, "x")
@@ -130,6 +133,8 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   if layout not in knn.LAYOUTS:
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(knn.LAYOUTS)}",
                      argument="layout")
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+  bounds.checked_image_shape(image_shape, x.shape[1])
   folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
                         labels=y if _flag(stratify, "stratify") else None)
   smallest = min(len(tr) for tr, _ in folds)
@@ -137,7 +142,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
     raise InputError(f"k={max(ks)} exceeds the {smallest} training examples of a fold",
                      argument="ks")
   knn._checked_tie_break(tie_break)  # pylint: disable=protected-access
-  kernel = _shared_kernel(x, metric, mesh, method, image_shape, folds, max(ks))
+  kernel = _shared_kernel(x, metric, mesh, method, folds, max(ks))
   if kernel is not None:  # pixels: each pair of folds once
     fold_preds = _shared_predictions(x, y, folds, ks, kernel=kernel, metric=metric,
                                      num_classes=num_classes, tie_break=tie_break)
@@ -157,24 +162,32 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 
 # Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
 # are fold f's to fold g, transposed, so the folds' searches take half the distance work.
-# A block waits in memory for its second fold: at most this many bytes wait.
+# The blocks wait in memory for their second fold: with F folds of at most S rows, about
+# (F^2 + 16 F) S^2 bytes in all (the waiting blocks, at most F^2 S^2 / 4 int32 values, and a
+# fold's distances with their selection's keys). Above _SHARED_BYTES, one search per fold.
 _SHARED_BYTES = 512 * 2 ** 20
+# Each pair of folds is one call: it pays where a block is real work (S^2 D >= 2**30, e.g.
+# 5,000 CIFAR-10 images in 5 folds: 3 * 10**9). With small blocks (few features, many folds)
+# the calls and the whole-row selection cost more than they save.
+_SHARED_MIN_WORK = 2 ** 30
 
 
-def _shared_kernel(x, metric, mesh, method, image_shape, folds, k_max):
+def _shared_kernel(x, metric, mesh, method, folds, k_max):
   """The exact integer kernel of the shared-blocks path, or None where it does not apply:
   it serves uint8 / int8 rows on one device with brute force (exact integer distances, so
-  its answers are those of one search per fold), with blocks that fit ``_SHARED_BYTES``.
+  its answers are those of one search per fold), with blocks that are real work and fit
+  ``_SHARED_BYTES``. Its inputs are checked as the folds' searches check them.
   (Where it does not apply, the folds' searches check their arguments.)"""
   if (mesh is not None or method not in ("auto", "brute")
       or x.dtype not in (np.uint8, np.int8) or x.shape[1] == 0
       or metric not in ("l1", "l2", "l2_squared")):
     return None
-  from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
-  bounds.checked_image_shape(image_shape, x.shape[1])  # unused by brute force, but checked
-  kernel = distances.kernel_for(metric, x.dtype, x.dtype, x.shape[1])
   size = max(len(va) for _, va in folds)
-  if kernel.dtype != "int32" or 2 * len(folds) ** 2 * size * size > _SHARED_BYTES:
+  if (size * size * x.shape[1] < _SHARED_MIN_WORK
+      or (len(folds) ** 2 + 16 * len(folds)) * size * size > _SHARED_BYTES):
+    return None
+  _, _, kernel = distances.checked_inputs(x, x, metric, names=("x", "x"))  # as a fold's search
+  if kernel.dtype != "int32":
     return None
   tr, va = folds[0]  # (views of their shapes: the rule reads shapes and dtypes)
   if method == "auto" and knn._use_pruned(  # pylint: disable=protected-access

@@ -119,6 +119,10 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
   searched = []
   search = knn._search
   monkeypatch.setattr(knn, "_search", lambda *a, **kw: searched.append(1) or search(*a, **kw))
+  selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=4)
+  assert len(searched) == 5  # blocks this small are not worth sharing: a search per fold
+  searched.clear()
+  monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
   for folds, stratify, tie_break in ((5, False, "smallest_label"), (4, True, "nearest")):
     acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric, num_classes=4,
                                        stratify=stratify, tie_break=tie_break)
@@ -135,6 +139,15 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
       x, y, ks, num_folds=4, metric=metric, num_classes=4, stratify=True, tie_break="nearest"),
                                 acc)
   assert len(searched) == 4
+
+
+def test_shared_folds_check_their_inputs_as_a_search_does(monkeypatch):
+  monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
+  x = np.zeros((4, 4_300_000), np.uint8)  # int32 L1 sums could pass 2**30
+  with pytest.raises(InputError, match=r"could reach 4300000 \* 255 >= 2\*\*30") as e:
+    selection.cross_validate_knn(x, np.array([0, 1, 0, 1]), 1, num_folds=2, metric="l1",
+                                 num_classes=2)
+  assert e.value.argument == "x"
 
 
 def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
