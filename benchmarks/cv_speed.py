@@ -13,8 +13,8 @@ that compiles) three ways in one run:
 * one brute-force ``knn.predict`` per fold, as cross-validation ran before
   each pair of folds was shared: ``cross_validate_knn`` computes the distances
   of each pair of folds once, so it should take about half the distance work
-  (the column "pairs of folds shared" says whether it did: not above about
-  11,000 images, whose blocks would not fit its memory bound);
+  (the column "pairs of folds shared" says whether it did: not where a pair is
+  little work, or where a fold's search would take the L2 cascade);
 * with ``--baseline_src``, ``cross_validate_knn`` of another jaxlin checkout
   (an older commit), in a child process on the same images.
 

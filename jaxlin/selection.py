@@ -13,8 +13,10 @@ the fold sizes are those of ``np.array_split``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -110,10 +112,11 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   fold f are those of f to g, transposed, so half the distance work, with the
   same exact integer distances, selection and vote as one search per fold (the
   same answers). It applies where each pair of folds is real work (S^2 D >=
-  2**30 for folds of S rows and D features) and its blocks fit in 512 MB
-  ((F^2 + 16 F) S^2 bytes for F folds: up to about 11,000 CIFAR-10 images in 5
-  folds); elsewhere each fold runs one search. ``callback(fold_done, num_folds)``
-  is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
+  2**30 for folds of S rows and D features); elsewhere each fold runs one
+  search. Where the blocks fit in 512 MB ((F^2 + 16 F) S^2 bytes for F folds:
+  up to about 11,000 CIFAR-10 images in 5 folds) each fold selects from whole
+  rows; beyond, chunks of rows stream through a running k best, in bounded
+  memory. ``callback(fold_done, num_folds)`` is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
   num_classes). ``mesh``, ``layout``, ``method`` and ``image_shape`` as in
   ``jaxlin.knn.search``.
   """
@@ -162,29 +165,32 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 
 # Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
 # are fold f's to fold g, transposed, so the folds' searches take half the distance work.
-# The blocks wait in memory for their second fold: with F folds of at most S rows, about
-# (F^2 + 16 F) S^2 bytes in all (the waiting blocks, at most F^2 S^2 / 4 int32 values, and a
-# fold's distances with their selection's keys). Above _SHARED_BYTES, one search per fold.
-_SHARED_BYTES = 512 * 2 ** 20
-# Each pair of folds is one call: it pays where a block is real work (S^2 D >= 2**30, e.g.
-# 5,000 CIFAR-10 images in 5 folds: 3 * 10**9). With small blocks (few features, many folds)
-# the calls and the whole-row selection cost more than they save.
+# Where they fit, the blocks wait in memory for their second fold and each fold selects its
+# neighbours from whole rows: with F folds of at most S rows, about (F^2 + 16 F) S^2 bytes
+# (the waiting blocks, at most F^2 S^2 / 4 int32 values, and a fold's distances with their
+# selection's keys) up to _WHOLE_ROWS_BYTES. Beyond, the blocks are streamed: chunks of
+# rows of fold f against fold g (about _CHUNK_BYTES of distances each) update a running
+# k best of both folds, as a search's database tiles do.
+_WHOLE_ROWS_BYTES = 512 * 2 ** 20
+_CHUNK_BYTES = 64 * 2 ** 20
+# Each pair of folds pays where it is real work (S^2 D >= 2**30, e.g. 5,000 CIFAR-10 images
+# in 5 folds: 3 * 10**9). With small blocks (few features, many folds) the calls and the
+# selections cost more than they save.
 _SHARED_MIN_WORK = 2 ** 30
 
 
 def _shared_kernel(x, metric, mesh, method, folds, k_max):
   """The exact integer kernel of the shared-blocks path, or None where it does not apply:
   it serves uint8 / int8 rows on one device with brute force (exact integer distances, so
-  its answers are those of one search per fold), with blocks that are real work and fit
-  ``_SHARED_BYTES``. Its inputs are checked as the folds' searches check them.
-  (Where it does not apply, the folds' searches check their arguments.)"""
+  its answers are those of one search per fold), with pairs of folds that are real work.
+  Its inputs are checked as the folds' searches check them. (Where it does not apply, the
+  folds' searches check their arguments.)"""
   if (mesh is not None or method not in ("auto", "brute")
       or x.dtype not in (np.uint8, np.int8) or x.shape[1] == 0
       or metric not in ("l1", "l2", "l2_squared")):
     return None
   size = max(len(va) for _, va in folds)
-  if (size * size * x.shape[1] < _SHARED_MIN_WORK
-      or (len(folds) ** 2 + 16 * len(folds)) * size * size > _SHARED_BYTES):
+  if size * size * x.shape[1] < _SHARED_MIN_WORK:
     return None
   _, _, kernel = distances.checked_inputs(x, x, metric, names=("x", "x"))  # as a fold's search
   if kernel.dtype != "int32":
@@ -201,22 +207,84 @@ def _shared_predictions(x, y, folds, ks, *, kernel, metric, num_classes, tie_bre
   gives them: the same exact distances, in the columns of x[tr] (the other folds in order),
   the same stable selection (ties: lower position) and vote."""
   size = max(len(va) for _, va in folds)
+  whole = (len(folds) ** 2 + 16 * len(folds)) * size * size <= _WHOLE_ROWS_BYTES
+  neighbours = _whole_rows if whole else _streamed
+  for (tr, _), pos in zip(folds, neighbours(x, folds, max(ks), kernel=kernel, metric=metric)):
+    labels = _checks.labels(y[tr], num_classes, "y", len(tr))
+    yield np.asarray(knn._votes(  # pylint: disable=protected-access
+        jnp.asarray(labels), pos, tuple(ks), num_classes, tie_break))
+
+
+def _padded(x, idx, rows: int) -> np.ndarray:
+  return np.pad(x[idx], ((0, rows - len(idx)), (0, 0)))
+
+
+def _whole_rows(x, folds, k, *, kernel, metric):
+  """Each fold's k nearest (positions in its training rows), fold by fold: the blocks of
+  each pair computed once and kept for the later fold; each fold selects from whole rows."""
+  size = max(len(va) for _, va in folds)
   qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
                            platform=knn._platform(None, x))  # pylint: disable=protected-access
-  rows = {"a": -(-size // qt) * qt, "b": -(-size // dt) * dt}
-  padded = lambda idx, side: np.pad(x[idx], ((0, rows[side] - len(idx)), (0, 0)))
   waiting = {}  # (f, g), f < g: fold f's distances to fold g, until fold g takes them
-  for f, (tr, va) in enumerate(folds):
-    a, parts = padded(va, "a"), []
+  for f, (_, va) in enumerate(folds):
+    a, parts = _padded(x, va, -(-size // qt) * qt), []
     for g, (_, vg) in enumerate(folds):
       if g < f:
         parts.append(waiting.pop((g, f)).T)
       elif g > f:
         block = knn._distance_block(  # pylint: disable=protected-access
-            a, padded(vg, "b"), kernel=kernel, query_tile=qt, database_tile=dt)
+            a, _padded(x, vg, -(-size // dt) * dt), kernel=kernel, query_tile=qt,
+            database_tile=dt)
         waiting[(f, g)] = block[:len(va), :len(vg)]
         parts.append(waiting[(f, g)])
-    pos = topk.smallest_k(jnp.concatenate(parts, axis=1), max(ks))
-    labels = _checks.labels(y[tr], num_classes, "y", len(tr))
-    yield np.asarray(knn._votes(  # pylint: disable=protected-access
-        jnp.asarray(labels), pos, tuple(ks), num_classes, tie_break))
+    yield topk.smallest_k(jnp.concatenate(parts, axis=1), k)
+
+
+@functools.partial(jax.jit, static_argnames="k", donate_argnums=(0, 1))
+def _merge_rows(best_d, best_i, d_RxC, n_cols, offset, row0, *, k):
+  """The running k best (distances, positions) of rows [row0, row0 + R) updated with the
+  first ``n_cols`` columns of d, at positions offset + column. Every position in d comes
+  after those in the running best, and ties keep the lower position, as in a search."""
+  r, c = d_RxC.shape
+  bd = jax.lax.dynamic_slice_in_dim(best_d, row0, r)
+  bi = jax.lax.dynamic_slice_in_dim(best_i, row0, r)
+  cols = jnp.arange(c, dtype=jnp.int32)
+  d = jnp.where(cols[None, :] < n_cols, d_RxC, topk.worst(jnp.int32))
+  pos = topk.smallest_k(d, min(k, c))
+  cand_d = jnp.concatenate([bd, jnp.take_along_axis(d, pos, axis=1)], axis=1)
+  cand_i = jnp.concatenate([bi, offset + pos], axis=1)
+  _, p = jax.lax.top_k(-topk.order_keys(cand_d), k)  # stable: the lower position first
+  return (jax.lax.dynamic_update_slice_in_dim(best_d, jnp.take_along_axis(cand_d, p, 1), row0,
+                                              0),
+          jax.lax.dynamic_update_slice_in_dim(best_i, jnp.take_along_axis(cand_i, p, 1), row0,
+                                              0))
+
+
+def _streamed(x, folds, k, *, kernel, metric):
+  """Each fold's k nearest, with bounded memory: for f = 0, 1, ... and chunks of fold f's
+  rows in order, the chunk's distances to each later fold g update the running best of the
+  chunk (columns of fold g) and of fold g (columns of the chunk). So every fold meets its
+  training rows in increasing position, and fold f is complete once its own turn ends."""
+  sizes = [len(va) for _, va in folds]
+  size = max(sizes)
+  platform = knn._platform(None, x)  # pylint: disable=protected-access
+  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
+                           platform=platform)
+  cols = -(-size // dt) * dt  # a fold as a database: padded to whole tiles
+  rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-size // qt) * qt)
+  height = max(-(-size // rows) * rows, cols)
+  best = [(jnp.full((height, k), topk.worst(jnp.int32), jnp.int32),
+           jnp.full((height, k), -1, jnp.int32)) for _ in folds]
+  first = lambda f, g: sum(sizes[h] for h in range(g) if h != f)  # fold g's in fold f's tr
+  db = [jnp.asarray(_padded(x, vg, cols)) for _, vg in folds]
+  for f, (_, va) in enumerate(folds):
+    for r0 in range(0, len(va), rows):
+      chunk = va[r0:r0 + rows]
+      a = _padded(x, chunk, rows)
+      for g in range(f + 1, len(folds)):
+        d = knn._distance_block(  # pylint: disable=protected-access
+            a, db[g], kernel=kernel, query_tile=qt, database_tile=dt)
+        best[f] = _merge_rows(*best[f], d, sizes[g], first(f, g), r0, k=k)
+        best[g] = _merge_rows(*best[g], d.T, len(chunk), first(g, f) + r0, 0, k=k)
+    yield best[f][1][:len(va)]
+    best[f] = None

@@ -124,21 +124,39 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
   searched.clear()
   monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
   for folds, stratify, tie_break in ((5, False, "smallest_label"), (4, True, "nearest")):
-    acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric, num_classes=4,
-                                       stratify=stratify, tie_break=tie_break)
-    assert not searched  # the shared blocks ran, not a search per fold
-    want = []
-    for tr, va in selection.kfold_indices(47, folds, labels=y if stratify else None):
-      preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=4,
-                          tie_break=tie_break, method="brute")
-      want.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
-    np.testing.assert_array_equal(acc, np.array(want))
+    want = _one_search_per_fold(x, y, ks, folds, metric, tie_break, stratify)
     searched.clear()
-  monkeypatch.setattr(selection, "_SHARED_BYTES", 0)  # too large to share: a search per fold
-  np.testing.assert_array_equal(selection.cross_validate_knn(
-      x, y, ks, num_folds=4, metric=metric, num_classes=4, stratify=True, tie_break="nearest"),
-                                acc)
-  assert len(searched) == 4
+    for whole_rows_bytes in (selection._WHOLE_ROWS_BYTES, 0):  # whole rows, then streamed
+      monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", whole_rows_bytes)
+      acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric,
+                                         num_classes=4, stratify=stratify, tie_break=tie_break)
+      assert not searched  # the shared blocks ran, not a search per fold
+      np.testing.assert_array_equal(acc, want)
+
+
+def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", stratify=False):
+  want = []
+  for tr, va in selection.kfold_indices(len(x), folds, labels=y if stratify else None):
+    preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=4,
+                        tie_break=tie_break, method="brute")
+    want.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
+  return np.array(want)
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_streamed_folds_in_several_chunks_give_the_answers_of_one_search_per_fold(
+    metric, monkeypatch):
+  """Folds too large to keep whole are streamed in chunks of rows (here 2 per fold, of one
+  query tile each), each updating the running best of both folds of the pair."""
+  monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
+  monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 0)
+  monkeypatch.setattr(selection, "_CHUNK_BYTES", 1)  # the smallest chunk: one query tile
+  rng = np.random.default_rng(2)
+  x = rng.integers(0, 3, (700, 6)).astype(np.uint8)  # folds of 350 rows: more than one tile
+  y = rng.integers(0, 4, 700)
+  ks = [1, 4, 30]
+  acc = selection.cross_validate_knn(x, y, ks, num_folds=2, metric=metric, num_classes=4)
+  np.testing.assert_array_equal(acc, _one_search_per_fold(x, y, ks, 2, metric))
 
 
 def test_shared_folds_check_their_inputs_as_a_search_does(monkeypatch):
