@@ -116,9 +116,9 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   search. Where the blocks fit in 512 MB ((F^2 + 16 F) S^2 bytes for F folds:
   up to about 11,000 CIFAR-10 images in 5 folds) each fold selects from whole
   rows; beyond, chunks of rows stream through a running k best, in bounded
-  memory. ``callback(fold_done, num_folds)`` is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
-  num_classes). ``mesh``, ``layout``, ``method`` and ``image_shape`` as in
-  ``jaxlin.knn.search``.
+  memory. ``callback(fold_done, num_folds)`` is called after each fold. x: (N,
+  D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``, ``method``
+  and ``image_shape`` as in ``jaxlin.knn.search``.
   """
   _checks.outside_jit("cross_validate_knn (it returns numpy accuracies)", "x", x, y)
   knn.not_an_index(x, "x")
