@@ -115,10 +115,11 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   2**30 for folds of S rows and D features); elsewhere each fold runs one
   search. Where the blocks fit in 512 MB ((F^2 + 16 F) S^2 bytes for F folds:
   up to about 11,000 CIFAR-10 images in 5 folds) each fold selects from whole
-  rows; beyond, chunks of rows stream through a running k best, in bounded
-  memory. ``callback(fold_done, num_folds)`` is called after each fold. x: (N,
-  D) rows; y: (N,) labels in [0, num_classes). ``mesh``, ``layout``, ``method``
-  and ``image_shape`` as in ``jaxlin.knn.search``.
+  rows; beyond, chunks of rows stream through a running k best of every fold
+  (about 24 F S max(ks) bytes, which must fit 512 MB too). ``callback(fold_done,
+  num_folds)`` is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
+  num_classes). ``mesh``, ``layout``, ``method`` and ``image_shape`` as in
+  ``jaxlin.knn.search``.
   """
   _checks.outside_jit("cross_validate_knn (it returns numpy accuracies)", "x", x, y)
   knn.not_an_index(x, "x")
@@ -170,7 +171,9 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 # (the waiting blocks, at most F^2 S^2 / 4 int32 values, and a fold's distances with their
 # selection's keys) up to _WHOLE_ROWS_BYTES. Beyond, the blocks are streamed: chunks of
 # rows of fold f against fold g (about _CHUNK_BYTES of distances each) update a running
-# k best of both folds, as a search's database tiles do.
+# k best of both folds, as a search's database tiles do; the running bests of all folds
+# (about 24 F S k bytes with a merge's) must fit _WHOLE_ROWS_BYTES too, else one search
+# per fold.
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
 _CHUNK_BYTES = 64 * 2 ** 20
 # Each pair of folds pays where it is real work (S^2 D >= 2**30, e.g. 5,000 CIFAR-10 images
@@ -192,6 +195,9 @@ def _shared_kernel(x, metric, mesh, method, folds, k_max):
   size = max(len(va) for _, va in folds)
   if size * size * x.shape[1] < _SHARED_MIN_WORK:
     return None
+  if (not _fits_whole_rows(len(folds), size)
+      and 24 * len(folds) * size * k_max > _WHOLE_ROWS_BYTES):
+    return None  # the streamed running bests of every fold (and a merge's) would not fit
   _, _, kernel = distances.checked_inputs(x, x, metric, names=("x", "x"))  # as a fold's search
   if kernel.dtype != "int32":
     return None
@@ -207,12 +213,15 @@ def _shared_predictions(x, y, folds, ks, *, kernel, metric, num_classes, tie_bre
   gives them: the same exact distances, in the columns of x[tr] (the other folds in order),
   the same stable selection (ties: lower position) and vote."""
   size = max(len(va) for _, va in folds)
-  whole = (len(folds) ** 2 + 16 * len(folds)) * size * size <= _WHOLE_ROWS_BYTES
-  neighbours = _whole_rows if whole else _streamed
+  neighbours = _whole_rows if _fits_whole_rows(len(folds), size) else _streamed
   for (tr, _), pos in zip(folds, neighbours(x, folds, max(ks), kernel=kernel, metric=metric)):
     labels = _checks.labels(y[tr], num_classes, "y", len(tr))
     yield np.asarray(knn._votes(  # pylint: disable=protected-access
         jnp.asarray(labels), pos, tuple(ks), num_classes, tie_break))
+
+
+def _fits_whole_rows(num_folds: int, size: int) -> bool:
+  return (num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
 
 
 def _padded(x, idx, rows: int) -> np.ndarray:
@@ -240,11 +249,13 @@ def _whole_rows(x, folds, k, *, kernel, metric):
     yield topk.smallest_k(jnp.concatenate(parts, axis=1), k)
 
 
-@functools.partial(jax.jit, static_argnames="k", donate_argnums=(0, 1))
-def _merge_rows(best_d, best_i, d_RxC, n_cols, offset, row0, *, k):
+@functools.partial(jax.jit, static_argnames=("k", "transposed"), donate_argnums=(0, 1))
+def _merge_rows(best_d, best_i, d_RxC, n_cols, offset, row0, *, k, transposed=False):
   """The running k best (distances, positions) of rows [row0, row0 + R) updated with the
-  first ``n_cols`` columns of d, at positions offset + column. Every position in d comes
-  after those in the running best, and ties keep the lower position, as in a search."""
+  first ``n_cols`` columns of d (of d.T with ``transposed``), at positions offset + column.
+  Every position in d comes after those in the running best, and ties keep the lower
+  position, as in a search."""
+  d_RxC = d_RxC.T if transposed else d_RxC
   r, c = d_RxC.shape
   bd = jax.lax.dynamic_slice_in_dim(best_d, row0, r)
   bi = jax.lax.dynamic_slice_in_dim(best_i, row0, r)
@@ -278,13 +289,14 @@ def _streamed(x, folds, k, *, kernel, metric):
   first = lambda f, g: sum(sizes[h] for h in range(g) if h != f)  # fold g's in fold f's tr
   db = [jnp.asarray(_padded(x, vg, cols)) for _, vg in folds]
   for f, (_, va) in enumerate(folds):
-    for r0 in range(0, len(va), rows):
+    for r0 in range(0, len(va) if f + 1 < len(folds) else 0, rows):  # the last: complete
       chunk = va[r0:r0 + rows]
-      a = _padded(x, chunk, rows)
+      a = jnp.asarray(_padded(x, chunk, rows))
       for g in range(f + 1, len(folds)):
         d = knn._distance_block(  # pylint: disable=protected-access
             a, db[g], kernel=kernel, query_tile=qt, database_tile=dt)
         best[f] = _merge_rows(*best[f], d, sizes[g], first(f, g), r0, k=k)
-        best[g] = _merge_rows(*best[g], d.T, len(chunk), first(g, f) + r0, 0, k=k)
+        best[g] = _merge_rows(*best[g], d, len(chunk), first(g, f) + r0, 0, k=k,
+                              transposed=True)
     yield best[f][1][:len(va)]
     best[f] = None

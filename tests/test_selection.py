@@ -126,12 +126,17 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
   for folds, stratify, tie_break in ((5, False, "smallest_label"), (4, True, "nearest")):
     want = _one_search_per_fold(x, y, ks, folds, metric, tie_break, stratify)
     searched.clear()
-    for whole_rows_bytes in (selection._WHOLE_ROWS_BYTES, 0):  # whole rows, then streamed
-      monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", whole_rows_bytes)
+    for whole in (True, False):  # whole rows, then streamed
+      monkeypatch.setattr(selection, "_fits_whole_rows", lambda num_folds, size, w=whole: w)
       acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric,
                                          num_classes=4, stratify=stratify, tie_break=tie_break)
       assert not searched  # the shared blocks ran, not a search per fold
       np.testing.assert_array_equal(acc, want)
+  monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 1)  # not even the running bests fit
+  np.testing.assert_array_equal(selection.cross_validate_knn(
+      x, y, ks, num_folds=4, metric=metric, num_classes=4, stratify=True, tie_break="nearest"),
+                                want)
+  assert len(searched) == 4  # a search per fold
 
 
 def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", stratify=False):
@@ -143,20 +148,26 @@ def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", st
   return np.array(want)
 
 
-@pytest.mark.parametrize("metric", ["l1", "l2"])
+@pytest.mark.parametrize("dtype, metric, folds, stratify", [(np.uint8, "l1", 2, False),
+                                                            (np.int8, "l2", 3, True)])
 def test_streamed_folds_in_several_chunks_give_the_answers_of_one_search_per_fold(
-    metric, monkeypatch):
+    dtype, metric, folds, stratify, monkeypatch):
   """Folds too large to keep whole are streamed in chunks of rows (here 2 per fold, of one
-  query tile each), each updating the running best of both folds of the pair."""
+  query tile each), each updating the running best of both folds of the pair; k may pass
+  a chunk's rows."""
   monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
-  monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 0)
+  monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 2 ** 40)
+  monkeypatch.setattr(selection, "_fits_whole_rows", lambda num_folds, size: False)
   monkeypatch.setattr(selection, "_CHUNK_BYTES", 1)  # the smallest chunk: one query tile
   rng = np.random.default_rng(2)
-  x = rng.integers(0, 3, (700, 6)).astype(np.uint8)  # folds of 350 rows: more than one tile
-  y = rng.integers(0, 4, 700)
-  ks = [1, 4, 30]
-  acc = selection.cross_validate_knn(x, y, ks, num_folds=2, metric=metric, num_classes=4)
-  np.testing.assert_array_equal(acc, _one_search_per_fold(x, y, ks, 2, metric))
+  n = 350 * folds + 1  # folds of 350 or 351 rows: more than one query tile
+  x = (rng.integers(0, 3, (n, 6)) - (1 if dtype == np.int8 else 0)).astype(dtype)
+  y = rng.integers(0, 4, n)
+  ks = [1, 4, 30, 200]
+  acc = selection.cross_validate_knn(x, y, ks, num_folds=folds, metric=metric, num_classes=4,
+                                     stratify=stratify)
+  np.testing.assert_array_equal(acc, _one_search_per_fold(x, y, ks, folds, metric,
+                                                          stratify=stratify))
 
 
 def test_shared_folds_check_their_inputs_as_a_search_does(monkeypatch):
