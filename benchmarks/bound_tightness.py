@@ -113,6 +113,10 @@ def _static_flags() -> tuple[list[int], list[int], list[int], list[int]]:
   bands = common.positive_ints(_BANDS.value, message)
   common.usage(all(round(b ** 0.5) ** 2 == b for b in bands), message)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
+  unused = ["pools"] if _METRIC.value == "l2" else ["components", "bands"]
+  for name in unused:  # a flag the metric does not read would be ignored without a word
+    common.usage(not flags.FLAGS[name].present,
+                 f"--{name} has no effect with --metric={_METRIC.value}; leave it out")
   return ks, pools, components, bands
 
 

@@ -127,6 +127,7 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
   common.need("numpy", "numpy")
   blocker = tmp_path / "file"
   blocker.write_text("")
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
   with flagsaver.flagsaver(out=str(blocker / "out")):
     with pytest.raises(app.UsageError, match="cannot be written"):
@@ -143,6 +144,12 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
       with pytest.raises(app.UsageError, match=message):
         bound_tightness._static_flags()  # before any data is read
   assert bound_tightness._static_flags() == ([1, 10, 100], [4, 2], [64, 128, 192], [1, 4, 16, 64])
+  flags.FLAGS["bands"].present = 1  # as if given on the command line, with the default metric
+  try:
+    with pytest.raises(app.UsageError, match="--bands has no effect with --metric=l1"):
+      bound_tightness._static_flags()
+  finally:
+    flags.FLAGS["bands"].present = 0
 
 
 @pytest.mark.parametrize("args, message", [
