@@ -132,6 +132,10 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
                                          num_classes=4, stratify=stratify, tie_break=tie_break)
       assert not searched  # the shared blocks ran, not a search per fold
       np.testing.assert_array_equal(acc, want)
+  selection.cross_validate_knn(x, y, ks, num_folds=3, metric=metric, num_classes=4,
+                               method="pruned", image_shape=(1, 10, 1) if metric == "l1" else None)
+  assert len(searched) == 3  # the cascade asked for: a search per fold
+  searched.clear()
   monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 1)  # not even the running bests fit
   np.testing.assert_array_equal(selection.cross_validate_knn(
       x, y, ks, num_folds=4, metric=metric, num_classes=4, stratify=True, tie_break="nearest"),
