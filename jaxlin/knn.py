@@ -229,23 +229,29 @@ def _search_tile(q_TxD, tiles, aux_MxS, centre, n_valid, *, kernel, k):
   worst = topk.worst(dtype)
 
   def body(carry, inputs):
-    best_d, best_i = carry
     m, db_tile, db_aux = inputs
     d = kernel.tile(q, q_aux, db_tile, db_aux)
-    idx = m * tile + jnp.arange(tile, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n_valid, d, worst)
-    # This tile's k best, then a small merge with the running best. Earlier candidates
-    # (lower indices) come first, so the stable selections keep ties by index.
-    pos = topk.smallest_k(d, min(k, tile))
-    cand_d = jnp.concatenate([best_d, jnp.take_along_axis(d, pos, axis=1)], axis=1)
-    cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
-    _, pos = jax.lax.top_k(-topk.order_keys(cand_d), k)
-    return (jnp.take_along_axis(cand_d, pos, 1), jnp.take_along_axis(cand_i, pos, 1)), None
+    return _merge_best(*carry, d, m * tile, n_valid, k=k), None
 
   init = (jnp.full((t, k), worst, dtype), jnp.full((t, k), -1, jnp.int32))
   steps = jnp.arange(aux_MxS.shape[0], dtype=jnp.int32)
   (best_d, best_i), _ = jax.lax.scan(body, init, (steps, tiles, aux_MxS))
   return best_d, best_i
+
+
+def _merge_best(best_d, best_i, d_TxS, first, limit, *, k: int):
+  """The running k best (distances, indices) of T rows merged with a block of distances
+  whose columns are indices first, first + 1, ...; columns at index ``limit`` or beyond
+  are padding and never chosen ahead of a real one. Every index in the block comes after
+  those in the running best: this block's k best, then a small merge, both stable, keep
+  ties by lower index."""
+  idx = first + jnp.arange(d_TxS.shape[1], dtype=jnp.int32)
+  d = jnp.where(idx[None, :] < limit, d_TxS, topk.worst(d_TxS.dtype))
+  pos = topk.smallest_k(d, min(k, d.shape[1]))
+  cand_d = jnp.concatenate([best_d, jnp.take_along_axis(d, pos, axis=1)], axis=1)
+  cand_i = jnp.concatenate([best_i, idx[pos]], axis=1)
+  _, pos = jax.lax.top_k(-topk.order_keys(cand_d), k)
+  return jnp.take_along_axis(cand_d, pos, 1), jnp.take_along_axis(cand_i, pos, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "k", "mesh", "layout"))

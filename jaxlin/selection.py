@@ -227,12 +227,20 @@ def _padded(x, idx, rows: int) -> np.ndarray:
   return np.pad(x[idx], ((0, rows - len(idx)), (0, 0)))
 
 
+def _fold_tiles(x, folds, metric):
+  """(query tile, database tile, every fold as a database: its rows padded to whole
+  database tiles, on the device), as a search of one fold against another takes them."""
+  size = max(len(va) for _, va in folds)
+  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
+                           platform=knn._platform(None, x))  # pylint: disable=protected-access
+  return qt, dt, [jnp.asarray(_padded(x, vg, -(-size // dt) * dt)) for _, vg in folds]
+
+
 def _whole_rows(x, folds, k, *, kernel, metric):
   """Each fold's k nearest (positions in its training rows), fold by fold: the blocks of
   each pair computed once and kept for the later fold; each fold selects from whole rows."""
   size = max(len(va) for _, va in folds)
-  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
-                           platform=knn._platform(None, x))  # pylint: disable=protected-access
+  qt, dt, db = _fold_tiles(x, folds, metric)
   waiting = {}  # (f, g), f < g: fold f's distances to fold g, until fold g takes them
   for f, (_, va) in enumerate(folds):
     a, parts = _padded(x, va, -(-size // qt) * qt), []
@@ -241,8 +249,7 @@ def _whole_rows(x, folds, k, *, kernel, metric):
         parts.append(waiting.pop((g, f)).T)
       elif g > f:
         block = knn._distance_block(  # pylint: disable=protected-access
-            a, _padded(x, vg, -(-size // dt) * dt), kernel=kernel, query_tile=qt,
-            database_tile=dt)
+            a, db[g], kernel=kernel, query_tile=qt, database_tile=dt)
         waiting[(f, g)] = block[:len(va), :len(vg)]
         parts.append(waiting[(f, g)])
     yield topk.smallest_k(jnp.concatenate(parts, axis=1), k)
@@ -255,19 +262,12 @@ def _merge_rows(best_d, best_i, d_RxC, n_cols, offset, row0, *, k, transposed=Fa
   Every position in d comes after those in the running best, and ties keep the lower
   position, as in a search."""
   d_RxC = d_RxC.T if transposed else d_RxC
-  r, c = d_RxC.shape
-  bd = jax.lax.dynamic_slice_in_dim(best_d, row0, r)
-  bi = jax.lax.dynamic_slice_in_dim(best_i, row0, r)
-  cols = jnp.arange(c, dtype=jnp.int32)
-  d = jnp.where(cols[None, :] < n_cols, d_RxC, topk.worst(jnp.int32))
-  pos = topk.smallest_k(d, min(k, c))
-  cand_d = jnp.concatenate([bd, jnp.take_along_axis(d, pos, axis=1)], axis=1)
-  cand_i = jnp.concatenate([bi, offset + pos], axis=1)
-  _, p = jax.lax.top_k(-topk.order_keys(cand_d), k)  # stable: the lower position first
-  return (jax.lax.dynamic_update_slice_in_dim(best_d, jnp.take_along_axis(cand_d, p, 1), row0,
-                                              0),
-          jax.lax.dynamic_update_slice_in_dim(best_i, jnp.take_along_axis(cand_i, p, 1), row0,
-                                              0))
+  r = d_RxC.shape[0]
+  rows_d, rows_i = knn._merge_best(  # pylint: disable=protected-access  # a search's merge
+      jax.lax.dynamic_slice_in_dim(best_d, row0, r), jax.lax.dynamic_slice_in_dim(best_i, row0, r),
+      d_RxC, offset, offset + n_cols, k=k)
+  return (jax.lax.dynamic_update_slice_in_dim(best_d, rows_d, row0, 0),
+          jax.lax.dynamic_update_slice_in_dim(best_i, rows_i, row0, 0))
 
 
 def _streamed(x, folds, k, *, kernel, metric):
@@ -277,16 +277,13 @@ def _streamed(x, folds, k, *, kernel, metric):
   training rows in increasing position, and fold f is complete once its own turn ends."""
   sizes = [len(va) for _, va in folds]
   size = max(sizes)
-  platform = knn._platform(None, x)  # pylint: disable=protected-access
-  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
-                           platform=platform)
-  cols = -(-size // dt) * dt  # a fold as a database: padded to whole tiles
+  qt, dt, db = _fold_tiles(x, folds, metric)
+  cols = db[0].shape[0]  # a fold as a database: padded to whole tiles
   rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-size // qt) * qt)
   height = max(-(-size // rows) * rows, cols)
   best = [(jnp.full((height, k), topk.worst(jnp.int32), jnp.int32),
            jnp.full((height, k), -1, jnp.int32)) for _ in folds]
   first = lambda f, g: sum(sizes[h] for h in range(g) if h != f)  # fold g's in fold f's tr
-  db = [jnp.asarray(_padded(x, vg, cols)) for _, vg in folds]
   for f, (_, va) in enumerate(folds):
     for r0 in range(0, len(va) if f + 1 < len(folds) else 0, rows):  # the last: complete
       chunk = va[r0:r0 + rows]
