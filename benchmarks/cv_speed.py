@@ -10,11 +10,12 @@ that compiles) three ways in one run:
 
 * ``selection.cross_validate_knn`` for one k and for all 10: the ratio should
   be close to 1, since every k is voted from the same neighbours;
-* one brute-force ``knn.predict`` per fold, as cross-validation ran before
+* one ``knn.predict`` per fold (brute force, or with ``--per_fold_method=auto``
+  what ``knn.search`` chooses: the L2 cascade on large folds), as it ran before
   each pair of folds was shared: ``cross_validate_knn`` computes the distances
   of each pair of folds once, so it should take about half the distance work
   (the column "pairs of folds shared" says whether it did: not where a pair is
-  little work, or where a fold's search would take the L2 cascade);
+  little work);
 * with ``--baseline_src``, ``cross_validate_knn`` of another jaxlin checkout
   (an older commit), in a child process on the same images.
 
@@ -41,6 +42,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "timed repeats (median)")
 _BASELINE_SRC = flags.DEFINE_string(
     "baseline_src", None, "a folder holding another jaxlin checkout (its jaxlin/ package) to "
     "time on the same images, e.g. an older commit")
+
+_METRICS = flags.DEFINE_list("metrics", ["l2", "l1"], "distances to time: l2, l1")
+_PER_FOLD_METHOD = flags.DEFINE_enum(
+    "per_fold_method", "brute", ["brute", "auto"], "the method of the one-search-per-fold "
+    "baseline: brute force, or what knn.search chooses (the L2 cascade on large folds)")
 
 KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 
@@ -79,7 +85,7 @@ def _one_search_per_fold(x, y, ks, metric, classes):
   acc = []
   for tr, va in selection.kfold_indices(len(x), 5):
     preds = knn.predict(x[tr], y[tr], x[va], k=ks, metric=metric, num_classes=classes,
-                        method="brute")
+                        method=_PER_FOLD_METHOD.value)
     acc.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
   return np.array(acc)
 
@@ -107,6 +113,7 @@ def main(argv):
   common.usage(_NUM_TRAIN.value >= 5, f"--num_train must be >= 5 (5 folds), got "
                f"{_NUM_TRAIN.value}")
   common.check_repeats(_REPEATS.value)
+  metrics = common.check_methods(_METRICS.value, ("l2", "l1"), flag="metrics")
   src = _BASELINE_SRC.value
   common.usage(src is None or os.path.isfile(os.path.join(src or "", "jaxlin", "selection.py")),
                f"--baseline_src={src} holds no jaxlin checkout (no jaxlin/selection.py there)")
@@ -120,7 +127,7 @@ def main(argv):
   many = [k for k in KS if k <= fit]
   rows = []
   folds = selection.kfold_indices(len(y), 5)
-  for metric in ("l2", "l1"):
+  for metric in metrics:
     shared = selection._shared_kernel(  # pylint: disable=protected-access
         x, metric, None, "auto", folds, many[-1]) is not None
     cv = lambda ks, metric=metric: selection.cross_validate_knn(x, y, ks, metric=metric,
@@ -133,7 +140,8 @@ def main(argv):
       raise AssertionError(f"{metric}: one search per fold gave other accuracies: a bug")
     row = {"metric": metric, "pairs of folds shared": "yes" if shared else "no (a search per fold)",
            f"one k (k={many[-1]}) (s)": one, f"{len(many)} k (s)": all_k,
-           "ratio": all_k / one, f"one search per fold, {len(many)} k (s)": per_fold,
+           "ratio": all_k / one,
+           f"one search per fold ({_PER_FOLD_METHOD.value}), {len(many)} k (s)": per_fold,
            "x faster than a search per fold": per_fold / all_k}
     if src:
       base, acc_base = _baseline(src, x, y, many, metric, classes, _REPEATS.value)
@@ -146,6 +154,7 @@ def main(argv):
     rows.append(row)
     print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "cv_speed", rows, list(rows[0]), num_train=len(y), ks=many,
+                per_fold_method=_PER_FOLD_METHOD.value,
                 **({"baseline_src": src} if src else {}))
 
 
