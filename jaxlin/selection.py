@@ -202,8 +202,9 @@ def _shared_kernel(x, metric, mesh, method, folds, k_max):
     return None  # the streamed running bests of every fold (and a merge's) would not fit
   _, _, kernel = distances.checked_inputs(x, x, metric, names=("x", "x"))  # as a fold's search
   # With method="auto" the shared pairs are taken even where a fold's search would take the
-  # L2 cascade: on all 49,000 CIFAR-10 training images they took 59 s against the cascade's
-  # 70 s, with the same answers (WORKSPACE.md). method="pruned" keeps the cascade.
+  # L2 cascade: on 49,000 CIFAR-10 training images they took 57 s against the cascade's
+  # 71 s, with the same answers (benchmarks/cv_speed.py --per_fold_method=auto; WORKSPACE.md).
+  # method="pruned" keeps the cascade.
   return kernel if kernel.dtype == "int32" else None
 
 
