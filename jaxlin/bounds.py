@@ -145,13 +145,13 @@ def int8_speedup() -> float:
   process's default device: measured once per process (a (512 x 3072) . (3072 x 1024)
   product, the best of 7 runs of each, the two kinds alternating so that a burst of other
   work slows both; about 0.25 s in all). About 7 on CPUs with int8 matrix instructions
-  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs."""
+  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs; about 1 on GPUs
+  and TPUs, where ``distances.int8_products`` multiplies in float32."""
   import time  # pylint: disable=import-outside-toplevel
   contract = (((1,), (1,)), ((), ()))
   a8 = jnp.ones((512, 3072), jnp.int8)
   b8 = jnp.ones((1024, 3072), jnp.int8)
-  f8 = jax.jit(lambda a, b: jax.lax.dot_general(a, b, contract,
-                                                preferred_element_type=jnp.int32))
+  f8 = jax.jit(distances.int8_products)  # off the CPU: float32 blocks (speedup about 1)
   f32 = jax.jit(lambda a, b: jax.lax.dot_general(a.astype(jnp.float32), b.astype(jnp.float32),
                                                  contract, precision=_HIGHEST))
   fns = (f8, f32)
@@ -596,8 +596,7 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   def one(args):
     q, idx, n = args  # (block, D), (block * C,), (block,)
     rows = jnp.take(pixels, idx, axis=0, mode="clip")
-    dot = jax.lax.dot_general(rows, q, (((1,), (1,)), ((), ())),
-                              preferred_element_type=jnp.int32)  # (block * C, block)
+    dot = distances.int8_products(rows, q)  # (block * C, block)
     dot = dot.reshape(block, c, block)[eye, :, eye]
     return n[:, None] + jnp.take(sq_norms, idx, mode="clip").reshape(block, c) - 2 * dot
   out = jax.lax.map(one, (q_TxD.reshape(t // block, block, -1),
@@ -1012,8 +1011,8 @@ def _merged(d_PxQxK, i_PxQxK, k: int):
   return np.take_along_axis(d_cat, order, 1), np.take_along_axis(i_cat, order, 1)
 
 
-def _to_float_distances(d_int, metric: str) -> np.ndarray:
-  """Exact integer distances (squared for L2) as ``knn.search`` returns them: float32, the
-  square root for "l2" (numpy's float32 square root is correctly rounded, as XLA's)."""
-  d = np.asarray(d_int).astype(np.float32)
-  return np.sqrt(d) if metric == "l2" else d
+def _to_float_distances(d_int, metric: str):
+  """Exact integer distances (squared for L2) as ``knn.search`` returns them, by the same
+  program on the device (``distances.returned_distances``: float32, the square root for
+  "l2"), so that they round as brute force's do on any device."""
+  return distances.returned_distances(jnp.asarray(np.asarray(d_int, np.int32)), metric)

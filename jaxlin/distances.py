@@ -19,8 +19,10 @@ l1_int     both integer            sum_d |x_d - y_d|, exact int32 (int16 partial
 l1_float   any float               sum_d |x_d - y_d| in float32 (float64 inputs:
                                    float64)
 l2_int8    both uint8 / both int8  |x|^2 + |y|^2 - 2 x.y, exact: int8 product
-           with D * 255**2 < 2**30 accumulated in int32 (uint8 shifted by -128);
-           (D <= 16,512)           74 x 74 x 3 images at most
+           with D * 255**2 < 2**30 accumulated in int32 on CPUs, exact float32
+           (D <= 16,512)           products of 1,024-feature blocks elsewhere
+                                   (``int8_products``; uint8 shifted by -128);
+                                   74 x 74 x 3 images at most
 l2_float   other (pixels with      the same identity on rows centred on the
            more features too)
                                    database mean, ``precision=HIGHEST``,
@@ -51,14 +53,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import _checks
+from jaxlin import _checks, topk
 from jaxlin.errors import InputError
 
 __all__ = [
     "KERNELS", "METRICS", "Kernel", "as_float", "centred_pixels", "checked_inputs",
-    "int_squared_norms", "kernel_for", "l1_transposed", "l2_squared_from_dot",
+    "int8_products", "int_squared_norms", "kernel_for", "l1_transposed", "l2_squared_from_dot",
     "l2_squared_pixels", "pairwise_distances", "pairwise_distances_reference", "squared_norms",
-    "to_distances",
+    "returned_distances", "to_distances",
 ]
 
 METRICS = ("l1", "l2", "l2_squared", "cosine")
@@ -257,18 +259,58 @@ def int_squared_norms(x_NxD):
   return jnp.sum(x * x, axis=1, dtype=jnp.int32)
 
 
+# Features per float32 block of int8_products off the CPU: every partial sum of a block is an
+# integer of magnitude at most 1024 * 128**2 = 2**24, and float32 holds every such integer.
+_FLOAT32_EXACT_FEATURES = 1024
+
+
+def int8_products(x_AxD, y_BxD):
+  """Exact int32 products x . y^T of two sets of int8 rows: (A, B).
+
+  On a CPU, an int8 matrix product accumulated in int32 (several times faster than
+  float32 on CPUs with int8 matrix instructions). On other devices (GPU, TPU), float32
+  products (``precision=HIGHEST``) of blocks of at most 1,024 features, added in int32:
+  every product is at most 128**2 = 2**14 in magnitude, so every partial sum of a block is
+  an integer of magnitude at most 2**24, exact in float32 whatever the order of summation.
+  On an NVIDIA H200, XLA's int8 product returned wrong products for rows of 10 features
+  (twice the true ones for constant rows), and a brute-force L2 search of 10,000 CIFAR-10
+  images against 50,000 did not finish in 80 s with it; with float32 blocks it takes
+  0.5 s (WORKSPACE.md, 2026-12-04).
+
+  The choice is made when the program is compiled for its device
+  (``jax.lax.platform_dependent``); under ``jax.vmap`` both forms run.
+  """
+  return jax.lax.platform_dependent(x_AxD, y_BxD, cpu=_int8_products_int8,
+                                    default=_int8_products_float32)
+
+
+def _int8_products_int8(x_AxD, y_BxD):
+  return jax.lax.dot_general(x_AxD, y_BxD, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.int32)
+
+
+def _int8_products_float32(x_AxD, y_BxD):
+  d = x_AxD.shape[1]
+  total = jnp.zeros((x_AxD.shape[0], y_BxD.shape[0]), jnp.int32)
+  for s in range(0, d, _FLOAT32_EXACT_FEATURES):
+    e = min(d, s + _FLOAT32_EXACT_FEATURES)
+    part = jax.lax.dot_general(x_AxD[:, s:e].astype(jnp.float32),
+                               y_BxD[:, s:e].astype(jnp.float32), (((1,), (1,)), ((), ())),
+                               precision=_HIGHEST)
+    total = total + part.astype(jnp.int32)
+  return total
+
+
 def l2_squared_pixels(x_QxD, y_NxD, x_sq_Q, y_sq_N):
   """Exact int32 squared L2 between rows of int8 pixels (see centred_pixels).
 
-  |x|^2 + |y|^2 - 2 x.y with the dot product as an int8 matrix product
-  accumulated in int32: every product is at most 2**14 and the distance at
-  most D * 255**2, below 2**30 for D <= 16512 (``kernel_for`` checks), so
-  the result is exact. On CPUs with int8 matrix instructions this runs
-  several times faster than a float32 product.
+  |x|^2 + |y|^2 - 2 x.y with the dot product from ``int8_products`` (an int8 matrix
+  product accumulated in int32 on CPUs): every product is at most 2**14 and the
+  distance at most D * 255**2, below 2**30 for D <= 16512 (``kernel_for`` checks), so
+  the result is exact. On CPUs with int8 matrix instructions this runs several times
+  faster than a float32 product.
   """
-  dot = jax.lax.dot_general(x_QxD, y_NxD, (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.int32)
-  return x_sq_Q[:, None] + y_sq_N[None, :] - 2 * dot
+  return x_sq_Q[:, None] + y_sq_N[None, :] - 2 * int8_products(x_QxD, y_NxD)
 
 
 def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
@@ -455,6 +497,18 @@ def to_distances(d, metric: str):
   """Distances as returned to users: float32 (float64 stays float64), square root for "l2"."""
   d = d.astype(jnp.float64 if d.dtype == jnp.float64 else jnp.float32)
   return jnp.sqrt(d) if metric == "l2" else d
+
+
+@functools.partial(jax.jit, static_argnames="metric")  # one program, not one per operation
+def returned_distances(d, metric: str):
+  """A search's distances as it returns them, from the values it compares (exact int32
+  for the integer kernels, ``topk.worst`` for no row: +inf): ``to_distances``.
+
+  Every search path (brute force, the pruned cascade, cross-validation) ends here, on
+  the device, so that they round alike: XLA's float32 square root on a GPU differed from
+  numpy's (correctly rounded) by one unit in the last place for about 1 value in 6.
+  """
+  return to_distances(topk.as_float_distances(d), metric)
 
 
 def pairwise_distances(x_QxD, y_NxD, *, metric: str):

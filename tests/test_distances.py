@@ -230,3 +230,45 @@ def test_cosine_of_tiny_and_huge_vectors():
   np.testing.assert_allclose(d([[1e-20, 1e-20]], [[1, 1]]), [[0.0]], atol=1e-7)
   np.testing.assert_allclose(d([[1e20, 1e20]], [[1, 1], [-1, -1]]), [[0.0, 2.0]], atol=1e-7)
   assert d([[0, 0]], [[1, 1]]).tolist() == [[1.0]]  # a zero vector: distance 1
+
+
+@pytest.mark.parametrize("num_features", [1, 10, 1024, 1025, 3072])
+def test_int8_products_off_the_cpu_are_exact_in_float32_blocks(num_features):
+  """GPUs and TPUs multiply int8 rows as float32 blocks of 1,024 features: the extremes
+  (every product 2**14, partial sums up to 2**24 within a block) and random rows give the
+  exact int32 products, as the CPU's int8 product does."""
+  lo = np.full((2, num_features), -128, np.int8)
+  hi = np.full((1, num_features), 127, np.int8)
+  rng = np.random.default_rng(num_features)
+  rand = rng.integers(-128, 128, (5, num_features)).astype(np.int8)
+  for x, y, want in ((lo, lo, [[16384 * num_features] * 2] * 2),
+                     (lo, hi, [[-16256 * num_features]] * 2),
+                     (rand, rand, rand.astype(np.int64) @ rand.T.astype(np.int64))):
+    # XLA's int8 product itself only where int8_products uses it (on a GPU it doubled the
+    # products of 10 features).
+    cpu_only = [distances._int8_products_int8] if jax.default_backend() == "cpu" else []
+    for product in [distances._int8_products_float32, distances.int8_products] + cpu_only:
+      got = jax.jit(product)(x, y)
+      assert got.dtype == jnp.int32
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.int64))
+
+
+def _dots(platform):
+  """The operand and result types of the products in int8_products compiled for a platform
+  (lowered here, without such a device)."""
+  x = jnp.zeros((4, 10), jnp.int8)
+  text = jax.export.export(jax.jit(distances.int8_products), platforms=[platform])(x, x)
+  return [line.split(" : ")[-1] for line in text.mlir_module().splitlines()
+          if "stablehlo.dot_general" in line]
+
+
+def test_int8_products_pick_the_product_by_the_device_they_compile_for():
+  """The CPU keeps its int8 product (fast with int8 matrix instructions); GPUs and TPUs get
+  float32 blocks only (XLA's int8 product on a GPU returned wrong sums)."""
+  cpu = _dots("cpu")
+  assert len(cpu) == 1 and cpu[0].startswith("(tensor<4x10xi8>, tensor<4x10xi8>) -> "
+                                              "tensor<4x4xi32>"), cpu
+  for platform in ("cuda", "tpu"):
+    dots = _dots(platform)
+    assert dots and all(d.startswith("(tensor<4x10xf32>, tensor<4x10xf32>) -> tensor<4x4xf32>")
+                        for d in dots), dots
