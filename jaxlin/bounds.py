@@ -28,10 +28,11 @@ database index) on integer pixels (uint8, or int8):
    level.
 
 Which is faster depends on the CPU: brute-force L2 on pixels is an int8
-product, about 7x faster than float32 on CPUs with int8 matrix instructions
-(Intel AMX) and 1.4x on AVX2-only CPUs, while the cascade's costs (a float32
-product with m columns, selection, gathers) do not depend on it;
-``prefer_pruned`` decides by a cost model and a product timed once per process.
+product on CPUs (``distances.int8_products``), about 7x faster than float32 on
+CPUs with int8 matrix instructions (Intel AMX) and 1.4x on AVX2-only CPUs,
+while the cascade's costs (a float32 product with m columns, selection,
+gathers) do not depend on it; ``prefer_pruned`` decides by a cost model and a
+product timed once per process.
 
 Bounds (v = x - y, integer vectors; D features):
 
@@ -145,8 +146,9 @@ def int8_speedup() -> float:
   process's default device: measured once per process (a (512 x 3072) . (3072 x 1024)
   product, the best of 7 runs of each, the two kinds alternating so that a burst of other
   work slows both; about 0.25 s in all). About 7 on CPUs with int8 matrix instructions
-  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs; about 1 on GPUs
-  and TPUs, where ``distances.int8_products`` multiplies in float32."""
+  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs. Off the CPU,
+  ``distances.int8_products`` multiplies in float32, so this compares float32 with float32
+  (not measured there: ``knn.search``'s "auto" takes brute force off the CPU anyway)."""
   import time  # pylint: disable=import-outside-toplevel
   contract = (((1,), (1,)), ((), ()))
   a8 = jnp.ones((512, 3072), jnp.int8)
@@ -204,7 +206,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   ``jaxlin.knn.search(method="auto")``.
 
   L1: never (the pooled bound certifies too few queries: about 2x slower than brute force
-  on every CPU measured). L2 on pixels: brute force is an int8 product, so its cost falls
+  on every CPU measured). L2 on pixels: brute force is an int8 product on CPUs, so its cost falls
   with ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
   AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's float32
   products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
@@ -586,9 +588,10 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   """(T, C) exact int32 squared distances of int8 queries to their candidates.
 
   ``lax.map`` over blocks of ``block`` queries: each gathers its queries' candidate rows
-  and takes one int8 product with all ``block`` queries, keeping the block's diagonal
-  (a product ``block`` times larger than needed, but XLA's CPU products run far faster
-  than its batched or per-row forms; measured in benchmarks/pruned_speed.py)."""
+  and takes one product (``distances.int8_products``) with all ``block`` queries,
+  keeping the block's diagonal (a product ``block`` times larger than needed, but XLA's
+  CPU products run far faster than its batched or per-row forms; measured in
+  benchmarks/pruned_speed.py)."""
   t, c = cand_TxC.shape
   qn = jnp.sum(jnp.square(q_TxD.astype(jnp.int32)), axis=1)
   eye = jnp.arange(block)
@@ -1012,7 +1015,8 @@ def _merged(d_PxQxK, i_PxQxK, k: int):
 
 
 def _to_float_distances(d_int, metric: str):
-  """Exact integer distances (squared for L2) as ``knn.search`` returns them, by the same
-  program on the device (``distances.returned_distances``: float32, the square root for
-  "l2"), so that they round as brute force's do on any device."""
+  """Exact integer distances (squared for L2) as ``knn.search`` returns them, by brute
+  force's own program (``distances.returned_distances``: float32, the square root for
+  "l2") on the default device, where the cascade runs: they round as brute force's do
+  on that device."""
   return distances.returned_distances(jnp.asarray(np.asarray(d_int, np.int32)), metric)

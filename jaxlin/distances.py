@@ -262,24 +262,49 @@ def int_squared_norms(x_NxD):
 # Features per float32 block of int8_products off the CPU: every partial sum of a block is an
 # integer of magnitude at most 1024 * 128**2 = 2**24, and float32 holds every such integer.
 _FLOAT32_EXACT_FEATURES = 1024
+_INT8_PRODUCT_MAX_FEATURES = 2 ** 31 // 2 ** 14 - 1  # 131,071: |x . y| below 2**31 in int32
 
 
 def int8_products(x_AxD, y_BxD):
   """Exact int32 products x . y^T of two sets of int8 rows: (A, B).
 
+  Pixels go in centred (``centred_pixels``: uint8 shifted by -128 into int8), so every
+  product is at most 128**2 = 2**14 in magnitude.
+
   On a CPU, an int8 matrix product accumulated in int32 (several times faster than
   float32 on CPUs with int8 matrix instructions). On other devices (GPU, TPU), float32
   products (``precision=HIGHEST``) of blocks of at most 1,024 features, added in int32:
-  every product is at most 128**2 = 2**14 in magnitude, so every partial sum of a block is
-  an integer of magnitude at most 2**24, exact in float32 whatever the order of summation.
+  every partial sum of a block is an integer of magnitude at most 1024 * 2**14 = 2**24,
+  exact in float32 whatever the order of summation.
   On an NVIDIA H200, XLA's int8 product returned wrong products for rows of 10 features
   (twice the true ones for constant rows), and a brute-force L2 search of 10,000 CIFAR-10
   images against 50,000 did not finish in 80 s with it; with float32 blocks it takes
   0.5 s (WORKSPACE.md, 2026-12-04).
 
-  The choice is made when the program is compiled for its device
-  (``jax.lax.platform_dependent``); under ``jax.vmap`` both forms run.
+  The choice is made when the program is compiled for the device it runs on
+  (``jax.lax.platform_dependent`` in a jitted program: the device of committed inputs, else
+  the default device).
+
+  Raises:
+    InputError: inputs that are not 2-D int8 arrays with the same number of features, or
+      more than 131,071 features (the sums would overflow int32).
   """
+  for name, a in (("x_AxD", x_AxD), ("y_BxD", y_BxD)):
+    if getattr(a, "dtype", None) != jnp.int8 or getattr(a, "ndim", None) != 2:
+      raise InputError(f"{name} must be a 2-D int8 array (rows of centred pixels: "
+                       f"distances.centred_pixels), got {getattr(a, 'dtype', type(a).__name__)} "
+                       f"of shape {getattr(a, 'shape', None)}", argument=name)
+  if x_AxD.shape[1] != y_BxD.shape[1]:
+    raise InputError(f"x_AxD and y_BxD must have the same number of features, got "
+                     f"{x_AxD.shape[1]} and {y_BxD.shape[1]}", argument="y_BxD")
+  if x_AxD.shape[1] > _INT8_PRODUCT_MAX_FEATURES:
+    raise InputError(f"at most {_INT8_PRODUCT_MAX_FEATURES} features (int32 sums), got "
+                     f"{x_AxD.shape[1]}", argument="x_AxD")
+  return _int8_products(x_AxD, y_BxD)
+
+
+@jax.jit  # compiled for the inputs' device, which picks the form (inlined under a caller's jit)
+def _int8_products(x_AxD, y_BxD):
   return jax.lax.platform_dependent(x_AxD, y_BxD, cpu=_int8_products_int8,
                                     default=_int8_products_float32)
 
@@ -504,9 +529,11 @@ def returned_distances(d, metric: str):
   """A search's distances as it returns them, from the values it compares (exact int32
   for the integer kernels, ``topk.worst`` for no row: +inf): ``to_distances``.
 
-  Every search path (brute force, the pruned cascade, cross-validation) ends here, on
-  the device, so that they round alike: XLA's float32 square root on a GPU differed from
-  numpy's (correctly rounded) by one unit in the last place for about 1 value in 6.
+  Brute force and the pruned cascade both end here, on a device, so that they round
+  alike: XLA's float32 square root on a GPU differed from numpy's (correctly rounded) by
+  one unit in the last place for about 1 value in 6. (Brute force runs on the database's
+  device, the cascade on the default device: the same device unless the database was
+  committed to another.)
   """
   return to_distances(topk.as_float_distances(d), metric)
 

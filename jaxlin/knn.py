@@ -35,7 +35,8 @@ earlier, lower-index candidates first).
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
 int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3
-images), L2 (an int8 matrix product accumulated in int32) compute exact
+images), L2 (``distances.int8_products``: an int8 matrix product accumulated in
+int32 on CPUs, float32 blocks of 1,024 features elsewhere) compute exact
 integer distances, and the selection compares them exactly
 (``jaxlin.topk.order_keys``), for any number of rows. So neighbours, ties
 included, equal a brute-force integer reference. Pixels with more features
@@ -533,8 +534,9 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
     return True
   # auto: the cascade's cost model was measured on CPUs; on a GPU or TPU brute force is one
   # large matrix product per tile: on an H200, 10,000 CIFAR-10 queries took it 0.5 s, the
-  # cascade 26 s with its build.
-  return (served and _platform(None, database) == "cpu"
+  # cascade 26 s with its build. Brute force runs on the database's device, the cascade
+  # (its index built from host rows) on the default device: both must be CPUs.
+  return (served and _platform(None, database) == "cpu" and jax.default_backend() == "cpu"
           and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k))
 
 

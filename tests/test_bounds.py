@@ -1,4 +1,5 @@
 """Pruned search equals brute force on adversarial data; the bounds never exceed distances."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -296,6 +297,11 @@ def test_auto_takes_the_cascade_on_cpus_only(monkeypatch):
   _, _, stats = knn.search(q, db, 3, return_stats=True)
   assert stats["method"] == "pruned"
   monkeypatch.setattr(knn, "_platform", lambda mesh, database: "gpu")
+  _, _, stats = knn.search(q, db, 3, return_stats=True)
+  assert stats == {"method": "brute"}
+  # A database on a CPU while the cascade would run on the default device, a GPU.
+  monkeypatch.setattr(knn, "_platform", lambda mesh, database: "cpu")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   _, _, stats = knn.search(q, db, 3, return_stats=True)
   assert stats == {"method": "brute"}
 

@@ -235,14 +235,18 @@ def test_cosine_of_tiny_and_huge_vectors():
 @pytest.mark.parametrize("num_features", [1, 10, 1024, 1025, 3072])
 def test_int8_products_off_the_cpu_are_exact_in_float32_blocks(num_features):
   """GPUs and TPUs multiply int8 rows as float32 blocks of 1,024 features: the extremes
-  (every product 2**14, partial sums up to 2**24 within a block) and random rows give the
-  exact int32 products, as the CPU's int8 product does."""
+  (every product 2**14), an odd sum just above 2**24 (-128 in all but the last feature, 1
+  there: a block of 1,025 features would round it), and random rows give the exact int32
+  products, as the CPU's int8 product does."""
   lo = np.full((2, num_features), -128, np.int8)
   hi = np.full((1, num_features), 127, np.int8)
+  odd = lo[:1].copy()
+  odd[0, -1] = 1
   rng = np.random.default_rng(num_features)
   rand = rng.integers(-128, 128, (5, num_features)).astype(np.int8)
   for x, y, want in ((lo, lo, [[16384 * num_features] * 2] * 2),
                      (lo, hi, [[-16256 * num_features]] * 2),
+                     (odd, odd, [[16384 * (num_features - 1) + 1]]),
                      (rand, rand, rand.astype(np.int64) @ rand.T.astype(np.int64))):
     # XLA's int8 product itself only where int8_products uses it (on a GPU it doubled the
     # products of 10 features).
@@ -251,6 +255,25 @@ def test_int8_products_off_the_cpu_are_exact_in_float32_blocks(num_features):
       got = jax.jit(product)(x, y)
       assert got.dtype == jnp.int32
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.int64))
+
+
+def test_int8_products_take_int8_rows_only():
+  """Uncentred uint8 pixels (products up to 255**2) would not be exact in float32 blocks:
+  int8 rows only, named in the error."""
+  x = np.zeros((2, 4), np.int8)
+  for bad, name in ((x.astype(np.uint8), "x_AxD"), (x.astype(np.float32), "x_AxD"),
+                    (x[0], "x_AxD")):
+    with pytest.raises(InputError, match="2-D int8 array .*centred_pixels") as e:
+      distances.int8_products(bad, x)
+    assert e.value.argument == name
+  with pytest.raises(InputError, match="same number of features, got 4 and 3") as e:
+    distances.int8_products(x, x[:, :3])
+  assert e.value.argument == "y_BxD"
+  wide = jax.ShapeDtypeStruct((1, 131072), jnp.int8)
+  with pytest.raises(InputError, match="at most 131071 features"):
+    jax.eval_shape(distances.int8_products, wide, wide)
+  assert jax.eval_shape(distances.int8_products, *[jax.ShapeDtypeStruct((1, 131071), jnp.int8)]
+                        * 2).dtype == jnp.int32
 
 
 def _dots(platform):
