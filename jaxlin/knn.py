@@ -105,11 +105,39 @@ def _mesh_size(mesh) -> int:
 def _default_tiles(metric: str, platform: str) -> tuple[int, int]:
   """Largest (query_tile, database_tile) on devices of ``platform`` (a multi-process
   search passes "": every process must pick the same tiles): for L1 see
-  ``l1_query_tile``; for L2 / cosine a (256, 65536) block is a large matrix product
-  with long rows for smallest_k (measured in benchmarks/knn_speed.py)."""
+  ``l1_query_tile``; for L2 / cosine see ``product_tiles``."""
   if metric == "l1":
     return l1_query_tile(l2_cache_bytes(), platform), 1024
-  return 256, 65536
+  return product_tiles(cpu_has_amx(), platform)
+
+
+def product_tiles(amx: bool, platform: str) -> tuple[int, int]:
+  """(queries, database rows) per tile of an L2 or cosine search, whose distances come
+  from a matrix product.
+
+  (256, 65536): a large product with long rows for smallest_k, fitted on an Intel Xeon
+  (2026-11-29) and on an AMD EPYC, Zen 4 (2026-12-04: 128 or 512 queries and 16,384 rows
+  were no faster). On a CPU with Intel's AMX (``amx``), (512, 5120): 10,000 CIFAR-10
+  queries against 50,000 rows took 1.87 s against 2.40 s as uint8 pixels, and 2,048
+  queries 3.83 s against 6.09 s as float32 (``benchmarks.l2_tiles``; WORKSPACE.md,
+  2026-12-04). Other platforms, and processes that must agree (platform ""), keep
+  (256, 65536).
+  """
+  return (512, 5120) if amx and platform == "cpu" else (256, 65536)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether the CPU lists Intel's AMX int8 instructions (the ``amx_int8`` flag in Linux's
+  CPU description); False when it cannot be read."""
+  try:
+    with open(cpuinfo, encoding="ascii", errors="replace") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "amx_int8" in line.split(":", 1)[-1].split()
+  except OSError:
+    pass
+  return False
 
 
 def l1_query_tile(l2_bytes: int, platform: str) -> int:

@@ -157,6 +157,8 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     (["benchmarks.pruned_speed", "--methods=brute,hnsw"],
      "--methods takes pruned, brute, faiss (each once), got brute,hnsw"),
     (["benchmarks.scaling", "--devices=0"], "--devices must be distinct device counts >= 1"),
+    (["benchmarks.l2_tiles", "--tiles=512x5120,512x"],
+     "--tiles takes distinct QUERIESxROWS pairs of integers >= 1, got 512x5120,512x"),
     (["benchmarks.cv_speed", "--baseline_src=/nowhere"],
      "--baseline_src=/nowhere holds no jaxlin checkout"),
 ])

@@ -104,6 +104,27 @@ def test_l1_tiles_of_256_queries_give_the_reference_answer(dtype):
     np.testing.assert_array_equal(d, ref_d)
 
 
+def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
+  """L2 and cosine tiles: (512, 5120) on CPUs with AMX (measured faster there), else
+  (256, 65536); off the CPU and across processes (platform "") the latter."""
+  assert knn.product_tiles(True, "cpu") == (512, 5120)
+  assert knn.product_tiles(False, "cpu") == (256, 65536)
+  assert knn.product_tiles(True, "gpu") == knn.product_tiles(True, "") == (256, 65536)
+  monkeypatch.setattr(knn, "cpu_has_amx", lambda: True)
+  assert knn._tile_sizes("l2", 10000, 50000, platform="cpu") == (504, 5008)  # even splits
+  assert knn._tile_sizes("cosine", 100, 700, platform="cpu") == (100, 700)
+  assert knn._tile_sizes("l1", 1000, 50000, platform="cpu")[1] == 1024  # L1: its own rule
+  monkeypatch.undo()
+  flags = "fpu vme de pse tsc msr avx512f avx512_vnni amx_bf16 amx_tile amx_int8 arch_lbr"
+  for text, want in ((f"processor\t: 0\nflags\t\t: {flags}\n", True),
+                     (f"processor\t: 0\nflags\t\t: {flags.replace(' amx_int8', '')}\n", False),
+                     ("processor\t: 0\nvendor_id\t: AuthenticAMD\n", False)):
+    path = tmp_path / f"cpuinfo{len(text)}"
+    path.write_text(text)
+    assert knn.cpu_has_amx(str(path)) is want
+  assert knn.cpu_has_amx(str(tmp_path / "missing")) is False
+
+
 def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn.l1_query_tile(1 << 20, "cpu") == 256  # 512 KiB of int16 partial sums
   assert knn.l1_query_tile(2 << 20, "cpu") == 256
@@ -118,7 +139,8 @@ def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn._tile_sizes("l1", 1000, 50000, platform="cpu") == (256, 1024)
   assert knn._tile_sizes("l1", 1000, 50000, platform="gpu")[0] == 64
   assert knn._tile_sizes("l1", 1000, 50000, platform="")[0] == 64
-  assert knn._tile_sizes("l2", 1000, 50000, platform="cpu")[0] == 256  # L2: not the cache
+  monkeypatch.setattr(knn, "cpu_has_amx", lambda: False)
+  assert knn._tile_sizes("l2", 1000, 50000, platform="cpu") == (256, 50000)  # not the cache
   assert knn._platform(None, np.zeros(3)) == jax.default_backend()
   assert knn._platform(None, jnp.zeros(3)) == jax.devices()[0].platform
   monkeypatch.undo()
