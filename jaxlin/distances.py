@@ -524,7 +524,6 @@ def to_distances(d, metric: str):
   return jnp.sqrt(d) if metric == "l2" else d
 
 
-@functools.partial(jax.jit, static_argnames="metric")  # one program, not one per operation
 def returned_distances(d, metric: str):
   """A search's distances as it returns them, from the values it compares (exact int32
   for the integer kernels, ``topk.worst`` for no row: +inf): ``to_distances``.
@@ -534,7 +533,15 @@ def returned_distances(d, metric: str):
   one unit in the last place for about 1 value in 6. (Brute force runs on the database's
   device, the cascade on the default device: the same device unless the database was
   committed to another.)
+
+  Raises:
+    InputError: an unknown metric.
   """
+  return _returned_distances(d, _check_metric(metric))
+
+
+@functools.partial(jax.jit, static_argnames="metric")  # one program, not one per operation
+def _returned_distances(d, metric: str):
   return to_distances(topk.as_float_distances(d), metric)
 
 

@@ -295,3 +295,17 @@ def test_int8_products_pick_the_product_by_the_device_they_compile_for():
     dots = _dots(platform)
     assert dots and all(d.startswith("(tensor<4x10xf32>, tensor<4x10xf32>) -> tensor<4x4xf32>")
                         for d in dots), dots
+
+
+def test_returned_distances_from_exact_values():
+  """What a search returns from the values it compares: float32, the square root for l2,
+  +inf for topk.worst (no row); an unknown metric is named."""
+  from jaxlin import topk  # pylint: disable=import-outside-toplevel
+  d = np.array([[0, 1, 2, 16, topk.worst(np.int32)]], np.int32)
+  got = distances.returned_distances(d, "l2")
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, [[0, 1, np.float32(np.sqrt(np.float32(2))), 4, np.inf]])
+  np.testing.assert_array_equal(distances.returned_distances(d, "l1"), [[0, 1, 2, 16, np.inf]])
+  with pytest.raises(InputError, match="unknown metric 'l3'") as e:
+    distances.returned_distances(d, "l3")
+  assert e.value.argument == "metric"
