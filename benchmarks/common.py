@@ -250,6 +250,21 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], *,
   return path
 
 
+def time_in_turn(run, settings, repeats: int):
+  """Each setting's answer and times: ``run(s)`` once per setting first (compiling every
+  program; that answer is kept), then ``repeats`` rounds that run every setting in turn,
+  so that each round compares them under the same load. ({setting: [seconds]},
+  {setting: answer})."""
+  answers = {s: run(s) for s in settings}
+  times = {s: [] for s in settings}
+  for _ in range(repeats):
+    for s in settings:
+      with Stopwatch() as sw:
+        run(s)
+      times[s].append(sw.seconds)
+  return times, answers
+
+
 class Stopwatch:
   def __enter__(self):
     self.t0 = time.perf_counter()

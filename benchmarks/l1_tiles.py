@@ -55,18 +55,12 @@ def main(argv):
   rows = []
   for dtype in _DTYPES.value:
     q, base = arrays["test_x"][pick].astype(dtype), db.astype(dtype)
-    times, answers = {t: [] for t in tiles}, {}
 
     def run(tile, q=q, base=base):
-      return jax.block_until_ready(knn.search(q, base, _K.value, metric="l1", method="brute",
-                                              query_tile=tile, database_tile=1024))
-    for t in tiles:  # compile every program first
-      answers[t] = np.asarray(run(t)[1])
-    for _ in range(_REPEATS.value):
-      for t in tiles:
-        with common.Stopwatch() as sw:
-          run(t)
-        times[t].append(sw.seconds)
+      return np.asarray(jax.block_until_ready(knn.search(
+          q, base, _K.value, metric="l1", method="brute", query_tile=tile,
+          database_tile=1024))[1])
+    times, answers = common.time_in_turn(run, tiles, _REPEATS.value)
     ref = np.array(times[tiles[0]])
     for t in tiles:
       rows.append({"dtype": dtype, "query tile": t, "median (s)": float(np.median(times[t])),

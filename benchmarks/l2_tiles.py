@@ -57,27 +57,19 @@ def main(argv):
   out, arrays = common.prepare("bench_l2_tiles")
   db = arrays["train_x"]
   common.check_k(_K.value, len(db))
-  chosen = knn.product_tiles(knn.cpu_has_amx(), jax.default_backend())
-  print(f"AMX: {knn.cpu_has_amx()}: jaxlin takes up to {chosen[0]} queries x {chosen[1]} "
-        "rows per L2 tile", file=sys.stderr, flush=True)
+  print(f"AMX: {knn.cpu_has_amx()}", file=sys.stderr, flush=True)
   rows = []
   for dtype in _DTYPES.value:
     count = _QUERIES.value if dtype == "uint8" else _FLOAT_QUERIES.value
     q = arrays["test_x"][:count].astype(dtype)
     base = jax.device_put(db.astype(dtype))
     settings = [(None, None)] + pairs  # (None, None): the tiles jaxlin chooses
-    times, answers = {p: [] for p in settings}, {}
 
     def run(pair, q=q, base=base):
-      return jax.block_until_ready(knn.search(q, base, _K.value, metric="l2", method="brute",
-                                              query_tile=pair[0], database_tile=pair[1]))
-    for p in settings:  # compile every program first
-      answers[p] = np.asarray(run(p)[1])
-    for _ in range(_REPEATS.value):
-      for p in settings:
-        with common.Stopwatch() as sw:
-          run(p)
-        times[p].append(sw.seconds)
+      return np.asarray(jax.block_until_ready(knn.search(
+          q, base, _K.value, metric="l2", method="brute", query_tile=pair[0],
+          database_tile=pair[1]))[1])
+    times, answers = common.time_in_turn(run, settings, _REPEATS.value)
     ref = np.array(times[pairs[0]])
     used = knn._tile_sizes("l2", len(q), len(db), platform=jax.default_backend())  # pylint: disable=protected-access
     for p in settings:
@@ -91,7 +83,7 @@ def main(argv):
                                                                  answers[pairs[0]]))})
       print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "l2_tiles", rows, list(rows[0]), database=len(db), k=_K.value,
-                amx=knn.cpu_has_amx(), chosen_tile=list(chosen), backend=jax.default_backend())
+                amx=knn.cpu_has_amx(), backend=jax.default_backend())
 
 
 if __name__ == "__main__":

@@ -102,28 +102,29 @@ def _mesh_size(mesh) -> int:
 # --------------------------------------------------------------------------
 # Tiles.
 # --------------------------------------------------------------------------
-def _default_tiles(metric: str, platform: str) -> tuple[int, int]:
+def _default_tiles(metric: str, platform: str, num_queries: int) -> tuple[int, int]:
   """Largest (query_tile, database_tile) on devices of ``platform`` (a multi-process
   search passes "": every process must pick the same tiles): for L1 see
   ``l1_query_tile``; for L2 / cosine see ``product_tiles``."""
   if metric == "l1":
     return l1_query_tile(l2_cache_bytes(), platform), 1024
-  return product_tiles(cpu_has_amx(), platform)
+  return product_tiles(cpu_has_amx(), platform, num_queries)
 
 
-def product_tiles(amx: bool, platform: str) -> tuple[int, int]:
-  """(queries, database rows) per tile of an L2 or cosine search, whose distances come
-  from a matrix product.
+def product_tiles(amx: bool, platform: str, num_queries: int) -> tuple[int, int]:
+  """(queries, database rows) per tile of an L2 or cosine search of ``num_queries``
+  queries, whose distances come from a matrix product.
 
   (256, 65536): a large product with long rows for smallest_k, fitted on an Intel Xeon
   (2026-11-29) and on an AMD EPYC, Zen 4 (2026-12-04: 128 or 512 queries and 16,384 rows
-  were no faster). On a CPU with Intel's AMX (``amx``), (512, 5120): 10,000 CIFAR-10
-  queries against 50,000 rows took 1.87 s against 2.40 s as uint8 pixels, and 2,048
-  queries 3.83 s against 6.09 s as float32 (``benchmarks.l2_tiles``; WORKSPACE.md,
+  were no faster). On a CPU with Intel's AMX (``amx``) and more than 256 queries, (512,
+  5120): against 50,000 CIFAR-10 rows, 10,000 queries took 1.89 s against 2.34 s as
+  uint8 pixels, and 2,048 queries 4.27 s against 7.39 s as float32; with 100 queries
+  the smaller database tiles were 15-20 % slower (``benchmarks.l2_tiles``; WORKSPACE.md,
   2026-12-04). Other platforms, and processes that must agree (platform ""), keep
   (256, 65536).
   """
-  return (512, 5120) if amx and platform == "cpu" else (256, 65536)
+  return (512, 5120) if amx and platform == "cpu" and num_queries > 256 else (256, 65536)
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,7 +200,7 @@ def _even_tile(total: int, largest: int, multiple: int = 1) -> int:
 def _tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
                 database_tile=None, *, platform: str) -> tuple[int, int]:
   """(query_tile, database_tile): the given sizes, or even splits within _default_tiles."""
-  qt, dt = _default_tiles(metric, platform)
+  qt, dt = _default_tiles(metric, platform, num_queries)
   qt = query_tile or _even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
   dt = database_tile or _even_tile(num_database, dt, topk.CHUNK if num_database > topk.CHUNK
                                    else 1)

@@ -105,14 +105,18 @@ def test_l1_tiles_of_256_queries_give_the_reference_answer(dtype):
 
 
 def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
-  """L2 and cosine tiles: (512, 5120) on CPUs with AMX (measured faster there), else
-  (256, 65536); off the CPU and across processes (platform "") the latter."""
-  assert knn.product_tiles(True, "cpu") == (512, 5120)
-  assert knn.product_tiles(False, "cpu") == (256, 65536)
-  assert knn.product_tiles(True, "gpu") == knn.product_tiles(True, "") == (256, 65536)
+  """L2 and cosine tiles: (512, 5120) on CPUs with AMX for more than 256 queries (measured
+  faster there), else (256, 65536); off the CPU and across processes (platform "") the
+  latter."""
+  assert knn.product_tiles(True, "cpu", 257) == (512, 5120)
+  assert knn.product_tiles(True, "cpu", 256) == (256, 65536)  # few queries: long rows
+  assert knn.product_tiles(False, "cpu", 10000) == (256, 65536)
+  assert (knn.product_tiles(True, "gpu", 10000) == knn.product_tiles(True, "", 10000)
+          == (256, 65536))
   monkeypatch.setattr(knn, "cpu_has_amx", lambda: True)
   assert knn._tile_sizes("l2", 10000, 50000, platform="cpu") == (504, 5008)  # even splits
-  assert knn._tile_sizes("cosine", 100, 700, platform="cpu") == (100, 700)
+  assert knn._tile_sizes("cosine", 1000, 700, platform="cpu") == (504, 700)
+  assert knn._tile_sizes("l2", 100, 50000, platform="cpu") == (100, 50000)
   assert knn._tile_sizes("l1", 1000, 50000, platform="cpu")[1] == 1024  # L1: its own rule
   monkeypatch.undo()
   flags = "fpu vme de pse tsc msr avx512f avx512_vnni amx_bf16 amx_tile amx_int8 arch_lbr"
