@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from jaxlin import knn
+from jaxlin import distances, knn
 
 _QUERIES = flags.DEFINE_integer("queries", 10000, "test images used as uint8 queries")
 _FLOAT_QUERIES = flags.DEFINE_integer("float_queries", 2048, "test images used as float32 "
@@ -57,7 +57,7 @@ def main(argv):
   out, arrays = common.prepare("bench_l2_tiles")
   db = arrays["train_x"]
   common.check_k(_K.value, len(db))
-  print(f"AMX: {knn.cpu_has_amx()}", file=sys.stderr, flush=True)
+  print(f"AMX: {distances.cpu_has_amx()}", file=sys.stderr, flush=True)
   rows = []
   for dtype in _DTYPES.value:
     count = _QUERIES.value if dtype == "uint8" else _FLOAT_QUERIES.value
@@ -83,7 +83,7 @@ def main(argv):
                                                                  answers[pairs[0]]))})
       print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "l2_tiles", rows, list(rows[0]), database=len(db), k=_K.value,
-                amx=knn.cpu_has_amx(), backend=jax.default_backend())
+                amx=distances.cpu_has_amx(), backend=jax.default_backend())
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def _default_tiles(metric: str, platform: str, num_queries: int) -> tuple[int, i
   ``l1_query_tile``; for L2 / cosine see ``product_tiles``."""
   if metric == "l1":
     return l1_query_tile(l2_cache_bytes(), platform), 1024
-  return product_tiles(cpu_has_amx(), platform, num_queries)
+  return product_tiles(distances.cpu_has_amx(), platform, num_queries)
 
 
 def product_tiles(amx: bool, platform: str, num_queries: int) -> tuple[int, int]:
@@ -117,28 +117,16 @@ def product_tiles(amx: bool, platform: str, num_queries: int) -> tuple[int, int]
 
   (256, 65536): a large product with long rows for smallest_k, fitted on an Intel Xeon
   (2026-11-29) and on an AMD EPYC, Zen 4 (2026-12-04: 128 or 512 queries and 16,384 rows
-  were no faster). On a CPU with Intel's AMX (``amx``) and more than 256 queries, (512,
-  5120): against 50,000 CIFAR-10 rows, 10,000 queries took 1.89 s against 2.34 s as
-  uint8 pixels, and 2,048 queries 4.27 s against 7.39 s as float32; with 100 queries
-  the smaller database tiles were 15-20 % slower (``benchmarks.l2_tiles``; WORKSPACE.md,
-  2026-12-04). Other platforms, and processes that must agree (platform ""), keep
-  (256, 65536).
+  were no faster). On a CPU with Intel's AMX (``amx``: ``distances.cpu_has_amx``) and
+  more than 256 queries, (512, 5120): against 50,000 CIFAR-10 rows, 10,000 queries took
+  1.89 s against 2.34 s as uint8 pixels, and 2,048 queries 4.27 s against 7.39 s as
+  float32; with 100 queries the smaller database tiles were 15-20 % slower
+  (``benchmarks.l2_tiles``; WORKSPACE.md, 2026-12-04). Other platforms, and processes
+  that must agree (platform ""), keep (256, 65536).
   """
   return (512, 5120) if amx and platform == "cpu" and num_queries > 256 else (256, 65536)
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether the CPU lists Intel's AMX int8 instructions (the ``amx_int8`` flag in Linux's
-  CPU description); False when it cannot be read."""
-  try:
-    with open(cpuinfo, encoding="ascii", errors="replace") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return "amx_int8" in line.split(":", 1)[-1].split()
-  except OSError:
-    pass
-  return False
 
 
 def l1_query_tile(l2_bytes: int, platform: str) -> int:

@@ -309,3 +309,19 @@ def test_returned_distances_from_exact_values():
   with pytest.raises(InputError, match="unknown metric 'l3'") as e:
     distances.returned_distances(d, "l3")
   assert e.value.argument == "metric"
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_int8_squared_norms_by_products_or_sums(amx, monkeypatch):
+  """On CPUs with AMX the norms of int8 rows come from the diagonals of int8 products of
+  64-row blocks; either way the exact sums of squares, for row counts around a block
+  (padding rows cut off) and the -128 extreme."""
+  monkeypatch.setattr(distances, "cpu_has_amx", lambda: amx)
+  rng = np.random.default_rng(4)
+  for n in (0, 1, 63, 64, 65, 200):
+    x = rng.integers(-128, 128, (n, 37)).astype(np.int8)
+    x[:1] = -128
+    got = jax.jit(distances.int_squared_norms)(x)
+    assert got.dtype == jnp.int32 and got.shape == (n,)
+    np.testing.assert_array_equal(got, (x.astype(np.int64) ** 2).sum(1))
+  assert list(distances.int_squared_norms(np.array([[-128] * 3072], np.int8))) == [50331648]

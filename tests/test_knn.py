@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import knn, metrics, selection, topk
+from jaxlin import distances, knn, metrics, selection, topk
 from jaxlin.errors import InputError
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -113,7 +113,7 @@ def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
   assert knn.product_tiles(False, "cpu", 10000) == (256, 65536)
   assert (knn.product_tiles(True, "gpu", 10000) == knn.product_tiles(True, "", 10000)
           == (256, 65536))
-  monkeypatch.setattr(knn, "cpu_has_amx", lambda: True)
+  monkeypatch.setattr(distances, "cpu_has_amx", lambda: True)
   assert knn._tile_sizes("l2", 10000, 50000, platform="cpu") == (504, 5008)  # even splits
   assert knn._tile_sizes("cosine", 1000, 700, platform="cpu") == (504, 700)
   assert knn._tile_sizes("l2", 100, 50000, platform="cpu") == (100, 50000)
@@ -125,8 +125,8 @@ def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
                      ("processor\t: 0\nvendor_id\t: AuthenticAMD\n", False)):
     path = tmp_path / f"cpuinfo{len(text)}"
     path.write_text(text)
-    assert knn.cpu_has_amx(str(path)) is want
-  assert knn.cpu_has_amx(str(tmp_path / "missing")) is False
+    assert distances.cpu_has_amx(str(path)) is want
+  assert distances.cpu_has_amx(str(tmp_path / "missing")) is False
 
 
 def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
@@ -143,7 +143,7 @@ def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn._tile_sizes("l1", 1000, 50000, platform="cpu") == (256, 1024)
   assert knn._tile_sizes("l1", 1000, 50000, platform="gpu")[0] == 64
   assert knn._tile_sizes("l1", 1000, 50000, platform="")[0] == 64
-  monkeypatch.setattr(knn, "cpu_has_amx", lambda: False)
+  monkeypatch.setattr(distances, "cpu_has_amx", lambda: False)
   assert knn._tile_sizes("l2", 1000, 50000, platform="cpu") == (256, 50000)  # not the cache
   assert knn._platform(None, np.zeros(3)) == jax.default_backend()
   assert knn._platform(None, jnp.zeros(3)) == jax.devices()[0].platform
