@@ -7,7 +7,8 @@ images (seeded); all training images as the database; k nearest. Methods:
 
 * pruned -- ``jaxlin.bounds``: index built once (time reported apart and
   included), then the certified cascade;
-* brute -- ``jaxlin.knn.search``;
+* brute -- ``jaxlin.knn.search(method="brute")`` (until 2026-12-04 the default
+  method, "auto", which may take the cascade: see WORKSPACE.md);
 * faiss -- IndexFlatL2 / IndexFlat(METRIC_L1) on float32.
 
 Each method runs in its own child process (its peak resident memory is its
@@ -90,7 +91,7 @@ def child(method, metric, k, out):
       c = _CANDIDATES.value or None
       fn = lambda x: bounds.search(x, index, k, candidates=c)
     else:
-      fn = lambda x: knn.search(x, db, k, metric=metric) + ({},)
+      fn = lambda x: knn.search(x, db, k, metric=metric, method="brute") + ({},)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(q)[:2])  # compiles the programs of the timed call
     result["warmup_seconds"] = time.perf_counter() - t0

@@ -253,16 +253,18 @@ def _centred_pixels(x):
   return x.astype(jnp.int8)
 
 
-def int_squared_norms(x_NxD):
-  """Exact int32 squared norms of integer-valued rows.
+def int_squared_norms(x_NxD, *, by_products: bool = False):
+  """Exact int32 squared norms of integer-valued rows: the sum of squares.
 
-  Int8 rows on a CPU with Intel's AMX (``cpu_has_amx``): the diagonals of int8 products
-  of blocks of 64 rows, 64 times the multiply-adds but on the int8 matrix unit: 0.064 s
-  against 0.20 s for the sum over 50,000 CIFAR-10 rows there (WORKSPACE.md, 2026-12-04).
-  Elsewhere, and on other devices, the sum of squares.
+  ``by_products`` (int8 rows; for CPUs with Intel's AMX, ``cpu_has_amx``): the diagonals
+  of int8 products of blocks of 64 rows, 64 times the multiply-adds but on the int8
+  matrix unit: 0.064 s against 0.20 s for the sum over 50,000 CIFAR-10 rows there
+  (WORKSPACE.md, 2026-12-04). A program compiled for another device sums. One device's
+  rows only: on rows split over a mesh the blocks would gather them all. Brute-force
+  search takes it for its database on one such CPU.
   """
   x = jnp.asarray(x_NxD)
-  if x.dtype == jnp.int8 and x.ndim == 2 and cpu_has_amx():
+  if by_products and x.dtype == jnp.int8 and x.ndim == 2 and x.shape[1] > 0:
     return jax.lax.platform_dependent(x, cpu=_int8_norms_by_products, default=_norms_by_sum)
   return _norms_by_sum(x)
 
@@ -314,9 +316,8 @@ def int8_products(x_AxD, y_BxD):
   every partial sum of a block is an integer of magnitude at most 1024 * 2**14 = 2**24,
   exact in float32 whatever the order of summation.
   On an NVIDIA H200, XLA's int8 product returned wrong products for rows of 10 features
-  (twice the true ones for constant rows), and a brute-force L2 search of 10,000 CIFAR-10
-  images against 50,000 did not finish in 80 s with it; with float32 blocks it takes
-  0.5 s (WORKSPACE.md, 2026-12-04).
+  (twice the true ones for constant rows; right for 12 to 3,072), and ran no faster
+  than float32 (WORKSPACE.md, 2026-12-04).
 
   The choice is made when the program is compiled for the device it runs on
   (``jax.lax.platform_dependent`` in a jitted program: the device of committed inputs, else

@@ -102,18 +102,21 @@ def _mesh_size(mesh) -> int:
 # --------------------------------------------------------------------------
 # Tiles.
 # --------------------------------------------------------------------------
-def _default_tiles(metric: str, platform: str, num_queries: int) -> tuple[int, int]:
+def _default_tiles(metric: str, platform: str, num_queries: int,
+                   exact: bool) -> tuple[int, int]:
   """Largest (query_tile, database_tile) on devices of ``platform`` (a multi-process
   search passes "": every process must pick the same tiles): for L1 see
   ``l1_query_tile``; for L2 / cosine see ``product_tiles``."""
   if metric == "l1":
     return l1_query_tile(l2_cache_bytes(), platform), 1024
-  return product_tiles(distances.cpu_has_amx(), platform, num_queries)
+  return product_tiles(distances.cpu_has_amx(), platform, num_queries, exact=exact)
 
 
-def product_tiles(amx: bool, platform: str, num_queries: int) -> tuple[int, int]:
+def product_tiles(amx: bool, platform: str, num_queries: int, *,
+                  exact: bool = True) -> tuple[int, int]:
   """(queries, database rows) per tile of an L2 or cosine search of ``num_queries``
-  queries, whose distances come from a matrix product.
+  queries (per device, for a mesh's "queries" layout), whose distances come from a
+  matrix product; ``exact``: integer distances, which no tile size can change.
 
   (256, 65536): a large product with long rows for smallest_k, fitted on an Intel Xeon
   (2026-11-29) and on an AMD EPYC, Zen 4 (2026-12-04: 128 or 512 queries and 16,384 rows
@@ -121,10 +124,15 @@ def product_tiles(amx: bool, platform: str, num_queries: int) -> tuple[int, int]
   more than 256 queries, (512, 5120): against 50,000 CIFAR-10 rows, 10,000 queries took
   1.89 s against 2.34 s as uint8 pixels, and 2,048 queries 4.27 s against 7.39 s as
   float32; with 100 queries the smaller database tiles were 15-20 % slower
-  (``benchmarks.l2_tiles``; WORKSPACE.md, 2026-12-04). Other platforms, and processes
-  that must agree (platform ""), keep (256, 65536).
+  (``benchmarks.l2_tiles``; WORKSPACE.md, 2026-12-04). The size of the database tile
+  changes how float products round, so float searches (not ``exact``) take (512, 5120)
+  whatever their number of queries: their last bits then do not depend on it, and a
+  mesh's "queries" layout rounds as one device does. Other platforms, and processes that
+  must agree (platform ""), keep (256, 65536).
   """
-  return (512, 5120) if amx and platform == "cpu" and num_queries > 256 else (256, 65536)
+  if amx and platform == "cpu" and (num_queries > 256 or not exact):
+    return 512, 5120
+  return 256, 65536
 
 
 
@@ -186,9 +194,9 @@ def _even_tile(total: int, largest: int, multiple: int = 1) -> int:
 
 
 def _tile_sizes(metric: str, num_queries: int, num_database: int, query_tile=None,
-                database_tile=None, *, platform: str) -> tuple[int, int]:
+                database_tile=None, *, platform: str, exact: bool = True) -> tuple[int, int]:
   """(query_tile, database_tile): the given sizes, or even splits within _default_tiles."""
-  qt, dt = _default_tiles(metric, platform, num_queries)
+  qt, dt = _default_tiles(metric, platform, num_queries, exact)
   qt = query_tile or _even_tile(num_queries, qt, 8 if num_queries > 8 else 1)
   dt = database_tile or _even_tile(num_database, dt, topk.CHUNK if num_database > topk.CHUNK
                                    else 1)
@@ -219,11 +227,15 @@ def _rows(x, start, *, size: int):
 # --------------------------------------------------------------------------
 # The compiled programs (module-level jits: cached by static arguments and shapes).
 # --------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("kernel", "tile", "mesh", "layout"))
-def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout):
+@functools.partial(jax.jit, static_argnames=("kernel", "tile", "mesh", "layout",
+                                             "norms_by_products"))
+def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout, norms_by_products=False):
   """(tiles (M, S, D) -- (M, D, S) feature-major --, aux (M, S), centre (D,)), placed
-  on the mesh: replicated for layout "queries", split by tiles for "database"."""
+  on the mesh: replicated for layout "queries", split by tiles for "database".
+  ``norms_by_products``: the l2_int8 kernel's norms by int8 products (one device)."""
   db, aux, centre = kernel.prepare(database_NxD, n_valid)
+  if norms_by_products and kernel.name == "l2_int8":  # the sum's norms are then left unused
+    aux = distances.int_squared_norms(db, by_products=True)
   tiles = kernel.tiles(db, tile)
   aux = aux.reshape(tiles.shape[0], tile)
   if mesh is not None:
@@ -456,20 +468,26 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     return d, i, {"method": "pruned", **stats}
 
   platform = _platform(mesh, database)
+  exact = kernel.dtype == "int32"
   if layout == "queries":
     qt, dt = _tile_sizes(metric, -(-q_total // ndev), n, query_tile, database_tile,
-                         platform=platform)
+                         platform=platform, exact=exact)
     db = _pad_rows(database, dt)
     block = qt * ndev
   else:
     rows = -(-n // ndev)  # device j holds rows [j * rows, (j + 1) * rows), as rows_to_global
-    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile, platform=platform)
+    qt, dt = _tile_sizes(metric, q_total, rows, query_tile, database_tile, platform=platform,
+                         exact=exact)
     laid = database if num_database is not None else _pad_rows(database, rows * ndev)
     # Each device's rows padded to whole tiles (zeros; masked out as past its real rows).
     db = _pad_each_device(laid, ndev, -(-rows // dt) * dt)
     block = qt
   n_valid = jnp.int32(n)
-  tiles, aux, centre = _prepare(db, n_valid, kernel=kernel, tile=dt, mesh=mesh, layout=layout)
+  # The database's norms on the int8 matrix unit (distances.int_squared_norms): one device
+  # only, whose rows are all here (on a mesh the blocks would gather every device's rows).
+  by_products = mesh is None and platform == "cpu" and distances.cpu_has_amx()
+  tiles, aux, centre = _prepare(db, n_valid, kernel=kernel, tile=dt, mesh=mesh, layout=layout,
+                                norms_by_products=by_products)
 
   many_hosts = mesh is not None and jax.process_count() > 1
   queries = _pad_rows(queries, block)

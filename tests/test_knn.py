@@ -110,6 +110,8 @@ def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
   latter."""
   assert knn.product_tiles(True, "cpu", 257) == (512, 5120)
   assert knn.product_tiles(True, "cpu", 256) == (256, 65536)  # few queries: long rows
+  # Float products round by the database tile: the same tiles for any number of queries.
+  assert knn.product_tiles(True, "cpu", 1, exact=False) == (512, 5120)
   assert knn.product_tiles(False, "cpu", 10000) == (256, 65536)
   assert (knn.product_tiles(True, "gpu", 10000) == knn.product_tiles(True, "", 10000)
           == (256, 65536))
@@ -117,6 +119,19 @@ def test_product_tiles_follow_intels_amx(tmp_path, monkeypatch):
   assert knn._tile_sizes("l2", 10000, 50000, platform="cpu") == (504, 5008)  # even splits
   assert knn._tile_sizes("cosine", 1000, 700, platform="cpu") == (504, 700)
   assert knn._tile_sizes("l2", 100, 50000, platform="cpu") == (100, 50000)
+  assert knn._tile_sizes("l2", 100, 50000, platform="cpu", exact=False) == (100, 5008)
+  # Searches on such a CPU: on uint8 the AMX tiles and norms by products give the answer of
+  # any other tiles, ties included; float rows round alike whatever the number of queries.
+  rng = np.random.default_rng(5)
+  db = rng.integers(0, 4, (6000, 12)).astype(np.uint8)
+  q = rng.integers(0, 4, (300, 12)).astype(np.uint8)
+  d, i = knn.search(q, db, 7, query_tile=8, database_tile=480)
+  np.testing.assert_array_equal(knn.search(q, db, 7)[1], i)
+  np.testing.assert_array_equal(knn.search(q, db, 7)[0], d)
+  qf, dbf = q / np.float32(3), db / np.float32(3)
+  d, i = knn.search(qf, dbf, 7)
+  np.testing.assert_array_equal(knn.search(qf[:100], dbf, 7)[0], d[:100])
+  np.testing.assert_array_equal(knn.search(qf[:100], dbf, 7)[1], i[:100])
   assert knn._tile_sizes("l1", 1000, 50000, platform="cpu")[1] == 1024  # L1: its own rule
   monkeypatch.undo()
   flags = "fpu vme de pse tsc msr avx512f avx512_vnni amx_bf16 amx_tile amx_int8 arch_lbr"
