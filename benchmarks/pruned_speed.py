@@ -21,14 +21,17 @@ compared for information. ``--full`` runs all test images for L1 too, ``--k=100`
 larger k.
 
 Measured (2 cores of an AMD EPYC, Zen 4: AVX-512 VNNI, no AMX; one run each;
-WORKSPACE.md has the commands): answers equal to brute force in every run
-(indices and distances, at k=10 and at k=100 on all 10,000 queries). L2,
-10,000 queries, k=10 (2026-12-03): pruned 3.2 s index build + 5.8 s search
-(92 % of the queries certified in the first round, 7 % in the second, 1 % by
-brute force), brute force 11.4 s, faiss 19.2 s. L1, 1,000 random queries (2026-12-02):
-pruned 0.7 s + 5.2 s, brute force 3.3 s, faiss 16.2 s; brute force has since become
-1.6x faster (its tiles, 2026-12-04). On the Intel Xeon with AMX (int8
-products 16x float32) brute force is about 3x faster than the cascade.
+WORKSPACE.md has the commands): answers equal to brute force (indices and
+distances, at k=10 and at k=100 on all 10,000 queries, 2026-12-02). L2, 10,000
+queries, k=10 (2026-12-03): pruned 3.2 s index build + 5.8 s search (92 % of the
+queries certified in the first round, 7 % in the second, 1 % by brute force),
+faiss 19.2 s; brute force 11.6 s on 2026-12-02 (the "brute" child used
+``method="auto"`` until 2026-12-04, which may have taken the cascade there). L1,
+1,000 random queries (2026-12-02): pruned 0.7 s + 5.2 s, brute force 3.3 s, faiss
+16.2 s; brute force has since become 1.6x faster (its tiles, 2026-12-04). On an
+Intel Xeon with AMX (2026-12-04): L2 brute force 1.93-2.01 s against faiss's
+10.1-10.4 s (5.1-5.3x), the cascade 6.1 s with its build; L1 brute force 3.1 s,
+faiss 26.9 s.
 """
 from __future__ import annotations
 
