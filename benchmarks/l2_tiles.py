@@ -71,7 +71,8 @@ def main(argv):
           database_tile=pair[1]))[1])
     times, answers = common.time_in_turn(run, settings, _REPEATS.value)
     ref = np.array(times[pairs[0]])
-    used = knn._tile_sizes("l2", len(q), len(db), platform=jax.default_backend())  # pylint: disable=protected-access
+    used = knn._tile_sizes(  # pylint: disable=protected-access
+        "l2", len(q), len(db), platform=jax.default_backend(), exact=dtype == "uint8")
     for p in settings:
       rows.append({"dtype": dtype, "queries": len(q),
                    "tile": f"default ({used[0]}x{used[1]})" if p[0] is None else

@@ -593,7 +593,7 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   CPU products run far faster than its batched or per-row forms; measured in
   benchmarks/pruned_speed.py)."""
   t, c = cand_TxC.shape
-  qn = jnp.sum(jnp.square(q_TxD.astype(jnp.int32)), axis=1)
+  qn = distances.int_squared_norms(q_TxD)
   eye = jnp.arange(block)
 
   def one(args):

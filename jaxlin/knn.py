@@ -135,8 +135,6 @@ def product_tiles(amx: bool, platform: str, num_queries: int, *,
   return 256, 65536
 
 
-
-
 def l1_query_tile(l2_bytes: int, platform: str) -> int:
   """Queries per L1 tile against 1,024 database rows, by a rule fitted on one CPU: the
   largest of 256, 128 and 64 whose int16 block of partial sums (2 * tile * 1024 bytes;
