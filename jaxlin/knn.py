@@ -320,17 +320,24 @@ def _distance_block(a_AxD, b_BxD, *, kernel, query_tile: int, database_tile: int
   for the integer kernels: the same values as a search's), tile by tile as a search
   computes them. A and B are multiples of the tiles (padding rows are the caller's)."""
   db, aux, centre = kernel.prepare(b_BxD, b_BxD.shape[0])
-  tiles, aux = kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)
   q, q_aux = kernel.transform(a_AxD, centre)
-  q = q.reshape(-1, query_tile, q.shape[1])
-  q_aux = q_aux.reshape(-1, query_tile)
+  return _tiled_block(q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile),
+                      kernel=kernel, query_tile=query_tile)
+
+
+def _tiled_block(q_AxD, q_aux_A, tiles, aux_MxS, *, kernel, query_tile: int):
+  """``_distance_block`` of queries already transformed (``kernel.transform``) and a
+  database already prepared and cut into tiles (``kernel.prepare``, ``kernel.tiles``):
+  (A, M * S)."""
+  q = q_AxD.reshape(-1, query_tile, q_AxD.shape[1])
+  q_aux = q_aux_A.reshape(-1, query_tile)
 
   def query_rows(args):
     qt, qa = args
-    d = jax.lax.map(lambda t: kernel.tile(qt, qa, t[0], t[1]), (tiles, aux))  # (M, T, S)
+    d = jax.lax.map(lambda t: kernel.tile(qt, qa, t[0], t[1]), (tiles, aux_MxS))  # (M, T, S)
     return d.transpose(1, 0, 2).reshape(query_tile, -1)
 
-  return jax.lax.map(query_rows, (q, q_aux)).reshape(a_AxD.shape[0], b_BxD.shape[0])
+  return jax.lax.map(query_rows, (q, q_aux)).reshape(q_AxD.shape[0], -1)
 
 
 # --------------------------------------------------------------------------

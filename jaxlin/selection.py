@@ -167,15 +167,20 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 
 # Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
 # are fold f's to fold g, transposed, so the folds' searches take half the distance work.
-# Where they fit, the blocks wait in memory for their second fold and each fold selects its
-# neighbours from whole rows: with F folds of at most S rows, about (F^2 + 16 F) S^2 bytes
-# (the waiting blocks, at most F^2 S^2 / 4 int32 values, and a fold's distances with their
-# selection's keys) up to _WHOLE_ROWS_BYTES. Beyond, the blocks are streamed: chunks of
-# rows of fold f against fold g (about _CHUNK_BYTES of distances each) update a running
-# k best of both folds, as a search's database tiles do; the running bests of all folds
-# (about 24 F S k bytes with a merge's) must fit _WHOLE_ROWS_BYTES too, else one search
-# per fold.
+# Where they fit, every fold's whole rows are laid out at once and each fold selects its
+# neighbours from them: with F folds of at most S rows, about (6 F^2 + 16 F) S^2 bytes
+# (the folds' rows, 4 F (F - 1) S^2 bytes of int32, the blocks waiting for their second
+# fold, at most half that, and a host selection's copies) up to _WHOLE_ROWS_BYTES: 230 MB
+# for 5 folds of 1,000. Beyond, the blocks are streamed: chunks of rows of fold f against
+# fold g (about _CHUNK_BYTES of distances each) update a running k best of both folds, as
+# a search's database tiles do; the running bests of all folds (about 24 F S k bytes with
+# a merge's) must fit _WHOLE_ROWS_BYTES too, else one search per fold.
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
+# The tiles of a block of two folds (queries and database rows): a block of two
+# 1,000-image folds as one tile took 53 ms for L1 against 63 ms with search's 250 x 1,000
+# tiles, and 67 ms against 85 ms for L2 with 504 x 1,000 (one-off timings, Intel Xeon with
+# AMX, 2026-12-04).
+_BLOCK_TILE = 1024
 _CHUNK_BYTES = 64 * 2 ** 20
 # Each pair of folds pays where it is real work (S^2 D >= 2**30, e.g. 5,000 CIFAR-10 images
 # in 5 folds: 3 * 10**9). With small blocks (few features, many folds) the calls and the
@@ -221,7 +226,7 @@ def _shared_predictions(x, y, folds, ks, *, kernel, metric, num_classes, tie_bre
 
 
 def _fits_whole_rows(num_folds: int, size: int) -> bool:
-  return (num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
+  return (6 * num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
 
 
 def _padded(x, idx, rows: int) -> np.ndarray:
@@ -238,22 +243,57 @@ def _fold_tiles(x, folds, metric):
 
 
 def _whole_rows(x, folds, k, *, kernel, metric):
-  """Each fold's k nearest (positions in its training rows), fold by fold: the blocks of
-  each pair computed once and kept for the later fold; each fold selects from whole rows."""
-  size = max(len(va) for _, va in folds)
-  qt, dt, db = _fold_tiles(x, folds, metric)
-  waiting = {}  # (f, g), f < g: fold f's distances to fold g, until fold g takes them
-  for f, (_, va) in enumerate(folds):
-    a, parts = _padded(x, va, -(-size // qt) * qt), []
-    for g, (_, vg) in enumerate(folds):
-      if g < f:
-        parts.append(waiting.pop((g, f)).T)
-      elif g > f:
-        block = knn._distance_block(  # pylint: disable=protected-access
-            a, db[g], kernel=kernel, query_tile=qt, database_tile=dt)
-        waiting[(f, g)] = block[:len(va), :len(vg)]
-        parts.append(waiting[(f, g)])
-    yield topk.smallest_k(jnp.concatenate(parts, axis=1), k)
+  """Each fold's k nearest (positions in its training rows), fold by fold. One program per
+  fold lays out its rows against its training rows, computing the blocks of the later
+  folds and taking the earlier folds' blocks transposed: each pair of folds once. Each
+  fold then selects from whole rows: on a CPU by ``topk.smallest_k_host`` (several times
+  faster there than XLA's top_k at large k), while the next folds' programs run."""
+  del metric  # the kernel computes it
+  sizes = tuple(len(va) for _, va in folds)
+  size = max(sizes)
+  platform = knn._platform(None, x)  # pylint: disable=protected-access
+  tile = knn._even_tile(size, _BLOCK_TILE, 8)  # pylint: disable=protected-access
+  stacked = jnp.asarray(np.stack([_padded(x, va, -(-size // tile) * tile) for _, va in folds]))
+  prepared = _prepared_folds(stacked, kernel=kernel, sizes=sizes, tile=tile,
+                             by_products=platform == "cpu" and distances.cpu_has_amx())
+  matrices, blocks = [], {}
+  for f in range(len(folds)):
+    d, later = _fold_matrix(prepared, tuple(blocks.pop((g, f)) for g in range(f)), f=f,
+                            kernel=kernel, sizes=sizes, tile=tile)
+    blocks.update({(f, g): b for g, b in zip(range(f + 1, len(folds)), later)})
+    matrices.append(d)
+  for f in range(len(folds)):
+    d, matrices[f] = matrices[f], None
+    yield topk.smallest_k_host(d, k) if platform == "cpu" else topk.smallest_k(d, k)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "sizes", "tile", "by_products"))
+def _prepared_folds(folds_FxPxD, *, kernel, sizes, tile, by_products):
+  """Every fold's padded rows as queries and as database tiles of ``tile`` rows: (q, q_aux,
+  tiles, aux), each stacked over the folds. ``by_products``: squared norms by int8
+  products (``distances.int_squared_norms``)."""
+  out = []
+  for f, size in enumerate(sizes):
+    db, aux, centre = kernel.prepare(folds_FxPxD[f], size)
+    q, q_aux = kernel.transform(folds_FxPxD[f], centre)
+    if by_products and kernel.name == "l2_int8":
+      aux = distances.int_squared_norms(db, by_products=True)
+      q_aux = distances.int_squared_norms(q, by_products=True)
+    out.append((q, q_aux, kernel.tiles(db, tile), aux.reshape(-1, tile)))
+  return tuple(jnp.stack(parts) for parts in zip(*out))
+
+
+@functools.partial(jax.jit, static_argnames=("f", "kernel", "sizes", "tile"))
+def _fold_matrix(prepared, earlier, *, f, kernel, sizes, tile):
+  """(fold f's (sizes[f], N - sizes[f]) distances to the other folds' rows in order, the
+  blocks of fold f against each later fold), by the kernel's tiles as a search computes
+  them. ``earlier``: the blocks of each earlier fold against fold f."""
+  q, q_aux, tiles, aux = prepared
+  later = tuple(
+      knn._tiled_block(  # pylint: disable=protected-access
+          q[f], q_aux[f], tiles[g], aux[g], kernel=kernel, query_tile=tile)[:sizes[f], :sizes[g]]
+      for g in range(f + 1, len(sizes)))
+  return jnp.concatenate([b.T for b in earlier] + list(later), axis=1), later
 
 
 @functools.partial(jax.jit, static_argnames=("k", "transposed"), donate_argnums=(0, 1))

@@ -7,6 +7,10 @@ on integer distances in [0, 2**30] (compared exactly through
 order-preserving float32 keys, ``order_keys``), so integer distances never
 merge above 2**24 as a float32 conversion would merge them.
 
+``smallest_k_host(values_TxN, k)`` gives the same positions for integer
+values held as a numpy array, by numpy's selection on the host: several times
+faster than XLA's CPU top_k when k is large (cross-validation's k = 100).
+
 ``worst(dtype)`` is a value larger than any real distance of that dtype: +inf,
 or 2**30 for integers. Search uses it for padding rows, and
 ``as_float_distances`` turns it back into +inf.
@@ -17,11 +21,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin import _checks
 from jaxlin.errors import InputError
 
-__all__ = ["CHUNK", "INT_WORST", "as_float_distances", "order_keys", "smallest_k", "worst"]
+__all__ = ["CHUNK", "INT_WORST", "as_float_distances", "order_keys", "smallest_k",
+           "smallest_k_host", "worst"]
 
 CHUNK = 16  # elements per chunk in smallest_k; database tiles are multiples of it
 INT_WORST = 1 << 30  # above every integer distance search computes (checked at its boundary)
@@ -128,3 +134,54 @@ def _smallest_k(values_TxN, k):
   _, pos = jax.lax.top_k(key(cand), k)
   cand_pos = chunks[:, :, None] * s + jnp.arange(s, dtype=chunks.dtype)
   return jnp.take_along_axis(cand_pos.reshape(t, k * s), pos, 1)
+
+
+def smallest_k_host(values_TxN, k: int) -> np.ndarray:
+  """Positions (T, k) int32 of the k smallest integer values of each row, computed by
+  numpy on the host: the same positions as ``smallest_k`` (equal values: lower position
+  first).
+
+  XLA's CPU top_k runs a partial sort of positions, one row at a time on one core: about
+  33 microseconds per row of 4,000 values with k = 100. Here numpy's introselect finds
+  each row's k-th smallest value (about 3 microseconds), one comparison marks the values
+  at or below it, and only those k are sorted, on keys that pack (value, position) into
+  one int64 (benchmarks/cv_speed.py; WORKSPACE.md, 2026-12-04). Rows where the k-th value
+  is tied beyond the k-th place keep their first tied positions.
+
+  Args:
+    values_TxN: (T, N) integers (e.g. exact int32 distances) as a numpy or CPU jax array,
+      with |value| below 2**31.
+    k: 1 <= k <= N.
+
+  Raises:
+    InputError: values that are not a 2-D integer array or out of range, or k out of range.
+  """
+  v = np.asarray(values_TxN)
+  if v.ndim != 2 or not np.issubdtype(v.dtype, np.integer):
+    raise InputError(f"values_TxN must be a 2-D integer array, got {v.dtype} of shape "
+                     f"{v.shape}; floats go through smallest_k", argument="values_TxN")
+  t, n = v.shape
+  k = _checks.concrete_int(k, "k")
+  if not 1 <= k <= n:
+    raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
+  wide = v.dtype.itemsize > 4 or v.dtype == np.uint32  # else in range by its dtype
+  if wide and v.size and (v.min() < -2 ** 31 or v.max() >= 2 ** 31):
+    raise InputError("values_TxN must lie in [-2**31, 2**31)", argument="values_TxN")
+  if t == 0:
+    return np.zeros((0, k), np.int32)
+  kth = np.partition(v, k - 1, axis=1)[:, k - 1:k]
+  flat = np.flatnonzero(v <= kth)  # row by row, positions increasing: k or more per row
+  vals = np.take(v.reshape(-1), flat).astype(np.int64)
+  rows, cols = np.divmod(flat, n)
+  if len(rows) > t * k:  # some k-th values tied past the k-th place: keep the first tied
+    tied = vals == kth[rows, 0]
+    start = np.searchsorted(rows, np.arange(t))  # each row's first entry
+    below = np.bincount(rows, weights=~tied, minlength=t).astype(np.int64)  # < k-th value
+    before = np.cumsum(tied) - tied  # tied entries ahead, over all rows
+    place = before - before[start][rows]  # ... within the row
+    keep = ~tied | (place < (k - below)[rows])
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+  shift = max(1, int(n - 1).bit_length())
+  keys = ((vals << shift) | cols).reshape(t, k)  # (value, position) in one ordered key
+  keys.sort(axis=1)
+  return (keys & ((1 << shift) - 1)).astype(np.int32)

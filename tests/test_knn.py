@@ -232,6 +232,46 @@ def test_smallest_k_orders_tied_candidates_by_position_across_chunks():
   assert np.asarray(topk.smallest_k(jnp.asarray(v), 2)).tolist() == [[100, 5]]
 
 
+def test_smallest_k_host_keeps_the_first_tied_positions():
+  v = np.array([[5, 3, 3, 9, 3], [7, 7, 7, 7, 7], [-4, 2**31 - 1, -2**31, 0, -4]], np.int64)
+  assert topk.smallest_k_host(v, 1).tolist() == [[1], [0], [2]]
+  assert topk.smallest_k_host(v, 2).tolist() == [[1, 2], [0, 1], [2, 0]]
+  assert topk.smallest_k_host(v, 4).tolist() == [[1, 2, 4, 0], [0, 1, 2, 3], [2, 0, 4, 3]]
+  assert topk.smallest_k_host(v, 5).dtype == np.int32
+
+
+@pytest.mark.parametrize("levels", [2, 6, 2**31])
+def test_smallest_k_host_gives_the_positions_of_smallest_k(levels):
+  """Many rows, ties everywhere (or hardly any), rows all tied, any k: the positions of a
+  stable sort (those of smallest_k where it can order the values), from numpy or jax
+  int32 and from int64 values."""
+  rng = np.random.default_rng(levels % 97)
+  v = rng.integers(0, levels, (40, 300), dtype=np.int64).astype(np.int32)
+  v[3] = 5  # one value only
+  v[4, ::7] = 0
+  for k in (1, 2, 31, 100, 299, 300):
+    want = np.argsort(v, axis=1, kind="stable")[:, :k]
+    if levels < 2**30:
+      np.testing.assert_array_equal(np.asarray(topk.smallest_k(jnp.asarray(v), k)), want)
+    np.testing.assert_array_equal(topk.smallest_k_host(v, k), want)
+    np.testing.assert_array_equal(topk.smallest_k_host(jnp.asarray(v), k), want)
+    np.testing.assert_array_equal(topk.smallest_k_host(v.astype(np.int64) - 2**30, k), want)
+  assert topk.smallest_k_host(np.zeros((0, 3), np.int32), 2).shape == (0, 2)
+
+
+def test_smallest_k_host_refuses_what_it_cannot_order():
+  for values, k, argument, message in [
+      (np.zeros((2, 3), np.float32), 1, "values_TxN", "2-D integer array"),
+      (np.zeros(3, np.int32), 1, "values_TxN", "2-D integer array"),
+      (np.zeros((2, 3), np.int32), 4, "k", r"in \[1, 3\]"),
+      (np.zeros((2, 3), np.int32), 0, "k", r"in \[1, 3\]"),
+      (np.full((2, 3), 2**31, np.int64), 1, "values_TxN", r"\[-2\*\*31, 2\*\*31\)"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      topk.smallest_k_host(values, k)
+    assert e.value.argument == argument
+
+
 @pytest.mark.parametrize("metric", ["l1", "l2"])
 def test_long_database_tiles_take_the_chunked_selection(metric):
   """Tiles of 1,000 rows with k = 4 go through smallest_k's chunk path."""

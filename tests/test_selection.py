@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxlin import knn, metrics, selection
+from jaxlin import knn, metrics, selection, topk
 from jaxlin.errors import InputError
 
 
@@ -150,6 +150,23 @@ def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", st
                         tie_break=tie_break, method="brute")
     want.append([np.count_nonzero(np.asarray(p) == y[va]) / len(va) for p in preds])
   return np.array(want)
+
+
+def test_whole_rows_select_on_the_device_off_the_cpu(monkeypatch):
+  """Off the CPU each fold selects with smallest_k on the device, not on the host: the same
+  answers."""
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 3, (61, 10)).astype(np.uint8)
+  y = rng.integers(0, 4, 61)
+  ks = [1, 3, 12]
+  monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
+  for metric in ("l1", "l2"):
+    want = _one_search_per_fold(x, y, ks, 5, metric)
+    with monkeypatch.context() as m:
+      m.setattr(knn, "_platform", lambda mesh, database: "gpu")
+      m.setattr(topk, "smallest_k_host", lambda *a: pytest.fail("selected on the host"))
+      np.testing.assert_array_equal(
+          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=4), want)
 
 
 @pytest.mark.parametrize("dtype, metric, folds, stratify", [(np.uint8, "l1", 2, False),
