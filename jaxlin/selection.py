@@ -247,24 +247,32 @@ def _whole_rows(x, folds, k, *, kernel, metric):
   fold lays out its rows against its training rows, computing the blocks of the later
   folds and taking the earlier folds' blocks transposed: each pair of folds once. Each
   fold then selects from whole rows: on a CPU by ``topk.smallest_k_host`` (several times
-  faster there than XLA's top_k at large k), while the next folds' programs run."""
+  faster there than XLA's top_k at large k), while the next fold's program runs."""
   del metric  # the kernel computes it
   sizes = tuple(len(va) for _, va in folds)
   size = max(sizes)
   platform = knn._platform(None, x)  # pylint: disable=protected-access
   tile = knn._even_tile(size, _BLOCK_TILE, 8)  # pylint: disable=protected-access
-  stacked = jnp.asarray(np.stack([_padded(x, va, -(-size // tile) * tile) for _, va in folds]))
+  rows = -(-size // tile) * tile
+  stacked = x[np.stack([np.pad(va, (0, rows - len(va))) for _, va in folds])]  # one copy
+  for f, (_, va) in enumerate(folds):
+    stacked[f, len(va):] = 0  # padding rows: zeros
+  stacked = jnp.asarray(stacked)
   prepared = _prepared_folds(stacked, kernel=kernel, sizes=sizes, tile=tile,
                              by_products=platform == "cpu" and distances.cpu_has_amx())
-  matrices, blocks = [], {}
-  for f in range(len(folds)):
-    d, later = _fold_matrix(prepared, tuple(blocks.pop((g, f)) for g in range(f)), f=f,
-                            kernel=kernel, sizes=sizes, tile=tile)
-    blocks.update({(f, g): b for g, b in zip(range(f + 1, len(folds)), later)})
-    matrices.append(d)
-  for f in range(len(folds)):
-    d, matrices[f] = matrices[f], None
-    yield topk.smallest_k_host(d, k) if platform == "cpu" else topk.smallest_k(d, k)
+  blocks, previous = {}, None
+  for f in range(len(folds) + 1):
+    d = None
+    if f < len(folds):  # fold f's program runs while the host selects fold f - 1
+      d, later = _fold_matrix(prepared, tuple(blocks.pop((g, f)) for g in range(f)), f=f,
+                              kernel=kernel, sizes=sizes, tile=tile)
+      blocks.update({(f, g): b for g, b in zip(range(f + 1, len(folds)), later)})
+    if previous is not None:
+      yield (topk.smallest_k_host(previous, k) if platform == "cpu"
+             else topk.smallest_k(previous, k))
+    # One program at a time: programs dispatched together ran concurrently on a CPU and
+    # took twice as long (5 folds of 1,000 CIFAR-10 images, L2: 98 ms against 50 ms).
+    previous = jax.block_until_ready(d)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "sizes", "tile", "by_products"))

@@ -17,7 +17,9 @@ or 2**30 for integers. Search uses it for padding rows, and
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -169,6 +171,38 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
     raise InputError("values_TxN must lie in [-2**31, 2**31)", argument="values_TxN")
   if t == 0:
     return np.zeros((0, k), np.int32)
+  parts = min(_host_cores(), t, v.size // _HOST_PART_VALUES)
+  if parts > 1:  # numpy lets go of the interpreter lock: row blocks run on the cores
+    bounds = np.linspace(0, t, parts + 1).astype(int)
+    futures = [_host_pool().submit(_smallest_k_rows, v[a:b], k)
+               for a, b in zip(bounds[1:-1], bounds[2:])]
+    first = _smallest_k_rows(v[:bounds[1]], k)
+    return np.concatenate([first] + [f.result() for f in futures])
+  return _smallest_k_rows(v, k)
+
+
+# Values per block of rows of smallest_k_host on its own core: 1,000 x 4,000 in two blocks
+# took 4.0 ms against 7.5 ms in one (Intel Xeon, 2 cores; WORKSPACE.md, 2026-12-04).
+_HOST_PART_VALUES = 2 ** 20
+
+
+@functools.lru_cache(maxsize=None)
+def _host_cores() -> int:
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not on Linux
+    return max(1, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_pool():
+  return concurrent.futures.ThreadPoolExecutor(max(1, _host_cores() - 1),
+                                               thread_name_prefix="jaxlin-topk")
+
+
+def _smallest_k_rows(v, k):
+  """smallest_k_host of checked values, on the calling thread."""
+  t, n = v.shape
   kth = np.partition(v, k - 1, axis=1)[:, k - 1:k]
   flat = np.flatnonzero(v <= kth)  # row by row, positions increasing: k or more per row
   vals = np.take(v.reshape(-1), flat).astype(np.int64)

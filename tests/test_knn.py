@@ -259,6 +259,18 @@ def test_smallest_k_host_gives_the_positions_of_smallest_k(levels):
   assert topk.smallest_k_host(np.zeros((0, 3), np.int32), 2).shape == (0, 2)
 
 
+def test_smallest_k_host_splits_many_rows_over_the_cores(monkeypatch):
+  """Blocks of rows on several threads: the positions of one block."""
+  rng = np.random.default_rng(5)
+  v = rng.integers(0, 4, (37, 50)).astype(np.int32)
+  want = topk.smallest_k_host(v, 9)
+  monkeypatch.setattr(topk, "_HOST_PART_VALUES", 1)
+  monkeypatch.setattr(topk, "_host_cores", lambda: 3)
+  np.testing.assert_array_equal(topk.smallest_k_host(v, 9), want)
+  np.testing.assert_array_equal(want, np.argsort(v, axis=1, kind="stable")[:, :9])
+  assert topk.smallest_k_host(v[:2], 9).shape == (2, 9)  # fewer rows than cores
+
+
 def test_smallest_k_host_refuses_what_it_cannot_order():
   for values, k, argument, message in [
       (np.zeros((2, 3), np.float32), 1, "values_TxN", "2-D integer array"),
