@@ -8,8 +8,10 @@ database rows, for uint8 pixels and for the same pixels as float32. The
 settings run in turn within each repeat, so each repeat compares them under the
 same load; the table gives each tile's median time and its median speed-up over
 64 queries per tile (the default before this benchmark). It also prints the
-tile ``jaxlin.knn`` chooses on this machine (``knn.l1_query_tile``, from the
-level-2 cache size) and checks that every tile gives the same neighbours.
+tile ``jaxlin.knn`` chooses on this machine for each dtype
+(``knn.l1_query_tile``, from the level-2 cache size: 1,024 queries for integer
+pixels where it holds at least 2 MiB) and checks that every tile gives the same
+neighbours.
 ``--unroll`` sets the features per fused step of the kernel (``--unroll=16``: the
 setting before this benchmark).
 """
@@ -49,7 +51,9 @@ def main(argv):
   db = arrays["train_x"]
   common.check_k(_K.value, len(db))
   pick = common.query_rows(_QUERIES.value, len(arrays["test_x"]))
-  chosen = knn.l1_query_tile(knn.l2_cache_bytes(), jax.default_backend())
+  chosen = {dtype: knn.l1_query_tile(knn.l2_cache_bytes(), jax.default_backend(),
+                                     exact=np.issubdtype(dtype, np.integer))
+            for dtype in _DTYPES.value}
   print(f"level-2 cache {knn.l2_cache_bytes() >> 10} KiB: jaxlin chooses {chosen} queries "
         "per L1 tile", file=sys.stderr, flush=True)
   rows = []
@@ -67,7 +71,7 @@ def main(argv):
                    "best (s)": min(times[t]),
                    f"x faster than {tiles[0]} (median of repeats)":
                        float(np.median(ref / np.array(times[t]))),
-                   "chosen here": t == chosen,
+                   "chosen here": t == chosen[dtype],
                    f"same neighbours as {tiles[0]}": "(reference)" if t == tiles[0] else
                    bool(np.array_equal(answers[t], answers[tiles[0]]))})
       print(rows[-1], file=sys.stderr, flush=True)

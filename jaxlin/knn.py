@@ -108,7 +108,7 @@ def _default_tiles(metric: str, platform: str, num_queries: int,
   search passes "": every process must pick the same tiles): for L1 see
   ``l1_query_tile``; for L2 / cosine see ``product_tiles``."""
   if metric == "l1":
-    return l1_query_tile(l2_cache_bytes(), platform), 1024
+    return l1_query_tile(l2_cache_bytes(), platform, exact=exact), 1024
   return product_tiles(distances.cpu_has_amx(), platform, num_queries, exact=exact)
 
 
@@ -135,7 +135,7 @@ def product_tiles(amx: bool, platform: str, num_queries: int, *,
   return 256, 65536
 
 
-def l1_query_tile(l2_bytes: int, platform: str) -> int:
+def l1_query_tile(l2_bytes: int, platform: str, *, exact: bool = False) -> int:
   """Queries per L1 tile against 1,024 database rows, by a rule fitted on one CPU: the
   largest of 256, 128 and 64 whose int16 block of partial sums (2 * tile * 1024 bytes;
   the int32 sums it adds into every 128 features take twice that again) fills at most
@@ -147,9 +147,17 @@ def l1_query_tile(l2_bytes: int, platform: str) -> int:
   faster than 64 on uint8 pixels and 1.2x on float32; 512 is no faster. Float inputs
   take the same rule though their float32 sums are twice the size (measured, not
   derived). The smaller tiles for smaller caches are a prediction, not a measurement.
+
+  Integer inputs (``exact``: uint8 / int8 pixels) on a CPU with at least 2 MiB of L2 per
+  core take 1,024 queries: on an Intel Xeon with 2 MiB, 1,000 queries per tile searched
+  1.42x faster than 256 (512: 1.16x; of 2,000 queries, 2,000 per tile 0.96x of 1,000),
+  but float32 inputs 0.94x, so they keep the rule above (``benchmarks.l1_tiles``;
+  WORKSPACE.md, 2026-12-04). Other CPUs with such caches follow by prediction.
   """
   if platform != "cpu" or l2_bytes <= 0:
     return 64
+  if exact and l2_bytes >= 2 << 20:
+    return 1024
   for tile in (256, 128):
     if 2 * tile * 1024 <= l2_bytes // 2:
       return tile

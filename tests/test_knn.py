@@ -152,6 +152,9 @@ def test_l1_query_tile_follows_the_level_2_cache(tmp_path, monkeypatch):
   assert knn.l1_query_tile(256 << 10, "cpu") == 64
   assert knn.l1_query_tile(0, "cpu") == 64  # unknown
   assert knn.l1_query_tile(2 << 20, "gpu") == 64
+  assert knn.l1_query_tile(2 << 20, "cpu", exact=True) == 1024  # integer pixels, 2 MiB
+  assert knn.l1_query_tile((2 << 20) - 1, "cpu", exact=True) == 256
+  assert knn.l1_query_tile(2 << 20, "gpu", exact=True) == 64
   # The search's tiles follow it on a CPU; other platforms, and processes that must agree
   # on their tiles (platform ""), keep 64.
   monkeypatch.setattr(knn, "l2_cache_bytes", lambda: 1 << 20)
