@@ -176,11 +176,12 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 # a search's database tiles do; the running bests of all folds (about 24 F S k bytes with
 # a merge's) must fit _WHOLE_ROWS_BYTES too, else one search per fold.
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
-# The tiles of a block of two folds (queries and database rows): a block of two
-# 1,000-image folds as one tile took 53 ms for L1 against 63 ms with search's 250 x 1,000
-# tiles, and 67 ms against 85 ms for L2 with 504 x 1,000 (one-off timings, Intel Xeon with
-# AMX, 2026-12-04).
-_BLOCK_TILE = 1024
+# The largest L1 tile of a block of two folds (queries and database rows): a block of two
+# 1,000-image folds as one tile took 53 ms against 63 ms with search's 250 x 1,000 tiles,
+# and a block of two 4,000-image folds 0.70 s in tiles of 2,000 against 0.84 s in tiles of
+# 1,000 (one-off timings, Intel Xeon with AMX, 2026-12-04). L2 takes whole folds
+# (_fold_tiles).
+_BLOCK_TILE = 2048
 _CHUNK_BYTES = 64 * 2 ** 20
 # Each pair of folds pays where it is real work (S^2 D >= 2**30, e.g. 5,000 CIFAR-10 images
 # in 5 folds: 3 * 10**9). With small blocks (few features, many folds) the calls and the
@@ -229,19 +230,6 @@ def _fits_whole_rows(num_folds: int, size: int) -> bool:
   return (6 * num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
 
 
-def _padded(x, idx, rows: int) -> np.ndarray:
-  return np.pad(x[idx], ((0, rows - len(idx)), (0, 0)))
-
-
-def _fold_tiles(x, folds, metric):
-  """(query tile, database tile, every fold as a database: its rows padded to whole
-  database tiles, on the device), as a search of one fold against another takes them."""
-  size = max(len(va) for _, va in folds)
-  qt, dt = knn._tile_sizes(metric, size, size,  # pylint: disable=protected-access
-                           platform=knn._platform(None, x))  # pylint: disable=protected-access
-  return qt, dt, [jnp.asarray(_padded(x, vg, -(-size // dt) * dt)) for _, vg in folds]
-
-
 def _whole_rows(x, folds, k, *, kernel, metric):
   """Each fold's k nearest (positions in its training rows), fold by fold. One program per
   fold lays out its rows against its training rows, computing the blocks of the later
@@ -250,22 +238,16 @@ def _whole_rows(x, folds, k, *, kernel, metric):
   faster there than XLA's top_k at large k), while the next fold's program runs."""
   del metric  # the kernel computes it
   sizes = tuple(len(va) for _, va in folds)
-  size = max(sizes)
   platform = knn._platform(None, x)  # pylint: disable=protected-access
-  tile = knn._even_tile(size, _BLOCK_TILE, 8)  # pylint: disable=protected-access
-  rows = -(-size // tile) * tile
-  stacked = x[np.stack([np.pad(va, (0, rows - len(va))) for _, va in folds])]  # one copy
-  for f, (_, va) in enumerate(folds):
-    stacked[f, len(va):] = 0  # padding rows: zeros
-  stacked = jnp.asarray(stacked)
-  prepared = _prepared_folds(stacked, kernel=kernel, sizes=sizes, tile=tile,
-                             by_products=platform == "cpu" and distances.cpu_has_amx())
+  qt, dt = _fold_tiles(kernel, sizes)
+  cols = -(-max(sizes) // dt) * dt  # a fold as a database: whole tiles (as queries too)
+  prepared = _prepare(x, folds, kernel, cols, cols, platform, database_tile=dt)
   blocks, previous = {}, None
   for f in range(len(folds) + 1):
     d = None
     if f < len(folds):  # fold f's program runs while the host selects fold f - 1
       d, later = _fold_matrix(prepared, tuple(blocks.pop((g, f)) for g in range(f)), f=f,
-                              kernel=kernel, sizes=sizes, tile=tile)
+                              kernel=kernel, sizes=sizes, tile=qt)
       blocks.update({(f, g): b for g, b in zip(range(f + 1, len(folds)), later)})
     if previous is not None:
       yield (topk.smallest_k_host(previous, k) if platform == "cpu"
@@ -275,19 +257,45 @@ def _whole_rows(x, folds, k, *, kernel, metric):
     previous = jax.block_until_ready(d)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "sizes", "tile", "by_products"))
-def _prepared_folds(folds_FxPxD, *, kernel, sizes, tile, by_products):
-  """Every fold's padded rows as queries and as database tiles of ``tile`` rows: (q, q_aux,
-  tiles, aux), each stacked over the folds. ``by_products``: squared norms by int8
-  products (``distances.int_squared_norms``)."""
+def _fold_tiles(kernel, sizes) -> tuple[int, int]:
+  """(queries, database rows) per tile of a block of two folds: for L1, at most
+  _BLOCK_TILE each; for the product kernel (L2), one tile of a whole fold: one product of
+  4,000 x 4,000 rows took 64 ms against 98 ms in tiles of 1,000 (Intel Xeon with AMX,
+  2026-12-04)."""
+  tile = knn._even_tile(max(sizes), _BLOCK_TILE, 8)  # pylint: disable=protected-access
+  if kernel.feature_major:
+    return tile, tile
+  whole = -(-max(sizes) // 8) * 8
+  return whole, whole
+
+
+def _prepare(x, folds, kernel, rows: int, db_rows: int, platform: str, *, database_tile):
+  """``_prepared_folds`` of every fold's rows padded with zeros: ``rows`` as queries, the
+  first ``db_rows`` as database tiles."""
+  padded = max(rows, db_rows)
+  stacked = x[np.stack([np.pad(va, (0, padded - len(va))) for _, va in folds])]  # one copy
+  for f, (_, va) in enumerate(folds):
+    stacked[f, len(va):] = 0  # padding rows: zeros
+  return _prepared_folds(jnp.asarray(stacked), kernel=kernel,
+                         sizes=tuple(len(va) for _, va in folds), rows=rows, db_rows=db_rows,
+                         database_tile=database_tile,
+                         by_products=platform == "cpu" and distances.cpu_has_amx())
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "sizes", "rows", "db_rows",
+                                             "database_tile", "by_products"))
+def _prepared_folds(folds_FxPxD, *, kernel, sizes, rows, db_rows, database_tile, by_products):
+  """Every fold's padded rows, the first ``rows`` as queries and the first ``db_rows`` as
+  database tiles of ``database_tile`` rows: (q, q_aux, tiles, aux), each stacked over the
+  folds. ``by_products``: squared norms by int8 products (``distances.int_squared_norms``)."""
   out = []
   for f, size in enumerate(sizes):
-    db, aux, centre = kernel.prepare(folds_FxPxD[f], size)
-    q, q_aux = kernel.transform(folds_FxPxD[f], centre)
+    db, aux, centre = kernel.prepare(folds_FxPxD[f, :db_rows], size)
+    q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre)
     if by_products and kernel.name == "l2_int8":
       aux = distances.int_squared_norms(db, by_products=True)
       q_aux = distances.int_squared_norms(q, by_products=True)
-    out.append((q, q_aux, kernel.tiles(db, tile), aux.reshape(-1, tile)))
+    out.append((q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)))
   return tuple(jnp.stack(parts) for parts in zip(*out))
 
 
@@ -319,29 +327,72 @@ def _merge_rows(best_d, best_i, d_RxC, n_cols, offset, row0, *, k, transposed=Fa
           jax.lax.dynamic_update_slice_in_dim(best_i, rows_i, row0, 0))
 
 
+@functools.partial(jax.jit, static_argnames=("rows", "kernel", "tile", "transposed"))
+def _chunk_block(prepared, f, g, r0, *, rows, kernel, tile, transposed):
+  """(distances of rows [r0, r0 + rows) of fold f to fold g's padded rows, by the kernel's
+  tiles as a search computes them; their transpose, or None) in one program (f, g, r0:
+  traced, so one program serves every chunk)."""
+  q, q_aux, tiles, aux = prepared
+  d = knn._tiled_block(  # pylint: disable=protected-access
+      jax.lax.dynamic_slice_in_dim(q[f], r0, rows),
+      jax.lax.dynamic_slice_in_dim(q_aux[f], r0, rows), tiles[g], aux[g], kernel=kernel,
+      query_tile=tile)
+  return d, (d.T if transposed else None)
+
+
+def _merge_on_host(best_d, best_i, d_RxC, n_cols, offset, row0, *, k, transposed=False):
+  """``_merge_rows`` on numpy running bests, updated in place and returned, by
+  ``topk.smallest_k_host``: the k best of the new columns, then the k best of those and
+  the running best (ahead of them: lower positions), so ties go to the lower index, as in
+  a search."""
+  d = np.asarray(d_RxC)
+  d = (d.T if transposed else d)[:, :n_cols]
+  r = d.shape[0]
+  pos = topk.smallest_k_host(d, min(k, n_cols))
+  cand_d = np.concatenate([best_d[row0:row0 + r], np.take_along_axis(d, pos, axis=1)], axis=1)
+  cand_i = np.concatenate([best_i[row0:row0 + r], offset + pos], axis=1)
+  keep = topk.smallest_k_host(cand_d, k)
+  best_d[row0:row0 + r] = np.take_along_axis(cand_d, keep, axis=1)
+  best_i[row0:row0 + r] = np.take_along_axis(cand_i, keep, axis=1)
+  return best_d, best_i
+
+
 def _streamed(x, folds, k, *, kernel, metric):
   """Each fold's k nearest, with bounded memory: for f = 0, 1, ... and chunks of fold f's
   rows in order, the chunk's distances to each later fold g update the running best of the
   chunk (columns of fold g) and of fold g (columns of the chunk). So every fold meets its
   training rows in increasing position, and fold f is complete once its own turn ends."""
+  del metric  # the kernel computes it
   sizes = [len(va) for _, va in folds]
-  size = max(sizes)
-  qt, dt, db = _fold_tiles(x, folds, metric)
-  cols = db[0].shape[0]  # a fold as a database: padded to whole tiles
-  rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-size // qt) * qt)
-  height = max(-(-size // rows) * rows, cols)
-  best = [(jnp.full((height, k), topk.worst(jnp.int32), jnp.int32),
-           jnp.full((height, k), -1, jnp.int32)) for _ in folds]
+  platform = knn._platform(None, x)  # pylint: disable=protected-access
+  qt, dt = _fold_tiles(kernel, sizes)
+  cols = -(-max(sizes) // dt) * dt  # a fold as a database: whole tiles
+  if not kernel.feature_major:  # one product per chunk: as many rows as the memory allows
+    qt = min(cols, max(8, _CHUNK_BYTES // (4 * cols) // 8 * 8))
+  rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-cols // qt) * qt)
+  height = -(-cols // rows) * rows  # every fold's rows padded to whole chunks
+  prepared = _prepare(x, folds, kernel, height, cols, platform, database_tile=dt)
+  # On a CPU the merges run on the host (topk.smallest_k_host): for 20,000 images in 5
+  # folds, XLA's merges of 100 of 4,100 per row took most of the time.
+  host = platform == "cpu"
+  merge, new = (_merge_on_host, np.full) if host else (_merge_rows, jnp.full)
+  best = [(new((height, k), topk.worst(jnp.int32), np.int32), new((height, k), -1, np.int32))
+          for _ in folds]
   first = lambda f, g: sum(sizes[h] for h in range(g) if h != f)  # fold g's in fold f's tr
-  for f, (_, va) in enumerate(folds):
-    for r0 in range(0, len(va) if f + 1 < len(folds) else 0, rows):  # the last: complete
-      chunk = va[r0:r0 + rows]
-      a = jnp.asarray(_padded(x, chunk, rows))
-      for g in range(f + 1, len(folds)):
-        d = knn._distance_block(  # pylint: disable=protected-access
-            a, db[g], kernel=kernel, query_tile=qt, database_tile=dt)
-        best[f] = _merge_rows(*best[f], d, sizes[g], first(f, g), r0, k=k)
-        best[g] = _merge_rows(*best[g], d, len(chunk), first(g, f) + r0, 0, k=k,
-                              transposed=True)
-    yield best[f][1][:len(va)]
-    best[f] = None
+  steps = [(f, r0, g) for f in range(len(folds) - 1) for r0 in range(0, sizes[f], rows)
+           for g in range(f + 1, len(folds))]  # the last fold is complete by its turn
+  block = lambda f, r0, g: _chunk_block(prepared, f, g, r0, rows=rows, kernel=kernel,
+                                        tile=qt, transposed=host)  # XLA's transpose: faster
+  upcoming = block(*steps[0])
+  for i, (f, r0, g) in enumerate(steps):
+    d, d_t = jax.block_until_ready(upcoming)  # one program at a time (see _whole_rows)
+    if i + 1 < len(steps):  # the next block runs while these merges do
+      upcoming = block(*steps[i + 1])
+    n_chunk = min(rows, sizes[f] - r0)
+    best[f] = merge(*best[f], d, sizes[g], first(f, g), r0, k=k)
+    best[g] = (merge(*best[g], d_t, n_chunk, first(g, f) + r0, 0, k=k) if host else
+               merge(*best[g], d, n_chunk, first(g, f) + r0, 0, k=k, transposed=True))
+    del d, d_t
+    for done in range(f, steps[i + 1][0] if i + 1 < len(steps) else len(folds)):
+      yield best[done][1][:sizes[done]]  # fold f's turn has ended (and the last fold's)
+      best[done] = None

@@ -123,6 +123,7 @@ def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold
   assert len(searched) == 5  # blocks this small are not worth sharing: a search per fold
   searched.clear()
   monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
+  monkeypatch.setattr(selection, "_BLOCK_TILE", 8)  # blocks of several tiles
   for folds, stratify, tie_break in ((5, False, "smallest_label"), (4, True, "nearest")):
     want = _one_search_per_fold(x, y, ks, folds, metric, tie_break, stratify)
     searched.clear()
@@ -152,19 +153,22 @@ def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", st
   return np.array(want)
 
 
-def test_whole_rows_select_on_the_device_off_the_cpu(monkeypatch):
-  """Off the CPU each fold selects with smallest_k on the device, not on the host: the same
-  answers."""
+@pytest.mark.parametrize("whole", [True, False])
+def test_folds_select_on_the_device_off_the_cpu(whole, monkeypatch):
+  """Off the CPU each fold selects (whole rows) or merges (streamed) with smallest_k on the
+  device, not on the host: the same answers."""
   rng = np.random.default_rng(4)
   x = rng.integers(0, 3, (61, 10)).astype(np.uint8)
   y = rng.integers(0, 4, 61)
   ks = [1, 3, 12]
   monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
+  monkeypatch.setattr(selection, "_fits_whole_rows", lambda num_folds, size: whole)
   for metric in ("l1", "l2"):
     want = _one_search_per_fold(x, y, ks, 5, metric)
     with monkeypatch.context() as m:
       m.setattr(knn, "_platform", lambda mesh, database: "gpu")
       m.setattr(topk, "smallest_k_host", lambda *a: pytest.fail("selected on the host"))
+      m.setattr(selection, "_merge_on_host", lambda *a, **kw: pytest.fail("merged on the host"))
       np.testing.assert_array_equal(
           selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=4), want)
 
@@ -180,6 +184,7 @@ def test_streamed_folds_in_several_chunks_give_the_answers_of_one_search_per_fol
   monkeypatch.setattr(selection, "_WHOLE_ROWS_BYTES", 2 ** 40)
   monkeypatch.setattr(selection, "_fits_whole_rows", lambda num_folds, size: False)
   monkeypatch.setattr(selection, "_CHUNK_BYTES", 1)  # the smallest chunk: one query tile
+  monkeypatch.setattr(selection, "_BLOCK_TILE", 200)  # tiles of 176 rows: 2 per fold
   rng = np.random.default_rng(2)
   n = 350 * folds + 1  # folds of 350 or 351 rows: more than one query tile
   x = (rng.integers(0, 3, (n, 6)) - (1 if dtype == np.int8 else 0)).astype(dtype)
