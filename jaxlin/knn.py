@@ -148,8 +148,8 @@ def l1_query_tile(l2_bytes: int, platform: str, *, exact: bool = False) -> int:
   take the same rule though their float32 sums are twice the size (measured, not
   derived). The smaller tiles for smaller caches are a prediction, not a measurement.
 
-  Integer inputs (``exact``: uint8 / int8 pixels) on a CPU with at least 2 MiB of L2 per
-  core take 1,024 queries: on an Intel Xeon with 2 MiB, 1,000 queries per tile searched
+  Integer inputs (``exact``; measured on uint8 pixels) on a CPU with at least 2 MiB of L2
+  per core take 1,024 queries: on an Intel Xeon with 2 MiB, 1,000 queries per tile searched
   1.42x faster than 256 (512: 1.16x; of 2,000 queries, 2,000 per tile 0.96x of 1,000),
   but float32 inputs 0.94x, so they keep the rule above (``benchmarks.l1_tiles``;
   WORKSPACE.md, 2026-12-04). Other CPUs with such caches follow by prediction.
@@ -322,21 +322,13 @@ def _search_block(q_BxD, tiles, aux, centre, n_valid, *, kernel, k, mesh, layout
   return fn(q_BxD, tiles, aux, centre, n_valid)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "query_tile", "database_tile"))
-def _distance_block(a_AxD, b_BxD, *, kernel, query_tile: int, database_tile: int):
-  """(A, B) distances of every row of a to every row of b in the kernel's dtype (exact int32
-  for the integer kernels: the same values as a search's), tile by tile as a search
-  computes them. A and B are multiples of the tiles (padding rows are the caller's)."""
-  db, aux, centre = kernel.prepare(b_BxD, b_BxD.shape[0])
-  q, q_aux = kernel.transform(a_AxD, centre)
-  return _tiled_block(q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile),
-                      kernel=kernel, query_tile=query_tile)
-
-
+@functools.partial(jax.jit, static_argnames=("kernel", "query_tile"))
 def _tiled_block(q_AxD, q_aux_A, tiles, aux_MxS, *, kernel, query_tile: int):
-  """``_distance_block`` of queries already transformed (``kernel.transform``) and a
-  database already prepared and cut into tiles (``kernel.prepare``, ``kernel.tiles``):
-  (A, M * S)."""
+  """(A, M * S) distances of every query to every database row in the kernel's dtype
+  (exact int32 for the integer kernels: the same values as a search's), tile by tile as a
+  search computes them, from queries already transformed (``kernel.transform``; A a
+  multiple of ``query_tile``) and a database already prepared and cut into tiles
+  (``kernel.prepare``, ``kernel.tiles``)."""
   q = q_AxD.reshape(-1, query_tile, q_AxD.shape[1])
   q_aux = q_aux_A.reshape(-1, query_tile)
 

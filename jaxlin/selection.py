@@ -169,14 +169,16 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 
 # Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
 # are fold f's to fold g, transposed, so the folds' searches take half the distance work.
-# Where they fit, every fold's whole rows are laid out at once and each fold selects its
-# neighbours from them: with F folds of at most S rows, about (6 F^2 + 16 F) S^2 bytes
-# (the folds' rows, 4 F (F - 1) S^2 bytes of int32, the blocks waiting for their second
-# fold, at most half that, and a host selection's copies) up to _WHOLE_ROWS_BYTES: 230 MB
-# for 5 folds of 1,000. Beyond, the blocks are streamed: chunks of rows of fold f against
-# fold g (about _CHUNK_BYTES of distances each) update a running k best of both folds, as
-# a search's database tiles do; the running bests of all folds (about 24 F S k bytes with
-# a merge's) must fit _WHOLE_ROWS_BYTES too, else one search per fold.
+# Where they fit, each fold selects its neighbours from whole rows: with F folds of at most
+# S rows, at most (6 F^2 + 16 F) S^2 bytes, a bound (the blocks waiting for their second
+# fold, at most 2 F (F - 1) S^2 bytes of int32; two folds' rows, 8 (F - 1) S^2; a host
+# selection's copies of one) up to _WHOLE_ROWS_BYTES: 230 MB for 5 folds of 1,000. Beyond,
+# the blocks are streamed: chunks of rows of fold f against fold g (about _CHUNK_BYTES of
+# distances each) update a running k best of both folds, as a search's database tiles do;
+# the running bests of all folds (about 24 F S k bytes with a merge's) must fit
+# _WHOLE_ROWS_BYTES too, else one search per fold. Both ways also hold the prepared rows
+# (about 2 F S D bytes: queries and database tiles), and streaming up to four chunks'
+# distances (a block and its transpose, while the next pair's are computed).
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
 # The largest L1 tile of a block of two folds (queries and database rows): a block of two
 # 1,000-image folds as one tile took 53 ms against 63 ms with search's 250 x 1,000 tiles,

@@ -152,7 +152,7 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
 
   Args:
     values_TxN: (T, N) integers (e.g. exact int32 distances) as a numpy or CPU jax array,
-      with |value| below 2**31.
+      in [-2**31, 2**31).
     k: 1 <= k <= N.
 
   Raises:
@@ -198,6 +198,10 @@ def _host_cores() -> int:
 def _host_pool():
   return concurrent.futures.ThreadPoolExecutor(max(1, _host_cores() - 1),
                                                thread_name_prefix="jaxlin-topk")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+  os.register_at_fork(after_in_child=_host_pool.cache_clear)
 
 
 def _smallest_k_rows(v, k):

@@ -1,5 +1,8 @@
 import contextlib
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -272,6 +275,31 @@ def test_smallest_k_host_splits_many_rows_over_the_cores(monkeypatch):
   np.testing.assert_array_equal(topk.smallest_k_host(v, 9), want)
   np.testing.assert_array_equal(want, np.argsort(v, axis=1, kind="stable")[:, :9])
   assert topk.smallest_k_host(v[:2], 9).shape == (2, 9)  # fewer rows than cores
+
+
+_FORKED_CHILD = """
+import os, signal
+import numpy as np
+from jaxlin import topk
+topk._HOST_PART_VALUES = 1
+topk._host_cores = lambda: 3
+v = np.random.default_rng(0).integers(0, 4, (8, 10)).astype(np.int32)
+want = topk.smallest_k_host(v, 3)  # the parent's pool is started
+pid = os.fork()
+if pid == 0:  # the child: exit 0 if right, 1 if wrong; the alarm kills it if it hangs
+    signal.alarm(20)
+    os._exit(0 if np.array_equal(topk.smallest_k_host(v, 3), want) else 1)
+print(os.waitpid(pid, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_smallest_k_host_runs_in_a_forked_child_of_a_process_that_used_its_threads():
+  """A forked child inherits the thread pool but not its threads: it must make its own
+  (without, the child hung)."""
+  out = subprocess.run([sys.executable, "-c", _FORKED_CHILD], capture_output=True, text=True,
+                       timeout=120, check=True)
+  assert out.stdout.split() == ["0"], (out.stdout, out.stderr)
 
 
 def test_smallest_k_host_refuses_what_it_cannot_order():

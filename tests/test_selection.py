@@ -153,8 +153,8 @@ def _one_search_per_fold(x, y, ks, folds, metric, tie_break="smallest_label", st
   return np.array(want)
 
 
-@pytest.mark.parametrize("whole", [True, False])
-def test_folds_select_on_the_device_off_the_cpu(whole, monkeypatch):
+@pytest.mark.parametrize("whole, metric", [(True, "l2"), (False, "l1")])
+def test_folds_select_on_the_device_off_the_cpu(whole, metric, monkeypatch):
   """Off the CPU each fold selects (whole rows) or merges (streamed) with smallest_k on the
   device, not on the host: the same answers."""
   rng = np.random.default_rng(4)
@@ -163,14 +163,13 @@ def test_folds_select_on_the_device_off_the_cpu(whole, monkeypatch):
   ks = [1, 3, 12]
   monkeypatch.setattr(selection, "_SHARED_MIN_WORK", 0)
   monkeypatch.setattr(selection, "_fits_whole_rows", lambda num_folds, size: whole)
-  for metric in ("l1", "l2"):
-    want = _one_search_per_fold(x, y, ks, 5, metric)
-    with monkeypatch.context() as m:
-      m.setattr(knn, "_platform", lambda mesh, database: "gpu")
-      m.setattr(topk, "smallest_k_host", lambda *a: pytest.fail("selected on the host"))
-      m.setattr(selection, "_merge_on_host", lambda *a, **kw: pytest.fail("merged on the host"))
-      np.testing.assert_array_equal(
-          selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=4), want)
+  want = _one_search_per_fold(x, y, ks, 5, metric)
+  monkeypatch.setattr(knn, "_platform", lambda mesh, database: "gpu")
+  monkeypatch.setattr(topk, "smallest_k_host", lambda *a: pytest.fail("selected on the host"))
+  monkeypatch.setattr(selection, "_merge_on_host",
+                      lambda *a, **kw: pytest.fail("merged on the host"))
+  np.testing.assert_array_equal(
+      selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=4), want)
 
 
 @pytest.mark.parametrize("dtype, metric, folds, stratify", [(np.uint8, "l1", 2, False),
