@@ -153,8 +153,9 @@ def main(argv):
                   "x faster than the baseline": base / all_k})
     rows.append(row)
     print(rows[-1], file=sys.stderr, flush=True)
+  # The whole process's peak: the dataset loaded, and every way timed (a baseline: apart).
   common.report(out, "cv_speed", rows, list(rows[0]), num_train=len(y), ks=many,
-                per_fold_method=_PER_FOLD_METHOD.value,
+                per_fold_method=_PER_FOLD_METHOD.value, peak_rss_mb=common.peak_rss_mb(),
                 **({"baseline_src": src} if src else {}))
 
 
