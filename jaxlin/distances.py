@@ -519,19 +519,29 @@ class Kernel:
   def feature_major(self) -> bool:
     return KERNELS[self.name].feature_major
 
-  def prepare(self, database_NxD, n_valid):
+  def prepare(self, database_NxD, n_valid, *, norms_by_products: bool = False):
     """(db_NxD, aux_N, centre_D): the database as the tiles use it; rows past
-    ``n_valid`` are padding (zeros) and do not count in the centre."""
-    return KERNELS[self.name].prepare(database_NxD, n_valid, jnp.dtype(self.float_dtype))
+    ``n_valid`` are padding (zeros) and do not count in the centre.
+    ``norms_by_products``: the l2_int8 kernel's squared norms by int8 products
+    (``int_squared_norms``; one device's rows)."""
+    db, aux, centre = KERNELS[self.name].prepare(database_NxD, n_valid,
+                                                 jnp.dtype(self.float_dtype))
+    if norms_by_products and self.name == "l2_int8":  # the sum's norms are then left unused
+      aux = int_squared_norms(db, by_products=True)
+    return db, aux, centre
 
   def tiles(self, db_NxD, tile: int):
     """Database tiles (M, S, D) -- (M, D, S) when feature-major; N a multiple of S."""
     t = db_NxD.reshape(-1, tile, db_NxD.shape[1])
     return t.transpose(0, 2, 1) if self.feature_major else t
 
-  def transform(self, queries_QxD, centre_D):
-    """(q_QxD, q_aux_Q): the queries as the tiles use them."""
-    return KERNELS[self.name].transform(queries_QxD, centre_D, jnp.dtype(self.float_dtype))
+  def transform(self, queries_QxD, centre_D, *, norms_by_products: bool = False):
+    """(q_QxD, q_aux_Q): the queries as the tiles use them (``norms_by_products`` as in
+    ``prepare``)."""
+    q, q_aux = KERNELS[self.name].transform(queries_QxD, centre_D, jnp.dtype(self.float_dtype))
+    if norms_by_products and self.name == "l2_int8":
+      q_aux = int_squared_norms(q, by_products=True)
+    return q, q_aux
 
   def tile(self, q_TxD, q_aux_T, db_tile, db_aux_S):
     """(T, S) distances of a transformed query tile to one database tile, in ``dtype``

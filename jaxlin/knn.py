@@ -239,9 +239,7 @@ def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout, norms_by_prod
   """(tiles (M, S, D) -- (M, D, S) feature-major --, aux (M, S), centre (D,)), placed
   on the mesh: replicated for layout "queries", split by tiles for "database".
   ``norms_by_products``: the l2_int8 kernel's norms by int8 products (one device)."""
-  db, aux, centre = kernel.prepare(database_NxD, n_valid)
-  if norms_by_products and kernel.name == "l2_int8":  # the sum's norms are then left unused
-    aux = distances.int_squared_norms(db, by_products=True)
+  db, aux, centre = kernel.prepare(database_NxD, n_valid, norms_by_products=norms_by_products)
   tiles = kernel.tiles(db, tile)
   aux = aux.reshape(tiles.shape[0], tile)
   if mesh is not None:

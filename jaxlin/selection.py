@@ -151,7 +151,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   knn._checked_tie_break(tie_break)  # pylint: disable=protected-access
   kernel = _shared_kernel(x, metric, mesh, method, folds, max(ks))
   if kernel is not None:  # pixels: each pair of folds once
-    fold_preds = _shared_predictions(x, y, folds, ks, kernel=kernel, metric=metric,
+    fold_preds = _shared_predictions(x, y, folds, ks, kernel=kernel,
                                      num_classes=num_classes, tie_break=tie_break)
   else:  # one search per fold
     fold_preds = (np.asarray(knn._predict(  # pylint: disable=protected-access  # errors name x
@@ -218,13 +218,13 @@ def _shared_kernel(x, metric, mesh, method, folds, k_max):
   return kernel if kernel.dtype == "int32" else None
 
 
-def _shared_predictions(x, y, folds, ks, *, kernel, metric, num_classes, tie_break):
+def _shared_predictions(x, y, folds, ks, *, kernel, num_classes, tie_break):
   """For each fold, (len(ks), fold size) predictions, as ``knn.predict(x[tr], y[tr], x[va])``
   gives them: the same exact distances, in the columns of x[tr] (the other folds in order),
   the same stable selection (ties: lower position) and vote."""
   size = max(len(va) for _, va in folds)
   neighbours = _whole_rows if _fits_whole_rows(len(folds), size) else _streamed
-  for (tr, _), pos in zip(folds, neighbours(x, folds, max(ks), kernel=kernel, metric=metric)):
+  for (tr, _), pos in zip(folds, neighbours(x, folds, max(ks), kernel=kernel)):
     labels = _checks.labels(y[tr], num_classes, "y", len(tr))
     yield np.asarray(knn._votes(  # pylint: disable=protected-access
         jnp.asarray(labels), pos, tuple(ks), num_classes, tie_break))
@@ -234,18 +234,17 @@ def _fits_whole_rows(num_folds: int, size: int) -> bool:
   return (6 * num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
 
 
-def _whole_rows(x, folds, k, *, kernel, metric):
+def _whole_rows(x, folds, k, *, kernel):
   """Each fold's k nearest (positions in its training rows), fold by fold. One program per
   fold lays out its rows against its training rows, computing the blocks of the later
   folds and taking the earlier folds' blocks transposed: each pair of folds once. Each
   fold then selects from whole rows: on a CPU by ``topk.smallest_k_host`` (several times
   faster there than XLA's top_k at large k), while the next fold's program runs."""
-  del metric  # the kernel computes it
   sizes = tuple(len(va) for _, va in folds)
   platform = knn._platform(None, x)  # pylint: disable=protected-access
   qt, dt = _fold_tiles(kernel, sizes)
   cols = -(-max(sizes) // dt) * dt  # a fold as a database: whole tiles (as queries too)
-  prepared = _prepare(x, folds, kernel, cols, cols, platform, database_tile=dt)
+  prepared = _prepare_folds(x, folds, kernel, cols, cols, platform, database_tile=dt)
   blocks, previous = {}, None
   for f in range(len(folds) + 1):
     d = None
@@ -273,7 +272,7 @@ def _fold_tiles(kernel, sizes) -> tuple[int, int]:
   return whole, whole
 
 
-def _prepare(x, folds, kernel, rows: int, db_rows: int, platform: str, *, database_tile):
+def _prepare_folds(x, folds, kernel, rows: int, db_rows: int, platform: str, *, database_tile):
   """``_prepared_folds`` of every fold's rows padded with zeros: ``rows`` as queries, the
   first ``db_rows`` as database tiles."""
   padded = max(rows, db_rows)
@@ -294,11 +293,9 @@ def _prepared_folds(folds_FxPxD, *, kernel, sizes, rows, db_rows, database_tile,
   folds. ``by_products``: squared norms by int8 products (``distances.int_squared_norms``)."""
   out = []
   for f, size in enumerate(sizes):
-    db, aux, centre = kernel.prepare(folds_FxPxD[f, :db_rows], size)
-    q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre)
-    if by_products and kernel.name == "l2_int8":
-      aux = distances.int_squared_norms(db, by_products=True)
-      q_aux = distances.int_squared_norms(q, by_products=True)
+    db, aux, centre = kernel.prepare(folds_FxPxD[f, :db_rows], size,
+                                     norms_by_products=by_products)
+    q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre, norms_by_products=by_products)
     out.append((q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)))
   return tuple(jnp.stack(parts) for parts in zip(*out))
 
@@ -361,12 +358,11 @@ def _merge_on_host(best_d, best_i, d_RxC, n_cols, offset, row0, *, k, transposed
   return best_d, best_i
 
 
-def _streamed(x, folds, k, *, kernel, metric):
+def _streamed(x, folds, k, *, kernel):
   """Each fold's k nearest, with bounded memory: for f = 0, 1, ... and chunks of fold f's
   rows in order, the chunk's distances to each later fold g update the running best of the
   chunk (columns of fold g) and of fold g (columns of the chunk). So every fold meets its
   training rows in increasing position, and fold f is complete once its own turn ends."""
-  del metric  # the kernel computes it
   sizes = [len(va) for _, va in folds]
   platform = knn._platform(None, x)  # pylint: disable=protected-access
   qt, dt = _fold_tiles(kernel, sizes)
@@ -375,7 +371,7 @@ def _streamed(x, folds, k, *, kernel, metric):
     qt = min(cols, max(8, _CHUNK_BYTES // (4 * cols) // 8 * 8))
   rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-cols // qt) * qt)
   height = -(-cols // rows) * rows  # every fold's rows padded to whole chunks
-  prepared = _prepare(x, folds, kernel, height, cols, platform, database_tile=dt)
+  prepared = _prepare_folds(x, folds, kernel, height, cols, platform, database_tile=dt)
   # On a CPU the merges run on the host (topk.smallest_k_host): for 20,000 images in 5
   # folds, XLA's merges of 100 of 4,100 per row took most of the time.
   host = platform == "cpu"

@@ -111,11 +111,15 @@ def smallest_k(values_TxN, k: int):
   50,000).
   """
   values_TxN = _checked_values(values_TxN, "values_TxN", ndim=2)
-  n = values_TxN.shape[1]
+  return _smallest_k(values_TxN, _checked_k(k, values_TxN.shape[1]))
+
+
+def _checked_k(k, n: int) -> int:
+  """``k`` as an int in [1, n] (the row length), or InputError."""
   k = _checks.concrete_int(k, "k")
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
-  return _smallest_k(values_TxN, k)
+  return k
 
 
 @functools.partial(jax.jit, static_argnums=1)  # one program (inlined under a caller's jit)
@@ -147,7 +151,8 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
   33 microseconds per row of 4,000 values with k = 100. Here numpy's introselect finds
   each row's k-th smallest value (about 3 microseconds), one comparison marks the values
   at or below it, and only those k are sorted, on keys that pack (value, position) into
-  one int64 (benchmarks/cv_speed.py; WORKSPACE.md, 2026-12-04). Rows where the k-th value
+  one int64: 4-5.5x faster than top_k at k = 100 (benchmarks/topk_speed.py; WORKSPACE.md,
+  2026-12-04, Intel Xeon with AMX). Rows where the k-th value
   is tied beyond the k-th place keep their first tied positions.
 
   Args:
@@ -163,9 +168,7 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
     raise InputError(f"values_TxN must be a 2-D integer array, got {v.dtype} of shape "
                      f"{v.shape}; floats go through smallest_k", argument="values_TxN")
   t, n = v.shape
-  k = _checks.concrete_int(k, "k")
-  if not 1 <= k <= n:
-    raise InputError(f"k must be an integer in [1, {n}] (the row length), got {k}", argument="k")
+  k = _checked_k(k, n)
   wide = v.dtype.itemsize > 4 or v.dtype == np.uint32  # else in range by its dtype
   if wide and v.size and (v.min() < -2 ** 31 or v.max() >= 2 ** 31):
     raise InputError("values_TxN must lie in [-2**31, 2**31)", argument="values_TxN")
