@@ -4,43 +4,64 @@ r"""Exact kNN that does less than brute force: pooled lower bounds and a certifi
 on the distance of every database row; ``search(queries_QxD, index, k)``
 returns exactly what ``jaxlin.knn.search`` returns by brute force (the same
 indices, the same float32 distances, ties at equal distance in increasing
-database index) on integer pixels (uint8, or int8):
+database index) on integer pixels (uint8, or int8).
 
-1. Bounds for every row (L2: one product with m + 2 columns per chunk of
-   database rows; L1: an L1 over pooled sums), then ``C`` candidates per query.
-   L2 selects in two short steps: the ``C`` groups of ``GROUP`` consecutive
-   rows with the smallest minimum bound, then the ``C`` rows of smallest bound
-   among those groups' rows. L1 takes the ``C`` rows of smallest bound.
+L2, a certified cascade:
+
+1. Bounds for every row (one product with m + 2 columns per chunk of database
+   rows), then ``C`` candidates per query, selected in two short steps: the
+   ``C`` groups of ``GROUP`` consecutive rows with the smallest minimum bound,
+   then the ``C`` rows of smallest bound among those groups' rows.
 2. Exact integer distances of the ``C`` candidates only (gathered int8 rows and
-   a product for L2, an int16 absolute difference for L1).
+   a product).
 3. Certificate: with ``D_k`` the k-th smallest exact distance among the
    candidates and ``B`` a lower bound on the distance of every row left out
-   (L2: the smaller of the (C + 1)-th group minimum and the (C + 1)-th bound
-   among the chosen groups; L1: the (C + 1)-th smallest bound), ``D_k < B``
-   proves that no row left out is among the k nearest or ties with the k-th,
-   so the k best candidates (sorted by (distance, index)) are the brute-force
-   answer, ties included. The inequality is strict: a row left out at
-   ``B == D_k`` could tie with a lower index.
-4. Queries not certified go through a second round (L2: 2x the candidates;
-   L1: the bound of a finer pooling, p / 2 blocks), and those still not
-   certified through brute force (``jaxlin.knn``'s own programs), so the answer
-   is always the brute-force one. ``stats`` counts the queries settled at each
-   level.
+   (the smaller of the (C + 1)-th group minimum and the (C + 1)-th bound among
+   the chosen groups), ``D_k < B`` proves that no row left out is among the k
+   nearest or ties with the k-th, so the k best candidates (sorted by
+   (distance, index)) are the brute-force answer, ties included. The
+   inequality is strict: a row left out at ``B == D_k`` could tie with a lower
+   index.
+4. Queries not certified go through a second round (2x the candidates), and
+   those still not certified through brute force (``jaxlin.knn``'s own
+   programs), so the answer is always the brute-force one. ``stats`` counts the
+   queries settled at each level.
 
-Which is faster depends on the CPU: brute-force L2 on pixels is an int8
-product on CPUs (``distances.int8_products``), about 7x faster than float32 on
-CPUs with int8 matrix instructions (Intel AMX) and 1.4x on AVX2-only CPUs,
-while the cascade's costs (a float32 product with m columns, selection,
-gathers) do not depend on it; ``prefer_pruned`` decides by a cost model and a
-product timed once per process.
+L1, a threshold cascade (no certificate to fail):
+
+1. Coarse bound of every row: an L1 over the quantized sums of p x p blocks
+   (uint8, ``distances.l1_transposed``, the kernel of brute-force L1 on a
+   sixteenth of the features).
+2. Threshold ``D_k``: the k-th smallest exact distance among ``C`` rows of
+   small coarse bound (any ``C >= k`` real rows give ``D_k`` at least the true
+   k-th distance; good ones make it equal).
+3. Rows whose coarse bound is at most ``D_k`` get the fine bound (exact sums
+   of p / 2 blocks); those whose fine bound is at most ``D_k`` get their exact
+   distance; the k best by (distance, index) are the answer. Every row at
+   distance at most ``D_k``, which includes the k nearest and any row tied
+   with the k-th, passes both bounds, so the answer is the brute-force one.
+   The two finer levels work on (query, row) pairs gathered from the host's
+   list of those that passed (about 1,500 and 100 per query of 50,000 CIFAR-10
+   rows at k = 10). ``stats`` counts the pairs at each level. A tile of queries
+   whose coarse level passes more than 1 / 8 of its pairs (data that block
+   sums do not describe, e.g. noise) goes to brute force instead.
+
+Which is faster depends on the CPU and the data: brute-force L2 on pixels is an
+int8 product on CPUs (``distances.int8_products``), about 7x faster than
+float32 on CPUs with int8 matrix instructions (Intel AMX) and 1.4x on
+AVX2-only CPUs, while the L2 cascade's costs (a float32 product with m
+columns, selection, gathers) do not depend on it; ``prefer_pruned`` decides by
+a cost model and a product timed once per process.
 
 Bounds (v = x - y, integer vectors; D features):
 
 * L1, pooled sums. For a partition of the features into groups g (p x p
   pixel blocks of one channel for images, else runs of p * p consecutive
   features), with S_x,g = sum_{d in g} x_d: sum_g |S_x,g - S_y,g| <=
-  sum_d |x_d - y_d| (triangle inequality in each group). Computed exactly
-  (integers below 2**24 in float32, checked at build time).
+  sum_d |x_d - y_d| (triangle inequality in each group). The coarse level
+  keeps a = floor(S / s) (s = p * p, the largest group; a fits uint8): with
+  S = s a + r, 0 <= r < s, |S_x - S_y| >= s |a_x - a_y| - (s - 1), so
+  s L1(a_x, a_y) - (s - 1) G <= sum_g |S_x,g - S_y,g|. All in integers.
 
 * L2, projection and residual. For Q (m, D) with orthonormal rows, a fixed
   integer centre c, x_c = x - c and rho_x = |x_c - Q^T Q x_c| =
@@ -109,14 +130,16 @@ class Index(NamedTuple):
     database: (N, D) rows as the refinement uses them: uint8 / int8 as given
       for L1; int8 pixels (``distances.centred_pixels``) for L2.
     sq_norms: (N,) int32 |row|^2 of the int8 rows (L2), zeros for L1.
-    bound_rows: (N, G) float32 pooled sums (L1), or (M, S, m + 2) float32 chunks of
+    bound_rows: (M, G, L1_TILE) uint8 quantized pooled sums, feature-major tiles of
+      database rows padded with zero rows (L1), or (M, S, m + 2) float32 chunks of
       S rows (z, rho, |z|^2 + rho^2) (L2, ``_l2_augmented``; padded with rows that
       are never chosen).
-    params: dict of arrays for the bound of a query (see ``_l2_rows``).
+    params: dict of arrays: for L2 the bound of a query (see ``_l2_rows``); for L1
+      "coarse_table" and "fine_table" (``_pool_table``) and "fine_rows", (N, W) the
+      exact fine sums (int16 where they fit; W: G2 padded to whole lanes).
     groups: (D,) int32 group of every feature (L1), or None.
     dtype: "uint8" or "int8", the dtype of the database as given (queries must match).
-    fine_groups: (D,) int32 groups of the finer pooling (L1: p / 2 blocks) whose sums
-      (``params["fine_rows"]``, (N, G2) float32) bound the second round, or None.
+    fine_groups: (D,) int32 groups of the finer pooling (L1: p / 2 blocks), or None.
     cache: the database as brute force uses it, prepared on first use (a dict).
   """
   metric: str
@@ -183,6 +206,11 @@ _COST = {
     "build": 1.5,  # the index build, once: the components and compilation
 }
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
+# L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
+# with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04: brute force 2.37 s for
+# 1,000 queries and 4.36 s for 2,000; the cascade with its build 1.00 s and 6.26 s for
+# 10,000 (WORKSPACE.md). Neither is a matrix product: int8_speedup does not apply.
+_L1_COST = {"brute": 4.4e-8, "pruned": 1.2e-8, "build_row": 6e-6, "build": 0.1}
 
 
 def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
@@ -201,15 +229,20 @@ def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
 
 
 def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features: int = 3072,
-                  *, k: int = 10, speedup: float | None = None) -> bool:
+                  *, k: int = 10, speedup: float | None = None, images: bool = False) -> bool:
   """Whether ``search`` (with its index build) should beat brute force here: the rule of
   ``jaxlin.knn.search(method="auto")``.
 
-  L1: never (the pooled bound certifies too few queries: about 2x slower than brute force
-  on every CPU measured). L2 on pixels: brute force is an int8 product on CPUs, so its cost falls
-  with ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
-  AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's float32
-  products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
+  L1: for images only (``images``: the caller gave their shape, so the bounds pool pixel
+  blocks; runs of consecutive features were not measured), from 10,000 rows, k at most
+  100, where a cost model (``_L1_COST``, measured on an Intel Xeon) predicts the cascade
+  with its build 1.25x faster: for 50,000 CIFAR-10 rows from about 350 queries (1,000
+  queries measured: 1.00 s against 2.37 s).
+
+  L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
+  ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
+  AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
+  float32 products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
   times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
   float32 or more (measured on Intel AMX: brute force 3x faster than the cascade) or
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
@@ -225,7 +258,13 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   num_database = _checks.int_at_least(num_database, "num_database", 0)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
   k = _checks.int_at_least(k, "k", 1)
-  if metric not in ("l2", "l2_squared") or num_database < 10000 or num_queries < 1 or k > 100:
+  if num_database < 10000 or num_queries < 1 or k > 100:
+    return False
+  if metric == "l1":
+    c, pairs = _L1_COST, num_queries * num_database * num_features / 3072
+    pruned = c["build"] + c["build_row"] * num_database * num_features / 3072 + c["pruned"] * pairs
+    return images and c["brute"] * pairs >= _COST_MARGIN * pruned
+  if metric not in ("l2", "l2_squared"):
     return False
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
@@ -250,13 +289,6 @@ def _groups(num_features: int, image_shape, pool: int) -> np.ndarray:
   gw = -(-w // pool)
   ii, jj, cc = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
   return (((ii // pool) * gw + jj // pool) * c + cc).reshape(-1)
-
-
-@functools.partial(jax.jit, static_argnames="num_groups")
-def _pooled(x_NxD, groups_D, *, num_groups: int):
-  """(N, G) float32 sums of each group of features (exact integers below 2**24)."""
-  onehot = (groups_D[:, None] == jnp.arange(num_groups)[None, :]).astype(jnp.float32)
-  return jnp.matmul(x_NxD.astype(jnp.float32), onehot, precision=_HIGHEST)
 
 
 # --------------------------------------------------------------------------
@@ -422,8 +454,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     metric: "l1", "l2" or "l2_squared".
     image_shape: (H, W, C) of the rows, for L1: p x p blocks per channel; None:
       groups of p * p consecutive features. Unused for L2.
-    pool: p, the block side for L1 (4: 192 sums for 32x32x3 images). Unused
-      for L2.
+    pool: p, the block side of L1's coarse level (4: 192 sums for 32x32x3 images);
+      its fine level takes p / 2 blocks (at least 1). Unused for L2.
     components: m, principal components for L2, 1 <= m <= D (default
       min(COMPONENTS, D)). Unused for L1, as are sample and seed.
     sample: rows used to estimate the components (any basis is a valid bound).
@@ -434,7 +466,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
-    image_shape, or sums that float32 could not hold exactly.
+    image_shape.
   """
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
@@ -452,15 +484,14 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
     pool = _checks.int_at_least(pool, "pool", 1)
     groups = _groups(d, image_shape, pool)
-    g = int(groups.max()) + 1
-    sizes = np.bincount(groups, minlength=g)
-    if sizes.max() * 255 * g >= _F32_EXACT:
-      raise InputError(f"pool={pool}: pooled L1 sums could reach 2**24", argument="pool")
-    db = jnp.asarray(db)
-    sums = _pooled(db, jnp.asarray(groups, jnp.int32), num_groups=g)
-    fine = _groups(d, image_shape, max(1, pool // 2))  # tighter bound for the second round
-    fine_rows = _pooled(db, jnp.asarray(fine, jnp.int32), num_groups=int(fine.max()) + 1)
-    return Index("l1", db, jnp.zeros((n,), jnp.int32), sums, {"fine_rows": fine_rows}, groups,
+    fine = _groups(d, image_shape, max(1, pool // 2))  # the finer level: p / 2 blocks
+    coarse_table, fine_table = _pool_table(groups), _pool_table(fine)
+    width = -(-fine_table.shape[0] // 64) * 64  # whole lanes for the pair kernel
+    tiles, fine_rows = _l1_build(np.asarray(db), jnp.asarray(coarse_table),
+                                 jnp.asarray(fine_table), width)
+    params = {"coarse_table": jnp.asarray(coarse_table), "fine_table": jnp.asarray(fine_table),
+              "fine_rows": fine_rows}
+    return Index("l1", jnp.asarray(db), jnp.zeros((n,), jnp.int32), tiles, params, groups,
                  str(db.dtype), fine, {})
   m = min(COMPONENTS, d) if components is None else _checks.concrete_int(components,
                                                                          "components")
@@ -529,45 +560,238 @@ def _l2_chunks(aug_NxW, *, chunk: int):
 
 
 # --------------------------------------------------------------------------
+# L1: thresholds set by exact distances, then quantized pooled sums, finer
+# pooled sums and exact distances, each computed only where the last one left
+# a row in (see the module docstring).
+# --------------------------------------------------------------------------
+L1_TILE = 1024  # database rows per tile of the coarse bound (knn's L1 tile)
+_PAIR_BLOCK = 8192  # (query, row) pairs per compiled step of the fine and exact levels
+_PAIR_SUB = 256  # pairs per gathered block inside that step
+
+
+def _pool_table(groups_D: np.ndarray) -> np.ndarray:
+  """(G, s) the features of every group (s: the largest group), short groups padded with
+  D, the index of a zero feature ``_pooled_sums`` appends."""
+  d = groups_D.shape[0]
+  g = int(groups_D.max()) + 1
+  sizes = np.bincount(groups_D, minlength=g)
+  table = np.full((g, int(sizes.max())), d, np.int32)
+  order = np.argsort(groups_D, kind="stable")
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  slot = np.arange(d) - np.repeat(starts, sizes)
+  table[groups_D[order], slot] = order
+  return table
+
+
+@jax.jit
+def _pooled_sums(x_NxD, table_GxS):
+  """(N, G) exact int32 sums of every group of features (``_pool_table``), of the rows
+  made unsigned (int8 + 128: the same differences, so the same L1)."""
+  x = x_NxD.astype(jnp.int32) + (128 if x_NxD.dtype == jnp.int8 else 0)
+  x = jnp.pad(x, ((0, 0), (0, 1)))  # feature D: zero, for short groups
+  n, (g, s) = x.shape[0], table_GxS.shape
+  return jnp.sum(jnp.take(x, table_GxS.reshape(-1), axis=1).reshape(n, g, s), axis=2)
+
+
+@jax.jit
+def _coarse(x_NxD, table_GxS):
+  """(N, G) uint8 floor(S / s) of the pooled sums S (s = ``table_GxS.shape[1]``, the
+  largest group): S = s a + r with 0 <= r < s, so |S_x - S_y| >= s |a_x - a_y| - (s - 1)."""
+  return (_pooled_sums(x_NxD, table_GxS) // table_GxS.shape[1]).astype(jnp.uint8)
+
+
+def _fine_dtype(table_GxS: np.ndarray):
+  """int16 where every difference of two fine sums (255 s at most) fits, else int32."""
+  return jnp.int16 if 255 * table_GxS.shape[1] <= np.iinfo(np.int16).max else jnp.int32
+
+
+def _fine(x_NxD, table_GxS, width: int):
+  """(N, width) exact fine sums (``_pooled_sums``; zero columns after G: they add
+  nothing to an L1), in ``_fine_dtype``."""
+  s = _pooled_sums(x_NxD, table_GxS)
+  return jnp.pad(s, ((0, 0), (0, width - s.shape[1]))).astype(_fine_dtype(table_GxS))
+
+
+def _l1_build(host_NxD: np.ndarray, coarse_table, fine_table, width: int):
+  """(coarse tiles (M, G, L1_TILE) uint8, feature-major, padded with zero rows; fine sums
+  (N, width)), in blocks of rows: bounded memory."""
+  n = host_NxD.shape[0]
+  block = min(4096, n)
+  coarse, fine = [], []
+  for i in range(0, n, block):
+    rows = jnp.asarray(_padded_rows(host_NxD[i:i + block], block))
+    coarse.append(_coarse(rows, coarse_table))
+    fine.append(_fine(rows, fine_table, width))
+  coarse = jnp.concatenate(coarse)[:n]
+  g = coarse.shape[1]
+  pad = (-n) % L1_TILE
+  tiles = jnp.pad(coarse, ((0, pad), (0, 0))).reshape(-1, L1_TILE, g).transpose(0, 2, 1)
+  return tiles, jnp.concatenate(fine)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "sub"))
+def _l1_coarse_step(q_TxD, table_GxS, tiles_MxGxS, *, n: int, sub: int):
+  """The coarse level for a tile of T queries: (raw (M, T, L1_TILE) int32 L1 distances of
+  the quantized sums, ``distances.l1_transposed`` by query blocks of ``sub``, padding rows
+  made 2**30; minima (T, L1_TILE) over the database tiles, the minimum of rows j, j + S,
+  j + 2 S, ... for each j)."""
+  t = q_TxD.shape[0]
+  xt = _coarse(q_TxD, table_GxS).T.reshape(-1, t // sub, sub).transpose(1, 0, 2)  # (T/u, G, u)
+
+  def db_tile(y_GxS):
+    return jax.lax.map(lambda x: distances.l1_transposed(x, y_GxS, unroll=distances.L1_UNROLL),
+                       xt).reshape(t, -1)
+  raw = jax.lax.map(db_tile, tiles_MxGxS)  # (M, T, S)
+  rows = jnp.arange(raw.shape[0] * raw.shape[2]).reshape(raw.shape[0], 1, raw.shape[2])
+  raw = jnp.where(rows < n, raw, 2 ** 30)
+  return raw, jnp.min(raw, axis=0)
+
+
+def _pair_l1(q_TxF, qi_P, ri_P, rows_NxF, max_diff: int):
+  """(P,) exact int32 sum_f |q[qi] - rows[ri]| of every pair, gathered ``_PAIR_SUB``
+  pairs at a time, for features whose differences are at most ``max_diff``: lanes of
+  partial sums (a strided reduction XLA vectorises, unlike one over the contiguous
+  features), in int16 where they cannot overflow (3x faster than int32 here)."""
+  f = rows_NxF.shape[1]
+  lanes = next(w for w in (128, 64, 32, 16, 8, 4, 2, 1) if f % w == 0)
+  small = max_diff <= np.iinfo(np.int16).max
+  part = jnp.int16 if small and (f // lanes) * max_diff <= np.iinfo(np.int16).max else jnp.int32
+  wide = jnp.int16 if small else jnp.int32
+
+  def one(args):
+    qi, ri = args
+    x = jnp.take(q_TxF, qi, axis=0, mode="clip").astype(wide)
+    y = jnp.take(rows_NxF, ri, axis=0, mode="clip").astype(wide)
+    partial = jnp.sum(jnp.abs(x - y).reshape(_PAIR_SUB, -1, lanes), axis=1, dtype=part)
+    return jnp.sum(partial, axis=1, dtype=jnp.int32)
+  return jax.lax.map(one, (qi_P.reshape(-1, _PAIR_SUB), ri_P.reshape(-1, _PAIR_SUB))).reshape(-1)
+
+
+_pair_l1_jit = jax.jit(_pair_l1, static_argnames="max_diff")
+
+
+def _pairs_l1(q_TxF, qi, ri, rows_NxF, max_diff: int = 255) -> np.ndarray:
+  """``_pair_l1`` of host pair arrays of any length, in blocks of ``_PAIR_BLOCK`` (one
+  compiled shape; the last block padded with pair (0, 0)), dispatched before any is
+  read back."""
+  n = len(qi)
+  m = -(-n // _PAIR_BLOCK) * _PAIR_BLOCK
+  qi = np.pad(qi.astype(np.int32), (0, m - n))
+  ri = np.pad(ri.astype(np.int32), (0, m - n))
+  outs = [_pair_l1_jit(q_TxF, qi[s:s + _PAIR_BLOCK], ri[s:s + _PAIR_BLOCK], rows_NxF,
+                       max_diff=max_diff) for s in range(0, m, _PAIR_BLOCK)]
+  return np.concatenate([np.asarray(o) for o in outs])[:n] if outs else np.zeros(0, np.int32)
+
+
+def _kth_estimate_rows(raw, minima, c0: int, n: int) -> np.ndarray:
+  """(T, c0) rows with small coarse bounds (any rows would do: their exact distances
+  only set the threshold): the row of smallest bound in each of the c0 strided columns
+  (rows j, j + S, ...) of smallest minimum, or, when c0 exceeds the columns, the c0 rows of
+  smallest bound."""
+  m, t, s = raw.shape
+  if c0 <= min(s, n):
+    cols = np.argpartition(minima, c0 - 1, axis=1)[:, :c0]  # (T, c0)
+    best = np.argmin(raw[:, np.arange(t)[:, None], cols], axis=0)  # (T, c0) database tile
+    return (best * s + cols).astype(np.int32)
+  flat = raw.transpose(1, 0, 2).reshape(t, m * s)
+  return np.argpartition(flat, c0 - 1, axis=1)[:, :c0].astype(np.int32)
+
+
+def _merge_pairs(best_d, best_i, qi, ri, d, k: int):
+  """The k best (distance, index) of each query among its running best (T, k) and new
+  pairs (qi, ri, d): (T, k) each."""
+  t = best_d.shape[0]
+  qs = np.concatenate([np.repeat(np.arange(t), k), qi])
+  ds = np.concatenate([best_d.reshape(-1), d])
+  rs = np.concatenate([best_i.reshape(-1), ri])
+  order = np.lexsort((rs, ds, qs))
+  first = np.searchsorted(qs[order], np.arange(t))
+  take = order[(first[:, None] + np.arange(k)).reshape(-1)]
+  return ds[take].reshape(t, k), rs[take].reshape(t, k)
+
+
+_L1_GIVE_UP = 8  # a tile goes to brute force when over 1 / 8 of its pairs pass the coarse level
+
+
+def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts: np.ndarray):
+  """Exact k nearest (int32 distances, indices) of the first ``valid`` of T queries (host
+  rows, padded), by the L1 levels; adds (fine pairs, exact pairs, brute-force queries) to
+  ``counts``.
+
+  Where the coarse bound leaves in more than 1 / ``_L1_GIVE_UP`` of the pairs (data the
+  pooled sums do not describe, e.g. noise), the gathered finer levels would cost more than
+  brute force, which then answers the tile instead."""
+  n = index.database.shape[0]
+  coarse_t, fine_t = index.params["coarse_table"], index.params["fine_table"]
+  s, g = coarse_t.shape[1], coarse_t.shape[0]
+  q = jnp.asarray(q_TxD)
+  raw, minima = _l1_coarse_step(q, coarse_t, index.bound_rows, n=n, sub=sub)
+  raw, minima = np.asarray(raw), np.asarray(minima)
+  t = q_TxD.shape[0]
+  est = _kth_estimate_rows(raw, minima, c0, n)
+  # Threshold: the k-th smallest exact distance of c0 real rows, at least the true k-th.
+  d_est = _pairs_l1(q, np.repeat(np.arange(t), c0), est.reshape(-1), index.database)
+  d_k = np.partition(d_est.reshape(t, c0), k - 1, axis=1)[:, k - 1].astype(np.int64)
+  # Coarse: s raw - (s - 1) G <= L1, so rows with raw > (d_k + (s - 1) G) // s are out.
+  limit = (d_k + (s - 1) * g) // s
+  limit[valid:] = -1  # padding queries: no rows
+  best_d = np.full((t, k), topk.INT_WORST, np.int32)
+  best_i = np.full((t, k), -1, np.int32)
+  q_fine = _fine(q, fine_t, index.params["fine_rows"].shape[1])
+  pending, passed, done = [], 0, (0, 0)
+
+  def flush():
+    qi = np.concatenate([p[0] for p in pending])
+    ri = np.concatenate([p[1] for p in pending])
+    pending.clear()
+    fine = _pairs_l1(q_fine, qi, ri, index.params["fine_rows"], 255 * fine_t.shape[1])
+    keep = fine <= d_k[qi]  # the fine bound never exceeds the distance
+    return len(keep), qi[keep], ri[keep]
+
+  size = 0
+  for m in range(raw.shape[0]):  # per database tile: bounded memory for any data
+    f = np.flatnonzero(raw[m] <= limit[:, None])
+    if len(f):
+      qi, col = np.divmod(f, raw.shape[2])
+      pending.append((qi.astype(np.int32), (m * raw.shape[2] + col).astype(np.int32)))
+      size += len(f)
+      passed += len(f)
+    if passed * _L1_GIVE_UP > valid * n:
+      d, i = _brute_force(q_TxD[:valid], index, k)
+      counts[2] += valid
+      return d, i
+    if size >= 16 * _PAIR_BLOCK or (m == raw.shape[0] - 1 and size):
+      fine_pairs, qi, ri = flush()
+      best_d, best_i = _merge_pairs(best_d, best_i, qi, ri,
+                                    _pairs_l1(q, qi, ri, index.database), k)
+      done = (done[0] + fine_pairs, done[1] + len(qi))
+      size = 0
+  counts[:2] += done
+  return best_d[:valid], best_i[:valid]
+
+
+def _l1_search(q, index: Index, k: int, c0: int, tile: int, callback):
+  """(int32 distances, indices, (fine pairs, exact pairs, brute-force queries)) of host
+  queries ``q``."""
+  q_total = q.shape[0]
+  sub = min(tile, knn.l1_query_tile(  # pylint: disable=protected-access
+      knn.l2_cache_bytes(), knn._platform(None, index.database), exact=True))
+  sub = sub if tile % sub == 0 else tile
+  d_out = np.zeros((q_total, k), np.int32)
+  i_out = np.zeros((q_total, k), np.int32)
+  counts = np.zeros(3, np.int64)
+  for start in range(0, q_total, tile):
+    rows = q[start:start + tile]
+    d_out[start:start + len(rows)], i_out[start:start + len(rows)] = _l1_tile(
+        _padded_rows(rows, tile), len(rows), index, k, c0, sub, counts)
+    if callback is not None and start + tile < q_total:
+      callback(start + tile, q_total)
+  return d_out, i_out, counts
+
+
+# --------------------------------------------------------------------------
 # One round over a tile of queries.
 # --------------------------------------------------------------------------
-def _l1_exact(q_TxD, cand_TxC, database):
-  """(T, C) exact int32 L1 distances of each query to its candidates: ``lax.map`` over
-  queries, one gather and an int16 absolute difference each."""
-  def one(args):
-    q, idx = args
-    diff = database[idx].astype(jnp.int16) - q.astype(jnp.int16)[None, :]
-    return jnp.sum(jnp.abs(diff), axis=1, dtype=jnp.int32)
-  return jax.lax.map(one, (q_TxD, cand_TxC))
-
-
-def _l1_bound_tile(s_TxG, sums_db_NxG, db_tile: int = 1024):
-  """(T, N) float32 sum_g |S_x,g - S_y,g| (exact integers), by database tiles that keep
-  the accumulator in cache."""
-  n = sums_db_NxG.shape[0]
-  pad = (-n) % db_tile
-  y = jnp.pad(sums_db_NxG, ((0, pad), (0, 0)))
-  tiles = y.reshape(-1, db_tile, y.shape[1]).transpose(0, 2, 1)  # (M, G, S)
-  xt = s_TxG.T
-
-  def body(_, tile):
-    return None, distances.l1_transposed(xt, tile)
-  _, out = jax.lax.scan(body, None, tiles)  # (M, T, S)
-  return out.transpose(1, 0, 2).reshape(s_TxG.shape[0], -1)[:, :n]
-
-
-@functools.partial(jax.jit, static_argnames=("k", "c", "groups_count"))
-def _l1_round(q_TxD, database, bound_rows, groups, *, k, c, groups_count):
-  """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries
-  with ``c`` candidates each (c + 1 <= N), by pooled L1 bounds."""
-  b = _l1_bound_tile(_pooled(q_TxD, groups, num_groups=groups_count), bound_rows)
-  pos = _smallest(b, c + 1)  # ascending bound; the last one: smallest left out
-  cand = pos[:, :c]
-  low = jnp.take_along_axis(b, pos[:, c:], axis=1)[:, 0].astype(jnp.int32)  # exact integers
-  d = _l1_exact(q_TxD, cand, database)
-  return _certified(d, cand, low, k)
-
-
 def _certified(d_TxC, cand_TxC, low_T, k: int):
   """The k best candidates by (distance, index), and whether the k-th lies strictly below
   ``low_T``, a lower bound on every row left out: then no row left out is among the k
@@ -664,12 +888,14 @@ def _smallest(values_TxN, k: int):
 
 def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
   """Queries per step: L2 128 (a (128, 8192) float32 bound block per scan step), 64 in
-  second rounds; L1 a (tile, N) bound array of at most 64 MB, at most 64. A power of two
-  (at least 8 for L2) when there are fewer queries: few shapes to compile."""
+  second rounds; L1 up to 1,024, fewer where its (tile, N) int32 coarse bounds would pass
+  256 MB. A power of two (at least 8) when there are fewer queries: few shapes to
+  compile."""
   if metric == "l1":
-    largest = max(8, min(64, (1 << 24) // max(n, 1)))
-    return min(largest, 1 << max(0, num_queries - 1).bit_length())
-  largest = 64 if second else 128
+    fits = (1 << 26) // max(1, -(-n // L1_TILE) * L1_TILE)
+    largest = max(8, min(1024, 1 << max(0, fits.bit_length() - 1)))
+  else:
+    largest = 64 if second else 128
   return min(largest, max(8, 1 << max(0, num_queries - 1).bit_length()))
 
 
@@ -685,24 +911,17 @@ def _l2_groups(n: int, c: int) -> int:
 
 def _round_runs(metric: str, n: int, k: int, c: int) -> bool:
   """Whether a round with ``c`` candidates per query can run against ``n`` rows."""
-  return k <= c and c + 1 <= n and (metric == "l1" or _l2_groups(n, c) > 0)
+  if metric == "l1":  # one pass, no certificate: it runs whenever k <= N
+    return k <= c
+  return k <= c and c + 1 <= n and _l2_groups(n, c) > 0
 
 
-def _run_round(queries, index, k, c, tile, second=False, callback=None):
-  """Round over all ``queries`` in tiles: (d, idx, certified) numpy arrays; L1's second
-  round uses the finer pooling."""
+def _run_round(queries, index, k, c, tile, callback=None):
+  """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
   q_total = queries.shape[0]
-  if index.metric == "l1":
-    fine = second and index.fine_groups is not None
-    use = index.fine_groups if fine else index.groups
-    rows = index.params["fine_rows"] if fine else index.bound_rows
-    step = functools.partial(_l1_round, database=index.database, bound_rows=rows,
-                             groups=jnp.asarray(use, jnp.int32), k=k, c=c,
-                             groups_count=int(use.max()) + 1)
-  else:
-    step = functools.partial(_l2_round, pixels=index.database, sq_norms=index.sq_norms,
-                             chunks=index.bound_rows, params=index.params, k=k,
-                             g=_l2_groups(index.database.shape[0], c), c=c)
+  step = functools.partial(_l2_round, pixels=index.database, sq_norms=index.sq_norms,
+                           chunks=index.bound_rows, params=index.params, k=k,
+                           g=_l2_groups(index.database.shape[0], c), c=c)
   outs = []
   for start in range(0, q_total, tile):
     outs.append(step(_padded_rows(queries[start:start + tile], tile)))
@@ -742,23 +961,30 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
 
 
 def candidate_counts(metric: str, k: int, candidates=None, second_candidates=None):
-  """(C, C2): the rows per query refined in the first and second rounds (see ``search``)."""
+  """(C, C2): L2's rows per query refined in the first and second rounds; L1's rows per
+  query whose exact distances set its threshold, and 0 (see ``search``)."""
   if candidates is None:
-    candidates = max(512 if metric == "l1" else 160, 8 * k)
+    candidates = max(32, 2 * k) if metric == "l1" else max(160, 8 * k)
   c1 = max(k, _checks.int_at_least(candidates, "candidates", 1))
-  if second_candidates is None:  # L1: the finer pooling instead of more candidates
-    second_candidates = c1 if metric == "l1" else 2 * c1
-  return c1, _checks.int_at_least(second_candidates, "second_candidates", 0)
+  if second_candidates is None:
+    second_candidates = 2 * c1
+  c2 = _checks.int_at_least(second_candidates, "second_candidates", 0)
+  return (c1, 0) if metric == "l1" else (c1, c2)
+
+
+L1_KEYS = ("fine_rows", "exact_rows")  # L1's stats beyond the queries by level
 
 
 def empty_stats(metric: str, k: int, n: int | None = None) -> dict:
   """``search``'s stats for no queries, with the default candidates (against ``n`` rows:
-  0 for a round that cannot run)."""
+  0 for a round that cannot run; for L1 at most n)."""
   counts = candidate_counts(metric, k)
   if n is not None:
-    counts = tuple(c if _round_runs(metric, n, k, c) else 0 for c in counts)
+    counts = ((min(counts[0], n), 0) if metric == "l1" else
+              tuple(c if _round_runs(metric, n, k, c) else 0 for c in counts))
+  extra = {key: 0 for key in L1_KEYS} if metric == "l1" else {}
   return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
-          "candidates": list(counts)}
+          "candidates": list(counts), **extra}
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
@@ -770,23 +996,27 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     queries_QxD: (Q, D) queries of the database's dtype (uint8 or int8).
     index: from ``build_index`` (its metric is the search's).
     k: neighbours, 1 <= k <= N.
-    candidates: C, rows refined exactly per query in the first round (default
-      max(160, 8 k) for L2, max(512, 8 k) for L1; at least k).
-    second_candidates: rows per query in the second round, for the queries the
-      first could not certify (L2: default 2 C; L1: default C, with the bound of
-      the finer pooling, p / 2 blocks); fewer than k (e.g. 0) skips the round.
-    query_tile: queries per compiled step (default: 128 for L2; for L1 a
-      (tile, N) float32 bound array of at most 64 MB, at most 64).
-    callback: called as ``callback(queries_done, Q)`` as the first round goes
-      and once at the end.
+    candidates: L2: C, rows refined exactly per query in the first round
+      (default max(160, 8 k)); L1: C, rows whose exact distances set each query's
+      threshold (default max(32, 2 k)); at least k.
+    second_candidates: L2: rows per query in the second round, for the queries the
+      first could not certify (default 2 C); fewer than k (e.g. 0) skips the
+      round. Checked, but unused by L1 (no rounds).
+    query_tile: queries per compiled step (default: 128 for L2; for L1 up to 1,024,
+      fewer where their (tile, N) int32 coarse bounds would pass 256 MB).
+    callback: called as ``callback(queries_done, Q)`` as the first round (L1: the
+      tiles) goes and once at the end.
 
   Returns:
     (dists_QxK float32, idx_QxK int32, stats): identical to
     ``knn.search(queries, database, k, metric=index.metric)``; stats: a dict of
     ints {"queries", "first_round", "second_round", "brute_force"} (queries
-    settled by each level) and "candidates": [C, C2], 0 for a round that cannot
-    run on this index (C2 < k, or fewer than C + 1 rows, or for L2 than the
-    groups the round needs): its queries go on to the next level.
+    settled by each level; L1: by its cascade, or by brute force for tiles whose
+    coarse bound passed too many rows) and "candidates": [C, C2], 0 for a round
+    that cannot run on this index (C2 < k, or fewer than C + 1 rows, or for L2
+    than the groups the round needs): its queries go on to the next level; L1
+    [min(C, N), 0]. L1 adds "fine_rows" and "exact_rows": the (query, row) pairs
+    whose fine bound, and whose exact distance, were computed.
   """
   if not isinstance(index, Index):
     raise InputError(f"index must be an Index from bounds.build_index, got "
@@ -815,6 +1045,18 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
   n = index.database.shape[0]
   q_total = q.shape[0]
   stats = {**empty_stats(index.metric, k), "queries": q_total, "candidates": [c1, c2]}
+  if index.metric == "l1":
+    c0 = min(c1, n)
+    stats["candidates"] = [c0, 0]
+    if not q_total:
+      return np.zeros((0, k), np.int32), np.zeros((0, k), np.int32), stats
+    tile = (min(query_tile, 1 << (q_total - 1).bit_length()) if query_tile
+            else _query_tile("l1", n, q_total))
+    d, i, counts = _l1_search(q, index, k, c0, tile, callback)
+    if callback is not None:
+      callback(q_total, q_total)
+    return d, i, {**stats, "first_round": q_total - int(counts[2]),
+                  "brute_force": int(counts[2]), **dict(zip(L1_KEYS, map(int, counts[:2])))}
   d_out = np.zeros((q_total, k), np.int32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
@@ -828,8 +1070,7 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     tile = (min(query_tile, 1 << (len(todo) - 1).bit_length()) if query_tile  # bounded
             else _query_tile(index.metric, n, len(todo), level == "second_round"))
     progress = callback if level == "first_round" and len(todo) == q_total else None
-    dd, ii, ok = _run_round(sub, index, k, c, tile, second=level == "second_round",
-                            callback=progress)
+    dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress)
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
     stats[level] = int(ok.sum())
     todo = todo[~ok]
@@ -923,7 +1164,8 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   # Every device's (width, k) answer and its counts; zeros for other processes' devices.
   d_all = np.zeros((ndev, width, k), np.int32)
   i_all = np.zeros((ndev, width, k), np.int32)
-  counts = np.zeros((ndev, len(_STAT_KEYS) + 2), np.int64)
+  keys = _STAT_KEYS + (L1_KEYS if metric == "l1" else ())
+  counts = np.zeros((ndev, len(keys) + 2), np.int64)
   errors: list = []
   full = None  # layout "queries": one index per process, copied to its devices
   if layout == "queries" and q_total:
@@ -954,7 +1196,7 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
           dj, ij, st = _search_ints(q_j, index, kj, c1, c2, query_tile, None)
           d[:, :kj], i[:, :kj] = dj, ij + lo
         d_all[j, :len(q_j)], i_all[j, :len(q_j)] = d, i
-        counts[j] = [st[key] for key in _STAT_KEYS] + list(st["candidates"])
+        counts[j] = [st[key] for key in keys] + list(st["candidates"])
     except BaseException as e:  # pylint: disable=broad-exception-caught  # re-raised below
       errors.append(e)
 
@@ -996,10 +1238,10 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
     i = np.concatenate([i_all[j, :hi - lo] for j, (lo, hi) in enumerate(blocks)])
   if across:
     counts = sharding.process_sum(counts)
-  per_device = [{**{key: int(c[x]) for x, key in enumerate(_STAT_KEYS)},
+  per_device = [{**{key: int(c[x]) for x, key in enumerate(keys)},
                  "candidates": [int(c[-2]), int(c[-1])]} for c in counts]
   stats = {**empty_stats(metric, k),
-           **{key: sum(st[key] for st in per_device) for key in _STAT_KEYS},
+           **{key: sum(st[key] for st in per_device) for key in keys},
            "candidates": per_device[0]["candidates"], "per_device": per_device}
   if callback is not None:
     callback(q_total, q_total)

@@ -382,7 +382,7 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   The reduction is written as an accumulation over features: for each d,
   acc[q, n] += |x[d, q] - y[d, n]|, so the inner work is a broadcast over a
   contiguous (Q, N) tile that XLA vectorises well. Integer inputs give exact
-  int32: int16 partial sums over blocks of 128 features for uint8 / int8
+  int32: int16 partial sums over blocks of at most 128 features for uint8 / int8
   (128 * 255 < 2**15), int32 otherwise. Floats accumulate in float32, or in
   float64 when an input is float64 (or, under jax_enable_x64, a wide integer).
   """
@@ -390,7 +390,9 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   n = yT_DxN.shape[1]
   if is_integer(xT_DxQ) and is_integer(yT_DxN):
     small = same_small_int(xT_DxQ, yT_DxN)
-    block, part_dtype = (128, jnp.int16) if small else (1, jnp.int32)
+    # Blocks of at most 128 features, as even as whole blocks allow (192 -> 2 x 96, not
+    # 2 x 128 with 64 zero features).
+    block, part_dtype = (-(-d // -(-d // 128)), jnp.int16) if small else (1, jnp.int32)
     xs, ys, out_dtype = xT_DxQ.astype(part_dtype), yT_DxN.astype(part_dtype), jnp.int32
   else:
     out_dtype = jnp.dtype(_float_dtype(xT_DxQ.dtype, yT_DxN.dtype))

@@ -451,7 +451,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   q_total = queries.shape[0]
   out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
   given = (queries_QxD, database_NxD)
-  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given)
+  pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given,
+                       images=image_shape is not None)
   if pruned and mesh is not None:  # no queries too: each device's stats
     d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
         queries, database, k, metric=metric, mesh=mesh, layout=layout, num_database=n,
@@ -539,9 +540,10 @@ def _given_dtype(x) -> str:
 
 
 def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
-                given) -> bool:
+                given, *, images: bool = False) -> bool:
   """Whether this search goes through ``jaxlin.bounds`` (see ``search``'s ``method``);
-  ``given``: the caller's (queries, database), for the dtypes an error names."""
+  ``given``: the caller's (queries, database), for the dtypes an error names; ``images``:
+  the caller gave their shape."""
   if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
     return False
   # Under a caller's jit (traced inputs, or concrete ones closed over): its certificate and
@@ -575,7 +577,8 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
   # cascade 26 s with its build. Brute force runs on the database's device, the cascade
   # (its index built from host rows) on the default device: both must be CPUs.
   return (served and _platform(None, database) == "cpu" and jax.default_backend() == "cpu"
-          and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k))
+          and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k,
+                                   images=images))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "tie_break"))
