@@ -6,7 +6,7 @@ L2: the first ``--l2_queries`` test images; L1: ``--l1_queries`` random test
 images (seeded); all training images as the database; k nearest. Methods:
 
 * pruned -- ``jaxlin.bounds``: index built once (time reported apart and
-  included), then the certified cascade;
+  included), then the cascade (L2: certified rounds; L1: thresholds);
 * brute -- ``jaxlin.knn.search(method="brute")`` (until 2026-12-04 the default
   method, "auto", which may take the cascade: see WORKSPACE.md);
 * faiss -- IndexFlatL2 / IndexFlat(METRIC_L1) on float32.
@@ -27,11 +27,12 @@ queries, k=10 (2026-12-03): pruned 3.2 s index build + 5.8 s search (92 % of the
 queries certified in the first round, 7 % in the second, 1 % by brute force),
 faiss 19.2 s; brute force 11.6 s on 2026-12-02 (the "brute" child used
 ``method="auto"`` until 2026-12-04, which may have taken the cascade there). L1,
-1,000 random queries (2026-12-02): pruned 0.7 s + 5.2 s, brute force 3.3 s, faiss
-16.2 s; brute force has since become 1.6x faster (its tiles, 2026-12-04). On an
-Intel Xeon with AMX (2026-12-04): L2 brute force 1.93-2.01 s against faiss's
-10.1-10.4 s (5.1-5.3x), the cascade 6.1 s with its build; L1 brute force 3.1 s,
-faiss 26.9 s.
+1,000 random queries (2026-12-02): the certified L1 cascade of that day 0.7 s + 5.2 s,
+brute force 3.3 s, faiss 16.2 s; brute force has since become 1.6x faster (its tiles,
+2026-12-04). On an Intel Xeon with AMX (2026-12-04): L2 brute force 1.85-2.01 s against
+faiss's 9.4-10.4 s (5.1-5.3x), the cascade 5.8-6.1 s with its build; L1 by the
+threshold cascade (since 2026-12-04) 0.37 s build + 0.52 s search against 24.9 s for
+faiss (28x with the build), brute force 2.33 s.
 """
 from __future__ import annotations
 

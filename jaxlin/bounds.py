@@ -30,8 +30,8 @@ L2, a certified cascade:
 L1, a threshold cascade (no certificate to fail):
 
 1. Coarse bound of every row: an L1 over the quantized sums of p x p blocks
-   (uint8, ``distances.l1_transposed``, the kernel of brute-force L1 on a
-   sixteenth of the features).
+   (uint8, ``distances.l1_transposed``, the kernel of brute-force L1, on
+   G = D / p^2 sums: 192 for CIFAR-10 at p = 4).
 2. Threshold ``D_k``: the k-th smallest exact distance among ``C`` rows of
    small coarse bound (any ``C >= k`` real rows give ``D_k`` at least the true
    k-th distance; good ones make it equal).
@@ -44,7 +44,8 @@ L1, a threshold cascade (no certificate to fail):
    list of those that passed (about 1,500 and 100 per query of 50,000 CIFAR-10
    rows at k = 10). ``stats`` counts the pairs at each level. A tile of queries
    whose coarse level passes more than 1 / 8 of its pairs (data that block
-   sums do not describe, e.g. noise) goes to brute force instead.
+   sums do not describe, e.g. noise), or whose ``C`` is over 1 / 8 of the
+   rows, goes to brute force instead.
 
 Which is faster depends on the CPU and the data: brute-force L2 on pixels is an
 int8 product on CPUs (``distances.int8_products``), about 7x faster than
@@ -59,7 +60,8 @@ Bounds (v = x - y, integer vectors; D features):
   pixel blocks of one channel for images, else runs of p * p consecutive
   features), with S_x,g = sum_{d in g} x_d: sum_g |S_x,g - S_y,g| <=
   sum_d |x_d - y_d| (triangle inequality in each group). The coarse level
-  keeps a = floor(S / s) (s = p * p, the largest group; a fits uint8): with
+  keeps a = floor(S / s) (s: the largest group, p * p where whole blocks fit;
+  a fits uint8): with
   S = s a + r, 0 <= r < s, |S_x - S_y| >= s |a_x - a_y| - (s - 1), so
   s L1(a_x, a_y) - (s - 1) G <= sum_g |S_x,g - S_y,g|. All in integers.
 
@@ -211,7 +213,12 @@ _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04: brute force 2.37 s for
 # 1,000 queries and 4.36 s for 2,000; the cascade with its build 1.00 s and 6.26 s for
 # 10,000 (WORKSPACE.md). Neither is a matrix product: int8_speedup does not apply.
-_L1_COST = {"brute": 4.4e-8, "pruned": 1.2e-8, "build_row": 6e-6, "build": 0.1}
+# The cascade's cost per pair is a part that shrinks with the features (its kernels) and a
+# part that does not (the coarse array, the host's lists of pairs, the merges): 0.42e-8 of
+# its 1.2e-8 at 3,072 features, fitted to one-off timings of 8x8x3 (192 features; brute
+# force 2x faster) and 16x16x3 images (768; the cascade 1.45x faster).
+_L1_COST = {"brute": 4.4e-8, "pruned": 0.78e-8, "pruned_fixed": 0.42e-8, "build_row": 6e-6,
+            "build": 0.1}
 
 
 def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
@@ -262,9 +269,10 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   if num_database < 10000 or num_queries < 1 or k > 100:
     return False
   if metric == "l1":
-    c, pairs = _L1_COST, num_queries * num_database * num_features / 3072
-    pruned = c["build"] + c["build_row"] * num_database * num_features / 3072 + c["pruned"] * pairs
-    return images and c["brute"] * pairs >= _COST_MARGIN * pruned
+    c, f, pairs = _L1_COST, num_features / 3072, num_queries * num_database
+    pruned = (c["build"] + c["build_row"] * num_database * f
+              + (c["pruned"] * f + c["pruned_fixed"]) * pairs)
+    return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
@@ -456,7 +464,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     image_shape: (H, W, C) of the rows, for L1: p x p blocks per channel; None:
       groups of p * p consecutive features. Unused for L2.
     pool: p, the block side of L1's coarse level (4: 192 sums for 32x32x3 images);
-      its fine level takes p / 2 blocks (at least 1). Unused for L2.
+      its fine level takes p / 2 blocks (at least 1); blocks larger than the
+      image act as the image's size. Unused for L2.
     components: m, principal components for L2, 1 <= m <= D (default
       min(COMPONENTS, D)). Unused for L1, as are sample and seed.
     sample: rows used to estimate the components (any basis is a valid bound).
@@ -484,8 +493,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   image_shape = checked_image_shape(image_shape, d)  # as knn.search checks it
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
     pool = _checks.int_at_least(pool, "pool", 1)
-    groups = _groups(d, image_shape, pool)
-    fine = _groups(d, image_shape, max(1, pool // 2))  # the finer level: p / 2 blocks
+    # Blocks past the image (or past D features) are the same as blocks of its size.
+    side = d if image_shape is None else max(image_shape[:2])
+    groups = _groups(d, image_shape, min(pool, side))
+    fine = _groups(d, image_shape, min(max(1, pool // 2), side))  # the finer level: p / 2
     coarse_table, fine_table = _pool_table(groups), _pool_table(fine)
     width = -(-fine_table.shape[0] // 64) * 64  # whole lanes for the pair kernel
     tiles, fine_rows = _l1_build(jnp.asarray(db), jnp.asarray(coarse_table),
@@ -620,7 +631,7 @@ _fine_jit = jax.jit(_fine, static_argnames="width")
 def _l1_build(x_NxD, coarse_table, fine_table, *, width: int, tile: int):
   """(coarse tiles (M, G, tile) uint8, feature-major, padded with zero rows (the search
   masks them); fine sums (N, width)): one program over the whole database (0.13 s for
-  50,000 CIFAR-10 rows; no array larger than its outputs)."""
+  50,000 CIFAR-10 rows once compiled; no array larger than its outputs)."""
   coarse = _coarse(x_NxD, coarse_table)
   n, g = coarse.shape
   tiles = jnp.pad(coarse, ((0, (-n) % tile), (0, 0))).reshape(-1, tile, g).transpose(0, 2, 1)
@@ -727,9 +738,14 @@ def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts:
   ``counts``.
 
   Where the coarse bound leaves in more than 1 / ``_L1_GIVE_UP`` of the pairs (data the
-  pooled sums do not describe, e.g. noise), the gathered finer levels would cost more than
-  brute force, which then answers the tile instead."""
+  pooled sums do not describe, e.g. noise), or the threshold alone would take c0 rows
+  over 1 / ``_L1_GIVE_UP`` of the database, the gathered levels would cost more than brute
+  force, which then answers the tile instead."""
   n = index.database.shape[0]
+  if c0 * _L1_GIVE_UP > n:  # the threshold alone would measure too many rows
+    d, i = _brute_force(q_TxD[:valid], index, k)
+    counts[2] += valid
+    return d, i
   coarse_t, fine_t = index.params["coarse_table"], index.params["fine_table"]
   s, g = coarse_t.shape[1], coarse_t.shape[0]
   q = jnp.asarray(q_TxD)
@@ -1023,7 +1039,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
       first could not certify (default 2 C); fewer than k (e.g. 0) skips the
       round. Checked, but unused by L1 (no rounds).
     query_tile: queries per compiled step (default: 128 for L2; for L1 up to 1,024,
-      fewer where their (tile, N) int32 coarse bounds would pass 256 MB).
+      fewer where their (tile, N) int32 coarse bounds would pass 256 MB, a bound
+      that a given L1 tile keeps too).
     callback: called as ``callback(queries_done, Q)`` as the first round (L1: the
       tiles) goes and once at the end.
 
@@ -1036,7 +1053,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     that cannot run on this index (C2 < k, or fewer than C + 1 rows, or for L2
     than the groups the round needs): its queries go on to the next level; L1
     [min(C, N), 0]. L1 adds "fine_rows" and "exact_rows": the (query, row) pairs
-    whose fine bound, and whose exact distance, were computed.
+    whose fine bound, and whose exact distance after both bounds, were computed
+    (besides the C exact distances per query that set its threshold).
   """
   if not isinstance(index, Index):
     raise InputError(f"index must be an Index from bounds.build_index, got "
@@ -1070,8 +1088,8 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     stats["candidates"] = [c0, 0]
     if not q_total:
       return np.zeros((0, k), np.int32), np.zeros((0, k), np.int32), stats
-    tile = (min(query_tile, 1 << (q_total - 1).bit_length()) if query_tile
-            else _query_tile("l1", n, q_total))
+    tile = _query_tile("l1", n, q_total)  # a user's tile, too, within its memory bound
+    tile = min(query_tile, tile) if query_tile else tile
     d, i, counts = _l1_search(q, index, k, c0, tile, callback)
     if callback is not None:
       callback(q_total, q_total)

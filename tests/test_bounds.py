@@ -87,6 +87,20 @@ def test_l1_levels_same_as_brute_force_on_adversarial_data(monkeypatch, dtype):
         assert stats["exact_rows"] < 0.2 * n * len(q), stats
 
 
+def test_l1_pools_past_the_image_and_thresholds_past_the_rows():
+  """A pool larger than the image is the image's size (no overflow for any pool); a
+  threshold of more than 1 / 8 of the rows goes to brute force; a large tile is bounded."""
+  q, db = adversarial(3)
+  index = bounds.build_index(db, metric="l1", image_shape=SHAPE, pool=2 ** 70)
+  assert index.bound_rows.shape[1] == 3  # one block per channel
+  for c in (None, len(db) // 8 + 1):
+    stats = assert_same_as_brute(q, db, 2, "l1",
+                                 bounds.search(q, index, 2, candidates=c, query_tile=10 ** 9))
+    if c is not None:
+      assert stats["brute_force"] == len(q)
+  bounds.build_index(db, metric="l1", pool=2 ** 40)  # runs of features: one group
+
+
 def test_l1_noise_goes_to_brute_force():
   """Pixel noise: pooled sums all near the mean, the bounds far below every distance."""
   rng = np.random.default_rng(9)
@@ -334,6 +348,10 @@ def test_auto_rule_follows_the_cost_model():
   assert not prefer("l1", 300, 50000, 3072, images=True)  # the build does not pay
   assert not prefer("l1", 10 ** 6, 9999, 3072, images=True)
   assert not prefer("l1", 10 ** 6, 50000, 3072, k=101, images=True)
+  # Small images: part of the cascade's cost per pair does not shrink with the features
+  # (one-off, 10,000 rows: 8x8x3 brute force 2x faster, 16x16x3 the cascade 1.45x).
+  assert not prefer("l1", 10 ** 5, 10000, 192, images=True)
+  assert prefer("l1", 30000, 10000, 768, images=True)
   assert not prefer("l2", 0, 50000, 3072, speedup=1.0)
   # Fewer features: brute force's product shrinks, the bound's (192 components) does not.
   assert not prefer("l2", 10000, 50000, 1024, speedup=1.7)
