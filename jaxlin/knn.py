@@ -370,7 +370,8 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       block of queries (method "pruned": every 8 blocks of its first round, and on a
       mesh as each device finishes), and with (Q, Q) at the end.
     method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
-      rule out most rows, a certificate proves the answer; uint8 / int8 inputs,
+      rule out most rows, L2 by a certificate on its candidates, L1 by a threshold
+      that exact distances set; uint8 / int8 inputs,
       l1 / l2 / l2_squared; ``database_tile`` does not apply; with a ``mesh``,
       each device runs the cascade on its rows or its queries, by ``layout``;
       across processes the queries are host data, the same on every process,
@@ -546,13 +547,13 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
   the caller gave their shape."""
   if method == "brute" or (method == "auto" and (mesh is not None or num_database is not None)):
     return False
-  # Under a caller's jit (traced inputs, or concrete ones closed over): its certificate and
-  # second round depend on the values.
+  # Under a caller's jit (traced inputs, or concrete ones closed over): which rows it measures
+  # depends on the values.
   if _checks.under_jit(queries, database):
     if method == "pruned":
-      raise InputError("method='pruned' runs outside jit: its certificate and second round "
-                       "depend on the values; call it outside your jit, or use "
-                       "method='brute'", argument="method")
+      raise InputError("method='pruned' runs outside jit: which rows it measures depends "
+                       "on the values; call it outside your jit, or use method='brute'",
+                       argument="method")
     return False
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   served = bounds.supports(queries, database, metric)
