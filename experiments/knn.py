@@ -37,9 +37,9 @@ class Config(common.DataConfig):
   tie_break: str = option("smallest_label", f"how a tied vote is decided: "
                           f"{', '.join(knn.TIE_BREAKS)}")
   search: str = option("auto", "how neighbours are found, every way exact: brute (every "
-                       "distance), pruned (lower bounds rule most rows out: L2 certifies its candidates, "
-                       "L1 measures every row a threshold leaves in), auto (pruned where a cost "
-                       "model predicts it faster)")
+                       "distance), pruned (lower bounds rule most rows out: L2 certifies its "
+                       "candidates, L1 measures every row a threshold leaves in), auto (pruned "
+                       "where a cost model predicts it faster)")
   num_neighbor_rows: int = option(8, "test images shown with their neighbours in "
                                   "plots/neighbors.png")
 
