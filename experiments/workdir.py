@@ -58,7 +58,8 @@ class Workdir:
     self.kind, self.overwrite = kind, overwrite
     self.staging: str | None = None
     self._lock_fd: int | None = None
-    self._made = False  # this run made the folder: a failed first run removes it again
+    self._made: list[str] = []  # folders this run made, deepest first: a failed first run
+    # removes them again (the workdir, and parents such as runs/ that did not exist)
 
   # ---- opening ---------------------------------------------------------------------------
   def open(self) -> "Workdir":
@@ -66,7 +67,10 @@ class Workdir:
       raise ConfigError(f"workdir {self.path} is a file, not a folder; choose another "
                         "--workdir", argument="workdir")
     try:
-      self._made = not os.path.exists(self.path)
+      folder = self.path
+      while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        self._made.append(folder)
+        folder = os.path.dirname(folder)
       os.makedirs(self.path, exist_ok=True)
       self._lock()
     except OSError as e:
@@ -169,11 +173,11 @@ class Workdir:
       shutil.rmtree(self.staging, ignore_errors=True)
       self.staging = None
     self._unlock()
-    if self._made:  # a first run that failed leaves no empty folder behind
+    for folder in self._made:  # a first run that failed leaves no empty folder behind
       try:
-        os.rmdir(self.path)  # only if empty: a committed run's files stay
+        os.rmdir(folder)  # only if empty: a committed run's files stay
       except OSError:
-        pass
+        break
 
   def _unlock(self) -> None:
     if self._lock_fd is not None:
