@@ -101,6 +101,23 @@ def test_l1_pools_past_the_image_and_thresholds_past_the_rows():
   bounds.build_index(db, metric="l1", pool=2 ** 40)  # runs of features: one group
 
 
+@pytest.mark.parametrize("pool, dtype", [(2, np.uint16), (1, np.int32)])
+def test_l1_coarse_sums_in_uint16_up_to_256_and_int32_beyond(monkeypatch, pool, dtype):
+  monkeypatch.setattr(bounds, "_L1_GIVE_UP", 1)  # the levels, whatever passes
+  rng = np.random.default_rng(11)
+  coarse = rng.integers(0, 256, (90, 3, 3, 3)).astype(np.float64)  # 12 x 12 x 3 images
+  img = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2) + rng.normal(0, 9, (90, 12, 12, 3))
+  x = np.clip(img, 0, 255).astype(np.uint8).reshape(90, -1)
+  q, db = x[:10], np.concatenate([x[10:], x[10:20]])  # duplicates: ties
+  index = bounds.build_index(db, metric="l1", image_shape=(12, 12, 3), pool=pool)
+  assert index.bound_rows.shape[1] == 432 // pool ** 2
+  raw, _ = bounds._l1_coarse_step(jnp.asarray(q), index.params["coarse_table"],
+                                  index.bound_rows, n=len(db), sub=len(q))
+  assert raw.dtype == dtype
+  stats = assert_same_as_brute(q, db, 4, "l1", bounds.search(q, index, 4))
+  assert stats["first_round"] == len(q)
+
+
 def test_l1_noise_goes_to_brute_force():
   """Pixel noise: pooled sums all near the mean, the bounds far below every distance."""
   rng = np.random.default_rng(9)
