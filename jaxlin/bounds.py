@@ -754,6 +754,7 @@ def _merge_pairs(best_d, best_i, qi, ri, d, k: int):
 
 
 _L1_GIVE_UP = 8  # a tile goes to brute force when over 1 / 8 of its pairs pass the coarse level
+_MERGE_PAIRS = 1 << 20  # exact distances held before they are merged into the k best
 
 
 def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts: np.ndarray):
@@ -809,6 +810,7 @@ def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts:
   # batch's exact distances, the host lists the next batch's pairs.
   fine_stage = exact_stage = None
   done = np.zeros(2, np.int64)
+  measured = []  # (qi, ri, d) of exact distances not yet merged (up to _MERGE_PAIRS)
   for batch in itertools.chain(batches(), [(), ()]):
     if batch is None:  # the coarse level passes too much: brute force answers the tile
       d, i = _brute_force(q_TxD[:valid], index, k)
@@ -816,8 +818,11 @@ def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts:
       return d, i
     started = (*batch, _pairs_start(q_fine, *batch, fine_rows, fine_max)) if batch else None
     if exact_stage is not None:
-      best_d, best_i = _merge_pairs(best_d, best_i, exact_stage[0], exact_stage[1],
-                                    _pairs_end(exact_stage[2]), k)
+      measured.append((exact_stage[0], exact_stage[1], _pairs_end(exact_stage[2])))
+      if sum(len(m[0]) for m in measured) > _MERGE_PAIRS or not batch:
+        best_d, best_i = _merge_pairs(best_d, best_i,
+                                      *(np.concatenate(a) for a in zip(*measured)), k)
+        measured = []
     exact_stage = None
     if fine_stage is not None:
       qi, ri, fine = fine_stage

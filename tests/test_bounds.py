@@ -70,6 +70,7 @@ def test_l1_levels_same_as_brute_force_on_adversarial_data(monkeypatch, dtype):
   monkeypatch.setattr(bounds, "L1_TILE", 64)
   monkeypatch.setattr(bounds, "_PAIR_BLOCK", 256)
   monkeypatch.setattr(bounds, "_L1_GIVE_UP", 1)  # the levels, whatever passes (test below)
+  monkeypatch.setattr(bounds, "_MERGE_PAIRS", 100)  # merges as the batches come
   q, db = adversarial()
   if dtype == np.int8:
     q, db = ((x.astype(np.int16) - 128).astype(np.int8) for x in (q, db))
