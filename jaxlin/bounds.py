@@ -211,15 +211,16 @@ _COST = {
 }
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
-# with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04: brute force 2.37 s for
-# 1,000 queries and 4.36 s for 2,000; the cascade with its build 1.00 s and 6.26 s for
-# 10,000 (WORKSPACE.md). Neither is a matrix product: int8_speedup does not apply.
-# The cascade's cost per pair is a part that shrinks with the features (its kernels) and a
-# part that does not (the coarse array, the host's lists of pairs, the merges): 0.42e-8 of
-# its 1.2e-8 at 3,072 features, fitted to one-off timings of 8x8x3 (192 features; brute
-# force 2x faster) and 16x16x3 images (768; the cascade 1.45x faster).
-_L1_COST = {"brute": 4.4e-8, "pruned": 0.78e-8, "pruned_fixed": 0.42e-8, "build_row": 6e-6,
-            "build": 0.1}
+# with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04, through knn.search (its
+# build in every call): brute force 2.37-2.47 s for 1,000 queries and 4.36 s for 2,000; the
+# final cascade 0.70 s for 1,000 and 1.19 s for 2,000 (WORKSPACE.md). Neither is a matrix
+# product: int8_speedup does not apply. The cascade's cost per pair is a part that shrinks
+# with the features (its kernels) and a part that does not (the coarse array, the host's
+# lists of pairs, the merges), 0.42e-8 s, fitted to one-off timings of 8x8x3 (192 features;
+# brute force 2x faster) and 16x16x3 images (768; the cascade 1.45x faster) on its first
+# version; keeping that part for the final one errs towards brute force.
+_L1_COST = {"brute": 4.4e-8, "pruned": 0.58e-8, "pruned_fixed": 0.42e-8, "build_row": 3e-6,
+            "build": 0.05}
 
 
 def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
@@ -245,8 +246,9 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   L1: for images only (``images``: the caller gave their shape, so the bounds pool pixel
   blocks; runs of consecutive features were not measured), from 10,000 rows, k at most
   100, where a cost model (``_L1_COST``, measured on an Intel Xeon) predicts the cascade
-  with its build 1.25x faster: for 50,000 CIFAR-10 rows from about 350 queries (1,000
-  queries measured: 1.00 s against 2.37 s).
+  with its build 1.25x faster: for 50,000 CIFAR-10 rows from about 160 queries (1,000
+  queries measured: 0.70 s against 2.47 s; 250 queries, each with its compilation, 0.87 s
+  against 1.23 s).
 
   L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
   ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
