@@ -769,10 +769,13 @@ def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts:
   over 1 / ``_L1_GIVE_UP`` of the database, the gathered levels would cost more than brute
   force, which then answers the tile instead."""
   n = index.database.shape[0]
-  if c0 * _L1_GIVE_UP > n:  # the threshold alone would measure too many rows
-    d, i = _brute_force(q_TxD[:valid], index, k)
+
+  def brute_force():
     counts[2] += valid
-    return d, i
+    return _brute_force(q_TxD[:valid], index, k)
+
+  if c0 * _L1_GIVE_UP > n:  # the threshold alone would measure too many rows
+    return brute_force()
   coarse_t, fine_t = index.params["coarse_table"], index.params["fine_table"]
   s, g = coarse_t.shape[1], coarse_t.shape[0]
   q = jnp.asarray(q_TxD)
@@ -815,9 +818,7 @@ def _l1_tile(q_TxD, valid: int, index: Index, k: int, c0: int, sub: int, counts:
   measured = []  # (qi, ri, d) of exact distances not yet merged (up to _MERGE_PAIRS)
   for batch in itertools.chain(batches(), [(), ()]):
     if batch is None:  # the coarse level passes too much: brute force answers the tile
-      d, i = _brute_force(q_TxD[:valid], index, k)
-      counts[2] += valid
-      return d, i
+      return brute_force()
     started = (*batch, _pairs_start(q_fine, *batch, fine_rows, fine_max)) if batch else None
     if exact_stage is not None:
       measured.append((exact_stage[0], exact_stage[1], _pairs_end(exact_stage[2])))
@@ -976,10 +977,9 @@ def _l2_groups(n: int, c: int) -> int:
   return g if g >= 1 and c + 1 <= min(n, g * GROUP) else 0
 
 
-def _round_runs(metric: str, n: int, k: int, c: int) -> bool:
-  """Whether a round with ``c`` candidates per query can run against ``n`` rows."""
-  if metric == "l1":  # one pass, no certificate: it runs whenever k <= N
-    return k <= c
+def _round_runs(n: int, k: int, c: int) -> bool:
+  """Whether an L2 round with ``c`` candidates per query can run against ``n`` rows (L1
+  has no rounds)."""
   return k <= c and c + 1 <= n and _l2_groups(n, c) > 0
 
 
@@ -1048,7 +1048,7 @@ def empty_stats(metric: str, k: int, n: int | None = None) -> dict:
   counts = candidate_counts(metric, k)
   if n is not None:
     counts = ((min(counts[0], n), 0) if metric == "l1" else
-              tuple(c if _round_runs(metric, n, k, c) else 0 for c in counts))
+              tuple(c if _round_runs(n, k, c) else 0 for c in counts))
   extra = {key: 0 for key in L1_KEYS} if metric == "l1" else {}
   return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
           "candidates": list(counts), **extra}
@@ -1130,7 +1130,7 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
   for j, (level, c) in enumerate((("first_round", c1), ("second_round", c2))):
-    if not _round_runs(index.metric, n, k, c):
+    if not _round_runs(n, k, c):
       stats["candidates"][j] = 0  # the round cannot run on this index (too few rows)
       continue
     if not len(todo):
