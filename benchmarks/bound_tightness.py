@@ -21,10 +21,12 @@ minus its mean, sum_d |x_d - S_x / n|):
   negative entries summing to zero, >= sum_d |b_d| - (n - 2) |a| >= |R_x - R_y| - (n - 2) |a|.
 
 L2 (``--metric=l2``, bound_tightness_l2.md), on squared distances, in float64:
-with Q the m principal components of ``jaxlin.bounds.build_index`` (same
-sample, centre and seed), x_c = x - centre, z = Q x_c and r = x_c - Q^T z the
-residual, split over r x r square image regions (all channels; ``--bands`` is
-the number of regions): |x - y|^2 = |z_x - z_y|^2 + sum_j |r_x,j - r_y,j|^2
+with Q (``--bases``) the m principal components of ``jaxlin.bounds.build_index``
+(same sample, centre and seed; "pca") or the m rows of the images' orthonormal
+DCT that ``build_index`` keeps when given ``image_shape`` ("dct"), x_c = x -
+centre, z = Q x_c and r = x_c - Q^T z the residual, split over r x r square
+image regions (all channels; ``--bands`` is the number of regions):
+|x - y|^2 = |z_x - z_y|^2 + sum_j |r_x,j - r_y,j|^2
 >= |z_x - z_y|^2 + sum_j (|r_x,j| - |r_y,j|)^2 (Q has orthonormal rows; the
 regions split the residual into orthogonal parts; triangle inequality in each).
 One region is the library's bound. ``columns`` is the width of the bound's
@@ -36,6 +38,7 @@ of them); the run fails if one ever exceeds them. Measured: WORKSPACE.md.
 from __future__ import annotations
 
 import functools
+import itertools
 
 from absl import app
 from absl import flags
@@ -51,6 +54,10 @@ _POOLS = flags.DEFINE_list("pools", ["4", "2"], "L1: block sides p")
 _METRIC = flags.DEFINE_enum("metric", "l1", ["l1", "l2"], "the distance whose bounds are counted")
 _COMPONENTS = flags.DEFINE_list("components", ["64", "128", "192"],
                                 "L2: principal components m of the bound")
+_BASES = flags.DEFINE_list("bases", ["pca", "dct"], "L2: the bound's basis: pca (principal "
+                           "components) or dct (the images' DCT coefficients of largest "
+                           "variance), as jaxlin.bounds.build_index without and with "
+                           "image_shape")
 _BANDS = flags.DEFINE_list("bands", ["1", "4", "16", "64"],
                            "L2: square regions the residual's norm is split over (1: the "
                            "library's bound)")
@@ -113,7 +120,10 @@ def _static_flags() -> tuple[list[int], list[int], list[int], list[int]]:
   bands = common.positive_ints(_BANDS.value, message)
   common.usage(all(round(b ** 0.5) ** 2 == b for b in bands), message)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
-  unused = ["pools"] if _METRIC.value == "l2" else ["components", "bands"]
+  common.usage(_BASES.value and set(_BASES.value) <= {"pca", "dct"}
+               and len(set(_BASES.value)) == len(_BASES.value),
+               f"--bases takes pca, dct (each once), got {_given(_BASES)}")
+  unused = ["pools"] if _METRIC.value == "l2" else ["components", "bands", "bases"]
   for name in unused:  # a flag the metric does not read would be ignored without a word
     common.usage(not flags.FLAGS[name].present,
                  f"--{name} has no effect with --metric={_METRIC.value}; leave it out")
@@ -182,9 +192,16 @@ def _l2_rows(q, db, ks, components, bands) -> list[dict]:
   # The sample, centre and basis as bounds.build_index makes them.
   sample = db[np.linspace(0, len(db) - 1, min(len(db), 5000)).astype(np.int64)]
   centre = np.round(sample.mean(axis=0, dtype=np.float64)).astype(np.int64)
+  side = int(round((db.shape[1] // 3) ** 0.5))
+  dct = np.einsum("kh,lw,ec->klehwc", *(bounds._dct_matrix(n)  # pylint: disable=protected-access
+                                        for n in (side, side, 3))).reshape(db.shape[1], -1)
   rows = []
-  for m in components:
-    basis = bounds._principal_basis(sample, centre, m, 0)  # pylint: disable=protected-access
+  for m, kind in itertools.product(components, _BASES.value):
+    if kind == "pca":
+      basis = bounds._principal_basis(sample, centre, m, 0)  # pylint: disable=protected-access
+    else:  # the m DCT coefficients build_index keeps for images
+      keep = bounds._dct_params((side, side, 3), sample, centre, m)["keep"]  # pylint: disable=protected-access
+      basis = dct[np.asarray(keep)]
     for b in bands:
       r = int(round(b ** 0.5))
       uq = l2_band_features(q, centre, basis, r)
@@ -194,7 +211,8 @@ def _l2_rows(q, db, ks, components, bands) -> list[dict]:
         raise AssertionError(f"the L2 bound (m={m}, bands={b}) exceeds an exact distance: a bug")
       for k in ks:
         count = (bound <= kth[:, k - 1:k]).sum(axis=1)
-        rows.append({"components": m, "bands": b, "columns": m + b + 1, **_counts(k, count)})
+        rows.append({"basis": kind, "components": m, "bands": b, "columns": m + b + 1,
+                     **_counts(k, count)})
   return rows
 
 
@@ -210,7 +228,7 @@ def main(argv):
     columns = ["p", "bound", "features", "k", "median", "p90", "p99", "max"]
   else:
     rows = _l2_rows(q, db, ks, components, bands)
-    columns = ["components", "bands", "columns", "k", "median", "p90", "p99", "max"]
+    columns = ["basis", "components", "bands", "columns", "k", "median", "p90", "p99", "max"]
   common.report(out, "bound_tightness", rows, columns, stem=f"bound_tightness_{_METRIC.value}",
                 metric=_METRIC.value, queries=len(q), database=len(db))
 

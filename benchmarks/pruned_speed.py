@@ -6,7 +6,8 @@ L2: the first ``--l2_queries`` test images; L1: ``--l1_queries`` random test
 images (seeded); all training images as the database; k nearest. Methods:
 
 * pruned -- ``jaxlin.bounds``: index built once (time reported apart and
-  included), then the cascade (L2: certified rounds; L1: thresholds);
+  included), then the cascade (L2: certified rounds, the bound on the images'
+  DCT, or with ``--l2_basis=pca`` on principal components; L1: thresholds);
 * brute -- ``jaxlin.knn.search(method="brute")`` (until 2026-12-04 the default
   method, "auto", which may take the cascade: see WORKSPACE.md);
 * faiss -- IndexFlatL2 / IndexFlat(METRIC_L1) on float32.
@@ -54,6 +55,9 @@ _FULL = flags.DEFINE_bool("full", False, "all test images as queries for both me
 _METHODS = flags.DEFINE_list("methods", ["pruned", "brute", "faiss"], "methods to run")
 _METRICS = flags.DEFINE_list("metrics", ["l2", "l1"], "metrics to run")
 _CANDIDATES = flags.DEFINE_integer("candidates", 0, "pruned: first-round candidates (0: default)")
+_L2_BASIS = flags.DEFINE_enum("l2_basis", "dct", ["dct", "pca"], "pruned L2: the bound's "
+                              "basis: dct (the images' DCT, build_index given image_shape) or "
+                              "pca (principal components, as for rows that are not images)")
 _CHILD = flags.DEFINE_string("child", None, "internal: run one method and print JSON")
 _METRIC = flags.DEFINE_string("metric", "l2", "internal")
 
@@ -89,7 +93,10 @@ def child(method, metric, k, out):
     from jaxlin import bounds, knn  # pylint: disable=import-outside-toplevel
     if method == "pruned":
       t0 = time.perf_counter()
-      index = bounds.build_index(db, metric=metric, image_shape=common.image_shape(db.shape[1]))
+      shape = common.image_shape(db.shape[1])
+      if metric == "l2" and _L2_BASIS.value == "pca":
+        shape = None  # principal components
+      index = bounds.build_index(db, metric=metric, image_shape=shape)
       jax.block_until_ready(index.bound_rows)
       result["build_seconds"] = time.perf_counter() - t0
       c = _CANDIDATES.value or None
@@ -136,7 +143,8 @@ def main(argv):
       r = common.run_child("benchmarks.pruned_speed", [
           f"--child={method}", f"--metric={metric}", f"--k={_K.value}", f"--out={out}",
           f"--l2_queries={_L2_QUERIES.value}", f"--l1_queries={_L1_QUERIES.value}",
-          f"--full={_FULL.value}", f"--candidates={_CANDIDATES.value}"] + common.data_flags())
+          f"--full={_FULL.value}", f"--candidates={_CANDIDATES.value}",
+          f"--l2_basis={_L2_BASIS.value}"] + common.data_flags())
       r["idx"] = np.load(os.path.join(out, f"idx_{method}_{metric}.npy"))
       r["dist"] = np.load(os.path.join(out, f"dist_{method}_{metric}.npy"))
       results[method] = r
@@ -155,7 +163,7 @@ def main(argv):
         row["same_dist_as_brute"] = bool(np.array_equal(r["dist"], ref["dist"]))
         row["idx_agreement"] = float(np.mean(r["idx"] == ref["idx"]))
       rows.append(row)
-  common.report(out, "pruned_speed", rows, [
+  common.report(out, "pruned_speed", rows, l2_basis=_L2_BASIS.value, columns=[
       "metric", "method", "queries", "k", "build_s", "search_s", "total_s", "faiss_over_search",
       "faiss_over_total", "peak_rss_mb", "same_idx_as_brute", "same_dist_as_brute",
       "idx_agreement", "stats"])

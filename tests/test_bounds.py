@@ -173,13 +173,15 @@ def test_int8_rows_and_defaults_fall_back_on_small_databases():
   assert stats["brute_force"] == 5  # 256 candidates > 40 rows: brute force directly
 
 
-def test_l2_certified_bound_never_exceeds_the_distance():
+@pytest.mark.parametrize("image_shape", [None, SHAPE])  # principal components, the DCT
+def test_l2_certified_bound_never_exceeds_the_distance(image_shape):
   rng = np.random.default_rng(3)
   db = np.concatenate([smooth_images(rng, 100), checkerboards(rng, 50),
                        rng.integers(0, 256, (50, D), dtype=np.uint8),
                        np.zeros((1, D), np.uint8), np.full((1, D), 255, np.uint8)])
   q = jnp.asarray(np.concatenate([db[::7], 255 - db[:20]]))
-  index = bounds.build_index(db, metric="l2", components=16)
+  index = bounds.build_index(db, metric="l2", components=16, image_shape=image_shape)
+  assert ("dct_h" in index.params) == (image_shape is not None)
   p = index.params
   ux, const, a, err = bounds._l2_query_rows(q, p)
   rows = index.bound_rows.reshape(-1, index.bound_rows.shape[2])[:len(db)]
@@ -222,12 +224,13 @@ def test_l2_row_errors_cover_the_computed_projection(stretch):
     assert err.max() < 1e-4 * np.linalg.norm(xc, axis=1).max()
 
 
-def test_l2_bound_is_exact_where_residuals_are_parallel():
+@pytest.mark.parametrize("image_shape", [None, SHAPE])
+def test_l2_bound_is_exact_where_residuals_are_parallel(image_shape):
   # y - c = 2 (x - c): the residuals are parallel, the bound meets the distance, and any
   # error the margins do not cover (a residual norm 1 % large, say) would exceed it.
   rng = np.random.default_rng(8)
   db = rng.integers(0, 256, (300, D), dtype=np.uint8)
-  index = bounds.build_index(db, metric="l2", components=2)
+  index = bounds.build_index(db, metric="l2", components=2, image_shape=image_shape)
   p = index.params
   c = np.asarray(p["centre"]).astype(np.int64)
   dx = rng.integers(-50, 51, (50, D))
@@ -240,6 +243,66 @@ def test_l2_bound_is_exact_where_residuals_are_parallel():
   true = ((x.astype(np.int64) - y) ** 2).sum(1)
   assert np.all(low <= true)
   assert np.all(low >= 0.99 * true)  # tight: so a bound too large by 1 % shows
+
+
+def test_dct_matrix_is_the_orthonormal_dct():
+  r2, r3, r6 = np.sqrt(2), np.sqrt(3), np.sqrt(6)
+  np.testing.assert_allclose(bounds._dct_matrix(1), [[1.0]])
+  np.testing.assert_allclose(bounds._dct_matrix(2), [[1 / r2, 1 / r2], [1 / r2, -1 / r2]])
+  np.testing.assert_allclose(bounds._dct_matrix(3), [[1 / r3, 1 / r3, 1 / r3],
+                                                     [1 / r2, 0, -1 / r2],
+                                                     [1 / r6, -2 / r6, 1 / r6]], atol=1e-15)
+  c = bounds._dct_matrix(32)
+  np.testing.assert_allclose(c @ c.T, np.eye(32), atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (5, 3, 1), (2, 6, 4), (32, 32, 3)])
+def test_dct_row_errors_cover_the_computed_coefficients(shape):
+  # err bounds |(z^_S, rho^) - (z_S, |z_R|)| for the exact coefficients z of the
+  # orthonormal DCT (float64 here), on extreme and random rows.
+  h, w, c = shape
+  d = h * w * c
+  rng = np.random.default_rng(11)
+  board = (np.indices((h, w)).sum(0) % 2 * 255)[:, :, None].repeat(c, axis=2).reshape(-1)
+  x = np.concatenate([rng.integers(0, 256, (30, d)), np.zeros((1, d)), np.full((1, d), 255),
+                      board[None], 255 - board[None]]).astype(np.uint8)
+  centre = np.full(d, 128) if d > 100 else rng.integers(0, 256, d)
+  m = min(7, d)
+  params = bounds._dct_params(shape, x, centre, m)
+  z, _, rho, a, err = (np.asarray(v, np.float64) for v in bounds._l2_rows(jnp.asarray(x), params))
+  basis = np.einsum("kh,lw,ec->klehwc", bounds._dct_matrix(h), bounds._dct_matrix(w),
+                    bounds._dct_matrix(c)).reshape(d, d)
+  exact = (x.astype(np.float64) - centre) @ basis.T
+  keep = np.asarray(params["keep"])
+  rest = np.setdiff1d(np.arange(d), keep)
+  gap = np.sqrt(((z - exact[:, keep]) ** 2).sum(1)
+                + (rho - np.linalg.norm(exact[:, rest], axis=1)) ** 2)
+  assert np.all(gap <= err)
+  assert np.all(a >= np.sqrt((z ** 2).sum(1) + rho ** 2) * (1 - 1e-6))
+  xnorm = np.linalg.norm(x.astype(np.float64) - centre, axis=1)
+  assert err.max() < 3e-4 * xnorm.max()  # and not vacuous (about 2.4e-4 at 32 x 32 x 3)
+  # The m coefficients kept are those of largest variance over the rows.
+  var = exact.var(axis=0)
+  assert var[keep].min() >= np.sort(var)[::-1][m - 1] * (1 - 1e-4)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 1), (4, 4, 4), (3, 5, 2)])
+def test_l2_cascade_on_images_of_any_shape_same_as_brute_force(shape):
+  rng = np.random.default_rng(12)
+  d = int(np.prod(shape))
+  low = rng.integers(0, 256, (60, 1, 1, shape[2]))
+  smooth = np.clip(low + rng.normal(0, 8, (60,) + shape), 0, 255).astype(np.uint8)
+  db = np.concatenate([smooth.reshape(60, d), rng.integers(0, 256, (40, d), dtype=np.uint8),
+                       np.zeros((3, d), np.uint8), smooth.reshape(60, d)[:5]])
+  q = np.concatenate([db[[0, 1, 61, 100]], rng.integers(0, 256, (6, d), dtype=np.uint8)])
+  for metric in ("l2", "l2_squared"):
+    index = bounds.build_index(db, metric=metric, image_shape=shape, components=min(5, d))
+    stats = assert_same_as_brute(q, db, 4, metric, bounds.search(q, index, 4, candidates=8))
+    assert stats["first_round"] > 0
+    d_knn, i_knn, how = knn.search(q, db, 4, metric=metric, method="pruned", image_shape=shape,
+                                   return_stats=True)
+    assert how["method"] == "pruned"
+    assert_same_as_brute(q, db, 4, metric, (d_knn, i_knn, how))
 
 
 def test_merged_answers_tie_by_index():
