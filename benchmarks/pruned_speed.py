@@ -31,7 +31,8 @@ faiss 19.2 s; brute force 11.6 s on 2026-12-02 (the "brute" child used
 1,000 random queries (2026-12-02): the certified L1 cascade of that day 0.7 s + 5.2 s,
 brute force 3.3 s, faiss 16.2 s; brute force has since become 1.6x faster (its tiles,
 2026-12-04). On an Intel Xeon with AMX (2026-12-04): L2 brute force 1.68-2.01 s against
-faiss's 9.0-10.4 s (5.1-5.6x), the cascade 5.3-6.1 s with its build; L1 by the
+faiss's 9.0-10.4 s (5.1-5.6x), the cascade 5.3-6.1 s with its build (5.0 s since
+the bound on the images' DCT, 2026-12-05: a 1.5 s build against 2.4 s); L1 by the
 threshold cascade (since 2026-12-04) 0.27 s build + 0.39 s search against 23.0 s for
 faiss (34x with the build), brute force 2.39 s.
 """
