@@ -272,3 +272,16 @@ class Stopwatch:
 
   def __exit__(self, *exc):
     self.seconds = time.perf_counter() - self.t0
+
+
+def best_seconds(fn, repeats: int) -> float:
+  """The shortest of ``repeats`` timed calls of ``fn`` (each waited for), after one call
+  that compiles its programs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.block_until_ready(fn())  # compiled apart
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return min(times)

@@ -30,7 +30,6 @@ exact distances here; the run fails if one ever exceeds them.
 from __future__ import annotations
 
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -49,16 +48,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs of each kernel (best r
 _PAIRS = 8192  # pairs per timed call of the pair kernels
 _SUB = 256  # pairs gathered at a time inside a call
 
-
-def _best(fn, repeats: int) -> float:
-  import jax  # pylint: disable=import-outside-toplevel
-  jax.block_until_ready(fn())  # compiled apart
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def _lower_bounds(db, q, m: int):
@@ -140,9 +129,9 @@ def main(argv):
   ri = jnp.asarray(rng.integers(0, n, _PAIRS).astype(np.int32))
   fine_rows = jnp.asarray(rng.standard_normal((n, _FINE.value + 1)).astype(np.float32))
   fine_q = jnp.asarray(rng.standard_normal((len(q), _FINE.value + 1)).astype(np.float32))
-  fine_rate = _PAIRS / _best(lambda: fine_rate_fn(fine_q, qi, ri, fine_rows), repeats)
+  fine_rate = _PAIRS / common.best_seconds(lambda: fine_rate_fn(fine_q, qi, ri, fine_rows), repeats)
   q_dev, db_dev = jnp.asarray(q), jnp.asarray(db)
-  exact_rate = _PAIRS / _best(lambda: exact_fn(q_dev, qi, ri, db_dev), repeats)
+  exact_rate = _PAIRS / common.best_seconds(lambda: exact_fn(q_dev, qi, ri, db_dev), repeats)
   print(f"pairs per second: fine {fine_rate:.3g}, exact {exact_rate:.3g}", file=sys.stderr)
   rows = []
   for m in ms:
@@ -154,7 +143,7 @@ def main(argv):
                  "a lower bound exceeded an exact distance: a bug in jaxlin.bounds")
     tile = jnp.asarray(rng.standard_normal((1024, width)).astype(np.float32))
     product = jax.jit(lambda a: jnp.matmul(a, aug.T, precision=jax.lax.Precision.HIGHEST))
-    coarse_s = _best(lambda: product(tile), repeats) * 10000 / 1024
+    coarse_s = common.best_seconds(lambda: product(tile), repeats) * 10000 / 1024
     floor = (low <= true_k[:, None]).sum(axis=1)
     for c in cs:
       est = np.argpartition(low, c - 1, axis=1)[:, :c]

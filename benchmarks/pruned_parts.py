@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -28,16 +27,6 @@ from benchmarks import common
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs of each part (best reported)")
 _QUERIES = flags.DEFINE_integer("queries", 3000, "test images for the sample rows")
 
-
-def _best(fn, repeats):
-  import jax  # pylint: disable=import-outside-toplevel
-  jax.block_until_ready(fn())  # compiled apart
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def _round_parts(bounds, distances, index, tile, repeats):
@@ -69,11 +58,12 @@ def _round_parts(bounds, distances, index, tile, repeats):
                             chunks=index.bound_rows, params=index.params, k=10, g=g, c=160)
   s, gmin = product(tile)
   cand = select(s, gmin)
-  return [("queries' projections", _best(lambda: query_rows(tile, index.params), repeats)),
-          ("bound product and group minima", _best(lambda: product(tile), repeats)),
-          ("two selections", _best(lambda: select(s, gmin), repeats)),
-          ("exact refinement of 160 candidates", _best(lambda: refine(tile, cand), repeats)),
-          ("the whole round (k = 10)", _best(lambda: whole(tile), repeats))]
+  best = common.best_seconds
+  return [("queries' projections", best(lambda: query_rows(tile, index.params), repeats)),
+          ("bound product and group minima", best(lambda: product(tile), repeats)),
+          ("two selections", best(lambda: select(s, gmin), repeats)),
+          ("exact refinement of 160 candidates", best(lambda: refine(tile, cand), repeats)),
+          ("the whole round (k = 10)", best(lambda: whole(tile), repeats))]
 
 
 def main(argv):
@@ -98,14 +88,15 @@ def main(argv):
   default = bounds._BUILD_BLOCK
   for block in (256, 512, 1024, 2048):
     bounds._BUILD_BLOCK = block
-    seconds = _best(lambda: bounds._l2_build(x, params), max(2, repeats // 2))
+    seconds = common.best_seconds(lambda: bounds._l2_build(x, params),
+                                  max(2, repeats // 2))
     rows.append({"part": f"build, block {block}", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
   bounds._BUILD_BLOCK = default
   queries = q[:_QUERIES.value]
   for size in (5000, 2000, 1000):
-    seconds = _best(lambda: bounds.build_index(x, metric="l2", sample=size).bound_rows,
-                    max(2, repeats // 2))
+    seconds = common.best_seconds(
+        lambda: bounds.build_index(x, metric="l2", sample=size).bound_rows, max(2, repeats // 2))
     _, _, stats = bounds.search(queries, bounds.build_index(x, metric="l2", sample=size), 10)
     rows.append({"part": f"build, sample {size}", "seconds": seconds,
                  "first_round": f"{stats['first_round']} of {len(queries)}"})
