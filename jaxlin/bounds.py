@@ -70,7 +70,8 @@ Bounds (v = x - y, integer vectors; D features):
   integer centre c, x_c = x - c and rho_x = |x_c - Q^T Q x_c| =
   sqrt(|x_c|^2 - |Q x_c|^2): |v|^2 = |Q v|^2 + |(I - Q^T Q) v|^2 >=
   |Q x_c - Q y_c|^2 + (rho_x - rho_y)^2, i.e. |v| >= |u_x - u_y| with
-  u_x = (Q x_c, rho_x) in R^{m+1}. For images (``image_shape`` given) Q is m
+  u_x = (Q x_c, rho_x) in R^{m+1}. For images (``image_shape`` given, with H and
+  W C at most 256) Q is m
   rows of the orthonormal DCT of the image (over height, width and channels):
   the m coefficients of largest variance over a sample of the database, rho
   the norm of the others (nothing to estimate, and each coefficient is a
@@ -395,17 +396,29 @@ def _dct_matrix(n: int) -> np.ndarray:
   return np.sqrt(np.where(k == 0, 1.0, 2.0) / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
 
 
+# The DCT bound serves images whose two stages stay short (H and W C at most 256; e.g. up
+# to 85 x 85 x 3): a stage of n terms errs by gamma_n sqrt(n) of its input, so an image with
+# one long axis (1 x 1024 x 3, say) would get a bound 50x looser than principal components
+# (and its error constant four SVDs of 3072 x 3072). Those take principal components.
+_DCT_LONGEST = 256
+
+
+def _dct_fits(image_shape) -> bool:
+  """Whether images of this (H, W, C) shape take the DCT bound (``_DCT_LONGEST``)."""
+  h, w, c = image_shape
+  return h <= _DCT_LONGEST and w * c <= _DCT_LONGEST
+
+
 def _dct_all(x_NxD, params):
   """(x_c (N, D) int32, the computed coefficients (N, D) float32) of integer rows: the
   centred image x_c = x - centre (exact), multiplied along its (W, C) axes by ``dct_wc``
-  (sums of W C terms), then along H by ``dct_h`` (sums of H terms), in that order (an
-  optimization barrier keeps XLA from merging the two products)."""
+  (sums of W C terms) and along H by ``dct_h`` (sums of H terms): two products, which XLA
+  keeps apart (it may swap their order: the error bound holds for either)."""
   h, wc = params["dct_h"].shape[0], params["dct_wc"].shape[0]
   n = x_NxD.shape[0]
   xc = x_NxD.astype(jnp.int32) - params["centre"][None, :]
   y = jnp.matmul(xc.astype(jnp.float32).reshape(n * h, wc), params["dct_wc"].T,
                  precision=_HIGHEST)
-  y = jax.lax.optimization_barrier(y)
   z = jnp.matmul(params["dct_h"], y.reshape(n, h, wc), precision=_HIGHEST)
   return xc, z.reshape(n, h * wc)
 
@@ -457,22 +470,18 @@ def _dct_rows(x_NxD, params):
   norm of the rest (no cancellation: the rest are computed, not subtracted).
 
   |u^ - u| <= |z^_S - z_S| + |rho^ - |z^_R|| + | |z^_R| - |z_R| | <= 2 kappa |x_c| +
-  gamma_{W C + H + 2} rho^ (the squares, two sums and a square root), and err doubles that
-  (second order terms, the rounding of these few operations) plus 4 u (|z| + rho), as
-  ``_l2_rows``.
+  gamma_{D+2} rho^ (the squares, a sum of D terms in any order, a square root), and err
+  doubles that (second order terms, the rounding of these few operations) plus
+  4 u (|z| + rho), as ``_l2_rows``.
   """
   xc, zall = _dct_all(x_NxD, params)
   xsq = jnp.sum(xc * xc, axis=1, dtype=jnp.int32).astype(jnp.float32)
   z = jnp.take(zall, params["keep"], axis=1)
   zsq = jnp.sum(z * z, axis=1)
   znorm = jnp.sqrt(zsq)
-  # rho^2 in two short sums (W C terms, then H), kept apart by a barrier: an error of
-  # gamma_{W C + H + 2} rho instead of gamma_{D + 2} rho for one sum of D terms.
-  h, wc = params["dct_h"].shape[0], params["dct_wc"].shape[0]
-  part = jnp.sum((zall * zall * params["rest"][None, :]).reshape(-1, h, wc), axis=2)
-  rho = jnp.sqrt(jnp.sum(jax.lax.optimization_barrier(part), axis=1))
+  rho = jnp.sqrt(jnp.sum(zall * zall * params["rest"][None, :], axis=1))
   e_z = params["kappa"] * jnp.sqrt(xsq) * (1 + 4 * _U)
-  err = 2.0 * (2 * e_z + _gamma(wc + h + 2) * rho) + 4 * _U * (znorm + rho)
+  err = 2.0 * (2 * e_z + _gamma(zall.shape[1] + 2) * rho) + 4 * _U * (znorm + rho)
   return z, zsq, rho, znorm + rho, err
 
 
@@ -571,8 +580,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     metric: "l1", "l2" or "l2_squared".
     image_shape: (H, W, C) of the rows. L1: p x p blocks per channel (None:
       groups of p * p consecutive features). L2: the bound projects on a fixed
-      basis, the DCT of the images (None: on principal components estimated
-      from the rows).
+      basis, the DCT of the images (None, or images with H or W C above 256:
+      on principal components estimated from the rows).
     pool: p, the block side of L1's coarse level (4: 192 sums for 32x32x3 images);
       its fine level takes p / 2 blocks (at least 1); blocks larger than the
       image act as the image's size. Unused for L2.
@@ -631,7 +640,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   host = np.asarray(db)
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
-  if image_shape is not None:  # a fixed basis: the DCT
+  if image_shape is not None and _dct_fits(image_shape):  # a fixed basis: the DCT
     params = _dct_params(image_shape, rows, centre, m)
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)

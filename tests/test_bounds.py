@@ -280,10 +280,21 @@ def test_dct_row_errors_cover_the_computed_coefficients(shape):
   assert np.all(gap <= err)
   assert np.all(a >= np.sqrt((z ** 2).sum(1) + rho ** 2) * (1 - 1e-6))
   xnorm = np.linalg.norm(x.astype(np.float64) - centre, axis=1)
-  assert err.max() < 3e-4 * xnorm.max()  # and not vacuous (about 2.4e-4 at 32 x 32 x 3)
+  assert err.max() < 5e-4 * xnorm.max()  # and not vacuous (about 3.6e-4 at 32 x 32 x 3)
   # The m coefficients kept are those of largest variance over the rows.
   var = exact.var(axis=0)
   assert var[keep].min() >= np.sort(var)[::-1][m - 1] * (1 - 1e-4)
+
+
+def test_images_with_a_long_axis_take_principal_components():
+  # One stage of the DCT would sum hundreds of terms: a loose bound (and a costly build).
+  rng = np.random.default_rng(13)
+  for shape, dct in (((1, 85, 3), True), ((1, 86, 3), False), ((257, 1, 1), False),
+                     ((256, 1, 1), True)):
+    db = rng.integers(0, 256, (20, int(np.prod(shape))), dtype=np.uint8)
+    index = bounds.build_index(db, metric="l2", image_shape=shape, components=4)
+    assert ("dct_h" in index.params) == dct, shape
+    assert_same_as_brute(db[:3], db, 2, "l2", bounds.search(db[:3], index, 2))
 
 
 @pytest.mark.parametrize("shape", [(6, 4, 1), (4, 4, 4), (3, 5, 2)])
