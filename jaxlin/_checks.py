@@ -283,3 +283,11 @@ def jax_exact(a, name: str):
   if isinstance(a, jax.Array) or is_traced(a):
     return a
   return host_array(a, name)
+
+
+def rows_fix(shape) -> str:
+  """The fix to suggest for an array that should be 2-D (rows, features): one row made a
+  row of a 2-D array, or images flattened."""
+  if len(shape) <= 1:
+    return "a single row? make it one row of a 2-D array, e.g. x.reshape(1, -1)"
+  return "flatten images first, e.g. x.reshape(len(x), -1)"

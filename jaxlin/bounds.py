@@ -396,8 +396,8 @@ def _dct_matrix(n: int) -> np.ndarray:
   return np.sqrt(np.where(k == 0, 1.0, 2.0) / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
 
 
-# The DCT bound serves images whose two stages stay short (H and W C at most 256; e.g. up
-# to 85 x 85 x 3): a stage of n terms errs by gamma_n sqrt(n) of its input, so an image with
+# The DCT bound serves images whose two stages stay short (H and W C at most 256, e.g.
+# 64 x 64 x 3): a stage of n terms errs by gamma_n sqrt(n) of its input, so an image with
 # one long axis (1 x 1024 x 3, say) would get a bound 50x looser than principal components
 # (and its error constant four SVDs of 3072 x 3072). Those take principal components.
 _DCT_LONGEST = 256
@@ -590,8 +590,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       sample rows (images), else the top m principal components. Unused for
       L1, as are sample and seed.
     sample: rows used to order the DCT coefficients or estimate the components
-      (any choice gives a valid bound).
-    seed: for the random start of the component estimate (unused for images).
+      (any choice gives a valid bound; the DCT orders by at most 1,000 of them,
+      evenly spaced; all of them set the centre).
+    seed: for the random start of the component estimate (unused where the
+      DCT serves).
 
   Returns:
     an ``Index``.
@@ -603,6 +605,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
                      f"{', '.join(METRICS)}", argument="metric")
+  _checks.outside_jit("bounds.build_index (it measures the rows on the host)", "database_NxD",
+                      database_NxD)
   knn.not_an_index(database_NxD, "database_NxD")
   db = database_NxD if isinstance(database_NxD, jax.Array) else np.asarray(database_NxD)
   if db.ndim != 2 or db.dtype not in (jnp.uint8, jnp.int8) or db.shape[0] == 0:
@@ -1213,6 +1217,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     raise InputError(f"index must be an Index from bounds.build_index, got "
                      f"{type(index).__name__}", argument="index")
   n, d = index.database.shape
+  _checks.outside_jit("bounds.search (its levels run on the host)", "queries_QxD", queries_QxD)
   knn.not_an_index(queries_QxD, "queries_QxD")
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
   if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):

@@ -94,8 +94,8 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
     checked.append(a)
     a = jnp.asarray(a)
     if a.ndim != 2:
-      raise InputError(f"{name} must be 2-D (rows, features), got shape {a.shape}; flatten "
-                       "images first, e.g. x.reshape(len(x), -1)", argument=name)
+      raise InputError(f"{name} must be 2-D (rows, features), got shape {a.shape}; "
+                       f"{_checks.rows_fix(a.shape)}", argument=name)
     if not (is_integer(a) or jnp.issubdtype(a.dtype, jnp.floating)):
       raise InputError(f"{name} must hold integers or real floats, got {a.dtype}", argument=name)
     arrays.append(a)

@@ -388,10 +388,12 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       "queries" is Q times the number of devices.
     image_shape: (H, W, C) of the rows (flattened images), for the pruned
       bounds: L1 sums over p x p pixel blocks of each channel (None: over runs
-      of consecutive features, a looser bound: slower, the same answer); L2
-      projects on the images' DCT (None: on principal components estimated
-      from the database, a build about 1.6x slower on CIFAR-10, the same
-      answer).
+      of consecutive features, which on channels-last images mix the channels
+      and rarely rule a row out, so the search falls back to brute force: pass
+      the shape for L1); L2 projects on the images' DCT where H and W C are
+      at most 256 (None, or longer axes: on principal components estimated
+      from the database, a build about 1.6x slower on CIFAR-10). The same
+      answer either way.
 
   Returns:
     (dists_QxK, idx_QxK int32), and the stats dict with ``return_stats``:
@@ -564,8 +566,9 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
     if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
         queries.dtype in (jnp.uint8, jnp.int8)):
       raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "
-                       f"(squared distances below 2**30), got {database.shape[1]}; use "
-                       "method='brute'", argument="method")
+                       f"(the limit of its L2 bounds, kept for every metric), got "
+                       f"{database.shape[1]}; use method='brute' (exact for any size)",
+                       argument="method")
     if not served:
       q_dtype, db_dtype = (_given_dtype(a) for a in given)
       inputs, dtypes = ((f"{names[0]} uint8 or int8", q_dtype) if names[0] == names[1] else
@@ -672,7 +675,7 @@ def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, cal
   not_an_index(train_x, names[1])
   if np.ndim(train_x) != 2:
     raise InputError(f"{names[1]} must be 2-D (rows, features), got shape {np.shape(train_x)}; "
-                     "flatten images first, e.g. x.reshape(len(x), -1)", argument=names[1])
+                     f"{_checks.rows_fix(np.shape(train_x))}", argument=names[1])
   labels = _checks.labels(train_y, num_classes, y_name, np.shape(train_x)[0])
   _, idx, _ = _search(test_x, train_x, max(ks), metric=metric, mesh=mesh, layout=layout,
                       num_database=None, query_tile=None, database_tile=None,

@@ -580,3 +580,22 @@ def test_progress_reaches_the_end_once():
   bounds.search(q[:16], bounds.build_index(db, metric="l2"), 2, query_tile=1,
                 callback=lambda done, total: calls.append((done, total)))
   assert calls == [(8, 16), (16, 16)]  # every 8 tiles, then once at the end
+
+
+def test_what_a_new_user_gets_wrong_with_shapes_and_jit_is_named():
+  rng = np.random.default_rng(14)
+  db = rng.integers(0, 256, (40, D), dtype=np.uint8)
+  with pytest.raises(InputError, match=r"queries_QxD.*x\.reshape\(1, -1\)"):
+    knn.search(db[0], db, 3)  # one row, not a 2-D array of rows
+  with pytest.raises(InputError, match=r"x\.reshape\(len\(x\), -1\)"):
+    knn.search(db[:2].reshape(2, *SHAPE), db, 3)  # images, not flattened
+  index = bounds.build_index(db, metric="l2", image_shape=SHAPE)
+  with pytest.raises(InputError, match="bounds.search .*outside jit") as err:
+    jax.jit(lambda q: bounds.search(q, index, 3)[:2])(db[:2])
+  assert err.value.argument == "queries_QxD"
+  with pytest.raises(InputError, match="bounds.build_index .*outside jit") as err:
+    jax.jit(lambda x: bounds.build_index(x, metric="l1").database)(db)
+  assert err.value.argument == "database_NxD"
+  wide = np.zeros((3, bounds.MAX_FEATURES + 1), np.uint8)
+  with pytest.raises(InputError, match=r"at most 16512 features .*method='brute'"):
+    knn.search(wide, wide, 1, metric="l1", method="pruned")
