@@ -291,3 +291,11 @@ def rows_fix(shape) -> str:
   if len(shape) <= 1:
     return "a single row? make it one row of a 2-D array, e.g. x.reshape(1, -1)"
   return "flatten images first, e.g. x.reshape(len(x), -1)"
+
+
+def flag(value, name: str) -> bool:
+  """A True / False argument (1 and 0 too), or InputError naming it: "no" would be true."""
+  if not (isinstance(value, (bool, np.bool_)) or (
+      isinstance(value, (int, np.integer)) and value in (0, 1))):
+    raise InputError(f"{name} must be True or False (or 1 or 0), got {value!r}", argument=name)
+  return bool(value)

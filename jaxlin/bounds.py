@@ -164,6 +164,12 @@ class Index(NamedTuple):
   fine_groups: np.ndarray | None = None
   cache: dict | None = None
 
+  def __repr__(self) -> str:  # a notebook shows the index, not every array in it
+    n, d = self.database.shape
+    basis = ("" if self.metric == "l1" else
+             ", basis='dct'" if "dct_h" in self.params else ", basis='pca'")
+    return f"Index(metric={self.metric!r}, rows={n}, features={d}, dtype={self.dtype!r}{basis})"
+
 
 def supports(queries_QxD, database_NxD, metric: str) -> bool:
   """Whether ``search`` serves these inputs: L1, L2 or squared L2 on 2-D arrays that are
@@ -1191,7 +1197,7 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     k: neighbours, 1 <= k <= N.
     candidates: L2: C, rows refined exactly per query in the first round
       (default max(160, 8 k)); L1: C, rows whose exact distances set each query's
-      threshold (default max(32, 2 k)); at least k.
+      threshold (default max(32, 2 k)); raised to k when smaller.
     second_candidates: L2: rows per query in the second round, for the queries the
       first could not certify (default 2 C); fewer than k (e.g. 0) skips the
       round. Checked, but unused by L1 (no rounds).

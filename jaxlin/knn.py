@@ -408,6 +408,7 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     an unknown metric, layout or method, a laid database of the wrong size,
     method "pruned" on inputs it does not serve.
   """
+  return_stats = _checks.flag(return_stats, "return_stats")
   out = _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
                 num_database=num_database, query_tile=query_tile, database_tile=database_tile,
                 callback=callback, names=("queries_QxD", "database_NxD"), method=method,

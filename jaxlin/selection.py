@@ -26,15 +26,8 @@ from jaxlin.errors import InputError
 __all__ = ["cross_validate_knn", "kfold_indices"]
 
 
-def _flag(value, name: str) -> bool:
-  if not (isinstance(value, (bool, np.bool_)) or (  # "no" would be true
-      isinstance(value, (int, np.integer)) and value in (0, 1))):
-    raise InputError(f"{name} must be True or False (or 1 or 0), got {value!r}", argument=name)
-  return bool(value)
-
-
 def _permutation(n: int, shuffle: bool, seed) -> np.ndarray:
-  if not _flag(shuffle, "shuffle"):
+  if not _checks.flag(shuffle, "shuffle"):
     return np.arange(n)
   try:
     rng = np.random.default_rng(seed)
@@ -143,7 +136,7 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   bounds.checked_image_shape(image_shape, x.shape[1])
   folds = kfold_indices(len(x), num_folds, shuffle=shuffle, seed=seed,
-                        labels=y if _flag(stratify, "stratify") else None)
+                        labels=y if _checks.flag(stratify, "stratify") else None)
   smallest = min(len(tr) for tr, _ in folds)
   if max(ks) > smallest:
     raise InputError(f"k={max(ks)} exceeds the {smallest} training examples of a fold",

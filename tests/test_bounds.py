@@ -599,3 +599,15 @@ def test_what_a_new_user_gets_wrong_with_shapes_and_jit_is_named():
   wide = np.zeros((3, bounds.MAX_FEATURES + 1), np.uint8)
   with pytest.raises(InputError, match=r"at most 16512 features .*method='brute'"):
     knn.search(wide, wide, 1, metric="l1", method="pruned")
+
+
+def test_an_index_prints_briefly_and_flags_are_booleans():
+  db = np.random.default_rng(15).integers(0, 256, (30, D), dtype=np.uint8)
+  assert repr(bounds.build_index(db, metric="l2", image_shape=SHAPE)) == (
+      "Index(metric='l2', rows=30, features=192, dtype='uint8', basis='dct')")
+  assert repr(bounds.build_index(db, metric="l2_squared")).endswith("basis='pca')")
+  assert repr(bounds.build_index(db, metric="l1")) == (
+      "Index(metric='l1', rows=30, features=192, dtype='uint8')")
+  with pytest.raises(InputError, match="return_stats must be True or False") as err:
+    knn.search(db[:2], db, 1, return_stats="yes")
+  assert err.value.argument == "return_stats"
