@@ -101,12 +101,19 @@ import numpy as np
 from jaxlin import _checks, distances, knn, sharding, topk
 from jaxlin.errors import InputError
 
-__all__ = ["COMPONENTS", "MAX_FEATURES", "METRICS", "Index", "build_index",
+__all__ = ["COMPONENTS", "L1_MAX_FEATURES", "MAX_FEATURES", "METRICS", "Index", "build_index",
            "checked_image_shape", "int8_speedup", "prefer_pruned", "search", "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
 COMPONENTS = 192  # default principal components of the L2 bound (measured: WORKSPACE.md)
 MAX_FEATURES = (topk.INT_WORST - 1) // 255 ** 2  # squared distances of uint8 rows below 2**30
+L1_MAX_FEATURES = (topk.INT_WORST - 1) // 255  # L1: distances of uint8 rows below 2**30
+
+
+def max_features(metric: str) -> int:
+  """The most features ``search`` serves for ``metric``: its distances of uint8 rows stay
+  below 2**30 (16,512 for L2, 4,210,752 for L1)."""
+  return L1_MAX_FEATURES if metric == "l1" else MAX_FEATURES
 _U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
 _HIGHEST = jax.lax.Precision.HIGHEST
 _F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
@@ -173,12 +180,13 @@ class Index(NamedTuple):
 
 def supports(queries_QxD, database_NxD, metric: str) -> bool:
   """Whether ``search`` serves these inputs: L1, L2 or squared L2 on 2-D arrays that are
-  both uint8 or both int8 (pixels). Other inputs go to ``jaxlin.knn.search``."""
+  both uint8 or both int8 (pixels), with at most ``max_features(metric)`` features. Other
+  inputs go to ``jaxlin.knn.search``."""
   q, d = np.shape(queries_QxD), np.shape(database_NxD)
   dt = {jnp.dtype(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype)
         for a in (queries_QxD, database_NxD)}
   return (metric in METRICS and len(q) == 2 and len(d) == 2 and q[1] == d[1] and len(dt) == 1
-          and dt.pop() in (jnp.uint8, jnp.int8) and d[1] <= MAX_FEATURES)
+          and dt.pop() in (jnp.uint8, jnp.int8) and d[1] <= max_features(metric))
 
 
 @functools.lru_cache(maxsize=None)
@@ -619,9 +627,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     raise InputError(f"database_NxD must be a non-empty 2-D uint8 or int8 array, got shape "
                      f"{db.shape} and dtype {db.dtype}", argument="database_NxD")
   n, d = db.shape
-  if d == 0 or d > MAX_FEATURES:
-    raise InputError(f"database_NxD must have between 1 and {MAX_FEATURES} features (squared "
-                     f"distances of uint8 rows below 2**30), got {d}", argument="database_NxD")
+  if d == 0 or d > max_features(metric):
+    raise InputError(f"database_NxD must have between 1 and {max_features(metric)} features "
+                     f"for {metric} (its distances of uint8 rows below 2**30), got {d}",
+                     argument="database_NxD")
   image_shape = checked_image_shape(image_shape, d)  # as knn.search checks it
   if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
     pool = _checks.int_at_least(pool, "pool", 1)

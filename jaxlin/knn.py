@@ -566,10 +566,9 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
   if method == "pruned":
     if not served and queries.dtype == database.dtype and metric in bounds.METRICS and (
         queries.dtype in (jnp.uint8, jnp.int8)):
-      raise InputError(f"method='pruned' serves at most {bounds.MAX_FEATURES} features "
-                       f"(the limit of its L2 bounds, kept for every metric), got "
-                       f"{database.shape[1]}; use method='brute' (exact for any size)",
-                       argument="method")
+      raise InputError(f"method='pruned' serves at most {bounds.max_features(metric)} "
+                       f"features for {metric} (its distances of uint8 rows below 2**30), got "
+                       f"{database.shape[1]}; use method='brute'", argument="method")
     if not served:
       q_dtype, db_dtype = (_given_dtype(a) for a in given)
       inputs, dtypes = ((f"{names[0]} uint8 or int8", q_dtype) if names[0] == names[1] else

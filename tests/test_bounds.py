@@ -488,7 +488,7 @@ def test_pruned_method_rejects_what_it_does_not_serve():
     knn.search(q[:0].astype(np.float32), db.astype(np.float32), 1, method="pruned")
   with pytest.raises(InputError, match="at most 16512 features"):
     big = np.zeros((2, bounds.MAX_FEATURES + 1), np.uint8)
-    knn.search(big, big, 1, method="pruned")
+    knn.search(big, big, 1, method="pruned")  # L2
   # auto with a mesh is brute force on the mesh; pruned runs on it (tests/multidevice: many
   # devices; tests/test_multihost.py: many processes).
   _, _, stats = knn.search(q, db, 1, mesh=sharding.make_mesh(), return_stats=True)
@@ -597,8 +597,28 @@ def test_what_a_new_user_gets_wrong_with_shapes_and_jit_is_named():
     jax.jit(lambda x: bounds.build_index(x, metric="l1").database)(db)
   assert err.value.argument == "database_NxD"
   wide = np.zeros((3, bounds.MAX_FEATURES + 1), np.uint8)
-  with pytest.raises(InputError, match=r"at most 16512 features .*method='brute'"):
-    knn.search(wide, wide, 1, metric="l1", method="pruned")
+  with pytest.raises(InputError, match=r"at most 16512 features for l2 .*method='brute'"):
+    knn.search(wide, wide, 1, metric="l2", method="pruned")
+  assert bounds.max_features("l1") == 4210752  # L1 distances of uint8 rows below 2**30
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_l1_cascade_past_the_l2_feature_limit_same_as_brute_force(dtype):
+  shape = (65, 85, 3)  # 16,575 features: above L2's 16,512
+  rng = np.random.default_rng(16)
+  low = rng.integers(0, 240, (120, 5, 5, 3)).repeat(13, axis=1).repeat(17, axis=2)
+  smooth = (low + rng.integers(0, 8, (120,) + shape)).astype(np.uint8).reshape(120, -1)
+  db = np.concatenate([smooth, rng.integers(0, 256, (10, smooth.shape[1]), dtype=np.uint8),
+                       smooth[:3]]).astype(dtype)
+  q = np.concatenate([db[[0, 130]], smooth[5:8].astype(dtype)])  # 130: a duplicate
+  d, i, stats = knn.search(q, db, 4, metric="l1", method="pruned", image_shape=shape,
+                           return_stats=True)
+  assert stats["method"] == "pruned"
+  assert_same_as_brute(q, db, 4, "l1", (d, i, stats))
+  index = bounds.build_index(db, metric="l1", image_shape=shape)  # 1,105 coarse sums: int32
+  # k = 1: each query's nearest row is a copy, so the bounds rule the others out.
+  stats = assert_same_as_brute(q, db, 1, "l1", bounds.search(q, index, 1, candidates=2))
+  assert stats["first_round"] == len(q) and stats["exact_rows"] > 0  # the levels, not brute
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():
