@@ -102,21 +102,22 @@ from jaxlin import _checks, distances, knn, sharding, topk
 from jaxlin.errors import InputError
 
 __all__ = ["COMPONENTS", "L1_MAX_FEATURES", "MAX_FEATURES", "METRICS", "Index", "build_index",
-           "checked_image_shape", "int8_speedup", "prefer_pruned", "search", "supports"]
+           "checked_image_shape", "int8_speedup", "max_features", "prefer_pruned", "search",
+           "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
 COMPONENTS = 192  # default principal components of the L2 bound (measured: WORKSPACE.md)
 MAX_FEATURES = (topk.INT_WORST - 1) // 255 ** 2  # squared distances of uint8 rows below 2**30
 L1_MAX_FEATURES = (topk.INT_WORST - 1) // 255  # L1: distances of uint8 rows below 2**30
+_U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
+_HIGHEST = jax.lax.Precision.HIGHEST
+_F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
 
 
 def max_features(metric: str) -> int:
   """The most features ``search`` serves for ``metric``: its distances of uint8 rows stay
   below 2**30 (16,512 for L2, 4,210,752 for L1)."""
   return L1_MAX_FEATURES if metric == "l1" else MAX_FEATURES
-_U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
-_HIGHEST = jax.lax.Precision.HIGHEST
-_F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
 
 
 def _gamma(n: int) -> float:
@@ -438,7 +439,8 @@ def _dct_all(x_NxD, params):
 
 
 # Sample rows whose DCT coefficients' variances order them: 1,000 took 0.09 s against 0.52 s
-# for 5,000 (CIFAR-10, in a fresh process), and ordered them about as well (WORKSPACE.md).
+# for 5,000 (CIFAR-10, in a fresh process, Intel Xeon), and ordered them about as well
+# (WORKSPACE.md, 2026-12-05).
 _DCT_ORDER_ROWS = 1000
 
 
@@ -459,11 +461,11 @@ def _dct_params(image_shape, rows_SxD, centre_D, m: int) -> dict:
   a2 = _dct_matrix(h)
   a1 = np.kron(_dct_matrix(w), _dct_matrix(c))
   f1, f2 = a1.astype(np.float32), a2.astype(np.float32)
+  r1, r2 = f1.astype(np.float64), f2.astype(np.float64)  # the roundings, held exactly
   norm = lambda a: float(np.linalg.norm(a, 2))
-  g1 = _gamma(w * c) * norm(np.abs(f1.astype(np.float64)))
-  g2 = _gamma(h) * norm(np.abs(f2.astype(np.float64)))
-  s1, s2 = norm(f1.astype(np.float64)), norm(f2.astype(np.float64))
-  d1, d2 = norm(f1.astype(np.float64) - a1), norm(f2.astype(np.float64) - a2)
+  g1, g2 = _gamma(w * c) * norm(np.abs(r1)), _gamma(h) * norm(np.abs(r2))
+  s1, s2 = norm(r1), norm(r2)
+  d1, d2 = norm(r1 - a1), norm(r2 - a2)
   kappa = ((g1 + g2 + g1 * g2) * s1 * s2 + d2 * s1 + d1) * (1 + 1e-3) + 1e-12
   # The coefficients of at most _DCT_ORDER_ROWS of the sample rows (evenly spaced), by numpy
   # (no program to compile), for their variances.
