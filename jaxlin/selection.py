@@ -107,8 +107,8 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   same exact integer distances, selection and vote as one search per fold (the
   same answers). It applies where each pair of folds is real work (S^2 D >=
   2**30 for folds of S rows and D features); elsewhere each fold runs one
-  search. Where every fold's rows fit in 512 MiB ((6 F^2 + 16 F) S^2 bytes for F
-  folds: up to about 7,600 CIFAR-10 images in 5 folds) each fold selects from
+  search. Where every fold's rows fit in 512 MiB ((4 F^2 + 8 F) S^2 bytes for F
+  folds: up to about 9,800 CIFAR-10 images in 5 folds) each fold selects from
   whole rows; beyond, chunks of rows stream through a running k best of every
   fold (about 24 F S max(ks) bytes, which must fit 512 MiB too). On a CPU those
   selections and merges run on the host (``topk.smallest_k_host``: several times
@@ -163,14 +163,15 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 # Cross-validation of pixels computes each pair of folds once: fold g's distances to fold f
 # are fold f's to fold g, transposed, so the folds' searches take half the distance work.
 # Where they fit, each fold selects its neighbours from whole rows: with F folds of at most
-# S rows, at most (6 F^2 + 16 F) S^2 bytes, a bound (the blocks waiting for their second
-# fold, at most 2 F (F - 1) S^2 bytes of int32; two folds' rows, 8 (F - 1) S^2; a host
-# selection's copies of one) up to _WHOLE_ROWS_BYTES: 230 MB for 5 folds of 1,000. Beyond,
-# the blocks are streamed: chunks of rows of fold f against fold g (about _CHUNK_BYTES of
-# distances each) update a running k best of both folds, as a search's database tiles do;
-# the running bests of all folds (about 24 F S k bytes with a merge's) must fit
-# _WHOLE_ROWS_BYTES too, else one search per fold. Both ways also hold the prepared rows
-# (about 2 F S D bytes: queries and database tiles), and streaming up to four chunks'
+# S rows, at most (4 F^2 + 8 F) S^2 bytes, a bound (every fold's rows, kept until the last
+# fold's program, 4 F (F - 1) S^2 bytes of int32; that program's block of later folds
+# before it joins its rows, and a host selection's copies of one fold's rows, 8 (F - 1) S^2)
+# up to _WHOLE_ROWS_BYTES: 140 MB for 5 folds of 1,000. Beyond, the blocks are streamed:
+# chunks of rows of fold f against fold g (about _CHUNK_BYTES of distances each) update a
+# running k best of both folds, as a search's database tiles do; the running bests of all
+# folds (about 24 F S k bytes with a merge's) must fit _WHOLE_ROWS_BYTES too, else one
+# search per fold. Both ways also hold the prepared rows (whole rows: F S D bytes;
+# streamed: about 2 F S D, queries and database tiles), and streaming up to four chunks'
 # distances (a block and its transpose, while the next pair's are computed).
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
 # The largest L1 tile of a block of two folds (queries and database rows): a block of two
@@ -224,33 +225,61 @@ def _shared_predictions(x, y, folds, ks, *, kernel, num_classes, tie_break):
 
 
 def _fits_whole_rows(num_folds: int, size: int) -> bool:
-  return (6 * num_folds ** 2 + 16 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
+  return (4 * num_folds ** 2 + 8 * num_folds) * size * size <= _WHOLE_ROWS_BYTES
 
 
 def _whole_rows(x, folds, k, *, kernel):
-  """Each fold's k nearest (positions in its training rows), fold by fold. One program per
-  fold lays out its rows against its training rows, computing the blocks of the later
-  folds and taking the earlier folds' blocks transposed: each pair of folds once. Each
-  fold then selects from whole rows: on a CPU by ``topk.smallest_k_host`` (several times
-  faster there than XLA's top_k at large k), while the next fold's program runs."""
+  """Each fold's k nearest (positions in its training rows), fold by fold. The rows are laid
+  out fold after fold and prepared once. Fold f's program computes its distances to all the
+  later folds' rows in one block and takes those to each earlier fold g from fold g's rows,
+  transposed: each pair of folds once. Each fold then selects from its whole rows, before
+  the next fold's program runs: on a CPU on the host (``topk.smallest_k_host``, several
+  times faster there than XLA's top_k at large k)."""
   sizes = tuple(len(va) for _, va in folds)
   platform = knn._platform(None, x)  # pylint: disable=protected-access
-  qt, dt = _fold_tiles(kernel, sizes)
-  cols = -(-max(sizes) // dt) * dt  # a fold as a database: whole tiles (as queries too)
-  prepared = _prepare_folds(x, folds, kernel, cols, cols, platform, database_tile=dt)
-  blocks, previous = {}, None
-  for f in range(len(folds) + 1):
-    d = None
-    if f < len(folds):  # fold f's program runs while the host selects fold f - 1
-      d, later = _fold_matrix(prepared, tuple(blocks.pop((g, f)) for g in range(f)), f=f,
-                              kernel=kernel, sizes=sizes, tile=qt)
-      blocks.update({(f, g): b for g, b in zip(range(f + 1, len(folds)), later)})
-    if previous is not None:
-      yield (topk.smallest_k_host(previous, k) if platform == "cpu"
-             else topk.smallest_k(previous, k))
-    # One program at a time: programs dispatched together ran concurrently on a CPU and
-    # took twice as long (5 folds of 1,000 CIFAR-10 images, L2: 98 ms against 50 ms).
-    previous = jax.block_until_ready(d)
+  rows = x[np.concatenate([va for _, va in folds])]  # fold after fold: one copy
+  db, aux = _prepared_rows(jnp.asarray(rows), kernel=kernel,
+                           by_products=platform == "cpu" and distances.cpu_has_amx())
+  done = []
+  for f in range(len(folds)):
+    done.append(_fold_rows(db, aux, tuple(done), f=f, kernel=kernel, sizes=sizes))
+    # On a CPU the host waits for the program, then selects: one thing at a time. Run
+    # alongside the next fold's program, the selections took longer than they saved (5
+    # folds of 1,000 CIFAR-10 images, L2; WORKSPACE.md, 2026-12-05).
+    yield (topk.smallest_k_host(done[f], k) if platform == "cpu"
+           else topk.smallest_k(done[f], k))
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "by_products"))
+def _prepared_rows(rows_NxD, *, kernel, by_products):
+  """(rows, aux): the rows as the kernel's tiles use them, as a database and as queries
+  alike (the shared kernels, l1_int and l2_int8, have no centre: their ``transform`` of
+  rows is their ``prepare``). ``by_products``: squared norms by int8 products
+  (``distances.int_squared_norms``)."""
+  db, aux, _ = kernel.prepare(rows_NxD, rows_NxD.shape[0], norms_by_products=by_products)
+  return db, aux
+
+
+@functools.partial(jax.jit, static_argnames=("f", "kernel", "sizes"))
+def _fold_rows(db, aux, earlier, *, f, kernel, sizes):
+  """Fold f's (sizes[f], N - sizes[f]) distances to the other folds' rows in order, by the
+  kernel's tiles as a search computes them (the same exact integers). ``db``, ``aux``: the
+  prepared rows, fold after fold; ``earlier``: the rows of each earlier fold, whose columns
+  of fold f, transposed, are fold f's columns of that fold."""
+  start, end, n = sum(sizes[:f]), sum(sizes[:f + 1]), sum(sizes)
+  parts = [e[:, start - sizes[g]:end - sizes[g]].T for g, e in enumerate(earlier)]
+  if end < n:  # the later folds' rows: one block
+    q, q_aux, later, later_aux = db[start:end], aux[start:end], db[end:], aux[end:]
+    if kernel.feature_major:  # L1: tiles of at most _BLOCK_TILE rows, as in _streamed
+      tile = _fold_tiles(kernel, sizes)[0]
+      pad = lambda a, m: jnp.pad(a, [(0, -len(a) % m)] + [(0, 0)] * (a.ndim - 1))
+      parts.append(knn._tiled_block(  # pylint: disable=protected-access
+          pad(q, tile), pad(q_aux, tile), kernel.tiles(pad(later, tile), tile),
+          pad(later_aux, tile).reshape(-1, tile), kernel=kernel,
+          query_tile=tile)[:sizes[f], :n - end])
+    else:  # L2: one product (one of 1,000 x 4,000 rows took 9 ms, four of 1,000 x 1,000 10)
+      parts.append(kernel.tile(q, q_aux, later, later_aux))
+  return jnp.concatenate(parts, axis=1)
 
 
 def _fold_tiles(kernel, sizes) -> tuple[int, int]:
@@ -291,19 +320,6 @@ def _prepared_folds(folds_FxPxD, *, kernel, sizes, rows, db_rows, database_tile,
     q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre, norms_by_products=by_products)
     out.append((q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)))
   return tuple(jnp.stack(parts) for parts in zip(*out))
-
-
-@functools.partial(jax.jit, static_argnames=("f", "kernel", "sizes", "tile"))
-def _fold_matrix(prepared, earlier, *, f, kernel, sizes, tile):
-  """(fold f's (sizes[f], N - sizes[f]) distances to the other folds' rows in order, the
-  blocks of fold f against each later fold), by the kernel's tiles as a search computes
-  them. ``earlier``: the blocks of each earlier fold against fold f."""
-  q, q_aux, tiles, aux = prepared
-  later = tuple(
-      knn._tiled_block(  # pylint: disable=protected-access
-          q[f], q_aux[f], tiles[g], aux[g], kernel=kernel, query_tile=tile)[:sizes[f], :sizes[g]]
-      for g in range(f + 1, len(sizes)))
-  return jnp.concatenate([b.T for b in earlier] + list(later), axis=1), later
 
 
 @functools.partial(jax.jit, static_argnames=("k", "transposed"), donate_argnums=(0, 1))
