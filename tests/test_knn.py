@@ -247,10 +247,13 @@ def test_smallest_k_host_keeps_the_first_tied_positions():
 
 
 @pytest.mark.parametrize("levels", [2, 6, 2**31])
-def test_smallest_k_host_gives_the_positions_of_smallest_k(levels):
+@pytest.mark.parametrize("min_groups", [256, 1])
+def test_smallest_k_host_gives_the_positions_of_smallest_k(levels, min_groups, monkeypatch):
   """Many rows, ties everywhere (or hardly any), rows all tied, any k: the positions of a
   stable sort (those of smallest_k where it can order the values), from numpy or jax
-  int32 and from int64 values."""
+  int32 and from int64 values. With fewer groups, rows of 300 take the bound of group
+  minima for k <= 37 (with ties at it, or too many values under it)."""
+  monkeypatch.setattr(topk, "_MIN_GROUPS", min_groups)
   rng = np.random.default_rng(levels % 97)
   v = rng.integers(0, levels, (40, 300), dtype=np.int64).astype(np.int32)
   v[3] = 5  # one value only
