@@ -17,7 +17,10 @@ that compiles) three ways in one run:
   (the column "pairs of folds shared" says whether it did: not where a pair is
   little work);
 * with ``--baseline_src``, ``cross_validate_knn`` of another jaxlin checkout
-  (an older commit), in a child process on the same images.
+  (an older commit), in a child process on the same images. The two take turns
+  (``--rounds``: jaxlin's median of ``--repeats``, then the baseline's), so a
+  machine that slows for a while slows both; the ratio is the median of the
+  rounds' ratios, and the table gives their range too.
 
 Every way must give the same accuracies (the same folds, exact integer
 distances, the same ties; an older checkout's, computed in float32, within
@@ -43,6 +46,8 @@ _BASELINE_SRC = flags.DEFINE_string(
     "baseline_src", None, "a folder holding another jaxlin checkout (its jaxlin/ package) to "
     "time on the same images, e.g. an older commit")
 
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 3, "with --baseline_src: rounds in which jaxlin and the baseline take turns")
 _METRICS = flags.DEFINE_list("metrics", ["l2", "l1"], "distances to time: l2, l1")
 _PER_FOLD_METHOD = flags.DEFINE_enum(
     "per_fold_method", "brute", ["brute", "auto"], "the method of the one-search-per-fold "
@@ -50,8 +55,9 @@ _PER_FOLD_METHOD = flags.DEFINE_enum(
 
 KS = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 
-# Run in the baseline checkout: time its cross_validate_knn (argv: x.npy y.npy metric ks
-# repeats classes); print {"seconds": median, "accuracy": [[...]]}.
+# Run in the baseline checkout: compile its cross_validate_knn (argv: x.npy y.npy metric ks
+# repeats classes) and print {"accuracy": [[...]]}; then, for each line read, time it and
+# print {"seconds": median of repeats}.
 _CHILD = """
 import json, sys, time
 import numpy as np
@@ -59,13 +65,14 @@ from jaxlin import selection
 x, y = np.load(sys.argv[1]), np.load(sys.argv[2])
 metric, ks, repeats = sys.argv[3], [int(k) for k in sys.argv[4].split(",")], int(sys.argv[5])
 cv = lambda: selection.cross_validate_knn(x, y, ks, metric=metric, num_classes=int(sys.argv[6]))
-acc = cv()
-runs = []
-for _ in range(repeats):
-  t0 = time.perf_counter()
-  cv()
-  runs.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": float(np.median(runs)), "accuracy": np.asarray(acc).tolist()}))
+print(json.dumps({"accuracy": np.asarray(cv()).tolist()}), flush=True)
+for _ in sys.stdin:
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    cv()
+    runs.append(time.perf_counter() - t0)
+  print(json.dumps({"seconds": float(np.median(runs))}), flush=True)
 """
 
 
@@ -90,21 +97,41 @@ def _one_search_per_fold(x, y, ks, metric, classes):
   return np.array(acc)
 
 
-def _baseline(src: str, x, y, ks, metric, classes, repeats) -> tuple[float, np.ndarray]:
-  with tempfile.TemporaryDirectory() as tmp:
-    paths = [os.path.join(tmp, n) for n in ("x.npy", "y.npy")]
+class _Baseline:
+  """A child process running another checkout's cross_validate_knn on the same images:
+  ``accuracy`` once compiled; ``seconds()`` times one round (the median of its repeats)."""
+
+  def __init__(self, src: str, x, y, ks, metric, classes, repeats):
+    self._src = src
+    self._tmp = tempfile.TemporaryDirectory()  # pylint: disable=consider-using-with
+    paths = [os.path.join(self._tmp.name, n) for n in ("x.npy", "y.npy")]
     np.save(paths[0], x)
     np.save(paths[1], y)
-    proc = subprocess.run(
+    self._proc = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, "-c", _CHILD, *paths, metric, ",".join(map(str, ks)), str(repeats),
-         str(classes)], cwd=src, capture_output=True, text=True,
+         str(classes)], cwd=src, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(
             [os.path.abspath(src)] + [p for p in [os.environ.get("PYTHONPATH")] if p])})
-  if proc.returncode != 0:
-    raise app.UsageError(f"--baseline_src={src}: its cross_validate_knn failed: "
-                         f"{proc.stderr.strip().splitlines()[-1:]}")
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  return out["seconds"], np.array(out["accuracy"])
+    self.accuracy = np.array(self._read()["accuracy"])
+
+  def _read(self) -> dict:
+    line = self._proc.stdout.readline()
+    if not line:
+      self._proc.wait()
+      raise app.UsageError(f"--baseline_src={self._src}: its cross_validate_knn failed: "
+                           f"{self._proc.stderr.read().strip().splitlines()[-1:]}")
+    return json.loads(line)
+
+  def seconds(self) -> float:
+    self._proc.stdin.write("\n")
+    self._proc.stdin.flush()
+    return self._read()["seconds"]
+
+  def close(self):
+    self._proc.stdin.close()
+    self._proc.wait()
+    self._tmp.cleanup()
 
 
 def main(argv):
@@ -113,6 +140,7 @@ def main(argv):
   common.usage(_NUM_TRAIN.value >= 5, f"--num_train must be >= 5 (5 folds), got "
                f"{_NUM_TRAIN.value}")
   common.check_repeats(_REPEATS.value)
+  common.usage(_ROUNDS.value >= 1, f"--rounds must be >= 1, got {_ROUNDS.value}")
   metrics = common.check_methods(_METRICS.value, ("l2", "l1"), flag="metrics")
   src = _BASELINE_SRC.value
   common.usage(src is None or os.path.isfile(os.path.join(src or "", "jaxlin", "selection.py")),
@@ -144,13 +172,21 @@ def main(argv):
            f"one search per fold ({_PER_FOLD_METHOD.value}), {len(many)} k (s)": per_fold,
            "x faster than a search per fold": per_fold / all_k}
     if src:
-      base, acc_base = _baseline(src, x, y, many, metric, classes, _REPEATS.value)
-      # Older checkouts computed accuracies in float32 (errors near 1e-8): one image of a
-      # fold differs by 1 / fold size.
-      if np.abs(acc - acc_base).max() >= 0.5 / (len(y) - fit):
-        raise AssertionError(f"{metric}: the --baseline_src checkout gave other accuracies")
-      row.update({f"baseline checkout, {len(many)} k (s)": base,
-                  "x faster than the baseline": base / all_k})
+      base = _Baseline(src, x, y, many, metric, classes, _REPEATS.value)
+      try:
+        # Older checkouts computed accuracies in float32 (errors near 1e-8): one image of a
+        # fold differs by 1 / fold size.
+        if np.abs(acc - base.accuracy).max() >= 0.5 / (len(y) - fit):
+          raise AssertionError(f"{metric}: the --baseline_src checkout gave other accuracies")
+        turns = [(_median_seconds(lambda: cv(many), _REPEATS.value)[0], base.seconds())
+                 for _ in range(_ROUNDS.value)]
+      finally:
+        base.close()
+      ratios = [b / m for m, b in turns]
+      row.update({f"{len(many)} k, in turns (s)": float(np.median([m for m, _ in turns])),
+                  f"baseline checkout, {len(many)} k (s)": float(np.median([b for _, b in turns])),
+                  "x faster than the baseline": float(np.median(ratios)),
+                  "x, each round": ", ".join(f"{r:.2f}" for r in ratios)})
     rows.append(row)
     print(rows[-1], file=sys.stderr, flush=True)
   # The whole process's peak: the dataset loaded, and every way timed (a baseline: apart).
