@@ -170,9 +170,10 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
 # chunks of rows of fold f against fold g (about _CHUNK_BYTES of distances each) update a
 # running k best of both folds, as a search's database tiles do; the running bests of all
 # folds (about 24 F S k bytes with a merge's) must fit _WHOLE_ROWS_BYTES too, else one
-# search per fold. Both ways also hold the prepared rows (whole rows: F S D bytes;
-# streamed: about 2 F S D, queries and database tiles), and streaming up to four chunks'
-# distances (a block and its transpose, while the next pair's are computed).
+# search per fold. Both ways also hold the rows, about 2 F S D bytes (whole rows: the
+# host's copy and the prepared rows; streamed: queries and database tiles), and streaming
+# up to four chunks' distances (a block and its transpose, while the next pair's are
+# computed).
 _WHOLE_ROWS_BYTES = 512 * 2 ** 20
 # The largest L1 tile of a block of two folds (queries and database rows): a block of two
 # 1,000-image folds as one tile took 53 ms against 63 ms with search's 250 x 1,000 tiles,
@@ -243,9 +244,10 @@ def _whole_rows(x, folds, k, *, kernel):
   done = []
   for f in range(len(folds)):
     done.append(_fold_rows(db, aux, tuple(done), f=f, kernel=kernel, sizes=sizes))
-    # On a CPU the host waits for the program, then selects: one thing at a time. Run
-    # alongside the next fold's program, the selections took longer than they saved (5
-    # folds of 1,000 CIFAR-10 images, L2; WORKSPACE.md, 2026-12-05).
+    # On a CPU the host waits for the program, then selects: one thing at a time, on
+    # both cores. Selecting while the next fold's program runs was no faster (5 folds of
+    # 1,000 CIFAR-10 images, L2, medians: 116-119 ms against 121-126 ms; WORKSPACE.md,
+    # 2026-12-05).
     yield (topk.smallest_k_host(done[f], k) if platform == "cpu"
            else topk.smallest_k(done[f], k))
 

@@ -152,12 +152,13 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
   above its k-th smallest value: the k-th smallest of the minima of max(4 k, 256) groups
   of its columns (numpy's introselect on those minima). One comparison marks the values
   at or below it (on CIFAR-10 distances, 113 per row for k = 100 of 4,000), and only
-  those are sorted, on keys that pack (row, value, position) into one int64. Rows too
-  short for the groups, or with many values tied at the bound, take the k-th value
-  itself (introselect over the whole row). 5-7x faster than top_k at k = 100
-  (benchmarks/topk_speed.py; WORKSPACE.md, 2026-12-04 and 2026-12-05, Intel Xeon with
-  AMX). Rows where the k-th value is tied beyond the k-th place keep their first tied
-  positions.
+  those are sorted, on keys that pack (row, value, position) into one int64. A block of
+  rows too short for the groups, too large for the keys (2**31 values or so), or with
+  many values tied at the bound (then 10-13 % slower than without the bound) takes each
+  row's k-th value itself instead (introselect over the whole rows). 4.8-5.9x faster
+  than top_k at k = 100 (benchmarks/topk_speed.py; WORKSPACE.md, 2026-12-05, Intel Xeon
+  with AMX). Rows where the k-th value is tied beyond the k-th place keep their first
+  tied positions.
 
   Args:
     values_TxN: (T, N) integers (e.g. exact int32 distances) as a numpy or CPU jax array,
@@ -234,8 +235,8 @@ def _smallest_k_rows(v, k):
     bound = np.partition(minima, k - 1, axis=1)[:, k - 1:k]
     flat = np.flatnonzero(v <= bound)  # k or more per row, row by row, positions increasing
     # Sorting the values under the bound costs more than introselect over the whole rows
-    # where they pass a sixteenth of the values (many ties at the bound): then the k-th
-    # values below.
+    # where they pass both twice k per row and a sixteenth of the block's values (many
+    # ties at the bound): then the k-th values below.
     if len(flat) <= max(2 * t * k, v.size // 16):
       vals = np.take(v.reshape(-1), flat).astype(np.int64) + 2 ** 31  # in [0, 2**32)
       rows, cols = np.divmod(flat, n)
