@@ -19,7 +19,9 @@ warm-up searched the first 1,024 queries only; with query tiles that depend on t
 number of queries, as on CPUs with AMX, the timed call then compiled again.) The
 pruned answer must equal brute force exactly (indices and float32 distances); faiss is
 compared for information. ``--full`` runs all test images for L1 too, ``--k=100`` the
-larger k.
+larger k. ``--rounds=3`` runs every method three times, taking turns (a machine that
+slows for a while slows every method): times are the rounds' medians, the ratios to
+faiss the medians of each round's ratio (each round's ratio to the total in the table).
 
 Measured (2 cores of an AMD EPYC, Zen 4: AVX-512 VNNI, no AMX; one run each;
 WORKSPACE.md has the commands): answers equal to brute force (indices and
@@ -59,6 +61,9 @@ _CANDIDATES = flags.DEFINE_integer("candidates", 0, "pruned: first-round candida
 _L2_BASIS = flags.DEFINE_enum("l2_basis", "dct", ["dct", "pca"], "pruned L2: the bound's "
                               "basis: dct (the images' DCT, build_index given image_shape) or "
                               "pca (principal components, as for rows that are not images)")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "rounds in which the methods take turns; times are the rounds' medians, the "
+    "ratios to faiss the medians of each round's ratio")
 _CHILD = flags.DEFINE_string("child", None, "internal: run one method and print JSON")
 _METRIC = flags.DEFINE_string("metric", "l2", "internal")
 
@@ -118,6 +123,28 @@ def child(method, metric, k, out):
   print(json.dumps(result))
 
 
+def _median(values) -> float:
+  return float(np.median(values))
+
+
+def _run_methods(methods, metric, nq, out, n_db) -> dict:
+  """One round: each method in its own child process, in order; {method: its result, with
+  its answers ("idx", "dist")}."""
+  results = {}
+  for method in methods:
+    print(f"{metric}: {method}, {nq} queries x {n_db} ...", file=sys.stderr, flush=True)
+    r = common.run_child("benchmarks.pruned_speed", [
+        f"--child={method}", f"--metric={metric}", f"--k={_K.value}", f"--out={out}",
+        f"--l2_queries={_L2_QUERIES.value}", f"--l1_queries={_L1_QUERIES.value}",
+        f"--full={_FULL.value}", f"--candidates={_CANDIDATES.value}",
+        f"--l2_basis={_L2_BASIS.value}"] + common.data_flags())
+    r["idx"] = np.load(os.path.join(out, f"idx_{method}_{metric}.npy"))
+    r["dist"] = np.load(os.path.join(out, f"dist_{method}_{metric}.npy"))
+    results[method] = r
+    print({k: v for k, v in r.items() if k not in ("idx", "dist")}, file=sys.stderr, flush=True)
+  return results
+
+
 def main(argv):
   del argv
   if _CHILD.value:
@@ -128,6 +155,7 @@ def main(argv):
   common.usage(_K.value >= 1, f"--k must be >= 1, got {_K.value}")
   common.usage(min(_L2_QUERIES.value, _L1_QUERIES.value) >= 1,
                "--l2_queries and --l1_queries must be >= 1")
+  common.usage(_ROUNDS.value >= 1, f"--rounds must be >= 1, got {_ROUNDS.value}")
   common.usage(_CANDIDATES.value >= 0, f"--candidates must be >= 0, got {_CANDIDATES.value}")
   if "faiss" in methods:
     common.need("faiss", "faiss-cpu", " (or leave faiss out of --methods)")
@@ -137,37 +165,33 @@ def main(argv):
   rows = []
   for metric in metrics:
     nq = len(_queries(metric, arrays["test_x"]))
-    results = {}
+    rounds = [_run_methods(methods, metric, nq, out, n_db) for _ in range(_ROUNDS.value)]
+    ref = [results.get("brute") for results in rounds]
     for method in methods:
-      print(f"{metric}: {method}, {nq} queries x {len(arrays['train_x'])} ...", file=sys.stderr,
-            flush=True)
-      r = common.run_child("benchmarks.pruned_speed", [
-          f"--child={method}", f"--metric={metric}", f"--k={_K.value}", f"--out={out}",
-          f"--l2_queries={_L2_QUERIES.value}", f"--l1_queries={_L1_QUERIES.value}",
-          f"--full={_FULL.value}", f"--candidates={_CANDIDATES.value}",
-          f"--l2_basis={_L2_BASIS.value}"] + common.data_flags())
-      r["idx"] = np.load(os.path.join(out, f"idx_{method}_{metric}.npy"))
-      r["dist"] = np.load(os.path.join(out, f"dist_{method}_{metric}.npy"))
-      results[method] = r
-      print({k: v for k, v in r.items() if k not in ("idx", "dist")}, file=sys.stderr, flush=True)
-    ref = results.get("brute")
-    faiss_s = results["faiss"]["seconds"] if "faiss" in results else None
-    for method, r in results.items():
-      total = r["seconds"] + r["build_seconds"] if method == "pruned" else r["seconds"]
+      runs = [results[method] for results in rounds]
+      totals = [r["seconds"] + (r["build_seconds"] if method == "pruned" else 0.0) for r in runs]
       row = {"metric": metric, "method": method, "queries": nq, "k": _K.value,
-             "build_s": r["build_seconds"], "search_s": r["seconds"], "total_s": total,
-             "faiss_over_search": "" if faiss_s is None else faiss_s / r["seconds"],
-             "faiss_over_total": "" if faiss_s is None else faiss_s / total,
-             "peak_rss_mb": r["peak_rss_mb"], "stats": r.get("stats", "")}
-      if ref is not None:
-        row["same_idx_as_brute"] = bool(np.array_equal(r["idx"], ref["idx"]))
-        row["same_dist_as_brute"] = bool(np.array_equal(r["dist"], ref["dist"]))
-        row["idx_agreement"] = float(np.mean(r["idx"] == ref["idx"]))
+             "build_s": _median([r["build_seconds"] for r in runs]),
+             "search_s": _median([r["seconds"] for r in runs]),
+             "total_s": _median(totals), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+             "stats": runs[-1].get("stats", "")}
+      if "faiss" in methods:  # each round's ratio, then their median
+        over_search = [res["faiss"]["seconds"] / r["seconds"] for res, r in zip(rounds, runs)]
+        over_total = [res["faiss"]["seconds"] / t for res, t in zip(rounds, totals)]
+        row.update({"faiss_over_search": _median(over_search),
+                    "faiss_over_total": _median(over_total),
+                    "faiss_over_total_each_round": ", ".join(f"{x:.2f}" for x in over_total)})
+      if ref[0] is not None:  # every round's answers
+        row["same_idx_as_brute"] = all(np.array_equal(r["idx"], b["idx"])
+                                       for r, b in zip(runs, ref))
+        row["same_dist_as_brute"] = all(np.array_equal(r["dist"], b["dist"])
+                                        for r, b in zip(runs, ref))
+        row["idx_agreement"] = min(float(np.mean(r["idx"] == b["idx"])) for r, b in zip(runs, ref))
       rows.append(row)
   common.report(out, "pruned_speed", rows, l2_basis=_L2_BASIS.value, columns=[
       "metric", "method", "queries", "k", "build_s", "search_s", "total_s", "faiss_over_search",
-      "faiss_over_total", "peak_rss_mb", "same_idx_as_brute", "same_dist_as_brute",
-      "idx_agreement", "stats"])
+      "faiss_over_total", "faiss_over_total_each_round", "peak_rss_mb", "same_idx_as_brute",
+      "same_dist_as_brute", "idx_agreement", "stats"])
 
 
 if __name__ == "__main__":

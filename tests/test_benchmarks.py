@@ -162,6 +162,7 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     (["benchmarks.cv_speed", "--baseline_src=/nowhere"],
      "--baseline_src=/nowhere holds no jaxlin checkout"),
     (["benchmarks.cv_speed", "--rounds=0"], "--rounds must be >= 1, got 0"),
+    (["benchmarks.pruned_speed", "--rounds=0", "--methods=brute"], "--rounds must be >= 1, got 0"),
     (["benchmarks.bound_tightness", "--metric=l2", "--bases=pca,svd"],
      "--bases takes pca, dct (each once), got pca,svd"),
     (["benchmarks.l2_thresholds", "--estimates=32,0"], "--estimates takes positive integers"),
