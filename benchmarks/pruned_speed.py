@@ -36,7 +36,9 @@ brute force 3.3 s, faiss 16.2 s; brute force has since become 1.6x faster (its t
 faiss's 9.0-10.4 s (5.1-5.6x), the cascade 5.3-6.1 s with its build (5.0 s since
 the bound on the images' DCT, 2026-12-05: a 1.5 s build against 2.4 s); L1 by the
 threshold cascade (since 2026-12-04) 0.27 s build + 0.39 s search against 23.0 s for
-faiss (34x with the build), brute force 2.39 s.
+faiss (34x with the build), brute force 2.39 s. In turns (``--rounds=3``, 2026-12-05):
+L2 brute force 5.32x faiss; L1 with the build 29.5-30.7x at the CPU's full speed,
+17-19x in its slow minutes.
 """
 from __future__ import annotations
 
