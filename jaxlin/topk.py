@@ -154,7 +154,7 @@ def smallest_k_host(values_TxN, k: int) -> np.ndarray:
   at or below it (on CIFAR-10 distances, 113 per row for k = 100 of 4,000), and only
   those are sorted, on keys that pack (row, value, position) into one int64. A block of
   rows too short for the groups, too large for the keys (2**31 values or so), or with
-  many values tied at the bound (then 10-13 % slower than without the bound) takes each
+  many values tied at the bound (then 5-10 % slower than without the bound) takes each
   row's k-th value itself instead (introselect over the whole rows). 4.8-5.9x faster
   than top_k at k = 100 (benchmarks/topk_speed.py; WORKSPACE.md, 2026-12-05, Intel Xeon
   with AMX). Rows where the k-th value is tied beyond the k-th place keep their first
@@ -233,11 +233,14 @@ def _smallest_k_rows(v, k):
     m = n // groups
     minima = v[:, :m * groups].reshape(t, m, groups).min(axis=1)
     bound = np.partition(minima, k - 1, axis=1)[:, k - 1:k]
-    flat = np.flatnonzero(v <= bound)  # k or more per row, row by row, positions increasing
     # Sorting the values under the bound costs more than introselect over the whole rows
     # where they pass both twice k per row and a sixteenth of the block's values (many
-    # ties at the bound): then the k-th values below.
-    if len(flat) <= max(2 * t * k, v.size // 16):
+    # ties at the bound): then the k-th values below. The minima under it, each a value
+    # under it, tell so first where they pass it themselves; else their count does.
+    most = max(2 * t * k, v.size // 16)
+    under = v <= bound if np.count_nonzero(minima <= bound) <= most else None
+    if under is not None and np.count_nonzero(under) <= most:
+      flat = np.flatnonzero(under)  # k or more per row, row by row, positions increasing
       vals = np.take(v.reshape(-1), flat).astype(np.int64) + 2 ** 31  # in [0, 2**32)
       rows, cols = np.divmod(flat, n)
       keys = (rows << (32 + shift)) | (vals << shift) | cols  # (row, value, position)
