@@ -274,7 +274,7 @@ def _fold_rows(db, aux, earlier, *, f, kernel, sizes):
     q, q_aux, later, later_aux = db[start:end], aux[start:end], db[end:], aux[end:]
     if kernel.feature_major:  # L1: tiles of at most _BLOCK_TILE rows, as in _streamed
       tile = _fold_tiles(kernel, sizes)[0]
-      pad = lambda a, m: jnp.pad(a, [(0, -len(a) % m)] + [(0, 0)] * (a.ndim - 1))
+      pad = knn._pad_rows  # pylint: disable=protected-access  # a search's padding
       parts.append(knn._tiled_block(  # pylint: disable=protected-access
           pad(q, tile), pad(q_aux, tile), kernel.tiles(pad(later, tile), tile),
           pad(later_aux, tile).reshape(-1, tile), kernel=kernel,
