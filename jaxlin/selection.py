@@ -121,7 +121,8 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   knn.not_an_index(x, "x")
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2:
-    raise InputError(f"x must be 2-D (examples, features), got shape {x.shape}", argument="x")
+    raise InputError(f"x must be 2-D (examples, features), got shape {x.shape}; "
+                     f"{_checks.rows_fix(x.shape)}", argument="x")
   if len(x) == 0:
     raise InputError("x is empty: cross-validation needs at least num_folds rows", argument="x")
   _checks.finite(x, "x")
