@@ -57,13 +57,13 @@ def _lower_bounds(db, q, m: int):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel
   index = bounds.build_index(db, metric="l2", components=m)
-  rows = index.bound_rows.reshape(-1, index.bound_rows.shape[-1])[:len(db)]
+  rows = index.bound_rows[:len(db)]
   p = index.params
 
   @jax.jit
   def low(qt):
-    ux, const, a, err = bounds._l2_query_rows(qt, p)  # pylint: disable=protected-access
-    b = jnp.matmul(ux, rows.T, precision=jax.lax.Precision.HIGHEST) + const[:, None]
+    ux, a, err = bounds._l2_query_rows(qt, p)  # pylint: disable=protected-access
+    b = jnp.matmul(ux, rows.T, precision=jax.lax.Precision.HIGHEST)
     return bounds._l2_certified_bound(  # pylint: disable=protected-access
         b, a[:, None], err[:, None], p["a_max"], p["err_max"], m)
   out = np.concatenate([np.asarray(low(jnp.asarray(q[s:s + 256])))

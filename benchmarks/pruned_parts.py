@@ -10,8 +10,9 @@ Rows:
   of ``--queries`` test images settled in the first round (fewer samples: a cheaper build,
   a looser bound);
 * round parts, per tile of 128 test images against all training rows: the queries'
-  projections, the bound product with its group minima, the two selections, the exact
-  refinement of the candidates, and the whole compiled round.
+  projections, the bound product, the host's selection of the candidates, their exact
+  refinement with the certificate, and the whole round; and the whole round as it runs
+  off the CPU, where the device selects (two top_k over group minima and groups).
 """
 from __future__ import annotations
 
@@ -29,47 +30,37 @@ _QUERIES = flags.DEFINE_integer("queries", 3000, "test images for the sample row
 
 
 
-def _round_parts(bounds, distances, index, tile, repeats):
-  """(name, ms) of each part of ``bounds._l2_round`` on one tile (the same operations)."""
+def _round_parts(bounds, topk, index, tile, repeats):
+  """(name, s) of each part of an L2 round on one tile of queries (the same operations)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  group, g = bounds.GROUP, bounds._l2_groups(index.database.shape[0], 160)
-  rows = index.bound_rows.reshape(-1, index.bound_rows.shape[-1])
+  n, rows, params = index.database.shape[0], index.bound_rows, index.params
   query_rows = jax.jit(bounds._l2_query_rows)
-
-  @jax.jit
-  def product(q):
-    ux = bounds._l2_query_rows(q, index.params)[0]
-    s = jnp.matmul(ux, rows.T, precision=jax.lax.Precision.HIGHEST).reshape(
-        q.shape[0], -1, group)
-    return s, jnp.min(s, axis=2)
-
-  @jax.jit
-  def select(s, gmin):
-    _, grp = bounds._top_k(-gmin, g + 1)
-    vals = jnp.take_along_axis(s, grp[:, :g, None], axis=1).reshape(s.shape[0], -1)
-    _, pos = bounds._top_k(-vals, 161)
-    cand = (grp[:, :g, None] * group + jnp.arange(group)).reshape(s.shape[0], -1)
-    return jnp.take_along_axis(cand, pos[:, :160], axis=1)
-
-  refine = jax.jit(lambda q, cand: bounds._l2_exact(
-      distances.centred_pixels(q), cand, index.database, index.sq_norms, 8))
-  whole = functools.partial(bounds._l2_round, pixels=index.database, sq_norms=index.sq_norms,
-                            chunks=index.bound_rows, params=index.params, k=10, g=g, c=160)
-  s, gmin = product(tile)
-  cand = select(s, gmin)
+  keys, a, err = bounds._l2_bounds(tile, rows, params)
+  keys = np.asarray(keys)
+  pos = topk.smallest_k_host(keys, 161)
+  left = np.take_along_axis(keys, pos[:, 160:], axis=1)[:, 0].view(np.float32)
+  settle = functools.partial(bounds._l2_settle, pixels=index.database, sq_norms=index.sq_norms,
+                             params=params, k=10, m=rows.shape[1] - 3)
+  device = functools.partial(bounds._l2_round, pixels=index.database, sq_norms=index.sq_norms,
+                             rows=rows, params=params, k=10, g=bounds._l2_groups(n, 160), c=160)
+  host_tile = np.asarray(tile)
   best = common.best_seconds
-  return [("queries' projections", best(lambda: query_rows(tile, index.params), repeats)),
-          ("bound product and group minima", best(lambda: product(tile), repeats)),
-          ("two selections", best(lambda: select(s, gmin), repeats)),
-          ("exact refinement of 160 candidates", best(lambda: refine(tile, cand), repeats)),
-          ("the whole round (k = 10)", best(lambda: whole(tile), repeats))]
+  return [("queries' projections", best(lambda: query_rows(tile, params), repeats)),
+          ("bound product", best(lambda: bounds._l2_bounds(tile, rows, params), repeats)),
+          ("the host's selection of 161 rows", best(lambda: topk.smallest_k_host(keys, 161),
+                                                     repeats)),
+          ("exact refinement of 160 candidates and certificate",
+           best(lambda: settle(tile, pos[:, :160], left, a, err), repeats)),
+          ("the whole round (k = 10)",
+           best(lambda: bounds._run_round(host_tile, index, 10, 160, len(host_tile)), repeats)),
+          ("the whole round, selected on the device (as off the CPU)",
+           best(lambda: device(tile), repeats))]
 
 
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxlin import bounds, distances  # pylint: disable=import-outside-toplevel
+  from jaxlin import bounds, topk  # pylint: disable=import-outside-toplevel
   repeats = common.check_repeats(_REPEATS.value)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
   out, arrays = common.prepare("bench_parts")
@@ -102,8 +93,7 @@ def main(argv):
                  "first_round": f"{stats['first_round']} of {len(queries)}"})
     print(rows[-1], file=sys.stderr, flush=True)
   index = bounds.build_index(x, metric="l2")
-  for name, seconds in _round_parts(bounds, distances, index, jax.numpy.asarray(q[:128]),
-                                    repeats):
+  for name, seconds in _round_parts(bounds, topk, index, jax.numpy.asarray(q[:128]), repeats):
     rows.append({"part": f"round: {name} (128 queries)", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "pruned_parts", rows, ["part", "seconds", "first_round"],

@@ -8,16 +8,19 @@ database index) on integer pixels (uint8, or int8).
 
 L2, a certified cascade:
 
-1. Bounds for every row (one product with m + 2 columns per chunk of database
-   rows), then ``C`` candidates per query, selected in two short steps: the
-   ``C`` groups of ``GROUP`` consecutive rows with the smallest minimum bound,
-   then the ``C`` rows of smallest bound among those groups' rows.
+1. Bounds for every row (one product with m + 3 columns), then the ``C``
+   candidates of each query: on a CPU the ``C`` rows of smallest bound, picked
+   on the host (``topk.smallest_k_host``); elsewhere in two short steps on the
+   device, the ``C`` groups of ``GROUP`` consecutive rows with the smallest
+   minimum bound, then the ``C`` rows of smallest bound among those groups'
+   rows.
 2. Exact integer distances of the ``C`` candidates only (gathered int8 rows and
    a product).
 3. Certificate: with ``D_k`` the k-th smallest exact distance among the
    candidates and ``B`` a lower bound on the distance of every row left out
-   (the smaller of the (C + 1)-th group minimum and the (C + 1)-th bound among
-   the chosen groups), ``D_k < B`` proves that no row left out is among the k
+   (from the (C + 1)-th smallest bound; off the CPU the smaller of the
+   (C + 1)-th group minimum and the (C + 1)-th bound among the chosen groups),
+   ``D_k < B`` proves that no row left out is among the k
    nearest or ties with the k-th, so the k best candidates (sorted by
    (distance, index)) are the brute-force answer, ties included. The
    inequality is strict: a row left out at ``B == D_k`` could tie with a lower
@@ -151,9 +154,9 @@ class Index(NamedTuple):
       for L1; int8 pixels (``distances.centred_pixels``) for L2.
     sq_norms: (N,) int32 |row|^2 of the int8 rows (L2), zeros for L1.
     bound_rows: (M, G, L1_TILE) uint8 quantized pooled sums, feature-major tiles of
-      database rows padded with zero rows (L1), or (M, S, m + 2) float32 chunks of
-      S rows (z, rho, |z|^2 + rho^2) (L2, ``_l2_augmented``; padded with rows that
-      are never chosen).
+      database rows padded with zero rows (L1), or (N', m + 3) float32 rows (z, rho,
+      |z|^2 + rho^2, 1) (L2, ``_l2_bound_rows``; N' = N rounded up to whole groups of
+      GROUP rows, with padding rows that are never chosen).
     params: dict of arrays: for L2 the bound of a query (see ``_l2_rows``); for L1
       "coarse_table" and "fine_table" (``_pool_table``) and "fine_rows", (N, W) the
       exact fine sums (int16 where they fit; W: G2 padded to whole lanes).
@@ -226,7 +229,7 @@ _COST = {
     "brute_product": 2.14e-8,  # brute force per (query, row): the int8 product (x 1.7 / speedup)
     "brute_other": 0.62e-8,  # brute force per (query, row): selection and merge
     "pruned_bound": 0.56e-8,  # the cascade per (query, row): the bound, a float32 product
-    # with m + 2 columns (x m / 192), and its group minima
+    # with m + 3 columns (x m / 192), and its group minima
     "pruned_select": 0.56e-8,  # the cascade per (query, row): selections, gathers (not x m)
     "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
     # The build's two costs are those of principal components; the DCT's build for images
@@ -545,25 +548,29 @@ _PAD_BOUND = 1e30  # the bound of a padding row: above every real one
 
 
 def _l2_augmented(z, zsq, rho):
-  """(N, m + 2) float32 rows (z, rho, |z|^2 + rho^2): one product with (-2 z_x, -2 rho_x, 1)
-  gives s = |u_y|^2 - 2 u_x . u_y, so |u_x - u_y|^2 = (|z_x|^2 + rho_x^2) + s."""
+  """(N, m + 2) float32 rows (z, rho, |z|^2 + rho^2) (``_l2_bound_rows`` adds a column of
+  ones)."""
   return jnp.concatenate([z, rho[:, None], (zsq + rho * rho)[:, None]], axis=1)
 
 
 def _l2_query_rows(q_TxD, params):
-  """(ux (T, m + 2), const (T,), a (T,), err (T,)) of queries: b^ = const + ux . row for
-  every ``_l2_augmented`` row (``_l2_rows`` gives a and err)."""
+  """(ux (T, m + 3), a (T,), err (T,)) of queries: ux = (-2 z_x, -2 rho_x, 1, |z_x|^2 +
+  rho_x^2), so that one product with every ``_l2_bound_rows`` row (z, rho, |z|^2 + rho^2, 1)
+  gives b^ = |u_x|^2 + |u_y|^2 - 2 u_x . u_y, the computed |u^_x - u^_y|^2 (``_l2_rows``
+  gives a and err)."""
   z, zsq, rho, a, err = _l2_rows(q_TxD, params)
-  ux = jnp.concatenate([-2.0 * z, -2.0 * rho[:, None], jnp.ones_like(rho)[:, None]], axis=1)
-  return ux, zsq + rho * rho, a, err
+  ones = jnp.ones_like(rho)[:, None]
+  ux = jnp.concatenate([-2.0 * z, -2.0 * rho[:, None], ones, (zsq + rho * rho)[:, None]],
+                       axis=1)
+  return ux, a, err
 
 
 def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
 
-  b^ = fl(fl(|z_x|^2 + rho_x^2) + fl(s)), s from the product of ``_l2_augmented`` rows:
-  every term passes through at most 2 m + 6 roundings (the squares and sums of the two
-  norms, the m + 2 products and their sum, the last addition), so with a = |z| + rho >= |u|,
+  b^ = fl(ux . row), the product of ``_l2_query_rows`` with ``_l2_bound_rows``: every term
+  passes through at most 2 m + 6 roundings (the squares and sums of the two norms, the
+  m + 3 products and their sum), so with a = |z| + rho >= |u|,
   |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 in any order of summation
   (Higham 3.1). For such a row y (a_y <= a_max, err_y <= err_max): |x - y| >= |u_x - u_y|
   >= |u^_x - u^_y| - err_x - err_y (triangle inequality in R^{m+1}, ``_l2_rows``), so
@@ -667,7 +674,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
   aug, a, err, pixels, sq_norms = _l2_build(host, params)
   params = {**params, "a_max": jnp.max(a), "err_max": jnp.max(err)}
-  return Index(metric, pixels, sq_norms, _l2_chunks(aug, chunk=_chunk_rows(n)), params, None,
+  return Index(metric, pixels, sq_norms, _l2_bound_rows(aug), params, None,
                str(db.dtype), None, {})
 
 
@@ -703,20 +710,15 @@ def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(x, ((0, rows - len(x)), (0, 0))) if len(x) < rows else x
 
 
-def _chunk_rows(n: int) -> int:
-  """Database rows per step of the bound scan: 8192 (a (T, 8192) block stays near the
-  cache), fewer for small databases; a multiple of GROUP."""
-  return min(8192, -(-n // GROUP) * GROUP)
-
-
-@functools.partial(jax.jit, static_argnames="chunk")
-def _l2_chunks(aug_NxW, *, chunk: int):
-  """(M, chunk, W) augmented rows, padded with rows of bound ``_PAD_BOUND`` (zero
-  projection, |u|^2 = _PAD_BOUND: never below a real row)."""
+@jax.jit
+def _l2_bound_rows(aug_NxW):
+  """(N', m + 3) float32 rows (z, rho, |z|^2 + rho^2, 1), N' = N rounded up to whole
+  groups of ``GROUP`` rows; the padding rows have bound ``_PAD_BOUND`` (zero projection,
+  |u|^2 = _PAD_BOUND: never below a real row)."""
   n, w = aug_NxW.shape
-  pad = (-n) % chunk
-  padding = jnp.zeros((pad, w), jnp.float32).at[:, -1].set(_PAD_BOUND)
-  return jnp.concatenate([aug_NxW, padding]).reshape(-1, chunk, w)
+  padding = jnp.zeros(((-n) % GROUP, w), jnp.float32).at[:, -1].set(_PAD_BOUND)
+  rows = jnp.concatenate([aug_NxW, padding])
+  return jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), jnp.float32)], axis=1)
 
 
 # --------------------------------------------------------------------------
@@ -1042,81 +1044,85 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   return out.reshape(t, c)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "g", "c"))
-def _l2_round(q_TxD, pixels, sq_norms, chunks, params, *, k, g, c):
-  """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries.
+def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, a_max, err_max, *, k: int,
+               m: int):
+  """Steps 2 and 3 of a round: exact int8 distances of the candidates (``cand_TxC``), and
+  the certificate against ``left_T``, at most b^ of every row left out, made a certified
+  integer bound (``_l2_certified_bound``)."""
+  low = _l2_certified_bound(left_T, a, err, a_max, err_max, m)
+  block = 8 if q_TxD.shape[0] % 8 == 0 else 1
+  d = _l2_exact(distances.centred_pixels(q_TxD), cand_TxC, pixels, sq_norms, block)
+  # A padding row is a candidate only when the database has fewer than c + 1 real rows
+  # among those chosen (then every real row of them is a candidate too); its distance is
+  # made the worst, so it never counts as a neighbour, and the query is not certified if
+  # it would.
+  d = jnp.where(cand_TxC < pixels.shape[0], d, topk.INT_WORST)
+  return _certified(d, cand_TxC, low, k)
 
-  1. b^ = |u^_x - u^_y|^2 for every row, by one product with all ``chunks`` of augmented
-     rows, and each GROUP's minimum.
+
+@functools.partial(jax.jit, static_argnames=("k", "g", "c"))
+def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
+  """(d (T, k) int32, idx (T, k) int32, certified (T,) bool) for one tile of queries, off
+  the CPU (on a CPU the host selects: ``_l2_bounds`` and ``_l2_settle``).
+
+  1. b^ = |u^_x - u^_y|^2 for every row, by one product with the ``_l2_bound_rows``, and
+     each GROUP's minimum.
   2. The ``g`` groups of smallest minimum (top_k over N / GROUP values), then the ``c``
      rows of smallest b^ among their g * GROUP rows (top_k again): two selections over
      short rows instead of one over N. Every row left out has b^ at least
      min((g + 1)-th group minimum, (c + 1)-th value among the chosen groups).
-  3. Exact int8 distances of the c candidates; certificate against that minimum made a
-     certified integer bound (``_l2_certified_bound``).
+  3. ``_l2_finish``.
   Needs c + 1 <= g * GROUP and g + 1 <= the number of groups.
   """
   t = q_TxD.shape[0]
-  width = chunks.shape[-1]
-  ux, const, a, err = _l2_query_rows(q_TxD, params)
-  # One product with every row (faster than one per chunk: 26-32 ms against 28-60 ms for
-  # 128 queries and 50,000 rows, WORKSPACE.md): b^ - (|z_x|^2 + rho_x^2), as groups.
-  s = jnp.matmul(ux, chunks.reshape(-1, width).T, precision=_HIGHEST).reshape(t, -1, GROUP)
+  ux, a, err = _l2_query_rows(q_TxD, params)
+  s = jnp.matmul(ux, rows.T, precision=_HIGHEST).reshape(t, -1, GROUP)
   neg, grp = _top_k(-jnp.min(s, axis=2), g + 1)
   g_left, grp = -neg[:, g], grp[:, :g]
   vals = jnp.take_along_axis(s, grp[:, :, None], axis=1).reshape(t, g * GROUP)
   neg, pos = _top_k(-vals, c + 1)
-  rows = (grp[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(t, g * GROUP)
-  cand = jnp.take_along_axis(rows, pos[:, :c], axis=1)
-  left = jnp.minimum(g_left, -neg[:, c]) + const
-  low = _l2_certified_bound(left, a, err, params["a_max"], params["err_max"], width - 2)
-  block = 8 if t % 8 == 0 else 1
-  d = _l2_exact(distances.centred_pixels(q_TxD), cand, pixels, sq_norms, block)
-  # A padding row is a candidate only when the chosen groups hold fewer than c real rows
-  # (then every real row of them is a candidate too); its distance is made the worst, so
-  # it never counts as a neighbour, and the query is not certified if it would.
-  d = jnp.where(cand < pixels.shape[0], d, topk.INT_WORST)
-  return _certified(d, cand, low, k)
+  cand = (grp[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(t, g * GROUP)
+  cand = jnp.take_along_axis(cand, pos[:, :c], axis=1)
+  return _l2_finish(q_TxD, cand, jnp.minimum(g_left, -neg[:, c]), a, err, pixels, sq_norms,
+                    params["a_max"], params["err_max"], k=k, m=rows.shape[1] - 3)
 
 
-def _smallest(values_TxN, k: int):
-  """Positions (T, k) of the k smallest values, ascending (any order among equal values:
-  the certificate does not need the index order). ``topk.smallest_k``'s two top_k over
-  chunk minima and the k best chunks, used whenever there are k chunks (it switches to
-  one top_k over the whole row earlier, which costs about 10x more for k ~ 1000)."""
-  t, n = values_TxN.shape
-  s = topk.CHUNK
-  if n < 2 * k * s:
-    return topk.smallest_k(values_TxN, k)
-  pad = (-n) % s
-  v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=jnp.inf).reshape(t, -1, s)
-  _, chunks = jax.lax.top_k(-jnp.min(v, axis=2), k)
-  cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
-  _, pos = jax.lax.top_k(-cand, k)
-  rows = (chunks[:, :, None] * s + jnp.arange(s, dtype=chunks.dtype)).reshape(t, k * s)
-  return jnp.take_along_axis(rows, pos, 1)
+@jax.jit
+def _l2_bounds(q_TxD, rows, params):
+  """Step 1 on a CPU: (b^ (T, N') as int32 keys, a, err) of one tile of queries. The keys
+  are b^'s float32 bits: for b^ >= 0 they order as b^ does, and every b^ < 0 (a rounding
+  below a true 0) has a key below them all, so the rows of the C + 1 smallest keys hold
+  every row whose b^ is below the (C + 1)-th key's, when that one is >= 0 (else the round
+  certifies nothing; see ``_l2_settle``)."""
+  ux, a, err = _l2_query_rows(q_TxD, params)
+  b = jnp.matmul(ux, rows.T, precision=_HIGHEST)
+  return jax.lax.bitcast_convert_type(b, jnp.int32), a, err
+
+
+@functools.partial(jax.jit, static_argnames=("k", "m"))
+def _l2_settle(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int,
+               m: int):
+  """``_l2_finish`` after the host's selection; a ``left_T`` below 0 certifies nothing
+  (its bound is 0, and no squared distance is below 0)."""
+  return _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params["a_max"],
+                    params["err_max"], k=k, m=m)
 
 
 def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
-  """Queries per step: L2 128 (a (128, 8192) float32 bound block per scan step), 64 in
-  second rounds; L1 up to 1,024, fewer where its (tile, N) int32 coarse bounds would pass
-  256 MB. A power of two (at least 8) when there are fewer queries: few shapes to
-  compile."""
-  if metric == "l1":
-    fits = (1 << 26) // max(1, -(-n // L1_TILE) * L1_TILE)
-    largest = max(8, min(1024, 1 << max(0, fits.bit_length() - 1)))
-  else:
-    largest = 64 if second else 128
+  """Queries per step: L2 128, 64 in second rounds, L1 up to 1,024, fewer where their
+  (tile, N) bounds (float32 for L2, int32 coarse bounds for L1) would pass 256 MB. A power
+  of two (at least 8) when there are fewer queries: few shapes to compile."""
+  fits = (1 << 26) // max(1, -(-n // L1_TILE) * L1_TILE)
+  top = 1024 if metric == "l1" else 64 if second else 128
+  largest = max(8, min(top, 1 << max(0, fits.bit_length() - 1)))
   return min(largest, max(8, 1 << max(0, num_queries - 1).bit_length()))
 
 
 def _l2_groups(n: int, c: int) -> int:
-  """Groups chosen per query for ``c`` candidates among ``n`` rows (c, at most all groups
-  of the index's chunks but one), or 0 when the round cannot run (c + 1 rows must lie in
-  the chosen groups and in the database)."""
-  chunk = _chunk_rows(n)
-  total = -(-n // chunk) * (chunk // GROUP)
-  g = min(c, total - 1)
+  """Groups chosen per query for ``c`` candidates among ``n`` rows off the CPU (c, at most
+  all groups but one), or 0 when the round cannot run (c + 1 rows must lie in the chosen
+  groups and in the database)."""
+  g = min(c, -(-n // GROUP) - 1)
   return g if g >= 1 and c + 1 <= min(n, g * GROUP) else 0
 
 
@@ -1126,12 +1132,29 @@ def _round_runs(n: int, k: int, c: int) -> bool:
   return k <= c and c + 1 <= n and _l2_groups(n, c) > 0
 
 
+def _host_selects(index: Index) -> bool:
+  """Whether L2 rounds select candidates on the host: where the index lives on a CPU.
+  ``topk.smallest_k_host`` over all N bounds took 3 ms per 128 CIFAR-10 queries where
+  XLA's two top_k took 11 ms (Intel Xeon, WORKSPACE.md, 2026-12-05)."""
+  return next(iter(index.database.devices())).platform == "cpu"
+
+
 def _run_round(queries, index, k, c, tile, callback=None):
   """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
   q_total = queries.shape[0]
-  step = functools.partial(_l2_round, pixels=index.database, sq_norms=index.sq_norms,
-                           chunks=index.bound_rows, params=index.params, k=k,
-                           g=_l2_groups(index.database.shape[0], c), c=c)
+  n, rows = index.database.shape[0], index.bound_rows
+  common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k}
+  if _host_selects(index):
+    def step(q):
+      keys, a, err = _l2_bounds(q, rows, index.params)
+      keys = np.asarray(keys)
+      pos = topk.smallest_k_host(keys, c + 1)
+      left = np.take_along_axis(keys, pos[:, c:], axis=1)[:, 0].view(np.float32)
+      return _l2_settle(q, pos[:, :c], left, a, err, params=index.params,
+                        m=rows.shape[1] - 3, **common)
+  else:
+    step = functools.partial(_l2_round, rows=rows, params=index.params,
+                             g=_l2_groups(n, c), c=c, **common)
   outs = []
   for start in range(0, q_total, tile):
     outs.append(step(_padded_rows(queries[start:start + tile], tile)))

@@ -49,7 +49,9 @@ def assert_same_as_brute(q, db, k, metric, result):
   return stats
 
 
-def test_adversarial_data_same_as_brute_force_at_every_level():
+@pytest.mark.parametrize("host", [True, False])  # candidates picked on the host, on the device
+def test_adversarial_data_same_as_brute_force_at_every_level(monkeypatch, host):
+  monkeypatch.setattr(bounds, "_host_selects", lambda index: host)
   q, db = adversarial()  # l2_squared: below
   index = bounds.build_index(db, metric="l2", image_shape=SHAPE, pool=2, components=12)
   seen = {"first_round": 0, "second_round": 0, "brute_force": 0}
@@ -183,9 +185,8 @@ def test_l2_certified_bound_never_exceeds_the_distance(image_shape):
   index = bounds.build_index(db, metric="l2", components=16, image_shape=image_shape)
   assert ("dct_h" in index.params) == (image_shape is not None)
   p = index.params
-  ux, const, a, err = bounds._l2_query_rows(q, p)
-  rows = index.bound_rows.reshape(-1, index.bound_rows.shape[2])[:len(db)]
-  b = np.asarray(const[:, None] + jnp.matmul(ux, rows.T, precision="highest"))
+  ux, a, err = bounds._l2_query_rows(q, p)
+  b = np.asarray(jnp.matmul(ux, index.bound_rows[:len(db)].T, precision="highest"))
   low = np.asarray(bounds._l2_certified_bound(jnp.asarray(b), a[:, None], err[:, None],
                                               p["a_max"], p["err_max"], 16))
   true = ((np.asarray(q, np.int64)[:, None] - db[None].astype(np.int64)) ** 2).sum(-1)
@@ -236,9 +237,9 @@ def test_l2_bound_is_exact_where_residuals_are_parallel(image_shape):
   dx = rng.integers(-50, 51, (50, D))
   assert np.all((c + 2 * dx >= 0) & (c + 2 * dx <= 255))  # no wrap in uint8
   x, y = (c + dx).astype(np.uint8), (c + 2 * dx).astype(np.uint8)
-  ux, const, a_x, err_x = bounds._l2_query_rows(jnp.asarray(x), p)
+  ux, a_x, err_x = bounds._l2_query_rows(jnp.asarray(x), p)
   z, zsq, rho, a_y, err_y = bounds._l2_rows(jnp.asarray(y), p)
-  b = const + jnp.sum(ux * bounds._l2_augmented(z, zsq, rho), axis=1)
+  b = jnp.sum(ux * bounds._l2_bound_rows(bounds._l2_augmented(z, zsq, rho))[:len(y)], axis=1)
   low = np.asarray(bounds._l2_certified_bound(b, a_x, err_x, a_y, err_y, 2)).astype(np.int64)
   true = ((x.astype(np.int64) - y) ** 2).sum(1)
   assert np.all(low <= true)
@@ -540,7 +541,9 @@ def test_what_a_new_user_gets_wrong_is_named():
   assert none["per_device"] == [bounds.empty_stats("l2", 3, len(db))]
 
 
-def test_padding_rows_never_become_neighbours():
+@pytest.mark.parametrize("host", [True, False])
+def test_padding_rows_never_become_neighbours(monkeypatch, host):
+  monkeypatch.setattr(bounds, "_host_selects", lambda index: host)
   # 40 rows: groups of 16, the last one partly padding. The 16 far rows fill the group left
   # out, so the chosen groups hold fewer real rows than the 31 candidates asked for.
   rng = np.random.default_rng(0)
@@ -563,9 +566,11 @@ def test_padding_rows_never_become_neighbours():
 
 
 @pytest.mark.parametrize("n, k, c", [(17, 1, 15), (33, 4, 31), (47, 12, 40), (183, 21, 170)])
-def test_database_sizes_around_groups_and_chunks(n, k, c):
+def test_database_sizes_around_groups(monkeypatch, n, k, c):
   """Sizes that leave the last group of 16 rows partly padding, with candidate counts close
-  to every real row, on random images and on copies (ties)."""
+  to every real row, on random images and on copies (ties); the candidates picked on the
+  host, and for two sizes on the device (as off the CPU)."""
+  monkeypatch.setattr(bounds, "_host_selects", lambda index: n not in (33, 183))
   rng = np.random.default_rng(n)
   db = np.concatenate([smooth_images(rng, n - n // 3), smooth_images(rng, 1).repeat(n // 3, 0)])
   q = np.concatenate([smooth_images(rng, 6), db[-2:]])
