@@ -16,7 +16,7 @@ residual, float errors taken off) in place of pooled sums:
   those whose fine bound (``--fine`` components) is at most the estimated D_k too
   (the exact distances the cascade would still compute);
 * speed, per compiled call, best of ``--repeats``: the coarse bound product of
-  1,024 queries against all training rows (m + 2 columns), a fine level on
+  1,024 queries against all training rows (m + 3 columns), a fine level on
   8,192 gathered pairs (float32 rows of ``--fine`` + 1 columns), and exact squared
   distances of 8,192 gathered pairs of uint8 rows (int32, lanes of 128).
 

@@ -156,7 +156,7 @@ class Index(NamedTuple):
     bound_rows: (M, G, L1_TILE) uint8 quantized pooled sums, feature-major tiles of
       database rows padded with zero rows (L1), or (N', m + 3) float32 rows (z, rho,
       |z|^2 + rho^2, 1) (L2, ``_l2_bound_rows``; N' = N rounded up to whole groups of
-      GROUP rows, with padding rows that are never chosen).
+      GROUP rows, with padding rows whose bound is above every real row's).
     params: dict of arrays: for L2 the bound of a query (see ``_l2_rows``); for L1
       "coarse_table" and "fine_table" (``_pool_table``) and "fine_rows", (N, W) the
       exact fine sums (int16 where they fit; W: G2 padded to whole lanes).
@@ -229,8 +229,10 @@ _COST = {
     "brute_product": 2.14e-8,  # brute force per (query, row): the int8 product (x 1.7 / speedup)
     "brute_other": 0.62e-8,  # brute force per (query, row): selection and merge
     "pruned_bound": 0.56e-8,  # the cascade per (query, row): the bound, a float32 product
-    # with m + 3 columns (x m / 192), and its group minima
+    # with m + 2 columns (x m / 192), and its group minima (the code of 2026-12-03)
     "pruned_select": 0.56e-8,  # the cascade per (query, row): selections, gathers (not x m)
+    # The selection on the host (2026-12-05) made the search 10-20 % faster on an Intel
+    # Xeon, unmeasured here: the model errs towards brute force.
     "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
     # The build's two costs are those of principal components; the DCT's build for images
     # (since 2026-12-05) took 1.5 s against 2.4 s on an Intel Xeon, unmeasured here: the
@@ -569,8 +571,10 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
 
   b^ = fl(ux . row), the product of ``_l2_query_rows`` with ``_l2_bound_rows``: every term
-  passes through at most 2 m + 6 roundings (the squares and sums of the two norms, the
-  m + 3 products and their sum), so with a = |z| + rho >= |u|,
+  passes through at most 2 m + 3 roundings (a norm's term: its square, its sum and the
+  + rho^2, m + 1; a cross term: its product, 1; then the sum of the m + 3 terms, m + 2;
+  the product with 1 is exact), within the 2 m + 6 counted below, so with
+  a = |z| + rho >= |u|,
   |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 in any order of summation
   (Higham 3.1). For such a row y (a_y <= a_max, err_y <= err_max): |x - y| >= |u_x - u_y|
   >= |u^_x - u^_y| - err_x - err_y (triangle inequality in R^{m+1}, ``_l2_rows``), so
@@ -1052,10 +1056,9 @@ def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, a_max, err_max
   low = _l2_certified_bound(left_T, a, err, a_max, err_max, m)
   block = 8 if q_TxD.shape[0] % 8 == 0 else 1
   d = _l2_exact(distances.centred_pixels(q_TxD), cand_TxC, pixels, sq_norms, block)
-  # A padding row is a candidate only when the database has fewer than c + 1 real rows
-  # among those chosen (then every real row of them is a candidate too); its distance is
-  # made the worst, so it never counts as a neighbour, and the query is not certified if
-  # it would.
+  # A padding row is a candidate only off the CPU, when the chosen groups hold fewer than
+  # c real rows (then every real row of them is a candidate too); its distance is made the
+  # worst, so it never counts as a neighbour, and the query is not certified if it would.
   d = jnp.where(cand_TxC < pixels.shape[0], d, topk.INT_WORST)
   return _certified(d, cand_TxC, low, k)
 
@@ -1090,10 +1093,11 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
 @jax.jit
 def _l2_bounds(q_TxD, rows, params):
   """Step 1 on a CPU: (b^ (T, N') as int32 keys, a, err) of one tile of queries. The keys
-  are b^'s float32 bits: for b^ >= 0 they order as b^ does, and every b^ < 0 (a rounding
-  below a true 0) has a key below them all, so the rows of the C + 1 smallest keys hold
-  every row whose b^ is below the (C + 1)-th key's, when that one is >= 0 (else the round
-  certifies nothing; see ``_l2_settle``)."""
+  are b^'s float32 bits: for b^ >= +0 they order as b^ does, and every b^ < 0 (rounding
+  below a true value near 0) has a key below them all (b^ = -0.0 does not occur: the
+  sums hold a term +|u_y|^2 >= +0, and round-to-nearest sums of mixed zeros give +0).
+  So when the (C + 1)-th smallest key is >= 0, the C rows of smaller keys hold every row
+  whose b^ is below its value; else the round certifies nothing (``_l2_settle``)."""
   ux, a, err = _l2_query_rows(q_TxD, params)
   b = jnp.matmul(ux, rows.T, precision=_HIGHEST)
   return jax.lax.bitcast_convert_type(b, jnp.int32), a, err
@@ -1108,14 +1112,19 @@ def _l2_settle(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: 
                     params["err_max"], k=k, m=m)
 
 
-def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
-  """Queries per step: L2 128, 64 in second rounds, L1 up to 1,024, fewer where their
-  (tile, N) bounds (float32 for L2, int32 coarse bounds for L1) would pass 256 MB. A power
-  of two (at least 8) when there are fewer queries: few shapes to compile."""
+def _memory_tile(n: int) -> int:
+  """The most queries (a power of two, at least 8) whose (tile, N) bounds (float32 for L2,
+  int32 coarse bounds for L1) stay within 256 MB, up to about 8 million rows."""
   fits = (1 << 26) // max(1, -(-n // L1_TILE) * L1_TILE)
+  return max(8, 1 << max(0, fits.bit_length() - 1))
+
+
+def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
+  """Queries per step: L2 128, 64 in second rounds, L1 up to 1,024, at most
+  ``_memory_tile``. A power of two (at least 8) when there are fewer queries: few shapes
+  to compile."""
   top = 1024 if metric == "l1" else 64 if second else 128
-  largest = max(8, min(top, 1 << max(0, fits.bit_length() - 1)))
-  return min(largest, max(8, 1 << max(0, num_queries - 1).bit_length()))
+  return min(top, _memory_tile(n), max(8, 1 << max(0, num_queries - 1).bit_length()))
 
 
 def _l2_groups(n: int, c: int) -> int:
@@ -1126,16 +1135,17 @@ def _l2_groups(n: int, c: int) -> int:
   return g if g >= 1 and c + 1 <= min(n, g * GROUP) else 0
 
 
-def _round_runs(n: int, k: int, c: int) -> bool:
+def _round_runs(n: int, k: int, c: int, host: bool) -> bool:
   """Whether an L2 round with ``c`` candidates per query can run against ``n`` rows (L1
-  has no rounds)."""
-  return k <= c and c + 1 <= n and _l2_groups(n, c) > 0
+  has no rounds): c + 1 rows, and off the CPU (not ``host``) the groups it needs."""
+  return k <= c and c + 1 <= n and (host or _l2_groups(n, c) > 0)
 
 
 def _host_selects(index: Index) -> bool:
   """Whether L2 rounds select candidates on the host: where the index lives on a CPU.
   ``topk.smallest_k_host`` over all N bounds took 3 ms per 128 CIFAR-10 queries where
-  XLA's two top_k took 11 ms (Intel Xeon, WORKSPACE.md, 2026-12-05)."""
+  XLA's two top_k over group minima and groups took 11 ms (Intel Xeon, WORKSPACE.md,
+  2026-12-05, afternoon)."""
   return next(iter(index.database.devices())).platform == "cpu"
 
 
@@ -1208,13 +1218,15 @@ def candidate_counts(metric: str, k: int, candidates=None, second_candidates=Non
 L1_KEYS = ("fine_rows", "exact_rows")  # L1's stats beyond the queries by level
 
 
-def empty_stats(metric: str, k: int, n: int | None = None) -> dict:
+def empty_stats(metric: str, k: int, n: int | None = None, host: bool | None = None) -> dict:
   """``search``'s stats for no queries, with the default candidates (against ``n`` rows:
-  0 for a round that cannot run; for L1 at most n)."""
+  0 for a round that cannot run, on the host's selection if ``host``, default: where the
+  default device is a CPU; for L1 at most n)."""
   counts = candidate_counts(metric, k)
   if n is not None:
+    host = jax.default_backend() == "cpu" if host is None else host
     counts = ((min(counts[0], n), 0) if metric == "l1" else
-              tuple(c if _round_runs(n, k, c) else 0 for c in counts))
+              tuple(c if _round_runs(n, k, c, host) else 0 for c in counts))
   extra = {key: 0 for key in L1_KEYS} if metric == "l1" else {}
   return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
           "candidates": list(counts), **extra}
@@ -1235,9 +1247,11 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     second_candidates: L2: rows per query in the second round, for the queries the
       first could not certify (default 2 C); fewer than k (e.g. 0) skips the
       round. Checked, but unused by L1 (no rounds).
-    query_tile: queries per compiled step (default: 128 for L2; for L1 up to 1,024,
-      fewer where their (tile, N) int32 coarse bounds would pass 256 MB, a bound
-      that a given L1 tile keeps too).
+    query_tile: queries per compiled step (default: 128 for L2, 64 in its second
+      round; for L1 up to 1,024), fewer where their (tile, N) bounds (float32 for
+      L2, int32 coarse bounds for L1) would pass 256 MB, a bound that a given tile
+      keeps too (down to 8 queries; past about 8 million rows 8 queries take
+      more).
     callback: called as ``callback(queries_done, Q)`` as the first round (L1: the
       tiles) goes and once at the end.
 
@@ -1296,14 +1310,15 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
   d_out = np.zeros((q_total, k), np.int32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
+  host = _host_selects(index)
   for j, (level, c) in enumerate((("first_round", c1), ("second_round", c2))):
-    if not _round_runs(n, k, c):
+    if not _round_runs(n, k, c, host):
       stats["candidates"][j] = 0  # the round cannot run on this index (too few rows)
       continue
     if not len(todo):
       continue
     sub = q[todo]
-    tile = (min(query_tile, 1 << (len(todo) - 1).bit_length()) if query_tile  # bounded
+    tile = (min(query_tile, _memory_tile(n), 1 << (len(todo) - 1).bit_length()) if query_tile
             else _query_tile(index.metric, n, len(todo), level == "second_round"))
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress)
@@ -1421,7 +1436,7 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
         kj = min(k, size)
         d = np.full((len(q_j), k), topk.INT_WORST, np.int32)
         i = np.full((len(q_j), k), -1, np.int32)
-        st = empty_stats(metric, k, size)
+        st = empty_stats(metric, k, size, host=devices[j].platform == "cpu")
         if kj and len(q_j):
           if layout == "queries":
             index = full if j == mine[0] else _index_on(full, devices[j])

@@ -635,3 +635,25 @@ def test_an_index_prints_briefly_and_flags_are_booleans():
   with pytest.raises(InputError, match="return_stats must be True or False") as err:
     knn.search(db[:2], db, 1, return_stats="yes")
   assert err.value.argument == "return_stats"
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_rounds_need_groups_only_off_the_cpu(monkeypatch, host):
+  # 170 rows and the default 160 candidates: the host picks them among all rows; the
+  # device's two steps need 161 rows in 160 of the 11 groups, which cannot be.
+  monkeypatch.setattr(bounds, "_host_selects", lambda index: host)
+  rng = np.random.default_rng(5)
+  db = smooth_images(rng, 170)
+  q = np.concatenate([smooth_images(rng, 6), db[:2]])
+  stats = assert_same_as_brute(q, db, 5, "l2", bounds.search(q, bounds.build_index(db), 5))
+  assert stats["candidates"] == ([160, 0] if host else [0, 0])  # 320 + 1 rows: none
+  assert (stats["first_round"] > 0) == host
+  assert bounds.empty_stats("l2", 5, 170, host=host)["candidates"] == stats["candidates"]
+
+
+def test_query_tiles_keep_their_bounds_under_256_mb():
+  assert [bounds._memory_tile(n) for n in (50_000, 10 ** 6, 10 ** 8)] == [1024, 64, 8]
+  assert bounds._query_tile("l2", 10 ** 6, 10 ** 5) == 64
+  assert bounds._query_tile("l2", 50_000, 10 ** 5, second=True) == 64
+  assert bounds._query_tile("l1", 50_000, 10 ** 5) == 1024
+  assert bounds._query_tile("l2", 50_000, 5) == 8
