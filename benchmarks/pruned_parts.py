@@ -4,8 +4,8 @@ and the parts of one round, each timed in one process (best of several).
   python -m benchmarks.pruned_parts --dataset=folder:/data/cifar10-jpeg --out=runs/bench_parts
 
 Rows:
-* build, block B: the bounds, int8 pixels and norms of all training rows in blocks of B
-  rows (``bounds._l2_build``), the components computed once beforehand;
+* build, block B: the bounds, int8 pixels and norms of all training rows, the bounds in
+  blocks of B rows (``bounds._l2_build``), the components computed once beforehand;
 * build, sample S: ``bounds.build_index`` with S rows for the components, and the queries
   of ``--queries`` test images settled in the first round (fewer samples: a cheaper build,
   a looser bound);
@@ -76,14 +76,11 @@ def main(argv):
   centre = np.round(sample.mean(axis=0, dtype=np.float64)).astype(np.int64)
   params = bounds._l2_params(bounds._principal_basis(sample, centre, bounds.COMPONENTS, 0),
                              centre)
-  default = bounds._BUILD_BLOCK
   for block in (256, 512, 1024, 2048):
-    bounds._BUILD_BLOCK = block
-    seconds = common.best_seconds(lambda: bounds._l2_build(x, params),
+    seconds = common.best_seconds(lambda: bounds._l2_build(x, params, block=block),
                                   max(2, repeats // 2))
     rows.append({"part": f"build, block {block}", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
-  bounds._BUILD_BLOCK = default
   queries = q[:_QUERIES.value]
   for size in (5000, 2000, 1000):
     seconds = common.best_seconds(
