@@ -655,8 +655,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     width = -(-fine_table.shape[0] // 64) * 64  # whole lanes for the pair kernel
     if isinstance(db, np.ndarray):  # host rows: 0.07 s against jnp.asarray's 0.11 s (CIFAR-10)
       db = jax.device_put(db)
-    tiles, fine_rows = _l1_build(db, jnp.asarray(coarse_table),
-                                 jnp.asarray(fine_table), width=width, tile=L1_TILE)
+    tiles, fine_rows = _l1_build(db, jnp.asarray(coarse_table), jnp.asarray(fine_table),
+                                 width=width, tile=L1_TILE,
+                                 blocks=_whole_blocks(image_shape, min(pool, side),
+                                                      min(max(1, pool // 2), side)))
     params = {"coarse_table": jnp.asarray(coarse_table), "fine_table": jnp.asarray(fine_table),
               "fine_rows": fine_rows}
     return Index("l1", db, jnp.zeros((n,), jnp.int32), tiles, params, groups,
@@ -751,21 +753,35 @@ def _pool_table(groups_D: np.ndarray) -> np.ndarray:
   return table
 
 
-def _pooled_sums(x_NxD, table_GxS, dtype=jnp.int32):
+def _whole_blocks(image_shape, *pools):
+  """(H, W, C) when every pool's p x p blocks tile the image whole, else None."""
+  if image_shape is None or any(image_shape[0] % p or image_shape[1] % p for p in pools):
+    return None
+  return tuple(image_shape)
+
+
+def _pooled_sums(x_NxD, table_GxS, dtype=jnp.int32, image_shape=None):
   """(N, G) exact sums of every group of features (``_pool_table``) in ``dtype`` (wide
   enough for them), of the rows made unsigned (int8 + 128: the same differences, so the
-  same L1). XLA fuses the gather into the sum: no (N, G, s) array."""
+  same L1). XLA fuses the gather into the sum: no (N, G, s) array. ``image_shape`` (H,
+  W, C): the groups are whole p x p blocks (p^2 = s), summed over a reshape of the image
+  instead of a gather (the same sums in the same order, ``_groups``; 1.6x faster)."""
   x = x_NxD.astype(dtype) + (128 if x_NxD.dtype == jnp.int8 else 0)
+  if image_shape is not None:
+    (h, w, c), p = image_shape, math.isqrt(table_GxS.shape[1])
+    return x.reshape(-1, h // p, p, w // p, p, c).sum(axis=(2, 4), dtype=dtype).reshape(
+        x.shape[0], -1)
   x = jnp.pad(x, ((0, 0), (0, 1)))  # feature D: zero, for short groups
   n, (g, s) = x.shape[0], table_GxS.shape
   return jnp.sum(jnp.take(x, table_GxS.reshape(-1), axis=1).reshape(n, g, s), axis=2,
                  dtype=dtype)
 
 
-def _coarse(x_NxD, table_GxS):
+def _coarse(x_NxD, table_GxS, image_shape=None):
   """(N, G) uint8 floor(S / s) of the pooled sums S (s = ``table_GxS.shape[1]``, the
   largest group): S = s a + r with 0 <= r < s, so |S_x - S_y| >= s |a_x - a_y| - (s - 1)."""
-  return (_pooled_sums(x_NxD, table_GxS) // table_GxS.shape[1]).astype(jnp.uint8)
+  return (_pooled_sums(x_NxD, table_GxS, image_shape=image_shape)
+          // table_GxS.shape[1]).astype(jnp.uint8)
 
 
 def _fine_dtype(table_GxS):
@@ -773,25 +789,27 @@ def _fine_dtype(table_GxS):
   return jnp.int16 if 255 * table_GxS.shape[1] <= np.iinfo(np.int16).max else jnp.int32
 
 
-def _fine(x_NxD, table_GxS, width: int):
+def _fine(x_NxD, table_GxS, width: int, image_shape=None):
   """(N, width) exact fine sums (``_pooled_sums``; zero columns after G: they add
   nothing to an L1), in ``_fine_dtype``."""
-  s = _pooled_sums(x_NxD, table_GxS, _fine_dtype(table_GxS))
+  s = _pooled_sums(x_NxD, table_GxS, _fine_dtype(table_GxS), image_shape)
   return jnp.pad(s, ((0, 0), (0, width - s.shape[1])))
 
 
 _fine_jit = jax.jit(_fine, static_argnames="width")
 
 
-@functools.partial(jax.jit, static_argnames=("width", "tile"))
-def _l1_build(x_NxD, coarse_table, fine_table, *, width: int, tile: int):
+@functools.partial(jax.jit, static_argnames=("width", "tile", "blocks"))
+def _l1_build(x_NxD, coarse_table, fine_table, *, width: int, tile: int, blocks=None):
   """(coarse tiles (M, G, tile) uint8, feature-major, padded with zero rows (the search
-  masks them); fine sums (N, width)): one program over the whole database (0.13 s for
-  50,000 CIFAR-10 rows once compiled; no array larger than its outputs)."""
-  coarse = _coarse(x_NxD, coarse_table)
+  masks them); fine sums (N, width)): one program over the whole database (0.07 s for
+  50,000 CIFAR-10 rows once compiled, 0.12 s by gathers; no array larger than its
+  outputs). ``blocks``: (H, W, C) when both levels' blocks tile the images whole
+  (``_whole_blocks``), summed by reshapes."""
+  coarse = _coarse(x_NxD, coarse_table, blocks)
   n, g = coarse.shape
   tiles = jnp.pad(coarse, ((0, (-n) % tile), (0, 0))).reshape(-1, tile, g).transpose(0, 2, 1)
-  return tiles, _fine(x_NxD, fine_table, width)
+  return tiles, _fine(x_NxD, fine_table, width, blocks)
 
 
 _U16_TOP = np.iinfo(np.uint16).max  # the coarse bound of a padding row, when uint16

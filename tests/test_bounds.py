@@ -657,3 +657,18 @@ def test_query_tiles_keep_their_bounds_under_256_mb():
   assert bounds._query_tile("l2", 50_000, 10 ** 5, second=True) == 64
   assert bounds._query_tile("l1", 50_000, 10 ** 5) == 1024
   assert bounds._query_tile("l2", 50_000, 5) == 8
+
+
+@pytest.mark.parametrize("shape, pool", [((8, 8, 3), 4), ((8, 8, 3), 2), ((4, 12, 2), 2),
+                                         ((6, 6, 1), 1)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_whole_block_sums_by_reshape_equal_the_gathered_sums(shape, pool, dtype):
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1,
+                               (5, int(np.prod(shape)))).astype(dtype))
+  table = jnp.asarray(bounds._pool_table(bounds._groups(x.shape[1], shape, pool)))
+  assert bounds._whole_blocks(shape, pool, max(1, pool // 2)) == shape
+  for dt in (jnp.int32, jnp.int16):
+    np.testing.assert_array_equal(np.asarray(bounds._pooled_sums(x, table, dt, shape)),
+                                  np.asarray(bounds._pooled_sums(x, table, dt)))
+  assert bounds._whole_blocks((6, 6, 3), 4) is None and bounds._whole_blocks(None, 2) is None
