@@ -30,15 +30,14 @@ _QUERIES = flags.DEFINE_integer("queries", 3000, "test images for the sample row
 
 
 
-def _round_parts(bounds, topk, index, tile, repeats):
+def _round_parts(bounds, index, tile, repeats):
   """(name, s) of each part of an L2 round on one tile of queries (the same operations)."""
   import jax  # pylint: disable=import-outside-toplevel
   n, rows, params = index.database.shape[0], index.bound_rows, index.params
   query_rows = jax.jit(bounds._l2_query_rows)
   keys, a, err = bounds._l2_bounds(tile, rows, params)
   keys = np.asarray(keys)
-  pos = topk.smallest_k_host(keys, 161)
-  left = np.take_along_axis(keys, pos[:, 160:], axis=1)[:, 0].view(np.float32)
+  cand, left = bounds._host_candidates(keys, 160)
   settle = functools.partial(bounds._l2_settle, pixels=index.database, sq_norms=index.sq_norms,
                              params=params, k=10, m=rows.shape[1] - 3)
   device = functools.partial(bounds._l2_round, pixels=index.database, sq_norms=index.sq_norms,
@@ -47,10 +46,10 @@ def _round_parts(bounds, topk, index, tile, repeats):
   best = common.best_seconds
   return [("queries' projections", best(lambda: query_rows(tile, params), repeats)),
           ("bound product", best(lambda: bounds._l2_bounds(tile, rows, params), repeats)),
-          ("the host's selection of 161 rows", best(lambda: topk.smallest_k_host(keys, 161),
+          ("the host's selection of 161 rows", best(lambda: bounds._host_candidates(keys, 160),
                                                      repeats)),
           ("exact refinement of 160 candidates and certificate",
-           best(lambda: settle(tile, pos[:, :160], left, a, err), repeats)),
+           best(lambda: settle(tile, cand, left, a, err), repeats)),
           ("the whole round (k = 10)",
            best(lambda: bounds._run_round(host_tile, index, 10, 160, len(host_tile)), repeats)),
           ("the whole round, selected on the device (as off the CPU)",
@@ -60,7 +59,7 @@ def _round_parts(bounds, topk, index, tile, repeats):
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxlin import bounds, distances, topk  # pylint: disable=import-outside-toplevel
+  from jaxlin import bounds, distances  # pylint: disable=import-outside-toplevel
   repeats = common.check_repeats(_REPEATS.value)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
   out, arrays = common.prepare("bench_parts")
@@ -92,7 +91,7 @@ def main(argv):
                  "first_round": f"{stats['first_round']} of {len(queries)}"})
     print(rows[-1], file=sys.stderr, flush=True)
   index = bounds.build_index(x, metric="l2")
-  for name, seconds in _round_parts(bounds, topk, index, jax.numpy.asarray(q[:128]), repeats):
+  for name, seconds in _round_parts(bounds, index, jax.numpy.asarray(q[:128]), repeats):
     rows.append({"part": f"round: {name} (128 queries)", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "pruned_parts", rows, ["part", "seconds", "first_round"],

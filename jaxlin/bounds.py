@@ -1070,12 +1070,12 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   return out.reshape(t, c)
 
 
-def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, a_max, err_max, *, k: int,
-               m: int):
+def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int, m: int):
   """Steps 2 and 3 of a round: exact int8 distances of the candidates (``cand_TxC``), and
   the certificate against ``left_T``, at most b^ of every row left out, made a certified
-  integer bound (``_l2_certified_bound``)."""
-  low = _l2_certified_bound(left_T, a, err, a_max, err_max, m)
+  integer bound (``_l2_certified_bound``; a ``left_T`` below 0 certifies nothing: its
+  bound is 0, and no squared distance is below 0)."""
+  low = _l2_certified_bound(left_T, a, err, params["a_max"], params["err_max"], m)
   block = 8 if q_TxD.shape[0] % 8 == 0 else 1
   d = _l2_exact(distances.centred_pixels(q_TxD), cand_TxC, pixels, sq_norms, block)
   # A padding row is a candidate only off the CPU, when the chosen groups hold fewer than
@@ -1109,7 +1109,7 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
   cand = (grp[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(t, g * GROUP)
   cand = jnp.take_along_axis(cand, pos[:, :c], axis=1)
   return _l2_finish(q_TxD, cand, jnp.minimum(g_left, -neg[:, c]), a, err, pixels, sq_norms,
-                    params["a_max"], params["err_max"], k=k, m=rows.shape[1] - 3)
+                    params, k=k, m=rows.shape[1] - 3)
 
 
 @jax.jit
@@ -1119,19 +1119,14 @@ def _l2_bounds(q_TxD, rows, params):
   below a true value near 0) has a key below them all (b^ = -0.0 does not occur: the
   sums hold a term +|u_y|^2 >= +0, and round-to-nearest sums of mixed zeros give +0).
   So when the (C + 1)-th smallest key is >= 0, the C rows of smaller keys hold every row
-  whose b^ is below its value; else the round certifies nothing (``_l2_settle``)."""
+  whose b^ is below its value; else the round certifies nothing (``_l2_finish``)."""
   ux, a, err = _l2_query_rows(q_TxD, params)
   b = jnp.matmul(ux, rows.T, precision=_HIGHEST)
   return jax.lax.bitcast_convert_type(b, jnp.int32), a, err
 
 
-@functools.partial(jax.jit, static_argnames=("k", "m"))
-def _l2_settle(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int,
-               m: int):
-  """``_l2_finish`` after the host's selection; a ``left_T`` below 0 certifies nothing
-  (its bound is 0, and no squared distance is below 0)."""
-  return _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params["a_max"],
-                    params["err_max"], k=k, m=m)
+# Steps 2 and 3 after the host's selection (``_host_candidates``).
+_l2_settle = jax.jit(_l2_finish, static_argnames=("k", "m"))
 
 
 def _memory_tile(n: int) -> int:
@@ -1171,6 +1166,14 @@ def _host_selects(index: Index) -> bool:
   return next(iter(index.database.devices())).platform == "cpu"
 
 
+def _host_candidates(keys_TxN, c: int):
+  """(the c rows of smallest key (T, c), the (c + 1)-th smallest b^ (T,) float32) of
+  ``_l2_bounds``' keys, on the host."""
+  keys = np.asarray(keys_TxN)
+  pos = topk.smallest_k_host(keys, c + 1)
+  return pos[:, :c], np.take_along_axis(keys, pos[:, c:], axis=1)[:, 0].view(np.float32)
+
+
 def _run_round(queries, index, k, c, tile, callback=None):
   """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
   q_total = queries.shape[0]
@@ -1179,11 +1182,9 @@ def _run_round(queries, index, k, c, tile, callback=None):
   if _host_selects(index):
     def step(q):
       keys, a, err = _l2_bounds(q, rows, index.params)
-      keys = np.asarray(keys)
-      pos = topk.smallest_k_host(keys, c + 1)
-      left = np.take_along_axis(keys, pos[:, c:], axis=1)[:, 0].view(np.float32)
-      return _l2_settle(q, pos[:, :c], left, a, err, params=index.params,
-                        m=rows.shape[1] - 3, **common)
+      cand, left = _host_candidates(keys, c)
+      return _l2_settle(q, cand, left, a, err, params=index.params, m=rows.shape[1] - 3,
+                        **common)
   else:
     step = functools.partial(_l2_round, rows=rows, params=index.params,
                              g=_l2_groups(n, c), c=c, **common)
