@@ -7,7 +7,10 @@ Exact L2 on uint8 pixels is an int8 x int8 product accumulated in int32
 the chip (int8 matrix instructions) and on XLA's backend: this prints the
 rate of one (4096 x 3072) . (3072 x 2048) product in float32, bfloat16 -> float32
 and int8 -> int32, the shapes of one search tile, and checks that each gives
-the exact integer answer on pixel-range values. No dataset needed.
+the exact integer answer on pixel-range values. No dataset needed. Its "kernel"
+column names the library that XLA's compiled program hands the product to
+(on CPUs YNNPACK, whose int8 products run on AVX-512 VNNI, not on Intel's AMX
+units: WORKSPACE.md, 2026-12-05, evening), or "XLA" for XLA's own code.
 """
 from __future__ import annotations
 
@@ -29,6 +32,16 @@ def _product(dtype, out_dtype):
   contract = (((1,), (1,)), ((), ()))  # (M, K) . (N, K)^T, as the search computes it
   return jax.jit(lambda a, b: jax.lax.dot_general(a.astype(dtype), b.astype(dtype), contract,
                                                   preferred_element_type=out_dtype))
+
+
+_KERNELS = (("__ynn_fusion", "YNNPACK"), ("__xnn_fusion", "XNNPACK"), ("onednn", "oneDNN"),
+            ("cublas", "cuBLAS"), ("triton", "Triton"))
+
+
+def kernel_name(compiled_text: str) -> str:
+  """The library a compiled program's text hands its product to, or "XLA"."""
+  text = compiled_text.lower()
+  return next((name for key, name in _KERNELS if key.lower() in text), "XLA")
 
 
 def main(argv):
@@ -54,7 +67,8 @@ def main(argv):
       times.append(sw.seconds)
     best = min(times)
     rows.append({"product": name, "ms": best * 1e3, "GOP/s": 2 * m * k * n / best / 1e9,
-                 "exact": bool(np.array_equal(result, exact))})
+                 "exact": bool(np.array_equal(result, exact)),
+                 "kernel": kernel_name(f.lower(a, b).compile().as_text())})
     print(rows[-1], file=sys.stderr, flush=True)
   base = rows[0]["ms"]
   for r in rows:

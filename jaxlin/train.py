@@ -423,7 +423,8 @@ class Trainer:
 
   def _init(self, key, lrs, *, multiplier):
     # Every member starts from the same parameters: settings are compared fairly,
-    # and member i equals a single run with its (lr, reg).
+    # and member i equals a single run with its (lr, reg), up to float rounding (the
+    # grid's products may sum in another order: about 1e-7 here).
     # Not under one jit: a model's init compiled into a larger program may round its
     # random draws differently (1e-7) from the user's own model.init(key).
     g = lrs.shape[0]
@@ -552,6 +553,7 @@ class Trainer:
 
   def _hyper(self, learning_rates, regs):
     regs = _grid_numbers(regs, "regs")
+    regs = regs.reshape(1) if regs.ndim == 0 else regs  # one number: one member's reg
     if regs.ndim != 1 or regs.size == 0:
       raise InputError(f"regs must be a non-empty 1-D sequence, got shape {regs.shape}",
                        argument="regs")
@@ -571,10 +573,15 @@ class Trainer:
       lrs = np.ones_like(regs)  # the schedule (or 1) is the learning rate
     else:
       lrs = _grid_numbers(learning_rates, "learning_rates")
+      if lrs.ndim == 0:  # one number: the rate of every member
+        lrs = lrs.reshape(1)
+      if lrs.ndim == 1 and lrs.size >= 1 and (lrs.size == 1 or regs.size == 1):
+        g = max(lrs.size, regs.size)  # one rate or one reg serves every member
+        lrs, regs = np.broadcast_to(lrs, (g,)).copy(), np.broadcast_to(regs, (g,)).copy()
       if lrs.shape != regs.shape:
         raise InputError(f"learning_rates and regs must be 1-D of equal length (one pair per "
-                         f"grid member), got {lrs.shape}, {regs.shape}",
-                         argument="learning_rates")
+                         f"grid member), or one of them a single value for every member, got "
+                         f"{lrs.shape}, {regs.shape}", argument="learning_rates")
       with np.errstate(over="ignore"):
         as_used = lrs.astype(np.float32)
       if not np.all(np.isfinite(as_used) & (as_used > 0)):
@@ -648,9 +655,11 @@ class Trainer:
           num_examples: int | None = None) -> FitResult:
     """Train every grid member for ``num_steps`` steps on the same batches.
 
-    Members are the pairs (learning_rates[g], regs[g]); learning_rates None
-    gives each the rate 1 (the schedule is then the learning rate), and must be
-    None for an optimizer without a learning rate to vary.
+    Members are the pairs (learning_rates[g], regs[g]); a single learning rate
+    or reg (a number, or a sequence of one) serves every member, e.g.
+    ``learning_rates=[1e-3, 1e-2]`` with the default ``regs=(0.0,)``.
+    learning_rates None gives each the rate 1 (the schedule is then the learning
+    rate), and must be None for an optimizer without a learning rate to vary.
 
     Minibatches of ``batch_size`` rows are drawn without replacement from a
     fresh permutation each epoch (``fold_in(key, epoch)``), on device; a
@@ -684,6 +693,7 @@ class Trainer:
       raise InputError(f"key must be a jax random key (jax.random.key(seed)), got {key!r}",
                        argument="key") from None
     hyper = self._hyper(learning_rates, regs)
+    traces_before = self.trace_count  # this fit's compilations, not the Trainer's
     eval_sets, label_ranges = self._checked_eval_sets(eval_sets)
     if self.mesh is not None:  # on the mesh: one global array even across hosts
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -781,7 +791,7 @@ class Trainer:
     return FitResult(params=evaluated(state.params, state.opt_state),
                      losses=np.concatenate(all_losses), history=history,
                      diverged_at=np.asarray(state.diverged_at), steps=done,
-                     compile_count=self.trace_count, opt_state=state.opt_state,
+                     compile_count=self.trace_count - traces_before, opt_state=state.opt_state,
                      train_params=state.params)
 
 

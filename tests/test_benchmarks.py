@@ -176,3 +176,13 @@ def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message):
                         text=True, timeout=120)
   assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_matmul_speed_names_the_library_of_a_compiled_product():
+  from benchmarks import matmul_speed  # pylint: disable=import-outside-toplevel
+  ynn = ('ROOT %ynn_fusion = s32[512,2048]{1,0} fusion(%a, %b), kind=kCustom, '
+         'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}')
+  assert matmul_speed.kernel_name(ynn) == "YNNPACK"
+  assert matmul_speed.kernel_name("ROOT %dot.0 = s32[512,2048]{1,0} dot(%p0, %p1)") == "XLA"
+  assert matmul_speed.kernel_name('custom-call(...), custom_call_target="__onednn$matmul"') == (
+      "oneDNN")

@@ -37,13 +37,30 @@ def test_grid_member_equals_a_single_run(opt):
   grid = _trainer(opt, schedule="cosine").fit(jax.random.key(1), x, y, learning_rates=lrs,
                                               regs=regs, batch_size=16, num_steps=20)
   single = _new_trainer(opt, schedule="cosine")
+  compiles = []
   for g in (1, 2):  # one trainer, one compiled program for both single runs
     res = single.fit(jax.random.key(1), x, y, learning_rates=[lrs[g]], regs=[regs[g]],
                      batch_size=16, num_steps=20)
     np.testing.assert_allclose(train.member(grid.params, g)["W"], res.params["W"][0], rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_allclose(grid.losses[:, g], res.losses[:, 0], rtol=1e-5)
-  assert res.compile_count == 1
+    compiles.append(res.compile_count)
+  assert compiles == [1, 0]  # each fit's own compilations: the second reuses the first's
+
+
+def test_a_single_rate_or_reg_serves_every_member():
+  x, y = _problem()
+  t = _trainer()
+  run = lambda lrs, regs: t.fit(jax.random.key(0), x, y, learning_rates=lrs, regs=regs,
+                                batch_size=10, num_steps=3)
+  both = run([0.1, 0.2], [0.0, 0.0])
+  for lrs, regs in (([0.1, 0.2], (0.0,)), ([0.1, 0.2], 0.0)):
+    np.testing.assert_array_equal(run(lrs, regs).losses, both.losses)
+  by_reg = run([0.1, 0.1, 0.1], [0.0, 0.01, 0.1])
+  for lrs in (0.1, [0.1]):
+    res = run(lrs, [0.0, 0.01, 0.1])
+    np.testing.assert_array_equal(res.losses, by_reg.losses)
+    assert res.losses.shape == (3, 3)
 
 
 def test_training_learns_and_compiles_once():
@@ -307,8 +324,8 @@ def test_bad_arguments():
     t.fit(jax.random.key(0), x, y, learning_rates=[0.1], regs=[0.0], batch_size=1000,
           num_steps=1)
   with pytest.raises(InputError, match="equal length"):
-    t.fit(jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0], batch_size=10,
-          num_steps=1)
+    t.fit(jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0, 0.1, 0.2],
+          batch_size=10, num_steps=1)
   with pytest.raises(InputError, match="NaN or inf") as e:
     fit(x.at[3, 2].set(jnp.nan), y)
   assert e.value.argument == "x"
