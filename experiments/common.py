@@ -19,7 +19,7 @@ from experiments import config as cfg
 from experiments import supervisor
 from experiments.config import option, require
 from jaxlin import files
-from jaxlin.errors import DataError, JaxlinError
+from jaxlin.errors import JaxlinError
 
 SHARD_MODES = ("auto", "none", "queries", "database")
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = cfg.EXIT_USAGE, 1, 130
@@ -278,7 +278,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   except JaxlinError as e:
     # jaxlin.data names the dataset argument "name"; the experiments' flag is --dataset.
     message = flag_message(e, {'name': 'dataset', **(flags or {})})
-    if isinstance(e, DataError) and e.argument in ("num_train", "num_test"):  # a default, too
+    if e.argument in ("num_train", "num_test") and "the split has" in e.message:  # a default too
       message += f" (--{e.argument}=0 takes them all)"
     print(f"error: {message}", file=sys.stderr)
     _exit(EXIT_USAGE)

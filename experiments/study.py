@@ -30,7 +30,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import DataError, DivergenceError, JaxlinError
+from jaxlin.errors import DataError, DivergenceError, InputError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 # A stage's own flags -> the study's flags that set them (for error messages).
@@ -215,7 +215,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
   A stage that fails is reported (``failed_stages``); the others still run. A missing
   dataset, or one too small for the linear stages' minibatches, stops the study before
-  its first stage; an unreadable one (a DataError) where a stage finds it.
+  its first stage; an unreadable one (a DataError), or one with fewer images than a
+  stage's num_train or num_test, where a stage finds it.
   """
   c = validate(config)
   with common.Run("study", c, workdir, overwrite=overwrite) as r:
@@ -232,6 +233,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       except DataError:  # the dataset itself (unreadable, corrupt): every stage would fail
         raise
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
+        if isinstance(e, InputError) and e.argument in ("num_train", "num_val", "num_test"):
+          raise  # the dataset's size (too few images): every stage would fail
         if isinstance(e, DivergenceError):  # its advice names the linear experiment's flags
           e = DivergenceError(e.what, advice="the study's settings for this stage are fixed: "
                               "choose others with experiments.linear", step=e.step)

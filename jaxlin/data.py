@@ -533,10 +533,16 @@ def split_rows(name: str, *, data_dir: str | None = None, num_train: int | None 
 
   Indices are increasing (subsets keep source order); nothing is decoded.
   """
+  num_val = _checks.concrete_int(num_val, "num_val")
+  num_train, num_test = (None if v is None else _checks.concrete_int(v, what)
+                         for v, what in ((num_train, "num_train"), (num_test, "num_test")))
+  seed = _checks.concrete_int(seed, "seed")
+  if not 0 <= seed < 2 ** 63:
+    raise InputError(f"seed must be an integer in [0, 2**63), got {seed}", argument="seed")
   m = split_size(name, "train", data_dir=data_dir)
   if not 0 <= num_val < m:
-    raise DataError(f"num_val={num_val} must be in [0, {m - 1}] "
-                    f"(the training split has {m} examples)", argument="num_val")
+    raise InputError(f"num_val={num_val} must be in [0, {m - 1}] "
+                     f"(the training split has {m} examples)", argument="num_val")
   pool = m - num_val
   rng_train, rng_test = (np.random.default_rng([seed, i]) for i in (1, 2))
   return {"train": ("train", _subset(pool, num_train, rng_train, "num_train")),
@@ -549,8 +555,8 @@ def _subset(size, num, rng, what) -> np.ndarray:
   if num is None:
     return np.arange(size)
   if not 1 <= num <= size:
-    raise DataError(f"{what}={num} must be in [1, {size}]: the split has {size} images",
-                    argument=what)
+    raise InputError(f"{what}={num} must be in [1, {size}]: the split has {size} images",
+                     argument=what)
   return np.sort(rng.permutation(size)[:num])
 
 

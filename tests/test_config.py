@@ -185,12 +185,12 @@ def test_strict_json_and_the_users_umask(tmp_path):
 
 
 def test_library_errors_are_printed_in_flag_names():
-  from jaxlin.errors import DataError, InputError
+  from jaxlin.errors import InputError
   e = InputError("learning_rates must be positive, got [-1.0]", argument="learning_rates")
   assert common.flag_message(e, linear_exp.FLAGS_OF_ARGUMENTS) == (
       "--learning_rate must be positive, got [-1.0]")
-  e = DataError("num_train=5000 must be in [1, 36]: the split has 36 images",
-                argument="num_train")
+  e = InputError("num_train=5000 must be in [1, 36]: the split has 36 images",
+                 argument="num_train")
   assert common.flag_message(e) == "--num_train=5000 must be in [1, 36]: the split has 36 images"
   e = ConfigError("--hidden_size must be >= 1, got 0", argument="hidden_size")
   renamed = common.rename_flags(e, study.STAGE_FLAGS["mlp"])

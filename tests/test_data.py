@@ -38,8 +38,16 @@ def test_splits_sizes_and_seeded_random_subsets(image_folder):
   assert not np.array_equal(a.train.images, full.train.images[:10])  # never the first N
   np.testing.assert_array_equal(a.val.images, full.val.images)  # val: the last num_val, fixed
   assert a.num_classes == 3 and a.image_shape == (8, 8, 3)
-  with pytest.raises(DataError, match=r"num_train=100 must be in \[1, 54\]"):
+  with pytest.raises(InputError, match=r"num_train=100 must be in \[1, 54\]"):
     data.load(f"folder:{root}", num_val=6, num_train=100)
+  # Counts and seeds are integers: a float, bool or string is refused, naming the argument,
+  # rather than rounded (num_val=10.5 took 11 images) or failing inside numpy.
+  for bad in (dict(num_val=1.5), dict(num_train=True), dict(num_train=10.0), dict(num_test=2.5),
+              dict(num_train="10"), dict(seed=1.5), dict(seed=-1), dict(num_val=-1),
+              dict(num_val=60)):
+    with pytest.raises(InputError) as e:
+      data.load(f"folder:{root}", **{"num_val": 6, **bad})
+    assert e.value.argument == next(iter(bad)), (bad, e.value)
 
 
 def test_folder_order_is_tfds_image_folders_order(image_folder):

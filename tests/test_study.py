@@ -7,7 +7,7 @@ import pytest
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments import study
-from jaxlin.errors import ConfigError, DataError, DivergenceError
+from jaxlin.errors import ConfigError, DataError, DivergenceError, InputError
 from tests.conftest import make_image_folder
 
 pytestmark = pytest.mark.long  # a tiny study first
@@ -129,6 +129,11 @@ def test_a_stage_error_about_its_images_fails_that_stage_and_small_datasets_stop
   with pytest.raises(DataError, match="zzz_broken.png"):
     study.run(dict(dataset=f"folder:{root}", num_val=10, cache_dir="", stages=["knn", "svm"]),
               str(tmp_path / "wd2"))
+  # More test images asked for than the folder has: every stage would fail, the study stops.
+  with pytest.raises(InputError, match=r"num_test=50 must be in \[1, 3\]") as e:
+    study.run(dict(dataset=f"folder:{root}", num_val=10, num_test=50, cache_dir="",
+                   stages=["knn", "svm"]), str(tmp_path / "wd3"))
+  assert e.value.argument == "num_test" and not (tmp_path / "wd3").exists()
 
 
 def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypatch, caplog):
