@@ -402,6 +402,10 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     float kernels, 32- and 64-bit integers):
     sum |x - y| for l1, |x - y| for l2, |x - y|^2 for l2_squared.
 
+    Under jit, where values cannot be checked, a query that holds NaN or inf,
+    and every query when the database does, gets NaN distances and indices -1
+    (``predict``: the prediction -1).
+
   Raises:
     InputError naming the argument: not 2-D, different feature sizes, NaN or
     inf in a float input, an empty database, k out of range or not an integer,
@@ -501,6 +505,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
                                 norms_by_products=by_products)
 
   many_hosts = mesh is not None and jax.process_count() > 1
+  unchecked = _unchecked_rows(queries, database, n, given)
   queries = _pad_rows(queries, block)
   out_d, out_i = [], []
   for start in range(0, q_total, block):
@@ -519,7 +524,29 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   else:  # blocks laid along the mesh (or replicated across hosts): gathered once, at the end
     d = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_d])[:q_total])
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
-  return distances.returned_distances(d, metric), i, {"method": "brute"}
+  d = distances.returned_distances(d, metric)
+  if unchecked is not None:  # NaN or inf under jit: NaN and -1, never a plausible answer
+    d = jnp.where(unchecked[:, None], jnp.nan, d).astype(d.dtype)
+    i = jnp.where(unchecked[:, None], -1, i)
+  return d, i, {"method": "brute"}
+
+
+def _unchecked_rows(queries, database, n: int, given):
+  """Under jit, where a float input's values cannot be checked: (Q,) whether each query's
+  answer cannot be right, as it or the database (its n real rows) holds NaN or inf;
+  else None. (One bad database row spoils every distance of L2's and cosine's centred or
+  normalised forms, so it spoils every query.)"""
+  if not any(_checks.is_traced(a) for a in given):
+    return None  # concrete inputs were checked: NaN and inf raised
+  floats = [jnp.issubdtype(a.dtype, jnp.inexact) for a in (queries, database)]
+  if not any(floats):
+    return None
+  bad = jnp.zeros((queries.shape[0],), bool)
+  if floats[0]:
+    bad = ~jnp.all(jnp.isfinite(queries), axis=1)
+  if floats[1]:
+    bad = bad | ~jnp.all(jnp.isfinite(database[:n]))
+  return bad
 
 
 def _platform(mesh, database) -> str:
@@ -644,7 +671,9 @@ def predict(train_x, train_y, test_x, *, k: int | Sequence[int], metric: str = "
 
   ``k`` an int -> (Q,) int32; a sequence of ints -> (len(k), Q), all from ONE
   search with the largest k. ``train_y``: (N,) integer labels in
-  [0, num_classes). Other arguments as in ``search`` and ``vote``.
+  [0, num_classes). Other arguments as in ``search`` and ``vote``; under jit,
+  a query that the search answers with index -1 (NaN or inf in it or in
+  ``train_x``) is predicted -1.
   """
   return _predict(train_x, train_y, test_x, k=k, metric=metric, num_classes=num_classes,
                   tie_break=tie_break, callback=callback, mesh=mesh, layout=layout,
@@ -688,4 +717,7 @@ def _predict(train_x, train_y, test_x, *, k, metric, num_classes, tie_break, cal
 def _votes(labels_N, idx_QxK, ks, num_classes, tie_break):
   """(len(ks), Q) predictions: the vote of the first kk neighbours for each kk in ks."""
   neighbor_labels = labels_N[idx_QxK]
-  return jnp.stack([_vote(neighbor_labels[:, :kk], num_classes, tie_break) for kk in ks])
+  # An index -1 (a search under jit over NaN or inf: see search) predicts no class: -1.
+  return jnp.stack([jnp.where(jnp.any(idx_QxK[:, :kk] < 0, axis=1), -1,
+                              _vote(neighbor_labels[:, :kk], num_classes, tie_break))
+                    for kk in ks])

@@ -437,6 +437,36 @@ def test_nan_or_inf_in_float_inputs_is_an_error_naming_the_argument():
   assert e.value.argument == "train_x"
 
 
+@pytest.mark.parametrize("metric", ["l1", "l2", "l2_squared", "cosine"])
+def test_nan_or_inf_under_jit_gives_nan_and_minus_one_never_a_plausible_answer(metric):
+  # Under jit the values cannot raise. Before: one NaN database row gave every L2 query
+  # index -1 and distance inf, an inf row gave indices [0, 1, 2] with NaN distances, cosine
+  # ranked an inf row nearest, and predict voted the label at index -1.
+  x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+  search = jax.jit(lambda a, b: knn.search(a, b, 3, metric=metric))
+  predict = jax.jit(lambda a, b: knn.predict(b, np.arange(20) % 3, a, k=[1, 3],
+                                             num_classes=3, metric=metric))
+  d_ok, i_ok = knn.search(x[:3], x, 3, metric=metric)
+  for value in (np.nan, np.inf, -np.inf):
+    q = x[:3].copy()
+    q[1, 2] = value  # one bad query: only its answer is NaN and -1
+    d, i = search(q, x)
+    assert np.isnan(np.asarray(d)[1]).all() and (np.asarray(i)[1] == -1).all()
+    np.testing.assert_array_equal(np.asarray(i)[[0, 2]], np.asarray(i_ok)[[0, 2]])
+    np.testing.assert_allclose(np.asarray(d)[[0, 2]], np.asarray(d_ok)[[0, 2]], rtol=1e-6)
+    p = np.asarray(predict(q, x))
+    assert (p[:, 1] == -1).all() and (p[:, [0, 2]] >= 0).all()
+    db = x.copy()
+    db[7, 1] = value  # one bad database row: no query's answer can be trusted
+    d, i = search(x[:3], db)
+    assert np.isnan(np.asarray(d)).all() and (np.asarray(i) == -1).all()
+    assert (np.asarray(predict(x[:3], db)) == -1).all()
+  # Integer inputs hold no NaN: their answers under jit are the answers outside it.
+  xi = (np.abs(x) * 40).astype(np.uint8)
+  np.testing.assert_array_equal(np.asarray(search(xi[:3], xi)[1]),
+                                np.asarray(knn.search(xi[:3], xi, 3, metric=metric)[1]))
+
+
 @pytest.mark.parametrize("metric,order", [("l1", [1, 2, 0]), ("l2", [1, 2, 0]),
                                           ("cosine", [1, 2, 0])])
 def test_float64_inputs_are_searched_in_float64(metric, order):
