@@ -9,7 +9,8 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
   pixels gets, per bin, the sum of the gradient magnitudes of its pixels in that
   bin divided by the cell's cell * cell pixels (the course's mean over the cell).
 * Colour: a histogram of the hue channel of HSV over ``bins`` equal bins of
-  [0, 1], normalised to sum to 1.
+  [0, 1], normalised to sum to 1; each pixel's bin in exact integer arithmetic
+  (a hue on a bin edge goes to the upper bin).
 
 Images are uint8 pixels (0..255), as data.load gives them. Other dtypes are
 rejected with an InputError: HOG magnitudes scale with the pixel range, so
@@ -29,7 +30,8 @@ import numpy as np
 from jaxlin import _checks, files
 from jaxlin.errors import InputError
 
-__all__ = ["GREY", "hog", "hue", "hue_histogram", "extract", "cached_extract", "standardise"]
+__all__ = ["GREY", "MAX_BINS", "hog", "hue", "hue_histogram", "extract", "cached_extract",
+           "standardise"]
 
 GREY = (0.299, 0.587, 0.114)
 
@@ -80,26 +82,47 @@ def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   return cells.mean(axis=(1, 3)).reshape(-1)
 
 
-def hue(image_HxWx3):
-  """Hue (H, W) in [0, 1) of HSV, from uint8 RGB (matplotlib's rgb_to_hsv convention)."""
-  x = jnp.asarray(_pixels(image_HxWx3)).astype(jnp.float32) / 255.0
+def _hue_sixths(image_HxWx3):
+  """(t, delta) int32 (H, W): the hue is exactly t / (6 delta) (0 where delta = 0), from the
+  uint8 values in integers. matplotlib's rgb_to_hsv: with delta = max - min of (r, g, b),
+  hue * 6 = (g - b) / delta where r is the max, 2 + (b - r) / delta where g is, 4 +
+  (r - g) / delta where b is (where two channels tie for the max, both formulas agree),
+  taken mod 6."""
+  x = jnp.asarray(_pixels(image_HxWx3)).astype(jnp.int32)
   r, g, b = x[..., 0], x[..., 1], x[..., 2]
   mx, mn = x.max(-1), x.min(-1)
   delta = mx - mn
-  safe = jnp.where(delta > 0, delta, 1.0)
-  h = jnp.where(mx == r, (g - b) / safe,
-                jnp.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-  h = jnp.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-  return h
+  t = jnp.where(mx == r, g - b, jnp.where(mx == g, 2 * delta + b - r, 4 * delta + r - g))
+  return jnp.where(t < 0, t + 6 * delta, t), delta  # t in [0, 6 delta)
+
+
+def hue(image_HxWx3):
+  """Hue (H, W) in [0, 1) of HSV, from uint8 RGB (matplotlib's rgb_to_hsv convention): the
+  float32 nearest the exact hue (one rounding, of a quotient of integers)."""
+  t, delta = _hue_sixths(image_HxWx3)
+  return jnp.where(delta > 0, t.astype(jnp.float32) / jnp.maximum(6 * delta, 1).astype(
+      jnp.float32), 0.0)
+
+
+MAX_BINS = 2 ** 31 // (6 * 255)  # t * bins stays an int32 in hue_histogram
 
 
 def hue_histogram(image_HxWx3, *, bins: int = 10):
-  """Normalised histogram (sums to 1) of hue over ``bins`` equal bins of [0, 1]."""
+  """Normalised histogram (sums to 1) of hue over ``bins`` equal bins of [0, 1].
+
+  Each pixel's bin is floor(hue * bins) in exact integer arithmetic: a hue on an edge
+  between two bins (common in images: 0.2 for (196, 197, 192), 0.7 for (216, 215, 220))
+  goes to the upper bin, as exact arithmetic puts it, not where float rounding happens to
+  (float32 put 0.7 in bin 6 of 10). bins: 1 to ``MAX_BINS``.
+  """
   bins = _checks.int_at_least(bins, "bins", 1)
+  if bins > MAX_BINS:
+    raise InputError(f"bins must be at most {MAX_BINS}, got {bins}", argument="bins")
   if min(np.shape(image_HxWx3)[:2], default=0) < 1:
     raise InputError(f"image_HxWx3 has no pixels (shape {np.shape(image_HxWx3)})",
                      argument="image_HxWx3")
-  idx = jnp.clip(jnp.floor(hue(image_HxWx3) * bins).astype(jnp.int32), 0, bins - 1)
+  t, delta = _hue_sixths(image_HxWx3)
+  idx = jnp.where(delta > 0, (t * bins) // jnp.maximum(6 * delta, 1), 0)  # in [0, bins)
   counts = jnp.sum(jax.nn.one_hot(idx.reshape(-1), bins, dtype=jnp.float32), axis=0)
   return counts / idx.size
 

@@ -1,4 +1,6 @@
 import colorsys
+import fractions
+import math
 import os
 import stat
 
@@ -37,13 +39,50 @@ def hog_reference(img, orientations=9, cell=8):
   return out.ravel()
 
 
+def exact_hue(r, g, b):
+  """The hue of one uint8 pixel as an exact fraction, matplotlib's / colorsys's formula."""
+  r, g, b = int(r), int(g), int(b)
+  mx, mn = max(r, g, b), min(r, g, b)
+  if mx == mn:
+    return fractions.Fraction(0)
+  d = mx - mn
+  if mx == r:
+    h6 = fractions.Fraction(g - b, d)
+  elif mx == g:
+    h6 = 2 + fractions.Fraction(b - r, d)
+  else:
+    h6 = 4 + fractions.Fraction(r - g, d)
+  return (h6 / 6) % 1
+
+
 def hue_hist_reference(img, bins=10):
   counts = np.zeros(bins)
   for row in img:
     for r, g, b in row:
-      h, _, _ = colorsys.rgb_to_hsv(r / 255.0, g / 255.0, b / 255.0)
-      counts[min(int(np.floor(h * bins)), bins - 1)] += 1
+      counts[math.floor(exact_hue(r, g, b) * bins)] += 1
   return counts / (img.shape[0] * img.shape[1])
+
+
+def test_hue_on_a_bin_edge_goes_to_the_upper_bin():
+  # Hues exactly 0.2 and 0.7 (common in CIFAR-10): float32 put 0.7 in bin 6 of 10.
+  img = np.array([[(196, 197, 192), (216, 215, 220)]], np.uint8)
+  assert [exact_hue(*p) for p in img[0]] == [fractions.Fraction(1, 5), fractions.Fraction(7, 10)]
+  np.testing.assert_array_equal(features.hue_histogram(img), np.eye(10)[[2, 7]].sum(0) / 2)
+  # Every hue a pixel can have: the bins of 3, 7, 10 and 12 against exact fractions, and the
+  # float hue the nearest float32 (colorsys, in float64, agrees away from the edges).
+  rng = np.random.default_rng(5)
+  many = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  many[0, :6] = [(255, 255, 0), (255, 0, 255), (0, 255, 255), (3, 3, 3), (10, 0, 5), (0, 0, 1)]
+  for bins in (3, 7, 10, 12):
+    np.testing.assert_array_equal(features.hue_histogram(many, bins=bins),
+                                  hue_hist_reference(many, bins).astype(np.float32))
+  h = np.asarray(features.hue(many))
+  exact = np.array([[float(exact_hue(*p)) for p in row] for row in many], np.float32)
+  np.testing.assert_array_equal(h, exact)
+  ref = np.array([[colorsys.rgb_to_hsv(*(p / 255.0))[0] for p in row] for row in many])
+  np.testing.assert_allclose(h, ref, atol=1e-6)
+  with pytest.raises(InputError, match="bins must be at most"):
+    features.hue_histogram(many, bins=features.MAX_BINS + 1)
 
 
 def test_hog_literal_vertical_edge():
