@@ -306,7 +306,10 @@ def _expected_shapes(kind, params, image_shape, features, arrays, bad) -> dict:
        else (arrays["feature_mean"].shape or (0,))[0])
   for name, ndim in KINDS[kind]:
     if params[name].ndim != ndim:
-      raise bad(f"param/{name} has shape {params[name].shape}, expected {ndim} dimensions")
+      grid = (" (params stacked over a grid, as Trainer.fit returns them? save one member: "
+              "train.member(fit.params, g))" if params[name].ndim == ndim + 1 else "")
+      raise bad(f"param/{name} has shape {params[name].shape}, expected {ndim} "
+                f"dimensions{grid}")
   shapes = {"mean_image": image_shape}
   if kind == "linear":
     c = params["W"].shape[1]

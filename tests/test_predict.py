@@ -264,6 +264,8 @@ def _good_model():
     (dict(params={"W": np.zeros((47, 3)), "b": np.zeros(3)}), "params",
      r"params\['W'\] has shape \(47, 3\), expected \(48, 3\)"),
     (dict(params={"W": np.zeros((48, 3))}), "params", r"missing params\['b'\]"),
+    (dict(params={"W": np.zeros((4, 48, 3)), "b": np.zeros((4, 3))}), "params",  # a grid's
+     r"expected 2 dimensions \(params stacked over a grid.*train.member\(fit.params, g\)"),
     (dict(params={"W": np.zeros((48, 3)), "b": np.zeros(3), "extra": np.ones(2)}), "params",
      r"params has 'extra', which a 'linear' model does not have"),  # was dropped by load
     (dict(mean_image=np.zeros((2, 4, 3))), "params",  # named only params
