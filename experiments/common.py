@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from absl import logging
 import numpy as np
 
 from experiments import config as cfg
@@ -74,8 +75,8 @@ def check_cache_dir(c: DataConfig) -> None:
 class Launch(cfg.BaseConfig):
   """How a program runs, not what it computes: where it writes and who its peers are."""
   workdir: str | None = option(None, "folder for config, results, plots and models")
-  overwrite: bool = option(False, "replace a workdir that holds another experiment's run or "
-                           "files that are not a jaxlin run")
+  overwrite: bool = option(False, "replace another experiment's run in the workdir, or write "
+                           "beside files that are not a jaxlin run (they are kept)")
   coordinator_address: str | None = option(
       None, "multi-host: host:port of process 0 (with --num_processes, --process_id)")
   num_processes: int | None = option(None, "multi-host: number of processes")
@@ -167,6 +168,9 @@ class Run:
     self.write_json("results.json", results)
     if self.workdir is not None:
       self.workdir.commit()
+      if _late_interrupt.is_set():
+        logging.warning("interrupted while this finished run's files were being written: "
+                        "they were all written, and the run is complete")
     return results
 
 
@@ -303,6 +307,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
 INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
+_late_interrupt = threading.Event()  # one that came while a finished run's files moved in
 
 
 def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
@@ -312,6 +317,10 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   not ended INTERRUPT_GRACE_S seconds later (or at a second Ctrl-C), a thread removes the
   run's staging folder, releases its lock and ends the process with exit code 130.
   """
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  if workdir.committing():  # the run has finished: its files are moving into place
+    _late_interrupt.set()
+    return
   if _interrupted.is_set():
     _force_stop()
   _interrupted.set()

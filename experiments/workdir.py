@@ -1,13 +1,20 @@
-"""A workdir never loses a finished run.
+"""A workdir never loses a finished run, nor files that are not a run's.
 
 A run writes into a staging folder inside the workdir (``.staging-<pid>``) and
 only when it succeeds replaces the previous run's files with its own
 (``commit``); a run that fails, is interrupted or killed leaves the previous
 run's files as they were. While a run is in progress it holds an exclusive
 lock on ``<workdir>/.lock`` (``fcntl.flock``: the kernel releases it when the
-process dies, so a crashed run never blocks the workdir). A workdir that holds
-another experiment's run, or files that are not a jaxlin run, is refused unless
-``overwrite``.
+process dies, so a crashed run never blocks the workdir).
+
+The commit replaces only the previous run's files (``.run-files.json`` lists
+them; for runs written before it, the names runs write) and the names this run
+writes; any other file stays. A workdir that holds another experiment's run, or
+files that are not a jaxlin run, is refused unless ``overwrite`` (which replaces
+the other run, and writes beside the other files, keeping them). The commit is
+journaled (``.commit-<pid>.json``): a process killed during it leaves the
+journal, and the next run on the workdir completes it first. An interrupt
+(Ctrl-C, SIGTERM) during it waits until it is done (``committing``).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 
 from jaxlin import files
@@ -25,8 +33,20 @@ from jaxlin.errors import ConfigError
 LOCK = ".lock"
 STAGING = ".staging-"
 PREVIOUS = ".previous-"
+JOURNAL = ".commit-"
+MANIFEST = ".run-files.json"  # the top-level names the run in the workdir wrote
 KIND_KEY = "experiment"  # config.json names the experiment that wrote the workdir
 OPEN: set = set()  # the workdirs of this process's runs in progress (for a forced stop)
+# What runs wrote before MANIFEST existed: the experiments' files and the study's stages.
+RUN_NAMES = frozenset({"config.json", "results.json", "metrics.jsonl", "report.md", "model.npz",
+                       "plots", "tensorboard", "knn", "svm", "softmax", "svm_features", "mlp",
+                       "mlp_features"})
+_COMMITTING = threading.Lock()  # held while files move: a forced stop waits for it
+
+
+def committing() -> bool:
+  """Whether a commit is moving files now (an interrupt then waits for it to end)."""
+  return _COMMITTING.locked()
 
 
 def _legacy_kind(config: dict) -> str | None:
@@ -39,7 +59,21 @@ def _legacy_kind(config: dict) -> str | None:
 
 def _run_files(path: str) -> list[str]:
   return sorted(e for e in os.listdir(path)
-                if e != LOCK and not e.startswith((STAGING, PREVIOUS)))
+                if e not in (LOCK, MANIFEST) and not e.startswith((STAGING, PREVIOUS, JOURNAL)))
+
+
+def _previous_run(path: str) -> set[str]:
+  """The names of the files the run in ``path`` wrote (its manifest; before manifests, the
+  names runs write), among those there."""
+  present = set(_run_files(path))
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      names = json.load(f)
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+      return present & set(names)
+  except (OSError, ValueError):
+    pass
+  return present & RUN_NAMES
 
 
 class Workdir:
@@ -77,6 +111,9 @@ class Workdir:
       raise ConfigError(f"workdir {self.path} is not writable ({e.strerror or e}); "
                         "choose another --workdir", argument="workdir") from None
     try:
+      for e in sorted(os.listdir(self.path)):  # a commit that a killed process left half done
+        if e.startswith(JOURNAL):
+          self._finish_commit(os.path.join(self.path, e))
       self._check_kind()
       for e in os.listdir(self.path):  # left by runs that died (we hold the lock)
         if e.startswith((STAGING, PREVIOUS)):
@@ -126,6 +163,12 @@ class Workdir:
 
   def _check_kind(self) -> None:
     present = _run_files(self.path)
+    foreign = sorted(set(present) - _previous_run(self.path))
+    if foreign and not self.overwrite:
+      raise ConfigError(f"workdir {self.path} holds files that are not a jaxlin run "
+                        f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                        "choose an empty folder, or pass --overwrite to write the run beside "
+                        "them (they are kept)", argument="workdir")
     if not present or self.overwrite:
       return
     config_path = os.path.join(self.path, "config.json")
@@ -152,22 +195,57 @@ class Workdir:
 
   # ---- closing ---------------------------------------------------------------------------
   def commit(self) -> None:
-    """Replaces the previous run's files with this run's (results.json out first, in last)."""
-    old = _run_files(self.path)
+    """Replaces the previous run's files, and any file of a name this run writes, with this
+    run's (results.json out first, in last); other files stay. Journaled, so that a process
+    killed midway leaves a commit the next run completes."""
     new = _run_files(self.staging)
-    order = lambda names: sorted(names, key=lambda n: n != "results.json")
-    trash = os.path.join(self.path, f"{PREVIOUS}{os.getpid()}")
-    os.makedirs(trash, exist_ok=True)
-    for name in order(old):
-      os.replace(os.path.join(self.path, name), os.path.join(trash, name))
-    for name in reversed(order(new)):
-      os.replace(os.path.join(self.staging, name), os.path.join(self.path, name))
-    shutil.rmtree(trash, ignore_errors=True)
-    shutil.rmtree(self.staging, ignore_errors=True)
+    old = sorted(_previous_run(self.path) | (set(new) & set(_run_files(self.path))))
+    journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
+    plan = {"old": old, "new": new, "staging": os.path.basename(self.staging),
+            "trash": f"{PREVIOUS}{os.getpid()}"}
+    with _COMMITTING:
+      files.write_json(journal, plan)
+      self._finish_commit(journal)
     self.staging = None
 
+  def _finish_commit(self, journal: str) -> None:
+    """Carries out (or completes) the commit that ``journal`` describes: every old file
+    still in the workdir out to the trash, every new one still staged in, the manifest
+    written, then the trash, the staging folder and the journal removed."""
+    try:
+      with open(journal) as f:
+        plan = json.load(f)
+      old, new = list(plan["old"]), list(plan["new"])
+      staging = os.path.join(self.path, os.path.basename(plan["staging"]))
+      trash = os.path.join(self.path, os.path.basename(plan["trash"]))
+    except (OSError, ValueError, KeyError, TypeError):
+      os.remove(journal)  # written atomically: a journal that cannot be read never was one
+      return
+    order = lambda names: sorted(names, key=lambda n: n != "results.json")
+    os.makedirs(trash, exist_ok=True)
+    for name in order(old):
+      here, staged = os.path.join(self.path, name), os.path.join(staging, name)
+      # A name in both lists whose staged file is gone was moved in already: it stays.
+      if os.path.lexists(here) and (name not in new or os.path.lexists(staged)):
+        target = os.path.join(trash, name)
+        if os.path.lexists(target):
+          shutil.rmtree(target, ignore_errors=True)
+        os.replace(here, target)
+    for name in reversed(order(new)):
+      if os.path.lexists(os.path.join(staging, name)):
+        os.replace(os.path.join(staging, name), os.path.join(self.path, name))
+    files.write_json(os.path.join(self.path, MANIFEST), sorted(new))
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.remove(journal)
+
   def close(self) -> None:
-    """Removes the staging folder (if not committed) and releases the lock."""
+    """Removes the staging folder (if not committed) and releases the lock; waits for a
+    commit in progress (in another thread) to end."""
+    with _COMMITTING:
+      self._close()
+
+  def _close(self) -> None:
     OPEN.discard(self)
     if self.staging:
       shutil.rmtree(self.staging, ignore_errors=True)

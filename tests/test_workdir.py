@@ -89,7 +89,9 @@ def test_a_new_run_replaces_every_file_of_the_previous_one(finished, folder, tmp
   assert not (wd / "plots" / "old_figure.png").exists()
   assert json.loads((wd / "config.json").read_text())["metric"] == ["l1"]
   assert json.loads((wd / "results.json").read_text())["chosen"]["metric"] == "l1"
-  assert sorted(os.listdir(wd)) == ["config.json", "plots", "results.json"]
+  assert sorted(os.listdir(wd)) == [".run-files.json", "config.json", "plots", "results.json"]
+  assert json.loads((wd / ".run-files.json").read_text()) == ["config.json", "plots",
+                                                               "results.json"]
 
 
 def test_a_workdir_in_use_is_refused(finished, folder, tmp_path):
@@ -110,11 +112,26 @@ def test_another_experiment_or_foreign_files_are_refused_unless_overwrite(finish
   foreign = tmp_path / "home"
   foreign.mkdir()
   (foreign / "thesis.tex").write_text("precious")
-  with pytest.raises(ConfigError, match="not a jaxlin run .*thesis.tex"):
+  with pytest.raises(ConfigError, match="not a jaxlin run .*thesis.tex.*--overwrite to write "
+                     r"the run beside them \(they are kept\)"):
     knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(foreign))
   assert (foreign / "thesis.tex").read_text() == "precious"
   linear_exp.run(lin, str(wd), overwrite=True)
   assert "model.npz" in os.listdir(wd) and "neighbors.png" not in os.listdir(wd / "plots")
+  # --overwrite never deletes what a run did not write: not the user's files, not the
+  # dataset the run reads (it replaced both), and later runs there keep them too.
+  (foreign / "sub").mkdir()
+  (foreign / "sub" / "data.csv").write_text("1,2")
+  for _ in range(2):
+    knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(foreign), overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+    assert (foreign / "sub" / "data.csv").read_text() == "1,2"
+    assert {"config.json", "results.json", "plots"} <= set(os.listdir(foreign))
+  data_copy = _copy(folder, tmp_path / "data")
+  knn_exp.run(dict(dataset=f"folder:{data_copy}", **KNN), str(data_copy), overwrite=True)
+  assert sorted(os.listdir(data_copy / "train")) == sorted(os.listdir(os.path.join(folder,
+                                                                                   "train")))
+  knn_exp.run(dict(dataset=f"folder:{data_copy}", **KNN), str(data_copy), overwrite=True)
 
 
 def _start_training(folder, wd):
@@ -235,13 +252,15 @@ def test_commit_moves_results_json_out_first_and_in_last(tmp_path, monkeypatch):
   (tmp_path / "config.json").write_text('{"experiment": "knn"}')
   (tmp_path / "results.json").write_text("{}")
   (tmp_path / "zz.png").write_text("old")
+  (tmp_path / ".run-files.json").write_text('["config.json", "results.json", "zz.png"]')
   w = Workdir(str(tmp_path), "knn").open()
   for name in ("a.png", "config.json", "results.json"):
     with open(w.file(name), "w") as f:
       f.write("new")
   moves, replace = [], os.replace
-  monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append(
-      (os.path.basename(os.path.dirname(dst)), os.path.basename(src))), replace(src, dst)))
+  monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append(  # the run's files (not
+      (os.path.basename(os.path.dirname(dst)), os.path.basename(src))) if not os.path.basename(
+          src).startswith(".") else None, replace(src, dst)))  # the journal's and manifest's)
   try:
     w.commit()
   finally:
@@ -251,7 +270,8 @@ def test_commit_moves_results_json_out_first_and_in_last(tmp_path, monkeypatch):
   assert moves[:len(out)] == [m for m in moves if m[0] != tmp_path.name]  # all out, then in
   assert (out[0], sorted(out)) == ("results.json", ["config.json", "results.json", "zz.png"])
   assert (into[-1], sorted(into)) == ("results.json", ["a.png", "config.json", "results.json"])
-  assert sorted(os.listdir(tmp_path)) == ["a.png", "config.json", "results.json"]
+  assert sorted(os.listdir(tmp_path)) == [".run-files.json", "a.png", "config.json",
+                                          "results.json"]
 
 
 def test_a_stop_that_cannot_be_lost_closes_the_run_and_exits_130(tmp_path, monkeypatch, capsys):
@@ -301,3 +321,70 @@ def test_a_stop_that_cannot_be_lost_closes_the_run_and_exits_130(tmp_path, monke
   assert e.value.args == (130,)
   assert os.listdir(tmp_path) == ["config.json"]  # no staging folder, no lock
   assert capsys.readouterr().err.strip() == common.INTERRUPTED
+
+
+def _staged_run(path, names=("a.png", "config.json", "results.json")):
+  """A workdir holding a previous knn run (zz.png among its files) and an open Workdir whose
+  staged run writes ``names``."""
+  (path / "config.json").write_text('{"experiment": "knn"}')
+  (path / "results.json").write_text('"old"')
+  (path / "zz.png").write_text("old")
+  (path / ".run-files.json").write_text('["config.json", "results.json", "zz.png"]')
+  (path / "notes.txt").write_text("mine")  # not the run's: kept whatever happens
+  w = Workdir(str(path), "knn", overwrite=True).open()
+  for name in names:
+    with open(w.file(name), "w") as f:
+      f.write("new")
+  return w
+
+
+@pytest.mark.parametrize("moves_before_death", [0, 1, 2, 3, 4, 5])
+def test_a_commit_cut_short_by_a_kill_is_completed_by_the_next_run(tmp_path, monkeypatch,
+                                                                   moves_before_death):
+  w = _staged_run(tmp_path)
+  replace, done = os.replace, []
+
+  def dies(src, dst):
+    if not os.path.basename(src).startswith("."):
+      if len(done) == moves_before_death:
+        raise SystemExit("killed")  # as a kill: nothing after this line runs
+      done.append(src)
+    replace(src, dst)
+  monkeypatch.setattr(os, "replace", dies)
+  with pytest.raises(SystemExit):
+    w.commit()
+  monkeypatch.setattr(os, "replace", replace)
+  os.close(w._lock_fd)  # pylint: disable=protected-access  # the process is gone
+  assert any(n.startswith(".commit-") for n in os.listdir(tmp_path))
+  with Workdir(str(tmp_path), "knn", overwrite=True):  # the next run completes the commit first
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+        "a.png", "config.json", "notes.txt", "results.json"]
+    assert (tmp_path / "results.json").read_text() == "new"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert json.loads((tmp_path / ".run-files.json").read_text()) == [
+        "a.png", "config.json", "results.json"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
+
+
+def test_an_interrupt_during_the_commit_waits_for_it_and_the_run_is_complete(
+    tmp_path, monkeypatch, caplog):
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  w = _staged_run(tmp_path)
+  replace, seen = os.replace, []
+
+  def interrupted(src, dst):
+    if not seen:
+      seen.append(src)
+      common._on_interrupt(2, None)  # pylint: disable=protected-access  # Ctrl-C now: no raise
+    replace(src, dst)
+  monkeypatch.setattr(os, "replace", interrupted)
+  monkeypatch.setattr(common, "_late_interrupt", threading.Event())
+  try:
+    w.commit()
+  finally:
+    w.close()
+  assert seen and common._late_interrupt.is_set()  # pylint: disable=protected-access
+  assert not common._interrupted.is_set()  # pylint: disable=protected-access  # no stop begun
+  assert (tmp_path / "results.json").read_text() == "new"
+  assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+      "a.png", "config.json", "notes.txt", "results.json"]
