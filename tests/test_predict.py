@@ -231,6 +231,22 @@ def test_files_are_read_as_the_image_folder_decodes_them(tmp_path):
   assert missing == f"cannot read {tmp_path / 'none.png'}: no such file or directory"
 
 
+def test_bmp_files_are_read_with_their_palettes(tmp_path):
+  # TensorFlow's BMP decoder read a palette BMP's indices as grey levels (a confident, wrong
+  # class, exit 0) and refused 1-bit BMPs.
+  rgb = np.zeros((32, 32, 3), np.uint8)
+  rgb[:, :16] = (102, 153, 204)
+  rgb[:, 16:] = (250, 20, 30)
+  palette = _write(tmp_path, "pal.bmp", Image.fromarray(rgb).quantize(2))  # exact colours
+  np.testing.assert_array_equal(predict.read_image(palette, (32, 32, 3)), rgb)
+  mono = (np.arange(32 * 32).reshape(32, 32) % 3 == 0)
+  one_bit = _write(tmp_path, "one.bmp", Image.fromarray(mono).convert("1"))
+  np.testing.assert_array_equal(predict.read_image(one_bit, (32, 32, 3)),
+                                np.repeat(np.where(mono, 255, 0)[..., None], 3, -1))
+  true_colour = _write(tmp_path, "rgb.bmp", Image.fromarray(rgb))
+  np.testing.assert_array_equal(predict.read_image(true_colour, (32, 32, 3)), rgb)
+
+
 @pytest.mark.parametrize("flag, error", [
     ("--top=abc", "error: --top must be an integer, got 'abc'"),
     ("--k=3", "error: unknown command line flag 'k'"),
