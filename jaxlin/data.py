@@ -278,7 +278,8 @@ def _load_folder_split(paths: list[str], labels: np.ndarray):
     raise DataError(_find_bad_image(paths)) from e
 
 
-_DECODED_FORMAT = b"jaxlin decoded image folder, tfds.features.Image decoder, v1"
+_DECODED_FORMAT = b"jaxlin decoded image folder, tfds.features.Image decoder, v2"
+_CHECK_ROWS = 1024  # images per CRC-32 of a cache entry: a shard's read checks its own blocks
 
 
 def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
@@ -295,6 +296,20 @@ def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
   key = f"{split}-{stamp}"
   return (os.path.join(cache_dir, f"images-{key}.npy"),
           os.path.join(cache_dir, f"labels-{key}.npy"), len(paths))
+
+
+def _block_checks(images, first: int = 0) -> np.ndarray:
+  """CRC-32 (uint32) of each block of ``_CHECK_ROWS`` rows of ``images``, whose first row is
+  row ``first`` of its entry (a multiple of ``_CHECK_ROWS``)."""
+  import zlib  # pylint: disable=import-outside-toplevel
+  return np.array([zlib.crc32(np.ascontiguousarray(images[i:i + _CHECK_ROWS]).data)
+                   for i in range(0, len(images), _CHECK_ROWS)], np.uint32)
+
+
+def _checks_path(images_path: str) -> str:
+  """checks-<key>.npy beside images-<key>.npy: the CRC-32 of its blocks of rows."""
+  folder, name = os.path.split(images_path)
+  return os.path.join(folder, "checks-" + name[len("images-"):])
 
 
 def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
@@ -314,18 +329,30 @@ def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
   return h.hexdigest()[:32]
 
 
-def _read_decoded(entry, start: int, stop: int | None):
-  """Rows [start, stop) from a cache entry, or None when it is missing or unreadable."""
+def _read_decoded(entry, start: int, stop: int | None, expected_labels: np.ndarray):
+  """Rows [start, stop) from a cache entry, or None when it is missing, unreadable or
+  corrupt: its labels must be the folder's (``expected_labels``, rows [start, stop)) and
+  each block of rows read must have its CRC-32."""
   images_path, labels_path, n = entry
   try:
     images = np.load(images_path, mmap_mode="r")
     labels = np.load(labels_path, mmap_mode="r")
+    checks = np.load(_checks_path(images_path))
     if (not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray)
         or images.dtype != np.uint8 or images.ndim != 4 or len(images) != n
-        or labels.dtype != np.int32 or labels.shape != (n,)):
+        or labels.dtype != np.int32 or labels.shape != (n,)
+        or checks.dtype != np.uint32 or checks.shape != (-(-n // _CHECK_ROWS),)):
       return None
     stop = n if stop is None else min(stop, n)
-    return np.array(images[start:stop]), np.array(labels[start:stop])
+    first = start // _CHECK_ROWS * _CHECK_ROWS  # whole blocks around the rows read
+    last = min(n, -(-stop // _CHECK_ROWS) * _CHECK_ROWS)
+    block = np.array(images[first:last])
+    out_labels = np.array(labels[start:stop])
+    if (not np.array_equal(_block_checks(block), checks[first // _CHECK_ROWS:
+                                                         -(-last // _CHECK_ROWS)])
+        or not np.array_equal(out_labels, expected_labels)):
+      return None
+    return block[start - first:stop - first].copy(), out_labels
   except (OSError, ValueError, EOFError):
     return None
 
@@ -341,6 +368,7 @@ def _write_decoded(entry, images, labels) -> None:
     if shutil.disk_usage(folder).free < 2 * images.nbytes:  # never fill the disk with it
       return
     files.atomic_write(labels_path, lambda f: np.save(f, labels))
+    files.atomic_write(_checks_path(images_path), lambda f: np.save(f, _block_checks(images)))
     files.atomic_write(images_path, lambda f: np.save(f, images))
   except OSError:
     pass
@@ -512,7 +540,7 @@ def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None, stamp
                        f"(rows 0 to {size - 1})", argument="start")
     entry = (_decoded_entry(value, split, paths, all_labels, cache_dir, stamp) if cache_dir
              else None)
-    hit = _read_decoded(entry, start, stop) if entry else None
+    hit = _read_decoded(entry, start, stop, all_labels[start:stop]) if entry else None
     if hit is not None:
       images, labels = hit
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -284,13 +285,28 @@ def _code_key() -> bytes | None:
   return _CODE_KEY
 
 
+def _read_features(path: str, n: int):
+  """The (n, F) float32 features of a cache entry, or None when it is unreadable or corrupt
+  (not its shape, or not its CRC-32): then they are computed again and the entry rewritten."""
+  try:
+    with np.load(path) as entry:
+      out, crc = entry["features"], entry["crc32"]
+    if (out.dtype == np.float32 and out.ndim == 2 and out.shape[0] == n and crc.shape == ()
+        and zlib.crc32(np.ascontiguousarray(out).data) == int(crc)):
+      return out
+  except (OSError, ValueError, KeyError, EOFError):
+    pass
+  return None
+
+
 def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **settings):
   """``extract`` with an on-disk cache keyed by the image bytes and the settings.
 
   Repeated runs on the same images reuse the saved features; ``cache_dir``
   None disables the cache (``~`` is expanded). The key includes this module's
   source, so features saved by an earlier version of the code are not reused.
-  Files are written atomically, with the user's umask.
+  Files are written atomically, with the user's umask, with a CRC-32 of the
+  features: an entry that does not match it (or their shape) is computed again.
   """
   if not cache_dir or _code_key() is None:
     return extract(images_NxHxWx3, callback=callback, **settings)
@@ -300,16 +316,17 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   h.update(_code_key())
   h.update(repr((images.shape, str(images.dtype), sorted(settings.items()))).encode())
   h.update(images.data)
-  path = os.path.join(cache_dir, f"features-{h.hexdigest()}.npy")
+  path = os.path.join(cache_dir, f"features-{h.hexdigest()}.npz")
   if os.path.exists(path):
-    try:
-      return jnp.asarray(np.load(path))
-    except (OSError, ValueError):
-      pass  # unreadable cache entry: recompute and overwrite
+    cached = _read_features(path, len(images))
+    if cached is not None:
+      return jnp.asarray(cached)
   out = extract(images, callback=callback, **settings)
+  host = np.asarray(out)
   try:
     os.makedirs(cache_dir, exist_ok=True)
-    files.atomic_write(path, lambda f: np.save(f, np.asarray(out)))
+    files.atomic_write(path, lambda f: np.savez(f, features=host, crc32=np.uint32(
+        zlib.crc32(np.ascontiguousarray(host).data))))
   except OSError as e:
     raise InputError(f"cannot write the feature cache in {cache_dir}: {e.strerror or e}; pass "
                      "a writable cache_dir, or None for no cache", argument="cache_dir") from None

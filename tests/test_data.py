@@ -230,7 +230,8 @@ def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder
   x, y, _ = data.load_split(name, "train", cache_dir=cache)  # decodes, writes the entries
   data.load_split(name, "test", cache_dir=cache)
   assert sorted(f.split("-", 2)[:2] for f in os.listdir(cache)) == [
-      ["images", "test"], ["images", "train"], ["labels", "test"], ["labels", "train"]]
+      ["checks", "test"], ["checks", "train"], ["images", "test"], ["images", "train"],
+      ["labels", "test"], ["labels", "train"]]
   decoded = data._load_folder_split  # pylint: disable=protected-access
 
   def no_decoding(*args):
@@ -275,6 +276,21 @@ def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder
   data._load_split_cached.cache_clear()  # pylint: disable=protected-access
   x4, _, _ = data.load_split(name, "train", cache_dir=cache)
   np.testing.assert_array_equal(x4, x3)
+  # A corrupt entry of the right shape is decoded again, not trusted: pixels changed (rows
+  # swapped: before, used silently) or a label out of range (before: an error about "y").
+  paths, labels = data.folder_examples(root, "train")
+  images_path, labels_path, _ = data._decoded_entry(  # pylint: disable=protected-access
+      root, "train", paths, labels, cache)
+  entry = {"images": images_path, "labels": labels_path}
+  for which, spoil in (("images", lambda a: a[::-1]), ("labels", lambda a: a * 0 + 7)):
+    good = np.load(entry[which])
+    np.save(entry[which], spoil(good))
+    for start, stop in ((0, None), (7, 31)):
+      data._load_split_cached.cache_clear()  # pylint: disable=protected-access
+      x5, y5, _ = data.load_split(name, "train", start=start, stop=stop, cache_dir=cache)
+      np.testing.assert_array_equal(x5, x3[start:stop])
+      np.testing.assert_array_equal(y5, y[start:stop])
+    np.testing.assert_array_equal(np.load(entry[which]), good)  # the whole read rewrote it
 
 
 def test_decoded_cache_names_a_broken_file_as_the_decoder_does(image_folder, tmp_path):

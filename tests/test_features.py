@@ -3,6 +3,7 @@ import fractions
 import math
 import os
 import stat
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -173,8 +174,22 @@ def test_cache_expands_home_and_is_keyed_by_the_code(tmp_path, monkeypatch):
   a = features.cached_extract(imgs, cache_dir="~/c", cell=4)
   assert not (tmp_path / "~").exists()
   (name,) = os.listdir(tmp_path / "home" / "c")
-  np.save(tmp_path / "home" / "c" / name, np.zeros_like(np.asarray(a)))  # the saved entry is read
+  entry = str(tmp_path / "home" / "c" / name)
+  zeros = np.zeros_like(np.asarray(a))
+  with open(entry, "wb") as f:  # a valid entry (its CRC-32 matches): the saved entry is read
+    np.savez(f, features=zeros, crc32=np.uint32(zlib.crc32(zeros.data)))
   assert float(np.abs(features.cached_extract(imgs, cache_dir="~/c", cell=4)).max()) == 0.0
+  # An entry that is not what was written (rows swapped, NaN, another width, no check) is
+  # computed again, not trusted: before, swapped rows were used and the others gave errors
+  # about "train_NxF" or "num_examples".
+  spoilt = np.asarray(a)[::-1].copy()
+  for bad in (dict(features=spoilt, crc32=np.uint32(zlib.crc32(np.asarray(a).data))),
+              dict(features=np.full_like(zeros, np.nan), crc32=np.uint32(0)),
+              dict(features=np.asarray(a)[:, :5].copy(), crc32=np.uint32(0)),
+              dict(features=np.asarray(a))):
+    with open(entry, "wb") as f:
+      np.savez(f, **bad)
+    np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
   monkeypatch.setattr(features, "_code_key", lambda: b"other code")
   np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
   assert len(os.listdir(tmp_path / "home" / "c")) == 2
