@@ -229,7 +229,12 @@ def _num_steps(c: Config, n_train: int) -> int:
   if c.num_steps:
     return c.num_steps
   per_epoch = 1 if c.optimizer == "lbfgs" else max(n_train // c.batch_size, 1)
-  return max(int(round(c.num_epochs * per_epoch)), 1)
+  steps = c.num_epochs * per_epoch
+  if steps > train.MAX_STEPS:  # 1e308 epochs overflowed int() (a traceback)
+    raise ConfigError(f"--num_epochs={c.num_epochs:g} makes {steps:.3g} steps of {per_epoch} per "
+                      f"epoch; at most {train.MAX_STEPS} steps (use fewer epochs)",
+                      argument="num_epochs")
+  return max(int(round(steps)), 1)
 
 
 def loss_function(c: Config):

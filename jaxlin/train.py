@@ -280,6 +280,9 @@ class _GridState(NamedTuple):
   diverged_at: Any  # (G,) int32: step (from 1) of the first non-finite loss or params, or -1
 
 
+MAX_STEPS = 2 ** 31 - 1  # steps of one fit: the step counter is an int32
+
+
 @dataclasses.dataclass
 class FitResult:
   """What ``Trainer.fit`` returns.
@@ -675,9 +678,9 @@ class Trainer:
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
-        num_steps, (int, np.integer)) or num_steps < 1:
-      raise InputError(f"num_steps must be a positive integer, got {num_steps!r}",
-                       argument="num_steps")
+        num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
+      raise InputError(f"num_steps must be an integer in [1, {MAX_STEPS}] (steps count in "
+                       f"int32), got {num_steps!r}", argument="num_steps")
     num_steps = int(num_steps)  # a numpy integer too
     sizes = {"batch_size": batch_size, "log_every": log_every, "num_examples": num_examples}
     for (name, value), lowest in zip(sizes.items(), (1, 0, 1)):

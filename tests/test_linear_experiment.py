@@ -293,6 +293,15 @@ def test_hog_on_images_smaller_than_a_cell_names_the_flags(tmp_path):
                         num_steps=1, features="hog_hsv"), str(tmp_path / "wd"))
 
 
+def test_epochs_beyond_the_step_counter_are_one_error(folder, tmp_path):
+  # --num_epochs=1e308 overflowed int() with a traceback; 1e300 would never have ended.
+  with pytest.raises(ConfigError, match=r"--num_epochs=1e\+308 makes .* steps of .*; at most "
+                     r"2147483647 steps") as e:
+    linear_exp.run(dict(dataset=f"folder:{folder[0]}", num_val=6, batch_size=8, num_epochs=1e308),
+                   str(tmp_path / "wd"))
+  assert e.value.argument == "num_epochs" and not (tmp_path / "wd").exists()
+
+
 @pytest.fixture(scope="module")
 def folder16(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("linear16") / "images")

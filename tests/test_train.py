@@ -424,7 +424,8 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (_fit_call(learning_rates=[1e-50]), "learning_rates", "finite and > 0 in float32"),
     (_fit_call(x=_X[:, :5]), "x", r"x has shape \(120, 5\); expected \(N, 6\)"),  # the user's
     (lambda: linear.init_params(0, 6, 3), "key", "jax random key"),
-    (_fit_call(num_steps=True), "num_steps", "positive integer, got True"),
+    (_fit_call(num_steps=True), "num_steps", r"integer in \[1, 2147483647\].*, got True"),
+    (_fit_call(num_steps=2 ** 31), "num_steps", r"integer in \[1, 2147483647\]"),  # int32
     (lambda: linear.scores(linear.init_params(jax.random.key(0), 3, 2), np.array([["a"] * 3])),
      "x_NxD", "integers or real floats, got dtype <U1"),  # was JAX's TypeError
     (lambda: linear.scores(linear.init_params(jax.random.key(0), 3, 2),
