@@ -285,7 +285,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     if e.argument in ("num_train", "num_test") and "the split has" in e.message:  # a default too
       message += f" (--{e.argument}=0 takes them all)"
     print(f"error: {message}", file=sys.stderr)
-    _exit(EXIT_USAGE)
+    _exit(getattr(e, "exit_code", EXIT_USAGE))  # 2: a bad flag or dataset (a study: 1)
   except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
     _exit(EXIT_INTERRUPTED)

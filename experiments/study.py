@@ -83,6 +83,11 @@ def stage_configs(c: Config, available_train: int | None = None) -> dict:
   }
 
 
+class StudyFailed(JaxlinError):
+  """Every stage of a study failed (each is logged with its reason): exit code 1."""
+  exit_code = 1
+
+
 def validate(config) -> Config:
   """The study's own checks, then every stage's, in the study's flags."""
   c = common.validate_data(Config.make(config))
@@ -132,6 +137,10 @@ def _check_minibatch(c: Config, available_train: int | None = None) -> None:
   require(available_train >= 1, "num_val",
           f"--num_val={c.num_val} leaves no training images of the "
           f"{available_train + c.num_val} in {c.dataset}; use a smaller --num_val")
+  require("knn" not in c.stages or available_train >= 5, "num_val",
+          f"the kNN stage cross-validates over 5 folds, but {c.dataset} has {available_train} "
+          f"training image(s) besides the --num_val={c.num_val} val images; use a smaller "
+          "--num_val or a larger dataset")
   require(not linear or min(num_train or available_train, available_train) >= batch,
           "dataset", f"the study's linear stages ({', '.join(linear)}) train on minibatches "
           f"of {batch} images, but {c.dataset} has {available_train} training images besides "
@@ -250,6 +259,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                    "failed" if "error" in row else
                    f"{row['chosen']}, test accuracy {_pct(row['test_accuracy'])}")
     failed = [s for s in c.stages if "error" in rows[s]]
+    if len(failed) == len(c.stages):  # nothing to report: the previous study stays
+      reasons = "; ".join(f"{stage}: {rows[stage]['error']}" for stage in failed)
+      raise StudyFailed(f"every stage failed ({reasons}); nothing was written, and the "
+                        "workdir keeps its previous run")
     if r.writer:
       write_report(r.file("report.md"), c, rows, r.started, r.timer())
     results = r.finish({"dataset": c.dataset, "stages": rows, "failed_stages": failed,

@@ -84,13 +84,26 @@ def test_a_study_where_every_stage_failed_says_so(tmp_path, monkeypatch):
   def fail(cfg, workdir, **kw):
     raise RuntimeError("boom")
 
+  monkeypatch.setattr(study, "MINIBATCH", 8)  # the tiny folder's 10 images
+  config = dict(dataset=f"folder:{root}", num_val=2, stages=["knn"], cache_dir="")
+  study.run(config, str(tmp_path / "wd"))  # a finished study, which a failed one must keep
+  before = (tmp_path / "wd" / "report.md").read_text()
   monkeypatch.setattr(linear_exp, "run", fail)
   monkeypatch.setattr(knn_exp, "run", fail)
-  monkeypatch.setattr(study, "MINIBATCH", 8)  # the tiny folder's 10 images
-  res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["knn", "softmax"]),
-                  str(tmp_path / "wd"))
-  assert res["failed_stages"] == ["knn", "softmax"] and study.exit_code(res) == 1
-  assert "**Every stage failed.**" in (tmp_path / "wd" / "report.md").read_text()
+  # Every stage failed: nothing to report, so the previous study stays (it was replaced by
+  # a report saying "Every stage failed").
+  with pytest.raises(study.StudyFailed, match=r"every stage failed \(knn: RuntimeError: boom; "
+                     r"softmax: RuntimeError: boom\); nothing was written") as e:
+    study.run(dict(config, stages=["knn", "softmax"]), str(tmp_path / "wd"))
+  assert e.value.exit_code == 1
+  assert (tmp_path / "wd" / "report.md").read_text() == before
+  # Too few images for kNN's 5 folds: refused before any work (it failed the stage, and the
+  # study with it, naming --cv_folds, which the study does not have).
+  with pytest.raises(ConfigError, match=re.escape(
+      f"the kNN stage cross-validates over 5 folds, but folder:{root} has 3 training image(s) "
+      "besides the --num_val=9 val images; use a smaller --num_val or a larger dataset")):
+    study.run(dict(config, num_val=9), str(tmp_path / "wd"))
+  assert (tmp_path / "wd" / "report.md").read_text() == before
 
 
 def test_study_rejects_bad_values_and_missing_data_at_once(tmp_path):
@@ -175,8 +188,8 @@ def test_a_stage_that_diverges_names_no_flag_the_study_lacks(tmp_path, monkeypat
   monkeypatch.setattr(linear_exp, "run", fail)
   monkeypatch.setattr(study, "MINIBATCH", 8)
   with caplog.at_level("INFO"):
-    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["softmax"]),
-                    str(tmp_path / "wd"))
+    res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["knn", "softmax"],
+                         cache_dir=""), str(tmp_path / "wd"))  # (kNN runs: not every stage fails)
   line = (f"stage softmax failed: {message}; the study's settings for this stage are fixed: "
           "choose others with experiments.linear")
   assert line in caplog.text and "--init_scale" not in caplog.text, caplog.text
