@@ -16,15 +16,18 @@ converted. Images of another size are resized to the model's input. Anything
 else (e.g. float images outside [0, 1]) is refused with one line.
 
 Prints the top classes per image, with probabilities (softmax) or scores
-(SVM). A bad model file is one error line (exit code 2); an unreadable image
-gets one error line and the others are still classified (exit code 1 if any
-failed).
+(SVM), as they are classified (256 images at a time). A bad model file is one
+error line (exit code 2); an unreadable image gets one error line and the
+others are still classified (exit code 1 if any failed); Ctrl-C or SIGTERM
+stops with one line saying how many were done (exit code 130).
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import signal
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -139,15 +142,37 @@ def main(argv):
   except checkpoint.ModelFileError as e:
     cfg.usage_error(str(e))
   what = "probability" if model.loss == "softmax" else "score"
-  failed = 0
-  for path, top, error in classify(model, paths, c.top):
-    if error:
-      print(f"error: {error}", file=sys.stderr)
-      failed += 1
-      continue
-    print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else f"{n} {v:.1%}"
-                                  for n, v in top))
+  failed = done = 0
+  signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: one line, exit code 130
+  warnings.formatwarning = _one_line_warning
+  try:
+    for start in range(0, len(paths), CHUNK):  # printed as they are classified
+      for path, top, error in classify(model, paths[start:start + CHUNK], c.top):
+        done += 1
+        if error:
+          print(f"error: {error}", file=sys.stderr)
+          failed += 1
+          continue
+        print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else
+                                      f"{n} {v:.1%}" for n, v in top), flush=True)
+  except KeyboardInterrupt:
+    print(f"interrupted after {done} of {len(paths)} images (those are printed above)",
+          file=sys.stderr)
+    sys.exit(130)
   sys.exit(1 if failed else 0)
+
+
+CHUNK = 256  # images decoded and classified, then printed, at a time
+
+
+def _interrupt(signum, frame):  # pylint: disable=unused-argument
+  raise KeyboardInterrupt
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):  # pylint: disable=unused-argument
+  """A library's warning (e.g. Pillow's on a very large image) as one line, without the
+  source line that Python prints under it."""
+  return f"warning: {category.__name__}: {str(message).splitlines()[0] if str(message) else ''}\n"
 
 
 if __name__ == "__main__":

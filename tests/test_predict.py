@@ -358,3 +358,24 @@ def test_a_feature_model_applies_the_settings_it_was_trained_with(tmp_path):
   model = checkpoint.load(path)
   assert model.feature_settings == {"orientations": 9, "cell": 4, "bins": 6}
   np.testing.assert_allclose(model.preprocess(images), (f - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_predictions_stream_and_sigterm_stops_with_one_line(tmp_path):
+  # Nothing was printed until every image was decoded, and SIGTERM exited 143 (Ctrl-C: a
+  # 37-line traceback from inside the decoder).
+  import signal  # pylint: disable=import-outside-toplevel
+  model = _save(tmp_path / "m.npz")
+  image = _write(tmp_path, "a.png", Image.fromarray(np.zeros(SHAPE, np.uint8)))
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.predict", f"--model={model}"] + [image] * 5000,
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  first = proc.stdout.readline()  # the first chunk is printed before the rest is read
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert first.startswith(f"{image}: ") and proc.returncode == 130, (first, err[-2000:])
+  done = 1 + len(out.splitlines())
+  assert err.strip().splitlines()[-1] == (
+      f"interrupted after {done} of 5000 images (those are printed above)"), err[-2000:]
+  assert "Traceback" not in err
+  assert 1 <= done < 5000
