@@ -11,6 +11,7 @@ into --workdir.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 from absl import logging
 import numpy as np
@@ -56,7 +57,7 @@ def validate(config) -> Config:
   k = sorted(set(given))
   require(bool(k), "k", "--k is empty; give one or more values, e.g. --k=1,5,10")
   require(min(k) >= 1, "k", f"--k values must be >= 1, got {list(given)}")
-  metric = tuple(str(m).strip().lower() for m in c.metric)
+  metric = tuple(dict.fromkeys(str(m).strip().lower() for m in c.metric))  # each once, in order
   require(bool(metric), "metric", "--metric needs at least one of l1, l2, cosine")
   for m in metric:
     require(m in distances.METRICS and m != "l2_squared", "metric",
@@ -75,6 +76,10 @@ def validate(config) -> Config:
           f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
   require(c.cv_num_train >= 0, "cv_num_train",
           f"--cv_num_train must be >= 0 (0 = all training images), got {c.cv_num_train}")
+  given_folds = isinstance(config, Mapping) and config.get("cv_folds") is not None
+  require(not (c.single and given_folds and c.cv_folds), "cv_folds",
+          f"--cv_folds={c.cv_folds} chooses between values of --k and --metric, but this run "
+          "has one of each: nothing to choose; give several, or leave --cv_folds out")
   require(c.cv_num_train == 0 or (c.cv_folds and not c.single), "cv_num_train",
           "--cv_num_train sets the images cross-validation uses, and this run "
           + ("has nothing to choose (one --k and one --metric)" if c.single else

@@ -97,11 +97,12 @@ def validate(config) -> Config:
   require(c.optimizer != "lbfgs" or c.batch_size == Config.batch_size, "batch_size",
           "--batch_size has no effect with --optimizer=lbfgs (every step uses the whole "
           "training set); leave the flag out")
-  c = c.replace(reg=cfg.floats(c.reg, "reg"))
+  once = lambda values: tuple(dict.fromkeys(values))  # a value given twice: one setting
+  c = c.replace(reg=once(cfg.floats(c.reg, "reg")))
   if c.optimizer == "lbfgs":  # its line search sets the step: no rate, no schedule (recorded)
     c = c.replace(learning_rate=None, schedule="constant")
   else:
-    c = c.replace(learning_rate=cfg.floats(c.learning_rate, "learning_rate"))
+    c = c.replace(learning_rate=once(cfg.floats(c.learning_rate, "learning_rate")))
     require(bool(c.learning_rate) and all(np.isfinite(v) and v > 0 for v in c.learning_rate),
             "learning_rate", f"--learning_rate values must be finite numbers > 0, "
             f"got {list(c.learning_rate)}")

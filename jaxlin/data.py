@@ -146,6 +146,8 @@ def _subdirs(path: str) -> list[str]:
 def check_folder(root: str) -> tuple[str, ...]:
   """Validate PATH/{train,test}/<class>/images; return the class names."""
   layout = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg"
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise DataError(f"dataset folder {root} is a file, not a folder ({layout})")
   if not os.path.isdir(root):
     raise DataError(f"dataset folder {root} does not exist ({layout})")
   for split in ("train", "test"):

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from experiments import common
 from experiments import config as cfg
 from experiments import knn as knn_exp
+from experiments import linear as linear_exp
 from jaxlin import data, selection
 from jaxlin.errors import ConfigError, DataError
 
@@ -102,11 +103,20 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(num_train=50, cv_num_train=3), "--cv_folds=5 is more than the 3 training images of "
                                          "--cv_num_train"),
     (dict(search="pruned", metric=["l1", "cosine"]), "--search=pruned serves --metric=l1,l2"),
+    (dict(k=[3], metric=["l1"], cv_folds=7),  # was silently unused
+     r"--cv_folds=7 chooses between values of --k and --metric, but this run has one of each"),
 ])
 def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):
     knn_exp.run(dict(dataset="folder:/does/not/matter", **override), str(tmp_path))
   assert not (tmp_path / "config.json").exists()
+
+
+def test_values_given_twice_are_one_setting():
+  c = knn_exp.validate(dict(k=[5, 3, 5], metric=["l1", "L1", "l2"], num_train=100))
+  assert (tuple(c.k), c.metric) == ((3, 5), ("l1", "l2"))  # l1 ran twice, recorded twice
+  c = linear_exp.validate(dict(learning_rate=[1e-3, 1e-3, 1e-2], reg=[0.1, 0.1]))
+  assert (c.learning_rate, c.reg) == ((1e-3, 1e-2), (0.1,))  # was 3 x 2 settings, 4 alike
 
 
 def test_unwritable_workdir_and_missing_dataset(tmp_path):
@@ -119,6 +129,8 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
   assert blocker.read_text() == "x"
   with pytest.raises(DataError, match="does not exist"):
     knn_exp.run(dict(dataset=f"folder:{tmp_path}/missing"), str(tmp_path / "wd"))
+  with pytest.raises(DataError, match=r"dataset folder .*/file is a file, not a folder"):
+    knn_exp.run(dict(dataset=f"folder:{blocker}"), str(tmp_path / "wd"))  # "does not exist"
   # tfds's own message lists every dataset it has (460 lines): its first line only; a path
   # without folder: gets the hint.
   for name, end in (("foo_bar", "use cifar10 or folder:PATH"),
