@@ -229,12 +229,15 @@ class Timer:
 
 
 # ---- errors and exit codes -----------------------------------------------------------------
-def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None) -> str:
+def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None,
+                 known=None) -> str:
   """The error's message in the words of the command line.
 
   ``flags`` maps a library argument or config field (``learning_rates``) to the flag that sets
   it (``learning_rate``). A ``--name`` in the message that ``flags`` renames (the study's
-  ``--hidden_size`` -> ``--mlp_hidden_size``) is renamed too.
+  ``--hidden_size`` -> ``--mlp_hidden_size``) is renamed too. ``known``: the program's flag
+  names, when given: an argument that no flag sets (``y``, read from a file) stays as the
+  library names it, rather than become a flag the program does not have.
   """
   # The library's hint for code a caller controls (its loss, its optimizer) is left out:
   # a command line's inputs are its own.
@@ -242,6 +245,8 @@ def flag_message(error: JaxlinError, flags: Mapping[str, str] | None = None) -> 
   for name, flag in flags.items():
     message = re.sub(rf"(?<![\w-])--{re.escape(name)}(?![\w-])", f"--{flag}", message)
   argument = getattr(error, "argument", None)
+  if known is not None and flags.get(argument, argument) not in known:
+    return message
   if argument and argument in flags or argument and f"--{argument}" not in message:
     flag = flags.get(argument, argument)
     if f"--{flag}" not in message:
@@ -281,7 +286,8 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     results = run(c, launch.workdir, overwrite=launch.overwrite)
   except JaxlinError as e:
     # jaxlin.data names the dataset argument "name"; the experiments' flag is --dataset.
-    message = flag_message(e, {'name': 'dataset', **(flags or {})})
+    known = {f.name for cls in (config_cls, Launch) for f in dataclasses.fields(cls)}
+    message = flag_message(e, {'name': 'dataset', **(flags or {})}, known)
     if e.argument in ("num_train", "num_test") and "the split has" in e.message:  # a default too
       message += f" (--{e.argument}=0 takes them all)"
     print(f"error: {message}", file=sys.stderr)

@@ -192,6 +192,12 @@ def test_library_errors_are_printed_in_flag_names():
   e = InputError("num_train=5000 must be in [1, 36]: the split has 36 images",
                  argument="num_train")
   assert common.flag_message(e) == "--num_train=5000 must be in [1, 36]: the split has 36 images"
+  # An argument no flag sets keeps the library's name (it became "--y", a flag that no
+  # program has, for labels read from a corrupt cache).
+  e = InputError("y must lie in [0, num_classes) = [0, 3), found 7", argument="y")
+  assert common.flag_message(e, known={"num_train", "dataset"}) == e.message
+  e = InputError("num_train=5000 must be in [1, 36]", argument="num_train")
+  assert common.flag_message(e, known={"num_train"}) == "--num_train=5000 must be in [1, 36]"
   e = ConfigError("--hidden_size must be >= 1, got 0", argument="hidden_size")
   renamed = common.rename_flags(e, study.STAGE_FLAGS["mlp"])
   assert str(renamed) == "--mlp_hidden_size must be >= 1, got 0"
