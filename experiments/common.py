@@ -132,12 +132,15 @@ class Run:
     self.started = time.strftime("%Y-%m-%d %H:%M:%S")
 
   def __enter__(self) -> "Run":
+    _RUNS.append(self)  # a study's stages run inside it
     if self.workdir is not None:
       self.workdir.open()
       self.write_json("config.json", {"experiment": self.kind, **self.config.asdict()})
     return self
 
   def __exit__(self, *exc):
+    if self in _RUNS:
+      _RUNS.remove(self)
     if self.workdir is not None:
       self.workdir.close()
     return False
@@ -169,6 +172,9 @@ class Run:
     if self.workdir is not None:
       self.workdir.commit()
       if _late_interrupt.is_set():
+        if _RUNS and _RUNS[0] is not self:  # a study's stage: the study stops now
+          _late_interrupt.clear()
+          raise KeyboardInterrupt
         logging.warning("interrupted while this finished run's files were being written: "
                         "they were all written, and the run is complete")
     return results
@@ -311,9 +317,12 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
 
 
 INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
+INTERRUPTED_AFTER_COMMIT = ("interrupted after the run had finished: its files were written, "
+                            "and the workdir holds this run")
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 _late_interrupt = threading.Event()  # one that came while a finished run's files moved in
+_RUNS: list = []  # the runs open in this process, outermost first
 
 
 def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
@@ -338,9 +347,12 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
 
 def _force_stop() -> None:
   from experiments import workdir  # pylint: disable=import-outside-toplevel
-  for w in list(workdir.OPEN):
-    w.close()
-  print(INTERRUPTED, file=sys.stderr)
+  open_workdirs = list(workdir.OPEN)
+  for w in open_workdirs:
+    w.close()  # waits for a commit in progress
+  # Every open workdir committed (a study's too, not only a stage's): the run is complete.
+  done = bool(open_workdirs) and all(w.committed for w in open_workdirs)
+  print(INTERRUPTED_AFTER_COMMIT if done else INTERRUPTED, file=sys.stderr)
   sys.stderr.flush()
   os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
 

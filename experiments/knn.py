@@ -11,7 +11,6 @@ into --workdir.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
 
 from absl import logging
 import numpy as np
@@ -76,8 +75,7 @@ def validate(config) -> Config:
           f"unknown --tie_break {c.tie_break!r}; choose from {', '.join(knn.TIE_BREAKS)}")
   require(c.cv_num_train >= 0, "cv_num_train",
           f"--cv_num_train must be >= 0 (0 = all training images), got {c.cv_num_train}")
-  given_folds = isinstance(config, Mapping) and config.get("cv_folds") is not None
-  require(not (c.single and given_folds and c.cv_folds), "cv_folds",
+  require(not (c.single and c.cv_folds not in (0, Config.cv_folds)), "cv_folds",
           f"--cv_folds={c.cv_folds} chooses between values of --k and --metric, but this run "
           "has one of each: nothing to choose; give several, or leave --cv_folds out")
   require(c.cv_num_train == 0 or (c.cv_folds and not c.single), "cv_num_train",

@@ -2,12 +2,12 @@ r"""Classify image files with a saved model.
 
   python -m experiments.predict --model=runs/softmax/model.npz cat.jpg plane.png
 
-JPEG, PNG and GIF files are decoded exactly as the experiments decode an
+JPEG, PNG, GIF and BMP files are decoded exactly as the experiments decode an
 image folder (``jaxlin.data.decode_image``: TensorFlow's decoder and its JPEG
 DCT, alpha dropped), so a model gives the run's own predictions on the run's
-files. BMP files (TensorFlow's decoder reads a palette BMP's indices as grey
-levels and refuses 1-bit BMPs) and other formats (TIFF, WebP, ...) are read
-with Pillow and converted to
+files; but palette and 1-bit BMPs, whose indices TensorFlow's decoder reads as
+grey levels (or refuses), and other formats (TIFF, WebP, ...) are read with
+Pillow and converted to
 8-bit RGB the same way: alpha dropped; 16-bit images divided by 257 (65535
 becomes 255); 32-bit integer images kept as they are when every value fits 8
 bits, else read as 16-bit (divided by 257), refused beyond 16 bits or below
@@ -83,8 +83,9 @@ def read_image(path: str, image_shape) -> np.ndarray:
   with open(path, "rb") as f:
     encoded = f.read()
   with Image.open(io.BytesIO(encoded)) as img:  # the header: Pillow's decompression-bomb check
-    # As the experiments read an image folder; but BMPs by Pillow (see the module docstring).
-    if encoded.startswith(data.FOLDER_FORMATS) and not encoded.startswith(b"BM"):
+    # As the experiments read an image folder; but palette BMPs by Pillow (module docstring).
+    palette_bmp = encoded.startswith(b"BM") and img.mode in ("P", "1")
+    if encoded.startswith(data.FOLDER_FORMATS) and not palette_bmp:
       try:
         rgb = data.decode_image(encoded)
       except DataError as e:

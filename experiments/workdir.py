@@ -42,11 +42,19 @@ RUN_NAMES = frozenset({"config.json", "results.json", "metrics.jsonl", "report.m
                        "plots", "tensorboard", "knn", "svm", "softmax", "svm_features", "mlp",
                        "mlp_features"})
 _COMMITTING = threading.Lock()  # held while files move: a forced stop waits for it
+_MOVING = threading.Event()  # set while a commit moves files (not while a workdir closes)
 
 
 def committing() -> bool:
   """Whether a commit is moving files now (an interrupt then waits for it to end)."""
-  return _COMMITTING.locked()
+  return _MOVING.is_set()
+
+
+def _control(name: str) -> bool:
+  """The workdir's own bookkeeping: the lock, the manifest, staging, trash and journal
+  folders and files, and the temporary files of their atomic writes."""
+  return name in (LOCK, MANIFEST) or name.startswith(
+      (STAGING, PREVIOUS, JOURNAL, "." + MANIFEST + ".", "." + JOURNAL))
 
 
 def _legacy_kind(config: dict) -> str | None:
@@ -58,13 +66,23 @@ def _legacy_kind(config: dict) -> str | None:
 
 
 def _run_files(path: str) -> list[str]:
-  return sorted(e for e in os.listdir(path)
-                if e not in (LOCK, MANIFEST) and not e.startswith((STAGING, PREVIOUS, JOURNAL)))
+  return sorted(e for e in os.listdir(path) if not _control(e))
+
+
+def _workdir_kind(path: str) -> str | None:
+  """The experiment whose config.json is in ``path``, or None."""
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+    return config.get(KIND_KEY) or _legacy_kind(config)
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def _previous_run(path: str) -> set[str]:
-  """The names of the files the run in ``path`` wrote (its manifest; before manifests, the
-  names runs write), among those there."""
+  """The names of the files the run in ``path`` wrote, among those there: its manifest's;
+  a run written before manifests (a jaxlin config.json, none) the names runs write;
+  nothing where no jaxlin run is."""
   present = set(_run_files(path))
   try:
     with open(os.path.join(path, MANIFEST)) as f:
@@ -73,7 +91,7 @@ def _previous_run(path: str) -> set[str]:
       return present & set(names)
   except (OSError, ValueError):
     pass
-  return present & RUN_NAMES
+  return present & RUN_NAMES if _workdir_kind(path) else set()
 
 
 class Workdir:
@@ -91,6 +109,7 @@ class Workdir:
     self.path = os.path.abspath(os.path.expanduser(path))
     self.kind, self.overwrite = kind, overwrite
     self.staging: str | None = None
+    self.committed = False  # the run's files are in place
     self._lock_fd: int | None = None
     self._made: list[str] = []  # folders this run made, deepest first: a failed first run
     # removes them again (the workdir, and parents such as runs/ that did not exist)
@@ -112,12 +131,16 @@ class Workdir:
                         "choose another --workdir", argument="workdir") from None
     try:
       for e in sorted(os.listdir(self.path)):  # a commit that a killed process left half done
-        if e.startswith(JOURNAL):
+        if e.startswith(JOURNAL) and e.endswith(".json"):
           self._finish_commit(os.path.join(self.path, e))
-      self._check_kind()
       for e in os.listdir(self.path):  # left by runs that died (we hold the lock)
-        if e.startswith((STAGING, PREVIOUS)):
-          shutil.rmtree(os.path.join(self.path, e), ignore_errors=True)
+        if _control(e) and e not in (LOCK, MANIFEST):
+          target = os.path.join(self.path, e)
+          if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+          else:
+            os.remove(target)
+      self._check_kind()
       self.staging = os.path.join(self.path, f"{STAGING}{os.getpid()}")
       os.makedirs(self.staging)  # plots/ appears with the first figure
       OPEN.add(self)
@@ -164,6 +187,12 @@ class Workdir:
   def _check_kind(self) -> None:
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
+    clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
+    if clash:
+      raise ConfigError(f"workdir {self.path} holds {', '.join(clash[:3])}"
+                        f"{' ...' if len(clash) > 3 else ''}, which a run writes, but not "
+                        "from a jaxlin run; choose another --workdir (--overwrite never "
+                        "replaces files that runs did not write)", argument="workdir")
     if foreign and not self.overwrite:
       raise ConfigError(f"workdir {self.path} holds files that are not a jaxlin run "
                         f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
@@ -171,13 +200,7 @@ class Workdir:
                         "them (they are kept)", argument="workdir")
     if not present or self.overwrite:
       return
-    config_path = os.path.join(self.path, "config.json")
-    try:
-      with open(config_path) as f:
-        config = json.load(f)
-      kind = config.get(KIND_KEY) or _legacy_kind(config)
-    except (OSError, ValueError, AttributeError):
-      kind = None
+    kind = _workdir_kind(self.path)
     if kind is None:
       raise ConfigError(f"workdir {self.path} holds files that are not a jaxlin run "
                         f"({', '.join(present[:3])}{' ...' if len(present) > 3 else ''}); "
@@ -198,28 +221,42 @@ class Workdir:
     """Replaces the previous run's files, and any file of a name this run writes, with this
     run's (results.json out first, in last); other files stay. Journaled, so that a process
     killed midway leaves a commit the next run completes."""
-    new = _run_files(self.staging)
-    old = sorted(_previous_run(self.path) | (set(new) & set(_run_files(self.path))))
-    journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
-    plan = {"old": old, "new": new, "staging": os.path.basename(self.staging),
-            "trash": f"{PREVIOUS}{os.getpid()}"}
     with _COMMITTING:
-      files.write_json(journal, plan)
-      self._finish_commit(journal)
-    self.staging = None
+      if self.staging is None:  # closed meanwhile (a forced stop): nothing to commit
+        raise RuntimeError("the run's workdir was closed before its files were committed")
+      previous = _previous_run(self.path)
+      new = _run_files(self.staging)
+      clash = sorted(set(new) & set(_run_files(self.path)) - previous)
+      if clash:  # files runs did not write: kept, so the run cannot take their names
+        raise ConfigError(f"workdir {self.path} gained {', '.join(clash)} during the run, "
+                          "which the run writes; its files were not written",
+                          argument="workdir")
+      journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
+      plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
+              "trash": f"{PREVIOUS}{os.getpid()}"}
+      _MOVING.set()
+      try:
+        files.write_json(journal, plan)
+        try:
+          self._finish_commit(journal)
+        except BaseException:
+          self._roll_back(journal)  # the previous run back in place, this one staged
+          raise
+      finally:
+        _MOVING.clear()
+      self.staging = None
+      self.committed = True
 
   def _finish_commit(self, journal: str) -> None:
     """Carries out (or completes) the commit that ``journal`` describes: every old file
     still in the workdir out to the trash, every new one still staged in, the manifest
     written, then the trash, the staging folder and the journal removed."""
-    try:
-      with open(journal) as f:
-        plan = json.load(f)
-      old, new = list(plan["old"]), list(plan["new"])
-      staging = os.path.join(self.path, os.path.basename(plan["staging"]))
-      trash = os.path.join(self.path, os.path.basename(plan["trash"]))
-    except (OSError, ValueError, KeyError, TypeError):
-      os.remove(journal)  # written atomically: a journal that cannot be read never was one
+    plan = self._plan(journal)
+    if plan is None:
+      return
+    old, new, staging, trash = plan
+    if not os.path.isdir(staging):  # the new run is gone: the previous one goes back
+      self._roll_back(journal)
       return
     order = lambda names: sorted(names, key=lambda n: n != "results.json")
     os.makedirs(trash, exist_ok=True)
@@ -237,6 +274,44 @@ class Workdir:
     files.write_json(os.path.join(self.path, MANIFEST), sorted(new))
     shutil.rmtree(trash, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+    os.remove(journal)
+
+  def _plan(self, journal: str):
+    """(old names, new names, staging folder, trash folder) of a journal, or None (and the
+    journal removed) where it cannot be read: written atomically, it never was one."""
+    try:
+      with open(journal) as f:
+        plan = json.load(f)
+      return (list(plan["old"]), list(plan["new"]),
+              os.path.join(self.path, os.path.basename(plan["staging"])),
+              os.path.join(self.path, os.path.basename(plan["trash"])))
+    except (OSError, ValueError, KeyError, TypeError):
+      os.remove(journal)
+      return None
+
+  def _roll_back(self, journal: str) -> None:
+    """Undoes a commit in progress: every new file moved in goes back to the staging
+    folder (where it still exists), every old file back from the trash; the journal goes."""
+    plan = self._plan(journal)
+    if plan is None:
+      return
+    old, new, staging, trash = plan
+    for name in new:
+      here, staged = os.path.join(self.path, name), os.path.join(staging, name)
+      moved_in = not os.path.lexists(staged) and (
+          name not in old or os.path.lexists(os.path.join(trash, name)))
+      if os.path.lexists(here) and moved_in:
+        if os.path.isdir(staging):
+          os.replace(here, staged)
+        elif os.path.isdir(here) and not os.path.islink(here):
+          shutil.rmtree(here)
+        else:
+          os.remove(here)
+    for name in old:
+      kept = os.path.join(trash, name)
+      if os.path.lexists(kept) and not os.path.lexists(os.path.join(self.path, name)):
+        os.replace(kept, os.path.join(self.path, name))
+    shutil.rmtree(trash, ignore_errors=True)
     os.remove(journal)
 
   def close(self) -> None:

@@ -354,6 +354,8 @@ def _read_decoded(entry, start: int, stop: int | None, expected_labels: np.ndarr
                                                          -(-last // _CHECK_ROWS)])
         or not np.array_equal(out_labels, expected_labels)):
       return None
+    if (start, stop) == (first, last):  # whole blocks: the array read is the answer
+      return block, out_labels
     return block[start - first:stop - first].copy(), out_labels
   except (OSError, ValueError, EOFError):
     return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import zipfile
 import zlib
 
 import jax
@@ -124,8 +125,8 @@ def hue_histogram(image_HxWx3, *, bins: int = 10):
                      argument="image_HxWx3")
   t, delta = _hue_sixths(image_HxWx3)
   idx = jnp.where(delta > 0, (t * bins) // jnp.maximum(6 * delta, 1), 0)  # in [0, bins)
-  counts = jnp.sum(jax.nn.one_hot(idx.reshape(-1), bins, dtype=jnp.float32), axis=0)
-  return counts / idx.size
+  counts = jnp.bincount(idx.reshape(-1), length=bins)  # (not one-hot: pixels x bins)
+  return counts.astype(jnp.float32) / idx.size
 
 
 @functools.partial(jax.jit, static_argnames=("orientations", "cell", "bins"))
@@ -294,8 +295,8 @@ def _read_features(path: str, n: int):
     if (out.dtype == np.float32 and out.ndim == 2 and out.shape[0] == n and crc.shape == ()
         and zlib.crc32(np.ascontiguousarray(out).data) == int(crc)):
       return out
-  except (OSError, ValueError, KeyError, EOFError):
-    pass
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    pass  # a truncated or altered archive too
   return None
 
 

@@ -404,7 +404,7 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
 
     Under jit, where values cannot be checked, a query that holds NaN or inf,
     and every query when the database does, gets NaN distances and indices -1
-    (``predict``: the prediction -1).
+    (``predict``: the prediction -1); so does a query whose distances overflow.
 
   Raises:
     InputError naming the argument: not 2-D, different feature sizes, NaN or
@@ -526,6 +526,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     i = jnp.asarray(np.concatenate([sharding.to_host(x) for x in out_i])[:q_total])
   d = distances.returned_distances(d, metric)
   if unchecked is not None:  # NaN or inf under jit: NaN and -1, never a plausible answer
+    # (and finite inputs whose distances overflow, which a concrete call refuses)
+    unchecked = unchecked | ~jnp.all(jnp.isfinite(d), axis=1)
     d = jnp.where(unchecked[:, None], jnp.nan, d).astype(d.dtype)
     i = jnp.where(unchecked[:, None], -1, i)
   return d, i, {"method": "brute"}

@@ -84,6 +84,9 @@ def test_hue_on_a_bin_edge_goes_to_the_upper_bin():
   np.testing.assert_allclose(h, ref, atol=1e-6)
   with pytest.raises(InputError, match="bins must be at most"):
     features.hue_histogram(many, bins=features.MAX_BINS + 1)
+  # The largest bins: counted, not one-hot over pixels x bins (34 s and 11 GB for 32 x 32).
+  top = np.asarray(features.hue_histogram(many[:32, :32], bins=features.MAX_BINS))
+  assert top.shape == (features.MAX_BINS,) and top.sum() == pytest.approx(1.0)
 
 
 def test_hog_literal_vertical_edge():
@@ -189,6 +192,11 @@ def test_cache_expands_home_and_is_keyed_by_the_code(tmp_path, monkeypatch):
               dict(features=np.asarray(a))):
     with open(entry, "wb") as f:
       np.savez(f, **bad)
+    np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
+  whole = open(entry, "rb").read()
+  for broken in (whole[:len(whole) // 2], whole[:200] + bytes([whole[200] ^ 1]) + whole[201:]):
+    with open(entry, "wb") as f:  # truncated, one bit flipped: zipfile's errors were raised
+      f.write(broken)
     np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
   monkeypatch.setattr(features, "_code_key", lambda: b"other code")
   np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)

@@ -112,6 +112,13 @@ def test_bad_config_is_rejected_before_any_work(override, message, tmp_path):
   assert not (tmp_path / "config.json").exists()
 
 
+def test_cv_folds_with_nothing_to_choose_is_refused_from_the_command_line_too():
+  config = knn_exp.Config.make(dict(k=[3], metric=["l1"], cv_folds=7))  # as flags give it
+  with pytest.raises(ConfigError, match="--cv_folds=7 chooses between values"):
+    knn_exp.validate(config)
+  knn_exp.validate(knn_exp.Config.make(dict(k=[3], metric=["l1"])))  # the default: fine
+
+
 def test_values_given_twice_are_one_setting():
   c = knn_exp.validate(dict(k=[5, 3, 5], metric=["l1", "L1", "l2"], num_train=100))
   assert (tuple(c.k), c.metric) == ((3, 5), ("l1", "l2"))  # l1 ran twice, recorded twice

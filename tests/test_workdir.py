@@ -209,8 +209,8 @@ def test_config_json_names_the_experiment(finished):
     ({"k": [1]}, "linear", "holds a knn run, not linear"),  # older runs: known by their keys
     ({"loss": "svm"}, "knn", "holds a linear run, not knn"),
     ({"stages": ["knn"], "k": [1]}, "linear", "holds a study run, not linear"),
-    ([], "knn", r"holds files that are not a jaxlin run \(config.json\)"),
-    ({"epochs": 3}, "knn", r"holds files that are not a jaxlin run \(config.json\)"),
+    ([], "knn", r"holds config.json, which a run writes, but not from a jaxlin run"),
+    ({"epochs": 3}, "knn", r"holds config.json, which a run writes, but not from a jaxlin run"),
 ])
 def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, opened_as,
                                                              message):
@@ -218,6 +218,10 @@ def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, o
   with pytest.raises(ConfigError, match=message):
     Workdir(str(tmp_path), opened_as).open()
   assert os.listdir(tmp_path) == ["config.json"]  # no lock, no staging left
+  if "jaxlin run" in message:  # another tool's config.json: never replaced, --overwrite or not
+    with pytest.raises(ConfigError, match=message):
+      Workdir(str(tmp_path), opened_as, overwrite=True).open()
+    return
   with Workdir(str(tmp_path), opened_as, overwrite=True) as w:  # taken; replaced on commit
     assert sorted(os.listdir(tmp_path)) == sorted([".lock", "config.json",
                                                    os.path.basename(w.staging)])
@@ -351,9 +355,11 @@ def test_a_commit_cut_short_by_a_kill_is_completed_by_the_next_run(tmp_path, mon
       done.append(src)
     replace(src, dst)
   monkeypatch.setattr(os, "replace", dies)
+  monkeypatch.setattr(Workdir, "_roll_back", lambda self, journal: None)  # killed: no undo
   with pytest.raises(SystemExit):
     w.commit()
   monkeypatch.setattr(os, "replace", replace)
+  monkeypatch.undo()
   os.close(w._lock_fd)  # pylint: disable=protected-access  # the process is gone
   assert any(n.startswith(".commit-") for n in os.listdir(tmp_path))
   with Workdir(str(tmp_path), "knn", overwrite=True):  # the next run completes the commit first
@@ -388,3 +394,98 @@ def test_an_interrupt_during_the_commit_waits_for_it_and_the_run_is_complete(
   assert (tmp_path / "results.json").read_text() == "new"
   assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
       "a.png", "config.json", "notes.txt", "results.json"]
+
+
+@pytest.mark.parametrize("moves_before_error", [0, 1, 2, 3, 4, 5])
+def test_an_error_during_the_commit_puts_the_previous_run_back(tmp_path, monkeypatch,
+                                                              moves_before_error):
+  # An error midway (a folder that cannot be renamed, Ctrl-C in a caller's own Python) left
+  # the journal, whose completion by the next run, without the staging folder the failed run
+  # had removed, deleted the previous run's files.
+  w = _staged_run(tmp_path)
+  before = {n: (tmp_path / n).read_text() for n in ("config.json", "results.json", "zz.png")}
+  replace, done = os.replace, []
+
+  def fails(src, dst):  # the run's files' moves: 3 out, 3 in; the n-th fails
+    if not os.path.basename(src).startswith("."):
+      if len(done) == moves_before_error:
+        monkeypatch.setattr(os, "replace", replace)  # the undo's own moves succeed
+        raise PermissionError(13, "Permission denied")
+      done.append(src)
+    replace(src, dst)
+  monkeypatch.setattr(os, "replace", fails)
+  try:
+    with pytest.raises(PermissionError):
+      w.commit()
+  finally:
+    monkeypatch.setattr(os, "replace", replace)
+    w.close()
+  assert {n: (tmp_path / n).read_text() for n in before} == before
+  assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+      "config.json", "notes.txt", "results.json", "zz.png"]
+  assert os.listdir(tmp_path) == [n for n in os.listdir(tmp_path) if n == ".run-files.json" or
+                                  not n.startswith(".")]  # no journal, trash or staging left
+  with Workdir(str(tmp_path), "knn", overwrite=True):  # and the next run finds it so
+    assert {n: (tmp_path / n).read_text() for n in before} == before
+
+
+def test_a_commit_after_a_forced_stop_closed_the_workdir_commits_nothing(tmp_path):
+  w = _staged_run(tmp_path)
+  w.close()  # the forced stop's thread, before the main thread's commit
+  with pytest.raises(RuntimeError, match="closed before its files were committed"):
+    w.commit()
+  assert (tmp_path / "results.json").read_text() == '"old"'
+
+
+def test_files_of_the_same_names_as_a_runs_are_never_replaced(tmp_path):
+  # A folder that is not a run's, holding names a run writes: --overwrite deleted them.
+  (tmp_path / "plots").mkdir()
+  (tmp_path / "plots" / "fig1.png").write_text("mine")
+  (tmp_path / "config.json").write_text('{"tool": "other"}')
+  with pytest.raises(ConfigError, match=r"holds config.json, plots, which a run writes, but "
+                     r"not from a jaxlin run; choose another --workdir"):
+    Workdir(str(tmp_path), "linear", overwrite=True).open()
+  assert (tmp_path / "plots" / "fig1.png").read_text() == "mine"
+  # Left behind by a process killed while writing its journal or manifest: not a user's
+  # file, removed (the next run was refused).
+  (tmp_path / "plots" / "fig1.png").unlink()
+  (tmp_path / "plots").rmdir()
+  (tmp_path / "config.json").unlink()
+  (tmp_path / "..run-files.json.k2j3.tmp").write_text("[")
+  (tmp_path / "..commit-12.json.ab.tmp").write_text("{")
+  with Workdir(str(tmp_path), "knn"):
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+def test_an_interrupt_during_a_stages_commit_stops_the_study(tmp_path, monkeypatch, capsys):
+  # It was kept for after the stage's commit, and then forgotten: the study ran on and
+  # exited 0 (a scheduler's one SIGTERM lost).
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(common, "_late_interrupt", threading.Event())
+  monkeypatch.setattr(common, "_interrupted", threading.Event())
+  config = knn_exp.Config.make({"dataset": "folder:/x"})
+  replace, seen = os.replace, []
+
+  def interrupted(src, dst):
+    if not seen and not os.path.basename(src).startswith("."):
+      seen.append(src)
+      common._on_interrupt(2, None)  # pylint: disable=protected-access
+    replace(src, dst)
+  with pytest.raises(KeyboardInterrupt):
+    with common.Run("study", config, str(tmp_path / "wd")) as study_run:
+      with common.Run("knn", config, study_run.file("knn")) as stage:
+        monkeypatch.setattr(os, "replace", interrupted)
+        stage.finish({})  # its files commit, then the study stops
+      raise AssertionError("the study went on")
+  monkeypatch.setattr(os, "replace", replace)
+  assert seen and not (tmp_path / "wd").exists()  # a first study: nothing left
+  # A forced stop after the run's own commit says the run is complete.
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(workdir, "OPEN", set())
+  monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+  w = _staged_run(tmp_path / "done" if (tmp_path / "done").mkdir() is None else None)
+  w.commit()
+  with pytest.raises(SystemExit):
+    common._force_stop()  # pylint: disable=protected-access
+  assert capsys.readouterr().err.strip() == common.INTERRUPTED_AFTER_COMMIT
+  assert (tmp_path / "done" / "results.json").read_text() == "new"
