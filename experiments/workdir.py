@@ -84,14 +84,26 @@ def _previous_run(path: str) -> set[str]:
   a run written before manifests (a jaxlin config.json, none) the names runs write;
   nothing where no jaxlin run is."""
   present = set(_run_files(path))
+  manifest = _manifest(path)
+  if manifest is not None:
+    return present & set(manifest["files"])
+  return present & RUN_NAMES if _workdir_kind(path) else set()
+
+
+def _manifest(path: str) -> dict | None:
+  """The workdir's manifest {"files": the run's names, "commit": the commit that wrote
+  it}, or None."""
   try:
     with open(os.path.join(path, MANIFEST)) as f:
-      names = json.load(f)
-    if isinstance(names, list) and all(isinstance(n, str) for n in names):
-      return present & set(names)
+      manifest = json.load(f)
+    if isinstance(manifest, list):  # the first manifests: the names alone
+      manifest = {"files": manifest, "commit": None}
+    if isinstance(manifest, dict) and isinstance(manifest.get("files"), list) and all(
+        isinstance(n, str) for n in manifest["files"]):
+      return manifest
   except (OSError, ValueError):
     pass
-  return present & RUN_NAMES if _workdir_kind(path) else set()
+  return None
 
 
 class Workdir:
@@ -221,31 +233,32 @@ class Workdir:
     """Replaces the previous run's files, and any file of a name this run writes, with this
     run's (results.json out first, in last); other files stay. Journaled, so that a process
     killed midway leaves a commit the next run completes."""
-    with _COMMITTING:
-      if self.staging is None:  # closed meanwhile (a forced stop): nothing to commit
-        raise RuntimeError("the run's workdir was closed before its files were committed")
-      previous = _previous_run(self.path)
-      new = _run_files(self.staging)
-      clash = sorted(set(new) & set(_run_files(self.path)) - previous)
-      if clash:  # files runs did not write: kept, so the run cannot take their names
-        raise ConfigError(f"workdir {self.path} gained {', '.join(clash)} during the run, "
-                          "which the run writes; its files were not written",
-                          argument="workdir")
-      journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
-      plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
-              "trash": f"{PREVIOUS}{os.getpid()}"}
-      _MOVING.set()
-      try:
+    _MOVING.set()  # until the end: an interrupt waits (a second Ctrl-C's stop too)
+    try:
+      with _COMMITTING:
+        if self.staging is None:  # closed meanwhile (a forced stop): nothing to commit
+          raise RuntimeError("the run's workdir was closed before its files were committed")
+        previous = _previous_run(self.path)
+        new = _run_files(self.staging)
+        clash = sorted(set(new) & set(_run_files(self.path)) - previous)
+        if clash:  # files runs did not write: kept, so the run cannot take their names
+          raise ConfigError(f"workdir {self.path} gained {', '.join(clash)} during the run, "
+                            "which the run writes; its files were not written",
+                            argument="workdir")
+        journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
+        plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
+                "trash": f"{PREVIOUS}{os.getpid()}", "commit": f"{os.getpid()}-{time.time_ns()}"}
         files.write_json(journal, plan)
         try:
           self._finish_commit(journal)
         except BaseException:
-          self._roll_back(journal)  # the previous run back in place, this one staged
+          if os.path.exists(journal):
+            self._roll_back(journal)  # before the commit point: the previous run comes back
           raise
-      finally:
-        _MOVING.clear()
-      self.staging = None
-      self.committed = True
+        self.staging = None
+        self.committed = True
+    finally:
+      _MOVING.clear()
 
   def _finish_commit(self, journal: str) -> None:
     """Carries out (or completes) the commit that ``journal`` describes: every old file
@@ -254,7 +267,7 @@ class Workdir:
     plan = self._plan(journal)
     if plan is None:
       return
-    old, new, staging, trash = plan
+    old, new, staging, trash, commit = plan
     if not os.path.isdir(staging):  # the new run is gone: the previous one goes back
       self._roll_back(journal)
       return
@@ -271,23 +284,30 @@ class Workdir:
     for name in reversed(order(new)):
       if os.path.lexists(os.path.join(staging, name)):
         os.replace(os.path.join(staging, name), os.path.join(self.path, name))
-    files.write_json(os.path.join(self.path, MANIFEST), sorted(new))
-    shutil.rmtree(trash, ignore_errors=True)
+    files.write_json(os.path.join(self.path, MANIFEST), {"files": sorted(new), "commit": commit})
+    os.remove(journal)  # the commit point: from here the new run stands
+    shutil.rmtree(trash, ignore_errors=True)  # (left over: removed by the next open)
     shutil.rmtree(staging, ignore_errors=True)
-    os.remove(journal)
 
   def _plan(self, journal: str):
-    """(old names, new names, staging folder, trash folder) of a journal, or None (and the
-    journal removed) where it cannot be read: written atomically, it never was one."""
+    """(old names, new names, staging folder, trash folder, commit id) of a journal, or None
+    (and the journal removed) where it cannot be read, as it never was one (written
+    atomically), or where its commit is past its commit point (the manifest it writes is
+    in place: the new run stands, and only the clean-up was left)."""
     try:
       with open(journal) as f:
         plan = json.load(f)
-      return (list(plan["old"]), list(plan["new"]),
-              os.path.join(self.path, os.path.basename(plan["staging"])),
-              os.path.join(self.path, os.path.basename(plan["trash"])))
+      out = (list(plan["old"]), list(plan["new"]),
+             os.path.join(self.path, os.path.basename(plan["staging"])),
+             os.path.join(self.path, os.path.basename(plan["trash"])), str(plan["commit"]))
     except (OSError, ValueError, KeyError, TypeError):
       os.remove(journal)
       return None
+    manifest = _manifest(self.path)
+    if manifest is not None and manifest.get("commit") == out[4]:
+      os.remove(journal)
+      return None
+    return out
 
   def _roll_back(self, journal: str) -> None:
     """Undoes a commit in progress: every new file moved in goes back to the staging
@@ -295,7 +315,7 @@ class Workdir:
     plan = self._plan(journal)
     if plan is None:
       return
-    old, new, staging, trash = plan
+    old, new, staging, trash, _ = plan
     for name in new:
       here, staged = os.path.join(self.path, name), os.path.join(staging, name)
       moved_in = not os.path.lexists(staged) and (

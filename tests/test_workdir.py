@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.workdir import Workdir
+from jaxlin import files
 from jaxlin.errors import ConfigError, DataError
 from tests.conftest import make_image_folder
 
@@ -90,7 +92,7 @@ def test_a_new_run_replaces_every_file_of_the_previous_one(finished, folder, tmp
   assert json.loads((wd / "config.json").read_text())["metric"] == ["l1"]
   assert json.loads((wd / "results.json").read_text())["chosen"]["metric"] == "l1"
   assert sorted(os.listdir(wd)) == [".run-files.json", "config.json", "plots", "results.json"]
-  assert json.loads((wd / ".run-files.json").read_text()) == ["config.json", "plots",
+  assert json.loads((wd / ".run-files.json").read_text())["files"] == ["config.json", "plots",
                                                                "results.json"]
 
 
@@ -177,7 +179,6 @@ def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, t
 
 
 def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
-  from jaxlin import files  # pylint: disable=import-outside-toplevel
   with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*/no/a.bin'$"):
     files.atomic_write(str(tmp_path / "no" / "a.bin"), lambda f: f.write(b"x"))
   with pytest.raises(IsADirectoryError, match="a file path is needed"):
@@ -192,7 +193,6 @@ def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
 
 
 def test_json_refuses_keys_that_would_collide(tmp_path):
-  from jaxlin import files  # pylint: disable=import-outside-toplevel
   assert files.to_json({1: 2, "2": 3, "x": float("nan")}) == '{"1": 2, "2": 3, "x": null}'
   with pytest.raises(ValueError, match="both written as '1'"):
     files.write_json(str(tmp_path / "r.json"), {1: "a", "1": "b"})
@@ -367,7 +367,7 @@ def test_a_commit_cut_short_by_a_kill_is_completed_by_the_next_run(tmp_path, mon
         "a.png", "config.json", "notes.txt", "results.json"]
     assert (tmp_path / "results.json").read_text() == "new"
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    assert json.loads((tmp_path / ".run-files.json").read_text()) == [
+    assert json.loads((tmp_path / ".run-files.json").read_text())["files"] == [
         "a.png", "config.json", "results.json"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
 
@@ -489,3 +489,65 @@ def test_an_interrupt_during_a_stages_commit_stops_the_study(tmp_path, monkeypat
     common._force_stop()  # pylint: disable=protected-access
   assert capsys.readouterr().err.strip() == common.INTERRUPTED_AFTER_COMMIT
   assert (tmp_path / "done" / "results.json").read_text() == "new"
+
+
+@pytest.mark.parametrize("step", ["journal removal", "trash removal", "staging removal"])
+@pytest.mark.parametrize("how", ["kill", "error"])
+def test_past_the_manifest_the_new_run_stands(tmp_path, monkeypatch, step, how):
+  # After the manifest is written (the commit point) nothing is undone: a recovery there
+  # mixed both runs (the trash already gone) or left the new manifest over the old files.
+  w = _staged_run(tmp_path)
+  remove, rmtree = os.remove, shutil.rmtree
+  stop = SystemExit("killed") if how == "kill" else KeyboardInterrupt()
+
+  def failing_remove(path, *a, **k):
+    if step == "journal removal" and os.path.basename(path).startswith(".commit-"):
+      raise stop
+    return remove(path, *a, **k)
+
+  def failing_rmtree(path, *a, **k):
+    if os.path.basename(path).startswith(".previous-" if step == "trash removal" else
+                                         ".staging-"):
+      raise stop
+    return rmtree(path, *a, **k)
+  monkeypatch.setattr(os, "remove", failing_remove)
+  monkeypatch.setattr(shutil, "rmtree", failing_rmtree)
+  if how == "kill":
+    monkeypatch.setattr(Workdir, "_roll_back", lambda self, journal: None)
+  with pytest.raises(type(stop)):
+    w.commit()
+  monkeypatch.undo()
+  if how == "kill":
+    os.close(w._lock_fd)  # pylint: disable=protected-access  # the process is gone
+  else:
+    w.close()
+  with Workdir(str(tmp_path), "knn", overwrite=True):  # the next run: the new one stands
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+        "a.png", "config.json", "notes.txt", "results.json"]
+    assert (tmp_path / "results.json").read_text() == "new"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
+
+
+def test_ctrl_c_twice_during_a_commit_waits_for_it(tmp_path, monkeypatch):
+  # A second Ctrl-C before the files moved called the forced stop on the thread holding the
+  # commit's lock: a deadlock only kill -9 ended.
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(common, "_late_interrupt", threading.Event())
+  monkeypatch.setattr(common, "_interrupted", threading.Event())
+  stops = []
+  monkeypatch.setattr(common, "_force_stop", lambda: stops.append("stop"))
+  w = _staged_run(tmp_path)
+  write = files.write_json
+
+  def interrupted_twice(path, obj):
+    if os.path.basename(path).startswith(".commit-"):
+      common._on_interrupt(2, None)  # pylint: disable=protected-access
+      common._on_interrupt(2, None)  # pylint: disable=protected-access
+    return write(path, obj)
+  monkeypatch.setattr(files, "write_json", interrupted_twice)
+  try:
+    w.commit()
+  finally:
+    w.close()
+  assert stops == [] and common._late_interrupt.is_set()  # pylint: disable=protected-access
+  assert (tmp_path / "results.json").read_text() == "new"
