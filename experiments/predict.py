@@ -149,13 +149,13 @@ def main(argv):
   try:
     for start in range(0, len(paths), CHUNK):  # printed as they are classified
       for path, top, error in classify(model, paths[start:start + CHUNK], c.top):
-        done += 1
         if error:
           print(f"error: {error}", file=sys.stderr)
           failed += 1
-          continue
-        print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else
-                                      f"{n} {v:.1%}" for n, v in top), flush=True)
+        else:
+          print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else
+                                        f"{n} {v:.1%}" for n, v in top), flush=True)
+        done += 1
   except KeyboardInterrupt:
     print(f"interrupted after {done} of {len(paths)} images (those are printed above)",
           file=sys.stderr)

@@ -72,7 +72,7 @@ def test_hue_on_a_bin_edge_goes_to_the_upper_bin():
   # Every hue a pixel can have: the bins of 3, 7, 10 and 12 against exact fractions, and the
   # float hue the nearest float32 (colorsys, in float64, agrees away from the edges).
   rng = np.random.default_rng(5)
-  many = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  many = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
   many[0, :6] = [(255, 255, 0), (255, 0, 255), (0, 255, 255), (3, 3, 3), (10, 0, 5), (0, 0, 1)]
   for bins in (3, 7, 10, 12):
     np.testing.assert_array_equal(features.hue_histogram(many, bins=bins),
