@@ -170,10 +170,10 @@ def _interrupt(signum, frame):  # pylint: disable=unused-argument
   raise KeyboardInterrupt
 
 
-def _one_line_warning(message, category, filename, lineno, line=None):  # pylint: disable=unused-argument
+def _one_line_warning(message, category, *_):
   """A library's warning (e.g. Pillow's on a very large image) as one line, without the
   source line that Python prints under it."""
-  return f"warning: {category.__name__}: {str(message).splitlines()[0] if str(message) else ''}\n"
+  return f"warning: {category.__name__}: {(str(message).splitlines() or [''])[0]}\n"
 
 
 if __name__ == "__main__":

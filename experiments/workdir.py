@@ -12,9 +12,11 @@ them; for runs written before it, the names runs write) and the names this run
 writes; any other file stays. A workdir that holds another experiment's run, or
 files that are not a jaxlin run, is refused unless ``overwrite`` (which replaces
 the other run, and writes beside the other files, keeping them). The commit is
-journaled (``.commit-<pid>.json``): a process killed during it leaves the
-journal, and the next run on the workdir completes it first. An interrupt
-(Ctrl-C, SIGTERM) during it waits until it is done (``committing``).
+journaled (``.commit-<pid>.json``): an error during it puts the previous run back,
+and a process killed during it leaves the journal, which the next run on the
+workdir completes first (or undoes, where the staged files are gone). Writing
+the manifest is the commit point: nothing after it is undone. An interrupt
+(Ctrl-C, SIGTERM) during the commit waits until it is done (``committing``).
 """
 from __future__ import annotations
 
@@ -263,7 +265,8 @@ class Workdir:
   def _finish_commit(self, journal: str) -> None:
     """Carries out (or completes) the commit that ``journal`` describes: every old file
     still in the workdir out to the trash, every new one still staged in, the manifest
-    written, then the trash, the staging folder and the journal removed."""
+    written (the commit point), then the journal, the trash and the staging folder
+    removed; undone instead where the staging folder is gone."""
     plan = self._plan(journal)
     if plan is None:
       return

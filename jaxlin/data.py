@@ -300,11 +300,10 @@ def _decoded_entry(root: str, split: str, paths: list[str], labels: np.ndarray,
           os.path.join(cache_dir, f"labels-{key}.npy"), len(paths))
 
 
-def _block_checks(images, first: int = 0) -> np.ndarray:
-  """CRC-32 (uint32) of each block of ``_CHECK_ROWS`` rows of ``images``, whose first row is
-  row ``first`` of its entry (a multiple of ``_CHECK_ROWS``)."""
-  import zlib  # pylint: disable=import-outside-toplevel
-  return np.array([zlib.crc32(np.ascontiguousarray(images[i:i + _CHECK_ROWS]).data)
+def _block_checks(images) -> np.ndarray:
+  """CRC-32 (uint32) of each block of ``_CHECK_ROWS`` rows of ``images``."""
+  from jaxlin import files  # pylint: disable=import-outside-toplevel
+  return np.array([files.crc32(images[i:i + _CHECK_ROWS])
                    for i in range(0, len(images), _CHECK_ROWS)], np.uint32)
 
 

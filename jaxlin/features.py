@@ -23,7 +23,6 @@ import functools
 import hashlib
 import os
 import zipfile
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -293,7 +292,7 @@ def _read_features(path: str, n: int):
     with np.load(path) as entry:
       out, crc = entry["features"], entry["crc32"]
     if (out.dtype == np.float32 and out.ndim == 2 and out.shape[0] == n and crc.shape == ()
-        and zlib.crc32(np.ascontiguousarray(out).data) == int(crc)):
+        and files.crc32(out) == int(crc)):
       return out
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     pass  # a truncated or altered archive too
@@ -326,8 +325,8 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   host = np.asarray(out)
   try:
     os.makedirs(cache_dir, exist_ok=True)
-    files.atomic_write(path, lambda f: np.savez(f, features=host, crc32=np.uint32(
-        zlib.crc32(np.ascontiguousarray(host).data))))
+    files.atomic_write(path, lambda f: np.savez(f, features=host,
+                                                crc32=np.uint32(files.crc32(host))))
   except OSError as e:
     raise InputError(f"cannot write the feature cache in {cache_dir}: {e.strerror or e}; pass "
                      "a writable cache_dir, or None for no cache", argument="cache_dir") from None

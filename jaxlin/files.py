@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from typing import Any, Callable, IO
 
 from jaxlin.errors import InputError
@@ -89,3 +90,9 @@ def write_json(path: str, obj: Any) -> str:
   """Write ``obj`` as indented strict JSON, atomically."""
   text = to_json(obj, indent=2) + "\n"
   return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def crc32(array) -> int:
+  """CRC-32 of an array's bytes (in C order): the check of a cache entry."""
+  import numpy as np  # pylint: disable=import-outside-toplevel  # files imports no numpy
+  return zlib.crc32(np.ascontiguousarray(array).data)
