@@ -82,3 +82,13 @@ def image_folder(tmp_path):
   root = tmp_path / "images"
   arrays = make_image_folder(str(root))
   return str(root), arrays
+
+
+@pytest.fixture(scope="session")
+def cli():
+  """Runs `python -m MODULE ARGS...` in forks of one prepared process (tests/cli.py):
+  cli.run("experiments.knn", "--k=0") -> returncode, stdout, stderr."""
+  from tests import cli as cli_module  # pylint: disable=import-outside-toplevel
+  runner = cli_module.Runner()
+  yield runner
+  runner.close()

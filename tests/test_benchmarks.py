@@ -167,13 +167,8 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
      "--bases takes pca, dct (each once), got pca,svd"),
     (["benchmarks.l2_thresholds", "--estimates=32,0"], "--estimates takes positive integers"),
 ])
-def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message):
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", *args, "--dataset=folder:/nowhere",
-                         f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
-                        text=True, timeout=120)
+def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message, cli):
+  proc = cli.run(*args, "--dataset=folder:/nowhere", f"--out={tmp_path / 'out'}")
   assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 

@@ -157,20 +157,28 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
     (["--learning_rate=0.1", "--reg=1", "--num_steps=-1"],
      "error: give a positive --num_steps or --num_epochs"),
     (["--dataset="], "error: --dataset is empty; give a dataset: cifar10 or folder:PATH"),
-    # found missing only once the devices are up: JAX's notes on the accelerators it did
-    # not find (e.g. "Unable to initialize backend 'tpu'") stay out of the one line
-    (["--learning_rate=0.1", "--reg=1", "--num_steps=1"],
-     "error: dataset folder /nowhere does not exist (expected PATH/train/<class>/*.jpg and "
-     "PATH/test/<class>/*.jpg)"),
 ])
-def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("JAX_PLATFORMS", None)  # JAX looks for every kind of device, as for a user
-  proc = subprocess.run([sys.executable, "-m", "experiments.linear", f"--workdir={tmp_path}/wd",
-                         "--dataset=folder:/nowhere", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120, env=env)
+def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path, cli):
+  proc = cli.run("experiments.linear", f"--workdir={tmp_path}/wd", "--dataset=folder:/nowhere",
+                 *args)
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [message]
+  assert not (tmp_path / "wd").exists()
+
+
+def test_a_missing_dataset_found_once_the_devices_are_up_is_one_line(tmp_path):
+  """JAX's notes on the accelerators it did not find (e.g. "Unable to initialize backend
+  'tpu'") stay out of the one line: a new process, JAX looking for every kind of device."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("JAX_PLATFORMS", None)  # as for a user
+  proc = subprocess.run([sys.executable, "-m", "experiments.linear", f"--workdir={tmp_path}/wd",
+                         "--dataset=folder:/nowhere", "--learning_rate=0.1", "--reg=1",
+                         "--num_steps=1"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env=env)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      "error: dataset folder /nowhere does not exist (expected PATH/train/<class>/*.jpg and "
+      "PATH/test/<class>/*.jpg)"]
   assert not (tmp_path / "wd").exists()
 
 

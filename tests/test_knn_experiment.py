@@ -160,10 +160,8 @@ def test_unwritable_workdir_and_missing_dataset(tmp_path):
     ("3", "error: unexpected arguments '3': every value goes in a flag, lists comma-separated "
           "without spaces (e.g. --k=1,3 --metric=l1,l2)"),  # `--k 1 3`: was absl's whole help
 ])
-def test_command_line_error_is_one_line(tmp_path, flag, error):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.knn", flag, f"--workdir={tmp_path}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_command_line_error_is_one_line(tmp_path, flag, error, cli):
+  proc = cli.run("experiments.knn", flag, f"--workdir={tmp_path}")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == error
   assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr

@@ -253,10 +253,8 @@ def test_bmp_files_are_read_with_their_palettes(tmp_path):
     ("--k=3", "error: unknown command line flag 'k'"),
     ("--model=", "error: --model is required: the model.npz an experiment wrote"),  # was exit 1
 ])
-def test_predict_flag_errors_are_one_line(flag, error):
-  proc = subprocess.run([sys.executable, "-m", "experiments.predict", flag, "x.png"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHONPATH=ROOT))
+def test_predict_flag_errors_are_one_line(flag, error, cli):
+  proc = cli.run("experiments.predict", flag, "x.png")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [error]
 

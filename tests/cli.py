@@ -1,0 +1,90 @@
+"""Command lines run as `python -m MODULE ARGS...` would run them, for the tests of one-line
+errors on bad flags, without paying the interpreter's start and JAX's import for each.
+
+A server process imports what every entry point imports (JAX, absl, jaxlin, the experiments'
+common module; no device is started, and no module that defines flags is imported), then
+forks once per command line. The child runs the module as ``__main__`` with
+runpy, as ``python -m`` does, with its stdout and stderr in files, and ends with the module's
+exit code. Tests that set their own environment (read when JAX is imported) start real
+processes instead.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SERVER = r"""
+import json, os, runpy, sys, tempfile, traceback
+import jax, numpy, absl.app, absl.flags  # what every entry point imports; no device started
+import experiments.common  # noqa: F401  (benchmarks.common defines flags: not here)
+from jaxlin import data, distances, knn, selection, train  # noqa: F401
+print("ready", flush=True)
+for line in sys.stdin:
+  request = json.loads(line)
+  out, err = (tempfile.mkstemp(prefix="jaxlin-cli-")[1] for _ in range(2))
+  pid = os.fork()
+  if pid == 0:
+    code = 1
+    try:
+      os.chdir(request["cwd"])
+      for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY), fd)
+      sys.argv = [request["module"], *request["args"]]
+      try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+      except SystemExit as e:  # as the interpreter ends: a message goes to stderr, code 1
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+          print(e.code, file=sys.stderr)
+      except BaseException:  # pylint: disable=broad-except
+        traceback.print_exc()
+        code = 1
+      sys.stdout.flush()
+      sys.stderr.flush()
+    finally:
+      os._exit(code)
+  _, status = os.waitpid(pid, 0)
+  texts = []
+  for path in (out, err):
+    with open(path, encoding="utf-8", errors="replace") as f:
+      texts.append(f.read())
+    os.remove(path)
+  print(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "stdout": texts[0],
+                    "stderr": texts[1]}), flush=True)
+"""
+
+
+class Result:
+  """What a finished command line left: its exit code, stdout and stderr (as subprocess's)."""
+
+  def __init__(self, returncode, stdout, stderr):
+    self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+class Runner:
+  """Runs command lines one at a time in forks of one prepared server process."""
+
+  def __init__(self):
+    self._proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=ROOT,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self._lock = threading.Lock()
+    ready = self._proc.stdout.readline()
+    assert ready == "ready\n", ready
+
+  def run(self, module, *args, cwd=ROOT):
+    """`python -m module args...` in cwd; returns a Result."""
+    with self._lock:
+      self._proc.stdin.write(json.dumps({"module": module, "args": [str(a) for a in args],
+                                         "cwd": str(cwd)}) + "\n")
+      self._proc.stdin.flush()
+      line = self._proc.stdout.readline()
+    assert line, "the command-line server ended"
+    return Result(**json.loads(line))
+
+  def close(self):
+    self._proc.stdin.close()
+    self._proc.wait(timeout=30)
