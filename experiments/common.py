@@ -132,10 +132,16 @@ class Run:
     self.started = time.strftime("%Y-%m-%d %H:%M:%S")
 
   def __enter__(self) -> "Run":
+    if not _RUNS:
+      _committed.clear()
     _RUNS.append(self)  # a study's stages run inside it
-    if self.workdir is not None:
-      self.workdir.open()
-      self.write_json("config.json", {"experiment": self.kind, **self.config.asdict()})
+    try:
+      if self.workdir is not None:
+        self.workdir.open()
+        self.write_json("config.json", {"experiment": self.kind, **self.config.asdict()})
+    except BaseException:  # (a full disk): the workdir unlocked, its staging folder gone
+      self.__exit__()
+      raise
     return self
 
   def __exit__(self, *exc):
@@ -170,7 +176,15 @@ class Run:
     results.setdefault("timings_s", {})["total"] = self.timer()
     self.write_json("results.json", results)
     if self.workdir is not None:
-      self.workdir.commit()
+      try:
+        self.workdir.commit()
+      except BaseException as e:
+        if _late_interrupt.is_set():  # a Ctrl-C came while the commit failed: it stops now
+          _late_interrupt.clear()
+          raise KeyboardInterrupt from e
+        raise
+      if _RUNS and _RUNS[0] is self:
+        _committed.set()  # a later interrupt: the run's files are written all the same
       if _late_interrupt.is_set():
         if _RUNS and _RUNS[0] is not self:  # a study's stage: the study stops now
           _late_interrupt.clear()
@@ -299,7 +313,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print(f"error: {message}", file=sys.stderr)
     _exit(getattr(e, "exit_code", EXIT_USAGE))  # 2: a bad flag or dataset (a study: 1)
   except KeyboardInterrupt:
-    print(INTERRUPTED, file=sys.stderr)
+    print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
     multihost = sys.modules.get("experiments.multihost")
@@ -322,6 +336,7 @@ INTERRUPTED_AFTER_COMMIT = ("interrupted after the run had finished: its files w
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 _late_interrupt = threading.Event()  # one that came while a finished run's files moved in
+_committed = threading.Event()  # the outermost run's files are in its workdir
 _RUNS: list = []  # the runs open in this process, outermost first
 
 
@@ -351,7 +366,8 @@ def _force_stop() -> None:
   for w in open_workdirs:
     w.close()  # waits for a commit in progress
   # Every open workdir committed (a study's too, not only a stage's): the run is complete.
-  done = bool(open_workdirs) and all(w.committed for w in open_workdirs)
+  # None open: the run had closed its workdir, committed or not.
+  done = all(w.committed for w in open_workdirs) if open_workdirs else _committed.is_set()
   print(INTERRUPTED_AFTER_COMMIT if done else INTERRUPTED, file=sys.stderr)
   sys.stderr.flush()
   os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access

@@ -4,7 +4,7 @@ A run writes into a staging folder inside the workdir (``.staging-<pid>``) and
 only when it succeeds replaces the previous run's files with its own
 (``commit``); a run that fails, is interrupted or killed leaves the previous
 run's files as they were. While a run is in progress it holds an exclusive
-lock on ``<workdir>/.lock`` (``fcntl.flock``: the kernel releases it when the
+lock on ``<workdir>/.jaxlin-lock`` (``fcntl.flock``: the kernel releases it when the
 process dies, so a crashed run never blocks the workdir).
 
 The commit replaces only the previous run's files (``.run-files.json`` lists
@@ -15,7 +15,11 @@ the other run, and writes beside the other files, keeping them). The commit is
 journaled (``.commit-<pid>.json``): an error during it puts the previous run back,
 and a process killed during it leaves the journal, which the next run on the
 workdir completes first (or undoes, where the staged files are gone). Writing
-the manifest is the commit point: nothing after it is undone. An interrupt
+the manifest is the commit point: nothing after it is undone. The staged files,
+the journal and the manifest reach the disk (fsync) before the step that needs
+them, so a power loss keeps one whole run too. The workdir's own names are
+exact (``.staging-<pid>``, ``.previous-<pid>``, ...): a user's file of a similar
+name is never taken for one. An interrupt
 (Ctrl-C, SIGTERM) during the commit waits until it is done (``committing``).
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -32,7 +37,8 @@ import time
 from jaxlin import files
 from jaxlin.errors import ConfigError
 
-LOCK = ".lock"
+LOCK = ".jaxlin-lock"
+_OLD_LOCK = ".lock"  # the lock's name before 2026-12-06: a crashed run's is removed
 STAGING = ".staging-"
 PREVIOUS = ".previous-"
 JOURNAL = ".commit-"
@@ -43,7 +49,9 @@ OPEN: set = set()  # the workdirs of this process's runs in progress (for a forc
 RUN_NAMES = frozenset({"config.json", "results.json", "metrics.jsonl", "report.md", "model.npz",
                        "plots", "tensorboard", "knn", "svm", "softmax", "svm_features", "mlp",
                        "mlp_features"})
-_COMMITTING = threading.Lock()  # held while files move: a forced stop waits for it
+# Held while files move, or a workdir closes: a forced stop from another thread waits for it,
+# and one from a signal handler in the thread that holds it goes on (re-entrant).
+_COMMITTING = threading.RLock()
 _MOVING = threading.Event()  # set while a commit moves files (not while a workdir closes)
 
 
@@ -52,15 +60,44 @@ def committing() -> bool:
   return _MOVING.is_set()
 
 
-def _control(name: str) -> bool:
+# Staging and trash folders, journals, and the temporary files of the journal's and the
+# manifest's atomic writes (files.atomic_write: "." + name + "." + random + ".tmp").
+_CONTROL = re.compile(r"\.(staging|previous)-\d+|\.commit-\d+\.json"
+                      r"|\.(\.commit-\d+\.json|\.run-files\.json)\.\w+\.tmp")
+
+
+def _control(name: str, path: str | None = None) -> bool:
   """The workdir's own bookkeeping: the lock, the manifest, staging, trash and journal
-  folders and files, and the temporary files of their atomic writes."""
-  return name in (LOCK, MANIFEST) or name.startswith(
-      (STAGING, PREVIOUS, JOURNAL, "." + MANIFEST + ".", "." + JOURNAL))
+  folders and files, and the temporary files of their atomic writes (exact names: a user's
+  ``.staging-notes`` is the user's); with ``path``, a lock of the old name that a run left."""
+  if name in (LOCK, MANIFEST) or _CONTROL.fullmatch(name):
+    return True
+  return path is not None and name == _OLD_LOCK and _is_old_lock(os.path.join(path, name))
+
+
+def _is_old_lock(path: str) -> bool:
+  """Whether ``path`` is a lock file a run wrote (its holder's JSON), not a user's file."""
+  try:
+    if os.path.islink(path) or os.path.getsize(path) > 4096:
+      return False
+    with open(path) as f:
+      info = json.load(f)
+    return isinstance(info, dict) and set(info) == {"pid", "host", "experiment", "started"}
+  except (OSError, ValueError):
+    return False
+
+
+KINDS = ("knn", "linear", "study")  # the experiments that write a workdir
+# Every jaxlin run's config.json has these (the data flags), from the first runs on: a
+# config.json without "experiment" is taken for an older run's only with them.
+_DATA_KEYS = frozenset({"dataset", "data_dir", "seed", "num_val", "num_train", "num_test"})
 
 
 def _legacy_kind(config: dict) -> str | None:
-  """The experiment of a config.json written before it named one."""
+  """The experiment of a jaxlin config.json written before it named one: the data flags
+  and the experiment's own key; None for another program's config.json."""
+  if not _DATA_KEYS <= set(config):
+    return None
   for key, kind in (("stages", "study"), ("k", "knn"), ("loss", "linear")):
     if key in config:
       return kind
@@ -68,16 +105,21 @@ def _legacy_kind(config: dict) -> str | None:
 
 
 def _run_files(path: str) -> list[str]:
-  return sorted(e for e in os.listdir(path) if not _control(e))
+  return sorted(e for e in os.listdir(path) if not _control(e, path))
 
 
 def _workdir_kind(path: str) -> str | None:
-  """The experiment whose config.json is in ``path``, or None."""
+  """The experiment whose jaxlin config.json is in ``path``, or None (none, or another
+  program's)."""
   try:
     with open(os.path.join(path, "config.json")) as f:
       config = json.load(f)
-    return config.get(KIND_KEY) or _legacy_kind(config)
-  except (OSError, ValueError, AttributeError):
+    if not isinstance(config, dict):
+      return None
+    if KIND_KEY in config:  # written since the experiments name themselves
+      return config[KIND_KEY] if config[KIND_KEY] in KINDS else None
+    return _legacy_kind(config)
+  except (OSError, ValueError):
     return None
 
 
@@ -145,10 +187,10 @@ class Workdir:
                         "choose another --workdir", argument="workdir") from None
     try:
       for e in sorted(os.listdir(self.path)):  # a commit that a killed process left half done
-        if e.startswith(JOURNAL) and e.endswith(".json"):
+        if _CONTROL.fullmatch(e) and e.startswith(JOURNAL):
           self._finish_commit(os.path.join(self.path, e))
       for e in os.listdir(self.path):  # left by runs that died (we hold the lock)
-        if _control(e) and e not in (LOCK, MANIFEST):
+        if _control(e, self.path) and e not in (LOCK, MANIFEST):
           target = os.path.join(self.path, e)
           if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target, ignore_errors=True)
@@ -166,7 +208,7 @@ class Workdir:
   def _lock(self) -> None:
     path = os.path.join(self.path, LOCK)
     while True:
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, files.file_mode())
+      fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, files.file_mode())
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
@@ -250,7 +292,8 @@ class Workdir:
         journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
         plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
                 "trash": f"{PREVIOUS}{os.getpid()}", "commit": f"{os.getpid()}-{time.time_ns()}"}
-        files.write_json(journal, plan)
+        files.sync_tree(self.staging)  # the new run's files on disk before the journal
+        files.write_json(journal, plan, durable=True)
         try:
           self._finish_commit(journal)
         except BaseException:
@@ -287,16 +330,22 @@ class Workdir:
     for name in reversed(order(new)):
       if os.path.lexists(os.path.join(staging, name)):
         os.replace(os.path.join(staging, name), os.path.join(self.path, name))
-    files.write_json(os.path.join(self.path, MANIFEST), {"files": sorted(new), "commit": commit})
-    os.remove(journal)  # the commit point: from here the new run stands
-    shutil.rmtree(trash, ignore_errors=True)  # (left over: removed by the next open)
+    files.write_json(os.path.join(self.path, MANIFEST), {"files": sorted(new), "commit": commit},
+                     durable=True)  # the commit point: from here the new run stands
+    try:  # clean-up: what is left over, the next open removes
+      os.remove(journal)
+    except OSError:
+      pass
+    shutil.rmtree(trash, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
 
   def _plan(self, journal: str):
     """(old names, new names, staging folder, trash folder, commit id) of a journal, or None
-    (and the journal removed) where it cannot be read, as it never was one (written
-    atomically), or where its commit is past its commit point (the manifest it writes is
-    in place: the new run stands, and only the clean-up was left)."""
+    (and the journal removed) where its commit is past its commit point (the manifest it
+    writes is in place: the new run stands, and only the clean-up was left), or where it
+    cannot be read (it is written atomically and synced, so only a damaged disk leaves
+    one): then every file of its trash whose name is free goes back, the previous run
+    before the new one."""
     try:
       with open(journal) as f:
         plan = json.load(f)
@@ -304,6 +353,11 @@ class Workdir:
              os.path.join(self.path, os.path.basename(plan["staging"])),
              os.path.join(self.path, os.path.basename(plan["trash"])), str(plan["commit"]))
     except (OSError, ValueError, KeyError, TypeError):
+      pid = os.path.basename(journal)[len(JOURNAL):-len(".json")]
+      trash = os.path.join(self.path, f"{PREVIOUS}{pid}")
+      for name in os.listdir(trash) if os.path.isdir(trash) else ():
+        if not os.path.lexists(os.path.join(self.path, name)):
+          os.replace(os.path.join(trash, name), os.path.join(self.path, name))
       os.remove(journal)
       return None
     manifest = _manifest(self.path)

@@ -18,23 +18,65 @@ from typing import Any, Callable, IO
 
 from jaxlin.errors import InputError
 
-__all__ = ["atomic_write", "write_json", "to_json", "json_safe", "file_mode"]
+__all__ = ["atomic_write", "write_json", "to_json", "json_safe", "file_mode", "sync_tree"]
 
 
 def file_mode() -> int:
-  """The mode a new file gets from ``open()``: 0o666 less the current umask."""
+  """The mode a new file gets from ``open()``: 0o666 less the current umask (read from
+  Linux's process status where it can be: setting the umask to read it would give a
+  file another thread creates meanwhile the mode 0o666)."""
+  try:
+    with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return 0o666 & ~int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
   mask = os.umask(0)
   os.umask(mask)
   return 0o666 & ~mask
 
 
-def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True) -> str:
+def _sync_folder(directory: str) -> None:
+  """fsync a folder: the names created or renamed in it reach the disk."""
+  try:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:  # some file systems cannot sync a folder: their renames are what they are
+    pass
+  finally:
+    os.close(fd)
+
+
+def sync_tree(path: str) -> None:
+  """fsync every file and folder under ``path`` (symbolic links not followed): what was
+  written there is on the disk, not only in the page cache."""
+  for root, _, names in os.walk(path):
+    for name in names:
+      full = os.path.join(root, name)
+      if os.path.islink(full) or not os.path.isfile(full):
+        continue
+      fd = os.open(full, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    _sync_folder(root)
+
+
+def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True,
+                 durable: bool = False) -> str:
   """Create or replace ``path`` with what ``write(f)`` writes to an open file.
 
   The temporary file lies beside ``path`` and is removed if ``write`` raises
   (KeyboardInterrupt included): a reader sees the old file or the new one,
   never a part. A symbolic link is written through (its target replaced). An
   OSError (a missing or unwritable folder, a folder at ``path``) names ``path``.
+  ``durable``: the file's contents and its name reach the disk (fsync) before this
+  returns, so that a power loss leaves the old file or the new one too.
   """
   path = os.fsdecode(path)
   target = os.path.realpath(path) if os.path.islink(path) else path  # a link: write through
@@ -49,8 +91,13 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True)
   try:
     with os.fdopen(fd, "wb" if binary else "w") as f:
       write(f)
+      if durable:
+        f.flush()
+        os.fsync(f.fileno())
     os.chmod(tmp, file_mode())
     os.replace(tmp, target)
+    if durable:
+      _sync_folder(directory)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -86,10 +133,10 @@ def to_json(obj: Any, **kwargs) -> str:
   return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
-def write_json(path: str, obj: Any) -> str:
-  """Write ``obj`` as indented strict JSON, atomically."""
+def write_json(path: str, obj: Any, *, durable: bool = False) -> str:
+  """Write ``obj`` as indented strict JSON, atomically (``durable``: see atomic_write)."""
   text = to_json(obj, indent=2) + "\n"
-  return atomic_write(path, lambda f: f.write(text), binary=False)
+  return atomic_write(path, lambda f: f.write(text), binary=False, durable=durable)
 
 
 def crc32(array) -> int:

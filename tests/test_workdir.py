@@ -204,13 +204,22 @@ def test_config_json_names_the_experiment(finished):
   assert json.loads((finished / "config.json").read_text())["experiment"] == "knn"
 
 
+DATA = dict(dataset="cifar10", data_dir=None, seed=0, num_val=1000, num_train=0, num_test=0)
+NOT_OURS = r"holds config.json, which a run writes, but not from a jaxlin run"
+
+
 @pytest.mark.parametrize("config, opened_as, message", [
     ({"experiment": "study", "k": [1]}, "knn", "holds a study run, not knn"),  # the name wins
-    ({"k": [1]}, "linear", "holds a knn run, not linear"),  # older runs: known by their keys
-    ({"loss": "svm"}, "knn", "holds a linear run, not knn"),
-    ({"stages": ["knn"], "k": [1]}, "linear", "holds a study run, not linear"),
-    ([], "knn", r"holds config.json, which a run writes, but not from a jaxlin run"),
-    ({"epochs": 3}, "knn", r"holds config.json, which a run writes, but not from a jaxlin run"),
+    (dict(DATA, k=[1]), "linear", "holds a knn run, not linear"),  # older runs: by their keys
+    (dict(DATA, loss="svm"), "knn", "holds a linear run, not knn"),
+    (dict(DATA, stages=["knn"], k=[1]), "linear", "holds a study run, not linear"),
+    ([], "knn", NOT_OURS),
+    ({"epochs": 3}, "knn", NOT_OURS),
+    # Another program's config.json with a key of the same name, or another "experiment":
+    # not taken for a jaxlin run, so its files are never replaced (they were, before).
+    ({"model": "resnet18", "loss": "cross_entropy"}, "linear", NOT_OURS),
+    ({"k": 5, "stages": 3}, "knn", NOT_OURS),
+    (dict(DATA, experiment="baseline"), "knn", NOT_OURS),
 ])
 def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, opened_as,
                                                              message):
@@ -223,7 +232,7 @@ def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, o
       Workdir(str(tmp_path), opened_as, overwrite=True).open()
     return
   with Workdir(str(tmp_path), opened_as, overwrite=True) as w:  # taken; replaced on commit
-    assert sorted(os.listdir(tmp_path)) == sorted([".lock", "config.json",
+    assert sorted(os.listdir(tmp_path)) == sorted([".jaxlin-lock", "config.json",
                                                    os.path.basename(w.staging)])
 
 
@@ -244,7 +253,7 @@ def test_leftovers_of_runs_that_died_are_not_files_of_a_run_and_are_removed(tmp_
     (tmp_path / leftover / "results.json").write_text("{}")
   w = Workdir(str(tmp_path), "knn").open()
   try:
-    assert sorted(os.listdir(tmp_path)) == [".lock", f".staging-{os.getpid()}"]
+    assert sorted(os.listdir(tmp_path)) == [".jaxlin-lock", f".staging-{os.getpid()}"]
     assert w in workdir.OPEN
   finally:
     w.close()
@@ -539,11 +548,11 @@ def test_ctrl_c_twice_during_a_commit_waits_for_it(tmp_path, monkeypatch):
   w = _staged_run(tmp_path)
   write = files.write_json
 
-  def interrupted_twice(path, obj):
+  def interrupted_twice(path, obj, **kwargs):
     if os.path.basename(path).startswith(".commit-"):
       common._on_interrupt(2, None)  # pylint: disable=protected-access
       common._on_interrupt(2, None)  # pylint: disable=protected-access
-    return write(path, obj)
+    return write(path, obj, **kwargs)
   monkeypatch.setattr(files, "write_json", interrupted_twice)
   try:
     w.commit()
@@ -551,3 +560,163 @@ def test_ctrl_c_twice_during_a_commit_waits_for_it(tmp_path, monkeypatch):
     w.close()
   assert stops == [] and common._late_interrupt.is_set()  # pylint: disable=protected-access
   assert (tmp_path / "results.json").read_text() == "new"
+
+
+def test_names_like_the_workdirs_own_are_a_users_files(tmp_path):
+  # Matched by prefix, they were deleted at open, without --overwrite; a ".lock" of the
+  # user's was truncated and removed.
+  mine = {".staging-notes": None, ".previous-results.json": "a", ".commit-message.json": "b",
+          ".lock": "my lock"}
+  for name, text in mine.items():
+    if text is None:
+      (tmp_path / name).mkdir()
+    else:
+      (tmp_path / name).write_text(text)
+  with pytest.raises(ConfigError, match=r"not a jaxlin run \(\.commit-message\.json, \.lock, "):
+    Workdir(str(tmp_path), "knn").open()
+  with Workdir(str(tmp_path), "knn", overwrite=True) as w:
+    with open(w.file("results.json"), "w") as f:
+      f.write("new")
+    w.commit()
+  assert sorted(os.listdir(tmp_path)) == sorted([*mine, ".run-files.json", "results.json"])
+  assert (tmp_path / ".lock").read_text() == "my lock"
+  # A lock of the name runs used before, left by a run that died: removed, not foreign.
+  (tmp_path / ".lock").write_text(json.dumps(dict(pid=1, host="h", experiment="knn",
+                                                  started="2026-12-01 10:00:00")))
+  with Workdir(str(tmp_path), "knn", overwrite=True):
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_journal_that_cannot_be_read_gives_the_previous_run_back(tmp_path):
+  # A power loss could leave an empty journal (it was not synced): the next open deleted it,
+  # then the previous run's files in the trash and the new run's staging folder.
+  (tmp_path / ".run-files.json").write_text('["config.json", "results.json", "zz.png"]')
+  (tmp_path / "config.json").write_text('{"experiment": "knn"}')  # not moved out yet
+  (tmp_path / ".previous-77").mkdir()
+  (tmp_path / ".previous-77" / "results.json").write_text("old")
+  (tmp_path / ".previous-77" / "zz.png").write_text("old")
+  (tmp_path / ".staging-77").mkdir()
+  (tmp_path / ".staging-77" / "results.json").write_text("new")
+  (tmp_path / ".commit-77.json").write_text("")
+  with Workdir(str(tmp_path), "knn"):
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+        "config.json", "results.json", "zz.png"]
+    assert (tmp_path / "results.json").read_text() == "old"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
+
+
+def test_a_commit_syncs_the_staged_files_the_journal_and_the_manifest(tmp_path, monkeypatch):
+  """On the disk before the step that needs them: a power loss keeps one whole run."""
+  w = _staged_run(tmp_path)
+  fsync, synced = os.fsync, set()
+
+  def recording(fd):
+    synced.add(os.fstat(fd).st_ino)
+    return fsync(fd)
+  monkeypatch.setattr(os, "fsync", recording)
+  try:
+    w.commit()
+  finally:
+    w.close()
+  for name in ("a.png", "config.json", "results.json", ".run-files.json", "."):
+    assert os.stat(tmp_path / name).st_ino in synced, name
+
+
+def test_an_error_past_the_commit_point_is_no_failure(tmp_path, monkeypatch):
+  # A journal that could not be removed after the manifest was written: commit raised, and
+  # the run, whose files were in place, was reported as failed.
+  w = _staged_run(tmp_path)
+  remove = os.remove
+
+  def failing(path, *a, **k):
+    if os.path.basename(path).startswith(".commit-"):
+      raise PermissionError(13, "Permission denied", path)
+    return remove(path, *a, **k)
+  monkeypatch.setattr(os, "remove", failing)
+  try:
+    w.commit()
+  finally:
+    w.close()
+  monkeypatch.undo()
+  assert w.committed and (tmp_path / "results.json").read_text() == "new"
+  with Workdir(str(tmp_path), "knn", overwrite=True):  # the next open removes what was left
+    assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
+    assert (tmp_path / "results.json").read_text() == "new"
+
+
+def test_a_second_interrupt_while_a_stage_closes_stops_at_once(tmp_path, monkeypatch, capsys):
+  # The forced stop waited for a lock its own thread held (closing the stage's workdir):
+  # only SIGKILL ended the process.
+  from experiments import common, workdir  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(workdir, "OPEN", set())
+  study = Workdir(str(tmp_path / "study"), "study").open()
+  stage = Workdir(study.file("knn"), "knn").open()
+  rmtree, stops = shutil.rmtree, []
+
+  def interrupted(path, *a, **k):
+    if not stops and os.path.basename(path).startswith(".staging-"):
+      stops.append(path)
+      common._force_stop()  # pylint: disable=protected-access  # as the handler calls it
+    return rmtree(path, *a, **k)
+
+  def fake_exit(code):
+    raise SystemExit(code)
+  monkeypatch.setattr(shutil, "rmtree", interrupted)
+  monkeypatch.setattr(os, "_exit", fake_exit)
+  codes = []
+
+  def close():
+    try:
+      stage.close()
+    except SystemExit as e:
+      codes.append(e.code)
+  thread = threading.Thread(target=close, daemon=True)
+  thread.start()
+  thread.join(30)
+  assert not thread.is_alive() and codes == [130]
+  assert capsys.readouterr().err.strip() == common.INTERRUPTED
+  assert not (tmp_path / "study").exists()  # a first study: its folder gone with the stop
+
+
+def test_the_run_reports_an_interrupt_after_its_commit_and_a_commit_that_failed(
+    tmp_path, monkeypatch, capsys):
+  from experiments import common, workdir  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(common, "_late_interrupt", threading.Event())
+  monkeypatch.setattr(common, "_committed", threading.Event())
+  monkeypatch.setattr(workdir, "OPEN", set())
+  config = knn_exp.Config.make({"dataset": "folder:/x"})
+  # A Ctrl-C while the commit failed (a full disk) was kept for the next stage's commit.
+  commit = Workdir.commit
+
+  def interrupted_and_failing(self):
+    common._late_interrupt.set()  # pylint: disable=protected-access
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(Workdir, "commit", interrupted_and_failing)
+  with pytest.raises(KeyboardInterrupt):
+    with common.Run("knn", config, str(tmp_path / "a")) as run:
+      run.finish({})
+  assert not (tmp_path / "a").exists()
+  # A Ctrl-C after the run's files were written (its workdir closed): they were.
+  monkeypatch.setattr(Workdir, "commit", commit)
+  with common.Run("knn", config, str(tmp_path / "b")) as run:
+    run.finish({})
+  assert common._committed.is_set()  # pylint: disable=protected-access
+  monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+  with pytest.raises(SystemExit):
+    common._force_stop()  # pylint: disable=protected-access
+  assert capsys.readouterr().err.strip() == common.INTERRUPTED_AFTER_COMMIT
+  assert json.loads((tmp_path / "b" / "results.json").read_text())["processes"] == 1
+  # A run whose config.json cannot be written (a full disk) leaves no lock, staging folder
+  # or open run: before, its workdir stayed locked and open.
+  write = files.write_json
+
+  def full(path, obj, **kwargs):
+    if os.path.basename(path) == "config.json":
+      raise OSError(28, "No space left on device", path)
+    return write(path, obj, **kwargs)
+  monkeypatch.setattr(files, "write_json", full)
+  with pytest.raises(OSError, match="No space"):
+    with common.Run("knn", config, str(tmp_path / "c")):
+      raise AssertionError("the run began")
+  assert not (tmp_path / "c").exists() and not workdir.OPEN
+  assert not common._RUNS  # pylint: disable=protected-access
