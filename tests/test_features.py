@@ -194,8 +194,14 @@ def test_cache_expands_home_and_is_keyed_by_the_code(tmp_path, monkeypatch):
       np.savez(f, **bad)
     np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
   whole = open(entry, "rb").read()
-  for broken in (whole[:len(whole) // 2], whole[:200] + bytes([whole[200] ^ 1]) + whole[201:]):
-    with open(entry, "wb") as f:  # truncated, one bit flipped: zipfile's errors were raised
+  central = whole.rindex(b"PK\x01\x02")  # the last member's central directory record
+  flag, method = central + 8, central + 10  # its "encrypted" bit; its compression method
+  for broken in (whole[:len(whole) // 2], whole[:200] + bytes([whole[200] ^ 1]) + whole[201:],
+                 whole[:flag] + bytes([whole[flag] | 1]) + whole[flag + 1:],
+                 whole[:method] + bytes([99]) + whole[method + 1:]):
+    # truncated, one bit flipped: zipfile's errors were raised; "encrypted" and an unknown
+    # method: RuntimeError and NotImplementedError failed every later run
+    with open(entry, "wb") as f:
       f.write(broken)
     np.testing.assert_array_equal(features.cached_extract(imgs, cache_dir="~/c", cell=4), a)
   monkeypatch.setattr(features, "_code_key", lambda: b"other code")
