@@ -5,9 +5,10 @@ r"""Classify image files with a saved model.
 JPEG, PNG, GIF and BMP files are decoded exactly as the experiments decode an
 image folder (``jaxlin.data.decode_image``: TensorFlow's decoder and its JPEG
 DCT, alpha dropped), so a model gives the run's own predictions on the run's
-files; but palette and 1-bit BMPs, whose indices TensorFlow's decoder reads as
-grey levels (or refuses), and other formats (TIFF, WebP, ...) are read with
-Pillow and converted to
+files; but BMPs other than plain 24- and 32-bit RGB and 8-bit grey (palette,
+1- to 16-bit, colour masks: TensorFlow's decoder reads palette indices as grey
+levels, ignores colour masks, or refuses them) and other formats (TIFF, WebP,
+...) are read with Pillow and converted to
 8-bit RGB the same way: alpha dropped; 16-bit images divided by 257 (65535
 becomes 255); 32-bit integer images kept as they are when every value fits 8
 bits, else read as 16-bit (divided by 257), refused beyond 16 bits or below
@@ -19,12 +20,15 @@ Prints the top classes per image, with probabilities (softmax) or scores
 (SVM), as they are classified (256 images at a time). A bad model file is one
 error line (exit code 2); an unreadable image gets one error line and the
 others are still classified (exit code 1 if any failed); Ctrl-C or SIGTERM
-stops with one line saying how many were done (exit code 130).
+stops with one line saying how many were done (exit code 130); a reader that
+closes the output (``| head``) stops it quietly (exit code 141, as a shell
+reports a process ended by SIGPIPE).
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import signal
 import sys
 import warnings
@@ -83,9 +87,9 @@ def read_image(path: str, image_shape) -> np.ndarray:
   with open(path, "rb") as f:
     encoded = f.read()
   with Image.open(io.BytesIO(encoded)) as img:  # the header: Pillow's decompression-bomb check
-    # As the experiments read an image folder; but palette BMPs by Pillow (module docstring).
-    palette_bmp = encoded.startswith(b"BM") and img.mode in ("P", "1")
-    if encoded.startswith(data.FOLDER_FORMATS) and not palette_bmp:
+    # As the experiments read an image folder; other BMPs by Pillow (module docstring).
+    odd_bmp = encoded.startswith(b"BM") and not _plain_bmp(encoded, img.mode)
+    if encoded.startswith(data.FOLDER_FORMATS) and not odd_bmp:
       try:
         rgb = data.decode_image(encoded)
       except DataError as e:
@@ -97,6 +101,18 @@ def read_image(path: str, image_shape) -> np.ndarray:
   if c == 1:
     return np.asarray(Image.fromarray(rgb).convert("L"), np.uint8)[..., None]
   return rgb
+
+
+def _plain_bmp(encoded: bytes, mode: str) -> bool:
+  """A BMP that TensorFlow's decoder reads right: a Windows header (40 bytes or more),
+  uncompressed (BI_RGB, so no colour masks), 24 or 32 bits per pixel, or 8 bits of grey
+  (Pillow's mode "L": a palette that is the identity)."""
+  if len(encoded) < 34:
+    return False
+  header = int.from_bytes(encoded[14:18], "little")
+  bits = int.from_bytes(encoded[28:30], "little")
+  compression = int.from_bytes(encoded[30:34], "little")
+  return header >= 40 and compression == 0 and (bits in (24, 32) or (bits == 8 and mode == "L"))
 
 
 def classify(model: checkpoint.SavedModel, paths, top: int = 3):
@@ -160,6 +176,9 @@ def main(argv):
     print(f"interrupted after {done} of {len(paths)} images (those are printed above)",
           file=sys.stderr)
     sys.exit(130)
+  except BrokenPipeError:  # the reader has gone (`| head`): nothing more to say to it
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+    sys.exit(141)
   sys.exit(1 if failed else 0)
 
 

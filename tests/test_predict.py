@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -246,6 +247,35 @@ def test_bmp_files_are_read_with_their_palettes(tmp_path):
                                 np.repeat(np.where(mono, 255, 0)[..., None], 3, -1))
   true_colour = _write(tmp_path, "rgb.bmp", Image.fromarray(rgb))
   np.testing.assert_array_equal(predict.read_image(true_colour, (32, 32, 3)), rgb)
+  # Written by hand (Pillow writes none of these): colour masks, which TensorFlow ignored
+  # (wrong colours, no error), and 16-bit and 4-bit grey BMPs, which it refused.
+  two = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [200, 96, 48]]], np.uint8)
+  masks = struct.pack("<III", 0xff000000, 0x00ff0000, 0x0000ff00)  # R, G, B: not BGRX
+  rgbx = _bmp(tmp_path / "masks.bmp", 32, [b"".join(bytes([0, b, g, r]) for r, g, b in row)
+                                           for row in two], compression=3, extra=masks)
+  np.testing.assert_array_equal(predict.read_image(rgbx, (2, 2, 3)), two)
+  rgb555 = _bmp(tmp_path / "16.bmp", 16, [b"".join(struct.pack(
+      "<H", (r >> 3) << 10 | (g >> 3) << 5 | b >> 3) for r, g, b in row.tolist()) for row in two])
+  want = (two >> 3).astype(np.uint16) * 255 // 31  # 5 bits a channel, as Pillow scales them
+  np.testing.assert_array_equal(predict.read_image(rgb555, (2, 2, 3)), want.astype(np.uint8))
+  grey16 = b"".join(bytes([i * 17, i * 17, i * 17, 0]) for i in range(16))  # 4-bit grey ramp
+  four = _bmp(tmp_path / "4.bmp", 4, [bytes([0x1f]), bytes([0x7a])], extra=grey16)
+  np.testing.assert_array_equal(predict.read_image(four, (2, 2, 3))[..., 0],
+                                [[17, 255], [119, 170]])
+
+
+def _bmp(path, bits, rows, *, compression=0, extra=b""):
+  """A bottom-up BMP (40-byte header) of 2 x 2 pixels: ``rows`` their bytes, top row first;
+  ``extra``: colour masks or a palette after the header."""
+  stride = (2 * bits + 31) // 32 * 4
+  body = b"".join(r.ljust(stride, b"\0") for r in reversed(rows))
+  colours = len(extra) // 4 if compression == 0 else 0
+  info = struct.pack("<IiiHHIIiiII", 40, 2, 2, 1, bits, compression, len(body), 2835, 2835,
+                     colours, 0)
+  start = 14 + len(info) + len(extra)
+  path.write_bytes(b"BM" + struct.pack("<IHHI", start + len(body), 0, 0, start) + info + extra
+                   + body)
+  return str(path)
 
 
 @pytest.mark.parametrize("flag, error", [
@@ -381,3 +411,12 @@ def test_predictions_stream_and_sigterm_stops_with_one_line(tmp_path):
   assert match and "Traceback" not in err, err[-2000:]
   # (the stop may land between a line's printing and its count)
   assert printed - 1 <= int(match.group(1)) <= printed < 5000
+  # A reader that stops reading (`| head -1`): a BrokenPipeError traceback, exit 1.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.predict", f"--model={model}"] + [image] * 600,
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.stdout.readline().startswith(f"{image}: ")
+  proc.stdout.close()
+  err = proc.stderr.read()
+  assert proc.wait(timeout=120) == 141 and not err.strip(), err[-2000:]
