@@ -20,6 +20,7 @@ starts itself again as a child of a supervisor that imports only the standard li
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import select
@@ -134,6 +135,35 @@ def _staging(argv: list[str]) -> str | None:
   return None
 
 
+LOCK, STAGING, JOURNAL = ".jaxlin-lock", ".staging-", ".commit-"  # experiments.workdir's names
+
+
+def remove_staging(workdir: str, pid: int) -> bool:
+  """Removes the staging folder of a dead run (process ``pid``) in ``workdir``, holding the
+  workdir's lock as a run does; returns whether it did. Left alone where another run holds
+  the lock (it removes what dead runs left when it opens the workdir) and where the dead run
+  was committing (its journal: the next run completes the commit)."""
+  staging = os.path.join(workdir, f"{STAGING}{pid}")
+  if not os.path.isdir(staging) or os.path.lexists(os.path.join(workdir, f"{JOURNAL}{pid}.json")):
+    return False
+  path = os.path.join(workdir, LOCK)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if os.stat(path).st_ino != os.fstat(fd).st_ino:  # removed by its holder meanwhile
+      return False
+    shutil.rmtree(staging, ignore_errors=True)
+    os.remove(path)  # unlocked, as a run unlocks
+    return True
+  except OSError:
+    return False
+  finally:
+    os.close(fd)
+
+
 def run(argv: list[str]) -> int:
   """Runs ``python <argv>`` as a supervised child; returns this process's exit code (or ends
   it by the child's signal)."""
@@ -167,7 +197,7 @@ def run(argv: list[str]) -> int:
   if err.held and code != 0 and not err.child_error:
     workdir = _staging(argv)
     if workdir:
-      shutil.rmtree(os.path.join(workdir, f".staging-{child.pid}"), ignore_errors=True)
+      remove_staging(workdir, child.pid)
     if forwarded:  # stopped on request; the others (asked too) may simply have ended first
       if not err.interrupted:
         print(INTERRUPTED, file=sys.stderr, flush=True)

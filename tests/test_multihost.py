@@ -326,3 +326,16 @@ def test_supervisor_ends_a_lost_child_with_one_line_and_passes_other_endings(tmp
   assert child("I1202 ok\nerror: --k must be >= 1\n", 2) == (
       2, "I1202 ok\nerror: --k must be >= 1\n")
   assert child("", 0) == (0, report)  # not an ending: shown after all
+  # The names it uses are the workdir's. It removes a dead run's staging folder only holding
+  # the workdir's lock, and leaves a commit's staged files to the next run.
+  from experiments import workdir  # pylint: disable=import-outside-toplevel
+  assert (supervisor.LOCK, supervisor.STAGING, supervisor.JOURNAL) == (
+      workdir.LOCK, workdir.STAGING, workdir.JOURNAL)
+  with workdir.Workdir(str(tmp_path), "knn"):  # another run holds the lock
+    (tmp_path / ".staging-7").mkdir()
+    assert not supervisor.remove_staging(str(tmp_path), 7)
+    assert (tmp_path / ".staging-7").is_dir()
+  (tmp_path / ".commit-7.json").write_text("{}")
+  assert not supervisor.remove_staging(str(tmp_path), 7)
+  (tmp_path / ".commit-7.json").unlink()
+  assert supervisor.remove_staging(str(tmp_path), 7) and os.listdir(tmp_path) == []
