@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -308,6 +309,9 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
   source, so features saved by an earlier version of the code are not reused.
   Files are written atomically, with the user's umask, with a CRC-32 of the
   features: an entry that does not match it (or their shape) is computed again.
+  A cache_dir that cannot be made or written to raises InputError before any
+  work; a write that fails later (a full disk) is a warning, and the features
+  are returned all the same.
   """
   if not cache_dir or _code_key() is None:
     return extract(images_NxHxWx3, callback=callback, **settings)
@@ -322,13 +326,19 @@ def cached_extract(images_NxHxWx3, *, cache_dir: str | None, callback=None, **se
     cached = _read_features(path, len(images))
     if cached is not None:
       return jnp.asarray(cached)
-  out = extract(images, callback=callback, **settings)
-  host = np.asarray(out)
-  try:
+  try:  # before the work, not after it
     os.makedirs(cache_dir, exist_ok=True)
-    files.atomic_write(path, lambda f: np.savez(f, features=host,
-                                                crc32=np.uint32(files.crc32(host))))
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+      raise PermissionError(13, "Permission denied", cache_dir)
   except OSError as e:
     raise InputError(f"cannot write the feature cache in {cache_dir}: {e.strerror or e}; pass "
                      "a writable cache_dir, or None for no cache", argument="cache_dir") from None
+  out = extract(images, callback=callback, **settings)
+  host = np.asarray(out)
+  try:
+    files.atomic_write(path, lambda f: np.savez(f, features=host,
+                                                crc32=np.uint32(files.crc32(host))))
+  except OSError as e:  # the features are here: a cache that cannot keep them costs later runs
+    warnings.warn(f"the feature cache in {cache_dir} could not keep these features "
+                  f"({e.strerror or e}); they are computed again next time", stacklevel=2)
   return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import hosts
-from jaxlin import features, losses, mlp, train
+from jaxlin import features, files, losses, mlp, train
 from jaxlin.errors import InputError
 
 
@@ -336,10 +336,21 @@ def test_feature_settings_that_describe_nothing_are_refused():
     assert e.value.argument == argument
 
 
-def test_an_unwritable_feature_cache_is_one_error(tmp_path):
+def test_an_unwritable_feature_cache_is_one_error(tmp_path, monkeypatch):
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(InputError, match="cannot write the feature cache") as e:
     features.cached_extract(np.zeros((1, 8, 8, 3), np.uint8), cache_dir=str(blocker / "c"),
                             cell=4)
   assert e.value.argument == "cache_dir"
+  # A write that fails after the work (a full disk): a warning, and the features all the same.
+  calls, real_extract = [], features.extract
+
+  def full(path, *a, **k):
+    raise OSError(28, "No space left on device", path)
+  monkeypatch.setattr(features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
+  monkeypatch.setattr(files, "atomic_write", full)
+  with pytest.warns(UserWarning, match=r"could not keep these features \(No space left"):
+    out = features.cached_extract(np.zeros((1, 8, 8, 3), np.uint8),
+                                  cache_dir=str(tmp_path / "c"), cell=4)
+  assert calls == [1] and out.shape[0] == 1
