@@ -121,6 +121,15 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
   return x, y, kernel
 
 
+def float_limit(kernel, d: int) -> float | None:
+  """The largest absolute input value whose distances over ``d`` features stay finite in a
+  float L1 or L2 kernel (see ``_check_float_range``); None for other kernels."""
+  if kernel.name not in ("l1_float", "l2_float"):
+    return None
+  big = float(jnp.finfo(kernel.float_dtype).max)
+  return (big / (16 * d)) ** 0.5 if kernel.name == "l2_float" else big / (4 * d)
+
+
 def _check_float_range(big, d, kernel, names, arrays):
   """InputError unless every distance of float rows with largest absolute values ``big``
   stays finite in the kernel's dtype: L2 works on centred rows (entries up to 2 M for
@@ -133,8 +142,7 @@ def _check_float_range(big, d, kernel, names, arrays):
   Only small inputs are scanned for their spread: where M is 2**24 times larger, the
   identity's rounding (eps M^2) already hides such differences, as documented."""
   info = jnp.finfo(kernel.float_dtype)
-  limit = (float(info.max) / (16 * d)) ** 0.5 if kernel.name == "l2_float" else float(
-      info.max) / (4 * d)
+  limit = float_limit(kernel, d)
   name = names[0] if big[0] >= big[1] else names[1]
   if max(big) > limit:
     raise InputError(f"{name} holds values up to {max(big):.3g}: its {kernel.float_dtype} "

@@ -17,7 +17,10 @@ by (mesh, layout, kernel, k, shapes): CV folds and splits of the same shapes
 compile once.
 
 Layouts on a mesh (``mesh``: a 1-D ``jax.sharding.Mesh``, see
-``jaxlin.sharding.make_mesh``); both give the one-device answer, ties included:
+``jaxlin.sharding.make_mesh``); both give the one-device answer, ties included, on
+integer inputs, whose distances are exact (float distances carry rounding that can
+differ with how the work is split, so rows at equal or nearly equal distance may come
+in another order):
 
 * ``layout="queries"`` -- each block holds one query tile per device; the
   database is replicated on every device (fast when it fits on one).
@@ -29,9 +32,12 @@ Layouts on a mesh (``mesh``: a 1-D ``jax.sharding.Mesh``, see
   ``sharding.padded_rows(num_database, mesh)`` rows, of which
   ``num_database`` are real (each host then holds only its own rows).
 
-Tie rule: neighbours at equal distance come in increasing database index
+Tie rule: neighbours at equal computed distance come in increasing database index
 (``jax.lax.top_k`` is stable; the running merge and the device merge keep
-earlier, lower-index candidates first).
+earlier, lower-index candidates first). Float distances are rounded, so rows at
+the same true distance (duplicates excepted) can get computed distances a rounding
+apart and come in either order: integer-valued data (counts, binary features,
+pixels) searched as integers have exact distances and exact ties.
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
 int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3
@@ -505,7 +511,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
                                 norms_by_products=by_products)
 
   many_hosts = mesh is not None and jax.process_count() > 1
-  unchecked = _unchecked_rows(queries, database, n, given)
+  unchecked = _unchecked_rows(queries, database, n, given, kernel)
   queries = _pad_rows(queries, block)
   out_d, out_i = [], []
   for start in range(0, q_total, block):
@@ -533,22 +539,32 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   return d, i, {"method": "brute"}
 
 
-def _unchecked_rows(queries, database, n: int, given):
-  """Under jit, where a float input's values cannot be checked: (Q,) whether each query's
-  answer cannot be right, as it or the database (its n real rows) holds NaN or inf;
-  else None. (One bad database row spoils every distance of L2's and cosine's centred or
-  normalised forms, so it spoils every query.)"""
+def _unchecked_rows(queries, database, n: int, given, kernel):
+  """Under jit, where values cannot be checked: (Q,) whether each query's answer cannot be
+  right, as it or the database (its n real rows) holds NaN or inf, or values beyond what a
+  float kernel's distances hold finite (``distances.float_limit``), or integers beyond
+  what its float type holds whole -- what a concrete call refuses; else None. (One bad
+  database row spoils every distance of L2's and cosine's centred or normalised forms, and
+  an overflowing one hides the rows it outranks, so it spoils every query.)"""
   if not any(_checks.is_traced(a) for a in given):
-    return None  # concrete inputs were checked: NaN and inf raised
-  floats = [jnp.issubdtype(a.dtype, jnp.inexact) for a in (queries, database)]
-  if not any(floats):
+    return None  # concrete inputs were checked: these raised
+  limit = distances.float_limit(kernel, queries.shape[1])
+  whole = float(1 << _checks.EXACT_INTS[kernel.float_dtype])
+
+  def bad_values(a, axis):
+    out = jnp.zeros(a.shape[:1] if axis else (), bool)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+      out = out | ~jnp.all(jnp.isfinite(a), axis=axis)
+    if limit is not None:
+      big = jnp.max(jnp.abs(a.astype(kernel.float_dtype)), axis=axis, initial=0.0)
+      wide = jnp.issubdtype(a.dtype, jnp.integer) and jnp.iinfo(a.dtype).bits > 16
+      out = out | (big > limit) | ((big > whole) if wide else False)
+    return out
+
+  if limit is None and not any(jnp.issubdtype(a.dtype, jnp.inexact)
+                               for a in (queries, database)):
     return None
-  bad = jnp.zeros((queries.shape[0],), bool)
-  if floats[0]:
-    bad = ~jnp.all(jnp.isfinite(queries), axis=1)
-  if floats[1]:
-    bad = bad | ~jnp.all(jnp.isfinite(database[:n]))
-  return bad
+  return bad_values(queries, 1) | bad_values(database[:n], None)
 
 
 def _platform(mesh, database) -> str:
@@ -623,11 +639,14 @@ def _vote(labels_QxK, num_classes: int, tie_break: str):
   one_hot = jax.nn.one_hot(labels_QxK, num_classes, dtype=jnp.int32)  # (Q, K, C)
   counts = one_hot.sum(axis=1)
   if tie_break == "smallest_label":
-    return jnp.argmax(counts, axis=1).astype(jnp.int32)  # argmax: first (smallest) maximum
-  position = jnp.arange(k, dtype=jnp.int32)[None, :, None]
-  first = jnp.min(jnp.where(one_hot > 0, position, k), axis=1)  # (Q, C)
-  is_max = counts == counts.max(axis=1, keepdims=True)
-  return jnp.argmin(jnp.where(is_max, first, k + 1), axis=1).astype(jnp.int32)
+    pred = jnp.argmax(counts, axis=1)  # argmax: the first (smallest) maximum
+  else:
+    position = jnp.arange(k, dtype=jnp.int32)[None, :, None]
+    first = jnp.min(jnp.where(one_hot > 0, position, k), axis=1)  # (Q, C)
+    is_max = counts == counts.max(axis=1, keepdims=True)
+    pred = jnp.argmin(jnp.where(is_max, first, k + 1), axis=1)
+  # No neighbour with a label in range (possible only under jit): no class, not class 0.
+  return jnp.where(counts.max(axis=1) > 0, pred, -1).astype(jnp.int32)
 
 
 def _checked_tie_break(tie_break: str) -> str:
@@ -651,7 +670,8 @@ def vote(neighbor_labels_QxK, num_classes: int, *, tie_break: str = "smallest_la
     num_classes: C.
 
   Returns:
-    (Q,) int32 predicted labels.
+    (Q,) int32 predicted labels; -1 for a row without a label in range (only
+    under jit, where labels cannot be checked).
   """
   _checked_tie_break(tie_break)
   num_classes = _checks.num_classes(num_classes)

@@ -369,6 +369,17 @@ def test_vote_literal_and_tie_rules():
   with pytest.raises(InputError, match="no neighbours") as e:  # was class 0 for every row
     knn.vote(np.zeros((3, 0), np.int32), 4)
   assert e.value.argument == "neighbor_labels_QxK"
+  # Under jit, labels out of range count for no class; a row without one in range was
+  # predicted class 0, a plausible answer. Now -1, as for a query with NaN.
+  bad = labels.copy()
+  bad[1] += 5
+  bad[3, :3] = -1
+  for tie_break, want in (("smallest_label", [1, -1, 1, 3]), ("nearest", [1, -1, 1, 3])):
+    got = jax.jit(lambda a, t=tie_break: knn.vote(a, 4, tie_break=t))(bad)
+    np.testing.assert_array_equal(got, want)
+  x = np.arange(12, dtype=np.float32).reshape(6, 2)
+  predict = jax.jit(lambda y: knn.predict(x, y, x[:2], k=3, num_classes=3))
+  np.testing.assert_array_equal(predict(np.arange(6) + 5), [-1, -1])
 
 
 def test_predict_many_k_from_one_search_equals_single_k():
@@ -467,6 +478,18 @@ def test_nan_or_inf_under_jit_gives_nan_and_minus_one_never_a_plausible_answer(m
   d, i = search(big[:2], big)
   if metric in ("l2", "l2_squared"):  # (squares of 1e19 pass float32; sums of them do not)
     assert np.isnan(np.asarray(d)).all() and (np.asarray(i) == -1).all()
+    # Where only some distances overflow, the rows they hid made a plausible wrong answer:
+    # the query is row 0 itself, and row 1 was returned (the check saw finite distances).
+    db = np.array([[-11.6, -1.1, -6.2, -3.7], [-2.2, -5.8, 8.7, -2.5], [5.0, -3.1, 9.1, -6.6]],
+                  np.float32) * np.float32(1e18)
+    with pytest.raises(InputError, match="would overflow"):
+      knn.search(db[:1], db, 1, metric=metric)
+    d, i = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(db[:1], db)
+    assert np.isnan(np.asarray(d)).all() and np.asarray(i).tolist() == [[-1]]
+    # int32 beyond 2**24 (float32 arithmetic rounds them; a concrete call refuses them)
+    ints = np.array([[1, 2, 3, 4], [2 ** 25, 0, 0, 0]], np.int32)
+    d, i = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(ints[:1], ints)
+    assert np.asarray(i).tolist() == [[-1]]
   # Integer inputs hold no NaN: their answers under jit are the answers outside it.
   xi = (np.abs(x) * 40).astype(np.uint8)
   np.testing.assert_array_equal(np.asarray(search(xi[:3], xi)[1]),
