@@ -13,7 +13,6 @@ event files (tensorboard/), results.json, plots/ and model.npz into --workdir.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 
 from absl import logging
@@ -147,7 +146,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                  ds.train.total, ds.val.total, ds.test.total, ds.image_shape, ds.num_classes,
                  x_tr.shape[1], c.features)
 
-    grid = list(itertools.product(_rates(c), c.reg))
+    pairs = train.grid(_rates(c), c.reg)  # every (rate, reg), as the library crosses them
+    grid = list(zip(pairs["learning_rates"], pairs["regs"]))
     model = _model(c, x_tr.shape[1], ds.num_classes)
     train_t = common.Timer()
     fit = _train(c, r, ds, model, grid, x_tr, x_va)

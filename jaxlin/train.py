@@ -33,7 +33,7 @@ from jaxlin import _checks, losses
 from jaxlin.errors import DivergenceError, InputError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Model", "FitResult", "Trainer", "make_train_step",
-           "make_optimizer", "make_schedule", "objective", "member"]
+           "make_optimizer", "make_schedule", "objective", "member", "grid"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "lbfgs")
 SCHEDULES = ("constant", "cosine", "step")
@@ -109,8 +109,19 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
 
 
 def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
-  """(mean data loss + reg * penalty(params), mean data loss); penalty defaults to l2_penalty."""
-  data = jnp.mean(loss_fn(apply_fn(params, x), y))
+  """(mean data loss + reg * penalty(params), mean data loss); penalty defaults to l2_penalty.
+
+  loss_fn must give one loss per example, shape (B,) for B rows of x (InputError
+  otherwise: a (B, C) or summed loss would scale the data term, and so reg's weight,
+  by C or B without a word)."""
+  per_example = loss_fn(apply_fn(params, x), y)
+  batch = jnp.shape(x)[0]
+  if jnp.shape(per_example) != (batch,):
+    raise InputError(f"loss_fn must return one loss per example, shape ({batch},), got shape "
+                     f"{jnp.shape(per_example)}; reduce over classes inside it (e.g. "
+                     "optax.sigmoid_binary_cross_entropy(...).sum(-1)) and leave the mean over "
+                     "examples to training", argument="loss_fn")
+  data = jnp.mean(per_example)
   penalty_fn = losses.l2_penalty if penalty is None else penalty
   return data + reg * penalty_fn(params), data
 
@@ -660,7 +671,8 @@ class Trainer:
 
     Members are the pairs (learning_rates[g], regs[g]); a single learning rate
     or reg (a number, or a sequence of one) serves every member, e.g.
-    ``learning_rates=[1e-3, 1e-2]`` with the default ``regs=(0.0,)``.
+    ``learning_rates=[1e-3, 1e-2]`` with the default ``regs=(0.0,)``. For every
+    combination of some rates and some regs, pass ``**train.grid(rates, regs)``.
     learning_rates None gives each the rate 1 (the schedule is then the learning
     rate), and must be None for an optimizer without a learning rate to vary.
 
@@ -902,6 +914,20 @@ def _finite_mean(losses_SxG):
   total = np.where(finite, losses_SxG, 0.0).sum(0)
   count = finite.sum(0)
   return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def grid(learning_rates: Sequence[float], regs: Sequence[float]) -> dict:
+  """Every (learning rate, reg) pair, as ``fit``'s keyword arguments: ``fit`` trains the
+  members (learning_rates[g], regs[g]) it is given, in pairs; this crosses them, in the
+  order of the command line's grid (``--learning_rate=a,b --reg=r,s``: a r, a s, b r, b s).
+
+    fit = trainer.fit(key, x, y, **train.grid([1e-3, 3e-3], [0.0, 1e-4]), ...)
+  """
+  lrs, rs = list(learning_rates), list(regs)
+  if not lrs or not rs:
+    raise InputError(f"grid needs at least one learning rate and one reg, got {len(lrs)} and "
+                     f"{len(rs)}", argument="learning_rates" if not lrs else "regs")
+  return {"learning_rates": [lr for lr in lrs for _ in rs], "regs": [r for _ in lrs for r in rs]}
 
 
 def member(params_G, i: int):

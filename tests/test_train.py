@@ -1,4 +1,5 @@
 import functools
+import re
 import warnings
 
 import jax
@@ -675,3 +676,40 @@ def test_any_optax_object_and_clear_errors_for_optimizer_functions():
                   schedule=optax.linear_schedule(0.0, 1.0, 100)).fit(
         jax.random.key(0), x, y, learning_rates=[0.1, 0.2], regs=[0.0, 0.0], batch_size=20,
         num_steps=1)
+
+
+def test_a_loss_that_is_not_one_per_example_is_refused():
+  # A (B, C) loss or a summed one was accepted: the data term, and so reg's weight, was
+  # scaled by C or B without a word.
+  x, y = _problem()
+  per_class = lambda s, t: optax.sigmoid_binary_cross_entropy(s, jax.nn.one_hot(t, 3))
+  summed = lambda s, t: losses.softmax_cross_entropy(s, t).sum()
+  params = LINEAR.init(jax.random.key(0))
+  for loss_fn, shape in ((per_class, f"({len(x)}, 3)"), (summed, "()")):
+    step = train.make_train_step(loss_fn, linear.scores, optax.sgd(0.1))
+    with pytest.raises(InputError, match=rf"one loss per example, shape \({len(x)},\), got "
+                       rf"shape {re.escape(shape)}") as e:
+      step(params, optax.sgd(0.1).init(params), (x, y))
+    assert e.value.argument == "loss_fn"
+    with pytest.raises(InputError, match="one loss per example"):
+      train.Trainer(LINEAR, loss_fn, optimizer="sgd").fit(
+          jax.random.key(0), x, y, learning_rates=[0.1], batch_size=10, num_steps=2)
+  fixed = lambda s, t: per_class(s, t).sum(-1)  # what the message says to do
+  step = train.make_train_step(fixed, linear.scores, optax.sgd(0.1))
+  assert np.isfinite(step(params, optax.sgd(0.1).init(params), (x, y))[2]["loss"])
+
+
+def test_grid_crosses_rates_and_regs_as_the_command_line_does():
+  # fit pairs its lists; the command line crosses --learning_rate and --reg: a researcher
+  # who passed the command line's lists to fit trained a third of a 3 x 3 grid.
+  assert train.grid([1e-3, 3e-3], [0.0, 1e-4, 1e-2]) == {
+      "learning_rates": [1e-3, 1e-3, 1e-3, 3e-3, 3e-3, 3e-3],
+      "regs": [0.0, 1e-4, 1e-2, 0.0, 1e-4, 1e-2]}
+  with pytest.raises(InputError, match="at least one learning rate and one reg") as e:
+    train.grid([1e-3], [])
+  assert e.value.argument == "regs"
+  x, y = _problem()
+  fit = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd").fit(
+      jax.random.key(0), x, y, **train.grid([0.1, 0.01], [0.0, 1.0]), batch_size=10,
+      num_steps=2)
+  assert fit.params["W"].shape[0] == 4
