@@ -8,6 +8,12 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
   ``orientations`` equal half-open bins; each cell of ``cell`` x ``cell``
   pixels gets, per bin, the sum of the gradient magnitudes of its pixels in that
   bin divided by the cell's cell * cell pixels (the course's mean over the cell).
+  So only gradients that point right (gx > 0) are counted: a pixel whose
+  gradient points left (gx < 0, orientation beyond 180) or straight up or down
+  (gx = 0, orientation 0 or 180, as on a horizontal edge) is in no bin. The
+  features are not mirror-invariant (a left-to-right ramp has them, its mirror
+  image none), and on CIFAR-10 about half the gradient magnitude is left out.
+  This is the course's HOG, kept so that its figures can be reproduced.
 * Colour: a histogram of the hue channel of HSV over ``bins`` equal bins of
   [0, 1], normalised to sum to 1; each pixel's bin in exact integer arithmetic
   (a hue on a bin edge goes to the upper bin).
@@ -58,7 +64,9 @@ def _grey(image_HxWx3):
 
 
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
-  """(H // cell) * (W // cell) * orientations features of a uint8 image, cell-major."""
+  """(H // cell) * (W // cell) * orientations features of a uint8 image, cell-major (the
+  course's HOG: gradients that point left, up or down are in no bin; see the module's
+  docstring)."""
   orientations = _checks.int_at_least(orientations, "orientations", 1)
   cell = _checks.int_at_least(cell, "cell", 1)
   g = _grey(_pixels(image_HxWx3))

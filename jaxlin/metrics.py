@@ -33,9 +33,11 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
 
 
 def accuracy(labels_N, preds_N):
-  """Fraction of predictions equal to the labels (float; labels of any dtype, compared
-  exactly). NaN or inf in concrete float labels or predictions raise an InputError (a NaN
-  equals nothing, so it would count as a wrong prediction, hiding the fault upstream)."""
+  """Fraction of predictions equal to the labels: the count divided by N (a float32 scalar,
+  float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it). Labels of any
+  dtype, compared exactly. NaN or inf in concrete float labels or predictions raise an
+  InputError (a NaN equals nothing, so it would count as a wrong prediction, hiding the
+  fault upstream)."""
   labels_N, preds_N = _label_arrays(labels_N, preds_N, integers=False)
   if labels_N.size == 0:
     raise InputError("labels_N is empty: accuracy of no examples", argument="labels_N")
@@ -45,7 +47,12 @@ def accuracy(labels_N, preds_N):
       _checks.finite(v, name, "they are no class labels")
       _checks.exact_ints(v, name, dtype, "pass both as integer class labels")
     labels_N, preds_N = labels_N.astype(dtype), preds_N.astype(dtype)
-  return jnp.mean(labels_N == preds_N)
+  # The count is exact, and so is one division; jnp.mean's sum times 1/N was not (153 of
+  # 500 gave 0.30600002), nor is a division by a constant under jit, which XLA turns into
+  # that product: the barrier keeps N from being one.
+  dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
+  count = jnp.sum(labels_N == preds_N, dtype=jnp.int32).astype(dtype)
+  return count / jax.lax.optimization_barrier(jnp.asarray(labels_N.shape[0], dtype))
 
 
 def confusion_matrix(labels_N, preds_N, num_classes: int):

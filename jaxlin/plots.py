@@ -135,6 +135,15 @@ def _image_grid(ax, images, labels, colors, *, cell_inches: float, title: str,
   return fig
 
 
+def _check_channels(shape, name: str) -> None:
+  """InputError unless images of ``shape`` ((H, W) or (H, W, C)) have 1, 3 or 4 channels,
+  last: (3, 32, 32), channels first, drew a wrong picture without a word."""
+  if len(shape) == 3 and shape[-1] not in (1, 3, 4):
+    raise InputError(f"{name} gives images of shape {tuple(shape)}: {shape[-1]} channels; images "
+                     "are (H, W) or (H, W, C) with C = 1, 3 or 4, channels last (channels-first "
+                     "arrays: move the axis, e.g. np.moveaxis(x, -3, -1))", argument=name)
+
+
 def _as_image(x_HxWxC):
   """uint8 pixels -> [0, 1]; any other array (a template) min-max scaled to [0, 1]."""
   if np.asarray(x_HxWxC).dtype == np.uint8:
@@ -247,6 +256,7 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
   neighbor_images = _array(neighbor_images, "neighbor_images", f"({q}, {k}) + "
                            f"{query_images.shape[1:]} (Q, K and the query images' shape)",
                            (query_images.ndim + 1,), sizes={0: q, 1: k})
+  _check_channels(query_images.shape[1:], "query_images")
   if neighbor_images.shape[2:] != query_images.shape[1:]:
     raise InputError(f"neighbor_images has images of shape {neighbor_images.shape[2:]}, the "
                      f"queries {query_images.shape[1:]}: both must be the same",
@@ -312,6 +322,7 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
                      f"whose product is the {w.shape[0]} rows (D) of w_DxC",
                      argument="image_shape")
   image_shape = tuple(int(n) for n in dims)
+  _check_channels(image_shape, "image_shape")
   if len(class_names) != c:
     raise InputError(f"class_names has {len(class_names)} names for {c} templates (columns "
                      "of w_DxC): pass one name per column", argument="class_names")

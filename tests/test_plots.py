@@ -290,3 +290,16 @@ def test_figures_draw_the_values_they_are_given():
   ring, = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)
            and c.get_sizes().tolist() == [260]]
   np.testing.assert_allclose(ring.get_offsets(), [[1.0, 0.6]])
+
+
+def test_channels_first_images_are_refused():
+  # (3, 8, 8) for channels-last weights drew the first 3 of 8 "channels" without a word.
+  w = np.random.default_rng(0).normal(size=(192, 2))
+  with pytest.raises(InputError, match=r"8 channels; images are \(H, W\) or \(H, W, C\) with "
+                     r"C = 1, 3 or 4, channels last") as e:
+    plots.templates(w, (3, 8, 8), ["a", "b"])
+  assert e.value.argument == "image_shape"
+  q = np.zeros((1, 3, 8, 8), np.uint8)
+  with pytest.raises(InputError, match="8 channels") as e:
+    plots.neighbors(q, [0], q[:, None], [[0]], ["a"])
+  assert e.value.argument == "query_images"

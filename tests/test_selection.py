@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -250,6 +251,11 @@ def test_metrics_literal_values():
   y = np.array([0, 0, 1, 1, 2, 2])
   p = np.array([0, 1, 1, 1, 0, 2])
   assert float(metrics.accuracy(y, p)) == pytest.approx(4 / 6)
+  # 153 of 500: the count over N as numpy rounds it (jnp.mean, and a jitted division by the
+  # constant N, multiplied by 1/N: 0.30600002)
+  y5, p5 = np.zeros(500, np.int32), np.repeat(np.int32([0, 1]), [153, 347])
+  for fn in (metrics.accuracy, jax.jit(metrics.accuracy)):
+    assert fn(y5, p5).dtype == np.float32 and float(fn(y5, p5)) == np.float32(153) / 500
   cm = metrics.confusion_matrix(y, p, 4)
   np.testing.assert_array_equal(cm, [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
   pca = np.asarray(metrics.per_class_accuracy(cm))
