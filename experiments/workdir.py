@@ -66,13 +66,11 @@ _CONTROL = re.compile(r"\.(staging|previous)-\d+|\.commit-\d+\.json"
                       r"|\.(\.commit-\d+\.json|\.run-files\.json)\.\w+\.tmp")
 
 
-def _control(name: str, path: str | None = None) -> bool:
+def _control(name: str) -> bool:
   """The workdir's own bookkeeping: the lock, the manifest, staging, trash and journal
   folders and files, and the temporary files of their atomic writes (exact names: a user's
-  ``.staging-notes`` is the user's); with ``path``, a lock of the old name that a run left."""
-  if name in (LOCK, MANIFEST) or _CONTROL.fullmatch(name):
-    return True
-  return path is not None and name == _OLD_LOCK and _is_old_lock(os.path.join(path, name))
+  ``.staging-notes`` is the user's)."""
+  return name in (LOCK, MANIFEST) or bool(_CONTROL.fullmatch(name))
 
 
 def _is_old_lock(path: str) -> bool:
@@ -85,6 +83,21 @@ def _is_old_lock(path: str) -> bool:
     return isinstance(info, dict) and set(info) == {"pid", "host", "experiment", "started"}
   except (OSError, ValueError):
     return False
+
+
+def _held(path: str) -> bool:
+  """Whether a process holds the flock of ``path`` now."""
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return False
+  except OSError as e:
+    return e.errno in (errno.EAGAIN, errno.EACCES)
+  finally:
+    os.close(fd)
 
 
 KINDS = ("knn", "linear", "study")  # the experiments that write a workdir
@@ -105,7 +118,7 @@ def _legacy_kind(config: dict) -> str | None:
 
 
 def _run_files(path: str) -> list[str]:
-  return sorted(e for e in os.listdir(path) if not _control(e, path))
+  return sorted(e for e in os.listdir(path) if not _control(e))
 
 
 def _workdir_kind(path: str) -> str | None:
@@ -150,6 +163,14 @@ def _manifest(path: str) -> dict | None:
   return None
 
 
+def _remove(path: str) -> None:
+  """Removes a file, link or folder at ``path`` (nothing if there is none)."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
 class Workdir:
   """The workdir of one run: lock, staging folder, commit.
 
@@ -186,11 +207,18 @@ class Workdir:
       raise ConfigError(f"workdir {self.path} is not writable ({e.strerror or e}); "
                         "choose another --workdir", argument="workdir") from None
     try:
+      old_lock = os.path.join(self.path, _OLD_LOCK)
+      if _is_old_lock(old_lock):  # a run of jaxlin before 2026-12-06 (it names its lock .lock)
+        if _held(old_lock):
+          raise ConfigError(f"workdir {self.path} is in use by another run "
+                            f"({self._holder(old_lock)}); wait for it or choose another "
+                            "--workdir", argument="workdir")
+        os.remove(old_lock)  # left by one that died
       for e in sorted(os.listdir(self.path)):  # a commit that a killed process left half done
         if _CONTROL.fullmatch(e) and e.startswith(JOURNAL):
           self._finish_commit(os.path.join(self.path, e))
       for e in os.listdir(self.path):  # left by runs that died (we hold the lock)
-        if _control(e, self.path) and e not in (LOCK, MANIFEST):
+        if _control(e) and e not in (LOCK, MANIFEST):
           target = os.path.join(self.path, e)
           if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target, ignore_errors=True)
@@ -344,8 +372,10 @@ class Workdir:
     (and the journal removed) where its commit is past its commit point (the manifest it
     writes is in place: the new run stands, and only the clean-up was left), or where it
     cannot be read (it is written atomically and synced, so only a damaged disk leaves
-    one): then every file of its trash whose name is free goes back, the previous run
-    before the new one."""
+    one): then the previous run comes back, the one the manifest lists. Every file in
+    the trash goes back, over a file of the same name (the new run's, moved in after the
+    old one went out); the new run's other files moved in (names runs write that the
+    manifest does not list) go."""
     try:
       with open(journal) as f:
         plan = json.load(f)
@@ -353,18 +383,26 @@ class Workdir:
              os.path.join(self.path, os.path.basename(plan["staging"])),
              os.path.join(self.path, os.path.basename(plan["trash"])), str(plan["commit"]))
     except (OSError, ValueError, KeyError, TypeError):
-      pid = os.path.basename(journal)[len(JOURNAL):-len(".json")]
-      trash = os.path.join(self.path, f"{PREVIOUS}{pid}")
-      for name in os.listdir(trash) if os.path.isdir(trash) else ():
-        if not os.path.lexists(os.path.join(self.path, name)):
-          os.replace(os.path.join(trash, name), os.path.join(self.path, name))
-      os.remove(journal)
+      self._salvage(journal)
       return None
     manifest = _manifest(self.path)
     if manifest is not None and manifest.get("commit") == out[4]:
       os.remove(journal)
       return None
     return out
+
+  def _salvage(self, journal: str) -> None:
+    """The previous run back, from a commit whose journal cannot be read (see ``_plan``)."""
+    pid = os.path.basename(journal)[len(JOURNAL):-len(".json")]
+    trash = os.path.join(self.path, f"{PREVIOUS}{pid}")
+    for name in os.listdir(trash) if os.path.isdir(trash) else ():
+      _remove(os.path.join(self.path, name))
+      os.replace(os.path.join(trash, name), os.path.join(self.path, name))
+    manifest = _manifest(self.path)  # the previous run's: the new one's comes after the journal
+    if manifest is not None:
+      for name in set(_run_files(self.path)) & RUN_NAMES - set(manifest["files"]):
+        _remove(os.path.join(self.path, name))  # (a user's file of such a name is refused)
+    os.remove(journal)
 
   def _roll_back(self, journal: str) -> None:
     """Undoes a commit in progress: every new file moved in goes back to the staging
@@ -380,10 +418,8 @@ class Workdir:
       if os.path.lexists(here) and moved_in:
         if os.path.isdir(staging):
           os.replace(here, staged)
-        elif os.path.isdir(here) and not os.path.islink(here):
-          shutil.rmtree(here)
         else:
-          os.remove(here)
+          _remove(here)
     for name in old:
       kept = os.path.join(trash, name)
       if os.path.lexists(kept) and not os.path.lexists(os.path.join(self.path, name)):

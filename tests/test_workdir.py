@@ -580,9 +580,19 @@ def test_names_like_the_workdirs_own_are_a_users_files(tmp_path):
     w.commit()
   assert sorted(os.listdir(tmp_path)) == sorted([*mine, ".run-files.json", "results.json"])
   assert (tmp_path / ".lock").read_text() == "my lock"
-  # A lock of the name runs used before, left by a run that died: removed, not foreign.
+  # A lock of the name runs used before: held by a live run of that code, the workdir is in
+  # use (it was removed, and both runs went on); left by a run that died, removed.
   (tmp_path / ".lock").write_text(json.dumps(dict(pid=1, host="h", experiment="knn",
                                                   started="2026-12-01 10:00:00")))
+  import fcntl  # pylint: disable=import-outside-toplevel
+  fd = os.open(tmp_path / ".lock", os.O_RDWR)
+  fcntl.flock(fd, fcntl.LOCK_EX)
+  try:
+    with pytest.raises(ConfigError, match=r"in use by another run \(knn, process 1 on h"):
+      Workdir(str(tmp_path), "knn", overwrite=True).open()
+  finally:
+    os.close(fd)
+  assert (tmp_path / ".lock").exists() and not (tmp_path / ".jaxlin-lock").exists()
   with Workdir(str(tmp_path), "knn", overwrite=True):
     assert not (tmp_path / ".lock").exists()
 
@@ -603,6 +613,29 @@ def test_a_journal_that_cannot_be_read_gives_the_previous_run_back(tmp_path):
         "config.json", "results.json", "zz.png"]
     assert (tmp_path / "results.json").read_text() == "old"
     assert not [n for n in os.listdir(tmp_path) if n.startswith((".commit-", ".previous-"))]
+
+
+def test_an_unreadable_journal_after_new_files_moved_in_gives_the_previous_run_back(tmp_path):
+  # The new run's results.json and metrics.jsonl had moved in: they stayed beside the old
+  # run's files, and metrics.jsonl, not in the manifest, then made every open refuse the
+  # workdir (--overwrite too).
+  (tmp_path / ".run-files.json").write_text('["config.json", "model.npz", "results.json"]')
+  (tmp_path / "config.json").write_text('{"experiment": "linear"}')
+  (tmp_path / "results.json").write_text("new")
+  (tmp_path / "metrics.jsonl").write_text("new")
+  (tmp_path / "notes.txt").write_text("mine")
+  (tmp_path / ".previous-77").mkdir()
+  (tmp_path / ".previous-77" / "results.json").write_text("old")
+  (tmp_path / ".previous-77" / "model.npz").write_text("old")
+  (tmp_path / ".staging-77").mkdir()
+  (tmp_path / ".staging-77" / "config.json").write_text('{"experiment": "linear"}')
+  (tmp_path / ".commit-77.json").write_text('{"old": ["config.js')  # cut short
+  with Workdir(str(tmp_path), "linear", overwrite=True):
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+        "config.json", "model.npz", "notes.txt", "results.json"]
+    assert (tmp_path / "results.json").read_text() == "old"
+  with Workdir(str(tmp_path), "linear", overwrite=True):  # and the next open is no different
+    pass
 
 
 def test_a_commit_syncs_the_staged_files_the_journal_and_the_manifest(tmp_path, monkeypatch):
