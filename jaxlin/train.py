@@ -115,8 +115,9 @@ def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
   otherwise: a (B, C) or summed loss would scale the data term, and so reg's weight,
   by C or B without a word)."""
   per_example = loss_fn(apply_fn(params, x), y)
-  batch = jnp.shape(x)[0]
-  if jnp.shape(per_example) != (batch,):
+  leaves = jax.tree.leaves(x)  # x may be a pytree of arrays (several inputs)
+  batch = jnp.shape(leaves[0])[0] if leaves and jnp.ndim(leaves[0]) else None
+  if batch is not None and jnp.shape(per_example) != (batch,):
     raise InputError(f"loss_fn must return one loss per example, shape ({batch},), got shape "
                      f"{jnp.shape(per_example)}; reduce over classes inside it (e.g. "
                      "optax.sigmoid_binary_cross_entropy(...).sum(-1)) and leave the mean over "
@@ -923,7 +924,7 @@ def grid(learning_rates: Sequence[float], regs: Sequence[float]) -> dict:
 
     fit = trainer.fit(key, x, y, **train.grid([1e-3, 3e-3], [0.0, 1e-4]), ...)
   """
-  lrs, rs = list(learning_rates), list(regs)
+  lrs, rs = (list(np.atleast_1d(np.asarray(v, dtype=object))) for v in (learning_rates, regs))
   if not lrs or not rs:
     raise InputError(f"grid needs at least one learning rate and one reg, got {len(lrs)} and "
                      f"{len(rs)}", argument="learning_rates" if not lrs else "regs")

@@ -694,6 +694,15 @@ def test_a_loss_that_is_not_one_per_example_is_refused():
     with pytest.raises(InputError, match="one loss per example"):
       train.Trainer(LINEAR, loss_fn, optimizer="sgd").fit(
           jax.random.key(0), x, y, learning_rates=[0.1], batch_size=10, num_steps=2)
+  # Inputs of several arrays (a pytree x): the batch is their rows (the check took the
+  # tuple's length for it, and a dict failed).
+  two = train.make_train_step(losses.softmax_cross_entropy,
+                              lambda p, xs: linear.scores(p, xs[0]) + linear.scores(p, xs[1]),
+                              optax.sgd(0.1))
+  _, _, m = two(params, optax.sgd(0.1).init(params), ((x, x), y))
+  loss, _ = train.objective(params, {"a": x}, y, 0.0, loss_fn=losses.softmax_cross_entropy,
+                            apply_fn=lambda p, xs: linear.scores(p, xs["a"]))
+  assert np.isfinite(m["loss"]) and np.isfinite(loss)
   fixed = lambda s, t: per_class(s, t).sum(-1)  # what the message says to do
   step = train.make_train_step(fixed, linear.scores, optax.sgd(0.1))
   assert np.isfinite(step(params, optax.sgd(0.1).init(params), (x, y))[2]["loss"])
@@ -708,6 +717,7 @@ def test_grid_crosses_rates_and_regs_as_the_command_line_does():
   with pytest.raises(InputError, match="at least one learning rate and one reg") as e:
     train.grid([1e-3], [])
   assert e.value.argument == "regs"
+  assert train.grid(1e-3, [0.0, 1.0]) == {"learning_rates": [1e-3, 1e-3], "regs": [0.0, 1.0]}
   x, y = _problem()
   fit = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd").fit(
       jax.random.key(0), x, y, **train.grid([0.1, 0.01], [0.0, 1.0]), batch_size=10,
