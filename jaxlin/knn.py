@@ -36,8 +36,10 @@ Tie rule: neighbours at equal computed distance come in increasing database inde
 (``jax.lax.top_k`` is stable; the running merge and the device merge keep
 earlier, lower-index candidates first). Float distances are rounded, so rows at
 the same true distance (duplicates excepted) can get computed distances a rounding
-apart and come in either order: integer-valued data (counts, binary features,
-pixels) searched as integers have exact distances and exact ties.
+apart and come in either order. Integer-valued data (counts, binary features,
+pixels) searched as integers get exact distances and ties with L1, and with L2
+on uint8 or int8 rows of at most 16,512 features (other integers in L2: while
+the rows' squared norms stay below 2**24, as above).
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
 int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3
@@ -549,7 +551,7 @@ def _unchecked_rows(queries, database, n: int, given, kernel):
   if not any(_checks.is_traced(a) for a in given):
     return None  # concrete inputs were checked: these raised
   limit = distances.float_limit(kernel, queries.shape[1])
-  whole = float(1 << _checks.EXACT_INTS[kernel.float_dtype])
+  whole = 1 << _checks.EXACT_INTS[kernel.float_dtype]  # L2's float kernel: integers up to it
 
   def bad_values(a, axis):
     out = jnp.zeros(a.shape[:1] if axis else (), bool)
@@ -557,8 +559,10 @@ def _unchecked_rows(queries, database, n: int, given, kernel):
       out = out | ~jnp.all(jnp.isfinite(a), axis=axis)
     if limit is not None:
       big = jnp.max(jnp.abs(a.astype(kernel.float_dtype)), axis=axis, initial=0.0)
-      wide = jnp.issubdtype(a.dtype, jnp.integer) and jnp.iinfo(a.dtype).bits > 16
-      out = out | (big > limit) | ((big > whole) if wide else False)
+      out = out | (big > limit)
+    if (kernel.name == "l2_float" and jnp.issubdtype(a.dtype, jnp.integer)
+        and max(-int(jnp.iinfo(a.dtype).min), int(jnp.iinfo(a.dtype).max)) > whole):
+      out = out | jnp.any((a > whole) | (a < -whole), axis=axis)  # compared as integers
     return out
 
   if limit is None and not any(jnp.issubdtype(a.dtype, jnp.inexact)

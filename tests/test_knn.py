@@ -486,10 +486,19 @@ def test_nan_or_inf_under_jit_gives_nan_and_minus_one_never_a_plausible_answer(m
       knn.search(db[:1], db, 1, metric=metric)
     d, i = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(db[:1], db)
     assert np.isnan(np.asarray(d)).all() and np.asarray(i).tolist() == [[-1]]
-    # int32 beyond 2**24 (float32 arithmetic rounds them; a concrete call refuses them)
-    ints = np.array([[1, 2, 3, 4], [2 ** 25, 0, 0, 0]], np.int32)
-    d, i = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(ints[:1], ints)
-    assert np.asarray(i).tolist() == [[-1]]
+    # int32 beyond 2**24 (float32 arithmetic rounds them; a concrete call refuses them),
+    # 2**24 + 1 too (it rounds to 2**24 when cast: compared as an integer)
+    for top in (2 ** 25, 2 ** 24 + 1):
+      ints = np.array([[1, 2, 3, 4], [top, 0, 0, 0]], np.int32)
+      with pytest.raises(InputError, match="beyond 2"):
+        knn.search(ints[:1], ints, 1, metric=metric)
+      d, i = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(ints[:1], ints)
+      assert np.asarray(i).tolist() == [[-1]]
+  if metric == "l1":  # L1 sums them as floats and a concrete call answers: so does jit
+    ints = np.array([[2 ** 25, 0, 0, 0]], np.int32)
+    want = knn.search(ints, x[:3], 1, metric=metric)
+    got = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(ints, x[:3])
+    np.testing.assert_array_equal(got[1], want[1])
   # Integer inputs hold no NaN: their answers under jit are the answers outside it.
   xi = (np.abs(x) * 40).astype(np.uint8)
   np.testing.assert_array_equal(np.asarray(search(xi[:3], xi)[1]),
