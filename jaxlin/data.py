@@ -356,6 +356,8 @@ def _read_decoded(entry, start: int, stop: int | None, expected_labels: np.ndarr
     if (start, stop) == (first, last):  # whole blocks: the array read is the answer
       return block, out_labels
     return block[start - first:stop - first].copy(), out_labels
+  except MemoryError:  # not damage: rebuilding would fail too, and overwrite a good entry
+    raise
   except Exception:  # pylint: disable=broad-except  # any damage: a miss, rebuilt
     # (numpy raises what a damaged header makes it: tokenize.TokenError, SyntaxError, ...)
     return None

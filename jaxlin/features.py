@@ -302,6 +302,8 @@ def _read_features(path: str, n: int):
     if (out.dtype == np.float32 and out.ndim == 2 and out.shape[0] == n and crc.shape == ()
         and files.crc32(out) == int(crc)):
       return out
+  except MemoryError:  # not damage: rebuilding would fail too, and overwrite a good entry
+    raise
   except Exception:  # pylint: disable=broad-except  # any damage: a miss, rebuilt
     # (numpy and zipfile raise what a damaged archive makes them: BadZipFile,
     # RuntimeError, NotImplementedError, ...)

@@ -34,7 +34,8 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
 
 def accuracy(labels_N, preds_N):
   """Fraction of predictions equal to the labels: the count divided by N (a float32 scalar,
-  float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it). Labels of any
+  float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it; under vmap XLA
+  multiplies by 1/N instead, which can be one unit in the last place off). Labels of any
   dtype, compared exactly. NaN or inf in concrete float labels or predictions raise an
   InputError (a NaN equals nothing, so it would count as a wrong prediction, hiding the
   fault upstream)."""

@@ -5,8 +5,9 @@ A server process imports what every entry point imports (JAX, absl, jaxlin, the 
 common module; no device is started, and no module that defines flags is imported), then
 forks once per command line. The child runs the module as ``__main__`` with
 runpy, as ``python -m`` does, with its stdout and stderr in files, and ends with the module's
-exit code. Tests that set their own environment (read when JAX is imported) start real
-processes instead.
+exit code (atexit handlers run, as at the interpreter's exit; a command line still running
+after its timeout is killed and raises subprocess.TimeoutExpired). Tests that set their own
+environment (read when JAX is imported) start real processes instead.
 """
 import json
 import os
@@ -17,7 +18,7 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SERVER = r"""
-import json, os, runpy, sys, tempfile, traceback
+import atexit, ctypes, json, os, runpy, signal, sys, tempfile, time, traceback
 import jax, numpy, absl.app, absl.flags  # what every entry point imports; no device started
 import experiments.common  # noqa: F401  (benchmarks.common defines flags: not here)
 from jaxlin import data, distances, knn, selection, train  # noqa: F401
@@ -29,6 +30,7 @@ for line in sys.stdin:
   if pid == 0:
     code = 1
     try:
+      ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: ends with the server
       os.chdir(request["cwd"])
       for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY), fd)
@@ -43,18 +45,27 @@ for line in sys.stdin:
       except BaseException:  # pylint: disable=broad-except
         traceback.print_exc()
         code = 1
+      atexit._run_exitfuncs()  # as the interpreter's exit runs them (errors printed there)
       sys.stdout.flush()
       sys.stderr.flush()
     finally:
       os._exit(code)
-  _, status = os.waitpid(pid, 0)
+  deadline, timed_out = time.monotonic() + request["timeout"], False
+  while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+      break
+    if time.monotonic() > deadline and not timed_out:
+      os.kill(pid, signal.SIGKILL)
+      timed_out = True
+    time.sleep(0.005)
   texts = []
   for path in (out, err):
     with open(path, encoding="utf-8", errors="replace") as f:
       texts.append(f.read())
     os.remove(path)
   print(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "stdout": texts[0],
-                    "stderr": texts[1]}), flush=True)
+                    "stderr": texts[1], "timed_out": timed_out}), flush=True)
 """
 
 
@@ -75,16 +86,25 @@ class Runner:
     ready = self._proc.stdout.readline()
     assert ready == "ready\n", ready
 
-  def run(self, module, *args, cwd=ROOT):
-    """`python -m module args...` in cwd; returns a Result."""
+  def run(self, module, *args, cwd=ROOT, timeout: float = 60.0):
+    """`python -m module args...` in cwd; returns a Result. A command line still running
+    after ``timeout`` seconds is killed, and subprocess.TimeoutExpired raised (with what it
+    had written), as subprocess.run(timeout=...) does."""
+    argv = [module, *map(str, args)]
     with self._lock:
-      self._proc.stdin.write(json.dumps({"module": module, "args": [str(a) for a in args],
-                                         "cwd": str(cwd)}) + "\n")
+      self._proc.stdin.write(json.dumps({"module": module, "args": argv[1:], "cwd": str(cwd),
+                                         "timeout": timeout}) + "\n")
       self._proc.stdin.flush()
       line = self._proc.stdout.readline()
     assert line, "the command-line server ended"
-    return Result(**json.loads(line))
+    out = json.loads(line)
+    if out.pop("timed_out"):
+      raise subprocess.TimeoutExpired(argv, timeout, out["stdout"], out["stderr"])
+    return Result(**out)
 
   def close(self):
     self._proc.stdin.close()
-    self._proc.wait(timeout=30)
+    try:
+      self._proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      self._proc.kill()  # (its children end with it: PR_SET_PDEATHSIG)

@@ -166,6 +166,13 @@ def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_pat
   assert not (tmp_path / "wd").exists()
 
 
+def test_the_command_line_runner_of_these_tests_stops_a_command_that_hangs(cli):
+  # (tests/cli.py; subprocess.run(timeout=...) did this for the tests before it)
+  with pytest.raises(subprocess.TimeoutExpired):
+    cli.run("http.server", "0", "--bind", "127.0.0.1", timeout=1)  # serves until stopped
+  assert cli.run("experiments.linear", "--num_epochs=abc").returncode == 2  # the server lives
+
+
 def test_a_missing_dataset_found_once_the_devices_are_up_is_one_line(tmp_path):
   """JAX's notes on the accelerators it did not find (e.g. "Unable to initialize backend
   'tpu'") stay out of the one line: a new process, JAX looking for every kind of device."""

@@ -337,18 +337,18 @@ def test_feature_settings_that_describe_nothing_are_refused():
 
 
 def test_an_unwritable_feature_cache_is_one_error(tmp_path, monkeypatch):
+  calls, real_extract = [], features.extract
+  monkeypatch.setattr(features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(InputError, match="cannot write the feature cache") as e:
     features.cached_extract(np.zeros((1, 8, 8, 3), np.uint8), cache_dir=str(blocker / "c"),
                             cell=4)
-  assert e.value.argument == "cache_dir"
+  assert e.value.argument == "cache_dir" and calls == []  # before the work, not after it
   # A write that fails after the work (a full disk): a warning, and the features all the same.
-  calls, real_extract = [], features.extract
 
   def full(path, *a, **k):
     raise OSError(28, "No space left on device", path)
-  monkeypatch.setattr(features, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k))
   monkeypatch.setattr(files, "atomic_write", full)
   with pytest.warns(UserWarning, match=r"could not keep these features \(No space left"):
     out = features.cached_extract(np.zeros((1, 8, 8, 3), np.uint8),
