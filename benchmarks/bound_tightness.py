@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import itertools
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -234,4 +233,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

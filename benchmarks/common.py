@@ -35,6 +35,67 @@ def machine() -> str:
   return f"{cores} CPU cores ({cpu}), {platform.system()}"
 
 
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu() -> str:
+  """The CPU as the results need it named: model, family and model numbers, and the
+  instruction sets that decide which kernels win (AMX, VNNI, AVX-512, AVX2)."""
+  info = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if not line.strip():
+          break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+  except OSError:
+    return platform.processor() or platform.machine()
+  flags_ = set(info.get("flags", "").split())
+  return (f"{info.get('model name', platform.machine())}, family {info.get('cpu family', '?')} "
+          f"model {info.get('model', '?')}; " + (" ".join(f for f in _ISA if f in flags_)
+                                                 or "no AVX2"))
+
+
+def software() -> str:
+  """The versions the figures depend on, this checkout's commit and the environment
+  variables that change how XLA and the baselines run."""
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  parts = [f"python {platform.python_version()}"]
+  for package in ("jax", "jaxlib", "numpy", "faiss-cpu", "scikit-learn"):
+    try:
+      parts.append(f"{package} {importlib.metadata.version(package)}")
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, timeout=10, check=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10,
+                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    parts.append(f"commit {commit}{' (with changes)' if dirty else ''}")
+  except (OSError, subprocess.SubprocessError):
+    pass
+  env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")
+         if os.environ.get(k)]
+  return ", ".join(parts + env)
+
+
+def run(main) -> None:
+  """``app.run(main)`` with a bad flag (``usage``) or a bad input (jaxlin's errors) as one
+  line, ``error: ...``, and exit code 1, not absl's page of usage or a traceback."""
+  from jaxlin.errors import JaxlinError  # pylint: disable=import-outside-toplevel
+
+  def checked(argv):
+    try:
+      return main(argv)
+    except (app.UsageError, JaxlinError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+  app.run(checked)
+
+
 def usage(ok: bool, message: str) -> None:
   """A flag check: one usage error naming the flag and the fix, before any work."""
   if not ok:
@@ -236,7 +297,8 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], *,
   unless given) with the date, machine and command (and the dataset, for a benchmark that
   reads one)."""
   table = markdown_table(rows, columns)
-  header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+  header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+            "cpu": cpu(), "software": software(),
             **({"dataset": DATASET.value} if uses_dataset else {}), **info,
             "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   stem = stem or name

@@ -141,6 +141,8 @@ def main(argv):
                f"{_NUM_TRAIN.value}")
   common.check_repeats(_REPEATS.value)
   common.usage(_ROUNDS.value >= 1, f"--rounds must be >= 1, got {_ROUNDS.value}")
+  common.usage(_BASELINE_SRC.value or not flags.FLAGS["rounds"].present, "--rounds takes turns "
+               "with the baseline: give --baseline_src too, or leave --rounds out")
   metrics = common.check_methods(_METRICS.value, ("l2", "l1"), flag="metrics")
   src = _BASELINE_SRC.value
   common.usage(src is None or os.path.isfile(os.path.join(src or "", "jaxlin", "selection.py")),
@@ -196,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -105,6 +104,10 @@ def main(argv):
                             distinct=True)
   repeats = common.check_repeats(_REPEATS.value)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
+  common.usage(_K.value >= 1 and _FINE.value >= 1, f"--k and --fine must be >= 1, got "
+               f"{_K.value} and {_FINE.value}")
+  common.usage(min(cs) >= _K.value, f"--estimates must each be >= --k={_K.value} (the k-th "
+               f"distance among C rows), got {','.join(map(str, cs))}")
   out, arrays = common.prepare("bench_l2_thr")
   db = arrays["train_x"].reshape(len(arrays["train_x"]), -1)
   test = arrays["test_x"].reshape(len(arrays["test_x"]), -1)
@@ -112,16 +115,17 @@ def main(argv):
   k = _K.value
   common.check_k(k, n)
   common.usage(db.dtype == np.uint8 and d % 128 == 0 and max(ms + [_FINE.value]) <= d
-               and max(cs) >= k and max(cs) <= n,
+               and max(cs) <= n,
                f"this benchmark needs uint8 images with a multiple of 128 features, at most "
                f"{d} components and k <= C <= {n}")
   q = test[common.query_rows(_QUERIES.value, len(test))]
-  true_d, _, = knn.search(q, db, k, metric="l2_squared", method="brute")
-  true_k = np.asarray(true_d)[:, k - 1].astype(np.int64)
 
   def exact_all(rows_QxC):  # exact squared distances of each query to its rows
     return np.concatenate([((q[s:s + 50, None].astype(np.int32) - db[rows_QxC[s:s + 50]]) ** 2)
                            .sum(axis=-1, dtype=np.int64) for s in range(0, len(q), 50)])
+  # The k-th distance exactly: search's float32 distances round above 2**24.
+  _, true_i = knn.search(q, db, k, metric="l2_squared", method="brute")
+  true_k = exact_all(np.asarray(true_i))[:, k - 1]
   fine_low, _, _ = _lower_bounds(db, q, _FINE.value)
   fine_rate_fn, exact_fn = _pair_kernels()
   rng = np.random.default_rng(0)
@@ -169,4 +173,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

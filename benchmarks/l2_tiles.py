@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -88,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

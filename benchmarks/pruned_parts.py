@@ -1,5 +1,7 @@
 r"""Where the pruned L2 search spends its time: the index build's block size and sample,
-and the parts of one round, each timed in one process (best of several).
+and the parts of one round, each timed in one process (best of several). Its L2 bound is
+the one on principal components (``image_shape`` not given), not the default on the images'
+DCT that ``pruned_speed`` times; the report's header says so.
 
   python -m benchmarks.pruned_parts --dataset=folder:/data/cifar10-jpeg --out=runs/bench_parts
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import functools
 import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -95,8 +96,9 @@ def main(argv):
     rows.append({"part": f"round: {name} (128 queries)", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "pruned_parts", rows, ["part", "seconds", "first_round"],
-                num_train=n, repeats=repeats)
+                num_train=n, repeats=repeats, basis="principal components (not the DCT)",
+                times="best of the repeats")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -69,8 +68,8 @@ def main(argv):
                  "us per row, top_k": t_plain / _ROWS.value * 1e6, "same positions": same})
     print(rows[-1], file=sys.stderr, flush=True)
   common.report(out, "topk_speed", rows, list(rows[0]), uses_dataset=False,
-                backend=jax.default_backend())
+                backend=jax.default_backend(), times="best of the repeats")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)
