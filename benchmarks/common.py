@@ -67,33 +67,41 @@ def software() -> str:
       parts.append(f"{package} {importlib.metadata.version(package)}")
     except importlib.metadata.PackageNotFoundError:
       pass
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, timeout=10, check=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10,
-                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    parts.append(f"commit {commit}{' (with changes)' if dirty else ''}")
+                            text=True, timeout=10, check=True, cwd=root).stdout.strip()
+    # The code's own folders, untracked modules included (a docs edit is no change)
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "jaxlin", "benchmarks"],
+                             capture_output=True, text=True, timeout=10, check=True,
+                             cwd=root).stdout.strip()
+    parts.append(f"commit {commit}{' with changes to jaxlin/ or benchmarks/' if changed else ''}")
   except (OSError, subprocess.SubprocessError):
-    pass
+    parts.append("commit unknown (not a git checkout)")
   env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")
          if os.environ.get(k)]
   return ", ".join(parts + env)
 
 
+_SOFTWARE: list = []  # read when the run starts: the code that ran, not the code at its end
+
+
 def run(main) -> None:
-  """``app.run(main)`` with a bad flag (``usage``) or a bad input (jaxlin's errors) as one
-  line, ``error: ...``, and exit code 1, not absl's page of usage or a traceback."""
+  """``app.run(main)`` with a bad flag (absl's parsing, or ``usage``) or a bad input
+  (jaxlin's errors about the data) as one line, ``error: ...``, and exit code 2, as the
+  experiments do, not absl's page of usage or a traceback; a crash keeps its traceback
+  and exit code 1."""
+  from experiments import config  # pylint: disable=import-outside-toplevel
   from jaxlin.errors import JaxlinError  # pylint: disable=import-outside-toplevel
 
   def checked(argv):
+    _SOFTWARE.append(software())
     try:
       return main(argv)
     except (app.UsageError, JaxlinError) as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
-  app.run(checked)
+      sys.exit(config.EXIT_USAGE)
+  app.run(checked, flags_parser=config.parse_flags)
 
 
 def usage(ok: bool, message: str) -> None:
@@ -298,7 +306,7 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], *,
   reads one)."""
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-            "cpu": cpu(), "software": software(),
+            "cpu": cpu(), "software": (_SOFTWARE or [software()])[0],
             **({"dataset": DATASET.value} if uses_dataset else {}), **info,
             "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   stem = stem or name

@@ -142,9 +142,9 @@ def main(argv):
     low, aug, width = _lower_bounds(db, q, m)
     sample = rng.integers(0, n, (len(q), 64))
     exact = exact_all(sample)
-    common.usage(bool((np.take_along_axis(low, sample, 1) <= exact).all()
-                      and (np.take_along_axis(fine_low, sample, 1) <= exact).all()),
-                 "a lower bound exceeded an exact distance: a bug in jaxlin.bounds")
+    if not ((np.take_along_axis(low, sample, 1) <= exact).all()
+            and (np.take_along_axis(fine_low, sample, 1) <= exact).all()):
+      raise AssertionError("a lower bound exceeded an exact distance: a bug in jaxlin.bounds")
     tile = jnp.asarray(rng.standard_normal((1024, width)).astype(np.float32))
     product = jax.jit(lambda a: jnp.matmul(a, aug.T, precision=jax.lax.Precision.HIGHEST))
     coarse_s = common.best_seconds(lambda: product(tile), repeats) * 10000 / 1024
@@ -152,8 +152,9 @@ def main(argv):
     for c in cs:
       est = np.argpartition(low, c - 1, axis=1)[:, :c]
       d_k = np.partition(exact_all(est), k - 1, axis=1)[:, k - 1]
-      common.usage(bool((d_k >= true_k).all()), "an estimated threshold fell below the "
-                   "true k-th distance: a bug in this benchmark")
+      if not (d_k >= true_k).all():
+        raise AssertionError("an estimated threshold fell below the true k-th distance: a bug "
+                             "in this benchmark")
       coarse = low <= d_k[:, None]
       both = (coarse & (fine_low <= d_k[:, None])).sum(axis=1)
       coarse = coarse.sum(axis=1)

@@ -170,10 +170,13 @@ def test_benchmark_flag_checks_are_one_usage_error(tmp_path, monkeypatch):
     (["benchmarks.l2_thresholds", "--estimates=5,32"], "--estimates must each be >= --k=10"),
     (["benchmarks.l2_thresholds", "--fine=0"], "--k and --fine must be >= 1"),
     (["benchmarks.cv_speed", "--rounds=2"], "--rounds takes turns with the baseline"),  # ignored
+    # absl's own parsing: "FATAL Flags parsing error" and a hint, two lines
+    (["benchmarks.pruned_speed", "--k=abc"], "--k must be an integer, got 'abc'"),
+    (["benchmarks.knn_speed", "--kk=3"], "unknown command line flag 'kk'"),
 ])
 def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message, cli):
   proc = cli.run(*args, "--dataset=folder:/nowhere", f"--out={tmp_path / 'out'}")
-  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
   # one line: absl printed the docstring and every flag above it (about 48 lines)
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]
   assert proc.stderr.startswith("error: ") and not (tmp_path / "out").exists()
