@@ -1,8 +1,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -167,13 +165,11 @@ def test_command_line_error_is_one_line(tmp_path, flag, error, cli):
   assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr
 
 
-def test_a_default_size_above_a_small_folder_says_how_to_take_all(image_folder, tmp_path):
+def test_a_default_size_above_a_small_folder_says_how_to_take_all(image_folder, tmp_path, cli):
   root, arrays = image_folder
   n_train = sum("/train/" in p for p in arrays) - 6
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.knn", f"--dataset=folder:{root}", "--num_val=6",
-       "--k=1", f"--workdir={tmp_path}/wd"], cwd=ROOT, capture_output=True, text=True,
-      timeout=120)
+  proc = cli.run("experiments.knn", f"--dataset=folder:{root}", "--num_val=6", "--k=1",
+                 f"--workdir={tmp_path}/wd")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [  # --num_train=5000 is kNN's default
       f"error: --num_train=5000 must be in [1, {n_train}]: the split has {n_train} images "

@@ -138,14 +138,12 @@ def test_every_broken_model_file_is_one_clear_error(tmp_path):
     assert name
 
 
-def test_predict_command_line_on_a_text_file_named_npz(tmp_path):
+def test_predict_command_line_on_a_text_file_named_npz(tmp_path, cli):
   text = tmp_path / "model.npz"
   text.write_text("hello")
   img = tmp_path / "x.png"
   Image.fromarray(np.zeros(SHAPE, np.uint8)).save(img)
-  proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--model={text}", str(img)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHONPATH=ROOT))
+  proc = cli.run("experiments.predict", f"--model={text}", img)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       f"error: {text} is not a jaxlin model file (not an .npz archive)"]
