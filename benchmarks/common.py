@@ -22,25 +22,8 @@ OUT = flags.DEFINE_string("out", None, "folder for the cached arrays and the rep
                           "(default runs/<benchmark>)")
 
 
-def machine() -> str:
-  """The cores this process may run on (not all the machine's, under taskset or a
-  container's limits) and the CPU model."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{cores} CPU cores ({cpu}), {platform.system()}"
-
-
-_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu() -> str:
-  """The CPU as the results need it named: model, family and model numbers, and the
-  instruction sets that decide which kernels win (AMX, VNNI, AVX-512, AVX2)."""
+def _cpuinfo() -> dict:
+  """The first processor's fields in Linux's /proc/cpuinfo ({} where there is none)."""
   info = {}
   try:
     with open("/proc/cpuinfo") as f:
@@ -50,6 +33,26 @@ def cpu() -> str:
         key, _, value = line.partition(":")
         info[key.strip()] = value.strip()
   except OSError:
+    pass
+  return info
+
+
+def machine() -> str:
+  """The cores this process may run on (not all the machine's, under taskset or a
+  container's limits) and the CPU model."""
+  model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f"{cores} CPU cores ({model}), {platform.system()}"
+
+
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu() -> str:
+  """The CPU as the results need it named: model, family and model numbers, and the
+  instruction sets that decide which kernels win (AMX, VNNI, AVX-512, AVX2)."""
+  info = _cpuinfo()
+  if not info:
     return platform.processor() or platform.machine()
   flags_ = set(info.get("flags", "").split())
   return (f"{info.get('model name', platform.machine())}, family {info.get('cpu family', '?')} "
@@ -95,7 +98,8 @@ def run(main) -> None:
   from jaxlin.errors import JaxlinError  # pylint: disable=import-outside-toplevel
 
   def checked(argv):
-    _SOFTWARE.append(software())
+    if not ("child" in flags.FLAGS and flags.FLAGS["child"].value):  # a child reports nothing
+      _SOFTWARE.append(software())
     try:
       return main(argv)
     except (app.UsageError, JaxlinError) as e:

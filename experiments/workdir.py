@@ -163,10 +163,11 @@ def _manifest(path: str) -> dict | None:
   return None
 
 
-def _remove(path: str) -> None:
-  """Removes a file, link or folder at ``path`` (nothing if there is none)."""
+def _remove(path: str, ignore_errors: bool = False) -> None:
+  """Removes a file, link or folder at ``path`` (nothing if there is none); a link is
+  removed, never followed. ``ignore_errors``: what of a folder cannot be removed stays."""
   if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
+    shutil.rmtree(path, ignore_errors=ignore_errors)
   elif os.path.lexists(path):
     os.remove(path)
 
@@ -219,11 +220,7 @@ class Workdir:
           self._finish_commit(os.path.join(self.path, e))
       for e in os.listdir(self.path):  # left by runs that died (we hold the lock)
         if _control(e) and e not in (LOCK, MANIFEST):
-          target = os.path.join(self.path, e)
-          if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target, ignore_errors=True)
-          else:
-            os.remove(target)
+          _remove(os.path.join(self.path, e), ignore_errors=True)
       self._check_kind()
       self.staging = os.path.join(self.path, f"{STAGING}{os.getpid()}")
       os.makedirs(self.staging)  # plots/ appears with the first figure
@@ -352,8 +349,7 @@ class Workdir:
       # A name in both lists whose staged file is gone was moved in already: it stays.
       if os.path.lexists(here) and (name not in new or os.path.lexists(staged)):
         target = os.path.join(trash, name)
-        if os.path.lexists(target):
-          shutil.rmtree(target, ignore_errors=True)
+        _remove(target, ignore_errors=True)  # (a file there too, not only a folder)
         os.replace(here, target)
     for name in reversed(order(new)):
       if os.path.lexists(os.path.join(staging, name)):

@@ -359,7 +359,8 @@ def _read_decoded(entry, start: int, stop: int | None, expected_labels: np.ndarr
   except MemoryError:  # not damage: rebuilding would fail too, and overwrite a good entry
     raise
   except Exception:  # pylint: disable=broad-except  # any damage: a miss, rebuilt
-    # (numpy raises what a damaged header makes it: tokenize.TokenError, SyntaxError, ...)
+    # (numpy raises whatever a damaged header makes it raise, tokenize.TokenError and
+    # SyntaxError among them)
     return None
 
 

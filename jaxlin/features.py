@@ -305,8 +305,8 @@ def _read_features(path: str, n: int):
   except MemoryError:  # not damage: rebuilding would fail too, and overwrite a good entry
     raise
   except Exception:  # pylint: disable=broad-except  # any damage: a miss, rebuilt
-    # (numpy and zipfile raise what a damaged archive makes them: BadZipFile,
-    # RuntimeError, NotImplementedError, ...)
+    # (numpy and zipfile raise whatever a damaged archive makes them raise, BadZipFile,
+    # RuntimeError and NotImplementedError among them)
     pass
   return None
 
