@@ -38,9 +38,13 @@ cast before any arithmetic. Integers ``l2_float`` casts must be exact in that
 float (up to 2**24 in float32, 2**53 in float64), else InputError: the
 identity cancels, so rounded rows could all tie (cosine and L1 beside floats
 round them relatively, as floats). Integer rows in
-``l2_float`` are centred on an integer, so their distances are exact (ties
-included) while every squared norm and product sum stays below 2**24
-(float32) or 2**53 (float64).
+``l2_float``, and float databases that hold only whole numbers, are centred
+on an integer, so their distances are exact (ties included) while every
+squared norm and product sum stays below 2**24 (float32) or 2**53 (float64).
+Float64 host arrays (numpy) that JAX would round to float32 (without
+``jax_enable_x64``) are centred on the database's column mean in float64
+first, for L1 and L2: a common offset large against the rows' spread (e.g.
+features near 1e7) then keeps their differences.
 Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 """
 from __future__ import annotations
@@ -118,7 +122,35 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
            for b, a, name in zip(big, checked, names)]
   if kernel.name in ("l1_float", "l2_float"):
     _check_float_range(big, x.shape[1], kernel, names, checked)
+    if metric != "cosine" and any(map(_narrowed, checked)) and not any(
+        isinstance(a, jax.Array) for a in checked):
+      x, y = _centred_on_host(checked[0], checked[1])
   return x, y, kernel
+
+
+def _narrowed(a) -> bool:
+  """Whether JAX rounds host array ``a`` to a narrower float: float64 without
+  jax_enable_x64."""
+  return (not isinstance(a, jax.Array) and a.dtype.kind == "f"
+          and jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype)
+
+
+def _centred_on_host(x, y):
+  """Host rows x and y less y's column mean, computed in float64 and rounded once to JAX's
+  float (both distances are unchanged by one shift of both inputs). Rounding the rows
+  first would round away differences small against a common offset: float32 keeps 24 bits,
+  so rows near 1e7 would differ by whole numbers only. A database of whole numbers keeps a
+  whole centre (exact ties, as in ``_l2_float_prepare``)."""
+  y64 = np.asarray(y, np.float64)
+  centre = y64.mean(axis=0) if len(y64) else np.zeros(y64.shape[1])
+  if np.all(y64 == np.rint(y64)):
+    centre = np.rint(centre)
+  out = []
+  for a in (x, y64):
+    c = np.empty(a.shape, jax.dtypes.canonicalize_dtype(np.float64))
+    np.subtract(a, centre, out=c, casting="same_kind")  # computed wide, rounded once
+    out.append(jnp.asarray(c))
+  return out
 
 
 def float_limit(kernel, d: int) -> float | None:
@@ -464,8 +496,10 @@ def _l2_float_prepare(db, n_valid, dtype):
   db = db.astype(dtype)
   # Padding rows are zeros: the sum over all rows is the sum over the real ones.
   mu = jnp.sum(db, axis=0) / jnp.asarray(n_valid).astype(dtype)
-  if integers:  # an integer centre keeps integer rows integers: exact while sums stay exact
-    mu = jnp.round(mu)
+  # An integer centre keeps integer rows integers (integer dtypes, and float rows that all
+  # hold whole numbers: counts, binary features): exact while sums stay exact, so rows at the
+  # same distance tie exactly and come by index, as the same rows as integers do.
+  mu = jnp.round(mu) if integers else jnp.where(jnp.all(db == jnp.round(db)), jnp.round(mu), mu)
   db = db - mu  # L2 is translation invariant, and centred rows cancel less in the identity
   return db, jnp.sum(db * db, axis=1), mu
 

@@ -37,9 +37,12 @@ Tie rule: neighbours at equal computed distance come in increasing database inde
 earlier, lower-index candidates first). Float distances are rounded, so rows at
 the same true distance (duplicates excepted) can get computed distances a rounding
 apart and come in either order. Integer-valued data (counts, binary features,
-pixels) searched as integers get exact distances and ties with L1, and with L2
-on uint8 or int8 rows of at most 16,512 features (other integers in L2: while
-the rows' squared norms stay below 2**24, as above).
+pixels) get exact distances and ties with L1, and with L2 on uint8 or int8 rows
+of at most 16,512 features (other integers, and floats that all hold whole
+numbers, in L2: while the rows' squared norms stay below 2**24, as above).
+Float64 numpy inputs (rounded to float32 without ``jax_enable_x64``) are first
+centred in float64 for L1 and L2, so a large common offset keeps their
+differences.
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
 int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3

@@ -225,6 +225,50 @@ def test_integers_are_cast_only_to_floats_that_hold_them():
     assert e.value.argument == "x_QxD"
 
 
+def test_float64_rows_far_from_zero_keep_their_differences_without_x64():
+  """Without jax_enable_x64 JAX rounds float64 to float32 (24 bits: spacing 64 near 1e9).
+  Host rows are centred in float64 first for L1 and L2, which one shift does not change:
+  the same neighbours as without the offset (these were mostly ties before), and on whole
+  numbers the exact distances, ties by index."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(30, 4))
+  whole = rng.integers(0, 4, size=(30, 4)).astype(np.float64)  # many exact ties
+  ref = ((whole[:6, None] - whole[None]) ** 2).sum(-1)
+  for metric in ("l1", "l2", "l2_squared"):
+    d0, i0 = knn.search(x[:6], x, 5, metric=metric)
+    d1, i1 = knn.search(x[:6] + 1e9, x + 1e9, 5, metric=metric)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_allclose(d1, d0, rtol=1e-5, atol=1e-3)  # float L2: 0 within rounding
+  d, i = knn.search(whole[:6] + 1e9, whole + 1e9, 10, metric="l2_squared")
+  np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :10])
+  np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :10])
+  np.testing.assert_array_equal(
+      distances.pairwise_distances(np.array([[1e9 + 0.25]]), np.array([[1e9], [1e9 + 0.5]]),
+                                   metric="l2"), [[0.25, 0.25]])  # were 0 and 0
+  # Cosine is not shift invariant: its rows are rounded as floats, as before.
+  np.testing.assert_array_equal(knn.search(x[:2] + 1e9, x + 1e9, 3, metric="cosine")[1],
+                                knn.search(np.float32(x[:2] + 1e9), np.float32(x + 1e9), 3,
+                                           metric="cosine")[1])
+
+
+def test_float_rows_of_whole_numbers_tie_exactly_as_integers_do():
+  """Binary features as float32 get the exact distances of the same rows as uint8: an
+  integer centre, so ties come by index (a rounding apart, in either order, before)."""
+  rng = np.random.default_rng(4)
+  a = rng.random((80, 20)) < 0.3
+  ref = ((a[:16, None].astype(np.int64) - a[None]) ** 2).sum(-1)
+  want = np.argsort(ref, axis=1, kind="stable")[:, :12]
+  for dtype in (np.float32, np.uint8, np.int32):
+    for metric in ("l2_squared", "l2"):
+      d, i = knn.search(a[:16].astype(dtype), a.astype(dtype), 12, metric=metric)
+      np.testing.assert_array_equal(i, want)
+      np.testing.assert_allclose(d if metric == "l2_squared" else d ** 2,
+                                 np.sort(ref, axis=1)[:, :12], rtol=1e-6 * (metric == "l2"))
+  d, i = jax.jit(functools.partial(knn.search, k=12))(a[:16].astype(np.float32),
+                                                      a.astype(np.float32))
+  np.testing.assert_array_equal(i, want)
+
+
 def test_cosine_of_tiny_and_huge_vectors():
   d = lambda a, b: np.asarray(distances.pairwise_distances(np.float32(a), np.float32(b),
                                                            metric="cosine"))

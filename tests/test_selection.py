@@ -106,6 +106,26 @@ def test_cross_validation_matches_a_plain_loop_over_folds():
   np.testing.assert_array_equal(single, acc[:, 2])  # an int k: (folds,)
 
 
+def test_cross_validation_of_floats_far_from_zero_and_of_binary_floats():
+  """float64 rows near 1e9 (without jax_enable_x64) score as the same rows near 0; binary
+  features as float32 score as the same features as uint8 (exact ties, by index)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 3))
+  y = (x[:, 0] > 0).astype(int)
+  for metric in ("l1", "l2"):
+    near = selection.cross_validate_knn(x, y, [1, 3], num_folds=4, num_classes=2, metric=metric)
+    far = selection.cross_validate_knn(x + 1e9, y, [1, 3], num_folds=4, num_classes=2,
+                                       metric=metric)
+    np.testing.assert_array_equal(far, near)
+  b = rng.random((200, 20)) < 0.3
+  y = (b[:, :3].sum(1) + rng.integers(0, 2, 200)) % 3
+  as_float = selection.cross_validate_knn(b.astype(np.float32), y, [1, 5, 15], num_folds=5,
+                                          num_classes=3)
+  as_ints = selection.cross_validate_knn(b.astype(np.uint8), y, [1, 5, 15], num_folds=5,
+                                         num_classes=3)
+  np.testing.assert_array_equal(as_float, as_ints)
+
+
 @pytest.mark.parametrize("dtype, metric", [(np.uint8, "l1"), (np.int8, "l2"),
                                            (np.uint8, "l2_squared")])
 def test_pixels_share_each_pair_of_folds_with_the_answers_of_one_search_per_fold(
