@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import zipfile
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -114,6 +113,10 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   if isinstance(class_names, str):
     raise InputError(f"class_names must be a sequence of names, got the string {class_names!r}",
                      argument="class_names")
+  if not isinstance(class_names, (Sequence, np.ndarray)):  # a set's order is arbitrary
+    raise InputError(f"class_names must be an ordered sequence of names (a list or tuple, "
+                     f"one per class in label order), got a {type(class_names).__name__}",
+                     argument="class_names")
   def as_float32(name, v):
     try:
       with np.errstate(over="ignore"):  # beyond float32: inf, refused below
@@ -128,7 +131,8 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     raise InputError(f"features={features!r} needs feature_mean and feature_std (the "
                      "standardisation the model was trained with)", argument="feature_mean")
   mean_image = as_float32("mean_image", mean_image)
-  if isinstance(scale, (bool, np.bool_)) or as_float32("scale", scale).ndim != 0:
+  if (isinstance(scale, (bool, np.bool_, str, bytes))
+      or as_float32("scale", scale).ndim != 0):
     raise InputError(f"scale must be a finite number > 0 (the pixels' scale), got {scale!r}",
                      argument="scale")
   header = {"format_version": FORMAT_VERSION, "kind": kind, "loss": loss,
@@ -249,14 +253,21 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
     if value not in known:
       raise bad(f"unknown {name} {value!r} (known: {', '.join(known)})")
   try:
-    image_shape = tuple(int(v) for v in header["image_shape"])
-    scale = float(header["scale"])
-  except (KeyError, TypeError, ValueError) as e:
+    image_shape, scale = header["image_shape"], header["scale"]
+  except KeyError as e:
     raise bad(f"header lacks a valid {e}") from None
-  if len(image_shape) != 3 or min(image_shape) < 1:
-    raise bad(f"image_shape {image_shape} is not (H, W, C)")
-  if not (np.isfinite(scale) and scale > 0):
-    raise bad(f"scale must be a finite number > 0, got {scale}")
+  if (not isinstance(image_shape, (list, tuple)) or len(image_shape) != 3
+      or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in image_shape)):
+    shown = tuple(image_shape) if isinstance(image_shape, (list, tuple)) else image_shape
+    raise bad(f"image_shape {shown!r} is not (H, W, C) of positive integers")
+  image_shape = tuple(image_shape)
+  # The pixels are divided by scale in float32: it must be a normal float32 number.
+  f32 = np.finfo(np.float32)
+  if (isinstance(scale, bool) or not isinstance(scale, (int, float))
+      or not f32.tiny <= scale <= f32.max):
+    raise bad(f"scale must be a finite number > 0 within float32's normal range "
+              f"({f32.tiny:.3g} to {f32.max:.3g}), got {scale!r}")
+  scale = float(scale)
   needed = ["mean_image", "class_names"] + [f"param/{n}" for n, _ in KINDS[kind]]
   if features == "hog_hsv":
     needed += ["feature_mean", "feature_std"]
@@ -280,7 +291,8 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   stats = {}
   if features == "hog_hsv":
     if not np.all(arrays["feature_std"] > 0):
-      raise bad("feature_std must be > 0")
+      raise bad("feature_std must be > 0 (1 for a constant feature, as "
+                "features.standardise gives it)")
     stats = {k: arrays[k] for k in ("feature_mean", "feature_std")}
     try:
       settings = _feature_settings(header.get("feature_settings"))  # older files: defaults
@@ -345,7 +357,10 @@ def _read(path: str) -> tuple[dict, dict]:
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a damaged zip directory raises
+    # RuntimeError ("encrypted") or NotImplementedError ("compression method") too
     raise not_model(f"truncated or corrupt: {e}") from None
   if "header" not in arrays:
     raise not_model("no header")

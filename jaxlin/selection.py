@@ -125,6 +125,9 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
                      f"{_checks.rows_fix(x.shape)}", argument="x")
   if len(x) == 0:
     raise InputError("x is empty: cross-validation needs at least num_folds rows", argument="x")
+  if x.shape[1] == 0:
+    raise InputError(f"x has no features (shape {x.shape}): distances need D >= 1",
+                     argument="x")
   _checks.finite(x, "x")
   num_classes = _checks.num_classes(num_classes)
   _checks.labels(y, num_classes, "y", len(x))

@@ -105,7 +105,17 @@ def _bad_files(tmp_path):
   empty.write_bytes(b"")
   truncated = tmp_path / "truncated.npz"
   truncated.write_bytes(data[:len(data) // 2])
+  # A damaged zip directory: the general-purpose flag's bit 0 says "encrypted" (zipfile
+  # raised RuntimeError), a version it cannot read (NotImplementedError): tracebacks before.
+  directory = data.find(b"PK\x01\x02")
+  encrypted, version = bytearray(data), bytearray(data)
+  encrypted[directory + 8] |= 1
+  version[directory + 6] = 0xff
+  (tmp_path / "encrypted.npz").write_bytes(encrypted)
+  (tmp_path / "version.npz").write_bytes(version)
   return {
+      "encrypted": (str(tmp_path / "encrypted.npz"), "truncated or corrupt: .*encrypted"),
+      "version": (str(tmp_path / "version.npz"), "truncated or corrupt"),
       "text": (str(text), "not an .npz archive"),
       "npy": (str(npy), "single .npy array"),
       "empty": (str(empty), "the file is empty"),
@@ -119,6 +129,12 @@ def _bad_files(tmp_path):
       "kind": (_save(tmp_path / "d.npz", header={"kind": "cnn"}), "unknown kind 'cnn'"),
       "loss": (_save(tmp_path / "e.npz", header={"loss": "hinge"}), "unknown loss 'hinge'"),
       "scale": (_save(tmp_path / "f.npz", header={"scale": 0.0}), "scale must be a finite"),
+      "scale_bool": (_save(tmp_path / "f1.npz", header={"scale": True}),
+                     "scale must be a finite.*got True"),  # was read as 1.0
+      "scale_tiny": (_save(tmp_path / "f2.npz", header={"scale": 1e-46}),  # float32: 0
+                     r"within float32's normal range .*got 1e-46"),
+      "shape_float": (_save(tmp_path / "f3.npz", header={"image_shape": [4, 4, 3.7]}),
+                      r"image_shape \(4, 4, 3.7\) is not \(H, W, C\)"),  # was (4, 4, 3)
       "nan": (_save(tmp_path / "g.npz", param__b=np.array([0.0, np.nan, 0.0])),
               "param/b holds inf or NaN"),
       "hog": (_save(tmp_path / "h.npz", features="hog_hsv", feature_std=None),
@@ -301,6 +317,10 @@ def _good_model():
     (dict(scale=np.array([1.0, 2.0])), "scale", "scale must be a finite number > 0"),  # was
     (dict(scale=True), "scale", "scale must be a finite number > 0"),  # "lacks a valid float"
     (dict(class_names="abc"), "class_names", "got the string 'abc'"),
+    (dict(class_names={"a", "b", "c"}), "class_names",  # stored in an arbitrary order
+     "class_names must be an ordered sequence of names .*got a set"),
+    (dict(scale="1"), "scale", "scale must be a finite number > 0"),  # was stored as 1.0
+    (dict(scale=1e-46), "scale", "within float32's normal range"),  # scores were NaN
     (dict(class_names=["a"]), "class_names", "1 class names for 3 classes"),
     (dict(params={"W": np.full((48, 3), 1e300), "b": np.zeros(3)}), "params",
      r"params\['W'\] holds inf or NaN \(or values beyond float32\)"),

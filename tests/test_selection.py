@@ -241,6 +241,7 @@ def test_cross_validation_checks_its_arguments_before_any_fold(monkeypatch):
       (dict(ks=[1, 0]), "ks", "must be positive"),
       (dict(ks=2.5), "ks", "must be an integer"),
       (dict(x=x[:0], y=y[:0]), "x", "x is empty"),
+      (dict(x=x[:, :0]), "x", r"x has no features \(shape \(20, 0\)\)"),  # was a fold's
       (dict(stratify="no"), "stratify", "True or False"),  # "no" stratified
       (dict(layout="rows"), "layout", "unknown layout 'rows'"),
       (dict(image_shape=(2, 2, 2)), "image_shape", "has 8 values, but rows have 12"),
