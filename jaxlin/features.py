@@ -3,7 +3,8 @@
 Both are pure functions of one (H, W, 3) image that jit and vmap over batches
 (``extract`` does both, batched). As in the course:
 
-* HOG: grey image, forward-difference gradients (0 in the last row / column),
+* HOG: grey image (0.299 r + 0.587 g + 0.114 b, computed exactly in
+  integers), forward-difference gradients (0 in the last row / column),
   orientation atan2(gy, gx) + 90 degrees binned over (0, 180) into
   ``orientations`` equal half-open bins; each cell of ``cell`` x ``cell``
   pixels gets, per bin, the sum of the gradient magnitudes of its pixels in that
@@ -13,7 +14,11 @@ Both are pure functions of one (H, W, 3) image that jit and vmap over batches
   (gx = 0, orientation 0 or 180, as on a horizontal edge) is in no bin. The
   features are not mirror-invariant (a left-to-right ramp has them, its mirror
   image none), and on CIFAR-10 about half the gradient magnitude is left out.
-  This is the course's HOG, kept so that its figures can be reproduced.
+  This is the course's HOG, kept so that its figures can be reproduced, with
+  two differences from its published code: that code weighs blue by 0.144 (a
+  typo for the standard 0.114 used here), and lays out its cells column-major
+  (here row-major: the same features in another order, which no classifier
+  here notices).
 * Colour: a histogram of the hue channel of HSV over ``bins`` equal bins of
   [0, 1], normalised to sum to 1; each pixel's bin in exact integer arithmetic
   (a hue on a bin edge goes to the upper bin).
@@ -57,10 +62,12 @@ def _pixels(image, argument: str = "image_HxWx3", ndim: int = 3):
   return x
 
 
-def _grey(image_HxWx3):
-  x = jnp.asarray(image_HxWx3).astype(jnp.float32)
-  # Full float32 on every device (GPUs and TPUs would otherwise round the product).
-  return jnp.matmul(x, jnp.asarray(GREY, jnp.float32), precision=jax.lax.Precision.HIGHEST)
+def _grey_thousandths(image_HxWx3):
+  """1,000 x the grey image, exactly: 299 r + 587 g + 114 b in int32 (at most 255,000). In
+  floats two colours of the same grey could differ by a rounding, and a horizontal edge
+  between them would get gx = +-1 ulp, counted in the first or last bin instead of none."""
+  x = jnp.asarray(image_HxWx3).astype(jnp.int32)
+  return sum(round(1000 * w) * x[..., i] for i, w in enumerate(GREY))
 
 
 def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
@@ -69,14 +76,15 @@ def hog(image_HxWx3, *, orientations: int = 9, cell: int = 8):
   docstring)."""
   orientations = _checks.int_at_least(orientations, "orientations", 1)
   cell = _checks.int_at_least(cell, "cell", 1)
-  g = _grey(_pixels(image_HxWx3))
+  g = _grey_thousandths(_pixels(image_HxWx3))
   h, w = g.shape
   if cell > min(h, w):
     raise InputError(f"cell={cell} is larger than the {h} x {w} image: no whole cell to "
                      "describe; use a cell of at most the image side", argument="cell")
-  gx = jnp.zeros_like(g).at[:, :-1].set(jnp.diff(g, axis=1))
-  gy = jnp.zeros_like(g).at[:-1, :].set(jnp.diff(g, axis=0))
-  mag = jnp.sqrt(gx * gx + gy * gy)
+  # Integer differences, exact in float32 (below 2**24): gx == 0 exactly where the greys tie.
+  gx = jnp.zeros_like(g).at[:, :-1].set(jnp.diff(g, axis=1)).astype(jnp.float32)
+  gy = jnp.zeros_like(g).at[:-1, :].set(jnp.diff(g, axis=0)).astype(jnp.float32)
+  mag = jnp.sqrt(gx * gx + gy * gy) / 1000.0
   # atan2(gy, gx) + 90 lies in [-90, 270]; only (0, 180) is binned. (The course adds
   # 1e-15 to gx, which moves gx == 0 pixels off the edges 0 / 180 or not depending
   # on float rounding; the exact atan2 keeps them on the edges, out of every bin.)

@@ -16,8 +16,9 @@ from jaxlin.errors import InputError
 
 
 def hog_reference(img, orientations=9, cell=8):
-  """Per-pixel loops, written plainly after the course's hog_feature."""
-  g = img.astype(np.float64) @ np.array(features.GREY)
+  """Per-pixel loops, written plainly after the course's hog_feature (its grey exact: two
+  colours of the same grey give equal floats)."""
+  g = (img.astype(np.int64) @ np.array([299, 587, 114])) / 1000.0
   h, w = g.shape
   gx, gy = np.zeros_like(g), np.zeros_like(g)
   for i in range(h):
@@ -110,6 +111,21 @@ def test_hog_weighs_the_colours_as_grey_does(channel):
   expected[4] = 8 * 255.0 * features.GREY[channel] / 64
   assert features.GREY == (0.299, 0.587, 0.114)
   np.testing.assert_allclose(features.hog(img), expected, rtol=1e-5)
+
+
+def test_colours_of_the_same_grey_make_no_gradient():
+  """299 * 139 + 587 * 143 + 114 * 239 = 299 * 157 + 587 * 155 + 114 * 130: a vertical
+  edge between the two colours has gx = 0 exactly, so its pixels (gy = -60 below them) are
+  in no bin. In float32 gx was +-1 ulp and the pixels were counted, in bin 0 (not in the
+  mirror image)."""
+  a, b = np.array([139, 143, 239]), np.array([157, 155, 130])
+  assert a @ [299, 587, 114] == b @ [299, 587, 114]
+  img = np.zeros((8, 8, 3), np.uint8)
+  img[:4, :4], img[:4, 4:], img[4:, :4], img[4:, 4:] = a, b, a - 60, b - 60
+  for x in (img, img[:, ::-1]):
+    f = np.asarray(features.hog(x))
+    np.testing.assert_array_equal(f, np.zeros(9))  # was 0.9375 in bin 0
+    np.testing.assert_allclose(f, hog_reference(x), atol=1e-7)
 
 
 def test_hue_histogram_literal_colours():
