@@ -18,6 +18,7 @@ folder's files), so each process decodes only its own shard.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -28,7 +29,7 @@ import shutil
 import socket
 import sys
 import threading
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -134,17 +135,23 @@ def check_name(name: str) -> None:
 # --------------------------------------------------------------------------
 # Image folders.
 # --------------------------------------------------------------------------
+# Hidden names (".ipynb_checkpoints", ".thumbnails", macOS's "._x.png") are no classes or
+# images: a hidden folder of images would otherwise take label 0 and shift every other label.
 def _images_in(path: str) -> list[str]:
   return sorted(os.path.join(path, f) for f in os.listdir(path)
-                if f.lower().endswith(IMAGE_EXTENSIONS))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
 def _subdirs(path: str) -> list[str]:
-  return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  return sorted(d for d in os.listdir(path)
+                if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
 
 
 def check_folder(root: str) -> tuple[str, ...]:
-  """Validate PATH/{train,test}/<class>/images; return the class names."""
+  """Validate PATH/{train,test}/<class>/images; return the class names: train's class
+  folders, sorted as strings (folders 0 to 11 give '0', '1', '10', '11', '2', ..., as
+  tfds.ImageFolder and torchvision sort them; ``class_names[label]`` names each label).
+  Hidden names (starting with ".") are skipped."""
   layout = "expected PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg"
   if os.path.exists(root) and not os.path.isdir(root):
     raise DataError(f"dataset folder {root} is a file, not a folder ({layout})")
@@ -171,20 +178,27 @@ def check_folder(root: str) -> tuple[str, ...]:
 
 
 def _find_bad_image(paths: Iterable[str]) -> str:
-  """Name the first file that does not decode, or whose shape differs."""
+  """Name the first file that does not decode, or the odd one out of two shapes: decoded
+  until a shape is seen twice beside another (the first file may be the odd one)."""
   tf = _tf()
-  first_shape = None
+  first, count = {}, collections.Counter()  # shape -> its first file, its files
   for p in paths:
     try:
       with _quiet_native_stderr():
-        img = _tf_decoded(tf, tf.io.read_file(p))
+        shape = tuple(_tf_decoded(tf, tf.io.read_file(p)).shape)
     except Exception as e:  # pylint: disable=broad-except
       return f"cannot decode image {p} ({type(e).__name__}); remove or replace the file"
-    if first_shape is None:
-      first_shape = tuple(img.shape)
-    elif tuple(img.shape) != first_shape:
-      return (f"image {p} has shape {tuple(img.shape)} but others have {first_shape}; "
-              "resize all images of the dataset to one size")
+    first.setdefault(shape, p)
+    count[shape] += 1
+    norm = [s for s in count if count[s] > 1]
+    if len(count) > 1 and norm:
+      odd = next(s for s in first if s != norm[0])
+      return (f"image {first[odd]} has shape {odd} but others have {norm[0]}; resize all "
+              "images of the dataset to one size")
+  if len(first) > 1:
+    (a, pa), (b, pb) = list(first.items())[:2]
+    return (f"images {pa} and {pb} have different shapes, {a} and {b}; resize all images "
+            "of the dataset to one size")
   return "could not read the image folder; check its files"
 
 
@@ -222,7 +236,8 @@ def _numpy_split(ds):
 
 
 def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
-  """(image paths, labels) of a folder split in tfds.ImageFolder's order.
+  """(image paths, labels) of a folder split in tfds.ImageFolder's order (hidden names
+  skipped, see ``check_folder``).
 
   That order: classes sorted, paths sorted within a class, then the whole list
   shuffled by ``random.Random(split)`` (a fixed seed per split). Reading the
@@ -420,6 +435,8 @@ def _tfds_builder(name: str, data_dir: str | None):
 
 def _folder_hint(name: str) -> str:
   """A hint for a dataset name that looks like a folder but lacks "folder:"."""
+  if name[:len("folder:")].lower() == "folder:":
+    return f"; for a local image folder write folder:{name[len('folder:'):]} (in lower case)"
   if os.sep in name or os.path.isdir(os.path.expanduser(name)):
     return f"; for a local image folder write folder:{name}"
   return ""
@@ -467,6 +484,11 @@ def _tfds_dataset(name: str, split: str, data_dir: str | None):
 def _load_tfds_split(name: str, split: str, data_dir: str | None, start: int, stop: int | None):
   if start == 0 and stop is None:
     return _numpy_split(_tfds_dataset(name, split, data_dir))
+  size = _tfds_size(name, split, data_dir)
+  if not 0 <= start < size:  # as for a folder (tfds would give no rows)
+    raise InputError(f"start={start} is outside the {split} split's {size} examples "
+                     f"(rows 0 to {size - 1})", argument="start")
+  stop = size if stop is None else min(stop, size)  # the length below checks the slice
   # A tfds slice reads only the files and records it needs.
   images, labels = _numpy_split(_tfds_dataset(name, f"{split}[{start}:{stop}]", data_dir))
   if len(labels) != stop - start:  # a source without slicing (tfds's mock data): cut it here
@@ -493,7 +515,8 @@ def _class_names_tfds(name, data_dir, labels):
 def load_split(name: str, split: str, *, data_dir: str | None = None, start: int = 0,
                stop: int | None = None, cache_dir: str | None = None):
   """Rows [start, stop) of a source split (all by default) as
-  (images uint8 (N, H, W, C), labels int32 (N,), class_names).
+  (images uint8 (N, H, W, C), labels int32 (N,), class_names). An image folder's
+  splits are "train" and "test" (``load`` takes its val split from train).
 
   Only those rows are read and decoded. The last few reads stay in memory
   (read-only arrays), so a process that runs several experiments on one
@@ -509,17 +532,26 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   key; an unreadable entry is decoded again. None: no cache.
   """
   cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
+  start = _checks.concrete_int(start, "start")
+  stop = None if stop is None else _checks.concrete_int(stop, "stop")
   kind, value = parse_name(name)
   if kind != "folder":
     return _load_split_cached(name, split, data_dir, start, stop, cache_dir)
-  check_folder(value)
+  classes = check_folder(value)
+  if split not in ("train", "test"):
+    raise InputError(f"an image folder has the splits train and test, not {split!r} (load's "
+                     "val split is the last num_val images of train)", argument="split")
   root = os.path.abspath(value)
   paths, labels = folder_examples(root, split)
   stamp = _files_stamp(root, paths, labels)
   if stamp is None:  # a file that cannot be read: the decoder names it
     return _load_split_cached.__wrapped__(f"folder:{root}", split, data_dir, start, stop,
                                           cache_dir)
-  return _load_split_cached(f"folder:{root}", split, data_dir, start, stop, cache_dir, stamp)
+  # The stamp keys the split's files and labels; the class names are train's folders (a
+  # class only in train/ changes them, not this split's files): today's, not the memory's.
+  images, labels, _ = _load_split_cached(f"folder:{root}", split, data_dir, start, stop,
+                                         cache_dir, stamp)
+  return images, labels, classes
 
 
 def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
@@ -611,9 +643,9 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
 
   cache_dir: decoded image folders (see ``load_split``).
   """
+  rows = _checked_rows(rows)
   plan = split_rows(name, data_dir=data_dir, num_train=num_train, num_val=num_val,
                     num_test=num_test, seed=seed)
-  rows = rows or {}
   splits, classes, whole = {}, (), {}
   for which, (source, idx) in plan.items():
     lo, hi = rows.get(which, (0, len(idx)))
@@ -642,6 +674,29 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
 # --------------------------------------------------------------------------
 # Preprocessing (pure jnp, runs on device).
 # --------------------------------------------------------------------------
+def _checked_rows(rows) -> dict:
+  """``load``'s rows as {split: (lo, hi)} of ints, or an InputError naming rows: a misspelt
+  split would otherwise be read whole (every process of a multi-host run holding it all)."""
+  if rows is None:
+    return {}
+  if not isinstance(rows, Mapping):
+    raise InputError(f"rows must be a dict {{split: (lo, hi)}}, got {type(rows).__name__}",
+                     argument="rows")
+  unknown = [k for k in rows if k not in ("train", "val", "test")]
+  if unknown:
+    raise InputError(f"rows names unknown split(s) {', '.join(map(repr, unknown))}; the "
+                     "splits are train, val and test", argument="rows")
+  out = {}
+  for which, pair in rows.items():
+    try:
+      lo, hi = pair
+      out[which] = (_checks.concrete_int(lo, "lo"), _checks.concrete_int(hi, "hi"))
+    except (TypeError, ValueError, InputError):
+      raise InputError(f"rows[{which!r}] must be a pair (lo, hi) of integers, got {pair!r}",
+                       argument="rows") from None
+  return out
+
+
 def _check_pixels(images_NxHxWxC):
   """uint8 (N, H, W, C) images; checked at trace time (dtype and shape are static)."""
   if images_NxHxWxC.dtype != jnp.uint8 or images_NxHxWxC.ndim != 4:

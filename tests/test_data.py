@@ -90,6 +90,23 @@ def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_fold
   assert empty.test.images.shape == (0, 8, 8, 3) and empty.test.total == 18
   with pytest.raises(InputError, match="outside"):
     data.load(name, num_val=6, rows={"val": (0, 7)})
+  for rows, message in [  # a misspelt split was read whole (every process holding it all)
+      ({"Train": (0, 3)}, "rows names unknown split.*'Train'; the splits are train, val and test"),
+      ({"train": 3}, r"rows\['train'\] must be a pair \(lo, hi\) of integers, got 3"),
+      ({"train": (0, 2.0)}, r"rows\['train'\] must be a pair .*got \(0, 2.0\)"),
+      ([("train", (0, 1))], r"rows must be a dict \{split: \(lo, hi\)\}, got list"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      data.load(name, num_val=6, rows=rows)
+    assert e.value.argument == "rows"
+  for kw, argument, message in [
+      (dict(split="val"), "split", "an image folder has the splits train and test, not 'val'"),
+      (dict(start=1.5), "start", "start must be an integer, got 1.5"),
+      (dict(stop=2.0), "stop", "stop must be an integer"),
+  ]:
+    with pytest.raises(InputError, match=message) as e:
+      data.load_split(name, **{"split": "train", **kw})
+    assert e.value.argument == argument
 
 
 def test_folder_reads_only_its_rows(image_folder, monkeypatch):
@@ -153,6 +170,12 @@ def test_tfds_cifar10_through_mock_data():
   assert ds.class_names == tuple(str(i) for i in range(10)) and ds.num_classes == 10
   with tfds.testing.mock_data(num_examples=40):  # a shard: rows 5..12 of the test split
     part = data.load("cifar10", num_val=8, num_test=10, seed=0, rows={"test": (5, 9)})
+    whole = data.load_split("cifar10", "test")[0]
+    np.testing.assert_array_equal(data.load_split("cifar10", "test", start=5)[0],
+                                  whole[5:])  # was a TypeError (stop None)
+    with pytest.raises(InputError, match="start=40 is outside the test split's 40") as e:
+      data.load_split("cifar10", "test", start=40)  # as for a folder (was no rows)
+    assert e.value.argument == "start"
   np.testing.assert_array_equal(part.test.images, ds.test.images[5:9])
 
 
@@ -178,6 +201,8 @@ def test_unknown_dataset_name():
   with pytest.raises(DataError, match="needs a path") as e:
     data.check_name("folder:")
   assert e.value.argument == "name" and "--" not in str(e.value)
+  with pytest.raises(DataError, match="write folder:/data/x \\(in lower case\\)$"):
+    data.check_name("FOLDER:/data/x")  # was "write folder:FOLDER:/data/x"
 
 
 def test_preprocess_subtracts_the_mean_image():
@@ -220,6 +245,11 @@ def test_images_of_different_sizes_are_named(image_folder):
   with pytest.raises(DataError, match=r"image .*test/cat/0999.png has shape \(5, 7, 3\) but others "
                                       r"have \(8, 8, 3\); resize"):
     data.load_split(f"folder:{root}", "test")
+  # The odd one first in the decoding order: named all the same (was the next, normal file).
+  first = data.folder_examples(root, "train")[0][0]
+  Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(first)
+  with pytest.raises(DataError, match=f"image {first} has shape \\(5, 7, 3\\) but others"):
+    data.load_split(f"folder:{root}", "train")
 
 
 def test_decoded_folder_cache_serves_any_rows_and_follows_the_files(image_folder, tmp_path,
@@ -346,3 +376,29 @@ def test_reads_kept_in_memory_follow_the_folder(tmp_path, monkeypatch):
   Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save("ds/train/cat/9999.png")
   ds = data.load("folder:ds", num_val=2)
   assert len(ds.train) + len(ds.val) == 7
+  # A class only in train/ changes the class names, not the test split's files: the test
+  # read from memory gave the old names (2 names, labels up to 2).
+  os.makedirs("ds/train/zebra")
+  Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save("ds/train/zebra/0.png")
+  ds = data.load("folder:ds", num_val=2)
+  assert ds.class_names == CLASSES + ("zebra",) and ds.num_classes == len(CLASSES) + 1
+  assert data.load_split("folder:ds", "test")[2] == ds.class_names
+
+
+def test_hidden_folders_and_files_are_no_classes_or_images(image_folder):
+  """".ipynb_checkpoints" with images took label 0 and shifted the others; macOS's
+  "._0000.png" failed to decode."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  root, _ = image_folder
+  before = data.load(f"folder:{root}", num_val=4)
+  for split in ("train", "test"):
+    os.makedirs(os.path.join(root, split, ".ipynb_checkpoints"))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+        os.path.join(root, split, ".ipynb_checkpoints", "x.png"))
+    with open(os.path.join(root, split, CLASSES[0], "._0000.png"), "wb") as f:
+      f.write(b"\x00\x05\x16\x07 AppleDouble")
+  assert data.check_folder(root) == CLASSES
+  after = data.load(f"folder:{root}", num_val=4)
+  for which in ("train", "val", "test"):
+    np.testing.assert_array_equal(getattr(after, which).labels, getattr(before, which).labels)
+    np.testing.assert_array_equal(getattr(after, which).images, getattr(before, which).images)
