@@ -328,11 +328,24 @@ def _checks_path(images_path: str) -> str:
   return os.path.join(folder, "checks-" + name[len("images-"):])
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder_version() -> bytes:
+  """The installed TensorFlow's version (read without importing it): a new JPEG decoder may
+  round pixels differently, so its reads are not served from an older one's cache."""
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  for dist in ("tensorflow", "tensorflow-cpu", "tf-nightly"):
+    try:
+      return f", {dist} {metadata.version(dist)}".encode()
+    except metadata.PackageNotFoundError:
+      continue
+  return b""
+
+
 def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
   """A hash of each file's path (relative to ``root``), label, size, modification and change
   times and inode; None when a file cannot be read."""
   import hashlib  # pylint: disable=import-outside-toplevel
-  h = hashlib.sha256(_DECODED_FORMAT)
+  h = hashlib.sha256(_DECODED_FORMAT + _decoder_version())
   prefix = root.rstrip(os.sep) + os.sep
   for p, y in zip(paths, labels):
     try:
@@ -505,11 +518,19 @@ def _tfds_size(name: str, split: str, data_dir: str | None) -> int:
 
 
 def _class_names_tfds(name, data_dir, labels):
-  """Names from the dataset's label feature; numbers if it has none."""
+  """Names from the dataset's label feature; numbers if it has none (up to its number of
+  classes, else to the largest label read: a shard of a dataset without either may see
+  fewer classes than the whole)."""
   try:
-    return tuple(_tfds_builder(name, data_dir).info.features["label"].names)
+    label = _tfds_builder(name, data_dir).info.features["label"]
   except (KeyError, AttributeError):
-    return tuple(str(i) for i in range(int(labels.max()) + 1))
+    label = None
+  try:
+    return tuple(label.names)
+  except (KeyError, AttributeError, TypeError):
+    pass
+  count = getattr(label, "num_classes", None) or (int(labels.max()) + 1 if len(labels) else 0)
+  return tuple(str(i) for i in range(count))
 
 
 def load_split(name: str, split: str, *, data_dir: str | None = None, start: int = 0,

@@ -402,3 +402,14 @@ def test_hidden_folders_and_files_are_no_classes_or_images(image_folder):
   for which in ("train", "val", "test"):
     np.testing.assert_array_equal(getattr(after, which).labels, getattr(before, which).labels)
     np.testing.assert_array_equal(getattr(after, which).images, getattr(before, which).images)
+
+
+def test_decoded_cache_is_keyed_by_the_decoders_version(image_folder, monkeypatch):
+  """A new TensorFlow may decode JPEGs a rounding apart: its reads are not served from the
+  entries an older one wrote."""
+  root, _ = image_folder
+  paths, labels = data.folder_examples(root, "test")
+  before = data._files_stamp(root, paths, labels)  # pylint: disable=protected-access
+  assert data._decoder_version().startswith(b", tensorflow")  # pylint: disable=protected-access
+  monkeypatch.setattr(data, "_decoder_version", lambda: b", tensorflow 99.0")
+  assert data._files_stamp(root, paths, labels) != before  # pylint: disable=protected-access
