@@ -113,7 +113,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   if isinstance(class_names, str):
     raise InputError(f"class_names must be a sequence of names, got the string {class_names!r}",
                      argument="class_names")
-  if not isinstance(class_names, (Sequence, np.ndarray)):  # a set's order is arbitrary
+  if isinstance(class_names, (set, frozenset)):  # stored in an arbitrary order
     raise InputError(f"class_names must be an ordered sequence of names (a list or tuple, "
                      f"one per class in label order), got a {type(class_names).__name__}",
                      argument="class_names")
@@ -263,10 +263,15 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   image_shape = tuple(image_shape)
   # The pixels are divided by scale in float32: it must be a normal float32 number.
   f32 = np.finfo(np.float32)
-  if (isinstance(scale, bool) or not isinstance(scale, (int, float))
-      or not f32.tiny <= scale <= f32.max):
+  lo, hi = float(f32.tiny), float(f32.max)  # compared as Python floats (no float32 overflow)
+  try:
+    ok = not isinstance(scale, bool) and isinstance(scale, (int, float)) and (
+        lo <= float(scale) <= hi)
+  except OverflowError:  # an int beyond float64
+    ok = False
+  if not ok:
     raise bad(f"scale must be a finite number > 0 within float32's normal range "
-              f"({f32.tiny:.3g} to {f32.max:.3g}), got {scale!r}")
+              f"({lo:.3g} to {hi:.3g}), got {scale!r}")
   scale = float(scale)
   needed = ["mean_image", "class_names"] + [f"param/{n}" for n, _ in KINDS[kind]]
   if features == "hog_hsv":
@@ -355,7 +360,7 @@ def _read(path: str) -> tuple[dict, dict]:
   if not magic.startswith(_ZIP):
     raise not_model("not an .npz archive")
   try:
-    with np.load(path, allow_pickle=False) as f:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # closed on errors too
       arrays = {k: f[k] for k in f.files}
   except MemoryError:
     raise

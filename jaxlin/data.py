@@ -235,6 +235,23 @@ def _numpy_split(ds):
   return np.concatenate(imgs).astype(np.uint8), np.concatenate(labels).astype(np.int32)
 
 
+def _check_folder_split(root: str, split: str) -> None:
+  """InputError unless PATH/split is a folder of images in train's classes (train and test:
+  ``check_folder``; another split folder, e.g. val/, is read the same way)."""
+  if not isinstance(split, str) or not os.path.isdir(os.path.join(root, split)) or (
+      split.startswith(".")):
+    have = ", ".join(d for d in _subdirs(root)) or "none"
+    raise InputError(f"{root} has no split folder {split!r} (its split folders: {have}; "
+                     "load's val split is the last num_val images of train)", argument="split")
+  if split in ("train", "test"):
+    return
+  names = _subdirs(os.path.join(root, split))
+  extra = sorted(set(names) - set(_subdirs(os.path.join(root, "train"))))
+  if not names or extra:
+    raise DataError(f"{os.path.join(root, split)} has " + (
+        f"classes not in train/: {extra}" if extra else "no class folders"))
+
+
 def folder_examples(root: str, split: str) -> tuple[list[str], np.ndarray]:
   """(image paths, labels) of a folder split in tfds.ImageFolder's order (hidden names
   skipped, see ``check_folder``).
@@ -333,12 +350,11 @@ def _decoder_version() -> bytes:
   """The installed TensorFlow's version (read without importing it): a new JPEG decoder may
   round pixels differently, so its reads are not served from an older one's cache."""
   from importlib import metadata  # pylint: disable=import-outside-toplevel
-  for dist in ("tensorflow", "tensorflow-cpu", "tf-nightly"):
-    try:
-      return f", {dist} {metadata.version(dist)}".encode()
-    except metadata.PackageNotFoundError:
-      continue
-  return b""
+  dists = sorted(metadata.packages_distributions().get("tensorflow", []))  # -cpu, -intel, ...
+  try:
+    return "".join(f", {d} {metadata.version(d)}" for d in dists).encode()
+  except metadata.PackageNotFoundError:
+    return b""
 
 
 def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
@@ -559,9 +575,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   if kind != "folder":
     return _load_split_cached(name, split, data_dir, start, stop, cache_dir)
   classes = check_folder(value)
-  if split not in ("train", "test"):
-    raise InputError(f"an image folder has the splits train and test, not {split!r} (load's "
-                     "val split is the last num_val images of train)", argument="split")
+  _check_folder_split(value, split)
   root = os.path.abspath(value)
   paths, labels = folder_examples(root, split)
   stamp = _files_stamp(root, paths, labels)
@@ -580,6 +594,7 @@ def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
   kind, value = parse_name(name)
   if kind == "folder":
     check_folder(value)
+    _check_folder_split(value, split)
     return _folder_size(value, split)
   return _tfds_size(value, split, data_dir)
 
@@ -710,6 +725,8 @@ def _checked_rows(rows) -> dict:
   out = {}
   for which, pair in rows.items():
     try:
+      if not isinstance(pair, (tuple, list, np.ndarray)):  # a range (0, 2) is rows 0 and 1
+        raise TypeError("not a pair")
       lo, hi = pair
       out[which] = (_checks.concrete_int(lo, "lo"), _checks.concrete_int(hi, "hi"))
     except (TypeError, ValueError, InputError):

@@ -41,10 +41,12 @@ round them relatively, as floats). Integer rows in
 ``l2_float``, and float databases that hold only whole numbers, are centred
 on an integer, so their distances are exact (ties included) while every
 squared norm and product sum stays below 2**24 (float32) or 2**53 (float64).
-Float64 host arrays (numpy) that JAX would round to float32 (without
+Float64 numpy arrays that JAX would round to float32 (without
 ``jax_enable_x64``) are centred on the database's column mean in float64
-first, for L1 and L2: a common offset large against the rows' spread (e.g.
-features near 1e7) then keeps their differences.
+first, for L1 and L2, in eager calls with numpy inputs (``checked_inputs``'s
+``centre_wide``): a common offset large against the rows' spread (e.g.
+features near 1e7) then keeps their differences. Under ``jax.jit``, or beside
+a jax array, the inputs reach jaxlin already rounded: centre them first.
 Shapes: ``x_QxD`` queries, ``y_NxD`` database, result ``(Q, N)``.
 """
 from __future__ import annotations
@@ -82,8 +84,17 @@ def _check_metric(metric) -> str:
   return metric
 
 
-def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
+def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD"),
+                   centre_wide: bool = False):
   """(x, y, kernel): both inputs as arrays, checked, and the kernel that serves them.
+
+  centre_wide: where both inputs are host arrays (numpy, not jax), at least one
+  of them float64 that JAX rounds to float32 (no ``jax_enable_x64``), and the
+  metric is L1 or L2, x and y are returned less y's column mean, computed in
+  float64 and rounded once (an integer mean where y holds only whole numbers):
+  the distances are unchanged, and a common offset large against the rows'
+  spread (e.g. values near 1e7, where float32's spacing is 1) keeps their
+  differences. Not for a y with padding rows (a database laid along a mesh).
 
   Raises InputError naming the argument (``names``) for: an unknown metric,
   arrays that are not 2-D, different feature sizes, non-numeric dtypes, NaN or
@@ -122,7 +133,7 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD")):
            for b, a, name in zip(big, checked, names)]
   if kernel.name in ("l1_float", "l2_float"):
     _check_float_range(big, x.shape[1], kernel, names, checked)
-    if metric != "cosine" and any(map(_narrowed, checked)) and not any(
+    if centre_wide and metric != "cosine" and any(map(_narrowed, checked)) and not any(
         isinstance(a, jax.Array) for a in checked):
       x, y = _centred_on_host(checked[0], checked[1])
   return x, y, kernel
@@ -262,7 +273,7 @@ def _one_pair(a, b, metric):
 
 def pairwise_distances_reference(x_QxD, y_NxD, *, metric: str):
   """Distances by their definition: vmap over queries of vmap over database."""
-  x_QxD, y_NxD, _ = checked_inputs(x_QxD, y_NxD, metric)
+  x_QxD, y_NxD, _ = checked_inputs(x_QxD, y_NxD, metric, centre_wide=True)
   row = jax.vmap(lambda a, b: _one_pair(a, b, metric), in_axes=(None, 0))
   return jax.vmap(row, in_axes=(0, None))(x_QxD, y_NxD)
 
@@ -648,7 +659,7 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   kernel, a 32- or 64-bit integer. For large inputs use
   ``jaxlin.knn.search``, which streams over tiles.
   """
-  x, y, kernel = checked_inputs(x_QxD, y_NxD, metric)
+  x, y, kernel = checked_inputs(x_QxD, y_NxD, metric, centre_wide=True)
   if y.shape[0] == 0:
     return jnp.zeros((x.shape[0], 0), jnp.dtype(kernel.float_dtype))
   return _one_tile(x, y, kernel=kernel, metric=metric)

@@ -41,8 +41,8 @@ pixels) get exact distances and ties with L1, and with L2 on uint8 or int8 rows
 of at most 16,512 features (other integers, and floats that all hold whole
 numbers, in L2: while the rows' squared norms stay below 2**24, as above).
 Float64 numpy inputs (rounded to float32 without ``jax_enable_x64``) are first
-centred in float64 for L1 and L2, so a large common offset keeps their
-differences.
+centred in float64 for L1 and L2 in eager calls, so a large common offset keeps
+their differences (under ``jax.jit`` they arrive rounded: centre them first).
 
 Exactness: on integer inputs L1 (int16/int32 accumulation) and, on uint8 or
 int8 pixels with at most 16,512 features (D * 255**2 < 2**30: 74 x 74 x 3
@@ -448,8 +448,10 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   not_an_index(queries_QxD, names[0])
   not_an_index(database_NxD, names[1])
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
+  # A laid-out database (num_database) holds padding rows: not centred on the host.
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
-                                                       names=names)
+                                                       names=names,
+                                                       centre_wide=num_database is None)
   if database.shape[0] == 0:
     raise InputError(f"{names[1]} is empty: search needs at least one database row",
                      argument=names[1])

@@ -39,19 +39,23 @@ if "MATPLOTLIBRC" not in os.environ:
 # XLA's classic CPU emitters, instead of its newer MLIR fusion emitters, halve the rest of
 # the compile time (the whole suite: 176 s against 240 s); they compute the same operations,
 # but may sum floats in another order (a rounding apart), which the suite's float checks
-# allow for (its exact checks are on integers). The flag is passed only where this jaxlib
-# knows it: XLA stops a process on an unknown flag. Benchmarks and experiments keep XLA's
-# defaults. The processes the tests start inherit the settings. JAXLIN_TEST_XLA_DEFAULTS=1
-# runs the suite with XLA's defaults instead (303 s against 178 s, 2026-12-05).
-def _jaxlib_knows(flag: str) -> bool:
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import mmap  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.find_spec("jaxlib")
-  path = os.path.join(os.path.dirname(spec.origin), "libjax_common.so") if spec else ""
+# allow for (its exact checks are on integers). The flag is passed only where a probe
+# process accepts it: XLA stops a process on an unknown flag. Benchmarks and experiments
+# keep XLA's defaults (L1's kernels run 10x slower with the classic emitters). The
+# processes the tests start inherit the settings. JAXLIN_TEST_XLA_DEFAULTS=1 runs the
+# suite with XLA's defaults instead (303 s against 178 s, 2026-12-05).
+def _xla_accepts(flag: str) -> bool:
+  """Whether a process with ``flag`` in XLA_FLAGS starts JAX's CPU backend (XLA stops a
+  process at an unknown flag, and keeps retired flags' names in its library): one probe,
+  about a second, by the first process of the session only."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}",
+             JAX_PLATFORMS="cpu")
   try:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-      return m.find(flag.encode()) >= 0
-  except (OSError, ValueError):
+    return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                          capture_output=True, timeout=120, check=False).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
     return False
 
 
@@ -59,8 +63,10 @@ if (os.environ.get("JAXLIN_TEST_XLA_DEFAULTS") != "1"
     and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
   _FAST_COMPILE = ["--xla_backend_optimization_level=0",
                    "--xla_llvm_disable_expensive_passes=true"]
-  if _jaxlib_knows("xla_cpu_use_fusion_emitters"):
-    _FAST_COMPILE.append("--xla_cpu_use_fusion_emitters=false")
+  _EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+  if ("xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
+      and _xla_accepts(_EMITTERS)):
+    _FAST_COMPILE.append(_EMITTERS)
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST_COMPILE]).strip()
 
 import numpy as np  # noqa: E402

@@ -95,18 +95,32 @@ def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_fold
       ({"train": 3}, r"rows\['train'\] must be a pair \(lo, hi\) of integers, got 3"),
       ({"train": (0, 2.0)}, r"rows\['train'\] must be a pair .*got \(0, 2.0\)"),
       ([("train", (0, 1))], r"rows must be a dict \{split: \(lo, hi\)\}, got list"),
+      ({"train": range(0, 2)}, r"rows\['train'\] must be a pair"),  # was rows 0 and 1
   ]:
     with pytest.raises(InputError, match=message) as e:
       data.load(name, num_val=6, rows=rows)
     assert e.value.argument == "rows"
   for kw, argument, message in [
-      (dict(split="val"), "split", "an image folder has the splits train and test, not 'val'"),
+      (dict(split="val"), "split", r"has no split folder 'val' \(its split folders: test, "
+                                   r"train; load's val split is the last num_val"),
       (dict(start=1.5), "start", "start must be an integer, got 1.5"),
       (dict(stop=2.0), "stop", "stop must be an integer"),
   ]:
     with pytest.raises(InputError, match=message) as e:
       data.load_split(name, **{"split": "train", **kw})
     assert e.value.argument == argument
+  with pytest.raises(InputError, match="has no split folder 'val'") as e:
+    data.split_size(name, "val")  # was a FileNotFoundError
+  # A split folder of its own (e.g. val/) is read as train and test are, with train's classes.
+  shutil.copytree(os.path.join(root, "test"), os.path.join(root, "val"))
+  x, y, classes = data.load_split(name, "val")
+  test_x, test_y, _ = data.load_split(name, "test")
+  row = {p: i for i, p in enumerate(data.folder_examples(root, "test")[0])}
+  at = [row[p.replace(f"{os.sep}val{os.sep}", f"{os.sep}test{os.sep}")]
+        for p in data.folder_examples(root, "val")[0]]
+  np.testing.assert_array_equal(x, test_x[at])
+  np.testing.assert_array_equal(y, test_y[at])
+  assert data.split_size(name, "val") == len(y) == len(test_y) and classes == CLASSES
 
 
 def test_folder_reads_only_its_rows(image_folder, monkeypatch):

@@ -96,7 +96,8 @@ def test_probabilities_of_large_scores_are_a_softmax():
 
 def _bad_files(tmp_path):
   good = _save(tmp_path / "good.npz")
-  data = open(good, "rb").read()
+  with open(good, "rb") as f:
+    data = f.read()
   text = tmp_path / "text.npz"
   text.write_text("W,b\n1,2\n")
   npy = tmp_path / "w.npy"
@@ -133,6 +134,10 @@ def _bad_files(tmp_path):
                      "scale must be a finite.*got True"),  # was read as 1.0
       "scale_tiny": (_save(tmp_path / "f2.npz", header={"scale": 1e-46}),  # float32: 0
                      r"within float32's normal range .*got 1e-46"),
+      "scale_huge": (_save(tmp_path / "f4.npz", header={"scale": 1e39}),  # float32: inf
+                     r"within float32's normal range .*got 1e\+39"),  # (not a RuntimeWarning)
+      "scale_int": (_save(tmp_path / "f5.npz", header={"scale": 10 ** 400}),  # OverflowError
+                    r"within float32's normal range .*got 1000000"),
       "shape_float": (_save(tmp_path / "f3.npz", header={"image_shape": [4, 4, 3.7]}),
                       r"image_shape \(4, 4, 3.7\) is not \(H, W, C\)"),  # was (4, 4, 3)
       "nan": (_save(tmp_path / "g.npz", param__b=np.array([0.0, np.nan, 0.0])),
@@ -147,6 +152,7 @@ def _bad_files(tmp_path):
   }
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a float32 overflow was a warning
 def test_every_broken_model_file_is_one_clear_error(tmp_path):
   for name, (path, message) in _bad_files(tmp_path).items():
     with pytest.raises(checkpoint.ModelFileError, match=message):
