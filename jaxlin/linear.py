@@ -49,15 +49,27 @@ def _init_params(key, num_features, num_classes, scale):
           "b": jnp.zeros((num_classes,), jnp.float32)}
 
 
-def scores(params, x_NxD):
-  """Class scores (N, C) = x @ W + b."""
+def checked_rows(x_NxD, w, name: str = "W"):
+  """x_NxD as an (N, D) array of real numbers for a first layer ``w`` (D, ...): lists as
+  arrays; strings and complex numbers refused; integers that the product's float (``w``'s
+  dtype, at least float32) would round refused (beyond int32 without jax_enable_x64, as
+  JAX would wrap them; beyond 2**24 in float32). InputError naming x_NxD."""
   x_NxD = _checks.jax_exact(x_NxD, "x_NxD")  # lists as arrays; strings refused
   if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)
           or x_NxD.dtype == jnp.bool_):
     raise InputError(f"x_NxD must hold real numbers, got dtype {x_NxD.dtype}", argument="x_NxD")
+  if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:
+    raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w.shape[0]}) for {name} of "
+                     f"shape {w.shape}", argument="x_NxD")
+  _checks.exact_ints(x_NxD, "x_NxD", str(jnp.promote_types(jnp.result_type(w), jnp.float32)),
+                     "scale the inputs (e.g. subtract a reference value), or use float64 "
+                     "parameters under jax_enable_x64")
+  return x_NxD
+
+
+def scores(params, x_NxD):
+  """Class scores (N, C) = x @ W + b."""
   w = param(params, "W", (None, None))
   b = param(params, "b", (w.shape[1],))
-  if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:
-    raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w.shape[0]}) for W of shape "
-                     f"{w.shape}", argument="x_NxD")
+  x_NxD = checked_rows(x_NxD, w)
   return jnp.matmul(x_NxD, w, precision=jax.lax.Precision.HIGHEST) + b

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlin import _checks, linear
-from jaxlin.errors import InputError
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -40,14 +38,10 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
 
 
 def hidden(params, x_NxD):
-  """ReLU activations (N, H)."""
-  if isinstance(x_NxD, (list, tuple)):
-    x_NxD = jnp.asarray(x_NxD)
+  """ReLU activations (N, H). x_NxD is checked as ``jaxlin.linear.scores`` checks it."""
   w1 = linear.param(params, "W1", (None, None))
   b1 = linear.param(params, "b1", (w1.shape[1],))
-  if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w1.shape[0]:
-    raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w1.shape[0]})",
-                     argument="x_NxD")
+  x_NxD = linear.checked_rows(x_NxD, w1, "W1")
   return jax.nn.relu(jnp.matmul(x_NxD, w1, precision=_HIGHEST) + b1)
 
 

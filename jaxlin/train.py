@@ -613,7 +613,8 @@ class Trainer:
       raise InputError("x is empty: no training examples", argument="x")
     if not jnp.issubdtype(y.dtype, jnp.integer):
       raise InputError(f"y must hold integer labels, got {y.dtype}", argument="y")
-    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(x)[0]:
+    real_x, real_y = (x, y) if n == x.shape[0] else (x[:n], y[:n])  # padding rows unchecked
+    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(real_x)[0]:
       raise InputError("x holds NaN or inf values", argument="x")
     params = jax.eval_shape(self.model.init, key)
     try:
@@ -623,7 +624,7 @@ class Trainer:
         raise
       raise InputError(str(e), argument="x") from None
     c = scores.shape[-1]
-    _check_label_range(_checks.value_range(y), c, "labels", "y")
+    _check_label_range(_checks.value_range(real_y), c, "labels", "y")
     if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
       _check_penalised(params, "regs")
     return c, params
@@ -656,11 +657,13 @@ class Trainer:
       if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
         raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
                          f"{jnp.result_type(ey)}", argument="eval_sets")
-      if jnp.issubdtype(jnp.result_type(ex), jnp.floating) and _checks.float_stats(ex)[0]:
+      real_x, real_y = (ex, ey) if en in (None, rows) else (ex[:en], ey[:en])  # not padding
+      if (jnp.issubdtype(jnp.result_type(ex), jnp.floating)
+          and _checks.float_stats(real_x)[0]):
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):
-        ranges[name] = _checks.value_range(ey)
+        ranges[name] = _checks.value_range(real_y)
     return out, ranges
 
   def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
@@ -678,8 +681,11 @@ class Trainer:
     rate), and must be None for an optimizer without a learning rate to vary.
 
     Minibatches of ``batch_size`` rows are drawn without replacement from a
-    fresh permutation each epoch (``fold_in(key, epoch)``), on device; a
-    full-batch optimizer sees all rows at every step. Every ``log_every`` steps
+    fresh permutation each epoch (``fold_in(key, epoch)``), on device: an epoch
+    is N // batch_size steps, so the N % batch_size rows left at the end of each
+    permutation are not seen that epoch (other rows the next); a full-batch
+    optimizer sees all rows at every step. Rows past ``num_examples`` (padding)
+    are neither drawn nor checked. Every ``log_every`` steps
     (one epoch by default; 10 steps for a full-batch optimizer) the accuracies
     on ``eval_sets`` ({name: (x, y)} or {name: (x, y, num_examples)}) are
     recorded and ``callback(record)`` is called. Raises DivergenceError when

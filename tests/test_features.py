@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import hosts
-from jaxlin import features, files, losses, mlp, train
+from jaxlin import features, files, linear, losses, mlp, train
 from jaxlin.errors import InputError
 
 
@@ -297,6 +297,24 @@ def test_mlp_shapes_and_errors():
   assert float(losses.l2_penalty(p)) == pytest.approx(expected)
   with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
     mlp.scores(p, jnp.ones((2, 5)))
+
+
+def test_both_models_refuse_inputs_their_products_would_change():
+  """mlp.scores took 2**32 + 5 (int64) as 5, and complex rows as complex scores; both models
+  rounded int32 inputs beyond 2**24 in their float32 products."""
+  nets = [(mlp.scores, mlp.init_params(jax.random.key(1), 2, 4, 3)),
+          (linear.scores, linear.init_params(jax.random.key(1), 2, 3))]
+  for scores, p in nets:
+    for x, message in [(np.array([[2 ** 32 + 5, 0]]), r"beyond int32 \(4294967301\)"),
+                       (np.array([[1 + 2j, 0]]), "real floats, got dtype complex128"),
+                       ([["a", "b"]], "integers or real floats"),
+                       (np.array([[2 ** 24 + 1, 0]], np.int32),
+                        r"up to 16777217, beyond 2\*\*24, so float32 arithmetic would round")]:
+      with pytest.raises(InputError, match=message) as e:
+        scores(p, x)
+      assert e.value.argument == "x_NxD"
+    np.testing.assert_array_equal(scores(p, [[2 ** 24, 1]]),  # exact: still served
+                                  scores(p, np.array([[2.0 ** 24, 1.0]], np.float32)))
 
 
 def test_standardise_refuses_what_would_be_silently_wrong():

@@ -137,6 +137,23 @@ def test_full_batch_leaves_the_padding_rows_out():
   np.testing.assert_array_equal(padded.losses, plain.losses)
 
 
+def test_padding_rows_are_not_checked():
+  """Rows past num_examples are padding: a NaN row or the label -1 there is no error (both
+  were refused, naming x or y), in the training data and in an eval set."""
+  x, y = _problem()
+  padded_x = jnp.concatenate([x, jnp.full((4, 6), jnp.nan)])
+  padded_y = jnp.concatenate([y, jnp.full(4, -1, y.dtype)])
+  t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="sgd")
+  kw = dict(learning_rates=[0.1], regs=[0.1], batch_size=20, num_steps=2)
+  plain = t.fit(jax.random.key(0), x, y, eval_sets={"val": (x, y)}, **kw)
+  padded = t.fit(jax.random.key(0), padded_x, padded_y, num_examples=len(x),
+                 eval_sets={"val": (padded_x, padded_y, len(x))}, **kw)
+  np.testing.assert_array_equal(padded.losses, plain.losses)
+  assert padded.history[-1]["val_accuracy"] == plain.history[-1]["val_accuracy"]
+  with pytest.raises(InputError, match="x holds NaN or inf"):  # a real row: refused
+    t.fit(jax.random.key(0), padded_x, padded_y, num_examples=len(x) + 1, **kw)
+
+
 def test_lbfgs_full_batch_reaches_the_optimum():
   x, y = _problem()
   res = _new_trainer("lbfgs").fit(jax.random.key(0), x, y, regs=[0.1], num_steps=40)
