@@ -58,6 +58,9 @@ def _order_keys(values):
     # -0.0 becomes +0.0: top_k orders the two zeros by their bits, not as equal. (Not
     # x + 0.0: XLA simplifies it away under jit.)
     v = values if values.dtype == jnp.float64 else values.astype(jnp.float32)
+    # Under jit NaN cannot be refused: every NaN becomes +NaN, which ranks after +inf. A NaN
+    # with its sign bit set (x86's default NaN, e.g. of inf - inf) ranked before every number.
+    v = jnp.where(jnp.isnan(v), jnp.full_like(v, jnp.nan), v)
     return jnp.where(v == 0, jnp.zeros_like(v), v)
   return jax.lax.bitcast_convert_type(values.astype(jnp.int32) + (1 << 23), jnp.float32)
 
@@ -100,7 +103,8 @@ def smallest_k(values_TxN, k: int):
   The same positions as a stable ``jax.lax.top_k(-order_keys(values), k)``
   (equal values: lower position first); exact for floats and for integers in
   [0, 2**30]. Floats compare as XLA computes them: on CPU, subnormal values
-  (below 1.2e-38 in float32) count as 0 and keep their position order.
+  (below 1.2e-38 in float32) count as 0 and keep their position order. NaN is
+  refused where values are concrete; under jit every NaN ranks after +inf.
 
   Long rows go through chunks: the k smallest values lie in the k chunks of
   ``CHUNK`` with the smallest minima (each chunk ahead of an element's chunk

@@ -238,6 +238,20 @@ def test_smallest_k_orders_tied_candidates_by_position_across_chunks():
   assert np.asarray(topk.smallest_k(jnp.asarray(v), 2)).tolist() == [[100, 5]]
 
 
+def test_smallest_k_under_jit_ranks_every_nan_last():
+  """NaN cannot be refused under jit: it ranks after +inf, in position order. A NaN with its
+  sign bit set (x86's default NaN: inf - inf) ranked before every number."""
+  inf = np.inf
+  neg_nan = np.asarray(jax.jit(lambda a: a - a)(jnp.array([inf])))[0]
+  assert np.signbit(neg_nan) and np.isnan(neg_nan)
+  v = np.array([[3.0, np.nan, neg_nan, 1.0, inf, 2.0]], np.float32)
+  smallest = jax.jit(topk.smallest_k, static_argnums=1)
+  assert np.asarray(smallest(v, 6)).tolist() == [[3, 5, 0, 4, 1, 2]]
+  long = np.concatenate([np.full((1, 3000), neg_nan, np.float32),
+                         np.arange(3000, dtype=np.float32)[None]], axis=1)  # in chunks
+  assert np.asarray(smallest(long, 3)).tolist() == [[3000, 3001, 3002]]
+
+
 def test_smallest_k_host_keeps_the_first_tied_positions():
   v = np.array([[5, 3, 3, 9, 3], [7, 7, 7, 7, 7], [-4, 2**31 - 1, -2**31, 0, -4]], np.int64)
   assert topk.smallest_k_host(v, 1).tolist() == [[1], [0], [2]]

@@ -27,6 +27,15 @@ def test_svm_squared_and_margin():
                              rtol=1e-5)
 
 
+def test_svm_gradient_at_a_margin_of_zero_is_the_courses():
+  """Scores 2, 1, 3 for label 0: class 1's margin is exactly 0 (1 - 2 + 1), class 2's 2.
+  The course's gradient counts only margins above 0; jnp.maximum's gradient gave class 1
+  half a count (0.5) and the correct class -1.5."""
+  g = jax.grad(lambda s: losses.multiclass_svm(s, np.array([0]))[0])(
+      jnp.array([[2.0, 1.0, 3.0]]))
+  np.testing.assert_array_equal(g, [[-1.0, 0.0, 1.0]])
+
+
 def test_softmax_lecture_numbers():
   p = jax.nn.softmax(jnp.array([3.2, 5.1, -1.7]))
   np.testing.assert_allclose(p, [0.13, 0.87, 0.00], atol=0.005)
