@@ -24,6 +24,9 @@ def param(params, name: str, shape: tuple):
   except (KeyError, TypeError, IndexError):
     raise InputError(f"params has no {name!r}: pass the dict init_params returns",
                      argument="params") from None
+  if isinstance(v, (list, tuple)):  # jnp.result_type cannot type a nested list
+    raise InputError(f"params[{name!r}] is a {type(v).__name__}: pass an array, e.g. "
+                     "jnp.asarray(value, jnp.float32)", argument="params")
   if not jnp.issubdtype(jnp.result_type(v), jnp.floating):  # integer products would wrap
     raise InputError(f"params[{name!r}] has dtype {jnp.result_type(v)}: the model needs float "
                      "parameters, e.g. jnp.asarray(value, jnp.float32)", argument="params")

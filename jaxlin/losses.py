@@ -179,7 +179,19 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
     raise InputError(f"mask must be a predicate or a pytree of bools with the structure of "
                      f"params {jax.tree.structure(params)}, got {jax.tree.structure(mask)}",
                      argument="mask")
-  return [v for m, v in zip(jax.tree.leaves(mask), jax.tree.leaves(params)) if bool(m)]
+  return [v for m, v in zip(jax.tree.leaves(mask), jax.tree.leaves(params)) if _mask_bit(m)]
+
+
+def _mask_bit(m) -> bool:
+  """A leaf of a pytree mask as a Python bool, or InputError: it chooses leaves, so it must
+  be a concrete True or False (a mask computed under jit cannot choose)."""
+  if _checks.is_traced(m):
+    raise InputError("mask's leaves must be concrete bools: it chooses which leaves to "
+                     "penalise, so build it outside jax.jit, or pass a predicate "
+                     "(path, leaf) -> bool", argument="mask")
+  if np.ndim(m) != 0 or np.asarray(m).dtype != np.bool_:
+    raise InputError(f"mask's leaves must be True or False, got {m!r}", argument="mask")
+  return bool(m)
 
 
 def l2_penalty(params, *, mask: Mask = None):

@@ -143,6 +143,19 @@ def test_l2_penalty_over_any_pytree():
   with pytest.raises(InputError, match="structure of params") as e:
     losses.l2_penalty(layers, mask={"layers": True})
   assert e.value.argument == "mask"
+  p = {"W": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  for call, message in [  # were TracerBoolConversionError, and 2 (a count, not a choice)
+      (lambda: jax.jit(lambda on: losses.l2_penalty(p, mask={"W": on, "b": False}))(True),
+       "mask's leaves must be concrete bools: .*build it outside jax.jit"),
+      (lambda: losses.l2_penalty(p, mask={"W": 2, "b": False}),
+       "mask's leaves must be True or False, got 2")]:
+    with pytest.raises(InputError, match=message) as e:
+      call()
+    assert e.value.argument == "mask"
+  assert float(losses.l2_penalty(p, mask={"W": np.bool_(True), "b": False})) == 4.0
+  with pytest.raises(InputError, match=r"params\['W'\] is a list: pass an array") as e:
+    linear.scores({"W": [[1.0, 2.0]], "b": [0.0, 0.0]}, np.ones((1, 1)))  # was a TypeError
+  assert e.value.argument == "params"
 
 
 @pytest.mark.parametrize("loss", ["svm", "softmax"])
