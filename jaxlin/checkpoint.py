@@ -9,6 +9,7 @@ checks all of it and says in one line what is wrong with a file.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
@@ -113,7 +114,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
   if isinstance(class_names, str):
     raise InputError(f"class_names must be a sequence of names, got the string {class_names!r}",
                      argument="class_names")
-  if isinstance(class_names, (set, frozenset)):  # stored in an arbitrary order
+  if isinstance(class_names, (collections.abc.Set, Mapping)):  # no order, or keys not names
     raise InputError(f"class_names must be an ordered sequence of names (a list or tuple, "
                      f"one per class in label order), got a {type(class_names).__name__}",
                      argument="class_names")

@@ -238,8 +238,9 @@ def _numpy_split(ds):
 def _check_folder_split(root: str, split: str) -> None:
   """InputError unless PATH/split is a folder of images in train's classes (train and test:
   ``check_folder``; another split folder, e.g. val/, is read the same way)."""
-  if not isinstance(split, str) or not os.path.isdir(os.path.join(root, split)) or (
-      split.startswith(".")):
+  plain = (isinstance(split, str) and split and not split.startswith(".")
+           and os.sep not in split and (os.altsep or os.sep) not in split)
+  if not plain or not os.path.isdir(os.path.join(root, split)):
     have = ", ".join(d for d in _subdirs(root)) or "none"
     raise InputError(f"{root} has no split folder {split!r} (its split folders: {have}; "
                      "load's val split is the last num_val images of train)", argument="split")
@@ -553,7 +554,8 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
                stop: int | None = None, cache_dir: str | None = None):
   """Rows [start, stop) of a source split (all by default) as
   (images uint8 (N, H, W, C), labels int32 (N,), class_names). An image folder's
-  splits are "train" and "test" (``load`` takes its val split from train).
+  splits are its subfolders, by name: "train", "test", and any other (e.g. "val")
+  with train's classes (``load`` takes its val split from train).
 
   Only those rows are read and decoded. The last few reads stay in memory
   (read-only arrays), so a process that runs several experiments on one
@@ -725,7 +727,7 @@ def _checked_rows(rows) -> dict:
   out = {}
   for which, pair in rows.items():
     try:
-      if not isinstance(pair, (tuple, list, np.ndarray)):  # a range (0, 2) is rows 0 and 1
+      if not isinstance(pair, (tuple, list, np.ndarray, jax.Array)):  # range(0, 2): 0, 1
         raise TypeError("not a pair")
       lo, hi = pair
       out[which] = (_checks.concrete_int(lo, "lo"), _checks.concrete_int(hi, "hi"))

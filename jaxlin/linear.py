@@ -54,9 +54,10 @@ def _init_params(key, num_features, num_classes, scale):
 
 def checked_rows(x_NxD, w, name: str = "W"):
   """x_NxD as an (N, D) array of real numbers for a first layer ``w`` (D, ...): lists as
-  arrays; strings and complex numbers refused; integers that the product's float (``w``'s
-  dtype, at least float32) would round refused (beyond int32 without jax_enable_x64, as
-  JAX would wrap them; beyond 2**24 in float32). InputError naming x_NxD."""
+  arrays; strings and complex numbers refused; integers that the product's float (JAX's
+  promotion of x with ``w``: float32 for float32 weights, bfloat16 for bfloat16 ones) would
+  round refused (beyond int32 without jax_enable_x64, as JAX would wrap them; beyond 2**24
+  in float32, 2**8 in bfloat16). InputError naming x_NxD."""
   x_NxD = _checks.jax_exact(x_NxD, "x_NxD")  # lists as arrays; strings refused
   if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)
           or x_NxD.dtype == jnp.bool_):
@@ -64,9 +65,13 @@ def checked_rows(x_NxD, w, name: str = "W"):
   if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:
     raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w.shape[0]}) for {name} of "
                      f"shape {w.shape}", argument="x_NxD")
-  _checks.exact_ints(x_NxD, "x_NxD", str(jnp.promote_types(jnp.result_type(w), jnp.float32)),
-                     "scale the inputs (e.g. subtract a reference value), or use float64 "
-                     "parameters under jax_enable_x64")
+  product = jnp.result_type(jax.dtypes.canonicalize_dtype(x_NxD.dtype),  # int16 x bfloat16:
+                            jnp.result_type(w))  # bfloat16
+  if not jnp.issubdtype(product, jnp.floating):  # integer weights are refused by param()
+    product = jnp.promote_types(product, jnp.float32)
+  _checks.exact_ints(x_NxD, "x_NxD", str(product),
+                     "scale the inputs (e.g. subtract a reference value), or use wider float "
+                     "parameters (float64 under jax_enable_x64)")
   return x_NxD
 
 

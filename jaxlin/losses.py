@@ -89,7 +89,7 @@ def _svm(scores_NxC, labels_N, margin, squared):
   m = scores_NxC - correct + margin
   # The course's subgradient at a margin of exactly 0: 0 (jnp.maximum's grad splits it: 0.5),
   # so gradient checks on whole-number scores agree with its svm_loss_naive.
-  margins = jnp.where(m > 0, m, 0.0)
+  margins = jnp.where(m <= 0, 0.0, m)  # a NaN margin stays NaN (a NaN score is no 0 loss)
   is_true = jax.nn.one_hot(labels_N, scores_NxC.shape[1], dtype=jnp.bool_)
   margins = jnp.where(is_true, 0.0, margins)
   if squared:

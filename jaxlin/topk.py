@@ -138,7 +138,9 @@ def _smallest_k(values_TxN, k):
   pad = (-n) % s  # the worst key after every real element: never picked ahead of one
   v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=worst(values_TxN.dtype))
   v = v.reshape(t, -1, s)
-  _, chunks = jax.lax.top_k(key(jnp.min(v, axis=2)), k)
+  # A NaN (ranked last) must not hide its chunk's numbers: the chunk's least number.
+  least = jnp.nanmin(v, axis=2) if jnp.issubdtype(v.dtype, jnp.floating) else jnp.min(v, axis=2)
+  _, chunks = jax.lax.top_k(key(least), k)
   chunks = jnp.sort(chunks, axis=1)  # back in position order, for ties
   cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)
   _, pos = jax.lax.top_k(key(cand), k)

@@ -327,7 +327,8 @@ class Trainer:
 
   ``optimizer`` is one of
     * a function learning_rate -> optax.GradientTransformation, e.g.
-      ``lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr))``;
+      ``lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))``
+      (an optimizer's own weight decay, e.g. optax.adamw's, adds to ``regs``);
       the learning rate is each member's (traced, so the grid compiles once), or
       an optax schedule step -> lr when ``schedule`` is given;
     * an optax.GradientTransformation, or any object with its init and update
@@ -613,8 +614,10 @@ class Trainer:
       raise InputError("x is empty: no training examples", argument="x")
     if not jnp.issubdtype(y.dtype, jnp.integer):
       raise InputError(f"y must hold integer labels, got {y.dtype}", argument="y")
-    real_x, real_y = (x, y) if n == x.shape[0] else (x[:n], y[:n])  # padding rows unchecked
-    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(real_x)[0]:
+    padded = n < x.shape[0]  # padding rows unchecked
+    real_y = y[:n] if padded else y
+    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(
+        x[:n] if padded else x)[0]:
       raise InputError("x holds NaN or inf values", argument="x")
     params = jax.eval_shape(self.model.init, key)
     try:
@@ -657,9 +660,10 @@ class Trainer:
       if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
         raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
                          f"{jnp.result_type(ey)}", argument="eval_sets")
-      real_x, real_y = (ex, ey) if en in (None, rows) else (ex[:en], ey[:en])  # not padding
+      padded = en not in (None, rows)  # padding rows unchecked
+      real_y = ey[:en] if padded else ey
       if (jnp.issubdtype(jnp.result_type(ex), jnp.floating)
-          and _checks.float_stats(real_x)[0]):
+          and _checks.float_stats(ex[:en] if padded else ex)[0]):
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):

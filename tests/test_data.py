@@ -96,6 +96,7 @@ def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_fold
       ({"train": (0, 2.0)}, r"rows\['train'\] must be a pair .*got \(0, 2.0\)"),
       ([("train", (0, 1))], r"rows must be a dict \{split: \(lo, hi\)\}, got list"),
       ({"train": range(0, 2)}, r"rows\['train'\] must be a pair"),  # was rows 0 and 1
+      ({"train": ("0", 2)}, r"rows\['train'\] must be a pair"),
   ]:
     with pytest.raises(InputError, match=message) as e:
       data.load(name, num_val=6, rows=rows)
@@ -111,6 +112,12 @@ def test_rows_read_a_processes_shard_equal_to_the_slices_of_the_whole(image_fold
     assert e.value.argument == argument
   with pytest.raises(InputError, match="has no split folder 'val'") as e:
     data.split_size(name, "val")  # was a FileNotFoundError
+  for split in ("train/", "", "../images/train", "./train", ".hidden"):  # names, not paths
+    with pytest.raises(InputError, match=f"has no split folder {split!r}") as e:
+      data.load_split(name, split)
+    assert e.value.argument == "split"
+  part = data.load(name, num_val=6, rows={"train": jnp.array([0, 2])})  # a jax pair
+  assert len(part.train) == 2
   # A split folder of its own (e.g. val/) is read as train and test are, with train's classes.
   shutil.copytree(os.path.join(root, "test"), os.path.join(root, "val"))
   x, y, classes = data.load_split(name, "val")

@@ -315,6 +315,10 @@ def test_both_models_refuse_inputs_their_products_would_change():
       assert e.value.argument == "x_NxD"
     np.testing.assert_array_equal(scores(p, [[2 ** 24, 1]]),  # exact: still served
                                   scores(p, np.array([[2.0 ** 24, 1.0]], np.float32)))
+  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), nets[1][1])  # products in bfloat16
+  with pytest.raises(InputError, match=r"up to 257, beyond 2\*\*8, so bfloat16 arithmetic"):
+    linear.scores(bf16, np.array([[257, 0]], np.int16))  # was 256 (257 rounded)
+  assert linear.scores(bf16, np.array([[255, 0]], np.uint8)).dtype == jnp.bfloat16
 
 
 def test_standardise_refuses_what_would_be_silently_wrong():

@@ -250,6 +250,12 @@ def test_smallest_k_under_jit_ranks_every_nan_last():
   long = np.concatenate([np.full((1, 3000), neg_nan, np.float32),
                          np.arange(3000, dtype=np.float32)[None]], axis=1)  # in chunks
   assert np.asarray(smallest(long, 3)).tolist() == [[3000, 3001, 3002]]
+  # A NaN does not hide the numbers of its chunk (chunks ranked by their least number).
+  for n in (256, 70000):
+    row = np.full((1, n), 5.0, np.float32)
+    row[0, :3] = np.nan, 0.0, 0.5
+    row[0, 40] = 1.0
+    assert np.asarray(smallest(row, 2)).tolist() == [[1, 2]]  # was [[40, 16]] for 256
 
 
 def test_smallest_k_host_keeps_the_first_tied_positions():

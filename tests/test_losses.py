@@ -34,6 +34,10 @@ def test_svm_gradient_at_a_margin_of_zero_is_the_courses():
   g = jax.grad(lambda s: losses.multiclass_svm(s, np.array([0]))[0])(
       jnp.array([[2.0, 1.0, 3.0]]))
   np.testing.assert_array_equal(g, [[-1.0, 0.0, 1.0]])
+  # A NaN score stays a NaN loss (a where(m > 0, m, 0) made it 0: no divergence was seen).
+  np.testing.assert_array_equal(
+      losses.multiclass_svm(np.array([[np.nan, 1, 2], [1, 2, 3]]), np.array([0, 1])),
+      [np.nan, 2.0])
 
 
 def test_softmax_lecture_numbers():

@@ -45,6 +45,11 @@ def test_one_device_mesh_is_the_plain_search():
   d, i = knn.search(q, laid, 3, mesh=mesh, layout="database", num_database=20)
   np.testing.assert_array_equal(i, i0)
   np.testing.assert_array_equal(d, d0)
+  # float64 rows near 1e7 with num_database but no padding: centred in float64, as without.
+  far = db.astype(np.float64) / 4 + 1e7
+  d, i = knn.search(far[:2], far, 3, mesh=mesh, layout="database", num_database=20)
+  np.testing.assert_array_equal(i, knn.search(far[:2], far, 3)[1])
+  np.testing.assert_array_equal(i, knn.search(db[:2], db, 3)[1])  # float32 spacing 1 at 1e7
   with pytest.raises(InputError, match="unknown layout") as e:
     knn.search(q, db, 3, mesh=mesh, layout="both")
   assert e.value.argument == "layout"
