@@ -116,7 +116,8 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
                      argument="class_names")
   if isinstance(class_names, (collections.abc.Set, Mapping)):  # no order, or keys not names
     raise InputError(f"class_names must be an ordered sequence of names (a list or tuple, "
-                     f"one per class in label order), got a {type(class_names).__name__}",
+                     f"one per class in label order), got a value of type "
+                     f"{type(class_names).__name__}",
                      argument="class_names")
   def as_float32(name, v):
     try:

@@ -449,7 +449,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   not_an_index(database_NxD, names[1])
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel  # bounds imports knn
   # A laid-out database (num_database) may hold padding rows: then not centred on the host.
-  whole = num_database is None or num_database == np.shape(database_NxD)[0]
+  whole = num_database is None or _checks.concrete_int(
+      num_database, "num_database") == np.shape(database_NxD)[0]
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
                                                        names=names, centre_wide=whole)
   if database.shape[0] == 0:

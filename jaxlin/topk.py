@@ -135,11 +135,15 @@ def _smallest_k(values_TxN, k):
   key = lambda x: -order_keys(x)
   if n < 4 * k * s:  # short rows: the plain selection is as cheap
     return jax.lax.top_k(key(values_TxN), k)[1]
-  pad = (-n) % s  # the worst key after every real element: never picked ahead of one
-  v = jnp.pad(values_TxN, ((0, 0), (0, pad)), constant_values=worst(values_TxN.dtype))
+  # Padding: the worst key, after every real element (NaN for floats: +inf would be picked
+  # ahead of a real NaN), and after equal ones by its position.
+  pad = (-n) % s
+  floating = jnp.issubdtype(values_TxN.dtype, jnp.floating)
+  v = jnp.pad(values_TxN, ((0, 0), (0, pad)),
+              constant_values=jnp.nan if floating else worst(values_TxN.dtype))
   v = v.reshape(t, -1, s)
   # A NaN (ranked last) must not hide its chunk's numbers: the chunk's least number.
-  least = jnp.nanmin(v, axis=2) if jnp.issubdtype(v.dtype, jnp.floating) else jnp.min(v, axis=2)
+  least = jnp.nanmin(v, axis=2) if floating else jnp.min(v, axis=2)
   _, chunks = jax.lax.top_k(key(least), k)
   chunks = jnp.sort(chunks, axis=1)  # back in position order, for ties
   cand = jnp.take_along_axis(v, chunks[:, :, None], axis=1).reshape(t, k * s)

@@ -319,6 +319,9 @@ def test_both_models_refuse_inputs_their_products_would_change():
   with pytest.raises(InputError, match=r"up to 257, beyond 2\*\*8, so bfloat16 arithmetic"):
     linear.scores(bf16, np.array([[257, 0]], np.int16))  # was 256 (257 rounded)
   assert linear.scores(bf16, np.array([[255, 0]], np.uint8)).dtype == jnp.bfloat16
+  f8 = jax.tree.map(lambda a: a.astype(jnp.float8_e4m3fn), nets[1][1])  # 4 bits: up to 16
+  with pytest.raises(InputError, match=r"beyond 2\*\*4, so float8_e4m3fn"):  # was a KeyError
+    linear.scores(f8, np.array([[17, 0]], np.int16))
 
 
 def test_standardise_refuses_what_would_be_silently_wrong():

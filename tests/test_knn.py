@@ -256,6 +256,17 @@ def test_smallest_k_under_jit_ranks_every_nan_last():
     row[0, :3] = np.nan, 0.0, 0.5
     row[0, 40] = 1.0
     assert np.asarray(smallest(row, 2)).tolist() == [[1, 2]]  # was [[40, 16]] for 256
+  # Rows padded to whole chunks: the padding never comes before a real NaN.
+  assert np.asarray(smallest(np.full((1, 65), np.nan, np.float32), 1)).tolist() == [[0]]
+  row = np.full((1, 129), np.nan, np.float32)
+  row[0, 0] = 0.0
+  assert np.asarray(smallest(row, 2)).tolist() == [[0, 1]]  # was [[0, 129]]
+  rng = np.random.default_rng(0)
+  for n in range(60, 200, 7):  # around the chunked path's threshold, NaN and +inf mixed
+    for dtype in (np.float32, np.float16):
+      row = rng.choice(np.array([np.nan, np.inf, 0.0, 1.0, -1.0], dtype), size=(3, n))
+      want = np.argsort(row, axis=1, kind="stable")[:, :4]  # numpy sorts NaN last, stably
+      np.testing.assert_array_equal(smallest(row, 4), want)
 
 
 def test_smallest_k_host_keeps_the_first_tied_positions():
@@ -595,6 +606,8 @@ def test_shapes_and_options_are_checked_with_their_names():
       (dict(layout="both"), "layout", "unknown layout 'both'"),
       (dict(num_database=5), "num_database", "needs layout='database'"),
       (dict(num_database=4, layout="database"), "num_database", "make 4 rows"),
+      (dict(num_database=np.array([5, 5]), layout="database"), "num_database",
+       "must be an integer scalar"),  # was a ValueError
       (dict(query_tile=0), "query_tile", "positive"),
       (dict(queries_QxD=np.zeros((2, 3), np.complex64)), "queries_QxD", "integers or real"),
   ]

@@ -324,9 +324,9 @@ def _good_model():
     (dict(scale=True), "scale", "scale must be a finite number > 0"),  # "lacks a valid float"
     (dict(class_names="abc"), "class_names", "got the string 'abc'"),
     (dict(class_names={"a", "b", "c"}), "class_names",  # stored in an arbitrary order
-     "class_names must be an ordered sequence of names .*got a set"),
+     "class_names must be an ordered sequence of names .*got a value of type set"),
     (dict(class_names={"b": 1, "a": 0, "c": 2}), "class_names",  # its keys: "b" for label 0
-     "class_names must be an ordered sequence of names .*got a dict"),
+     "class_names must be an ordered sequence of names .*of type dict"),
     (dict(scale="1"), "scale", "scale must be a finite number > 0"),  # was stored as 1.0
     (dict(scale=1e-46), "scale", "within float32's normal range"),  # scores were NaN
     (dict(class_names=["a"]), "class_names", "1 class names for 3 classes"),
