@@ -212,8 +212,10 @@ def float_stats(x) -> tuple[int, float]:
     return int(bad), float(big)
 
 
-# A float holds every integer up to 2**bits.
-EXACT_INTS = {"bfloat16": 8, "float16": 11, "float32": 24, "float64": 53}  # mantissa bits
+def exact_int_bits(float_dtype) -> int:
+  """A float holds every integer up to 2**bits: its mantissa's bits and the implicit one
+  (bfloat16 8, float16 11, float32 24, float64 53)."""
+  return int(jnp.finfo(float_dtype).nmant) + 1
 
 
 def float_for(*dtypes) -> str:
@@ -230,7 +232,7 @@ def exact_ints(x, name: str, float_dtype: str, fix: str) -> float:
   """The largest absolute value of a concrete integer array ``x`` (0.0 for traced, empty or
   float arrays, and for dtypes ``float_dtype`` holds whole); InputError naming ``name``, with
   ``fix``, if ``float_dtype``, which the arithmetic casts it to, cannot hold every value."""
-  bits = EXACT_INTS.get(str(float_dtype)) or int(jnp.finfo(float_dtype).nmant) + 1
+  bits = exact_int_bits(float_dtype)
   if (is_traced(x) or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.integer)
       or max(-int(jnp.iinfo(x.dtype).min), int(jnp.iinfo(x.dtype).max)) <= 1 << bits):
     return 0.0  # e.g. uint8 or int16 in float32: nothing to scan

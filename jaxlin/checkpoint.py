@@ -367,7 +367,7 @@ def _read(path: str) -> tuple[dict, dict]:
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # a damaged zip directory raises
-    # RuntimeError ("encrypted") or NotImplementedError ("compression method") too
+    # zipfile's errors for a flag it reads as "encrypted" or an unknown compression method too
     raise not_model(f"truncated or corrupt: {e}") from None
   if "header" not in arrays:
     raise not_model("no header")

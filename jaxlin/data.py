@@ -235,9 +235,9 @@ def _numpy_split(ds):
   return np.concatenate(imgs).astype(np.uint8), np.concatenate(labels).astype(np.int32)
 
 
-def _check_folder_split(root: str, split: str) -> None:
-  """InputError unless PATH/split is a folder of images in train's classes (train and test:
-  ``check_folder``; another split folder, e.g. val/, is read the same way)."""
+def _check_folder_split(root: str, split: str, classes: tuple[str, ...]) -> None:
+  """InputError unless PATH/split is a folder of images in train's ``classes`` (train and
+  test: ``check_folder``; another split folder, e.g. val/, is read the same way)."""
   plain = (isinstance(split, str) and split and not split.startswith(".")
            and os.sep not in split and (os.altsep or os.sep) not in split)
   if not plain or not os.path.isdir(os.path.join(root, split)):
@@ -247,7 +247,7 @@ def _check_folder_split(root: str, split: str) -> None:
   if split in ("train", "test"):
     return
   names = _subdirs(os.path.join(root, split))
-  extra = sorted(set(names) - set(_subdirs(os.path.join(root, "train"))))
+  extra = sorted(set(names) - set(classes))
   if not names or extra:
     raise DataError(f"{os.path.join(root, split)} has " + (
         f"classes not in train/: {extra}" if extra else "no class folders"))
@@ -577,7 +577,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   if kind != "folder":
     return _load_split_cached(name, split, data_dir, start, stop, cache_dir)
   classes = check_folder(value)
-  _check_folder_split(value, split)
+  _check_folder_split(value, split, classes)
   root = os.path.abspath(value)
   paths, labels = folder_examples(root, split)
   stamp = _files_stamp(root, paths, labels)
@@ -595,8 +595,7 @@ def split_size(name: str, split: str, *, data_dir: str | None = None) -> int:
   """Examples in a source split, without decoding it where the source knows."""
   kind, value = parse_name(name)
   if kind == "folder":
-    check_folder(value)
-    _check_folder_split(value, split)
+    _check_folder_split(value, split, check_folder(value))
     return _folder_size(value, split)
   return _tfds_size(value, split, data_dir)
 

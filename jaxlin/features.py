@@ -313,8 +313,8 @@ def _read_features(path: str, n: int):
   except MemoryError:  # not damage: rebuilding would fail too, and overwrite a good entry
     raise
   except Exception:  # pylint: disable=broad-except  # any damage: a miss, rebuilt
-    # (numpy and zipfile raise whatever a damaged archive makes them raise, BadZipFile,
-    # RuntimeError and NotImplementedError among them)
+    # (numpy and zipfile raise whatever a damaged archive makes them raise: BadZipFile, and
+    # zipfile's errors for an "encrypted" flag or an unknown compression method among them)
     pass
   return None
 

@@ -557,7 +557,7 @@ def _unchecked_rows(queries, database, n: int, given, kernel):
   if not any(_checks.is_traced(a) for a in given):
     return None  # concrete inputs were checked: these raised
   limit = distances.float_limit(kernel, queries.shape[1])
-  whole = 1 << _checks.EXACT_INTS[kernel.float_dtype]  # L2's float kernel: integers up to it
+  whole = 1 << _checks.exact_int_bits(kernel.float_dtype)  # L2's float kernel: integers up to it
 
   def bad_values(a, axis):
     out = jnp.zeros(a.shape[:1] if axis else (), bool)

@@ -614,10 +614,7 @@ class Trainer:
       raise InputError("x is empty: no training examples", argument="x")
     if not jnp.issubdtype(y.dtype, jnp.integer):
       raise InputError(f"y must hold integer labels, got {y.dtype}", argument="y")
-    padded = n < x.shape[0]  # padding rows unchecked
-    real_y = y[:n] if padded else y
-    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(
-        x[:n] if padded else x)[0]:
+    if jnp.issubdtype(x.dtype, jnp.floating) and _checks.float_stats(_real_rows(x, n))[0]:
       raise InputError("x holds NaN or inf values", argument="x")
     params = jax.eval_shape(self.model.init, key)
     try:
@@ -627,7 +624,7 @@ class Trainer:
         raise
       raise InputError(str(e), argument="x") from None
     c = scores.shape[-1]
-    _check_label_range(_checks.value_range(real_y), c, "labels", "y")
+    _check_label_range(_checks.value_range(_real_rows(y, n)), c, "labels", "y")
     if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
       _check_penalised(params, "regs")
     return c, params
@@ -660,14 +657,12 @@ class Trainer:
       if not jnp.issubdtype(jnp.result_type(ey), jnp.integer):
         raise InputError(f"eval_sets[{name!r}] y must hold integer labels, got "
                          f"{jnp.result_type(ey)}", argument="eval_sets")
-      padded = en not in (None, rows)  # padding rows unchecked
-      real_y = ey[:en] if padded else ey
       if (jnp.issubdtype(jnp.result_type(ex), jnp.floating)
-          and _checks.float_stats(ex[:en] if padded else ex)[0]):
+          and _checks.float_stats(_real_rows(ex, en))[0]):
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):
-        ranges[name] = _checks.value_range(real_y)
+        ranges[name] = _checks.value_range(_real_rows(ey, en))
     return out, ranges
 
   def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
@@ -925,6 +920,12 @@ def _finite_mean(losses_SxG):
   total = np.where(finite, losses_SxG, 0.0).sum(0)
   count = finite.sum(0)
   return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _real_rows(a, n: int | None):
+  """The first ``n`` rows of ``a`` (all where n is None): the rows past them are padding,
+  never checked. Sliced only when there is padding (no copy of the whole)."""
+  return a if n is None or n >= np.shape(a)[0] else a[:n]
 
 
 def grid(learning_rates: Sequence[float], regs: Sequence[float]) -> dict:
