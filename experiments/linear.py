@@ -107,6 +107,12 @@ def validate(config) -> Config:
             f"got {list(c.learning_rate)}")
   require(bool(c.reg) and all(np.isfinite(v) and v >= 0 for v in c.reg), "reg",
           f"--reg values must be finite numbers >= 0, got {list(c.reg)}")
+  for name in ("learning_rate", "reg"):  # the files and figures name settings by %g
+    values = getattr(c, name) or ()
+    for a, b in ((a, b) for i, a in enumerate(values) for b in values[i + 1:]):
+      require(f"{a:g}" != f"{b:g}", name, f"--{name} values {a!r} and {b!r} print alike "
+              f"({a:g}): the logs, TensorBoard folders and figures would give two settings "
+              "one name. Give values that differ in their first 6 digits")
   require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
   cfg.finite(c.num_epochs, "num_epochs")
   require(c.num_steps >= 0 and c.num_epochs >= 0 and (c.num_steps > 0 or c.num_epochs > 0),

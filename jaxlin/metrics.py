@@ -29,6 +29,10 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
   if labels_N.shape != preds_N.shape:
     raise InputError(f"labels and predictions differ in shape: {labels_N.shape} vs "
                      f"{preds_N.shape}", argument="preds_N")
+  if labels_N.ndim != 1:  # accuracy counts every element but divides by N
+    raise InputError(f"labels_N must be 1-D (one class label per example), got shape "
+                     f"{labels_N.shape}; for one-hot rows pass their argmax",
+                     argument="labels_N")
   return labels_N, preds_N
 
 
@@ -64,8 +68,6 @@ def confusion_matrix(labels_N, preds_N, num_classes: int):
   """
   labels_N, preds_N = _label_arrays(labels_N, preds_N)
   num_classes = _checks.num_classes(num_classes)
-  if labels_N.ndim != 1:
-    raise InputError(f"labels_N must be 1-D, got shape {labels_N.shape}", argument="labels_N")
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     if v.size and not isinstance(v, jax.core.Tracer):  # concrete: checked
       lo, hi = _checks.value_range(v)

@@ -10,6 +10,7 @@ Arrays of the wrong shape or dtype raise one InputError naming the argument.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Mapping, Sequence
 
@@ -44,7 +45,14 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
   if dpi is None:
     rc = matplotlib.rcParams["savefig.dpi"]
     dpi = 110 if rc == "figure" else rc
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:  # e.g. a file where a folder of the path should be
+    why = ("a file of that name is in the way" if e.errno in (errno.EEXIST, errno.ENOTDIR)
+           else e.strerror)
+    raise type(e)(e.errno, f"cannot make the folder {folder} for the figure: {why}",
+                  path) from None
   return files.atomic_write(
       path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))
 
@@ -144,11 +152,33 @@ def _check_channels(shape, name: str) -> None:
                      "arrays: move the axis, e.g. np.moveaxis(x, -3, -1))", argument=name)
 
 
-def _as_image(x_HxWxC):
-  """uint8 pixels -> [0, 1]; any other array (a template) min-max scaled to [0, 1]."""
-  if np.asarray(x_HxWxC).dtype == np.uint8:
-    return np.asarray(x_HxWxC) / 255.0
-  x = np.asarray(x_HxWxC, np.float64)
+def _finite(x: np.ndarray, name: str, why: str = "there is no colour for them") -> None:
+  if not np.all(np.isfinite(x)):
+    raise InputError(f"{name} holds {np.size(x) - np.count_nonzero(np.isfinite(x))} NaN or "
+                     f"infinite values: {why}", argument=name)
+
+
+def _pixels(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+  """Images (the arrays, by argument name) -> values in [0, 1] for display, one rule for all:
+  integers in [0, 255] (uint8 pixels) / 255, floats in [0, 1] as they are; anything else
+  (e.g. centred rows reshaped) min-max scaled over all the images together, so that they
+  keep their brightness relative to each other. NaN or inf: InputError."""
+  for name, a in arrays.items():
+    _finite(a, name)
+  values = [np.asarray(a, np.float64) for a in arrays.values()]
+  lo = min((v.min() for v in values if v.size), default=0.0)
+  hi = max((v.max() for v in values if v.size), default=0.0)
+  integers = all(np.issubdtype(a.dtype, np.integer) or a.dtype == bool for a in arrays.values())
+  if integers and 0 <= lo and hi <= 255:
+    return [v / 255.0 for v in values]
+  if not integers and 0 <= lo and hi <= 1:
+    return values
+  return [(v - lo) / (hi - lo) if hi > lo else np.zeros_like(v) for v in values]
+
+
+def _template(x: np.ndarray) -> np.ndarray:
+  """A weight template -> [0, 1], min-max scaled on its own (as the course shows them)."""
+  x = np.asarray(x, np.float64)
   lo, hi = x.min(), x.max()
   return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
@@ -163,6 +193,12 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
   chosen: the (metric, k) chosen, ringed and named in the legend.
   """
   ks = _array(np.atleast_1d(ks) if np.ndim(ks) == 0 else ks, "ks", "(K,)", (1,))
+  if not isinstance(accuracies, Mapping):
+    raise InputError(f"accuracies must be a dict {{metric name: (num_folds, K) array}}, got "
+                     f"{type(accuracies).__name__}", argument="accuracies")
+  if len(ks) and (not np.all(np.isfinite(ks)) or ks.min() < 1):
+    raise InputError(f"ks must be numbers >= 1 (the k of k-nearest neighbours), got "
+                     f"{ks.tolist()}", argument="ks")
   # One k: cross_validate_knn's (num_folds,) accuracies of an int k are one column.
   accuracies = {name: _array(np.reshape(acc, (-1, 1)) if len(ks) == 1 and np.ndim(acc) == 1
                              else acc, f"accuracies[{name!r}]", f"(num_folds, {len(ks)})",
@@ -170,6 +206,11 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
   if not len(ks) or not accuracies:
     raise InputError("there is nothing to draw: pass at least one k and one metric",
                      argument="accuracies")
+  for name, acc in accuracies.items():
+    _finite(acc, f"accuracies[{name!r}]", "a mean over folds with one would vanish from "
+            "the figure, under a legend that names it")
+  order = np.argsort(ks, kind="stable")  # the line runs along k, whatever order ks came in
+  ks, accuracies = ks[order], {name: acc[:, order] for name, acc in accuracies.items()}
   if chosen is not None:
     chosen_at = _chosen_point(chosen, ks, accuracies)
   fig, ax = _figure_and_ax(ax, (7, 4.5))
@@ -244,6 +285,9 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
   """Each row: a query image (Q, H, W, C), then its K nearest training images (Q, K, H, W, C),
   titled with their labels (green = same class as the query, red = other).
 
+  Pixels: integers in [0, 255] (uint8) or floats in [0, 1]; other values (centred or
+  scaled rows) are min-max scaled over all the images together. NaN or inf: InputError.
+
   predicted_labels: (Q,) the class predicted for each query, named under its true one.
   title: the figure's title (default: what it shows).
   """
@@ -267,11 +311,12 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
     _check_labels(predicted_labels, class_names, "predicted_labels")
   _check_labels(query_labels, class_names, "query_labels")
   _check_labels(neighbor_labels, class_names, "neighbor_labels")
+  query_images, neighbor_images = _pixels({"query_images": query_images,
+                                           "neighbor_images": neighbor_images})
   images, labels, colors = [], [], []
   for r in range(q):
     same = [neighbor_labels[r][c] == query_labels[r] for c in range(k)]
-    images.append([_as_image(query_images[r])] + [_as_image(neighbor_images[r][c])
-                                                  for c in range(k)])
+    images.append([query_images[r]] + [neighbor_images[r][c] for c in range(k)])
     query = f"query: {class_names[query_labels[r]]}"
     if predicted_labels is not None:
       query += f"\npredicted: {class_names[predicted_labels[r]]}"
@@ -284,34 +329,56 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
                      title_size=9, label_size=6)
 
 
+_MAX_CELL_TEXT, _MAX_TICK_NAMES = 30, 60  # classes; beyond, the cells or names would not read
+
+
 def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
               ax=None) -> matplotlib.figure.Figure:
   """Row-normalised confusion matrix (C, C): the colour is the fraction of the true class
-  (row), the cells' text the counts."""
+  (row), the cells' text the counts (counts, or any non-negative weights: a matrix already
+  normalised is normalised by row again).
+
+  Up to 30 classes the cells show their counts, up to 60 the axes name the classes; the
+  figure stays at most about 20 inches square however many classes there are.
+  """
   c = len(class_names)
   cm = _array(confusion_CxC, "confusion_CxC", f"(C, C) = ({c}, {c}), one row and column per "
               "class name", (2,), sizes={0: c, 1: c})
-  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-  fig, ax = _figure_and_ax(ax, (0.6 * c + 2.5, 0.6 * c + 2))
+  if not c:
+    raise InputError("class_names is empty: there is no class to draw", argument="class_names")
+  cm = cm.astype(np.float64) if cm.dtype == bool else cm
+  _finite(cm, "confusion_CxC")
+  if cm.min() < 0:
+    raise InputError(f"confusion_CxC holds negative counts (down to {cm.min():g})",
+                     argument="confusion_CxC")
+  totals = cm.sum(1, keepdims=True)
+  norm = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)
+  side = min(0.6 * c, 18.0)
+  fig, ax = _figure_and_ax(ax, (side + 2.5, side + 2))
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-  for i in range(c):
-    for j in range(c):
-      ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center", fontsize=7,
-              color="white" if norm[i, j] > 0.5 else "black")
-  ax.set_xticks(range(c), class_names, rotation=45, ha="right")
-  ax.set_yticks(range(c), class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  acc = np.trace(cm) / max(cm.sum(), 1)
+  if c <= _MAX_CELL_TEXT:
+    for i in range(c):
+      for j in range(c):
+        ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center", fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black")
+  if c <= _MAX_TICK_NAMES:
+    ax.set_xticks(range(c), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(c), class_names)
+  ax.set_xlabel("predicted" if c <= _MAX_TICK_NAMES else f"predicted ({c} classes in order)")
+  ax.set_ylabel("true" if c <= _MAX_TICK_NAMES else f"true ({c} classes in order)")
+  acc = np.trace(cm) / cm.sum() if cm.sum() > 0 else np.nan
   ax.set_title(f"{title} accuracy {acc:.1%}".strip())
-  fig.colorbar(im, ax=ax, fraction=0.046, label="colour: fraction of the true class; cells: counts")
+  fig.colorbar(im, ax=ax, fraction=0.046, label="colour: fraction of the true class"
+               + ("; cells: counts" if c <= _MAX_CELL_TEXT else ""))
   return fig
 
 
 def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
               title: str = "learned templates", *, ax=None) -> matplotlib.figure.Figure:
-  """Each class's weight column (D = prod(image_shape)) shown as an image."""
+  """Each class's weight column (D = prod(image_shape)) shown as an image, min-max scaled on
+  its own (NaN or inf weights: InputError)."""
   w = _array(w_DxC, "w_DxC", "(D, C)", (2,))
+  _finite(w, "w_DxC")
   c = w.shape[1]
   dims = np.atleast_1d(np.asarray(image_shape, dtype=object)).ravel()
   if not all(isinstance(n, (int, np.integer)) or (np.ndim(n) == 0 and hasattr(n, "dtype") and
@@ -328,7 +395,7 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
                      "of w_DxC): pass one name per column", argument="class_names")
   cols = min(c, 10)
   rows = -(-c // cols)
-  cells = [_as_image(w[:, j].reshape(image_shape)) for j in range(c)] + [None] * (rows * cols - c)
+  cells = [_template(w[:, j].reshape(image_shape)) for j in range(c)] + [None] * (rows * cols - c)
   names = list(class_names) + [""] * (rows * cols - c)
   def grid_of(items):
     return [items[r * cols:(r + 1) * cols] for r in range(rows)]
@@ -361,8 +428,17 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   if unknown:
     raise InputError(f"outliers must name series, got {', '.join(map(repr, unknown))} (series: "
                      f"{', '.join(map(repr, series))})", argument="outliers")
+  if highlight is not None and highlight not in series:
+    raise InputError(f"highlight must name a series, got {highlight!r} (series: "
+                     f"{', '.join(map(repr, series))})", argument="highlight")
   data = {}
-  for name, (xs, ys) in series.items():
+  for name, pair in series.items():
+    if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+      raise InputError(f"series[{name!r}] must be an (x, y) pair of equal-length arrays, "
+                       f"got {type(pair).__name__}"
+                       + (f" of length {len(pair)}" if hasattr(pair, "__len__") else ""),
+                       argument="series")
+    xs, ys = pair
     xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,), kind="floats")
     ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,), kind="floats",
                 sizes={0: len(xs)})
@@ -437,6 +513,10 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
   nan_text: the text of NaN cells (e.g. "diverged"), drawn grey.
   chosen: (a index, b index) of the cell framed in red and marked "chosen".
   """
+  for name, values in (("a_values", a_values), ("b_values", b_values)):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or np.ndim(values) != 1:
+      raise InputError(f"{name} must be a list of the grid's values (its labels), got "
+                       f"{values!r}", argument=name)
   v = _array(values_AxB, "values_AxB", f"(len(a_values), len(b_values)) = ({len(a_values)}, "
              f"{len(b_values)})", (2,), sizes={0: len(a_values), 1: len(b_values)}).astype(
                  np.float64)

@@ -233,6 +233,10 @@ def test_corrupt_model_file(tmp_path):
      r"--batch_size has no effect with --optimizer=lbfgs \(every step uses the whole"),
     (dict(hidden_size=10), r"--hidden_size is the network's; --model=linear has no hidden"),
     (dict(reg=[math.inf]), r"--reg values must be finite numbers >= 0, got \[inf\]"),
+    # Both were logged, and drawn, as lr=0.001: one TensorBoard folder, one loss curve.
+    (dict(learning_rate=[1e-3, 0.0010000001]),
+     r"--learning_rate values 0.001 and 0.0010000001 print alike \(0.001\)"),
+    (dict(reg=[0.1, 0.10000001]), r"--reg values 0.1 and 0.10000001 print alike"),
 ])
 def test_bad_config_rejected_before_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):

@@ -274,6 +274,10 @@ def test_metrics_refuse_what_they_cannot_count():
   with pytest.raises(InputError, match="NaN or inf"):  # was a recall of NaN
     metrics.per_class_accuracy(np.array([[np.nan, 1.0], [0.0, 2.0]]))
   assert float(metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 0])) == 0.5
+  for labels in (np.eye(2, dtype=int), np.array([[0, 1]])):  # one-hot rows, a row vector
+    with pytest.raises(InputError, match=r"labels_N must be 1-D \(one class label per "
+                       r"example\), got shape .*; for one-hot rows pass their argmax"):
+      metrics.accuracy(labels, labels)  # was 2.0: every element counted, divided by N
   # Valid labels of other dtypes still count: bools, and floats for accuracy (exact equality).
   assert float(metrics.accuracy(np.array([True, False]), np.array([True, True]))) == 0.5
   assert float(metrics.accuracy(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]))) == 0.75

@@ -264,6 +264,30 @@ def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
      "'right', 'best' or 'none', got 'top'"),
     (lambda: plots.curves({"a": ([1], [1.0])}, outliers=["b"]), "outliers",
      r"must name series, got 'b' \(series: 'a'\)"),
+    # Each of these was a traceback (AttributeError, ValueError, TypeError), a silent
+    # thin curve for a misspelt highlight, a wrong title (accuracy -1200.0%, nan%) or a
+    # point that vanished under its legend.
+    (lambda: plots.cross_validation([1, 3], [[0.1, 0.2]]), "accuracies",
+     r"accuracies must be a dict \{metric name: \(num_folds, K\) array\}, got list"),
+    (lambda: plots.cross_validation([0, 1, 50], {"l1": np.ones((2, 3))}), "ks",
+     r"ks must be numbers >= 1 \(the k of k-nearest neighbours\), got \[0, 1, 50\]"),
+    (lambda: plots.cross_validation([1, 5], {"l1": np.array([[0.1, np.nan]])}),
+     "accuracies['l1']", "holds 1 NaN or infinite values: a mean over folds"),
+    (lambda: plots.curves({"a": [1, 2, 3]}), "series",
+     r"series\['a'\] must be an \(x, y\) pair of equal-length arrays, got list of length 3"),
+    (lambda: plots.curves({"a": ([1], [1.0])}, highlight="b"), "highlight",
+     r"highlight must name a series, got 'b' \(series: 'a'\)"),
+    (lambda: plots.grid(np.ones((1, 1)), 1, [1], a_label="a", b_label="b"), "a_values",
+     "a_values must be a list of the grid's values"),
+    (lambda: plots.confusion(-np.eye(2), NAMES[:2]), "confusion_CxC",
+     r"negative counts \(down to -1\)"),
+    (lambda: plots.confusion(np.array([[np.nan, 1], [0, 1]]), NAMES[:2]), "confusion_CxC",
+     "holds 1 NaN or infinite values: there is no colour for them"),
+    (lambda: plots.confusion(np.zeros((0, 0)), []), "class_names", "no class to draw"),
+    (lambda: _neighbors(query_images=np.full((2, 4, 4, 3), np.nan)), "query_images",
+     "holds 96 NaN or infinite values"),
+    (lambda: plots.templates(np.full((12, 1), np.inf), (2, 2, 3), ["a"]), "w_DxC",
+     "holds 12 NaN or infinite values"),
 ])
 def test_bad_new_arguments_name_themselves(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
@@ -303,3 +327,47 @@ def test_channels_first_images_are_refused():
   with pytest.raises(InputError, match="8 channels") as e:
     plots.neighbors(q, [0], q[:, None], [[0]], ["a"])
   assert e.value.argument == "query_images"
+
+
+def test_confusion_normalises_any_row_and_stays_readable_for_many_classes():
+  # A matrix normalised over all cells (rows summing to 1/6 and 1/2) was coloured 0.083.
+  ax = plots.confusion(np.array([[1 / 12, 1 / 12], [0.0, 0.5]]), NAMES[:2]).axes[0]
+  np.testing.assert_allclose(ax.images[0].get_array(), [[0.5, 0.5], [0.0, 1.0]])
+  # 150 classes drew a 92-inch figure with 22,500 texts (54 s, 3 GB; 1,000 ran out of memory).
+  many = np.diag(np.arange(1, 151))
+  fig = plots.confusion(many, [f"c{i}" for i in range(150)])
+  assert max(fig.get_size_inches()) <= 21
+  ax = fig.axes[0]
+  assert not ax.texts  # the axes number the classes instead of naming them
+  assert not [t for t in ax.get_xticklabels() + ax.get_yticklabels() if "c" in t.get_text()]
+  assert ax.get_xlabel() == "predicted (150 classes in order)"
+  assert ax.get_title() == "accuracy 100.0%"
+
+
+def test_images_keep_their_pixels_or_share_one_scale():
+  # Float pixels in [0, 1], and int64 pixels in [0, 255], were each stretched to their own
+  # range: a grey of 0.1-0.2 was drawn from black to white.
+  q = np.full((1, 2, 2, 3), 0.1)
+  q[0, 0, 0] = 0.2
+  n = np.full((1, 1, 2, 2, 3), 0.15)
+  mosaic = _neighbors_mosaic(q, n)
+  assert np.isclose(mosaic, 0.2).all(-1).sum() == 1 and np.isclose(mosaic, 0.1).all(-1).sum() == 3
+  mosaic = _neighbors_mosaic((q * 1000).astype(np.int64) // 4, (n * 1000).astype(np.int64) // 4)
+  assert np.isclose(mosaic, 50 / 255).all(-1).sum() == 1  # 0.2 * 1000 // 4 = 50 of 255
+  # Centred rows: one scale for the query and its neighbours, from the lowest to the highest.
+  mosaic = _neighbors_mosaic(q - 0.15, n - 0.15)
+  assert np.isclose(mosaic, 1.0).all(-1).sum() >= 1 and np.isclose(mosaic, 0.0).all(-1).sum() == 3
+  assert np.isclose(mosaic, 0.5).all(-1).sum() == 4  # the neighbour, midway
+
+
+def _neighbors_mosaic(query, neighbours):
+  return plots.neighbors(query, [0], neighbours, [[0]], NAMES).axes[0].images[0].get_array()
+
+
+def test_cross_validation_draws_ks_in_order_and_save_names_a_blocked_folder(tmp_path):
+  ax = plots.cross_validation([10, 1, 5], {"l1": np.array([[0.3, 0.1, 0.2]])}).axes[0]
+  np.testing.assert_allclose(ax.lines[0].get_xdata(), [1, 5, 10])  # was a zigzag
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1, 0.2, 0.3])
+  (tmp_path / "afile").write_text("")
+  with pytest.raises(FileExistsError, match="a file of that name is in the way"):
+    plots.save(ax.figure, str(tmp_path / "afile" / "fig.png"))
