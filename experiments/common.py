@@ -102,6 +102,11 @@ def validate_launch(launch: Launch) -> Launch:
             and launch.process_id is not None, "coordinator_address",
             "a multi-host run needs all of --coordinator_address, --num_processes and "
             "--process_id")
+    host, _, port = launch.coordinator_address.rpartition(":")
+    require(bool(host.strip("[]")) and port.isdigit() and 1 <= int(port) <= 65535,
+            "coordinator_address", f"--coordinator_address must be HOST:PORT with a port from 1 "
+            f"to 65535 (e.g. 10.0.0.1:1234, process 0's host), got "
+            f"{launch.coordinator_address!r}")
     require(launch.num_processes >= 1, "num_processes",
             f"--num_processes must be >= 1, got {launch.num_processes}")
     require(0 <= launch.process_id < launch.num_processes, "process_id",

@@ -132,7 +132,7 @@ class Hosts:
     ``database`` is either the whole (N, D) array or, when it was laid along the mesh with
     ``global_rows``, the global array (``num_database`` real rows).
     """
-    flat = split.images.reshape(len(split), -1)
+    flat = split.rows  # a process may hold no rows of a split
     if self.database_spread:
       _, idx, stats = knn.search(flat, database, k, metric=metric, mesh=self.mesh,
                                  layout="database", num_database=num_database, method=method,

@@ -172,7 +172,7 @@ class _Database:
   def __init__(self, ds: data.Dataset, hosts, method: str):
     self.hosts, self.n, self.method = hosts, ds.train.total, method
     self.stats: dict[str, dict] = {}  # split name -> how its search went
-    self.x = ds.train.images.reshape(len(ds.train), -1)  # uint8: L1 stays exact integer work
+    self.x = ds.train.rows  # uint8: L1 stays exact integer work
     if hosts.in_parts(ds.train):
       self.x = hosts.global_rows(ds.train, self.x)
     self.y = hosts.whole(ds.train, ds.train.labels)

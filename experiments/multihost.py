@@ -75,6 +75,8 @@ def fingerprint(kind: str, c) -> dict:
       h.update(f"{split}:{source}:{len(idx)}:".encode())
       h.update(idx.astype("int64").tobytes())
     out["data_plan"] = h.hexdigest()[:16]
+    # The same flags may read different data: a folder at one path, different on each host.
+    out["data_files"] = data.source_digest(c.dataset, data_dir=c.data_dir)
   except Exception as e:  # compared; the run reports it; pylint: disable=broad-except
     out["data_plan"] = f"unreadable ({type(e).__name__})"
   return out
@@ -82,6 +84,21 @@ def fingerprint(kind: str, c) -> dict:
 
 def differences(mine: dict, theirs: dict) -> list[str]:
   return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
+def _verdict(mine: dict, problems: dict) -> str:
+  """"ok", or the line that stops every process: ``problems`` maps each fingerprint key that
+  differs to [(process, its value), ...]."""
+  if not problems:
+    return "ok"
+  flag = lambda k: k if k in ("experiment", "data_plan", "data_files") else f"--{k}"
+  detail = "; ".join(f"{flag(k)}: process 0 has {mine.get(k)}, " + ", ".join(
+      f"process {p} has {v}" for p, v in others) for k, others in sorted(problems.items()))
+  if list(problems) == ["data_files"]:
+    return (f"the processes read different data at --dataset={mine.get('dataset')} ({detail}: "
+            "the files' names, classes or sizes differ); give every host the same copy")
+  return (f"the processes were started with different settings ({detail}); start every "
+          "process with the same flags")
 
 
 def start(launch, kind: str, c) -> None:
@@ -129,13 +146,7 @@ def _agree(jax, mine: dict, t: float) -> None:
       theirs = json.loads(client.blocking_key_value_get(f"{_PREFIX}/fingerprint/{p}", ms))
       for key in differences(mine, theirs):
         problems.setdefault(key, []).append((p, theirs.get(key)))
-    verdict = "ok"
-    if problems:
-      flag = lambda k: k if k in ("experiment", "data_plan") else f"--{k}"
-      detail = "; ".join(f"{flag(k)}: process 0 has {mine.get(k)}, " + ", ".join(
-          f"process {p} has {v}" for p, v in others) for k, others in sorted(problems.items()))
-      verdict = (f"the processes were started with different settings ({detail}); start every "
-                 "process with the same flags")
+    verdict = _verdict(mine, problems)
     client.key_value_set(f"{_PREFIX}/verdict", verdict)
   else:
     verdict = client.blocking_key_value_get(f"{_PREFIX}/verdict", ms)

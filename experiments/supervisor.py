@@ -43,19 +43,55 @@ _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+_VALUED = ("num_processes", "coordinator_address", "distributed")  # the flags read here
+
+
+def _flag_values(argv: list[str], depth: int = 0) -> dict[str, str]:
+  """The values of ``_VALUED`` flags and of ``help`` / ``helpfull`` on a command line, read as
+  absl reads it: ``--name=value``, ``--name value``, one dash or two, ``--noname`` for a
+  false boolean, ``--flagfile=FILE`` (its lines), and nothing after ``--``."""
+  values: dict[str, str] = {}
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    i += 1
+    if arg == "--":
+      break
+    if not arg.startswith("-") or arg == "-":
+      continue
+    name, eq, value = arg.lstrip("-").partition("=")
+    if name == "flagfile" and depth < 10:
+      if not eq and i < len(argv):
+        value, i = argv[i], i + 1
+      try:
+        with open(value, encoding="utf-8") as f:
+          lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+      except OSError:
+        continue  # absl reports it
+      values.update(_flag_values(lines, depth + 1))
+    elif name == "distributed":
+      values[name] = value if eq else "true"
+    elif name == "nodistributed" and not eq:
+      values["distributed"] = "false"
+    elif name in _VALUED:
+      if not eq and i < len(argv):
+        value, i = argv[i], i + 1  # absl takes the next item as the value
+      values[name] = value
+    elif name in ("help", "helpfull", "helpshort"):
+      values[name] = value
+  return values
+
+
 def wanted(argv: list[str]) -> bool:
   """Whether this command line runs an entry point on several hosts, not yet supervised."""
   if os.environ.get(ENV) or not sys.platform.startswith("linux"):
     return False
-  values = {}
-  for a in argv:
-    name, _, value = a.partition("=")
-    values[name] = value
-  if "--help" in values or "--helpfull" in values:
+  values = _flag_values(argv)
+  if {"help", "helpfull", "helpshort"} & set(values):
     return False
-  several = values.get("--num_processes", "") not in ("", "0", "1")
-  cluster = "--distributed" in values and values["--distributed"].lower() not in ("false", "0")
-  return several or cluster or bool(values.get("--coordinator_address"))
+  several = values.get("num_processes", "") not in ("", "0", "1")
+  cluster = values.get("distributed", "false").lower() not in ("false", "0")
+  return several or cluster or bool(values.get("coordinator_address"))
 
 
 class _Stderr:

@@ -65,6 +65,11 @@ class Split:
   def is_whole(self) -> bool:
     return len(self.labels) == self.total
 
+  @property
+  def rows(self) -> np.ndarray:
+    """The images as (N, H * W * C) rows (uint8 still), N = 0 too."""
+    return self.images.reshape(len(self.labels), int(np.prod(np.shape(self.images)[1:])))
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -629,6 +634,32 @@ def _load_split_cached(name, split, data_dir, start, stop, cache_dir=None, stamp
   images.setflags(write=False)
   labels.setflags(write=False)
   return images, labels, classes
+
+
+def source_digest(name: str, *, data_dir: str | None = None) -> str:
+  """A short hash of what ``name`` holds, the same for copies of it on different machines:
+  a folder's class names, each file's path (relative to the folder), label and size, and
+  the bytes of 256 files spread over each split (all of a smaller split); a tfds dataset's
+  name, version and split sizes. Nothing is decoded."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  kind, value = parse_name(name)
+  h = hashlib.sha256(f"{kind}\0".encode())
+  if kind == "folder":
+    h.update("\0".join(check_folder(value)).encode())
+    prefix = value.rstrip(os.sep) + os.sep
+    for split in ("train", "test"):
+      paths, labels = folder_examples(value, split)
+      for p, y in zip(paths, labels):
+        rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, value)
+        h.update(f"\0{split}\0{rel}\0{y}\0{os.stat(p).st_size}".encode())
+      for p in paths[::max(1, len(paths) // 256)]:  # files of one size may differ within
+        with open(p, "rb") as f:
+          h.update(hashlib.sha256(f.read()).digest())
+  else:
+    info = _tfds_builder(value, data_dir).info
+    h.update(f"{info.full_name}\0{sorted((k, v.num_examples) for k, v in info.splits.items())}"
+             .encode())
+  return h.hexdigest()[:16]
 
 
 def split_rows(name: str, *, data_dir: str | None = None, num_train: int | None = None,

@@ -156,6 +156,7 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
   """HOG and hue-histogram features (N, F) float32 of uint8 images (N, H, W, 3), in batches.
 
   F = (H // cell) * (W // cell) * orientations + bins. callback(done, N) after each batch.
+  No images (N = 0) give (0, F).
   """
   for name, value in (("orientations", orientations), ("cell", cell), ("bins", bins),
                       ("batch_size", batch_size)):
@@ -163,9 +164,11 @@ def extract(images_NxHxWx3, *, orientations: int = 9, cell: int = 8, bins: int =
   _checks.callback(callback, "callback(done, total)", images_NxHxWx3)
   images = jnp.asarray(_pixels(images_NxHxWx3, "images_NxHxWx3", ndim=4))
   n = images.shape[0]
-  if n == 0:
-    raise InputError("images_NxHxWx3 is empty: no images to extract features from",
-                     argument="images_NxHxWx3")
+  if n == 0:  # (0, F): e.g. a process of a multi-host run that holds no rows of a split
+    one = jax.eval_shape(lambda im: _extract_batch(im, orientations=orientations, cell=cell,
+                                                   bins=bins),
+                         jax.ShapeDtypeStruct((1,) + images.shape[1:], images.dtype))
+    return jnp.zeros((0,) + one.shape[1:], one.dtype)
   out = []
   for start in range(0, n, batch_size):
     batch = images[start:start + batch_size]

@@ -67,12 +67,17 @@ def process_rows(n: int, mesh: Mesh) -> tuple[int, int]:
 
   The split is padded to ``padded_rows(n, mesh)`` rows and cut into equal
   blocks, one per device in mesh order; a process holds its devices' blocks,
-  clipped to the n real rows (the last processes may hold fewer, or none).
+  clipped to the n real rows (the last processes may hold fewer, or none). A mesh without
+  any of this process's devices raises InputError.
   """
   n = _checked(n, mesh)
   n_pad = padded_rows(n, mesh)
   spans = sorted(_span(index[0], n_pad) for index in jax.sharding.NamedSharding(
       mesh, P(mesh.axis_names[0])).addressable_devices_indices_map((n_pad,)).values())
+  if not spans:  # was an IndexError
+    raise InputError(f"mesh has none of this process's devices (process "
+                     f"{jax.process_index()}): lay rows along a mesh that holds some of them",
+                     argument="mesh")
   if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
     raise InputError("this process's devices are not adjacent in the mesh; build it with "
                      "make_mesh() (devices in process order)", argument="mesh")

@@ -26,7 +26,7 @@ def main(port: str, process_id: str) -> None:
   mesh = sharding.make_mesh()
   assert jax.process_count() == 2 and mesh.devices.size == 2
   q, db = adversarial()
-  # 1,100 rows: 550 on each device, enough for the first rounds of L2 and L1 to run.
+  # 1,160 rows: 580 on each device, enough for the first rounds of L2 and L1 to run.
   db = np.concatenate([db, smooth_images(np.random.default_rng(1), 860), db[:40]])
   n = len(db)
   lo, hi = sharding.process_rows(n, mesh)
@@ -62,6 +62,8 @@ def main(port: str, process_id: str) -> None:
   # A mesh of process 0's device only: process 1 is told, process 0 searches alone.
   first = sharding.make_mesh([d for d in jax.devices() if d.process_index == 0])
   out["mesh of process 0"] = _error(lambda: knn.search(q, db, 7, mesh=first, method="pruned"))
+  out["rows of process 0's mesh"] = _error(lambda: sharding.process_rows(n, first))
+  out["laid on process 0's mesh"] = _error(lambda: sharding.rows_to_global(db[:0], n, first))
   print(json.dumps(out, sort_keys=True), flush=True)
 
 

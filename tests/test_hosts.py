@@ -1,11 +1,14 @@
 """The host helpers on one process: what a process adds of a split read in parts, and what
 the processes of a multi-host run compare before they start."""
+import shutil
+
 import numpy as np
 
 from experiments import hosts
 from experiments import knn as knn_exp
 from experiments import multihost
 from jaxlin import data
+from tests.conftest import make_image_folder
 
 
 def test_rows_at_gives_the_rows_this_process_holds_and_zeros_for_the_others():
@@ -33,3 +36,26 @@ def test_processes_compare_every_key_but_the_cache_folder():
   assert multihost.differences(mine, multihost.fingerprint("knn", c.replace(cache_dir=""))) == []
   assert multihost.differences(mine, multihost.fingerprint("knn", c.replace(seed=1))) == ["seed"]
   assert multihost.differences(mine, multihost.fingerprint("linear", c)) == ["experiment"]
+
+
+def test_processes_compare_the_data_their_dataset_path_holds(tmp_path):
+  """The same flags on two hosts whose folders differ (one image replaced) trained on a mix
+  of both without a word; copies that differ only in times and inodes agree."""
+  make_image_folder(str(tmp_path / "a"), per_class_train=3, per_class_test=1)
+  shutil.copytree(tmp_path / "a", tmp_path / "copy")  # new inodes and times
+  make_image_folder(str(tmp_path / "b"), per_class_train=3, per_class_test=1, seed=1)
+  # Each host's --dataset=folder:images, as if each process ran in its own folder.
+  prints = {}
+  for name in ("a", "copy", "b"):
+    c = knn_exp.Config(dataset=f"folder:{tmp_path / name}", num_val=1, num_train=0, num_test=0)
+    prints[name] = multihost.fingerprint("knn", c)
+    prints[name]["dataset"] = "folder:images"
+  assert "unreadable" not in prints["a"]["data_plan"]
+  assert multihost.differences(prints["a"], prints["copy"]) == []
+  assert multihost.differences(prints["a"], prints["b"]) == ["data_files"]
+  line = multihost._verdict(prints["a"], {"data_files": [(1, prints["b"]["data_files"])]})  # pylint: disable=protected-access
+  assert line.startswith("the processes read different data at --dataset=folder:images "
+                         f"(data_files: process 0 has {prints['a']['data_files']}, process 1 "
+                         f"has {prints['b']['data_files']}: the files' names, classes or sizes "
+                         "differ); give every host the same copy"), line
+  assert multihost._verdict(prints["a"], {}) == "ok"  # pylint: disable=protected-access

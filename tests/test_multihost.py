@@ -105,7 +105,8 @@ def test_knn_database_split_on_two_processes_reads_its_rows(tmp_path, folder, ca
 
 
 def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
-  args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=7",
+  # One val image: process 1 holds none of it (its search of no rows was a traceback).
+  args = [f"--dataset=folder:{folder}", "--num_train=41", "--num_test=13", "--num_val=1",
           "--k=1,3,5", "--metric=l1", "--cv_folds=0", "--shard=queries", "--search=pruned",
           f"--cache_dir={cache}"]
   results, _ = _run_two_processes("experiments.knn", args, tmp_path)
@@ -115,8 +116,8 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   assert (test["method"], test["processes"], test["queries"], test["brute_force"]) == (
       "pruned", 2, 13, 13)
   # Each process read only its own rows of the query splits ...
-  assert results["rows_read"] == [{"train": [0, 41], "val": [0, 4], "test": [0, 7]},
-                                  {"train": [0, 41], "val": [4, 7], "test": [7, 13]}]
+  assert results["rows_read"] == [{"train": [0, 41], "val": [0, 1], "test": [0, 7]},
+                                  {"train": [0, 41], "val": [1, 1], "test": [7, 13]}]
   # ... and the run equals one process holding everything.
   single = _run_one_process(knn_exp, args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
@@ -146,6 +147,12 @@ def test_pruned_search_on_a_mesh_across_two_processes():
         "RuntimeError: the pruned search failed on process(es) 1; see its error")
     assert stats[1].pop(f"failure {layout}") == "MemoryError: no memory"  # its own error
   assert stats[0].pop("mesh of process 0") == "ok"
+  assert stats[0].pop("rows of process 0's mesh") == "ok"  # it holds every row
+  assert stats[0].pop("laid on process 0's mesh").startswith("InputError: this process holds "
+                                                             "rows [0, 1160)")
+  for key in ("rows of process 0's mesh", "laid on process 0's mesh"):  # were IndexErrors
+    assert stats[1].pop(key) == ("InputError: mesh has none of this process's devices (process "
+                                 "1): lay rows along a mesh that holds some of them")
   assert stats[1].pop("mesh of process 0") == ("InputError: mesh has none of this process's "
                                                "devices (process 1): search on a mesh that "
                                                "holds some of them")
@@ -161,9 +168,10 @@ def test_pruned_search_on_a_mesh_across_two_processes():
 
 
 def test_linear_training_on_two_processes(tmp_path, folder, cache):
-  """HOG features: both statistics paths (pixels and features) summed over processes."""
+  """HOG features: both statistics paths (pixels and features) summed over processes; one
+  val image, so that process 1 extracts the features of none (it stopped with exit 2)."""
   features = "hog_hsv"
-  args = [f"--dataset=folder:{folder}", "--num_val=7", "--num_train=45",
+  args = [f"--dataset=folder:{folder}", "--num_val=1", "--num_train=45",
           "--learning_rate=0.001,0.01",
           "--reg=0.1", "--batch_size=8", "--num_epochs=3", f"--features={features}",
           f"--cache_dir={cache}"]
@@ -171,8 +179,8 @@ def test_linear_training_on_two_processes(tmp_path, folder, cache):
   assert results["devices"] == 2 and results["processes"] == 2 and results["test_accuracy"] > 0.5
   assert (tmp_path / "wd0" / "model.npz").exists()
   # Each process read only its own rows: two halves of every split (odd sizes: 23 + 22, ...).
-  assert results["rows_read"] == [{"train": [0, 23], "val": [0, 4], "test": [0, 9]},
-                                  {"train": [23, 45], "val": [4, 7], "test": [9, 18]}]
+  assert results["rows_read"] == [{"train": [0, 23], "val": [0, 1], "test": [0, 9]},
+                                  {"train": [23, 45], "val": [1, 1], "test": [9, 18]}]
   # ... and the run equals one process holding everything on two devices.
   single = _run_one_process(linear_exp, args, tmp_path)
   assert results["test_accuracy"] == single["test_accuracy"]
@@ -262,13 +270,23 @@ def test_a_peer_lost_during_training_ends_the_other_within_the_host_timeout(tmp_
       p.kill()
 
 
-def test_supervisor_passes_stderr_until_jax_reports_a_lost_service():
+def test_supervisor_passes_stderr_until_jax_reports_a_lost_service(tmp_path):
   from experiments import supervisor  # pylint: disable=import-outside-toplevel
   assert supervisor.wanted(["--num_processes=2", "--workdir=w"])
   assert supervisor.wanted(["--coordinator_address=h:1", "--num_processes=2"])
   assert not supervisor.wanted(["--num_processes=1"])
   assert not supervisor.wanted(["--workdir=w", "--k=1"])
   assert not supervisor.wanted(["--num_processes=2", "--help"])
+  # absl's other forms: a value in the next item (a lost coordinator then aborted the peer
+  # with a C++ stack dump, and SIGTERM left it running), one dash, a flag file, "--".
+  assert supervisor.wanted(["--coordinator_address", "h:1", "--num_processes", "2"])
+  assert supervisor.wanted(["-num_processes", "2"]) and not supervisor.wanted(["--nodistributed"])
+  assert not supervisor.wanted(["--num_processes", "1", "--workdir", "w"])
+  assert not supervisor.wanted(["--", "--num_processes=2"])
+  flags = tmp_path / "flags.txt"
+  flags.write_text("# a flag file\n--num_processes=2\n")
+  assert supervisor.wanted(["--flagfile", str(flags)])
+  assert supervisor.wanted([f"--flagfile={flags}", "--workdir=w"])
   report = (b"F1202 client.h:80] Terminating process because the JAX distributed service "
             b"detected fatal errors.\n*** Check failure stack trace: ***\n")
   pieces = [b"step 1\rstep 2", b"\nI1202 ok\nF12", report[3:40], report[40:]]
