@@ -1410,7 +1410,8 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   alike.
 
   Returns (float distances, indices, stats) as ``search``; stats sums the devices'
-  counts (layout "database": every query is searched once per device), lists them in
+  counts (layout "database": every query is searched once per device that holds rows;
+  a device without rows counts 0), lists them in
   "per_device", and gives the first device's "candidates" (the one with the most rows).
   """
   devices = list(mesh.devices.flat)

@@ -396,7 +396,8 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       the cascade. On a mesh also "layout" and "per_device" (each device's own
       stats); the counts are summed over the devices' searches, so with layout
       "database", where every device searches every query in its rows,
-      "queries" is Q times the number of devices.
+      "queries" is Q times the number of devices that hold rows (with fewer
+      rows than devices, the last devices hold none and count 0).
     image_shape: (H, W, C) of the rows (flattened images), for the pruned
       bounds: L1 sums over p x p pixel blocks of each channel (None: over runs
       of consecutive features, which on channels-last images mix the channels
