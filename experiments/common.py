@@ -103,9 +103,11 @@ def validate_launch(launch: Launch) -> Launch:
             "a multi-host run needs all of --coordinator_address, --num_processes and "
             "--process_id")
     host, _, port = launch.coordinator_address.rpartition(":")
-    require(bool(host.strip("[]")) and port.isdigit() and 1 <= int(port) <= 65535,
+    ipv6_bare = ":" in host and "/" not in host and not host.startswith("[")  # "::1": no port
+    require(bool(host.strip(" []")) and not ipv6_bare and port.isdigit()
+            and 1 <= int(port) <= 65535,
             "coordinator_address", f"--coordinator_address must be HOST:PORT with a port from 1 "
-            f"to 65535 (e.g. 10.0.0.1:1234, process 0's host), got "
+            f"to 65535 (e.g. 10.0.0.1:1234 or [fe80::1]:1234, process 0's host), got "
             f"{launch.coordinator_address!r}")
     require(launch.num_processes >= 1, "num_processes",
             f"--num_processes must be >= 1, got {launch.num_processes}")

@@ -94,9 +94,10 @@ def _verdict(mine: dict, problems: dict) -> str:
   flag = lambda k: k if k in ("experiment", "data_plan", "data_files") else f"--{k}"
   detail = "; ".join(f"{flag(k)}: process 0 has {mine.get(k)}, " + ", ".join(
       f"process {p} has {v}" for p, v in others) for k, others in sorted(problems.items()))
-  if list(problems) == ["data_files"]:
+  if "data_files" in problems and set(problems) <= {"data_files", "data_plan"}:
     return (f"the processes read different data at --dataset={mine.get('dataset')} ({detail}: "
-            "the files' names, classes or sizes differ); give every host the same copy")
+            "the files' names, classes, sizes or contents differ); give every host the same "
+            "copy")
   return (f"the processes were started with different settings ({detail}); start every "
           "process with the same flags")
 

@@ -43,13 +43,14 @@ _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-_VALUED = ("num_processes", "coordinator_address", "distributed")  # the flags read here
+_VALUED = ("num_processes", "coordinator_address", "workdir")  # the valued flags read here
 
 
 def _flag_values(argv: list[str], depth: int = 0) -> dict[str, str]:
-  """The values of ``_VALUED`` flags and of ``help`` / ``helpfull`` on a command line, read as
-  absl reads it: ``--name=value``, ``--name value``, one dash or two, ``--noname`` for a
-  false boolean, ``--flagfile=FILE`` (its lines), and nothing after ``--``."""
+  """The values of ``_VALUED`` flags, ``distributed`` and ``help`` / ``helpfull`` on a command
+  line, read as absl reads it: ``--name=value``, ``--name value``, one dash or two,
+  ``--noname`` for a false boolean, ``--flagfile=FILE`` (its lines; ``~`` expanded), and
+  nothing after ``--``."""
   values: dict[str, str] = {}
   i = 0
   while i < len(argv):
@@ -64,7 +65,7 @@ def _flag_values(argv: list[str], depth: int = 0) -> dict[str, str]:
       if not eq and i < len(argv):
         value, i = argv[i], i + 1
       try:
-        with open(value, encoding="utf-8") as f:
+        with open(os.path.expanduser(value.strip()), encoding="utf-8") as f:
           lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
       except OSError:
         continue  # absl reports it
@@ -163,12 +164,8 @@ def _preexec():
 
 
 def _staging(argv: list[str]) -> str | None:
-  for i, a in enumerate(argv):
-    if a.startswith("--workdir="):
-      return os.path.expanduser(a.split("=", 1)[1])
-    if a == "--workdir" and i + 1 < len(argv):
-      return os.path.expanduser(argv[i + 1])
-  return None
+  workdir = _flag_values(argv).get("workdir")
+  return os.path.expanduser(workdir) if workdir else None
 
 
 LOCK, STAGING, JOURNAL = ".jaxlin-lock", ".staging-", ".commit-"  # experiments.workdir's names

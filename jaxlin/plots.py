@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib.colors
 import matplotlib.font_manager
@@ -168,7 +168,7 @@ def _pixels(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
   values = [np.asarray(a, np.float64) for a in arrays.values()]
   lo = min((v.min() for v in values if v.size), default=0.0)
   hi = max((v.max() for v in values if v.size), default=0.0)
-  integers = all(np.issubdtype(a.dtype, np.integer) or a.dtype == bool for a in arrays.values())
+  integers = all(np.issubdtype(a.dtype, np.integer) for a in arrays.values())  # bools: 0 and 1
   if integers and 0 <= lo and hi <= 255:
     return [v / 255.0 for v in values]
   if not integers and 0 <= lo and hi <= 1:
@@ -366,8 +366,8 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
     ax.set_yticks(range(c), class_names)
   ax.set_xlabel("predicted" if c <= _MAX_TICK_NAMES else f"predicted ({c} classes in order)")
   ax.set_ylabel("true" if c <= _MAX_TICK_NAMES else f"true ({c} classes in order)")
-  acc = np.trace(cm) / cm.sum() if cm.sum() > 0 else np.nan
-  ax.set_title(f"{title} accuracy {acc:.1%}".strip())
+  ax.set_title(f"{title} accuracy {np.trace(cm) / cm.sum():.1%}".strip() if cm.sum() > 0
+               else f"{title} (no examples)".strip())
   fig.colorbar(im, ax=ax, fraction=0.046, label="colour: fraction of the true class"
                + ("; cells: counts" if c <= _MAX_CELL_TEXT else ""))
   return fig
@@ -433,6 +433,9 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                      f"{', '.join(map(repr, series))})", argument="highlight")
   data = {}
   for name, pair in series.items():
+    if not isinstance(pair, (str, bytes)) and isinstance(pair, Iterable) and not hasattr(
+        pair, "__len__"):
+      pair = tuple(pair)  # a zip, a generator
     if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
       raise InputError(f"series[{name!r}] must be an (x, y) pair of equal-length arrays, "
                        f"got {type(pair).__name__}"
@@ -513,10 +516,13 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
   nan_text: the text of NaN cells (e.g. "diverged"), drawn grey.
   chosen: (a index, b index) of the cell framed in red and marked "chosen".
   """
-  for name, values in (("a_values", a_values), ("b_values", b_values)):
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or np.ndim(values) != 1:
+  values = {}
+  for name, given in (("a_values", a_values), ("b_values", b_values)):
+    if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
       raise InputError(f"{name} must be a list of the grid's values (its labels), got "
-                       f"{values!r}", argument=name)
+                       f"{given!r}", argument=name)
+    values[name] = list(given)  # a tuple, range, dict's keys, array
+  a_values, b_values = values["a_values"], values["b_values"]
   v = _array(values_AxB, "values_AxB", f"(len(a_values), len(b_values)) = ({len(a_values)}, "
              f"{len(b_values)})", (2,), sizes={0: len(a_values), 1: len(b_values)}).astype(
                  np.float64)

@@ -278,9 +278,10 @@ def test_list_values_are_integers_or_numbers_exactly():
     # No port: a 24-line IndexError from inside JAX; a port beyond 65535: a wait for peers.
     (dict(coordinator_address="127.0.0.1", num_processes=2, process_id=0),
      r"--coordinator_address must be HOST:PORT with a port from 1 to 65535 \(e.g. "
-     r"10.0.0.1:1234, process 0's host\), got '127.0.0.1'$"),
+     r"10.0.0.1:1234 or \[fe80::1\]:1234, process 0's host\), got '127.0.0.1'$"),
     (dict(coordinator_address="h:99999", num_processes=2, process_id=0), r"--coordinator_addr"),
     (dict(coordinator_address=":80", num_processes=2, process_id=0), r"--coordinator_addr"),
+    (dict(coordinator_address="::1", num_processes=2, process_id=0), r"--coordinator_addr"),
 ])
 def test_launch_options_are_checked(launch, message):
   with pytest.raises(ConfigError, match=f"^{message}"):
@@ -291,7 +292,7 @@ def test_a_run_is_multi_host_when_any_multi_host_option_is_given():
   assert not common.Launch(workdir="wd").multi_host
   for given in (dict(distributed=True), dict(coordinator_address="h:1"), dict(num_processes=2)):
     assert common.Launch(workdir="wd", **given).multi_host, given
-  for address in ("h:1", "[::1]:8476", "10.0.0.1:65535"):
+  for address in ("h:1", "[::1]:8476", "10.0.0.1:65535", "dns:///host-a:1234", "[fe80::1%eth0]:9"):
     ok = common.Launch(workdir="wd", coordinator_address=address, num_processes=2, process_id=1)
     assert common.validate_launch(ok) is ok
 

@@ -56,6 +56,11 @@ def test_processes_compare_the_data_their_dataset_path_holds(tmp_path):
   line = multihost._verdict(prints["a"], {"data_files": [(1, prints["b"]["data_files"])]})  # pylint: disable=protected-access
   assert line.startswith("the processes read different data at --dataset=folder:images "
                          f"(data_files: process 0 has {prints['a']['data_files']}, process 1 "
-                         f"has {prints['b']['data_files']}: the files' names, classes or sizes "
-                         "differ); give every host the same copy"), line
+                         f"has {prints['b']['data_files']}: the files' names, classes, sizes "
+                         "or contents differ); give every host the same copy"), line
+  # A file more or fewer changes the data plan too: still the data's line, not the flags'.
+  both = {"data_files": [(1, "x")], "data_plan": [(1, "y")]}
+  assert multihost._verdict(prints["a"], both).startswith("the processes read different data")  # pylint: disable=protected-access
+  assert multihost._verdict(prints["a"], dict(both, seed=[(1, 1)])).startswith(  # pylint: disable=protected-access
+      "the processes were started with different settings")
   assert multihost._verdict(prints["a"], {}) == "ok"  # pylint: disable=protected-access

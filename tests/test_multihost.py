@@ -287,6 +287,15 @@ def test_supervisor_passes_stderr_until_jax_reports_a_lost_service(tmp_path):
   flags.write_text("# a flag file\n--num_processes=2\n")
   assert supervisor.wanted(["--flagfile", str(flags)])
   assert supervisor.wanted([f"--flagfile={flags}", "--workdir=w"])
+  home = os.environ.get("HOME")
+  os.environ["HOME"] = str(tmp_path)  # absl expands ~ in a flag file's path
+  try:
+    assert supervisor.wanted(["--flagfile=~/flags.txt"])
+  finally:
+    os.environ["HOME"] = home
+  flags.write_text("--num_processes=2\n--workdir=~/wd\n")
+  for argv in ([f"--flagfile={flags}"], ["-workdir", "~/wd"], ["--workdir=~/wd"]):
+    assert supervisor._staging(argv) == os.path.expanduser("~/wd"), argv  # pylint: disable=protected-access
   report = (b"F1202 client.h:80] Terminating process because the JAX distributed service "
             b"detected fatal errors.\n*** Check failure stack trace: ***\n")
   pieces = [b"step 1\rstep 2", b"\nI1202 ok\nF12", report[3:40], report[40:]]

@@ -342,6 +342,8 @@ def test_confusion_normalises_any_row_and_stays_readable_for_many_classes():
   assert not [t for t in ax.get_xticklabels() + ax.get_yticklabels() if "c" in t.get_text()]
   assert ax.get_xlabel() == "predicted (150 classes in order)"
   assert ax.get_title() == "accuracy 100.0%"
+  assert plots.confusion(np.zeros((2, 2), int), NAMES[:2], "val").axes[0].get_title() == (
+      "val (no examples)")  # not "accuracy nan%"
 
 
 def test_images_keep_their_pixels_or_share_one_scale():
@@ -358,10 +360,24 @@ def test_images_keep_their_pixels_or_share_one_scale():
   mosaic = _neighbors_mosaic(q - 0.15, n - 0.15)
   assert np.isclose(mosaic, 1.0).all(-1).sum() >= 1 and np.isclose(mosaic, 0.0).all(-1).sum() == 3
   assert np.isclose(mosaic, 0.5).all(-1).sum() == 4  # the neighbour, midway
+  # Masks: bools (and 0/1 floats) are black and white, not black and 1/255.
+  mask = np.zeros((1, 2, 2, 3), bool)
+  mask[0, 0, 0] = True
+  mosaic = _neighbors_mosaic(mask, mask[:, None])
+  assert np.isclose(mosaic, 1.0).all(-1).sum() >= 2 and np.isclose(mosaic, 0.0).all(-1).sum() == 6
 
 
 def _neighbors_mosaic(query, neighbours):
   return plots.neighbors(query, [0], neighbours, [[0]], NAMES).axes[0].images[0].get_array()
+
+
+def test_iterables_users_pass_are_still_drawn():
+  # A zip for an (x, y) pair and a dict's keys for grid labels worked before the checks.
+  fig = plots.curves({"a": zip(*[(1, 3.0), (2, 2.0)])})
+  np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [3.0, 2.0])
+  rates = {1e-3: "slow", 1e-2: "fast"}
+  ax = plots.grid(np.ones((2, 1)), rates.keys(), range(1), a_label="lr", b_label="reg").axes[0]
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["0.001", "0.01"]
 
 
 def test_cross_validation_draws_ks_in_order_and_save_names_a_blocked_folder(tmp_path):
