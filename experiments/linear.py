@@ -395,7 +395,8 @@ def _results(c: Config, ds, d, grid, fit, best, val_acc, cm, test_acc) -> dict:
       "steps": fit.steps, "epochs": fit.history[-1]["epoch"],
       "grid": [{"learning_rate": _recorded_rate(c, lr), "reg": reg,
                 "val_accuracy": None if np.isnan(val_acc[g]) else float(val_acc[g]),
-                "final_loss": float(fit.history[-1]["loss"][g]),
+                "final_loss": None if fit.diverged_at[g] >= 1  # its last finite loss is
+                else float(fit.history[-1]["loss"][g]),            # not where it ended
                 "diverged_at_step": int(fit.diverged_at[g]) if fit.diverged_at[g] >= 0 else None}
                for g, (lr, reg) in enumerate(grid)],
       "chosen": {"learning_rate": _recorded_rate(c, grid[best][0]), "reg": grid[best][1],

@@ -510,6 +510,7 @@ class Trainer:
     params: the grid's params, every leaf with a leading member axis (``fit``'s
     ``params``; one member's params ``p`` as ``jax.tree.map(lambda a: a[None], p)``).
     """
+    _checks.outside_jit("Trainer.accuracy (it checks its inputs' values)", "x", x, y)
     if np.ndim(x) < 2 or np.ndim(y) != 1 or np.shape(x)[0] != np.shape(y)[0]:
       raise InputError(f"expected x (N, ...) and y (N,), got {np.shape(x)} and {np.shape(y)}",
                        argument="x")
@@ -695,6 +696,7 @@ class Trainer:
     processes (``sharding.rows_to_global``); its rows past ``num_examples``
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
+    _checks.outside_jit("Trainer.fit (it drives its own compiled steps)", "x", x, y)
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
         num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
       raise InputError(f"num_steps must be an integer in [1, {MAX_STEPS}] (steps count in "

@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +76,20 @@ def test_run_end_to_end_and_reloaded_model_predicts_the_same(folder, softmax_run
   assert np.mean(pred_np == ds.test.labels) == pytest.approx(res["test_accuracy"])
 
 
+def test_a_member_diverged_with_a_finite_last_loss_has_no_final_loss():
+  """A member that diverged keeps its last finite parameters, so its later losses can be
+  finite: results.json gave it a plausible final_loss (1.95, the review's lr=3e38 run)."""
+  fit = types.SimpleNamespace(steps=4, compile_count=1, diverged_at=np.array([-1, 1]),
+                              history=[{"epoch": 1.0, "loss": np.array([0.7, 1.95])}])
+  ds = types.SimpleNamespace(train=types.SimpleNamespace(total=8), val=types.SimpleNamespace(
+      total=2), test=types.SimpleNamespace(total=2), class_names=("a", "b"))
+  c = linear_exp.Config(dataset="folder:x", learning_rate=(1e-3, 3e38), reg=(0.1,))
+  res = linear_exp._results(c, ds, 3, [(1e-3, 0.1), (3e38, 0.1)], fit, 0,  # pylint: disable=protected-access
+                            np.array([0.5, np.nan]), np.eye(2, dtype=int), 1.0)
+  assert [g["final_loss"] for g in res["grid"]] == [0.7, None]
+  assert [g["diverged_at_step"] for g in res["grid"]] == [None, 1]
+
+
 def test_a_diverged_member_is_strict_json_and_files_get_the_users_umask(softmax_run):
   res, wd = softmax_run
   diverged, = [g for g in res["grid"] if (g["learning_rate"], g["reg"]) == (1e6, 0.1)]
@@ -125,7 +140,6 @@ def test_tensorboard_curves_equal_metrics_jsonl(softmax_run):
 
 
 def test_tensorboard_folders_versions_and_metadata(tmp_path, monkeypatch):
-  import types  # pylint: disable=import-outside-toplevel
   from experiments import tensorboard  # pylint: disable=import-outside-toplevel
   assert tensorboard.member_name(1e-3, 0.0) == "lr=0.001,reg=0"
   assert tensorboard.member_name(0.000125, 2.5e-5) == "lr=0.000125,reg=2.5e-05"

@@ -591,6 +591,18 @@ def test_accuracy_counts_only_the_first_num_examples_rows():
   assert _trainer().accuracy(params, x, y).tolist() == [pytest.approx(4 / 5)]
 
 
+def test_fit_and_accuracy_say_they_run_outside_jit():
+  # Both were JAX's ConcretizationTypeError from inside an input check.
+  params = {"W": np.zeros((1, 6, 3), np.float32), "b": np.zeros((1, 3), np.float32)}
+  y = np.array([0, 1, 0, 0, 0])
+  calls = {"Trainer.fit": lambda x: _trainer().fit(jax.random.key(0), x, y, num_steps=1),
+           "Trainer.accuracy": lambda x: _trainer().accuracy(params, x, y)}
+  for what, call in calls.items():
+    with pytest.raises(InputError, match=f"{what} .* runs outside jit") as e:
+      jax.jit(call)(_X[:5])
+    assert e.value.argument == "x"
+
+
 def test_logged_loss_is_the_mean_of_each_members_finite_steps():
   # A member that diverged at the second step logs the mean of its finite steps.
   got = train._finite_mean(np.array([[1.0, 1.0, np.nan], [3.0, np.nan, np.inf]]))
