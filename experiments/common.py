@@ -323,6 +323,10 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
+    memory = out_of_memory(e)
+    if memory:  # the flags asked for more than the machine has: not a bug
+      print(f"error: {memory}", file=sys.stderr)
+      _exit(EXIT_USAGE)
     multihost = sys.modules.get("experiments.multihost")
     if multihost is None or not multihost.started():
       raise  # a bug: the traceback helps
@@ -331,10 +335,27 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print(f"error: this process failed while working with the others ({type(e).__name__}: "
           f"{first}); another process may have stopped", file=sys.stderr)
     _exit(EXIT_FAILED)
+  code = exit_code(results)
+  _stop_at_interrupts(code)
   multihost = sys.modules.get("experiments.multihost")
   if multihost is not None:
     multihost.finish()
-  _exit(exit_code(results))
+  _exit(code)
+
+
+def out_of_memory(e: BaseException) -> str | None:
+  """The line for an error that says memory ran out (Python's MemoryError, or XLA's: a
+  JaxRuntimeError whose status is RESOURCE_EXHAUSTED, or "Out of memory"), else None."""
+  if not isinstance(e, MemoryError) and not (
+      type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+      and ("RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e))):
+    return None
+  size = re.search(r"allocating (\d+) bytes", str(e))
+  what = (f"{int(size.group(1)) / 2 ** 30:.1f} GiB could not be allocated" if size
+          else (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+  return (f"out of memory ({what}); ask for less: smaller models or batches (e.g. "
+          "--hidden_size, --batch_size), fewer settings or images, or use a machine with more "
+          "memory")
 
 
 INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
@@ -380,8 +401,22 @@ def _force_stop() -> None:
   os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
 
 
+def _stop_at_interrupts(code: int) -> None:
+  """From here on, the program is ending with ``code``: an interrupt ends it at once (it
+  raised KeyboardInterrupt inside JAX's exit handlers: a traceback, and code 0), after a
+  finished run with the line that says its files were written and code 130."""
+  def stop(signum, frame):  # pylint: disable=unused-argument
+    if _committed.is_set() or not code:
+      print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED if _committed.is_set() or not code else code)  # pylint: disable=protected-access
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, stop)
+
+
 def _exit(code: int) -> None:
   """Exits; a failed multi-host process exits at once (no shutdown barrier waiting for peers)."""
+  _stop_at_interrupts(code)
   sys.stdout.flush()
   sys.stderr.flush()
   multihost = sys.modules.get("experiments.multihost")

@@ -80,8 +80,12 @@ def validate(config) -> Config:
           == [1.0], "learning_rate",  # [1.0]: what earlier runs recorded for lbfgs
           "--learning_rate has no effect with --optimizer=lbfgs (its line search sets the "
           "step); leave the flag out")
+  if c.num_steps > 0 and c.num_epochs is not None:  # steps won, and the epochs were recorded
+    raise ConfigError(f"--num_steps={c.num_steps} and --num_epochs={c.num_epochs:g} both set "
+                      "how long to train; give one of them", argument="num_steps")
   c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()
-                   if getattr(c, k) is None})
+                   if getattr(c, k) is None
+                   and not (k == "num_epochs" and c.num_steps > 0)})  # steps: no epochs
   require(c.model != "mlp" or c.hidden_size >= 1, "hidden_size",
           f"--hidden_size must be >= 1, got {c.hidden_size}")
   require(c.model == "mlp" or c.hidden_size == Config.hidden_size, "hidden_size",
@@ -115,7 +119,8 @@ def validate(config) -> Config:
               "one name. Give values that differ in their first 6 digits")
   require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
   cfg.finite(c.num_epochs, "num_epochs")
-  require(c.num_steps >= 0 and c.num_epochs >= 0 and (c.num_steps > 0 or c.num_epochs > 0),
+  epochs = 0.0 if c.num_epochs is None else c.num_epochs
+  require(c.num_steps >= 0 and epochs >= 0 and (c.num_steps > 0 or epochs > 0),
           "num_epochs", "give a positive --num_steps or --num_epochs")
   require(c.num_val >= 1, "num_val",
           f"--num_val must be >= 1 (the grid is chosen on it), got {c.num_val}")

@@ -161,6 +161,7 @@ def main(argv):
   what = "probability" if model.loss == "softmax" else "score"
   failed = done = 0
   signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: one line, exit code 130
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # the package's early stop ends
   warnings.formatwarning = _one_line_warning
   try:
     for start in range(0, len(paths), CHUNK):  # printed as they are classified

@@ -30,7 +30,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import DataError, DivergenceError, InputError, JaxlinError
+from jaxlin.errors import ConfigError, DataError, DivergenceError, InputError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 # A stage's own flags -> the study's flags that set them (for error messages).
@@ -247,6 +247,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         if isinstance(e, DivergenceError):  # its advice names the linear experiment's flags
           e = DivergenceError(e.what, advice="the study's settings for this stage are fixed: "
                               "choose others with experiments.linear", step=e.step)
+        elif isinstance(e, ConfigError) and e.argument == "features":  # not a study flag
+          e = ConfigError(f"{e.message.split('; use ')[0]}; leave {stage} out of --stages, or "
+                          "use larger images", argument="stages")
         elif isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
         if isinstance(e, JaxlinError):

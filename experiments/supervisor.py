@@ -39,6 +39,7 @@ _LOST = ("lost contact with the other processes: JAX's coordination service repo
 EXIT_LOST, EXIT_INTERRUPTED = 1, 130
 INTERRUPTED = ("interrupted; no results were written (the workdir keeps its previous run, "
                "if it had one)")
+INTERRUPTED_EARLY = "interrupted before the run began; nothing was written"
 _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL log line
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -256,3 +257,13 @@ def main_if_wanted() -> None:
     return
   if wanted(orig[i + 2:]):
     sys.exit(run(orig[1:]))
+  # Until the program installs its own handlers: an interrupt during the imports (seconds)
+  # landed in a callback of JAX's that drops exceptions, and the run went on to replace the
+  # previous one. Nothing is written yet, so it ends here.
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, _stop_early)
+
+
+def _stop_early(signum, frame):  # pylint: disable=unused-argument
+  os.write(2, f"{INTERRUPTED_EARLY}\n".encode())
+  os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access

@@ -281,6 +281,11 @@ class Workdir:
                         "them (they are kept)", argument="workdir")
     if not present or self.overwrite:
       return
+    parent, name = os.path.split(os.path.abspath(self.path))
+    if _workdir_kind(parent) == "study" and name in _previous_run(parent):
+      raise ConfigError(f"workdir {self.path} is the {name} stage of the study in {parent}: a "
+                        "run here would leave that study's report.md describing another run; "
+                        "choose another --workdir, or pass --overwrite", argument="workdir")
     kind = _workdir_kind(self.path)
     if kind is None:
       raise ConfigError(f"workdir {self.path} holds files that are not a jaxlin run "

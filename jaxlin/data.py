@@ -736,7 +736,9 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
   image_shape = splits["train"].images.shape[1:]
   if splits["test"].images.shape[1:] != image_shape:
     raise DataError(f"train images are {image_shape} but test images are "
-                    f"{splits['test'].images.shape[1:]}")
+                    f"{splits['test'].images.shape[1:]} (height, width, channels) in {name}: "
+                    "every image of a dataset must have one size; resize the test images "
+                    "to the training images' size")
   return Dataset(class_names=tuple(classes), **splits)
 
 

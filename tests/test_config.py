@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from absl import flags
+import jax
 import numpy as np
 import pytest
 
@@ -370,3 +371,16 @@ def test_per_class_accuracy_in_results_is_float64_and_none_for_an_absent_class()
   assert common.per_class_accuracy([[9, 8, 0], [0, 0, 0], [1, 2, 3]], ["a", "b", "c"]) == {
       "a": 9 / 17, "b": None, "c": 0.5}
   assert 9 / 17 == 0.5294117647058824  # float32 would write 0.529411792755127
+
+
+def test_out_of_memory_is_one_line_naming_what_to_ask_less_of():
+  # --model=mlp --hidden_size=50000000 was a 40-line JaxRuntimeError traceback, exit 1.
+  xla = jax.errors.JaxRuntimeError("INTERNAL: Error dispatching computation: Out of memory "
+                                   "allocating 38400000000 bytes.")
+  assert common.out_of_memory(xla) == (
+      "out of memory (35.8 GiB could not be allocated); ask for less: smaller models or "
+      "batches (e.g. --hidden_size, --batch_size), fewer settings or images, or use a machine "
+      "with more memory")
+  assert common.out_of_memory(MemoryError()).startswith("out of memory (MemoryError); ask")
+  assert common.out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x")) is None
+  assert common.out_of_memory(RuntimeError("Out of memory")) is None  # not XLA's: a bug

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from jaxlin import data
 from jaxlin.errors import DataError, InputError
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, make_image_folder
 
 
 def test_folder_loads_exact_pixels_labels_and_class_names(image_folder):
@@ -381,7 +381,6 @@ def test_reads_kept_in_memory_follow_the_folder(tmp_path, monkeypatch):
   """The same relative name in two working folders, a rewritten file, an added file: each
   read returns what is on disk now (the in-memory reads are keyed by the folder's state)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
   for where, colour in (("a", 10), ("b", 20)):
     make_image_folder(str(tmp_path / where / "ds"), per_class_train=2, per_class_test=1)
     for p in data.folder_examples(str(tmp_path / where / "ds"), "train")[0]:
@@ -434,3 +433,15 @@ def test_decoded_cache_is_keyed_by_the_decoders_version(image_folder, monkeypatc
   assert data._decoder_version().startswith(b", tensorflow")  # pylint: disable=protected-access
   monkeypatch.setattr(data, "_decoder_version", lambda: b", tensorflow 99.0")
   assert data._files_stamp(root, paths, labels) != before  # pylint: disable=protected-access
+
+
+def test_test_images_of_another_size_name_the_fix(tmp_path):
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=2, per_class_test=1, size=8)
+  make_image_folder(str(tmp_path / "big"), per_class_train=1, per_class_test=1, size=10)
+  shutil.rmtree(os.path.join(root, "test"))
+  shutil.copytree(tmp_path / "big" / "test", os.path.join(root, "test"))
+  with pytest.raises(DataError, match=r"train images are \(8, 8, 3\) but test images are "
+                     r"\(10, 10, 3\) \(height, width, channels\) in folder:.*: every image of "
+                     r"a dataset must have one size; resize the test images"):
+    data.load(f"folder:{root}", num_val=1)

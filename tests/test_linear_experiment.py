@@ -251,11 +251,20 @@ def test_corrupt_model_file(tmp_path):
     (dict(learning_rate=[1e-3, 0.0010000001]),
      r"--learning_rate values 0.001 and 0.0010000001 print alike \(0.001\)"),
     (dict(reg=[0.1, 0.10000001]), r"--reg values 0.1 and 0.10000001 print alike"),
+    # Steps won, and config.json recorded the 3 epochs that were not trained.
+    (dict(num_steps=7, num_epochs=3.0),
+     r"--num_steps=7 and --num_epochs=3 both set how long to train; give one of them"),
 ])
 def test_bad_config_rejected_before_work(override, message, tmp_path):
   with pytest.raises(ConfigError, match=message):
     linear_exp.run(dict(dataset="folder:/nowhere", **override), str(tmp_path))
   assert not (tmp_path / "config.json").exists()
+
+
+def test_steps_record_no_epochs():
+  # config.json recorded the model's 5 default epochs for a run that --num_steps decided.
+  assert linear_exp.validate(dict(dataset="folder:x", num_steps=7)).num_epochs is None
+  assert linear_exp.validate(dict(dataset="folder:x")).num_epochs == 5.0
 
 
 def test_divergence_leaves_no_results(folder, tmp_path):

@@ -65,6 +65,11 @@ def _check_reports_every_stage_and_the_failed_one(tiny_study):
   assert "svm/plots/weights.png" not in report  # the failed stage shows no figures
   assert not (wd / "svm").exists()
   assert not (wd / "plots").exists()  # the study's figures are its stages'; no empty folder
+  # A kNN run into the study's kNN stage replaced it, and the report described another run.
+  with pytest.raises(ConfigError, match=r"is the knn stage of the study in .*: a run here "
+                     r"would leave that study's report.md describing another run"):
+    knn_exp.run(dict(dataset=f"folder:{wd.parent / 'images'}", k=[3]), str(wd / "knn"))
+  assert json.loads((wd / "knn" / "results.json").read_text())["chosen"]["k"] == 1
 
 
 def _check_numbers_equal_a_known_tiny_run(tiny_study):
@@ -135,8 +140,9 @@ def test_a_stage_error_about_its_images_fails_that_stage_and_small_datasets_stop
   res = study.run(dict(dataset=f"folder:{root}", num_val=10, cache_dir="",
                        stages=["knn", "svm_features"]), str(tmp_path / "wd"))
   assert res["failed_stages"] == ["svm_features"] and "test_accuracy" in res["stages"]["knn"]
-  assert "cells of 8 x 8 pixels, but the images are 6 x 6" in res["stages"]["svm_features"][
-      "error"]
+  assert res["stages"]["svm_features"]["error"].endswith(  # it named --features, no study flag
+      "cells of 8 x 8 pixels, but the images are 6 x 6; leave svm_features out of --stages, or "
+      "use larger images")
   with open(os.path.join(root, "train", "cat", "zzz_broken.png"), "wb") as f:
     f.write(b"not an image")  # every stage would fail on it: the study stops, exit code 2
   with pytest.raises(DataError, match="zzz_broken.png"):

@@ -178,6 +178,41 @@ def test_runs_stopped_during_training_leave_the_previous_run(finished, folder, t
       assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))
 
 
+def test_an_interrupt_during_the_imports_stops_the_run(finished, folder, tmp_path):
+  """Ctrl-C while the program imports (its first seconds) landed in a callback of JAX's that
+  drops exceptions: the run went on and replaced the previous one, exit code 0."""
+  wd = _copy(finished, tmp_path / "wd")
+  before = _snapshot(wd)
+  env = dict(os.environ, JAXLIN_NO_PROGRESS="1", PYTHONPATH=ROOT)
+  proc = subprocess.Popen(  # -X importtime: a line on stderr as each module is imported
+      [sys.executable, "-X", "importtime", "-m", "experiments.knn", f"--workdir={wd}",
+       f"--dataset=folder:{folder}", "--num_val=6", "--k=1", "--metric=l1", "--cv_folds=0"],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  try:
+    for line in proc.stderr:
+      if line.rstrip().endswith("| jax"):  # past the package's start, still importing
+        proc.send_signal(signal.SIGINT)
+        break
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err[-2000:]
+  assert err.strip().splitlines()[-1] == "interrupted before the run began; nothing was written"
+  assert _snapshot(wd) == before
+
+
+def test_an_interrupt_while_a_finished_run_exits_says_its_files_are_written():
+  """It raised KeyboardInterrupt inside JAX's exit handlers: a traceback and exit code 0."""
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  script = ("import os, signal, time\nfrom experiments import common\n"
+            "common._committed.set()\ncommon._stop_at_interrupts(0)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60, check=False)
+  assert done.returncode == 130 and done.stderr.strip() == common.INTERRUPTED_AFTER_COMMIT
+
+
 def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*/no/a.bin'$"):
     files.atomic_write(str(tmp_path / "no" / "a.bin"), lambda f: f.write(b"x"))
