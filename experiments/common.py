@@ -181,6 +181,8 @@ class Run:
     results = dict(results, processes=self.hosts.count, devices=self.hosts.devices,
                    date=self.started)
     results.setdefault("timings_s", {})["total"] = self.timer()
+    if _interrupted.is_set():  # its KeyboardInterrupt was dropped (a callback of JAX's does)
+      raise KeyboardInterrupt
     self.write_json("results.json", results)
     if self.workdir is not None:
       try:
@@ -323,7 +325,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
-    memory = out_of_memory(e)
+    memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))
     if memory:  # the flags asked for more than the machine has: not a bug
       print(f"error: {memory}", file=sys.stderr)
       _exit(EXIT_USAGE)
@@ -343,9 +345,19 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   _exit(code)
 
 
-def out_of_memory(e: BaseException) -> str | None:
+MEMORY_ADVICE = {  # what each program can ask less of
+    "knn": "fewer images (--num_train, --num_test, --cv_num_train)",
+    "linear": "a smaller model or batch (--hidden_size, --batch_size), fewer settings "
+              "(--learning_rate x --reg) or images (--num_train)",
+    "study": "fewer images (--num_train, --knn_num_train) or a smaller network "
+             "(--mlp_hidden_size)",
+}
+
+
+def out_of_memory(e: BaseException, advice: str) -> str | None:
   """The line for an error that says memory ran out (Python's MemoryError, or XLA's: a
-  JaxRuntimeError whose status is RESOURCE_EXHAUSTED, or "Out of memory"), else None."""
+  JaxRuntimeError whose status is RESOURCE_EXHAUSTED, or "Out of memory"), else None;
+  ``advice``: what the program can ask less of."""
   if not isinstance(e, MemoryError) and not (
       type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
       and ("RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e))):
@@ -353,9 +365,7 @@ def out_of_memory(e: BaseException) -> str | None:
   size = re.search(r"allocating (\d+) bytes", str(e))
   what = (f"{int(size.group(1)) / 2 ** 30:.1f} GiB could not be allocated" if size
           else (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
-  return (f"out of memory ({what}); ask for less: smaller models or batches (e.g. "
-          "--hidden_size, --batch_size), fewer settings or images, or use a machine with more "
-          "memory")
+  return f"out of memory ({what}); ask for {advice}, or use a machine with more memory"
 
 
 INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor

@@ -80,7 +80,7 @@ def validate(config) -> Config:
           == [1.0], "learning_rate",  # [1.0]: what earlier runs recorded for lbfgs
           "--learning_rate has no effect with --optimizer=lbfgs (its line search sets the "
           "step); leave the flag out")
-  if c.num_steps > 0 and c.num_epochs is not None:  # steps won, and the epochs were recorded
+  if c.num_steps > 0 and c.num_epochs not in (None, 0):  # steps won; the epochs were recorded
     raise ConfigError(f"--num_steps={c.num_steps} and --num_epochs={c.num_epochs:g} both set "
                       "how long to train; give one of them", argument="num_steps")
   c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()

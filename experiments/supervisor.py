@@ -20,6 +20,7 @@ starts itself again as a child of a supervisor that imports only the standard li
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import re
@@ -262,8 +263,19 @@ def main_if_wanted() -> None:
   # previous one. Nothing is written yet, so it ends here.
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, _stop_early)
+  atexit.register(_ignore_interrupts)  # runs last: exit handlers run in reverse order
 
 
 def _stop_early(signum, frame):  # pylint: disable=unused-argument
-  os.write(2, f"{INTERRUPTED_EARLY}\n".encode())
+  try:
+    os.write(2, f"{INTERRUPTED_EARLY}\n".encode())
+  except OSError:  # no stderr (its reader has gone): the stop matters more than the line
+    pass
   os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+
+
+def _ignore_interrupts() -> None:
+  """The last exit handler (registered before JAX's): Python's finalisation restores the
+  default action of SIGINT, so an interrupt then killed a finished run without a word."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)

@@ -269,6 +269,13 @@ class Workdir:
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
     clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
+    runs = {name: _workdir_kind(os.path.join(self.path, name)) for name in clash}
+    for name, kind in runs.items():  # e.g. a stage a study had dropped, given to a run
+      if kind:
+        raise ConfigError(f"workdir {self.path} holds {name}/, a {kind} run of its own, where "
+                          f"this run writes its {name} stage; move that run elsewhere, or "
+                          "choose another --workdir (--overwrite never replaces another run's "
+                          "folder)", argument="workdir")
     if clash:
       raise ConfigError(f"workdir {self.path} holds {', '.join(clash[:3])}"
                         f"{' ...' if len(clash) > 3 else ''}, which a run writes, but not "
@@ -281,7 +288,7 @@ class Workdir:
                         "them (they are kept)", argument="workdir")
     if not present or self.overwrite:
       return
-    parent, name = os.path.split(os.path.abspath(self.path))
+    parent, name = os.path.split(os.path.realpath(self.path))
     if _workdir_kind(parent) == "study" and name in _previous_run(parent):
       raise ConfigError(f"workdir {self.path} is the {name} stage of the study in {parent}: a "
                         "run here would leave that study's report.md describing another run; "

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import stat
 import subprocess
 import sys
@@ -377,10 +378,15 @@ def test_out_of_memory_is_one_line_naming_what_to_ask_less_of():
   # --model=mlp --hidden_size=50000000 was a 40-line JaxRuntimeError traceback, exit 1.
   xla = jax.errors.JaxRuntimeError("INTERNAL: Error dispatching computation: Out of memory "
                                    "allocating 38400000000 bytes.")
-  assert common.out_of_memory(xla) == (
-      "out of memory (35.8 GiB could not be allocated); ask for less: smaller models or "
-      "batches (e.g. --hidden_size, --batch_size), fewer settings or images, or use a machine "
-      "with more memory")
-  assert common.out_of_memory(MemoryError()).startswith("out of memory (MemoryError); ask")
-  assert common.out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x")) is None
-  assert common.out_of_memory(RuntimeError("Out of memory")) is None  # not XLA's: a bug
+  assert common.out_of_memory(xla, common.MEMORY_ADVICE["linear"]) == (
+      "out of memory (35.8 GiB could not be allocated); ask for a smaller model or batch "
+      "(--hidden_size, --batch_size), fewer settings (--learning_rate x --reg) or images "
+      "(--num_train), or use a machine with more memory")
+  assert common.out_of_memory(MemoryError(), "less").startswith("out of memory (MemoryError)")
+  assert common.out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: x"), "") is None
+  # Each program's advice names only its own flags (the knn and study have no --hidden_size).
+  for kind, module in (("knn", knn_exp), ("linear", linear_exp), ("study", study)):
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    for flag in re.findall(r"--(\w+)", common.MEMORY_ADVICE[kind]):
+      assert flag in fields, (kind, flag)
+  assert common.out_of_memory(RuntimeError("Out of memory"), "") is None  # not XLA's: a bug

@@ -69,6 +69,9 @@ def _check_reports_every_stage_and_the_failed_one(tiny_study):
   with pytest.raises(ConfigError, match=r"is the knn stage of the study in .*: a run here "
                      r"would leave that study's report.md describing another run"):
     knn_exp.run(dict(dataset=f"folder:{wd.parent / 'images'}", k=[3]), str(wd / "knn"))
+  (wd.parent / "link").symlink_to(wd / "knn")  # through a link too
+  with pytest.raises(ConfigError, match=r"is the knn stage of the study"):
+    knn_exp.run(dict(dataset=f"folder:{wd.parent / 'images'}", k=[3]), str(wd.parent / "link"))
   assert json.loads((wd / "knn" / "results.json").read_text())["chosen"]["k"] == 1
 
 

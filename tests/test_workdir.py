@@ -202,6 +202,42 @@ def test_an_interrupt_during_the_imports_stops_the_run(finished, folder, tmp_pat
   assert _snapshot(wd) == before
 
 
+_AS_ENTRY_POINT = ("import atexit, os, signal, sys, time\n"
+                   "sys.orig_argv, sys.argv = [sys.executable, '-m', 'experiments.x'], ['-m']\n"
+                   "import experiments\n")  # as `python -m experiments.x` starts
+
+
+@pytest.mark.parametrize("then, code, out", [
+    # The early stop without a stderr to write its line to: it raised OSError in the handler,
+    # and the run went on.
+    ("os.close(2)\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n", 130, ""),
+    # After the exit handlers (the last ignores interrupts), Python's finalisation restored
+    # SIGINT's default action: a finished run killed without a word.
+    ("atexit._run_exitfuncs()\nos.kill(os.getpid(), signal.SIGINT)\nprint('alive')\n", 0,
+     "alive\n"),
+])
+def test_an_entry_points_own_signal_handlers(then, code, out):
+  done = subprocess.run([sys.executable, "-c", _AS_ENTRY_POINT + then], cwd=ROOT, text=True,
+                        capture_output=True, timeout=60, check=False)
+  assert (done.returncode, done.stdout) == (code, out), done.stderr
+
+
+def test_an_interrupt_that_was_dropped_stops_the_run_before_its_commit(finished, folder, tmp_path,
+                                                                     monkeypatch):
+  """Ctrl-C mid-run whose KeyboardInterrupt a callback of JAX's dropped: the run committed and
+  exited 0 (its handler had recorded the interrupt, and nothing read the record)."""
+  from experiments import common, workdir  # pylint: disable=import-outside-toplevel
+  wd = _copy(finished, tmp_path / "wd")
+  before = _snapshot(wd)
+  interrupted = threading.Event()
+  interrupted.set()  # as _on_interrupt leaves it
+  monkeypatch.setattr(common, "_interrupted", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(wd))
+  assert _snapshot(wd) == before and not workdir.OPEN
+  assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))  # no staging folder left
+
+
 def test_an_interrupt_while_a_finished_run_exits_says_its_files_are_written():
   """It raised KeyboardInterrupt inside JAX's exit handlers: a traceback and exit code 0."""
   from experiments import common  # pylint: disable=import-outside-toplevel
@@ -269,6 +305,18 @@ def test_the_experiment_of_a_workdir_is_read_from_its_config(tmp_path, config, o
   with Workdir(str(tmp_path), opened_as, overwrite=True) as w:  # taken; replaced on commit
     assert sorted(os.listdir(tmp_path)) == sorted([".jaxlin-lock", "config.json",
                                                    os.path.basename(w.staging)])
+
+
+def test_a_run_of_its_own_where_a_study_writes_a_stage_is_named_as_one(tmp_path):
+  # A softmax stage a study had dropped, then given to a linear run: "holds softmax, which
+  # a run writes, but not from a jaxlin run" (it is one), and --overwrite could not help.
+  (tmp_path / "softmax").mkdir()
+  (tmp_path / "softmax" / "config.json").write_text(json.dumps({"experiment": "linear"}))
+  for overwrite in (False, True):
+    with pytest.raises(ConfigError, match=r"holds softmax/, a linear run of its own, where this "
+                       r"run writes its softmax stage; move that run elsewhere"):
+      Workdir(str(tmp_path), "study", overwrite=overwrite).open()
+  assert os.listdir(tmp_path) == ["softmax"]
 
 
 def test_foreign_files_are_named_three_at_most(tmp_path):
