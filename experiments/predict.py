@@ -120,6 +120,8 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
   """[(path, [(class, value), ...] or None, error or None)] in input order."""
   out, images, ok = [], [], []
   for p in paths:
+    if _STOP.is_set():  # the command line's Ctrl-C: before more decoding (nothing counted yet)
+      raise KeyboardInterrupt
     try:
       images.append(read_image(p, model.image_shape))
       ok.append(len(out))
@@ -132,7 +134,7 @@ def classify(model: checkpoint.SavedModel, paths, top: int = 3):
       else:
         reason = str(e)
       out.append([p, None, f"cannot read {p}: {reason}"])
-  if images:
+  if images and not _STOP.is_set():
     with np.errstate(all="ignore"):  # overflow: reported per image below, as one line
       values = (model.probabilities(np.stack(images)) if model.loss == "softmax"
                 else model.scores(np.stack(images)))
@@ -194,7 +196,10 @@ _STOP = threading.Event()
 
 def _interrupt(signum, frame):  # pylint: disable=unused-argument
   """Ctrl-C or SIGTERM: the loop stops before its next line. (A KeyboardInterrupt raised here
-  could land in a callback of JAX's that drops it, or between a line and its count.)"""
+  could land in a callback of JAX's that drops it, or between a line and its count.) A
+  second one stops at once."""
+  if _STOP.is_set():
+    raise KeyboardInterrupt
   _STOP.set()
 
 

@@ -263,7 +263,9 @@ def test_bad_config_rejected_before_work(override, message, tmp_path):
 
 def test_steps_record_no_epochs():
   # config.json recorded the model's 5 default epochs for a run that --num_steps decided.
-  assert linear_exp.validate(dict(dataset="folder:x", num_steps=7)).num_epochs is None
+  for epochs in (None, 0.0):
+    assert linear_exp.validate(dict(dataset="folder:x", num_steps=7,
+                                    num_epochs=epochs)).num_epochs is None
   assert linear_exp.validate(dict(dataset="folder:x")).num_epochs == 5.0
 
 

@@ -415,6 +415,22 @@ def test_a_feature_model_applies_the_settings_it_was_trained_with(tmp_path):
   np.testing.assert_allclose(model.preprocess(images), (f - mean) / std, rtol=1e-5, atol=1e-5)
 
 
+def test_a_recorded_interrupt_stops_classify_before_more_decoding(tmp_path, monkeypatch):
+  # The handler only records a stop; the loop over a chunk's files read it only after the
+  # whole chunk was decoded and scored (41 s for 300 large images).
+  import threading  # pylint: disable=import-outside-toplevel
+  model = checkpoint.load(_save(tmp_path / "m.npz"))
+  image = _write(tmp_path, "a.png", Image.fromarray(np.zeros(SHAPE, np.uint8)))
+  stop = threading.Event()
+  monkeypatch.setattr(predict, "_STOP", stop)
+  assert predict.classify(model, [image])[0][1] is not None
+  stop.set()
+  with pytest.raises(KeyboardInterrupt):
+    predict.classify(model, [image] * 3)
+  with pytest.raises(KeyboardInterrupt):  # a second signal: at once
+    predict._interrupt(2, None)  # pylint: disable=protected-access
+
+
 def test_predictions_stream_and_sigterm_stops_with_one_line(tmp_path):
   # Nothing was printed until every image was decoded, and SIGTERM exited 143 (Ctrl-C: a
   # 37-line traceback from inside the decoder).

@@ -314,9 +314,13 @@ def test_a_run_of_its_own_where_a_study_writes_a_stage_is_named_as_one(tmp_path)
   (tmp_path / "softmax" / "config.json").write_text(json.dumps({"experiment": "linear"}))
   for overwrite in (False, True):
     with pytest.raises(ConfigError, match=r"holds softmax/, a linear run of its own, where this "
-                       r"run writes its softmax stage; move that run elsewhere"):
+                       r"study writes its softmax stage; move that run elsewhere"):
       Workdir(str(tmp_path), "study", overwrite=overwrite).open()
   assert os.listdir(tmp_path) == ["softmax"]
+  (tmp_path / "softmax").rename(tmp_path / "knn")  # a kNN run's folder, not a study's
+  with pytest.raises(ConfigError, match=r"holds knn/, a linear run; give this run a folder of "
+                     r"its own \(e.g. --workdir=.*/NAME\)"):
+    Workdir(str(tmp_path), "knn").open()
 
 
 def test_foreign_files_are_named_three_at_most(tmp_path):
