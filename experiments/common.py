@@ -104,7 +104,7 @@ def validate_launch(launch: Launch) -> Launch:
             "--process_id")
     host, _, port = launch.coordinator_address.rpartition(":")
     ipv6_bare = ":" in host and "/" not in host and not host.startswith("[")  # "::1": no port
-    require(bool(host.strip(" []")) and not ipv6_bare and port.isdigit()
+    require(bool(host.strip(" []")) and not ipv6_bare and port.isascii() and port.isdecimal()
             and 1 <= int(port) <= 65535,
             "coordinator_address", f"--coordinator_address must be HOST:PORT with a port from 1 "
             f"to 65535 (e.g. 10.0.0.1:1234 or [fe80::1]:1234, process 0's host), got "
@@ -299,8 +299,8 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
              exit_code: Callable[[dict], int] = lambda results: 0) -> None:
   """The program: flags -> checked config and launch -> run -> one line per error, exit code.
 
-  Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error,
-  130 interrupted (Ctrl-C or SIGTERM; no results written).
+  Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error
+  (or out of memory), 130 interrupted (Ctrl-C or SIGTERM; no results written).
   """
   for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`, a scheduler's stop
     signal.signal(sig, _on_interrupt)
@@ -371,6 +371,8 @@ def out_of_memory(e: BaseException, advice: str) -> str | None:
 INTERRUPTED = supervisor.INTERRUPTED  # one wording, with or without a supervisor
 INTERRUPTED_AFTER_COMMIT = ("interrupted after the run had finished: its files were written, "
                             "and the workdir holds this run")
+INTERRUPTED_AFTER_PART = ("interrupted after this process had done its part of the run; "
+                          "process 0 writes the files")
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 _late_interrupt = threading.Event()  # one that came while a finished run's files moved in
@@ -416,8 +418,9 @@ def _stop_at_interrupts(code: int) -> None:
   raised KeyboardInterrupt inside JAX's exit handlers: a traceback, and code 0), after a
   finished run with the line that says its files were written and code 130."""
   def stop(signum, frame):  # pylint: disable=unused-argument
-    if _committed.is_set() or not code:
-      print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
+    if _committed.is_set() or not code:  # not committed, code 0: a process that writes nothing
+      print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED_AFTER_PART,
+            file=sys.stderr)
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED if _committed.is_set() or not code else code)  # pylint: disable=protected-access
   for sig in (signal.SIGINT, signal.SIGTERM):

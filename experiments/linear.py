@@ -218,8 +218,12 @@ def _inputs(c: Config, ds: data.Dataset, hosts):
             prep)
   h, w = ds.train.images.shape[1:3]
   if min(h, w) < 8:  # features.extract's cells of 8 x 8 pixels
-    raise ConfigError(f"--features=hog_hsv describes cells of 8 x 8 pixels, but the images are "
-                      f"{h} x {w}; use --features=pixels, or larger images", argument="features")
+    error = ConfigError(f"--features=hog_hsv describes cells of 8 x 8 pixels, but the images "
+                        f"are {h} x {w}; use --features=pixels, or larger images",
+                        argument="features")
+    error.reason = (f"HOG + hue features describe cells of 8 x 8 pixels, but the images are "
+                    f"{h} x {w}")  # without the flag: the study words its own advice
+    raise error
   cache = os.path.expanduser(c.cache_dir) if c.cache_dir else None
   with common.progress("HOG + hue features", None, "img") as bar:
     raw = [features.cached_extract(s.images, cache_dir=cache, callback=common.tile_callback(bar))

@@ -247,9 +247,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         if isinstance(e, DivergenceError):  # its advice names the linear experiment's flags
           e = DivergenceError(e.what, advice="the study's settings for this stage are fixed: "
                               "choose others with experiments.linear", step=e.step)
-        elif isinstance(e, ConfigError) and e.argument == "features":  # not a study flag
-          e = ConfigError(f"{e.message.split('; use ')[0]}; leave {stage} out of --stages, or "
-                          "use larger images", argument="stages")
+        elif isinstance(e, ConfigError) and hasattr(e, "reason"):  # it named linear's flag
+          e = ConfigError(f"{e.reason}; leave {stage} out of --stages, or use larger images",
+                          argument="stages")
         elif isinstance(e, JaxlinError):  # an error the stage explains: its line, no traceback
           e = common.rename_flags(e, STAGE_FLAGS.get(stage, {}))
         if isinstance(e, JaxlinError):

@@ -93,7 +93,7 @@ def wanted(argv: list[str]) -> bool:
   if {"help", "helpfull", "helpshort"} & set(values):
     return False
   several = values.get("num_processes", "") not in ("", "0", "1")
-  cluster = values.get("distributed", "false").lower() not in ("false", "0")
+  cluster = values.get("distributed", "false").lower() not in ("false", "f", "0")  # absl's
   return several or cluster or bool(values.get("coordinator_address"))
 
 

@@ -165,10 +165,12 @@ def _pixels(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
   keep their brightness relative to each other. NaN or inf: InputError."""
   for name, a in arrays.items():
     _finite(a, name)
+  arrays = {name: a.astype(np.uint8) * 255 if a.dtype == bool else a  # masks: black, white
+            for name, a in arrays.items()}
   values = [np.asarray(a, np.float64) for a in arrays.values()]
   lo = min((v.min() for v in values if v.size), default=0.0)
   hi = max((v.max() for v in values if v.size), default=0.0)
-  integers = all(np.issubdtype(a.dtype, np.integer) for a in arrays.values())  # bools: 0 and 1
+  integers = all(np.issubdtype(a.dtype, np.integer) for a in arrays.values())
   if integers and 0 <= lo and hi <= 255:
     return [v / 255.0 for v in values]
   if not integers and 0 <= lo and hi <= 1:

@@ -284,6 +284,8 @@ def test_list_values_are_integers_or_numbers_exactly():
     (dict(coordinator_address="h:99999", num_processes=2, process_id=0), r"--coordinator_addr"),
     (dict(coordinator_address=":80", num_processes=2, process_id=0), r"--coordinator_addr"),
     (dict(coordinator_address="::1", num_processes=2, process_id=0), r"--coordinator_addr"),
+    (dict(coordinator_address="h:\u00b2", num_processes=2, process_id=0),  # a ValueError
+     r"--coordinator_addr"),
 ])
 def test_launch_options_are_checked(launch, message):
   with pytest.raises(ConfigError, match=f"^{message}"):

@@ -281,6 +281,7 @@ def test_supervisor_passes_stderr_until_jax_reports_a_lost_service(tmp_path):
   # with a C++ stack dump, and SIGTERM left it running), one dash, a flag file, "--".
   assert supervisor.wanted(["--coordinator_address", "h:1", "--num_processes", "2"])
   assert supervisor.wanted(["-num_processes", "2"]) and not supervisor.wanted(["--nodistributed"])
+  assert not supervisor.wanted(["--distributed=f"]) and not supervisor.wanted(["--distributed=F"])
   assert not supervisor.wanted(["--num_processes", "1", "--workdir", "w"])
   assert not supervisor.wanted(["--", "--num_processes=2"])
   flags = tmp_path / "flags.txt"

@@ -365,6 +365,8 @@ def test_images_keep_their_pixels_or_share_one_scale():
   mask[0, 0, 0] = True
   mosaic = _neighbors_mosaic(mask, mask[:, None])
   assert np.isclose(mosaic, 1.0).all(-1).sum() >= 2 and np.isclose(mosaic, 0.0).all(-1).sum() == 6
+  mosaic = _neighbors_mosaic(mask, np.full((1, 1, 2, 2, 3), 128, np.uint8))  # with pixels
+  assert np.isclose(mosaic, 128 / 255).all(-1).sum() == 4  # True was 0.005 in a min-max
 
 
 def _neighbors_mosaic(query, neighbours):

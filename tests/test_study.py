@@ -144,8 +144,8 @@ def test_a_stage_error_about_its_images_fails_that_stage_and_small_datasets_stop
                        stages=["knn", "svm_features"]), str(tmp_path / "wd"))
   assert res["failed_stages"] == ["svm_features"] and "test_accuracy" in res["stages"]["knn"]
   assert res["stages"]["svm_features"]["error"].endswith(  # it named --features, no study flag
-      "cells of 8 x 8 pixels, but the images are 6 x 6; leave svm_features out of --stages, or "
-      "use larger images")
+      "ConfigError: HOG + hue features describe cells of 8 x 8 pixels, but the images are 6 x 6; "
+      "leave svm_features out of --stages, or use larger images")
   with open(os.path.join(root, "train", "cat", "zzz_broken.png"), "wb") as f:
     f.write(b"not an image")  # every stage would fail on it: the study stops, exit code 2
   with pytest.raises(DataError, match="zzz_broken.png"):

@@ -238,15 +238,20 @@ def test_an_interrupt_that_was_dropped_stops_the_run_before_its_commit(finished,
   assert sorted(os.listdir(wd)) == sorted(os.listdir(finished))  # no staging folder left
 
 
-def test_an_interrupt_while_a_finished_run_exits_says_its_files_are_written():
-  """It raised KeyboardInterrupt inside JAX's exit handlers: a traceback and exit code 0."""
+@pytest.mark.parametrize("committed", [True, False])
+def test_an_interrupt_while_a_finished_run_exits_says_its_files_are_written(committed):
+  """It raised KeyboardInterrupt inside JAX's exit handlers: a traceback and exit code 0.
+  A process that writes nothing (a multi-host run's process 1) commits nothing: it said "no
+  results were written" while process 0 wrote them."""
   from experiments import common  # pylint: disable=import-outside-toplevel
   script = ("import os, signal, time\nfrom experiments import common\n"
-            "common._committed.set()\ncommon._stop_at_interrupts(0)\n"
-            "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
+            + ("common._committed.set()\n" if committed else "")
+            + "common._stop_at_interrupts(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
   done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                         text=True, timeout=60, check=False)
-  assert done.returncode == 130 and done.stderr.strip() == common.INTERRUPTED_AFTER_COMMIT
+  assert done.returncode == 130 and done.stderr.strip() == (
+      common.INTERRUPTED_AFTER_COMMIT if committed else common.INTERRUPTED_AFTER_PART)
 
 
 def test_atomic_write_names_the_users_path_and_writes_through_links(tmp_path):
