@@ -575,7 +575,17 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, start: int
   TensorFlow's import, under 1 s from the cache). A changed file changes the
   key; an unreadable entry is decoded again. None: no cache.
   """
-  cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
+  if cache_dir:
+    try:
+      cache_dir = os.path.expanduser(os.fsdecode(cache_dir))
+    except TypeError:
+      raise InputError(f"cache_dir must be a folder's path or None, got {cache_dir!r}",
+                       argument="cache_dir") from None
+    if "\0" in cache_dir:  # os raised a ValueError only after the whole split was decoded
+      raise InputError(f"cache_dir {cache_dir!r} holds a NUL character: no folder has such a "
+                       "name", argument="cache_dir")
+  else:
+    cache_dir = None
   start = _checks.concrete_int(start, "start")
   stop = None if stop is None else _checks.concrete_int(stop, "stop")
   kind, value = parse_name(name)

@@ -445,3 +445,13 @@ def test_test_images_of_another_size_name_the_fix(tmp_path):
                      r"\(10, 10, 3\) \(height, width, channels\) in folder:.*: every image of "
                      r"a dataset must have one size; resize the test images"):
     data.load(f"folder:{root}", num_val=1)
+
+
+def test_a_cache_dir_no_folder_can_have_is_refused_before_decoding(tmp_path):
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=1, per_class_test=1)
+  # A NUL: a ValueError from os.makedirs after the whole split was decoded.
+  for bad, message in (("a\0b", "holds a NUL character"), (7, "must be a folder's path")):
+    with pytest.raises(InputError, match=message) as e:
+      data.load_split(f"folder:{root}", "train", cache_dir=bad)
+    assert e.value.argument == "cache_dir"
