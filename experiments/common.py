@@ -418,11 +418,15 @@ def _stop_at_interrupts(code: int) -> None:
   raised KeyboardInterrupt inside JAX's exit handlers: a traceback, and code 0), after a
   finished run with the line that says its files were written and code 130."""
   def stop(signum, frame):  # pylint: disable=unused-argument
-    if _committed.is_set() or not code:  # not committed, code 0: a process that writes nothing
-      print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED_AFTER_PART,
-            file=sys.stderr)
+    if _committed.is_set():
+      line = INTERRUPTED_AFTER_COMMIT
+    elif not code:  # done, nothing committed: a process that writes nothing
+      line = INTERRUPTED_AFTER_PART
+    else:  # an error's line is out: its code stands
+      os._exit(code)  # pylint: disable=protected-access
+    print(line, file=sys.stderr)
     sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED if _committed.is_set() or not code else code)  # pylint: disable=protected-access
+    os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, stop)
 

@@ -83,11 +83,10 @@ def validate(config) -> Config:
   if c.num_steps > 0 and c.num_epochs not in (None, 0):  # steps won; the epochs were recorded
     raise ConfigError(f"--num_steps={c.num_steps} and --num_epochs={c.num_epochs:g} both set "
                       "how long to train; give one of them", argument="num_steps")
+  c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()
+                   if getattr(c, k) is None})
   if c.num_steps > 0:  # steps decide: no epochs recorded
     c = c.replace(num_epochs=None)
-  c = c.replace(**{k: v for k, v in MODEL_DEFAULTS[(c.model, c.features)].items()
-                   if getattr(c, k) is None
-                   and not (k == "num_epochs" and c.num_steps > 0)})
   require(c.model != "mlp" or c.hidden_size >= 1, "hidden_size",
           f"--hidden_size must be >= 1, got {c.hidden_size}")
   require(c.model == "mlp" or c.hidden_size == Config.hidden_size, "hidden_size",

@@ -269,17 +269,18 @@ class Workdir:
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
     clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
-    runs = {name: _workdir_kind(os.path.join(self.path, name)) for name in clash}
-    for name, kind in runs.items():  # e.g. a stage a study had dropped, given to a run
-      if kind and self.kind == "study":
+    for name in clash:  # a run's own folder, e.g. a stage a study had dropped, given to a run
+      kind = _workdir_kind(os.path.join(self.path, name))
+      if kind is None:
+        continue
+      if self.kind == "study":
         raise ConfigError(f"workdir {self.path} holds {name}/, a {kind} run of its own, where "
                           f"this study writes its {name} stage; move that run elsewhere, or "
                           "choose another --workdir (--overwrite never replaces another run's "
                           "folder)", argument="workdir")
-      if kind:
-        raise ConfigError(f"workdir {self.path} holds {name}/, a {kind} run; give this run a "
-                          f"folder of its own (e.g. --workdir={os.path.join(self.path, 'NAME')})",
-                          argument="workdir")
+      raise ConfigError(f"workdir {self.path} holds {name}/, a {kind} run; give this run a "
+                        f"folder of its own (e.g. --workdir={os.path.join(self.path, 'NAME')})",
+                        argument="workdir")
     if clash:
       raise ConfigError(f"workdir {self.path} holds {', '.join(clash[:3])}"
                         f"{' ...' if len(clash) > 3 else ''}, which a run writes, but not "

@@ -363,18 +363,22 @@ def _decoder_version() -> bytes:
     return b""
 
 
+def _relative(root: str, paths: list[str]) -> Iterable[str]:
+  """Each of ``paths`` relative to ``root`` (a prefix cut where it is one: the fast path)."""
+  prefix = root.rstrip(os.sep) + os.sep
+  return (p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root) for p in paths)
+
+
 def _files_stamp(root: str, paths: list[str], labels: np.ndarray) -> str | None:
   """A hash of each file's path (relative to ``root``), label, size, modification and change
   times and inode; None when a file cannot be read."""
   import hashlib  # pylint: disable=import-outside-toplevel
   h = hashlib.sha256(_DECODED_FORMAT + _decoder_version())
-  prefix = root.rstrip(os.sep) + os.sep
-  for p, y in zip(paths, labels):
+  for p, rel, y in zip(paths, _relative(root, paths), labels):
     try:
       st = os.stat(p)
     except OSError:
       return None
-    rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)  # fast path
     h.update(f"\0{rel}\0{y}\0{st.st_size}\0{st.st_mtime_ns}"
              f"\0{st.st_ctime_ns}\0{st.st_ino}".encode())
   return h.hexdigest()[:32]
@@ -656,11 +660,9 @@ def source_digest(name: str, *, data_dir: str | None = None) -> str:
   h = hashlib.sha256(f"{kind}\0".encode())
   if kind == "folder":
     h.update("\0".join(check_folder(value)).encode())
-    prefix = value.rstrip(os.sep) + os.sep
     for split in ("train", "test"):
       paths, labels = folder_examples(value, split)
-      for p, y in zip(paths, labels):
-        rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, value)
+      for p, rel, y in zip(paths, _relative(value, paths), labels):
         h.update(f"\0{split}\0{rel}\0{y}\0{os.stat(p).st_size}".encode())
       for i in np.unique(np.linspace(0, len(paths) - 1, min(len(paths), 256)).astype(int)):
         p = paths[i]  # files of one size may differ within

@@ -175,14 +175,18 @@ def _pixels(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [v / 255.0 for v in values]
   if not integers and 0 <= lo and hi <= 1:
     return values
-  return [(v - lo) / (hi - lo) if hi > lo else np.zeros_like(v) for v in values]
+  return [_min_max(v, lo, hi) for v in values]
+
+
+def _min_max(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+  """``x`` with [lo, hi] taken to [0, 1] (all 0 where lo == hi)."""
+  return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 def _template(x: np.ndarray) -> np.ndarray:
   """A weight template -> [0, 1], min-max scaled on its own (as the course shows them)."""
   x = np.asarray(x, np.float64)
-  lo, hi = x.min(), x.max()
-  return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+  return _min_max(x, x.min(), x.max())
 
 
 def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
