@@ -36,9 +36,9 @@ def _round_parts(bounds, index, tile, repeats):
   import jax  # pylint: disable=import-outside-toplevel
   n, rows, params = index.database.shape[0], index.bound_rows, index.params
   query_rows = jax.jit(bounds._l2_query_rows)
-  keys, a, err = bounds._l2_bounds(tile, rows, params)
-  keys = np.asarray(keys)
-  cand, left = bounds._host_candidates(keys, 160)
+  b, a, err = bounds._l2_bounds(tile, rows, params)
+  b = np.asarray(b)
+  cand, left = bounds._host_candidates(b, 160)
   settle = functools.partial(bounds._l2_settle, pixels=index.database, sq_norms=index.sq_norms,
                              params=params, k=10, m=rows.shape[1] - 3)
   device = functools.partial(bounds._l2_round, pixels=index.database, sq_norms=index.sq_norms,
@@ -47,7 +47,7 @@ def _round_parts(bounds, index, tile, repeats):
   best = common.best_seconds
   return [("queries' projections", best(lambda: query_rows(tile, params), repeats)),
           ("bound product", best(lambda: bounds._l2_bounds(tile, rows, params), repeats)),
-          ("the host's selection of 161 rows", best(lambda: bounds._host_candidates(keys, 160),
+          ("the host's selection of 161 rows", best(lambda: bounds._host_candidates(b, 160),
                                                      repeats)),
           ("exact refinement of 160 candidates and certificate",
            best(lambda: settle(tile, cand, left, a, err), repeats)),

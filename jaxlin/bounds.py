@@ -221,24 +221,24 @@ def int8_speedup() -> float:
   return best[1] / best[0]
 
 
-# prefer_pruned's cost model: seconds, measured with CIFAR-10 (D = 3072, 50,000 rows,
-# 4,000 and 10,000 queries, k = 10) on an AMD EPYC (Zen 4), where int8 products run 1.7x
-# float32 (WORKSPACE.md, 2026-12-03).
-_COST_SPEEDUP = 1.7  # int8_speedup() where the costs below were measured
+# prefer_pruned's cost model: seconds, fitted to knn.search's first call in a fresh process
+# (compilation included) with CIFAR-10 (50,000 rows, k = 10) on an AMD EPYC (Zen 4), where
+# int8 products run 1.6-1.7x float32 (WORKSPACE.md, 2026-12-05, evening). 3,072 features,
+# 500 / 4,000 / 10,000 queries: brute force 1.30 / 5.48 / 12.7 s, the cascade with its build
+# 3.04 / 4.42 / 5.61 s. 10,000 queries of smaller images made from the same ones (32x32x1,
+# 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute force 5.54 / 2.32 / 1.78 s, the cascade
+# 4.40 / 2.83 / 1.63 s.
+_COST_SPEEDUP = 1.62  # int8_speedup() where the costs below were measured
 _COST = {
-    "brute_product": 2.14e-8,  # brute force per (query, row): the int8 product (x 1.7 / speedup)
-    "brute_other": 0.62e-8,  # brute force per (query, row): selection and merge
-    "pruned_bound": 0.56e-8,  # the cascade per (query, row): the bound, a float32 product
-    # with m + 2 columns (x m / 192), and its group minima (the code of 2026-12-03)
-    "pruned_select": 0.56e-8,  # the cascade per (query, row): selections, gathers (not x m)
-    # The selection on the host (2026-12-05) made the search 10-20 % faster on an Intel
-    # Xeon, unmeasured here: the model errs towards brute force.
+    "brute_product": 2.2e-8,  # brute force per (query, row): the int8 product (x D / 3072
+    # x 1.62 / speedup)
+    "brute_other": 0.35e-8,  # brute force per (query, row): selection and merge
+    "pruned_bound": 0.22e-8,  # the cascade per (query, row): the bound, a float32 product
+    # with m + 3 columns (x m / 192)
+    "pruned_select": 0.12e-8,  # the cascade per (query, row): the host's selection (not x m)
     "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
-    # The build's two costs are those of principal components; the DCT's build for images
-    # (since 2026-12-05) took 1.5 s against 2.4 s on an Intel Xeon, unmeasured here: the
-    # model then errs towards brute force.
-    "build_row": 3.0e-5,  # the index build per row: projection, residual, int8 pixels
-    "build": 1.5,  # the index build, once: the components and compilation
+    "build_row": 3.0e-5,  # the index build per row: DCT, int8 pixels, norms
+    "build": 1.5,  # the index build, once, and the compilation of the rounds
 }
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
@@ -284,14 +284,14 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
   ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
   AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
-  float32 products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts both
-  times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
+  float32 products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts
+  both times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
   float32 or more (measured on Intel AMX: brute force 3x faster than the cascade) or
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  (3,072 features) that is from 6,757 queries at speedup 1.7 (10,000 queries, measured:
-  3.4 s build + 6.7 s search against 13.5 s), 4,782 at 1.4 and 17,639 at 2.5.
+  (3,072 features) that is from 4,000 queries at speedup 1.62 (10,000 queries, measured
+  with the build and the compilation: 5.6 s against 12.7 s), 3,378 at 1.4 and 6,815 at 2.5.
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
@@ -1114,15 +1114,12 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
 
 @jax.jit
 def _l2_bounds(q_TxD, rows, params):
-  """Step 1 on a CPU: (b^ (T, N') as int32 keys, a, err) of one tile of queries. The keys
-  are b^'s float32 bits: for b^ >= +0 they order as b^ does, and every b^ < 0 (rounding
-  below a true value near 0) has a key below them all (b^ = -0.0 does not occur: the
-  sums hold a term +|u_y|^2 >= +0, and round-to-nearest sums of mixed zeros give +0).
-  So when the (C + 1)-th smallest key is >= 0, the C rows of smaller keys hold every row
-  whose b^ is below its value; else the round certifies nothing (``_l2_finish``)."""
+  """Step 1 on a CPU: (b^ (T, N') float32, a, err) of one tile of queries; the host reads
+  b^'s bits as int32 keys (``_host_candidates``: a view, where a bit cast in the program
+  copied the (T, N') bounds, 5-8 ms of a 14 ms product per tile on an AMD EPYC,
+  WORKSPACE.md, 2026-12-05)."""
   ux, a, err = _l2_query_rows(q_TxD, params)
-  b = jnp.matmul(ux, rows.T, precision=_HIGHEST)
-  return jax.lax.bitcast_convert_type(b, jnp.int32), a, err
+  return jnp.matmul(ux, rows.T, precision=_HIGHEST), a, err
 
 
 # Steps 2 and 3 after the host's selection (``_host_candidates``).
@@ -1166,10 +1163,15 @@ def _host_selects(index: Index) -> bool:
   return next(iter(index.database.devices())).platform == "cpu"
 
 
-def _host_candidates(keys_TxN, c: int):
-  """(the c rows of smallest key (T, c), the (c + 1)-th smallest b^ (T,) float32) of
-  ``_l2_bounds``' keys, on the host."""
-  keys = np.asarray(keys_TxN)
+def _host_candidates(b_TxN, c: int):
+  """(the c rows of smallest b^ (T, c), the (c + 1)-th smallest b^ (T,) float32) of
+  ``_l2_bounds``' float32 bounds, on the host, by their bits as int32 keys: for b^ >= +0
+  they order as b^ does, and every b^ < 0 (rounding below a true value near 0) has a key
+  below them all (b^ = -0.0 does not occur: the sums hold a term +|u_y|^2 >= +0, and
+  round-to-nearest sums of mixed zeros give +0). So when the (C + 1)-th smallest key is
+  >= 0, the C rows of smaller keys hold every row whose b^ is below its value; else the
+  round certifies nothing (``_l2_finish``)."""
+  keys = np.asarray(b_TxN, np.float32).view(np.int32)
   pos = topk.smallest_k_host(keys, c + 1)
   return pos[:, :c], np.take_along_axis(keys, pos[:, c:], axis=1)[:, 0].view(np.float32)
 
@@ -1180,9 +1182,12 @@ def _run_round(queries, index, k, c, tile, callback=None):
   n, rows = index.database.shape[0], index.bound_rows
   common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k}
   if _host_selects(index):
+    # (Sending the next tile's bounds before this tile's selection, for the device to compute
+    # them while the host selects, was no faster: 2.86-3.03 s against 2.79-2.93 s for 10,000
+    # CIFAR-10 queries on an AMD EPYC, WORKSPACE.md, 2026-12-05.)
     def step(q):
-      keys, a, err = _l2_bounds(q, rows, index.params)
-      cand, left = _host_candidates(keys, c)
+      b, a, err = _l2_bounds(q, rows, index.params)
+      cand, left = _host_candidates(b, c)
       return _l2_settle(q, cand, left, a, err, params=index.params, m=rows.shape[1] - 3,
                         **common)
   else:
