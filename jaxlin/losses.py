@@ -110,8 +110,19 @@ def softmax_cross_entropy(scores_NxC, labels_N):
 
 @jax.jit
 def _softmax_cross_entropy(scores_NxC, labels_N):
-  correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
-  loss = jax.nn.logsumexp(scores_NxC - correct, axis=1)
+  c = scores_NxC.shape[1]
+  # An out-of-range label (NaN loss below) gathers class 0: a gather past the classes gives
+  # NaN, whose gradient stays NaN even where the caller masks its loss with jnp.where.
+  safe = jnp.where(_checks.in_class_range(labels_N, c), labels_N, 0)
+  correct = jnp.take_along_axis(scores_NxC, safe[:, None], axis=1)
+  # logsumexp_j(d_j), d = s - s_y, d_y = 0, with m = max(0, max_{j != y} d_j):
+  # m + log(exp(-m) + sum_{j != y} exp(d_j - m)); where m = 0, log1p of the sum, so that a
+  # confident prediction keeps its small loss (scores (20, 0, 0): 4.1e-9, not 0).
+  others = jnp.where(jax.nn.one_hot(safe, c, dtype=jnp.bool_), -jnp.inf, scores_NxC - correct)
+  m = jax.lax.stop_gradient(jnp.maximum(jnp.max(others, axis=1, initial=-jnp.inf), 0))
+  rest = jnp.sum(jnp.exp(others - m[:, None]), axis=1)
+  loss = jnp.where(m > 0, m + jnp.log(jnp.exp(-m) + rest), jnp.log1p(rest))
+  loss = jnp.where(m == jnp.inf, jnp.inf, loss)  # another score +inf, the correct one finite
   # A correct score of -inf: probability 0, loss +inf; of +inf: probability 1, loss 0 if
   # no other score is +inf (else undefined, NaN). The shift would give inf - inf.
   correct = correct[:, 0]

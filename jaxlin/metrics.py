@@ -18,7 +18,17 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
   argument; ``integers``: labels must be integers (or bools), as class indices."""
   out = []
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
-    v = jnp.asarray(_checks.jax_exact(v, name))
+    v = _checks.jax_exact(v, name)
+    held = jax.dtypes.canonicalize_dtype(getattr(v, "dtype", np.int32))
+    # Whole-number float64 labels that float32 (JAX's float without jax_enable_x64) rounds.
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f" and held != v.dtype:
+      with np.errstate(over="ignore"):  # labels as JAX holds them (float32 without x64)
+        rounded = v[np.isfinite(v) & (v == np.round(v)) & (v.astype(held) != v)]
+      if rounded.size:
+        raise InputError(f"{name} holds float labels that JAX holds as {held} and would round "
+                         f"(e.g. {rounded[0]:.17g}), so equal labels could count as different "
+                         "ones or different ones as equal: pass integer labels", argument=name)
+    v = jnp.asarray(v)
     if v.dtype == jnp.bool_ or (v.size == 0 and not jnp.issubdtype(v.dtype, jnp.integer)):
       v = v.astype(jnp.int32)  # bools, and empty lists (float32 as arrays): no labels
     if integers and not jnp.issubdtype(v.dtype, jnp.integer):

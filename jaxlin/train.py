@@ -124,14 +124,21 @@ def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
                      "examples to training", argument="loss_fn")
   data = jnp.mean(per_example)
   penalty_fn = losses.l2_penalty if penalty is None else penalty
-  return data + reg * penalty_fn(params), data
+  value = penalty_fn(params)
+  if jnp.shape(value) != ():
+    raise InputError(f"penalty must return one number (a scalar), got shape {jnp.shape(value)}; "
+                     "sum it over the params, e.g. lambda p: jnp.sum(p['W'] ** 2)",
+                     argument="penalty")
+  return data + reg * value, data
 
 
 def _has_line_search(opt_state) -> bool:
   """Whether the optimizer keeps the objective's value in its state (optax.lbfgs and other
   line searches): it then needs ``value``, ``grad`` and ``value_fn`` in update and the
-  same (full) batch at every step."""
-  return optax.tree.get(opt_state, "value", None) is not None
+  same (full) batch at every step. (optax.scale_by_backtracking_linesearch keeps the
+  gradient only with store_grad=True; without it, the step computes both and passes
+  them.)"""
+  return all(optax.tree.get(opt_state, name, None) is not None for name in ("value", "grad"))
 
 
 def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTransformation, *,
@@ -499,15 +506,20 @@ class Trainer:
     return jax.lax.scan(one_step, state, (idx_SxB, valid_S))
 
   def _accuracy_impl(self, params, x_BxD, y_B, mask_B):
-    pred = jax.vmap(lambda p: jnp.argmax(self.model.apply(p, x_BxD), axis=1))(params)
-    return jnp.sum((pred == y_B[None]) & mask_B[None], axis=1)
+    """(G,) correct predictions, (G,) whether a member scored a real row NaN or +-inf (its
+    argmax would then be a class that no score chose: NaN counts as the largest)."""
+    scores = jax.vmap(lambda p: self.model.apply(p, x_BxD))(params)
+    pred = jnp.argmax(scores, axis=2)
+    bad = jnp.any(~jnp.isfinite(scores) & mask_B[None, :, None], axis=(1, 2))
+    return jnp.sum((pred == y_B[None]) & mask_B[None], axis=1), bad
 
   # ---- host side -------------------------------------------------------------
   def accuracy(self, params, x, y, *, num_examples: int | None = None, batch_size: int = 2048):
     """(G,) accuracy of every member on the first ``num_examples`` rows (all by default).
 
-    Pad-and-mask: each example counts once, whatever the batch and device count.
-    params: the grid's params, every leaf with a leading member axis (``fit``'s
+    Pad-and-mask: each example counts once, whatever the batch and device count. A member
+    that scores any of the rows NaN or +-inf gets NaN (argmax would pick a class no score
+    chose). params: the grid's params, every leaf with a leading member axis (``fit``'s
     ``params``; one member's params ``p`` as ``jax.tree.map(lambda a: a[None], p)``).
     """
     _checks.outside_jit("Trainer.accuracy (it checks its inputs' values)", "x", x, y)
@@ -556,7 +568,7 @@ class Trainer:
                      argument="params")
 
   def _checked_accuracy(self, params, x, y, n: int, batch_size: int = 2048) -> np.ndarray:
-    correct = 0
+    correct, bad = 0, False
     for start in range(0, n, batch_size):
       xb, yb = x[start:start + batch_size], y[start:start + batch_size]
       valid = min(xb.shape[0], n - start)
@@ -565,8 +577,11 @@ class Trainer:
       if pad > 0:
         xb = jnp.pad(xb, ((0, pad),) + ((0, 0),) * (xb.ndim - 1))
         yb = jnp.pad(yb, (0, pad))
-      correct = correct + np.asarray(self._accuracy(params, xb, yb, mask))
-    return np.asarray(correct) / n
+      right, wrong_scores = self._accuracy(params, xb, yb, mask)
+      correct, bad = correct + np.asarray(right), bad | np.asarray(wrong_scores)
+    # A member whose scores are not finite (NaN or inf params, or overflow) has no accuracy:
+    # NaN, not the share of the class that argmax falls back on.
+    return np.where(bad, np.nan, np.asarray(correct) / n)
 
   def _hyper(self, learning_rates, regs):
     regs = _grid_numbers(regs, "regs")
@@ -609,8 +624,9 @@ class Trainer:
   def _check_data(self, key, x, y, n, regs):
     """(number of classes, the params' shapes and dtypes), once x and y are checked."""
     if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-      raise InputError(f"expected x (N, ...) and y (N,), got {x.shape} and {y.shape}",
-                       argument="x")
+      one_hot = " (for one-hot rows pass their argmax)" if y.ndim == 2 else ""
+      raise InputError(f"expected x (N, ...) and y (N,), got {x.shape} and {y.shape}{one_hot}",
+                       argument="y" if x.ndim >= 2 and y.ndim != 1 else "x")
     if n < 1 or x.shape[0] < 1:
       raise InputError("x is empty: no training examples", argument="x")
     if not jnp.issubdtype(y.dtype, jnp.integer):
@@ -680,8 +696,10 @@ class Trainer:
     learning_rates None gives each the rate 1 (the schedule is then the learning
     rate), and must be None for an optimizer without a learning rate to vary.
 
-    Minibatches of ``batch_size`` rows are drawn without replacement from a
-    fresh permutation each epoch (``fold_in(key, epoch)``), on device: an epoch
+    ``key`` is split in two (``jax.random.split(key)``): the first initialises
+    the model (``model.init``), the second draws the batches. Minibatches of
+    ``batch_size`` rows are drawn without replacement from a fresh permutation
+    each epoch (``fold_in`` of the second key and the epoch), on device: an epoch
     is N // batch_size steps, so the N % batch_size rows left at the end of each
     permutation are not seen that epoch (other rows the next); a full-batch
     optimizer sees all rows at every step. Rows past ``num_examples`` (padding)

@@ -13,7 +13,7 @@ from PIL import Image
 from experiments import common
 from experiments import linear as linear_exp
 from experiments import predict
-from jaxlin import checkpoint, data, linear
+from jaxlin import checkpoint, data, linear, train
 from jaxlin.errors import ConfigError, DataError, DivergenceError
 from tests.conftest import make_image_folder
 
@@ -410,7 +410,7 @@ FIXED_VAL = [0.123, 0.456, 0.789, 0.789, 0.1, 0.5]  # lr x reg = 2 x 3; best: 2 
 def test_a_grid_run_chooses_draws_tests_and_saves_the_best_member(tmp_path, monkeypatch):
   root = str(tmp_path / "images")
   make_image_folder(root, per_class_train=20, per_class_test=10, size=2, seed=0, noise=250.0)
-  from jaxlin import plots, train  # pylint: disable=import-outside-toplevel
+  from jaxlin import plots  # pylint: disable=import-outside-toplevel
   seen = {}
   real_fit, real_init, real_grid = train.Trainer.fit, train.Trainer.__init__, plots.grid
 
@@ -481,3 +481,16 @@ def test_the_svm_margin_reaches_the_loss():
   c = linear_exp.validate(dict(dataset="cifar10", loss="softmax"))
   assert float(linear_exp.loss_function(c)(scores, labels)[0]) == pytest.approx(
       -np.log(1 / (1 + np.exp(0.5) + np.exp(-0.25))))
+
+
+def test_no_setting_with_a_validation_accuracy_is_one_error(folder, tmp_path, monkeypatch):
+  """Members whose validation scores are not finite have no accuracy (NaN); when no setting
+  has one, the run stops with one error, not numpy's All-NaN ValueError, and writes
+  nothing."""
+  root, _ = folder
+  real = train.Trainer._checked_accuracy
+  monkeypatch.setattr(train.Trainer, "_checked_accuracy",
+                      lambda self, *a, **kw: real(self, *a, **kw) * np.nan)
+  with pytest.raises(DataError, match="no setting scored the validation images"):
+    linear_exp.run(dict(SMALL, dataset=f"folder:{root}", num_epochs=1), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()

@@ -317,3 +317,44 @@ def test_narrow_label_dtypes_are_compared_without_wrapping():
   for f in (metrics.confusion_matrix, jax.jit(metrics.confusion_matrix, static_argnums=2)):
     assert int(f(labels, labels, 256).sum()) == 2
     assert int(f(np.array([127], np.int8), np.array([1], np.int8), 200)[127, 1]) == 1
+
+
+def test_softmax_keeps_small_losses_and_matches_float64():
+  # A confident prediction: log(1 + 2 e^-20) = 4.1e-9, which log(sum(exp)) rounded to 0.
+  l = losses.softmax_cross_entropy(np.array([[20.0, 0.0, 0.0]], np.float32), np.array([0]))
+  np.testing.assert_allclose(l, [np.log1p(2 * np.exp(-20.0))], rtol=1e-6)
+  rng = np.random.default_rng(3)
+  s, y = (rng.normal(size=(200, 5)) * 8).astype(np.float32), rng.integers(0, 5, 200)
+  ref = _np_softmax(s.astype(np.float64), y)
+  np.testing.assert_allclose(losses.softmax_cross_entropy(s, y), ref, rtol=2e-6, atol=1e-30)
+  g = jax.grad(lambda s: losses.softmax_cross_entropy(s, y).sum())(s)
+  want = np.exp(s - s.max(1, keepdims=True))
+  want = want / want.sum(1, keepdims=True) - np.eye(5)[y]
+  np.testing.assert_allclose(g, want, atol=1e-6)
+  # One class: no other score, loss 0; another score +inf: loss +inf.
+  assert float(losses.softmax_cross_entropy(np.array([[3.0]]), np.array([0]))[0]) == 0.0
+  l = losses.softmax_cross_entropy(np.array([[1.0, np.inf, 0.0]], np.float32), np.array([0]))
+  assert float(l[0]) == np.inf
+
+
+@pytest.mark.parametrize("loss", [losses.softmax_cross_entropy, losses.multiclass_svm])
+def test_a_padding_label_masked_with_where_has_a_zero_gradient(loss):
+  """The module's advice: mask padding labels (here 3 = C, and -4) with jnp.where. The
+  masked rows must get a zero gradient, not NaN (a gather past the classes gave NaN, and
+  0 * NaN is NaN in the backward pass)."""
+  y = jnp.array([2, 3, -4, 1])
+  f = lambda s, y: jnp.where((y >= 0) & (y < 3), loss(s, y), 0.0).sum()
+  s = jnp.array([[1.0, 0.0, -1.0]] * 4)
+  g = np.asarray(jax.jit(jax.grad(f))(s, y))
+  assert np.all(np.isfinite(g)) and np.all(g[1:3] == 0)
+  assert np.any(g[0] != 0) and np.any(g[3] != 0)
+  assert np.isnan(np.asarray(jax.jit(loss)(s, y))[1])  # unmasked: still NaN, as documented
+
+
+def test_float64_labels_that_float32_would_round_are_refused():
+  # 16777217.0 and 16777216 differ, but both are 16777216 in float32 (JAX's float without
+  # jax_enable_x64): the "exact" comparison would count them equal.
+  with pytest.raises(InputError, match="would round \\(e.g. 16777217\\)") as e:
+    metrics.accuracy(np.array([16777217.0]), np.array([16777216]))
+  assert e.value.argument == "labels_N"
+  assert float(metrics.accuracy(np.array([3.0, 16777216.0]), np.array([3, 16777216]))) == 1.0

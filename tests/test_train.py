@@ -752,3 +752,60 @@ def test_grid_crosses_rates_and_regs_as_the_command_line_does():
       jax.random.key(0), x, y, **train.grid([0.1, 0.01], [0.0, 1.0]), batch_size=10,
       num_steps=2)
   assert fit.params["W"].shape[0] == 4
+
+
+def test_accuracy_of_a_member_with_nan_or_inf_scores_is_nan():
+  """argmax of a NaN row is a class no score chose: a member scoring NaN would get the share
+  of class 0 (or of the class with a NaN bias) as its accuracy."""
+  x, y = _problem(n=40)
+  params = jax.vmap(lambda _: linear.init_params(jax.random.key(5), 6, 3, scale=1.0))(jnp.arange(3))
+  params["W"] = params["W"].at[1].set(jnp.nan)
+  params["b"] = params["b"].at[2, 1].set(jnp.inf)
+  acc = _trainer().accuracy(params, x, y, batch_size=16)
+  assert np.isfinite(acc[0]) and np.isnan(acc[1]) and np.isnan(acc[2])
+
+
+def test_backtracking_line_search_without_a_stored_gradient_trains():
+  """optax.scale_by_backtracking_linesearch keeps the value but (store_grad=False) not the
+  gradient in its state: the step computes both instead of asking the state for them."""
+  x, y = _problem(n=64)
+  p = linear.init_params(jax.random.key(0), 6, 3)
+  for store in (False, True):
+    tx = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=15, store_grad=store))
+    step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+    q, state = p, tx.init(p)
+    first = None
+    for _ in range(5):
+      q, state, m = step(q, state, (x, y))
+      first = m["loss"] if first is None else first
+    assert np.isfinite(m["loss"]) and m["loss"] < first
+
+
+def test_a_penalty_that_is_not_a_scalar_is_named():
+  x, y = _problem(n=8)
+  p = linear.init_params(jax.random.key(0), 6, 3)
+  bad = lambda q: q["W"] ** 2
+  with pytest.raises(InputError, match="penalty must return one number") as e:
+    train.objective(p, x, y, 0.1, apply_fn=linear.scores,
+                    loss_fn=losses.softmax_cross_entropy, penalty=bad)
+  assert e.value.argument == "penalty"
+  step = train.make_train_step(losses.softmax_cross_entropy, linear.scores, optax.sgd(0.1),
+                               reg=0.1, penalty=bad)
+  with pytest.raises(InputError, match="penalty must return one number"):
+    jax.jit(step)(p, optax.sgd(0.1).init(p), (x, y))
+
+
+def test_fit_names_y_for_one_hot_labels_and_its_key_split_is_as_documented():
+  x, y = _problem(n=32)
+  with pytest.raises(InputError, match="argmax") as e:
+    _trainer().fit(jax.random.key(0), x, jax.nn.one_hot(y, 3), learning_rates=[0.1], regs=[0.0],
+                   num_steps=2)
+  assert e.value.argument == "y"
+  # fit's starting params are model.init(split(key)[0]) (the docstring): with a learning
+  # rate of ~0, one step leaves them (almost) there.
+  key = jax.random.key(7)
+  res = _trainer().fit(key, x, y, learning_rates=[1e-30], regs=[0.0], num_steps=1,
+                       batch_size=32)
+  init = LINEAR.init(jax.random.split(key)[0])
+  np.testing.assert_allclose(np.asarray(res.params["W"][0]), np.asarray(init["W"]), atol=1e-6)
