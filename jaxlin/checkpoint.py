@@ -181,7 +181,9 @@ def _argument_of(why: str) -> str:
                            ("unknown features", "features"), ("scale", "scale"),
                            ("image_shape", "mean_image"), ("mean_image", "mean_image"),
                            ("feature_mean", "feature_mean"), ("feature_std", "feature_std"),
-                           ("feature_settings", "feature_settings")):
+                           ("feature_settings", "feature_settings"),
+                           ("class_names", "class_names"), ("no class names", "class_names"),
+                           ("class name ", "class_names")):
     if why.startswith(prefix):
       return argument
   return "class_names" if "class names for" in why else "params"
@@ -282,7 +284,17 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   if missing:
     raise bad(f"missing {', '.join(missing)}")
   params = {n: arrays[f"param/{n}"] for n, _ in KINDS[kind]}
-  class_names = tuple(str(c) for c in np.atleast_1d(arrays["class_names"]))
+  names = arrays["class_names"]
+  if names.ndim != 1 or names.dtype.kind != "U":
+    raise bad(f"class_names must be a 1-D array of strings, got {names.dtype} of shape "
+              f"{names.shape}")
+  class_names = tuple(str(c) for c in names)
+  if not class_names:
+    raise bad("no class names: a model has at least one class")
+  repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+  if repeated:
+    raise bad(f"class name {repeated[0]!r} appears more than once: predictions would not say "
+              "which class they mean")
   shapes = _expected_shapes(kind, params, image_shape, features, arrays, bad)
   for name, expected in shapes.items():
     got = arrays[name].shape
@@ -368,7 +380,13 @@ def _read(path: str) -> tuple[dict, dict]:
     raise
   except Exception as e:  # pylint: disable=broad-except  # a damaged zip directory raises
     # zipfile's errors for a flag it reads as "encrypted" or an unknown compression method too
+    if "Object arrays cannot be loaded" in str(e):
+      raise not_model("it holds an object array (pickled Python objects), which a model "
+                      "file never does") from None
     raise not_model(f"truncated or corrupt: {e}") from None
+  raw = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+  if raw:  # numpy gives a member that is not an .npy array as its bytes
+    raise not_model(f"its member {raw[0]!r} is not a numpy array")
   if "header" not in arrays:
     raise not_model("no header")
   try:

@@ -5,6 +5,7 @@ import re
 import struct
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,6 +18,16 @@ from jaxlin.errors import InputError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 4, 3)
 CLASSES = ("cat", "dog", "frog")
+
+
+def _raw_member(path):
+  """A model whose mean_image is stored as raw bytes, not as an .npy array."""
+  good = _save(str(path) + ".good.npz")
+  with zipfile.ZipFile(good) as z, zipfile.ZipFile(path, "w") as out:
+    for name in z.namelist():
+      raw = name == "mean_image.npy"
+      out.writestr("mean_image" if raw else name, b"junk" if raw else z.read(name))
+  return str(path)
 
 
 def _save(path, *, kind="linear", features="pixels", **changes):
@@ -127,6 +138,19 @@ def _bad_files(tmp_path):
                 r"param/W has shape \(47, 3\), expected \(48, 3\)"),
       "classes": (_save(tmp_path / "c.npz", class_names=np.asarray(["cat", "dog"])),
                   "2 class names for 3 classes"),
+      # Class names as a column loaded as "['cat']"; repeated ones leave predictions
+      # ambiguous; none at all saved and loaded, then predict crashed.
+      "classes_2d": (_save(tmp_path / "c1.npz", class_names=np.asarray([["cat"], ["dog"], ["x"]])),
+                     r"class_names must be a 1-D array of strings, got <U3 of shape \(3, 1\)"),
+      "classes_twice": (_save(tmp_path / "c2.npz", class_names=np.asarray(["cat", "dog", "cat"])),
+                        "class name 'cat' appears more than once"),
+      "no_classes": (_save(tmp_path / "c3.npz", param__W=np.zeros((48, 0)), param__b=np.zeros(0),
+                           class_names=np.asarray([], dtype=str)), "no class names"),
+      # An archive member that is not an .npy array: numpy returns its bytes (AttributeError
+      # before); an object array (pickled).
+      "raw_member": (_raw_member(tmp_path / "c4.npz"), "member 'mean_image' is not a numpy array"),
+      "object": (_save(tmp_path / "c5.npz", extra=np.array([{"a": 1}], dtype=object)),
+                 "object array"),
       "kind": (_save(tmp_path / "d.npz", header={"kind": "cnn"}), "unknown kind 'cnn'"),
       "loss": (_save(tmp_path / "e.npz", header={"loss": "hinge"}), "unknown loss 'hinge'"),
       "scale": (_save(tmp_path / "f.npz", header={"scale": 0.0}), "scale must be a finite"),
@@ -330,6 +354,9 @@ def _good_model():
     (dict(scale="1"), "scale", "scale must be a finite number > 0"),  # was stored as 1.0
     (dict(scale=1e-46), "scale", "within float32's normal range"),  # scores were NaN
     (dict(class_names=["a"]), "class_names", "1 class names for 3 classes"),
+    (dict(class_names=["a", "b", "a"]), "class_names", "class name 'a' appears more than once"),
+    (dict(class_names=[], params={"W": np.zeros((48, 0)), "b": np.zeros(0)}), "class_names",
+     "no class names: a model has at least one class"),
     (dict(params={"W": np.full((48, 3), 1e300), "b": np.zeros(3)}), "params",
      r"params\['W'\] holds inf or NaN \(or values beyond float32\)"),
     (dict(params={"W": np.zeros((47, 3)), "b": np.zeros(3)}), "params",
