@@ -20,10 +20,12 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
   for name, v in (("labels_N", labels_N), ("preds_N", preds_N)):
     v = _checks.jax_exact(v, name)
     held = jax.dtypes.canonicalize_dtype(getattr(v, "dtype", np.int32))
-    # Whole-number float64 labels that float32 (JAX's float without jax_enable_x64) rounds.
+    # float64 labels that float32 (JAX's float without jax_enable_x64) rounds: compared
+    # exactly (accuracy), or whole numbers (other labels are refused below as not integers).
     if isinstance(v, np.ndarray) and v.dtype.kind == "f" and held != v.dtype:
       with np.errstate(over="ignore"):  # labels as JAX holds them (float32 without x64)
-        rounded = v[np.isfinite(v) & (v == np.round(v)) & (v.astype(held) != v)]
+        changed = np.isfinite(v) & (v.astype(held) != v)
+        rounded = v[changed & (v == np.round(v))] if integers else v[changed]
       if rounded.size:
         raise InputError(f"{name} holds float labels that JAX holds as {held} and would round "
                          f"(e.g. {rounded[0]:.17g}), so equal labels could count as different "

@@ -135,10 +135,15 @@ def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
 def _has_line_search(opt_state) -> bool:
   """Whether the optimizer keeps the objective's value in its state (optax.lbfgs and other
   line searches): it then needs ``value``, ``grad`` and ``value_fn`` in update and the
-  same (full) batch at every step. (optax.scale_by_backtracking_linesearch keeps the
-  gradient only with store_grad=True; without it, the step computes both and passes
-  them.)"""
-  return all(optax.tree.get(opt_state, name, None) is not None for name in ("value", "grad"))
+  same (full) batch at every step."""
+  return optax.tree.get(opt_state, "value", None) is not None
+
+
+def _stores_gradient(opt_state) -> bool:
+  """Whether a line search's state also keeps the gradient at params, which
+  ``optax.value_and_grad_from_state`` reuses (not optax.scale_by_backtracking_linesearch
+  with its default store_grad=False)."""
+  return optax.tree.get(opt_state, "grad", None) is not None
 
 
 def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTransformation, *,
@@ -196,7 +201,7 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
                          loss_fn=loss_fn, penalty=lambda p: penalty_fn(p.fast))
       (value, data), grad = jax.value_and_grad(f_fast, has_aux=True)(params.fast)
       updates, opt_state = tx.update(grad, opt_state, params)
-    elif _has_line_search(opt_state):
+    elif _has_line_search(opt_state) and _stores_gradient(opt_state):
       value_fn = lambda p: f(p)[0]
       value, grad = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
       data = f(params)[1]  # removed by the compiler where unused
@@ -506,11 +511,12 @@ class Trainer:
     return jax.lax.scan(one_step, state, (idx_SxB, valid_S))
 
   def _accuracy_impl(self, params, x_BxD, y_B, mask_B):
-    """(G,) correct predictions, (G,) whether a member scored a real row NaN or +-inf (its
-    argmax would then be a class that no score chose: NaN counts as the largest)."""
+    """(G,) correct predictions, (G,) whether a member scored a real row NaN (argmax takes
+    a NaN for the largest score: its class would be one no score chose). Infinite scores
+    are scores: -inf rules a class out, as the losses allow."""
     scores = jax.vmap(lambda p: self.model.apply(p, x_BxD))(params)
     pred = jnp.argmax(scores, axis=2)
-    bad = jnp.any(~jnp.isfinite(scores) & mask_B[None, :, None], axis=(1, 2))
+    bad = jnp.any(jnp.isnan(scores) & mask_B[None, :, None], axis=(1, 2))
     return jnp.sum((pred == y_B[None]) & mask_B[None], axis=1), bad
 
   # ---- host side -------------------------------------------------------------
@@ -518,8 +524,8 @@ class Trainer:
     """(G,) accuracy of every member on the first ``num_examples`` rows (all by default).
 
     Pad-and-mask: each example counts once, whatever the batch and device count. A member
-    that scores any of the rows NaN or +-inf gets NaN (argmax would pick a class no score
-    chose). params: the grid's params, every leaf with a leading member axis (``fit``'s
+    that scores any of the rows NaN gets NaN (argmax would take the NaN for the largest
+    score). params: the grid's params, every leaf with a leading member axis (``fit``'s
     ``params``; one member's params ``p`` as ``jax.tree.map(lambda a: a[None], p)``).
     """
     _checks.outside_jit("Trainer.accuracy (it checks its inputs' values)", "x", x, y)
@@ -579,8 +585,8 @@ class Trainer:
         yb = jnp.pad(yb, (0, pad))
       right, wrong_scores = self._accuracy(params, xb, yb, mask)
       correct, bad = correct + np.asarray(right), bad | np.asarray(wrong_scores)
-    # A member whose scores are not finite (NaN or inf params, or overflow) has no accuracy:
-    # NaN, not the share of the class that argmax falls back on.
+    # A member that scores NaN (NaN params, inf - inf) has no accuracy: NaN, not the share
+    # of the class that argmax falls back on.
     return np.where(bad, np.nan, np.asarray(correct) / n)
 
   def _hyper(self, learning_rates, regs):

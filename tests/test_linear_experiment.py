@@ -484,13 +484,13 @@ def test_the_svm_margin_reaches_the_loss():
 
 
 def test_no_setting_with_a_validation_accuracy_is_one_error(folder, tmp_path, monkeypatch):
-  """Members whose validation scores are not finite have no accuracy (NaN); when no setting
+  """Members whose validation scores hold NaN have no accuracy (NaN); when no setting
   has one, the run stops with one error, not numpy's All-NaN ValueError, and writes
   nothing."""
   root, _ = folder
   real = train.Trainer._checked_accuracy
   monkeypatch.setattr(train.Trainer, "_checked_accuracy",
                       lambda self, *a, **kw: real(self, *a, **kw) * np.nan)
-  with pytest.raises(DataError, match="no setting scored the validation images"):
+  with pytest.raises(DataError, match="no setting scored the validation images without NaN"):
     linear_exp.run(dict(SMALL, dataset=f"folder:{root}", num_epochs=1), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()

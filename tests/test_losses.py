@@ -358,3 +358,6 @@ def test_float64_labels_that_float32_would_round_are_refused():
     metrics.accuracy(np.array([16777217.0]), np.array([16777216]))
   assert e.value.argument == "labels_N"
   assert float(metrics.accuracy(np.array([3.0, 16777216.0]), np.array([3, 16777216]))) == 1.0
+  with pytest.raises(InputError, match="would round"):  # 0.1 and 0.1 + 1e-12: one float32
+    metrics.accuracy(np.array([0.1, 2.0]), np.array([0.1 + 1e-12, 2.0]))
+  assert float(metrics.accuracy(np.array([0.5, 2.0]), np.array([0.5, 1.0]))) == 0.5

@@ -754,20 +754,24 @@ def test_grid_crosses_rates_and_regs_as_the_command_line_does():
   assert fit.params["W"].shape[0] == 4
 
 
-def test_accuracy_of_a_member_with_nan_or_inf_scores_is_nan():
-  """argmax of a NaN row is a class no score chose: a member scoring NaN would get the share
-  of class 0 (or of the class with a NaN bias) as its accuracy."""
+def test_accuracy_of_a_member_with_nan_scores_is_nan_and_inf_scores_count():
+  """argmax takes a NaN for the largest score: a member scoring NaN would get the share of
+  class 0 (or of the class with a NaN bias) as its accuracy. A score of -inf rules a class
+  out (the losses allow it): that member's accuracy is that of its argmax."""
   x, y = _problem(n=40)
-  params = jax.vmap(lambda _: linear.init_params(jax.random.key(5), 6, 3, scale=1.0))(jnp.arange(3))
+  params = jax.vmap(lambda _: linear.init_params(jax.random.key(5), 6, 3, scale=1.0))(jnp.arange(4))
   params["W"] = params["W"].at[1].set(jnp.nan)
-  params["b"] = params["b"].at[2, 1].set(jnp.inf)
+  params["b"] = params["b"].at[2, 1].set(jnp.nan).at[3, 2].set(-jnp.inf)
   acc = _trainer().accuracy(params, x, y, batch_size=16)
   assert np.isfinite(acc[0]) and np.isnan(acc[1]) and np.isnan(acc[2])
+  scores = np.asarray(x) @ np.asarray(params["W"][3]) + np.asarray(params["b"][3])
+  assert acc[3] == pytest.approx(np.mean(np.argmax(scores, 1) == np.asarray(y)))
 
 
 def test_backtracking_line_search_without_a_stored_gradient_trains():
   """optax.scale_by_backtracking_linesearch keeps the value but (store_grad=False) not the
-  gradient in its state: the step computes both instead of asking the state for them."""
+  gradient in its state: the step computes both instead of asking the state for them, and
+  fit still takes full batches for it by default, as for every line search."""
   x, y = _problem(n=64)
   p = linear.init_params(jax.random.key(0), 6, 3)
   for store in (False, True):
@@ -780,6 +784,9 @@ def test_backtracking_line_search_without_a_stored_gradient_trains():
       q, state, m = step(q, state, (x, y))
       first = m["loss"] if first is None else first
     assert np.isfinite(m["loss"]) and m["loss"] < first
+    t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=tx)
+    res = t.fit(jax.random.key(0), x, y, regs=[0.0], num_steps=3)  # no batch_size: full
+    assert res.losses[-1, 0] < res.losses[0, 0]
 
 
 def test_a_penalty_that_is_not_a_scalar_is_named():
