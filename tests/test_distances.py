@@ -373,3 +373,19 @@ def test_int8_squared_norms_by_products_or_sums():
       np.testing.assert_array_equal(got, (x.astype(np.int64) ** 2).sum(1))
     assert list(form(np.array([[-128] * 3072], np.int8))) == [50331648]
   assert list(distances.int_squared_norms(np.zeros((2, 0), np.int8), by_products=True)) == [0, 0]
+
+
+def test_squared_norms_are_exact_where_float32_blocks_sum_them():
+  """int_squared_norms sums int8 / uint8 squares in float32 column blocks whose partial sums
+  stay at or below 2**24: exact for the largest values, at every block boundary, up to
+  the most features a search allows (numpy int64 as the reference)."""
+  rng = np.random.default_rng(0)
+  for dtype, lo, hi in ((np.int8, -128, 127), (np.uint8, 0, 255)):
+    for d in (1, 255, 257, 1023, 1024, 1025, 3072, 16512):
+      rows = np.stack([np.full(d, lo), np.full(d, hi), rng.integers(lo, hi + 1, d)]).astype(dtype)
+      want = (rows.astype(np.int64) ** 2).sum(1)
+      np.testing.assert_array_equal(distances.int_squared_norms(jnp.asarray(rows)), want)
+  x = np.full((2, 33025), -255, np.int32)  # the centred rows of the L2 bounds' widest images
+  x[1, ::2] = 255
+  np.testing.assert_array_equal(distances._exact_square_sums(jnp.asarray(x), 255),
+                                (x.astype(np.int64) ** 2).sum(1))
