@@ -381,11 +381,13 @@ def test_squared_norms_are_exact_where_float32_blocks_sum_them():
   the most features a search allows (numpy int64 as the reference)."""
   rng = np.random.default_rng(0)
   for dtype, lo, hi in ((np.int8, -128, 127), (np.uint8, 0, 255)):
-    for d in (1, 255, 257, 1023, 1024, 1025, 3072, 16512):
+    for d in (1, 255, 257, 258, 259, 516, 1023, 1024, 1025, 2048, 3072, 16512):
       rows = np.stack([np.full(d, lo), np.full(d, hi), rng.integers(lo, hi + 1, d)]).astype(dtype)
       want = (rows.astype(np.int64) ** 2).sum(1)
       np.testing.assert_array_equal(distances.int_squared_norms(jnp.asarray(rows)), want)
-  x = np.full((2, 33025), -255, np.int32)  # the centred rows of the L2 bounds' widest images
+  x = np.full((2, 33025), -255, np.int32)  # the widest rows whose sums stay below 2**31
   x[1, ::2] = 255
   np.testing.assert_array_equal(distances._exact_square_sums(jnp.asarray(x), 255),
                                 (x.astype(np.int64) ** 2).sum(1))
+  with pytest.raises(InputError, match="2-D rows"):
+    distances.int_squared_norms(jnp.zeros((2, 3, 4), jnp.int8))
