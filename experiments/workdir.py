@@ -197,6 +197,7 @@ class Workdir:
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise ConfigError(f"workdir {self.path} is a file, not a folder; choose another "
                         "--workdir", argument="workdir")
+    self._check_nested_runs()
     try:
       folder = self.path
       while not os.path.exists(folder) and os.path.dirname(folder) != folder:
@@ -229,6 +230,34 @@ class Workdir:
       self._unlock()
       raise
     return self
+
+  def _check_nested_runs(self) -> None:
+    """Refuses a workdir inside the workdir of a run in progress in another process (a
+    study's stage folder while the study runs: the study would find it there at its end and
+    write nothing), or one holding such a run's workdir in a subfolder (a study started
+    over a stage folder that a run is writing). This process's own runs (a study and its
+    stages) are not in the way."""
+    own = {w.path for w in OPEN}
+    folder = os.path.dirname(self.path)
+    while folder not in own:
+      if _held(os.path.join(folder, LOCK)):
+        raise ConfigError(f"workdir {self.path} is inside the workdir {folder} of a run in "
+                          f"progress ({self._holder(os.path.join(folder, LOCK))}), which "
+                          "replaces its folders when it ends; wait for it or choose another "
+                          "--workdir", argument="workdir")
+      if os.path.dirname(folder) == folder:
+        break
+      folder = os.path.dirname(folder)
+    try:
+      entries = sorted(os.listdir(self.path))
+    except OSError:  # none yet, or unreadable: open() says so
+      return
+    for e in entries:
+      lock = os.path.join(self.path, e, LOCK)
+      if not _control(e) and _held(lock):
+        raise ConfigError(f"workdir {self.path} holds the workdir {e} of a run in progress "
+                          f"({self._holder(lock)}); wait for it or choose another --workdir",
+                          argument="workdir")
 
   def _lock(self) -> None:
     path = os.path.join(self.path, LOCK)

@@ -1,4 +1,5 @@
 """A workdir never loses a finished run: staging, commit, lock, kind, interrupts."""
+import fcntl
 import glob
 import json
 import os
@@ -676,7 +677,6 @@ def test_names_like_the_workdirs_own_are_a_users_files(tmp_path):
   # use (it was removed, and both runs went on); left by a run that died, removed.
   (tmp_path / ".lock").write_text(json.dumps(dict(pid=1, host="h", experiment="knn",
                                                   started="2026-12-01 10:00:00")))
-  import fcntl  # pylint: disable=import-outside-toplevel
   fd = os.open(tmp_path / ".lock", os.O_RDWR)
   fcntl.flock(fd, fcntl.LOCK_EX)
   try:
@@ -845,3 +845,37 @@ def test_the_run_reports_an_interrupt_after_its_commit_and_a_commit_that_failed(
       raise AssertionError("the run began")
   assert not (tmp_path / "c").exists() and not workdir.OPEN
   assert not common._RUNS  # pylint: disable=protected-access
+
+
+def _hold_lock(folder):
+  """The workdir lock of ``folder`` held as another process's run would hold it (a lock of
+  its own, not one of this process's open workdirs)."""
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, ".jaxlin-lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT)
+  fcntl.flock(fd, fcntl.LOCK_EX)
+  os.write(fd, json.dumps(dict(pid=4242, host="h", experiment="study",
+                               started="2026-12-05 18:00:00")).encode())
+  return fd
+
+
+def test_a_run_inside_or_around_a_run_in_progress_is_refused(folder, tmp_path):
+  """A run into a study's stage folder while the study runs was accepted; the study then
+  found the folder at its end and wrote nothing. The reverse (a study over a stage folder a
+  run is writing) too."""
+  study_dir = tmp_path / "study"
+  fd = _hold_lock(study_dir)
+  try:
+    with pytest.raises(ConfigError, match=r"inside the workdir .*study of a run in progress "
+                       r"\(study, process 4242 on h"):
+      knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(study_dir / "knn"))
+    assert not (study_dir / "knn").exists()
+  finally:
+    os.close(fd)
+  knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(study_dir / "knn"))  # free again
+  fd = _hold_lock(tmp_path / "outer" / "knn")
+  try:
+    with pytest.raises(ConfigError, match="holds the workdir knn of a run in progress"):
+      knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(tmp_path / "outer"))
+  finally:
+    os.close(fd)
