@@ -13,7 +13,9 @@ event files (tensorboard/), results.json, plots/ and model.npz into --workdir.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import time
 
 from absl import logging
 import jax
@@ -189,6 +191,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         "train_per_setting": train_s / len(grid), "predict_test": predict_s})
     results = r.finish(results)
   diverged = int(np.count_nonzero(fit.diverged_at >= 1))
+  if val_acc[best] < 1.0 / ds.num_classes:  # no better than guessing: say so
+    logging.warning("the best setting scores %.4f on the validation images, below chance "
+                    "(1/%d = %.4f): the grid's learning rates may be too large, or training "
+                    "too short", val_acc[best], ds.num_classes, 1.0 / ds.num_classes)
   logging.info("chosen lr=%s reg=%g (val %.4f); test accuracy %.4f; grid of %d trained in "
                "%.1f s%s", _rate(c, grid, best), grid[best][1], val_acc[best],
                results["test_accuracy"], len(grid), train_s,
@@ -284,8 +290,16 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
   board = tensorboard.ScalarWriter(r.file(tensorboard.FOLDER))
   what = f"training {len(grid)} setting{'s' if len(grid) > 1 else ''}"
   with common.progress(what, steps, "step") as bar:
+    last_line = [-math.inf]  # where no bar is drawn (a log file), a line every 10 s at most
+
     def log(record):
       bar.update(record["step"] - bar.n)
+      if bar.disable and time.monotonic() - last_line[0] >= 10.0:
+        last_line[0] = time.monotonic()
+        live = [float(v) for v, at in zip(record["val_accuracy"], record["diverged_at"])
+                if at < 1 and not math.isnan(v)]
+        logging.info("%s: step %d of %d (epoch %.2f)%s", what, record["step"], steps,
+                     record["epoch"], f", best val accuracy {max(live):.4f}" if live else "")
       for g, (lr, reg) in enumerate(grid):
         at = int(record["diverged_at"][g])  # >= 1: no figures of it, as results.json
         values = {k: None if at >= 1 else float(record[k][g])

@@ -363,7 +363,9 @@ def _read(path: str) -> tuple[dict, dict]:
   except FileNotFoundError:
     raise ModelFileError(f"model file {path} does not exist", argument="path") from None
   except IsADirectoryError:
-    raise not_model("it is a folder") from None
+    inside = os.path.join(path, "model.npz")  # a run's workdir: its model is in it
+    raise not_model("it is a folder" + (f"; the model a run saved there is {inside}"
+                                        if os.path.isfile(inside) else "")) from None
   except OSError as e:
     raise ModelFileError(f"cannot read model file {path}: {e.strerror or e}",
                          argument="path") from None

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import types
@@ -494,3 +495,24 @@ def test_no_setting_with_a_validation_accuracy_is_one_error(folder, tmp_path, mo
   with pytest.raises(DataError, match="no setting scored the validation images without NaN"):
     linear_exp.run(dict(SMALL, dataset=f"folder:{root}", num_epochs=1), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
+
+
+def test_a_run_without_a_terminal_logs_its_training_and_warns_below_chance(
+    folder, tmp_path, caplog, monkeypatch):
+  """Output to a file draws no progress bar: training says where it is in log lines. A
+  chosen setting below chance is named (it was chosen without a word)."""
+  root, _ = folder
+  run = lambda wd: linear_exp.run(dict(SMALL, dataset=f"folder:{root}", num_epochs=1,
+                                       learning_rate=[1e-2], reg=[0.0]), str(tmp_path / wd))
+  with caplog.at_level("INFO"):
+    run("wd")
+  assert re.search(r"training 1 setting: step \d+ of \d+ \(epoch [\d.]+\), best val "
+                   r"accuracy [\d.]+", caplog.text)
+  assert "below chance" not in caplog.text  # this folder's classes are easy: 1.0
+  real = train.Trainer._checked_accuracy
+  monkeypatch.setattr(train.Trainer, "_checked_accuracy",
+                      lambda self, *a, **kw: real(self, *a, **kw) * 0.2)
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    run("wd2")
+  assert re.search(r"scores 0.2000 on the validation images, below chance \(1/3", caplog.text)

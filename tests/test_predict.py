@@ -20,6 +20,13 @@ SHAPE = (4, 4, 3)
 CLASSES = ("cat", "dog", "frog")
 
 
+def _run_folder(path):
+  """A run's workdir holding its model.npz."""
+  os.makedirs(path)
+  _save(os.path.join(path, "model.npz"))
+  return str(path)
+
+
 def _raw_member(path):
   """A model whose mean_image is stored as raw bytes, not as an .npy array."""
   good = _save(str(path) + ".good.npz")
@@ -133,6 +140,9 @@ def _bad_files(tmp_path):
       "empty": (str(empty), "the file is empty"),
       "truncated": (str(truncated), "truncated or corrupt"),
       "missing": (str(tmp_path / "none.npz"), "does not exist"),
+      "folder": (str(tmp_path), r"\(it is a folder\)$"),
+      "run_folder": (_run_folder(tmp_path / "run"),
+                     r"it is a folder; the model a run saved there is .*run/model.npz\)"),
       "no_W": (_save(tmp_path / "a.npz", param__W=None), "missing param/W"),
       "shape": (_save(tmp_path / "b.npz", param__W=np.zeros((47, 3))),
                 r"param/W has shape \(47, 3\), expected \(48, 3\)"),
