@@ -240,9 +240,10 @@ class Workdir:
     own = {w.path for w in OPEN}
     folder = os.path.dirname(self.path)
     while folder not in own:
-      if _held(os.path.join(folder, LOCK)):
+      lock = os.path.join(folder, LOCK)
+      if _held(lock):
         raise ConfigError(f"workdir {self.path} is inside the workdir {folder} of a run in "
-                          f"progress ({self._holder(os.path.join(folder, LOCK))}), which "
+                          f"progress ({self._holder(lock)}), which "
                           "replaces its folders when it ends; wait for it or choose another "
                           "--workdir", argument="workdir")
       if os.path.dirname(folder) == folder:

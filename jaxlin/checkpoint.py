@@ -9,6 +9,7 @@ checks all of it and says in one line what is wrong with a file.
 """
 from __future__ import annotations
 
+import collections
 import collections.abc
 import dataclasses
 import json
@@ -291,7 +292,7 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   class_names = tuple(str(c) for c in names)
   if not class_names:
     raise bad("no class names: a model has at least one class")
-  repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+  repeated = sorted(c for c, count in collections.Counter(class_names).items() if count > 1)
   if repeated:
     raise bad(f"class name {repeated[0]!r} appears more than once: predictions would not say "
               "which class they mean")

@@ -344,17 +344,18 @@ def _exact_square_sums(x_NxD, max_abs: int):
   if not 1 <= max_abs <= 4096:
     raise ValueError(f"max_abs must be in [1, 4096], got {max_abs}")
   n, d = x_NxD.shape
+  total = jnp.zeros((n,), jnp.int32)
+  if d == 0:
+    return total
   width = min(d, (1 << 24) // (max_abs * max_abs))  # every partial sum of a block <= 2**24
 
   def block_sum(block):
     block = block.astype(jnp.float32)
     return jnp.sum(block * block, axis=1).astype(jnp.int32)
 
-  total = jnp.zeros((n,), jnp.int32)
-  if width:
-    total = jax.lax.fori_loop(0, d // width, lambda i, t: t + block_sum(
-        jax.lax.dynamic_slice_in_dim(x_NxD, i * width, width, axis=1)), total)
-  if width and d % width:  # the last, narrower block
+  total = jax.lax.fori_loop(0, d // width, lambda i, t: t + block_sum(
+      jax.lax.dynamic_slice_in_dim(x_NxD, i * width, width, axis=1)), total)
+  if d % width:  # the last, narrower block
     total = total + block_sum(x_NxD[:, d - d % width:])
   return total
 
