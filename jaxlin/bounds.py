@@ -15,7 +15,9 @@ L2, a certified cascade:
    minimum bound, then the ``C`` rows of smallest bound among those groups'
    rows.
 2. Exact integer distances of the ``C`` candidates only (gathered int8 rows and
-   a product).
+   a product); on a CPU in two stages: the 2 C / 5 of smallest bound first,
+   certified (step 3) against the bound after them, then the other candidates
+   of the queries left only.
 3. Certificate: with ``D_k`` the k-th smallest exact distance among the
    candidates and ``B`` a lower bound on the distance of every row left out
    (from the (C + 1)-th smallest bound; off the CPU the smaller of the
@@ -26,8 +28,9 @@ L2, a certified cascade:
    inequality is strict: a row left out at ``B == D_k`` could tie with a lower
    index.
 4. Queries not certified go through a second round (2x the candidates), and
-   those still not certified through brute force (``jaxlin.knn``'s own
-   programs), so the answer is always the brute-force one. ``stats`` counts the
+   those still not certified through brute force (on a CPU from the index's
+   own pixels and norms, elsewhere by ``jaxlin.knn``'s own programs), so the
+   answer is always the brute-force one. ``stats`` counts the
    queries settled at each level.
 
 L1, a threshold cascade (no certificate to fail):
@@ -432,15 +435,20 @@ def _dct_fits(image_shape) -> bool:
 def _dct_all(x_NxD, params):
   """(x_c (N, D) int32, the computed coefficients (N, D) float32) of integer rows: the
   centred image x_c = x - centre (exact), multiplied along its (W, C) axes by ``dct_wc``
-  (sums of W C terms) and along H by ``dct_h`` (sums of H terms): two products, which XLA
-  keeps apart (it may swap their order: the error bound holds for either)."""
+  (sums of W C terms), then along H by ``dct_h`` (sums of H terms). The coefficients come
+  in the order (W C frequency, H frequency), not (H, W C) (``_dct_params``' "take" maps
+  them): the second product then takes the H axis last, as one plain (N W C, H) . (H, H)
+  product, where a product broadcast over the rows ran 1.4x slower in the build (0.56 s
+  against 0.41 s for 50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05, evening).
+  The error bound holds for either order of the stages and of the terms."""
   h, wc = params["dct_h"].shape[0], params["dct_wc"].shape[0]
   n = x_NxD.shape[0]
   xc = x_NxD.astype(jnp.int32) - params["centre"][None, :]
   y = jnp.matmul(xc.astype(jnp.float32).reshape(n * h, wc), params["dct_wc"].T,
                  precision=_HIGHEST)
-  z = jnp.matmul(params["dct_h"], y.reshape(n, h, wc), precision=_HIGHEST)
-  return xc, z.reshape(n, h * wc)
+  y = y.reshape(n, h, wc).transpose(0, 2, 1).reshape(n * wc, h)
+  z = jnp.matmul(y, params["dct_h"].T, precision=_HIGHEST)
+  return xc, z.reshape(n, wc * h)
 
 
 # Sample rows whose DCT coefficients' variances order them: 1,000 took 0.09 s against 0.52 s
@@ -479,11 +487,24 @@ def _dct_params(image_shape, rows_SxD, centre_D, m: int) -> dict:
   z = np.matmul(f2, (xs @ f1.T).reshape(-1, h, w * c)).reshape(len(rows), -1)
   var = z.var(axis=0)  # float32: only their order matters
   keep = np.sort(np.argsort(-var, kind="stable")[:m]).astype(np.int32)
+  # keep: coefficients in the (H, W C) frequency order; take: where _dct_all puts them.
+  take = ((keep % (w * c)) * h + keep // (w * c)).astype(np.int32)
   rest = np.ones(h * w * c, np.float32)
-  rest[keep] = 0.0
+  rest[take] = 0.0
   return {"centre": jnp.asarray(centre_D, jnp.int32), "dct_h": jnp.asarray(f2),
-          "dct_wc": jnp.asarray(f1), "keep": jnp.asarray(keep), "rest": jnp.asarray(rest),
-          "kappa": jnp.float32(kappa)}
+          "dct_wc": jnp.asarray(f1), "keep": jnp.asarray(keep), "take": jnp.asarray(take),
+          "rest": jnp.asarray(rest), "kappa": jnp.float32(kappa)}
+
+
+def _square_norms_above(xf_NxD):
+  """Upper bounds (N,) float32 on the squared norms of float32 rows of integers in
+  [-255, 255] (centred pixels), for the error terms only: every square is exact (at most
+  65,025 < 2**24), and a float32 sum of D non-negative terms in any order is at least
+  (1 - gamma_{D-1}) times the exact one (Higham 3.1), so the sum times 1 + 4 gamma_D
+  (rounded) is at or above it. A float32 sum over whole rows: the exact int32 sum took
+  0.16-0.18 s of the 50,000 CIFAR-10 rows' build where this takes a few ms (XLA's CPU
+  reduces int32 rows slowly; AMD EPYC, WORKSPACE.md, 2026-12-05)."""
+  return jnp.sum(xf_NxD * xf_NxD, axis=1) * jnp.float32(1 + 4 * _gamma(xf_NxD.shape[1]))
 
 
 def _dct_rows(x_NxD, params):
@@ -496,8 +517,8 @@ def _dct_rows(x_NxD, params):
   4 u (|z| + rho), as ``_l2_rows``.
   """
   xc, zall = _dct_all(x_NxD, params)
-  xsq = jnp.sum(xc * xc, axis=1, dtype=jnp.int32).astype(jnp.float32)
-  z = jnp.take(zall, params["keep"], axis=1)
+  xsq = _square_norms_above(xc.astype(jnp.float32))
+  z = jnp.take(zall, params["take"], axis=1)
   zsq = jnp.sum(z * z, axis=1)
   znorm = jnp.sqrt(zsq)
   rho = jnp.sqrt(jnp.sum(zall * zall * params["rest"][None, :], axis=1))
@@ -528,8 +549,8 @@ def _l2_rows(x_NxD, params):
   if "dct_h" in params:  # images: the DCT basis
     return _dct_rows(x_NxD, params)
   xc = x_NxD.astype(jnp.int32) - params["centre"][None, :]
-  xsq = jnp.sum(xc * xc, axis=1, dtype=jnp.int32).astype(jnp.float32)
   xf = xc.astype(jnp.float32)
+  xsq = _square_norms_above(xf)
   p = params["p1"] + params["p2"]  # rounded: used only for the residual, within the bound
   z = (jnp.matmul(xf, params["p1"].T, precision=_HIGHEST)
        + jnp.matmul(xf, params["p2"].T, precision=_HIGHEST))
@@ -721,7 +742,7 @@ def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False):
 def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
   """Host rows zero-padded to ``rows`` (padding on the host: no compiled program per
   shape)."""
-  return np.pad(x, ((0, rows - len(x)), (0, 0))) if len(x) < rows else x
+  return np.pad(x, ((0, rows - len(x)),) + ((0, 0),) * (x.ndim - 1)) if len(x) < rows else x
 
 
 @jax.jit
@@ -1074,11 +1095,15 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
   return out.reshape(t, c)
 
 
-def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int, m: int):
+def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int, m: int,
+               prev=None):
   """Steps 2 and 3 of a round: exact int8 distances of the candidates (``cand_TxC``), and
   the certificate against ``left_T``, at most b^ of every row left out, made a certified
   integer bound (``_l2_certified_bound``; a ``left_T`` below 0 certifies nothing: its
-  bound is 0, and no squared distance is below 0)."""
+  bound is 0, and no squared distance is below 0). ``prev``: (d (T, k), idx (T, k)), the k
+  best of the query's earlier candidates (the first stage of a round), merged with these:
+  the k best of the union of two sets of rows are the k best of one's k best and the
+  other."""
   low = _l2_certified_bound(left_T, a, err, params["a_max"], params["err_max"], m)
   block = 8 if q_TxD.shape[0] % 8 == 0 else 1
   d = _l2_exact(distances.centred_pixels(q_TxD), cand_TxC, pixels, sq_norms, block)
@@ -1086,6 +1111,9 @@ def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: 
   # c real rows (then every real row of them is a candidate too); its distance is made the
   # worst, so it never counts as a neighbour, and the query is not certified if it would.
   d = jnp.where(cand_TxC < pixels.shape[0], d, topk.INT_WORST)
+  if prev is not None:
+    d, cand_TxC = jnp.concatenate([prev[0], d], axis=1), jnp.concatenate([prev[1], cand_TxC],
+                                                                         axis=1)
   return _certified(d, cand_TxC, low, k)
 
 
@@ -1167,8 +1195,9 @@ def _host_selects(index: Index) -> bool:
   return next(iter(index.database.devices())).platform == "cpu"
 
 
-def _host_candidates(b_TxN, c: int):
-  """(the c rows of smallest b^ (T, c), the (c + 1)-th smallest b^ (T,) float32) of
+def _host_candidates(b_TxN, c: int, cut: int | None = None):
+  """(the c rows of smallest b^ (T, c), in increasing order, the (c + 1)-th smallest b^
+  (T,) float32; with ``cut`` < c, the (cut + 1)-th smallest b^ before it) of
   ``_l2_bounds``' float32 bounds, on the host, by their bits as int32 keys: for b^ >= +0
   they order as b^ does, and every b^ < 0 (rounding below a true value near 0) has a key
   below them all (b^ = -0.0 does not occur: the sums hold a term +|u_y|^2 >= +0, and
@@ -1176,27 +1205,51 @@ def _host_candidates(b_TxN, c: int):
   >= 0, the C rows of smaller keys hold every row whose b^ is below its value; else the
   round certifies nothing (``_l2_finish``)."""
   keys = np.asarray(b_TxN, np.float32).view(np.int32)
-  pos = topk.smallest_k_host(keys, c + 1)
-  return pos[:, :c], np.take_along_axis(keys, pos[:, c:], axis=1)[:, 0].view(np.float32)
+  pos = topk.smallest_k_host(keys, c + 1)  # sorted by (key, position)
+  at = lambda j: np.take_along_axis(keys, pos[:, j:j + 1], axis=1)[:, 0].view(np.float32)
+  return (pos[:, :c], at(c)) if cut is None else (pos[:, :c], at(cut), at(c))
 
 
-def _run_round(queries, index, k, c, tile, callback=None):
-  """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays."""
+def _stage_cut(k: int, c: int) -> int | None:
+  """The candidates of a host round's first stage: 2 c / 5 (at least k), or None (no
+  stage) where that is not below c. On 3,000 CIFAR-10 test images (k = 10, m = 192) the
+  first 64 candidates certified 57 % of the queries and the first 160 93 %: 64, then the
+  other 96 for the rest, refine 105 rows per query on average instead of 160
+  (WORKSPACE.md, 2026-12-05, evening)."""
+  cut = max(k, 2 * c // 5)
+  return cut if cut < c else None
+
+
+def _run_round(queries, index, k, c, tile, callback=None, staged=False):
+  """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays.
+
+  ``staged`` (host selection only): the first ``_stage_cut`` candidates of every query,
+  certified against the bound after them; then the rest of the c candidates of the
+  queries left, in tiles of their own, merged with their first k best and certified
+  against the (c + 1)-th bound, as one round of c would certify them (the same answer:
+  the k best of the c candidates by (distance, index)). Its bounds and its selection are
+  computed once."""
   q_total = queries.shape[0]
   n, rows = index.database.shape[0], index.bound_rows
-  common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k}
+  common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k,
+            "params": index.params, "m": rows.shape[1] - 3}
+  cut = _stage_cut(k, c) if staged and _host_selects(index) else None
+  later = []  # with stages: each tile's (rest of the candidates, (c + 1)-th bound, a, err)
   if _host_selects(index):
     # (Sending the next tile's bounds before this tile's selection, for the device to compute
     # them while the host selects, was no faster: 2.86-3.03 s against 2.79-2.93 s for 10,000
     # CIFAR-10 queries on an AMD EPYC, WORKSPACE.md, 2026-12-05.)
     def step(q):
       b, a, err = _l2_bounds(q, rows, index.params)
-      cand, left = _host_candidates(b, c)
-      return _l2_settle(q, cand, left, a, err, params=index.params, m=rows.shape[1] - 3,
-                        **common)
+      if cut is None:
+        return _l2_settle(q, *_host_candidates(b, c), a, err, **common)
+      cand, left_cut, left = _host_candidates(b, c, cut)
+      later.append((cand[:, cut:], left, a, err))
+      return _l2_settle(q, cand[:, :cut], left_cut, a, err, **common)
   else:
     step = functools.partial(_l2_round, rows=rows, params=index.params,
-                             g=_l2_groups(n, c), c=c, **common)
+                             g=_l2_groups(n, c), c=c, pixels=index.database,
+                             sq_norms=index.sq_norms, k=k)
   outs = []
   for start in range(0, q_total, tile):
     outs.append(step(_padded_rows(queries[start:start + tile], tile)))
@@ -1205,7 +1258,45 @@ def _run_round(queries, index, k, c, tile, callback=None):
       outs[-1][2].block_until_ready()
       callback(min(start + tile, q_total), q_total)
   d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
+  if cut is None or ok.all():
+    return d, i, ok
+  rest, left, a, err = (np.concatenate([np.asarray(t[j]) for t in later])[:q_total]
+                        for j in range(4))
+  todo = np.flatnonzero(~ok)
+  tile = _query_tile("l2", n, len(todo), second=True)
+  for start in range(0, len(todo), tile):
+    sel = todo[start:start + tile]
+    pad = lambda x: _padded_rows(x[sel], tile)  # pylint: disable=cell-var-from-loop
+    dd, ii, good = _l2_settle(pad(queries), pad(rest), pad(left), pad(a), pad(err),
+                              prev=(pad(d), pad(i)), **common)
+    d[sel], i[sel], ok[sel] = (np.asarray(x)[:len(sel)] for x in (dd, ii, good))
   return d, i, ok
+
+
+@jax.jit
+def _l2_all(q_TxD, pixels, sq_norms):
+  """(T, N) exact int32 squared distances of int8 queries (centred pixels) to every row of
+  the index: brute force from the index's own pixels and norms."""
+  dot = distances.int8_products(q_TxD, pixels)
+  return distances.int_squared_norms(q_TxD)[:, None] + sq_norms[None, :] - 2 * dot
+
+
+def _l2_brute_on_host(queries, index, k):
+  """(exact integer distances, indices) as numpy of int8 queries (centred pixels) by brute
+  force over the index's pixels, selected on the host: the k smallest (distance, index),
+  the answer of any exact search. For the few queries that no round certified: 0.08 s
+  for 89 CIFAR-10 queries where ``_brute_force`` took 0.22 s, most of it to prepare the
+  database's tiles again (AMD EPYC, WORKSPACE.md, 2026-12-05, evening)."""
+  n = index.database.shape[0]
+  tile = _query_tile("l2", n, len(queries), second=True)
+  out_d, out_i = [], []
+  for start in range(0, len(queries), tile):
+    d = np.asarray(_l2_all(_padded_rows(queries[start:start + tile], tile), index.database,
+                           index.sq_norms))
+    pos = topk.smallest_k_host(d, k)
+    out_i.append(pos)
+    out_d.append(np.take_along_axis(d, pos, axis=1))
+  return (np.concatenate(out_d)[:len(queries)], np.concatenate(out_i)[:len(queries)])
 
 
 def _brute_force(queries, index, k):  # pylint: disable=protected-access
@@ -1358,7 +1449,8 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     tile = (min(query_tile, _memory_tile(n), 1 << (len(todo) - 1).bit_length()) if query_tile
             else _query_tile(index.metric, n, len(todo), level == "second_round"))
     progress = callback if level == "first_round" and len(todo) == q_total else None
-    dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress)
+    dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress,
+                            staged=level == "first_round")
     d_out[todo[ok]], i_out[todo[ok]] = dd[ok], ii[ok]
     stats[level] = int(ok.sum())
     todo = todo[~ok]
@@ -1366,7 +1458,7 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     sub = q[todo]
     if index.metric != "l1":  # the index holds int8 pixels: the same distances
       sub = np.asarray(distances.centred_pixels(sub))
-    dd, ii = _brute_force(sub, index, k)
+    dd, ii = (_l2_brute_on_host if host else _brute_force)(sub, index, k)
     stats["brute_force"] = len(todo)
     d_out[todo], i_out[todo] = dd, ii
   if callback is not None:
