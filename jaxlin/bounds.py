@@ -1263,7 +1263,7 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
   rest, left, a, err = (np.concatenate([np.asarray(t[j]) for t in later])[:q_total]
                         for j in range(4))
   todo = np.flatnonzero(~ok)
-  tile = _query_tile("l2", n, len(todo), second=True)
+  tile = min(tile, _query_tile("l2", n, len(todo), second=True))  # within a user's tile
   for start in range(0, len(todo), tile):
     sel = todo[start:start + tile]
     pad = lambda x: _padded_rows(x[sel], tile)  # pylint: disable=cell-var-from-loop
@@ -1281,7 +1281,7 @@ def _l2_all(q_TxD, pixels, sq_norms):
   return distances.int_squared_norms(q_TxD)[:, None] + sq_norms[None, :] - 2 * dot
 
 
-def _l2_brute_on_host(queries, index, k):
+def _l2_brute_on_host(queries, index, k, query_tile=None):
   """(exact integer distances, indices) as numpy of int8 queries (centred pixels) by brute
   force over the index's pixels, selected on the host: the k smallest (distance, index),
   the answer of any exact search. For the few queries that no round certified: 0.08 s
@@ -1289,6 +1289,7 @@ def _l2_brute_on_host(queries, index, k):
   database's tiles again (AMD EPYC, WORKSPACE.md, 2026-12-05, evening)."""
   n = index.database.shape[0]
   tile = _query_tile("l2", n, len(queries), second=True)
+  tile = min(tile, query_tile) if query_tile else tile
   out_d, out_i = [], []
   for start in range(0, len(queries), tile):
     d = np.asarray(_l2_all(_padded_rows(queries[start:start + tile], tile), index.database,
@@ -1458,7 +1459,8 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     sub = q[todo]
     if index.metric != "l1":  # the index holds int8 pixels: the same distances
       sub = np.asarray(distances.centred_pixels(sub))
-    dd, ii = (_l2_brute_on_host if host else _brute_force)(sub, index, k)
+    dd, ii = (_l2_brute_on_host(sub, index, k, query_tile) if host else
+              _brute_force(sub, index, k))
     stats["brute_force"] = len(todo)
     d_out[todo], i_out[todo] = dd, ii
   if callback is not None:

@@ -687,6 +687,26 @@ def test_query_tiles_keep_their_bounds_under_256_mb():
   assert bounds._query_tile("l2", 50_000, 5) == 8
 
 
+def test_a_users_query_tile_bounds_every_step(monkeypatch):
+  # The first round, its second stage, the second round and brute force: no step takes
+  # more queries than the user's tile.
+  seen = {}
+  for name in ("_l2_bounds", "_l2_settle", "_l2_all"):
+    def spy(q, *args, _name=name, _fn=getattr(bounds, name), **kwargs):
+      seen.setdefault(_name, []).append(q.shape[0])
+      return _fn(q, *args, **kwargs)
+    monkeypatch.setattr(bounds, name, spy)
+  q, db = adversarial()
+  index = bounds.build_index(db, metric="l2", image_shape=SHAPE, pool=2, components=12)
+  levels = {"second_round": 0, "brute_force": 0}
+  for k, c, c2 in ((1, 8, 24), (12, 12, 0)):
+    stats = assert_same_as_brute(q, db, k, "l2", bounds.search(
+        q, index, k, candidates=c, second_candidates=c2, query_tile=4))
+    levels = {key: v + stats[key] for key, v in levels.items()}
+  assert all(levels.values()), levels
+  assert {max(v) for v in seen.values()} == {4} and len(seen) == 3, seen
+
+
 @pytest.mark.parametrize("shape, pool", [((8, 8, 3), 4), ((8, 8, 3), 2), ((4, 12, 2), 2),
                                          ((6, 6, 1), 1)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
