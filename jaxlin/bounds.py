@@ -226,11 +226,13 @@ def int8_speedup() -> float:
 
 # prefer_pruned's cost model: seconds, fitted to knn.search's first call in a fresh process
 # (compilation included) with CIFAR-10 (50,000 rows, k = 10) on an AMD EPYC (Zen 4), where
-# int8 products run 1.6-1.7x float32 (WORKSPACE.md, 2026-12-05, evening). 3,072 features,
-# 500 / 4,000 / 10,000 queries: brute force 1.30 / 5.48 / 12.7 s, the cascade with its build
-# 3.04 / 4.42 / 5.61 s. 10,000 queries of smaller images made from the same ones (32x32x1,
-# 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute force 5.54 / 2.32 / 1.78 s, the cascade
-# 4.40 / 2.83 / 1.63 s.
+# int8 products run 1.6-1.7x float32 (WORKSPACE.md, 2026-12-05, evening). 3,072 features:
+# brute force 1.30 / 5.48 / 12.7 s for 500 / 4,000 / 10,000 queries; the cascade with its
+# build, since its staged first round, 2.23 / 2.62 / 2.64 / 3.53 / 4.67 / 5.29 s for 500 /
+# 1,000 / 2,000 / 4,000 / 7,000 / 10,000 queries. 10,000 queries of smaller images made from
+# the same ones (32x32x1, 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute force 5.23 / 2.22
+# / 1.49 s, the cascade 3.59 / 2.59 / 1.54 s. The cascade's constants (build, build_row,
+# pruned_query) are a least-squares fit to its nine points (within 0.2 s of each).
 _COST_SPEEDUP = 1.62  # int8_speedup() where the costs below were measured
 _COST = {
     "brute_product": 2.2e-8,  # brute force per (query, row): the int8 product (x D / 3072
@@ -239,9 +241,9 @@ _COST = {
     "pruned_bound": 0.22e-8,  # the cascade per (query, row): the bound, a float32 product
     # with m + 3 columns (x m / 192)
     "pruned_select": 0.12e-8,  # the cascade per (query, row): the host's selection (not x m)
-    "pruned_query": 1.0e-4,  # the cascade per query: exact refinement, second rounds
-    "build_row": 3.0e-5,  # the index build per row: DCT, int8 pixels, norms
-    "build": 1.5,  # the index build, once, and the compilation of the rounds
+    "pruned_query": 1.6e-4,  # the cascade per query: exact refinement, second rounds
+    "build_row": 2.7e-5,  # the index build per row: DCT, int8 pixels, norms
+    "build": 0.8,  # the index build, once, and the compilation of the rounds
 }
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
@@ -293,8 +295,8 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  (3,072 features) that is from 4,000 queries at speedup 1.62 (10,000 queries, measured
-  with the build and the compilation: 5.6 s against 12.7 s), 3,378 at 1.4 and 6,815 at 2.5.
+  (3,072 features) that is from 3,116 queries at speedup 1.62 (10,000 queries, measured
+  with the build and the compilation: 5.3 s against 12.7 s), 2,596 at 1.4 and 5,655 at 2.5.
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
