@@ -112,7 +112,7 @@ __all__ = ["COMPONENTS", "L1_MAX_FEATURES", "MAX_FEATURES", "METRICS", "Index", 
            "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
-COMPONENTS = 192  # default principal components of the L2 bound (measured: WORKSPACE.md)
+COMPONENTS = 224  # default components of the L2 bound (measured: WORKSPACE.md, 2026-12-05, evening)
 MAX_FEATURES = (topk.INT_WORST - 1) // 255 ** 2  # squared distances of uint8 rows below 2**30
 L1_MAX_FEATURES = (topk.INT_WORST - 1) // 255  # L1: distances of uint8 rows below 2**30
 _U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
@@ -228,22 +228,23 @@ def int8_speedup() -> float:
 # (compilation included) with CIFAR-10 (50,000 rows, k = 10) on an AMD EPYC (Zen 4), where
 # int8 products run 1.6-1.7x float32 (WORKSPACE.md, 2026-12-05, evening). 3,072 features:
 # brute force 1.30 / 5.48 / 12.7 s for 500 / 4,000 / 10,000 queries; the cascade with its
-# build, since its staged first round, 2.23 / 2.62 / 2.64 / 3.53 / 4.67 / 5.29 s for 500 /
-# 1,000 / 2,000 / 4,000 / 7,000 / 10,000 queries. 10,000 queries of smaller images made from
-# the same ones (32x32x1, 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute force 5.23 / 2.22
-# / 1.49 s, the cascade 3.59 / 2.59 / 1.54 s. The cascade's constants (build, build_row,
-# pruned_query) are a least-squares fit to its nine points (within 0.2 s of each).
+# build (224 components, the staged first round) 2.19 / 2.59 / 2.93-3.00 / 3.16 / 4.04 / 4.88
+# s for 500 / 1,000 / 2,000 / 4,000 / 7,000 / 10,000 queries. 10,000 queries of smaller
+# images made from the same ones (32x32x1, 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute
+# force 5.23-5.29 / 2.22 / 1.49 s, the cascade 3.87-3.98 / 2.63 / 1.22-1.28 s. The cascade's
+# constants (build, build_row, pruned_query) are a least-squares fit to its points (within
+# 0.5 s of each; the bound's per pair scaled from its fit at 192 components).
 _COST_SPEEDUP = 1.62  # int8_speedup() where the costs below were measured
 _COST = {
     "brute_product": 2.2e-8,  # brute force per (query, row): the int8 product (x D / 3072
     # x 1.62 / speedup)
     "brute_other": 0.35e-8,  # brute force per (query, row): selection and merge
-    "pruned_bound": 0.22e-8,  # the cascade per (query, row): the bound, a float32 product
-    # with m + 3 columns (x m / 192)
+    "pruned_bound": 0.256e-8,  # the cascade per (query, row): the bound, a float32 product
+    # with m + 3 columns (x m / COMPONENTS)
     "pruned_select": 0.12e-8,  # the cascade per (query, row): the host's selection (not x m)
-    "pruned_query": 1.6e-4,  # the cascade per query: exact refinement, second rounds
-    "build_row": 2.7e-5,  # the index build per row: DCT, int8 pixels, norms
-    "build": 0.8,  # the index build, once, and the compilation of the rounds
+    "pruned_query": 0.87e-4,  # the cascade per query: exact refinement, second rounds
+    "build_row": 2.8e-5,  # the index build per row: DCT, int8 pixels, norms
+    "build": 0.83,  # the index build, once, and the compilation of the rounds
 }
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
@@ -295,8 +296,8 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  (3,072 features) that is from 3,116 queries at speedup 1.62 (10,000 queries, measured
-  with the build and the compilation: 5.3 s against 12.7 s), 2,596 at 1.4 and 5,655 at 2.5.
+  (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries, measured
+  with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and 5,124 at 2.5.
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
