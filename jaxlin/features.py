@@ -52,14 +52,56 @@ def _pixels(image, argument: str = "image_HxWx3", ndim: int = 3):
   """``image`` as an array, checked to be uint8 (..., 3) pixels (at trace time under jit)."""
   x = image if isinstance(image, jax.Array) else np.asarray(image)
   if x.dtype != np.uint8:
-    raise InputError(
-        f"{argument} must be uint8 pixels (0..255), got {x.dtype}; for floats in [0, 1] pass "
-        f"(x * 255).round().astype(np.uint8) (features scale with the pixel range)",
-        argument=argument)
+    raise InputError(f"{argument} must be uint8 pixels (0..255), got {x.dtype}; "
+                     f"{_dtype_fix(x)} (features scale with the pixel range)", argument=argument)
   if x.ndim != ndim or x.shape[-1] != 3:
     shape = "(H, W, 3)" if ndim == 3 else "(N, H, W, 3)"
-    raise InputError(f"expected {argument} {shape}, got {x.shape}", argument=argument)
+    raise InputError(f"expected {argument} {shape}, got {x.shape}{_layout_fix(x.shape, ndim)}",
+                     argument=argument)
   return x
+
+
+def _dtype_fix(x) -> str:
+  """How to turn ``x`` into uint8 pixels, from its values where they are known (not under
+  jit): floats in [0, 1] are scaled by 255, values already in 0..255 only rounded (scaling
+  those would wrap around silently)."""
+  general = ("for floats in [0, 1] pass (x * 255).round().astype(np.uint8), for values in "
+             "0..255 x.round().astype(np.uint8)")
+  if isinstance(x, jax.core.Tracer) or x.size == 0 or not (
+      np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+    return general
+  values = np.asarray(x)
+  if np.iscomplexobj(values) or not np.all(np.isfinite(values)):
+    return "its values must be finite and real; " + general
+  low, high = values.min(), values.max()
+  if low < 0 or high > 255:
+    return (f"its values span {low:g}..{high:g}, outside 0..255: rescale them to 0..255 first, "
+            f"then .round().astype(np.uint8)")
+  if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+    return "its values lie in 0..255: pass x.astype(np.uint8)"
+  if high <= 1:
+    return "its values lie in [0, 1]: pass (x * 255).round().astype(np.uint8)"
+  return "its values lie in 0..255: pass x.round().astype(np.uint8)"
+
+
+def _layout_fix(shape, ndim: int) -> str:
+  """A hint for the common wrong layouts of images (or '')."""
+  if len(shape) == ndim - 1:
+    if ndim == 4 and shape[-1] == 3:
+      return "; one image? pass x[None]"
+    return "; grayscale images? pass np.repeat(x[..., None], 3, axis=-1)"
+  if len(shape) == ndim + 1 and ndim == 3:
+    return "; a batch of images? pass one image, or call features.extract"
+  if len(shape) != ndim:
+    return ""
+  if shape[-1] == 1:
+    return "; grayscale images? pass np.repeat(x, 3, axis=-1)"
+  if shape[-1] == 4:
+    return "; RGBA images? drop the alpha channel: x[..., :3]"
+  if shape[-3] == 3:
+    return ("; channels first? pass " + ("x.transpose(0, 2, 3, 1)" if ndim == 4
+                                           else "x.transpose(1, 2, 0)"))
+  return ""
 
 
 def _grey_thousandths(image_HxWx3):

@@ -38,6 +38,17 @@ def param(params, name: str, shape: tuple):
   return v
 
 
+def only(params, names: tuple) -> None:
+  """InputError where ``params`` (a dict) holds entries other than ``names``: a model that
+  ignores an entry would train it only through the penalty (e.g. a third layer's weights
+  given to a two-layer network)."""
+  extra = sorted(map(str, set(params) - set(names))) if isinstance(params, dict) else []
+  if extra:
+    raise InputError(f"params has entries this model does not use: {', '.join(extra)} (it "
+                     f"uses {', '.join(names)}); remove them, or write your own apply_fn",
+                     argument="params")
+
+
 def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3):
   """W ~ scale * N(0, 1), b = 0."""
   key = _checks.random_key(key)
@@ -77,6 +88,7 @@ def checked_rows(x_NxD, w, name: str = "W"):
 
 def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
+  only(params, ("W", "b"))
   w = param(params, "W", (None, None))
   b = param(params, "b", (w.shape[1],))
   x_NxD = checked_rows(x_NxD, w)

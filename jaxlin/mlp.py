@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlin import _checks, linear
+from jaxlin.errors import InputError
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -22,12 +23,15 @@ __all__ = ["init_params", "hidden", "scores"]
 
 def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
                 scale: float | None = None):
-  """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` gives the std."""
+  """He initialisation (std sqrt(2 / fan_in)) unless ``scale`` (> 0) gives the std."""
   for name, size in (("num_features", num_features), ("hidden_size", hidden_size),
                      ("num_classes", num_classes)):
     _checks.int_at_least(size, name, 1)
   if scale is not None:
     scale = _checks.finite_number(scale, "scale")
+    if scale <= 0:  # all-zero weights: ReLU's gradient at 0 is 0, so W1, b1, W2 never train
+      raise InputError(f"scale is the weights' standard deviation and must be > 0, got "
+                       f"{scale}; None takes He's sqrt(2 / fan_in)", argument="scale")
   k1, k2 = jax.random.split(_checks.random_key(key))
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5
@@ -39,6 +43,7 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
 
 def hidden(params, x_NxD):
   """ReLU activations (N, H). x_NxD is checked as ``jaxlin.linear.scores`` checks it."""
+  linear.only(params, ("W1", "b1", "W2", "b2"))
   w1 = linear.param(params, "W1", (None, None))
   b1 = linear.param(params, "b1", (w1.shape[1],))
   x_NxD = linear.checked_rows(x_NxD, w1, "W1")

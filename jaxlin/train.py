@@ -188,6 +188,9 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
 
   def train_step(params, opt_state, batch):
     x, y = batch
+    if np.ndim(x) >= 1 and np.shape(x)[0] == 0:  # shapes are known at trace time
+      raise InputError("batch holds no examples (x has 0 rows): its loss is NaN and the step "
+                       "would change nothing; skip empty batches", argument="batch")
     _check_float_params(params)  # at trace time, as the next check
     if check_penalised:  # reg > 0 must penalise something
       _check_penalised(params)

@@ -175,6 +175,31 @@ def test_float_images_are_rejected_not_scaled_and_no_images_give_no_rows(tmp_pat
     assert out.shape == (0, 2 * 3 * 9 + 10) and out.dtype == jnp.float32
 
 
+def test_wrong_pixels_are_told_the_fix_that_fits_their_values():
+  # Scaling floats already in 0..255 by 255 would wrap around silently as uint8.
+  u8 = np.random.default_rng(6).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+  cases = [(u8.astype(np.float32), r"0\.\.255: pass x\.round\(\)\.astype\(np\.uint8\)"),
+           (u8 / 255, r"\[0, 1\]: pass \(x \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
+           (u8.astype(np.int64), r"0\.\.255: pass x\.astype\(np\.uint8\)"),
+           (u8 * 2.0, r"span 0\.\.510, outside 0\.\.255: rescale"),
+           (np.full((2, 16, 16, 3), np.nan), "finite and real"),
+           (u8.transpose(0, 3, 1, 2), r"channels first\? pass x\.transpose\(0, 2, 3, 1\)"),
+           (u8[..., :1], r"grayscale images\? pass np\.repeat\(x, 3, axis=-1\)"),
+           (u8[..., 0], r"np\.repeat\(x\[\.\.\., None\], 3, axis=-1\)"),
+           (u8[0], r"one image\? pass x\[None\]"),
+           (np.concatenate([u8, u8[..., :1]], axis=-1), r"RGBA images\? .* x\[\.\.\., :3\]")]
+  for x, fix in cases:
+    with pytest.raises(InputError, match=fix) as e:
+      features.extract(x)
+    assert e.value.argument == "images_NxHxWx3"
+  with pytest.raises(InputError, match=r"x\.transpose\(1, 2, 0\)"):
+    features.hog(u8[0].transpose(2, 0, 1))
+  with pytest.raises(InputError, match="features.extract"):
+    features.hog(u8)
+  with pytest.raises(InputError, match=r"for floats in \[0, 1\] .* for values in 0\.\.255"):
+    jax.jit(features.hog)(u8[0].astype(np.float32))  # values unknown under jit: both fixes
+
+
 def test_cache_written_with_the_users_umask(tmp_path):
   imgs = np.random.default_rng(6).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
   old = os.umask(0o022)
@@ -300,6 +325,16 @@ def test_mlp_shapes_and_errors():
   assert float(losses.l2_penalty(p)) == pytest.approx(expected)
   with pytest.raises(ValueError, match=r"expected \(N, 6\)"):
     mlp.scores(p, jnp.ones((2, 5)))
+  # A third layer's weights would be ignored by the scores and only shrunk by the penalty.
+  with pytest.raises(InputError, match="does not use: W3, b3") as e:
+    mlp.scores({**p, "W3": jnp.ones((3, 3)), "b3": jnp.zeros(3)}, jnp.ones((2, 6)))
+  assert e.value.argument == "params"
+  with pytest.raises(InputError, match="does not use: W1"):
+    linear.scores({"W": jnp.ones((6, 3)), "b": jnp.zeros(3), "W1": jnp.ones(1)}, jnp.ones((2, 6)))
+  for scale in (0.0, -1.0):  # all-zero weights never train past the ReLU
+    with pytest.raises(InputError, match="must be > 0") as e:
+      mlp.init_params(jax.random.key(1), 6, 4, 3, scale=scale)
+    assert e.value.argument == "scale"
 
 
 def test_both_models_refuse_inputs_their_products_would_change():

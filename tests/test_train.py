@@ -393,6 +393,9 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
         {"W": np.zeros((6, 3), np.int32), "b": np.zeros(3, np.float32)}, (), (_X, _Y)),
      "params", r"params\['W'\] has dtype int32: training needs float"),  # was JAX's grad error
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
+        linear.init_params(jax.random.key(0), 6, 3), (), (_X[:0], _Y[:0])),
+     "batch", "batch holds no examples"),  # was loss NaN and unchanged params, silently
     (lambda: train.member({"W": np.zeros((2, 6, 3)), "b": np.zeros((2, 3))}, 5), "i",
      "outside the grid of 2 members"),
     (lambda: linear.scores({"W": np.zeros((6, 3)), "b": np.zeros(1)}, _X), "params",
