@@ -67,33 +67,43 @@ def _dtype_fix(x) -> str:
   those would wrap around silently)."""
   general = ("for floats in [0, 1] pass (x * 255).round().astype(np.uint8), for values in "
              "0..255 x.round().astype(np.uint8)")
-  if isinstance(x, jax.core.Tracer) or x.size == 0 or not (
-      np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+  kind = jnp.dtype(x.dtype).kind
+  floating = jnp.issubdtype(x.dtype, jnp.floating)  # bfloat16 too
+  if isinstance(x, jax.core.Tracer) or x.size == 0 or not (floating or kind in "iub"):
     return general
-  values = np.asarray(x)
-  if np.iscomplexobj(values) or not np.all(np.isfinite(values)):
-    return "its values must be finite and real; " + general
+  values = np.asarray(x, np.float64) if floating else np.asarray(x)
+  if kind == "b":
+    return "a boolean mask? pass x.astype(np.uint8) * 255"
+  if not np.all(np.isfinite(values)):
+    return "its values must be finite; " + general
   low, high = values.min(), values.max()
-  if low < 0 or high > 255:
-    return (f"its values span {low:g}..{high:g}, outside 0..255: rescale them to 0..255 first, "
-            f"then .round().astype(np.uint8)")
-  if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
-    return "its values lie in 0..255: pass x.astype(np.uint8)"
-  if high <= 1:
-    return "its values lie in [0, 1]: pass (x * 255).round().astype(np.uint8)"
-  return "its values lie in 0..255: pass x.round().astype(np.uint8)"
+  if floating and low >= -1 and high <= 2:  # [0, 1] images, perhaps a little past the ends
+    fix = "(x * 255)" if 0 <= low and high <= 1 else "(np.clip(x, 0, 1) * 255)"
+    return (f"its values span {low:g}..{high:g}, as images in [0, 1]: pass "
+            f"{fix}.round().astype(np.uint8)")
+  if low >= -0.5 and high < 255.5:
+    return (f"its values span {low:g}..{high:g}, within 0..255: pass "
+            f"{'x.round()' if floating else 'x'}.astype(np.uint8)")
+  return (f"its values span {low:g}..{high:g}, outside 0..255: rescale them to 0..255 first, "
+          f"then .round().astype(np.uint8)")
 
 
 def _layout_fix(shape, ndim: int) -> str:
   """A hint for the common wrong layouts of images (or '')."""
-  if len(shape) == ndim - 1:
+  if len(shape) == ndim - 1:  # one image given for a batch, or grayscale
     if ndim == 4 and shape[-1] == 3:
       return "; one image? pass x[None]"
+    if ndim == 4 and shape[0] == 3:
+      return "; one channels-first image? pass x.transpose(1, 2, 0)[None]"
     return "; grayscale images? pass np.repeat(x[..., None], 3, axis=-1)"
   if len(shape) == ndim + 1 and ndim == 3:
-    return "; a batch of images? pass one image, or call features.extract"
+    return ("; a batch of images? pass one image (jax.vmap over the batch), or call "
+            "features.extract for HOG and hue together")
   if len(shape) != ndim:
     return ""
+  if shape[-3] == 3 and shape[-1] > 4 or shape[-3] == 3 and shape[-1] == 2:
+    return ("; channels first? pass " + ("x.transpose(0, 2, 3, 1)" if ndim == 4
+                                           else "x.transpose(1, 2, 0)"))
   if shape[-1] == 1:
     return "; grayscale images? pass np.repeat(x, 3, axis=-1)"
   if shape[-1] == 4:

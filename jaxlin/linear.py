@@ -42,7 +42,9 @@ def only(params, names: tuple) -> None:
   """InputError where ``params`` (a dict) holds entries other than ``names``: a model that
   ignores an entry would train it only through the penalty (e.g. a third layer's weights
   given to a two-layer network)."""
-  extra = sorted(map(str, set(params) - set(names))) if isinstance(params, dict) else []
+  if not isinstance(params, dict) or not set(names) <= set(params):
+    return  # param() names the entry missing (another model's params, say)
+  extra = sorted(map(str, set(params) - set(names)))
   if extra:
     raise InputError(f"params has entries this model does not use: {', '.join(extra)} (it "
                      f"uses {', '.join(names)}); remove them, or write your own apply_fn",

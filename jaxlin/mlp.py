@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin import _checks, linear
 from jaxlin.errors import InputError
@@ -29,9 +30,11 @@ def init_params(key, num_features: int, hidden_size: int, num_classes: int, *,
     _checks.int_at_least(size, name, 1)
   if scale is not None:
     scale = _checks.finite_number(scale, "scale")
-    if scale <= 0:  # all-zero weights: ReLU's gradient at 0 is 0, so W1, b1, W2 never train
-      raise InputError(f"scale is the weights' standard deviation and must be > 0, got "
-                       f"{scale}; None takes He's sqrt(2 / fan_in)", argument="scale")
+    # All-zero weights (scale 0, or below float32's smallest number): ReLU's gradient at 0
+    # is 0, so W1, b1 and W2 would never train. (A traced scale is the caller's to check.)
+    if not isinstance(scale, jax.core.Tracer) and not np.float32(scale) > 0:
+      raise InputError(f"scale is the weights' standard deviation and must be > 0 in float32, "
+                       f"got {scale}; None takes He's sqrt(2 / fan_in)", argument="scale")
   k1, k2 = jax.random.split(_checks.random_key(key))
   s1 = scale if scale is not None else (2.0 / num_features) ** 0.5
   s2 = scale if scale is not None else (2.0 / hidden_size) ** 0.5

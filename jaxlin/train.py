@@ -188,7 +188,8 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
 
   def train_step(params, opt_state, batch):
     x, y = batch
-    if np.ndim(x) >= 1 and np.shape(x)[0] == 0:  # shapes are known at trace time
+    if any(np.ndim(leaf) >= 1 and np.shape(leaf)[0] == 0  # shapes: known at trace time
+           for leaf in jax.tree_util.tree_leaves(x)):
       raise InputError("batch holds no examples (x has 0 rows): its loss is NaN and the step "
                        "would change nothing; skip empty batches", argument="batch")
     _check_float_params(params)  # at trace time, as the next check

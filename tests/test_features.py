@@ -180,9 +180,16 @@ def test_wrong_pixels_are_told_the_fix_that_fits_their_values():
   u8 = np.random.default_rng(6).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
   cases = [(u8.astype(np.float32), r"0\.\.255: pass x\.round\(\)\.astype\(np\.uint8\)"),
            (u8 / 255, r"\[0, 1\]: pass \(x \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
-           (u8.astype(np.int64), r"0\.\.255: pass x\.astype\(np\.uint8\)"),
+           (jnp.asarray(u8 / 255, jnp.bfloat16), r"\[0, 1\]: pass \(x \* 255\)"),
+           # [0, 1] images a little past the ends (jitter): clipped, not read as 0..255
+           (u8 / 255 * 1.05, r"span 0\.\.1\.05, as images in \[0, 1\]: pass \(np\.clip\(x, 0, 1\)"),
+           (u8 - 0.4, r"span -0\.4\.\.254\.6, within 0\.\.255: pass x\.round\(\)"),
+           (u8.astype(np.int64), r"within 0\.\.255: pass x\.astype\(np\.uint8\)"),
+           (u8 > 100, r"boolean mask\? pass x\.astype\(np\.uint8\) \* 255"),
            (u8 * 2.0, r"span 0\.\.510, outside 0\.\.255: rescale"),
-           (np.full((2, 16, 16, 3), np.nan), "finite and real"),
+           (np.full((2, 16, 16, 3), np.nan), "must be finite"),
+           (u8[0].transpose(2, 0, 1),
+            r"one channels-first image\? pass x\.transpose\(1, 2, 0\)\[None\]"),
            (u8.transpose(0, 3, 1, 2), r"channels first\? pass x\.transpose\(0, 2, 3, 1\)"),
            (u8[..., :1], r"grayscale images\? pass np\.repeat\(x, 3, axis=-1\)"),
            (u8[..., 0], r"np\.repeat\(x\[\.\.\., None\], 3, axis=-1\)"),
@@ -194,7 +201,7 @@ def test_wrong_pixels_are_told_the_fix_that_fits_their_values():
     assert e.value.argument == "images_NxHxWx3"
   with pytest.raises(InputError, match=r"x\.transpose\(1, 2, 0\)"):
     features.hog(u8[0].transpose(2, 0, 1))
-  with pytest.raises(InputError, match="features.extract"):
+  with pytest.raises(InputError, match=r"jax\.vmap over the batch\), or call features\.extract"):
     features.hog(u8)
   with pytest.raises(InputError, match=r"for floats in \[0, 1\] .* for values in 0\.\.255"):
     jax.jit(features.hog)(u8[0].astype(np.float32))  # values unknown under jit: both fixes
@@ -331,10 +338,15 @@ def test_mlp_shapes_and_errors():
   assert e.value.argument == "params"
   with pytest.raises(InputError, match="does not use: W1"):
     linear.scores({"W": jnp.ones((6, 3)), "b": jnp.zeros(3), "W1": jnp.ones(1)}, jnp.ones((2, 6)))
-  for scale in (0.0, -1.0):  # all-zero weights never train past the ReLU
-    with pytest.raises(InputError, match="must be > 0") as e:
+  with pytest.raises(InputError, match="params has no 'W'"):  # another model's: not "remove"
+    linear.scores(p, jnp.ones((2, 6)))
+  for scale in (0.0, -1.0, 1e-320):  # all-zero weights never train past the ReLU
+    with pytest.raises(InputError, match="must be > 0 in float32") as e:
       mlp.init_params(jax.random.key(1), 6, 4, 3, scale=scale)
     assert e.value.argument == "scale"
+  grid = jax.vmap(lambda s: mlp.init_params(jax.random.key(1), 6, 4, 3, scale=s))(
+      jnp.array([0.1, 0.2]))  # a traced scale is the caller's to check
+  assert grid["W1"].shape == (2, 6, 4)
 
 
 def test_both_models_refuse_inputs_their_products_would_change():

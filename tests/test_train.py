@@ -396,6 +396,11 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
         linear.init_params(jax.random.key(0), 6, 3), (), (_X[:0], _Y[:0])),
      "batch", "batch holds no examples"),  # was loss NaN and unchanged params, silently
+    (lambda: jax.jit(train.make_train_step(
+        losses.softmax_cross_entropy, lambda p, xs: linear.scores(p, xs[0]) + xs[1][:, :3],
+        optax.sgd(0.1)))(linear.init_params(jax.random.key(0), 6, 3), (),
+                         ((_X[:0], _X[:0, :4]), _Y[:0])),
+     "batch", "batch holds no examples"),  # x a pytree, under jit
     (lambda: train.member({"W": np.zeros((2, 6, 3)), "b": np.zeros((2, 3))}, 5), "i",
      "outside the grid of 2 members"),
     (lambda: linear.scores({"W": np.zeros((6, 3)), "b": np.zeros(1)}, _X), "params",
@@ -819,3 +824,13 @@ def test_fit_names_y_for_one_hot_labels_and_its_key_split_is_as_documented():
                        batch_size=32)
   init = LINEAR.init(jax.random.split(key)[0])
   np.testing.assert_allclose(np.asarray(res.params["W"][0]), np.asarray(init["W"]), atol=1e-6)
+
+
+def test_a_train_step_takes_x_as_a_pytree_under_jit():
+  # Two inputs of different widths, as a tuple: the empty-batch check reads each leaf.
+  p = linear.init_params(jax.random.key(0), 6, 3)
+  apply = lambda params, xs: linear.scores(params, xs[0]) + xs[1][:, :3]
+  tx = optax.sgd(0.1)
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, apply, tx))
+  new, _, out = step(p, tx.init(p), ((_X, _X[:, :4]), _Y))
+  assert np.isfinite(float(out["loss"])) and not np.allclose(new["W"], p["W"])
