@@ -513,9 +513,9 @@ def _square_norms_above(xf_NxD):
   [-255, 255] (centred pixels), for the error terms only: every square is exact (at most
   65,025 < 2**24), and a float32 sum of D non-negative terms in any order is at least
   (1 - gamma_{D-1}) times the exact one (Higham 3.1), so the sum times 1 + 4 gamma_D
-  (rounded) is at or above it. A float32 sum over whole rows: the exact int32 sum took
-  0.16-0.18 s of the 50,000 CIFAR-10 rows' build where this takes a few ms (XLA's CPU
-  reduces int32 rows slowly; AMD EPYC, WORKSPACE.md, 2026-12-05)."""
+  (rounded) is at or above it. A float32 sum over whole rows, which XLA's CPU reduces fast,
+  instead of an exact int32 sum (alone 0.16-0.18 s for 50,000 CIFAR-10 rows; inside the
+  index build no change in its time was measurable, AMD EPYC, WORKSPACE.md, 2026-12-05)."""
   return jnp.sum(xf_NxD * xf_NxD, axis=1) * jnp.float32(1 + 4 * _gamma(xf_NxD.shape[1]))
 
 
@@ -1296,8 +1296,8 @@ def _l2_all(q_TxD, pixels, sq_norms):
 def _l2_brute_on_host(queries, index, k, query_tile=None):
   """(exact integer distances, indices) as numpy of int8 queries (centred pixels) by brute
   force over the index's pixels, selected on the host: the k smallest (distance, index),
-  the answer of any exact search. For the few queries that no round certified: 0.08 s
-  for 89 CIFAR-10 queries where ``_brute_force`` took 0.22 s, most of it to prepare the
+  the answer of any exact search. For the few queries that no round certified: 0.16 s
+  for 89 CIFAR-10 queries where ``_brute_force`` took 0.22 s, part of it to prepare the
   database's tiles again (AMD EPYC, WORKSPACE.md, 2026-12-05, evening)."""
   n = index.database.shape[0]
   tile = _query_tile("l2", n, len(queries), second=True)

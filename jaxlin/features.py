@@ -101,16 +101,13 @@ def _layout_fix(shape, ndim: int) -> str:
             "features.extract for HOG and hue together")
   if len(shape) != ndim:
     return ""
-  if shape[-3] == 3 and shape[-1] > 4 or shape[-3] == 3 and shape[-1] == 2:
+  if shape[-3] == 3 and shape[-1] not in (1, 4):  # (the last axis is not 3 here)
     return ("; channels first? pass " + ("x.transpose(0, 2, 3, 1)" if ndim == 4
                                            else "x.transpose(1, 2, 0)"))
   if shape[-1] == 1:
     return "; grayscale images? pass np.repeat(x, 3, axis=-1)"
   if shape[-1] == 4:
     return "; RGBA images? drop the alpha channel: x[..., :3]"
-  if shape[-3] == 3:
-    return ("; channels first? pass " + ("x.transpose(0, 2, 3, 1)" if ndim == 4
-                                           else "x.transpose(1, 2, 0)"))
   return ""
 
 
