@@ -294,7 +294,8 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
   Pixels: integers in [0, 255] (uint8) or floats in [0, 1]; other values (centred or
   scaled rows) are min-max scaled over all the images together. NaN or inf: InputError.
 
-  predicted_labels: (Q,) the class predicted for each query, named under its true one.
+  predicted_labels: (Q,) the class predicted for each query, named under its true one
+    (green where right, red where wrong).
   title: the figure's title (default: what it shows).
   """
   neighbor_labels = _array(neighbor_labels, "neighbor_labels", "(Q, K)", (2,), kind="labels")
@@ -328,7 +329,9 @@ def neighbors(query_images, query_labels, neighbor_images, neighbor_labels,
       query += f"\npredicted: {class_names[predicted_labels[r]]}"
     labels.append([query]
                   + [class_names[neighbor_labels[r][c]] for c in range(k)])
-    colors.append([None] + ["green" if ok else "red" for ok in same])
+    right = None if predicted_labels is None else (  # the query's own label: right or wrong
+        "green" if predicted_labels[r] == query_labels[r] else "red")
+    colors.append([right] + ["green" if ok else "red" for ok in same])
   return _image_grid(ax, images, labels, colors, cell_inches=1.1,
                      title=("test images (left) and their nearest training images"
                             if title is None else title),

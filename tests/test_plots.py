@@ -204,6 +204,10 @@ def test_neighbors_name_the_prediction_and_take_a_title():
   assert fig.texts[0].get_text() == "l1, k=3"  # the title
   texts = [t.get_text() for t in fig.axes[0].texts]
   assert texts[0] == "query: cat\npredicted: frog" and texts[4] == "query: dog\npredicted: dog"
+  # wrong in red, right in green (a row of wrong predictions had read as a broken figure)
+  colours = [t.get_color() for t in fig.axes[0].texts]
+  assert (colours[0], colours[4]) == ("red", "green")
+  assert _neighbors().axes[0].texts[0].get_color() == "black"  # no prediction given
 
 
 def test_grid_greys_nan_cells_picks_readable_text_and_frames_the_chosen_cell():
