@@ -326,15 +326,23 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
                         callback=log)
       jax.block_until_ready(fit.params)
     except DivergenceError as e:
-      raise _divergence_in_flags(e, line_search) from e
+      raise _divergence_in_flags(e, line_search, grid) from e
     finally:
       board.close()
   return fit
 
 
-def _divergence_in_flags(e: DivergenceError, line_search: bool) -> DivergenceError:
+def _divergence_in_flags(e: DivergenceError, line_search: bool, grid=()) -> DivergenceError:
   """The library's divergence error with advice this command line can act on: lbfgs has
-  no learning rate to lower, and at the first step the starting weights may be to blame."""
+  no learning rate to lower, at the first step the starting weights may be to blame, and
+  where a setting's learning rate x reg is 1 or more the penalty alone makes SGD's steps
+  grow (its step multiplies the weights by 1 - 2 lr reg)."""
+  overshoot = max((lr * reg for lr, reg in grid), default=0.0)
+  if not line_search and overshoot >= 1 and e.advice:
+    e = DivergenceError(e.what, advice=f"{e.advice}, or a smaller --reg (learning rate x reg "
+                        f"reaches {overshoot:g}: at 1 or more the penalty alone makes SGD's "
+                        "steps grow)", argument=e.argument, step=e.step,
+                        library_hint=e.library_hint)
   if line_search:
     if e.step == 1:
       return DivergenceError(e.what, advice="try a smaller --init_scale (the loss at the "
