@@ -449,8 +449,9 @@ def _dct_all(x_NxD, params):
   (sums of W C terms), then along H by ``dct_h`` (sums of H terms). The coefficients come
   in the order (W C frequency, H frequency), not (H, W C) (``_dct_params``' "take" maps
   them): the second product then takes the H axis last, as one plain (N W C, H) . (H, H)
-  product, where a product broadcast over the rows ran 1.4x slower in the build (0.56 s
-  against 0.41 s for 50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05, evening).
+  product, where a product broadcast over the rows ran slower (the build's program 0.55 s
+  against 0.66 s, medians, for 50,000 CIFAR-10 rows; AMD EPYC, WORKSPACE.md, 2026-12-05,
+  evening).
   The error bound holds for either order of the stages and of the terms."""
   h, wc = params["dct_h"].shape[0], params["dct_wc"].shape[0]
   n = x_NxD.shape[0]

@@ -71,9 +71,9 @@ def _dtype_fix(x) -> str:
   floating = jnp.issubdtype(x.dtype, jnp.floating)  # bfloat16 too
   if isinstance(x, jax.core.Tracer) or x.size == 0 or not (floating or kind in "iub"):
     return general
-  values = np.asarray(x, np.float64) if floating else np.asarray(x)
   if kind == "b":
     return "a boolean mask? pass x.astype(np.uint8) * 255"
+  values = np.asarray(x, np.float64) if floating else np.asarray(x)
   if not np.all(np.isfinite(values)):
     return "its values must be finite; " + general
   low, high = values.min(), values.max()
