@@ -107,12 +107,16 @@ import numpy as np
 from jaxlin import _checks, distances, knn, sharding, topk
 from jaxlin.errors import InputError
 
-__all__ = ["COMPONENTS", "L1_MAX_FEATURES", "MAX_FEATURES", "METRICS", "Index", "build_index",
-           "checked_image_shape", "int8_speedup", "max_features", "prefer_pruned", "search",
-           "supports"]
+__all__ = ["BOUND_DTYPES", "COMPONENTS", "COMPONENTS_BF16", "L1_MAX_FEATURES", "MAX_FEATURES",
+           "METRICS", "Index", "build_index", "checked_image_shape", "int8_speedup",
+           "max_features", "prefer_pruned", "search", "supports"]
 
 METRICS = ("l1", "l2", "l2_squared")
 COMPONENTS = 224  # default components of the L2 bound (measured: WORKSPACE.md, 2026-12-05, evening)
+# ... where its product is bfloat16 (half the cost per column: a tighter bound pays; 10,000
+# CIFAR-10 queries searched in 1.92 s at 256 against 2.27 s at 224 and 2.04 s at 288,
+# medians of five, AMD EPYC, WORKSPACE.md, 2026-12-05, night)
+COMPONENTS_BF16 = 256
 MAX_FEATURES = (topk.INT_WORST - 1) // 255 ** 2  # squared distances of uint8 rows below 2**30
 L1_MAX_FEATURES = (topk.INT_WORST - 1) // 255  # L1: distances of uint8 rows below 2**30
 _U = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
@@ -158,8 +162,9 @@ class Index(NamedTuple):
     sq_norms: (N,) int32 |row|^2 of the int8 rows (L2), zeros for L1.
     bound_rows: (M, G, L1_TILE) uint8 quantized pooled sums, feature-major tiles of
       database rows padded with zero rows (L1), or (N', m + 3) float32 rows (z, rho,
-      |z|^2 + rho^2, 1) (L2, ``_l2_bound_rows``; N' = N rounded up to whole groups of
-      GROUP rows, with padding rows whose bound is above every real row's).
+      |z|^2 + rho^2, 1) or (N', m + 8) bfloat16 rows (L2, ``_l2_layout``,
+      ``_l2_bound_rows``; N' = N rounded up to whole groups of GROUP rows, with padding
+      rows whose bound is above every real row's).
     params: dict of arrays: for L2 the bound of a query (see ``_l2_rows``); for L1
       "coarse_table" and "fine_table" (``_pool_table``) and "fine_rows", (N, W) the
       exact fine sums (int16 where they fit; W: G2 padded to whole lanes).
@@ -181,7 +186,8 @@ class Index(NamedTuple):
   def __repr__(self) -> str:  # a notebook shows the index, not every array in it
     n, d = self.database.shape
     basis = ("" if self.metric == "l1" else
-             ", basis='dct'" if "dct_h" in self.params else ", basis='pca'")
+             (", basis='dct'" if "dct_h" in self.params else ", basis='pca'")
+             + f", bound_dtype={str(self.bound_rows.dtype)!r}")
     return f"Index(metric={self.metric!r}, rows={n}, features={d}, dtype={self.dtype!r}{basis})"
 
 
@@ -583,34 +589,108 @@ GROUP = 16  # database rows per group: the first selection picks groups by their
 _PAD_BOUND = 1e30  # the bound of a padding row: above every real one
 
 
-def _l2_augmented(z, zsq, rho):
-  """(N, m + 2) float32 rows (z, rho, |z|^2 + rho^2) (``_l2_bound_rows`` adds a column of
-  ones)."""
-  return jnp.concatenate([z, rho[:, None], (zsq + rho * rho)[:, None]], axis=1)
+BOUND_DTYPES = ("float32", "bfloat16")  # the L2 bound's product (``build_index``)
 
 
-def _l2_query_rows(q_TxD, params):
-  """(ux (T, m + 3), a (T,), err (T,)) of queries: ux = (-2 z_x, -2 rho_x, 1, |z_x|^2 +
-  rho_x^2), so that one product with every ``_l2_bound_rows`` row (z, rho, |z|^2 + rho^2, 1)
-  gives b^ = |u_x|^2 + |u_y|^2 - 2 u_x . u_y, the computed |u^_x - u^_y|^2 (``_l2_rows``
-  gives a and err)."""
-  z, zsq, rho, a, err = _l2_rows(q_TxD, params)
-  ones = jnp.ones_like(rho)[:, None]
-  ux = jnp.concatenate([-2.0 * z, -2.0 * rho[:, None], ones, (zsq + rho * rho)[:, None]],
-                       axis=1)
-  return ux, a, err
+def _bound_dtype(choice) -> str:
+  """``build_index``'s bound_dtype: None -> "bfloat16" where the default device is a CPU
+  with bfloat16 dot-product instructions (``distances.cpu_has_bf16``; the product ran 1.85x
+  faster: 8.8 ms against 16.3 ms per tile of 128 queries by 50,000 rows, AMD EPYC, Zen 4,
+  WORKSPACE.md, 2026-12-05, night), else "float32"."""
+  if choice is None:
+    cpu = jax.default_backend() == "cpu"
+    return "bfloat16" if cpu and distances.cpu_has_bf16() else "float32"
+  try:
+    name = str(jnp.dtype(choice))  # a name, or a dtype such as jnp.bfloat16
+  except (TypeError, ValueError):
+    name = None
+  if name not in BOUND_DTYPES or isinstance(choice, (bool, int, float)):
+    raise InputError(f"bound_dtype must be one of {', '.join(BOUND_DTYPES)} (or their jnp "
+                     f"dtypes) or None, got {choice!r}", argument="bound_dtype")
+  return name
+
+
+def _bf16_values(x):
+  """float32 x rounded to bfloat16's precision (to nearest), still float32: an explicit
+  ``reduce_precision``, which XLA keeps (a float32 -> bfloat16 -> float32 round trip of
+  converts may be dropped as excess precision)."""
+  return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+
+
+def _l2_layout(z, zsq, rho, a, err, *, dtype: str, query: bool):
+  """(rows (N, W) float32, a', err') of one side of the bound's product (its values exact
+  in ``dtype``: the caller converts them, outside any loop, where a bfloat16 output of the
+  index build's map cost 0.1 s of 0.46 s for 50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md,
+  2026-12-05, night), whose
+  product of a query row with a database row is b^, the computed |u_x - u_y|^2
+  (``_l2_certified_bound``), u = (z, rho):
+
+  * float32 (W = m + 3): queries (-2 z, -2 rho, 1, |z|^2 + rho^2), database rows (z, rho,
+    |z|^2 + rho^2, 1); a' = a, err' = err.
+  * bfloat16 (W = m + 8): u~ = u rounded to bfloat16, and its squared norm s = fl32(|u~|^2)
+    split into three bfloat16 parts s1 + s2 + s3 (each the rounding of what the parts before
+    it leave: s1 + s2 + s3 = s to within 2**-24 s, counted as one rounding more). Queries (-2 u~, 1, 1,
+    1, s1, s2, s3, 0), database rows (u~, s1, s2, s3, 1, 1, 1, 0). The products of
+    bfloat16 pairs are exact in float32 and XLA's CPU sums them in float32 (so
+    ``_l2_certified_bound``'s count of roundings holds: at most 2 m + 8 per term); the
+    bound then holds for u~, and since |u - u~| <= delta (computed: the differences are
+    exact, the norm's rounding is covered by the factor), err' = err + delta and
+    a' = a + delta.
+  """
+  u = jnp.concatenate([z, rho[:, None]], axis=1)
+  if dtype == "float32":
+    norm = (zsq + rho * rho)[:, None]
+    ones = jnp.ones_like(norm)
+    row = [-2.0 * u, ones, norm] if query else [u, norm, ones]
+    return jnp.concatenate(row, axis=1), a, err
+  ut = _bf16_values(u)
+  w = u.shape[1]
+  delta = jnp.sqrt(jnp.sum((u - ut) ** 2, axis=1)) * (1 + 2 * _gamma(w + 2)) + 1e-3
+  s = jnp.sum(ut * ut, axis=1)
+  s1 = _bf16_values(s)
+  r = s - s1  # exact, as is r - s2: each holds at most 16 significant bits of s
+  s2 = _bf16_values(r)
+  s3 = _bf16_values(r - s2)
+  parts = jnp.stack([s1, s2, s3], axis=1)
+  ones, zero = jnp.ones_like(parts), jnp.zeros_like(s)[:, None]
+  row = [-2.0 * ut, ones, parts, zero] if query else [ut, parts, ones, zero]
+  return jnp.concatenate(row, axis=1), a + delta, err + delta
+
+
+def _bound_components(rows) -> int:
+  """m, the components of the bound whose database rows (``_l2_layout``) these are."""
+  return rows.shape[1] - (8 if rows.dtype == jnp.bfloat16 else 3)
+
+
+def _bound_product(ux, rows):
+  """(T, N) float32 b^: the query rows' product with the database rows (``_l2_layout``):
+  float32 at HIGHEST precision, or bfloat16 pairs summed in float32."""
+  if rows.dtype == jnp.bfloat16:
+    return jax.lax.dot_general(ux, rows, (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+  return jnp.matmul(ux, rows.T, precision=_HIGHEST)
+
+
+def _l2_query_rows(q_TxD, params, dtype: str = "float32"):
+  """(ux (T, W), a (T,), err (T,)) of queries (``_l2_layout``; ``_l2_rows`` gives a and
+  err)."""
+  ux, a, err = _l2_layout(*_l2_rows(q_TxD, params), dtype=dtype, query=True)
+  return ux.astype(dtype), a, err
 
 
 def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
 
   b^ = fl(ux . row), the product of ``_l2_query_rows`` with ``_l2_bound_rows``: every term
-  passes through at most 2 m + 3 roundings (a norm's term: its square, its sum and the
-  + rho^2, m + 1; a cross term: its product, 1; then the sum of the m + 3 terms, m + 2;
-  the product with 1 is exact), within the 2 m + 6 counted below, so with
-  a = |z| + rho >= |u|,
-  |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 in any order of summation
-  (Higham 3.1). For such a row y (a_y <= a_max, err_y <= err_max): |x - y| >= |u_x - u_y|
+  passes through at most 2 m + 7 roundings (float32 rows: a norm's term: its square, its
+  sum and the + rho^2, m + 1; a cross term: its product, 1; then the sum of the m + 3
+  terms, m + 2; the product with 1 is exact. bfloat16 rows: a norm's term: its sum, m, its
+  split, 1; every product exact; the sum of the m + 8 terms, m + 7), within the 2 m + 8
+  counted below, so with a = |z| + rho >= |u| (a', err' of ``_l2_layout`` for bfloat16),
+  |b^ - |u^_x - u^_y|^2| <= e_b = gamma_{2m+8} (a_x + a_y)^2 (1 + 1e-2) in any order of
+  summation (Higham 3.1; the 1e-2 covers the norm's three parts, whose magnitudes sum to
+  at most (1 + 2**-8) of it, and the norms' own roundings). For such a row y (a_y <= a_max,
+  err_y <= err_max): |x - y| >= |u_x - u_y|
   >= |u^_x - u^_y| - err_x - err_y (triangle inequality in R^{m+1}, ``_l2_rows``), so
   |x - y|^2 >= L = (sqrt(b^ - e_b) - err_x - err_max)_+^2, increasing in b^. In float32
   the root and the subtractions err by at most 3 u (sqrt(b^) + err_x + err_max), taken off
@@ -618,7 +698,7 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   the factor (1 - 1e-5) and the -1; the squared distance is an integer, so it is at least
   ceil(L).
   """
-  e_b = _gamma(2 * m + 8) * (1 + 1e-3) * (a_x + a_max) ** 2
+  e_b = _gamma(2 * m + 8) * (1 + 1e-2) * (a_x + a_max) ** 2
   root = jnp.sqrt(jnp.maximum(b_hat - e_b, 0.0))
   # The square root and the two subtractions err by at most 3 u (root + err_x + err_max)
   # in all, even when the subtractions cancel: 4 u of it is taken off.
@@ -632,7 +712,8 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
 # Index.
 # --------------------------------------------------------------------------
 def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int = 4,
-                components: int | None = None, sample: int = 5000, seed: int = 0) -> Index:
+                components: int | None = None, sample: int = 5000, seed: int = 0,
+                bound_dtype: str | None = None) -> Index:
   """The bounds of every database row, computed once.
 
   Args:
@@ -647,7 +728,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       its fine level takes p / 2 blocks (at least 1); blocks larger than the
       image act as the image's size. Unused for L2.
     components: m, the components of the L2 bound, 1 <= m <= D (default
-      min(COMPONENTS, D)): the m DCT coefficients of largest variance over the
+      min(COMPONENTS, D), with a bfloat16 bound min(COMPONENTS_BF16, D)): the m DCT coefficients of largest variance over the
       sample rows (images), else the top m principal components. Unused for
       L1, as are sample and seed.
     sample: rows used to order the DCT coefficients or estimate the components
@@ -655,13 +736,18 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       evenly spaced; all of them set the centre).
     seed: for the random start of the component estimate (unused where the
       DCT serves).
+    bound_dtype: "float32" or "bfloat16", the L2 bound's product (the same
+      answers: the rounding to bfloat16 is measured and taken off the bound,
+      which comes out slightly looser); None: bfloat16 on CPUs with bfloat16
+      dot-product instructions, where it runs about twice as fast, float32
+      elsewhere. Unused for L1.
 
   Returns:
     an ``Index``.
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
-    image_shape.
+    image_shape or bound_dtype.
   """
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
@@ -697,8 +783,9 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
               "fine_rows": fine_rows}
     return Index("l1", db, jnp.zeros((n,), jnp.int32), tiles, params, groups,
                  str(db.dtype), fine, {})
-  m = min(COMPONENTS, d) if components is None else _checks.concrete_int(components,
-                                                                         "components")
+  bound_dtype = _bound_dtype(bound_dtype)
+  default = COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS
+  m = min(default, d) if components is None else _checks.concrete_int(components, "components")
   if not 1 <= m <= d:
     raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   sample = _checks.int_at_least(sample, "sample", 1)
@@ -717,7 +804,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   rows, a_max, err_max, pixels, sq_norms = _l2_build(
       jax.device_put(host), params, block=min(_BUILD_BLOCK, n),
-      norms_by_products=distances.cpu_has_amx())
+      norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
 
@@ -728,12 +815,13 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 _BUILD_BLOCK = 512
 
 
-@functools.partial(jax.jit, static_argnames=("block", "norms_by_products"))
-def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False):
-  """(``_l2_bound_rows`` rows, a_max, err_max (the largest a and err of the real rows),
-  int8 pixels (``distances.centred_pixels``), their exact int32 squared norms) of every
-  row: one program, whose map over blocks of ``block`` rows (the last one padded) keeps
-  the projections' memory bounded; the norms by int8 products where
+@functools.partial(jax.jit, static_argnames=("block", "norms_by_products", "dtype"))
+def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False,
+              dtype: str = "float32"):
+  """(``_l2_bound_rows`` rows of ``dtype``, a_max, err_max (the largest a' and err' of the
+  real rows, ``_l2_layout``), int8 pixels (``distances.centred_pixels``), their exact int32
+  squared norms) of every row: one program, whose map over blocks of ``block`` rows (the
+  last one padded) keeps the projections' memory bounded; the norms by int8 products where
   ``norms_by_products`` (CPUs with AMX, as brute force's). One program, not one per block
   and a concatenation of their outputs: its compilation and run took 1.0 s against 1.3 s
   for 50,000 CIFAR-10 rows in a fresh process (Intel Xeon, WORKSPACE.md, 2026-12-05,
@@ -743,12 +831,11 @@ def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False):
   blocks = jnp.pad(x_NxD, ((0, (-n) % block), (0, 0))).reshape(-1, block, d)
 
   def one(x_BxD):
-    z, zsq, rho, a, err = _l2_rows(x_BxD, params)
-    return _l2_augmented(z, zsq, rho), a, err
-  aug, a, err = jax.lax.map(one, blocks)
-  aug = aug.reshape(-1, aug.shape[-1])[:n]
+    return _l2_layout(*_l2_rows(x_BxD, params), dtype=dtype, query=False)
+  rows, a, err = jax.lax.map(one, blocks)
+  rows = rows.reshape(-1, rows.shape[-1])[:n].astype(dtype)
   pixels = distances.centred_pixels(x_NxD)
-  return (_l2_bound_rows(aug), jnp.max(a.reshape(-1)[:n]), jnp.max(err.reshape(-1)[:n]),
+  return (_l2_bound_rows(rows), jnp.max(a.reshape(-1)[:n]), jnp.max(err.reshape(-1)[:n]),
           pixels, distances.int_squared_norms(pixels, by_products=norms_by_products))
 
 
@@ -759,14 +846,20 @@ def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 @jax.jit
-def _l2_bound_rows(aug_NxW):
-  """(N', m + 3) float32 rows (z, rho, |z|^2 + rho^2, 1), N' = N rounded up to whole
-  groups of ``GROUP`` rows; the padding rows have bound ``_PAD_BOUND`` (zero projection,
-  |u|^2 = _PAD_BOUND: never below a real row)."""
-  n, w = aug_NxW.shape
-  padding = jnp.zeros(((-n) % GROUP, w), jnp.float32).at[:, -1].set(_PAD_BOUND)
-  rows = jnp.concatenate([aug_NxW, padding])
-  return jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), jnp.float32)], axis=1)
+def _l2_bound_rows(rows_NxW):
+  """``_l2_layout``'s database rows padded to N' = N rounded up to whole groups of
+  ``GROUP`` rows; the padding rows have bound ``_PAD_BOUND`` (zero projection, norm
+  _PAD_BOUND, the ones of the layout: never below a real row)."""
+  n, w = rows_NxW.shape
+  bf16 = rows_NxW.dtype == jnp.bfloat16
+  m = w - (8 if bf16 else 3)
+  pad = np.zeros(((-n) % GROUP, w), np.float32)
+  pad[:, m + 1] = _PAD_BOUND
+  if bf16:
+    pad[:, m + 4:m + 7] = 1.0
+  else:
+    pad[:, m + 2] = 1.0
+  return jnp.concatenate([rows_NxW, jnp.asarray(pad, rows_NxW.dtype)])
 
 
 # --------------------------------------------------------------------------
@@ -1145,8 +1238,8 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
   Needs c + 1 <= g * GROUP and g + 1 <= the number of groups.
   """
   t = q_TxD.shape[0]
-  ux, a, err = _l2_query_rows(q_TxD, params)
-  s = jnp.matmul(ux, rows.T, precision=_HIGHEST).reshape(t, -1, GROUP)
+  ux, a, err = _l2_query_rows(q_TxD, params, str(rows.dtype))
+  s = _bound_product(ux, rows).reshape(t, -1, GROUP)
   neg, grp = _top_k(-jnp.min(s, axis=2), g + 1)
   g_left, grp = -neg[:, g], grp[:, :g]
   vals = jnp.take_along_axis(s, grp[:, :, None], axis=1).reshape(t, g * GROUP)
@@ -1154,7 +1247,7 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
   cand = (grp[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(t, g * GROUP)
   cand = jnp.take_along_axis(cand, pos[:, :c], axis=1)
   return _l2_finish(q_TxD, cand, jnp.minimum(g_left, -neg[:, c]), a, err, pixels, sq_norms,
-                    params, k=k, m=rows.shape[1] - 3)
+                    params, k=k, m=_bound_components(rows))
 
 
 @jax.jit
@@ -1163,8 +1256,8 @@ def _l2_bounds(q_TxD, rows, params):
   b^'s bits as int32 keys (``_host_candidates``: a view, where a bit cast in the program
   copied the (T, N') bounds, 5-8 ms of a 14 ms product per tile on an AMD EPYC,
   WORKSPACE.md, 2026-12-05)."""
-  ux, a, err = _l2_query_rows(q_TxD, params)
-  return jnp.matmul(ux, rows.T, precision=_HIGHEST), a, err
+  ux, a, err = _l2_query_rows(q_TxD, params, str(rows.dtype))
+  return _bound_product(ux, rows), a, err
 
 
 # Steps 2 and 3 after the host's selection (``_host_candidates``).
@@ -1245,7 +1338,7 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
   q_total = queries.shape[0]
   n, rows = index.database.shape[0], index.bound_rows
   common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k,
-            "params": index.params, "m": rows.shape[1] - 3}
+            "params": index.params, "m": _bound_components(rows)}
   cut = _stage_cut(k, c) if staged and _host_selects(index) else None
   later = []  # with stages: each tile's (rest of the candidates, (c + 1)-th bound, a, err)
   if _host_selects(index):

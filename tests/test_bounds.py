@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlin import bounds, knn, selection, sharding
+from jaxlin import bounds, distances, knn, selection, sharding
 from jaxlin.errors import InputError
 
 SHAPE = (8, 8, 3)
@@ -49,11 +49,15 @@ def assert_same_as_brute(q, db, k, metric, result):
   return stats
 
 
-@pytest.mark.parametrize("host", [True, False])  # candidates picked on the host, on the device
-def test_adversarial_data_same_as_brute_force_at_every_level(monkeypatch, host):
+# Candidates picked on the host, on the device; the bound's product in either dtype.
+@pytest.mark.parametrize("host, dtype", [(True, "float32"), (True, "bfloat16"),
+                                         (False, "float32"), (False, "bfloat16")])
+def test_adversarial_data_same_as_brute_force_at_every_level(monkeypatch, host, dtype):
   monkeypatch.setattr(bounds, "_host_selects", lambda index: host)
   q, db = adversarial()  # l2_squared: below
-  index = bounds.build_index(db, metric="l2", image_shape=SHAPE, pool=2, components=12)
+  index = bounds.build_index(db, metric="l2", image_shape=SHAPE, pool=2, components=12,
+                             bound_dtype=dtype)
+  assert index.bound_rows.dtype == dtype
   seen = {"first_round": 0, "second_round": 0, "brute_force": 0}
   for k, c, c2 in ((1, 8, 24), (12, 12, 0)):
     stats = assert_same_as_brute(q, db, k, "l2",
@@ -199,18 +203,20 @@ def test_int8_rows_and_defaults_fall_back_on_small_databases():
   assert stats["brute_force"] == 5  # 256 candidates > 40 rows: brute force directly
 
 
+@pytest.mark.parametrize("dtype", bounds.BOUND_DTYPES)
 @pytest.mark.parametrize("image_shape", [None, SHAPE])  # principal components, the DCT
-def test_l2_certified_bound_never_exceeds_the_distance(image_shape):
+def test_l2_certified_bound_never_exceeds_the_distance(image_shape, dtype):
   rng = np.random.default_rng(3)
   db = np.concatenate([smooth_images(rng, 100), checkerboards(rng, 50),
                        rng.integers(0, 256, (50, D), dtype=np.uint8),
                        np.zeros((1, D), np.uint8), np.full((1, D), 255, np.uint8)])
   q = jnp.asarray(np.concatenate([db[::7], 255 - db[:20]]))
-  index = bounds.build_index(db, metric="l2", components=16, image_shape=image_shape)
+  index = bounds.build_index(db, metric="l2", components=16, image_shape=image_shape,
+                             bound_dtype=dtype)
   assert ("dct_h" in index.params) == (image_shape is not None)
   p = index.params
-  ux, a, err = bounds._l2_query_rows(q, p)
-  b = np.asarray(jnp.matmul(ux, index.bound_rows[:len(db)].T, precision="highest"))
+  ux, a, err = bounds._l2_query_rows(q, p, str(index.bound_rows.dtype))
+  b = np.asarray(bounds._bound_product(ux, index.bound_rows[:len(db)]))
   low = np.asarray(bounds._l2_certified_bound(jnp.asarray(b), a[:, None], err[:, None],
                                               p["a_max"], p["err_max"], 16))
   true = ((np.asarray(q, np.int64)[:, None] - db[None].astype(np.int64)) ** 2).sum(-1)
@@ -224,7 +230,7 @@ def test_l2_certified_bound_takes_off_every_margin():
   assert bound(100.0, 10.0, 0.0, 10.0, 0.0) == 99  # (1 - 1e-5) and -1 off 100
   assert bound(100.0, 10.0, 1.0, 10.0, 1.0) == 63  # (10 - 1 - 1)^2 = 64, less the same
   assert bound(1e4, 1.0, 0.0, 1.0, 0.0) == 9999
-  assert bound(1e4, 1e4, 0.0, 1e4, 0.0) == 9713  # the product's rounding: gamma_12 (2e4)^2
+  assert bound(1e4, 1e4, 0.0, 1e4, 0.0) == 9710  # the rounding: 1.01 gamma_12 (2e4)^2 = 289
 
 
 def _orthonormal_basis(rng, m, d):
@@ -249,25 +255,31 @@ def test_l2_row_errors_cover_the_computed_projection(stretch):
     assert err.max() < 1e-4 * np.linalg.norm(xc, axis=1).max()
 
 
+@pytest.mark.parametrize("dtype", bounds.BOUND_DTYPES)
 @pytest.mark.parametrize("image_shape", [None, SHAPE])
-def test_l2_bound_is_exact_where_residuals_are_parallel(image_shape):
+def test_l2_bound_is_exact_where_residuals_are_parallel(image_shape, dtype):
   # y - c = 2 (x - c): the residuals are parallel, the bound meets the distance, and any
   # error the margins do not cover (a residual norm 1 % large, say) would exceed it.
   rng = np.random.default_rng(8)
   db = rng.integers(0, 256, (300, D), dtype=np.uint8)
-  index = bounds.build_index(db, metric="l2", components=2, image_shape=image_shape)
+  index = bounds.build_index(db, metric="l2", components=2, image_shape=image_shape,
+                             bound_dtype=dtype)
   p = index.params
   c = np.asarray(p["centre"]).astype(np.int64)
   dx = rng.integers(-50, 51, (50, D))
   assert np.all((c + 2 * dx >= 0) & (c + 2 * dx <= 255))  # no wrap in uint8
   x, y = (c + dx).astype(np.uint8), (c + 2 * dx).astype(np.uint8)
-  ux, a_x, err_x = bounds._l2_query_rows(jnp.asarray(x), p)
-  z, zsq, rho, a_y, err_y = bounds._l2_rows(jnp.asarray(y), p)
-  b = jnp.sum(ux * bounds._l2_bound_rows(bounds._l2_augmented(z, zsq, rho))[:len(y)], axis=1)
+  ux, a_x, err_x = bounds._l2_query_rows(jnp.asarray(x), p, dtype)
+  rows, a_y, err_y = bounds._l2_layout(*bounds._l2_rows(jnp.asarray(y), p), dtype=dtype,
+                                       query=False)
+  # The layout's values are exact in its dtype (the caller converts them).
+  np.testing.assert_array_equal(rows, rows.astype(dtype).astype(jnp.float32))
+  b = jnp.sum(ux.astype(jnp.float32) * rows, axis=1)
   low = np.asarray(bounds._l2_certified_bound(b, a_x, err_x, a_y, err_y, 2)).astype(np.int64)
   true = ((x.astype(np.int64) - y) ** 2).sum(1)
   assert np.all(low <= true)
-  assert np.all(low >= 0.99 * true)  # tight: so a bound too large by 1 % shows
+  # Tight: so a bound too large by 1 % shows (bfloat16: within its measured rounding).
+  assert np.all(low >= (0.99 if dtype == "float32" else 0.98) * true)
 
 
 def test_dct_matrix_is_the_orthonormal_dct():
@@ -378,7 +390,8 @@ BAD_SEARCH = [("candidates", 10.5), ("candidates", "a"), ("candidates", -5),
               ("query_tile", 2.5), ("callback", 3),
               ("callback", lambda: None)]
 BAD_BUILD = [("sample", 0), ("sample", 2.5), ("seed", 1.5), ("seed", 2 ** 70), ("pool", 0),
-             ("components", 0),
+             ("components", 0), ("bound_dtype", "float16"), ("bound_dtype", "int8"),
+             ("bound_dtype", 3),
              ("image_shape", (8, 8)), ("image_shape", (8, 8, 2)), ("image_shape", (8, -8, -3)),
              ("image_shape", 5)]
 
@@ -581,9 +594,10 @@ def test_padding_rows_never_become_neighbours(monkeypatch, host):
   db[:16] = 255
   db[39] = 0
   q = np.zeros((2, 16), np.uint8)
-  index = bounds.build_index(db, metric="l2", components=4)
-  assert_same_as_brute(q, db, 3, "l2",
-                       bounds.search(q, index, 3, candidates=31, second_candidates=0))
+  for dtype in bounds.BOUND_DTYPES:
+    index = bounds.build_index(db, metric="l2", components=4, bound_dtype=dtype)
+    assert_same_as_brute(q, db, 3, "l2",
+                         bounds.search(q, index, 3, candidates=31, second_candidates=0))
   # Through knn.search: fewer features than the default components, and k = 21 with 180
   # rows (the last group again partly padding).
   db = rng.integers(0, 10, (180, 16)).astype(np.uint8)
@@ -605,7 +619,8 @@ def test_database_sizes_around_groups(monkeypatch, n, k, c):
   db = np.concatenate([smooth_images(rng, n - n // 3), smooth_images(rng, 1).repeat(n // 3, 0)])
   q = np.concatenate([smooth_images(rng, 6), db[-2:]])
   metric = "l2_squared" if n % 2 else "l2"
-  index = bounds.build_index(db, metric=metric, components=6)
+  index = bounds.build_index(db, metric=metric, components=6,
+                             bound_dtype=bounds.BOUND_DTYPES[n // 17 % 2])  # either, by size
   assert_same_as_brute(q, db, k, metric, bounds.search(q, index, k, candidates=c))
 
 
@@ -655,11 +670,33 @@ def test_l1_cascade_past_the_l2_feature_limit_same_as_brute_force():
   assert stats["first_round"] == len(q) and stats["exact_rows"] > 0  # the levels, not brute
 
 
+def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch, tmp_path):
+  flags = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile"
+  for text, want in ((f"processor\t: 0\nflags\t\t: {flags}\n", True),
+                     (f"flags\t\t: {flags.replace(' avx512_bf16', '')}\n", False),
+                     (f"flags\t\t: {flags.replace(' avx512_bf16', ' amx_bf16')}\n", True),
+                     ("processor\t: 0\nvendor_id\t: AuthenticAMD\n", False)):
+    path = tmp_path / f"cpuinfo{len(text)}"
+    path.write_text(text)
+    assert distances.cpu_has_bf16(str(path)) is want
+  assert distances.cpu_has_bf16(str(tmp_path / "missing")) is False
+  db = smooth_images(np.random.default_rng(1), 40)
+  for has, want in ((True, jnp.bfloat16), (False, jnp.float32)):
+    monkeypatch.setattr(distances, "cpu_has_bf16", lambda has=has: has)
+    index = bounds.build_index(db, metric="l2", components=6)
+    assert index.bound_rows.shape == (48, 6 + (8 if has else 3))
+    assert index.bound_rows.dtype == want
+  assert bounds.build_index(db, bound_dtype=jnp.float32).bound_rows.dtype == jnp.float32
+
+
 def test_an_index_prints_briefly_and_flags_are_booleans():
   db = np.random.default_rng(15).integers(0, 256, (30, D), dtype=np.uint8)
-  assert repr(bounds.build_index(db, metric="l2", image_shape=SHAPE)) == (
-      "Index(metric='l2', rows=30, features=192, dtype='uint8', basis='dct')")
-  assert repr(bounds.build_index(db, metric="l2_squared")).endswith("basis='pca')")
+  assert repr(bounds.build_index(db, metric="l2", image_shape=SHAPE,
+                                  bound_dtype="bfloat16")) == (
+      "Index(metric='l2', rows=30, features=192, dtype='uint8', basis='dct', "
+      "bound_dtype='bfloat16')")
+  assert repr(bounds.build_index(db, metric="l2_squared", bound_dtype="float32")).endswith(
+      "basis='pca', bound_dtype='float32')")
   assert repr(bounds.build_index(db, metric="l1")) == (
       "Index(metric='l1', rows=30, features=192, dtype='uint8')")
   with pytest.raises(InputError, match="return_stats must be True or False") as err:
