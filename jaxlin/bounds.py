@@ -728,9 +728,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       its fine level takes p / 2 blocks (at least 1); blocks larger than the
       image act as the image's size. Unused for L2.
     components: m, the components of the L2 bound, 1 <= m <= D (default
-      min(COMPONENTS, D), with a bfloat16 bound min(COMPONENTS_BF16, D)): the m DCT coefficients of largest variance over the
-      sample rows (images), else the top m principal components. Unused for
-      L1, as are sample and seed.
+      min(COMPONENTS, D), with a bfloat16 bound min(COMPONENTS_BF16, D)): the
+      m DCT coefficients of largest variance over the sample rows (images),
+      else the top m principal components. Unused for L1, as are sample, seed
+      and bound_dtype.
     sample: rows used to order the DCT coefficients or estimate the components
       (any choice gives a valid bound; the DCT orders by at most 1,000 of them,
       evenly spaced; all of them set the centre).
@@ -740,7 +741,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       answers: the rounding to bfloat16 is measured and taken off the bound,
       which comes out slightly looser); None: bfloat16 on CPUs with bfloat16
       dot-product instructions, where it runs about twice as fast, float32
-      elsewhere. Unused for L1.
+      elsewhere.
 
   Returns:
     an ``Index``.
