@@ -629,8 +629,8 @@ def _l2_layout(z, zsq, rho, a, err, *, dtype: str, query: bool):
     |z|^2 + rho^2, 1); a' = a, err' = err.
   * bfloat16 (W = m + 8): u~ = u rounded to bfloat16, and its squared norm s = fl32(|u~|^2)
     split into three bfloat16 parts s1 + s2 + s3 (each the rounding of what the parts before
-    it leave: s1 + s2 + s3 = s to within 2**-24 s, counted as one rounding more). Queries (-2 u~, 1, 1,
-    1, s1, s2, s3, 0), database rows (u~, s1, s2, s3, 1, 1, 1, 0). The products of
+    it leave: s1 + s2 + s3 = s to within 2**-24 s, counted as one rounding more). Queries
+    (-2 u~, 1, 1, 1, s1, s2, s3, 0), database rows (u~, s1, s2, s3, 1, 1, 1, 0). The products of
     bfloat16 pairs are exact in float32 and XLA's CPU sums them in float32 (so
     ``_l2_certified_bound``'s count of roundings holds: at most 2 m + 8 per term); the
     bound then holds for u~, and since |u - u~| <= delta (computed: the differences are
