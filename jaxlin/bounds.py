@@ -1203,14 +1203,21 @@ def _l2_exact(q_TxD, cand_TxC, pixels, sq_norms, block: int):
 
 
 def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: int, m: int,
-               prev=None):
+               prev=None, rest_b=None):
   """Steps 2 and 3 of a round: exact int8 distances of the candidates (``cand_TxC``), and
   the certificate against ``left_T``, at most b^ of every row left out, made a certified
   integer bound (``_l2_certified_bound``; a ``left_T`` below 0 certifies nothing: its
   bound is 0, and no squared distance is below 0). ``prev``: (d (T, k), idx (T, k)), the k
   best of the query's earlier candidates (the first stage of a round), merged with these:
   the k best of the union of two sets of rows are the k best of one's k best and the
-  other."""
+  other.
+
+  ``rest_b`` (T, R): b^ of the round's later candidates (the second stage's, in increasing
+  order). Then a fourth output (T,) int32 counts those whose certified bound is at most
+  the k-th distance found here: the others lie strictly farther than it, and than the k-th
+  of any larger set of candidates, so they are neither among the k nearest nor tied with
+  the k-th, and the second stage refines only that first count of them (the bound grows
+  with b^: they are a prefix)."""
   low = _l2_certified_bound(left_T, a, err, params["a_max"], params["err_max"], m)
   block = 8 if q_TxD.shape[0] % 8 == 0 else 1
   d = _l2_exact(distances.centred_pixels(q_TxD), cand_TxC, pixels, sq_norms, block)
@@ -1221,7 +1228,12 @@ def _l2_finish(q_TxD, cand_TxC, left_T, a, err, pixels, sq_norms, params, *, k: 
   if prev is not None:
     d, cand_TxC = jnp.concatenate([prev[0], d], axis=1), jnp.concatenate([prev[1], cand_TxC],
                                                                          axis=1)
-  return _certified(d, cand_TxC, low, k)
+  out = _certified(d, cand_TxC, low, k)
+  if rest_b is None:
+    return out
+  low_rest = _l2_certified_bound(rest_b, a[:, None], err[:, None], params["a_max"],
+                                 params["err_max"], m)
+  return out + (jnp.sum(low_rest <= out[0][:, k - 1:k], axis=1, dtype=jnp.int32),)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "g", "c"))
@@ -1318,12 +1330,13 @@ def _host_candidates(b_TxN, c: int, cut: int | None = None):
 
 
 def _stage_cut(k: int, c: int) -> int | None:
-  """The candidates of a host round's first stage: 2 c / 5 (at least k), or None (no
-  stage) where that is not below c. On 3,000 CIFAR-10 test images (k = 10, m = 192) the
-  first 64 candidates certified 57 % of the queries and the first 160 93 %: 64, then the
-  other 96 for the rest, refine 105 rows per query on average instead of 160
-  (WORKSPACE.md, 2026-12-05, evening)."""
-  cut = max(k, 2 * c // 5)
+  """The candidates of a host round's first stage: 3 c / 10 (at least k), or None (no
+  stage) where that is not below c. With a bfloat16 bound of 256 components on CIFAR-10
+  (k = 10, c = 160), 48 candidates settled 55 % of the queries and 64 74 %; the queries left
+  needed 32-33 of the other candidates on average (median 22-25). 10,000 queries took
+  1.80 s with 48 against 1.85 s with 64 and 1.94 s with 64 before the second stage skipped
+  candidates (medians of five, AMD EPYC, WORKSPACE.md, 2026-12-05, night)."""
+  cut = max(k, 3 * c // 10)
   return cut if cut < c else None
 
 
@@ -1331,11 +1344,13 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
   """An L2 round over all ``queries`` in tiles: (d, idx, certified) numpy arrays.
 
   ``staged`` (host selection only): the first ``_stage_cut`` candidates of every query,
-  certified against the bound after them; then the rest of the c candidates of the
-  queries left, in tiles of their own, merged with their first k best and certified
-  against the (c + 1)-th bound, as one round of c would certify them (the same answer:
-  the k best of the c candidates by (distance, index)). Its bounds and its selection are
-  computed once."""
+  certified against the bound after them; then, for the queries left, the rest of the c
+  candidates whose certified bound is at most the first stage's k-th distance (a prefix
+  of them: ``_l2_finish``'s count, padded to one of ``_later_widths``), in tiles of their
+  own, merged with their first k best and certified against the (c + 1)-th bound, as one
+  round of c would certify them (the same answer: the k best of the c candidates by
+  (distance, index); the rest left out are farther than the k-th). Its bounds and its
+  selection are computed once."""
   q_total = queries.shape[0]
   n, rows = index.database.shape[0], index.bound_rows
   common = {"pixels": index.database, "sq_norms": index.sq_norms, "k": k,
@@ -1351,8 +1366,10 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
       if cut is None:
         return _l2_settle(q, *_host_candidates(b, c), a, err, **common)
       cand, left_cut, left = _host_candidates(b, c, cut)
-      later.append((cand[:, cut:], left, a, err))
-      return _l2_settle(q, cand[:, :cut], left_cut, a, err, **common)
+      rest = cand[:, cut:]
+      later.append((rest, left, a, err))
+      return _l2_settle(q, cand[:, :cut], left_cut, a, err,
+                        rest_b=np.take_along_axis(np.asarray(b), rest, axis=1), **common)
   else:
     step = functools.partial(_l2_round, rows=rows, params=index.params,
                              g=_l2_groups(n, c), c=c, pixels=index.database,
@@ -1367,17 +1384,30 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
   d, i, ok = (np.concatenate([np.asarray(o[j]) for o in outs])[:q_total] for j in range(3))
   if cut is None or ok.all():
     return d, i, ok
+  need = np.concatenate([np.asarray(o[3]) for o in outs])[:q_total]
   rest, left, a, err = (np.concatenate([np.asarray(t[j]) for t in later])[:q_total]
                         for j in range(4))
   todo = np.flatnonzero(~ok)
+  widths = _later_widths(c - cut)
+  width_of = widths[np.searchsorted(widths, np.maximum(need[todo], 1))]
   tile = min(tile, _query_tile("l2", n, len(todo), second=True))  # within a user's tile
-  for start in range(0, len(todo), tile):
-    sel = todo[start:start + tile]
-    pad = lambda x: _padded_rows(x[sel], tile)  # pylint: disable=cell-var-from-loop
-    dd, ii, good = _l2_settle(pad(queries), pad(rest), pad(left), pad(a), pad(err),
-                              prev=(pad(d), pad(i)), **common)
-    d[sel], i[sel], ok[sel] = (np.asarray(x)[:len(sel)] for x in (dd, ii, good))
+  for width in widths:
+    group = todo[width_of == width]
+    for start in range(0, len(group), tile):
+      sel = group[start:start + tile]
+      pad = lambda x: _padded_rows(x[sel], tile)  # pylint: disable=cell-var-from-loop
+      dd, ii, good = _l2_settle(pad(queries), pad(rest)[:, :width], pad(left), pad(a),
+                                pad(err), prev=(pad(d), pad(i)), **common)
+      d[sel], i[sel], ok[sel] = (np.asarray(x)[:len(sel)] for x in (dd, ii, good))
   return d, i, ok
+
+
+def _later_widths(rest: int) -> np.ndarray:
+  """The candidates a staged round's second stage refines per query: 32, 64, ... below
+  ``rest`` (the candidates after the first stage), and ``rest``; a query takes the
+  smallest width that holds the candidates it needs. A few widths: a few programs to
+  compile."""
+  return np.array(sorted({min(rest, 32 << j) for j in range(max(1, rest.bit_length()))}))
 
 
 @jax.jit
