@@ -1577,6 +1577,11 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
   host = _host_selects(index)
+  # Both rounds take the first round's tile on a CPU, where the second then runs the
+  # first's compiled bounds (0.2-0.3 s of compilation for each new tile, AMD EPYC,
+  # WORKSPACE.md, 2026-12-05, night); its few queries are padded.
+  first_tile = (min(query_tile, _memory_tile(n), 1 << max(0, q_total - 1).bit_length())
+                if query_tile else _query_tile(index.metric, n, q_total))
   for j, (level, c) in enumerate((("first_round", c1), ("second_round", c2))):
     if not _round_runs(n, k, c, host):
       stats["candidates"][j] = 0  # the round cannot run on this index (too few rows)
@@ -1584,8 +1589,9 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     if not len(todo):
       continue
     sub = q[todo]
-    tile = (min(query_tile, _memory_tile(n), 1 << (len(todo) - 1).bit_length()) if query_tile
-            else _query_tile(index.metric, n, len(todo), level == "second_round"))
+    tile = first_tile if level == "first_round" or host else (
+        min(query_tile, _memory_tile(n), 1 << (len(todo) - 1).bit_length()) if query_tile
+        else _query_tile(index.metric, n, len(todo), True))
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress,
                             staged=level == "first_round")
