@@ -8,16 +8,19 @@ database index) on integer pixels (uint8, or int8).
 
 L2, a certified cascade:
 
-1. Bounds for every row (one product with m + 3 columns), then the ``C``
+1. Bounds for every row (one product with m + 3 float32 columns, or m + 8
+   bfloat16 ones on CPUs with bfloat16 dot products, twice as fast there: the
+   rounding to bfloat16 is measured and taken off the bound), then the ``C``
    candidates of each query: on a CPU the ``C`` rows of smallest bound, picked
    on the host (``topk.smallest_k_host``); elsewhere in two short steps on the
    device, the ``C`` groups of ``GROUP`` consecutive rows with the smallest
    minimum bound, then the ``C`` rows of smallest bound among those groups'
    rows.
 2. Exact integer distances of the ``C`` candidates only (gathered int8 rows and
-   a product); on a CPU in two stages: the 2 C / 5 of smallest bound first,
-   certified (step 3) against the bound after them, then the other candidates
-   of the queries left only.
+   a product); on a CPU in two stages: the 3 C / 10 of smallest bound first,
+   certified (step 3) against the bound after them, then, for the queries
+   left only, those of the other candidates whose bound is at most the k-th
+   distance found (the others cannot be among the k nearest).
 3. Certificate: with ``D_k`` the k-th smallest exact distance among the
    candidates and ``B`` a lower bound on the distance of every row left out
    (from the (C + 1)-th smallest bound; off the CPU the smaller of the
@@ -596,10 +599,11 @@ def _bound_dtype(choice) -> str:
   """``build_index``'s bound_dtype: None -> "bfloat16" where the default device is a CPU
   with bfloat16 dot-product instructions (``distances.cpu_has_bf16``; the product ran 1.85x
   faster: 8.8 ms against 16.3 ms per tile of 128 queries by 50,000 rows, AMD EPYC, Zen 4,
-  WORKSPACE.md, 2026-12-05, night), else "float32"."""
+  WORKSPACE.md, 2026-12-05, night) and ``_bf16_sums_in_float32``, else "float32"."""
   if choice is None:
     cpu = jax.default_backend() == "cpu"
-    return "bfloat16" if cpu and distances.cpu_has_bf16() else "float32"
+    fast = cpu and distances.cpu_has_bf16() and _bf16_sums_in_float32()
+    return "bfloat16" if fast else "float32"
   try:
     name = str(jnp.dtype(choice))  # a name, or a dtype such as jnp.bfloat16
   except (TypeError, ValueError):
@@ -607,7 +611,26 @@ def _bound_dtype(choice) -> str:
   if name not in BOUND_DTYPES or isinstance(choice, (bool, int, float)):
     raise InputError(f"bound_dtype must be one of {', '.join(BOUND_DTYPES)} (or their jnp "
                      f"dtypes) or None, got {choice!r}", argument="bound_dtype")
+  if name == "bfloat16" and not _bf16_sums_in_float32():
+    raise InputError("bound_dtype='bfloat16' needs products of bfloat16 summed in float32, "
+                     f"and this process's default device ({jax.default_backend()}) sums them "
+                     "in less: its bounds could exceed distances. Use bound_dtype='float32' "
+                     "(or None)", argument="bound_dtype")
   return name
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_sums_in_float32() -> bool:
+  """Whether the default device's bfloat16 products (``_bound_product``'s form, at the
+  bound's shape) sum in float32, as the bound's proof needs: 256 + 1 + ... + 1 (263 ones)
+  comes out 519 in every order of the terms there, and 256 where the sum is held in
+  bfloat16 (257 is not a bfloat16). Checked once per process (a few ms)."""
+  k = 264
+  b = np.ones((2048, k), np.float32)
+  b[np.arange(2048), np.arange(2048) % k] = 256.0  # the large term at every position
+  a = np.ones((128, k), np.float32)
+  out = _bound_product(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16))
+  return bool(np.all(np.asarray(out) == 256.0 + (k - 1)))
 
 
 def _bf16_values(x):

@@ -725,6 +725,14 @@ def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch, tm
     assert index.bound_rows.shape == (48, 6 + (8 if has else 3))
     assert index.bound_rows.dtype == want
   assert bounds.build_index(db, bound_dtype=jnp.float32).bound_rows.dtype == jnp.float32
+  assert bounds._bf16_sums_in_float32()  # XLA's CPU products: bfloat16 pairs summed in float32
+  # A device that summed bfloat16 products in less: never by default, an error when asked.
+  monkeypatch.setattr(distances, "cpu_has_bf16", lambda: True)
+  monkeypatch.setattr(bounds, "_bf16_sums_in_float32", lambda: False)
+  assert bounds.build_index(db, components=6).bound_rows.dtype == jnp.float32
+  with pytest.raises(InputError, match="summed in float32") as err:
+    bounds.build_index(db, bound_dtype="bfloat16")
+  assert err.value.argument == "bound_dtype"
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():
