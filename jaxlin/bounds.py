@@ -595,14 +595,17 @@ _PAD_BOUND = 1e30  # the bound of a padding row: above every real one
 BOUND_DTYPES = ("float32", "bfloat16")  # the L2 bound's product (``build_index``)
 
 
-def _bound_dtype(choice) -> str:
-  """``build_index``'s bound_dtype: None -> "bfloat16" where the default device is a CPU
-  with bfloat16 dot-product instructions (``distances.cpu_has_bf16``; the product ran 1.85x
-  faster: 8.8 ms against 16.3 ms per tile of 128 queries by 50,000 rows, AMD EPYC, Zen 4,
-  WORKSPACE.md, 2026-12-05, night) and ``_bf16_sums_in_float32``, else "float32"."""
+def _bound_dtype(choice, platform: str) -> str:
+  """``build_index``'s bound_dtype for an index built on a device of ``platform``: None ->
+  "bfloat16" on a CPU with bfloat16 dot-product instructions (``distances.cpu_has_bf16``;
+  the product ran 1.85x faster: 8.8 ms against 16.3 ms per tile of 128 queries by 50,000
+  rows, AMD EPYC, Zen 4, WORKSPACE.md, 2026-12-05, night) whose products pass
+  ``_bf16_sums_in_float32``, else "float32". "bfloat16" is refused off the CPU: XLA's CPU
+  products convert bfloat16 to float32 (exact products, float32 sums rounded to nearest,
+  as the bound's proof needs), while other devices may sum otherwise (GPU tensor cores
+  truncate)."""
   if choice is None:
-    cpu = jax.default_backend() == "cpu"
-    fast = cpu and distances.cpu_has_bf16() and _bf16_sums_in_float32()
+    fast = platform == "cpu" and distances.cpu_has_bf16() and _bf16_sums_in_float32()
     return "bfloat16" if fast else "float32"
   try:
     name = str(jnp.dtype(choice))  # a name, or a dtype such as jnp.bfloat16
@@ -611,26 +614,37 @@ def _bound_dtype(choice) -> str:
   if name not in BOUND_DTYPES or isinstance(choice, (bool, int, float)):
     raise InputError(f"bound_dtype must be one of {', '.join(BOUND_DTYPES)} (or their jnp "
                      f"dtypes) or None, got {choice!r}", argument="bound_dtype")
-  if name == "bfloat16" and not _bf16_sums_in_float32():
-    raise InputError("bound_dtype='bfloat16' needs products of bfloat16 summed in float32, "
-                     f"and this process's default device ({jax.default_backend()}) sums them "
-                     "in less: its bounds could exceed distances. Use bound_dtype='float32' "
-                     "(or None)", argument="bound_dtype")
+  if name == "bfloat16" and (platform != "cpu" or not _bf16_sums_in_float32()):
+    raise InputError(f"bound_dtype='bfloat16' needs a CPU whose bfloat16 products are exact "
+                     f"and summed in float32, rounded to nearest; the index is built on a "
+                     f"{platform} device{'' if platform != 'cpu' else ' that sums otherwise'}. "
+                     "Use bound_dtype='float32' (or None)", argument="bound_dtype")
   return name
 
 
 @functools.lru_cache(maxsize=None)
 def _bf16_sums_in_float32() -> bool:
   """Whether the default device's bfloat16 products (``_bound_product``'s form, at the
-  bound's shape) sum in float32, as the bound's proof needs: 256 + 1 + ... + 1 (263 ones)
-  comes out 519 in every order of the terms there, and 256 where the sum is held in
-  bfloat16 (257 is not a bfloat16). Checked once per process (a few ms)."""
-  k = 264
-  b = np.ones((2048, k), np.float32)
-  b[np.arange(2048), np.arange(2048) % k] = 256.0  # the large term at every position
+  bound's shape) are exact and summed in float32 rounded to nearest, as the bound's proof
+  needs. Checked once per process (a few ms) on sums whose every form differs:
+
+  * 256 + 1 + ... + 1 (261 ones), with the 256 at every position: 517 in float32; 256 or
+    520 where the sum is held in bfloat16 (257 and 517 are not bfloat16 values);
+  * (1 + 2**-7)**2 + (1.5 * 2**-12) 2**-12 = 1 + 2**-6 + 2**-14 + 1.5 * 2**-24: rounded to
+    nearest in float32, 1 + 2**-6 + 2**-14 + 2**-23; truncated, without the 2**-23; with
+    products rounded to bfloat16, without the 2**-14.
+  """
+  k, n = 264, 2048
+  b = np.ones((n, k), np.float32)
+  b[:, 0], b[:, 1] = 1 + 2.0 ** -7, 2.0 ** -12
+  b[np.arange(n), 2 + np.arange(n) % (k - 2)] = 256.0  # the large term at every position
   a = np.ones((128, k), np.float32)
-  out = _bound_product(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16))
-  return bool(np.all(np.asarray(out) == 256.0 + (k - 1)))
+  a[:, :2] = 0.0
+  a[0] = 0.0
+  a[0, :2] = 1 + 2.0 ** -7, 1.5 * 2.0 ** -12
+  out = np.asarray(_bound_product(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)))
+  nearest = np.float32(1 + 2.0 ** -6 + 2.0 ** -14 + 2.0 ** -23)
+  return bool(np.all(out[0] == nearest) and np.all(out[1:] == 256.0 + (k - 3)))
 
 
 def _bf16_values(x):
@@ -807,27 +821,30 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
               "fine_rows": fine_rows}
     return Index("l1", db, jnp.zeros((n,), jnp.int32), tiles, params, groups,
                  str(db.dtype), fine, {})
-  bound_dtype = _bound_dtype(bound_dtype)
-  default = COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS
-  m = min(default, d) if components is None else _checks.concrete_int(components, "components")
-  if not 1 <= m <= d:
-    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   sample = _checks.int_at_least(sample, "sample", 1)
   seed = _checks.concrete_int(seed, "seed")
   if not -2 ** 63 <= seed < 2 ** 63:
     raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
+  if components is not None:
+    components = _checks.concrete_int(components, "components")
+  # The host copy put on the default device first (as a whole, not split or where a jax
+  # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
+  # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   host = np.asarray(db)
+  on_device = jax.device_put(host)
+  bound_dtype = _bound_dtype(bound_dtype, next(iter(on_device.devices())).platform)
+  m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
+      components is None) else components
+  if not 1 <= m <= d:
+    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
   if image_shape is not None and _dct_fits(image_shape):  # a fixed basis: the DCT
     params = _dct_params(image_shape, rows, centre, m)
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
-  # The host copy put on the default device first (as a whole, not split or where a jax
-  # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
-  # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   rows, a_max, err_max, pixels, sq_norms = _l2_build(
-      jax.device_put(host), params, block=min(_BUILD_BLOCK, n),
+      on_device, params, block=min(_BUILD_BLOCK, n),
       norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
@@ -1560,6 +1577,11 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     raise InputError(f"index must be an Index from bounds.build_index, got "
                      f"{type(index).__name__}", argument="index")
   n, d = index.database.shape
+  where = next(iter(index.database.devices())).platform
+  if index.bound_rows.dtype == jnp.bfloat16 and where != "cpu":
+    raise InputError(f"index has bfloat16 bounds, which hold on a CPU only, and lives on a "
+                     f"{where} device: build it there (bounds.build_index with the default "
+                     "bound_dtype, or 'float32')", argument="index")
   _checks.outside_jit("bounds.search (its levels run on the host)", "queries_QxD", queries_QxD)
   knn.not_an_index(queries_QxD, "queries_QxD")
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it

@@ -726,6 +726,17 @@ def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch, tm
     assert index.bound_rows.dtype == want
   assert bounds.build_index(db, bound_dtype=jnp.float32).bound_rows.dtype == jnp.float32
   assert bounds._bf16_sums_in_float32()  # XLA's CPU products: bfloat16 pairs summed in float32
+  with pytest.raises(InputError, match="on a gpu device") as err:
+    bounds._bound_dtype("bfloat16", "gpu")
+  assert bounds._bound_dtype(None, "gpu") == bounds._bound_dtype("float32", "gpu") == "float32"
+  gpu_index = bounds.build_index(db, bound_dtype="bfloat16")
+  monkeypatch.setattr(bounds, "_host_selects", lambda index: False)
+  with monkeypatch.context() as m:  # as if the index had been copied to a GPU
+    m.setattr(type(gpu_index.database), "devices",
+              lambda self: {type("D", (), {"platform": "gpu"})()})
+    with pytest.raises(InputError, match="hold on a CPU only") as err:
+      bounds.search(db[:2], gpu_index, 1)
+  assert err.value.argument == "index"
   # A device that summed bfloat16 products in less: never by default, an error when asked.
   monkeypatch.setattr(distances, "cpu_has_bf16", lambda: True)
   monkeypatch.setattr(bounds, "_bf16_sums_in_float32", lambda: False)
@@ -733,6 +744,33 @@ def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch, tm
   with pytest.raises(InputError, match="summed in float32") as err:
     bounds.build_index(db, bound_dtype="bfloat16")
   assert err.value.argument == "bound_dtype"
+
+
+@pytest.mark.parametrize("arithmetic, passes", [("float32", True), ("bfloat16 sums", False),
+                                                ("bfloat16 products", False),
+                                                ("truncated sums", False)])
+def test_the_bfloat16_check_refuses_every_other_arithmetic(monkeypatch, arithmetic, passes):
+  # The bound's proof needs exact products summed in float32, rounded to nearest: the check
+  # passes that (as sums in any order would) and fails each other way of summing.
+  def rounded(x):
+    if arithmetic == "bfloat16 sums":
+      return x.astype(np.float32).astype(jnp.bfloat16).astype(np.float64)
+    f = x.astype(np.float32)
+    if arithmetic == "truncated sums":
+      f = np.where(np.abs(f) > np.abs(x), np.nextafter(f, np.float32(0)), f)
+    return f.astype(np.float64)
+
+  def product(a, b):  # term by term, in order
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    out = np.zeros((a.shape[0], b.shape[0]))
+    for t in range(a.shape[1]):
+      p = a[:, t, None] * b[None, :, t]
+      if arithmetic == "bfloat16 products":
+        p = p.astype(np.float32).astype(jnp.bfloat16).astype(np.float64)
+      out = rounded(out + p)
+    return out
+  monkeypatch.setattr(bounds, "_bound_product", product)
+  assert bounds._bf16_sums_in_float32.__wrapped__() is passes
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():
