@@ -255,6 +255,17 @@ _COST = {
     "build_row": 2.8e-5,  # the index build per row: DCT, int8 pixels, norms
     "build": 0.83,  # the index build, once, and the compilation of the rounds
 }
+# The same with the bound's product in bfloat16 (``_bound_dtype``; 256 components, the
+# second stage skipping candidates): a least-squares fit (within 0.34 s of each point) to
+# knn.search's first call in fresh processes, AMD EPYC (Zen 4), 2026-12-05, night: the
+# cascade with its build 2.8-3.25 / 3.15-3.48 / 3.26-3.62 / 3.38-3.63 / 3.56-3.91 / 4.06-4.4
+# / 4.54-4.7 s for 500 / 1,000 / 2,000 / 3,000 / 4,000 / 7,000 / 10,000 queries (brute force
+# 3.05-3.15 / 4.27-4.34 / 5.52-5.57 s for 2,000 / 3,000 / 4,000); 10,000 queries of the
+# smaller images 3.40-3.54 / 2.22-2.32 / 1.46-1.48 s (1,024, 192, 16 features). More
+# programs to compile (the second stage's widths) make its fixed cost higher, the bfloat16
+# product its cost per pair lower. The per-query term came out 0.
+_COST_BF16 = {**_COST, "pruned_bound": 0.257e-8, "pruned_select": 0.069e-8, "pruned_query": 0.0,
+              "build_row": 4.14e-5, "build": 0.99}
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
 # with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04, through knn.search (its
@@ -270,14 +281,15 @@ _L1_COST = {"brute": 4.4e-8, "pruned": 0.58e-8, "pruned_fixed": 0.42e-8, "build_
 
 
 def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
-                       speedup: float) -> tuple[float, float]:
-  """(brute force, cascade with its build): ``_COST`` scaled by the features (brute force's
-  product, the build and the refinement grow with D; the bound's product with m; the
-  selections over every row do not shrink with either)."""
-  c, f = _COST, num_features / 3072
+                       speedup: float, bound_dtype: str = "float32") -> tuple[float, float]:
+  """(brute force, cascade with its build): ``_COST`` (``_COST_BF16`` for a bfloat16 bound)
+  scaled by the features (brute force's product, the build and the refinement grow with D;
+  the bound's product with m; the selections over every row do not shrink with either)."""
+  c, f = (_COST_BF16 if bound_dtype == "bfloat16" else _COST), num_features / 3072
   pairs = num_queries * num_database
   brute = pairs * (c["brute_product"] * f * _COST_SPEEDUP / speedup + c["brute_other"])
-  m = min(COMPONENTS, num_features) / COMPONENTS
+  top = COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS
+  m = min(top, num_features) / top
   pruned = (c["build"] + c["build_row"] * f * num_database
             + pairs * (c["pruned_bound"] * m + c["pruned_select"])
             + num_queries * c["pruned_query"] * f)
@@ -285,7 +297,8 @@ def _predicted_seconds(num_queries: int, num_database: int, num_features: int,
 
 
 def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features: int = 3072,
-                  *, k: int = 10, speedup: float | None = None, images: bool = False) -> bool:
+                  *, k: int = 10, speedup: float | None = None, images: bool = False,
+                  bound_dtype: str | None = None) -> bool:
   """Whether ``search`` (with its index build) should beat brute force here: the rule of
   ``jaxlin.knn.search(method="auto")``.
 
@@ -306,7 +319,10 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
   it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
   (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries, measured
-  with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and 5,124 at 2.5.
+  with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and 5,124 at 2.5;
+  with the bound in bfloat16 (``bound_dtype``: None, what ``build_index`` would choose here;
+  ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s against 5.5-5.6 s;
+  10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
 
   Raises InputError for an unknown metric or counts below 0 (features and k below 1).
   """
@@ -324,13 +340,14 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
     return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
-  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0)
+  dtype = _bound_dtype(bound_dtype, jax.default_backend())
+  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0, dtype)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
   speedup = int8_speedup() if speedup is None else float(speedup)
   if speedup >= 4.0:
     return False
-  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, speedup)
+  brute, pruned = _predicted_seconds(num_queries, num_database, num_features, speedup, dtype)
   return brute >= _COST_MARGIN * pruned
 
 

@@ -1,4 +1,6 @@
 """Pruned search equals brute force on adversarial data; the bounds never exceed distances."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -502,7 +504,7 @@ def test_auto_rule_follows_the_cost_model():
   """The cascade where it was measured faster with its build (AMD EPYC, int8 1.6x float32,
   fresh processes: 10,000 CIFAR-10 queries 4.9 s against brute force's 12.7 s), brute force
   where int8 products are fast (Intel AMX) or the search too small to pay for the build."""
-  prefer = bounds.prefer_pruned
+  prefer = functools.partial(bounds.prefer_pruned, bound_dtype="float32")
   assert prefer("l2", 10000, 50000, 3072, speedup=1.62)
   assert prefer("l2", 7000, 50000, 3072, speedup=1.62)  # measured: 4.0 s against 9.0 s
   assert prefer("l2", 4000, 50000, 3072, speedup=1.62)  # measured: 3.2 s against 5.5 s
@@ -536,6 +538,16 @@ def test_auto_rule_follows_the_cost_model():
   # More queries pay for the build at a higher int8 speedup.
   assert not prefer("l2", 5000, 50000, 3072, speedup=2.5)
   assert prefer("l2", 40000, 50000, 3072, speedup=2.5)
+  # The bound in bfloat16 (AMD EPYC, fresh processes, with the build and compilation:
+  # 4,000 queries 3.6-3.9 s against 5.5-5.6 s; 3,000 3.4-3.6 s against 4.3 s, under the
+  # margin; 1,024 features 3.4-3.5 s against 5.2-5.3 s; 192 features 2.2-2.3 s against 2.2 s).
+  bf16 = functools.partial(bounds.prefer_pruned, bound_dtype="bfloat16")
+  assert bf16("l2", 10000, 50000, 3072, speedup=1.62)
+  assert bf16("l2", 4000, 50000, 3072, speedup=1.62)
+  assert not bf16("l2", 3000, 50000, 3072, speedup=1.62)
+  assert bf16("l2", 10000, 50000, 1024, speedup=1.62)
+  assert not bf16("l2", 10000, 50000, 192, speedup=1.62)
+  assert not bf16("l2", 10 ** 7, 50000, 3072, speedup=4.0)
 
 
 def test_auto_takes_the_cascade_on_cpus_only(monkeypatch):
