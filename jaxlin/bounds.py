@@ -1448,6 +1448,9 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
   widths = _later_widths(c - cut)
   width_of = widths[np.searchsorted(widths, np.maximum(need[todo], 1))]
   tile = min(tile, _query_tile("l2", n, len(todo), second=True))  # within a user's tile
+  for narrow, wider in zip(widths[:-1], widths[1:]):
+    if np.sum(width_of == narrow) < tile:  # less than a tile: not worth its compilation
+      width_of[width_of == narrow] = wider
   for width in widths:
     group = todo[width_of == width]
     for start in range(0, len(group), tile):
@@ -1462,8 +1465,9 @@ def _run_round(queries, index, k, c, tile, callback=None, staged=False):
 def _later_widths(rest: int) -> np.ndarray:
   """The candidates a staged round's second stage refines per query: 32, 64, ... below
   ``rest`` (the candidates after the first stage), and ``rest``; a query takes the
-  smallest width that holds the candidates it needs. A few widths: a few programs to
-  compile."""
+  smallest width that holds the candidates it needs, and a width that would hold less
+  than a tile of queries passes them on to the next (each width is a program to compile,
+  0.1-0.2 s)."""
   return np.array(sorted({min(rest, 32 << j) for j in range(max(1, rest.bit_length()))}))
 
 
