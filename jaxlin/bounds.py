@@ -60,8 +60,8 @@ L1, a threshold cascade (no certificate to fail):
 Which is faster depends on the CPU and the data: brute-force L2 on pixels is an
 int8 product on CPUs (``distances.int8_products``), about 7x faster than
 float32 on CPUs with int8 matrix instructions (Intel AMX) and 1.4x on
-AVX2-only CPUs, while the L2 cascade's costs (a float32 product with m
-columns, selection, gathers) do not depend on it; ``prefer_pruned`` decides by
+AVX2-only CPUs, while the L2 cascade's costs (a float32 or bfloat16 product
+with m + 3 or m + 8 columns, selection, gathers) do not depend on it; ``prefer_pruned`` decides by
 a cost model and a product timed once per process.
 
 Bounds (v = x - y, integer vectors; D features):
@@ -242,7 +242,9 @@ def int8_speedup() -> float:
 # images made from the same ones (32x32x1, 8x8x3, 4x4x1: 1,024, 192 and 16 features): brute
 # force 5.23-5.29 / 2.22 / 1.49 s, the cascade 3.87-3.98 / 2.63 / 1.22-1.28 s. The cascade's
 # constants (build, build_row, pruned_query) are a least-squares fit to its points (within
-# 0.5 s of each; the bound's per pair scaled from its fit at 192 components).
+# 0.5 s of each; the bound's per pair scaled from its fit at 192 components). Measured before
+# the second stage skipped candidates (its first stage then 2 c / 5): float32 CPUs now run
+# cheaper refinements than these constants say.
 _COST_SPEEDUP = 1.62  # int8_speedup() where the costs below were measured
 _COST = {
     "brute_product": 2.2e-8,  # brute force per (query, row): the int8 product (x D / 3072
@@ -312,21 +314,23 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
   ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
   AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
-  float32 products do not. A cost model (``_COST``, measured on an AMD EPYC, Zen 4) predicts
-  both times, and the cascade is chosen when predicted 1.25x faster, never where int8 runs 4x
-  float32 or more (measured on Intel AMX: brute force 3x faster than the cascade) or
-  against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and k = 100, where
-  both searches cost about twice as much: 23.3 s against 25.3 s for 10,000 queries; beyond
-  it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
+  float32 or bfloat16 products do not. A cost model (``_COST``, measured on an AMD EPYC,
+  Zen 4) predicts both times, and the cascade is chosen when predicted 1.25x faster, never
+  where int8 runs 4x float32 or more (measured on Intel AMX: brute force 3x faster than the
+  cascade) or against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and
+  k = 100, where both searches cost about twice as much: 23.3 s against 25.3 s for 10,000
+  queries; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
   (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries, measured
   with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and 5,124 at 2.5;
   with the bound in bfloat16 (``bound_dtype``: None, what ``build_index`` would choose here;
   ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s against 5.5-5.6 s;
   10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
 
-  Raises InputError for an unknown metric or counts below 0 (features and k below 1).
+  Raises InputError for an unknown metric, counts below 0 (features and k below 1) or an
+  unknown bound_dtype (bfloat16 off the CPU).
   """
   distances._check_metric(metric)  # pylint: disable=protected-access  # its shared check
+  dtype = _bound_dtype(bound_dtype, jax.default_backend())
   num_queries = _checks.int_at_least(num_queries, "num_queries", 0)
   num_database = _checks.int_at_least(num_database, "num_database", 0)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
@@ -340,7 +344,6 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
     return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
-  dtype = _bound_dtype(bound_dtype, jax.default_backend())
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0, dtype)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
@@ -633,8 +636,8 @@ def _bound_dtype(choice, platform: str) -> str:
                      f"dtypes) or None, got {choice!r}", argument="bound_dtype")
   if name == "bfloat16" and (platform != "cpu" or not _bf16_sums_in_float32()):
     raise InputError(f"bound_dtype='bfloat16' needs a CPU whose bfloat16 products are exact "
-                     f"and summed in float32, rounded to nearest; the index is built on a "
-                     f"{platform} device{'' if platform != 'cpu' else ' that sums otherwise'}. "
+                     f"and summed in float32, rounded to nearest; this device is a "
+                     f"{platform}{'' if platform != 'cpu' else ' that sums otherwise'}. "
                      "Use bound_dtype='float32' (or None)", argument="bound_dtype")
   return name
 
@@ -672,24 +675,24 @@ def _bf16_values(x):
 
 
 def _l2_layout(z, zsq, rho, a, err, *, dtype: str, query: bool):
-  """(rows (N, W) float32, a', err') of one side of the bound's product (its values exact
-  in ``dtype``: the caller converts them, outside any loop, where a bfloat16 output of the
-  index build's map cost 0.1 s of 0.46 s for 50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md,
-  2026-12-05, night), whose
-  product of a query row with a database row is b^, the computed |u_x - u_y|^2
-  (``_l2_certified_bound``), u = (z, rho):
+  """(rows (N, W) float32, a', err') of one side of the bound's product, whose product of
+  a query row with a database row is b^, the computed |u_x - u_y|^2
+  (``_l2_certified_bound``), u = (z, rho). The rows' values are exact in ``dtype``; the
+  caller converts them (outside any loop: a bfloat16 output of the index build's map cost
+  0.1 s of 0.46 s for 50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05, night).
 
   * float32 (W = m + 3): queries (-2 z, -2 rho, 1, |z|^2 + rho^2), database rows (z, rho,
     |z|^2 + rho^2, 1); a' = a, err' = err.
   * bfloat16 (W = m + 8): u~ = u rounded to bfloat16, and its squared norm s = fl32(|u~|^2)
     split into three bfloat16 parts s1 + s2 + s3 (each the rounding of what the parts before
     it leave: s1 + s2 + s3 = s to within 2**-24 s, counted as one rounding more). Queries
-    (-2 u~, 1, 1, 1, s1, s2, s3, 0), database rows (u~, s1, s2, s3, 1, 1, 1, 0). The products of
+    (-2 u~, 1, 1, 1, s1, s2, s3, 0), database rows (u~, s1, s2, s3, 1, 1, 1, 0): the last
+    column, 0, makes the width even (bfloat16 products take pairs). The products of
     bfloat16 pairs are exact in float32 and XLA's CPU sums them in float32 (so
     ``_l2_certified_bound``'s count of roundings holds: at most 2 m + 8 per term); the
     bound then holds for u~, and since |u - u~| <= delta (computed: the differences are
-    exact, the norm's rounding is covered by the factor), err' = err + delta and
-    a' = a + delta.
+    exact, the norm's rounding is covered by the factor; the 1e-3 covers subnormal values
+    a CPU may flush to zero), err' = err + delta and a' = a + delta.
   """
   u = jnp.concatenate([z, rho[:, None]], axis=1)
   if dtype == "float32":
@@ -736,7 +739,7 @@ def _l2_certified_bound(b_hat, a_x, err_x, a_max, err_max, m: int):
   """An integer lower bound on the squared distance of every row whose b^ >= ``b_hat``.
 
   b^ = fl(ux . row), the product of ``_l2_query_rows`` with ``_l2_bound_rows``: every term
-  passes through at most 2 m + 7 roundings (float32 rows: a norm's term: its square, its
+  passes through at most 2 m + 8 roundings (float32 rows, 2 m + 3: a norm's term: its square, its
   sum and the + rho^2, m + 1; a cross term: its product, 1; then the sum of the m + 3
   terms, m + 2; the product with 1 is exact. bfloat16 rows: a norm's term: its sum, m, its
   split, 1; every product exact; the sum of the m + 8 terms, m + 7), within the 2 m + 8
@@ -910,8 +913,8 @@ def _l2_bound_rows(rows_NxW):
   _PAD_BOUND, the ones of the layout: never below a real row)."""
   n, w = rows_NxW.shape
   bf16 = rows_NxW.dtype == jnp.bfloat16
-  m = w - (8 if bf16 else 3)
-  pad = np.zeros(((-n) % GROUP, w), np.float32)
+  m = _bound_components(rows_NxW)
+  pad = np.zeros(((-n) % GROUP, w), np.float32)  # the columns of _l2_layout's database rows
   pad[:, m + 1] = _PAD_BOUND
   if bf16:
     pad[:, m + 4:m + 7] = 1.0
@@ -1342,9 +1345,10 @@ def _memory_tile(n: int) -> int:
 
 
 def _query_tile(metric: str, n: int, num_queries: int, second: bool = False) -> int:
-  """Queries per step: L2 128, 64 in second rounds, L1 up to 1,024, at most
-  ``_memory_tile``. A power of two (at least 8) when there are fewer queries: few shapes
-  to compile."""
+  """Queries per step: L2 128, 64 in second rounds off the CPU and in the second stage of
+  a CPU's first round (``_search_ints``: a CPU's second round takes its first round's
+  tile), L1 up to 1,024, at most ``_memory_tile``. A power of two (at least 8) when there
+  are fewer queries: few shapes to compile."""
   top = 1024 if metric == "l1" else 64 if second else 128
   return min(top, _memory_tile(n), max(8, 1 << max(0, num_queries - 1).bit_length()))
 
@@ -1392,7 +1396,8 @@ def _stage_cut(k: int, c: int) -> int | None:
   (k = 10, c = 160), 48 candidates settled 55 % of the queries and 64 74 %; the queries left
   needed 32-33 of the other candidates on average (median 22-25). 10,000 queries took
   1.80 s with 48 against 1.85 s with 64 and 1.94 s with 64 before the second stage skipped
-  candidates (medians of five, AMD EPYC, WORKSPACE.md, 2026-12-05, night)."""
+  candidates (medians of five, AMD EPYC, WORKSPACE.md, 2026-12-05, night). A float32 bound
+  takes the same cut, not measured with it (2 c / 5 was its best before the skipping)."""
   cut = max(k, 3 * c // 10)
   return cut if cut < c else None
 
@@ -1598,11 +1603,6 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
     raise InputError(f"index must be an Index from bounds.build_index, got "
                      f"{type(index).__name__}", argument="index")
   n, d = index.database.shape
-  where = next(iter(index.database.devices())).platform
-  if index.bound_rows.dtype == jnp.bfloat16 and where != "cpu":
-    raise InputError(f"index has bfloat16 bounds, which hold on a CPU only, and lives on a "
-                     f"{where} device: build it there (bounds.build_index with the default "
-                     "bound_dtype, or 'float32')", argument="index")
   _checks.outside_jit("bounds.search (its levels run on the host)", "queries_QxD", queries_QxD)
   knn.not_an_index(queries_QxD, "queries_QxD")
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
@@ -1639,15 +1639,24 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
       callback(q_total, q_total)
     return d, i, {**stats, "first_round": q_total - int(counts[2]),
                   "brute_force": int(counts[2]), **dict(zip(L1_KEYS, map(int, counts[:2])))}
+  host = _host_selects(index)
+  where = next(iter(index.database.devices())).platform
+  if index.bound_rows.dtype == jnp.bfloat16 and where != "cpu":
+    raise InputError(f"index has bfloat16 bounds, which hold on a CPU only, and lives on a "
+                     f"{where} device: build it there (bounds.build_index with the default "
+                     "bound_dtype, or 'float32')", argument="index")
   d_out = np.zeros((q_total, k), np.int32)
   i_out = np.zeros((q_total, k), np.int32)
   todo = np.arange(q_total)
-  host = _host_selects(index)
+  def round_tile(count: int, second: bool) -> int:  # a user's tile, within its memory bound
+    if query_tile:
+      return min(query_tile, _memory_tile(n), 1 << max(0, count - 1).bit_length())
+    return _query_tile(index.metric, n, count, second)
+
   # Both rounds take the first round's tile on a CPU, where the second then runs the
   # first's compiled bounds (0.2-0.3 s of compilation for each new tile, AMD EPYC,
   # WORKSPACE.md, 2026-12-05, night); its few queries are padded.
-  first_tile = (min(query_tile, _memory_tile(n), 1 << max(0, q_total - 1).bit_length())
-                if query_tile else _query_tile(index.metric, n, q_total))
+  first_tile = round_tile(q_total, False)
   for j, (level, c) in enumerate((("first_round", c1), ("second_round", c2))):
     if not _round_runs(n, k, c, host):
       stats["candidates"][j] = 0  # the round cannot run on this index (too few rows)
@@ -1655,9 +1664,7 @@ def _search_ints(q, index: Index, k: int, c1: int, c2: int, query_tile, callback
     if not len(todo):
       continue
     sub = q[todo]
-    tile = first_tile if level == "first_round" or host else (
-        min(query_tile, _memory_tile(n), 1 << (len(todo) - 1).bit_length()) if query_tile
-        else _query_tile(index.metric, n, len(todo), True))
+    tile = first_tile if level == "first_round" or host else round_tile(len(todo), True)
     progress = callback if level == "first_round" and len(todo) == q_total else None
     dd, ii, ok = _run_round(sub, index, k, c, tile, callback=progress,
                             staged=level == "first_round")

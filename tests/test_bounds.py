@@ -738,16 +738,17 @@ def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch, tm
     assert index.bound_rows.dtype == want
   assert bounds.build_index(db, bound_dtype=jnp.float32).bound_rows.dtype == jnp.float32
   assert bounds._bf16_sums_in_float32()  # XLA's CPU products: bfloat16 pairs summed in float32
-  with pytest.raises(InputError, match="on a gpu device") as err:
+  with pytest.raises(InputError, match="this device is a gpu") as err:
     bounds._bound_dtype("bfloat16", "gpu")
   assert bounds._bound_dtype(None, "gpu") == bounds._bound_dtype("float32", "gpu") == "float32"
-  gpu_index = bounds.build_index(db, bound_dtype="bfloat16")
+  with pytest.raises(InputError, match="bound_dtype") as err:
+    bounds.prefer_pruned("l2", 5, 5, bound_dtype="x")  # checked before any early answer
+  index = bounds.build_index(db, bound_dtype="bfloat16")
   monkeypatch.setattr(bounds, "_host_selects", lambda index: False)
-  with monkeypatch.context() as m:  # as if the index had been copied to a GPU
-    m.setattr(type(gpu_index.database), "devices",
-              lambda self: {type("D", (), {"platform": "gpu"})()})
-    with pytest.raises(InputError, match="hold on a CPU only") as err:
-      bounds.search(db[:2], gpu_index, 1)
+  monkeypatch.setattr(type(index.database), "devices",  # as if copied to a GPU
+                      lambda self: {type("Device", (), {"platform": "gpu"})()})
+  with pytest.raises(InputError, match="hold on a CPU only") as err:
+    bounds.search(db[:2], index, 1)
   assert err.value.argument == "index"
   # A device that summed bfloat16 products in less: never by default, an error when asked.
   monkeypatch.setattr(distances, "cpu_has_bf16", lambda: True)
