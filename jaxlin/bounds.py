@@ -319,9 +319,10 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   where int8 runs 4x float32 or more (measured on Intel AMX: brute force 3x faster than the
   cascade) or against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and
   k = 100, where both searches cost about twice as much: 23.3 s against 25.3 s for 10,000
-  queries; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000 CIFAR-10 rows
-  (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries, measured
-  with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and 5,124 at 2.5;
+  queries; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000
+  CIFAR-10 rows (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries,
+  measured with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and
+  5,124 at 2.5;
   with the bound in bfloat16 (``bound_dtype``: None, what ``build_index`` would choose here;
   ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s against 5.5-5.6 s;
   10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
