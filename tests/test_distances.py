@@ -391,3 +391,23 @@ def test_squared_norms_are_exact_where_float32_blocks_sum_them():
                                 (x.astype(np.int64) ** 2).sum(1))
   with pytest.raises(InputError, match="2-D rows"):
     distances.int_squared_norms(jnp.zeros((2, 3, 4), jnp.int8))
+
+
+FLAGS = "fpu sse2 avx2 avx512f avx512_vnni amx_tile arch_lbr"
+
+
+@pytest.mark.parametrize("reader, flag, other", [
+    (distances.cpu_has_amx, "amx_int8", None),  # Intel's AMX int8 products
+    (distances.cpu_has_bf16, "avx512_bf16", "amx_bf16"),  # bfloat16 dot products: either
+])
+def test_cpu_flags_are_read_from_the_cpu_description(tmp_path, reader, flag, other):
+  cases = [(f"processor\t: 0\nflags\t\t: {FLAGS} {flag}\n", True),
+           (f"processor\t: 0\nflags\t\t: {FLAGS}\n", False),
+           ("processor\t: 0\nvendor_id\t: AuthenticAMD\n", False)]
+  if other:
+    cases.append((f"flags\t\t: {FLAGS} {other}\n", True))
+  for j, (text, want) in enumerate(cases):
+    path = tmp_path / f"cpuinfo{j}"
+    path.write_text(text)
+    assert reader(str(path)) is want
+  assert reader(str(tmp_path / "missing")) is False  # unreadable: no
