@@ -61,13 +61,14 @@ def _lower_bounds(db, q, m: int):
 
   @jax.jit
   def low(qt):
-    ux, a, err = bounds._l2_query_rows(qt, p)  # pylint: disable=protected-access
-    b = jnp.matmul(ux, rows.T, precision=jax.lax.Precision.HIGHEST)
+    ux, a, err = bounds._l2_query_rows(qt, p, dtype)  # pylint: disable=protected-access
+    b = bounds._bound_product(ux, rows)  # pylint: disable=protected-access
     return bounds._l2_certified_bound(  # pylint: disable=protected-access
         b, a[:, None], err[:, None], p["a_max"], p["err_max"], m)
+  dtype = str(rows.dtype)  # float32, or bfloat16 where build_index chose it
   out = np.concatenate([np.asarray(low(jnp.asarray(q[s:s + 256])))
                         for s in range(0, len(q), 256)])
-  return out, rows, jax.jit(bounds._l2_query_rows)(jnp.asarray(q[:1]), p)[0].shape[1]
+  return out, rows, rows.shape[1]
 
 
 def _pair_kernels():
@@ -97,7 +98,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxlin import knn  # pylint: disable=import-outside-toplevel
+  from jaxlin import bounds, knn  # pylint: disable=import-outside-toplevel
   ms = common.positive_ints(_COMPONENTS.value, "--components takes positive integers",
                             distinct=True)
   cs = common.positive_ints(_ESTIMATES.value, "--estimates takes positive integers",
@@ -145,8 +146,8 @@ def main(argv):
     if not ((np.take_along_axis(low, sample, 1) <= exact).all()
             and (np.take_along_axis(fine_low, sample, 1) <= exact).all()):
       raise AssertionError("a lower bound exceeded an exact distance: a bug in jaxlin.bounds")
-    tile = jnp.asarray(rng.standard_normal((1024, width)).astype(np.float32))
-    product = jax.jit(lambda a: jnp.matmul(a, aug.T, precision=jax.lax.Precision.HIGHEST))
+    tile = jnp.asarray(rng.standard_normal((1024, width)).astype(aug.dtype))
+    product = jax.jit(lambda a: bounds._bound_product(a, aug))  # pylint: disable=protected-access
     coarse_s = common.best_seconds(lambda: product(tile), repeats) * 10000 / 1024
     floor = (low <= true_k[:, None]).sum(axis=1)
     for c in cs:

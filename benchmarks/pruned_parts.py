@@ -35,12 +35,12 @@ def _round_parts(bounds, index, tile, repeats):
   """(name, s) of each part of an L2 round on one tile of queries (the same operations)."""
   import jax  # pylint: disable=import-outside-toplevel
   n, rows, params = index.database.shape[0], index.bound_rows, index.params
-  query_rows = jax.jit(bounds._l2_query_rows)
+  query_rows = jax.jit(functools.partial(bounds._l2_query_rows, dtype=str(rows.dtype)))
   b, a, err = bounds._l2_bounds(tile, rows, params)
   b = np.asarray(b)
   cand, left = bounds._host_candidates(b, 160)
   settle = functools.partial(bounds._l2_settle, pixels=index.database, sq_norms=index.sq_norms,
-                             params=params, k=10, m=rows.shape[1] - 3)
+                             params=params, k=10, m=bounds._bound_components(rows))
   device = functools.partial(bounds._l2_round, pixels=index.database, sq_norms=index.sq_norms,
                              rows=rows, params=params, k=10, g=bounds._l2_groups(n, 160), c=160)
   host_tile = np.asarray(tile)
