@@ -190,3 +190,19 @@ def test_matmul_speed_names_the_library_of_a_compiled_product():
   assert matmul_speed.kernel_name("ROOT %dot.0 = s32[512,2048]{1,0} dot(%p0, %p1)") == "XLA"
   assert matmul_speed.kernel_name('custom-call(...), custom_call_target="__onednn$matmul"') == (
       "oneDNN")
+
+
+@pytest.mark.parametrize("args", [
+    ["benchmarks.l2_thresholds", "--queries=20", "--components=8", "--fine=16",
+     "--estimates=16", "--repeats=1"],
+    ["benchmarks.pruned_parts", "--queries=20", "--repeats=1"],
+])
+def test_benchmarks_on_the_cascades_internals_run_end_to_end(tmp_path, args, cli):
+  # They call jaxlin.bounds' internals (the bound's rows in the index's own dtype): a tiny
+  # image folder of 16x16x3 images (768 features) runs them through.
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  make_image_folder(str(tmp_path / "images"), per_class_train=60, per_class_test=43, size=16)
+  proc = cli.run(*args, f"--dataset=folder:{tmp_path / 'images'}", f"--out={tmp_path / 'out'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  name = args[0].split(".")[1]
+  assert (tmp_path / "out" / f"{name}.md").exists()
