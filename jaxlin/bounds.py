@@ -322,16 +322,17 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   queries; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000
   CIFAR-10 rows (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries,
   measured with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and
-  5,124 at 2.5;
-  with the bound in bfloat16 (``bound_dtype``: None, what ``build_index`` would choose here;
-  ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s against 5.5-5.6 s;
-  10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
+  5,124 at 2.5; with the bound in bfloat16 (``bound_dtype``: None, what ``build_index``
+  would choose here; ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s
+  against 5.5-5.6 s; 10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
 
   Raises InputError for an unknown metric, counts below 0 (features and k below 1) or an
   unknown bound_dtype (bfloat16 off the CPU).
   """
   distances._check_metric(metric)  # pylint: disable=protected-access  # its shared check
-  dtype = _bound_dtype(bound_dtype, jax.default_backend())
+  # A given bound_dtype is checked first; the default is chosen (a product timed once per
+  # process) only where L2 needs it.
+  dtype = None if bound_dtype is None else _bound_dtype(bound_dtype, jax.default_backend())
   num_queries = _checks.int_at_least(num_queries, "num_queries", 0)
   num_database = _checks.int_at_least(num_database, "num_database", 0)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
@@ -345,6 +346,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
     return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
+  dtype = dtype or _bound_dtype(None, jax.default_backend())
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0, dtype)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
