@@ -330,9 +330,8 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   unknown bound_dtype (bfloat16 off the CPU).
   """
   distances._check_metric(metric)  # pylint: disable=protected-access  # its shared check
-  # A given bound_dtype is checked first; the default is chosen (a product timed once per
-  # process) only where L2 needs it.
-  dtype = None if bound_dtype is None else _bound_dtype(bound_dtype, jax.default_backend())
+  # Checked first; the default is chosen (a product timed once per process) where L2 needs it.
+  bound_dtype = _bound_dtype_name(bound_dtype)
   num_queries = _checks.int_at_least(num_queries, "num_queries", 0)
   num_database = _checks.int_at_least(num_database, "num_database", 0)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
@@ -346,7 +345,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
     return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
-  dtype = dtype or _bound_dtype(None, jax.default_backend())
+  dtype = _bound_dtype(bound_dtype, jax.default_backend())
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0, dtype)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
@@ -627,21 +626,31 @@ def _bound_dtype(choice, platform: str) -> str:
   products convert bfloat16 to float32 (exact products, float32 sums rounded to nearest,
   as the bound's proof needs), while other devices may sum otherwise (GPU tensor cores
   truncate)."""
-  if choice is None:
+  name = _bound_dtype_name(choice)
+  if name is None:
     fast = platform == "cpu" and distances.cpu_has_bf16() and _bf16_sums_in_float32()
     return "bfloat16" if fast else "float32"
-  try:
-    name = str(jnp.dtype(choice))  # a name, or a dtype such as jnp.bfloat16
-  except (TypeError, ValueError):
-    name = None
-  if name not in BOUND_DTYPES or isinstance(choice, (bool, int, float)):
-    raise InputError(f"bound_dtype must be one of {', '.join(BOUND_DTYPES)} (or their jnp "
-                     f"dtypes) or None, got {choice!r}", argument="bound_dtype")
   if name == "bfloat16" and (platform != "cpu" or not _bf16_sums_in_float32()):
     raise InputError(f"bound_dtype='bfloat16' needs a CPU whose bfloat16 products are exact "
                      f"and summed in float32, rounded to nearest; this device is a "
                      f"{platform}{'' if platform != 'cpu' else ' that sums otherwise'}. "
                      "Use bound_dtype='float32' (or None)", argument="bound_dtype")
+  return name
+
+
+def _bound_dtype_name(choice) -> str | None:
+  """A given bound_dtype as one of ``BOUND_DTYPES`` (a name, or a dtype such as
+  jnp.bfloat16), or None for None; InputError otherwise. No device work: checked before
+  any."""
+  if choice is None:
+    return None
+  try:
+    name = str(jnp.dtype(choice))
+  except (TypeError, ValueError):
+    name = None
+  if name not in BOUND_DTYPES or isinstance(choice, (bool, int, float)):
+    raise InputError(f"bound_dtype must be one of {', '.join(BOUND_DTYPES)} (or their jnp "
+                     f"dtypes) or None, got {choice!r}", argument="bound_dtype")
   return name
 
 
@@ -850,6 +859,10 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
   if components is not None:
     components = _checks.concrete_int(components, "components")
+    if not 1 <= components <= d:
+      raise InputError(f"components must be in [1, {d}], got {components}",
+                       argument="components")
+  bound_dtype = _bound_dtype_name(bound_dtype)
   # The host copy put on the default device first (as a whole, not split or where a jax
   # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
@@ -858,8 +871,6 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   bound_dtype = _bound_dtype(bound_dtype, next(iter(on_device.devices())).platform)
   m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
       components is None) else components
-  if not 1 <= m <= d:
-    raise InputError(f"components must be in [1, {d}], got {m}", argument="components")
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
   centre = np.round(rows.mean(axis=0, dtype=np.float64)).astype(np.int64)  # any integers do
   if image_shape is not None and _dct_fits(image_shape):  # a fixed basis: the DCT
@@ -912,18 +923,15 @@ def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
 @jax.jit
 def _l2_bound_rows(rows_NxW):
   """``_l2_layout``'s database rows padded to N' = N rounded up to whole groups of
-  ``GROUP`` rows; the padding rows have bound ``_PAD_BOUND`` (zero projection, norm
-  _PAD_BOUND, the ones of the layout: never below a real row)."""
-  n, w = rows_NxW.shape
-  bf16 = rows_NxW.dtype == jnp.bfloat16
-  m = _bound_components(rows_NxW)
-  pad = np.zeros(((-n) % GROUP, w), np.float32)  # the columns of _l2_layout's database rows
-  pad[:, m + 1] = _PAD_BOUND
-  if bf16:
-    pad[:, m + 4:m + 7] = 1.0
-  else:
-    pad[:, m + 2] = 1.0
-  return jnp.concatenate([rows_NxW, jnp.asarray(pad, rows_NxW.dtype)])
+  ``GROUP`` rows. A padding row is the layout of a point far from every real one: zero
+  projection, residual norm sqrt(_PAD_BOUND), so its b^ with any query is about
+  _PAD_BOUND, never below a real row's."""
+  count = (-rows_NxW.shape[0]) % GROUP
+  far = jnp.full((count,), math.sqrt(_PAD_BOUND), jnp.float32)
+  zeros = jnp.zeros((count, _bound_components(rows_NxW)), jnp.float32)
+  pad, _, _ = _l2_layout(zeros, zeros[:, 0], far, far, far, dtype=str(rows_NxW.dtype),
+                         query=False)
+  return jnp.concatenate([rows_NxW, pad.astype(rows_NxW.dtype)])
 
 
 # --------------------------------------------------------------------------
