@@ -674,7 +674,9 @@ def _bf16_sums_in_float32() -> bool:
   a[:, :2] = 0.0
   a[0] = 0.0
   a[0, :2] = 1 + 2.0 ** -7, 1.5 * 2.0 ** -12
-  out = np.asarray(_bound_product(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)))
+  # Rounded by numpy (exactly: every value is a bfloat16 one), not by a program to compile.
+  out = np.asarray(_bound_product(jax.device_put(a.astype(jnp.bfloat16)),
+                                  jax.device_put(b.astype(jnp.bfloat16))))
   nearest = np.float32(1 + 2.0 ** -6 + 2.0 ** -14 + 2.0 ** -23)
   return bool(np.all(out[0] == nearest) and np.all(out[1:] == 256.0 + (k - 3)))
 
@@ -868,7 +870,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   host = np.asarray(db)
   on_device = jax.device_put(host)
-  bound_dtype = _bound_dtype(bound_dtype, next(iter(on_device.devices())).platform)
+  platform = next(iter(on_device.devices())).platform
+  bound_dtype = _bound_dtype(bound_dtype, platform)
   m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
       components is None) else components
   rows = host[np.linspace(0, n - 1, min(n, sample)).astype(np.int64)]
@@ -877,7 +880,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     params = _dct_params(image_shape, rows, centre, m)
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
-  rows, a_max, err_max, pixels, sq_norms = _l2_build(
+  build = _l2_build_on_cpu() if platform == "cpu" else _l2_build
+  rows, a_max, err_max, pixels, sq_norms = build(
       on_device, params, block=min(_BUILD_BLOCK, n),
       norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
@@ -890,9 +894,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 _BUILD_BLOCK = 512
 
 
-@functools.partial(jax.jit, static_argnames=("block", "norms_by_products", "dtype"))
-def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False,
-              dtype: str = "float32"):
+def _l2_build_program(x_NxD, params, *, block: int, norms_by_products: bool = False,
+                     dtype: str = "float32"):
   """(``_l2_bound_rows`` rows of ``dtype``, a_max, err_max (the largest a' and err' of the
   real rows, ``_l2_layout``), int8 pixels (``distances.centred_pixels``), their exact int32
   squared norms) of every row: one program, whose map over blocks of ``block`` rows (the
@@ -912,6 +915,32 @@ def _l2_build(x_NxD, params, *, block: int, norms_by_products: bool = False,
   pixels = distances.centred_pixels(x_NxD)
   return (_l2_bound_rows(rows), jnp.max(a.reshape(-1)[:n]), jnp.max(err.reshape(-1)[:n]),
           pixels, distances.int_squared_norms(pixels, by_products=norms_by_products))
+
+
+_BUILD_STATIC = ("block", "norms_by_products", "dtype")
+_l2_build = jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC)
+
+# XLA's option for its classic CPU emitters (the suite's, tests/conftest.py). The index
+# build's program compiled in 0.22-0.29 s with them against 0.35-0.47 s with XLA's default
+# fusion emitters, and ran as fast (0.54-0.56 s against 0.55-0.63 s for 50,000 CIFAR-10
+# rows; a fresh build 0.92-1.03 s against 1.05-1.16 s; AMD EPYC, WORKSPACE.md, 2026-12-06).
+# Only for this program: L1's kernels run 10x slower with the classic emitters, and the
+# search's bound product a few per cent slower.
+_CLASSIC_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_build_on_cpu():
+  """``_l2_build`` compiled with XLA's classic CPU emitters, where this jax and XLA take the
+  option (a program of one addition compiled once per process to ask), else ``_l2_build``.
+  For inputs on a CPU only: other backends have their own emitters."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
+        np.float32(0)).compile()
+  except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
+    return _l2_build
+  return jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC,
+                 compiler_options=_CLASSIC_EMITTERS)
 
 
 def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
