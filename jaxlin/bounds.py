@@ -880,7 +880,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     params = _dct_params(image_shape, rows, centre, m)
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
-  build = _l2_build_on_cpu() if platform == "cpu" else _l2_build
+  build = _l2_build_on_cpu if platform == "cpu" else _l2_build
   rows, a_max, err_max, pixels, sq_norms = build(
       on_device, params, block=min(_BUILD_BLOCK, n),
       norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
@@ -917,30 +917,46 @@ def _l2_build_program(x_NxD, params, *, block: int, norms_by_products: bool = Fa
           pixels, distances.int_squared_norms(pixels, by_products=norms_by_products))
 
 
-_BUILD_STATIC = ("block", "norms_by_products", "dtype")
-_l2_build = jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC)
-
-# XLA's option for its classic CPU emitters (the suite's, tests/conftest.py). The index
-# build's program compiled in 0.22-0.29 s with them against 0.35-0.47 s with XLA's default
-# fusion emitters, and ran as fast (0.54-0.56 s against 0.55-0.63 s for 50,000 CIFAR-10
-# rows; a fresh build 0.92-1.03 s against 1.05-1.16 s; AMD EPYC, WORKSPACE.md, 2026-12-06).
-# Only for this program: L1's kernels run 10x slower with the classic emitters, and the
-# search's bound product a few per cent slower.
+# XLA's option for its classic CPU emitters (the suite's, tests/conftest.py), for the L2
+# programs that run on a CPU: they compile in about half the time with it and run as fast.
+# The index build's program compiled in 0.22-0.29 s against 0.35-0.47 s (a fresh build
+# 0.93 s against 1.09 s, medians of six), the bounds' in 0.14 s against 0.46 s, a round's
+# refinement in 0.12-0.14 s against 0.20-0.26 s, and each ran within 1 % of its time with
+# XLA's default fusion emitters (50,000 CIFAR-10 rows, tiles of 128 queries; AMD EPYC,
+# WORKSPACE.md, 2026-12-06). Not for L1: its kernels run 10x slower with these emitters.
 _CLASSIC_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
 @functools.lru_cache(maxsize=None)
-def _l2_build_on_cpu():
-  """``_l2_build`` compiled with XLA's classic CPU emitters, where this jax and XLA take the
-  option (a program of one addition compiled once per process to ask), else ``_l2_build``.
-  For inputs on a CPU only: other backends have their own emitters."""
+def _cpu_compiler_options() -> dict:
+  """``_CLASSIC_EMITTERS`` where this jax and XLA take them (a program of one addition
+  compiled once per process to ask), else {}."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
         np.float32(0)).compile()
   except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
-    return _l2_build
-  return jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC,
-                 compiler_options=_CLASSIC_EMITTERS)
+    return {}
+  return _CLASSIC_EMITTERS
+
+
+def _cpu_jit(fun, **jit_kwargs):
+  """``jax.jit(fun, **jit_kwargs)`` with ``_cpu_compiler_options``, made at its first call
+  (the options are asked for then, not at import). For programs that run on a CPU only,
+  called outside jit (options are refused on a jit nested in another)."""
+  @functools.lru_cache(maxsize=None)
+  def jitted():
+    options = _cpu_compiler_options()
+    return jax.jit(fun, **jit_kwargs, **({"compiler_options": options} if options else {}))
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    return jitted()(*args, **kwargs)
+  return call
+
+
+_BUILD_STATIC = ("block", "norms_by_products", "dtype")
+_l2_build = jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC)
+_l2_build_on_cpu = _cpu_jit(_l2_build_program, static_argnames=_BUILD_STATIC)
 
 
 def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -1363,8 +1379,7 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
                     params, k=k, m=_bound_components(rows))
 
 
-@jax.jit
-def _l2_bounds(q_TxD, rows, params):
+def _l2_bounds_program(q_TxD, rows, params):
   """Step 1 on a CPU: (b^ (T, N') float32, a, err) of one tile of queries; the host reads
   b^'s bits as int32 keys (``_host_candidates``: a view, where a bit cast in the program
   copied the (T, N') bounds, 5-8 ms of a 14 ms product per tile on an AMD EPYC,
@@ -1373,8 +1388,9 @@ def _l2_bounds(q_TxD, rows, params):
   return _bound_product(ux, rows), a, err
 
 
+_l2_bounds = _cpu_jit(_l2_bounds_program)
 # Steps 2 and 3 after the host's selection (``_host_candidates``).
-_l2_settle = jax.jit(_l2_finish, static_argnames=("k", "m"))
+_l2_settle = _cpu_jit(_l2_finish, static_argnames=("k", "m"))
 
 
 def _memory_tile(n: int) -> int:
@@ -1516,12 +1532,14 @@ def _later_widths(rest: int) -> np.ndarray:
   return np.array(sorted({min(rest, 32 << j) for j in range(max(1, rest.bit_length()))}))
 
 
-@jax.jit
-def _l2_all(q_TxD, pixels, sq_norms):
+def _l2_all_program(q_TxD, pixels, sq_norms):
   """(T, N) exact int32 squared distances of int8 queries (centred pixels) to every row of
   the index: brute force from the index's own pixels and norms."""
   dot = distances.int8_products(q_TxD, pixels)
   return distances.int_squared_norms(q_TxD)[:, None] + sq_norms[None, :] - 2 * dot
+
+
+_l2_all = _cpu_jit(_l2_all_program)
 
 
 def _l2_brute_on_host(queries, index, k, query_tile=None):

@@ -780,29 +780,28 @@ def test_the_bfloat16_check_refuses_every_other_arithmetic(monkeypatch, arithmet
   assert bounds._bf16_sums_in_float32.__wrapped__() is passes
 
 
-def test_the_build_with_classic_emitters_gives_the_same_index(monkeypatch):
-  # On a CPU the build's program is compiled with XLA's classic emitters (it compiles
+def test_the_cpu_programs_with_classic_emitters_give_the_same_index(monkeypatch):
+  # On a CPU the L2 programs are compiled with XLA's classic emitters (they compile
   # faster): the same operations, so the same index to the bit; where XLA does not know the
-  # option, the plain program.
+  # option, with its defaults.
   db = np.random.default_rng(16).integers(0, 256, (45, D), dtype=np.uint8)
   x = jax.device_put(db)
   params = bounds.build_index(db, metric="l2", image_shape=SHAPE, components=9).params
   params = {key: v for key, v in params.items() if key not in ("a_max", "err_max")}
-  classic = bounds._l2_build_on_cpu()
-  assert classic is not bounds._l2_build
+  assert bounds._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False}
   for dtype in bounds.BOUND_DTYPES:
-    got = classic(x, params, block=16, dtype=dtype)
+    got = bounds._l2_build_on_cpu(x, params, block=16, dtype=dtype)
     want = bounds._l2_build(x, params, block=16, dtype=dtype)
     for g, w in zip(got, want):
       assert g.dtype == w.dtype and np.array_equal(np.asarray(g), np.asarray(w))
-  bounds._l2_build_on_cpu.cache_clear()
   monkeypatch.setattr(bounds, "_CLASSIC_EMITTERS", {"xla_cpu_no_such_option": False})
+  bounds._cpu_compiler_options.cache_clear()
   try:
-    assert bounds._l2_build_on_cpu() is bounds._l2_build
-    index = bounds.build_index(db, metric="l2", image_shape=SHAPE, components=9)
-    assert index.bound_rows.shape[0] == 48
+    assert not bounds._cpu_compiler_options()
+    program = bounds._cpu_jit(lambda a: a * 2)
+    assert program(np.int32(4)) == 8
   finally:
-    bounds._l2_build_on_cpu.cache_clear()
+    bounds._cpu_compiler_options.cache_clear()
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():
