@@ -656,9 +656,10 @@ def _bound_dtype_name(choice) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _bf16_sums_in_float32() -> bool:
-  """Whether the default device's bfloat16 products (``_bound_product``'s form, at the
-  bound's shape) are exact and summed in float32 rounded to nearest, as the bound's proof
-  needs. Checked once per process (a few ms) on sums whose every form differs:
+  """Whether the CPU's bfloat16 products (``_bound_product`` compiled as ``_l2_bounds``
+  compiles it there, at the bound's shape) are exact and summed in float32 rounded to
+  nearest, as the bound's proof needs. Checked once per process (a few ms) on sums whose
+  every form differs:
 
   * 256 + 1 + ... + 1 (261 ones), with the 256 at every position: 517 in float32; 256 or
     520 where the sum is held in bfloat16 (257 and 517 are not bfloat16 values);
@@ -675,8 +676,9 @@ def _bf16_sums_in_float32() -> bool:
   a[0] = 0.0
   a[0, :2] = 1 + 2.0 ** -7, 1.5 * 2.0 ** -12
   # Rounded by numpy (exactly: every value is a bfloat16 one), not by a program to compile.
-  out = np.asarray(_bound_product(jax.device_put(a.astype(jnp.bfloat16)),
-                                  jax.device_put(b.astype(jnp.bfloat16))))
+  cpu = jax.devices("cpu")[0]
+  out = np.asarray(_bf16_probe(jax.device_put(a.astype(jnp.bfloat16), cpu),
+                               jax.device_put(b.astype(jnp.bfloat16), cpu)))
   nearest = np.float32(1 + 2.0 ** -6 + 2.0 ** -14 + 2.0 ** -23)
   return bool(np.all(out[0] == nearest) and np.all(out[1:] == 256.0 + (k - 3)))
 
@@ -846,7 +848,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     coarse_table, fine_table = _pool_table(groups), _pool_table(fine)
     width = -(-fine_table.shape[0] // 64) * 64  # whole lanes for the pair kernel
     if isinstance(db, np.ndarray):  # host rows: 0.07 s against jnp.asarray's 0.11 s (CIFAR-10)
-      db = jax.device_put(db)
+      db = _put_here(db)
     tiles, fine_rows = _l1_build(db, jnp.asarray(coarse_table), jnp.asarray(fine_table),
                                  width=width, tile=L1_TILE,
                                  blocks=_whole_blocks(image_shape, min(pool, side),
@@ -869,7 +871,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   host = np.asarray(db)
-  on_device = jax.device_put(host)
+  on_device = _put_here(host)
   platform = next(iter(on_device.devices())).platform
   bound_dtype = _bound_dtype(bound_dtype, platform)
   m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
@@ -886,6 +888,15 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
+
+
+def _put_here(host: np.ndarray):
+  """``host`` put on the default device and committed to it (no second copy), as are then
+  the index's arrays computed from it: its search runs where it lives, whatever the default
+  device then (a CPU index searched under a GPU default would otherwise compute its bounds
+  on the GPU, with the CPU's bfloat16 arithmetic assumed)."""
+  uncommitted = jax.device_put(host)
+  return jax.device_put(uncommitted, uncommitted.sharding)
 
 
 # Rows per block of the index build's map: bounded memory for the projections; a (512, D)
@@ -933,7 +944,7 @@ def _cpu_compiler_options() -> dict:
   compiled once per process to ask), else {}."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
-        np.float32(0)).compile()
+        jax.device_put(np.float32(0), jax.devices("cpu")[0])).compile()
   except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
     return {}
   return _CLASSIC_EMITTERS
@@ -1389,6 +1400,8 @@ def _l2_bounds_program(q_TxD, rows, params):
 
 
 _l2_bounds = _cpu_jit(_l2_bounds_program)
+# The bfloat16 check's product, compiled as _l2_bounds compiles it on a CPU.
+_bf16_probe = _cpu_jit(_bound_product)
 # Steps 2 and 3 after the host's selection (``_host_candidates``).
 _l2_settle = _cpu_jit(_l2_finish, static_argnames=("k", "m"))
 

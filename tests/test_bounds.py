@@ -1,5 +1,6 @@
 """Pruned search equals brute force on adversarial data; the bounds never exceed distances."""
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -776,32 +777,53 @@ def test_the_bfloat16_check_refuses_every_other_arithmetic(monkeypatch, arithmet
         p = p.astype(np.float32).astype(jnp.bfloat16).astype(np.float64)
       out = rounded(out + p)
     return out
-  monkeypatch.setattr(bounds, "_bound_product", product)
+  monkeypatch.setattr(bounds, "_bf16_probe", product)
   assert bounds._bf16_sums_in_float32.__wrapped__() is passes
 
 
-def test_the_cpu_programs_with_classic_emitters_give_the_same_index(monkeypatch):
+def test_the_cpu_programs_take_classic_emitters_and_the_same_index(monkeypatch):
   # On a CPU the L2 programs are compiled with XLA's classic emitters (they compile
-  # faster): the same operations, so the same index to the bit; where XLA does not know the
-  # option, with its defaults.
+  # faster): the same operations (float sums perhaps in another order: the bound's error
+  # terms hold for any order), so the same index; where jax or XLA do not take the option,
+  # with XLA's defaults.
   db = np.random.default_rng(16).integers(0, 256, (45, D), dtype=np.uint8)
   x = jax.device_put(db)
   params = bounds.build_index(db, metric="l2", image_shape=SHAPE, components=9).params
   params = {key: v for key, v in params.items() if key not in ("a_max", "err_max")}
-  assert bounds._cpu_compiler_options() == {"xla_cpu_use_fusion_emitters": False}
+  takes = "compiler_options" in inspect.signature(jax.jit).parameters
+  assert bounds._cpu_compiler_options() == (
+      {"xla_cpu_use_fusion_emitters": False} if takes else {})
   for dtype in bounds.BOUND_DTYPES:
     got = bounds._l2_build_on_cpu(x, params, block=16, dtype=dtype)
     want = bounds._l2_build(x, params, block=16, dtype=dtype)
     for g, w in zip(got, want):
-      assert g.dtype == w.dtype and np.array_equal(np.asarray(g), np.asarray(w))
+      assert g.dtype == w.dtype
+      np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64),
+                                 rtol=1e-6)
+  # The options reach the compiler: an unknown one is refused there.
+  monkeypatch.setattr(bounds, "_cpu_compiler_options", lambda: {"xla_cpu_no_such_option": 0})
+  if takes:
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such_option"):
+      bounds._cpu_jit(lambda a: a * 2)(np.int32(4))
+  monkeypatch.undo()
   monkeypatch.setattr(bounds, "_CLASSIC_EMITTERS", {"xla_cpu_no_such_option": False})
   bounds._cpu_compiler_options.cache_clear()
   try:
-    assert not bounds._cpu_compiler_options()
-    program = bounds._cpu_jit(lambda a: a * 2)
-    assert program(np.int32(4)) == 8
+    assert not bounds._cpu_compiler_options()  # XLA without the option: the defaults
+    assert bounds._cpu_jit(lambda a: a * 2)(np.int32(4)) == 8
   finally:
     bounds._cpu_compiler_options.cache_clear()
+
+
+def test_an_index_is_committed_to_its_device():
+  # Its search runs where it lives, whatever the default device then (tests/multidevice
+  # searches an index built under another default device).
+  db = np.random.default_rng(17).integers(0, 256, (40, D), dtype=np.uint8)
+  for metric in ("l2", "l1"):
+    index = bounds.build_index(db, metric=metric, image_shape=SHAPE)
+    assert index.database.committed
+  assert index.bound_rows.committed or index.metric == "l1"
+  assert bounds.build_index(db, metric="l2").bound_rows.committed
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():

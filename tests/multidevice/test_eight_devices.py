@@ -222,3 +222,25 @@ def test_pruned_search_on_a_mesh_equals_one_device():
   np.testing.assert_array_equal(i, i0)
   np.testing.assert_array_equal(d, d0)
   assert stats["brute_force"] == 2 * len(q)  # 8 k candidates: more than a device's rows
+
+
+def test_an_index_searches_on_the_device_it_was_built_on():
+  """An index is committed to the device it was built on: searched outside that device's
+  default_device context, its programs still run there (its bounds were computed on the
+  default device before), with the one-device brute-force answer."""
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel
+  from tests.test_bounds import SHAPE, adversarial  # pylint: disable=import-outside-toplevel
+  q, db = adversarial()
+  there = jax.devices()[3]
+  for metric in ("l2", "l1"):
+    with jax.default_device(there):
+      index = bounds.build_index(db, metric=metric, image_shape=SHAPE)
+    d, i, _ = bounds.search(q, index, 5)  # the default device is jax.devices()[0] again
+    d0, i0 = knn.search(q, db, 5, metric=metric, method="brute")
+    np.testing.assert_array_equal(i, i0)
+    np.testing.assert_array_equal(d, d0)
+    assert index.database.devices() == {there}
+  with jax.default_device(jax.devices()[5]):
+    index = bounds.build_index(db, metric="l2", image_shape=SHAPE, bound_dtype="float32")
+  b, _, _ = bounds._l2_bounds(q[:8], index.bound_rows, index.params)
+  assert b.devices() == {jax.devices()[5]}
