@@ -676,7 +676,7 @@ def _bf16_sums_in_float32() -> bool:
   a[0] = 0.0
   a[0, :2] = 1 + 2.0 ** -7, 1.5 * 2.0 ** -12
   # Rounded by numpy (exactly: every value is a bfloat16 one), not by a program to compile.
-  cpu = jax.devices("cpu")[0]
+  cpu = jax.local_devices(backend="cpu")[0]
   out = np.asarray(_bf16_probe(jax.device_put(a.astype(jnp.bfloat16), cpu),
                                jax.device_put(b.astype(jnp.bfloat16), cpu)))
   nearest = np.float32(1 + 2.0 ** -6 + 2.0 ** -14 + 2.0 ** -23)
@@ -944,7 +944,7 @@ def _cpu_compiler_options() -> dict:
   compiled once per process to ask), else {}."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
-        jax.device_put(np.float32(0), jax.devices("cpu")[0])).compile()
+        jax.device_put(np.float32(0), jax.local_devices(backend="cpu")[0])).compile()
   except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
     return {}
   return _CLASSIC_EMITTERS
