@@ -817,7 +817,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       elsewhere.
 
   Returns:
-    an ``Index``.
+    an ``Index`` on the default device (``jax.default_device``), committed to it:
+    its searches run there, whatever the default device is then.
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
