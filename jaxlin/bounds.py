@@ -258,16 +258,17 @@ _COST = {
     "build": 0.83,  # the index build, once, and the compilation of the rounds
 }
 # The same with the bound's product in bfloat16 (``_bound_dtype``; 256 components, the
-# second stage skipping candidates): a least-squares fit (within 0.34 s of each point) to
-# knn.search's first call in fresh processes, AMD EPYC (Zen 4), 2026-12-05, night: the
-# cascade with its build 2.8-3.25 / 3.15-3.48 / 3.26-3.62 / 3.38-3.63 / 3.56-3.91 / 4.06-4.4
-# / 4.54-4.7 s for 500 / 1,000 / 2,000 / 3,000 / 4,000 / 7,000 / 10,000 queries (brute force
-# 3.05-3.15 / 4.27-4.34 / 5.52-5.57 s for 2,000 / 3,000 / 4,000); 10,000 queries of the
-# smaller images 3.40-3.54 / 2.22-2.32 / 1.46-1.48 s (1,024, 192, 16 features). More
-# programs to compile (the second stage's widths) make its fixed cost higher, the bfloat16
-# product its cost per pair lower. The per-query term came out 0.
-_COST_BF16 = {**_COST, "pruned_bound": 0.257e-8, "pruned_select": 0.069e-8, "pruned_query": 0.0,
-              "build_row": 4.14e-5, "build": 0.99}
+# second stage skipping candidates, the CPU programs compiled with XLA's classic emitters):
+# a least-squares fit (non-negative, within 0.37 s of each point) to knn.search's first
+# call in fresh processes, AMD EPYC (Zen 4), 2026-12-06, in turns with brute force: the
+# cascade with its build 2.36-2.77 / 2.46-2.85 / 2.77-2.92 / 3.44-3.50 / 3.39-3.85 /
+# 4.07-4.17 s for 1,000 / 2,000 / 3,000 / 4,000 / 7,000 / 10,000 queries (brute force
+# 1.94-2.01 / 3.07-3.24 / 4.32-4.37 / 5.48-5.52 / 9.15-9.17 / 12.7-12.8 s); 10,000 queries of
+# the smaller images 2.91-3.20 / 1.90-2.19 / 1.20-1.55 s (brute force 5.35-5.36 / 2.20-2.22 /
+# 1.57-1.62 s; 1,024, 192, 16 features). The selection's per-pair term came out 0 (the
+# bound's absorbs it).
+_COST_BF16 = {**_COST, "pruned_bound": 0.207e-8, "pruned_select": 0.0, "pruned_query": 0.75e-4,
+              "build_row": 2.3e-5, "build": 1.27}
 _COST_MARGIN = 1.25  # the cascade is chosen only when predicted 1.25x faster
 # L1 (images): seconds per (query, row) and per database row with 3,072 features, measured
 # with CIFAR-10 (50,000 rows, k = 10) on an Intel Xeon, 2026-12-04, through knn.search (its
@@ -323,8 +324,9 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   CIFAR-10 rows (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries,
   measured with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and
   5,124 at 2.5; with the bound in bfloat16 (``bound_dtype``: None, what ``build_index``
-  would choose here; ``_COST_BF16``) from 3,571 queries at 1.62 (4,000 measured: 3.6-3.9 s
-  against 5.5-5.6 s; 10,000: 4.5-4.7 s), 3,075 at 1.4 and 5,592 at 2.5.
+  would choose here; ``_COST_BF16``) from 2,876 queries at 1.62 (3,000 measured: 2.8-2.9 s
+  against 4.3-4.4 s; 2,000: 2.5-2.9 s against 3.1-3.2 s, under the margin; 10,000: 4.1-4.2
+  s), 2,470 at 1.4 and 4,552 at 2.5.
 
   Raises InputError for an unknown metric, counts below 0 (features and k below 1) or an
   unknown bound_dtype (bfloat16 off the CPU).
