@@ -7,8 +7,8 @@ DCT that ``pruned_speed`` times; the report's header says so.
 
 Rows:
 * build, block B: the bounds, int8 pixels and norms of all training rows, the bounds in
-  blocks of B rows (``bounds._l2_build``, as ``build_index`` compiles it), the components
-  computed once beforehand;
+  blocks of B rows (``bounds._l2_build_for``: the program as ``build_index`` compiles it),
+  the components computed once beforehand;
 * build, sample S: ``bounds.build_index`` with S rows for the components, and the queries
   of ``--queries`` test images settled in the first round (fewer samples: a cheaper build,
   a looser bound);
@@ -78,8 +78,8 @@ def main(argv):
   params = bounds._l2_params(bounds._principal_basis(sample, centre, bounds.COMPONENTS, 0),
                              centre)
   amx = distances.cpu_has_amx()  # the norms as build_index takes them
-  # The build's program as build_index compiles it here (XLA's classic emitters on a CPU).
-  build = bounds._l2_build_on_cpu if jax.default_backend() == "cpu" else bounds._l2_build
+  # The build's program as build_index compiles it for rows on the default device.
+  build = bounds._l2_build_for(jax.devices()[0].platform)
   for block in (256, 512, 1024, 2048):
     seconds = common.best_seconds(
         lambda: build(x, params, block=block, norms_by_products=amx),

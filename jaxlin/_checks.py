@@ -166,8 +166,7 @@ def _any_nan(x):
 def under_jit(*arrays) -> bool:
   """Whether a caller's jit is tracing around this call: any of ``arrays`` is traced, or a
   value made now is (concrete arrays closed over in a jitted function). The value is put,
-  not computed: outside a trace that compiles nothing (``jnp.zeros`` compiled a program,
-  25 ms of a fresh process's first call)."""
+  not computed: outside a trace that compiles nothing."""
   return any(is_traced(a) for a in arrays) or is_traced(jax.device_put(0))
 
 

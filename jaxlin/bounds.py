@@ -127,6 +127,47 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _F32_EXACT = 2 ** 24  # integers of magnitude below this are exact in float32, as are their sums
 
 
+# XLA's option for its classic CPU emitters (the suite's, tests/conftest.py), for the L2
+# programs that run on a CPU: they compile in about half the time with it and run as fast.
+# Lowered and compiled in fresh processes, the index build's program took 0.23-0.29 s
+# against 0.35-0.47 s (a fresh build 0.93 s against 1.09 s, medians of six), the bounds'
+# 0.27 s against 0.46 s, a round's refinement 0.15-0.21 s against 0.19-0.24 s, and each
+# ran within 1 % of its time with XLA's default fusion emitters (50,000 CIFAR-10 rows,
+# tiles of 128 queries; AMD EPYC, WORKSPACE.md, 2026-12-06). Not for L1: its kernels run
+# 10x slower with these emitters.
+_CLASSIC_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_compiler_options() -> dict:
+  """``_CLASSIC_EMITTERS`` where this jax and XLA take them (a program of one addition
+  compiled once per process to ask), else {}."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
+        jax.device_put(np.float32(0), jax.local_devices(backend="cpu")[0])).compile()
+  except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
+    return {}
+  return _CLASSIC_EMITTERS
+
+
+def _cpu_jit(fun=None, **jit_kwargs):
+  """``jax.jit(fun, **jit_kwargs)`` with ``_cpu_compiler_options``, made at its first call
+  (the options are asked for then, not at import); a decorator too (``@_cpu_jit``, or
+  ``@functools.partial(_cpu_jit, static_argnames=...)``). For programs that run on a CPU
+  only, called outside jit (jax refuses options on a jit nested in another)."""
+  if fun is None:
+    return functools.partial(_cpu_jit, **jit_kwargs)
+  @functools.lru_cache(maxsize=None)
+  def jitted():
+    options = _cpu_compiler_options()
+    return jax.jit(fun, **jit_kwargs, **({"compiler_options": options} if options else {}))
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    return jitted()(*args, **kwargs)
+  return call
+
+
 def max_features(metric: str) -> int:
   """The most features ``search`` serves for ``metric``: its distances of uint8 rows stay
   below 2**30 (16,512 for L2, 4,210,752 for L1)."""
@@ -244,7 +285,8 @@ def int8_speedup() -> float:
 # constants (build, build_row, pruned_query) are a least-squares fit to its points (within
 # 0.5 s of each; the bound's per pair scaled from its fit at 192 components). Measured before
 # the second stage skipped candidates (its first stage then 2 c / 5): float32 CPUs now run
-# cheaper refinements than these constants say.
+# cheaper refinements than these constants say, and since 2026-12-06 compile the programs in
+# about half the time (``_cpu_jit``; not refitted: these constants err towards brute force).
 _COST_SPEEDUP = 1.62  # int8_speedup() where the costs below were measured
 _COST = {
     "brute_product": 2.2e-8,  # brute force per (query, row): the int8 product (x D / 3072
@@ -746,6 +788,10 @@ def _bound_product(ux, rows):
   return jnp.matmul(ux, rows.T, precision=_HIGHEST)
 
 
+# The bfloat16 check's product, compiled as _l2_bounds compiles it on a CPU.
+_bf16_probe = _cpu_jit(_bound_product)
+
+
 def _l2_query_rows(q_TxD, params, dtype: str = "float32"):
   """(ux (T, W), a (T,), err (T,)) of queries (``_l2_layout``; ``_l2_rows`` gives a and
   err)."""
@@ -819,8 +865,9 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       elsewhere.
 
   Returns:
-    an ``Index`` on the default device (``jax.default_device``), committed to it:
-    its searches run there, whatever the default device is then.
+    an ``Index`` committed to the default device (``jax.default_device``; L1 given
+    a jax array: that array's devices): its searches run there, whatever the default
+    device is then.
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
@@ -850,8 +897,9 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     fine = _groups(d, image_shape, min(max(1, pool // 2), side))  # the finer level: p / 2
     coarse_table, fine_table = _pool_table(groups), _pool_table(fine)
     width = -(-fine_table.shape[0] // 64) * 64  # whole lanes for the pair kernel
-    if isinstance(db, np.ndarray):  # host rows: 0.07 s against jnp.asarray's 0.11 s (CIFAR-10)
-      db = _put_here(db)
+    # Host rows put as a whole (0.07 s against jnp.asarray's 0.11 s, CIFAR-10); a jax array
+    # stays on its devices. Committed either way.
+    db = _put_committed(db)
     tiles, fine_rows = _l1_build(db, jnp.asarray(coarse_table), jnp.asarray(fine_table),
                                  width=width, tile=L1_TILE,
                                  blocks=_whole_blocks(image_shape, min(pool, side),
@@ -874,7 +922,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
   host = np.asarray(db)
-  on_device = _put_here(host)
+  on_device = _put_committed(host)
   platform = next(iter(on_device.devices())).platform
   bound_dtype = _bound_dtype(bound_dtype, platform)
   m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
@@ -885,21 +933,21 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
     params = _dct_params(image_shape, rows, centre, m)
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
-  build = _l2_build_on_cpu if platform == "cpu" else _l2_build
-  rows, a_max, err_max, pixels, sq_norms = build(
+  rows, a_max, err_max, pixels, sq_norms = _l2_build_for(platform)(
       on_device, params, block=min(_BUILD_BLOCK, n),
       norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
 
 
-def _put_here(host: np.ndarray):
-  """``host`` put on the default device and committed to it (no second copy), as are then
-  the index's arrays computed from it: its search runs where it lives, whatever the default
-  device then (a CPU index searched under a GPU default would otherwise compute its bounds
-  on the GPU, with the CPU's bfloat16 arithmetic assumed)."""
-  uncommitted = jax.device_put(host)
-  return jax.device_put(uncommitted, uncommitted.sharding)
+def _put_committed(rows):
+  """``rows`` committed to their devices (no copy): host rows put on the default device
+  first, a jax array where it lives. The index's arrays computed from them are committed
+  too, so its search runs where it lives, whatever the default device then (a CPU index
+  searched under a GPU default would otherwise compute its bounds on the GPU, with the CPU's
+  bfloat16 arithmetic assumed)."""
+  rows = jax.device_put(rows) if isinstance(rows, np.ndarray) else rows
+  return jax.device_put(rows, rows.sharding)
 
 
 # Rows per block of the index build's map: bounded memory for the projections; a (512, D)
@@ -931,46 +979,15 @@ def _l2_build_program(x_NxD, params, *, block: int, norms_by_products: bool = Fa
           pixels, distances.int_squared_norms(pixels, by_products=norms_by_products))
 
 
-# XLA's option for its classic CPU emitters (the suite's, tests/conftest.py), for the L2
-# programs that run on a CPU: they compile in about half the time with it and run as fast.
-# The index build's program compiled in 0.22-0.29 s against 0.35-0.47 s (a fresh build
-# 0.93 s against 1.09 s, medians of six), the bounds' in 0.14 s against 0.46 s, a round's
-# refinement in 0.12-0.14 s against 0.20-0.26 s, and each ran within 1 % of its time with
-# XLA's default fusion emitters (50,000 CIFAR-10 rows, tiles of 128 queries; AMD EPYC,
-# WORKSPACE.md, 2026-12-06). Not for L1: its kernels run 10x slower with these emitters.
-_CLASSIC_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_compiler_options() -> dict:
-  """``_CLASSIC_EMITTERS`` where this jax and XLA take them (a program of one addition
-  compiled once per process to ask), else {}."""
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=_CLASSIC_EMITTERS).lower(
-        jax.device_put(np.float32(0), jax.local_devices(backend="cpu")[0])).compile()
-  except (TypeError, jax.errors.JaxRuntimeError):  # an older jax, or XLA without the option
-    return {}
-  return _CLASSIC_EMITTERS
-
-
-def _cpu_jit(fun, **jit_kwargs):
-  """``jax.jit(fun, **jit_kwargs)`` with ``_cpu_compiler_options``, made at its first call
-  (the options are asked for then, not at import). For programs that run on a CPU only,
-  called outside jit (options are refused on a jit nested in another)."""
-  @functools.lru_cache(maxsize=None)
-  def jitted():
-    options = _cpu_compiler_options()
-    return jax.jit(fun, **jit_kwargs, **({"compiler_options": options} if options else {}))
-
-  @functools.wraps(fun)
-  def call(*args, **kwargs):
-    return jitted()(*args, **kwargs)
-  return call
-
-
 _BUILD_STATIC = ("block", "norms_by_products", "dtype")
 _l2_build = jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC)
 _l2_build_on_cpu = _cpu_jit(_l2_build_program, static_argnames=_BUILD_STATIC)
+
+
+def _l2_build_for(platform: str):
+  """The index build's program for rows on a device of ``platform``: on a CPU compiled with
+  ``_cpu_compiler_options``."""
+  return _l2_build_on_cpu if platform == "cpu" else _l2_build
 
 
 def _padded_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -1393,7 +1410,8 @@ def _l2_round(q_TxD, pixels, sq_norms, rows, params, *, k, g, c):
                     params, k=k, m=_bound_components(rows))
 
 
-def _l2_bounds_program(q_TxD, rows, params):
+@_cpu_jit
+def _l2_bounds(q_TxD, rows, params):
   """Step 1 on a CPU: (b^ (T, N') float32, a, err) of one tile of queries; the host reads
   b^'s bits as int32 keys (``_host_candidates``: a view, where a bit cast in the program
   copied the (T, N') bounds, 5-8 ms of a 14 ms product per tile on an AMD EPYC,
@@ -1402,9 +1420,6 @@ def _l2_bounds_program(q_TxD, rows, params):
   return _bound_product(ux, rows), a, err
 
 
-_l2_bounds = _cpu_jit(_l2_bounds_program)
-# The bfloat16 check's product, compiled as _l2_bounds compiles it on a CPU.
-_bf16_probe = _cpu_jit(_bound_product)
 # Steps 2 and 3 after the host's selection (``_host_candidates``).
 _l2_settle = _cpu_jit(_l2_finish, static_argnames=("k", "m"))
 
@@ -1548,14 +1563,13 @@ def _later_widths(rest: int) -> np.ndarray:
   return np.array(sorted({min(rest, 32 << j) for j in range(max(1, rest.bit_length()))}))
 
 
-def _l2_all_program(q_TxD, pixels, sq_norms):
+@_cpu_jit
+def _l2_all(q_TxD, pixels, sq_norms):
   """(T, N) exact int32 squared distances of int8 queries (centred pixels) to every row of
   the index: brute force from the index's own pixels and norms."""
   dot = distances.int8_products(q_TxD, pixels)
   return distances.int_squared_norms(q_TxD)[:, None] + sq_norms[None, :] - 2 * dot
 
-
-_l2_all = _cpu_jit(_l2_all_program)
 
 
 def _l2_brute_on_host(queries, index, k, query_tile=None):

@@ -551,6 +551,7 @@ def test_auto_rule_follows_the_cost_model():
   assert bf16("l2", 4000, 50000, 3072, speedup=1.62)
   assert bf16("l2", 3000, 50000, 3072, speedup=1.62)
   assert not bf16("l2", 2000, 50000, 3072, speedup=1.62)
+  assert bf16("l2", 10000, 50000, 16, speedup=1.62)  # measured 1.20-1.55 s against 1.57-1.62 s
   assert bf16("l2", 10000, 50000, 1024, speedup=1.62)
   assert not bf16("l2", 10000, 50000, 192, speedup=1.62)
   assert not bf16("l2", 10 ** 7, 50000, 3072, speedup=4.0)
@@ -787,14 +788,16 @@ def test_the_cpu_programs_take_classic_emitters_and_the_same_index(monkeypatch):
   # On a CPU the L2 programs are compiled with XLA's classic emitters (they compile
   # faster): the same operations (float sums perhaps in another order: the bound's error
   # terms hold for any order), so the same index; where jax or XLA do not take the option,
-  # with XLA's defaults.
+  # with XLA's defaults. (The suite compiles every program with the classic emitters, so
+  # the comparison below is that of two emitters only with JAXLIN_TEST_XLA_DEFAULTS=1.)
   db = np.random.default_rng(16).integers(0, 256, (45, D), dtype=np.uint8)
   x = jax.device_put(db)
   params = bounds.build_index(db, metric="l2", image_shape=SHAPE, components=9).params
   params = {key: v for key, v in params.items() if key not in ("a_max", "err_max")}
   takes = "compiler_options" in inspect.signature(jax.jit).parameters
-  assert bounds._cpu_compiler_options() == (
-      {"xla_cpu_use_fusion_emitters": False} if takes else {})
+  # The option where this XLA has it (jax 0.10.2's does), else none.
+  assert bounds._cpu_compiler_options() in (
+      ({"xla_cpu_use_fusion_emitters": False}, {}) if takes else ({},))
   for dtype in bounds.BOUND_DTYPES:
     got = bounds._l2_build_on_cpu(x, params, block=16, dtype=dtype)
     want = bounds._l2_build(x, params, block=16, dtype=dtype)
@@ -821,11 +824,10 @@ def test_an_index_is_committed_to_its_device():
   # Its search runs where it lives, whatever the default device then (tests/multidevice
   # searches an index built under another default device).
   db = np.random.default_rng(17).integers(0, 256, (40, D), dtype=np.uint8)
-  for metric in ("l2", "l1"):
-    index = bounds.build_index(db, metric=metric, image_shape=SHAPE)
-    assert index.database.committed
-  assert index.bound_rows.committed or index.metric == "l1"
-  assert bounds.build_index(db, metric="l2").bound_rows.committed
+  for metric, rows in (("l2", db), ("l1", db), ("l1", jnp.asarray(db))):
+    index = bounds.build_index(rows, metric=metric, image_shape=SHAPE)
+    assert index.database.committed and index.bound_rows.committed
+  assert bounds.build_index(db, metric="l2").bound_rows.committed  # principal components
 
 
 def test_an_index_prints_briefly_and_flags_are_booleans():
