@@ -173,8 +173,9 @@ def under_jit(*arrays) -> bool:
 def outside_jit(what: str, argument: str, *arrays) -> None:
   """InputError naming ``argument`` when ``what`` is called under a caller's jit."""
   if under_jit(*arrays):
-    raise InputError(f"{what} runs outside jit (it needs concrete values); call it outside "
-                     "your jitted function", argument=argument)
+    raise InputError(f"{what} runs outside jit (and vmap, scan and other transformations: it "
+                     "needs concrete values); call it outside your transformed function",
+                     argument=argument)
 
 
 def has_nan(x) -> bool:

@@ -849,12 +849,12 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       on principal components estimated from the rows).
     pool: p, the block side of L1's coarse level (4: 192 sums for 32x32x3 images);
       its fine level takes p / 2 blocks (at least 1); blocks larger than the
-      image act as the image's size. Unused for L2.
+      image act as the image's size. Unused for L2 (checked all the same).
     components: m, the components of the L2 bound, 1 <= m <= D (default
       min(COMPONENTS, D), with a bfloat16 bound min(COMPONENTS_BF16, D)): the
       m DCT coefficients of largest variance over the sample rows (images),
       else the top m principal components. Unused for L1, as are sample, seed
-      and bound_dtype.
+      and bound_dtype (each checked all the same).
     sample: rows used to order the DCT coefficients or estimate the components
       (any choice gives a valid bound; the DCT orders by at most 1,000 of them,
       evenly spaced; all of them set the centre).
@@ -873,7 +873,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
-    image_shape or bound_dtype.
+    image_shape, pool, components, sample, seed or bound_dtype.
   """
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
@@ -891,8 +891,19 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
                      f"for {metric} (its distances of uint8 rows below 2**30), got {d}",
                      argument="database_NxD")
   image_shape = checked_image_shape(image_shape, d)  # as knn.search checks it
-  if metric == "l1":  # the arguments each metric uses are checked (the others are unused)
-    pool = _checks.int_at_least(pool, "pool", 1)
+  # Every argument is checked, also those the metric leaves unused.
+  pool = _checks.int_at_least(pool, "pool", 1)
+  sample = _checks.int_at_least(sample, "sample", 1)
+  seed = _checks.concrete_int(seed, "seed")
+  if not -2 ** 63 <= seed < 2 ** 63:
+    raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
+  if components is not None:
+    components = _checks.concrete_int(components, "components")
+    if not 1 <= components <= d:
+      raise InputError(f"components must be in [1, {d}], got {components}",
+                       argument="components")
+  bound_dtype = _bound_dtype_name(bound_dtype)
+  if metric == "l1":
     # Blocks past the image (or past D features) are the same as blocks of its size.
     side = d if image_shape is None else max(image_shape[:2])
     groups = _groups(d, image_shape, min(pool, side))
@@ -910,16 +921,6 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
               "fine_rows": fine_rows}
     return Index("l1", db, jnp.zeros((n,), jnp.int32), tiles, params, groups,
                  str(db.dtype), fine, {})
-  sample = _checks.int_at_least(sample, "sample", 1)
-  seed = _checks.concrete_int(seed, "seed")
-  if not -2 ** 63 <= seed < 2 ** 63:
-    raise InputError(f"seed must fit in 64 bits, got {seed}", argument="seed")
-  if components is not None:
-    components = _checks.concrete_int(components, "components")
-    if not 1 <= components <= d:
-      raise InputError(f"components must be in [1, {d}], got {components}",
-                       argument="components")
-  bound_dtype = _bound_dtype_name(bound_dtype)
   # The host copy put on the default device first (as a whole, not split or where a jax
   # input lives): the build took 0.67 s from it against 1.09 s given the numpy array
   # (50,000 CIFAR-10 rows, AMD EPYC, WORKSPACE.md, 2026-12-05).
@@ -1692,13 +1693,23 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
   if not isinstance(index, Index):
     raise InputError(f"index must be an Index from bounds.build_index, got "
                      f"{type(index).__name__}", argument="index")
+  if index.metric not in METRICS or ("coarse_table" in index.params) != (index.metric == "l1"):
+    raise InputError(f"index holds bounds of another metric than its metric {index.metric!r} "
+                     "says (an Index changed after build_index?); build it again with "
+                     "bounds.build_index(database, metric=...)", argument="index")
   n, d = index.database.shape
   _checks.outside_jit("bounds.search (its levels run on the host)", "queries_QxD", queries_QxD)
   knn.not_an_index(queries_QxD, "queries_QxD")
   q = np.asarray(queries_QxD)  # on the host: rounds take tiles and subsets of it
-  if q.ndim != 2 or q.shape[1] != d or q.dtype != jnp.dtype(index.dtype):
-    raise InputError(f"queries_QxD must be 2-D {index.dtype} (the database's dtype) with {d} "
-                     f"features, got shape {q.shape} and dtype {q.dtype}", argument="queries_QxD")
+  if q.ndim != 2 or q.shape[1] != d:
+    fix = (_checks.rows_fix(q.shape) if q.ndim != 2 or q.size == q.shape[0] * d
+           else f"the index's rows have {d}")
+    raise InputError(f"queries_QxD must be 2-D (queries, features) with the index's {d} "
+                     f"features, got shape {q.shape}; {fix}", argument="queries_QxD")
+  if q.dtype != jnp.dtype(index.dtype):
+    raise InputError(f"queries_QxD must be {index.dtype}, the dtype of the index's database, "
+                     f"got {q.dtype}; convert them, e.g. np.asarray(queries, np.{index.dtype}), "
+                     f"if their values fit", argument="queries_QxD")
   k = _checks.concrete_int(k, "k")
   if not 1 <= k <= n:
     raise InputError(f"k must be an integer in [1, {n}] (the database size), got {k}",

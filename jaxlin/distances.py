@@ -27,7 +27,10 @@ l2_float   other (pixels with      the same identity on rows centred on the
            more features too)
                                    database mean, ``precision=HIGHEST``,
                                    clamped at 0
-cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector)
+cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector),
+                                   clamped at 0; rounded as floats, so rows
+                                   within about 1e-6 of one direction (a
+                                   row and its duplicate) may tie or swap
 =========  ======================  ============================================
 
 Integer kernels compute int32 distances (search compares them exactly, see
@@ -597,7 +600,9 @@ KERNELS = {
     "cosine": _Ops(
         prepare=lambda db, n, dt: (_unit_rows(db.astype(dt)), _no_aux(db, dt), _no_centre(db, dt)),
         transform=lambda q, c, dt: (_unit_rows(q.astype(dt)), _no_aux(q, dt)),
-        tile=lambda q, qa, db, da: 1.0 - jnp.matmul(q, db.T, precision=_HIGHEST),
+        # clamped at 0: rounding puts 1 - u.u of a unit row a few ulps either side of 0
+        tile=lambda q, qa, db, da: jnp.maximum(1.0 - jnp.matmul(q, db.T, precision=_HIGHEST),
+                                               0.0),
         feature_major=False),
 }
 """The distance kernels by name (see the module docstring); ``Kernel`` runs them."""

@@ -115,7 +115,10 @@ def cross_validate_knn(x, y, ks: int | Sequence[int], *, num_folds: int = 5,
   faster than XLA's top_k for k near 100). ``callback(fold_done,
   num_folds)`` is called after each fold. x: (N, D) rows; y: (N,) labels in [0,
   num_classes). ``mesh``, ``layout``, ``method`` and ``image_shape`` as in
-  ``jaxlin.knn.search``.
+  ``jaxlin.knn.search``. Neighbours at equal distances are ordered as
+  ``knn.predict(x[tr], y[tr], x[va])`` orders them: by position in the fold's
+  training rows x[tr], which follow ``kfold_indices``' (shuffled) order, not by
+  row of x.
   """
   _checks.outside_jit("cross_validate_knn (it returns numpy accuracies)", "x", x, y)
   knn.not_an_index(x, "x")

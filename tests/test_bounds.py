@@ -830,6 +830,30 @@ def test_an_index_is_committed_to_its_device():
   assert bounds.build_index(db, metric="l2").bound_rows.committed  # principal components
 
 
+def test_a_new_users_mistakes_with_an_index_are_named():
+  # Found by a trial of the API as a new user: each gets one message naming the argument.
+  db = np.random.default_rng(18).integers(0, 256, (60, D), dtype=np.uint8)
+  index = bounds.build_index(db, metric="l2", image_shape=SHAPE)
+  for other in ("l1", "cosine"):  # an Index changed after build_index
+    with pytest.raises(InputError, match="bounds of another metric") as err:
+      bounds.search(db[:2], index._replace(metric=other), 1)
+    assert err.value.argument == "index"
+  for queries, fix in ((db[0], r"x\.reshape\(1, -1\)"),
+                       (db[:2].reshape(2, *SHAPE), r"x\.reshape\(len\(x\), -1\)"),
+                       (db[:2, :100], f"the index's rows have {D}"),
+                       (db[:2].tolist(), r"np\.asarray\(queries, np\.uint8\)")):
+    with pytest.raises(InputError, match=fix) as err:
+      bounds.search(queries, index, 1)
+    assert err.value.argument == "queries_QxD"
+  # The L2 bound's arguments are checked for L1 too, where they are unused.
+  for kwargs in ({"components": 0}, {"bound_dtype": "float16"}, {"sample": 0}, {"pool": 0}):
+    with pytest.raises(InputError) as err:
+      bounds.build_index(db, metric="l1", **kwargs)
+    assert err.value.argument == next(iter(kwargs))
+  with pytest.raises(InputError, match="vmap") as err:
+    jax.vmap(lambda q: bounds.search(q[None], index, 1)[0])(jnp.asarray(db[:2]))
+
+
 def test_an_index_prints_briefly_and_flags_are_booleans():
   db = np.random.default_rng(15).integers(0, 256, (30, D), dtype=np.uint8)
   assert repr(bounds.build_index(db, metric="l2", image_shape=SHAPE,

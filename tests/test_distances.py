@@ -278,6 +278,19 @@ def test_cosine_of_tiny_and_huge_vectors():
   assert d([[0, 0]], [[1, 1]]).tolist() == [[1.0]]  # a zero vector: distance 1
 
 
+def test_cosine_distances_are_never_below_zero():
+  # 1 - u.u of a unit row rounds a few ulps either side of 0: a row against itself and
+  # its duplicates gave -4.8e-7 (a trial of the API as a new user); now clamped at 0.
+  rng = np.random.default_rng(10)
+  v = rng.integers(100, 256, (20, 768), dtype=np.uint8)
+  # (A row and its duplicate stay within float32 rounding of 0, 1e-7 to 4e-7 here, so they
+  # may tie with or swap places with rows as close: the module's table says so.)
+  d = np.asarray(distances.pairwise_distances(v, np.concatenate([v, v]), metric="cosine"))
+  assert d.min() == 0.0 and np.all(np.diagonal(d) <= 1e-6)
+  d, _ = knn.search(v, np.concatenate([v, v]), 3, metric="cosine")
+  assert np.asarray(d).min() == 0.0 and np.all(np.asarray(d)[:, :2] <= 1e-6)
+
+
 @pytest.mark.parametrize("num_features", [1, 10, 1024, 1025, 3072])
 def test_int8_products_off_the_cpu_are_exact_in_float32_blocks(num_features):
   """GPUs and TPUs multiply int8 rows as float32 blocks of 1,024 features: the extremes
