@@ -58,6 +58,7 @@ def _lower_bounds(db, q, m: int):
   index = bounds.build_index(db, metric="l2", components=m)
   rows = index.bound_rows[:len(db)]
   p = index.params
+  dtype = str(rows.dtype)  # float32, or bfloat16 where build_index chose it
 
   @jax.jit
   def low(qt):
@@ -65,7 +66,6 @@ def _lower_bounds(db, q, m: int):
     b = bounds._bound_product(ux, rows)  # pylint: disable=protected-access
     return bounds._l2_certified_bound(  # pylint: disable=protected-access
         b, a[:, None], err[:, None], p["a_max"], p["err_max"], m)
-  dtype = str(rows.dtype)  # float32, or bfloat16 where build_index chose it
   out = np.concatenate([np.asarray(low(jnp.asarray(q[s:s + 256])))
                         for s in range(0, len(q), 256)])
   return out, rows, rows.shape[1]

@@ -1574,7 +1574,6 @@ def _l2_all(q_TxD, pixels, sq_norms):
   return distances.int_squared_norms(q_TxD)[:, None] + sq_norms[None, :] - 2 * dot
 
 
-
 def _l2_brute_on_host(queries, index, k, query_tile=None):
   """(exact integer distances, indices) as numpy of int8 queries (centred pixels) by brute
   force over the index's pixels, selected on the host: the k smallest (distance, index),
