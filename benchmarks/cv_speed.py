@@ -2,7 +2,7 @@ r"""Cross-validation: many k for the price of one, each pair of folds computed o
 
   python -m benchmarks.cv_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_cv
   python -m benchmarks.cv_speed --dataset=folder:/data/cifar10-jpeg --out=runs/bench_cv \
-    --baseline_src=/tmp/jaxlin-old   # e.g. made by: git worktree add /tmp/jaxlin-old <commit>
+    --baseline_src=../jaxlin-old   # e.g. made by: git worktree add ../jaxlin-old <commit>
 
 5-fold cross-validation of kNN over 10 values of k on 5,000 random training
 images (uint8 pixels), timed (median of ``--repeats``, after a first call

@@ -16,7 +16,7 @@ works and TensorFlow is imported only when ``jaxlin.data`` is touched):
 * metrics: accuracy, confusion matrix, per-class accuracy.
 * mlp: the two-layer network relu(x W1 + b1) W2 + b2.
 * plots: matplotlib figures (ax=None, return the Figure) and save(fig, path).
-* selection: train/val and k-fold splits; cross-validation of kNN.
+* selection: k-fold splits and cross-validation of kNN (the train/val split is in data).
 * sharding: device mesh and host helpers for multi-device and multi-host runs.
 * topk: exact, stable k-smallest selection.
 * train: a pure train_step for any optax optimizer; the Trainer for (lr, reg) grids.

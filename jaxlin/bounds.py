@@ -59,10 +59,11 @@ L1, a threshold cascade (no certificate to fail):
 
 Which is faster depends on the CPU and the data: brute-force L2 on pixels is an
 int8 product on CPUs (``distances.int8_products``), about 7x faster than
-float32 on CPUs with int8 matrix instructions (Intel AMX) and 1.4x on
-AVX2-only CPUs, while the L2 cascade's costs (a float32 or bfloat16 product
-with m + 3 or m + 8 columns, selection, gathers) do not depend on it; ``prefer_pruned`` decides by
-a cost model and a product timed once per process.
+float32 on Intel Xeons with AMX (through AVX-512 VNNI), 1.7x on an AMD EPYC with
+AVX-512 VNNI, and reportedly 1.4x on AVX2-only CPUs (not measured here), while the
+L2 cascade's costs (a float32 or bfloat16 product with m + 3 or m + 8 columns,
+selection, gathers) do not depend on it; ``prefer_pruned`` decides by a cost model
+and a product timed once per process.
 
 Bounds (v = x - y, integer vectors; D features):
 
@@ -252,7 +253,8 @@ def int8_speedup() -> float:
   process's default device: measured once per process (a (512 x 3072) . (3072 x 1024)
   product, the best of 7 runs of each, the two kinds alternating so that a burst of other
   work slows both; about 0.25 s in all). About 7 on CPUs with int8 matrix instructions
-  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, about 1.4 on AVX2-only CPUs. Off the CPU,
+  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, reportedly about 1.4 on AVX2-only CPUs (not
+  measured here). Off the CPU,
   ``distances.int8_products`` multiplies in float32, so this compares float32 with float32
   (not measured there: ``knn.search``'s "auto" takes brute force off the CPU anyway)."""
   import time  # pylint: disable=import-outside-toplevel
@@ -357,14 +359,15 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   against 1.23 s).
 
   L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
-  ``speedup`` (``int8_speedup()``, timed once per process when None; about 1.4 on
-  AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
+  ``speedup`` (``int8_speedup()``, timed once per process when None; reportedly about
+  1.4 on AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
   float32 or bfloat16 products do not. A cost model (``_COST``, measured on an AMD EPYC,
   Zen 4) predicts both times, and the cascade is chosen when predicted 1.25x faster, never
-  where int8 runs 4x float32 or more (measured on Intel AMX: brute force 3x faster than the
-  cascade) or against fewer than 10,000 rows, or for k above 100 (measured at k = 10 and
-  k = 100, where both searches cost about twice as much: 23.3 s against 25.3 s for 10,000
-  queries; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000
+  where int8 runs 4x float32 or more (measured on Intel AMX, 2026-12-05: brute force 1.61 s
+  against the cascade's 3.4-3.6 s with its build, 10,000 x 50,000) or against fewer than
+  10,000 rows, or for k above 100 (measured at k = 10 and k = 100: on the AMD EPYC,
+  2026-12-06, 10,000 queries at k = 100 took 5.35 s with the build against brute force's
+  13.7 s; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000
   CIFAR-10 rows (3,072 features) that is from 2,994 queries at speedup 1.62 (10,000 queries,
   measured with the build and the compilation: 4.9 s against 12.7 s), 2,525 at 1.4 and
   5,124 at 2.5; with the bound in bfloat16 (``bound_dtype``: None, what ``build_index``
@@ -1670,8 +1673,8 @@ def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
       first could not certify (default 2 C); fewer than k (e.g. 0) skips the
       round. Checked, but unused by L1 (no rounds).
     query_tile: queries per compiled step (default: 128 for L2, 64 in its second
-      round; for L1 up to 1,024), fewer where their (tile, N) bounds (float32 for
-      L2, int32 coarse bounds for L1) would pass 256 MB, a bound that a given tile
+      round off the CPU; for L1 up to 1,024), fewer where their (tile, N) bounds
+      (float32 for L2, int32 coarse bounds for L1) would pass 256 MB, a bound that a given tile
       keeps too (down to 8 queries; past about 8 million rows 8 queries take
       more).
     callback: called as ``callback(queries_done, Q)`` as the first round (L1: the

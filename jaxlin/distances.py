@@ -395,7 +395,7 @@ def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether the CPU lists bfloat16 dot-product instructions (``avx512_bf16``, or Intel
   AMX's ``amx_bf16``), with which XLA's CPU products of bfloat16 run about twice as fast
-  as float32 (an AMD EPYC, Zen 4: 352 against 174 GOP/s, benchmarks/matmul_speed.py);
+  as float32 (an AMD EPYC, Zen 4: 353 against 174 GOP/s, benchmarks/matmul_speed.py);
   without them bfloat16 is converted to float32 first. False when it cannot be read."""
   return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags(cpuinfo))
 
@@ -624,6 +624,12 @@ class Kernel:
     return "int32" if self.name in ("l1_int", "l2_int8") else self.float_dtype
 
   @property
+  def distance_dtype(self):
+    """The dtype of the distances a search returns (``to_distances``): float64 for a
+    float64 kernel, else float32 (the integer kernels' exact int32 included)."""
+    return jnp.dtype(jnp.float64 if self.dtype == "float64" else jnp.float32)
+
+  @property
   def feature_major(self) -> bool:
     return KERNELS[self.name].feature_major
 
@@ -714,7 +720,7 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   """
   x, y, kernel = checked_inputs(x_QxD, y_NxD, metric, centre_wide=True)
   if y.shape[0] == 0:
-    return jnp.zeros((x.shape[0], 0), jnp.dtype(kernel.float_dtype))
+    return jnp.zeros((x.shape[0], 0), kernel.distance_dtype)
   return _one_tile(x, y, kernel=kernel, metric=metric)
 
 

@@ -378,8 +378,8 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     query_tile, database_tile: tile sizes (memory is bounded by them);
       default: sizes measured fast on CPU.
     callback: called as ``callback(queries_done, Q)`` as the search goes: after each
-      block of queries (method "pruned": every 8 blocks of its first round, and on a
-      mesh as each device finishes), and with (Q, Q) at the end.
+      block of queries (method "pruned": L2 every 8 blocks of its first round, L1
+      after every tile, and on a mesh as each device finishes), and with (Q, Q) at the end.
     method: "brute" (every distance), "pruned" (``jaxlin.bounds``: lower bounds
       rule out most rows, L2 by a certificate on its candidates, L1 by a threshold
       that exact distances set; uint8 / int8 inputs,
@@ -475,7 +475,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   query_tile = _checked_tile(query_tile, "query_tile")
   database_tile = _checked_tile(database_tile, "database_tile")
   q_total = queries.shape[0]
-  out_dtype = jnp.float64 if kernel.float_dtype == "float64" else jnp.float32
+  out_dtype = kernel.distance_dtype
   given = (queries_QxD, database_NxD)
   pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given,
                        images=image_shape is not None)

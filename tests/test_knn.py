@@ -550,6 +550,21 @@ def test_float64_inputs_are_searched_in_float64(metric, order):
     np.testing.assert_array_equal(i, [[0, 1]])
 
 
+
+def test_empty_results_have_the_dtype_of_full_ones_under_x64():
+  """Under jax_enable_x64, 32- and 64-bit integers keep L1's exact integer kernel (float32
+  distances), and an empty search returns the dtype a full one does."""
+  with jax.enable_x64(True):
+    for dtype in (np.int32, np.int64, np.uint8, np.float32, np.float64):
+      q = np.arange(12, dtype=dtype).reshape(3, 4)
+      db = np.arange(20, dtype=dtype).reshape(5, 4)
+      for metric in ("l1", "l2"):
+        full = knn.search(q, db, 2, metric=metric)[0].dtype
+        assert knn.search(q[:0], db, 2, metric=metric)[0].dtype == full, (dtype, metric)
+        assert distances.pairwise_distances(q, db[:0], metric=metric).dtype == full
+        assert distances.pairwise_distances(q, db, metric=metric).dtype == full
+
+
 def test_labels_outside_the_classes_are_an_error():
   x = np.arange(10, dtype=np.float32).reshape(5, 2)
   for y in ([0, 1, 2, 0, 3], [0, -1, 1, 0, 1]):
