@@ -61,7 +61,7 @@ def _round_parts(bounds, index, tile, repeats):
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxlin import bounds, distances  # pylint: disable=import-outside-toplevel
+  from jaxlin import bounds  # pylint: disable=import-outside-toplevel
   repeats = common.check_repeats(_REPEATS.value)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
   out, arrays = common.prepare("bench_parts")
@@ -77,12 +77,11 @@ def main(argv):
   centre = np.round(sample.mean(axis=0, dtype=np.float64)).astype(np.int64)
   params = bounds._l2_params(bounds._principal_basis(sample, centre, bounds.COMPONENTS, 0),
                              centre)
-  amx = distances.cpu_has_amx()  # the norms as build_index takes them
   # The build's program as build_index compiles it for rows on the default device.
   build = bounds._l2_build_for(jax.devices()[0].platform)
   for block in (256, 512, 1024, 2048):
     seconds = common.best_seconds(
-        lambda: build(x, params, block=block, norms_by_products=amx),
+        lambda: build(x, params, block=block),
         max(2, repeats // 2))
     rows.append({"part": f"build, block {block}", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)

@@ -940,8 +940,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   else:
     params = _l2_params(_principal_basis(rows, centre, m, seed), centre)
   rows, a_max, err_max, pixels, sq_norms = _l2_build_for(platform)(
-      on_device, params, block=min(_BUILD_BLOCK, n),
-      norms_by_products=distances.cpu_has_amx(), dtype=bound_dtype)
+      on_device, params, block=min(_BUILD_BLOCK, n), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
 
@@ -962,13 +961,11 @@ def _put_committed(rows):
 _BUILD_BLOCK = 512
 
 
-def _l2_build_program(x_NxD, params, *, block: int, norms_by_products: bool = False,
-                     dtype: str = "float32"):
+def _l2_build_program(x_NxD, params, *, block: int, dtype: str = "float32"):
   """(``_l2_bound_rows`` rows of ``dtype``, a_max, err_max (the largest a' and err' of the
   real rows, ``_l2_layout``), int8 pixels (``distances.centred_pixels``), their exact int32
   squared norms) of every row: one program, whose map over blocks of ``block`` rows (the
-  last one padded) keeps the projections' memory bounded; the norms by int8 products where
-  ``norms_by_products`` (CPUs with AMX, as brute force's). One program, not one per block
+  last one padded) keeps the projections' memory bounded. One program, not one per block
   and a concatenation of their outputs: its compilation and run took 1.0 s against 1.3 s
   for 50,000 CIFAR-10 rows in a fresh process (Intel Xeon, WORKSPACE.md, 2026-12-05,
   afternoon); it is compiled for each database size (0.15 s more than before for each
@@ -982,10 +979,10 @@ def _l2_build_program(x_NxD, params, *, block: int, norms_by_products: bool = Fa
   rows = rows.reshape(-1, rows.shape[-1])[:n].astype(dtype)
   pixels = distances.centred_pixels(x_NxD)
   return (_l2_bound_rows(rows), jnp.max(a.reshape(-1)[:n]), jnp.max(err.reshape(-1)[:n]),
-          pixels, distances.int_squared_norms(pixels, by_products=norms_by_products))
+          pixels, distances.int_squared_norms(pixels))
 
 
-_BUILD_STATIC = ("block", "norms_by_products", "dtype")
+_BUILD_STATIC = ("block", "dtype")
 _l2_build = jax.jit(_l2_build_program, static_argnames=_BUILD_STATIC)
 _l2_build_on_cpu = _cpu_jit(_l2_build_program, static_argnames=_BUILD_STATIC)
 
@@ -1608,12 +1605,8 @@ def _brute_force(queries, index, k):  # pylint: disable=protected-access
   cache = index.cache if index.cache is not None else {}
   if cache.get("tile") != dt:
     db = knn._pad_rows(index.database, dt)
-    # The norms on the int8 matrix unit where knn.search takes them so: 0.07 s against
-    # 0.2 s for 50,000 CIFAR-10 rows on an Intel Xeon with AMX.
     cache["prepared"] = knn._prepare(db, jnp.int32(n), kernel=kernel, tile=dt,
-                                     mesh=None, layout="queries",
-                                     norms_by_products=platform == "cpu" and
-                                     distances.cpu_has_amx())
+                                     mesh=None, layout="queries")
     cache["tile"] = dt
   tiles, aux, centre = cache["prepared"]
   q_total = queries.shape[0]

@@ -307,20 +307,10 @@ def _centred_pixels(x):
   return x.astype(jnp.int8)
 
 
-def int_squared_norms(x_NxD, *, by_products: bool = False):
-  """Exact int32 squared norms of integer-valued rows: the sum of squares.
-
-  ``by_products`` (int8 rows; for CPUs with Intel's AMX, ``cpu_has_amx``): the diagonals
-  of int8 products of blocks of 64 rows, 64 times the multiply-adds but on the int8
-  matrix unit: 0.064 s against 0.20 s for the sum over 50,000 CIFAR-10 rows there
-  (WORKSPACE.md, 2026-12-04). A program compiled for another device sums. One device's
-  rows only: on rows split over a mesh the blocks would gather them all. Brute-force
-  search takes it for its database on one such CPU.
-  """
-  x = jnp.asarray(x_NxD)
-  if by_products and x.dtype == jnp.int8 and x.ndim == 2 and x.shape[1] > 0:
-    return jax.lax.platform_dependent(x, cpu=_int8_norms_by_products, default=_norms_by_sum)
-  return _norms_by_sum(x)
+def int_squared_norms(x_NxD):
+  """Exact int32 squared norms of integer-valued rows: the sum of squares (int8 / uint8
+  rows by float32 column blocks, ``_exact_square_sums``)."""
+  return _norms_by_sum(jnp.asarray(x_NxD))
 
 
 def _norms_by_sum(x_NxD):
@@ -361,16 +351,6 @@ def _exact_square_sums(x_NxD, max_abs: int):
   if d % width:  # the last, narrower block
     total = total + block_sum(x_NxD[:, d - d % width:])
   return total
-
-
-_NORM_BLOCK = 64  # rows per product of int_squared_norms on AMX (64, 128, 256: 64 fastest)
-
-
-def _int8_norms_by_products(x_NxD):
-  n, d = x_NxD.shape
-  blocks = jnp.pad(x_NxD, ((0, (-n) % _NORM_BLOCK), (0, 0))).reshape(-1, _NORM_BLOCK, d)
-  diag = jax.lax.map(lambda b: jnp.diagonal(_int8_products_int8(b, b)), blocks)
-  return diag.reshape(-1)[:n]
 
 
 @functools.lru_cache(maxsize=None)
@@ -633,29 +613,19 @@ class Kernel:
   def feature_major(self) -> bool:
     return KERNELS[self.name].feature_major
 
-  def prepare(self, database_NxD, n_valid, *, norms_by_products: bool = False):
+  def prepare(self, database_NxD, n_valid):
     """(db_NxD, aux_N, centre_D): the database as the tiles use it; rows past
-    ``n_valid`` are padding (zeros) and do not count in the centre.
-    ``norms_by_products``: the l2_int8 kernel's squared norms by int8 products
-    (``int_squared_norms``; one device's rows)."""
-    db, aux, centre = KERNELS[self.name].prepare(database_NxD, n_valid,
-                                                 jnp.dtype(self.float_dtype))
-    if norms_by_products and self.name == "l2_int8":  # the sum's norms are then left unused
-      aux = int_squared_norms(db, by_products=True)
-    return db, aux, centre
+    ``n_valid`` are padding (zeros) and do not count in the centre."""
+    return KERNELS[self.name].prepare(database_NxD, n_valid, jnp.dtype(self.float_dtype))
 
   def tiles(self, db_NxD, tile: int):
     """Database tiles (M, S, D) -- (M, D, S) when feature-major; N a multiple of S."""
     t = db_NxD.reshape(-1, tile, db_NxD.shape[1])
     return t.transpose(0, 2, 1) if self.feature_major else t
 
-  def transform(self, queries_QxD, centre_D, *, norms_by_products: bool = False):
-    """(q_QxD, q_aux_Q): the queries as the tiles use them (``norms_by_products`` as in
-    ``prepare``)."""
-    q, q_aux = KERNELS[self.name].transform(queries_QxD, centre_D, jnp.dtype(self.float_dtype))
-    if norms_by_products and self.name == "l2_int8":
-      q_aux = int_squared_norms(q, by_products=True)
-    return q, q_aux
+  def transform(self, queries_QxD, centre_D):
+    """(q_QxD, q_aux_Q): the queries as the tiles use them."""
+    return KERNELS[self.name].transform(queries_QxD, centre_D, jnp.dtype(self.float_dtype))
 
   def tile(self, q_TxD, q_aux_T, db_tile, db_aux_S):
     """(T, S) distances of a transformed query tile to one database tile, in ``dtype``

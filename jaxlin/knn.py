@@ -244,13 +244,11 @@ def _rows(x, start, *, size: int):
 # --------------------------------------------------------------------------
 # The compiled programs (module-level jits: cached by static arguments and shapes).
 # --------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("kernel", "tile", "mesh", "layout",
-                                             "norms_by_products"))
-def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout, norms_by_products=False):
+@functools.partial(jax.jit, static_argnames=("kernel", "tile", "mesh", "layout"))
+def _prepare(database_NxD, n_valid, *, kernel, tile, mesh, layout):
   """(tiles (M, S, D) -- (M, D, S) feature-major --, aux (M, S), centre (D,)), placed
-  on the mesh: replicated for layout "queries", split by tiles for "database".
-  ``norms_by_products``: the l2_int8 kernel's norms by int8 products (one device)."""
-  db, aux, centre = kernel.prepare(database_NxD, n_valid, norms_by_products=norms_by_products)
+  on the mesh: replicated for layout "queries", split by tiles for "database"."""
+  db, aux, centre = kernel.prepare(database_NxD, n_valid)
   tiles = kernel.tiles(db, tile)
   aux = aux.reshape(tiles.shape[0], tile)
   if mesh is not None:
@@ -513,11 +511,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     db = _pad_each_device(laid, ndev, -(-rows // dt) * dt)
     block = qt
   n_valid = jnp.int32(n)
-  # The database's norms on the int8 matrix unit (distances.int_squared_norms): one device
-  # only, whose rows are all here (on a mesh the blocks would gather every device's rows).
-  by_products = mesh is None and platform == "cpu" and distances.cpu_has_amx()
-  tiles, aux, centre = _prepare(db, n_valid, kernel=kernel, tile=dt, mesh=mesh, layout=layout,
-                                norms_by_products=by_products)
+  tiles, aux, centre = _prepare(db, n_valid, kernel=kernel, tile=dt, mesh=mesh, layout=layout)
 
   many_hosts = mesh is not None and jax.process_count() > 1
   unchecked = _unchecked_rows(queries, database, n, given, kernel)

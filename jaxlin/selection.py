@@ -246,8 +246,7 @@ def _whole_rows(x, folds, k, *, kernel):
   sizes = tuple(len(va) for _, va in folds)
   platform = knn._platform(None, x)  # pylint: disable=protected-access
   rows = x[np.concatenate([va for _, va in folds])]  # fold after fold: one copy
-  db, aux = _prepared_rows(jnp.asarray(rows), kernel=kernel,
-                           by_products=platform == "cpu" and distances.cpu_has_amx())
+  db, aux = _prepared_rows(jnp.asarray(rows), kernel=kernel)
   done = []
   for f in range(len(folds)):
     done.append(_fold_rows(db, aux, tuple(done), f=f, kernel=kernel, sizes=sizes))
@@ -259,13 +258,12 @@ def _whole_rows(x, folds, k, *, kernel):
            else topk.smallest_k(done[f], k))
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "by_products"))
-def _prepared_rows(rows_NxD, *, kernel, by_products):
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def _prepared_rows(rows_NxD, *, kernel):
   """(rows, aux): the rows as the kernel's tiles use them, as a database and as queries
   alike (the shared kernels, l1_int and l2_int8, have no centre: their ``transform`` of
-  rows is their ``prepare``). ``by_products``: squared norms by int8 products
-  (``distances.int_squared_norms``)."""
-  db, aux, _ = kernel.prepare(rows_NxD, rows_NxD.shape[0], norms_by_products=by_products)
+  rows is their ``prepare``)."""
+  db, aux, _ = kernel.prepare(rows_NxD, rows_NxD.shape[0])
   return db, aux
 
 
@@ -303,7 +301,7 @@ def _fold_tiles(kernel, sizes) -> tuple[int, int]:
   return whole, whole
 
 
-def _prepare_folds(x, folds, kernel, rows: int, db_rows: int, platform: str, *, database_tile):
+def _prepare_folds(x, folds, kernel, rows: int, db_rows: int, *, database_tile):
   """``_prepared_folds`` of every fold's rows padded with zeros: ``rows`` as queries, the
   first ``db_rows`` as database tiles."""
   padded = max(rows, db_rows)
@@ -312,21 +310,19 @@ def _prepare_folds(x, folds, kernel, rows: int, db_rows: int, platform: str, *, 
     stacked[f, len(va):] = 0  # padding rows: zeros
   return _prepared_folds(jnp.asarray(stacked), kernel=kernel,
                          sizes=tuple(len(va) for _, va in folds), rows=rows, db_rows=db_rows,
-                         database_tile=database_tile,
-                         by_products=platform == "cpu" and distances.cpu_has_amx())
+                         database_tile=database_tile)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "sizes", "rows", "db_rows",
-                                             "database_tile", "by_products"))
-def _prepared_folds(folds_FxPxD, *, kernel, sizes, rows, db_rows, database_tile, by_products):
+                                             "database_tile"))
+def _prepared_folds(folds_FxPxD, *, kernel, sizes, rows, db_rows, database_tile):
   """Every fold's padded rows, the first ``rows`` as queries and the first ``db_rows`` as
   database tiles of ``database_tile`` rows: (q, q_aux, tiles, aux), each stacked over the
-  folds. ``by_products``: squared norms by int8 products (``distances.int_squared_norms``)."""
+  folds."""
   out = []
   for f, size in enumerate(sizes):
-    db, aux, centre = kernel.prepare(folds_FxPxD[f, :db_rows], size,
-                                     norms_by_products=by_products)
-    q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre, norms_by_products=by_products)
+    db, aux, centre = kernel.prepare(folds_FxPxD[f, :db_rows], size)
+    q, q_aux = kernel.transform(folds_FxPxD[f, :rows], centre)
     out.append((q, q_aux, kernel.tiles(db, database_tile), aux.reshape(-1, database_tile)))
   return tuple(jnp.stack(parts) for parts in zip(*out))
 
@@ -389,7 +385,7 @@ def _streamed(x, folds, k, *, kernel):
     qt = min(cols, max(8, _CHUNK_BYTES // (4 * cols) // 8 * 8))
   rows = min(max(qt, _CHUNK_BYTES // (4 * cols) // qt * qt), -(-cols // qt) * qt)
   height = -(-cols // rows) * rows  # every fold's rows padded to whole chunks
-  prepared = _prepare_folds(x, folds, kernel, height, cols, platform, database_tile=dt)
+  prepared = _prepare_folds(x, folds, kernel, height, cols, database_tile=dt)
   # On a CPU the merges run on the host (topk.smallest_k_host): for 20,000 images in 5
   # folds, XLA's merges of 100 of 4,100 per row took most of the time.
   host = platform == "cpu"

@@ -370,14 +370,10 @@ def test_returned_distances_from_exact_values():
   assert e.value.argument == "metric"
 
 
-def test_int8_squared_norms_by_products_or_sums():
-  """By products (the diagonals of int8 products of 64-row blocks) or by sums, the exact
-  sums of squares: row counts around a block (padding rows cut off), the -128 extreme,
-  no features."""
+def test_int8_squared_norms_are_the_exact_sums():
+  """The exact sums of squares: several row counts, the -128 extreme, no features."""
   rng = np.random.default_rng(4)
-  for form in (distances._int8_norms_by_products, distances._norms_by_sum,
-               functools.partial(distances.int_squared_norms, by_products=True),
-               distances.int_squared_norms):
+  for form in (distances._norms_by_sum, distances.int_squared_norms):
     for n in (0, 1, 63, 64, 65, 200):
       x = rng.integers(-128, 128, (n, 37)).astype(np.int8)
       x[:1] = -128
@@ -385,7 +381,7 @@ def test_int8_squared_norms_by_products_or_sums():
       assert got.dtype == jnp.int32 and got.shape == (n,)
       np.testing.assert_array_equal(got, (x.astype(np.int64) ** 2).sum(1))
     assert list(form(np.array([[-128] * 3072], np.int8))) == [50331648]
-  assert list(distances.int_squared_norms(np.zeros((2, 0), np.int8), by_products=True)) == [0, 0]
+  assert list(distances.int_squared_norms(np.zeros((2, 0), np.int8))) == [0, 0]
 
 
 def test_squared_norms_are_exact_where_float32_blocks_sum_them():
