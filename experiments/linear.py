@@ -320,7 +320,8 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
     try:
       fit = trainer.fit(jax.random.key(c.seed), x_tr, y_tr,
                         learning_rates=None if line_search else [g[0] for g in grid],
-                        regs=[g[1] for g in grid], batch_size=c.batch_size, num_steps=steps,
+                        regs=[g[1] for g in grid],
+                        batch_size=None if line_search else c.batch_size, num_steps=steps,
                         log_every=c.log_every or None, num_examples=n_tr,
                         eval_sets={"train": _take_rows((x_tr, y_tr), sub), "val": val_set},
                         callback=log)

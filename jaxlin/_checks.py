@@ -57,10 +57,13 @@ def random_key(key, name: str = "key"):
   ``jax.random.PRNGKey`` for the default implementation: (2,) for threefry, (4,) for
   rbg), traced or not; else an InputError naming ``name``."""
   dtype = getattr(key, "dtype", None)
-  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    return key
   raw = _raw_key_shape(jax.config.jax_default_prng_impl)
-  if dtype == jnp.uint32 and np.shape(key)[-len(raw):] == raw:
+  typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  if typed or (dtype == jnp.uint32 and np.shape(key)[-len(raw):] == raw):
+    batch = np.shape(key) if typed else np.shape(key)[:-len(raw)]
+    if batch:
+      raise InputError(f"{name} must be one random key, got a batch of keys of shape {batch}: "
+                       f"pass one of them (e.g. keys[0] of jax.random.split)", argument=name)
     return key
   raise InputError(f"{name} must be a jax random key (jax.random.key(seed)), got {key!r}",
                    argument=name)

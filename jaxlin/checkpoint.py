@@ -134,6 +134,10 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     raise InputError(f"features={features!r} needs feature_mean and feature_std (the "
                      "standardisation the model was trained with)", argument="feature_mean")
   mean_image = as_float32("mean_image", mean_image)
+  if mean_image.ndim != 3 or not all(mean_image.shape):
+    raise InputError(f"mean_image must be the training images' mean image, (H, W, C) (a "
+                     f"features model keeps it too: its shape is the shape of the images it "
+                     f"classifies), got shape {mean_image.shape}", argument="mean_image")
   if (isinstance(scale, (bool, np.bool_, str, bytes))
       or as_float32("scale", scale).ndim != 0):
     raise InputError(f"scale must be a finite number > 0 (the pixels' scale), got {scale!r}",

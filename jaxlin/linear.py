@@ -52,17 +52,38 @@ def only(params, names: tuple) -> None:
 
 
 def init_params(key, num_features: int, num_classes: int, *, scale: float = 1e-3):
-  """W ~ scale * N(0, 1), b = 0."""
+  """W ~ scale * N(0, 1), b = 0. ``scale`` >= 0 (0: all-zero weights, from which a linear
+  classifier trains as well)."""
   key = _checks.random_key(key)
   num_features = _checks.int_at_least(num_features, "num_features", 1)
   num_classes = _checks.int_at_least(num_classes, "num_classes", 1)
-  return _init_params(key, num_features, num_classes, _checks.finite_number(scale, "scale"))
+  scale = _checks.finite_number(scale, "scale")
+  if not _checks.is_traced(scale) and scale < 0:
+    raise InputError(f"scale is the weights' standard deviation and must be >= 0, got {scale}",
+                     argument="scale")
+  return _init_params(key, num_features, num_classes, scale)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _init_params(key, num_features, num_classes, scale):
   return {"W": scale * jax.random.normal(key, (num_features, num_classes), jnp.float32),
           "b": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def bias(params, name: str, w, w_name: str):
+  """params[name], checked to be one value per column of the layer ``w`` (D, C): (C,).
+  A layer given transposed, (C, D) with its bias of C values, is named as such (else the
+  bias would take the blame)."""
+  try:
+    got = np.shape(params[name])
+  except (KeyError, TypeError, IndexError):
+    got = None  # param() names it
+  if got == (w.shape[0],) and w.shape[0] != w.shape[1]:
+    raise InputError(f"params[{w_name!r}] has shape {w.shape} and params[{name!r}] {got}: "
+                     f"{w_name} is (inputs, outputs), so with this bias it must be "
+                     f"{(w.shape[1], w.shape[0])}; if it is stored (outputs, inputs), pass "
+                     f"its transpose", argument="params")
+  return param(params, name, (w.shape[1],))
 
 
 def checked_rows(x_NxD, w, name: str = "W"):
@@ -76,8 +97,9 @@ def checked_rows(x_NxD, w, name: str = "W"):
           or x_NxD.dtype == jnp.bool_):
     raise InputError(f"x_NxD must hold real numbers, got dtype {x_NxD.dtype}", argument="x_NxD")
   if np.ndim(x_NxD) != 2 or np.shape(x_NxD)[1] != w.shape[0]:
+    fix = f"; {_checks.rows_fix(np.shape(x_NxD))}" if np.ndim(x_NxD) != 2 else ""
     raise InputError(f"x has shape {np.shape(x_NxD)}; expected (N, {w.shape[0]}) for {name} of "
-                     f"shape {w.shape}", argument="x_NxD")
+                     f"shape {w.shape}{fix}", argument="x_NxD")
   product = jnp.result_type(jax.dtypes.canonicalize_dtype(x_NxD.dtype),  # int16 x bfloat16:
                             jnp.result_type(w))  # bfloat16
   if not jnp.issubdtype(product, jnp.floating):  # integer weights are refused by param()
@@ -92,6 +114,6 @@ def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
   only(params, ("W", "b"))
   w = param(params, "W", (None, None))
-  b = param(params, "b", (w.shape[1],))
+  b = bias(params, "b", w, "W")
   x_NxD = checked_rows(x_NxD, w)
   return jnp.matmul(x_NxD, w, precision=jax.lax.Precision.HIGHEST) + b

@@ -612,7 +612,12 @@ class Trainer:
             argument="learning_rates")
       lrs = np.ones_like(regs)
     elif learning_rates is None:
-      lrs = np.ones_like(regs)  # the schedule (or 1) is the learning rate
+      if self.schedule is None:  # nothing would set the rate: 1, rarely what was meant
+        raise InputError("learning_rates is None and there is no schedule: every member would "
+                         "train at learning rate 1; pass learning_rates (e.g. [1e-3], or [1.0] "
+                         "for that rate), or a schedule that is the learning rate",
+                         argument="learning_rates")
+      lrs = np.ones_like(regs)  # the schedule is the learning rate
     else:
       lrs = _grid_numbers(learning_rates, "learning_rates")
       if lrs.ndim == 0:  # one number: the rate of every member
@@ -703,8 +708,9 @@ class Trainer:
     or reg (a number, or a sequence of one) serves every member, e.g.
     ``learning_rates=[1e-3, 1e-2]`` with the default ``regs=(0.0,)``. For every
     combination of some rates and some regs, pass ``**train.grid(rates, regs)``.
-    learning_rates None gives each the rate 1 (the schedule is then the learning
-    rate), and must be None for an optimizer without a learning rate to vary.
+    learning_rates None gives each the rate 1, the schedule then being the learning
+    rate (without a schedule it is an error), and must be None for an optimizer without
+    a learning rate to vary. ``batch_size`` must be None for a full-batch optimizer.
 
     ``key`` is split in two (``jax.random.split(key)``): the first initialises
     the model (``model.init``), the second draws the batches. Minibatches of
@@ -738,6 +744,7 @@ class Trainer:
                          argument=name)
     batch_size, log_every, num_examples = (None if v is None else int(v) for v in sizes.values())
     _checks.callback(callback, "callback(record)", nargs=1)
+    key = _checks.random_key(key)  # one key, not a batch of them
     try:
       k_init, k_data = _split(key)
     except (TypeError, ValueError):
@@ -782,6 +789,10 @@ class Trainer:
     full_batch = self._full_batch
     if full_batch is None:
       full_batch = _has_line_search(state.opt_state)
+    if full_batch and batch_size is not None:
+      raise InputError(f"batch_size={batch_size} has no effect: this optimizer trains on every "
+                       "row at each step (full batch: a line search such as optax.lbfgs's, or "
+                       "full_batch=True); pass batch_size=None", argument="batch_size")
     if not full_batch and (batch_size is None or not 1 <= batch_size <= n):
       raise InputError(f"batch_size must be in [1, {n}] (training examples), got {batch_size}",
                        argument="batch_size")

@@ -378,7 +378,10 @@ def _good_model():
      r"params has 'extra', which a 'linear' model does not have"),  # was dropped by load
     (dict(mean_image=np.zeros((2, 4, 3))), "params",  # named only params
      r"expected \(24, 3\) \(one row per value of mean_image, of shape \(2, 4, 3\)"),
-    (dict(mean_image=np.zeros(48)), "mean_image", r"image_shape \(48,\) is not \(H, W, C\)"),
+    (dict(mean_image=np.zeros(48)), "mean_image",
+     r"mean_image must be the training images' mean image, \(H, W, C\).* got shape \(48,\)"),
+    (dict(mean_image=None, features="hog_hsv", feature_mean=np.zeros(10),  # no image shape
+          feature_std=np.ones(10)), "mean_image", r"a features model keeps it too"),
     (dict(features="hog_hsv"), "feature_mean", "needs feature_mean and feature_std"),
     (dict(features="hog_hsv", feature_mean=np.zeros(48), feature_std=np.ones(48),
           feature_settings={"cell": 4}),

@@ -455,6 +455,23 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=lambda lr: "sgd").fit(
         jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10, num_steps=1),
      "optimizer", "must return an optax.GradientTransformation"),
+    # A student's mistakes (each message was about something else, or JAX's own).
+    (lambda: linear.scores({"W": np.zeros((3, 6), np.float32), "b": np.zeros(3, np.float32)},
+                           _X), "params", r"params\['W'\] has shape \(3, 6\).* must be \(6, 3\)"),
+    (lambda: mlp.hidden({"W1": np.zeros((4, 6), np.float32), "b1": np.zeros(4, np.float32),
+                         "W2": np.zeros((4, 3), np.float32), "b2": np.zeros(3, np.float32)}, _X),
+     "params", r"params\['W1'\] has shape \(4, 6\).* must be \(6, 4\)"),
+    (lambda: linear.scores(linear.init_params(jax.random.key(0), 6, 2), _X.reshape(-1, 2, 3)),
+     "x_NxD", r"flatten images first"),
+    (lambda: linear.init_params(jax.random.split(jax.random.key(0)), 6, 3), "key",
+     r"one random key, got a batch of keys of shape \(2,\)"),
+    (lambda: mlp.init_params(jax.random.split(jax.random.PRNGKey(0)), 6, 4, 3), "key",
+     r"one random key, got a batch of keys of shape \(2,\)"),
+    (_fit_call(key=jax.random.split(jax.random.key(0))), "key", "one random key"),
+    (lambda: linear.init_params(jax.random.key(0), 6, 3, scale=-1.0), "scale", "must be >= 0"),
+    (_fit_call(learning_rates=None), "learning_rates", "no schedule: every member would train"),
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="lbfgs").fit(
+        jax.random.key(0), _X, _Y, batch_size=10, num_steps=1), "batch_size", "has no effect"),
 ])
 def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
