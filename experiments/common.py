@@ -3,6 +3,7 @@ run's files (staged in the workdir, committed on success), error handling and
 exit codes."""
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import os
 import re
@@ -97,7 +98,8 @@ def validate_launch(launch: Launch) -> Launch:
   cfg.finite(launch.host_timeout, "host_timeout")
   require(launch.host_timeout > 0, "host_timeout",
           f"--host_timeout must be > 0 seconds, got {launch.host_timeout}")
-  if launch.coordinator_address or launch.num_processes is not None:
+  if (launch.coordinator_address or launch.num_processes is not None
+      or launch.process_id is not None):
     require(launch.coordinator_address is not None and launch.num_processes is not None
             and launch.process_id is not None, "coordinator_address",
             "a multi-host run needs all of --coordinator_address, --num_processes and "
@@ -304,6 +306,7 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   """
   for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`, a scheduler's stop
     signal.signal(sig, _on_interrupt)
+  sys.unraisablehook = _unraisable
   try:
     launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
     c = config_cls.make(cfg.from_flags(config_cls))
@@ -323,7 +326,10 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
     _exit(getattr(e, "exit_code", EXIT_USAGE))  # 2: a bad flag or dataset (a study: 1)
   except KeyboardInterrupt:
     print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
-    _exit(EXIT_INTERRUPTED)
+    # The run's workdir is closed. Python's shutdown can crash while XLA's threads still
+    # compile (a segmentation fault, exit 139, in about 1 in 7 interrupts at a program's
+    # first compilation): end without it.
+    _exit(EXIT_INTERRUPTED, at_once=True)
   except Exception as e:  # pylint: disable=broad-except
     memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))
     if memory:  # the flags asked for more than the machine has: not a bug
@@ -375,6 +381,7 @@ INTERRUPTED_AFTER_PART = ("interrupted after this process had done its part of t
                           "process 0 writes the files")
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
+_redeliver = threading.Event()  # an interrupt Python swallowed, raised again
 _late_interrupt = threading.Event()  # one that came while a finished run's files moved in
 _committed = threading.Event()  # the outermost run's files are in its workdir
 _RUNS: list = []  # the runs open in this process, outermost first
@@ -391,6 +398,9 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   if workdir.committing():  # the run has finished: its files are moving into place
     _late_interrupt.set()
     return
+  if _redeliver.is_set():  # the first one, raised again where it is not swallowed
+    _redeliver.clear()
+    raise KeyboardInterrupt
   if _interrupted.is_set():
     _force_stop()
   _interrupted.set()
@@ -398,6 +408,21 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   backstop.daemon = True  # a run that ends by itself does not wait for it
   backstop.start()
   raise KeyboardInterrupt
+
+
+def _unraisable(hook_args) -> None:
+  """``sys.unraisablehook`` of a run: the KeyboardInterrupt of a Ctrl-C that arrived in a
+  garbage collector's callback (a weak reference's, a ``__del__``), where Python prints it
+  ("Exception ignored in ...") and goes on, is raised again in the main thread instead;
+  anything else goes to Python's own hook."""
+  if (issubclass(hook_args.exc_type, KeyboardInterrupt) and _interrupted.is_set()
+      and threading.current_thread() is threading.main_thread()):
+    _redeliver.set()  # _on_interrupt runs again, from another thread: once this hook and
+    again = threading.Timer(0.01, _thread.interrupt_main)  # the callback have returned
+    again.daemon = True  # (swallowed again there: back here, and again)
+    again.start()
+    return
+  sys.__unraisablehook__(hook_args)
 
 
 def _force_stop() -> None:
@@ -431,13 +456,15 @@ def _stop_at_interrupts(code: int) -> None:
     signal.signal(sig, stop)
 
 
-def _exit(code: int) -> None:
-  """Exits; a failed multi-host process exits at once (no shutdown barrier waiting for peers)."""
+def _exit(code: int, at_once: bool = False) -> None:
+  """Exits; a failed multi-host process exits at once (no shutdown barrier waiting for
+  peers), and so does an interrupted one (``at_once``: no interpreter shutdown)."""
   _stop_at_interrupts(code)
   sys.stdout.flush()
   sys.stderr.flush()
   multihost = sys.modules.get("experiments.multihost")
-  if code and multihost is not None and multihost.started():
+  if at_once or (code and multihost is not None and multihost.started()):
+    logging.flush()
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 

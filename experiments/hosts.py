@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlin import data, features, knn, sharding
+from jaxlin.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -69,6 +70,11 @@ class Hosts:
     self._ds = data.load(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                          num_val=c.num_val, num_test=c.num_test or None, seed=c.seed,
                          rows=self.parts or None, cache_dir=c.cache_dir or None)
+    if self._ds.num_classes < 2:  # every prediction right: a 100 % that says nothing
+      raise DataError(f"{c.dataset} has {self._ds.num_classes} class "
+                      f"({', '.join(self._ds.class_names) or 'none'}): classification needs "
+                      "at least 2; give a dataset with two or more classes (for an image "
+                      "folder: class folders in train/ and test/)")
     return self._ds
 
   def in_parts(self, split: data.Split) -> bool:

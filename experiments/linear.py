@@ -129,8 +129,11 @@ def validate(config) -> Config:
   require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
   cfg.finite(c.num_epochs, "num_epochs")
   epochs = 0.0 if c.num_epochs is None else c.num_epochs
-  require(c.num_steps >= 0 and epochs >= 0 and (c.num_steps > 0 or epochs > 0),
-          "num_epochs", "give a positive --num_steps or --num_epochs")
+  require(c.num_steps >= 0, "num_steps",
+          f"--num_steps must be >= 0 (0: the steps of --num_epochs), got {c.num_steps}")
+  require(epochs >= 0, "num_epochs", f"--num_epochs must be >= 0, got {c.num_epochs}")
+  require(c.num_steps > 0 or epochs > 0, "num_epochs",
+          "give a positive --num_steps or --num_epochs")
   require(c.num_val >= 1, "num_val",
           f"--num_val must be >= 1 (the grid is chosen on it), got {c.num_val}")
   require(not c.num_train or c.optimizer == "lbfgs" or c.batch_size <= c.num_train,

@@ -64,10 +64,12 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
                          "convert it to 8-bit first")
       a = a * 255
     elif a.size and a.min() < 0:  # a 32-bit image with negative values: no 8-bit reading
-      raise ImageError(f"a {mode} image with negative values; convert it to 8-bit first")
+      raise ImageError(f"an image of mode {mode} with negative values; convert it to 8-bit "
+                       "first")
     elif mode.startswith("I;16") or (a.size and a.max() > 255):
       if a.size and (a.min() < 0 or a.max() > 65535):
-        raise ImageError(f"a {mode} image with values outside 16 bits; convert it to 8-bit first")
+        raise ImageError(f"an image of mode {mode} with values outside 16 bits; convert it to "
+                         "8-bit first")
       a = a / 257  # 65535 -> 255
     grey = np.clip(np.round(a), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)

@@ -8,10 +8,13 @@ lock on ``<workdir>/.jaxlin-lock`` (``fcntl.flock``: the kernel releases it when
 process dies, so a crashed run never blocks the workdir).
 
 The commit replaces only the previous run's files (``.run-files.json`` lists
-them; for runs written before it, the names runs write) and the names this run
-writes; any other file stays. A workdir that holds another experiment's run, or
-files that are not a jaxlin run, is refused unless ``overwrite`` (which replaces
-the other run, and writes beside the other files, keeping them). The commit is
+them, and every file inside its folders; for runs written before it, the names
+runs write) and the names this run writes; any other file stays. A file put
+inside one of the run's folders (plots/, a study's stage) is refused, even with
+``overwrite``: the next run replaces those folders whole. A workdir that holds
+another experiment's run, or files that are not a jaxlin run, is refused unless
+``overwrite`` (which replaces the other run, and writes beside the other files,
+keeping them). The commit is
 journaled (``.commit-<pid>.json``): an error during it puts the previous run back,
 and a process killed during it leaves the journal, which the next run on the
 workdir completes first (or undoes, where the staged files are gone). Writing
@@ -42,7 +45,7 @@ _OLD_LOCK = ".lock"  # the lock's name before 2026-12-06: a crashed run's is rem
 STAGING = ".staging-"
 PREVIOUS = ".previous-"
 JOURNAL = ".commit-"
-MANIFEST = ".run-files.json"  # the top-level names the run in the workdir wrote
+MANIFEST = ".run-files.json"  # the names the run in the workdir wrote, and its folders' files
 KIND_KEY = "experiment"  # config.json names the experiment that wrote the workdir
 OPEN: set = set()  # the workdirs of this process's runs in progress (for a forced stop)
 # What runs wrote before MANIFEST existed: the experiments' files and the study's stages.
@@ -148,8 +151,9 @@ def _previous_run(path: str) -> set[str]:
 
 
 def _manifest(path: str) -> dict | None:
-  """The workdir's manifest {"files": the run's names, "commit": the commit that wrote
-  it}, or None."""
+  """The workdir's manifest {"files": the run's names, "tree": the paths of every file
+  inside its folders (None in manifests written before 2026-12-06), "commit": the commit
+  that wrote it}, or None."""
   try:
     with open(os.path.join(path, MANIFEST)) as f:
       manifest = json.load(f)
@@ -157,10 +161,48 @@ def _manifest(path: str) -> dict | None:
       manifest = {"files": manifest, "commit": None}
     if isinstance(manifest, dict) and isinstance(manifest.get("files"), list) and all(
         isinstance(n, str) for n in manifest["files"]):
-      return manifest
+      tree = manifest.get("tree")
+      ok = isinstance(tree, list) and all(isinstance(n, str) for n in tree)
+      return {**manifest, "tree": tree if ok else None}
   except (OSError, ValueError):
     pass
   return None
+
+
+def _tree(path: str, names) -> list[str]:
+  """The paths, relative to ``path``, of every file (or link, never followed) inside the
+  folders among ``names``."""
+  out = []
+  for name in names:
+    top = os.path.join(path, name)
+    if not os.path.isdir(top) or os.path.islink(top):
+      continue
+    for folder, dirs, found in os.walk(top):
+      rel = os.path.relpath(folder, path)
+      out += [os.path.join(rel, f) for f in found]
+      out += [os.path.join(rel, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
+  return sorted(out)
+
+
+def _foreign_inside(path: str) -> list[str]:
+  """The files inside the previous run's folders that it did not write (a user's notes in
+  plots/, say), which a commit would take away with the folders; none where the manifest
+  predates its tree."""
+  manifest = _manifest(path)
+  if manifest is None or manifest["tree"] is None:
+    return []
+  return sorted(set(_tree(path, _previous_run(path))) - set(manifest["tree"]))
+
+
+def _refuse_foreign_inside(path: str, when: str) -> None:
+  inside = _foreign_inside(path)
+  if inside:
+    raise ConfigError(f"workdir {path} {when} files inside the previous run's folders that "
+                      f"it did not write ({', '.join(inside[:3])}"
+                      f"{' ...' if len(inside) > 3 else ''}); "
+                      "a new run replaces those folders whole: move the files out of them "
+                      "(beside them they are kept), then run again (--overwrite never deletes "
+                      "files that runs did not write)", argument="workdir")
 
 
 def _remove(path: str, ignore_errors: bool = False) -> None:
@@ -194,6 +236,10 @@ class Workdir:
 
   # ---- opening ---------------------------------------------------------------------------
   def open(self) -> "Workdir":
+    if os.path.islink(self.path) and not os.path.exists(self.path):
+      raise ConfigError(f"workdir {self.path} is a link to {os.readlink(self.path)}, which does "
+                        "not exist; create that folder, or choose another --workdir",
+                        argument="workdir")
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise ConfigError(f"workdir {self.path} is a file, not a folder; choose another "
                         "--workdir", argument="workdir")
@@ -296,6 +342,7 @@ class Workdir:
       return "a run that is starting"
 
   def _check_kind(self) -> None:
+    _refuse_foreign_inside(self.path, "holds")
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
     clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
@@ -361,16 +408,26 @@ class Workdir:
           raise ConfigError(f"workdir {self.path} gained {', '.join(clash)} during the run, "
                             "which the run writes; its files were not written",
                             argument="workdir")
+        _refuse_foreign_inside(self.path, "gained, during the run, (its files were not "
+                               "written)")
         journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
         plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
-                "trash": f"{PREVIOUS}{os.getpid()}", "commit": f"{os.getpid()}-{time.time_ns()}"}
+                "trash": f"{PREVIOUS}{os.getpid()}", "commit": f"{os.getpid()}-{time.time_ns()}",
+                "tree": _tree(self.staging, new)}
         files.sync_tree(self.staging)  # the new run's files on disk before the journal
         files.write_json(journal, plan, durable=True)
         try:
           self._finish_commit(journal)
-        except BaseException:
+        except BaseException as e:
           if os.path.exists(journal):
             self._roll_back(journal)  # before the commit point: the previous run comes back
+          if isinstance(e, OSError):  # e.g. a folder of the previous run made read-only
+            where = f" ({e.filename})" if e.filename else ""
+            raise ConfigError(f"workdir {self.path}: the previous run's files could not be "
+                              f"replaced: {e.strerror or e}{where}; this run's files were not "
+                              "written and the previous run stays. Make the workdir and its "
+                              "folders writable, or choose another --workdir",
+                              argument="workdir") from None
           raise
         self.staging = None
         self.committed = True
@@ -385,7 +442,7 @@ class Workdir:
     plan = self._plan(journal)
     if plan is None:
       return
-    old, new, staging, trash, commit = plan
+    old, new, staging, trash, commit, tree = plan
     if not os.path.isdir(staging):  # the new run is gone: the previous one goes back
       self._roll_back(journal)
       return
@@ -401,7 +458,8 @@ class Workdir:
     for name in reversed(order(new)):
       if os.path.lexists(os.path.join(staging, name)):
         os.replace(os.path.join(staging, name), os.path.join(self.path, name))
-    files.write_json(os.path.join(self.path, MANIFEST), {"files": sorted(new), "commit": commit},
+    files.write_json(os.path.join(self.path, MANIFEST),
+                     {"files": sorted(new), "tree": tree, "commit": commit},
                      durable=True)  # the commit point: from here the new run stands
     try:  # clean-up: what is left over, the next open removes
       os.remove(journal)
@@ -411,7 +469,8 @@ class Workdir:
     shutil.rmtree(staging, ignore_errors=True)
 
   def _plan(self, journal: str):
-    """(old names, new names, staging folder, trash folder, commit id) of a journal, or None
+    """(old names, new names, staging folder, trash folder, commit id, the new run's files
+    inside its folders) of a journal, or None
     (and the journal removed) where its commit is past its commit point (the manifest it
     writes is in place: the new run stands, and only the clean-up was left), or where it
     cannot be read (it is written atomically and synced, so only a damaged disk leaves
@@ -424,7 +483,8 @@ class Workdir:
         plan = json.load(f)
       out = (list(plan["old"]), list(plan["new"]),
              os.path.join(self.path, os.path.basename(plan["staging"])),
-             os.path.join(self.path, os.path.basename(plan["trash"])), str(plan["commit"]))
+             os.path.join(self.path, os.path.basename(plan["trash"])), str(plan["commit"]),
+             plan.get("tree"))  # (journals written before 2026-12-06 have none)
     except (OSError, ValueError, KeyError, TypeError):
       self._salvage(journal)
       return None
@@ -453,7 +513,7 @@ class Workdir:
     plan = self._plan(journal)
     if plan is None:
       return
-    old, new, staging, trash, _ = plan
+    old, new, staging, trash = plan[:4]
     for name in new:
       here, staged = os.path.join(self.path, name), os.path.join(staging, name)
       moved_in = not os.path.lexists(staged) and (

@@ -157,7 +157,7 @@ def test_cv_folds_above_the_training_images_there_are(tmp_path):
     (["--num_epochs=nan"], "error: --num_epochs must be a finite number, got nan"),
     (["--num_epochs=abc"], "error: --num_epochs must be a number, got 'abc'"),
     (["--learning_rate=0.1", "--reg=1", "--num_steps=-1"],
-     "error: give a positive --num_steps or --num_epochs"),
+     "error: --num_steps must be >= 0 (0: the steps of --num_epochs), got -1"),
     (["--dataset="], "error: --dataset is empty; give a dataset: cifar10 or folder:PATH"),
 ])
 def test_command_line_errors_are_one_line_before_any_work(args, message, tmp_path, cli):
@@ -273,6 +273,8 @@ def test_list_values_are_integers_or_numbers_exactly():
     (dict(coordinator_address="h:1", num_processes=2),
      r"a multi-host run needs all of --coordinator_address, --num_processes and --process_id$"),
     (dict(num_processes=2, process_id=0),
+     r"a multi-host run needs all of --coordinator_address, --num_processes and --process_id$"),
+    (dict(process_id=1),  # was a one-process run, the flag ignored
      r"a multi-host run needs all of --coordinator_address, --num_processes and --process_id$"),
     (dict(coordinator_address="h:1", num_processes=0, process_id=0),
      r"--num_processes must be >= 1, got 0"),

@@ -176,6 +176,21 @@ def test_a_default_size_above_a_small_folder_says_how_to_take_all(image_folder, 
       "(--num_train=0 takes them all)"]
 
 
+
+def test_a_dataset_of_one_class_is_refused(tmp_path, cli):
+  """Every prediction is right with one class: the run reported 100 %."""
+  from tests.conftest import make_image_folder  # pylint: disable=import-outside-toplevel
+  make_image_folder(str(tmp_path / "one"), per_class_train=8, per_class_test=2, classes=("cat",))
+  proc = cli.run("experiments.knn", f"--dataset=folder:{tmp_path / 'one'}", "--num_val=2",
+                 "--num_train=0", "--num_test=0", "--k=1", "--metric=l2", "--cv_folds=0",
+                 f"--workdir={tmp_path}/wd")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: folder:{tmp_path / 'one'} has 1 class (cat): classification needs at least 2; "
+      "give a dataset with two or more classes (for an image folder: class folders in train/ "
+      "and test/)")
+  assert not (tmp_path / "wd").exists()
+
 # ---- choices on data where they matter ----------------------------------------------------
 # On the colour folder above every setting scores 1.0, so nothing there shows that the run
 # picks by the mean over folds, votes with the chosen k or scores the val split per k. Here

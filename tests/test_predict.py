@@ -423,8 +423,8 @@ def test_images_and_models_the_command_cannot_read_right_are_one_error_each(tmp_
   model = checkpoint.load(_save(tmp_path / "m.npz"))
   out = {p: (top, error) for p, top, error in predict.classify(model, [ok, neg, big])}
   assert out[ok][1] is None and len(out[ok][0]) == 3  # the others do not stop it
-  assert out[neg][1] == f"cannot read {neg}: a I image with negative values; convert it to " \
-                        "8-bit first"
+  assert out[neg][1] == f"cannot read {neg}: an image of mode I with negative values; " \
+                        "convert it to 8-bit first"
   assert out[big][1].startswith(f"cannot read {big}: Image size (4096 pixels) exceeds limit")
   # A model whose scores overflow: one error, not "nan%".
   huge = dict(_good_model(), params={"W": np.full((48, 3), 3e38), "b": np.zeros(3)}, scale=1e-30)

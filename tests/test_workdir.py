@@ -86,7 +86,10 @@ def test_a_failed_rerun_keeps_the_previous_run(finished, tmp_path):
 
 def test_a_new_run_replaces_every_file_of_the_previous_one(finished, folder, tmp_path):
   wd = _copy(finished, tmp_path / "wd")
-  (wd / "plots" / "old_figure.png").write_bytes(b"from an earlier run")
+  (wd / "plots" / "old_figure.png").write_bytes(b"from an earlier run")  # one the run wrote:
+  manifest = json.loads((wd / ".run-files.json").read_text())  # a figure this one does not
+  manifest["tree"].append("plots/old_figure.png")
+  (wd / ".run-files.json").write_text(json.dumps(manifest))
   res = knn_exp.run(dict(dataset=f"folder:{folder}", **dict(KNN, metric=["l1"])), str(wd))
   assert res["chosen"]["metric"] == "l1"
   assert not (wd / "plots" / "old_figure.png").exists()
@@ -222,6 +225,28 @@ def test_an_entry_points_own_signal_handlers(then, code, out):
                         capture_output=True, timeout=60, check=False)
   assert (done.returncode, done.stdout) == (code, out), done.stderr
 
+
+def test_an_interrupt_in_a_garbage_collectors_callback_is_raised_again():
+  """Ctrl-C arriving while a __del__ (or a weak reference's callback) ran: Python printed
+  "Exception ignored in ... KeyboardInterrupt" and the run went on to the 10 s backstop."""
+  script = ("import os, signal, sys\n"
+            "from experiments import common\n"
+            "signal.signal(signal.SIGINT, common._on_interrupt)\n"
+            "sys.unraisablehook = common._unraisable\n"
+            "class Held:\n"
+            "  def __del__(self):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    for _ in range(100000): pass\n"
+            "try:\n"
+            "  held = Held()\n"
+            "  del held\n"
+            "  for _ in range(10 ** 7): pass\n"
+            "  print('went on')\n"
+            "except KeyboardInterrupt:\n"
+            "  print('interrupted')\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, text=True,
+                        capture_output=True, timeout=60, check=False)
+  assert (done.stdout, done.stderr) == ("interrupted\n", "")
 
 def test_an_interrupt_that_was_dropped_stops_the_run_before_its_commit(finished, folder, tmp_path,
                                                                      monkeypatch):
@@ -517,7 +542,9 @@ def test_an_error_during_the_commit_puts_the_previous_run_back(tmp_path, monkeyp
     replace(src, dst)
   monkeypatch.setattr(os, "replace", fails)
   try:
-    with pytest.raises(PermissionError):
+    with pytest.raises(ConfigError, match=r"the previous run's files could not be replaced: "
+                       r"Permission denied; this run's files were not written and the "
+                       r"previous run stays"):
       w.commit()
   finally:
     monkeypatch.setattr(os, "replace", replace)
@@ -879,3 +906,50 @@ def test_a_run_inside_or_around_a_run_in_progress_is_refused(folder, tmp_path):
       knn_exp.run(dict(dataset=f"folder:{folder}", **KNN), str(tmp_path / "outer"))
   finally:
     os.close(fd)
+
+
+def test_a_users_file_inside_a_runs_folder_is_refused_and_kept(tmp_path):
+  """A rerun replaces the previous run's folders whole: a file put in plots/ (or a study's
+  stage) was deleted with them. It is refused, --overwrite too, before and during a run."""
+  def run(*names, overwrite=False):
+    with Workdir(str(tmp_path), "knn", overwrite=overwrite) as w:
+      for name in names:
+        os.makedirs(os.path.dirname(w.file(name)), exist_ok=True)
+        with open(w.file(name), "w") as f:
+          f.write('{"experiment": "knn"}' if name == "config.json" else "run")
+      w.commit()
+  run("config.json", "plots/a.png", "plots/deep/b.png")
+  manifest = json.loads((tmp_path / ".run-files.json").read_text())
+  assert manifest["tree"] == ["plots/a.png", "plots/deep/b.png"]
+  run("config.json", "plots/a.png")  # the run's own files: replaced
+  assert sorted(os.listdir(tmp_path / "plots")) == ["a.png"]
+  (tmp_path / "plots" / "notes.txt").write_text("mine")
+  for overwrite in (False, True):
+    with pytest.raises(ConfigError, match=r"holds files inside the previous run's folders that "
+                       r"it did not write \(plots/notes.txt\); a new run replaces"):
+      run("config.json", "plots/a.png", overwrite=overwrite)
+    assert (tmp_path / "plots" / "notes.txt").read_text() == "mine"
+  (tmp_path / "plots" / "notes.txt").unlink()
+  # Gained during the run: the commit refuses, and the previous run stays.
+  with pytest.raises(ConfigError, match=r"gained, during the run, .* files inside the previous "
+                     r"run's folders .*\(plots/new.txt\)"):
+    with Workdir(str(tmp_path), "knn") as w:
+      with open(w.file("config.json"), "w") as f:
+        f.write('{"experiment": "knn"}')
+      (tmp_path / "plots" / "new.txt").write_text("mine")
+      w.commit()
+  assert (tmp_path / "plots" / "new.txt").read_text() == "mine"
+  assert (tmp_path / "plots" / "a.png").read_text() == "run"
+  # A manifest written before the tree (its folders' files unknown): as before.
+  (tmp_path / "plots" / "new.txt").unlink()
+  (tmp_path / ".run-files.json").write_text('{"files": ["config.json", "plots"], "commit": null}')
+  (tmp_path / "plots" / "old.png").write_text("an old run's")
+  run("config.json", "plots/a.png")
+  assert sorted(os.listdir(tmp_path / "plots")) == ["a.png"]
+
+
+def test_a_dangling_link_as_workdir_is_named(tmp_path):
+  (tmp_path / "w").symlink_to(tmp_path / "gone")  # was "not writable (File exists)"
+  with pytest.raises(ConfigError, match=rf"workdir {tmp_path}/w is a link to {tmp_path}/gone, "
+                     r"which does not exist; create that folder"):
+    Workdir(str(tmp_path / "w"), "knn").open()
