@@ -184,6 +184,7 @@ class Run:
                    date=self.started)
     results.setdefault("timings_s", {})["total"] = self.timer()
     if _interrupted.is_set():  # its KeyboardInterrupt was dropped (a callback of JAX's does)
+      _redeliver.clear()  # raised here: not again from _unraisable's timer
       raise KeyboardInterrupt
     self.write_json("results.json", results)
     if self.workdir is not None:
@@ -418,11 +419,19 @@ def _unraisable(hook_args) -> None:
   if (issubclass(hook_args.exc_type, KeyboardInterrupt) and _interrupted.is_set()
       and threading.current_thread() is threading.main_thread()):
     _redeliver.set()  # _on_interrupt runs again, from another thread: once this hook and
-    again = threading.Timer(0.01, _thread.interrupt_main)  # the callback have returned
-    again.daemon = True  # (swallowed again there: back here, and again)
+    again = threading.Timer(0.01, _redeliver_now)  # the callback have returned (swallowed
+    again.daemon = True  # again there: back here, and again)
     again.start()
     return
   sys.__unraisablehook__(hook_args)
+
+
+def _redeliver_now() -> None:
+  """The swallowed interrupt, raised in the main thread: unless it was raised meanwhile (by
+  ``Run.finish``, which reads the record), or one Ctrl-C would stop the run twice (the
+  second in its clean-up)."""
+  if _redeliver.is_set():
+    _thread.interrupt_main()
 
 
 def _force_stop() -> None:

@@ -9,6 +9,7 @@ formulas (``data.mean_image``, ``jnp.std``).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Mapping
 
 import jax
@@ -67,9 +68,16 @@ class Hosts:
     """
     if self.spread:
       self.parts = {s: sharding.process_rows(len(plan[s][1]), self.mesh) for s in split_in_parts}
-    self._ds = data.load(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
-                         num_val=c.num_val, num_test=c.num_test or None, seed=c.seed,
-                         rows=self.parts or None, cache_dir=c.cache_dir or None)
+    ds = data.load(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
+                   num_val=c.num_val, num_test=c.num_test or None, seed=c.seed,
+                   rows=self.parts or None, cache_dir=c.cache_dir or None)
+    if self.spread:  # a dataset whose labels have no names numbers the classes it reads: a
+      mine = np.zeros((self.count,), np.int64)  # process's part may hold fewer; all agree
+      mine[self.index] = ds.num_classes
+      agreed = int(np.max(sharding.process_sum(mine)))
+      if agreed > ds.num_classes:
+        ds = dataclasses.replace(ds, class_names=tuple(str(i) for i in range(agreed)))
+    self._ds = ds
     if self._ds.num_classes < 2:  # every prediction right: a 100 % that says nothing
       raise DataError(f"{c.dataset} has {self._ds.num_classes} class "
                       f"({', '.join(self._ds.class_names) or 'none'}): classification needs "

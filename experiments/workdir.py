@@ -184,21 +184,43 @@ def _tree(path: str, names) -> list[str]:
   return sorted(out)
 
 
+# Files a desktop's file browser leaves in folders it shows: removed with a run's folder.
+_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
 def _foreign_inside(path: str) -> list[str]:
-  """The files inside the previous run's folders that it did not write (a user's notes in
+  """The files inside the previous run's folders that no run wrote (a user's notes in
   plots/, say), which a commit would take away with the folders; none where the manifest
-  predates its tree."""
+  predates its tree. A run's own files there: those the manifest lists, a run's inside
+  them (a study's stage run again on its own: its folder's manifest lists them), and
+  the bookkeeping of a run killed there (its lock, its staging folder)."""
   manifest = _manifest(path)
   if manifest is None or manifest["tree"] is None:
     return []
-  return sorted(set(_tree(path, _previous_run(path))) - set(manifest["tree"]))
+  unlisted = set(_tree(path, _previous_run(path))) - set(manifest["tree"])
+  return sorted(rel for rel in unlisted if not _written_by_a_run(path, rel))
+
+
+def _written_by_a_run(path: str, rel: str) -> bool:
+  """Whether the file at ``rel`` (inside ``path``) is a run's: the bookkeeping of one,
+  a file browser's litter, or a file that the manifest of a folder above it lists."""
+  parts = rel.split(os.sep)
+  if any(_control(p) for p in parts[:-1]) or _control(parts[-1]) or parts[-1] in _LITTER:
+    return True
+  for i in range(1, len(parts)):
+    inner = _manifest(os.path.join(path, *parts[:i]))
+    if inner is not None and parts[i] in inner["files"] and (
+        i == len(parts) - 1 or inner["tree"] is None
+        or os.path.join(*parts[i:]) in inner["tree"]):
+      return True
+  return False
 
 
 def _refuse_foreign_inside(path: str, when: str) -> None:
   inside = _foreign_inside(path)
   if inside:
     raise ConfigError(f"workdir {path} {when} files inside the previous run's folders that "
-                      f"it did not write ({', '.join(inside[:3])}"
+                      f"no run wrote ({', '.join(inside[:3])}"
                       f"{' ...' if len(inside) > 3 else ''}); "
                       "a new run replaces those folders whole: move the files out of them "
                       "(beside them they are kept), then run again (--overwrite never deletes "

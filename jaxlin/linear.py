@@ -70,15 +70,16 @@ def _init_params(key, num_features, num_classes, scale):
           "b": jnp.zeros((num_classes,), jnp.float32)}
 
 
-def bias(params, name: str, w, w_name: str):
+def bias(params, name: str, w, w_name: str, x):
   """params[name], checked to be one value per column of the layer ``w`` (D, C): (C,).
-  A layer given transposed, (C, D) with its bias of C values, is named as such (else the
-  bias would take the blame)."""
+  A layer given transposed, (C, D) with its bias of C values and inputs ``x`` of D
+  features, is named as such (else the bias would take the blame)."""
   try:
     got = np.shape(params[name])
   except (KeyError, TypeError, IndexError):
     got = None  # param() names it
-  if got == (w.shape[0],) and w.shape[0] != w.shape[1]:
+  width = np.shape(x)[-1] if np.ndim(x) >= 1 else None
+  if got == (w.shape[0],) and width == w.shape[1] != w.shape[0]:
     raise InputError(f"params[{w_name!r}] has shape {w.shape} and params[{name!r}] {got}: "
                      f"{w_name} is (inputs, outputs), so with this bias it must be "
                      f"{(w.shape[1], w.shape[0])}; if it is stored (outputs, inputs), pass "
@@ -114,6 +115,6 @@ def scores(params, x_NxD):
   """Class scores (N, C) = x @ W + b."""
   only(params, ("W", "b"))
   w = param(params, "W", (None, None))
-  b = bias(params, "b", w, "W")
+  b = bias(params, "b", w, "W", x_NxD)
   x_NxD = checked_rows(x_NxD, w)
   return jnp.matmul(x_NxD, w, precision=jax.lax.Precision.HIGHEST) + b

@@ -48,7 +48,7 @@ def hidden(params, x_NxD):
   """ReLU activations (N, H). x_NxD is checked as ``jaxlin.linear.scores`` checks it."""
   linear.only(params, ("W1", "b1", "W2", "b2"))
   w1 = linear.param(params, "W1", (None, None))
-  b1 = linear.bias(params, "b1", w1, "W1")
+  b1 = linear.bias(params, "b1", w1, "W1", x_NxD)
   x_NxD = linear.checked_rows(x_NxD, w1, "W1")
   return jax.nn.relu(jnp.matmul(x_NxD, w1, precision=_HIGHEST) + b1)
 

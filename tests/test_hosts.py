@@ -64,3 +64,22 @@ def test_processes_compare_the_data_their_dataset_path_holds(tmp_path):
   assert multihost._verdict(prints["a"], dict(both, seed=[(1, 1)])).startswith(  # pylint: disable=protected-access
       "the processes were started with different settings")
   assert multihost._verdict(prints["a"], {}) == "ok"  # pylint: disable=protected-access
+
+
+def test_processes_reading_parts_agree_on_the_classes_before_one_class_is_refused(monkeypatch):
+  """A dataset whose labels have no names numbers the classes a process reads: a part that
+  holds only label 0 saw one class, and that process alone refused the run."""
+  split = data.Split(np.zeros((2, 2, 2, 3), np.uint8), np.zeros(2, np.int32))
+  one = data.Dataset(train=split, val=split, test=split, class_names=("0",))
+  monkeypatch.setattr(data, "load", lambda *a, **k: one)
+  c = knn_exp.Config(dataset="unnamed", k=(1,))
+  h = hosts.Hosts("none")
+  try:
+    h.load(c, {})
+    raise AssertionError("one class was taken")
+  except hosts.DataError as e:
+    assert "unnamed has 1 class (0): classification needs at least 2" in str(e)
+  monkeypatch.setattr(hosts.Hosts, "spread", property(lambda self: True))
+  monkeypatch.setattr(hosts.sharding, "process_sum", lambda a: a + np.array([0, 3])[:len(a)])
+  h.count, h.index = 2, 0  # the other process read labels 0-2
+  assert h.load(c, {}).class_names == ("0", "1", "2")

@@ -458,6 +458,8 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     # A student's mistakes (each message was about something else, or JAX's own).
     (lambda: linear.scores({"W": np.zeros((3, 6), np.float32), "b": np.zeros(3, np.float32)},
                            _X), "params", r"params\['W'\] has shape \(3, 6\).* must be \(6, 3\)"),
+    (lambda: linear.scores({"W": np.zeros((6, 3), np.float32), "b": np.zeros(6, np.float32)},
+                           _X), "params", r"params\['b'\] must have shape \(3,\), got \(6,\)"),
     (lambda: mlp.hidden({"W1": np.zeros((4, 6), np.float32), "b1": np.zeros(4, np.float32),
                          "W2": np.zeros((4, 3), np.float32), "b2": np.zeros(3, np.float32)}, _X),
      "params", r"params\['W1'\] has shape \(4, 6\).* must be \(6, 4\)"),

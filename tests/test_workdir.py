@@ -926,7 +926,7 @@ def test_a_users_file_inside_a_runs_folder_is_refused_and_kept(tmp_path):
   (tmp_path / "plots" / "notes.txt").write_text("mine")
   for overwrite in (False, True):
     with pytest.raises(ConfigError, match=r"holds files inside the previous run's folders that "
-                       r"it did not write \(plots/notes.txt\); a new run replaces"):
+                       r"no run wrote \(plots/notes.txt\); a new run replaces"):
       run("config.json", "plots/a.png", overwrite=overwrite)
     assert (tmp_path / "plots" / "notes.txt").read_text() == "mine"
   (tmp_path / "plots" / "notes.txt").unlink()
@@ -953,3 +953,58 @@ def test_a_dangling_link_as_workdir_is_named(tmp_path):
   with pytest.raises(ConfigError, match=rf"workdir {tmp_path}/w is a link to {tmp_path}/gone, "
                      r"which does not exist; create that folder"):
     Workdir(str(tmp_path / "w"), "knn").open()
+
+
+def test_a_stage_run_again_alone_and_a_killed_ones_leftovers_are_a_runs_files(tmp_path):
+  """A study's stage run again on its own (--overwrite, as the refusal invites) writes files
+  of new names, listed by the stage's own manifest; a stage run killed there leaves its lock
+  and staging folder; a file browser leaves .DS_Store: none of them a user's, and the study
+  was refused over them."""
+  def write(w, name, text="x"):
+    os.makedirs(os.path.dirname(w.file(name)), exist_ok=True)
+    with open(w.file(name), "w") as f:
+      f.write(text)
+
+  def stage(path, kind, event, overwrite=False):
+    with Workdir(path, kind, overwrite=overwrite) as s:
+      write(s, "config.json", json.dumps({"experiment": kind}))
+      write(s, f"tensorboard/lr/events.{event}")
+      s.commit()
+
+  def study():
+    with Workdir(str(tmp_path), "study") as w:
+      write(w, "config.json", json.dumps({"experiment": "study"}))
+      stage(w.file("svm"), "linear", time.time_ns())
+      w.commit()
+  study()
+  stage(str(tmp_path / "svm"), "linear", "alone", overwrite=True)
+  (tmp_path / "svm" / ".staging-999999").mkdir()
+  (tmp_path / "svm" / ".staging-999999" / "results.json").write_text("{}")
+  (tmp_path / "svm" / ".jaxlin-lock").write_text("")
+  (tmp_path / "svm" / "tensorboard" / ".DS_Store").write_text("")
+  study()  # was refused, naming svm/tensorboard/lr/events.alone
+  assert sorted(os.listdir(tmp_path / "svm")) == [".run-files.json", "config.json",
+                                                  "tensorboard"]
+  (tmp_path / "svm" / "tensorboard" / "mine.txt").write_text("mine")  # a user's: refused
+  with pytest.raises(ConfigError, match=r"\(svm/tensorboard/mine.txt\)"):
+    study()
+
+
+def test_a_redelivered_interrupt_is_not_raised_twice(monkeypatch):
+  """The timer that raises a swallowed interrupt again must not fire once the run has raised
+  it itself (Run.finish reads the record): a second KeyboardInterrupt landed in the run's
+  clean-up and left its staging folder."""
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.setattr(common._thread, "interrupt_main", lambda: calls.append(1))
+  for name in ("_interrupted", "_redeliver"):
+    monkeypatch.setattr(common, name, threading.Event())
+  common._interrupted.set()
+  swallowed = type("Args", (), {"exc_type": KeyboardInterrupt})()
+  common._unraisable(swallowed)
+  time.sleep(0.2)
+  assert calls == [1]  # raised again
+  common._unraisable(swallowed)
+  common._redeliver.clear()  # as Run.finish does when it raises the interrupt itself
+  time.sleep(0.2)
+  assert calls == [1]
