@@ -398,6 +398,7 @@ def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   from experiments import workdir  # pylint: disable=import-outside-toplevel
   if workdir.committing():  # the run has finished: its files are moving into place
     _late_interrupt.set()
+    _redeliver.clear()  # (a swallowed one: recorded as late, like any other)
     return
   if _redeliver.is_set():  # the first one, raised again where it is not swallowed
     _redeliver.clear()

@@ -121,7 +121,17 @@ def _legacy_kind(config: dict) -> str | None:
 
 
 def _run_files(path: str) -> list[str]:
-  return sorted(e for e in os.listdir(path) if not _control(e))
+  return sorted(e for e in os.listdir(path) if not _control(e) and not _litter(e))
+
+
+# Files a desktop's file browser leaves in the folders it shows (macOS's, with the "._"
+# files it writes beside others on some disks; Windows'): not a user's work. In the workdir
+# they are left alone; inside a run's folders they go with the folder.
+_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _litter(name: str) -> bool:
+  return name in _LITTER or name.startswith("._")
 
 
 def _workdir_kind(path: str) -> str | None:
@@ -184,16 +194,13 @@ def _tree(path: str, names) -> list[str]:
   return sorted(out)
 
 
-# Files a desktop's file browser leaves in folders it shows: removed with a run's folder.
-_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-
-
 def _foreign_inside(path: str) -> list[str]:
   """The files inside the previous run's folders that no run wrote (a user's notes in
   plots/, say), which a commit would take away with the folders; none where the manifest
-  predates its tree. A run's own files there: those the manifest lists, a run's inside
-  them (a study's stage run again on its own: its folder's manifest lists them), and
-  the bookkeeping of a run killed there (its lock, its staging folder)."""
+  predates its tree. A run's own files there: those the manifest lists, and in a stage
+  folder directly under the workdir (a study's, run again on its own) those its own
+  manifest lists and the bookkeeping of a run killed there (its lock, its staging
+  folder)."""
   manifest = _manifest(path)
   if manifest is None or manifest["tree"] is None:
     return []
@@ -202,25 +209,32 @@ def _foreign_inside(path: str) -> list[str]:
 
 
 def _written_by_a_run(path: str, rel: str) -> bool:
-  """Whether the file at ``rel`` (inside ``path``) is a run's: the bookkeeping of one,
-  a file browser's litter, or a file that the manifest of a folder above it lists."""
+  """Whether the file at ``rel`` (inside ``path``, in a folder of the previous run) is a
+  run's though the workdir's manifest does not list it: a file browser's litter, or in a
+  folder directly under the workdir that holds a run of its own (a study's stage, run again
+  alone), the bookkeeping of a run there or a file its manifest lists (with its tree: a
+  manifest without one vouches for nothing). Nowhere deeper: a run never runs there, and
+  a copy of a run the user keeps in plots/ is the user's."""
   parts = rel.split(os.sep)
-  if any(_control(p) for p in parts[:-1]) or _control(parts[-1]) or parts[-1] in _LITTER:
+  if _litter(parts[-1]):
     return True
-  for i in range(1, len(parts)):
-    inner = _manifest(os.path.join(path, *parts[:i]))
-    if inner is not None and parts[i] in inner["files"] and (
-        i == len(parts) - 1 or inner["tree"] is None
-        or os.path.join(*parts[i:]) in inner["tree"]):
-      return True
-  return False
+  if len(parts) < 2:
+    return False
+  stage = os.path.join(path, parts[0])
+  inner = _manifest(stage)
+  if parts[1] == _OLD_LOCK and len(parts) == 2:  # a stage run by jaxlin before 2026-12-06
+    return _is_old_lock(os.path.join(stage, _OLD_LOCK))
+  if _control(parts[1]):
+    return inner is not None or _workdir_kind(stage) is not None
+  return (inner is not None and inner["tree"] is not None and parts[1] in inner["files"]
+          and (len(parts) == 2 or os.path.join(*parts[1:]) in inner["tree"]))
 
 
 def _refuse_foreign_inside(path: str, when: str) -> None:
   inside = _foreign_inside(path)
   if inside:
     raise ConfigError(f"workdir {path} {when} files inside the previous run's folders that "
-                      f"no run wrote ({', '.join(inside[:3])}"
+                      f"are not that run's ({', '.join(inside[:3])}"
                       f"{' ...' if len(inside) > 3 else ''}); "
                       "a new run replaces those folders whole: move the files out of them "
                       "(beside them they are kept), then run again (--overwrite never deletes "

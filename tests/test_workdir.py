@@ -3,6 +3,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -926,7 +927,7 @@ def test_a_users_file_inside_a_runs_folder_is_refused_and_kept(tmp_path):
   (tmp_path / "plots" / "notes.txt").write_text("mine")
   for overwrite in (False, True):
     with pytest.raises(ConfigError, match=r"holds files inside the previous run's folders that "
-                       r"no run wrote \(plots/notes.txt\); a new run replaces"):
+                       r"are not that run's \(plots/notes.txt\); a new run replaces"):
       run("config.json", "plots/a.png", overwrite=overwrite)
     assert (tmp_path / "plots" / "notes.txt").read_text() == "mine"
   (tmp_path / "plots" / "notes.txt").unlink()
@@ -1008,3 +1009,58 @@ def test_a_redelivered_interrupt_is_not_raised_twice(monkeypatch):
   common._redeliver.clear()  # as Run.finish does when it raises the interrupt itself
   time.sleep(0.2)
   assert calls == [1]
+
+
+@pytest.mark.parametrize("name", [
+    "svm/k3/config.json",  # a finished run of the user's inside a stage: its manifest is deeper
+    "plots/old/config.json",  # a copy of a run kept in plots/
+    "plots/.staging-12/notes.txt",  # bookkeeping names outside a stage folder: the user's
+    "plots/.jaxlin-lock/data.csv",
+    "plots/mine/notes.txt",  # beside a manifest the user wrote (below)
+    "svm/tensorboard/notes.txt",  # in a stage whose manifest has no tree (below)
+])
+def test_only_a_stage_folders_own_manifest_and_bookkeeping_vouch_for_files(tmp_path, name):
+  """Trusting a manifest or a bookkeeping name at any depth deleted the user's files (each
+  of these was taken for a run's)."""
+  def write(w, rel, text="x"):
+    os.makedirs(os.path.dirname(w.file(rel)), exist_ok=True)
+    with open(w.file(rel), "w") as f:
+      f.write(text)
+
+  with Workdir(str(tmp_path), "study") as w:
+    write(w, "config.json", json.dumps({"experiment": "study"}))
+    write(w, "plots/a.png")
+    write(w, "svm/config.json", json.dumps({"experiment": "linear"}))
+    write(w, "svm/tensorboard/events.1")
+    w.commit()
+  inner = os.path.join(os.path.dirname(str(tmp_path / name)), ".run-files.json")
+  if name.startswith(("svm/k3", "plots/old")):
+    os.makedirs(os.path.dirname(inner), exist_ok=True)
+    with open(inner, "w") as f:
+      json.dump({"files": ["config.json"], "tree": [], "commit": "1"}, f)
+  elif name == "plots/mine/notes.txt":
+    os.makedirs(os.path.dirname(inner), exist_ok=True)
+    with open(inner, "w") as f:
+      json.dump({"files": ["notes.txt"], "tree": [], "commit": None}, f)
+  elif name == "svm/tensorboard/notes.txt":
+    (tmp_path / "svm" / ".run-files.json").write_text('["config.json", "tensorboard"]')
+  os.makedirs(os.path.dirname(str(tmp_path / name)), exist_ok=True)
+  (tmp_path / name).write_text("mine")
+  for overwrite in (False, True):
+    with pytest.raises(ConfigError, match=re.escape(name)):
+      Workdir(str(tmp_path), "study", overwrite=overwrite).open()
+  assert (tmp_path / name).read_text() == "mine"
+
+
+def test_a_file_browsers_litter_is_no_users_file(tmp_path):
+  with Workdir(str(tmp_path), "knn") as w:
+    os.makedirs(os.path.dirname(w.file("plots/a.png")))
+    for rel, text in (("config.json", '{"experiment": "knn"}'), ("plots/a.png", "x")):
+      with open(w.file(rel), "w") as f:
+        f.write(text)
+    w.commit()
+  for rel in (".DS_Store", "plots/.DS_Store", "plots/._a.png", "plots/Thumbs.db"):
+    (tmp_path / rel).write_text("")
+  with Workdir(str(tmp_path), "knn") as w:  # was refused: "not a jaxlin run (.DS_Store)"
+    pass
+  assert (tmp_path / ".DS_Store").exists()  # the workdir's own: left alone
