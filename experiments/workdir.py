@@ -48,10 +48,11 @@ JOURNAL = ".commit-"
 MANIFEST = ".run-files.json"  # the names the run in the workdir wrote, and its folders' files
 KIND_KEY = "experiment"  # config.json names the experiment that wrote the workdir
 OPEN: set = set()  # the workdirs of this process's runs in progress (for a forced stop)
+# The folders of a study's stages (experiments.study.STAGES), each a run of its own.
+STAGE_NAMES = frozenset({"knn", "svm", "softmax", "svm_features", "mlp", "mlp_features"})
 # What runs wrote before MANIFEST existed: the experiments' files and the study's stages.
 RUN_NAMES = frozenset({"config.json", "results.json", "metrics.jsonl", "report.md", "model.npz",
-                       "plots", "tensorboard", "knn", "svm", "softmax", "svm_features", "mlp",
-                       "mlp_features"})
+                       "plots", "tensorboard"}) | STAGE_NAMES
 # Held while files move, or a workdir closes: a forced stop from another thread waits for it,
 # and one from a signal handler in the thread that holds it goes on (re-entrant).
 _COMMITTING = threading.RLock()
@@ -124,14 +125,27 @@ def _run_files(path: str) -> list[str]:
   return sorted(e for e in os.listdir(path) if not _control(e) and not _litter(e))
 
 
-# Files a desktop's file browser leaves in the folders it shows (macOS's, with the "._"
-# files it writes beside others on some disks; Windows'): not a user's work. In the workdir
-# they are left alone; inside a run's folders they go with the folder.
-_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+# Files a desktop's file browser leaves in the folders it shows, by name and the bytes they
+# start with (macOS's .DS_Store and the AppleDouble "._" files it writes beside others on
+# some disks; Windows' thumbnails): not a user's work. In the workdir they are left alone;
+# inside a run's folders they go with the folder, where their first bytes say they are one.
+_LITTER = {".DS_Store": b"\x00\x00\x00\x01Bud1", "Thumbs.db": b"\xd0\xcf\x11\xe0",
+           "desktop.ini": b""}
+_APPLE_DOUBLE = b"\x00\x05\x16\x07"
 
 
-def _litter(name: str) -> bool:
-  return name in _LITTER or name.startswith("._")
+def _litter(name: str, path: str | None = None) -> bool:
+  """Whether ``name`` is a file browser's; with ``path``, where its first bytes say so too."""
+  magic = _APPLE_DOUBLE if name.startswith("._") else _LITTER.get(name)
+  if magic is None:
+    return False
+  if path is None or not magic:
+    return True
+  try:
+    with open(path, "rb") as f:
+      return not os.path.islink(path) and f.read(len(magic)) == magic
+  except OSError:
+    return False
 
 
 def _workdir_kind(path: str) -> str | None:
@@ -211,14 +225,13 @@ def _foreign_inside(path: str) -> list[str]:
 def _written_by_a_run(path: str, rel: str) -> bool:
   """Whether the file at ``rel`` (inside ``path``, in a folder of the previous run) is a
   run's though the workdir's manifest does not list it: a file browser's litter, or in a
-  folder directly under the workdir that holds a run of its own (a study's stage, run again
-  alone), the bookkeeping of a run there or a file its manifest lists (with its tree: a
-  manifest without one vouches for nothing). Nowhere deeper: a run never runs there, and
-  a copy of a run the user keeps in plots/ is the user's."""
+  study's stage folder (run again alone), the bookkeeping of a run there or a file its
+  manifest lists (with its tree: a manifest without one vouches for nothing). Nowhere
+  else: a run of the user's inside plots/, or a copy of one, is the user's."""
   parts = rel.split(os.sep)
-  if _litter(parts[-1]):
+  if _litter(parts[-1], os.path.join(path, rel)):
     return True
-  if len(parts) < 2:
+  if len(parts) < 2 or parts[0] not in STAGE_NAMES or _workdir_kind(path) != "study":
     return False
   stage = os.path.join(path, parts[0])
   inner = _manifest(stage)

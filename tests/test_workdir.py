@@ -982,7 +982,7 @@ def test_a_stage_run_again_alone_and_a_killed_ones_leftovers_are_a_runs_files(tm
   (tmp_path / "svm" / ".staging-999999").mkdir()
   (tmp_path / "svm" / ".staging-999999" / "results.json").write_text("{}")
   (tmp_path / "svm" / ".jaxlin-lock").write_text("")
-  (tmp_path / "svm" / "tensorboard" / ".DS_Store").write_text("")
+  (tmp_path / "svm" / "tensorboard" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1...")
   study()  # was refused, naming svm/tensorboard/lr/events.alone
   assert sorted(os.listdir(tmp_path / "svm")) == [".run-files.json", "config.json",
                                                   "tensorboard"]
@@ -1059,8 +1059,37 @@ def test_a_file_browsers_litter_is_no_users_file(tmp_path):
       with open(w.file(rel), "w") as f:
         f.write(text)
     w.commit()
-  for rel in (".DS_Store", "plots/.DS_Store", "plots/._a.png", "plots/Thumbs.db"):
-    (tmp_path / rel).write_text("")
+  for rel, start in ((".DS_Store", b""), ("plots/.DS_Store", b"\x00\x00\x00\x01Bud1"),
+                     ("plots/._a.png", b"\x00\x05\x16\x07"),
+                     ("plots/Thumbs.db", b"\xd0\xcf\x11\xe0")):
+    (tmp_path / rel).write_bytes(start + b"...")
   with Workdir(str(tmp_path), "knn") as w:  # was refused: "not a jaxlin run (.DS_Store)"
     pass
   assert (tmp_path / ".DS_Store").exists()  # the workdir's own: left alone
+  for rel in ("plots/._notes", "plots/.DS_Store"):  # litter's names, not its bytes: a user's
+    (tmp_path / rel).write_text("mine")
+    with pytest.raises(ConfigError, match=re.escape(rel)):
+      Workdir(str(tmp_path), "knn").open()
+    (tmp_path / rel).unlink()
+
+
+def test_a_run_of_the_users_inside_a_runs_plots_is_the_users(tmp_path):
+  """Only a study's stage folders vouch for their files: a run the user made in plots/
+  (--overwrite writes beside what is there) vouched for itself, and the rerun deleted it."""
+  def run(path, kind, overwrite=False):
+    with Workdir(str(path), kind, overwrite=overwrite) as w:
+      os.makedirs(os.path.dirname(w.file("plots/a.png")))
+      for rel, text in (("config.json", json.dumps({"experiment": kind})), ("plots/a.png", "x")):
+        with open(w.file(rel), "w") as f:
+          f.write(text)
+      w.commit()
+  run(tmp_path, "linear")
+  run(tmp_path / "plots", "linear", overwrite=True)
+  with pytest.raises(ConfigError, match=r"plots/.run-files.json, plots/config.json"):
+    run(tmp_path, "linear")
+  assert json.loads((tmp_path / "plots" / "config.json").read_text())["experiment"] == "linear"
+
+
+def test_the_stage_folders_are_the_studys_stages():
+  from experiments import study, workdir  # pylint: disable=import-outside-toplevel
+  assert workdir.STAGE_NAMES == set(study.STAGES)
