@@ -129,8 +129,8 @@ def _run_files(path: str) -> list[str]:
 # start with (macOS's .DS_Store and the AppleDouble "._" files it writes beside others on
 # some disks; Windows' thumbnails): not a user's work. In the workdir they are left alone;
 # inside a run's folders they go with the folder, where their first bytes say they are one.
-_LITTER = {".DS_Store": b"\x00\x00\x00\x01Bud1", "Thumbs.db": b"\xd0\xcf\x11\xe0",
-           "desktop.ini": b""}
+# (Windows' desktop.ini is plain text, as a user's file of that name could be: not litter.)
+_LITTER = {".DS_Store": b"\x00\x00\x00\x01Bud1", "Thumbs.db": b"\xd0\xcf\x11\xe0"}
 _APPLE_DOUBLE = b"\x00\x05\x16\x07"
 
 
@@ -139,7 +139,7 @@ def _litter(name: str, path: str | None = None) -> bool:
   magic = _APPLE_DOUBLE if name.startswith("._") else _LITTER.get(name)
   if magic is None:
     return False
-  if path is None or not magic:
+  if path is None:
     return True
   try:
     with open(path, "rb") as f:

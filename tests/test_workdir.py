@@ -1066,7 +1066,7 @@ def test_a_file_browsers_litter_is_no_users_file(tmp_path):
   with Workdir(str(tmp_path), "knn") as w:  # was refused: "not a jaxlin run (.DS_Store)"
     pass
   assert (tmp_path / ".DS_Store").exists()  # the workdir's own: left alone
-  for rel in ("plots/._notes", "plots/.DS_Store"):  # litter's names, not its bytes: a user's
+  for rel in ("plots/._notes", "plots/.DS_Store", "plots/desktop.ini"):  # names, not bytes
     (tmp_path / rel).write_text("mine")
     with pytest.raises(ConfigError, match=re.escape(rel)):
       Workdir(str(tmp_path), "knn").open()
