@@ -76,6 +76,9 @@ def _choice(value, name: str, choices) -> None:
 def validate(config) -> Config:
   """Checks every value before any data is read; returns the normalised config."""
   c = common.validate_data(Config.make(config))
+  c = c.replace(**{name: getattr(c, name).strip().lower()  # as --metric: --loss=SVM is svm
+                   for name in ("model", "features", "loss", "optimizer", "schedule")
+                   if isinstance(getattr(c, name), str)})
   _choice(c.model, "model", MODELS)
   _choice(c.features, "features", FEATURES)
   given = c.learning_rate

@@ -394,3 +394,10 @@ def test_out_of_memory_is_one_line_naming_what_to_ask_less_of():
     for flag in re.findall(r"--(\w+)", common.MEMORY_ADVICE[kind]):
       assert flag in fields, (kind, flag)
   assert common.out_of_memory(RuntimeError("Out of memory"), "") is None  # not XLA's: a bug
+
+
+def test_choice_flags_take_any_case_as_metric_does():
+  c = linear_exp.validate(dict(loss="SVM", optimizer="Momentum", schedule="COSINE ",
+                               model="Linear", features="HOG_HSV"))
+  assert (c.loss, c.optimizer, c.schedule, c.model, c.features) == (
+      "svm", "momentum", "cosine", "linear", "hog_hsv")
