@@ -328,8 +328,8 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   except KeyboardInterrupt:
     print(INTERRUPTED_AFTER_COMMIT if _committed.is_set() else INTERRUPTED, file=sys.stderr)
     # The run's workdir is closed. Python's shutdown can crash while XLA's threads still
-    # compile (a segmentation fault, exit 139, in about 1 in 7 interrupts at a program's
-    # first compilation): end without it.
+    # compile (a segmentation fault, exit 139: 4 of 39 interrupts a reviewer timed near a
+    # program's first compilation; WORKSPACE.md, 2026-12-06): end without it.
     _exit(EXIT_INTERRUPTED, at_once=True)
   except Exception as e:  # pylint: disable=broad-except
     memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))

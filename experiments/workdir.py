@@ -209,12 +209,10 @@ def _tree(path: str, names) -> list[str]:
 
 
 def _foreign_inside(path: str) -> list[str]:
-  """The files inside the previous run's folders that no run wrote (a user's notes in
+  """The files inside the previous run's folders that are not a run's (a user's notes in
   plots/, say), which a commit would take away with the folders; none where the manifest
-  predates its tree. A run's own files there: those the manifest lists, and in a stage
-  folder directly under the workdir (a study's, run again on its own) those its own
-  manifest lists and the bookkeeping of a run killed there (its lock, its staging
-  folder)."""
+  predates its tree. A run's files there: those the manifest lists, and those
+  ``_written_by_a_run`` vouches for."""
   manifest = _manifest(path)
   if manifest is None or manifest["tree"] is None:
     return []
@@ -243,15 +241,16 @@ def _written_by_a_run(path: str, rel: str) -> bool:
           and (len(parts) == 2 or os.path.join(*parts[1:]) in inner["tree"]))
 
 
-def _refuse_foreign_inside(path: str, when: str) -> None:
+def _refuse_foreign_inside(path: str, during_run: bool = False) -> None:
   inside = _foreign_inside(path)
   if inside:
-    raise ConfigError(f"workdir {path} {when} files inside the previous run's folders that "
-                      f"are not that run's ({', '.join(inside[:3])}"
-                      f"{' ...' if len(inside) > 3 else ''}); "
-                      "a new run replaces those folders whole: move the files out of them "
-                      "(beside them they are kept), then run again (--overwrite never deletes "
-                      "files that runs did not write)", argument="workdir")
+    raise ConfigError(f"workdir {path} {'gained during the run' if during_run else 'holds'} "
+                      f"files inside the previous run's folders that are not that run's "
+                      f"({', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''}); a new "
+                      "run replaces those folders whole"
+                      f"{', so this run wrote nothing' if during_run else ''}: move the files "
+                      "out of them (beside them they are kept), then run again (--overwrite "
+                      "never deletes files that runs did not write)", argument="workdir")
 
 
 def _remove(path: str, ignore_errors: bool = False) -> None:
@@ -391,7 +390,7 @@ class Workdir:
       return "a run that is starting"
 
   def _check_kind(self) -> None:
-    _refuse_foreign_inside(self.path, "holds")
+    _refuse_foreign_inside(self.path)
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
     clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
@@ -457,8 +456,7 @@ class Workdir:
           raise ConfigError(f"workdir {self.path} gained {', '.join(clash)} during the run, "
                             "which the run writes; its files were not written",
                             argument="workdir")
-        _refuse_foreign_inside(self.path, "gained, during the run, (its files were not "
-                               "written)")
+        _refuse_foreign_inside(self.path, during_run=True)
         journal = os.path.join(self.path, f"{JOURNAL}{os.getpid()}.json")
         plan = {"old": sorted(previous), "new": new, "staging": os.path.basename(self.staging),
                 "trash": f"{PREVIOUS}{os.getpid()}", "commit": f"{os.getpid()}-{time.time_ns()}",

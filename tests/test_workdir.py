@@ -932,8 +932,9 @@ def test_a_users_file_inside_a_runs_folder_is_refused_and_kept(tmp_path):
     assert (tmp_path / "plots" / "notes.txt").read_text() == "mine"
   (tmp_path / "plots" / "notes.txt").unlink()
   # Gained during the run: the commit refuses, and the previous run stays.
-  with pytest.raises(ConfigError, match=r"gained, during the run, .* files inside the previous "
-                     r"run's folders .*\(plots/new.txt\)"):
+  with pytest.raises(ConfigError, match=r"gained during the run files inside the previous "
+                     r"run's folders .*\(plots/new.txt\); a new run replaces those folders "
+                     r"whole, so this run wrote nothing: move the files"):
     with Workdir(str(tmp_path), "knn") as w:
       with open(w.file("config.json"), "w") as f:
         f.write('{"experiment": "knn"}')
