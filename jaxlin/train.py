@@ -744,12 +744,7 @@ class Trainer:
                          argument=name)
     batch_size, log_every, num_examples = (None if v is None else int(v) for v in sizes.values())
     _checks.callback(callback, "callback(record)", nargs=1)
-    key = _checks.random_key(key)  # one key, not a batch of them
-    try:
-      k_init, k_data = _split(key)
-    except (TypeError, ValueError):
-      raise InputError(f"key must be a jax random key (jax.random.key(seed)), got {key!r}",
-                       argument="key") from None
+    k_init, k_data = _split(_checks.random_key(key))  # one key, not a batch of them
     hyper = self._hyper(learning_rates, regs)
     traces_before = self.trace_count  # this fit's compilations, not the Trainer's
     eval_sets, label_ranges = self._checked_eval_sets(eval_sets)
