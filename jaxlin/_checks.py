@@ -1,4 +1,4 @@
-"""Argument checks shared by the search modules (knn, distances, selection).
+"""Argument checks shared by jaxlin's modules.
 
 Each raises ``jaxlin.errors.InputError`` naming the argument and the fix.
 Value checks are skipped for traced arrays (never branch on a traced value).
@@ -34,6 +34,14 @@ def concrete_int(value, name: str) -> int:
   if isinstance(value, (int, np.integer)):
     return int(value)
   raise InputError(f"{name} must be an integer, got {value!r}", argument=name)
+
+
+def mesh_axis(mesh, name: str = "mesh") -> str:
+  """The axis name of ``mesh``, a 1-D jax.sharding.Mesh, else an InputError."""
+  if not isinstance(mesh, jax.sharding.Mesh) or len(mesh.axis_names) != 1:
+    raise InputError(f"{name} must be a 1-D jax.sharding.Mesh (see jaxlin.sharding.make_mesh), "
+                     f"got {mesh!r}", argument=name)
+  return mesh.axis_names[0]
 
 
 def int_at_least(value, name: str, low: int) -> int:

@@ -104,9 +104,7 @@ def _checked_tile(tile, name: str):
 def _mesh_size(mesh) -> int:
   if mesh is None:
     return 1
-  if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
-    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh (see jaxlin.sharding.make_mesh) or "
-                     f"None, got {mesh!r}", argument="mesh")
+  _checks.mesh_axis(mesh)
   return mesh.devices.size
 
 

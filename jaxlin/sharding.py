@@ -47,9 +47,7 @@ def make_mesh(devices=None) -> Mesh:
 
 def _checked(n, mesh) -> int:
   """n as a non-negative int, after checking that ``mesh`` is a 1-D mesh."""
-  if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
-    raise InputError(f"mesh must be a 1-D jax.sharding.Mesh (see make_mesh), got {mesh!r}",
-                     argument="mesh")
+  _checks.mesh_axis(mesh)
   n = _checks.concrete_int(n, "n")
   if n < 0:
     raise InputError(f"n must be a number of rows (>= 0), got {n}", argument="n")

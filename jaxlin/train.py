@@ -360,7 +360,7 @@ class Trainer:
   ``make_schedule``) built from the ``num_steps`` given to ``fit``.
 
   ``penalty``: params -> scalar regulariser (default losses.l2_penalty).
-  ``mesh``: a jax.sharding.Mesh with axis "data" for data-parallel training
+  ``mesh``: a 1-D jax.sharding.Mesh (any axis name) for data-parallel training
   (each minibatch split along the batch axis, parameters replicated).
   ``full_batch``: every step sees all the data; default True for optimizers
   with a line search (optax.lbfgs).
@@ -409,6 +409,8 @@ class Trainer:
     self.schedule, self.penalty = schedule, penalty
     self._full_batch = full_batch
     self._multipliers: dict[int, Callable] = {}
+    if mesh is not None:
+      _checks.mesh_axis(mesh)
     self.mesh = mesh if mesh is not None and mesh.devices.size > 1 else None
     self.trace_count = 0  # how many times the chunk program was traced (compiled)
     self._run_steps = jax.jit(self._run_steps_impl, donate_argnums=(0,),
@@ -491,7 +493,7 @@ class Trainer:
       idx, valid = inputs
       xb, yb = (x, y) if full_batch else (x[idx], y[idx])
       if self.mesh is not None:  # data parallel: the batch split across devices
-        batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
         xb = jax.lax.with_sharding_constraint(xb, batch)
         yb = jax.lax.with_sharding_constraint(yb, batch)
       member_step = functools.partial(self._member_step, multiplier=multiplier)

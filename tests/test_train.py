@@ -474,6 +474,11 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
     (_fit_call(learning_rates=None), "learning_rates", "no schedule: every member would train"),
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="lbfgs").fit(
         jax.random.key(0), _X, _Y, batch_size=10, num_steps=1), "batch_size", "has no effect"),
+    # A mesh of two axes was JAX's error at the first step.
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="sgd", mesh=jax.sharding.Mesh(
+        np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))), "mesh", "1-D jax.sharding.Mesh"),
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="sgd", mesh="data"), "mesh",
+     "1-D jax.sharding.Mesh"),
 ])
 def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
