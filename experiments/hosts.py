@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import data, features, knn, sharding
+from jaxlin import bounds, data, features, knn, sharding
 from jaxlin.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -157,14 +157,14 @@ class Hosts:
                                  layout=self.layout, callback=callback, method=method,
                                  return_stats=True, image_shape=split.images.shape[1:])
       if self.in_parts(split):  # each process searched its own rows: count them all
-        stats = self._summed(stats)
+        stats = self._summed(stats, metric)
     return self.whole(split, np.asarray(idx)), stats
 
-  def _summed(self, stats: dict) -> dict:
-    """A search's stats with its query counts summed over the processes, each of which
-    searched its own queries. With method "auto" each process chose for itself: "method"
-    is "mixed" when they chose differently."""
-    keys = ("queries", "first_round", "second_round", "brute_force")
+  def _summed(self, stats: dict, metric: str) -> dict:
+    """A search's stats with its counts of queries (and for L1 rows) summed over the
+    processes, each of which searched its own queries. With method "auto" each process
+    chose for itself: "method" is "mixed" when they chose differently."""
+    keys = bounds.count_keys(metric)
     mine = [stats.get(key, 0) for key in keys] + [int(stats["method"] == "pruned")]
     *total, pruned = (int(v) for v in sharding.process_sum(np.array(mine, np.int64)))
     if pruned == 0:

@@ -1636,6 +1636,13 @@ def candidate_counts(metric: str, k: int, candidates=None, second_candidates=Non
 L1_KEYS = ("fine_rows", "exact_rows")  # L1's stats beyond the queries by level
 
 
+def count_keys(metric: str) -> tuple[str, ...]:
+  """The keys of ``search``'s stats that count queries or rows (they add up across
+  processes that each searched their own queries)."""
+  return ("queries", "first_round", "second_round", "brute_force") + (
+      L1_KEYS if metric == "l1" else ())
+
+
 def empty_stats(metric: str, k: int, n: int | None = None, host: bool | None = None) -> dict:
   """``search``'s stats for no queries, with the default candidates (against ``n`` rows:
   0 for a round that cannot run, on the host's selection if ``host``, default: where the
@@ -1645,9 +1652,7 @@ def empty_stats(metric: str, k: int, n: int | None = None, host: bool | None = N
     host = jax.default_backend() == "cpu" if host is None else host
     counts = ((min(counts[0], n), 0) if metric == "l1" else
               tuple(c if _round_runs(n, k, c, host) else 0 for c in counts))
-  extra = {key: 0 for key in L1_KEYS} if metric == "l1" else {}
-  return {"queries": 0, "first_round": 0, "second_round": 0, "brute_force": 0,
-          "candidates": list(counts), **extra}
+  return {**{key: 0 for key in count_keys(metric)}, "candidates": list(counts)}
 
 
 def search(queries_QxD, index: Index, k, *, candidates: int | None = None,
@@ -1805,9 +1810,6 @@ def _device_rows(database, n: int, device, lo: int, hi: int) -> np.ndarray:
   return np.asarray(database)[lo:hi]
 
 
-_STAT_KEYS = ("queries", "first_round", "second_round", "brute_force")
-
-
 def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout: str,
                  num_database: int, image_shape=None, query_tile=None, callback=None):
   """The cascade on every device of a mesh: ``jaxlin.knn.search``'s ``method="pruned"``
@@ -1859,7 +1861,7 @@ def _mesh_search(queries_QxD, database_NxD, k: int, *, metric: str, mesh, layout
   # Every device's (width, k) answer and its counts; zeros for other processes' devices.
   d_all = np.zeros((ndev, width, k), np.int32)
   i_all = np.zeros((ndev, width, k), np.int32)
-  keys = _STAT_KEYS + (L1_KEYS if metric == "l1" else ())
+  keys = count_keys(metric)
   counts = np.zeros((ndev, len(keys) + 2), np.int64)
   errors: list = []
   full = None  # layout "queries": one index per process, copied to its devices

@@ -83,3 +83,20 @@ def test_processes_reading_parts_agree_on_the_classes_before_one_class_is_refuse
   monkeypatch.setattr(hosts.sharding, "process_sum", lambda a: a + np.array([0, 3])[:len(a)])
   h.count, h.index = 2, 0  # the other process read labels 0-2
   assert h.load(c, {}).class_names == ("0", "1", "2")
+
+
+def test_stats_of_searches_in_parts_add_every_count_l1_rows_too(monkeypatch):
+  """Two processes that each searched their own queries: every count adds up (L1's row
+  counts were this process's own)."""
+  monkeypatch.setattr(hosts.sharding, "process_sum", lambda a: a * 2)  # the other: the same
+  h = hosts.Hosts("none")
+  h.count = 2
+  mine = {"method": "pruned", "queries": 5, "first_round": 3, "second_round": 1,
+          "brute_force": 1, "fine_rows": 40, "exact_rows": 7, "candidates": [32, 0]}
+  assert h._summed(mine, "l1") == {  # pylint: disable=protected-access
+      "method": "pruned", "queries": 10, "first_round": 6, "second_round": 2, "brute_force": 2,
+      "fine_rows": 80, "exact_rows": 14, "candidates": [32, 0], "processes": 2}
+  l2 = {k: v for k, v in mine.items() if k not in ("fine_rows", "exact_rows")}
+  assert h._summed(l2, "l2")["queries"] == 10  # pylint: disable=protected-access
+  assert h._summed({"method": "brute"}, "l2") == {  # pylint: disable=protected-access
+      "method": "brute", "processes": 2}

@@ -14,7 +14,7 @@ import pytest
 from experiments import config as cfg
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
-from jaxlin import data
+from jaxlin import bounds, data
 from tests.conftest import make_image_folder
 
 pytestmark = pytest.mark.long  # every test starts processes
@@ -122,6 +122,9 @@ def test_knn_queries_split_on_two_processes(tmp_path, folder, cache):
   single = _run_one_process(knn_exp, args, tmp_path)
   for key in ("accuracy", "chosen", "test_accuracy", "confusion_matrix", "sizes"):
     assert results[key] == single[key], key
+  # So are L1's row counts (they were process 0's own).
+  for key in bounds.count_keys("l1"):
+    assert test[key] == single["search"]["test"][key], (key, test, single["search"]["test"])
 
 
 def test_pruned_search_on_a_mesh_across_two_processes():
