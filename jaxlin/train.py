@@ -493,7 +493,8 @@ class Trainer:
       idx, valid = inputs
       xb, yb = (x, y) if full_batch else (x[idx], y[idx])
       if self.mesh is not None:  # data parallel: the batch split across devices
-        batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
+        batch = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names[0]))
         xb = jax.lax.with_sharding_constraint(xb, batch)
         yb = jax.lax.with_sharding_constraint(yb, batch)
       member_step = functools.partial(self._member_step, multiplier=multiplier)
