@@ -61,7 +61,9 @@ def option(default: Any, help: str) -> Any:  # pylint: disable=redefined-builtin
 
 @dataclasses.dataclass(frozen=True)
 class BaseConfig:
-  """Fields every experiment shares (dataset, sizes, seed, device layout)."""
+  """What every experiment's Config can do: be made from a mapping of overrides (unknown
+  keys refused), replaced, and written as a dict (config.json). The fields are each
+  experiment's own; the data fields are ``common.DataConfig``'s."""
 
   @classmethod
   def make(cls, config: BaseConfig | Mapping[str, Any] | None = None):
@@ -165,7 +167,7 @@ def from_flags(cls, flag_values=None) -> dict:
   return {f.name: fv[f.name].value for f in dataclasses.fields(cls) if fv[f.name].present}
 
 
-# ---- value checks shared by the experiments' validate() --------------------------------------
+# ---- flag parsing ---------------------------------------------------------------------------
 def parse_flags(argv):
   """absl's flag parsing for ``app.run(main, flags_parser=parse_flags)``: a value absl
   cannot parse (e.g. ``--num_train=abc``) or an unknown flag is one line and exit code 2,
@@ -216,6 +218,7 @@ def quiet_backend_search() -> None:
     logger.addFilter(_NoMissingLibtpu())
 
 
+# ---- value checks shared by the experiments' validate() --------------------------------------
 def _shown(values) -> str:
   return ",".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
 

@@ -754,9 +754,6 @@ def load(name: str, *, data_dir: str | None = None, num_train: int | None = None
   return Dataset(class_names=tuple(classes), **splits)
 
 
-# --------------------------------------------------------------------------
-# Preprocessing (pure jnp, runs on device).
-# --------------------------------------------------------------------------
 def _checked_rows(rows) -> dict:
   """``load``'s rows as {split: (lo, hi)} of ints, or an InputError naming rows: a misspelt
   split would otherwise be read whole (every process of a multi-host run holding it all)."""
@@ -782,6 +779,9 @@ def _checked_rows(rows) -> dict:
   return out
 
 
+# --------------------------------------------------------------------------
+# Preprocessing (pure jnp, runs on device).
+# --------------------------------------------------------------------------
 def _check_pixels(images_NxHxWxC):
   """uint8 (N, H, W, C) images; checked at trace time (dtype and shape are static)."""
   if images_NxHxWxC.dtype != jnp.uint8 or images_NxHxWxC.ndim != 4:

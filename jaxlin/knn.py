@@ -475,23 +475,26 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
   given = (queries_QxD, database_NxD)
   pruned = _use_pruned(method, queries, database, metric, mesh, num_database, names, k, given,
                        images=image_shape is not None)
-  if pruned and mesh is not None:  # no queries too: each device's stats
-    d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
-        queries, database, k, metric=metric, mesh=mesh, layout=layout, num_database=n,
-        image_shape=image_shape, query_tile=query_tile, callback=callback)
-    return d, i, {"method": "pruned", "layout": layout, **stats}
-  if pruned:  # the real rows (of a laid database: on the host, not replicated on devices)
-    rows = database if n == database.shape[0] else np.asarray(database)[:n]
-  if q_total == 0:
-    if callback is not None:
-      callback(0, 0)
-    stats = {"method": "pruned", **bounds.empty_stats(metric, k, n)} if pruned else {
-        "method": "brute"}
-    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), stats
   if pruned:
+    if mesh is not None:  # no queries too: each device's stats
+      d, i, stats = bounds._mesh_search(  # pylint: disable=protected-access  # checked here
+          queries, database, k, metric=metric, mesh=mesh, layout=layout, num_database=n,
+          image_shape=image_shape, query_tile=query_tile, callback=callback)
+      return d, i, {"method": "pruned", "layout": layout, **stats}
+    if q_total == 0:
+      if callback is not None:
+        callback(0, 0)
+      return (jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32),
+              {"method": "pruned", **bounds.empty_stats(metric, k, n)})
+    # The real rows (of a laid database: on the host, not replicated on devices).
+    rows = database if n == database.shape[0] else np.asarray(database)[:n]
     index = bounds.build_index(rows, metric=metric, image_shape=image_shape)
     d, i, stats = bounds.search(queries, index, k, query_tile=query_tile, callback=callback)
     return d, i, {"method": "pruned", **stats}
+  if q_total == 0:
+    if callback is not None:
+      callback(0, 0)
+    return jnp.zeros((0, k), out_dtype), jnp.zeros((0, k), jnp.int32), {"method": "brute"}
 
   platform = _platform(mesh, database)
   exact = kernel.dtype == "int32"

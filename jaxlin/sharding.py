@@ -72,7 +72,7 @@ def process_rows(n: int, mesh: Mesh) -> tuple[int, int]:
   n_pad = padded_rows(n, mesh)
   spans = sorted(_span(index[0], n_pad) for index in jax.sharding.NamedSharding(
       mesh, P(mesh.axis_names[0])).addressable_devices_indices_map((n_pad,)).values())
-  if not spans:  # was an IndexError
+  if not spans:
     raise InputError(f"mesh has none of this process's devices (process "
                      f"{jax.process_index()}): lay rows along a mesh that holds some of them",
                      argument="mesh")
