@@ -297,10 +297,11 @@ def rename_flags(error: JaxlinError, flags: Mapping[str, str]) -> JaxlinError:
   return out
 
 
-def run_main(kind: str, config_cls, run: Callable[..., dict], *,
+def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict], *,
              flags: Mapping[str, str] | None = None,
              exit_code: Callable[[dict], int] = lambda results: 0) -> None:
-  """The program: flags -> checked config and launch -> run -> one line per error, exit code.
+  """The program: flags -> config checked by ``validate`` (config -> config) and launch ->
+  run -> one line per error, exit code.
 
   Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error
   (or out of memory), 130 interrupted (Ctrl-C or SIGTERM; no results written).
@@ -311,7 +312,6 @@ def run_main(kind: str, config_cls, run: Callable[..., dict], *,
   try:
     launch = validate_launch(Launch.make(cfg.from_flags(Launch)))
     c = config_cls.make(cfg.from_flags(config_cls))
-    validate = sys.modules[run.__module__].validate
     c = validate(c)
     if launch.multi_host:
       from experiments import multihost  # pylint: disable=import-outside-toplevel
@@ -479,7 +479,7 @@ def _exit(code: int, at_once: bool = False) -> None:
   sys.exit(code)
 
 
-def main(kind: str, config_cls, run, **kwargs) -> None:
+def main(kind: str, config_cls, validate, run, **kwargs) -> None:
   """Defines the program's flags (its config's and the launch options) and runs it."""
   from absl import app  # pylint: disable=import-outside-toplevel
   cfg.quiet_backend_search()
@@ -491,6 +491,6 @@ def main(kind: str, config_cls, run, **kwargs) -> None:
       cfg.usage_error(f"unexpected arguments {' '.join(argv[1:])!r}: every value goes in a "
                       "flag, lists comma-separated without spaces (e.g. --k=1,3 "
                       "--metric=l1,l2)")
-    run_main(kind, config_cls, run, **kwargs)
+    run_main(kind, config_cls, validate, run, **kwargs)
 
   app.run(_main, flags_parser=cfg.parse_flags)

@@ -270,4 +270,4 @@ def _results(c: Config, ds, accuracies, best_metric, best_k, cm, test_acc) -> di
 
 
 if __name__ == "__main__":
-  common.main("knn", Config, run)
+  common.main("knn", Config, validate, run)

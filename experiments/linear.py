@@ -458,4 +458,4 @@ def _results(c: Config, ds, d, grid, fit, best, val_acc, cm, test_acc) -> dict:
 
 
 if __name__ == "__main__":
-  common.main("linear", Config, run, flags=FLAGS_OF_ARGUMENTS)
+  common.main("linear", Config, validate, run, flags=FLAGS_OF_ARGUMENTS)

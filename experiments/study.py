@@ -281,4 +281,4 @@ def exit_code(results: dict) -> int:
 
 
 if __name__ == "__main__":
-  common.main("study", Config, run, exit_code=exit_code)
+  common.main("study", Config, validate, run, exit_code=exit_code)
