@@ -33,6 +33,7 @@ from jaxlin import data, files
 from jaxlin.errors import ConfigError, DataError, DivergenceError, InputError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
+KNN_FOLDS = 5  # the kNN stage's cross-validation folds
 # A stage's own flags -> the study's flags that set them (for error messages).
 STAGE_FLAGS = {
     "knn": {"cv_num_train": "knn_num_train"},
@@ -68,12 +69,12 @@ def stage_configs(c: Config, available_train: int | None = None) -> dict:
       n_knn = min(n_knn, limit)
   ks = knn_exp.Config.k
   if n_knn:
-    ks = [k for k in ks if k <= n_knn - -(-n_knn // 5)] or [1]
+    ks = [k for k in ks if k <= n_knn - -(-n_knn // KNN_FOLDS)] or [1]
   mlp = dict(model="mlp", hidden_size=c.mlp_hidden_size)
   return {
       "knn": (knn_exp, dict(shared, num_train=c.num_train,
                             cv_num_train=n_knn if c.knn_num_train else 0,
-                            metric=["l1", "l2"], cv_folds=5, k=ks)),
+                            metric=["l1", "l2"], cv_folds=KNN_FOLDS, k=ks)),
       "svm": (linear_exp, dict(lin, loss="svm")),
       "softmax": (linear_exp, dict(lin, loss="softmax")),
       "svm_features": (linear_exp, dict(feat, loss="svm")),
@@ -97,11 +98,12 @@ def validate(config) -> Config:
           f"unknown --stages {', '.join(unknown)}; choose from {', '.join(STAGES)}")
   twice = sorted({s for s in c.stages if c.stages.count(s) > 1})
   require(not twice, "stages", f"--stages names {', '.join(twice)} more than once")
-  require(c.knn_num_train == 0 or c.knn_num_train >= 5, "knn_num_train",
-          f"--knn_num_train must be 0 (all) or at least 5 (kNN's 5 folds), "
+  require(c.knn_num_train == 0 or c.knn_num_train >= KNN_FOLDS, "knn_num_train",
+          f"--knn_num_train must be 0 (all) or at least {KNN_FOLDS} (kNN's {KNN_FOLDS} folds), "
           f"got {c.knn_num_train}")
-  require("knn" not in c.stages or c.num_train == 0 or c.num_train >= 5, "num_train",
-          f"--num_train must be 0 (all) or at least 5 (kNN's 5 folds), got {c.num_train}")
+  require("knn" not in c.stages or c.num_train == 0 or c.num_train >= KNN_FOLDS, "num_train",
+          f"--num_train must be 0 (all) or at least {KNN_FOLDS} (kNN's {KNN_FOLDS} folds), got "
+          f"{c.num_train}")
   require(c.mlp_hidden_size >= 1, "mlp_hidden_size",
           f"--mlp_hidden_size must be >= 1, got {c.mlp_hidden_size}")
   cfg.finite(c.mlp_epochs, "mlp_epochs")
@@ -137,10 +139,10 @@ def _check_minibatch(c: Config, available_train: int | None = None) -> None:
   require(available_train >= 1, "num_val",
           f"--num_val={c.num_val} leaves no training images of the "
           f"{available_train + c.num_val} in {c.dataset}; use a smaller --num_val")
-  require("knn" not in c.stages or available_train >= 5, "num_val",
-          f"the kNN stage cross-validates over 5 folds, but {c.dataset} has {available_train} "
-          f"training image(s) besides the --num_val={c.num_val} val images; use a smaller "
-          "--num_val or a larger dataset")
+  require("knn" not in c.stages or available_train >= KNN_FOLDS, "num_val",
+          f"the kNN stage cross-validates over {KNN_FOLDS} folds, but {c.dataset} has "
+          f"{available_train} training image(s) besides the --num_val={c.num_val} val images; "
+          "use a smaller --num_val or a larger dataset")
   require(not linear or min(num_train or available_train, available_train) >= batch,
           "dataset", f"the study's linear stages ({', '.join(linear)}) train on minibatches "
           f"of {batch} images, but {c.dataset} has {available_train} training images besides "
@@ -152,7 +154,7 @@ def _row(stage: str, r: dict) -> dict:
   n_test = r["sizes"]["test"]
   if stage == "knn":
     cv = r["sizes"].get("cross_validation") or r["sizes"]["train"]
-    return {"method": f"kNN (5-fold CV on {cv:,} train images)",
+    return {"method": f"kNN ({KNN_FOLDS}-fold CV on {cv:,} train images)",
             "chosen": f"{r['chosen']['metric']}, k={r['chosen']['k']}",
             "val_accuracy": r["chosen"]["selection_accuracy"], "test_accuracy": r["test_accuracy"],
             "train_s": 0.0, "select_s": r["timings_s"]["selection"],
@@ -196,9 +198,9 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float)
     lines.append(f"| {r['method']} | {r['chosen']} | {_pct(r['val_accuracy'])} | "
                  f"**{_pct(r['test_accuracy'])}** | {train} | "
                  f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']:,} |")
-  lines += ["", "kNN's validation figure is the mean 5-fold cross-validation accuracy; kNN "
-            "does its work at test time, the others at training time. Times are wall clock "
-            "and include JIT compilation, which the first stage of a kind pays for the "
+  lines += ["", f"kNN's validation figure is the mean {KNN_FOLDS}-fold cross-validation "
+            "accuracy; kNN does its work at test time, the others at training time. Times are "
+            "wall clock and include JIT compilation, which the first stage of a kind pays for the "
             "programs later stages reuse"
             + (" (the linear SVM's for softmax)" if {"svm", "softmax"} <= set(c.stages)
                else "")
