@@ -32,7 +32,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxlin.errors import ConfigError
+from jaxlin.errors import JaxlinError
+
+
+class ConfigError(JaxlinError, ValueError):
+  """A flag or config value is invalid; the message names it and the fix."""
+
 
 # Named numpy seed streams, default_rng([seed, stream]). The first two are drawn by
 # jaxlin.data.split_rows (which rows make up the train / test subsets).

@@ -26,7 +26,8 @@ from experiments import common, hosts as hosts_lib, tensorboard
 from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
-from jaxlin.errors import ConfigError, DataError, DivergenceError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError, DivergenceError
 
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")

@@ -30,7 +30,8 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.config import option, require
 from jaxlin import data, files
-from jaxlin.errors import ConfigError, DataError, DivergenceError, InputError, JaxlinError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError, DivergenceError, InputError, JaxlinError
 
 STAGES = ("knn", "svm", "softmax", "svm_features", "mlp", "mlp_features")
 KNN_FOLDS = 5  # the kNN stage's cross-validation folds

@@ -38,7 +38,7 @@ import threading
 import time
 
 from jaxlin import files
-from jaxlin.errors import ConfigError
+from experiments.config import ConfigError
 
 LOCK = ".jaxlin-lock"
 _OLD_LOCK = ".lock"  # the lock's name before 2026-12-06: a crashed run's is removed

@@ -28,10 +28,6 @@ class InputError(JaxlinError, ValueError):
   """A function argument is invalid (shape, dtype, range, NaN); ``.argument`` names it."""
 
 
-class ConfigError(JaxlinError, ValueError):
-  """A flag or config value is invalid; the message names it and the fix."""
-
-
 class DataError(JaxlinError):
   """A dataset is missing, unreachable or corrupt; the message names the path."""
 

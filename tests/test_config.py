@@ -20,7 +20,7 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments import study
 from jaxlin import files
-from jaxlin.errors import ConfigError
+from experiments.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,8 @@ from experiments import config as cfg
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from jaxlin import data, selection
-from jaxlin.errors import ConfigError, DataError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,8 @@ from experiments import common
 from experiments import linear as linear_exp
 from experiments import predict
 from jaxlin import checkpoint, data, linear, train
-from jaxlin.errors import ConfigError, DataError, DivergenceError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError, DivergenceError
 from tests.conftest import make_image_folder
 
 # Module fixtures build one shared run: keep this file on one test worker.

@@ -7,7 +7,8 @@ import pytest
 from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments import study
-from jaxlin.errors import ConfigError, DataError, DivergenceError, InputError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError, DivergenceError, InputError
 from tests.conftest import make_image_folder
 
 pytestmark = pytest.mark.long  # a tiny study first

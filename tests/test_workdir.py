@@ -17,7 +17,8 @@ from experiments import knn as knn_exp
 from experiments import linear as linear_exp
 from experiments.workdir import Workdir
 from jaxlin import files
-from jaxlin.errors import ConfigError, DataError
+from experiments.config import ConfigError
+from jaxlin.errors import DataError
 from tests.conftest import make_image_folder
 
 # Module fixtures build one shared run: keep this file on one test worker.
