@@ -124,19 +124,6 @@ def parse_name(name: str) -> tuple[str, str]:
   return "tfds", name
 
 
-def check_name(name: str) -> None:
-  """Cheap validation of a dataset name (no loading); raises DataError."""
-  kind, value = parse_name(name)
-  if kind == "folder":
-    check_folder(value)
-    return
-  tfds = _tfds()
-  if value.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
-    raise DataError(f"unknown dataset {value!r}; use cifar10 (through tfds) or folder:PATH "
-                    "(a local image folder with PATH/train/<class>/*.jpg and PATH/test/<class>/*)"
-                    + _folder_hint(value))
-
-
 # --------------------------------------------------------------------------
 # Image folders.
 # --------------------------------------------------------------------------

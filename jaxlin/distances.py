@@ -69,7 +69,7 @@ __all__ = [
     "KERNELS", "METRICS", "Kernel", "as_float", "centred_pixels", "checked_inputs",
     "cpu_has_amx", "cpu_has_bf16", "int8_products", "int_squared_norms", "kernel_for",
     "l1_transposed", "l2_squared_from_dot", "l2_squared_pixels", "pairwise_distances",
-    "pairwise_distances_reference", "returned_distances", "squared_norms", "to_distances",
+    "pairwise_distances_reference", "returned_distances", "to_distances",
 ]
 
 METRICS = ("l1", "l2", "l2_squared", "cosine")
@@ -284,11 +284,6 @@ def pairwise_distances_reference(x_QxD, y_NxD, *, metric: str):
 # --------------------------------------------------------------------------
 # Building blocks of the kernels.
 # --------------------------------------------------------------------------
-def squared_norms(x_NxD):
-  x = as_float(x_NxD)
-  return jnp.sum(x * x, axis=1)
-
-
 def l2_squared_from_dot(x_QxD, y_NxD, x_sq_Q, y_sq_N):
   """|x|^2 + |y|^2 - 2 x.y with a full-precision matmul, clamped at 0."""
   dot = jnp.matmul(x_QxD, y_NxD.T, precision=_HIGHEST)

@@ -218,12 +218,12 @@ def test_offline_without_prepared_data_fails_fast_with_the_fix(tmp_path, monkeyp
 
 def test_unknown_dataset_name():
   with pytest.raises(DataError, match="unknown dataset 'cifar11'"):
-    data.check_name("cifar11")
+    data.load("cifar11")
   with pytest.raises(DataError, match="needs a path") as e:
-    data.check_name("folder:")
+    data.load("folder:")
   assert e.value.argument == "name" and "--" not in str(e.value)
-  with pytest.raises(DataError, match="write folder:/data/x \\(in lower case\\)$"):
-    data.check_name("FOLDER:/data/x")  # was "write folder:FOLDER:/data/x"
+  with pytest.raises(DataError, match="write folder:/data/x \\(in lower case\\)"):
+    data.load("FOLDER:/data/x")  # was "write folder:FOLDER:/data/x"
 
 
 def test_preprocess_subtracts_the_mean_image():
