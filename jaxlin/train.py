@@ -132,18 +132,33 @@ def objective(params, x, y, reg, *, apply_fn, loss_fn, penalty=None):
   return data + reg * value, data
 
 
+def _is_line_search_state(node) -> bool:
+  """optax's line-search states (zoom, backtracking): named tuples of the step's
+  learning_rate, the objective's value and gradient, and info. Found by their fields, not
+  by a key named "value" anywhere in the state (params' own "value" entries are in it too,
+  e.g. adam's moments of {"policy": ..., "value": ...})."""
+  return {"learning_rate", "value", "grad", "info"} <= set(getattr(node, "_fields", ()))
+
+
+def _line_search_state(opt_state):
+  """The optimizer's one line-search state (optax.lbfgs and other line searches), or None:
+  with one, the optimizer needs ``value``, ``grad`` and ``value_fn`` in update and the same
+  (full) batch at every step."""
+  found = [node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_line_search_state)
+           if _is_line_search_state(node)]
+  return found[0] if len(found) == 1 else None
+
+
 def _has_line_search(opt_state) -> bool:
-  """Whether the optimizer keeps the objective's value in its state (optax.lbfgs and other
-  line searches): it then needs ``value``, ``grad`` and ``value_fn`` in update and the
-  same (full) batch at every step."""
-  return optax.tree.get(opt_state, "value", None) is not None
+  return _line_search_state(opt_state) is not None
 
 
-def _stores_gradient(opt_state) -> bool:
-  """Whether a line search's state also keeps the gradient at params, which
-  ``optax.value_and_grad_from_state`` reuses (not optax.scale_by_backtracking_linesearch
-  with its default store_grad=False)."""
-  return optax.tree.get(opt_state, "grad", None) is not None
+def _value_and_grad_from_state(value_fn, params, state):
+  """``optax.value_and_grad_from_state`` for the line-search ``state`` found by its type:
+  the value and gradient the line search stored at params, computed afresh where the value
+  is not finite (the first step)."""
+  return jax.lax.cond(jnp.isfinite(state.value), lambda p: (state.value, state.grad),
+                      jax.value_and_grad(value_fn), params)
 
 
 def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTransformation, *,
@@ -205,9 +220,11 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
                          loss_fn=loss_fn, penalty=lambda p: penalty_fn(p.fast))
       (value, data), grad = jax.value_and_grad(f_fast, has_aux=True)(params.fast)
       updates, opt_state = tx.update(grad, opt_state, params)
-    elif _has_line_search(opt_state) and _stores_gradient(opt_state):
+    elif (found := _line_search_state(opt_state)) is not None and found.grad is not None:
+      # The gradient at params is stored (not optax.scale_by_backtracking_linesearch's with
+      # its default store_grad=False): reused.
       value_fn = lambda p: f(p)[0]
-      value, grad = optax.value_and_grad_from_state(value_fn)(params, state=opt_state)
+      value, grad = _value_and_grad_from_state(value_fn, params, found)
       data = f(params)[1]  # removed by the compiler where unused
       updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
                                      value_fn=value_fn)

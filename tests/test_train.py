@@ -858,3 +858,24 @@ def test_a_train_step_takes_x_as_a_pytree_under_jit():
   step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, apply, tx))
   new, _, out = step(p, tx.init(p), ((_X, _X[:, :4]), _Y))
   assert np.isfinite(float(out["loss"])) and not np.allclose(new["W"], p["W"])
+
+
+def test_params_with_an_entry_named_value_train_as_any_other():
+  """A params entry named "value" (a value head, attention's query/key/value) was taken for
+  a line search's stored objective: adam's step failed, momentum trained on full batches."""
+  x, y = _problem()
+  named = lambda p: {"value": p["W"], "b": p["b"]}  # the same model, its W renamed
+  apply = lambda p, xb: xb @ p["value"] + p["b"]
+  p0 = linear.init_params(jax.random.key(0), 6, 3)
+  for tx in (optax.adam(0.1), optax.lbfgs()):
+    step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, apply, tx))
+    ref = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+    p, s, q, t = named(p0), tx.init(named(p0)), p0, tx.init(p0)
+    for _ in range(3):
+      p, s, _ = step(p, s, (x, y))
+      q, t, _ = ref(q, t, (x, y))
+    np.testing.assert_allclose(p["value"], q["W"], rtol=1e-6, atol=1e-7)
+  model = train.Model(init=lambda k: named(linear.init_params(k, 6, 3)), apply=apply)
+  fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum").fit(
+      jax.random.key(0), x, y, learning_rates=[0.1], batch_size=20, num_steps=3)
+  assert fit.history[-1]["epoch"] == 0.5  # 3 minibatches of 20 of 120 rows, not full batches
