@@ -202,6 +202,12 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
   check_penalised = concrete and float(reg) > 0 and penalty is None
 
   def train_step(params, opt_state, batch):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+      got = (f"a {type(batch).__name__} with keys {sorted(map(str, batch))}"
+             if isinstance(batch, dict) else f"{type(batch).__name__}"
+             + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+      raise InputError(f"batch must be a pair (x, y) of inputs and labels, got {got}; e.g. "
+                       "(batch['image'], batch['label'])", argument="batch")
     x, y = batch
     if any(np.ndim(leaf) >= 1 and np.shape(leaf)[0] == 0  # shapes: known at trace time
            for leaf in jax.tree_util.tree_leaves(x)):

@@ -229,6 +229,16 @@ def test_smallest_k_orders_tied_candidates_by_position_across_chunks():
   assert np.asarray(topk.smallest_k(jnp.asarray(v), 2)).tolist() == [[100, 5]]
 
 
+def test_smallest_k_orders_float64_host_values_as_float64():
+  """Without jax_enable_x64 JAX rounds float64 to float32, where these five are two values:
+  the order was [3 4 0 1 2]."""
+  v = np.array([[1.0 + 1e-9, 1.0, 1.0 + 2e-9, 0.5 + 1e-12, 0.5]])
+  assert np.asarray(topk.smallest_k(v, 5)).tolist() == [[4, 3, 1, 0, 2]]
+  assert np.asarray(topk.smallest_k(v.tolist(), 1)).tolist() == [[4]]
+  with pytest.raises(InputError, match="holds NaN"):
+    topk.smallest_k(np.array([[np.nan, 1.0]]), 1)
+
+
 def test_smallest_k_under_jit_ranks_every_nan_last():
   """NaN cannot be refused under jit: it ranks after +inf, in position order. A NaN with its
   sign bit set (x86's default NaN: inf - inf) ranked before every number."""

@@ -479,6 +479,13 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
         np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))), "mesh", "1-D jax.sharding.Mesh"),
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="sgd", mesh="data"), "mesh",
      "1-D jax.sharding.Mesh"),
+    # A batch that is not (x, y): the keys of a dict were taken for x and y.
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
+        linear.init_params(jax.random.key(0), 6, 3), (), {"image": _X, "label": _Y}), "batch",
+     r"a pair \(x, y\).*got a dict with keys \['image', 'label'\]"),
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
+        linear.init_params(jax.random.key(0), 6, 3), (), (_X, _Y, _Y)), "batch",
+     r"a pair \(x, y\).*got tuple of 3"),
 ])
 def test_inputs_that_cannot_be_right_are_refused(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
