@@ -243,10 +243,14 @@ def standardise(train_NxF, *others, stats=None):
   statistics see the exact spread, and the returned mean adds the shift back
   (rounded to float32: ``stats=`` of such a mean would round the data again,
   so integers beyond the float are refused there, as are 64-bit integers
-  beyond 2**53, and traced inputs are cast as they are).
+  beyond 2**53, and traced inputs are cast as they are). float64 numpy inputs
+  without jax_enable_x64 (which JAX would round to float32 before the statistics
+  see them: 1e8 + noise would be constant) are standardised by numpy in float64,
+  and the results returned as float32.
   """
   def rows(x, name, ndims=(2,)):
-    x = jnp.asarray(_checks.jax_exact(x, name))
+    x = _checks.jax_exact(x, name)
+    x = x if _wide_host(x) else jnp.asarray(x)
     if x.ndim not in ndims:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
                        argument=name)
@@ -275,27 +279,58 @@ def standardise(train_NxF, *others, stats=None):
     if x.shape[-1] != f:
       raise InputError(f"others[{i}] has {x.shape[-1]} features, train_NxF {f}",
                        argument=f"others[{i}]")
+  if stats is None and train.shape[0] == 0:
+    raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
+  if any(_wide_host(x) for x in (train,) + others):
+    return _standardised_host(train, others, stats)
   shift = _integer_shift(train) if stats is None else None
   train = as_float(train, "train_NxF", shift)
   others = tuple(as_float(x, f"others[{i}]", shift) for i, x in enumerate(others))
   if stats is None:
-    if train.shape[0] == 0:
-      raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
     mean, std = _moments(train)
   else:
-    if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
-        or not hasattr(stats, "__len__") or len(stats) != 2):
-      raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
-    mean, std = (jnp.asarray(_checks.jax_exact(v, "stats")).astype(train.dtype) for v in stats)
-    if mean.shape != (f,) or std.shape != (f,):
-      raise InputError(f"stats must be (mean, std) of shape ({f},) each, got {mean.shape} and "
-                       f"{std.shape}", argument="stats")
-    _checks.finite(mean, "stats", "the features would be NaN")
-    _checks.finite(std, "stats", "the features would be NaN")
-    if not _checks.is_traced(std) and bool(np.any(np.asarray(std) < 0)):
-      raise InputError("stats: std must be >= 0", argument="stats")
+    mean, std = (v.astype(train.dtype) for v in _checked_stats(stats, f))
   out, (mean, std) = _standardised((train,) + others, mean, std)
   return out, (mean if shift is None else mean + shift.astype(mean.dtype), std)
+
+
+def _wide_host(x) -> bool:
+  """float64 held by numpy where JAX would round it to float32 (no jax_enable_x64)."""
+  return isinstance(x, np.ndarray) and x.dtype == np.float64 and not jax.config.jax_enable_x64
+
+
+def _checked_stats(stats, f: int):
+  """``stats`` as (mean, std), each a (f,) jax array, finite, std >= 0; or InputError."""
+  if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
+      or not hasattr(stats, "__len__") or len(stats) != 2):
+    raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")
+  mean, std = (_checks.jax_exact(v, "stats") for v in stats)
+  if mean.shape != (f,) or std.shape != (f,):
+    raise InputError(f"stats must be (mean, std) of shape ({f},) each, got {mean.shape} and "
+                     f"{std.shape}", argument="stats")
+  _checks.finite(mean, "stats", "the features would be NaN")
+  _checks.finite(std, "stats", "the features would be NaN")
+  if not _checks.is_traced(std) and bool(np.any(np.asarray(std) < 0)):
+    raise InputError("stats: std must be >= 0", argument="stats")
+  return mean, std
+
+
+def _standardised_host(train, others, stats):
+  """``standardise`` by numpy in float64 (for float64 numpy inputs without jax_enable_x64);
+  the features and (mean, std) returned as float32 jax arrays."""
+  xs = [np.asarray(x, np.float64) for x in (train,) + others]
+  for x, name in zip(xs, ["train_NxF"] + [f"others[{i}]" for i in range(len(others))]):
+    _checks.finite(x, name, "standardised features would be NaN")
+  if stats is None:
+    lows, highs = xs[0].min(axis=0), xs[0].max(axis=0)
+    constant = lows == highs  # as pin_constant_columns: (that value, 0)
+    mean = np.where(constant, lows, xs[0].mean(axis=0))
+    std = np.where(constant, 0.0, xs[0].std(axis=0))
+  else:
+    mean, std = (np.asarray(v, np.float64) for v in _checked_stats(stats, xs[0].shape[1]))
+  std = np.where(std > 0, std, 1.0)
+  out = tuple(jnp.asarray(((x - mean) / std).astype(np.float32)) for x in xs)
+  return out, (jnp.asarray(mean.astype(np.float32)), jnp.asarray(std.astype(np.float32)))
 
 
 @jax.jit

@@ -285,6 +285,26 @@ def test_constant_columns_stay_constant_when_their_mean_rounds():
     np.testing.assert_allclose(np.asarray(mean)[1], tr[:, 1].mean(), rtol=1e-5)
 
 
+def test_standardise_keeps_the_spread_of_float64_host_data():
+  """Without jax_enable_x64, 1e8 + N(0, 1) in float64 was rounded to float32 first: every
+  column came out constant and every feature 0."""
+  rng = np.random.default_rng(0)
+  x = 1e8 + rng.normal(size=(200, 2))
+  x[:, 1] = 1e8  # a constant column: (its value, std 1) as ever
+  te = x[:3] + 0.5
+  ref = (x[:, 0] - x[:, 0].mean()) / x[:, 0].std()
+  (a, b), (mean, std) = features.standardise(x, te)
+  assert a.dtype == b.dtype == mean.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(a)[:, 0], ref, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(b)[:, 0], ref[:3] + 0.5 / x[:, 0].std(), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(a)[:, 1], 0)
+  assert float(std[1]) == 1.0 and float(mean[1]) == 1e8
+  (c,), _ = features.standardise(x, stats=(x.mean(0), np.array([x[:, 0].std(), 1.0])))
+  np.testing.assert_allclose(np.asarray(c)[:, 0], ref, atol=1e-5)
+  with pytest.raises(InputError, match="others\\[0\\] contains 2 NaN"):
+    features.standardise(x, np.full((1, 2), np.nan))
+
+
 def test_standardise_with_stats_traced_by_a_callers_jit():
   a = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
   f = jax.jit(lambda a, m, s: features.standardise(a, stats=(m, s))[0][0])  # was a
@@ -399,7 +419,7 @@ def test_standardise_refuses_what_would_be_silently_wrong():
   assert float(mean[0]) == 2.0 ** 30  # the shift added back (2**30 + 1 in float32)
   with pytest.raises(InputError, match=r"others.0. holds integers up to 1073741827, beyond "
                      r"2\*\*24, so float32 arithmetic would round them: subtract a reference"):
-    features.standardise(np.zeros((2, 1)), ints + 1, stats=(np.zeros(1), np.ones(1)))
+    features.standardise(np.zeros((2, 1), np.float32), ints + 1, stats=(np.zeros(1), np.ones(1)))
   (_, h), _ = features.standardise(ints, np.float16([[1.5], [-3.25]]))  # not truncated
   np.testing.assert_allclose(np.asarray(h)[:, 0], (np.float32([1.5, -3.25]) - np.float32(
       2.0 ** 30 + 1)) * 1.5 ** 0.5, rtol=1e-6)
