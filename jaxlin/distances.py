@@ -23,9 +23,9 @@ l2_int8    both uint8 / both int8  |x|^2 + |y|^2 - 2 x.y, exact: int8 product
            (D <= 16,512)           products of 1,024-feature blocks elsewhere
                                    (``int8_products``; uint8 shifted by -128);
                                    74 x 74 x 3 images at most
-l2_float   other (pixels with      the same identity on rows centred on the
+l2_float   other (pixels with      the same identity on rows centred among the
            more features too)
-                                   database mean, ``precision=HIGHEST``,
+                                   database's (``_centre``), ``precision=HIGHEST``,
                                    clamped at 0
 cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector),
                                    clamped at 0; rounded as floats, so rows
@@ -45,7 +45,7 @@ round them relatively, as floats). Integer rows in
 on an integer, so their distances are exact (ties included) while every
 squared norm and product sum stays below 2**24 (float32) or 2**53 (float64).
 Float64 numpy arrays that JAX would round to float32 (without
-``jax_enable_x64``) are centred on the database's column mean in float64
+``jax_enable_x64``) are centred among the database's rows in float64
 first, for L1 and L2, in eager calls with numpy inputs (``checked_inputs``'s
 ``centre_wide``): a common offset large against the rows' spread (e.g.
 features near 1e7) then keeps their differences. Under ``jax.jit``, or beside
@@ -93,7 +93,7 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD"),
 
   centre_wide: where both inputs are host arrays (numpy, not jax), at least one
   of them float64 that JAX rounds to float32 (no ``jax_enable_x64``), and the
-  metric is L1 or L2, x and y are returned less y's column mean, computed in
+  metric is L1 or L2, x and y are returned less y's centre (``_centre``), computed in
   float64 and rounded once (an integer mean where y holds only whole numbers):
   the distances are unchanged, and a common offset large against the rows'
   spread (e.g. values near 1e7, where float32's spacing is 1) keeps their
@@ -150,13 +150,13 @@ def _narrowed(a) -> bool:
 
 
 def _centred_on_host(x, y):
-  """Host rows x and y less y's column mean, computed in float64 and rounded once to JAX's
+  """Host rows x and y less y's centre (``_centre``), in float64 and rounded once to JAX's
   float (both distances are unchanged by one shift of both inputs). Rounding the rows
   first would round away differences small against a common offset: float32 keeps 24 bits,
   so rows near 1e7 would differ by whole numbers only. A database of whole numbers keeps a
   whole centre (exact ties, as in ``_l2_float_prepare``)."""
   y64 = np.asarray(y, np.float64)
-  centre = y64.mean(axis=0) if len(y64) else np.zeros(y64.shape[1])
+  centre = _centre(y64, len(y64), np) if len(y64) else np.zeros(y64.shape[1])
   if np.all(y64 == np.rint(y64)):
     centre = np.rint(centre)
   out = []
@@ -165,6 +165,24 @@ def _centred_on_host(x, y):
     np.subtract(a, centre, out=c, casting="same_kind")  # computed wide, rounded once
     out.append(jnp.asarray(c))
   return out
+
+
+def _centre(db_NxD, n_valid, xp):
+  """The mean of the rows no farther from the mean of the ``n_valid`` real rows than the
+  nearer half of them (numpy or jax.numpy ``xp``). Other rows are padding: zeros,
+  wherever they lie; they add nothing to the first mean, and they join the second only
+  where 0 is as near to it as half the real rows, so the centre stays among the rows.
+
+  The identity |x|^2 + |y|^2 - 2 x.y rounds relative to the centred rows' squared norms:
+  one row far off (an unscaled or corrupt record) moves the plain mean by its offset / N,
+  and every other row's centred norm with it (one row at 1e7 among 1,000 of N(0, 1) moved
+  the centre by 1e4, and every query's neighbours came out shuffled in float32). This
+  centre stays among the bulk of the rows while far-off rows are fewer than half.
+  """
+  mu = xp.sum(db_NxD, axis=0) / xp.asarray(n_valid).astype(db_NxD.dtype)
+  r = xp.sum((db_NxD - mu) ** 2, axis=1)
+  near = r <= xp.sort(r)[(n_valid - 1) // 2]  # at least one row
+  return xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.sum(near).astype(db_NxD.dtype)
 
 
 def float_limit(kernel, d: int) -> float | None:
@@ -531,8 +549,8 @@ def _no_centre(x, dtype):
 def _l2_float_prepare(db, n_valid, dtype):
   integers = is_integer(db)
   db = db.astype(dtype)
-  # Padding rows are zeros: the sum over all rows is the sum over the real ones.
-  mu = jnp.sum(db, axis=0) / jnp.asarray(n_valid).astype(dtype)
+  # Padding rows (zeros, wherever they lie) do not count in the centre.
+  mu = _centre(db, jnp.asarray(n_valid, jnp.int32), jnp)
   # An integer centre keeps integer rows integers (integer dtypes, and float rows that all
   # hold whole numbers: counts, binary features): exact while sums stay exact, so rows at the
   # same distance tie exactly and come by index, as the same rows as integers do.
@@ -677,7 +695,7 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
 
   l1: sum_d |x_d - y_d| (exact on integer inputs);
   l2_squared: |x - y|^2 by the matmul identity (exact int8 products on
-  uint8 / int8 pixels; on floats centred on the mean of y, clamped at 0);
+  uint8 / int8 pixels; on floats centred among the rows of y, clamped at 0);
   l2: its square root; cosine: 1 - x.y / (|x| |y|) (1 for a zero vector).
   float32 results; float64 when an input is float64 or, under jax_enable_x64 in a float
   kernel, a 32- or 64-bit integer. For large inputs use

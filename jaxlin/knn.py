@@ -54,7 +54,7 @@ included, equal a brute-force integer reference. Pixels with more features
 compute L2 in float32, as float inputs do (two rows whose squared distances
 lie within float32 rounding of each other can then come in either order).
 Returned distances are float32: exact below 2**24, rounded above. Float
-inputs compute in float32 (L2 centred on the database mean,
+inputs compute in float32 (L2 centred among the database's rows,
 ``precision=HIGHEST``), or float64 under ``jax_enable_x64`` when an input is
 float64 or a 32- or 64-bit integer (distances are then returned as float64;
 see ``jaxlin.distances`` for which integers go to float kernels).

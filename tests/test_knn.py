@@ -375,6 +375,26 @@ def test_l2_order_is_exact_beyond_float32_integers(database_tile):
   np.testing.assert_allclose(d, [[s, s + 1, s + 4, s + 9]], rtol=1e-7)
 
 
+def test_one_far_off_row_leaves_the_float_l2_neighbours_of_the_others_exact():
+  """The rows were centred on their mean, which one row at 1e7 moved by 1e4: every other
+  row's centred norm grew with it, and all 20 queries got shuffled neighbours (query 0's
+  nearest at 5.657, not 6.533). Padding rows (a small database, rows far from 0) do not
+  count in the centre."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1000, 50)).astype(np.float32)
+  q = rng.normal(size=(20, 50)).astype(np.float32)
+  x[-1, 0] = 1e7
+  d64 = np.sqrt(((q[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+  for tiles in ({}, {"database_tile": 96}):  # padding rows in the last tile
+    d, i = knn.search(q, x, 5, metric="l2", **tiles)
+    np.testing.assert_array_equal(i, np.argsort(d64, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(d, np.sort(d64, axis=1)[:, :5], rtol=1e-5)
+  few = (1e3 + rng.normal(size=(3, 8))).astype(np.float32)  # 3 rows in a tile of zeros
+  d, i = knn.search(few[:2] + np.float32(0.25), few, 3, metric="l2")
+  ref = np.sqrt(((few[:2, None].astype(np.float64) + 0.25 - few[None]) ** 2).sum(-1))
+  np.testing.assert_allclose(d, np.sort(ref, axis=1), rtol=1e-5)
+
+
 def test_l2_on_float_pixels_agrees_with_float64_reference():
   rng = np.random.default_rng(7)
   # Pixel-like floats (uncentred, 0..255): the float path centres to avoid cancellation.
