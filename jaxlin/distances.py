@@ -322,8 +322,21 @@ def _centred_pixels(x):
 
 def int_squared_norms(x_NxD):
   """Exact int32 squared norms of integer-valued rows: the sum of squares (int8 / uint8
-  rows by float32 column blocks, ``_exact_square_sums``)."""
-  return _norms_by_sum(jnp.asarray(x_NxD))
+  rows by float32 column blocks, ``_exact_square_sums``).
+
+  Raises InputError for floats (they would be truncated) and, where x_NxD is concrete,
+  for values whose squares could add up beyond int32."""
+  x = jnp.asarray(_checks.jax_exact(x_NxD, "x_NxD"))
+  if not is_integer(x):
+    raise InputError(f"x_NxD must hold integers (exact int32 norms), got {x.dtype}; for "
+                     "floats use jnp.sum(x * x, axis=1)", argument="x_NxD")
+  if x.ndim == 2 and x.size and not _checks.is_traced(x) and x.dtype not in (jnp.int8,
+                                                                             jnp.uint8):
+    lo, hi = _checks.value_range(x)
+    if x.shape[1] * max(lo * lo, hi * hi) >= 1 << 31:
+      raise InputError(f"x_NxD's values in [{lo}, {hi}] over {x.shape[1]} features could "
+                       "square-sum beyond int32; pass them as floats", argument="x_NxD")
+  return _norms_by_sum(x)
 
 
 def _norms_by_sum(x_NxD):
@@ -480,7 +493,23 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
   int32: int16 partial sums over blocks of at most 128 features for uint8 / int8
   (128 * 255 < 2**15), int32 otherwise. Floats accumulate in float32, or in
   float64 when an input is float64 (or, under jax_enable_x64, a wide integer).
+
+  Raises InputError for inputs that are not 2-D with one feature count, and, where
+  they are concrete integers, for values whose distances could add up beyond int32.
   """
+  xT_DxQ, yT_DxN = (jnp.asarray(_checks.jax_exact(a, name))
+                    for a, name in ((xT_DxQ, "xT_DxQ"), (yT_DxN, "yT_DxN")))
+  if xT_DxQ.ndim != 2 or yT_DxN.ndim != 2 or xT_DxQ.shape[0] != yT_DxN.shape[0]:
+    raise InputError(f"xT_DxQ and yT_DxN must be 2-D with one number of features first, "
+                     f"got shapes {xT_DxQ.shape} and {yT_DxN.shape}", argument="yT_DxN")
+  if (is_integer(xT_DxQ) and is_integer(yT_DxN) and xT_DxQ.size and yT_DxN.size
+      and not same_small_int(xT_DxQ, yT_DxN)
+      and not (_checks.is_traced(xT_DxQ) or _checks.is_traced(yT_DxN))):
+    (lo_x, hi_x), (lo_y, hi_y) = _checks.value_range(xT_DxQ), _checks.value_range(yT_DxN)
+    if xT_DxQ.shape[0] * (max(hi_x, hi_y) - min(lo_x, lo_y)) >= 1 << 31:
+      raise InputError(f"integer inputs in [{min(lo_x, lo_y)}, {max(hi_x, hi_y)}] over "
+                       f"{xT_DxQ.shape[0]} features could sum beyond int32; pass them as "
+                       "floats", argument="xT_DxQ")
   d, q = xT_DxQ.shape
   n = yT_DxN.shape[1]
   if is_integer(xT_DxQ) and is_integer(yT_DxN):

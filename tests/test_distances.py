@@ -421,3 +421,26 @@ def test_cpu_flags_are_read_from_the_cpu_description(tmp_path, reader, flag, oth
     path.write_text(text)
     assert reader(str(path)) is want
   assert reader(str(tmp_path / "missing")) is False  # unreadable: no
+
+
+def test_building_blocks_refuse_what_they_would_compute_wrong():
+  """The public building blocks wrapped int32, truncated floats, reused a feature, or gave
+  JAX's tracer error for numpy inputs; what they serve stays exact."""
+  x = np.array([[50000, 0], [3, 4]], np.int32)
+  with pytest.raises(InputError, match="could square-sum beyond int32") as e:
+    distances.int_squared_norms(x)
+  assert e.value.argument == "x_NxD"
+  with pytest.raises(InputError, match="must hold integers"):
+    distances.int_squared_norms(np.array([[0.5, 0.5]], np.float32))
+  np.testing.assert_array_equal(distances.int_squared_norms(np.array([[300, 4]], np.int32)),
+                                [90016])
+  np.testing.assert_array_equal(distances.int_squared_norms(np.full((1, 3072), 255, np.uint8)),
+                                [3072 * 255 ** 2])
+  with pytest.raises(InputError, match="could sum beyond int32"):
+    distances.l1_transposed(np.array([[2_000_000_000]], np.int32),
+                            np.array([[-2_000_000_000]], np.int32))
+  with pytest.raises(InputError, match=r"shapes \(3, 1\) and \(1, 1\)"):
+    distances.l1_transposed(np.ones((3, 1), np.float32), np.zeros((1, 1), np.float32))
+  np.testing.assert_array_equal(  # numpy inputs, feature-major: (D, Q) and (D, N)
+      distances.l1_transposed(np.array([[1, 5]], np.int32), np.array([[4]], np.int32)),
+      [[3], [1]])
