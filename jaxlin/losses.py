@@ -210,7 +210,9 @@ def l2_penalty(params, *, mask: Mask = None):
 
   By default every leaf with ndim >= 2 is penalised: the weights of
   ``{"W", "b"}``, ``{"W1", "b1", "W2", "b2"}``, ``{"kernel", "bias"}`` or a
-  list of layers, never the 1-D biases.
+  list of layers, never the 1-D biases. The rule is the shape alone: biases
+  stacked (layers, H) for a scanned network are penalised, and a 1-D weight
+  vector is not; pass ``mask`` for those.
   """
   total = 0.0
   for i, v in enumerate(penalised_leaves(params, mask=mask)):
