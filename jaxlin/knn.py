@@ -327,24 +327,6 @@ def _search_block(q_BxD, tiles, aux, centre, n_valid, *, kernel, k, mesh, layout
   return fn(q_BxD, tiles, aux, centre, n_valid)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "query_tile"))
-def _tiled_block(q_AxD, q_aux_A, tiles, aux_MxS, *, kernel, query_tile: int):
-  """(A, M * S) distances of every query to every database row in the kernel's dtype
-  (exact int32 for the integer kernels: the same values as a search's), tile by tile as a
-  search computes them, from queries already transformed (``kernel.transform``; A a
-  multiple of ``query_tile``) and a database already prepared and cut into tiles
-  (``kernel.prepare``, ``kernel.tiles``)."""
-  q = q_AxD.reshape(-1, query_tile, q_AxD.shape[1])
-  q_aux = q_aux_A.reshape(-1, query_tile)
-
-  def query_rows(args):
-    qt, qa = args
-    d = jax.lax.map(lambda t: kernel.tile(qt, qa, t[0], t[1]), (tiles, aux_MxS))  # (M, T, S)
-    return d.transpose(1, 0, 2).reshape(query_tile, -1)
-
-  return jax.lax.map(query_rows, (q, q_aux)).reshape(q_AxD.shape[0], -1)
-
-
 # --------------------------------------------------------------------------
 # Public API.
 # --------------------------------------------------------------------------

@@ -267,6 +267,24 @@ def _prepared_rows(rows_NxD, *, kernel):
   return db, aux
 
 
+@functools.partial(jax.jit, static_argnames=("kernel", "query_tile"))
+def _tiled_block(q_AxD, q_aux_A, tiles, aux_MxS, *, kernel, query_tile: int):
+  """(A, M * S) distances of every query to every database row in the kernel's dtype
+  (exact int32 for the integer kernels: the same values as a search's), tile by tile as a
+  search computes them, from queries already transformed (``kernel.transform``; A a
+  multiple of ``query_tile``) and a database already prepared and cut into tiles
+  (``kernel.prepare``, ``kernel.tiles``)."""
+  q = q_AxD.reshape(-1, query_tile, q_AxD.shape[1])
+  q_aux = q_aux_A.reshape(-1, query_tile)
+
+  def query_rows(args):
+    qt, qa = args
+    d = jax.lax.map(lambda t: kernel.tile(qt, qa, t[0], t[1]), (tiles, aux_MxS))  # (M, T, S)
+    return d.transpose(1, 0, 2).reshape(query_tile, -1)
+
+  return jax.lax.map(query_rows, (q, q_aux)).reshape(q_AxD.shape[0], -1)
+
+
 @functools.partial(jax.jit, static_argnames=("f", "kernel", "sizes"))
 def _fold_rows(db, aux, earlier, *, f, kernel, sizes):
   """Fold f's (sizes[f], N - sizes[f]) distances to the other folds' rows in order, by the
@@ -280,7 +298,7 @@ def _fold_rows(db, aux, earlier, *, f, kernel, sizes):
     if kernel.feature_major:  # L1: tiles of at most _BLOCK_TILE rows, as in _streamed
       tile = _fold_tiles(kernel, sizes)[0]
       pad = knn._pad_rows  # pylint: disable=protected-access  # a search's padding
-      parts.append(knn._tiled_block(  # pylint: disable=protected-access
+      parts.append(_tiled_block(
           pad(q, tile), pad(q_aux, tile), kernel.tiles(pad(later, tile), tile),
           pad(later_aux, tile).reshape(-1, tile), kernel=kernel,
           query_tile=tile)[:sizes[f], :n - end])
@@ -348,7 +366,7 @@ def _chunk_block(prepared, f, g, r0, *, rows, kernel, tile, transposed):
   tiles as a search computes them; their transpose, or None) in one program (f, g, r0:
   traced, so one program serves every chunk)."""
   q, q_aux, tiles, aux = prepared
-  d = knn._tiled_block(  # pylint: disable=protected-access
+  d = _tiled_block(
       jax.lax.dynamic_slice_in_dim(q[f], r0, rows),
       jax.lax.dynamic_slice_in_dim(q_aux[f], r0, rows), tiles[g], aux[g], kernel=kernel,
       query_tile=tile)
