@@ -36,6 +36,13 @@ def concrete_int(value, name: str) -> int:
   raise InputError(f"{name} must be an integer, got {value!r}", argument=name)
 
 
+def narrowed(a) -> bool:
+  """Whether ``a`` is a host (numpy) float array that JAX would round to a narrower float:
+  float64 without jax_enable_x64."""
+  return (isinstance(a, np.ndarray) and a.dtype.kind == "f"
+          and jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype)
+
+
 def mesh_axis(mesh, name: str = "mesh") -> str:
   """The axis name of ``mesh``, a 1-D jax.sharding.Mesh, else an InputError."""
   if not isinstance(mesh, jax.sharding.Mesh) or len(mesh.axis_names) != 1:

@@ -136,17 +136,10 @@ def checked_inputs(x_QxD, y_NxD, metric: str, *, names=("x_QxD", "y_NxD"),
            for b, a, name in zip(big, checked, names)]
   if kernel.name in ("l1_float", "l2_float"):
     _check_float_range(big, x.shape[1], kernel, names, checked)
-    if centre_wide and metric != "cosine" and any(map(_narrowed, checked)) and not any(
+    if centre_wide and metric != "cosine" and any(map(_checks.narrowed, checked)) and not any(
         isinstance(a, jax.Array) for a in checked):
       x, y = _centred_on_host(checked[0], checked[1])
   return x, y, kernel
-
-
-def _narrowed(a) -> bool:
-  """Whether JAX rounds host array ``a`` to a narrower float: float64 without
-  jax_enable_x64."""
-  return (not isinstance(a, jax.Array) and a.dtype.kind == "f"
-          and jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype)
 
 
 def _centred_on_host(x, y):

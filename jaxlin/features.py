@@ -245,12 +245,13 @@ def standardise(train_NxF, *others, stats=None):
   so integers beyond the float are refused there, as are 64-bit integers
   beyond 2**53, and traced inputs are cast as they are). float64 numpy inputs
   without jax_enable_x64 (which JAX would round to float32 before the statistics
-  see them: 1e8 + noise would be constant) are standardised by numpy in float64,
-  and the results returned as float32.
+  see them: 1e8 + noise would be constant) are standardised by numpy in float64:
+  the features come back as float32, and (mean, std) as float64 numpy arrays, so that
+  ``stats=`` gives other rows the same features.
   """
   def rows(x, name, ndims=(2,)):
     x = _checks.jax_exact(x, name)
-    x = x if _wide_host(x) else jnp.asarray(x)
+    x = x if _checks.narrowed(x) else jnp.asarray(x)
     if x.ndim not in ndims:
       raise InputError(f"{name} must be 2-D (rows, features), got shape {x.shape}",
                        argument=name)
@@ -281,7 +282,7 @@ def standardise(train_NxF, *others, stats=None):
                        argument=f"others[{i}]")
   if stats is None and train.shape[0] == 0:
     raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
-  if any(_wide_host(x) for x in (train,) + others):
+  if any(_checks.narrowed(x) for x in (train,) + others):
     return _standardised_host(train, others, stats)
   shift = _integer_shift(train) if stats is None else None
   train = as_float(train, "train_NxF", shift)
@@ -292,11 +293,6 @@ def standardise(train_NxF, *others, stats=None):
     mean, std = (v.astype(train.dtype) for v in _checked_stats(stats, f))
   out, (mean, std) = _standardised((train,) + others, mean, std)
   return out, (mean if shift is None else mean + shift.astype(mean.dtype), std)
-
-
-def _wide_host(x) -> bool:
-  """float64 held by numpy where JAX would round it to float32 (no jax_enable_x64)."""
-  return isinstance(x, np.ndarray) and x.dtype == np.float64 and not jax.config.jax_enable_x64
 
 
 def _checked_stats(stats, f: int):
@@ -316,8 +312,9 @@ def _checked_stats(stats, f: int):
 
 
 def _standardised_host(train, others, stats):
-  """``standardise`` by numpy in float64 (for float64 numpy inputs without jax_enable_x64);
-  the features and (mean, std) returned as float32 jax arrays."""
+  """``standardise`` by numpy in float64 (for float64 numpy inputs without jax_enable_x64):
+  the features as float32 jax arrays, (mean, std) as float64 numpy arrays (rounded to
+  float32, a mean of 1e8 + 3 would shift rows given it as stats by 3)."""
   xs = [np.asarray(x, np.float64) for x in (train,) + others]
   for x, name in zip(xs, ["train_NxF"] + [f"others[{i}]" for i in range(len(others))]):
     _checks.finite(x, name, "standardised features would be NaN")
@@ -330,7 +327,7 @@ def _standardised_host(train, others, stats):
     mean, std = (np.asarray(v, np.float64) for v in _checked_stats(stats, xs[0].shape[1]))
   std = np.where(std > 0, std, 1.0)
   out = tuple(jnp.asarray(((x - mean) / std).astype(np.float32)) for x in xs)
-  return out, (jnp.asarray(mean.astype(np.float32)), jnp.asarray(std.astype(np.float32)))
+  return out, (mean, std)
 
 
 @jax.jit

@@ -24,8 +24,14 @@ Mask = Union[None, Callable[[str, Any], bool], Any]
 
 
 def _inputs(scores_NxC, labels_N):
-  """The checked (scores, labels) as jax arrays."""
-  scores_NxC = jnp.asarray(_checks.jax_exact(scores_NxC, "scores_NxC"))
+  """The checked (scores, labels) as jax arrays. float64 host scores that JAX would round to
+  float32 (no jax_enable_x64) are first shifted by each row's largest finite score in
+  float64, which changes neither loss: 1e8 + (0, 2, 3) would otherwise tie."""
+  scores_NxC = _checks.jax_exact(scores_NxC, "scores_NxC")
+  if _checks.narrowed(scores_NxC) and scores_NxC.ndim == 2 and scores_NxC.size:
+    top = np.max(scores_NxC, axis=1, keepdims=True)
+    scores_NxC = scores_NxC - np.where(np.isfinite(top), top, 0.0)
+  scores_NxC = jnp.asarray(scores_NxC)
   labels_N = jnp.asarray(_checks.jax_exact(labels_N, "labels_N"))
   if jnp.issubdtype(scores_NxC.dtype, jnp.integer):  # as floats that hold every value
     dtype = _checks.float_for(scores_NxC.dtype)

@@ -117,8 +117,7 @@ def smallest_k(values_TxN, k: int):
   50,000).
   """
   values_TxN = _checks.jax_exact(values_TxN, "values_TxN")
-  if isinstance(values_TxN, np.ndarray) and values_TxN.dtype == np.float64 and not (
-      jax.config.jax_enable_x64):  # host values that JAX would round to float32: numpy's order
+  if _checks.narrowed(values_TxN):  # host values that JAX would round to float32: numpy's order
     values = values_TxN
     _checked_values(values.astype(np.float32), "values_TxN", ndim=2)  # shape, NaN
     k = _checked_k(k, values.shape[1])

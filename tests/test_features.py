@@ -294,13 +294,17 @@ def test_standardise_keeps_the_spread_of_float64_host_data():
   te = x[:3] + 0.5
   ref = (x[:, 0] - x[:, 0].mean()) / x[:, 0].std()
   (a, b), (mean, std) = features.standardise(x, te)
-  assert a.dtype == b.dtype == mean.dtype == jnp.float32
+  assert a.dtype == b.dtype == jnp.float32 and mean.dtype == std.dtype == np.float64
   np.testing.assert_allclose(np.asarray(a)[:, 0], ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(b)[:, 0], ref[:3] + 0.5 / x[:, 0].std(), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(a)[:, 1], 0)
   assert float(std[1]) == 1.0 and float(mean[1]) == 1e8
   (c,), _ = features.standardise(x, stats=(x.mean(0), np.array([x[:, 0].std(), 1.0])))
   np.testing.assert_allclose(np.asarray(c)[:, 0], ref, atol=1e-5)
+  # Its own stats give other rows the same features (a float32 mean shifted them by up to
+  # 3 standard deviations at 1e8 + 3).
+  (t,), _ = features.standardise(te, stats=(mean, std))
+  np.testing.assert_array_equal(t, b)
   with pytest.raises(InputError, match="others\\[0\\] contains 2 NaN"):
     features.standardise(x, np.full((1, 2), np.nan))
 

@@ -47,6 +47,18 @@ def test_softmax_lecture_numbers():
                              rtol=1e-5)
 
 
+def test_float64_scores_keep_their_differences_without_x64():
+  """JAX rounds float64 to float32, where 1e8 + (0, 2, 3) are one value: the SVM loss came
+  out 2 (of 7) and softmax log 3. Each row is shifted by its largest score first, in
+  float64: neither loss changes."""
+  s = [[1e8, 1e8 + 2, 1e8 + 3], [np.inf, 0.0, 1.0]]
+  y = np.array([0, 1])
+  svm, ce = losses.multiclass_svm(s, y), losses.softmax_cross_entropy(np.array(s), y)
+  np.testing.assert_allclose(svm[0], 7.0)
+  np.testing.assert_allclose(ce[0], 3 + np.log1p(np.exp(-1) + np.exp(-3)), rtol=1e-6)
+  assert np.asarray(svm)[1] == np.inf and np.asarray(ce)[1] == np.inf  # as without a shift
+
+
 def test_softmax_is_stable_for_huge_scores():
   s = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
   l = losses.softmax_cross_entropy(s, np.array([1, 0]))
