@@ -25,7 +25,7 @@ l2_int8    both uint8 / both int8  |x|^2 + |y|^2 - 2 x.y, exact: int8 product
                                    74 x 74 x 3 images at most
 l2_float   other (pixels with      the same identity on rows centred among the
            more features too)
-                                   database's (``_centre``), ``precision=HIGHEST``,
+                                   database's rows (``_centre``), ``precision=HIGHEST``,
                                    clamped at 0
 cosine     any                     1 - x.y / (|x| |y|) (1 for a zero vector),
                                    clamped at 0; rounded as floats, so rows
@@ -149,8 +149,9 @@ def _centred_on_host(x, y):
   so rows near 1e7 would differ by whole numbers only. A database of whole numbers keeps a
   whole centre (exact ties, as in ``_l2_float_prepare``)."""
   y64 = np.asarray(y, np.float64)
-  centre = _centre(y64, len(y64), np) if len(y64) else np.zeros(y64.shape[1])
-  if np.all(y64 == np.rint(y64)):
+  whole = bool(np.all(y64 == np.rint(y64)))
+  centre = _centre(y64, len(y64), np, whole) if len(y64) else np.zeros(y64.shape[1])
+  if whole:
     centre = np.rint(centre)
   out = []
   for a in (x, y64):
@@ -160,22 +161,35 @@ def _centred_on_host(x, y):
   return out
 
 
-def _centre(db_NxD, n_valid, xp):
-  """The mean of the rows no farther from the mean of the ``n_valid`` real rows than the
-  nearer half of them (numpy or jax.numpy ``xp``). Other rows are padding: zeros,
-  wherever they lie; they add nothing to the first mean, and they join the second only
-  where 0 is as near to it as half the real rows, so the centre stays among the rows.
+def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
+  """The centre that float L2 subtracts from every row (numpy or jax.numpy ``xp``): the
+  mean of the ``n_valid`` real rows, or, where it is better, the mean of the half of the
+  rows nearest to it. Rows of zeros (the padding, wherever it lies, and any real ones)
+  count in the first mean but not in the choice.
 
-  The identity |x|^2 + |y|^2 - 2 x.y rounds relative to the centred rows' squared norms:
-  one row far off (an unscaled or corrupt record) moves the plain mean by its offset / N,
-  and every other row's centred norm with it (one row at 1e7 among 1,000 of N(0, 1) moved
-  the centre by 1e4, and every query's neighbours came out shuffled in float32). This
-  centre stays among the bulk of the rows while far-off rows are fewer than half.
+  The identity |x|^2 + |y|^2 - 2 x.y rounds relative to the centred rows' squared norms.
+  One row far off (an unscaled or corrupt record) moves the mean by its offset / N and
+  every other row's centred norm with it: one row at 1e7 among 1,000 of N(0, 1) moved it
+  by 1e4, and every query's neighbours came out shuffled in float32. The nearer half's
+  mean stays among the bulk of the rows, but between two clusters of similar size it
+  sits in one of them and doubles the other's distances. So it is taken only where 9 in
+  10 of the rows lie nearer to it than 9 in 10 do to the mean; and never for ``whole``
+  (integer-valued) rows whose squared norms about the mean all stay below ``limit``
+  (2**24 for float32), whose distances are then exact.
   """
-  mu = xp.sum(db_NxD, axis=0) / xp.asarray(n_valid).astype(db_NxD.dtype)
-  r = xp.sum((db_NxD - mu) ** 2, axis=1)
-  near = r <= xp.sort(r)[(n_valid - 1) // 2]  # at least one row
-  return xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.sum(near).astype(db_NxD.dtype)
+  dtype = db_NxD.dtype
+  counted = xp.any(db_NxD != 0, axis=1)  # not a row of zeros
+  m = xp.sum(counted)
+  mean = xp.sum(db_NxD, axis=0) / xp.asarray(n_valid).astype(dtype)
+  r = xp.where(counted, xp.sum((db_NxD - mean) ** 2, axis=1), xp.inf)
+  s = xp.sort(r)
+  k = xp.maximum((9 * m) // 10, 1)  # 9 in 10 of the counted rows
+  near = r <= s[xp.maximum(m - 1, 0) // 2]
+  nearer = xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.maximum(
+      xp.sum(near), 1).astype(dtype)
+  r_near = xp.where(counted, xp.sum((db_NxD - nearer) ** 2, axis=1), xp.inf)
+  better = (xp.sum(r_near < s[k - 1]) >= k) & ~(whole & (s[xp.maximum(m - 1, 0)] < limit))
+  return xp.where(better, nearer, mean)
 
 
 def float_limit(kernel, d: int) -> float | None:
@@ -494,7 +508,8 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
                     for a, name in ((xT_DxQ, "xT_DxQ"), (yT_DxN, "yT_DxN")))
   if xT_DxQ.ndim != 2 or yT_DxN.ndim != 2 or xT_DxQ.shape[0] != yT_DxN.shape[0]:
     raise InputError(f"xT_DxQ and yT_DxN must be 2-D with one number of features first, "
-                     f"got shapes {xT_DxQ.shape} and {yT_DxN.shape}", argument="yT_DxN")
+                     f"got shapes {xT_DxQ.shape} and {yT_DxN.shape}",
+                     argument="xT_DxQ" if xT_DxQ.ndim != 2 else "yT_DxN")
   if (is_integer(xT_DxQ) and is_integer(yT_DxN) and xT_DxQ.size and yT_DxN.size
       and not same_small_int(xT_DxQ, yT_DxN)
       and not (_checks.is_traced(xT_DxQ) or _checks.is_traced(yT_DxN))):
@@ -502,7 +517,7 @@ def l1_transposed(xT_DxQ, yT_DxN, *, unroll: int = 16):
     if xT_DxQ.shape[0] * (max(hi_x, hi_y) - min(lo_x, lo_y)) >= 1 << 31:
       raise InputError(f"integer inputs in [{min(lo_x, lo_y)}, {max(hi_x, hi_y)}] over "
                        f"{xT_DxQ.shape[0]} features could sum beyond int32; pass them as "
-                       "floats", argument="xT_DxQ")
+                       "floats", argument="xT_DxQ" if hi_x - lo_x >= hi_y - lo_y else "yT_DxN")
   d, q = xT_DxQ.shape
   n = yT_DxN.shape[1]
   if is_integer(xT_DxQ) and is_integer(yT_DxN):
@@ -571,12 +586,13 @@ def _no_centre(x, dtype):
 def _l2_float_prepare(db, n_valid, dtype):
   integers = is_integer(db)
   db = db.astype(dtype)
-  # Padding rows (zeros, wherever they lie) do not count in the centre.
-  mu = _centre(db, jnp.asarray(n_valid, jnp.int32), jnp)
   # An integer centre keeps integer rows integers (integer dtypes, and float rows that all
   # hold whole numbers: counts, binary features): exact while sums stay exact, so rows at the
   # same distance tie exactly and come by index, as the same rows as integers do.
-  mu = jnp.round(mu) if integers else jnp.where(jnp.all(db == jnp.round(db)), jnp.round(mu), mu)
+  whole = jnp.asarray(True) if integers else jnp.all(db == jnp.round(db))
+  limit = 2.0 ** (jnp.finfo(dtype).nmant + 1)  # 2**24 in float32
+  mu = _centre(db, jnp.asarray(n_valid, jnp.int32), jnp, whole, limit)
+  mu = jnp.where(whole, jnp.round(mu), mu)
   db = db - mu  # L2 is translation invariant, and centred rows cancel less in the identity
   return db, jnp.sum(db * db, axis=1), mu
 

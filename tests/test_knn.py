@@ -393,6 +393,17 @@ def test_one_far_off_row_leaves_the_float_l2_neighbours_of_the_others_exact():
   d, i = knn.search(few[:2] + np.float32(0.25), few, 3, metric="l2")
   ref = np.sqrt(((few[:2, None].astype(np.float64) + 0.25 - few[None]) ** 2).sum(-1))
   np.testing.assert_allclose(d, np.sort(ref, axis=1), rtol=1e-5)
+  # Two clusters of whole numbers, 51 and 49 rows 5,000 apart: the mean of the nearer half
+  # sat in the larger one and doubled the other's centred distances, beyond 2**24 in their
+  # squares: 80 % of these queries got wrong neighbours. The mean keeps them exact.
+  a, b = rng.integers(-3, 4, size=(51, 2)), rng.integers(-3, 4, size=(49, 2)) + [5000, 0]
+  db = np.concatenate([a, b]).astype(np.float32)
+  q = (rng.integers(-3, 4, size=(50, 2)) + [5000, 0]).astype(np.float32)
+  ref = ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+  for rows in (db, db.astype(np.int16)):
+    d, i = knn.search(q.astype(rows.dtype), rows, 4, metric="l2_squared", method="brute")
+    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :4])
+    np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :4])
 
 
 def test_l2_on_float_pixels_agrees_with_float64_reference():
