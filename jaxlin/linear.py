@@ -94,6 +94,7 @@ def checked_rows(x_NxD, w, name: str = "W"):
   round refused (beyond int32 without jax_enable_x64, as JAX would wrap them; beyond 2**24
   in float32, 2**8 in bfloat16). InputError naming x_NxD."""
   x_NxD = _checks.jax_exact(x_NxD, "x_NxD")  # lists as arrays; strings refused
+  _checks.keeps_spread(x_NxD, "x_NxD")
   if not (jnp.issubdtype(x_NxD.dtype, jnp.integer) or jnp.issubdtype(x_NxD.dtype, jnp.floating)
           or x_NxD.dtype == jnp.bool_):
     raise InputError(f"x_NxD must hold real numbers, got dtype {x_NxD.dtype}", argument="x_NxD")

@@ -140,17 +140,22 @@ def _is_line_search_state(node) -> bool:
   return {"learning_rate", "value", "grad", "info"} <= set(getattr(node, "_fields", ()))
 
 
-def _line_search_state(opt_state):
-  """The optimizer's one line-search state (optax.lbfgs and other line searches), or None:
+def _line_search_state(opt_state, name: str = "tx"):
+  """The optimizer's line-search state (optax.lbfgs and other line searches), or None:
   with one, the optimizer needs ``value``, ``grad`` and ``value_fn`` in update and the same
-  (full) batch at every step."""
+  (full) batch at every step. InputError naming ``name`` for more than one: each would
+  search along its own direction with one objective, which optax does not support."""
   found = [node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_line_search_state)
            if _is_line_search_state(node)]
-  return found[0] if len(found) == 1 else None
+  if len(found) > 1:
+    raise InputError(f"{name} holds {len(found)} line searches (e.g. optax.lbfgs in several "
+                     "groups of optax.multi_transform); use one over all the parameters, or "
+                     "another optimizer for the other groups", argument=name)
+  return found[0] if found else None
 
 
-def _has_line_search(opt_state) -> bool:
-  return _line_search_state(opt_state) is not None
+def _has_line_search(opt_state, name: str = "tx") -> bool:
+  return _line_search_state(opt_state, name) is not None
 
 
 def _value_and_grad_from_state(value_fn, params, state):
@@ -227,6 +232,10 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
       (value, data), grad = jax.value_and_grad(f_fast, has_aux=True)(params.fast)
       updates, opt_state = tx.update(grad, opt_state, params)
     elif (found := _line_search_state(opt_state)) is not None and found.grad is not None:
+      if jax.tree.structure(found.grad) != jax.tree.structure(params):
+        raise InputError("tx's line search sees only some of the parameters (e.g. optax.lbfgs "
+                         "in one group of optax.multi_transform); it evaluates the objective "
+                         "at its own parameters, so give it all of them", argument="tx")
       # The gradient at params is stored (not optax.scale_by_backtracking_linesearch's with
       # its default store_grad=False): reused.
       value_fn = lambda p: f(p)[0]
@@ -497,7 +506,13 @@ class Trainer:
   def _member_step(self, params, opt_state, lr, reg, x, y, multiplier):
     step = make_train_step(self.loss_fn, self.model.apply, self._member_tx(lr, multiplier),
                            reg=reg, penalty=self.penalty)
-    params, opt_state, metrics = step(params, opt_state, (x, y))
+    try:
+      params, opt_state, metrics = step(params, opt_state, (x, y))
+    except InputError as e:  # the step's words for what is here the optimizer
+      if e.argument != "tx":
+        raise
+      raise InputError(e.message.replace("tx", "optimizer", 1), argument="optimizer",
+                       library_hint=e.library_hint) from None
     return params, opt_state, metrics["loss"]
 
   def _run_steps_impl(self, state: _GridState, hyper, x, y, idx_SxB, valid_S, *, multiplier,
@@ -565,6 +580,7 @@ class Trainer:
     if np.shape(x)[0] == 0:
       raise InputError("x is empty: no examples to measure accuracy on", argument="x")
     x, y = _checks.jax_exact(x, "x"), _checks.jax_exact(y, "y")  # lists as arrays
+    _checks.keeps_spread(x, "x")
     n = x.shape[0] if num_examples is None else _checks.int_at_least(num_examples,
                                                                      "num_examples", 1)
     if n > x.shape[0]:
@@ -702,6 +718,7 @@ class Trainer:
                          argument="eval_sets")
       ex, ey, en = (*value, None) if len(value) == 2 else value
       ex = ex if _on_mesh(ex, self.mesh) else _checks.jax_exact(ex, f"eval_sets[{name!r}] x")
+      _checks.keeps_spread(ex, f"eval_sets[{name!r}] x", "eval_sets")
       ey = ey if _on_mesh(ey, self.mesh) else _checks.jax_exact(ey, f"eval_sets[{name!r}] y")
       rows = np.shape(ex)[0] if np.ndim(ex) else 0
       if np.ndim(ex) < 2 or np.shape(ey) != (rows,) or rows == 0:
@@ -757,6 +774,7 @@ class Trainer:
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
     _checks.outside_jit("Trainer.fit (it drives its own compiled steps)", "x", x, y)
+    _checks.keeps_spread(x, "x")
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
         num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
       raise InputError(f"num_steps must be an integer in [1, {MAX_STEPS}] (steps count in "
@@ -809,7 +827,7 @@ class Trainer:
     evaluated = _evaluation(state)
     full_batch = self._full_batch
     if full_batch is None:
-      full_batch = _has_line_search(state.opt_state)
+      full_batch = _has_line_search(state.opt_state, "optimizer")
     if full_batch and batch_size is not None:
       raise InputError(f"batch_size={batch_size} has no effect: this optimizer trains on every "
                        "row at each step (full batch: a line search such as optax.lbfgs's, or "

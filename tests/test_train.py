@@ -365,6 +365,11 @@ def _eval(value):
 
 _X, _Y = (np.asarray(a) for a in _problem())
 _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32)}
+_GRID2_ONE = {"W": np.zeros((6, 3), np.float32), "b": np.zeros(3, np.float32)}
+_TWO_SEARCHES = optax.multi_transform({"w": optax.lbfgs(), "b": optax.lbfgs()},
+                                      {"W": "w", "b": "b"})
+_ONE_OF_TWO = optax.multi_transform({"w": optax.lbfgs(), "b": optax.sgd(0.1)},
+                                    {"W": "w", "b": "b"})
 
 
 @pytest.mark.parametrize("call, argument, message", [
@@ -479,6 +484,24 @@ _GRID2 = {"W": np.zeros((2, 6, 3), np.float32), "b": np.zeros((2, 3), np.float32
         np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))), "mesh", "1-D jax.sharding.Mesh"),
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer="sgd", mesh="data"), "mesh",
      "1-D jax.sharding.Mesh"),
+    # float64 rows far from 0 against their spread, which float32 would round to a few values
+    # (1e8 + N(0, 1): training saw constant rows, scores came out 0).
+    (lambda: linear.scores(linear.init_params(jax.random.key(0), 6, 3), np.float64(_X) + 1e8),
+     "x_NxD",
+     "feature 0 lies near 1e\\+08 but spans only .*: JAX's float32"),
+    (_fit_call(x=np.float64(_X) + 1e8), "x", r"\(6 such feature\(s\)\)"),
+    (lambda: _trainer().fit(jax.random.key(0), _X, _Y, learning_rates=[0.1], batch_size=10,
+                            num_steps=1, eval_sets={"val": (np.float64(_X) + 1e8, _Y)}),
+     "eval_sets", r"eval_sets\['val'\] x's feature 0"),
+    (lambda: _trainer().accuracy(_GRID2, np.float64(_X) - 1e9, _Y), "x", "near 1e\\+09"),
+    # Two line searches (lbfgs per group): JAX's pytree error, or optax's KeyError.
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=_TWO_SEARCHES).fit(
+        jax.random.key(0), _X, _Y, num_steps=1), "optimizer", "holds 2 line searches"),
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, _TWO_SEARCHES)(
+        _GRID2_ONE, _TWO_SEARCHES.init(_GRID2_ONE), (_X, _Y)), "tx", "holds 2 line searches"),
+    # A line search over some of the parameters: JAX's cond error.
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=_ONE_OF_TWO).fit(
+        jax.random.key(0), _X, _Y, num_steps=1), "optimizer", "sees only some of the param"),
     # A batch that is not (x, y): the keys of a dict were taken for x and y.
     (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
         linear.init_params(jax.random.key(0), 6, 3), (), {"image": _X, "label": _Y}), "batch",
