@@ -282,8 +282,11 @@ def standardise(train_NxF, *others, stats=None):
                        argument=f"others[{i}]")
   if stats is None and train.shape[0] == 0:
     raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
-  if any(_checks.narrowed(x) for x in (train,) + others):
+  traced = any(map(_checks.is_traced, (train,) + others + (
+      tuple(stats) if isinstance(stats, (tuple, list)) else ())))
+  if not traced and any(_checks.narrowed(x) for x in (train,) + others):
     return _standardised_host(train, others, stats)
+  train, others = jnp.asarray(train), tuple(map(jnp.asarray, others))  # beside traced ones
   shift = _integer_shift(train) if stats is None else None
   train = as_float(train, "train_NxF", shift)
   others = tuple(as_float(x, f"others[{i}]", shift) for i, x in enumerate(others))
@@ -296,7 +299,8 @@ def standardise(train_NxF, *others, stats=None):
 
 
 def _checked_stats(stats, f: int):
-  """``stats`` as (mean, std), each a (f,) jax array, finite, std >= 0; or InputError."""
+  """``stats`` as (mean, std), each an (f,) array (numpy or jax, as given; lists as numpy),
+  finite, std >= 0; or InputError."""
   if (isinstance(stats, (str, bytes, dict)) or getattr(stats, "shape", None) == ()
       or not hasattr(stats, "__len__") or len(stats) != 2):
     raise InputError("stats must be a pair (mean, std) of (F,) arrays", argument="stats")

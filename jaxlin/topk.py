@@ -119,7 +119,12 @@ def smallest_k(values_TxN, k: int):
   values_TxN = _checks.jax_exact(values_TxN, "values_TxN")
   if _checks.narrowed(values_TxN):  # host values that JAX would round to float32: numpy's order
     values = values_TxN
-    _checked_values(values.astype(np.float32), "values_TxN", ndim=2)  # shape, NaN
+    if values.ndim != 2:
+      raise InputError(f"values_TxN must be 2-D (rows, values), got shape {values.shape}",
+                       argument="values_TxN")
+    if np.isnan(values).any():
+      raise InputError("values_TxN holds NaN: it has no place in an order; remove or replace "
+                       "it", argument="values_TxN")
     k = _checked_k(k, values.shape[1])
     return jnp.asarray(np.argsort(values, axis=1, kind="stable")[:, :k].astype(np.int32))
   values_TxN = _checked_values(values_TxN, "values_TxN", ndim=2)

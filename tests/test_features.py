@@ -307,6 +307,16 @@ def test_standardise_keeps_the_spread_of_float64_host_data():
   np.testing.assert_array_equal(t, b)
   with pytest.raises(InputError, match="others\\[0\\] contains 2 NaN"):
     features.standardise(x, np.full((1, 2), np.nan))
+  # Beside a traced input (a caller's jit or vmap) float64 rows are JAX's float32, as ever
+  # (the numpy path was JAX's TracerArrayConversionError).
+  y = rng.normal(size=(8, 3))
+  y32 = y.astype(np.float32)
+  want = features.standardise(y32, y32[:2])[0][1]
+  np.testing.assert_allclose(jax.jit(lambda t: features.standardise(t, y[:2])[0][1])(y32),
+                             want, rtol=1e-6)
+  m, s = y32.mean(axis=0), y32.std(axis=0)
+  np.testing.assert_allclose(jax.jit(lambda m, s: features.standardise(y, stats=(m, s))[0][0])(
+      m, s), features.standardise(y32, stats=(m, s))[0][0], rtol=1e-6)
 
 
 def test_standardise_with_stats_traced_by_a_callers_jit():
