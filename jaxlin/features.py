@@ -336,7 +336,12 @@ def _standardised_host(train, others, stats):
 
 @jax.jit
 def _moments(train_NxF):
-  return pin_constant_columns(jnp.mean(train_NxF, axis=0), jnp.std(train_NxF, axis=0),
+  # Columns beyond 2**60 are scaled down by a power of two (exactly) for the statistics:
+  # the squares of float32 values beyond 1.8e19 overflow, and std came out inf (all 0s).
+  top = jnp.max(jnp.abs(train_NxF), axis=0)
+  scale = jnp.where(top > 2.0 ** 60, jnp.exp2(jnp.ceil(jnp.log2(top))), 1).astype(top.dtype)
+  x = train_NxF / scale
+  return pin_constant_columns(jnp.mean(x, axis=0) * scale, jnp.std(x, axis=0) * scale,
                               jnp.min(train_NxF, axis=0), jnp.max(train_NxF, axis=0))
 
 

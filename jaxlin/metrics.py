@@ -68,8 +68,21 @@ def accuracy(labels_N, preds_N):
   # 500 gave 0.30600002), nor is a division by a constant under jit, which XLA turns into
   # that product: the barrier keeps N from being one.
   dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-  count = jnp.sum(labels_N == preds_N, dtype=jnp.int32).astype(dtype)
+  count = jnp.sum(_equal(labels_N, preds_N), dtype=jnp.int32).astype(dtype)
   return count / jax.lax.optimization_barrier(jnp.asarray(labels_N.shape[0], dtype))
+
+
+def _equal(a, b):
+  """a == b, exactly: without jax_enable_x64 JAX compares uint32 with a signed integer in
+  int32, where 3,000,000,000 wraps to -1,294,967,296 and equals it."""
+  if a.dtype == b.dtype or not (jnp.issubdtype(a.dtype, jnp.integer)
+                                 and jnp.issubdtype(b.dtype, jnp.integer)):
+    return a == b
+  wide = np.promote_types(a.dtype, b.dtype)  # numpy's: int64 for uint32 and int32
+  if jax.dtypes.canonicalize_dtype(wide) == wide:
+    return a == b
+  signed, unsigned = (a, b) if jnp.issubdtype(a.dtype, jnp.signedinteger) else (b, a)
+  return (signed >= 0) & (signed.astype(unsigned.dtype) == unsigned)
 
 
 def confusion_matrix(labels_N, preds_N, num_classes: int):
@@ -115,5 +128,7 @@ def per_class_accuracy(confusion_CxC):
 
 @jax.jit
 def _recall(confusion_CxC):
+  # Summed in float32 or wider: float16 rows overflowed at 65,504, int32 ones wrapped.
+  confusion_CxC = confusion_CxC.astype(jnp.promote_types(confusion_CxC.dtype, jnp.float32))
   totals = confusion_CxC.sum(axis=1)
   return jnp.where(totals > 0, jnp.diag(confusion_CxC) / jnp.maximum(totals, 1), jnp.nan)

@@ -360,8 +360,9 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
   if cm.min() < 0:
     raise InputError(f"confusion_CxC holds negative counts (down to {cm.min():g})",
                      argument="confusion_CxC")
-  totals = cm.sum(1, keepdims=True)
-  norm = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)
+  wide = cm.astype(np.float64)  # sums: float16 rows of 40,000 + 30,000 overflowed to inf
+  totals = wide.sum(1, keepdims=True)
+  norm = np.divide(wide, totals, out=np.zeros(cm.shape), where=totals > 0)
   side = min(0.6 * c, 18.0)
   fig, ax = _figure_and_ax(ax, (side + 2.5, side + 2))
   im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -375,7 +376,7 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
     ax.set_yticks(range(c), class_names)
   ax.set_xlabel("predicted" if c <= _MAX_TICK_NAMES else f"predicted ({c} classes in order)")
   ax.set_ylabel("true" if c <= _MAX_TICK_NAMES else f"true ({c} classes in order)")
-  ax.set_title(f"{title} accuracy {np.trace(cm) / cm.sum():.1%}".strip() if cm.sum() > 0
+  ax.set_title(f"{title} accuracy {np.trace(wide) / wide.sum():.1%}".strip() if wide.sum() > 0
                else f"{title} (no examples)".strip())
   fig.colorbar(im, ax=ax, fraction=0.046, label="colour: fraction of the true class"
                + ("; cells: counts" if c <= _MAX_CELL_TEXT else ""))

@@ -410,6 +410,11 @@ def test_both_models_refuse_inputs_their_products_would_change():
 
 def test_standardise_refuses_what_would_be_silently_wrong():
   rng = np.random.default_rng(0)
+  big = (rng.normal(size=(50, 2)) * 1e20).astype(np.float32)  # squares beyond float32
+  (z,), (_, std) = features.standardise(big)  # std was inf and every feature 0
+  b64 = big.astype(np.float64)
+  np.testing.assert_allclose(z, (b64 - b64.mean(0)) / b64.std(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(std, b64.std(0), rtol=1e-6)
   x = rng.normal(size=(20, 4)) * 1000
   (a,), (mean, std) = features.standardise(x.astype(np.float16))  # float16 std overflowed: 0s
   (b,), _ = features.standardise(x.astype(np.float16).astype(np.float32))

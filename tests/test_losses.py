@@ -308,6 +308,21 @@ def test_metrics_refuse_what_they_cannot_count():
                                   2).tolist() == [[0, 1], [0, 1]]
 
 
+def test_metrics_count_without_overflow_or_wrapping():
+  """float16 counts whose row overflows float16, int32 counts whose row wraps, and uint32
+  labels beyond int32 against int32 predictions (JAX compares them in int32 without x64,
+  where 3e9 equals 3e9 - 2**32)."""
+  np.testing.assert_allclose(metrics.per_class_accuracy(
+      np.array([[40000, 30000], [0, 10]], np.float16)), [4 / 7, 1.0], rtol=1e-6)  # was 0
+  np.testing.assert_allclose(metrics.per_class_accuracy(
+      np.array([[1_500_000_000, 1_500_000_000], [0, 1]], np.int64)), [0.5, 1.0])  # was NaN
+  labels = jnp.asarray(np.array([3_000_000_000, 7], np.uint32))
+  preds = jnp.asarray(np.array([-1_294_967_296, 7], np.int32))
+  for accuracy in (metrics.accuracy, jax.jit(metrics.accuracy)):
+    assert float(accuracy(labels, preds)) == 0.5  # was 1.0
+    assert float(accuracy(preds, labels)) == 0.5
+
+
 def test_confusion_matrix_under_jit_leaves_out_of_range_pairs_out():
   """Traced labels cannot be checked: a pair outside [0, C) is not counted (it used to be
   clipped into class 0 or spill into the next row's cells)."""

@@ -337,6 +337,10 @@ def test_confusion_normalises_any_row_and_stays_readable_for_many_classes():
   # A matrix normalised over all cells (rows summing to 1/6 and 1/2) was coloured 0.083.
   ax = plots.confusion(np.array([[1 / 12, 1 / 12], [0.0, 0.5]]), NAMES[:2]).axes[0]
   np.testing.assert_allclose(ax.images[0].get_array(), [[0.5, 0.5], [0.0, 1.0]])
+  # float16 counts whose row sum overflows float16: titled "accuracy 0.0%", row 0 blank.
+  ax = plots.confusion(np.array([[40000, 30000], [0, 10]], np.float16), NAMES[:2]).axes[0]
+  np.testing.assert_allclose(ax.images[0].get_array(), [[4 / 7, 3 / 7], [0.0, 1.0]])
+  assert ax.get_title() == "accuracy 57.1%"
   # 150 classes drew a 92-inch figure with 22,500 texts (54 s, 3 GB; 1,000 ran out of memory).
   many = np.diag(np.arange(1, 151))
   fig = plots.confusion(many, [f"c{i}" for i in range(150)])
