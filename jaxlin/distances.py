@@ -163,32 +163,46 @@ def _centred_on_host(x, y):
 
 def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
   """The centre that float L2 subtracts from every row (numpy or jax.numpy ``xp``): the
-  mean of the ``n_valid`` real rows, or, where it is better, the mean of the half of the
-  rows nearest to it. Rows of zeros (the padding, wherever it lies, and any real ones)
-  count in the first mean but not in the choice.
+  mean of the ``n_valid`` real rows, or, where it is better, the mean of the half of them
+  nearest to it. The other rows are padding: rows of zeros, wherever they lie.
 
   The identity |x|^2 + |y|^2 - 2 x.y rounds relative to the centred rows' squared norms.
   One row far off (an unscaled or corrupt record) moves the mean by its offset / N and
   every other row's centred norm with it: one row at 1e7 among 1,000 of N(0, 1) moved it
   by 1e4, and every query's neighbours came out shuffled in float32. The nearer half's
-  mean stays among the bulk of the rows, but between two clusters of similar size it
-  sits in one of them and doubles the other's distances. So it is taken only where 9 in
-  10 of the rows lie nearer to it than 9 in 10 do to the mean; and never for ``whole``
-  (integer-valued) rows whose squared norms about the mean all stay below ``limit``
-  (2**24 for float32), whose distances are then exact.
+  mean stays among the bulk of the rows, but between two clusters it sits in one and
+  doubles the other's distances. So it is taken only where 9 in 10 of the real rows lie
+  nearer to it than 9 in 10 do to the mean (far-off rows are at most 1 in 10), and never
+  for ``whole`` (integer-valued) rows whose squared norms about the mean all stay below
+  half of ``limit`` (2**24 for float32): their distances are then exact.
   """
   dtype = db_NxD.dtype
-  counted = xp.any(db_NxD != 0, axis=1)  # not a row of zeros
-  m = xp.sum(counted)
-  mean = xp.sum(db_NxD, axis=0) / xp.asarray(n_valid).astype(dtype)
-  r = xp.where(counted, xp.sum((db_NxD - mean) ** 2, axis=1), xp.inf)
+  n_rows = db_NxD.shape[0]
+  pad = n_rows - n_valid  # padding rows: zeros, at |c|^2 from any centre c
+  zero = xp.all(db_NxD == 0, axis=1)
+
+  def squares(c):  # every row's squared distance to c; rows of zeros exactly |c|^2
+    c0 = xp.sum(c * c)
+    return xp.where(zero, c0, xp.sum((db_NxD - c) ** 2, axis=1)), c0
+
+  mean = xp.sum(db_NxD, axis=0) / xp.asarray(n_valid).astype(dtype)  # padding adds 0
+  r, r0 = squares(mean)
   s = xp.sort(r)
-  k = xp.maximum((9 * m) // 10, 1)  # 9 in 10 of the counted rows
-  near = r <= s[xp.maximum(m - 1, 0) // 2]
-  nearer = xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.maximum(
-      xp.sum(near), 1).astype(dtype)
-  r_near = xp.where(counted, xp.sum((db_NxD - nearer) ** 2, axis=1), xp.inf)
-  better = (xp.sum(r_near < s[k - 1]) >= k) & ~(whole & (s[xp.maximum(m - 1, 0)] < limit))
+  below, at = xp.sum(r < r0), xp.sum(r == r0) - pad  # real rows below, and at, r0
+
+  def kth(k):  # the k-th smallest r (k from 1) of the real rows: s without the padding's r0s
+    pick = lambda i: s[xp.clip(i, 0, n_rows - 1)]
+    return xp.where(k <= below, pick(k - 1), xp.where(k <= below + at, r0, pick(k - 1 + pad)))
+
+  half, most = (n_valid + 1) // 2, xp.maximum((9 * n_valid) // 10, 1)
+  near = r <= kth(half)  # padding rows join where 0 is that near: zeros in the sum
+  count = xp.sum(near) - xp.where(r0 <= kth(half), pad, 0)
+  nearer = xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.maximum(count, 1).astype(
+      dtype)
+  r_near, r_near0 = squares(nearer)
+  closer = xp.sum(r_near < kth(most)) - xp.where(r_near0 < kth(most), pad, 0)
+  # |x|^2 + |y|^2 and 2 x.y of two rows below the limit: exact (as are queries as near).
+  better = (closer >= most) & ~(whole & (2 * kth(n_valid) < limit))
   return xp.where(better, nearer, mean)
 
 

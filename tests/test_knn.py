@@ -404,6 +404,30 @@ def test_one_far_off_row_leaves_the_float_l2_neighbours_of_the_others_exact():
     d, i = knn.search(q.astype(rows.dtype), rows, 4, metric="l2_squared", method="brute")
     np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :4])
     np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :4])
+  # 95 and 5 whole-number rows 2,980 apart: the nearer half's mean would bring 9 in 10 rows
+  # nearer, but the few rows' squares about it pass 2**24 / 2, and the mean keeps them below.
+  a, b = rng.integers(-3, 4, size=(95, 2)), rng.integers(-3, 4, size=(5, 2)) + [2980, 0]
+  db = np.concatenate([a, b]).astype(np.float32)
+  q = (rng.integers(-3, 4, size=(40, 2)) + [2980, 0]).astype(np.float32)
+  ref = ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+  d, i = knn.search(q, db, 3, metric="l2_squared", method="brute")
+  np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :3])
+  np.testing.assert_array_equal(d, np.sort(ref, axis=1)[:, :3])
+  # Float clusters of 510 and 490 rows 300 apart: the nearer half's mean sits in one and
+  # doubles the other's centred norms, and its errors 4x (0.036-0.051 against 0.0094-0.0104
+  # about the mean, for seeds 0-3).
+  rng = np.random.default_rng(0)
+  apart = np.eye(8)[0] * 300
+  a, b = rng.normal(size=(510, 8)), rng.normal(size=(490, 8)) + apart
+  db = np.concatenate([a, b]).astype(np.float32)
+  q = (rng.normal(size=(100, 8)) + apart).astype(np.float32)
+  ref = ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+  d, i = knn.search(q, db, 5, metric="l2_squared", method="brute")
+  assert np.abs(np.asarray(d, np.float64) - np.take_along_axis(ref, np.asarray(i), 1)).max() < 0.02
+  # Real rows of zeros count as rows (left out, the one far row was the nearer half: 0.0).
+  x = np.zeros((5, 3), np.float32)
+  x[2] = 1e4
+  np.testing.assert_allclose(knn.search(np.ones((1, 3), np.float32), x, 2)[0], [[3 ** 0.5] * 2])
 
 
 def test_l2_on_float_pixels_agrees_with_float64_reference():
