@@ -45,24 +45,27 @@ def narrowed(a) -> bool:
 
 def keeps_spread(a, name: str, argument: str | None = None) -> None:
   """InputError naming ``name`` where ``a`` is a host float array that JAX would narrow
-  (``narrowed``) and a column of it lies so far from 0 against its own range that the
-  narrower float would round it by more than 1/1024 of that range: 1e8 + N(0, 1) in
-  float32 keeps a handful of values, and a model would see noise or constants."""
+  (``narrowed``) and the narrower float moves a column's values by more than 1/1024 of
+  that column's range: 1e8 + N(0, 1) in float32 keeps a handful of values, and a model
+  would see noise or constants. Columns whose range is below 2**-40 of their magnitude
+  (float64 rounding noise, e.g. sums of probabilities) count as constant; columns that
+  the narrower float holds exactly (whole numbers below 2**24) pass."""
   if not narrowed(a) or a.ndim < 2 or not a.size:
     return
   cols = a.reshape(len(a), -1)
+  held = jax.dtypes.canonicalize_dtype(a.dtype)
   with np.errstate(invalid="ignore", over="ignore"):
     spread = cols.max(axis=0) - cols.min(axis=0)
     top = np.abs(cols).max(axis=0)
-  eps = float(jnp.finfo(jax.dtypes.canonicalize_dtype(a.dtype)).eps)
-  bad = np.flatnonzero((spread > 0) & (top * eps / 2 > spread / 1024))
+    moved = np.abs(cols.astype(held).astype(a.dtype) - cols).max(axis=0)
+  bad = np.flatnonzero((spread > top * 2.0 ** -40) & (moved > spread / 1024))
   if bad.size:
     j = int(bad[0])
     raise InputError(f"{name}'s feature {j} lies near {top[j]:.6g} but spans only "
-                     f"{spread[j]:.6g}: JAX's float32 (without jax_enable_x64) would round it "
-                     f"to a few values ({bad.size} such feature(s)); subtract a reference "
-                     "value first (e.g. each feature's mean), or enable jax_enable_x64",
-                     argument=argument or name)
+                     f"{spread[j]:.6g}: JAX's {held} (without jax_enable_x64) would move its "
+                     f"values by up to {moved[j]:.3g} ({bad.size} such feature(s)); subtract a "
+                     "reference value first (e.g. each feature's mean), or enable "
+                     "jax_enable_x64", argument=argument or name)
 
 
 def mesh_axis(mesh, name: str = "mesh") -> str:

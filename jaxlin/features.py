@@ -282,7 +282,7 @@ def standardise(train_NxF, *others, stats=None):
                        argument=f"others[{i}]")
   if stats is None and train.shape[0] == 0:
     raise InputError("train_NxF is empty: no rows for the statistics", argument="train_NxF")
-  traced = any(map(_checks.is_traced, (train,) + others + (
+  traced = _checks.is_traced(stats) or any(map(_checks.is_traced, (train,) + others + (
       tuple(stats) if isinstance(stats, (tuple, list)) else ())))
   if not traced and any(_checks.narrowed(x) for x in (train,) + others):
     return _standardised_host(train, others, stats)
@@ -336,10 +336,12 @@ def _standardised_host(train, others, stats):
 
 @jax.jit
 def _moments(train_NxF):
-  # Columns beyond 2**60 are scaled down by a power of two (exactly) for the statistics:
-  # the squares of float32 values beyond 1.8e19 overflow, and std came out inf (all 0s).
+  # Columns beyond 2**60 are scaled by 2**-96 (exact) for the statistics: the squares of
+  # float32 values beyond 1.8e19 overflow, and std came out inf (every feature 0). Scaled,
+  # they lie below 2**32; entries below 2**-30 become subnormal (flushed to 0 on CPUs),
+  # nothing against a column beyond 2**60.
   top = jnp.max(jnp.abs(train_NxF), axis=0)
-  scale = jnp.where(top > 2.0 ** 60, jnp.exp2(jnp.ceil(jnp.log2(top))), 1).astype(top.dtype)
+  scale = jnp.where(top > 2.0 ** 60, 2.0 ** 96, 1.0).astype(train_NxF.dtype)
   x = train_NxF / scale
   return pin_constant_columns(jnp.mean(x, axis=0) * scale, jnp.std(x, axis=0) * scale,
                               jnp.min(train_NxF, axis=0), jnp.max(train_NxF, axis=0))
@@ -374,7 +376,11 @@ def _integer_shift(train_NxF):
 @jax.jit  # one program for every array, not one per operation
 def _standardised(xs, mean, std):
   std = jnp.where(std > 0, std, 1.0)
-  return tuple((x - mean) / std for x in xs), (mean, std)
+  # Columns whose std passes 2**60 are divided in units of 2**96 (exact): XLA divides by
+  # multiplying with 1 / std, which beyond 8.5e37 is subnormal and flushed to 0 on CPUs
+  # (every feature 0), and x - mean could overflow.
+  scale = jnp.where(std > 2.0 ** 60, 2.0 ** 96, 1.0).astype(std.dtype)
+  return tuple((x / scale - mean / scale) / (std / scale) for x in xs), (mean, std)
 
 
 def _source_key() -> bytes | None:

@@ -29,8 +29,13 @@ def _inputs(scores_NxC, labels_N):
   float64, which changes neither loss: 1e8 + (0, 2, 3) would otherwise tie."""
   scores_NxC = _checks.jax_exact(scores_NxC, "scores_NxC")
   if _checks.narrowed(scores_NxC) and scores_NxC.ndim == 2 and scores_NxC.size:
-    top = np.max(scores_NxC, axis=1, keepdims=True)
-    scores_NxC = scores_NxC - np.where(np.isfinite(top), top, 0.0)
+    finite = np.isfinite(scores_NxC)
+    top = np.max(np.where(finite, scores_NxC, -np.inf), axis=1, keepdims=True)
+    low = np.min(np.where(finite, scores_NxC, np.inf), axis=1, keepdims=True)
+    # Rows whose finite scores span more than float32's range are left as they are (the
+    # shifted ones would overflow to -inf, and -inf - -inf is NaN).
+    shift = np.isfinite(top) & (top - low <= np.finfo(np.float32).max)
+    scores_NxC = scores_NxC - np.where(shift, top, 0.0)
   scores_NxC = jnp.asarray(scores_NxC)
   labels_N = jnp.asarray(_checks.jax_exact(labels_N, "labels_N"))
   if jnp.issubdtype(scores_NxC.dtype, jnp.integer):  # as floats that hold every value

@@ -129,6 +129,7 @@ def per_class_accuracy(confusion_CxC):
 @jax.jit
 def _recall(confusion_CxC):
   # Summed in float32 or wider: float16 rows overflowed at 65,504, int32 ones wrapped.
-  confusion_CxC = confusion_CxC.astype(jnp.promote_types(confusion_CxC.dtype, jnp.float32))
+  confusion_CxC = confusion_CxC.astype(jnp.promote_types(confusion_CxC.dtype,
+                                                         jnp.result_type(float)))
   totals = confusion_CxC.sum(axis=1)
   return jnp.where(totals > 0, jnp.diag(confusion_CxC) / jnp.maximum(totals, 1), jnp.nan)

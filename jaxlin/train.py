@@ -774,7 +774,9 @@ class Trainer:
     are padding and never drawn. Other inputs are replicated on the mesh.
     """
     _checks.outside_jit("Trainer.fit (it drives its own compiled steps)", "x", x, y)
-    _checks.keeps_spread(x, "x")
+    if not isinstance(x, jax.Array):  # lists and numpy: checked as JAX would hold them
+      x = _checks.jax_exact(x, "x")
+      _checks.keeps_spread(x, "x")
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(
         num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
       raise InputError(f"num_steps must be an integer in [1, {MAX_STEPS}] (steps count in "

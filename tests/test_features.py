@@ -315,6 +315,8 @@ def test_standardise_keeps_the_spread_of_float64_host_data():
   np.testing.assert_allclose(jax.jit(lambda t: features.standardise(t, y[:2])[0][1])(y32),
                              want, rtol=1e-6)
   m, s = y32.mean(axis=0), y32.std(axis=0)
+  np.testing.assert_allclose(jax.jit(lambda ms: features.standardise(y, stats=ms)[0][0])(
+      jnp.stack([m, s])), features.standardise(y32, stats=(m, s))[0][0], rtol=1e-6)
   np.testing.assert_allclose(jax.jit(lambda m, s: features.standardise(y, stats=(m, s))[0][0])(
       m, s), features.standardise(y32, stats=(m, s))[0][0], rtol=1e-6)
 
@@ -415,6 +417,10 @@ def test_standardise_refuses_what_would_be_silently_wrong():
   b64 = big.astype(np.float64)
   np.testing.assert_allclose(z, (b64 - b64.mean(0)) / b64.std(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(std, b64.std(0), rtol=1e-6)
+  top = np.array([[2e38, 1.0], [1e38, 2.0], [-2e38 / 3, 3.0]], np.float32)  # 1 / std subnormal
+  (z,), _ = features.standardise(top)
+  t64 = top.astype(np.float64)
+  np.testing.assert_allclose(z, (t64 - t64.mean(0)) / t64.std(0), rtol=1e-5)
   x = rng.normal(size=(20, 4)) * 1000
   (a,), (mean, std) = features.standardise(x.astype(np.float16))  # float16 std overflowed: 0s
   (b,), _ = features.standardise(x.astype(np.float16).astype(np.float32))

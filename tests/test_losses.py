@@ -57,6 +57,10 @@ def test_float64_scores_keep_their_differences_without_x64():
   np.testing.assert_allclose(svm[0], 7.0)
   np.testing.assert_allclose(ce[0], 3 + np.log1p(np.exp(-1) + np.exp(-3)), rtol=1e-6)
   assert np.asarray(svm)[1] == np.inf and np.asarray(ce)[1] == np.inf  # as without a shift
+  # A row spanning more than float32's range is not shifted (its shifted scores were -inf,
+  # and the SVM's -inf - -inf NaN).
+  wide = np.array([[3e38, -2e38, -2.5e38]])
+  assert np.asarray(losses.multiclass_svm(wide, np.array([2])))[0] == np.inf
 
 
 def test_softmax_is_stable_for_huge_scores():
@@ -316,6 +320,9 @@ def test_metrics_count_without_overflow_or_wrapping():
       np.array([[40000, 30000], [0, 10]], np.float16)), [4 / 7, 1.0], rtol=1e-6)  # was 0
   np.testing.assert_allclose(metrics.per_class_accuracy(
       np.array([[1_500_000_000, 1_500_000_000], [0, 1]], np.int64)), [0.5, 1.0])  # was NaN
+  with jax.enable_x64(True):  # float64 recalls stay float64 (they were summed in float32)
+    assert metrics.per_class_accuracy(np.array([[100000001, 3], [0, 1]]))[0] == 100000001 / (
+        100000004)
   labels = jnp.asarray(np.array([3_000_000_000, 7], np.uint32))
   preds = jnp.asarray(np.array([-1_294_967_296, 7], np.int32))
   for accuracy in (metrics.accuracy, jax.jit(metrics.accuracy)):

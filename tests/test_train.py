@@ -909,3 +909,19 @@ def test_params_with_an_entry_named_value_train_as_any_other():
   fit = train.Trainer(model, losses.softmax_cross_entropy, optimizer="momentum").fit(
       jax.random.key(0), x, y, learning_rates=[0.1], batch_size=20, num_steps=3)
   assert fit.history[-1]["epoch"] == 0.5  # 3 minibatches of 20 of 120 rows, not full batches
+
+
+def test_float64_rows_that_float32_holds_well_enough_are_taken():
+  """The spread check refuses only what float32 would move by over 1/1024 of a column's
+  range: whole numbers it holds exactly, float64 rounding noise and a day of timestamps
+  in seconds pass; a list of rows far from 0 is checked as an array is."""
+  p = linear.init_params(jax.random.key(0), 3, 2)
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(5), size=4)
+  ok = np.stack([100000.0 + np.arange(4), probs.sum(axis=1), 1.7e9 + np.linspace(0, 86400, 4)], 1)
+  assert linear.scores(p, ok).shape == (4, 2)
+  far = (1e8 + rng.normal(size=(40, 6))).tolist()
+  with pytest.raises(InputError, match="x's feature 0 lies near 1e\\+08") as e:
+    _trainer().fit(jax.random.key(0), far, _Y[:40], learning_rates=[0.1], batch_size=10,
+                   num_steps=1)
+  assert e.value.argument == "x"
