@@ -4,7 +4,10 @@ Losses take scores (N, C) and integer labels (N,) in [0, C) and return (N,);
 the training objective is mean(loss) + reg * l2_penalty(params). Labels outside
 [0, C) raise an InputError; under jit (traced labels, no check) their losses
 are NaN, so padding labels (e.g. -1) are masked with ``jnp.where(mask, loss, 0)``,
-not by multiplying (NaN * 0 is NaN).
+not by multiplying (NaN * 0 is NaN). float64 numpy scores that JAX would round to
+float32 (no jax_enable_x64) are shifted by each row's largest score in float64
+first, which changes neither loss (1e8 + (0, 2, 3) would tie in float32); inside
+your own jit they arrive rounded: shift them before.
 """
 from __future__ import annotations
 
