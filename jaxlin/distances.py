@@ -171,10 +171,10 @@ def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
   every other row's centred norm with it: one row at 1e7 among 1,000 of N(0, 1) moved it
   by 1e4, and every query's neighbours came out shuffled in float32. The nearer half's
   mean stays among the bulk of the rows, but between two clusters it sits in one and
-  doubles the other's distances. So it is taken only where 9 in 10 of the real rows lie
-  nearer to it than 9 in 10 do to the mean (far-off rows are at most 1 in 10), and never
-  for ``whole`` (integer-valued) rows whose squared norms about the mean all stay below
-  half of ``limit`` (2**24 for float32): their distances are then exact.
+  doubles the other's distances. So it is taken only where n - n // 10 of the n real rows
+  lie nearer to it than as many do to the mean (never below 10 rows), and, for ``whole``
+  (integer-valued) rows, only where it leaves no fewer rows whose squared norm is below
+  half of ``limit`` (2**24 for float32): pairs of those are exact.
   """
   dtype = db_NxD.dtype
   n_rows = db_NxD.shape[0]
@@ -194,15 +194,17 @@ def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
     pick = lambda i: s[xp.clip(i, 0, n_rows - 1)]
     return xp.where(k <= below, pick(k - 1), xp.where(k <= below + at, r0, pick(k - 1 + pad)))
 
-  half, most = (n_valid + 1) // 2, xp.maximum((9 * n_valid) // 10, 1)
+  half, most = (n_valid + 1) // 2, n_valid - n_valid // 10  # under 10 rows: all of them
   near = r <= kth(half)  # padding rows join where 0 is that near: zeros in the sum
   count = xp.sum(near) - xp.where(r0 <= kth(half), pad, 0)
   nearer = xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.maximum(count, 1).astype(
       dtype)
   r_near, r_near0 = squares(nearer)
   closer = xp.sum(r_near < kth(most)) - xp.where(r_near0 < kth(most), pad, 0)
-  # |x|^2 + |y|^2 and 2 x.y of two rows below the limit: exact (as are queries as near).
-  better = (closer >= most) & ~(whole & (2 * kth(n_valid) < limit))
+  # Whole numbers: pairs of rows whose |x|^2 + |y|^2 and 2 x.y stay below the limit are
+  # exact (2 r < limit for both); the nearer half's mean must not leave fewer such rows.
+  exact = lambda rr, rr0: xp.sum(2 * rr < limit) - xp.where(2 * rr0 < limit, pad, 0)
+  better = (closer >= most) & ~(whole & (exact(r_near, r_near0) < exact(r, r0)))
   return xp.where(better, nearer, mean)
 
 

@@ -424,8 +424,24 @@ def test_one_far_off_row_leaves_the_float_l2_neighbours_of_the_others_exact():
   ref = ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
   d, i = knn.search(q, db, 5, metric="l2_squared", method="brute")
   assert np.abs(np.asarray(d, np.float64) - np.take_along_axis(ref, np.asarray(i), 1)).max() < 0.02
+  # Whole numbers with one corrupt row: the nearer half's mean brought most rows nearer but
+  # left the four rows near 2,100 fewer exact pairs (a distance of 1 came back 0).
+  bulk = rng.integers(-40, 41, size=(95, 2))
+  mid = np.array([[2101, 2101], [2101, 2100], [2100, 2102], [2102, 2101]])
+  db = np.concatenate([bulk, mid, [[14000, 14000]]]).astype(np.int32)
+  q = np.array([[2100, 2100], [2101, 2101]], np.int32)
+  d, i = knn.search(q, db, 2, metric="l2_squared")
+  assert np.asarray(d).tolist() == [[1, 2], [0, 1]] and np.asarray(i).tolist() == [[96, 95],
+                                                                                  [95, 96]]
+  # Two rows: no far row among them (the centre moved onto one of them, and a query midway
+  # came back in the other order).
+  two = np.array([[-21.580053329467773, -4.980398654937744, 3.280200958251953],
+                  [-6.092161178588867, 15.906402587890625, -11.912266731262207]], np.float32)
+  mid = np.array([[-13.83610725402832, 5.4630022048950195, -4.316032886505127]], np.float32)
+  # float64: 226.7360810 to row 1, 226.7360910 to row 0
+  assert np.asarray(knn.search(mid, two, 2, metric="l2_squared")[1]).tolist() == [[1, 0]]
   # Real rows of zeros count as rows (left out, the one far row was the nearer half: 0.0).
-  x = np.zeros((5, 3), np.float32)
+  x = np.zeros((20, 3), np.float32)
   x[2] = 1e4
   np.testing.assert_allclose(knn.search(np.ones((1, 3), np.float32), x, 2)[0], [[3 ** 0.5] * 2])
 
