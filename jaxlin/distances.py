@@ -172,9 +172,10 @@ def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
   by 1e4, and every query's neighbours came out shuffled in float32. The nearer half's
   mean stays among the bulk of the rows, but between two clusters it sits in one and
   doubles the other's distances. So it is taken only where n - n // 10 of the n real rows
-  lie nearer to it than as many do to the mean (never below 10 rows), and, for ``whole``
-  (integer-valued) rows, only where it leaves no fewer rows whose squared norm is below
-  half of ``limit`` (2**24 for float32): pairs of those are exact.
+  lie nearer to it than as many do to the mean (never below 10 rows). For ``whole``
+  (integer-valued) rows the mean stays where every row's squared norm about it is below
+  half of ``limit`` (2**24 for float32: pairs of such rows, and queries as near, are
+  exact), and elsewhere the nearer half's mean must leave no fewer such rows.
   """
   dtype = db_NxD.dtype
   n_rows = db_NxD.shape[0]
@@ -202,9 +203,12 @@ def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
   r_near, r_near0 = squares(nearer)
   closer = xp.sum(r_near < kth(most)) - xp.where(r_near0 < kth(most), pad, 0)
   # Whole numbers: pairs of rows whose |x|^2 + |y|^2 and 2 x.y stay below the limit are
-  # exact (2 r < limit for both); the nearer half's mean must not leave fewer such rows.
+  # exact (2 r < limit for both). Where every row is that near the mean, the mean stays
+  # (queries as near it are exact too, which they need not be about another centre);
+  # else the nearer half's mean must not leave fewer such rows.
   exact = lambda rr, rr0: xp.sum(2 * rr < limit) - xp.where(2 * rr0 < limit, pad, 0)
-  better = (closer >= most) & ~(whole & (exact(r_near, r_near0) < exact(r, r0)))
+  keep = (2 * kth(n_valid) < limit) | (exact(r_near, r_near0) < exact(r, r0))
+  better = (closer >= most) & ~(whole & keep)
   return xp.where(better, nearer, mean)
 
 

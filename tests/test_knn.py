@@ -433,6 +433,12 @@ def test_one_far_off_row_leaves_the_float_l2_neighbours_of_the_others_exact():
   d, i = knn.search(q, db, 2, metric="l2_squared")
   assert np.asarray(d).tolist() == [[1, 2], [0, 1]] and np.asarray(i).tolist() == [[96, 95],
                                                                                   [95, 96]]
+  # Whole numbers all within 2**23 of the mean, and queries as near: exact about the mean,
+  # but 3,185 from the nearer half's mean (0), where |q|^2 + |x|^2 passed 2**24.
+  db = np.array([[0]] * 90 + [[2890]] * 10, np.int32)
+  q = np.array([[289 + 2896], [289 - 2896]], np.int32)
+  assert np.asarray(knn.search(q, db, 1, metric="l2_squared")[0]).tolist() == [[295 ** 2],
+                                                                              [2607 ** 2]]
   # Two rows: no far row among them (the centre moved onto one of them, and a query midway
   # came back in the other order).
   two = np.array([[-21.580053329467773, -4.980398654937744, 3.280200958251953],
