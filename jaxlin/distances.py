@@ -195,13 +195,15 @@ def _centre(db_NxD, n_valid, xp, whole=False, limit: float = 2.0 ** 24):
     pick = lambda i: s[xp.clip(i, 0, n_rows - 1)]
     return xp.where(k <= below, pick(k - 1), xp.where(k <= below + at, r0, pick(k - 1 + pad)))
 
-  half, most = (n_valid + 1) // 2, n_valid - n_valid // 10  # under 10 rows: all of them
-  near = r <= kth(half)  # padding rows join where 0 is that near: zeros in the sum
-  count = xp.sum(near) - xp.where(r0 <= kth(half), pad, 0)
+  # The median real row's r, and that of n - n // 10 of them (under 10 rows: all).
+  half, most = kth((n_valid + 1) // 2), n_valid - n_valid // 10
+  near = r <= half  # padding rows join where 0 is that near: zeros in the sum
+  count = xp.sum(near) - xp.where(r0 <= half, pad, 0)
   nearer = xp.sum(xp.where(near[:, None], db_NxD, 0), axis=0) / xp.maximum(count, 1).astype(
       dtype)
   r_near, r_near0 = squares(nearer)
-  closer = xp.sum(r_near < kth(most)) - xp.where(r_near0 < kth(most), pad, 0)
+  radius = kth(most)
+  closer = xp.sum(r_near < radius) - xp.where(r_near0 < radius, pad, 0)
   # Whole numbers: pairs of rows whose |x|^2 + |y|^2 and 2 x.y stay below the limit are
   # exact (2 r < limit for both). Where every row is that near the mean, the mean stays
   # (queries as near it are exact too, which they need not be about another centre);

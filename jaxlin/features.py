@@ -334,14 +334,18 @@ def _standardised_host(train, others, stats):
   return out, (mean, std)
 
 
+def _huge_unit(size_F):
+  """Per column, the unit the statistics work in: 2**96 where ``size_F`` passes 2**60
+  (dividing by a power of two is exact; entries below 2**-30 of such a column become
+  subnormal, flushed to 0 on CPUs: nothing against it), else 1."""
+  return jnp.where(size_F > 2.0 ** 60, 2.0 ** 96, 1.0).astype(size_F.dtype)
+
+
 @jax.jit
 def _moments(train_NxF):
-  # Columns beyond 2**60 are scaled by 2**-96 (exact) for the statistics: the squares of
-  # float32 values beyond 1.8e19 overflow, and std came out inf (every feature 0). Scaled,
-  # they lie below 2**32; entries below 2**-30 become subnormal (flushed to 0 on CPUs),
-  # nothing against a column beyond 2**60.
-  top = jnp.max(jnp.abs(train_NxF), axis=0)
-  scale = jnp.where(top > 2.0 ** 60, 2.0 ** 96, 1.0).astype(train_NxF.dtype)
+  # The squares of float32 values beyond 1.8e19 overflow: std came out inf (every
+  # feature 0). Scaled, they lie below 2**32.
+  scale = _huge_unit(jnp.max(jnp.abs(train_NxF), axis=0))
   x = train_NxF / scale
   return pin_constant_columns(jnp.mean(x, axis=0) * scale, jnp.std(x, axis=0) * scale,
                               jnp.min(train_NxF, axis=0), jnp.max(train_NxF, axis=0))
@@ -376,10 +380,9 @@ def _integer_shift(train_NxF):
 @jax.jit  # one program for every array, not one per operation
 def _standardised(xs, mean, std):
   std = jnp.where(std > 0, std, 1.0)
-  # Columns whose std passes 2**60 are divided in units of 2**96 (exact): XLA divides by
-  # multiplying with 1 / std, which beyond 8.5e37 is subnormal and flushed to 0 on CPUs
-  # (every feature 0), and x - mean could overflow.
-  scale = jnp.where(std > 2.0 ** 60, 2.0 ** 96, 1.0).astype(std.dtype)
+  # XLA divides by multiplying with 1 / std, which beyond 8.5e37 is subnormal and flushed
+  # to 0 on CPUs (every feature 0), and x - mean could overflow.
+  scale = _huge_unit(std)
   return tuple((x / scale - mean / scale) / (std / scale) for x in xs), (mean, std)
 
 
