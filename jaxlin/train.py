@@ -154,6 +154,20 @@ def _line_search_state(opt_state, name: str = "tx"):
   return found[0] if found else None
 
 
+_PARTIAL_LINE_SEARCH = (
+    "tx's line search sees only some of the parameters (e.g. optax.lbfgs in one group of "
+    "optax.multi_transform, or inside optax.masked); it evaluates the objective at its own "
+    "parameters, so give it all of them")
+
+
+def _masked_line_search(opt_state) -> bool:
+  """Whether a line search sits inside ``optax.masked``'s state (its own, or that of a group
+  of ``optax.multi_transform``): there it may see only some of the parameters."""
+  is_masked = lambda node: isinstance(node, optax.MaskedState)
+  return any(is_masked(node) and _line_search_state(node.inner_state) is not None
+             for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_masked))
+
+
 def _has_line_search(opt_state, name: str = "tx") -> bool:
   return _line_search_state(opt_state, name) is not None
 
@@ -233,9 +247,7 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
       updates, opt_state = tx.update(grad, opt_state, params)
     elif (found := _line_search_state(opt_state)) is not None and found.grad is not None:
       if jax.tree.structure(found.grad) != jax.tree.structure(params):
-        raise InputError("tx's line search sees only some of the parameters (e.g. optax.lbfgs "
-                         "in one group of optax.multi_transform); it evaluates the objective "
-                         "at its own parameters, so give it all of them", argument="tx")
+        raise InputError(_PARTIAL_LINE_SEARCH, argument="tx")
       # The gradient at params is stored (not optax.scale_by_backtracking_linesearch's with
       # its default store_grad=False): reused.
       value_fn = lambda p: f(p)[0]
@@ -245,8 +257,16 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
                                      value_fn=value_fn)
     else:
       (value, data), grad = jax.value_and_grad(f, has_aux=True)(params)
-      updates, opt_state = _update(tx, grad, opt_state, params, value=value, grad=grad,
-                                   value_fn=lambda p: f(p)[0])
+      try:
+        updates, opt_state = _update(tx, grad, opt_state, params, value=value, grad=grad,
+                                     value_fn=lambda p: f(p)[0])
+      except ValueError as e:  # raised while tracing: optax's own tree error
+        # A line search that stores no gradient (optax.scale_by_backtracking_linesearch's
+        # default) inside a mask (optax.masked, a group of optax.multi_transform) meets the
+        # whole gradient beside its masked updates.
+        if found is not None and _masked_line_search(opt_state):
+          raise InputError(_PARTIAL_LINE_SEARCH, argument="tx") from e
+        raise
     return optax.apply_updates(params, updates), opt_state, {"loss": value, "data_loss": data}
 
   return train_step

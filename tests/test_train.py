@@ -370,6 +370,10 @@ _TWO_SEARCHES = optax.multi_transform({"w": optax.lbfgs(), "b": optax.lbfgs()},
                                       {"W": "w", "b": "b"})
 _ONE_OF_TWO = optax.multi_transform({"w": optax.lbfgs(), "b": optax.sgd(0.1)},
                                     {"W": "w", "b": "b"})
+# A backtracking line search that stores no gradient (optax's default), over the weights only.
+_BACKTRACKING = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(
+    max_backtracking_steps=5))
+_MASKED_SEARCH = optax.masked(_BACKTRACKING, {"W": True, "b": False})
 
 
 @pytest.mark.parametrize("call, argument, message", [
@@ -502,6 +506,13 @@ _ONE_OF_TWO = optax.multi_transform({"w": optax.lbfgs(), "b": optax.sgd(0.1)},
     # A line search over some of the parameters: JAX's cond error.
     (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=_ONE_OF_TWO).fit(
         jax.random.key(0), _X, _Y, num_steps=1), "optimizer", "sees only some of the param"),
+    # The same without a stored gradient (optax.masked, or a group of multi_transform): JAX's
+    # pytree structure error.
+    (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, _MASKED_SEARCH)(
+        _GRID2_ONE, _MASKED_SEARCH.init(_GRID2_ONE), (_X, _Y)), "tx", "sees only some of the par"),
+    (lambda: train.Trainer(LINEAR, losses.multiclass_svm, optimizer=optax.multi_transform(
+        {"w": _BACKTRACKING, "b": optax.sgd(0.1)}, {"W": "w", "b": "b"})).fit(
+            jax.random.key(0), _X, _Y, num_steps=1), "optimizer", "sees only some of the param"),
     # A batch that is not (x, y): the keys of a dict were taken for x and y.
     (lambda: train.make_train_step(losses.multiclass_svm, linear.scores, optax.sgd(0.1))(
         linear.init_params(jax.random.key(0), 6, 3), (), {"image": _X, "label": _Y}), "batch",
@@ -849,6 +860,12 @@ def test_backtracking_line_search_without_a_stored_gradient_trains():
     t = train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=tx)
     res = t.fit(jax.random.key(0), x, y, regs=[0.0], num_steps=3)  # no batch_size: full
     assert res.losses[-1, 0] < res.losses[0, 0]
+  # Inside a mask that keeps every parameter, it sees them all: it trains (a mask that
+  # leaves some out is refused, test_inputs_that_cannot_be_right_are_refused).
+  tx = optax.masked(_BACKTRACKING, {"W": True, "b": True})
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+  q, state, first = step(p, tx.init(p), (x, y))
+  assert step(q, state, (x, y))[2]["loss"] < first["loss"]
 
 
 def test_a_penalty_that_is_not_a_scalar_is_named():
