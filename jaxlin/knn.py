@@ -400,7 +400,9 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
     InputError naming the argument: not 2-D, different feature sizes, NaN or
     inf in a float input, an empty database, k out of range or not an integer,
     an unknown metric, layout or method, a laid database of the wrong size,
-    method "pruned" on inputs it does not serve.
+    method "pruned" on inputs it does not serve, queries and database committed to
+    different devices without a mesh (with one, inputs committed elsewhere are moved
+    onto it).
   """
   return_stats = _checks.flag(return_stats, "return_stats")
   out = _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,
@@ -432,6 +434,8 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
       num_database, "num_database") == np.shape(database_NxD)[0]
   queries, database, kernel = distances.checked_inputs(queries_QxD, database_NxD, metric,
                                                        names=names, centre_wide=whole)
+  queries, database = (_onto(a, mesh) for a in (queries, database))
+  _same_devices(queries, database, names)
   if database.shape[0] == 0:
     raise InputError(f"{names[1]} is empty: search needs at least one database row",
                      argument=names[1])
@@ -523,6 +527,27 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     d = jnp.where(unchecked[:, None], jnp.nan, d).astype(d.dtype)
     i = jnp.where(unchecked[:, None], -1, i)
   return d, i, {"method": "brute"}
+
+
+def _onto(x, mesh):
+  """``x``, or its value on the host where it is an array committed to devices other than
+  the mesh's (e.g. ``jax.device_put(x, jax.devices()[1])``: a mesh's programs refuse it),
+  as host data goes onto the mesh."""
+  if (mesh is None or not isinstance(x, jax.Array) or _checks.is_traced(x) or not x.committed
+      or set(x.devices()) == set(mesh.devices.flat)):
+    return x
+  return sharding.to_host(x)
+
+
+def _same_devices(queries, database, names) -> None:
+  """InputError where queries and database are committed to different devices (JAX's own
+  error came from inside a search program)."""
+  placed = [sorted(d.id for d in a.devices()) if isinstance(a, jax.Array)
+            and not _checks.is_traced(a) and a.committed else None for a in (queries, database)]
+  if None not in placed and placed[0] != placed[1]:
+    raise InputError(f"{names[0]} is on device(s) {placed[0]} and {names[1]} on {placed[1]}: "
+                     "put both on one device (jax.device_put(x, device)), or pass a mesh",
+                     argument=names[0])
 
 
 def _unchecked_rows(queries, database, n: int, given, kernel):

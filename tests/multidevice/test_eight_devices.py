@@ -33,6 +33,28 @@ def test_sharded_search_equals_single_device_ties_included(metric):
     assert calls[-1] == (37, 37)
 
 
+def test_inputs_committed_to_one_device_search_on_a_mesh():
+  """Rows put on one device (jax.device_put(x, device), as a GPU user's often are) met
+  JAX's incompatible-devices error inside the mesh's programs; on two devices without a
+  mesh, they get one line naming both."""
+  rng = np.random.default_rng(2)
+  db = rng.integers(0, 4, (64, 12), dtype=np.uint8)
+  q = db[:10]
+  devs = jax.devices()
+  i0 = knn.search(q, db, 3)[1]
+  for mesh in (sharding.make_mesh(), sharding.make_mesh(devs[:4])):
+    for qq, dd in ((q, jax.device_put(db, devs[6])), (jax.device_put(q, devs[1]), db),
+                   (jax.device_put(q, devs[0]), jax.device_put(db, devs[0]))):
+      for layout in knn.LAYOUTS:
+        np.testing.assert_array_equal(knn.search(qq, dd, 3, mesh=mesh, layout=layout)[1], i0)
+  with pytest.raises(InputError, match=r"queries_QxD is on device\(s\) \[1\] and "
+                     r"database_NxD on \[0\]: put both on one device") as e:
+    knn.search(jax.device_put(q, devs[1]), jax.device_put(db, devs[0]), 3)
+  assert e.value.argument == "queries_QxD"
+  np.testing.assert_array_equal(
+      knn.search(jax.device_put(q, devs[5]), jax.device_put(db, devs[5]), 3)[1], i0)
+
+
 @pytest.mark.parametrize("layout", ["queries", "database"])
 def test_sharded_l2_order_is_exact_beyond_float32_integers(layout):
   db = np.full((16, 3072), 255, np.uint8)
