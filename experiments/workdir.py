@@ -8,10 +8,12 @@ lock on ``<workdir>/.jaxlin-lock`` (``fcntl.flock``: the kernel releases it when
 process dies, so a crashed run never blocks the workdir).
 
 The commit replaces only the previous run's files (``.run-files.json`` lists
-them, and every file inside its folders; for runs written before it, the names
-runs write) and the names this run writes; any other file stays. A file put
-inside one of the run's folders (plots/, a study's stage) is refused, even with
-``overwrite``: the next run replaces those folders whole. A workdir that holds
+them, and every file inside its folders; for a run without it, written before it
+existed or copied without it, the files its experiment writes: ``KIND_NAMES``,
+``FIGURES``, TensorBoard's event files) and the names this run writes; any other
+file stays. A file put inside one of the run's folders (plots/, a study's stage)
+is refused, even with ``overwrite``: the next run replaces those folders whole;
+so is a workdir inside them. A workdir that holds
 another experiment's run, or files that are not a jaxlin run, is refused unless
 ``overwrite`` (which replaces the other run, and writes beside the other files,
 keeping them). The commit is
@@ -50,9 +52,18 @@ KIND_KEY = "experiment"  # config.json names the experiment that wrote the workd
 OPEN: set = set()  # the workdirs of this process's runs in progress (for a forced stop)
 # The folders of a study's stages (experiments.study.STAGES), each a run of its own.
 STAGE_NAMES = frozenset({"knn", "svm", "softmax", "svm_features", "mlp", "mlp_features"})
-# What runs wrote before MANIFEST existed: the experiments' files and the study's stages.
-RUN_NAMES = frozenset({"config.json", "results.json", "metrics.jsonl", "report.md", "model.npz",
-                       "plots", "tensorboard"}) | STAGE_NAMES
+# What each experiment writes in its workdir: what a run of it without a manifest (written
+# before MANIFEST existed, or copied without it) may have written, and the names a run of it
+# would replace.
+KIND_NAMES = {
+    "knn": frozenset({"config.json", "results.json", "plots"}),
+    "linear": frozenset({"config.json", "results.json", "metrics.jsonl", "model.npz", "plots",
+                         "tensorboard"}),
+    "study": frozenset({"config.json", "results.json", "report.md"}) | STAGE_NAMES}
+RUN_NAMES = frozenset().union(*KIND_NAMES.values())  # any experiment's
+# The figures runs write in plots/ (a run without a manifest: nothing else there is a run's).
+FIGURES = frozenset({"cross_validation.png", "neighbors.png", "confusion.png", "weights.png",
+                     "loss.png", "accuracy.png", "grid.png"})
 # Held while files move, or a workdir closes: a forced stop from another thread waits for it,
 # and one from a signal handler in the thread that holds it goes on (re-entrant).
 _COMMITTING = threading.RLock()
@@ -165,13 +176,14 @@ def _workdir_kind(path: str) -> str | None:
 
 def _previous_run(path: str) -> set[str]:
   """The names of the files the run in ``path`` wrote, among those there: its manifest's;
-  a run written before manifests (a jaxlin config.json, none) the names runs write;
-  nothing where no jaxlin run is."""
+  for a run without one (a jaxlin config.json: written before manifests, or copied without
+  its hidden manifest) the names its experiment writes; nothing where no jaxlin run is."""
   present = set(_run_files(path))
   manifest = _manifest(path)
   if manifest is not None:
     return present & set(manifest["files"])
-  return present & RUN_NAMES if _workdir_kind(path) else set()
+  kind = _workdir_kind(path)
+  return present & KIND_NAMES[kind] if kind else set()
 
 
 def _manifest(path: str) -> dict | None:
@@ -210,14 +222,40 @@ def _tree(path: str, names) -> list[str]:
 
 def _foreign_inside(path: str) -> list[str]:
   """The files inside the previous run's folders that are not a run's (a user's notes in
-  plots/, say), which a commit would take away with the folders; none where the manifest
-  predates its tree. A run's files there: those the manifest lists, and those
-  ``_written_by_a_run`` vouches for."""
+  plots/, say), which a commit would take away with the folders. A run's files there:
+  those the manifest lists, and those ``_written_by_a_run`` vouches for; where the manifest
+  has no list of them (or there is none: a run written before manifests, or copied
+  without its own), those its experiment writes (``_writes``)."""
   manifest = _manifest(path)
-  if manifest is None or manifest["tree"] is None:
-    return []
-  unlisted = set(_tree(path, _previous_run(path))) - set(manifest["tree"])
-  return sorted(rel for rel in unlisted if not _written_by_a_run(path, rel))
+  inside = _tree(path, _previous_run(path))
+  if manifest is not None and manifest["tree"] is not None:
+    listed = set(manifest["tree"])
+    return sorted(rel for rel in inside if rel not in listed and not _written_by_a_run(path, rel))
+  kind = _workdir_kind(path)
+  return sorted(rel for rel in inside if not _written_by_a_run(path, rel)
+                and not _writes(path, kind, rel.split(os.sep)))
+
+
+def _writes(path: str, kind: str | None, parts: list[str]) -> bool:
+  """Whether a run of ``kind`` in ``path`` writes the file at ``parts`` inside its folders:
+  its figures in plots/, TensorBoard's event files, and a study's stages (runs of their own,
+  whose bookkeeping and files are checked the same way)."""
+  if kind is None or len(parts) < 2 or parts[0] not in KIND_NAMES[kind]:
+    return False
+  if parts[0] == "plots":
+    return len(parts) == 2 and parts[1] in FIGURES
+  if parts[0] == "tensorboard":
+    return len(parts) == 3 and parts[2].startswith("events.out.tfevents.")
+  if kind != "study":
+    return False
+  stage = os.path.join(path, parts[0])
+  if len(parts) == 2 and (_control(parts[1]) or (parts[1] == _OLD_LOCK and _is_old_lock(
+      os.path.join(stage, _OLD_LOCK)))):
+    return True
+  inner = _workdir_kind(stage)
+  if inner not in ("knn", "linear"):
+    return False
+  return parts[1] in KIND_NAMES[inner] if len(parts) == 2 else _writes(stage, inner, parts[1:])
 
 
 def _written_by_a_run(path: str, rel: str) -> bool:
@@ -292,6 +330,7 @@ class Workdir:
       raise ConfigError(f"workdir {self.path} is a file, not a folder; choose another "
                         "--workdir", argument="workdir")
     self._check_nested_runs()
+    self._check_inside_a_run()
     try:
       folder = self.path
       while not os.path.exists(folder) and os.path.dirname(folder) != folder:
@@ -354,6 +393,22 @@ class Workdir:
                           f"({self._holder(lock)}); wait for it or choose another --workdir",
                           argument="workdir")
 
+  def _check_inside_a_run(self) -> None:
+    """Refuses a workdir inside a finished run's folders (its plots/, or a stage's): the
+    next run there replaces them whole, so it would refuse to take this run away, or take
+    it. A study's stage folder itself is a run of its own (``_check_kind`` says more)."""
+    child, folder = self.path, os.path.dirname(self.path)
+    while folder != child:
+      name = os.path.basename(child)
+      stage = child == self.path and name in STAGE_NAMES and _workdir_kind(folder) == "study"
+      if not stage and os.path.isdir(folder) and name in _previous_run(folder):
+        raise ConfigError(f"workdir {self.path} is inside {name}/ of the {_workdir_kind(folder)} "
+                          f"run in {folder}, which its next run replaces whole; choose a "
+                          f"folder outside it (e.g. --workdir="
+                          f"{os.path.join(os.path.dirname(folder), 'NAME')})",
+                          argument="workdir")
+      child, folder = folder, os.path.dirname(folder)
+
   def _lock(self) -> None:
     path = os.path.join(self.path, LOCK)
     while True:
@@ -393,7 +448,7 @@ class Workdir:
     _refuse_foreign_inside(self.path)
     present = _run_files(self.path)
     foreign = sorted(set(present) - _previous_run(self.path))
-    clash = [name for name in foreign if name in RUN_NAMES]  # a run would replace them
+    clash = [name for name in foreign if name in KIND_NAMES[self.kind]]  # this run replaces
     for name in clash:  # a run's own folder, e.g. a stage a study had dropped, given to a run
       kind = _workdir_kind(os.path.join(self.path, name))
       if kind is None:
@@ -408,11 +463,14 @@ class Workdir:
                         argument="workdir")
     if clash:
       raise ConfigError(f"workdir {self.path} holds {', '.join(clash[:3])}"
-                        f"{' ...' if len(clash) > 3 else ''}, which a run writes, but not "
-                        "from a jaxlin run; choose another --workdir (--overwrite never "
-                        "replaces files that runs did not write)", argument="workdir")
+                        f"{' ...' if len(clash) > 3 else ''}, which a {self.kind} run "
+                        "writes, but not from a jaxlin run; choose another --workdir "
+                        "(--overwrite never replaces files that runs did not write)",
+                        argument="workdir")
     if foreign and not self.overwrite:
-      raise ConfigError(f"workdir {self.path} holds files that are not a jaxlin run "
+      kind = _workdir_kind(self.path)
+      raise ConfigError(f"workdir {self.path} holds files that "
+                        f"{f'its {kind} run did not write' if kind else 'are not a jaxlin run'} "
                         f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
                         "choose an empty folder, or pass --overwrite to write the run beside "
                         "them (they are kept)", argument="workdir")

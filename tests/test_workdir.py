@@ -309,7 +309,7 @@ def test_config_json_names_the_experiment(finished):
 
 
 DATA = dict(dataset="cifar10", data_dir=None, seed=0, num_val=1000, num_train=0, num_test=0)
-NOT_OURS = r"holds config.json, which a run writes, but not from a jaxlin run"
+NOT_OURS = r"holds config.json, which a \w+ run writes, but not from a jaxlin run"
 
 
 @pytest.mark.parametrize("config, opened_as, message", [
@@ -350,10 +350,20 @@ def test_a_run_of_its_own_where_a_study_writes_a_stage_is_named_as_one(tmp_path)
                        r"study writes its softmax stage; move that run elsewhere"):
       Workdir(str(tmp_path), "study", overwrite=overwrite).open()
   assert os.listdir(tmp_path) == ["softmax"]
-  (tmp_path / "softmax").rename(tmp_path / "knn")  # a kNN run's folder, not a study's
-  with pytest.raises(ConfigError, match=r"holds knn/, a linear run; give this run a folder of "
-                     r"its own \(e.g. --workdir=.*/NAME\)"):
+  (tmp_path / "softmax").rename(tmp_path / "config.json")  # a name a kNN run writes
+  with pytest.raises(ConfigError, match=r"holds config.json/, a linear run; give this run a "
+                     r"folder of its own \(e.g. --workdir=.*/NAME\)"):
+    Workdir(str(tmp_path), "knn", overwrite=True).open()
+  # A name a kNN run never writes: another run beside which it may write, and keep.
+  (tmp_path / "config.json").rename(tmp_path / "knn")
+  with pytest.raises(ConfigError, match=r"holds files that are not a jaxlin run \(knn\); choose "
+                     r"an empty folder, or pass --overwrite to write the run beside them"):
     Workdir(str(tmp_path), "knn").open()
+  with Workdir(str(tmp_path), "knn", overwrite=True) as w:
+    with open(w.file("config.json"), "w") as f:
+      f.write('{"experiment": "knn"}')
+    w.commit()
+  assert sorted(os.listdir(tmp_path / "knn")) == ["config.json"]
 
 
 def test_foreign_files_are_named_three_at_most(tmp_path):
@@ -573,8 +583,8 @@ def test_files_of_the_same_names_as_a_runs_are_never_replaced(tmp_path):
   (tmp_path / "plots").mkdir()
   (tmp_path / "plots" / "fig1.png").write_text("mine")
   (tmp_path / "config.json").write_text('{"tool": "other"}')
-  with pytest.raises(ConfigError, match=r"holds config.json, plots, which a run writes, but "
-                     r"not from a jaxlin run; choose another --workdir"):
+  with pytest.raises(ConfigError, match=r"holds config.json, plots, which a linear run writes, "
+                     r"but not from a jaxlin run; choose another --workdir"):
     Workdir(str(tmp_path), "linear", overwrite=True).open()
   assert (tmp_path / "plots" / "fig1.png").read_text() == "mine"
   # Left behind by a process killed while writing its journal or manifest: not a user's
@@ -943,12 +953,49 @@ def test_a_users_file_inside_a_runs_folder_is_refused_and_kept(tmp_path):
       w.commit()
   assert (tmp_path / "plots" / "new.txt").read_text() == "mine"
   assert (tmp_path / "plots" / "a.png").read_text() == "run"
-  # A manifest written before the tree (its folders' files unknown): as before.
+  # A manifest written before the tree, or none (a run written before manifests, or copied
+  # without its hidden one: `cp -r run/* copy/`): the figures runs write are the run's, any
+  # other file is refused (a user's figure in a copy's plots/ was deleted).
   (tmp_path / "plots" / "new.txt").unlink()
-  (tmp_path / ".run-files.json").write_text('{"files": ["config.json", "plots"], "commit": null}')
-  (tmp_path / "plots" / "old.png").write_text("an old run's")
-  run("config.json", "plots/a.png")
-  assert sorted(os.listdir(tmp_path / "plots")) == ["a.png"]
+  for manifest in ('{"files": ["config.json", "plots"], "commit": null}', None):
+    if manifest is None:
+      (tmp_path / ".run-files.json").unlink()
+    else:
+      (tmp_path / ".run-files.json").write_text(manifest)
+    (tmp_path / "plots" / "confusion.png").write_text("an old run's")
+    (tmp_path / "plots" / "annotated.png").write_text("mine")
+    with pytest.raises(ConfigError, match=r"not that run's \(plots/a.png, plots/annotated.png\)"):
+      run("config.json", "plots/a.png", overwrite=True)
+    for name in ("a.png", "annotated.png"):
+      (tmp_path / "plots" / name).unlink()
+    run("config.json", "plots/a.png")
+    assert sorted(os.listdir(tmp_path / "plots")) == ["a.png"]
+
+
+def test_a_study_without_manifests_keeps_a_users_file_in_its_stages(tmp_path):
+  """A study written before manifests, or copied without them: its stages' files are those
+  their experiments write (and a stage's old lock); a user's figure among them is refused,
+  and kept."""
+  files = {"config.json": {"experiment": "study"}, "report.md": "r",
+           "knn/config.json": {"experiment": "knn"}, "knn/results.json": {},
+           "knn/plots/confusion.png": "f",
+           "knn/.lock": dict(pid=1, host="h", experiment="knn", started="s"),
+           "svm/config.json": {"experiment": "linear"}, "svm/model.npz": "m",
+           "svm/tensorboard/lr=0.1/events.out.tfevents.1.h.2.0.v2": "e"}
+  for rel, value in files.items():
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(value if isinstance(value, str) else json.dumps(value))
+  for mine in ("knn/plots/mine.png", "svm/notes.txt", "svm/tensorboard/notes.txt"):
+    (tmp_path / mine).write_text("mine")
+    with pytest.raises(ConfigError, match=re.escape(f"not that run's ({mine})")):
+      Workdir(str(tmp_path), "study", overwrite=True).open()
+    assert (tmp_path / mine).read_text() == "mine"
+    (tmp_path / mine).unlink()
+  with Workdir(str(tmp_path), "study") as w:  # the study's own files only: taken
+    with open(w.file("config.json"), "w") as f:
+      f.write('{"experiment": "study"}')
+    w.commit()
+  assert sorted(os.listdir(tmp_path)) == [".run-files.json", "config.json"]
 
 
 def test_a_dangling_link_as_workdir_is_named(tmp_path):
@@ -1086,7 +1133,15 @@ def test_a_run_of_the_users_inside_a_runs_plots_is_the_users(tmp_path):
           f.write(text)
       w.commit()
   run(tmp_path, "linear")
-  run(tmp_path / "plots", "linear", overwrite=True)
+  # A run inside the run's plots/ (--overwrite wrote beside the figures; the parent's next run
+  # was then refused): refused at once, naming the folder to write outside.
+  for overwrite in (False, True):
+    with pytest.raises(ConfigError, match=r"plots is inside plots/ of the linear run in .*, which "
+                       r"its next run replaces whole; choose a folder outside it"):
+      run(tmp_path / "plots", "linear", overwrite=overwrite)
+  # One copied there is the user's: refused, and kept.
+  for name in (".run-files.json", "config.json"):
+    (tmp_path / "plots" / name).write_text(json.dumps({"experiment": "linear", "files": []}))
   with pytest.raises(ConfigError, match=r"plots/.run-files.json, plots/config.json"):
     run(tmp_path, "linear")
   assert json.loads((tmp_path / "plots" / "config.json").read_text())["experiment"] == "linear"
