@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
+import errno
 import os
 import re
 import signal
@@ -304,7 +305,7 @@ def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict]
   run -> one line per error, exit code.
 
   Exit codes: 0 done, 1 done but something failed (``exit_code``), 2 a usage or data error
-  (or out of memory), 130 interrupted (Ctrl-C or SIGTERM; no results written).
+  (or out of memory, or the disk's error), 130 interrupted (Ctrl-C or SIGTERM; no results written).
   """
   for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`, a scheduler's stop
     signal.signal(sig, _on_interrupt)
@@ -331,6 +332,9 @@ def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict]
     # compile (a segmentation fault, exit 139: 4 of 39 interrupts a reviewer timed near a
     # program's first compilation; WORKSPACE.md, 2026-12-06): end without it.
     _exit(EXIT_INTERRUPTED, at_once=True)
+  except OSError as e:  # the disk: full, a file size limit, the workdir removed meanwhile
+    print(f"error: {os_error_line(e)}", file=sys.stderr)
+    _exit(EXIT_USAGE)
   except Exception as e:  # pylint: disable=broad-except
     memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))
     if memory:  # the flags asked for more than the machine has: not a bug
@@ -350,6 +354,28 @@ def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict]
   if multihost is not None:
     multihost.finish()
   _exit(code)
+
+
+_OS_ERROR_FIX = {
+    errno.ENOSPC: "free some space on that disk, or choose a --workdir on another",
+    errno.EDQUOT: "free some of your disk quota, or choose a --workdir on another disk",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise that limit",
+    errno.ENOENT: "a folder was removed while the run used it; run again",
+    errno.EROFS: "choose a writable --workdir",
+    errno.EACCES: "make it writable, or choose another --workdir",
+    errno.EPERM: "make it writable, or choose another --workdir",
+}
+
+
+def os_error_line(e: OSError) -> str:
+  """One line for an error of the disk (full, a size limit, a folder removed meanwhile):
+  what, where (the run's final path, not its staging folder's) and the fix. Before the
+  commit the workdir keeps its previous run (the staged files go)."""
+  where = re.sub(r"[/\\]\.staging-\d+(?=[/\\]|$)", "", str(e.filename)) if e.filename else ""
+  fix = _OS_ERROR_FIX.get(e.errno, "check the disk and the path, then run again")
+  kept = ("this run's files are in place" if _committed.is_set() else
+          "nothing of this run was written, and the workdir keeps its previous run")
+  return f"{e.strerror or e}{f' ({where})' if where else ''}: {fix}; {kept}"
 
 
 MEMORY_ADVICE = {  # what each program can ask less of

@@ -27,7 +27,7 @@ from experiments import config as cfg
 from experiments.config import option, require
 from jaxlin import checkpoint, data, features, linear, losses, metrics, mlp, train
 from experiments.config import ConfigError
-from jaxlin.errors import DataError, DivergenceError
+from jaxlin.errors import DataError, DivergenceError, InputError
 
 MODELS = ("linear", "mlp")
 FEATURES = ("pixels", "hog_hsv")
@@ -193,9 +193,14 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     cm = np.asarray(metrics.confusion_matrix(test_y, test_pred, ds.num_classes))
 
     if r.writer:
-      checkpoint.save(r.file("model.npz"), params={k: np.asarray(v) for k, v in params.items()},
-                      class_names=ds.class_names, kind=c.model, loss=c.loss,
-                      features=c.features, **prep)
+      try:
+        checkpoint.save(r.file("model.npz"), params={k: np.asarray(v) for k, v in params.items()},
+                        class_names=ds.class_names, kind=c.model, loss=c.loss,
+                        features=c.features, **prep)
+      except InputError as e:  # its path: the run's staging folder, which no flag names
+        if isinstance(e.__cause__, OSError):
+          raise e.__cause__ from None  # the disk's error, said as such (common.run_main)
+        raise
     _figures(r, c, ds, grid, fit, best, params, val_acc, cm)
     results = _results(c, ds, x_tr.shape[1], grid, fit, best, val_acc, cm,
                        float(np.trace(cm) / cm.sum()))  # exact (float64), as the CV ones
@@ -333,10 +338,12 @@ def _train(c: Config, r, ds: data.Dataset, model, grid, x_tr, x_va) -> train.Fit
                         eval_sets={"train": _take_rows((x_tr, y_tr), sub), "val": val_set},
                         callback=log)
       jax.block_until_ready(fit.params)
-    except DivergenceError as e:
-      raise _divergence_in_flags(e, line_search, grid) from e
-    finally:
-      board.close()
+    except BaseException as e:
+      board.close(quiet=True)  # an error of its own (a full disk, again) would hide this one
+      if isinstance(e, DivergenceError):
+        raise _divergence_in_flags(e, line_search, grid) from e
+      raise
+    board.close()
   return fit
 
 

@@ -242,8 +242,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       stage_dir = r.file(stage) or os.path.join(workdir, stage)  # processes > 0 write nothing
       try:
         rows[stage] = _row(stage, module.run(stage_config, stage_dir))
-      except DataError:  # the dataset itself (unreadable, corrupt): every stage would fail
-        raise
+      except (DataError, OSError):  # the dataset itself (unreadable, corrupt), or the disk
+        raise  # (full, a size limit): every stage would fail
       except Exception as e:  # reported; the rest runs; pylint: disable=broad-except
         if isinstance(e, InputError) and e.argument in ("num_train", "num_val", "num_test"):
           raise  # the dataset's size (too few images): every stage would fail
@@ -272,7 +272,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     if r.writer:
       write_report(r.file("report.md"), c, rows, r.started, r.timer())
     results = r.finish({"dataset": c.dataset, "stages": rows, "failed_stages": failed,
-                        "report": os.path.join(os.path.abspath(workdir), "report.md")})
+                        "report": os.path.join(os.path.abspath(os.path.expanduser(workdir)),
+                                               "report.md")})
   logging.info("study done in %.0f s; report: %s%s", results["timings_s"]["total"],
                results["report"], f"; failed stages: {', '.join(failed)}" if failed else "")
   return results

@@ -118,7 +118,8 @@ class ScalarWriter:
     f.write(_record(_event(step, {k: float(v) for k, v in values.items()}, time.time())))
     f.flush()
 
-  def close(self) -> None:
+  def close(self, quiet: bool = False) -> None:
+    """Closes every event file; the first error after that, unless ``quiet``."""
     files, self._files = list(self._files.values()), {}
     errors = []
     for f in files:
@@ -126,5 +127,5 @@ class ScalarWriter:
         f.close()
       except OSError as e:  # close the others first
         errors.append(e)
-    if errors:
+    if errors and not quiet:
       raise errors[0]

@@ -177,7 +177,7 @@ def save(path: str, *, params: Mapping[str, np.ndarray], mean_image, scale: floa
     return files.atomic_write(path, lambda f: np.savez(f, **arrays))
   except OSError as e:
     raise InputError(f"cannot write the model to {path}: {e.strerror or e}; pass a path in a "
-                     "writable folder", argument="path") from None
+                     "writable folder", argument="path") from e
 
 
 def _argument_of(why: str) -> str:

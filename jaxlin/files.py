@@ -74,7 +74,8 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True,
   The temporary file lies beside ``path`` and is removed if ``write`` raises
   (KeyboardInterrupt included): a reader sees the old file or the new one,
   never a part. A symbolic link is written through (its target replaced). An
-  OSError (a missing or unwritable folder, a folder at ``path``) names ``path``.
+  OSError (a missing or unwritable folder, a folder at ``path``, a full disk) names
+  ``path``.
   ``durable``: the file's contents and its name reach the disk (fsync) before this
   returns, so that a power loss leaves the old file or the new one too.
   """
@@ -98,9 +99,11 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = True,
     os.replace(tmp, target)
     if durable:
       _sync_folder(directory)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename in (None, tmp):  # e.g. a full disk: name path
+      raise type(e)(e.errno, e.strerror, path) from None
     raise
   return path
 

@@ -31,6 +31,9 @@ for line in sys.stdin:
     code = 1
     try:
       ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: ends with the server
+      if request["file_size_limit"] is not None:  # as `ulimit -f`: writes beyond fail (EFBIG)
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (request["file_size_limit"],) * 2)
       os.chdir(request["cwd"])
       for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY), fd)
@@ -86,14 +89,17 @@ class Runner:
     ready = self._proc.stdout.readline()
     assert ready == "ready\n", ready
 
-  def run(self, module, *args, cwd=ROOT, timeout: float = 60.0):
+  def run(self, module, *args, cwd=ROOT, timeout: float = 60.0,
+          file_size_limit: int | None = None):
     """`python -m module args...` in cwd; returns a Result. A command line still running
     after ``timeout`` seconds is killed, and subprocess.TimeoutExpired raised (with what it
-    had written), as subprocess.run(timeout=...) does."""
+    had written), as subprocess.run(timeout=...) does. ``file_size_limit``: the largest
+    file (bytes) it may write, as `ulimit -f` sets it."""
     argv = [module, *map(str, args)]
     with self._lock:
       self._proc.stdin.write(json.dumps({"module": module, "args": argv[1:], "cwd": str(cwd),
-                                         "timeout": timeout}) + "\n")
+                                         "timeout": timeout,
+                                         "file_size_limit": file_size_limit}) + "\n")
       self._proc.stdin.flush()
       line = self._proc.stdout.readline()
     assert line, "the command-line server ended"

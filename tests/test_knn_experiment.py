@@ -166,6 +166,21 @@ def test_command_line_error_is_one_line(tmp_path, flag, error, cli):
   assert "Traceback" not in proc.stderr and "FATAL" not in proc.stderr
 
 
+def test_a_file_the_disk_refuses_is_one_line_and_writes_nothing(image_folder, tmp_path, cli):
+  """A full disk, a quota or a file size limit: a traceback (exit 1) before."""
+  root, _ = image_folder
+  proc = cli.run("experiments.knn", f"--dataset=folder:{root}", "--num_val=6", "--k=1",
+                 "--metric=l2", "--num_train=0", "--num_test=0", "--cache_dir=",
+                 f"--workdir={tmp_path}/wd", file_size_limit=4096)
+  assert proc.returncode == 2, proc.stderr
+  assert re.fullmatch(
+      rf"error: File too large \({re.escape(str(tmp_path))}/wd/plots/\w+\.png\): the file is "
+      r"larger than this process may write \(ulimit -f\); raise that limit; nothing of this "
+      r"run was written, and the workdir keeps its previous run",
+      proc.stderr.strip().splitlines()[-1]), proc.stderr
+  assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "wd")
+
+
 def test_a_default_size_above_a_small_folder_says_how_to_take_all(image_folder, tmp_path, cli):
   root, arrays = image_folder
   n_train = sum("/train/" in p for p in arrays) - 6

@@ -1,3 +1,4 @@
+import errno
 import json
 import math
 import os
@@ -186,6 +187,32 @@ def test_tensorboard_close_closes_every_file_then_raises_the_first_error():
     w.close()
   assert all(f.closed for f in files)
   w.close()  # closed once: nothing left to close
+  w._files = {"a": File(OSError("again"))}  # pylint: disable=protected-access
+  w.close(quiet=True)  # while another error is on its way: that one is the one to see
+
+
+def test_a_full_disk_while_saving_the_model_is_the_disks_error(folder, tmp_path, monkeypatch):
+  """checkpoint.save's InputError named its path (the run's staging folder) and a fix of the
+  library's ("pass a path in a writable folder"); the run raises the disk's own error, which
+  the command line says in one line, naming the workdir's model.npz."""
+  from jaxlin import files  # pylint: disable=import-outside-toplevel
+  real = files.atomic_write
+
+  def full(path, write, **kw):
+    def fail(f):
+      raise OSError(errno.ENOSPC, "No space left on device")  # as a write on a full disk
+    return real(path, fail if os.path.basename(path) == "model.npz" else write, **kw)
+
+  monkeypatch.setattr(files, "atomic_write", full)
+  root, _ = folder
+  with pytest.raises(OSError, match="No space left") as e:
+    linear_exp.run(dict(SMALL, dataset=f"folder:{root}", learning_rate=[1e-3], reg=[0.1],
+                        num_epochs=1), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+  line = common.os_error_line(e.value)
+  assert line == (f"No space left on device ({tmp_path}/wd/model.npz): free some space on that "
+                  "disk, or choose a --workdir on another; nothing of this run was written, "
+                  "and the workdir keeps its previous run")
 
 
 def test_predict_script_classifies_files_and_reports_bad_ones(folder, softmax_run, tmp_path,

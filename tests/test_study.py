@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import re
@@ -182,6 +183,39 @@ def test_a_stage_error_jaxlin_explains_is_logged_as_one_line(tmp_path, monkeypat
   assert re.search(r"\[1/2\] svm done in [\d.]+ s: lr=0.01, reg=0.003, hidden=500, test "
                    r"accuracy 48.6 %\n", caplog.text), caplog.text
   assert re.search(r"\[2/2\] softmax done in [\d.]+ s: failed\n", caplog.text), caplog.text
+
+
+def test_the_report_path_of_a_workdir_under_home_is_where_it_is(tmp_path, monkeypatch):
+  """--workdir=~/st (a shell leaves ~ after = as it is): the files went to $HOME/st, but
+  results.json and the log named ./~/st/report.md."""
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=4, per_class_test=1)
+  monkeypatch.setattr(linear_exp, "run", lambda cfg, workdir, **kw: MLP_RESULT)
+  monkeypatch.setattr(study, "MINIBATCH", 8)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  res = study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["svm"]), "~/st")
+  assert res["report"] == str(tmp_path / "home" / "st" / "report.md")
+  assert os.path.isfile(res["report"])
+
+
+def test_a_full_disk_stops_the_study_at_its_first_stage(tmp_path, monkeypatch):
+  """Every stage would fail on it (each was logged with a traceback, then the report's write
+  failed too): the study stops with the disk's error, which the command line says in one
+  line, and writes nothing."""
+  root = str(tmp_path / "images")
+  make_image_folder(root, per_class_train=4, per_class_test=1)
+  calls = []
+
+  def full(cfg, workdir, **kw):
+    calls.append(cfg["loss"])
+    raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "model.npz"))
+
+  monkeypatch.setattr(linear_exp, "run", full)
+  monkeypatch.setattr(study, "MINIBATCH", 8)
+  with pytest.raises(OSError, match="No space left"):
+    study.run(dict(dataset=f"folder:{root}", num_val=2, stages=["svm", "softmax"]),
+              str(tmp_path / "wd"))
+  assert calls == ["svm"] and not (tmp_path / "wd").exists()
 
 
 def test_a_stage_that_diverges_names_no_flag_the_study_lacks(tmp_path, monkeypatch, caplog):
