@@ -876,7 +876,8 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
 
   Raises:
     InputError: unknown metric, not 2-D, not uint8 / int8, empty database, bad
-    image_shape, pool, components, sample, seed or bound_dtype.
+    image_shape, pool, components, sample, seed or bound_dtype; L2 on a TPU (its
+    float32 products are not IEEE ones, which the bound's proof counts on).
   """
   if metric not in METRICS:
     raise InputError(f"unknown metric {metric!r} for pruned search; choose one of "
@@ -930,6 +931,7 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
   host = np.asarray(db)
   on_device = _put_committed(host)
   platform = next(iter(on_device.devices())).platform
+  _float32_is_ieee(platform)
   bound_dtype = _bound_dtype(bound_dtype, platform)
   m = min(COMPONENTS_BF16 if bound_dtype == "bfloat16" else COMPONENTS, d) if (
       components is None) else components
@@ -943,6 +945,18 @@ def build_index(database_NxD, *, metric: str = "l2", image_shape=None, pool: int
       on_device, params, block=min(_BUILD_BLOCK, n), dtype=bound_dtype)
   params = {**params, "a_max": a_max, "err_max": err_max}
   return Index(metric, pixels, sq_norms, rows, params, None, str(db.dtype), None, {})
+
+
+def _float32_is_ieee(platform: str) -> None:
+  """InputError on a TPU: the L2 bound's error analysis counts IEEE float32 roundings of
+  its products (``_l2_certified_bound``), and a TPU computes float32 products at HIGHEST
+  precision from bfloat16 passes, whose error no such count covers. (CPUs and GPUs give
+  IEEE float32 products at HIGHEST; the L1 cascade is integer arithmetic.)"""
+  if platform == "tpu":
+    raise InputError("the L2 cascade's float32 bound is proved for IEEE float32 products, "
+                     "which a TPU emulates with bfloat16 passes; search on the TPU by brute "
+                     "force (knn.search(..., method='brute'), exact integers there too), or "
+                     "use metric='l1'", argument="metric")
 
 
 def _put_committed(rows):

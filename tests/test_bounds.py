@@ -739,6 +739,14 @@ def test_the_bound_takes_bfloat16_where_the_cpu_has_its_products(monkeypatch):
   with pytest.raises(InputError, match="this device is a gpu") as err:
     bounds._bound_dtype("bfloat16", "gpu")
   assert bounds._bound_dtype(None, "gpu") == bounds._bound_dtype("float32", "gpu") == "float32"
+  # A TPU's float32 products are bfloat16 passes, not IEEE roundings: no L2 bound there.
+  tpu = type("Rows", (), {"devices": lambda self: {type("Device", (), {"platform": "tpu"})()}})
+  with monkeypatch.context() as m:
+    m.setattr(bounds, "_put_committed", lambda rows: tpu())  # as if the default device were one
+    with pytest.raises(InputError, match="a TPU emulates with bfloat16 passes; search on the "
+                       r"TPU by brute force \(knn.search\(..., method='brute'\)") as err:
+      bounds.build_index(db, metric="l2")
+    assert err.value.argument == "metric"
   with pytest.raises(InputError, match="bound_dtype") as err:
     bounds.prefer_pruned("l2", 5, 5, bound_dtype="x")  # checked before any early answer
   index = bounds.build_index(db, bound_dtype="bfloat16")
