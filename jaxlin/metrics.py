@@ -50,8 +50,10 @@ def _label_arrays(labels_N, preds_N, *, integers: bool = True):
 
 def accuracy(labels_N, preds_N):
   """Fraction of predictions equal to the labels: the count divided by N (a float32 scalar,
-  float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it; under vmap XLA
-  multiplies by 1/N instead, which can be one unit in the last place off). Labels of any
+  float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it). Called eagerly
+  the count is divided on the host, so on any device; under jit or vmap on the device,
+  where a GPU's float32 division (XLA's) may be up to two units in the last place off,
+  and under vmap XLA multiplies by 1/N instead, which can be one unit off. Labels of any
   dtype, compared exactly. NaN or inf in concrete float labels or predictions raise an
   InputError (a NaN equals nothing, so it would count as a wrong prediction, hiding the
   fault upstream)."""
@@ -68,8 +70,11 @@ def accuracy(labels_N, preds_N):
   # 500 gave 0.30600002), nor is a division by a constant under jit, which XLA turns into
   # that product: the barrier keeps N from being one.
   dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-  count = jnp.sum(_equal(labels_N, preds_N), dtype=jnp.int32).astype(dtype)
-  return count / jax.lax.optimization_barrier(jnp.asarray(labels_N.shape[0], dtype))
+  count = jnp.sum(_equal(labels_N, preds_N), dtype=jnp.int32)
+  if not _checks.is_traced(count):  # float64's quotient rounded once more: still the nearest
+    return jnp.asarray(np.float64(int(count)) / labels_N.shape[0], dtype)  # (53 >= 2 * 24 + 2)
+  return count.astype(dtype) / jax.lax.optimization_barrier(
+      jnp.asarray(labels_N.shape[0], dtype))
 
 
 def _equal(a, b):
