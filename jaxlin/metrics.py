@@ -52,8 +52,9 @@ def accuracy(labels_N, preds_N):
   """Fraction of predictions equal to the labels: the count divided by N (a float32 scalar,
   float64 under jax_enable_x64; 153 of 500 is 0.306, as numpy rounds it). Called eagerly
   the count is divided on the host, so on any device; under jit or vmap on the device,
-  where a GPU's float32 division (XLA's) may be up to two units in the last place off,
-  and under vmap XLA multiplies by 1/N instead, which can be one unit off. Labels of any
+  where a GPU's float32 division (XLA's) may be up to two units in the last place off
+  (a TPU's is not promised to be IEEE's either), and under vmap XLA multiplies by 1/N
+  instead, which can be one unit off. Labels of any
   dtype, compared exactly. NaN or inf in concrete float labels or predictions raise an
   InputError (a NaN equals nothing, so it would count as a wrong prediction, hiding the
   fault upstream)."""
