@@ -394,7 +394,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
     return images and c["brute"] * f * pairs >= _COST_MARGIN * pruned
   if metric not in ("l2", "l2_squared"):
     return False
-  dtype = _bound_dtype(bound_dtype, jax.default_backend())
+  dtype = _bound_dtype(bound_dtype, sharding.default_platform())
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, 1.0, dtype)
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
@@ -1663,7 +1663,7 @@ def empty_stats(metric: str, k: int, n: int | None = None, host: bool | None = N
   default device is a CPU; for L1 at most n)."""
   counts = candidate_counts(metric, k)
   if n is not None:
-    host = jax.default_backend() == "cpu" if host is None else host
+    host = sharding.default_platform() == "cpu" if host is None else host
     counts = ((min(counts[0], n), 0) if metric == "l1" else
               tuple(c if _round_runs(n, k, c, host) else 0 for c in counts))
   return {**{key: 0 for key in count_keys(metric)}, "candidates": list(counts)}

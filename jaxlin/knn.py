@@ -588,7 +588,7 @@ def _platform(mesh, database) -> str:
     return "" if jax.process_count() > 1 else mesh.devices.flat[0].platform
   if isinstance(database, jax.Array) and not isinstance(database, jax.core.Tracer):
     return next(iter(database.devices())).platform
-  return jax.default_backend()  # host data, or traced inside the caller's jit
+  return sharding.default_platform()  # host data, or traced inside the caller's jit
 
 
 def not_an_index(x, name: str) -> None:
@@ -641,7 +641,7 @@ def _use_pruned(method, queries, database, metric, mesh, num_database, names, k,
   # large matrix product per tile: on an H200, 10,000 CIFAR-10 queries took it 0.5 s, the
   # cascade 26 s with its build. Brute force runs on the database's device, the cascade
   # (its index built from host rows) on the default device: both must be CPUs.
-  return (served and _platform(None, database) == "cpu" and jax.default_backend() == "cpu"
+  return (served and _platform(None, database) == "cpu" and sharding.default_platform() == "cpu"
           and bounds.prefer_pruned(metric, *queries.shape[:1], *database.shape, k=k,
                                    images=images))
 

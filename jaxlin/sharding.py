@@ -27,10 +27,21 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jaxlin import _checks
 from jaxlin.errors import InputError
 
-__all__ = ["AXIS", "gather_rows", "make_mesh", "padded_rows", "process_rows", "process_stack",
-           "process_sum", "rows_to_global", "to_host"]
+__all__ = ["AXIS", "default_platform", "gather_rows", "make_mesh", "padded_rows", "process_rows",
+           "process_stack", "process_sum", "rows_to_global", "to_host"]
 
 AXIS = "data"
+
+
+def default_platform() -> str:
+  """The platform ("cpu", "gpu", "tpu") of the device that host data goes to: that of
+  ``jax.default_device`` where one is set (a device or a platform's name), else JAX's
+  default backend's. (``jax.default_backend()`` ignores ``jax.default_device``: under
+  ``with jax.default_device(cpu)`` on a GPU machine the work runs on the CPU.)"""
+  device = jax.config.jax_default_device
+  if isinstance(device, str):
+    return jax.devices(device)[0].platform
+  return device.platform if device is not None else jax.default_backend()
 
 
 def make_mesh(devices=None) -> Mesh:

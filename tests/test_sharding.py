@@ -96,3 +96,15 @@ def test_mesh_and_row_helpers_refuse_what_cannot_be_laid_out():
   laid = sharding.rows_to_global(rows, 3, other)
   assert laid.dtype == jnp.bfloat16 and np.asarray(laid, np.float32).tolist() == [
       [0, 1], [2, 3], [4, 5]]
+
+
+def test_the_default_platform_follows_jax_default_device(monkeypatch):
+  """Under `with jax.default_device(cpu)` on a GPU machine host data goes to the CPU, but
+  jax.default_backend() still says "gpu": searches took a GPU's tiles and skipped the CPU's
+  host selection and cascade there."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as on a GPU machine
+  assert sharding.default_platform() == "gpu"
+  for device in (jax.devices("cpu")[0], "cpu"):
+    with jax.default_device(device):
+      assert sharding.default_platform() == "cpu"
+      assert knn._platform(None, np.zeros((2, 2))) == "cpu"  # pylint: disable=protected-access
