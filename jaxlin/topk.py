@@ -106,7 +106,11 @@ def smallest_k(values_TxN, k: int):
   (equal values: lower position first); exact for floats and for integers in
   [0, 2**30]. Floats compare as XLA computes them: on CPU, subnormal values
   (below 1.2e-38 in float32) count as 0 and keep their position order. NaN is
-  refused where values are concrete; under jit every NaN ranks after +inf.
+  refused where values are concrete; under jit every NaN ranks after +inf on a CPU
+  (XLA's top_k orders NaN there). Not on a GPU: XLA's own GPU kernel for top_k with
+  k <= 16 compares floats as the hardware does, and a row holding NaN comes back in
+  another order (openxla/xla issue 48119); ``knn.search`` answers such a row's query
+  with NaN and -1 anyway.
   float64 values held on the host (numpy) without jax_enable_x64, which JAX
   would round to float32, are ordered by numpy as float64.
 
