@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin import _checks, losses
+from jaxlin import _checks, losses, sharding
 from jaxlin.errors import DivergenceError, InputError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Model", "FitResult", "Trainer", "make_train_step",
@@ -650,10 +650,10 @@ class Trainer:
         xb = jnp.pad(xb, ((0, pad),) + ((0, 0),) * (xb.ndim - 1))
         yb = jnp.pad(yb, (0, pad))
       right, wrong_scores = self._accuracy(params, xb, yb, mask)
-      correct, bad = correct + np.asarray(right), bad | np.asarray(wrong_scores)
+      correct, bad = correct + right, bad | wrong_scores  # on the device: read once, below
     # A member that scores NaN (NaN params, inf - inf) has no accuracy: NaN, not the share
     # of the class that argmax falls back on.
-    return np.where(bad, np.nan, np.asarray(correct) / n)
+    return np.where(np.asarray(bad), np.nan, np.asarray(correct) / n)
 
   def _hyper(self, learning_rates, regs):
     regs = _grid_numbers(regs, "regs")
@@ -755,9 +755,13 @@ class Trainer:
       if (jnp.issubdtype(jnp.result_type(ex), jnp.floating)
           and _checks.float_stats(_real_rows(ex, en))[0]):
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
-      out[name] = (ex, ey, en)
       if not _on_mesh(ey, self.mesh):
         ranges[name] = _checks.value_range(_real_rows(ey, en))
+      if isinstance(ex, np.ndarray) and sharding.default_platform() != "cpu":
+        # Evaluated at every record: sent to the accelerator once, not batch by batch each
+        # time (uncommitted: a mesh's programs still lay it out as they need).
+        ex, ey = jnp.asarray(ex), jnp.asarray(ey)
+      out[name] = (ex, ey, en)
     return out, ranges
 
   def fit(self, key, x, y, *, regs: Sequence[float] = (0.0,),
