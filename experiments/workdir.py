@@ -186,6 +186,17 @@ def _previous_run(path: str) -> set[str]:
   return present & KIND_NAMES[kind] if kind else set()
 
 
+def _run_in(folder: str) -> set[str]:
+  """The names the run in ``folder`` claims (its manifest's, else its experiment's), there
+  or not, without listing the folder (a folder above a workdir may be one a user can enter
+  but not read, e.g. mode 711); nothing where no run is."""
+  manifest = _manifest(folder)
+  if manifest is not None:
+    return set(manifest["files"])
+  kind = _workdir_kind(folder)
+  return set(KIND_NAMES[kind]) if kind else set()
+
+
 def _manifest(path: str) -> dict | None:
   """The workdir's manifest {"files": the run's names, "tree": the paths of every file
   inside its folders (None in manifests written before 2026-12-06), "commit": the commit
@@ -400,11 +411,12 @@ class Workdir:
     child, folder = self.path, os.path.dirname(self.path)
     while folder != child:
       name = os.path.basename(child)
-      stage = child == self.path and name in STAGE_NAMES and _workdir_kind(folder) == "study"
-      if not stage and os.path.isdir(folder) and name in _previous_run(folder):
-        raise ConfigError(f"workdir {self.path} is inside {name}/ of the {_workdir_kind(folder)} "
-                          f"run in {folder}, which its next run replaces whole; choose a "
-                          f"folder outside it (e.g. --workdir="
+      stage = child == self.path and name in STAGE_NAMES  # a stage: _check_kind says more
+      if not stage and name in _run_in(folder):
+        kind = _workdir_kind(folder)
+        raise ConfigError(f"workdir {self.path} is {'' if child == self.path else 'inside '}"
+                          f"{name}/ of the {kind or 'jaxlin'} run in {folder}, which its next "
+                          f"run replaces whole; choose a folder outside it (e.g. --workdir="
                           f"{os.path.join(os.path.dirname(folder), 'NAME')})",
                           argument="workdir")
       child, folder = folder, os.path.dirname(folder)

@@ -130,13 +130,22 @@ def parse_name(name: str) -> tuple[str, str]:
 # Hidden names (".ipynb_checkpoints", ".thumbnails", macOS's "._x.png") are no classes or
 # images: a hidden folder of images would otherwise take label 0 and shift every other label.
 def _images_in(path: str) -> list[str]:
-  return sorted(os.path.join(path, f) for f in os.listdir(path)
+  return sorted(os.path.join(path, f) for f in _listed(path)
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
 def _subdirs(path: str) -> list[str]:
-  return sorted(d for d in os.listdir(path)
+  return sorted(d for d in _listed(path)
                 if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+
+
+def _listed(path: str) -> list[str]:
+  """The names in a folder of the dataset, or DataError where it cannot be read."""
+  try:
+    return os.listdir(path)
+  except OSError as e:
+    raise DataError(f"dataset folder {path} cannot be read ({e.strerror or e}); make it "
+                    "readable, or give another dataset") from None
 
 
 def check_folder(root: str) -> tuple[str, ...]:

@@ -530,11 +530,15 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
 
 
 def _onto(x, mesh):
-  """``x``, or its value on the host where it is an array committed to devices other than
-  the mesh's (e.g. ``jax.device_put(x, jax.devices()[1])``: a mesh's programs refuse it),
-  as host data goes onto the mesh."""
-  if (mesh is None or not isinstance(x, jax.Array) or _checks.is_traced(x) or not x.committed
-      or set(x.devices()) == set(mesh.devices.flat)):
+  """``x``, or its value on the host where it is an array committed elsewhere than the
+  mesh (e.g. ``jax.device_put(x, jax.devices()[1])``, or laid along another mesh of the
+  same devices in another order: a mesh's programs refuse it), as host data goes onto
+  the mesh."""
+  if mesh is None or not isinstance(x, jax.Array) or _checks.is_traced(x) or not x.committed:
+    return x
+  devices = list(mesh.devices.flat)
+  if getattr(x.sharding, "mesh", None) == mesh or (len(devices) == 1
+                                                   and x.devices() == set(devices)):
     return x
   return sharding.to_host(x)
 

@@ -156,6 +156,24 @@ def test_folder_errors_name_the_path(tmp_path, image_folder):
     data.load_split(f"folder:{root}", "train")
 
 
+def test_a_class_folder_that_cannot_be_read_is_named(image_folder, monkeypatch):
+  """Its PermissionError came out of os.listdir (the experiments: a traceback, then a line
+  advising a writable --workdir)."""
+  root, _ = image_folder
+  real = os.listdir
+  frog = os.path.join(root, "train", "frog")
+
+  def listdir(path="."):
+    if os.path.abspath(path) == frog:
+      raise PermissionError(13, "Permission denied", path)
+    return real(path)
+
+  monkeypatch.setattr(os, "listdir", listdir)
+  with pytest.raises(DataError, match=r"dataset folder .*train/frog cannot be read \(Permission "
+                     r"denied\); make it readable, or give another dataset"):
+    data.check_folder(root)
+
+
 def test_seeded_subsets_are_literal(image_folder):
   # The rows a seed draws are part of a run's record: they must not change between versions.
   rows = data.split_rows(f"folder:{image_folder[0]}", num_val=6, num_train=10, num_test=5, seed=3)

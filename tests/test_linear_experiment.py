@@ -209,10 +209,16 @@ def test_a_full_disk_while_saving_the_model_is_the_disks_error(folder, tmp_path,
     linear_exp.run(dict(SMALL, dataset=f"folder:{root}", learning_rate=[1e-3], reg=[0.1],
                         num_epochs=1), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
-  line = common.os_error_line(e.value)
+  line = common.os_error_line(e.value, str(tmp_path / "wd"))
   assert line == (f"No space left on device ({tmp_path}/wd/model.npz): free some space on that "
                   "disk, or choose a --workdir on another; nothing of this run was written, "
                   "and the workdir keeps its previous run")
+  # A path outside the workdir (the dataset's, a cache's): no advice about the workdir.
+  assert common.os_error_line(PermissionError(13, "Permission denied", "/data/x.png"),
+                              str(tmp_path / "wd")) == (
+      "Permission denied (/data/x.png): the run could not use that path: check it (its "
+      "permissions, the disk), then run again; nothing of this run was written, and the "
+      "workdir keeps its previous run")
 
 
 def test_predict_script_classifies_files_and_reports_bad_ones(folder, softmax_run, tmp_path,

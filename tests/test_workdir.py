@@ -1136,8 +1136,8 @@ def test_a_run_of_the_users_inside_a_runs_plots_is_the_users(tmp_path):
   # A run inside the run's plots/ (--overwrite wrote beside the figures; the parent's next run
   # was then refused): refused at once, naming the folder to write outside.
   for overwrite in (False, True):
-    with pytest.raises(ConfigError, match=r"plots is inside plots/ of the linear run in .*, which "
-                       r"its next run replaces whole; choose a folder outside it"):
+    with pytest.raises(ConfigError, match=r"plots is plots/ of the linear run in .*, which its "
+                       r"next run replaces whole; choose a folder outside it"):
       run(tmp_path / "plots", "linear", overwrite=overwrite)
   # One copied there is the user's: refused, and kept.
   for name in (".run-files.json", "config.json"):
@@ -1145,6 +1145,32 @@ def test_a_run_of_the_users_inside_a_runs_plots_is_the_users(tmp_path):
   with pytest.raises(ConfigError, match=r"plots/.run-files.json, plots/config.json"):
     run(tmp_path, "linear")
   assert json.loads((tmp_path / "plots" / "config.json").read_text())["experiment"] == "linear"
+  with pytest.raises(ConfigError, match=r"plots/deeper is inside plots/ of the linear run"):
+    run(tmp_path / "plots" / "deeper", "linear")
+  # Folders above are not listed (one may be entered, not read: mode 711): the run's
+  # manifest says what it holds.
+  real = os.listdir
+
+  def listdir(path="."):
+    if os.path.abspath(path) == str(tmp_path):
+      raise PermissionError(13, "Permission denied", path)
+    return real(path)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(os, "listdir", listdir)
+    with pytest.raises(ConfigError, match=r"plots/deeper is inside plots/ of the linear run"):
+      run(tmp_path / "plots" / "deeper", "linear")
+    run(tmp_path / "notes" / "wd", "linear")  # (was: Permission denied, with a --workdir fix)
+  shutil.rmtree(tmp_path / "notes")
+  # A run whose config.json is gone, its manifest kept: "the jaxlin run"; a stage folder
+  # of it is a run's own folder (_check_kind decides), not one inside the run.
+  shutil.rmtree(tmp_path / "plots")
+  run(tmp_path, "linear")
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(ConfigError, match=r"plots is plots/ of the jaxlin run in"):
+    run(tmp_path / "plots", "linear")
+  (tmp_path / ".run-files.json").write_text(json.dumps({"files": ["knn"], "tree": []}))
+  run(tmp_path / "knn", "knn", overwrite=True)
 
 
 def test_the_stage_folders_are_the_studys_stages():
