@@ -208,8 +208,8 @@ def _l2_rows(q, db, ks, components, bands) -> list[dict]:
                               for s in range(0, len(db), 5000)], axis=1)
       if np.any(bound > exact * (1 + 1e-9) + 1e-6):
         raise AssertionError(f"the L2 bound (m={m}, bands={b}) exceeds an exact distance: a bug")
-      for k in ks:
-        count = (bound <= kth[:, k - 1:k]).sum(axis=1)
+      for k in ks:  # (the same float64 margin as the check above: a bound near exact)
+        count = (bound <= kth[:, k - 1:k] * (1 + 1e-9) + 1e-6).sum(axis=1)
         rows.append({"basis": kind, "components": m, "bands": b, "columns": m + b + 1,
                      **_counts(k, count)})
   return rows

@@ -296,7 +296,13 @@ def run_child(module: str, args: list[str], timeout: float | None = None,
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
   def fmt(v):
     if isinstance(v, float):
-      return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+      if abs(v) >= 1000:
+        return f"{v:.0f}"
+      s, digits = f"{v:.3g}", 3
+      while float(s) != v and float(s).is_integer() and digits < 17:  # 0.9996 is not "1"
+        digits += 3
+        s = f"{v:.{digits}g}"
+      return s
     return str(v)
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -322,6 +328,14 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], *,
   print(table)
   print(f"saved {path}")
   return path
+
+
+def fail_on(problems: list[str]) -> None:
+  """After the report: a benchmark whose answers are not what its docstring promises
+  (e.g. exactly brute force's) fails, naming them, so a run that measured wrong answers
+  is never taken for a result."""
+  if problems:
+    raise AssertionError("wrong answers, a bug: " + "; ".join(problems))
 
 
 def time_in_turn(run, settings, repeats: int):

@@ -93,7 +93,8 @@ def main(argv):
     sgd_epochs = max(int(round(_EPOCHS.value)), 1)  # SGDClassifier's epochs are whole
     for name, clf in (("scikit-learn LogisticRegression (lbfgs, 100 iterations at most)",
                        LogisticRegression(max_iter=100)),
-                      (f"scikit-learn SGDClassifier (log loss, {sgd_epochs} epochs, every core)",
+                      (f"scikit-learn SGDClassifier (log loss one-vs-rest, not softmax; alpha "
+                       f"1e-3; {sgd_epochs} epochs, every core)",
                        SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=sgd_epochs, tol=None,
                                      random_state=0, n_jobs=-1))):
       with warnings.catch_warnings(record=True) as caught:

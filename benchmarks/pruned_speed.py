@@ -217,6 +217,9 @@ def main(argv):
       "faiss_over_search", "faiss_search_over_total", "faiss_search_over_total_each_round",
       "faiss_total_over_total", "peak_rss_mb", "same_idx_as_brute", "same_dist_as_brute",
       "idx_agreement", "stats"])
+  common.fail_on([f"pruned ({r['metric']}) differs from brute force (indices the same for "
+                  f"{r['idx_agreement']!r})" for r in rows if r["method"] == "pruned" and (
+                      r.get("same_idx_as_brute") is False or r.get("same_dist_as_brute") is False)])
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def child(n: int, out: str):
       search(q)  # the same shapes as the timed call: it compiles, the timed call does not
       t0 = time.perf_counter()
       _, idx = search(q)
-      np.save(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"), np.asarray(idx))
+      idx = np.asarray(idx)  # (gathered to the host: part of the search)
       rows[f"knn {metric}, split {mode}"] = time.perf_counter() - t0
+      np.save(os.path.join(out, f"idx_{n}_{metric}_{mode}.npy"), idx)
   x = (db[:20000].astype(np.float32) - 128.0) / 64.0
   y = arrays["train_y"][:20000]
   classes = common.num_classes(arrays)
@@ -86,8 +87,8 @@ def main(argv):
     print(f"{n} device(s) ...", file=sys.stderr, flush=True)
     try:
       results[n] = common.run_child("benchmarks.scaling", [
-          f"--child={n}", f"--out={out}", f"--queries={_QUERIES.value}",
-          f"--k={_K.value}"] + common.data_flags(), env=env)
+          f"--child={n}", f"--out={out}", f"--queries={_QUERIES.value}", f"--k={_K.value}",
+          f"--real_devices={_REAL.value}"] + common.data_flags(), env=env)
     except RuntimeError as e:  # too few real devices: the child's one line
       last = str(e).strip().splitlines()[-1]
       if last.startswith("--devices:"):

@@ -182,6 +182,20 @@ def test_a_benchmark_refuses_bad_flags_before_any_work(tmp_path, args, message, 
   assert proc.stderr.startswith("error: ") and not (tmp_path / "out").exists()
 
 
+def test_report_tables_never_round_a_disagreement_to_one_and_wrong_answers_fail():
+  """A fraction of 0.9996 of neighbours in agreement printed as "1" (3 significant
+  digits), hiding up to 500 wrong ones of 1,000,000; and benchmarks whose answers must
+  be exact reported a mismatch but passed."""
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  table = common.markdown_table(
+      [{"a": 0.9996, "b": 0.99967, "c": 1.0, "d": 0.5, "e": 12.34, "f": 1 - 1e-8, "g": 4567.8}],
+      list("abcdefg"))
+  assert table.splitlines()[-1] == "| 0.9996 | 0.99967 | 1 | 0.5 | 12.3 | 0.99999999 | 4568 |"
+  common.fail_on([])
+  with pytest.raises(AssertionError, match="wrong answers, a bug: pruned .l2. differs"):
+    common.fail_on(["pruned (l2) differs from brute force"])
+
+
 def test_matmul_speed_names_the_library_of_a_compiled_product():
   from benchmarks import matmul_speed  # pylint: disable=import-outside-toplevel
   ynn = ('ROOT %ynn_fusion = s32[512,2048]{1,0} fusion(%a, %b), kind=kCustom, '
