@@ -193,14 +193,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     cm = np.asarray(metrics.confusion_matrix(test_y, test_pred, ds.num_classes))
 
     if r.writer:
-      try:
-        checkpoint.save(r.file("model.npz"), params={k: np.asarray(v) for k, v in params.items()},
-                        class_names=ds.class_names, kind=c.model, loss=c.loss,
-                        features=c.features, **prep)
-      except InputError as e:  # its path: the run's staging folder, which no flag names
-        if isinstance(e.__cause__, OSError):
-          raise e.__cause__ from None  # the disk's error, said as such (common.run_main)
-        raise
+      save_model(r.file("model.npz"), params={k: np.asarray(v) for k, v in params.items()},
+                 class_names=ds.class_names, kind=c.model, loss=c.loss, features=c.features,
+                 **prep)
     _figures(r, c, ds, grid, fit, best, params, val_acc, cm)
     results = _results(c, ds, x_tr.shape[1], grid, fit, best, val_acc, cm,
                        float(np.trace(cm) / cm.sum()))  # exact (float64), as the CV ones
@@ -391,6 +386,19 @@ def _rate(c: Config, grid, g: int) -> str:
 @jax.jit
 def _take_rows(arrays, rows):  # one program for the gather, not one per operation
   return tuple(a[rows] for a in arrays)
+
+
+def save_model(path: str, **fields) -> None:
+  """``checkpoint.save`` of the run's model, where the disk's error (full, a size limit)
+  comes out as itself, which ``common.run_main`` says in one line: checkpoint.save's
+  InputError names its path (the run's staging folder, which no flag names) and a
+  library caller's fix."""
+  try:
+    checkpoint.save(path, **fields)
+  except InputError as e:
+    if isinstance(e.__cause__, OSError):
+      raise e.__cause__ from None
+    raise
 
 
 def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
