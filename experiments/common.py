@@ -334,7 +334,8 @@ def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict]
     # program's first compilation; WORKSPACE.md, 2026-12-06): end without it.
     _exit(EXIT_INTERRUPTED, at_once=True)
   except OSError as e:  # the disk: full, a file size limit, the workdir removed meanwhile
-    print(f"error: {os_error_line(e, getattr(launch, 'workdir', None))}", file=sys.stderr)
+    print(f"error: {os_error_line(e, getattr(launch, 'workdir', None), _committed.is_set())}",
+          file=sys.stderr)
     _exit(EXIT_USAGE)
   except Exception as e:  # pylint: disable=broad-except
     memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))
@@ -368,18 +369,18 @@ _OS_ERROR_FIX = {
 }
 
 
-def os_error_line(e: OSError, workdir: str | None = None) -> str:
+def os_error_line(e: OSError, workdir: str | None = None, committed: bool = False) -> str:
   """One line for an error of the disk (full, a size limit, a folder removed meanwhile):
   what, where (the run's final path, not its staging folder's) and the fix, a workdir's
-  where the file lies in ``workdir`` (or no file is named). Before the commit the workdir
-  keeps its previous run (the staged files go)."""
+  where the file lies in ``workdir`` (or no file is named). Before the commit (not
+  ``committed``) the workdir keeps its previous run (the staged files go)."""
   where = re.sub(r"[/\\]\.staging-\d+(?=[/\\]|$)", "", str(e.filename)) if e.filename else ""
   wd = os.path.abspath(os.path.expanduser(workdir)) if workdir else None
   inside = not where or wd is None or os.path.commonpath([os.path.abspath(where), wd]) == wd
   fix = (_OS_ERROR_FIX.get(e.errno, "check the disk and the path, then run again") if inside
          else "the run could not use that path: check it (its permissions, the disk), then run "
               "again")
-  kept = ("this run's files are in place" if _committed.is_set() else
+  kept = ("this run's files are in place" if committed else
           "nothing of this run was written, and the workdir keeps its previous run")
   return f"{e.strerror or e}{f' ({where})' if where else ''}: {fix}; {kept}"
 
