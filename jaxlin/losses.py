@@ -99,12 +99,16 @@ def multiclass_svm(scores_NxC, labels_N, *, margin: float = 1.0, squared: bool =
 # caller's jit), not one program per operation when a loss is called outside jit.
 @functools.partial(jax.jit, static_argnums=3)
 def _svm(scores_NxC, labels_N, margin, squared):
-  correct = jnp.take_along_axis(scores_NxC, labels_N[:, None], axis=1)
+  # An out-of-range label (NaN loss below) gathers class 0, as in softmax: the squared
+  # margins of a gather past the classes (NaN) had NaN gradients where the caller masks
+  # the loss with jnp.where.
+  safe = jnp.where(_checks.in_class_range(labels_N, scores_NxC.shape[1]), labels_N, 0)
+  correct = jnp.take_along_axis(scores_NxC, safe[:, None], axis=1)
   m = scores_NxC - correct + margin
   # The course's subgradient at a margin of exactly 0: 0 (jnp.maximum's grad splits it: 0.5),
   # so gradient checks on whole-number scores agree with its svm_loss_naive.
   margins = jnp.where(m <= 0, 0.0, m)  # a NaN margin stays NaN (a NaN score is no 0 loss)
-  is_true = jax.nn.one_hot(labels_N, scores_NxC.shape[1], dtype=jnp.bool_)
+  is_true = jax.nn.one_hot(safe, scores_NxC.shape[1], dtype=jnp.bool_)
   margins = jnp.where(is_true, 0.0, margins)
   if squared:
     margins = margins * margins

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import typing
 
 import jax
@@ -371,7 +372,9 @@ def test_softmax_keeps_small_losses_and_matches_float64():
   assert float(l[0]) == np.inf
 
 
-@pytest.mark.parametrize("loss", [losses.softmax_cross_entropy, losses.multiclass_svm])
+@pytest.mark.parametrize("loss", [
+    losses.softmax_cross_entropy, losses.multiclass_svm,
+    functools.partial(losses.multiclass_svm, squared=True)])  # squared: NaN * NaN's gradient
 def test_a_padding_label_masked_with_where_has_a_zero_gradient(loss):
   """The module's advice: mask padding labels (here 3 = C, and -4) with jnp.where. The
   masked rows must get a zero gradient, not NaN (a gather past the classes gave NaN, and
