@@ -276,6 +276,20 @@ def _check_l1_int_range(x, y, names):
                      argument=names[1])
 
 
+def l1_int_may_overflow(x_QxD, lowest, highest):
+  """Whether the int32 L1 sums of rows of x against rows with values in [lowest, highest]
+  could reach 2**30 (``_check_l1_int_range``'s bound, D * the span, per row; ``lowest`` and
+  ``highest`` broadcast against the rows' own, e.g. (1, N) for pairs): for traced inputs,
+  which that check cannot refuse, the rows whose answers cannot be trusted. In float32,
+  whose rounding a margin of 2**-20 covers (the integers' own span could wrap)."""
+  d = x_QxD.shape[1]
+  lo = jnp.minimum(jnp.min(x_QxD, axis=1).astype(jnp.float32)[:, None],
+                   jnp.asarray(lowest, jnp.float32))
+  hi = jnp.maximum(jnp.max(x_QxD, axis=1).astype(jnp.float32)[:, None],
+                   jnp.asarray(highest, jnp.float32))
+  return d * (hi - lo) >= _INT_LIMIT * (1 - 2.0 ** -20)
+
+
 # --------------------------------------------------------------------------
 # dtypes
 # --------------------------------------------------------------------------
@@ -758,13 +772,19 @@ def pairwise_distances(x_QxD, y_NxD, *, metric: str):
   uint8 / int8 pixels; on floats centred among the rows of y, clamped at 0);
   l2: its square root; cosine: 1 - x.y / (|x| |y|) (1 for a zero vector).
   float32 results; float64 when an input is float64 or, under jax_enable_x64 in a float
-  kernel, a 32- or 64-bit integer. For large inputs use
+  kernel, a 32- or 64-bit integer. Integer L1 sums in int32: inputs whose sums could
+  reach 2**30 are refused, and under jit (unchecked) their pairs are NaN. For large inputs use
   ``jaxlin.knn.search``, which streams over tiles.
   """
   x, y, kernel = checked_inputs(x_QxD, y_NxD, metric, centre_wide=True)
   if y.shape[0] == 0:
     return jnp.zeros((x.shape[0], 0), kernel.distance_dtype)
-  return _one_tile(x, y, kernel=kernel, metric=metric)
+  d = _one_tile(x, y, kernel=kernel, metric=metric)
+  if (kernel.name == "l1_int" and not same_small_int(x, y)
+      and (_checks.is_traced(x) or _checks.is_traced(y))):  # a concrete call refuses these
+    d = jnp.where(l1_int_may_overflow(x, jnp.min(y, axis=1)[None], jnp.max(y, axis=1)[None]),
+                  jnp.nan, d)  # int32 sums that could wrap: NaN, never a plausible distance
+  return d
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "metric"))

@@ -424,7 +424,7 @@ def _search(queries_QxD, database_NxD, k, *, metric, mesh, layout, num_database,
     raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}",
                      argument="layout")
   ndev = _mesh_size(mesh)
-  if ndev > 1:  # the answer is gathered to the host
+  if mesh is not None:  # the answer is gathered to the host (one device too)
     _checks.outside_jit("a search on a mesh", "mesh", queries_QxD, database_NxD)
   not_an_index(queries_QxD, names[0])
   not_an_index(database_NxD, names[1])
@@ -578,10 +578,15 @@ def _unchecked_rows(queries, database, n: int, given, kernel):
       out = out | jnp.any((a > whole) | (a < -whole), axis=axis)  # compared as integers
     return out
 
-  if limit is None and not any(jnp.issubdtype(a.dtype, jnp.inexact)
-                               for a in (queries, database)):
+  wraps = None  # integer L1 in int32: sums that could reach 2**30 (a concrete call refuses)
+  if kernel.name == "l1_int" and not distances.same_small_int(queries, database):
+    rows = database[:n]
+    wraps = distances.l1_int_may_overflow(queries, jnp.min(rows), jnp.max(rows))[:, 0]
+  if limit is None and wraps is None and not any(jnp.issubdtype(a.dtype, jnp.inexact)
+                                                 for a in (queries, database)):
     return None
-  return bad_values(queries, 1) | bad_values(database[:n], None)
+  bad = bad_values(queries, 1) | bad_values(database[:n], None)
+  return bad if wraps is None else bad | wraps
 
 
 def _platform(mesh, database) -> str:

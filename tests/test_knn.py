@@ -608,6 +608,19 @@ def test_nan_or_inf_under_jit_gives_nan_and_minus_one_never_a_plausible_answer(m
     want = knn.search(ints, x[:3], 1, metric=metric)
     got = jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(ints, x[:3])
     np.testing.assert_array_equal(got[1], want[1])
+    # int32 rows whose int32 L1 sums could reach 2**30 (a concrete call refuses them): the
+    # far row wrapped to a negative distance and came back nearest, predict voted its label.
+    q, db = np.array([[0, 0], [5, 5]], np.int32), np.array([[10, 10], [1.5e9, 1.5e9]], np.int32)
+    with pytest.raises(InputError, match="could reach"):
+      knn.search(q, db, 1, metric=metric)
+    d, i = jax.jit(lambda a, b: knn.search(a, b, 2, metric=metric))(q, db)
+    assert np.isnan(np.asarray(d)).all() and (np.asarray(i) == -1).all()
+    pair = jax.jit(lambda a, b: distances.pairwise_distances(a, b, metric=metric))(q, db)
+    np.testing.assert_array_equal(pair, [[20, np.nan], [10, np.nan]])
+    small = np.array([[0, 0], [3, 4]], np.int32)  # far below the bound: exact, not flagged
+    np.testing.assert_array_equal(
+        jax.jit(lambda a, b: knn.search(a, b, 1, metric=metric))(small, db[:1] // 2)[0],
+        [[10], [3]])
   # Integer inputs hold no NaN: their answers under jit are the answers outside it.
   xi = (np.abs(x) * 40).astype(np.uint8)
   np.testing.assert_array_equal(np.asarray(search(xi[:3], xi)[1]),

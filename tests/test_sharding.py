@@ -53,6 +53,11 @@ def test_one_device_mesh_is_the_plain_search():
   with pytest.raises(InputError, match="unknown layout") as e:
     knn.search(q, db, 3, mesh=mesh, layout="both")
   assert e.value.argument == "layout"
+  # Under jit it is refused as on several devices (was JAX's ConcretizationTypeError: the
+  # answer is gathered to the host).
+  with pytest.raises(InputError, match="a search on a mesh runs outside jit") as e:
+    jax.jit(lambda a: knn.search(a, db, 3, mesh=mesh))(q)
+  assert e.value.argument == "mesh"
 
 
 def test_sharding_imports_only_the_argument_checks_of_jaxlin():
