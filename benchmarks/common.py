@@ -299,7 +299,9 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
       if abs(v) >= 1000:
         return f"{v:.0f}"
       s, digits = f"{v:.3g}", 3
-      while float(s) != v and float(s).is_integer() and digits < 17:  # 0.9996 is not "1"
+      # A fraction of agreement of 0.9996 is not "1" (nor 0.0004 "0"): small values never
+      # round to a whole number they are not (254.469 may show as 254).
+      while float(s) != v and float(s).is_integer() and abs(v) < 10 and digits < 17:
         digits += 3
         s = f"{v:.{digits}g}"
       return s

@@ -408,18 +408,19 @@ class Workdir:
     """Refuses a workdir inside a finished run's folders (its plots/, or a stage's): the
     next run there replaces them whole, so it would refuse to take this run away, or take
     it. A study's stage folder itself is a run of its own (``_check_kind`` says more)."""
-    child, folder = self.path, os.path.dirname(self.path)
-    while folder != child:
-      name = os.path.basename(child)
-      stage = child == self.path and name in STAGE_NAMES  # a stage: _check_kind says more
-      if not stage and name in _run_in(folder):
-        kind = _workdir_kind(folder)
-        raise ConfigError(f"workdir {self.path} is {'' if child == self.path else 'inside '}"
-                          f"{name}/ of the {kind or 'jaxlin'} run in {folder}, which its next "
-                          f"run replaces whole; choose a folder outside it (e.g. --workdir="
-                          f"{os.path.join(os.path.dirname(folder), 'NAME')})",
-                          argument="workdir")
-      child, folder = folder, os.path.dirname(folder)
+    for path in dict.fromkeys((self.path, os.path.realpath(self.path))):  # a link's target too
+      child, folder = path, os.path.dirname(path)
+      while folder != child:
+        name = os.path.basename(child)
+        stage = child == path and name in STAGE_NAMES  # a stage: _check_kind says more
+        if not stage and name in _run_in(folder):
+          kind = _workdir_kind(folder)
+          raise ConfigError(f"workdir {self.path} is {'' if child == path else 'inside '}"
+                            f"{name}/ of the {kind or 'jaxlin'} run in {folder}, which its next "
+                            f"run replaces whole; choose a folder outside it (e.g. --workdir="
+                            f"{os.path.join(os.path.dirname(folder), 'NAME')})",
+                            argument="workdir")
+        child, folder = folder, os.path.dirname(folder)
 
   def _lock(self) -> None:
     path = os.path.join(self.path, LOCK)

@@ -280,14 +280,21 @@ def l1_int_may_overflow(x_QxD, lowest, highest):
   """Whether the int32 L1 sums of rows of x against rows with values in [lowest, highest]
   could reach 2**30 (``_check_l1_int_range``'s bound, D * the span, per row; ``lowest`` and
   ``highest`` broadcast against the rows' own, e.g. (1, N) for pairs): for traced inputs,
-  which that check cannot refuse, the rows whose answers cannot be trusted. In float32,
-  whose rounding a margin of 2**-20 covers (the integers' own span could wrap)."""
+  which that check cannot refuse, the rows whose answers cannot be trusted. Exact: the
+  span hi - lo >= 0 taken in the unsigned type of the inputs' width, compared with
+  ceil(2**30 / D)."""
   d = x_QxD.shape[1]
-  lo = jnp.minimum(jnp.min(x_QxD, axis=1).astype(jnp.float32)[:, None],
-                   jnp.asarray(lowest, jnp.float32))
-  hi = jnp.maximum(jnp.max(x_QxD, axis=1).astype(jnp.float32)[:, None],
-                   jnp.asarray(highest, jnp.float32))
-  return d * (hi - lo) >= _INT_LIMIT * (1 - 2.0 ** -20)
+  arrays = [a.astype(jnp.uint8) if a.dtype == jnp.bool_ else a
+            for a in (x_QxD, jnp.asarray(lowest), jnp.asarray(highest))]
+  dtype = jnp.result_type(*arrays)  # as the kernel's arithmetic promotes them
+  unsigned = jnp.dtype(f"uint{jnp.iinfo(dtype).bits}")
+  need = -(-_INT_LIMIT // d)
+  x, low, high = (a.astype(dtype) for a in arrays)
+  if need > jnp.iinfo(unsigned).max:  # no span of this dtype reaches it
+    return jnp.zeros((x.shape[0],) + jnp.broadcast_shapes(low.shape, high.shape)[1:], bool)
+  lo = jnp.minimum(jnp.min(x, axis=1)[:, None], low)
+  hi = jnp.maximum(jnp.max(x, axis=1)[:, None], high)
+  return hi.astype(unsigned) - lo.astype(unsigned) >= jnp.asarray(need, unsigned)
 
 
 # --------------------------------------------------------------------------

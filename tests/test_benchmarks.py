@@ -188,9 +188,10 @@ def test_report_tables_never_round_a_disagreement_to_one_and_wrong_answers_fail(
   be exact reported a mismatch but passed."""
   from benchmarks import common  # pylint: disable=import-outside-toplevel
   table = common.markdown_table(
-      [{"a": 0.9996, "b": 0.99967, "c": 1.0, "d": 0.5, "e": 12.34, "f": 1 - 1e-8, "g": 4567.8}],
-      list("abcdefg"))
-  assert table.splitlines()[-1] == "| 0.9996 | 0.99967 | 1 | 0.5 | 12.3 | 0.99999999 | 4568 |"
+      [{"a": 0.9996, "b": 0.99967, "c": 1.0, "d": 0.5, "e": 12.34, "f": 1 - 1e-8, "g": 4567.8,
+        "h": 254.469, "i": 0.0004}], list("abcdefghi"))
+  assert table.splitlines()[-1] == (
+      "| 0.9996 | 0.99967 | 1 | 0.5 | 12.3 | 0.99999999 | 4568 | 254 | 0.0004 |")
   common.fail_on([])
   with pytest.raises(AssertionError, match="wrong answers, a bug: pruned .l2. differs"):
     common.fail_on(["pruned (l2) differs from brute force"])

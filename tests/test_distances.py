@@ -47,6 +47,29 @@ def test_jit_matches_eager(metric):
                              rtol=1e-5, atol=1e-4)
 
 
+def test_integer_l1_under_jit_is_nan_exactly_where_its_int32_sums_could_wrap():
+  """The bound D * span >= 2**30 taken exactly: in float32 it flagged sums just below 2**30
+  that a concrete call accepts, and under jax_enable_x64 it rounded int64 spans (values
+  2 apart near 2**60 flagged, a span of 2**36 taken for 0 and its wrapped sum let through)."""
+  f = jax.jit(lambda a, b: distances.pairwise_distances(a, b, metric="l1"))
+  q, db = np.zeros((1, 1024), np.int32), np.full((2, 1024), 2 ** 20 - 1, np.int32)
+  db[1] = -1  # with the query's 0 and its own 2**20 - 1 below: a span of 2**20, D * 2**20
+  db[1, 0] = 2 ** 20 - 1  # = 2**30, which a concrete call refuses
+  np.testing.assert_array_equal(f(q, db[:1]), [[2 ** 30 - 1024]])  # span 2**20 - 1: exact
+  np.testing.assert_array_equal(f(q, db[:1]), distances.pairwise_distances(q, db[:1], metric="l1"))
+  with pytest.raises(InputError, match="could reach"):
+    distances.pairwise_distances(q, db, metric="l1")
+  np.testing.assert_array_equal(f(q, db), [[2 ** 30 - 1024, np.nan]])
+  with jax.enable_x64(True):
+    base = 2 ** 60 + 2 ** 36
+    q64 = np.full((1, 4), base + 1, np.int64)
+    db64 = np.array([[base - 1] * 4, [base + 5] * 4], np.int64)
+    np.testing.assert_array_equal(f(q64, db64), [[8, 16]])
+    far = np.array([[2 ** 60 + 2 ** 36] * 8, [2 ** 60 + 3] * 8], np.int64)
+    got = np.asarray(f(np.full((1, 8), 2 ** 60, np.int64), far))
+    assert np.isnan(got[0, 0]) and got[0, 1] == 24
+
+
 def test_l1_on_uint8_is_exact():
   rng = np.random.default_rng(2)
   x = rng.integers(0, 256, (9, 3072), dtype=np.uint8)

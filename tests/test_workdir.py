@@ -1147,6 +1147,9 @@ def test_a_run_of_the_users_inside_a_runs_plots_is_the_users(tmp_path):
   assert json.loads((tmp_path / "plots" / "config.json").read_text())["experiment"] == "linear"
   with pytest.raises(ConfigError, match=r"plots/deeper is inside plots/ of the linear run"):
     run(tmp_path / "plots" / "deeper", "linear")
+  (tmp_path.parent / f"{tmp_path.name}-figs").symlink_to(tmp_path / "plots")  # through a link
+  with pytest.raises(ConfigError, match=r"figs/x is inside plots/ of the linear run in "):
+    run(tmp_path.parent / f"{tmp_path.name}-figs" / "x", "linear")
   # Folders above are not listed (one may be entered, not read: mode 711): the run's
   # manifest says what it holds.
   real = os.listdir
