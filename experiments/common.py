@@ -333,11 +333,11 @@ def run_main(kind: str, config_cls, validate: Callable, run: Callable[..., dict]
     # compile (a segmentation fault, exit 139: 4 of 39 interrupts a reviewer timed near a
     # program's first compilation; WORKSPACE.md, 2026-12-06): end without it.
     _exit(EXIT_INTERRUPTED, at_once=True)
-  except OSError as e:  # the disk: full, a file size limit, the workdir removed meanwhile
-    print(f"error: {os_error_line(e, getattr(launch, 'workdir', None), _committed.is_set())}",
-          file=sys.stderr)
-    _exit(EXIT_USAGE)
   except Exception as e:  # pylint: disable=broad-except
+    if file_error(e):
+      print(f"error: {os_error_line(e, getattr(launch, 'workdir', None), _committed.is_set())}",
+            file=sys.stderr)
+      _exit(EXIT_USAGE)
     memory = out_of_memory(e, MEMORY_ADVICE.get(kind, "less work"))
     if memory:  # the flags asked for more than the machine has: not a bug
       print(f"error: {memory}", file=sys.stderr)
@@ -369,10 +369,18 @@ _OS_ERROR_FIX = {
 }
 
 
+def file_error(e: BaseException) -> bool:
+  """Whether ``e`` is a file's error (the disk full, a size limit, a folder removed
+  meanwhile, permissions: ``os_error_line`` says it): an OSError naming a file or with one
+  of the disk's codes; not a network's (urllib's URLError, with neither)."""
+  return isinstance(e, OSError) and bool(e.filename or e.errno in _OS_ERROR_FIX)
+
+
 def os_error_line(e: OSError, workdir: str | None = None, committed: bool = False) -> str:
   """One line for an error of the disk (full, a size limit, a folder removed meanwhile):
   what, where (the run's final path, not its staging folder's) and the fix, a workdir's
-  where the file lies in ``workdir`` (or no file is named). Before the commit (not
+  where the file lies in ``workdir`` (or no file is named, or no workdir given). Before
+  the commit (not
   ``committed``) the workdir keeps its previous run (the staged files go)."""
   where = re.sub(r"[/\\]\.staging-\d+(?=[/\\]|$)", "", str(e.filename)) if e.filename else ""
   wd = os.path.abspath(os.path.expanduser(workdir)) if workdir else None

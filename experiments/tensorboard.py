@@ -119,7 +119,7 @@ class ScalarWriter:
     f.flush()
 
   def close(self, quiet: bool = False) -> None:
-    """Closes every event file; the first error after that, unless ``quiet``."""
+    """Closes every event file, then raises the first error, unless ``quiet``."""
     files, self._files = list(self._files.values()), {}
     errors = []
     for f in files:

@@ -166,8 +166,8 @@ def hue(image_HxWx3):
   """Hue (H, W) in [0, 1) of HSV, from uint8 RGB (matplotlib's rgb_to_hsv convention): the
   float32 nearest the exact hue (one rounding, of a quotient of integers) on a CPU, whose
   float32 division is IEEE's; XLA's on a GPU may be up to two units in the last place
-  off, and a TPU's is not promised to be IEEE's. ``hue_histogram`` bins in integers:
-  the same on every device."""
+  off, and a TPU's is not promised to be IEEE's. ``hue_histogram`` bins in integers,
+  the same on every device (its normalisation divides in float32)."""
   t, delta = _hue_sixths(image_HxWx3)
   return jnp.where(delta > 0, t.astype(jnp.float32) / jnp.maximum(6 * delta, 1).astype(
       jnp.float32), 0.0)

@@ -367,7 +367,8 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
       and every process gets the whole answer) or "auto" (pruned on one CPU
       device where it is predicted faster: see ``bounds.prefer_pruned``; brute
       force on a mesh and on GPUs and TPUs, where it is one large matrix
-      product per tile).
+      product per tile). "pruned" L2 is refused on a TPU (its float32 products
+      are not IEEE ones, which the bound's proof counts on).
       Every method returns the same neighbours and distances.
     return_stats: also return a dict: {"method": the method used} and, for
       "pruned", ``bounds.search``'s stats: the queries settled by each level of
@@ -394,15 +395,17 @@ def search(queries_QxD, database_NxD, k, *, metric: str = "l2", mesh: Mesh | Non
 
     Under jit, where values cannot be checked, a query that holds NaN or inf,
     and every query when the database does, gets NaN distances and indices -1
-    (``predict``: the prediction -1); so does a query whose distances overflow.
+    (``predict``: the prediction -1); so does a query whose distances overflow,
+    or whose integer L1 sums could reach 2**30 in int32.
 
   Raises:
     InputError naming the argument: not 2-D, different feature sizes, NaN or
     inf in a float input, an empty database, k out of range or not an integer,
     an unknown metric, layout or method, a laid database of the wrong size,
-    method "pruned" on inputs it does not serve, queries and database committed to
-    different devices without a mesh (with one, inputs committed elsewhere are moved
-    onto it).
+    method "pruned" on inputs it does not serve (or L2 on a TPU), queries and
+    database committed to different devices without a mesh (with one, inputs
+    committed elsewhere are moved onto it), a mesh (one device too) or method
+    "pruned" under jit.
   """
   return_stats = _checks.flag(return_stats, "return_stats")
   out = _search(queries_QxD, database_NxD, k, metric=metric, mesh=mesh, layout=layout,

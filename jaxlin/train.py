@@ -757,9 +757,10 @@ class Trainer:
         raise InputError(f"eval_sets[{name!r}] x holds NaN or inf values", argument="eval_sets")
       if not _on_mesh(ey, self.mesh):
         ranges[name] = _checks.value_range(_real_rows(ey, en))
-      if isinstance(ex, np.ndarray) and sharding.default_platform() != "cpu":
+      if (isinstance(ex, np.ndarray) and self.mesh is None
+          and sharding.default_platform() != "cpu"):
         # Evaluated at every record: sent to the accelerator once, not batch by batch each
-        # time (uncommitted: a mesh's programs still lay it out as they need).
+        # time. (With a mesh, fit lays host eval sets along it, as before.)
         ex, ey = jnp.asarray(ex), jnp.asarray(ey)
       out[name] = (ex, ey, en)
     return out, ranges

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import types
+import urllib.error
 
 import jax.numpy as jnp
 import numpy as np
@@ -216,6 +217,8 @@ def test_a_full_disk_while_saving_the_model_is_the_disks_error(tmp_path, monkeyp
   assert line == (f"No space left on device ({tmp_path}/wd/model.npz): free some space on that "
                   "disk, or choose a --workdir on another; nothing of this run was written, "
                   "and the workdir keeps its previous run")
+  assert common.file_error(e.value) and common.file_error(OSError(errno.EFBIG, "too large"))
+  assert not common.file_error(urllib.error.URLError("unreachable"))  # no file's: a traceback
   # A path outside the workdir (the dataset's, a cache's): no advice about the workdir.
   assert common.os_error_line(PermissionError(13, "Permission denied", "/data/x.png"),
                               str(tmp_path / "wd")) == (
