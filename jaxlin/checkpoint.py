@@ -252,9 +252,12 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   """The SavedModel of a file's arrays and header, or ModelFileError saying what is wrong."""
   bad = lambda why: ModelFileError(f"{path} is not a valid jaxlin model: {why}",
                                    argument="path", reason=why)
-  if header.get("format_version") != FORMAT_VERSION:
-    raise ModelFileError(f"{path} has model format {header.get('format_version')}; "
-                         f"this jaxlin reads format {FORMAT_VERSION}", argument="path")
+  version = header.get("format_version")
+  if isinstance(version, bool) or not isinstance(version, int):  # "1" and True were let by
+    raise bad(f"its header's format_version is {version!r}, not a format number")
+  if version != FORMAT_VERSION:
+    raise ModelFileError(f"{path} has model format {version}; this jaxlin reads format "
+                         f"{FORMAT_VERSION}", argument="path")
   kind, loss = header.get("kind"), header.get("loss")
   features = header.get("features", "pixels")
   for name, value, known in (("kind", kind, tuple(KINDS)), ("loss", loss, LOSSES),
@@ -288,6 +291,11 @@ def _validated(path: str, arrays: dict, header: dict) -> SavedModel:
   missing = [n for n in needed if n not in arrays]
   if missing:
     raise bad(f"missing {', '.join(missing)}")
+  extra = sorted(n for n in arrays if n.startswith("param/")
+                 and n[len("param/"):] not in {m for m, _ in KINDS[kind]})
+  if extra:  # (save refuses them: a model of this kind would not use them)
+    raise bad(f"{', '.join(extra)} is not a parameter of a {kind!r} model (its: "
+              f"{', '.join(f'param/{m}' for m, _ in KINDS[kind])})")
   params = {n: arrays[f"param/{n}"] for n, _ in KINDS[kind]}
   names = arrays["class_names"]
   if names.ndim != 1 or names.dtype.kind != "U":

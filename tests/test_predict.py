@@ -162,6 +162,16 @@ def _bad_files(tmp_path):
       "object": (_save(tmp_path / "c5.npz", extra=np.array([{"a": 1}], dtype=object)),
                  "object array"),
       "kind": (_save(tmp_path / "d.npz", header={"kind": "cnn"}), "unknown kind 'cnn'"),
+      # A parameter the kind does not have was dropped without a word (save refuses it); a
+      # format number given as "1" or True said "has model format 1; this jaxlin reads 1".
+      "extra_param": (_save(tmp_path / "d1.npz", param__W2=np.zeros((2, 2))),
+                      r"param/W2 is not a parameter of a 'linear' model \(its: param/W, param/b\)"),
+      "version_str": (_save(tmp_path / "d2.npz", header={"format_version": "1"}),
+                      "format_version is '1', not a format number"),
+      "version_bool": (_save(tmp_path / "d3.npz", header={"format_version": True}),
+                       "format_version is True, not a format number"),
+      "version_2": (_save(tmp_path / "d4.npz", header={"format_version": 2}),
+                    "has model format 2; this jaxlin reads format 1"),
       "loss": (_save(tmp_path / "e.npz", header={"loss": "hinge"}), "unknown loss 'hinge'"),
       "scale": (_save(tmp_path / "f.npz", header={"scale": 0.0}), "scale must be a finite"),
       "scale_bool": (_save(tmp_path / "f1.npz", header={"scale": True}),
