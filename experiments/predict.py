@@ -26,6 +26,7 @@ reports a process ended by SIGPIPE).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -81,18 +82,36 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
     raise ImageError(f"cannot decode this {mode} image, truncated or corrupt? ({e})") from None
 
 
+def check_channels(image_shape) -> None:
+  """ImageError unless the model takes RGB (3) or grayscale (1) images, the ones this
+  command reads (checked once per model, not per image)."""
+  if image_shape[2] not in (1, 3):
+    raise ImageError(f"the model takes images of {image_shape[2]} channels; this command "
+                     "reads RGB (3) or grayscale (1) images")
+
+
 def read_image(path: str, image_shape) -> np.ndarray:
   """RGB uint8 array of the model's (H, W, C), resized with bilinear filtering."""
   h, w, c = image_shape
-  if c not in (1, 3):
-    raise ImageError(f"the model takes images of {c} channels; this command reads RGB (3) or "
-                     "grayscale (1) images")
+  check_channels(image_shape)
   with open(path, "rb") as f:
     encoded = f.read()
-  with Image.open(io.BytesIO(encoded)) as img:  # the header: Pillow's decompression-bomb check
+  folder_format = encoded.startswith(data.FOLDER_FORMATS)
+  try:
+    with warnings.catch_warnings(record=True) as caught:  # Pillow's: named with the file
+      warnings.simplefilter("always", Image.DecompressionBombWarning)
+      img = Image.open(io.BytesIO(encoded))  # the header: Pillow's decompression-bomb check
+    for w_ in caught:
+      warnings.warn(f"{path}: {w_.message}", w_.category, stacklevel=2)
+  except UnidentifiedImageError:
+    if not folder_format or encoded.startswith(b"BM"):
+      raise
+    img = None  # Pillow refuses what TensorFlow reads (e.g. a PNG's comment chunk with a
+    # bad checksum): read as the image folder reads it
+  with img if img is not None else contextlib.nullcontext():
     # As the experiments read an image folder; other BMPs by Pillow (module docstring).
     odd_bmp = encoded.startswith(b"BM") and not _plain_bmp(encoded, img.mode)
-    if encoded.startswith(data.FOLDER_FORMATS) and not odd_bmp:
+    if folder_format and not odd_bmp:
       try:
         rgb = data.decode_image(encoded)
       except DataError as e:
@@ -119,7 +138,9 @@ def _plain_bmp(encoded: bytes, mode: str) -> bool:
 
 
 def classify(model: checkpoint.SavedModel, paths, top: int = 3):
-  """[(path, [(class, value), ...] or None, error or None)] in input order."""
+  """[(path, [(class, value), ...] or None, error or None)] in input order; ImageError
+  for a model whose images this command does not read (``check_channels``)."""
+  check_channels(model.image_shape)
   out, images, ok = [], [], []
   for p in paths:
     if _STOP.is_set():  # the command line's Ctrl-C: before more decoding (nothing counted yet)
@@ -161,8 +182,9 @@ def main(argv):
     cfg.usage_error("give one or more image files after the flags")
   try:
     model = checkpoint.load(c.model)
-  except checkpoint.ModelFileError as e:
-    cfg.usage_error(str(e))
+    check_channels(model.image_shape)
+  except (checkpoint.ModelFileError, ImageError) as e:
+    cfg.usage_error(f"{c.model}: {e}" if isinstance(e, ImageError) else str(e))
   what = "probability" if model.loss == "softmax" else "score"
   failed = done = 0
   for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `kill`: one line, exit code 130

@@ -1,4 +1,5 @@
 """Saved models are checked when loaded; images of any mode become 8-bit RGB or one error line."""
+import dataclasses
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from experiments import predict
 from jaxlin import checkpoint, data, linear, mlp
@@ -256,6 +257,40 @@ def test_images_of_every_mode_become_the_right_8_bit_rgb(tmp_path):
   bad = _write(tmp_path, "big.tiff", Image.fromarray(np.full((4, 4), 7.5, np.float32)))
   (_, top, error), = predict.classify(model, [bad])
   assert top is None and error.startswith(f"cannot read {bad}: a float image with values")
+
+
+def test_a_png_pillow_refuses_but_the_image_folder_reads_is_read_as_it_reads_it(tmp_path):
+  """A PNG whose comment chunk has a bad checksum: TensorFlow decodes it (a run trains and
+  tests on it), Pillow's header check refused it as "not an image file"."""
+  rgb = np.random.default_rng(5).integers(0, 256, (4, 4, 3)).astype(np.uint8)
+  info = PngImagePlugin.PngInfo()
+  info.add_text("Comment", "hello")
+  path = tmp_path / "c.png"
+  Image.fromarray(rgb).save(path, pnginfo=info)
+  raw = bytearray(path.read_bytes())
+  at = raw.find(b"tEXt")
+  raw[at + 4 + struct.unpack(">I", raw[at - 4:at])[0]] ^= 0xFF  # the chunk's CRC
+  path.write_bytes(bytes(raw))
+  np.testing.assert_array_equal(predict.read_image(str(path), SHAPE), rgb)
+  np.testing.assert_array_equal(predict.read_image(str(path), SHAPE),
+                                data.decode_image(bytes(raw)))
+  (tmp_path / "t.txt").write_text("not an image")
+  with pytest.raises(UnidentifiedImageError):  # still: one line, "not an image file"
+    predict.read_image(str(tmp_path / "t.txt"), SHAPE)
+
+
+def test_a_model_of_other_channels_is_one_error_and_a_large_image_names_its_file(
+    tmp_path, monkeypatch):
+  """A 4-channel model (load reads it) was blamed on every image, a missing one too; a
+  decompression-bomb warning named no file."""
+  model = checkpoint.load(_save(tmp_path / "m.npz"))
+  four = dataclasses.replace(model, image_shape=(4, 4, 4))
+  with pytest.raises(predict.ImageError, match="takes images of 4 channels"):
+    predict.classify(four, [str(tmp_path / "missing.png")])
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 16 pixels: a warning, not an error
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "big.png")
+  with pytest.warns(Image.DecompressionBombWarning, match=r"big\.png: Image size \(16"):
+    predict.read_image(str(tmp_path / "big.png"), SHAPE)
 
 
 def test_files_are_read_as_the_image_folder_decodes_them(tmp_path):
