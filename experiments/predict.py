@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import signal
 import sys
@@ -48,6 +49,9 @@ from jaxlin.errors import DataError
 class Config(cfg.BaseConfig):
   model: str | None = option(None, "path to a model.npz written by an experiment")
   top: int = option(3, "how many classes to print per image")
+  json: bool = option(False, "one JSON object per image and line, for scripts: {\"path\": ..., "
+                      "\"classes\": [[name, probability or score], ...]} (paths and class "
+                      "names may hold ': ' or ', ', which the plain lines do not escape)")
 
 
 class ImageError(ValueError):
@@ -198,6 +202,8 @@ def main(argv):
         if error:
           print(f"error: {error}", file=sys.stderr)
           failed += 1
+        elif c.json:
+          print(json.dumps({"path": path, "classes": [[n, v] for n, v in top]}), flush=True)
         else:
           print(f"{path}: " + ", ".join(f"{n} {what} {v:.3f}" if what == "score" else
                                         f"{n} {v:.1%}" for n, v in top), flush=True)

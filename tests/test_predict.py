@@ -216,6 +216,24 @@ def test_predict_command_line_on_a_text_file_named_npz(tmp_path, cli):
       f"error: {text} is not a jaxlin model file (not an .npz archive)"]
 
 
+def test_predict_json_lines_survive_any_path_or_class_name(tmp_path, cli):
+  """The plain lines "path: name 12.3%, ..." are ambiguous where a path holds ": " or a
+  class name ", "; --json gives one JSON object per image."""
+  model = _save(tmp_path / "m.npz", class_names=np.asarray(["a, b", "c: d", "e"]))
+  img = tmp_path / "x: y, z.png"
+  Image.fromarray(np.full(SHAPE, 90, np.uint8)).save(img)
+  proc = cli.run("experiments.predict", f"--model={model}", "--json", "--top=2", img, img)
+  assert proc.returncode == 0, proc.stderr
+  lines = [json.loads(line) for line in proc.stdout.splitlines()]
+  want = checkpoint.load(model).probabilities(np.full((1,) + SHAPE, 90, np.uint8))[0]
+  order = np.argsort(-want, kind="stable")[:2]
+  for line in lines:  # (values: as the batch's float32 product gives them)
+    assert line["path"] == str(img) and [n for n, _ in line["classes"]] == [
+        ["a, b", "c: d", "e"][j] for j in order]
+    assert [v for _, v in line["classes"]] == pytest.approx(want[order].tolist(), rel=1e-5)
+  assert len(lines) == 2
+
+
 def _write(tmp_path, name, img, **kw):
   path = str(tmp_path / name)
   img.save(path, **kw)
