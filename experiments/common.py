@@ -380,8 +380,7 @@ def os_error_line(e: OSError, workdir: str | None = None, committed: bool = Fals
   """One line for an error of the disk (full, a size limit, a folder removed meanwhile):
   what, where (the run's final path, not its staging folder's) and the fix, a workdir's
   where the file lies in ``workdir`` (or no file is named, or no workdir given). Before
-  the commit (not
-  ``committed``) the workdir keeps its previous run (the staged files go)."""
+  the commit (not ``committed``) the workdir keeps its previous run (the staged files go)."""
   where = re.sub(r"[/\\]\.staging-\d+(?=[/\\]|$)", "", str(e.filename)) if e.filename else ""
   wd = os.path.abspath(os.path.expanduser(workdir)) if workdir else None
   inside = not where or wd is None or os.path.commonpath([os.path.abspath(where), wd]) == wd

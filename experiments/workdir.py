@@ -178,12 +178,7 @@ def _previous_run(path: str) -> set[str]:
   """The names of the files the run in ``path`` wrote, among those there: its manifest's;
   for a run without one (a jaxlin config.json: written before manifests, or copied without
   its hidden manifest) the names its experiment writes; nothing where no jaxlin run is."""
-  present = set(_run_files(path))
-  manifest = _manifest(path)
-  if manifest is not None:
-    return present & set(manifest["files"])
-  kind = _workdir_kind(path)
-  return present & KIND_NAMES[kind] if kind else set()
+  return set(_run_files(path)) & _run_in(path)
 
 
 def _run_in(folder: str) -> set[str]:
