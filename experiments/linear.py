@@ -424,7 +424,7 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
                      + (" (chosen)" if g == best else "")
                      + (f" (diverged at step {int(fit.diverged_at[g])})" if diverged(g) else "")
                      + (f" (off the scale: up to {top(g):.3g})" if off_scale(g) else ""))
-  shown = range(len(grid)) if len(grid) <= 9 else [best]
+  shown = range(len(grid)) if len(grid) <= 9 else [best]  # more would not read
   smooth = max(1, len(steps_axis) // 50)
   on = "" if c.features == "pixels" else f" on {c.features} features"
   r.plot("loss.png", "curves", {  # a diverged setting: its finite steps, before it diverged
@@ -433,7 +433,9 @@ def _figures(r, c: Config, ds, grid, fit, best, params, val_acc, cm) -> None:
          ylabel="training objective", logy=True, smooth=smooth, highlight=label(best),
          outliers=[label(g) for g in shown if diverged(g) or off_scale(g)],
          title=f"{c.model} {c.loss} loss{on}, {c.optimizer}"
-         + (f" (moving average over {smooth} steps)" if smooth > 1 else ""))
+         + (f" (moving average over {smooth} steps)" if smooth > 1 else "")
+         + ("" if len(shown) == len(grid) else f"\nthe chosen one of {len(grid)} settings (all: "
+            "metrics.jsonl, TensorBoard)"))
   rates = ["line search"] if c.optimizer == "lbfgs" else list(c.learning_rate)
   r.plot("grid.png", "grid", val_acc.reshape(len(rates), len(c.reg)),
          rates, list(c.reg), a_label="learning rate", b_label="reg",

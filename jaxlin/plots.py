@@ -34,9 +34,17 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
   dpi: default matplotlib's ``savefig.dpi`` where your matplotlibrc (or rcParams) sets a
   number, else 110.
 
-  The figure stays open and usable (e.g. shown again in a notebook).
+  The figure stays open and usable (e.g. shown again in a notebook). ``~`` in the path is
+  the user's home.
   """
-  path = os.fspath(path)
+  try:
+    path = os.path.expanduser(os.fsdecode(path))
+  except TypeError:
+    raise InputError(f"path must be a file path (str or os.PathLike), got "
+                     f"{type(path).__name__}", argument="path") from None
+  if not path:
+    raise InputError("path is empty: name the file to write, e.g. 'figure.png'",
+                     argument="path")
   ext = os.path.splitext(path)[1][1:].lower() or "png"
   supported = fig.canvas.get_supported_filetypes()
   if ext not in supported:
@@ -45,6 +53,10 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
   if dpi is None:
     rc = matplotlib.rcParams["savefig.dpi"]
     dpi = 110 if rc == "figure" else rc
+  if (isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.integer, np.floating))
+      or not 1 <= dpi <= _MAX_DPI):
+    raise InputError(f"dpi must be a number in [1, {_MAX_DPI}] (dots per inch; 100-300 are "
+                     f"usual), got {dpi!r}", argument="dpi")
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)
@@ -55,6 +67,9 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
                   path) from None
   return files.atomic_write(
       path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))
+
+
+_MAX_DPI = 2400  # a 7 x 4.5 inch figure at 2400 dpi: 180 million pixels
 
 
 def _array(x, name: str, shape: str, ndims, *, kind: str = "numbers", sizes=None):
@@ -159,28 +174,37 @@ def _finite(x: np.ndarray, name: str, why: str = "there is no colour for them") 
 
 
 def _pixels(arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-  """Images (the arrays, by argument name) -> values in [0, 1] for display, one rule for all:
-  integers in [0, 255] (uint8 pixels) / 255, floats in [0, 1] as they are; anything else
-  (e.g. centred rows reshaped) min-max scaled over all the images together, so that they
-  keep their brightness relative to each other. NaN or inf: InputError."""
+  """Images (the arrays, by argument name) -> values in [0, 1] for display: integers in
+  [0, 255] (uint8 pixels) / 255, floats in [0, 1] as they are, each argument by its rule
+  (uint8 queries beside float neighbours both show as pixels); where any argument fits
+  neither (e.g. centred rows reshaped), all are min-max scaled together, so that they keep
+  their brightness relative to each other. NaN or inf: InputError."""
   for name, a in arrays.items():
     _finite(a, name)
   arrays = {name: a.astype(np.uint8) * 255 if a.dtype == bool else a  # masks: black, white
             for name, a in arrays.items()}
   values = [np.asarray(a, np.float64) for a in arrays.values()]
+  def divisor(a, v):  # of pixels, or None
+    lo, hi = (v.min(), v.max()) if v.size else (0.0, 0.0)
+    if np.issubdtype(a.dtype, np.integer):
+      return 255.0 if 0 <= lo and hi <= 255 else None
+    return 1.0 if 0 <= lo and hi <= 1 else None
+  divisors = [divisor(a, v) for a, v in zip(arrays.values(), values)]
+  if all(d is not None for d in divisors):
+    return [v / d for d, v in zip(divisors, values)]
   lo = min((v.min() for v in values if v.size), default=0.0)
   hi = max((v.max() for v in values if v.size), default=0.0)
-  integers = all(np.issubdtype(a.dtype, np.integer) for a in arrays.values())
-  if integers and 0 <= lo and hi <= 255:
-    return [v / 255.0 for v in values]
-  if not integers and 0 <= lo and hi <= 1:
-    return values
   return [_min_max(v, lo, hi) for v in values]
 
 
 def _min_max(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-  """``x`` with [lo, hi] taken to [0, 1] (all 0 where lo == hi)."""
-  return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+  """``x`` with [lo, hi] taken to [0, 1] (all 0 where lo == hi); scaled by the largest
+  magnitude first, so that hi - lo cannot overflow (values near 1e308)."""
+  if not hi > lo:
+    return np.zeros_like(x)
+  scale = max(abs(lo), abs(hi))
+  x, lo, hi = x / scale, lo / scale, hi / scale
+  return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _template(x: np.ndarray) -> np.ndarray:
@@ -205,6 +229,9 @@ def cross_validation(ks: Sequence[int], accuracies: Mapping[str, np.ndarray], *,
   if len(ks) and (not np.all(np.isfinite(ks)) or ks.min() < 1):
     raise InputError(f"ks must be numbers >= 1 (the k of k-nearest neighbours), got "
                      f"{ks.tolist()}", argument="ks")
+  if len(np.unique(ks)) < len(ks):
+    raise InputError(f"ks holds a k twice ({ks.tolist()}): one column of accuracies per k",
+                     argument="ks")
   # One k: cross_validate_knn's (num_folds,) accuracies of an int k are one column.
   accuracies = {name: _array(np.reshape(acc, (-1, 1)) if len(ks) == 1 and np.ndim(acc) == 1
                              else acc, f"accuracies[{name!r}]", f"(num_folds, {len(ks)})",
@@ -255,13 +282,24 @@ def _chosen_point(chosen, ks: np.ndarray, accuracies: Mapping[str, np.ndarray]):
     metric, k = chosen
   except (TypeError, ValueError):
     metric = k = None
-  number = isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
-  at = np.flatnonzero(ks == k) if number else []
+  at = np.flatnonzero(ks == k) if _is_number(k) else []
   if not isinstance(metric, str) or metric not in accuracies or not len(at):
     raise InputError(f"chosen must be a (metric, k) pair of those drawn (metrics "
                      f"{', '.join(accuracies)}; k {', '.join(_tick(v) for v in ks)}), "
                      f"got {chosen!r}", argument="chosen")
   return metric, int(at[0])
+
+
+def _is_number(v, integer: bool = False) -> bool:
+  """Whether ``v`` is one real number (Python, numpy or a 0-d jax array; not a bool)."""
+  if isinstance(v, (bool, np.bool_)) or np.ndim(v) != 0:
+    return False
+  try:
+    dtype = np.asarray(v).dtype
+  except (TypeError, ValueError):
+    return False
+  return bool(np.issubdtype(dtype, np.integer if integer else np.number)
+              and not np.issubdtype(dtype, np.complexfloating))
 
 
 def _spaced_labels(ax, values: np.ndarray) -> list[str]:
@@ -361,6 +399,8 @@ def confusion(confusion_CxC, class_names: Sequence[str], title: str = "", *,
     raise InputError(f"confusion_CxC holds negative counts (down to {cm.min():g})",
                      argument="confusion_CxC")
   wide = cm.astype(np.float64)  # sums: float16 rows of 40,000 + 30,000 overflowed to inf
+  if wide.max() > 0:  # and float64 ones near 1e308: fractions and accuracy are scale-free
+    wide = wide / wide.max()
   totals = wide.sum(1, keepdims=True)
   norm = np.divide(wide, totals, out=np.zeros(cm.shape), where=totals > 0)
   side = min(0.6 * c, 18.0)
@@ -390,6 +430,8 @@ def templates(w_DxC, image_shape: Sequence[int], class_names: Sequence[str],
   w = _array(w_DxC, "w_DxC", "(D, C)", (2,))
   _finite(w, "w_DxC")
   c = w.shape[1]
+  if not c:
+    raise InputError("w_DxC has no columns: there is no template to draw", argument="w_DxC")
   dims = np.atleast_1d(np.asarray(image_shape, dtype=object)).ravel()
   if not all(isinstance(n, (int, np.integer)) or (np.ndim(n) == 0 and hasattr(n, "dtype") and
                                                   np.issubdtype(n.dtype, np.integer))
@@ -419,11 +461,17 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
            legend: str = "right", ax=None) -> matplotlib.figure.Figure:
   """Line plot of named (x, y) series (loss, accuracy, ...).
 
+  Each series is drawn in increasing x; NaN and infinite values are gaps.
   smooth > 1 draws the moving average over that many points (noisy minibatch
-  losses); ``highlight`` names a series drawn bold and on top, the others thin.
-  logy: a log y axis, "(log scale)" in its label, numbers as %g (0.7, 2, 1e+06).
+  losses; a series with fewer points is drawn as it is, and its legend says so);
+  ``highlight`` names a series drawn bold and on top, the others thin.
+  logy: a log y axis, "(log scale)" in its label, numbers as %g (0.7, 2, 1e+06). Where a
+  series that sets the range holds zeros or negative values (a hinge loss that reaches
+  0), the axis is symmetric-log instead: logarithmic above the smallest positive value,
+  linear below it, and its label says so.
   outliers: names of series (diverged runs) that do not set the y range: drawn dashed,
-  cut off at the range of the others.
+  cut off at the range of the others; the legend says "(off the scale)" of one with no
+  point inside it.
   legend: "right" (outside the axes, covering no curve), "best" (inside) or "none".
   """
   smooth = _checks.int_at_least(smooth, "smooth", 1)
@@ -441,7 +489,7 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   if highlight is not None and highlight not in series:
     raise InputError(f"highlight must name a series, got {highlight!r} (series: "
                      f"{', '.join(map(repr, series))})", argument="highlight")
-  data = {}
+  data, labels = {}, {}  # labels: the legend's, by series name
   for name, pair in series.items():
     if not isinstance(pair, (str, bytes)) and isinstance(pair, Iterable) and not hasattr(
         pair, "__len__"):
@@ -455,44 +503,64 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     xs = _array(xs, f"series[{name!r}] x", "(n,)", (1,), kind="floats")
     ys = _array(ys, f"series[{name!r}] y", f"({len(xs)},), as its x", (1,), kind="floats",
                 sizes={0: len(xs)})
+    order = np.argsort(xs, kind="stable")  # a line along x, whatever order the points came in
+    xs, ys = xs[order], ys[order]
+    labels[name] = name
     if smooth > 1 and len(ys) >= smooth:
       ys = np.convolve(ys, np.ones(smooth) / smooth, mode="valid")
       xs = xs[smooth - 1:]
+    elif smooth > 1:
+      labels[name] += f" (not smoothed: {len(ys)} points)"
     data[name] = xs, ys
+  if not data:
+    raise InputError("series is empty: there is nothing to draw", argument="series")
   fig, ax = _figure_and_ax(ax, (7, 4))
-  if logy:
+  finite = [ys[np.isfinite(ys)] for name, (_, ys) in data.items() if name not in outliers]
+  linear_below = None  # symlog's linear range, where a series that sets the range has y <= 0
+  if logy and any(np.any(ys <= 0) for ys in finite):
+    positive = np.concatenate([ys[ys > 0] for ys in finite])
+    linear_below = float(positive.min()) if positive.size else 1.0
+    ax.set_yscale("symlog", linthresh=linear_below)
+  elif logy:
     ax.set_yscale("log")
   lines = {}
   def draw(name):
     xs, ys = data[name]
     bold = highlight is None or name == highlight
-    lines[name], = ax.plot(xs, ys, label=name, marker="." if len(xs) < 60 else None,
+    lines[name], = ax.plot(xs, ys, label=labels[name], marker="." if len(xs) < 60 else None,
                            linewidth=2.0 if bold else 0.8, alpha=1.0 if bold else 0.6,
                            zorder=3 if name == highlight else 2,
                            linestyle="--" if name in outliers else "-")
   for name in data:
     if name not in outliers:
       draw(name)
-  shown = [ys[np.isfinite(ys) & ((ys > 0) if logy else True)]
-           for name, (_, ys) in data.items() if name not in outliers]
+  shown = [ys[(ys > 0) if logy and linear_below is None else True] for ys in finite]
   limits = ax.get_ylim() if any(len(ys) for ys in shown) else None  # the others' range
   for name in outliers:
     draw(name)
   if outliers and limits is not None:
     ax.set_ylim(limits)
+    lo, hi = min(limits), max(limits)
+    for name in outliers:
+      ys = data[name][1]
+      if not np.any(np.isfinite(ys) & (ys >= lo) & (ys <= hi)) and "off the scale" not in name:
+        labels[name] += " (off the scale)"
   if data and all(np.all(xs == np.round(xs)) for xs, _ in data.values()):
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps, epochs
   ax.set_xlabel(xlabel)
-  ax.set_ylabel(f"{ylabel} (log scale)".strip() if logy else ylabel)
+  if linear_below is not None:
+    ax.set_ylabel(f"{ylabel} (log scale above {linear_below:.3g}, linear below)".strip())
+  else:
+    ax.set_ylabel(f"{ylabel} (log scale)".strip() if logy else ylabel)
   ax.set_title(title)
-  if logy:
+  if logy and linear_below is None:
     _log_ticks(ax.yaxis, *ax.get_ylim())
   ax.grid(alpha=0.3)
-  if legend == "right" and data:
-    ax.legend([lines[n] for n in data], list(data), loc="upper left",
+  if legend == "right":
+    ax.legend([lines[n] for n in data], [labels[n] for n in data], loc="upper left",
               bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
-  elif legend == "best" and data:
-    ax.legend([lines[n] for n in data], list(data))
+  elif legend == "best":
+    ax.legend([lines[n] for n in data], [labels[n] for n in data])
   return fig
 
 
@@ -514,6 +582,14 @@ def _tick(value) -> str:
   if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
     return f"{value:g}"
   return str(value)
+
+
+def _cell_text(v: float) -> str:
+  """A grid cell's number: 3 decimals (0.412) from 0.001 to 10,000, else 3 significant
+  digits in scientific form (1.23e+10, 4.5e-05), never a 300-digit string or a "0.000"."""
+  if v == 0 or not np.isfinite(v) or 1e-3 <= abs(v) < 1e4:
+    return f"{v:.3f}" if np.isfinite(v) else f"{v}"
+  return f"{v:.3g}"
 
 
 def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_label: str,
@@ -538,10 +614,11 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
                  np.float64)
   if not isinstance(nan_text, str):
     raise InputError(f"nan_text must be a string, got {nan_text!r}", argument="nan_text")
+  if not v.size:
+    raise InputError("values_AxB is empty: there is nothing to draw", argument="values_AxB")
   if chosen is not None:
     try:
-      i, j = (int(n) if isinstance(n, (int, np.integer)) and not isinstance(n, bool) else None
-              for n in chosen)
+      i, j = (int(n) if _is_number(n, integer=True) else None for n in chosen)
     except (TypeError, ValueError):
       i = j = None
     if i is None or j is None or not (0 <= i < v.shape[0] and 0 <= j < v.shape[1]):
@@ -553,10 +630,11 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
   im.autoscale_None()
   for i in range(v.shape[0]):
     for j in range(v.shape[1]):
-      text = nan_text if np.isnan(v[i, j]) else f"{v[i, j]:.3f}"
+      text = nan_text if np.isnan(v[i, j]) else _cell_text(v[i, j])
       if (i, j) == chosen:
         text += "\nchosen"
-      r, g, b, _ = im.cmap.get_bad() if np.isnan(v[i, j]) else im.cmap(im.norm(v[i, j]))
+      r, g, b, _ = (im.cmap.get_bad() if not np.isfinite(v[i, j])  # NaN and inf: grey
+                    else im.cmap(im.norm(v[i, j])))
       ax.text(j, i, text, ha="center", va="center", fontsize=7,
               color="black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white")
   if chosen is not None:

@@ -241,7 +241,7 @@ def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
   assert [line.get_zorder() for line in ax.lines] == [2, 3, 2]  # the highlighted on top
   assert ax.lines[2].get_linestyle() == "--"
   legend = ax.get_legend()
-  assert [t.get_text() for t in legend.get_texts()] == ["ok", "best", "diverged"]
+  assert [t.get_text() for t in legend.get_texts()] == ["ok", "best", "diverged (off the scale)"]
   fig.savefig(io.BytesIO(), format="png")
   assert legend.get_window_extent().x0 > ax.get_window_extent().x1  # right of the curves
 
@@ -397,3 +397,93 @@ def test_cross_validation_draws_ks_in_order_and_save_names_a_blocked_folder(tmp_
   (tmp_path / "afile").write_text("")
   with pytest.raises(FileExistsError, match="a file of that name is in the way"):
     plots.save(ax.figure, str(tmp_path / "afile" / "fig.png"))
+
+
+def test_log_curves_keep_a_loss_that_reaches_zero():
+  # A hinge loss that reached exactly 0 dropped off a log axis and vanished for good.
+  ax = plots.curves({"svm": ([1, 2, 3, 4], [1.0, 0.1, 0.0, 0.0])}, ylabel="loss",
+                    logy=True).axes[0]
+  assert ax.get_yscale() == "symlog"
+  assert ax.get_ylabel() == "loss (log scale above 0.1, linear below)"
+  assert ax.get_ylim()[0] <= 0.0 and list(ax.lines[0].get_ydata()) == [1.0, 0.1, 0.0, 0.0]
+  positive = plots.curves({"a": ([1, 2], [1.0, 0.1])}, logy=True).axes[0]
+  assert positive.get_yscale() == "log"  # unchanged where every value is positive
+
+
+def test_curves_draw_along_x_and_say_what_they_could_not_draw():
+  ax = plots.curves({"a": ([3, 1, 2], [30.0, 10.0, 20.0])}).axes[0]
+  assert list(ax.lines[0].get_xdata()) == [1, 2, 3]  # was a zigzag
+  assert list(ax.lines[0].get_ydata()) == [10, 20, 30]
+  ax = plots.curves({"ok": ([1, 2, 3], [1.0, 2.0, 3.0]), "in": ([1, 2], [2.5, 1e9]),
+                     "far": ([1, 2], [1e8, 1e9])}, outliers=["in", "far"]).axes[0]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      "ok", "in", "far (off the scale)"]  # "far" has no point inside the others' range
+  ax = plots.curves({"long": (np.arange(10), np.arange(10.0)), "short": ([1, 2], [1.0, 2.0])},
+                    smooth=5).axes[0]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      "long", "short (not smoothed: 2 points)"]
+
+
+def test_grid_cells_read_at_any_magnitude():
+  ax = plots.grid(np.array([[1e10, 4e-5], [0.0, np.inf], [0.41234, np.nan]]), [1, 2, 3], [1, 2],
+                  a_label="a", b_label="b", nan_text="diverged").axes[0]
+  assert [t.get_text() for t in ax.texts] == ["1e+10", "4e-05", "0.000", "inf", "0.412",
+                                              "diverged"]
+  assert ax.texts[3].get_color() == "black"  # on the grey of a value with no colour
+
+
+def test_huge_values_keep_their_picture_and_accuracy():
+  w = np.array([[1.5e308, -1.5e308], [-1.5e308, 0.0], [0.0, 1.5e308], [1e308, 1e308]])
+  cells = plots.templates(w, (2, 2), ["a", "b"]).axes[0].images[0].get_array()
+  assert np.all(np.isfinite(cells))
+  ax = plots.confusion(np.array([[1e308, 1e308], [1.0, 1.0]]), NAMES[:2]).axes[0]
+  assert ax.get_title() == "accuracy 50.0%"
+
+
+def test_neighbors_show_mixed_pixel_dtypes_as_pixels():
+  # uint8 queries beside float neighbours in [0, 1] were min-max scaled together: the
+  # neighbours came out black.
+  mosaic = _neighbors_mosaic(np.full((1, 2, 2, 3), 128, np.uint8), np.full((1, 1, 2, 2, 3), 0.25))
+  assert np.isclose(mosaic, 128 / 255).all(-1).sum() == 4
+  assert np.isclose(mosaic, 0.25).all(-1).sum() == 4
+
+
+def test_save_expands_home_and_checks_dpi_before_making_folders(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  fig = CALLS["confusion"](None)
+  assert plots.save(fig, "~/fig.png") == str(tmp_path / "home" / "fig.png")
+  assert (tmp_path / "home" / "fig.png").exists() and not (tmp_path / "~").exists()
+  plots.save(fig, os.fsencode(tmp_path / "bytes.png"))
+  assert (tmp_path / "bytes.png").exists()
+  for dpi in (0, -5, float("nan"), "high", 1e5, True):
+    with pytest.raises(InputError, match=r"dpi must be a number in \[1, 2400\]") as e:
+      plots.save(fig, str(tmp_path / "a" / "b" / "fig.png"), dpi=dpi)
+    assert e.value.argument == "dpi"
+  assert not (tmp_path / "a").exists()  # no empty folders left
+  with pytest.raises(InputError, match="path is empty") as e:
+    plots.save(fig, "")
+  assert e.value.argument == "path"
+
+
+@pytest.mark.parametrize("call, argument, message", [
+    (lambda: plots.cross_validation([1, 1, 3], {"l1": [[0.1, 0.9, 0.5]]}), "ks",
+     r"ks holds a k twice \(\[1, 1, 3\]\)"),
+    (lambda: plots.templates(np.zeros((12, 0)), (2, 2, 3), []), "w_DxC", "no columns"),
+    (lambda: plots.curves({}), "series", "series is empty"),
+    (lambda: plots.grid(np.zeros((0, 0)), [], [], a_label="a", b_label="b"), "values_AxB",
+     "values_AxB is empty"),
+])
+def test_nothing_to_draw_and_duplicate_ks_name_their_argument(call, argument, message):
+  with pytest.raises(InputError, match=message) as e:
+    call()
+  assert e.value.argument == argument
+
+
+def test_chosen_takes_jax_scalars():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  ax = plots.cross_validation([1, 3], {"l1": [[0.1, 0.2]]}, chosen=("l1", jnp.array(3))).axes[0]
+  assert "chosen: l1, k=3" in [t.get_text() for t in ax.get_legend().get_texts()][-1]
+  ax = plots.grid(np.ones((2, 2)), [1, 2], [1, 2], a_label="a", b_label="b",
+                  chosen=(jnp.int32(1), 1)).axes[0]
+  assert ax.texts[3].get_text() == "1.000\nchosen"
