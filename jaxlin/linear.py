@@ -78,7 +78,10 @@ def bias(params, name: str, w, w_name: str, x):
     got = np.shape(params[name])
   except (KeyError, TypeError, IndexError):
     got = None  # param() names it
-  width = np.shape(x)[-1] if np.ndim(x) >= 1 else None
+  try:
+    width = np.shape(x)[-1] if np.ndim(x) >= 1 else None
+  except ValueError:  # a ragged list: checked_rows names it
+    width = None
   if got == (w.shape[0],) and width == w.shape[1] != w.shape[0]:
     raise InputError(f"params[{w_name!r}] has shape {w.shape} and params[{name!r}] {got}: "
                      f"{w_name} is (inputs, outputs), so with this bias it must be "

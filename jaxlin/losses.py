@@ -12,6 +12,7 @@ your own jit they arrive rounded: shift them before.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Union
 
 import jax
@@ -138,9 +139,18 @@ def _softmax_cross_entropy(scores_NxC, labels_N):
   # confident prediction keeps its small loss (scores (20, 0, 0): 4.1e-9, not 0).
   others = jnp.where(jax.nn.one_hot(safe, c, dtype=jnp.bool_), -jnp.inf, scores_NxC - correct)
   m = jax.lax.stop_gradient(jnp.maximum(jnp.max(others, axis=1, initial=-jnp.inf), 0))
+  # Finite scores whose differences overflow (3e38 and -3e38): loss +inf, and the gradient
+  # softmax(s) - onehot(y) from logsumexp(s) - s_y, which does not overflow below. Their
+  # rows leave the shifted form with zeros, whose gradient would otherwise be NaN.
+  over = (m == jnp.inf) & jnp.all(jnp.isfinite(scores_NxC), axis=1)
+  others = jnp.where(over[:, None], 0.0, others)
+  m = jnp.where(over, 0.0, m)
   rest = jnp.sum(jnp.exp(others - m[:, None]), axis=1)
   loss = jnp.where(m > 0, m + jnp.log(jnp.exp(-m) + rest), jnp.log1p(rest))
   loss = jnp.where(m == jnp.inf, jnp.inf, loss)  # another score +inf, the correct one finite
+  spread = jnp.where(over[:, None], scores_NxC, 0.0)
+  loss = jnp.where(over, jax.nn.logsumexp(spread, axis=1) - jnp.where(over, correct[:, 0], 0.0),
+                   loss)
   # A correct score of -inf: probability 0, loss +inf; of +inf: probability 1, loss 0 if
   # no other score is +inf (else undefined, NaN). The shift would give inf - inf.
   correct = correct[:, 0]
@@ -202,8 +212,17 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return [v for _, v in flat if jnp.ndim(v) >= 2]
   if callable(mask):
+    try:
+      inspect.signature(mask).bind("w", None)
+    except TypeError:
+      raise InputError("mask must be a predicate (path, leaf) -> bool, with path a string "
+                       "such as 'layers/0/w'; an optax-style mask (params -> pytree of "
+                       "bools) can be given as its result, mask=mask_fn(params)",
+                       argument="mask") from None
+    except ValueError:  # no signature to read (a builtin): it is called as it is
+      pass
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return [v for path, v in flat if mask(_path_name(path), v)]
+    return [v for path, v in flat if _mask_bit(mask(_path_name(path), v), "mask's result")]
   if jax.tree.structure(mask) != jax.tree.structure(params):
     raise InputError(f"mask must be a predicate or a pytree of bools with the structure of "
                      f"params {jax.tree.structure(params)}, got {jax.tree.structure(mask)}",
@@ -211,15 +230,18 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   return [v for m, v in zip(jax.tree.leaves(mask), jax.tree.leaves(params)) if _mask_bit(m)]
 
 
-def _mask_bit(m) -> bool:
-  """A leaf of a pytree mask as a Python bool, or InputError: it chooses leaves, so it must
-  be a concrete True or False (a mask computed under jit cannot choose)."""
+def _mask_bit(m, what: str = "mask's leaves") -> bool:
+  """A leaf of a pytree mask (or a predicate's result) as a Python bool, or InputError: it
+  chooses leaves, so it must be a concrete True or False (a mask computed under jit, or
+  from a leaf's traced values, cannot choose)."""
   if _checks.is_traced(m):
-    raise InputError("mask's leaves must be concrete bools: it chooses which leaves to "
-                     "penalise, so build it outside jax.jit, or pass a predicate "
-                     "(path, leaf) -> bool", argument="mask")
+    raise InputError(f"{what} must be concrete bools: it chooses which leaves to penalise, "
+                     "so build it outside jax.jit, or decide by the path and the leaf's "
+                     "shape or dtype, not its values", argument="mask")
+  if isinstance(m, bool):
+    return m
   if np.ndim(m) != 0 or np.asarray(m).dtype != np.bool_:
-    raise InputError(f"mask's leaves must be True or False, got {m!r}", argument="mask")
+    raise InputError(f"{what} must be True or False, got {m!r}", argument="mask")
   return bool(m)
 
 

@@ -168,6 +168,11 @@ def _masked_line_search(opt_state) -> bool:
              for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_masked))
 
 
+def _has_lookahead(opt_state) -> bool:
+  is_state = lambda node: isinstance(node, optax.LookaheadState)
+  return any(is_state(node) for node in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state))
+
+
 def _has_line_search(opt_state, name: str = "tx") -> bool:
   return _line_search_state(opt_state, name) is not None
 
@@ -189,9 +194,11 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     apply_fn: (params, x_BxD) -> scores_BxC for any params pytree.
     tx: any optax.GradientTransformation. One that takes extra arguments
       (``optax.GradientTransformationExtraArgs``: chains, reduce_on_plateau,
-      polyak_sgd, lbfgs) gets those of ``value`` (the objective at params),
-      ``grad`` and ``value_fn`` that its update accepts; give line searches
-      (optax.lbfgs) the same batch every step. For optax.lookahead, params are
+      polyak_sgd, lbfgs; or an update with ``**kwargs``: optax.MultiSteps) gets
+      those of ``value`` (the objective at params), ``grad`` and ``value_fn`` that
+      its update accepts (``value_fn`` as ``obj_fn`` too where it asks for that:
+      optax.contrib.sophia); give line searches (optax.lbfgs) the same batch every
+      step. For optax.lookahead, params are
       ``optax.LookaheadParams``: apply_fn gets them whole, the gradient (and the
       penalty) is of ``params.fast``.
     reg: regularisation strength (a number or a traced scalar).
@@ -235,6 +242,10 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
     _check_float_params(params)  # at trace time, as the next check
     if check_penalised:  # reg > 0 must penalise something
       _check_penalised(params)
+    if not isinstance(params, optax.LookaheadParams) and _has_lookahead(opt_state):
+      raise InputError("tx holds optax.lookahead, which keeps fast and slow weights: params "
+                       "must be optax.LookaheadParams.init_synced(params), and tx.init gets "
+                       "those too (a Trainer's model.init returns them)", argument="params")
 
     def f(p):
       return objective(p, x, y, reg, apply_fn=apply_fn, loss_fn=loss_fn, penalty=penalty_fn)
@@ -313,17 +324,19 @@ def _callable(f, name: str, signature: str) -> None:
 
 
 def _update(tx, updates, opt_state, params, **extra):
-  """``tx.update``, with the extra arguments (value, grad, value_fn) it takes: all of them
-  for an update with ``**kwargs`` (optax's chains pass them on), else those it names; none
-  for a plain GradientTransformation, or when a transformation inside refuses them (e.g.
+  """``tx.update``, with the extra arguments (value, grad, value_fn, and value_fn as
+  ``obj_fn`` for optax.contrib.sophia) it takes: all of them for an update with ``**kwargs``
+  (optax's chains and optax.MultiSteps pass them on), else those it names; none for a plain
+  GradientTransformation, or when a transformation inside refuses them (e.g.
   optax.contrib.sam), as optax's own loops would call it."""
-  if not isinstance(tx, optax.GradientTransformationExtraArgs):
-    return tx.update(updates, opt_state, params)
   try:
     sig = inspect.signature(tx.update).parameters
   except (TypeError, ValueError):
     sig = {}
-  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+  takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+  if not isinstance(tx, optax.GradientTransformationExtraArgs) and not takes_all:
+    return tx.update(updates, opt_state, params)
+  if not takes_all:
     extra = {k: v for k, v in extra.items() if k in sig}
   try:
     return tx.update(updates, opt_state, params, **extra)
@@ -331,6 +344,10 @@ def _update(tx, updates, opt_state, params, **extra):
     if "unexpected keyword argument" not in str(e):
       raise
     return tx.update(updates, opt_state, params)
+  except ValueError as e:  # optax.contrib.sophia names the objective obj_fn (a line search
+    if "obj_fn" not in str(e) or "value_fn" not in extra:  # refuses that name: only here)
+      raise
+    return tx.update(updates, opt_state, params, **extra, obj_fn=extra["value_fn"])
 
 
 def _check_float_params(params):
@@ -415,7 +432,9 @@ class Trainer:
   ``mesh``: a 1-D jax.sharding.Mesh (any axis name) for data-parallel training
   (each minibatch split along the batch axis, parameters replicated).
   ``full_batch``: every step sees all the data; default True for optimizers
-  with a line search (optax.lbfgs).
+  with a line search (optax.lbfgs), which refuse False (their search would reuse the
+  last minibatch's objective and gradient).
+  ``model.apply`` returns (N, C) class scores (a binary model too: two columns).
   """
 
   def __init__(self, model: Model, loss_fn: Callable, *, optimizer: Optimizer,
@@ -717,6 +736,11 @@ class Trainer:
       if e.argument not in ("x", "x_NxD"):
         raise
       raise InputError(str(e), argument="x") from None
+    if len(scores.shape) != 2 or scores.shape[0] != x.shape[0]:
+      raise InputError(f"model.apply must return class scores (N, C) for x of N rows, got "
+                       f"shape {scores.shape} for x of shape {x.shape} (a binary model: "
+                       "two columns of scores, e.g. jnp.stack([-s, s], axis=1))",
+                       argument="model")
     c = scores.shape[-1]
     _check_label_range(_checks.value_range(_real_rows(y, n)), c, "labels", "y")
     if self.penalty is None and np.any(np.asarray(regs, np.float64) > 0):
@@ -853,8 +877,14 @@ class Trainer:
                          "step", argument="model")
     evaluated = _evaluation(state)
     full_batch = self._full_batch
+    line_search = _has_line_search(state.opt_state, "optimizer")
     if full_batch is None:
-      full_batch = _has_line_search(state.opt_state, "optimizer")
+      full_batch = line_search
+    elif line_search and not full_batch:
+      raise InputError("full_batch=False with a line search (e.g. optax.lbfgs): it reuses the "
+                       "objective and gradient of the last step's batch, so on minibatches "
+                       "it would search along stale values; use full_batch=True (or None), "
+                       "or an optimizer without a line search", argument="full_batch")
     if full_batch and batch_size is not None:
       raise InputError(f"batch_size={batch_size} has no effect: this optimizer trains on every "
                        "row at each step (full batch: a line search such as optax.lbfgs's, or "

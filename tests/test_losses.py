@@ -398,3 +398,28 @@ def test_float64_labels_that_float32_would_round_are_refused():
   with pytest.raises(InputError, match="would round"):  # 0.1 and 0.1 + 1e-12: one float32
     metrics.accuracy(np.array([0.1, 2.0]), np.array([0.1 + 1e-12, 2.0]))
   assert float(metrics.accuracy(np.array([0.5, 2.0]), np.array([0.5, 1.0]))) == 0.5
+
+
+def test_softmax_gradient_where_score_differences_overflow_is_softmax_minus_onehot():
+  # 3e38 - (-3e38) overflows float32: the loss is +inf as before, and the gradient was NaN.
+  s = jnp.array([[3e38, -3e38, 0.0], [1.0, 2.0, 3.0]])
+  y = jnp.array([1, 0])
+  loss = losses.softmax_cross_entropy(s, y)
+  assert loss[0] == np.inf
+  np.testing.assert_allclose(loss[1], np.log(np.exp([0.0, 1.0, 2.0]).sum()), rtol=1e-6)
+  g = jax.grad(lambda s: losses.softmax_cross_entropy(s, y).sum())(s)
+  p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+  np.testing.assert_allclose(g, [[1.0, -1.0, 0.0], p - [1.0, 0.0, 0.0]], rtol=1e-6, atol=1e-7)
+
+
+def test_a_penalty_mask_must_be_a_concrete_predicate_of_path_and_leaf():
+  params = {"W": jnp.ones((2, 3)), "b": jnp.ones(3)}
+  assert float(losses.l2_penalty(params, mask=lambda path, leaf: path == "b")) == 3.0
+  with pytest.raises(InputError, match=r"mask must be a predicate \(path, leaf\) -> bool") as e:
+    losses.l2_penalty(params, mask=lambda ps: jax.tree.map(lambda a: a.ndim > 1, ps))  # optax's
+  assert e.value.argument == "mask"
+  with pytest.raises(InputError, match="mask's result must be concrete bools") as e:
+    jax.jit(lambda p: losses.l2_penalty(p, mask=lambda path, leaf: jnp.all(leaf > 0)))(params)
+  assert e.value.argument == "mask"
+  with pytest.raises(InputError, match="mask's result must be True or False, got 'b'"):
+    losses.l2_penalty(params, mask=lambda path, leaf: path == "b" and path)

@@ -958,3 +958,46 @@ def test_eval_sets_go_to_an_accelerator_once(monkeypatch):
   monkeypatch.setattr(sharding, "default_platform", lambda: "gpu")  # as on a GPU machine
   assert all(isinstance(a, jax.Array) for a in checked({"val": (x, y)})[0]["val"][:2])
   np.testing.assert_array_equal([r["val_accuracy"] for r in fit().history], want)
+
+
+@pytest.mark.parametrize("tx", [
+    optax.MultiSteps(optax.polyak_sgd(max_learning_rate=1.0), 2),  # passes **extra_args on
+    optax.contrib.sophia(0.05),  # names the objective obj_fn
+])
+def test_transformations_that_need_the_objective_get_it(tx):
+  x, y = _problem()
+  params = linear.init_params(jax.random.key(0), 6, 3)
+  step = jax.jit(train.make_train_step(losses.softmax_cross_entropy, linear.scores, tx))
+  state, first = tx.init(params), None
+  for _ in range(8):
+    params, state, m = step(params, state, (x, y))
+    first = m["loss"] if first is None else first
+  assert np.isfinite(m["loss"]) and m["loss"] < first
+
+
+def test_models_and_optimizers_the_trainer_cannot_train_right_are_refused():
+  x, y = _problem()
+  flat = train.Model(lambda k: {"w": jnp.zeros(6), "b": jnp.zeros(())},
+                     lambda p, x: x @ p["w"] + p["b"])  # (N,) scores: N read as the classes
+  with pytest.raises(InputError, match=r"model.apply must return class scores \(N, C\) for x "
+                     r"of N rows, got shape \(120,\)") as e:
+    train.Trainer(flat, losses.softmax_cross_entropy, optimizer="sgd").fit(
+        jax.random.key(0), x, y, learning_rates=[0.1], batch_size=16, num_steps=2)
+  assert e.value.argument == "model"
+  lookahead = lambda lr: optax.lookahead(optax.adam(lr), 5, 0.5)  # with plain dict params
+  with pytest.raises(InputError, match=r"optax.LookaheadParams.init_synced\(params\)") as e:
+    train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer=lookahead).fit(
+        jax.random.key(0), x, y, learning_rates=[0.1], batch_size=16, num_steps=2)
+  assert e.value.argument == "params"
+  with pytest.raises(InputError, match="full_batch=False with a line search") as e:
+    train.Trainer(LINEAR, losses.softmax_cross_entropy, optimizer="lbfgs",
+                  full_batch=False).fit(jax.random.key(0), x, y, batch_size=16, num_steps=2)
+  assert e.value.argument == "full_batch"
+
+
+def test_ragged_rows_are_named_by_the_models():
+  for scores, params in ((linear.scores, linear.init_params(jax.random.key(0), 6, 3)),
+                         (mlp.scores, mlp.init_params(jax.random.key(0), 6, 4, 3))):
+    with pytest.raises(InputError, match="x_NxD must be a rectangular numeric array") as e:
+      scores(params, [[1, 2, 3, 4, 5, 6], [1]])
+    assert e.value.argument == "x_NxD"
