@@ -93,12 +93,16 @@ class Launch(cfg.BaseConfig):
     return bool(self.distributed or self.coordinator_address or self.num_processes)
 
 
+MAX_HOST_TIMEOUT = 86400  # JAX's own timeouts, set from it, are C ints of seconds
+
+
 def validate_launch(launch: Launch) -> Launch:
   require(bool(launch.workdir), "workdir",
           "--workdir is required: the folder where results and plots are written")
   cfg.finite(launch.host_timeout, "host_timeout")
-  require(launch.host_timeout > 0, "host_timeout",
-          f"--host_timeout must be > 0 seconds, got {launch.host_timeout}")
+  require(0 < launch.host_timeout <= MAX_HOST_TIMEOUT, "host_timeout",
+          f"--host_timeout must be > 0 and at most {MAX_HOST_TIMEOUT} seconds (a day), got "
+          f"{launch.host_timeout}")
   if (launch.coordinator_address or launch.num_processes is not None
       or launch.process_id is not None):
     require(launch.coordinator_address is not None and launch.num_processes is not None

@@ -27,7 +27,9 @@ from typing import Any
 
 EXIT_MISMATCH, EXIT_LOST = 2, 1
 _PREFIX = "jaxlin"
-_LOCAL_KEYS = ("cache_dir",)  # may differ between hosts without changing any result
+# May differ between hosts without changing any result (the data's files are compared by
+# their digest, data_files).
+_LOCAL_KEYS = ("cache_dir", "data_dir")
 _state: dict[str, Any] = {}
 
 
@@ -67,6 +69,8 @@ def fingerprint(kind: str, c) -> dict:
   out = {"experiment": kind, **{k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict))
                                 else v for k, v in c.asdict().items()
                                 if k not in _LOCAL_KEYS}}
+  if str(out.get("dataset", "")).startswith("folder:"):  # a host's own path to its copy
+    out["dataset"] = "folder:"
   try:
     plan = data.split_rows(c.dataset, data_dir=c.data_dir, num_train=c.num_train or None,
                            num_val=c.num_val, num_test=c.num_test or None, seed=c.seed)
@@ -91,11 +95,17 @@ def _verdict(mine: dict, problems: dict) -> str:
   differs to [(process, its value), ...]."""
   if not problems:
     return "ok"
-  flag = lambda k: k if k in ("experiment", "data_plan", "data_files") else f"--{k}"
+  flag = lambda k: (k if k in ("experiment", "data_plan", "data_files")
+                    else "devices per process" if k == "local_devices" else f"--{k}")
   detail = "; ".join(f"{flag(k)}: process 0 has {mine.get(k)}, " + ", ".join(
       f"process {p} has {v}" for p, v in others) for k, others in sorted(problems.items()))
+  if set(problems) == {"local_devices"}:
+    return (f"the processes have different numbers of devices ({detail}); give every process "
+            "the same number (the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or TPU slice)")
   if "data_files" in problems and set(problems) <= {"data_files", "data_plan"}:
-    return (f"the processes read different data at --dataset={mine.get('dataset')} ({detail}: "
+    at = ("--dataset's folders" if mine.get("dataset") == "folder:"
+          else f"--dataset={mine.get('dataset')}")
+    return (f"the processes read different data at {at} ({detail}: "
             "the files' names, classes, sizes or contents differ); give every host the same "
             "copy")
   return (f"the processes were started with different settings ({detail}); start every "
@@ -109,6 +119,12 @@ def start(launch, kind: str, c) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, KeyError, ValueError):
     pass
+  try:  # its SIGTERM handler would swallow a `kill` (it waits for a sync point never reached)
+    jax.config.update("jax_enable_preemption_service", False)
+  except (AttributeError, KeyError, ValueError):
+    pass
+  if launch.process_id == 0 and launch.coordinator_address:
+    _check_port_free(launch.coordinator_address)
   t = float(launch.host_timeout)
   where = launch.coordinator_address or "the cluster's coordinator"
   deadline = _Deadline(t, f"the {launch.num_processes or 'other'} processes did not all join "
@@ -118,15 +134,53 @@ def start(launch, kind: str, c) -> None:
   bound = dict(initialization_timeout=int(t) + 30, heartbeat_timeout_seconds=int(2 * t) + 30,
                shutdown_timeout_seconds=int(10 * t) + 30)
   if launch.distributed and not launch.coordinator_address:
-    jax.distributed.initialize(**bound)
+    try:
+      jax.distributed.initialize(**bound)
+    except ValueError as e:  # JAX found no cluster to read the processes from
+      _die(f"--distributed found no cluster to join ({e}): on a TPU pod, SLURM or another "
+           "cluster JAX detects, run it there; elsewhere give --coordinator_address, "
+           "--num_processes and --process_id instead", EXIT_MISMATCH)
   else:
     jax.distributed.initialize(coordinator_address=launch.coordinator_address,
                                num_processes=launch.num_processes, process_id=launch.process_id,
                                **bound)
   deadline.cancel()
   _state.update(started=True, timeout=t)
-  _agree(jax, fingerprint(kind, c), t)
+  mine = fingerprint(kind, c)
+  # process_allgather needs as many devices on every process; --num_processes is not in c
+  mine.update(local_devices=jax.local_device_count(),
+              num_processes=launch.num_processes or jax.process_count())
+  _agree(jax, mine, t)
   _Watchdog(jax, t).start()
+
+
+def _check_port_free(address: str) -> None:
+  """Process 0 hosts the coordination service at ``address``'s port: one line (exit 2) where
+  something listens there already. (gRPC would fail to bind it and crash the process, or,
+  with a port another run's coordinator shares, take over that run.)"""
+  import errno  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  port = int(address.rpartition(":")[2])
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 on this host
+      continue
+    try:
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT
+      sock.bind((host, port))
+      return  # free (the service binds it again in a moment)
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        _die(f"port {port} of --coordinator_address={address} is in use on this host (another "
+             "program, another run's coordinator, or a second process given --process_id=0): "
+             "choose a free port for every process, and one --process_id=0",
+             EXIT_MISMATCH)
+      if family == socket.AF_INET6:
+        continue  # IPv6 not usable here: try IPv4
+      return  # cannot tell (e.g. not allowed): JAX reports what it finds
+    finally:
+      sock.close()
 
 
 def _client():

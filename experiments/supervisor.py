@@ -41,6 +41,12 @@ EXIT_LOST, EXIT_INTERRUPTED = 1, 130
 INTERRUPTED = ("interrupted; no results were written (the workdir keeps its previous run, "
                "if it had one)")
 INTERRUPTED_EARLY = "interrupted before the run began; nothing was written"
+# The coordinator's refusal of a process as it joins (a --process_id taken or out of its
+# --num_processes, or the port held by another run), in the held report.
+_REFUSED_MARK = b"CoordinationService/RegisterTask"
+_REFUSED = ("the coordinator at --coordinator_address refused this process as it joined: give "
+            "every process its own --process_id in [0, --num_processes) and the same "
+            "--num_processes (or the port belongs to another run: choose another)")
 _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL log line
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -237,13 +243,24 @@ def run(argv: list[str]) -> int:
       if not err.interrupted:
         print(INTERRUPTED, file=sys.stderr, flush=True)
       return EXIT_INTERRUPTED
-    print(f"error: {_LOST}", file=sys.stderr, flush=True)
+    print(f"error: {_REFUSED if _REFUSED_MARK in err.held else _LOST}", file=sys.stderr,
+          flush=True)
     return EXIT_LOST
   if err.held and code == 0:  # not an ending after all: show what was held back
     err._write(err.held)  # pylint: disable=protected-access
+  if code == -signal.SIGKILL:  # the child says nothing: the out-of-memory killer, kill -9
+    workdir = _staging(argv)
+    if workdir:
+      remove_staging(workdir, child.pid)
+    print("error: this process's run was killed (SIGKILL: out of memory, or kill -9); no "
+          "results were written", file=sys.stderr, flush=True)
+    return 128 + signal.SIGKILL
   if code < 0:  # end as the child did
-    signal.signal(-code, signal.SIG_DFL)
-    os.kill(os.getpid(), -code)
+    try:
+      signal.signal(-code, signal.SIG_DFL)
+      os.kill(os.getpid(), -code)
+    except (OSError, ValueError):  # a signal whose action cannot be set (SIGSTOP)
+      pass
   return code if code >= 0 else 128 - code
 
 

@@ -268,7 +268,10 @@ def test_list_values_are_integers_or_numbers_exactly():
 
 
 @pytest.mark.parametrize("launch, message", [
-    (dict(host_timeout=0.0), r"--host_timeout must be > 0 seconds, got 0.0"),
+    (dict(host_timeout=0.0), r"--host_timeout must be > 0 and at most 86400 seconds "
+     r"\(a day\), got 0.0"),
+    (dict(host_timeout=3e9), r"--host_timeout must be > 0 and at most 86400 seconds "
+     r"\(a day\), got 3000000000.0"),  # JAX's timeouts are C ints
     (dict(host_timeout=math.inf), r"--host_timeout must be a finite number, got inf"),
     (dict(coordinator_address="h:1", num_processes=2),
      r"a multi-host run needs all of --coordinator_address, --num_processes and --process_id$"),

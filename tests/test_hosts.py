@@ -100,3 +100,44 @@ def test_stats_of_searches_in_parts_add_every_count_l1_rows_too(monkeypatch):
   assert h._summed(l2, "l2")["queries"] == 10  # pylint: disable=protected-access
   assert h._summed({"method": "brute"}, "l2") == {  # pylint: disable=protected-access
       "method": "brute", "processes": 2}
+
+
+def test_hosts_may_hold_their_copies_of_the_data_at_their_own_paths(tmp_path):
+  """--dataset=folder:PATH and --data_dir were compared as strings: the same copy at another
+  path on another host was refused. The files' digest (data_files) decides."""
+  make_image_folder(str(tmp_path / "a"), per_class_train=3, per_class_test=1)
+  shutil.copytree(tmp_path / "a", tmp_path / "elsewhere")
+  prints = [multihost.fingerprint("knn", knn_exp.Config(
+      dataset=f"folder:{tmp_path / name}", data_dir=str(tmp_path / f"tfds-{name}"), num_val=1,
+      num_train=0, num_test=0)) for name in ("a", "elsewhere")]
+  assert multihost.differences(*prints) == []
+  line = multihost._verdict(prints[0], {"data_files": [(1, "x")]})  # pylint: disable=protected-access
+  assert line.startswith("the processes read different data at --dataset's folders "), line
+  line = multihost._verdict(prints[0], {"local_devices": [(1, 1)]})  # pylint: disable=protected-access
+  assert line == ("the processes have different numbers of devices (devices per process: "
+                  "process 0 has None, process 1 has 1); give every process the same number "
+                  "(the same XLA_FLAGS, CUDA_VISIBLE_DEVICES or TPU slice)"), line
+
+
+def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch):
+  """gRPC failed to bind it and process 0 crashed with a fault trace (exit 139)."""
+  import socket  # pylint: disable=import-outside-toplevel
+  said = []
+
+  def die(message, code):
+    said.append((message, code))
+    raise SystemExit(code)
+  monkeypatch.setattr(multihost, "_die", die)
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+      multihost._check_port_free(f"127.0.0.1:{port}")  # pylint: disable=protected-access
+    except SystemExit:
+      pass
+  assert said == [(f"port {port} of --coordinator_address=127.0.0.1:{port} is in use on this "
+                   "host (another program, another run's coordinator, or a second process "
+                   "given --process_id=0): choose a free port for every process, and one "
+                   "--process_id=0", 2)]
+  multihost._check_port_free(f"127.0.0.1:{port}")  # pylint: disable=protected-access  # free now
