@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import provenance
+
 # Flags every benchmark shares (defined once, so the modules can be imported together).
 DATASET = flags.DEFINE_string("dataset", "cifar10", "cifar10 or folder:PATH")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir")
@@ -22,65 +23,17 @@ OUT = flags.DEFINE_string("out", None, "folder for the cached arrays and the rep
                           "(default runs/<benchmark>)")
 
 
-def _cpuinfo() -> dict:
-  """The first processor's fields in Linux's /proc/cpuinfo ({} where there is none)."""
-  info = {}
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if not line.strip():
-          break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        info[key.strip()] = value.strip()
-  except OSError:
-    pass
-  return info
-
-
-def machine() -> str:
-  """The cores this process may run on (not all the machine's, under taskset or a
-  container's limits) and the CPU model."""
-  model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{cores} CPU cores ({model}), {platform.system()}"
-
-
-_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu() -> str:
-  """The CPU as the results need it named: model, family and model numbers, and the
-  instruction sets that decide which kernels win (AMX, VNNI, AVX-512, AVX2)."""
-  info = _cpuinfo()
-  if not info:
-    return platform.processor() or platform.machine()
-  flags_ = set(info.get("flags", "").split())
-  return (f"{info.get('model name', platform.machine())}, family {info.get('cpu family', '?')} "
-          f"model {info.get('model', '?')}; " + (" ".join(f for f in _ISA if f in flags_)
-                                                 or "no AVX2"))
+machine, cpu = provenance.machine, provenance.cpu  # the CPU beside every figure
 
 
 def software() -> str:
   """The versions the figures depend on, this checkout's commit and the environment
   variables that change how XLA and the baselines run."""
-  import importlib.metadata  # pylint: disable=import-outside-toplevel
-  parts = [f"python {platform.python_version()}"]
-  for package in ("jax", "jaxlib", "numpy", "faiss-cpu", "scikit-learn"):
-    try:
-      parts.append(f"{package} {importlib.metadata.version(package)}")
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, timeout=10, check=True, cwd=root).stdout.strip()
-    # The code's own folders, untracked modules included (a docs edit is no change)
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "jaxlin", "benchmarks"],
-                             capture_output=True, text=True, timeout=10, check=True,
-                             cwd=root).stdout.strip()
-    parts.append(f"commit {commit}{' with changes to jaxlin/ or benchmarks/' if changed else ''}")
-  except (OSError, subprocess.SubprocessError):
-    parts.append("commit unknown (not a git checkout)")
+  found = provenance.versions(("jax", "jaxlib", "numpy", "faiss-cpu", "scikit-learn"))
+  parts = [f"{name} {version}" for name, version in found.items()]
+  # The code's own folders, untracked modules included (a docs edit is no change)
+  head = provenance.commit(("jaxlin", "benchmarks"))
+  parts.append(f"commit {head}" if head else "commit unknown (not a git checkout)")
   env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")
          if os.environ.get(k)]
   return ", ".join(parts + env)

@@ -144,6 +144,18 @@ class Run:
       self.workdir = Workdir(workdir, kind, overwrite=overwrite)
     self.timer = Timer()
     self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+    self._environment = None
+
+  def environment(self) -> dict | None:
+    """``provenance.describe`` of this run (process 0; the others write nothing), once for
+    a study and its stages (the same command, code, machine and data)."""
+    if not self.writer:
+      return None
+    root = _RUNS[0] if _RUNS else self
+    if getattr(root, "_environment", None) is None:
+      from experiments import provenance  # pylint: disable=import-outside-toplevel
+      root._environment = provenance.describe(self.config)  # pylint: disable=protected-access
+    return root._environment  # pylint: disable=protected-access
 
   def __enter__(self) -> "Run":
     if not _RUNS:
@@ -186,7 +198,7 @@ class Run:
   def finish(self, results: dict) -> dict:
     """Writes results.json and replaces the previous run's files with this run's."""
     results = dict(results, processes=self.hosts.count, devices=self.hosts.devices,
-                   date=self.started)
+                   date=self.started, environment=self.environment())
     results.setdefault("timings_s", {})["total"] = self.timer()
     if _interrupted.is_set():  # its KeyboardInterrupt was dropped (a callback of JAX's does)
       _redeliver.clear()  # raised here: not again from _unraisable's timer

@@ -160,7 +160,7 @@ def _row(stage: str, r: dict) -> dict:
             "val_accuracy": r["chosen"]["selection_accuracy"], "test_accuracy": r["test_accuracy"],
             "train_s": 0.0, "select_s": r["timings_s"]["selection"],
             "predict_ms_per_image": 1000 * r["timings_s"]["test"] / n_test,
-            "train_size": r["sizes"]["train"]}
+            "train_size": r["sizes"]["train"], "val_size": None, "test_size": n_test}
   name = {"svm": "linear SVM, pixels", "softmax": "softmax, pixels",
           "svm_features": "linear SVM, HOG + hue", "mlp": "two-layer net, pixels",
           "mlp_features": "two-layer net, HOG + hue"}[stage]
@@ -171,34 +171,40 @@ def _row(stage: str, r: dict) -> dict:
           "test_accuracy": r["test_accuracy"], "train_s": r["timings_s"]["train_grid"],
           "select_s": r["timings_s"]["train_grid"],
           "predict_ms_per_image": 1000 * r["timings_s"]["predict_test"] / n_test,
-          "train_size": r["sizes"]["train"], "grid_size": len(r["grid"])}
+          "train_size": r["sizes"]["train"], "val_size": r["sizes"]["val"], "test_size": n_test,
+          "grid_size": len(r["grid"])}
 
 
 def _pct(v):
   return "—" if v is None else f"{100 * v:.1f} %"
 
 
-def write_report(path: str, c: Config, rows: dict, started: str, total_s: float) -> str:
-  """report.md: the table, which stages failed, and the key figures."""
+def write_report(path: str, c: Config, rows: dict, started: str, total_s: float,
+                 environment: dict | None = None) -> str:
+  """report.md: the table, which stages failed, the key figures, and what ran them."""
   failed = [s for s in c.stages if "error" in rows[s]]
   lines = [f"# jaxlin study: {c.dataset}", "",
            f"Run {started}, {total_s:.0f} s in all. Each method is chosen on validation data "
-           "and evaluated once on the test split.", ""]
+           f"(images held out of the training split at random, seed {c.seed}) and evaluated "
+           "once on the test split.", ""]
   if failed:
     lines += [("**Every stage failed.**" if len(failed) == len(c.stages) else
                f"**{len(failed)} of {len(c.stages)} stages failed: {', '.join(failed)}.**"), ""]
   lines += ["| method | chosen | val accuracy | test accuracy | train time (grid) | "
-            "predict time / image | train images |", "|---|---|---|---|---|---|---|"]
+            "predict time / image | train images | val images | test images |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for stage in c.stages:
     r = rows[stage]
     if "error" in r:
-      lines.append(f"| {stage} | **failed**: {r['error']} | | | | | |")
+      lines.append(f"| {stage} | **failed**: {r['error']} | | | | | | | |")
       continue
     grid = f" ({r['grid_size']} settings)" if r.get("grid_size") else ""
     train = "none (lazy)" if stage == "knn" else f"{r['train_s']:.1f} s{grid}"
+    val = "CV" if r.get("val_size") is None else f"{r['val_size']:,}"
     lines.append(f"| {r['method']} | {r['chosen']} | {_pct(r['val_accuracy'])} | "
                  f"**{_pct(r['test_accuracy'])}** | {train} | "
-                 f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']:,} |")
+                 f"{r['predict_ms_per_image']:.3f} ms | {r['train_size']:,} | {val} | "
+                 f"{r['test_size']:,} |")
   lines += ["", f"kNN's validation figure is the mean {KNN_FOLDS}-fold cross-validation "
             "accuracy; kNN does its work at test time, the others at training time. Times are "
             "wall clock and include JIT compilation, which the first stage of a kind pays for the "
@@ -218,6 +224,15 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float)
     if (stage in c.stages and "error" not in rows[stage]
         and os.path.exists(os.path.join(folder, figure))):
       lines += [f"## {caption}", "", f"![{caption}]({figure})", ""]
+  if environment:
+    versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
+    lines += ["## How this was run", "",
+              f"- command: `{environment['command']}`",
+              f"- jaxlin {environment['jaxlin']}, commit {environment['commit'] or 'unknown'}; "
+              f"{versions}",
+              f"- CPU: {environment['cpu']}, {environment['cores']} cores; devices: "
+              f"{', '.join(environment['devices'])}",
+              f"- data files digest: {environment['data_files']}", ""]
   text = "\n".join(lines) + "\n"
   return files.atomic_write(path, lambda f: f.write(text), binary=False)
 
@@ -270,7 +285,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       raise StudyFailed(f"every stage failed ({reasons}); nothing was written, and the "
                         "workdir keeps its previous run")
     if r.writer:
-      write_report(r.file("report.md"), c, rows, r.started, r.timer())
+      write_report(r.file("report.md"), c, rows, r.started, r.timer(), r.environment())
     results = r.finish({"dataset": c.dataset, "stages": rows, "failed_stages": failed,
                         "report": os.path.join(os.path.abspath(os.path.expanduser(workdir)),
                                                "report.md")})

@@ -42,6 +42,13 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
   assert on_disk["sizes"] == {"train": 40, "val": 6, "test": 12, "cross_validation": 24}
   assert (on_disk["processes"], on_disk["devices"]) == (1, jax.device_count())
   assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", on_disk["date"])  # the start
+  # What it ran with, so that a run on other code, another machine or other data tells.
+  env = on_disk["environment"]
+  assert set(env) == {"command", "date_utc", "jaxlin", "commit", "versions", "cpu", "cores",
+                      "devices", "data_files"}
+  assert env["data_files"] == data.source_digest(f"folder:{root}") and env["cores"] >= 1
+  assert env["versions"]["jax"] == jax.__version__ and env["date_utc"].endswith("+00:00")
+  assert env["devices"] == [f"cpu: {jax.devices()[0].device_kind}"]
   # Cross-validation on a seeded subset of 24 of the 40 training images, in their order.
   ds = data.load(f"folder:{root}", num_train=40, num_test=12, num_val=6, seed=1)
   rows = np.sort(cfg.rng(1, "cv_subset").permutation(40)[:24])

@@ -254,28 +254,40 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
   knn_row, mlp_row = study._row("knn", KNN_RESULT), study._row("mlp", MLP_RESULT)
   assert knn_row == {"method": "kNN (5-fold CV on 5,000 train images)", "chosen": "l1, k=10",
                      "val_accuracy": 0.2934, "test_accuracy": 0.3167, "train_s": 0.0,
-                     "select_s": 12.5, "predict_ms_per_image": 5.0, "train_size": 49000}
+                     "select_s": 12.5, "predict_ms_per_image": 5.0, "train_size": 49000,
+                     "val_size": None, "test_size": 400}
   assert mlp_row == {"method": "two-layer net, pixels", "chosen": "lr=0.01, reg=0.003, hidden=500",
                      "val_accuracy": 0.5, "test_accuracy": 0.4862, "train_s": 30.31,
                      "select_s": 30.31, "predict_ms_per_image": 0.25, "train_size": 49000,
-                     "grid_size": 2}
+                     "val_size": 1000, "test_size": 400, "grid_size": 2}
   c = study.Config.make(dict(dataset="cifar10", stages=["knn", "mlp", "svm"]))
   rows = {"knn": knn_row, "mlp": mlp_row, "svm": {"error": "RuntimeError: boom"}}
+  environment = {"command": "python -m experiments.study --dataset=cifar10", "jaxlin": "0.1.0",
+                 "commit": "abc1234", "versions": {"python": "3.11.7", "jax": "0.10.2"},
+                 "cpu": "AMD EPYC, family 25 model 17; avx2", "cores": 2, "devices": ["cpu: cpu"],
+                 "data_files": "0123456789abcdef"}
   text = open(study.write_report(str(tmp_path / "report.md"), c, rows, "2026-12-04 06:00",
-                                 61.0)).read()
+                                 61.0, environment)).read()
   lines = text.splitlines()
   assert lines[:2] == ["# jaxlin study: cifar10", ""]
-  assert lines[2].startswith("Run 2026-12-04 06:00, 61 s in all.")
+  assert lines[2].startswith("Run 2026-12-04 06:00, 61 s in all. Each method is chosen on "
+                             "validation data (images held out of the training split at "
+                             "random, seed 0)")
   assert "**1 of 3 stages failed: svm.**" in lines
   head = lines.index("| method | chosen | val accuracy | test accuracy | train time (grid) | "
-                     "predict time / image | train images |")
+                     "predict time / image | train images | val images | test images |")
   assert lines[head + 1:head + 5] == [
-      "|---|---|---|---|---|---|---|",
+      "|---|---|---|---|---|---|---|---|---|",
       "| kNN (5-fold CV on 5,000 train images) | l1, k=10 | 29.3 % | **31.7 %** | none (lazy) | "
-      "5.000 ms | 49,000 |",
+      "5.000 ms | 49,000 | CV | 400 |",
       "| two-layer net, pixels | lr=0.01, reg=0.003, hidden=500 | 50.0 % | **48.6 %** | "
-      "30.3 s (2 settings) | 0.250 ms | 49,000 |",
-      "| svm | **failed**: RuntimeError: boom | | | | | |"]
+      "30.3 s (2 settings) | 0.250 ms | 49,000 | 1,000 | 400 |",
+      "| svm | **failed**: RuntimeError: boom | | | | | | | |"]
+  assert lines[-7:] == [
+      "## How this was run", "", "- command: `python -m experiments.study --dataset=cifar10`",
+      "- jaxlin 0.1.0, commit abc1234; python 3.11.7, jax 0.10.2",
+      "- CPU: AMD EPYC, family 25 model 17; avx2, 2 cores; devices: cpu: cpu",
+      "- data files digest: 0123456789abcdef", ""]
   assert study._pct(None) == "—"
   assert "later stages reuse: compare them" in text  # no softmax stage: no "(the SVM's ...)"
   c = c.replace(stages=("svm", "softmax"))

@@ -1,0 +1,109 @@
+"""What a result was computed with: the command, the code, the versions, the machine, the data.
+
+Each run's results.json records ``describe(config)`` as its "environment", so that a run on
+another machine, other code or other data can be told apart from this one; the benchmarks
+name their CPU and code with the same functions.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+PACKAGES = ("jax", "jaxlib", "optax", "numpy", "tensorflow", "tensorflow-cpu",
+            "tensorflow-datasets", "matplotlib")
+
+
+def _cpuinfo() -> dict:
+  """The first processor's fields in Linux's /proc/cpuinfo ({} where there is none)."""
+  info = {}
+  try:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+      for line in f:
+        if not line.strip():
+          break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+  except OSError:
+    pass
+  return info
+
+
+def cores() -> int:
+  """The cores this process may run on (not all the machine's, under taskset or a
+  container's limits)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def machine() -> str:
+  """The cores this process may run on and the CPU model."""
+  model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
+  return f"{cores()} CPU cores ({model}), {platform.system()}"
+
+
+def cpu() -> str:
+  """The CPU as results need it named: model, family and model numbers, and the
+  instruction sets that decide which kernels win (AMX, VNNI, AVX-512, AVX2)."""
+  info = _cpuinfo()
+  if not info:
+    return platform.processor() or platform.machine()
+  flags = set(info.get("flags", "").split())
+  return (f"{info.get('model name', platform.machine())}, family {info.get('cpu family', '?')} "
+          f"model {info.get('model', '?')}; " + (" ".join(f for f in _ISA if f in flags)
+                                                 or "no AVX2"))
+
+
+def commit(folders=("jaxlin", "experiments")) -> str | None:
+  """This checkout's commit ("abc1234", "+ changes" where ``folders`` hold uncommitted
+  changes or new files), or None outside a git checkout."""
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, timeout=10, check=True, cwd=ROOT).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *folders],
+                             capture_output=True, text=True, timeout=10, check=True,
+                             cwd=ROOT).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return f"{head} + changes to {', '.join(folders)}" if changed else head
+
+
+def versions(packages=PACKAGES) -> dict:
+  """{package: version} of those installed, and Python's."""
+  out = {"python": platform.python_version()}
+  for package in packages:
+    try:
+      out[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def command() -> str:
+  """The command line that started this process, as a shell would take it again."""
+  argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+  argv[0] = os.path.basename(argv[0])
+  return shlex.join(argv)
+
+
+def describe(config) -> dict:
+  """The environment of a run of ``config`` (an experiment's Config): for results.json."""
+  from jaxlin import __version__, data  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    digest = data.source_digest(config.dataset, data_dir=getattr(config, "data_dir", None))
+  except Exception:  # pylint: disable=broad-except  # the run itself reported the data
+    digest = None
+  return {
+      "command": command(),
+      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "jaxlin": __version__, "commit": commit(), "versions": versions(),
+      "cpu": cpu(), "cores": cores(),
+      "devices": sorted({f"{d.platform}: {d.device_kind}" for d in jax.devices()}),
+      "data_files": digest,
+  }
