@@ -61,8 +61,13 @@ def cpu() -> str:
 
 def commit(folders=("jaxlin", "experiments")) -> str | None:
   """This checkout's commit ("abc1234", "+ changes" where ``folders`` hold uncommitted
-  changes or new files), or None outside a git checkout."""
+  changes or new files), or None outside a git checkout of jaxlin (an install inside
+  another project's repository is not one)."""
   try:
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                         text=True, timeout=10, check=True, cwd=ROOT).stdout.strip()
+    if os.path.realpath(top) != os.path.realpath(ROOT):  # installed inside another project
+      return None
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, timeout=10, check=True, cwd=ROOT).stdout.strip()
     changed = subprocess.run(["git", "status", "--porcelain", "--", *folders],

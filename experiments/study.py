@@ -185,7 +185,8 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float,
   failed = [s for s in c.stages if "error" in rows[s]]
   lines = [f"# jaxlin study: {c.dataset}", "",
            f"Run {started}, {total_s:.0f} s in all. Each method is chosen on validation data "
-           f"(images held out of the training split at random, seed {c.seed}) and evaluated "
+           f"(the last {c.num_val:,} images of the training split, in the dataset's own order, "
+           f"whatever the seed; seed {c.seed} draws the train and test subsets) and evaluated "
            "once on the test split.", ""]
   if failed:
     lines += [("**Every stage failed.**" if len(failed) == len(c.stages) else

@@ -222,7 +222,7 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
     except ValueError:  # no signature to read (a builtin): it is called as it is
       pass
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return [v for path, v in flat if _mask_bit(mask(_path_name(path), v), "mask's result")]
+    return [v for path, v in flat if _predicate_bit(mask(_path_name(path), v))]
   if jax.tree.structure(mask) != jax.tree.structure(params):
     raise InputError(f"mask must be a predicate or a pytree of bools with the structure of "
                      f"params {jax.tree.structure(params)}, got {jax.tree.structure(mask)}",
@@ -230,19 +230,31 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
   return [v for m, v in zip(jax.tree.leaves(mask), jax.tree.leaves(params)) if _mask_bit(m)]
 
 
-def _mask_bit(m, what: str = "mask's leaves") -> bool:
-  """A leaf of a pytree mask (or a predicate's result) as a Python bool, or InputError: it
-  chooses leaves, so it must be a concrete True or False (a mask computed under jit, or
-  from a leaf's traced values, cannot choose)."""
+def _mask_bit(m) -> bool:
+  """A leaf of a pytree mask as a Python bool, or InputError: it chooses leaves, so it must
+  be a concrete True or False (a mask computed under jit cannot choose)."""
   if _checks.is_traced(m):
-    raise InputError(f"{what} must be concrete bools: it chooses which leaves to penalise, "
-                     "so build it outside jax.jit, or decide by the path and the leaf's "
-                     "shape or dtype, not its values", argument="mask")
-  if isinstance(m, bool):
-    return m
+    raise InputError("mask's leaves must be concrete bools: it chooses which leaves to "
+                     "penalise, so build it outside jax.jit, or pass a predicate "
+                     "(path, leaf) -> bool", argument="mask")
   if np.ndim(m) != 0 or np.asarray(m).dtype != np.bool_:
-    raise InputError(f"{what} must be True or False, got {m!r}", argument="mask")
+    raise InputError(f"mask's leaves must be True or False, got {m!r}", argument="mask")
   return bool(m)
+
+
+def _predicate_bit(m) -> bool:
+  """A mask predicate's result, true or false as Python takes it (a match, a count, None),
+  or InputError where it cannot choose: a traced value (computed from a leaf's values under
+  jit) or an array of several values."""
+  if _checks.is_traced(m):
+    raise InputError("mask's result must be concrete: it chooses which leaves to penalise, "
+                     "so decide by the path and the leaf's shape or dtype, not its values "
+                     "under jax.jit", argument="mask")
+  try:
+    return bool(m)
+  except (TypeError, ValueError) as e:  # an array of several values
+    raise InputError(f"mask's result must be true or false, got {m!r} ({e})",
+                     argument="mask") from None
 
 
 def l2_penalty(params, *, mask: Mask = None):

@@ -32,7 +32,7 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
   format its extension names (.png, .pdf, .svg, .jpg, ...; no extension: PNG).
 
   dpi: default matplotlib's ``savefig.dpi`` where your matplotlibrc (or rcParams) sets a
-  number, else 110.
+  number, else 110; "figure": the figure's own. At most 5e8 pixels in all.
 
   The figure stays open and usable (e.g. shown again in a notebook). ``~`` in the path is
   the user's home.
@@ -50,13 +50,19 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
   if ext not in supported:
     raise InputError(f"cannot write a figure as .{ext} ({path}); use one of "
                      f"{', '.join('.' + e for e in sorted(supported))}", argument="path")
-  if dpi is None:
+  given = dpi is not None
+  if not given:
     rc = matplotlib.rcParams["savefig.dpi"]
     dpi = 110 if rc == "figure" else rc
+  elif isinstance(dpi, str) and dpi == "figure":  # matplotlib's: the figure's own
+    dpi = fig.dpi
+  width, height = fig.get_size_inches()
   if (isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.integer, np.floating))
-      or not 1 <= dpi <= _MAX_DPI):
-    raise InputError(f"dpi must be a number in [1, {_MAX_DPI}] (dots per inch; 100-300 are "
-                     f"usual), got {dpi!r}", argument="dpi")
+      or not dpi >= 1 or width * height * dpi * dpi > _MAX_PIXELS):
+    what = "dpi" if given else "matplotlib's savefig.dpi (rcParams)"
+    raise InputError(f"{what} must be a number >= 1 (dots per inch; 100-300 are usual) that "
+                     f"keeps this {width:g} x {height:g} inch figure under {_MAX_PIXELS:.0e} "
+                     f"pixels, got {dpi!r}", argument="dpi")
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)
@@ -69,7 +75,7 @@ def save(fig: matplotlib.figure.Figure, path: str, *, dpi: float | None = None) 
       path, lambda f: fig.savefig(f, format=ext, dpi=dpi, bbox_inches="tight"))
 
 
-_MAX_DPI = 2400  # a 7 x 4.5 inch figure at 2400 dpi: 180 million pixels
+_MAX_PIXELS = 5e8  # 2 GB of RGBA: a 7 x 4.5 inch figure up to 3,980 dpi
 
 
 def _array(x, name: str, shape: str, ndims, *, kind: str = "numbers", sizes=None):
@@ -467,8 +473,9 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   ``highlight`` names a series drawn bold and on top, the others thin.
   logy: a log y axis, "(log scale)" in its label, numbers as %g (0.7, 2, 1e+06). Where a
   series that sets the range holds zeros or negative values (a hinge loss that reaches
-  0), the axis is symmetric-log instead: logarithmic above the smallest positive value,
-  linear below it, and its label says so.
+  0), the axis is symmetric-log instead: logarithmic beyond the smallest nonzero
+  magnitude (at most 12 decades below the largest), linear within it, and its label
+  says so.
   outliers: names of series (diverged runs) that do not set the y range: drawn dashed,
   cut off at the range of the others; the legend says "(off the scale)" of one with no
   point inside it.
@@ -518,8 +525,11 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   finite = [ys[np.isfinite(ys)] for name, (_, ys) in data.items() if name not in outliers]
   linear_below = None  # symlog's linear range, where a series that sets the range has y <= 0
   if logy and any(np.any(ys <= 0) for ys in finite):
-    positive = np.concatenate([ys[ys > 0] for ys in finite])
-    linear_below = float(positive.min()) if positive.size else 1.0
+    values = np.abs(np.concatenate(finite))
+    positive = values[values > 0]
+    # linear within the smallest magnitude drawn, at most 12 decades below the largest
+    linear_below = (float(max(positive.min(), positive.max() * 1e-12)) if positive.size
+                    else 1.0)
     ax.set_yscale("symlog", linthresh=linear_below)
   elif logy:
     ax.set_yscale("log")
@@ -534,7 +544,7 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
   for name in data:
     if name not in outliers:
       draw(name)
-  shown = [ys[(ys > 0) if logy and linear_below is None else True] for ys in finite]
+  shown = [ys[ys > 0] if logy and linear_below is None else ys for ys in finite]
   limits = ax.get_ylim() if any(len(ys) for ys in shown) else None  # the others' range
   for name in outliers:
     draw(name)
@@ -549,7 +559,7 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps, epochs
   ax.set_xlabel(xlabel)
   if linear_below is not None:
-    ax.set_ylabel(f"{ylabel} (log scale above {linear_below:.3g}, linear below)".strip())
+    ax.set_ylabel(f"{ylabel} (log scale beyond ±{linear_below:.3g}, linear within)".strip())
   else:
     ax.set_ylabel(f"{ylabel} (log scale)".strip() if logy else ylabel)
   ax.set_title(title)

@@ -404,7 +404,7 @@ def test_log_curves_keep_a_loss_that_reaches_zero():
   ax = plots.curves({"svm": ([1, 2, 3, 4], [1.0, 0.1, 0.0, 0.0])}, ylabel="loss",
                     logy=True).axes[0]
   assert ax.get_yscale() == "symlog"
-  assert ax.get_ylabel() == "loss (log scale above 0.1, linear below)"
+  assert ax.get_ylabel() == "loss (log scale beyond ±0.1, linear within)"
   assert ax.get_ylim()[0] <= 0.0 and list(ax.lines[0].get_ydata()) == [1.0, 0.1, 0.0, 0.0]
   positive = plots.curves({"a": ([1, 2], [1.0, 0.1])}, logy=True).axes[0]
   assert positive.get_yscale() == "log"  # unchanged where every value is positive
@@ -457,7 +457,7 @@ def test_save_expands_home_and_checks_dpi_before_making_folders(tmp_path, monkey
   plots.save(fig, os.fsencode(tmp_path / "bytes.png"))
   assert (tmp_path / "bytes.png").exists()
   for dpi in (0, -5, float("nan"), "high", 1e5, True):
-    with pytest.raises(InputError, match=r"dpi must be a number in \[1, 2400\]") as e:
+    with pytest.raises(InputError, match=r"dpi must be a number >= 1 \(dots per inch") as e:
       plots.save(fig, str(tmp_path / "a" / "b" / "fig.png"), dpi=dpi)
     assert e.value.argument == "dpi"
   assert not (tmp_path / "a").exists()  # no empty folders left
@@ -487,3 +487,29 @@ def test_chosen_takes_jax_scalars():
   ax = plots.grid(np.ones((2, 2)), [1, 2], [1, 2], a_label="a", b_label="b",
                   chosen=(jnp.int32(1), 1)).axes[0]
   assert ax.texts[3].get_text() == "1.000\nchosen"
+
+
+def test_curves_edges_of_the_symlog_axis_and_of_outliers():
+  # Others with no finite point: the outlier sets the range (it was cut to +-0.055).
+  ax = plots.curves({"a": ([0, 1], [np.nan, np.nan]), "b": ([0, 1], [1e6, 2e6])},
+                    outliers=["b"]).axes[0]
+  assert ax.get_ylim()[0] < 1e6 < 2e6 < ax.get_ylim()[1]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+  ax = plots.curves({"a": ([0, 1, 2], [-1.0, -2.0, -3.0])}, logy=True, ylabel="loss").axes[0]
+  assert ax.get_ylabel() == "loss (log scale beyond ±1, linear within)"
+  ax = plots.curves({"a": ([0, 1, 2], [1.0, 1e-300, 0.0])}, logy=True).axes[0]
+  assert ax.get_ylabel() == "(log scale beyond ±1e-12, linear within)"  # 12 decades at most
+  assert ax.get_ylim()[1] >= 1.0
+
+
+def test_save_takes_matplotlibs_figure_dpi_and_names_an_rc_dpi(tmp_path, monkeypatch):
+  fig = matplotlib.figure.Figure(figsize=(1, 1), dpi=37)
+  fig.add_subplot().plot([0, 1])
+  with Image.open(plots.save(fig, str(tmp_path / "f.png"), dpi="figure")) as im:
+    assert abs(im.size[0] - 37) <= 8  # the figure's own dpi ("tight" trims a little)
+  monkeypatch.setitem(matplotlib.rcParams, "savefig.dpi", 3000)
+  with Image.open(plots.save(fig, str(tmp_path / "g.png"))) as im:
+    assert im.size[0] > 2000  # a high rc dpi that fits is used
+  monkeypatch.setitem(matplotlib.rcParams, "savefig.dpi", 50000)
+  with pytest.raises(InputError, match=r"matplotlib's savefig.dpi \(rcParams\) must be"):
+    plots.save(fig, str(tmp_path / "h.png"))

@@ -271,8 +271,9 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
   lines = text.splitlines()
   assert lines[:2] == ["# jaxlin study: cifar10", ""]
   assert lines[2].startswith("Run 2026-12-04 06:00, 61 s in all. Each method is chosen on "
-                             "validation data (images held out of the training split at "
-                             "random, seed 0)")
+                             "validation data (the last 1,000 images of the training split, "
+                             "in the dataset's own order, whatever the seed; seed 0 draws the "
+                             "train and test subsets)")
   assert "**1 of 3 stages failed: svm.**" in lines
   head = lines.index("| method | chosen | val accuracy | test accuracy | train time (grid) | "
                      "predict time / image | train images | val images | test images |")
@@ -320,3 +321,26 @@ def test_stage_configs_share_the_data_flags_and_fit_k_to_the_folds():
   assert default_epochs["mlp"][1]["num_epochs"] == 10.0
   assert default_epochs["mlp_features"][1]["num_epochs"] is None  # the linear default: 20
   assert default_epochs["knn"][1]["k"] == [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
+
+
+def test_the_commit_recorded_is_jaxlins_own(tmp_path, monkeypatch):
+  """Installed inside another project's repository (a venv in it), the project's commit was
+  recorded as jaxlin's."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from experiments import provenance  # pylint: disable=import-outside-toplevel
+  if shutil.which("git") is None:
+    pytest.skip("no git here")
+  git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True,
+                                  text=True).stdout.strip()
+  git("init", "-q")
+  (tmp_path / "f").write_text("x")
+  git("add", "f")
+  git("-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "m")
+  (tmp_path / "site").mkdir()
+  monkeypatch.setattr(provenance, "ROOT", str(tmp_path / "site"))
+  assert provenance.commit() is None
+  monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
+  assert provenance.commit(("f",)) == git("rev-parse", "--short", "HEAD")
+  (tmp_path / "f").write_text("y")
+  assert provenance.commit(("f",)).endswith(" + changes to f")
