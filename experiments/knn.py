@@ -103,9 +103,12 @@ def check_sizes(c: Config, num_train: int) -> None:
   fit = num_train - -(-num_train // folds) if folds else num_train
   where = (f"the {fit} training images of each of {folds} folds" if folds
            else f"the {fit} training images")
+  more = ("more --cv_num_train" if c.cv_num_train else
+          "more --num_train" if c.num_train else  # all already: --num_val holds the others
+          "a smaller --num_val (the images it holds out)" if c.num_val else "more images")
   require(max(c.k) <= fit, "k",
-          f"--k={max(c.k)} is larger than {where}; use smaller k or more "
-          f"{'--cv_num_train' if c.cv_num_train else '--num_train'}")
+          f"--k={max(c.k)} is larger than {where}; use smaller k"
+          + (", fewer --cv_folds" if folds > 2 else "") + f" or {more}")
 
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
@@ -121,6 +124,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     load_s = r.timer()
     logging.info("train %d, val %d, test %d images of %s, %d classes", db.n, ds.val.total,
                  ds.test.total, ds.image_shape, ds.num_classes)
+    if ds.val.total and (c.cv_folds or c.single):
+      logging.warning("the %d val images (--num_val) are held out of the training images "
+                      "and not used: %s; --num_val=0 puts them back", ds.val.total,
+                      "there is one setting" if c.single else "cross-validation chooses")
 
     select_t = common.Timer()
     cv_rows = _cv_rows(c, db.n)

@@ -42,6 +42,9 @@ MODEL_DEFAULTS = {
     ("mlp", "hog_hsv"): dict(learning_rate=(1e-2, 3e-2), reg=(1e-4, 1e-3), num_epochs=20.0),
 }
 LBFGS_STEPS = 50  # --optimizer=lbfgs's default length: full-batch steps
+# The defaults of flags that only some runs use: a run that cannot use one refuses it when
+# given (even at its default value), and records None.
+BATCH_SIZE, HIDDEN_SIZE, MARGIN, SCHEDULE = 200, 500, 1.0, "cosine"
 # Library arguments -> the flags that set them (for error messages).
 FLAGS_OF_ARGUMENTS = {"learning_rates": "learning_rate", "regs": "reg"}
 
@@ -50,21 +53,21 @@ FLAGS_OF_ARGUMENTS = {"learning_rates": "learning_rate", "regs": "reg"}
 class Config(common.DataConfig):
   model: str = option("linear", "linear (xW + b) or mlp (two-layer network)")
   features: str = option("pixels", "pixels or hog_hsv (HOG + hue histogram)")
-  hidden_size: int = option(500, "hidden units of --model=mlp")
+  hidden_size: int | None = option(None, "hidden units of --model=mlp (default 500)")
   loss: str = option("softmax", "svm (multiclass hinge, sum form) or softmax")
-  margin: float = option(1.0, "margin of --loss=svm")
+  margin: float | None = option(None, "margin of --loss=svm (default 1)")
   optimizer: str = option("momentum", "sgd, momentum, adam or lbfgs")
   learning_rate: tuple[float, ...] | None = option(
       None, "learning rates (a list makes a grid; not for lbfgs, whose line search sets the "
       "step; default per --model and --features)")
   reg: tuple[float, ...] | None = option(
       None, "L2 strengths (a list makes a grid; default per --model and --features)")
-  batch_size: int = option(200, "minibatch size (lbfgs: full batch)")
+  batch_size: int | None = option(None, "minibatch size (default 200; lbfgs: full batch)")
   num_epochs: float | None = option(None, "epochs when --num_steps=0 (default per --model and "
                                     "--features; lbfgs: 50 steps, one per epoch)")
   num_steps: int = option(0, "steps (0 = from --num_epochs)")
-  schedule: str = option("cosine", "learning-rate schedule: constant, cosine, step (lbfgs: "
-                         "none, its line search sets the step)")
+  schedule: str | None = option(None, "learning-rate schedule: constant, cosine (the "
+                                "default), step (lbfgs: none, its line search sets the step)")
   log_every: int = option(0, "steps between logs (0 = each epoch; lbfgs: every 10 steps)")
   init_scale: float | None = option(None, "std of the initial weights (default: 1e-3 for "
                                     "linear, He initialisation for mlp)")
@@ -99,24 +102,30 @@ def validate(config) -> Config:
                    if getattr(c, k) is None})
   if c.num_steps > 0:  # steps decide: no epochs recorded
     c = c.replace(num_epochs=None)
-  require(c.model != "mlp" or c.hidden_size >= 1, "hidden_size",
-          f"--hidden_size must be >= 1, got {c.hidden_size}")
-  require(c.model == "mlp" or c.hidden_size == Config.hidden_size, "hidden_size",
+  require(c.model == "mlp" or c.hidden_size is None, "hidden_size",
           f"--hidden_size is the network's; --model={c.model} has no hidden layer. Leave "
           "--hidden_size out, or use --model=mlp")
+  if c.model == "mlp":
+    c = c.replace(hidden_size=HIDDEN_SIZE if c.hidden_size is None else c.hidden_size)
+    require(c.hidden_size >= 1, "hidden_size",
+            f"--hidden_size must be >= 1, got {c.hidden_size}")
   _choice(c.loss, "loss", tuple(losses.LOSSES))
   _choice(c.optimizer, "optimizer", train.OPTIMIZERS)
-  _choice(c.schedule, "schedule", train.SCHEDULES)
-  require(c.optimizer != "lbfgs" or c.schedule in (Config.schedule, "constant"), "schedule",
+  if c.schedule is not None:
+    _choice(c.schedule, "schedule", train.SCHEDULES)
+  require(c.optimizer != "lbfgs" or c.schedule in (None, "constant"), "schedule",
           "--schedule has no effect with --optimizer=lbfgs (its line search sets the step); "
-          "leave the flag out")  # constant: what earlier runs recorded for lbfgs
-  require(c.optimizer != "lbfgs" or c.batch_size == Config.batch_size, "batch_size",
+          "leave the flag out")  # constant: what lbfgs does, as its config.json records
+  require(c.optimizer != "lbfgs" or c.batch_size is None, "batch_size",
           "--batch_size has no effect with --optimizer=lbfgs (every step uses the whole "
           "training set); leave the flag out")
+  if c.optimizer != "lbfgs":
+    c = c.replace(batch_size=BATCH_SIZE if c.batch_size is None else c.batch_size,
+                  schedule=SCHEDULE if c.schedule is None else c.schedule)
   once = lambda values: tuple(dict.fromkeys(values))  # a value given twice: one setting
   c = c.replace(reg=once(cfg.floats(c.reg, "reg")))
   if c.optimizer == "lbfgs":  # its line search sets the step: no rate, no schedule (recorded)
-    c = c.replace(learning_rate=None, schedule="constant")
+    c = c.replace(learning_rate=None, schedule="constant")  # constant: as earlier runs recorded
   else:
     c = c.replace(learning_rate=once(cfg.floats(c.learning_rate, "learning_rate")))
     require(bool(c.learning_rate) and all(np.isfinite(v) and v > 0 for v in c.learning_rate),
@@ -130,7 +139,8 @@ def validate(config) -> Config:
       require(f"{a:g}" != f"{b:g}", name, f"--{name} values {a!r} and {b!r} print alike "
               f"({a:g}): the logs, TensorBoard folders and figures would give two settings "
               "one name. Give values that differ in their first 6 digits")
-  require(c.batch_size >= 1, "batch_size", f"--batch_size must be >= 1, got {c.batch_size}")
+  require(c.batch_size is None or c.batch_size >= 1, "batch_size",
+          f"--batch_size must be >= 1, got {c.batch_size}")
   cfg.finite(c.num_epochs, "num_epochs")
   epochs = 0.0 if c.num_epochs is None else c.num_epochs
   require(c.num_steps >= 0, "num_steps",
@@ -140,17 +150,23 @@ def validate(config) -> Config:
           "give a positive --num_steps or --num_epochs")
   require(c.num_val >= 1, "num_val",
           f"--num_val must be >= 1 (the grid is chosen on it), got {c.num_val}")
-  require(not c.num_train or c.optimizer == "lbfgs" or c.batch_size <= c.num_train,
+  require(not c.num_train or c.batch_size is None or c.batch_size <= c.num_train,
           "batch_size", f"--batch_size={c.batch_size} exceeds --num_train={c.num_train}")
   require(c.log_every >= 0, "log_every", f"--log_every must be >= 0, got {c.log_every}")
-  cfg.finite(c.margin, "margin")
-  require(c.margin >= 0, "margin", f"--margin must be >= 0, got {c.margin}")
-  require(c.loss == "svm" or c.margin == 1.0, "margin",
+  require(c.loss == "svm" or c.margin is None, "margin",
           f"--margin is the SVM's; --loss={c.loss} has none. Leave --margin out, or use "
           "--loss=svm")
+  if c.loss == "svm":
+    c = c.replace(margin=MARGIN if c.margin is None else c.margin)
+    cfg.finite(c.margin, "margin")
+    require(c.margin >= 0, "margin", f"--margin must be >= 0, got {c.margin}")
   cfg.finite(c.init_scale, "init_scale")
-  require(c.init_scale is None or c.init_scale > 0, "init_scale",
-          f"--init_scale must be > 0, got {c.init_scale}")
+  require(c.init_scale is None or np.float32(c.init_scale) > 0, "init_scale",
+          f"--init_scale must be > 0 and not round to 0 in float32 (>= 1.4e-45), got "
+          f"{c.init_scale}; leave it out for the default (1e-3 for linear, He's for mlp)")
+  require(c.shard != "database", "shard",
+          "--shard=database splits kNN's database; training splits its batches: use auto, "
+          "queries or none")
   if c.features != "pixels" and not c.dataset.startswith("folder:"):  # (folders: checked)
     common.check_cache_dir(c)  # features are cached for every dataset
   return c
@@ -278,7 +294,7 @@ def _num_steps(c: Config, n_train: int) -> int:
 
 def loss_function(c: Config):
   """The data loss of --loss (with --margin for svm): scores, labels -> per-example losses."""
-  if c.loss == "svm" and c.margin != 1.0:
+  if c.loss == "svm" and c.margin != MARGIN:
     return lambda scores, labels: losses.multiclass_svm(scores, labels, margin=c.margin)
   return losses.LOSSES[c.loss]
 

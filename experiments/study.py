@@ -62,7 +62,9 @@ def stage_configs(c: Config, available_train: int | None = None) -> dict:
   """
   shared = dict(dataset=c.dataset, data_dir=c.data_dir, seed=c.seed, num_val=c.num_val,
                 num_test=c.num_test, shard=c.shard, cache_dir=c.cache_dir)
-  lin = dict(shared, num_train=c.num_train)
+  # Training splits its batches over the devices; --shard=database is kNN's
+  lin = dict(shared, num_train=c.num_train,
+             shard="queries" if c.shard == "database" else c.shard)
   feat = dict(lin, features="hog_hsv")
   n_knn = c.knn_num_train or c.num_train or available_train
   for limit in (c.num_train, available_train):
@@ -121,7 +123,7 @@ def validate(config) -> Config:
   return c
 
 
-MINIBATCH = linear_exp.Config.batch_size  # the linear stages' minibatch size
+MINIBATCH = linear_exp.BATCH_SIZE  # the linear stages' minibatch size
 
 
 def _check_minibatch(c: Config, available_train: int | None = None) -> None:

@@ -109,7 +109,7 @@ def test_unknown_key_is_refused():
     (knn_exp, dict(seed=-1), "--seed must be >= 0"),
     (linear_exp, dict(num_epochs=math.nan), "--num_epochs must be a finite number"),
     (linear_exp, dict(num_epochs=math.inf), "--num_epochs must be a finite number"),
-    (linear_exp, dict(margin=-1.0), "--margin must be >= 0"),
+    (linear_exp, dict(loss="svm", margin=-1.0), "--margin must be >= 0"),
     (linear_exp, dict(init_scale=0.0), "--init_scale must be > 0"),
     (study, dict(mlp_hidden_size=0), "--mlp_hidden_size must be >= 1"),
     (study, dict(num_train=3, stages=["knn"]), r"--num_train must be 0 \(all\) or at least 5"),
@@ -238,9 +238,17 @@ def test_the_defaults_the_published_figures_were_run_with():
           k.search) == (5000, 500, (1, 3, 5, 8, 10, 12, 15, 20, 50, 100), ("l1", "l2"), 5, 0,
                         "smallest_label", "auto")
   lin = linear_exp.Config()
-  assert (lin.model, lin.features, lin.hidden_size, lin.loss, lin.margin, lin.optimizer,
-          lin.batch_size, lin.num_steps, lin.schedule, lin.init_scale) == (
-              "linear", "pixels", 500, "softmax", 1.0, "momentum", 200, 0, "cosine", None)
+  assert (lin.model, lin.features, lin.loss, lin.optimizer, lin.num_steps, lin.init_scale) == (
+      "linear", "pixels", "softmax", "momentum", 0, None)
+  # The defaults of flags only some runs use, filled in where they apply (None elsewhere).
+  assert (linear_exp.HIDDEN_SIZE, linear_exp.MARGIN, linear_exp.BATCH_SIZE,
+          linear_exp.SCHEDULE) == (500, 1.0, 200, "cosine")
+  mlp_svm = linear_exp.validate(dict(model="mlp", loss="svm"))
+  assert (mlp_svm.hidden_size, mlp_svm.margin, mlp_svm.batch_size, mlp_svm.schedule) == (
+      500, 1.0, 200, "cosine")
+  lbfgs = linear_exp.validate(dict(optimizer="lbfgs"))
+  assert (lbfgs.hidden_size, lbfgs.margin, lbfgs.batch_size, lbfgs.schedule) == (
+      None, None, None, "constant")
   assert linear_exp.MODEL_DEFAULTS == {
       ("linear", "pixels"): dict(learning_rate=(3e-4, 1e-3, 3e-3), reg=(1e-2, 1e-1, 1.0),
                                  num_epochs=5.0),

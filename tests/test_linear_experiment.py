@@ -287,6 +287,17 @@ def test_corrupt_model_file(tmp_path):
     (dict(optimizer="lbfgs", batch_size=50),
      r"--batch_size has no effect with --optimizer=lbfgs \(every step uses the whole"),
     (dict(hidden_size=10), r"--hidden_size is the network's; --model=linear has no hidden"),
+    # Given at their defaults, these had no effect and were taken without a word.
+    (dict(hidden_size=500), r"--hidden_size is the network's; --model=linear has no hidden"),
+    (dict(loss="softmax", margin=1.0), r"--margin is the SVM's; --loss=softmax has none"),
+    (dict(optimizer="lbfgs", schedule="cosine"), r"--schedule has no effect with --optimizer"),
+    (dict(optimizer="lbfgs", batch_size=200), r"--batch_size has no effect with --optimizer"),
+    # Training splits its batches; a split database is kNN's (it was taken as queries).
+    (dict(shard="database"), r"--shard=database splits kNN's database; training splits its "
+     "batches: use auto, queries or none"),
+    # Weights of exactly 0 (linear), or the library's words for a flag (mlp).
+    (dict(init_scale=1e-50), r"--init_scale must be > 0 and not round to 0 in float32"),
+    (dict(model="mlp", init_scale=1e-50), r"--init_scale must be > 0 and not round to 0"),
     (dict(reg=[math.inf]), r"--reg values must be finite numbers >= 0, got \[inf\]"),
     # Both were logged, and drawn, as lr=0.001: one TensorBoard folder, one loss curve.
     (dict(learning_rate=[1e-3, 0.0010000001]),

@@ -301,6 +301,9 @@ def test_stage_configs_share_the_data_flags_and_fit_k_to_the_folds():
   c = study.Config.make(dict(dataset="folder:/x", seed=7, num_val=30, num_test=40,
                              knn_num_train=5000, mlp_epochs=3.0, mlp_hidden_size=9))
   configs = study.stage_configs(c, available_train=25)
+  split = study.stage_configs(c.replace(shard="database"), available_train=25)
+  assert {s: cfg_["shard"] for s, (_, cfg_) in split.items()} == {  # kNN's; training: batches
+      s: "database" if s == "knn" else "queries" for s in study.STAGES}
   for stage, (module, stage_config) in configs.items():
     assert module is (knn_exp if stage == "knn" else linear_exp)
     assert {k: stage_config[k] for k in ("dataset", "seed", "num_val", "num_test")} == {
