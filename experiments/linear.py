@@ -246,9 +246,11 @@ def _inputs(c: Config, ds: data.Dataset, hosts):
   """
   mean, scale = hosts.pixel_stats(ds.train)  # one scalar scale: keeps lr / reg scales sane
   if not float(scale) > 0:
+    more = ("--num_train" if c.num_train else  # every image of the split is taken already
+            "a smaller --num_val: the training images are the split's others")
     raise DataError(f"the {ds.train.total} training image(s) are all the same (their pixels' "
                     "standard deviation is 0): nothing to learn from; use more, different "
-                    "training images (--num_train)")
+                    f"training images ({more})")
   prep = dict(mean_image=np.asarray(mean), scale=scale)
   if c.features == "pixels":
     return (*(data.preprocess(s.images, mean) / scale for s in (ds.train, ds.val, ds.test)),

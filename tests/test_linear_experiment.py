@@ -377,10 +377,17 @@ def test_one_training_image_is_one_error_before_training(folder, tmp_path):
   """One image has no pixel spread to scale by: it used to fail after training (a NaN
   scale in the evaluation, or a model that could not be saved)."""
   root, _ = folder
-  with pytest.raises(DataError, match="are all the same .* nothing to learn from"):
+  with pytest.raises(DataError, match=r"are all the same .* nothing to learn from; use more, "
+                     r"different training images \(--num_train\)"):
     linear_exp.run(dict(dataset=f"folder:{root}", num_train=1, num_val=1, num_test=2,
                         batch_size=1, num_steps=2), str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "results.json").exists()
+  # Every image taken already (--num_train=0): more --num_train cannot help, --num_val can.
+  n = data.split_size(f"folder:{root}", "train")
+  with pytest.raises(DataError, match=r"\(a smaller --num_val: the training images are the "
+                     r"split's others\)"):
+    linear_exp.run(dict(dataset=f"folder:{root}", num_train=0, num_val=n - 1, num_test=2,
+                        batch_size=1, num_steps=2), str(tmp_path / "wd"))
 
 
 def test_hog_on_images_smaller_than_a_cell_names_the_flags(tmp_path):
