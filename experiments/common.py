@@ -444,6 +444,11 @@ _committed = threading.Event()  # the outermost run's files are in its workdir
 _RUNS: list = []  # the runs open in this process, outermost first
 
 
+def inside_another_run() -> bool:
+  """Whether the innermost open run is a stage of another (a study's)."""
+  return len(_RUNS) > 1
+
+
 def _on_interrupt(signum, frame):  # pylint: disable=unused-argument
   """Ctrl-C or SIGTERM: KeyboardInterrupt in the main thread, and a stop that cannot be lost.
 

@@ -108,7 +108,8 @@ def check_sizes(c: Config, num_train: int) -> None:
           "a smaller --num_val (the images it holds out)" if c.num_val else "more images")
   require(max(c.k) <= fit, "k",
           f"--k={max(c.k)} is larger than {where}; use smaller k"
-          + (", fewer --cv_folds" if folds > 2 else "") + f" or {more}")
+          + (", more --cv_folds (each fold then trains on more)" if folds else "")
+          + f" or {more}")
 
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
@@ -124,7 +125,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     load_s = r.timer()
     logging.info("train %d, val %d, test %d images of %s, %d classes", db.n, ds.val.total,
                  ds.test.total, ds.image_shape, ds.num_classes)
-    if ds.val.total and (c.cv_folds or c.single):
+    if ds.val.total and (c.cv_folds or c.single) and not common.inside_another_run():
+      # (A study holds them out for its linear stages, which choose on them.)
       logging.warning("the %d val images (--num_val) are held out of the training images "
                       "and not used: %s; --num_val=0 puts them back", ds.val.total,
                       "there is one setting" if c.single else "cross-validation chooses")

@@ -43,7 +43,8 @@ MODEL_DEFAULTS = {
 }
 LBFGS_STEPS = 50  # --optimizer=lbfgs's default length: full-batch steps
 # The defaults of flags that only some runs use: a run that cannot use one refuses it when
-# given (even at its default value), and records None.
+# given (even at its default value), and records None (lbfgs's schedule: "constant", which it
+# takes, as earlier runs recorded it).
 BATCH_SIZE, HIDDEN_SIZE, MARGIN, SCHEDULE = 200, 500, 1.0, "cosine"
 # Library arguments -> the flags that set them (for error messages).
 FLAGS_OF_ARGUMENTS = {"learning_rates": "learning_rate", "regs": "reg"}
@@ -67,7 +68,8 @@ class Config(common.DataConfig):
                                     "--features; lbfgs: 50 steps, one per epoch)")
   num_steps: int = option(0, "steps (0 = from --num_epochs)")
   schedule: str | None = option(None, "learning-rate schedule: constant, cosine (the "
-                                "default), step (lbfgs: none, its line search sets the step)")
+                                "default), step (lbfgs: constant only, its line search sets "
+                                "the step)")
   log_every: int = option(0, "steps between logs (0 = each epoch; lbfgs: every 10 steps)")
   init_scale: float | None = option(None, "std of the initial weights (default: 1e-3 for "
                                     "linear, He initialisation for mlp)")
@@ -162,7 +164,8 @@ def validate(config) -> Config:
     require(c.margin >= 0, "margin", f"--margin must be >= 0, got {c.margin}")
   cfg.finite(c.init_scale, "init_scale")
   require(c.init_scale is None or np.float32(c.init_scale) > 0, "init_scale",
-          f"--init_scale must be > 0 and not round to 0 in float32 (>= 1.4e-45), got "
+          f"--init_scale must be > 0 and not round to 0 in float32 (below about 7e-46 it "
+          f"does), got "
           f"{c.init_scale}; leave it out for the default (1e-3 for linear, He's for mlp)")
   require(c.shard != "database", "shard",
           "--shard=database splits kNN's database; training splits its batches: use auto, "

@@ -186,10 +186,11 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float,
   """report.md: the table, which stages failed, the key figures, and what ran them."""
   failed = [s for s in c.stages if "error" in rows[s]]
   lines = [f"# jaxlin study: {c.dataset}", "",
-           f"Run {started}, {total_s:.0f} s in all. Each method is chosen on validation data "
-           f"(the last {c.num_val:,} images of the training split, in the dataset's own order, "
-           f"whatever the seed; seed {c.seed} draws the train and test subsets) and evaluated "
-           "once on the test split.", ""]
+           f"Run {started}, {total_s:.0f} s in all. kNN is chosen by {KNN_FOLDS}-fold "
+           "cross-validation on training images, the other methods on validation data (the "
+           f"last {c.num_val:,} images of the training split, in the dataset's own order, "
+           f"whatever the seed); each is evaluated once on the test split. Seed {c.seed} drives "
+           "the other random streams (subsets, folds, initial weights, minibatches).", ""]
   if failed:
     lines += [("**Every stage failed.**" if len(failed) == len(c.stages) else
                f"**{len(failed)} of {len(c.stages)} stages failed: {', '.join(failed)}.**"), ""]
@@ -230,7 +231,7 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float,
   if environment:
     versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
     lines += ["## How this was run", "",
-              f"- command: `{environment['command']}`",
+              f"- command: `{environment['command']}` ({environment['date_utc']})",
               f"- jaxlin {environment['jaxlin']}, commit {environment['commit'] or 'unknown'}; "
               f"{versions}",
               f"- CPU: {environment['cpu']}, {environment['cores']} cores; devices: "

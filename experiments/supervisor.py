@@ -10,9 +10,12 @@ starts itself again as a child of a supervisor that imports only the standard li
 * the child's stdout is the supervisor's own; its stderr passes through as it comes
   (progress bars included) until JAX's report of a lost coordination service begins; that
   report and what follows it (stack dumps) are held back;
-* when the child then ends with an error, the supervisor prints one line naming the cause,
-  removes the child's staging folder and exits with code 1. Any other crash passes through
-  untouched, and the child's exit code (or signal) becomes the supervisor's;
+* when the child then ends with an error, the supervisor prints one line naming the cause
+  (a lost coordinator, or the coordinator's refusal of this process as it joined), removes
+  the child's staging folder and exits with code 1. A child killed by SIGKILL (the
+  out-of-memory killer, ``kill -9``), which says nothing itself, gets one line too, its
+  staging folder removed, and exit code 137. Any other crash passes through untouched,
+  and the child's exit code (or signal) becomes the supervisor's;
 * the child runs in its own process group: SIGINT (Ctrl-C), SIGTERM and SIGHUP reach it once,
   through the supervisor, as SIGINT (JAX's preemption notifier would swallow a SIGTERM), so the
   run stops cleanly with exit code 130; the kernel kills the child if the supervisor dies
@@ -44,9 +47,9 @@ INTERRUPTED_EARLY = "interrupted before the run began; nothing was written"
 # The coordinator's refusal of a process as it joins (a --process_id taken or out of its
 # --num_processes, or the port held by another run), in the held report.
 _REFUSED_MARK = b"CoordinationService/RegisterTask"
-_REFUSED = ("the coordinator at --coordinator_address refused this process as it joined: give "
-            "every process its own --process_id in [0, --num_processes) and the same "
-            "--num_processes (or the port belongs to another run: choose another)")
+_REFUSED = ("the coordinator refused this process as it joined: give every process its own "
+            "--process_id in [0, --num_processes) and the same --num_processes (or the "
+            "coordinator's port belongs to another run: choose another)")
 _FATAL_LINE = re.compile(rb"F(\d{0,3}$|\d{4})")  # (the start of) an absl FATAL log line
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -250,10 +253,13 @@ def run(argv: list[str]) -> int:
     err._write(err.held)  # pylint: disable=protected-access
   if code == -signal.SIGKILL:  # the child says nothing: the out-of-memory killer, kill -9
     workdir = _staging(argv)
+    committing = bool(workdir) and os.path.lexists(
+        os.path.join(workdir, f"{JOURNAL}{child.pid}.json"))
     if workdir:
       remove_staging(workdir, child.pid)
-    print("error: this process's run was killed (SIGKILL: out of memory, or kill -9); no "
-          "results were written", file=sys.stderr, flush=True)
+    print("error: this process's run was killed (SIGKILL: out of memory, or kill -9); "
+          + ("it was writing its results: the next run in the workdir completes them"
+             if committing else "no results were written"), file=sys.stderr, flush=True)
     return 128 + signal.SIGKILL
   if code < 0:  # end as the child did
     try:

@@ -200,7 +200,11 @@ def penalised_leaves(params, *, mask: Mask = None) -> list:
 
   mask: None (every leaf with ndim >= 2: weight matrices and kernels, not
   biases or scales), a predicate ``(path, leaf) -> bool`` with path a string
-  such as "layers/0/w", or a pytree of bools with the structure of params.
+  such as "layers/0/w" (any result Python takes as true or false chooses: a
+  regex match, a count, None; a traced or many-valued result is an InputError,
+  as is a function that cannot take (path, leaf), such as optax's masks of
+  params: pass its result instead), or a pytree of bools with the structure of
+  params.
   """
   if mask is None:
     where = _number_matrix(params)

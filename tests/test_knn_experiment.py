@@ -103,8 +103,8 @@ def test_run_with_tfds_mock_data_and_the_val_split(tmp_path):
     (dict(num_train=20, cv_num_train=30), "--cv_num_train=30 is more than the 20 training"),
     (dict(num_train=50, cv_num_train=10, k=[9]),
      "--k=9 is larger than the 8 training images of each of 5 folds"),
-    (dict(num_train=0, cv_num_train=10, k=[9]), "use smaller k, fewer --cv_folds or more "
-                                                "--cv_num_train"),
+    (dict(num_train=0, cv_num_train=10, k=[9]), r"use smaller k, more --cv_folds \(each fold "
+                                                r"then trains on more\) or more --cv_num_train"),
     (dict(num_train=50, cv_num_train=11, k=[9]),  # folds of 3, 2, 2, 2, 2: 8 to train on
      "--k=9 is larger than the 8 training images of each of 5 folds"),
     (dict(num_train=50, cv_num_train=3), "--cv_folds=5 is more than the 3 training images of "
@@ -367,8 +367,8 @@ def test_size_advice_names_the_flag_that_can_help_and_unused_val_images_are_said
   """With --num_train=0 (every image already) the advice was "more --num_train"; the val
   images held out of a cross-validated run were dropped without a word."""
   root, _ = image_folder
-  with pytest.raises(ConfigError, match=r"use smaller k, fewer --cv_folds or a smaller "
-                     r"--num_val \(the images it holds out\)"):
+  with pytest.raises(ConfigError, match=r"use smaller k, more --cv_folds \(each fold then "
+                     r"trains on more\) or a smaller --num_val \(the images it holds out\)"):
     knn_exp.run(dict(dataset=f"folder:{root}", num_train=0, num_test=0, num_val=5, k=[1, 500]),
                 str(tmp_path / "a"))
   with caplog.at_level("WARNING"):

@@ -263,6 +263,7 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
   c = study.Config.make(dict(dataset="cifar10", stages=["knn", "mlp", "svm"]))
   rows = {"knn": knn_row, "mlp": mlp_row, "svm": {"error": "RuntimeError: boom"}}
   environment = {"command": "python -m experiments.study --dataset=cifar10", "jaxlin": "0.1.0",
+                 "date_utc": "2026-12-04T06:00:00+00:00",
                  "commit": "abc1234", "versions": {"python": "3.11.7", "jax": "0.10.2"},
                  "cpu": "AMD EPYC, family 25 model 17; avx2", "cores": 2, "devices": ["cpu: cpu"],
                  "data_files": "0123456789abcdef"}
@@ -270,10 +271,12 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
                                  61.0, environment)).read()
   lines = text.splitlines()
   assert lines[:2] == ["# jaxlin study: cifar10", ""]
-  assert lines[2].startswith("Run 2026-12-04 06:00, 61 s in all. Each method is chosen on "
-                             "validation data (the last 1,000 images of the training split, "
-                             "in the dataset's own order, whatever the seed; seed 0 draws the "
-                             "train and test subsets)")
+  assert lines[2] == ("Run 2026-12-04 06:00, 61 s in all. kNN is chosen by 5-fold "
+                      "cross-validation on training images, the other methods on validation "
+                      "data (the last 1,000 images of the training split, in the dataset's own "
+                      "order, whatever the seed); each is evaluated once on the test split. "
+                      "Seed 0 drives the other random streams (subsets, folds, initial weights, "
+                      "minibatches).")
   assert "**1 of 3 stages failed: svm.**" in lines
   head = lines.index("| method | chosen | val accuracy | test accuracy | train time (grid) | "
                      "predict time / image | train images | val images | test images |")
@@ -285,7 +288,8 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
       "30.3 s (2 settings) | 0.250 ms | 49,000 | 1,000 | 400 |",
       "| svm | **failed**: RuntimeError: boom | | | | | | | |"]
   assert lines[-7:] == [
-      "## How this was run", "", "- command: `python -m experiments.study --dataset=cifar10`",
+      "## How this was run", "", "- command: `python -m experiments.study --dataset=cifar10` "
+      "(2026-12-04T06:00:00+00:00)",
       "- jaxlin 0.1.0, commit abc1234; python 3.11.7, jax 0.10.2",
       "- CPU: AMD EPYC, family 25 model 17; avx2, 2 cores; devices: cpu: cpu",
       "- data files digest: 0123456789abcdef", ""]
