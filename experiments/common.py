@@ -165,6 +165,7 @@ class Run:
       if self.workdir is not None:
         self.workdir.open()
         self.write_json("config.json", {"experiment": self.kind, **self.config.asdict()})
+        self.environment()  # its date_utc: the run's start
     except BaseException:  # (a full disk): the workdir unlocked, its staging folder gone
       self.__exit__()
       raise
