@@ -146,16 +146,21 @@ class Run:
     self.started = time.strftime("%Y-%m-%d %H:%M:%S")
     self._environment = None
 
-  def environment(self) -> dict | None:
+  def environment(self, data: bool = False) -> dict | None:
     """``provenance.describe`` of this run (process 0; the others write nothing), once for
-    a study and its stages (the same command, code, machine and data)."""
+    a study and its stages (the same command, code, machine and data), taken at the start
+    of the outermost run; ``data``: with the dataset's digest, taken once the data is loaded
+    (a tfds dataset's split sizes are known once it is prepared)."""
     if not self.writer:
       return None
+    from experiments import provenance  # pylint: disable=import-outside-toplevel
     root = _RUNS[0] if _RUNS else self
     if getattr(root, "_environment", None) is None:
-      from experiments import provenance  # pylint: disable=import-outside-toplevel
-      root._environment = provenance.describe(self.config)  # pylint: disable=protected-access
-    return root._environment  # pylint: disable=protected-access
+      root._environment = provenance.describe(self.config, digest=False)  # pylint: disable=protected-access
+    env = root._environment  # pylint: disable=protected-access
+    if data and env["data_files"] is None:
+      env["data_files"] = provenance.data_digest(self.config)
+    return env
 
   def __enter__(self) -> "Run":
     if not _RUNS:
@@ -199,7 +204,7 @@ class Run:
   def finish(self, results: dict) -> dict:
     """Writes results.json and replaces the previous run's files with this run's."""
     results = dict(results, processes=self.hosts.count, devices=self.hosts.devices,
-                   date=self.started, environment=self.environment())
+                   date=self.started, environment=self.environment(data=True))
     results.setdefault("timings_s", {})["total"] = self.timer()
     if _interrupted.is_set():  # its KeyboardInterrupt was dropped (a callback of JAX's does)
       _redeliver.clear()  # raised here: not again from _unraisable's timer

@@ -125,7 +125,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     load_s = r.timer()
     logging.info("train %d, val %d, test %d images of %s, %d classes", db.n, ds.val.total,
                  ds.test.total, ds.image_shape, ds.num_classes)
-    if ds.val.total and (c.cv_folds or c.single) and not common.inside_another_run():
+    if (ds.val.total and not c.num_train and (c.cv_folds or c.single)  # they could join
+        and not common.inside_another_run()):
       # (A study holds them out for its linear stages, which choose on them.)
       logging.warning("the %d val images (--num_val) are held out of the training images "
                       "and not used: %s; --num_val=0 puts them back", ds.val.total,

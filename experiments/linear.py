@@ -163,9 +163,10 @@ def validate(config) -> Config:
     cfg.finite(c.margin, "margin")
     require(c.margin >= 0, "margin", f"--margin must be >= 0, got {c.margin}")
   cfg.finite(c.init_scale, "init_scale")
-  require(c.init_scale is None or np.float32(c.init_scale) > 0, "init_scale",
-          f"--init_scale must be > 0 and not round to 0 in float32 (below about 7e-46 it "
-          f"does), got "
+  tiny = float(np.finfo(np.float32).tiny)  # smaller: subnormal, flushed to 0 on CPUs
+  require(c.init_scale is None or c.init_scale >= tiny, "init_scale",
+          f"--init_scale must be at least {tiny:.3g} (float32's smallest normal number: "
+          f"smaller weights are flushed to 0 and a network never learns), got "
           f"{c.init_scale}; leave it out for the default (1e-3 for linear, He's for mlp)")
   require(c.shard != "database", "shard",
           "--shard=database splits kNN's database; training splits its batches: use auto, "

@@ -96,19 +96,27 @@ def command() -> str:
   return shlex.join(argv)
 
 
-def describe(config) -> dict:
-  """The environment of a run of ``config`` (an experiment's Config): for results.json."""
-  from jaxlin import __version__, data  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
+def data_digest(config) -> str | None:
+  """``data.source_digest`` of ``config``'s dataset, or None where it cannot be read (the
+  run reports that itself). Taken once the data is loaded: a tfds dataset's split sizes are
+  known once it is prepared."""
+  from jaxlin import data  # pylint: disable=import-outside-toplevel
   try:
-    digest = data.source_digest(config.dataset, data_dir=getattr(config, "data_dir", None))
-  except Exception:  # pylint: disable=broad-except  # the run itself reported the data
-    digest = None
+    return data.source_digest(config.dataset, data_dir=getattr(config, "data_dir", None))
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def describe(config, digest: bool = True) -> dict:
+  """The environment of a run of ``config`` (an experiment's Config): for results.json
+  (``digest=False``: its data_files left None, to be taken later)."""
+  from jaxlin import __version__  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   return {
       "command": command(),
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "jaxlin": __version__, "commit": commit(), "versions": versions(),
       "cpu": cpu(), "cores": cores(),
       "devices": sorted({f"{d.platform}: {d.device_kind}" for d in jax.devices()}),
-      "data_files": digest,
+      "data_files": data_digest(config) if digest else None,
   }

@@ -289,7 +289,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       raise StudyFailed(f"every stage failed ({reasons}); nothing was written, and the "
                         "workdir keeps its previous run")
     if r.writer:
-      write_report(r.file("report.md"), c, rows, r.started, r.timer(), r.environment())
+      write_report(r.file("report.md"), c, rows, r.started, r.timer(), r.environment(data=True))
     results = r.finish({"dataset": c.dataset, "stages": rows, "failed_stages": failed,
                         "report": os.path.join(os.path.abspath(os.path.expanduser(workdir)),
                                                "report.md")})

@@ -110,7 +110,7 @@ def test_unknown_key_is_refused():
     (linear_exp, dict(num_epochs=math.nan), "--num_epochs must be a finite number"),
     (linear_exp, dict(num_epochs=math.inf), "--num_epochs must be a finite number"),
     (linear_exp, dict(loss="svm", margin=-1.0), "--margin must be >= 0"),
-    (linear_exp, dict(init_scale=0.0), "--init_scale must be > 0"),
+    (linear_exp, dict(init_scale=0.0), r"--init_scale must be at least 1.18e-38"),
     (study, dict(mlp_hidden_size=0), "--mlp_hidden_size must be >= 1"),
     (study, dict(num_train=3, stages=["knn"]), r"--num_train must be 0 \(all\) or at least 5"),
     (study, dict(num_train=40), r"minibatches of 200 images, but --num_train=40"),  # named

@@ -374,5 +374,8 @@ def test_size_advice_names_the_flag_that_can_help_and_unused_val_images_are_said
   with caplog.at_level("WARNING"):
     knn_exp.run(dict(dataset=f"folder:{root}", num_train=30, num_test=6, num_val=5, k=[1, 3],
                      metric=["l1"], cv_folds=3, num_neighbor_rows=0), str(tmp_path / "b"))
+    assert "val images" not in caplog.text  # a subset: --num_val=0 would add nothing
+    knn_exp.run(dict(dataset=f"folder:{root}", num_train=0, num_test=6, num_val=5, k=[1, 3],
+                     metric=["l1"], cv_folds=3, num_neighbor_rows=0), str(tmp_path / "c"))
   assert ("the 5 val images (--num_val) are held out of the training images and not used: "
           "cross-validation chooses; --num_val=0 puts them back") in caplog.text

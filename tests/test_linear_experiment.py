@@ -296,8 +296,9 @@ def test_corrupt_model_file(tmp_path):
     (dict(shard="database"), r"--shard=database splits kNN's database; training splits its "
      "batches: use auto, queries or none"),
     # Weights of exactly 0 (linear), or the library's words for a flag (mlp).
-    (dict(init_scale=1e-50), r"--init_scale must be > 0 and not round to 0 in float32"),
-    (dict(model="mlp", init_scale=1e-50), r"--init_scale must be > 0 and not round to 0"),
+    (dict(init_scale=1e-50), r"--init_scale must be at least 1.18e-38 \(float32's smallest "
+     r"normal number: smaller weights are flushed to 0"),
+    (dict(model="mlp", init_scale=1e-40), r"--init_scale must be at least 1.18e-38"),
     (dict(reg=[math.inf]), r"--reg values must be finite numbers >= 0, got \[inf\]"),
     # Both were logged, and drawn, as lr=0.001: one TensorBoard folder, one loss curve.
     (dict(learning_rate=[1e-3, 0.0010000001]),
