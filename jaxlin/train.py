@@ -1052,11 +1052,16 @@ def _split(key):
 
 
 def _finite_mean(losses_SxG):
-  """Mean over steps of each member's finite losses (NaN for a member with none)."""
+  """Mean over steps of each member's finite losses (NaN for a member with none), summed in
+  float64: float32 losses near 1e38 summed past float32's range to inf, the mark of a
+  diverged member, for one that had not diverged. (The mean of finite values is finite in
+  their own dtype.)"""
+  losses_SxG = np.asarray(losses_SxG)
   finite = np.isfinite(losses_SxG)
-  total = np.where(finite, losses_SxG, 0.0).sum(0)
+  total = np.where(finite, losses_SxG, 0.0).astype(np.float64).sum(0)
   count = finite.sum(0)
-  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+  mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+  return mean.astype(losses_SxG.dtype) if np.issubdtype(losses_SxG.dtype, np.floating) else mean
 
 
 def _real_rows(a, n: int | None):

@@ -680,6 +680,9 @@ def test_logged_loss_is_the_mean_of_each_members_finite_steps():
   # A member that diverged at the second step logs the mean of its finite steps.
   got = train._finite_mean(np.array([[1.0, 1.0, np.nan], [3.0, np.nan, np.inf]]))
   np.testing.assert_array_equal(got, [2.0, 1.0, np.nan])
+  # float32 losses near 1e38 summed to inf, the mark of divergence, for a member that had not.
+  big = train._finite_mean(np.array([[3e38], [3e38]], np.float32))
+  assert big.dtype == np.float32 and big[0] == np.float32(3e38)
 
 
 def test_schedule_free_members_are_evaluated_at_their_evaluation_point():
