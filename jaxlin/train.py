@@ -928,6 +928,9 @@ class Trainer:
         callback(record)
       if not bool(np.asarray(state.alive).any()):
         first = int(np.asarray(state.diverged_at).min())
+        last = int(np.asarray(state.diverged_at).max())
+        when = (f"at step {first} for every setting" if first == last else
+                f"for every setting, the first at step {first} and the last at step {last}")
         hint = ("" if first > 1 else "at the first step: check the loss at the starting "
                 "params too, and the optimizer's constants in the params' dtype, e.g. "
                 "adam's eps=1e-8 is 0 in float16; ")
@@ -937,13 +940,13 @@ class Trainer:
         if self.has_learning_rate:
           largest = float(np.max(np.asarray(hyper["lr"])))
           raise DivergenceError(
-              f"training diverged: the loss or the parameters became inf or NaN at step "
-              f"{first} for every setting (largest learning rate {largest:g})",
+              f"training diverged: the loss or the parameters became inf or NaN {when} "
+              f"(largest learning rate {largest:g})",
               advice="try smaller learning_rates", argument="learning_rates",
               library_hint=hint, step=first)
         raise DivergenceError(
-            f"training diverged: the loss or the parameters became inf or NaN at step {first} "
-            "for every setting", advice="try a smaller learning rate in the optimizer",
+            f"training diverged: the loss or the parameters became inf or NaN {when}",
+            advice="try a smaller learning rate in the optimizer",
             argument="optimizer", library_hint=hint, step=first)
     _warn_if_learning_rate_unused(at_start, state.params, hyper, np.asarray(state.diverged_at))
     return FitResult(params=evaluated(state.params, state.opt_state),

@@ -103,6 +103,11 @@ def test_divergence_is_flagged_per_member_and_stops_when_all_diverge():
   assert str(e.value) == e.value.message + "; " + e.value.library_hint
   assert "apply_if_finite" in e.value.library_hint and "first step" not in str(e.value)
   assert 1 <= e.value.step <= 30 and f"at step {e.value.step} " in e.value.message
+  # Members that diverged at different steps: "at step N for every setting" overstated it.
+  with pytest.raises(DivergenceError, match=r"inf or NaN for every setting, the first at step "
+                     r"(\d+) and the last at step (?!\1)\d+ \(largest learning rate 1e\+06\)"):
+    t.fit(jax.random.key(0), x, y, learning_rates=[30.0, 1e6], regs=[1.0, 1.0], batch_size=16,
+          num_steps=30)
   wrapped = InputError(ValueError("bad x"), argument="x")  # any object, as Exception takes
   assert str(wrapped) == wrapped.message == "bad x" and wrapped.library_hint is None
 
