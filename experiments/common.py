@@ -155,7 +155,7 @@ class Run:
       return None
     from experiments import provenance  # pylint: disable=import-outside-toplevel
     root = _RUNS[0] if _RUNS else self
-    if getattr(root, "_environment", None) is None:
+    if root._environment is None:  # pylint: disable=protected-access
       root._environment = provenance.describe(self.config, digest=False)  # pylint: disable=protected-access
     env = root._environment  # pylint: disable=protected-access
     if data and env["data_files"] is None:

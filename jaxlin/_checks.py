@@ -109,6 +109,20 @@ def random_key(key, name: str = "key"):
                    argument=name)
 
 
+def is_real_number(v, integer: bool = False) -> bool:
+  """Whether ``v`` is one real number (an integer one with ``integer``): a Python or numpy
+  number, or a 0-d real array, jax's too (bfloat16 is no numpy "number", but a real float);
+  not a bool, a string or a complex number."""
+  if isinstance(v, (bool, np.bool_, str, bytes)) or np.ndim(v) != 0:
+    return False
+  try:
+    dtype = np.asarray(v).dtype
+  except (TypeError, ValueError):
+    return False
+  return bool(jnp.issubdtype(dtype, jnp.integer) or (
+      not integer and jnp.issubdtype(dtype, jnp.floating)))
+
+
 def finite_number(value, name: str):
   """``value`` as a float if it is a finite real number (a traced one passes unchanged),
   else InputError naming ``name``."""

@@ -288,24 +288,12 @@ def _chosen_point(chosen, ks: np.ndarray, accuracies: Mapping[str, np.ndarray]):
     metric, k = chosen
   except (TypeError, ValueError):
     metric = k = None
-  at = np.flatnonzero(ks == k) if _is_number(k) else []
+  at = np.flatnonzero(ks == k) if _checks.is_real_number(k) else []
   if not isinstance(metric, str) or metric not in accuracies or not len(at):
     raise InputError(f"chosen must be a (metric, k) pair of those drawn (metrics "
                      f"{', '.join(accuracies)}; k {', '.join(_tick(v) for v in ks)}), "
                      f"got {chosen!r}", argument="chosen")
   return metric, int(at[0])
-
-
-def _is_number(v, integer: bool = False) -> bool:
-  """Whether ``v`` is one real number (Python, numpy or a 0-d jax array; not a bool)."""
-  if isinstance(v, (bool, np.bool_)) or np.ndim(v) != 0:
-    return False
-  try:
-    dtype = np.asarray(v).dtype
-  except (TypeError, ValueError):
-    return False
-  return bool(np.issubdtype(dtype, np.integer if integer else np.number)
-              and not np.issubdtype(dtype, np.complexfloating))
 
 
 def _spaced_labels(ax, values: np.ndarray) -> list[str]:
@@ -628,7 +616,7 @@ def grid(values_AxB, a_values: Sequence[float], b_values: Sequence[float], *, a_
     raise InputError("values_AxB is empty: there is nothing to draw", argument="values_AxB")
   if chosen is not None:
     try:
-      i, j = (int(n) if _is_number(n, integer=True) else None for n in chosen)
+      i, j = (int(n) if _checks.is_real_number(n, integer=True) else None for n in chosen)
     except (TypeError, ValueError):
       i = j = None
     if i is None or j is None or not (0 <= i < v.shape[0] and 0 <= j < v.shape[1]):

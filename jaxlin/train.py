@@ -92,7 +92,7 @@ def make_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
                      argument="optimizer")
   if name != "lbfgs" and not callable(learning_rate) and not _checks.is_traced(learning_rate):
     try:
-      ok = (_is_number(learning_rate) and math.isfinite(float(learning_rate))
+      ok = (_checks.is_real_number(learning_rate) and math.isfinite(float(learning_rate))
             and float(learning_rate) > 0)
     except (TypeError, ValueError):
       ok = False
@@ -220,7 +220,7 @@ def make_train_step(loss_fn: Callable, apply_fn: Callable, tx: optax.GradientTra
   concrete = not isinstance(reg, jax.core.Tracer)
   if concrete:
     try:
-      ok = _is_number(reg) and 0 <= float(reg) < math.inf
+      ok = _checks.is_real_number(reg) and 0 <= float(reg) < math.inf
     except (TypeError, ValueError):
       ok = False
     if not ok:
@@ -301,15 +301,6 @@ def _grid_numbers(values, name: str) -> np.ndarray:
       np.ndim(v) == 0 and jnp.result_type(v) == jnp.bool_ for v in values):
     raise InputError(f"{name} must be real numbers, not bools, got {values!r}", argument=name)
   return raw.astype(np.float64)
-
-
-def _is_number(v) -> bool:
-  """A real number: a Python or numpy number, or a 0-d real array (not a bool or string)."""
-  if isinstance(v, (bool, np.bool_, str, bytes)) or np.ndim(v) != 0:
-    return False
-  dtype = np.asarray(v).dtype  # bfloat16 is no numpy "number", but a real float
-  return (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)) and (
-      dtype != np.bool_)
 
 
 def _has_methods(obj, *names: str) -> bool:

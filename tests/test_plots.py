@@ -292,6 +292,13 @@ def test_curves_leave_outliers_out_of_the_range_and_label_a_log_axis():
      "holds 96 NaN or infinite values"),
     (lambda: plots.templates(np.full((12, 1), np.inf), (2, 2, 3), ["a"]), "w_DxC",
      "holds 12 NaN or infinite values"),
+    # Nothing to draw, or a k twice: empty or broken axes, or a ZeroDivisionError.
+    (lambda: plots.cross_validation([1, 1, 3], {"l1": [[0.1, 0.9, 0.5]]}), "ks",
+     r"ks holds a k twice \(\[1, 1, 3\]\)"),
+    (lambda: plots.templates(np.zeros((12, 0)), (2, 2, 3), []), "w_DxC", "no columns"),
+    (lambda: plots.curves({}), "series", "series is empty"),
+    (lambda: plots.grid(np.zeros((0, 0)), [], [], a_label="a", b_label="b"), "values_AxB",
+     "values_AxB is empty"),
 ])
 def test_bad_new_arguments_name_themselves(call, argument, message):
   with pytest.raises(InputError, match=message) as e:
@@ -464,20 +471,6 @@ def test_save_expands_home_and_checks_dpi_before_making_folders(tmp_path, monkey
   with pytest.raises(InputError, match="path is empty") as e:
     plots.save(fig, "")
   assert e.value.argument == "path"
-
-
-@pytest.mark.parametrize("call, argument, message", [
-    (lambda: plots.cross_validation([1, 1, 3], {"l1": [[0.1, 0.9, 0.5]]}), "ks",
-     r"ks holds a k twice \(\[1, 1, 3\]\)"),
-    (lambda: plots.templates(np.zeros((12, 0)), (2, 2, 3), []), "w_DxC", "no columns"),
-    (lambda: plots.curves({}), "series", "series is empty"),
-    (lambda: plots.grid(np.zeros((0, 0)), [], [], a_label="a", b_label="b"), "values_AxB",
-     "values_AxB is empty"),
-])
-def test_nothing_to_draw_and_duplicate_ks_name_their_argument(call, argument, message):
-  with pytest.raises(InputError, match=message) as e:
-    call()
-  assert e.value.argument == argument
 
 
 def test_chosen_takes_jax_scalars():
