@@ -1,0 +1,181 @@
+"""Native CPU kernels: an exact int8 matrix product for x86-64 CPUs with AVX-512 VNNI.
+
+XLA's CPU int8 product runs at about a third of what AVX-512 VNNI can do on CPUs without
+Intel's AMX (an AMD EPYC, Zen 4: 316 GOP/s against 770 GOP/s for this kernel on a
+1,000 x 4,000 x 3,072 product; WORKSPACE.md, 2026-12-06). ``int8_products.cc`` is an XLA
+FFI handler with the same contract as XLA's int8 dot with int32 output (exact wherever the
+true sums fit in int32), built with the machine's C++ compiler the first time a process
+needs it (about 3 s) into ``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/native``)
+and kept there, one file per source, compiler and jaxlib version.
+
+``distances.int8_products`` uses it on CPUs that list ``avx512_vnni`` and ``avx512bw`` and
+no ``amx_int8`` (where XLA's own int8 product runs on AMX tiles) for products of at least
+``MIN_ROWS`` rows on each side. Everything else, a failed build included, takes XLA's
+product: the results are the same, only the speed differs. A failed build says why once
+per process (a warning). ``JAXLIN_INT8_PRODUCT`` in the environment chooses: ``auto`` (the
+default, as above), ``xla`` (never the kernel) or ``native`` (the kernel, or a RuntimeError
+that says why not: for benchmarks and tests). The choice is made when a program is traced:
+a program already compiled keeps its product.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import jax
+import numpy as np
+
+from jaxlin.errors import InputError
+
+__all__ = ["MIN_ROWS", "SETTINGS", "available", "int8_products", "reason_unavailable", "setting",
+           "unsupported"]
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "int8_products.cc")
+_TARGET = "jaxlin_int8_products"
+# Rows on each side from which the kernel is used (its tile is 8 x 48 rows; below that,
+# e.g. a matrix-vector product, most of its lanes would be idle).
+MIN_ROWS = 8
+_lock = threading.Lock()
+
+
+def _cpu_flags() -> set:
+  from jaxlin import distances  # pylint: disable=import-outside-toplevel
+  return distances._cpu_flags("/proc/cpuinfo")  # pylint: disable=protected-access
+
+
+def _cache_dir() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "jaxlin", "native")
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _build() -> str:
+  """The path of the built library (built now if this source, compiler and jaxlib have no
+  build in the cache yet). Raises RuntimeError with the reason where it cannot be built."""
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+  include = jax.ffi.include_dir()
+  with open(_SOURCE, "rb") as f:
+    source = f.read()
+  key = hashlib.sha256(b"\0".join([source, cxx.encode(), jax.__version__.encode(),
+                                   include.encode(), platform.machine().encode()]))
+  folder = _cache_dir()
+  path = os.path.join(folder, f"int8_products-{key.hexdigest()[:16]}.so")
+  if os.path.exists(path):
+    return path
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+  except OSError as e:
+    raise RuntimeError(f"the cache folder {folder} is not writable ({e.strerror}); set "
+                       "XDG_CACHE_HOME to a writable folder") from None
+  try:
+    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w", "-I", include,
+           _SOURCE, "-o", tmp]
+    try:
+      done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+      raise RuntimeError(f"{os.path.basename(cxx)} failed to run: {e}") from None
+    if done.returncode != 0:
+      last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+      raise RuntimeError(f"{os.path.basename(cxx)} failed (exit {done.returncode}): {last[0]}")
+    os.replace(tmp, path)  # atomic: another process may be building the same file
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+SETTINGS = ("auto", "xla", "native")
+
+
+def setting() -> str:
+  """``JAXLIN_INT8_PRODUCT`` from the environment: "auto" (the default), "xla" or "native"."""
+  value = os.environ.get("JAXLIN_INT8_PRODUCT", "auto").strip().lower() or "auto"
+  if value not in SETTINGS:
+    raise InputError(f"JAXLIN_INT8_PRODUCT must be one of {', '.join(SETTINGS)}, got "
+                     f"{os.environ['JAXLIN_INT8_PRODUCT']!r}", argument="JAXLIN_INT8_PRODUCT")
+  return value
+
+
+def unsupported(machine: str, flags: set) -> str | None:
+  """Why a CPU of this ``machine`` (``platform.machine()``) and Linux CPU ``flags`` does not
+  take the kernel; None where it does."""
+  if machine.lower() not in ("x86_64", "amd64"):
+    return f"the CPU is {machine or 'unknown'}, not x86-64"
+  if not {"avx512f", "avx512bw", "avx512_vnni"} <= flags:
+    return "the CPU lists no AVX-512 VNNI (avx512_vnni with avx512bw)"
+  if "amx_int8" in flags:
+    return "the CPU has AMX, on which XLA's own int8 product runs"
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _registered() -> str | None:
+  """Builds the kernel and registers it with XLA, once per process: None, or why not."""
+  try:
+    import ctypes  # pylint: disable=import-outside-toplevel
+    lib = ctypes.CDLL(_build())
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.JaxlinInt8Products),
+                                platform="cpu")
+  except (RuntimeError, OSError, AttributeError, ValueError) as e:
+    return f"it was not built ({e})"
+  return None
+
+
+def _load(chosen: str) -> str | None:
+  """None where the kernel runs (built and registered); else why it is not used."""
+  if chosen == "xla":
+    return "JAXLIN_INT8_PRODUCT=xla"
+  reason = unsupported(platform.machine(), _cpu_flags()) or _registered()
+  if reason is not None and chosen == "native":
+    raise RuntimeError(f"JAXLIN_INT8_PRODUCT=native, but jaxlin's int8 kernel cannot run "
+                       f"here: {reason}; unset it to use XLA's int8 product")
+  if reason is not None and reason.startswith("it was not built") and not _warned:
+    _warned.append(reason)
+    warnings.warn(f"jaxlin's int8 kernel for this CPU: {reason}; XLA's int8 product is "
+                  "used instead (the same results, slower on this CPU)", RuntimeWarning,
+                  stacklevel=4)
+  return reason
+
+
+_warned: list = []  # the build's failure, once warned about
+
+
+def reason_unavailable() -> str | None:
+  """Why the native int8 product is not used in this process; None where it is."""
+  chosen = setting()
+  with _lock:
+    return _load(chosen)
+
+
+def available() -> bool:
+  """Whether ``int8_products`` runs here (builds the kernel on first call)."""
+  return reason_unavailable() is None
+
+
+def int8_products(x_AxD, y_BxD):
+  """x . y^T in int32 for 2-D int8 x (A, D) and y (B, D), by the native kernel (traceable).
+  Exact where the true sums fit in int32. Raises RuntimeError where ``available()`` is
+  False (``distances.int8_products`` picks this kernel or XLA's product by itself)."""
+  reason = reason_unavailable()
+  if reason is not None:
+    raise RuntimeError(f"the native int8 product is not available here: {reason}; use "
+                       "jaxlin.distances.int8_products, which falls back to XLA's")
+  out = jax.ShapeDtypeStruct((x_AxD.shape[0], y_BxD.shape[0]), np.int32)
+  return jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")(x_AxD, y_BxD)
