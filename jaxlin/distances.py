@@ -459,7 +459,7 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 # Features per float32 block of int8_products off the CPU: every partial sum of a block is an
 # integer of magnitude at most 1024 * 128**2 = 2**24, and float32 holds every such integer.
 _FLOAT32_EXACT_FEATURES = 1024
-_INT8_PRODUCT_MAX_FEATURES = 2 ** 31 // 2 ** 14 - 1  # 131,071: |x . y| below 2**31 in int32
+_INT8_PRODUCT_MAX_FEATURES = native.MAX_FEATURES  # 131,071: |x . y| below 2**31 in int32
 
 
 def int8_products(x_AxD, y_BxD):
@@ -509,7 +509,10 @@ def _int8_products(x_AxD, y_BxD):
 
 
 def _int8_products_int8(x_AxD, y_BxD):
-  if min(x_AxD.shape[0], y_BxD.shape[0]) >= native.MIN_ROWS and native.available():
+  # Only where the default device is a CPU: platform_dependent traces this branch for
+  # programs compiled for other devices too, which need no CPU kernel built.
+  if (min(x_AxD.shape[0], y_BxD.shape[0]) >= native.MIN_ROWS
+      and jax.default_backend() == "cpu" and native.available()):
     return native.int8_products(x_AxD, y_BxD)  # AVX-512 VNNI without AMX: about 2.4x XLA's
   return jax.lax.dot_general(x_AxD, y_BxD, (((1,), (1,)), ((), ())),
                              preferred_element_type=jnp.int32)

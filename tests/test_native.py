@@ -125,10 +125,11 @@ def _script(folder, body: str) -> str:
 
 def test_build_errors_name_the_cause(monkeypatch, tmp_path):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-  monkeypatch.setenv("CXX", _script(tmp_path, "echo 'int8_products.cc:1: error: boom' >&2; "
-                                               "exit 3"))
+  monkeypatch.setenv("CXX", _script(tmp_path, "printf 'In file included from a.h\\nint8_"
+                                               "products.cc:1: error: boom\\nnote: see a.h\\n"
+                                               "compilation terminated.\\n' >&2; exit 3"))
   with pytest.raises(RuntimeError, match=r"fake-cxx failed \(exit 3\): "
-                     "int8_products.cc:1: error: boom"):
+                     "int8_products.cc:1: error: boom; the command was: .*fake-cxx -O3"):
     native._build()
   assert os.listdir(tmp_path / "cache" / "jaxlin" / "native") == []  # no half-built file
   blocked = tmp_path / "a-file"
@@ -136,7 +137,25 @@ def test_build_errors_name_the_cause(monkeypatch, tmp_path):
   monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
   with pytest.raises(RuntimeError, match="is not writable .*set XDG_CACHE_HOME"):
     native._build()
+  monkeypatch.setenv("CXX", "no-such-compiler -O2")
+  with pytest.raises(RuntimeError, match="CXX='no-such-compiler -O2' names no program on the "
+                     "PATH; set CXX to a C\\+\\+ compiler, or unset it"):
+    native._build()
   monkeypatch.delenv("CXX")
   monkeypatch.setenv("PATH", str(tmp_path / "empty"))
   with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
     native._build()
+
+
+@pytest.mark.parametrize("x,y,message", [
+    (np.zeros((8, 4), np.int32), np.zeros((8, 4), np.int8), "x_AxD must be a 2-D int8 array, "
+     "got int32 of shape \\(8, 4\\)"),
+    (np.zeros((8, 4), np.int8), np.zeros(4, np.int8), "y_BxD must be a 2-D int8 array"),
+    (np.zeros((8, 4), np.int8), np.zeros((8, 5), np.int8), "the same number of features, "
+     "got 4 and 5"),
+    (np.zeros((1, 131072), np.int8), np.zeros((1, 131072), np.int8), "at most 131071 "
+     "features"),
+])
+def test_bad_inputs_are_refused_before_the_kernel(x, y, message):
+  with pytest.raises(InputError, match=message):
+    native.int8_products(x, y)

@@ -6,7 +6,7 @@ Intel's AMX (an AMD EPYC, Zen 4: 316 GOP/s against 770 GOP/s for this kernel on 
 FFI handler with the same contract as XLA's int8 dot with int32 output (exact wherever the
 true sums fit in int32), built with the machine's C++ compiler the first time a process
 needs it (about 3 s) into ``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/native``)
-and kept there, one file per source, compiler and jaxlib version.
+and kept there, one file per source, compiler command, and jax and jaxlib version.
 
 ``distances.int8_products`` uses it on CPUs that list ``avx512_vnni`` and ``avx512bw`` and
 no ``amx_int8`` (where XLA's own int8 product runs on AMX tiles) for products of at least
@@ -16,6 +16,12 @@ per process (a warning). ``JAXLIN_INT8_PRODUCT`` in the environment chooses: ``a
 default, as above), ``xla`` (never the kernel) or ``native`` (the kernel, or a RuntimeError
 that says why not: for benchmarks and tests). The choice is made when a program is traced:
 a program already compiled keeps its product.
+
+Limits: a program that holds the kernel cannot be serialized by ``jax.export`` (XLA keeps
+no compatibility promise for custom calls); under ``jax.jit`` with inputs sharded over
+several devices (GSPMD), XLA gathers them and each device computes the whole product
+(``jaxlin.knn`` splits its work with ``shard_map``, which this does not affect). Set
+``JAXLIN_INT8_PRODUCT=xla`` for either.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -34,7 +41,7 @@ import numpy as np
 
 from jaxlin.errors import InputError
 
-__all__ = ["MIN_ROWS", "SETTINGS", "available", "int8_products", "reason_unavailable", "setting",
+__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "int8_products", "reason_unavailable", "setting",
            "unsupported"]
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "int8_products.cc")
@@ -42,6 +49,7 @@ _TARGET = "jaxlin_int8_products"
 # Rows on each side from which the kernel is used (its tile is 8 x 48 rows; below that,
 # e.g. a matrix-vector product, most of its lanes would be idle).
 MIN_ROWS = 8
+MAX_FEATURES = 2 ** 31 // 2 ** 14 - 1  # 131,071: every true product below 2**31
 _lock = threading.Lock()
 
 
@@ -55,11 +63,26 @@ def _cache_dir() -> str:
   return os.path.join(base, "jaxlin", "native")
 
 
-def _compiler() -> str | None:
-  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
+def _compiler() -> list[str] | None:
+  """The C++ compiler's command: ``CXX`` (which may hold a wrapper and flags, e.g. "ccache
+  g++"), else the first of c++, g++ and clang++ on the PATH; None where there is none."""
+  if os.environ.get("CXX", "").strip():
+    cmd = shlex.split(os.environ["CXX"])
+    if shutil.which(cmd[0]):
+      return [shutil.which(cmd[0])] + cmd[1:]
+    raise RuntimeError(f"CXX={os.environ['CXX']!r} names no program on the PATH; set CXX to "
+                       "a C++ compiler, or unset it")
+  for name in ("c++", "g++", "clang++"):
+    if shutil.which(name):
+      return [shutil.which(name)]
   return None
+
+
+def _first_error(output: str) -> str:
+  """The compiler's first line that names an error, else its last line."""
+  lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+  errors = [line for line in lines if "error" in line.lower()]
+  return (errors or lines or ["no output"])[0 if errors else -1]
 
 
 def _build() -> str:
@@ -71,7 +94,9 @@ def _build() -> str:
   include = jax.ffi.include_dir()
   with open(_SOURCE, "rb") as f:
     source = f.read()
-  key = hashlib.sha256(b"\0".join([source, cxx.encode(), jax.__version__.encode(),
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  key = hashlib.sha256(b"\0".join([source, " ".join(cxx).encode(), jax.__version__.encode(),
+                                   getattr(jaxlib, "__version__", "").encode(),
                                    include.encode(), platform.machine().encode()]))
   folder = _cache_dir()
   path = os.path.join(folder, f"int8_products-{key.hexdigest()[:16]}.so")
@@ -85,15 +110,20 @@ def _build() -> str:
     raise RuntimeError(f"the cache folder {folder} is not writable ({e.strerror}); set "
                        "XDG_CACHE_HOME to a writable folder") from None
   try:
-    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w", "-I", include,
-           _SOURCE, "-o", tmp]
+    cmd = cxx + ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w", "-I", include,
+                 _SOURCE, "-o", tmp]
+    name = os.path.basename(cxx[0])
     try:
-      done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      raise RuntimeError(f"{os.path.basename(cxx)} failed to run: {e}") from None
+      done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+      raise RuntimeError(f"{name} took more than 300 s; the command was: "
+                         f"{shlex.join(cmd)}") from None
+    except OSError as e:
+      raise RuntimeError(f"{name} failed to start: {e}") from None
     if done.returncode != 0:
-      last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-      raise RuntimeError(f"{os.path.basename(cxx)} failed (exit {done.returncode}): {last[0]}")
+      raise RuntimeError(f"{name} failed (exit {done.returncode}): "
+                         f"{_first_error(done.stderr + done.stdout)}; the command was: "
+                         f"{shlex.join(cmd)}")
     os.replace(tmp, path)  # atomic: another process may be building the same file
   finally:
     if os.path.exists(tmp):
@@ -150,7 +180,7 @@ def _load(chosen: str) -> str | None:
     _warned.append(reason)
     warnings.warn(f"jaxlin's int8 kernel for this CPU: {reason}; XLA's int8 product is "
                   "used instead (the same results, slower on this CPU)", RuntimeWarning,
-                  stacklevel=4)
+                  stacklevel=2)
   return reason
 
 
@@ -173,6 +203,17 @@ def int8_products(x_AxD, y_BxD):
   """x . y^T in int32 for 2-D int8 x (A, D) and y (B, D), by the native kernel (traceable).
   Exact where the true sums fit in int32. Raises RuntimeError where ``available()`` is
   False (``distances.int8_products`` picks this kernel or XLA's product by itself)."""
+  for name, a in (("x_AxD", x_AxD), ("y_BxD", y_BxD)):
+    if getattr(a, "dtype", None) != np.int8 or getattr(a, "ndim", None) != 2:
+      raise InputError(f"{name} must be a 2-D int8 array, got "
+                       f"{getattr(a, 'dtype', type(a).__name__)} of shape "
+                       f"{getattr(a, 'shape', None)}", argument=name)
+  if x_AxD.shape[1] != y_BxD.shape[1]:
+    raise InputError(f"x_AxD and y_BxD must have the same number of features, got "
+                     f"{x_AxD.shape[1]} and {y_BxD.shape[1]}", argument="y_BxD")
+  if x_AxD.shape[1] > MAX_FEATURES:
+    raise InputError(f"at most {MAX_FEATURES} features (int32 sums of products up to "
+                     f"128**2), got {x_AxD.shape[1]}", argument="x_AxD")
   reason = reason_unavailable()
   if reason is not None:
     raise RuntimeError(f"the native int8 product is not available here: {reason}; use "

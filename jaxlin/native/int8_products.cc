@@ -5,7 +5,7 @@
 // wrapping (never saturating). The rows of y are made unsigned by adding 128 (an exclusive
 // or with 0x80) as they are packed, so each lane sums x . (y + 128) = x . y + 128 * sum(x);
 // the second term is subtracted at the end. Every step is int32 arithmetic modulo 2**32, so
-// the result is exact wherever the true product fits in int32 (the caller checks the
+// the result is exact wherever the true product fits in int32 (jaxlin.native checks the
 // number of features), the same contract as XLA's int8 dot with int32 output.
 //
 // Layout: a micro-kernel of 8 rows of x by 48 rows of y keeps 24 accumulators in
@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,6 +48,7 @@ struct Job {
   int64_t m, n, groups;       // rows of x, rows of y, features / 4
   int64_t panels, row_blocks, block_rows;  // units: (panel, block of block_rows rows)
   std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};  // a thread could not allocate its panel buffer
 };
 
 #if defined(__x86_64__)
@@ -158,7 +161,10 @@ JAXLIN_VNNI void MicroKernel(const int8_t* x, int64_t ldx, int64_t rows, const u
 JAXLIN_VNNI void Work(Job* job) {
   const size_t bytes = static_cast<size_t>(job->groups) * kPanel * 4;
   void* buffer = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
-  if (buffer == nullptr) std::abort();
+  if (buffer == nullptr) {
+    job->failed = true;
+    return;
+  }
   uint32_t* packed = static_cast<uint32_t*>(buffer);
   int64_t packed_panel = -1;
   const int64_t units = job->panels * job->row_blocks;
@@ -189,14 +195,14 @@ int64_t UsableCpus() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// x: (m, d) and y: (n, d) with d a multiple of 4; out: (m, n).
-void Products(const int8_t* x, const int8_t* y, int32_t* out, int64_t m, int64_t n, int64_t d) {
+// x: (m, d) and y: (n, d) with d a multiple of 4; out: (m, n). False where memory ran out.
+bool Products(const int8_t* x, const int8_t* y, int32_t* out, int64_t m, int64_t n, int64_t d) {
 #if defined(__x86_64__)
   std::vector<int32_t> correction(m);
-  for (int64_t i = 0; i < m; ++i) {
-    int32_t s = 0;
-    for (int64_t k = 0; k < d; ++k) s += x[i * d + k];
-    correction[i] = 128 * s;
+  for (int64_t i = 0; i < m; ++i) {  // unsigned: wraps modulo 2**32 like the lanes
+    uint32_t s = 0;
+    for (int64_t k = 0; k < d; ++k) s += static_cast<uint32_t>(static_cast<int32_t>(x[i * d + k]));
+    correction[i] = static_cast<int32_t>(128u * s);
   }
   Job job;
   job.x = x;
@@ -220,11 +226,14 @@ void Products(const int8_t* x, const int8_t* y, int32_t* out, int64_t m, int64_t
   for (int64_t t = 1; t < threads; ++t) pool.emplace_back(Work, &job);
   Work(&job);
   for (auto& t : pool) t.join();
+  return !job.failed;
+#else
+  return false;
 #endif
 }
 
-ffi::Error Int8ProductsImpl(ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> y,
-                            ffi::ResultBuffer<ffi::S32> out) {
+ffi::Error Compute(ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> y,
+                   ffi::ResultBuffer<ffi::S32> out) {
 #if defined(__x86_64__)
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
       !__builtin_cpu_supports("avx512vnni")) {
@@ -253,17 +262,28 @@ ffi::Error Int8ProductsImpl(ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> y,
     xs = xp.data();
     ys = yp.data();
   }
+  const ffi::Error no_memory = ffi::Error::Internal("out of memory for the packed panels");
   if (n >= kPanel || n >= m) {
-    Products(xs, ys, result, m, n, dp);
-    return ffi::Error::Success();
+    return Products(xs, ys, result, m, n, dp) ? ffi::Error::Success() : no_memory;
   }
   // Fewer rows of y than a panel holds: y . x^T (x packed, its panels full), transposed.
   std::vector<int32_t> transposed(n * m);
-  Products(ys, xs, transposed.data(), n, m, dp);
+  if (!Products(ys, xs, transposed.data(), n, m, dp)) return no_memory;
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) result[i * n + j] = transposed[j * m + i];
   }
   return ffi::Error::Success();
+}
+
+// Exceptions must not cross into XLA: out of memory (std::bad_alloc) or no thread to start
+// (std::system_error) become the call's error.
+ffi::Error Int8ProductsImpl(ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> y,
+                            ffi::ResultBuffer<ffi::S32> out) {
+  try {
+    return Compute(x, y, out);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jaxlin's int8 product failed: ") + e.what());
+  }
 }
 
 }  // namespace
