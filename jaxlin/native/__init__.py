@@ -41,8 +41,8 @@ import numpy as np
 
 from jaxlin.errors import InputError
 
-__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "int8_products", "reason_unavailable", "setting",
-           "unsupported"]
+__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "int8_products",
+           "reason_unavailable", "setting", "unsupported"]
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "int8_products.cc")
 _TARGET = "jaxlin_int8_products"
