@@ -29,6 +29,10 @@ from benchmarks import common
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs of each part (best reported)")
 _QUERIES = flags.DEFINE_integer("queries", 3000, "test images for the sample rows")
+_BLOCKS = flags.DEFINE_list("blocks", ["256", "512", "1024", "2048"],
+                            "block sizes of the index build to time")
+_SAMPLES = flags.DEFINE_list("samples", ["5000", "2000", "1000"],
+                             "sample sizes (rows for the components) of the index build to time")
 
 
 
@@ -64,6 +68,10 @@ def main(argv):
   from jaxlin import bounds  # pylint: disable=import-outside-toplevel
   repeats = common.check_repeats(_REPEATS.value)
   common.usage(_QUERIES.value >= 1, f"--queries must be >= 1, got {_QUERIES.value}")
+  blocks = common.positive_ints(_BLOCKS.value, "--blocks takes integers >= 1, got "
+                                f"{','.join(_BLOCKS.value)}")
+  samples = common.positive_ints(_SAMPLES.value, "--samples takes integers >= 1, got "
+                                 f"{','.join(_SAMPLES.value)}")
   out, arrays = common.prepare("bench_parts")
   x, q = arrays["train_x"], arrays["test_x"]
   # The parts are those of a round of the search: a tile of 128 queries, 160 candidates.
@@ -79,14 +87,14 @@ def main(argv):
                              centre)
   # The build's program as build_index compiles it for rows on the default device.
   build = bounds._l2_build_for(jax.devices()[0].platform)
-  for block in (256, 512, 1024, 2048):
+  for block in blocks:
     seconds = common.best_seconds(
         lambda: build(x, params, block=block),
         max(2, repeats // 2))
     rows.append({"part": f"build, block {block}", "seconds": seconds, "first_round": ""})
     print(rows[-1], file=sys.stderr, flush=True)
   queries = q[:_QUERIES.value]
-  for size in (5000, 2000, 1000):
+  for size in samples:
     seconds = common.best_seconds(
         lambda: bounds.build_index(x, metric="l2", sample=size).bound_rows, max(2, repeats // 2))
     _, _, stats = bounds.search(queries, bounds.build_index(x, metric="l2", sample=size), 10)

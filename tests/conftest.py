@@ -69,6 +69,26 @@ if (os.environ.get("JAXLIN_TEST_XLA_DEFAULTS") != "1"
     _FAST_COMPILE.append(_EMITTERS)
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST_COMPILE]).strip()
 
+# jaxlin's native int8 kernel (jaxlin/native) is built by the first process that needs it
+# into $XDG_CACHE_HOME/jaxlin/native, and every process of the suite has a cache folder of
+# its own. Built here once, by the first process, and that folder linked into every later
+# process's cache: else each worker and each process the tests start would build it again
+# (3 s of CPU each). Where it cannot be built, the processes say so themselves.
+_NATIVE = os.path.join("jaxlin", "native")
+if "JAXLIN_TEST_NATIVE_DIR" not in os.environ:
+  os.environ["JAXLIN_TEST_NATIVE_DIR"] = os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE)
+  import platform  # noqa: E402  pylint: disable=wrong-import-position
+  from jaxlin import distances as _distances, native as _native  # noqa: E402
+  if _native.unsupported(platform.machine(), _distances._cpu_flags("/proc/cpuinfo")) is None:
+    try:
+      _native._build()
+    except RuntimeError:
+      pass
+else:
+  os.makedirs(os.path.join(os.environ["XDG_CACHE_HOME"], "jaxlin"))
+  os.symlink(os.environ["JAXLIN_TEST_NATIVE_DIR"],
+             os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE))
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -210,7 +210,8 @@ def test_matmul_speed_names_the_library_of_a_compiled_product():
 @pytest.mark.parametrize("args", [
     ["benchmarks.l2_thresholds", "--queries=20", "--components=8", "--fine=16",
      "--estimates=16", "--repeats=1"],
-    ["benchmarks.pruned_parts", "--queries=20", "--repeats=1"],
+    ["benchmarks.pruned_parts", "--queries=20", "--repeats=1", "--blocks=256",
+     "--samples=1000"],
 ])
 def test_benchmarks_on_the_cascades_internals_run_end_to_end(tmp_path, args, cli):
   # They call jaxlin.bounds' internals (the bound's rows in the index's own dtype): a tiny

@@ -46,9 +46,12 @@ def test_inputs_committed_to_one_device_search_on_a_mesh():
   reverse = jax.sharding.Mesh(np.array(devs[:4][::-1]), ("data",))
   laid = jax.device_put(q[:8], jax.sharding.NamedSharding(reverse,
                                                           jax.sharding.PartitionSpec("data")))
-  for mesh in (sharding.make_mesh(), sharding.make_mesh(devs[:4])):
-    for qq, dd in ((q, jax.device_put(db, devs[6])), (jax.device_put(q, devs[1]), db),
-                   (jax.device_put(q, devs[0]), jax.device_put(db, devs[0])), (laid, db)):
+  placed = ((q, jax.device_put(db, devs[6])), (jax.device_put(q, devs[1]), db),
+            (jax.device_put(q, devs[0]), jax.device_put(db, devs[0])), (laid, db))
+  # Every placement on the mesh of all devices; on a mesh of 4, the rows laid in reverse.
+  for mesh, cases in ((sharding.make_mesh(), placed), (sharding.make_mesh(devs[:4]),
+                                                       placed[-1:])):
+    for qq, dd in cases:
       for layout in knn.LAYOUTS:
         np.testing.assert_array_equal(knn.search(qq, dd, 3, mesh=mesh, layout=layout)[1],
                                       i0[:len(qq)])
