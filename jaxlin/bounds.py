@@ -253,7 +253,8 @@ def int8_speedup() -> float:
   process's default device: measured once per process (a (512 x 3072) . (3072 x 1024)
   product, the best of 7 runs of each, the two kinds alternating so that a burst of other
   work slows both; about 0.25 s in all). About 7 on CPUs with int8 matrix instructions
-  (Intel AMX), 1.5-1.7 with AVX-512 VNNI, reportedly about 1.4 on AVX2-only CPUs (not
+  (Intel AMX), 1.5-1.7 with AVX-512 VNNI through XLA's product and about 4 through
+  jaxlin's native kernel (``jaxlin.native``), reportedly about 1.4 on AVX2-only CPUs (not
   measured here). Off the CPU,
   ``distances.int8_products`` multiplies in float32, so this compares float32 with float32
   (not measured there: ``knn.search``'s "auto" takes brute force off the CPU anyway)."""
@@ -360,11 +361,14 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
 
   L2 on pixels: brute force is an int8 product on CPUs, so its cost falls with
   ``speedup`` (``int8_speedup()``, timed once per process when None; reportedly about
-  1.4 on AVX2-only CPUs, 1.7 with AVX-512 VNNI, 7-16 with Intel AMX), while the cascade's
+  1.4 on AVX2-only CPUs, 1.7 with AVX-512 VNNI through XLA's product and about 4 through
+  jaxlin's native kernel, 7-16 with Intel AMX), while the cascade's
   float32 or bfloat16 products do not. A cost model (``_COST``, measured on an AMD EPYC,
   Zen 4) predicts both times, and the cascade is chosen when predicted 1.25x faster, never
-  where int8 runs 4x float32 or more (measured on Intel AMX, 2026-12-05: brute force 1.61 s
-  against the cascade's 3.4-3.6 s with its build, 10,000 x 50,000) or against fewer than
+  where int8 runs 6x float32 or more (measured on Intel AMX, 2026-12-05: speedup 7-16, brute
+  force 1.61 s against the cascade's 3.4-3.6 s with its build, 10,000 x 50,000; jaxlin's
+  native int8 kernel on AVX-512 VNNI measures about 4: brute force 5.9 s against the
+  cascade's 4.2 s, as the model predicts, 2026-12-06) or against fewer than
   10,000 rows, or for k above 100 (measured at k = 10 and k = 100: on the AMD EPYC,
   2026-12-06, 10,000 queries at k = 100 took 5.35 s with the build against brute force's
   13.7 s; beyond it the cascade refines 8 k candidates per query, unmeasured). For 50,000
@@ -399,7 +403,7 @@ def prefer_pruned(metric: str, num_queries: int, num_database: int, num_features
   if brute < _COST_MARGIN * pruned:  # not even where int8 is no faster than float32
     return False
   speedup = int8_speedup() if speedup is None else float(speedup)
-  if speedup >= 4.0:
+  if speedup >= 6.0:
     return False
   brute, pruned = _predicted_seconds(num_queries, num_database, num_features, speedup, dtype)
   return brute >= _COST_MARGIN * pruned

@@ -515,7 +515,7 @@ def test_auto_rule_follows_the_cost_model():
   assert prefer("l2_squared", 10000, 49000, 3072, speedup=1.4)
   # measured: 2.9-3.0 s against 3.1 s, under the margin of 1.25
   assert not prefer("l2", 2000, 50000, 3072, speedup=1.62)
-  assert not prefer("l2", 10 ** 7, 50000, 3072, speedup=4.0)  # Intel AMX: brute force wins
+  assert not prefer("l2", 10 ** 7, 50000, 3072, speedup=6.0)  # Intel AMX: brute force wins
   assert not prefer("l2", 10 ** 7, 9999, 3072, speedup=1.0)
   assert not prefer("l1", 10 ** 7, 50000, 3072, speedup=1.0)  # not images: unmeasured
   # L1 on images (Intel Xeon: 1,000 CIFAR-10 queries 0.70 s with the build, against 2.47 s;
@@ -554,7 +554,11 @@ def test_auto_rule_follows_the_cost_model():
   assert bf16("l2", 10000, 50000, 16, speedup=1.62)  # measured 1.20-1.55 s against 1.57-1.62 s
   assert bf16("l2", 10000, 50000, 1024, speedup=1.62)
   assert not bf16("l2", 10000, 50000, 192, speedup=1.62)
-  assert not bf16("l2", 10 ** 7, 50000, 3072, speedup=4.0)
+  assert not bf16("l2", 10 ** 7, 50000, 3072, speedup=6.0)
+  # AVX-512 VNNI with the native int8 kernel (speedup about 4): measured in fresh processes,
+  # 10,000 queries 4.2 s against brute force's 5.9 s; 7,000 4.4 s against 4.3 s.
+  assert bf16("l2", 10000, 50000, 3072, speedup=4.1)
+  assert not bf16("l2", 7000, 50000, 3072, speedup=4.1)
 
 
 def test_auto_takes_the_cascade_on_cpus_only(monkeypatch):
