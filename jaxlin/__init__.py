@@ -15,6 +15,7 @@ works and TensorFlow is imported only when ``jaxlin.data`` is touched):
 * losses: multiclass SVM and softmax cross-entropy per example; L2 penalty of any pytree.
 * metrics: accuracy, confusion matrix, per-class accuracy.
 * mlp: the two-layer network relu(x W1 + b1) W2 + b2.
+* native: an exact int8 matrix product for x86-64 CPUs with AVX-512 VNNI (built at first use).
 * plots: matplotlib figures (ax=None, return the Figure) and save(fig, path).
 * selection: k-fold splits and cross-validation of kNN (the train/val split is in data).
 * sharding: device mesh and host helpers for multi-device and multi-host runs.
@@ -30,7 +31,8 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("bounds", "checkpoint", "data", "distances", "errors", "features", "files", "knn",
-            "linear", "losses", "metrics", "mlp", "plots", "selection", "sharding", "topk", "train")
+            "linear", "losses", "metrics", "mlp", "native", "plots", "selection", "sharding", "topk",
+            "train")
 __all__ = list(_MODULES)
 
 

@@ -9,8 +9,10 @@ needs it (about 3 s) into ``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/n
 and kept there, one file per source, compiler command, and jax and jaxlib version.
 
 ``distances.int8_products`` uses it on CPUs that list ``avx512_vnni`` and ``avx512bw`` and
-no ``amx_int8`` (where XLA's own int8 product runs on AMX tiles) for products of at least
-``MIN_ROWS`` rows on each side. Everything else, a failed build included, takes XLA's
+no ``amx_int8`` for products of at least ``MIN_ROWS`` rows on each side. On the Intel Xeons
+with AMX measured here XLA's own int8 product ran 7-16x float32 (WORKSPACE.md, 2026-12-05);
+the kernel has not been timed against it there, so those CPUs keep XLA's. CPUs with AVX2
+only have no VNNI: XLA's product too. Everything else, a failed build included, takes XLA's
 product: the results are the same, only the speed differs. A failed build says why once
 per process (a warning). ``JAXLIN_INT8_PRODUCT`` in the environment chooses: ``auto`` (the
 default, as above), ``xla`` (never the kernel) or ``native`` (the kernel, or a RuntimeError
@@ -151,7 +153,7 @@ def unsupported(machine: str, flags: set) -> str | None:
   if not {"avx512f", "avx512bw", "avx512_vnni"} <= flags:
     return "the CPU lists no AVX-512 VNNI (avx512_vnni with avx512bw)"
   if "amx_int8" in flags:
-    return "the CPU has AMX, on which XLA's own int8 product runs"
+    return "the CPU has AMX, where XLA's own int8 product was measured fast"
   return None
 
 
