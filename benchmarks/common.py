@@ -34,8 +34,9 @@ def software() -> str:
   # The code's own folders, untracked modules included (a docs edit is no change)
   head = provenance.commit(("jaxlin", "benchmarks"))
   parts.append(f"commit {head}" if head else "commit unknown (not a git checkout)")
-  env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")
-         if os.environ.get(k)]
+  parts.append(f"int8 product {provenance.int8_product()}")
+  env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS",
+                                          "JAXLIN_INT8_PRODUCT") if os.environ.get(k)]
   return ", ".join(parts + env)
 
 

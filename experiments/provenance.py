@@ -107,6 +107,17 @@ def data_digest(config) -> str | None:
     return None
 
 
+def int8_product() -> str:
+  """Which int8 product exact L2 on pixels runs on the CPU: "native" (jaxlin's kernel,
+  built here if it is not yet) or "xla: <why not native>" (``jaxlin.native``)."""
+  from jaxlin import native  # pylint: disable=import-outside-toplevel
+  try:
+    reason = native.reason_unavailable()
+  except Exception as e:  # pylint: disable=broad-except  # a bad JAXLIN_INT8_PRODUCT
+    return f"unknown: {e}"
+  return "native" if reason is None else f"xla: {reason}"
+
+
 def describe(config, digest: bool = True) -> dict:
   """The environment of a run of ``config`` (an experiment's Config): for results.json
   (``digest=False``: its data_files left None, to be taken later)."""
@@ -116,7 +127,7 @@ def describe(config, digest: bool = True) -> dict:
       "command": command(),
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "jaxlin": __version__, "commit": commit(), "versions": versions(),
-      "cpu": cpu(), "cores": cores(),
+      "cpu": cpu(), "cores": cores(), "int8_product": int8_product(),
       "devices": sorted({f"{d.platform}: {d.device_kind}" for d in jax.devices()}),
       "data_files": data_digest(config) if digest else None,
   }

@@ -234,7 +234,8 @@ def write_report(path: str, c: Config, rows: dict, started: str, total_s: float,
               f"- command: `{environment['command']}` ({environment['date_utc']})",
               f"- jaxlin {environment['jaxlin']}, commit {environment['commit'] or 'unknown'}; "
               f"{versions}",
-              f"- CPU: {environment['cpu']}, {environment['cores']} cores; devices: "
+              f"- CPU: {environment['cpu']}, {environment['cores']} cores; int8 product: "
+              f"{environment.get('int8_product', 'unknown')}; devices: "
               f"{', '.join(environment['devices'])}",
               f"- data files digest: {environment['data_files']}", ""]
   text = "\n".join(lines) + "\n"

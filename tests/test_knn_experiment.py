@@ -45,7 +45,10 @@ def test_run_end_to_end_on_an_image_folder(image_folder, tmp_path):
   # What it ran with, so that a run on other code, another machine or other data tells.
   env = on_disk["environment"]
   assert set(env) == {"command", "date_utc", "jaxlin", "commit", "versions", "cpu", "cores",
-                      "devices", "data_files"}
+                      "int8_product", "devices", "data_files"}
+  from jaxlin import native  # pylint: disable=import-outside-toplevel
+  assert env["int8_product"] == ("native" if native.available() else
+                                 f"xla: {native.reason_unavailable()}")
   assert env["data_files"] == data.source_digest(f"folder:{root}") and env["cores"] >= 1
   assert env["versions"]["jax"] == jax.__version__ and env["date_utc"].endswith("+00:00")
   assert env["devices"] == [f"cpu: {jax.devices()[0].device_kind}"]

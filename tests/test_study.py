@@ -265,7 +265,8 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
   environment = {"command": "python -m experiments.study --dataset=cifar10", "jaxlin": "0.1.0",
                  "date_utc": "2026-12-04T06:00:00+00:00",
                  "commit": "abc1234", "versions": {"python": "3.11.7", "jax": "0.10.2"},
-                 "cpu": "AMD EPYC, family 25 model 17; avx2", "cores": 2, "devices": ["cpu: cpu"],
+                 "cpu": "AMD EPYC, family 25 model 17; avx2", "cores": 2,
+                 "int8_product": "xla: the CPU lists no AVX-512 VNNI", "devices": ["cpu: cpu"],
                  "data_files": "0123456789abcdef"}
   text = open(study.write_report(str(tmp_path / "report.md"), c, rows, "2026-12-04 06:00",
                                  61.0, environment)).read()
@@ -291,7 +292,8 @@ def test_rows_and_the_report_table_from_stage_results(tmp_path):
       "## How this was run", "", "- command: `python -m experiments.study --dataset=cifar10` "
       "(2026-12-04T06:00:00+00:00)",
       "- jaxlin 0.1.0, commit abc1234; python 3.11.7, jax 0.10.2",
-      "- CPU: AMD EPYC, family 25 model 17; avx2, 2 cores; devices: cpu: cpu",
+      "- CPU: AMD EPYC, family 25 model 17; avx2, 2 cores; int8 product: xla: the CPU lists "
+      "no AVX-512 VNNI; devices: cpu: cpu",
       "- data files digest: 0123456789abcdef", ""]
   assert study._pct(None) == "—"
   assert "later stages reuse: compare them" in text  # no softmax stage: no "(the SVM's ...)"
