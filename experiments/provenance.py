@@ -108,9 +108,13 @@ def data_digest(config) -> str | None:
 
 
 def int8_product() -> str:
-  """Which int8 product exact L2 on pixels runs on the CPU: "native" (jaxlin's kernel,
-  built here if it is not yet) or "xla: <why not native>" (``jaxlin.native``)."""
+  """Which int8 product exact L2 on pixels runs: "native" (jaxlin's kernel, built here if
+  it is not yet) or "xla: <why not native>" (``jaxlin.native``) where the default device is
+  a CPU; "float32 blocks on <platform>" elsewhere."""
   from jaxlin import native  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "cpu":  # distances.int8_products: float32 blocks there
+    return f"float32 blocks on {jax.default_backend()}"
   try:
     reason = native.reason_unavailable()
   except Exception as e:  # pylint: disable=broad-except  # a bad JAXLIN_INT8_PRODUCT

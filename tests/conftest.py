@@ -75,19 +75,20 @@ if (os.environ.get("JAXLIN_TEST_XLA_DEFAULTS") != "1"
 # process's cache: else each worker and each process the tests start would build it again
 # (3 s of CPU each). Where it cannot be built, the processes say so themselves.
 _NATIVE = os.path.join("jaxlin", "native")
-if "JAXLIN_TEST_NATIVE_DIR" not in os.environ:
-  os.environ["JAXLIN_TEST_NATIVE_DIR"] = os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE)
+_SHARED = os.environ.get("JAXLIN_TEST_NATIVE_DIR", "")
+if _SHARED and os.path.isdir(_SHARED):
+  os.makedirs(os.path.join(os.environ["XDG_CACHE_HOME"], "jaxlin"), exist_ok=True)
+  os.symlink(_SHARED, os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE))
+else:  # the first process (or one whose first process is gone): build here and share it
   import platform  # noqa: E402  pylint: disable=wrong-import-position
   from jaxlin import distances as _distances, native as _native  # noqa: E402
-  if _native.unsupported(platform.machine(), _distances._cpu_flags("/proc/cpuinfo")) is None:
+  if (_native.setting() != "xla" and _native.unsupported(
+      platform.machine(), _distances._cpu_flags("/proc/cpuinfo")) is None):
     try:
       _native._build()
-    except RuntimeError:
+      os.environ["JAXLIN_TEST_NATIVE_DIR"] = os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE)
+    except Exception:  # pylint: disable=broad-except  # the processes say why themselves
       pass
-else:
-  os.makedirs(os.path.join(os.environ["XDG_CACHE_HOME"], "jaxlin"))
-  os.symlink(os.environ["JAXLIN_TEST_NATIVE_DIR"],
-             os.path.join(os.environ["XDG_CACHE_HOME"], _NATIVE))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -561,6 +561,17 @@ def test_auto_rule_follows_the_cost_model():
   assert not bf16("l2", 7000, 50000, 3072, speedup=4.1)
 
 
+def test_auto_is_brute_force_on_amx_cpus_without_timing(monkeypatch):
+  """On a CPU with AMX (brute force measured 2x faster than the cascade), the rule does not
+  rest on a one-off timing that a busy moment could put under its cutoff."""
+  def no_timing():
+    raise AssertionError("int8_speedup() timed on an AMX CPU")
+  monkeypatch.setattr(bounds, "int8_speedup", no_timing)
+  monkeypatch.setattr(distances, "cpu_has_amx", lambda: True)
+  assert not bounds.prefer_pruned("l2", 10 ** 6, 50000, 3072, bound_dtype="bfloat16")
+  assert bounds.prefer_pruned("l2", 10 ** 6, 50000, 3072, bound_dtype="bfloat16", speedup=1.62)
+
+
 def test_auto_takes_the_cascade_on_cpus_only(monkeypatch):
   """The cost model is the CPU's: on a GPU or TPU "auto" is brute force (one large product
   per tile: 0.5 s for 10,000 CIFAR-10 queries on an H200, the cascade 26 s), where the

@@ -135,7 +135,7 @@ def test_build_errors_name_the_cause(monkeypatch, tmp_path):
   blocked = tmp_path / "a-file"
   blocked.write_text("")
   monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
-  with pytest.raises(RuntimeError, match="is not writable .*set XDG_CACHE_HOME"):
+  with pytest.raises(RuntimeError, match="cannot be written .*set XDG_CACHE_HOME"):
     native._build()
   monkeypatch.setenv("CXX", "no-such-compiler -O2")
   with pytest.raises(RuntimeError, match="CXX='no-such-compiler -O2' names no program on the "
