@@ -34,7 +34,6 @@ def software() -> str:
   # The code's own folders, untracked modules included (a docs edit is no change)
   head = provenance.commit(("jaxlin", "benchmarks"))
   parts.append(f"commit {head}" if head else "commit unknown (not a git checkout)")
-  parts.append(f"int8 product {provenance.int8_product()}")
   env = [f"{k}={os.environ[k]}" for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS",
                                           "JAXLIN_INT8_PRODUCT") if os.environ.get(k)]
   return ", ".join(parts + env)
@@ -273,6 +272,8 @@ def report(out: str, name: str, rows: list[dict], columns: list[str], *,
   table = markdown_table(rows, columns)
   header = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
             "cpu": cpu(), "software": (_SOFTWARE or [software()])[0],
+            # Asked at the end: at the start it would start JAX before the flags are checked.
+            "int8_product": provenance.int8_product(),
             **({"dataset": DATASET.value} if uses_dataset else {}), **info,
             "command": f"python -m benchmarks.{name} " + " ".join(sys.argv[1:])}
   stem = stem or name

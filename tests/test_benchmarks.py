@@ -1,6 +1,7 @@
 """The benchmarks: their bounds never exceed the distance, their flags and caches are checked."""
 # pylint: disable=too-many-function-args  # pylint misreads the jitted function's signature
 import os
+import re
 
 import numpy as np
 import pytest
@@ -221,4 +222,5 @@ def test_benchmarks_on_the_cascades_internals_run_end_to_end(tmp_path, args, cli
   proc = cli.run(*args, f"--dataset=folder:{tmp_path / 'images'}", f"--out={tmp_path / 'out'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   name = args[0].split(".")[1]
-  assert (tmp_path / "out" / f"{name}.md").exists()
+  header = (tmp_path / "out" / f"{name}.md").read_text()
+  assert re.search(r"^- int8_product: (native|xla: .+)$", header, re.M), header
