@@ -133,30 +133,41 @@ def _softmax_cross_entropy(scores_NxC, labels_N):
   # An out-of-range label (NaN loss below) gathers class 0: a gather past the classes gives
   # NaN, whose gradient stays NaN even where the caller masks its loss with jnp.where.
   safe = jnp.where(_checks.in_class_range(labels_N, c), labels_N, 0)
+  # Rows whose loss the rules at the end decide (a NaN or +inf score, or a correct score of
+  # -inf) go through the smooth form below as zeros: their inf - inf NaNs had NaN
+  # gradients even where the caller masks their loss with jnp.where. -inf for other
+  # classes is no such row: its probability is 0, and the smooth form handles it.
+  raw = scores_NxC
+  given = jax.lax.stop_gradient(jnp.take_along_axis(raw, safe[:, None], axis=1)[:, 0])
+  ruled = (jnp.any(jnp.isnan(scores_NxC) | (scores_NxC == jnp.inf), axis=1)
+           | (given == -jnp.inf))
+  scores_NxC = jnp.where(ruled[:, None], 0.0, scores_NxC).astype(given.dtype)
   correct = jnp.take_along_axis(scores_NxC, safe[:, None], axis=1)
   # logsumexp_j(d_j), d = s - s_y, d_y = 0, with m = max(0, max_{j != y} d_j):
   # m + log(exp(-m) + sum_{j != y} exp(d_j - m)); where m = 0, log1p of the sum, so that a
   # confident prediction keeps its small loss (scores (20, 0, 0): 4.1e-9, not 0).
   others = jnp.where(jax.nn.one_hot(safe, c, dtype=jnp.bool_), -jnp.inf, scores_NxC - correct)
   m = jax.lax.stop_gradient(jnp.maximum(jnp.max(others, axis=1, initial=-jnp.inf), 0))
-  # Finite scores whose differences overflow (3e38 and -3e38): loss +inf, and the gradient
+  # Scores whose differences overflow (3e38 and -3e38): loss +inf, and the gradient
   # softmax(s) - onehot(y) from logsumexp(s) - s_y, which does not overflow below. Their
   # rows leave the shifted form with zeros, whose gradient would otherwise be NaN.
-  over = (m == jnp.inf) & jnp.all(jnp.isfinite(scores_NxC), axis=1)
+  over = m == jnp.inf  # the ruled rows are zeros here: no score is NaN or +inf
   others = jnp.where(over[:, None], 0.0, others)
   m = jnp.where(over, 0.0, m)
   rest = jnp.sum(jnp.exp(others - m[:, None]), axis=1)
   loss = jnp.where(m > 0, m + jnp.log(jnp.exp(-m) + rest), jnp.log1p(rest))
-  loss = jnp.where(m == jnp.inf, jnp.inf, loss)  # another score +inf, the correct one finite
   spread = jnp.where(over[:, None], scores_NxC, 0.0)
   loss = jnp.where(over, jax.nn.logsumexp(spread, axis=1) - jnp.where(over, correct[:, 0], 0.0),
                    loss)
-  # A correct score of -inf: probability 0, loss +inf; of +inf: probability 1, loss 0 if
-  # no other score is +inf (else undefined, NaN). The shift would give inf - inf.
-  correct = correct[:, 0]
-  alone = jnp.sum(scores_NxC == jnp.inf, axis=1) == 1
-  loss = jnp.where(correct == -jnp.inf, jnp.inf, loss)
-  loss = jnp.where(correct == jnp.inf, jnp.where(alone, 0.0, jnp.nan), loss)
+  # The ruled rows, from their scores as given (constants: no gradient), in this order: a
+  # NaN score, NaN; another score +inf, +inf; a correct score of -inf: probability 0, loss
+  # +inf; of +inf: probability 1, loss 0 if no other score is +inf (else undefined, NaN).
+  given_scores = jax.lax.stop_gradient(raw)
+  infs = jnp.sum(given_scores == jnp.inf, axis=1)
+  rule = jnp.where(jnp.any(jnp.isnan(given_scores), axis=1) | (infs == 0), jnp.nan, jnp.inf)
+  rule = jnp.where(given == -jnp.inf, jnp.inf, rule)
+  rule = jnp.where(given == jnp.inf, jnp.where(infs == 1, 0.0, jnp.nan), rule)
+  loss = jnp.where(ruled, jax.lax.stop_gradient(rule), loss)
   return _nan_where_out_of_range(loss, labels_N, scores_NxC.shape[1])
 
 

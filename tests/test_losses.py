@@ -413,6 +413,24 @@ def test_softmax_gradient_where_score_differences_overflow_is_softmax_minus_oneh
   np.testing.assert_allclose(g, [[1.0, -1.0, 0.0], p - [1.0, 0.0, 0.0]], rtol=1e-6, atol=1e-7)
 
 
+def test_softmax_rows_of_inf_or_nan_scores_leave_masked_gradients_finite():
+  """A row whose loss is ruled (a +inf or NaN score, a correct score of -inf) had NaN
+  gradients from its inf - inf even where the caller masks its loss with jnp.where: every
+  other row's gradient became NaN in the sum. A row whose differences overflow beside a
+  -inf score had a NaN gradient too (softmax - onehot now)."""
+  inf, nan = np.inf, np.nan
+  s = jnp.array([[inf, 0.0, 1.0], [0.0, inf, 1.0], [nan, 0.0, 1.0], [-inf, 0.0, 1.0],
+                 [-3e38, -inf, 3e38], [1.0, 2.0, 3.0]])
+  y = jnp.array([0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(losses.softmax_cross_entropy(s, y)[:5],
+                                [0.0, inf, nan, inf, inf])
+  keep = jnp.array([False, False, False, False, True, True])
+  g = jax.grad(lambda s: jnp.where(keep, losses.softmax_cross_entropy(s, y), 0.0).sum())(s)
+  p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+  np.testing.assert_allclose(g, [[0, 0, 0]] * 4 + [[-1.0, 0.0, 1.0], p - [1.0, 0.0, 0.0]],
+                             rtol=1e-6, atol=1e-7)
+
+
 def test_a_penalty_mask_must_be_a_concrete_predicate_of_path_and_leaf():
   params = {"W": jnp.ones((2, 3)), "b": jnp.ones(3)}
   assert float(losses.l2_penalty(params, mask=lambda path, leaf: path == "b")) == 3.0
