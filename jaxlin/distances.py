@@ -484,9 +484,14 @@ def int8_products(x_AxD, y_BxD):
   (``jax.lax.platform_dependent`` in a jitted program: the device of committed inputs, else
   the default device).
 
+  A program that holds jaxlin's kernel cannot be serialized by ``jax.export``; set
+  ``JAXLIN_INT8_PRODUCT=xla`` for one that will be (``jaxlin.native``).
+
   Raises:
     InputError: inputs that are not 2-D int8 arrays with the same number of features, or
-      more than 131,071 features (the sums would overflow int32).
+      more than 131,071 features (the sums would overflow int32); a
+      ``JAXLIN_INT8_PRODUCT`` other than auto, xla or native.
+    RuntimeError: ``JAXLIN_INT8_PRODUCT=native`` on a CPU where the kernel cannot run.
   """
   for name, a in (("x_AxD", x_AxD), ("y_BxD", y_BxD)):
     if getattr(a, "dtype", None) != jnp.int8 or getattr(a, "ndim", None) != 2:
@@ -499,6 +504,7 @@ def int8_products(x_AxD, y_BxD):
   if x_AxD.shape[1] > _INT8_PRODUCT_MAX_FEATURES:
     raise InputError(f"at most {_INT8_PRODUCT_MAX_FEATURES} features (int32 sums), got "
                      f"{x_AxD.shape[1]}", argument="x_AxD")
+  native.check_setting()  # here too: a compiled program does not trace its branch again
   return _int8_products(x_AxD, y_BxD)
 
 
@@ -509,6 +515,7 @@ def _int8_products(x_AxD, y_BxD):
 
 
 def _int8_products_int8(x_AxD, y_BxD):
+  native.check_setting()
   # Only where the default device is a CPU: platform_dependent traces this branch for
   # programs compiled for other devices too, which need no CPU kernel built.
   if (min(x_AxD.shape[0], y_BxD.shape[0]) >= native.MIN_ROWS

@@ -424,6 +424,8 @@ def test_softmax_rows_of_inf_or_nan_scores_leave_masked_gradients_finite():
   y = jnp.array([0, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(losses.softmax_cross_entropy(s, y)[:5],
                                 [0.0, inf, nan, inf, inf])
+  # One class with a NaN score: NaN (was 0, the loss of one finite class).
+  assert np.isnan(losses.softmax_cross_entropy(jnp.array([[nan]]), jnp.array([0]))[0])
   keep = jnp.array([False, False, False, False, True, True])
   g = jax.grad(lambda s: jnp.where(keep, losses.softmax_cross_entropy(s, y), 0.0).sum())(s)
   p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()

@@ -95,6 +95,9 @@ def test_setting_from_the_environment(monkeypatch):
   with pytest.raises(InputError, match="JAXLIN_INT8_PRODUCT must be one of auto, xla, "
                      "native, got 'fast'"):
     native.available()
+  for rows in (0, 3, 9):  # whatever the shapes (small ones never reach the kernel)
+    with pytest.raises(InputError, match="JAXLIN_INT8_PRODUCT must be one of"):
+      distances.int8_products(jnp.zeros((rows, 5), jnp.int8), jnp.zeros((10, 5), jnp.int8))
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
@@ -110,8 +113,15 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
   assert "jaxlin_int8_products" not in jax.jit(distances._int8_products_int8).lower(
       x, x).as_text()
   monkeypatch.setenv("JAXLIN_INT8_PRODUCT", "native")
-  with pytest.raises(RuntimeError, match="JAXLIN_INT8_PRODUCT=native, but jaxlin's int8 "
-                     r"kernel cannot run here: it was not built \(no C\+\+ compiler\)"):
+  # "native" raises wherever the kernel cannot run, whatever the shapes; the reason is
+  # still returned by the functions that ask for it.
+  assert native.reason_unavailable() == "it was not built (no C++ compiler)"
+  for rows in (9, native.MIN_ROWS - 1, 0):
+    with pytest.raises(RuntimeError, match="JAXLIN_INT8_PRODUCT=native, but jaxlin's int8 "
+                       r"kernel cannot run here: it was not built \(no C\+\+ compiler\)\. "
+                       "Unset JAXLIN_INT8_PRODUCT"):
+      distances.int8_products(x[:rows], x)
+  with pytest.raises(RuntimeError, match="JAXLIN_INT8_PRODUCT=native, but"):
     native.int8_products(x, x)
 
 

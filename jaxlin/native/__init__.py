@@ -9,15 +9,17 @@ true sums fit in int32), built with the machine's C++ compiler the first time a 
 needs it (about 3 s) into ``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/native``)
 and kept there, one file per source, compiler command, and jax and jaxlib version.
 
-``distances.int8_products`` uses it on CPUs that list ``avx512_vnni`` and ``avx512bw`` and
-no ``amx_int8`` for products of at least ``MIN_ROWS`` rows on each side. On the Intel Xeons
+``distances.int8_products`` uses it on CPUs that list ``avx512f``, ``avx512bw`` and
+``avx512_vnni`` and no ``amx_int8``, where the default device is a CPU, for products of at
+least ``MIN_ROWS`` rows on each side. On the Intel Xeons
 with AMX measured here XLA's own int8 product ran 7-16x float32 (WORKSPACE.md, 2026-12-05);
 the kernel has not been timed against it there, so those CPUs keep XLA's. CPUs with AVX2
 only have no VNNI: XLA's product too. Everything else, a failed build included, takes XLA's
 product: the results are the same, only the speed differs. A failed build says why once
 per process (a warning). ``JAXLIN_INT8_PRODUCT`` in the environment chooses: ``auto`` (the
-default, as above), ``xla`` (never the kernel) or ``native`` (the kernel, or a RuntimeError
-that says why not: for benchmarks and tests). The choice is made when a program is traced:
+default, as above), ``xla`` (never the kernel) or ``native`` (the kernel where it would be
+taken, and a RuntimeError that says why wherever it cannot run, whatever the shapes: for
+benchmarks and tests); another value is an InputError. The choice is made when a program is traced:
 a program already compiled keeps its product.
 
 Limits: a program that holds the kernel cannot be serialized by ``jax.export`` (XLA keeps
@@ -44,8 +46,8 @@ import numpy as np
 
 from jaxlin.errors import InputError
 
-__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "int8_products",
-           "reason_unavailable", "setting", "unsupported"]
+__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "check_setting",
+           "int8_products", "reason_unavailable", "setting", "unsupported"]
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "int8_products.cc")
 _TARGET = "jaxlin_int8_products"
@@ -178,15 +180,13 @@ def _load(chosen: str) -> str | None:
   if chosen == "xla":
     return "JAXLIN_INT8_PRODUCT=xla"
   reason = unsupported(platform.machine(), _cpu_flags()) or _registered()
-  if reason is not None and chosen == "native":
-    raise RuntimeError(f"JAXLIN_INT8_PRODUCT=native, but jaxlin's int8 kernel cannot run "
-                       f"here: {reason}; unset it to use XLA's int8 product")
-  if reason is not None and reason.startswith("it was not built") and not _warned:
+  if (reason is not None and reason.startswith("it was not built") and chosen == "auto"
+      and not _warned):
     _warned.append(reason)
     warnings.warn(f"jaxlin's int8 kernel for this CPU: {reason}; XLA's int8 product is "
-                  "used instead (the same results, slower on this CPU). Set CXX to another "
-                  "C++ compiler, or JAXLIN_INT8_PRODUCT=xla to use XLA's without this "
-                  "warning", RuntimeWarning, stacklevel=2)
+                  "used instead (the same results, slower on this CPU); "
+                  "JAXLIN_INT8_PRODUCT=xla uses it without this warning", RuntimeWarning,
+                  stacklevel=2)
   return reason
 
 
@@ -194,15 +194,31 @@ _warned: list = []  # the build's failure, once warned about
 
 
 def reason_unavailable() -> str | None:
-  """Why the native int8 product is not used in this process; None where it is."""
+  """Why the native int8 product cannot run in this process; None where it can (built on
+  the first call). Raises InputError for a ``JAXLIN_INT8_PRODUCT`` other than auto, xla or
+  native."""
   chosen = setting()
   with _lock:
     return _load(chosen)
 
 
 def available() -> bool:
-  """Whether ``int8_products`` runs here (builds the kernel on first call)."""
+  """Whether the kernel can run here (built on the first call): on this CPU, with this
+  setting. ``distances.int8_products`` takes it where the default device is a CPU and
+  both sides have at least ``MIN_ROWS`` rows."""
   return reason_unavailable() is None
+
+
+def check_setting() -> None:
+  """``JAXLIN_INT8_PRODUCT`` checked: InputError for an unknown value; with "native" and a
+  CPU as the default device, RuntimeError where the kernel cannot run, naming why."""
+  if setting() != "native" or jax.default_backend() != "cpu":
+    return
+  reason = reason_unavailable()
+  if reason is not None:
+    raise RuntimeError(f"JAXLIN_INT8_PRODUCT=native, but jaxlin's int8 kernel cannot run "
+                       f"here: {reason}. Unset JAXLIN_INT8_PRODUCT (or set it to auto or "
+                       "xla) to use XLA's int8 product")
 
 
 def int8_products(x_AxD, y_BxD):
@@ -220,6 +236,7 @@ def int8_products(x_AxD, y_BxD):
   if x_AxD.shape[1] > MAX_FEATURES:
     raise InputError(f"at most {MAX_FEATURES} features (int32 sums of products up to "
                      f"128**2), got {x_AxD.shape[1]}", argument="x_AxD")
+  check_setting()
   reason = reason_unavailable()
   if reason is not None:
     raise RuntimeError(f"the native int8 product is not available here: {reason}; use "
