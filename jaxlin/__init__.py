@@ -31,8 +31,8 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("bounds", "checkpoint", "data", "distances", "errors", "features", "files", "knn",
-            "linear", "losses", "metrics", "mlp", "native", "plots", "selection", "sharding", "topk",
-            "train")
+            "linear", "losses", "metrics", "mlp", "native", "plots", "selection", "sharding",
+            "topk", "train")
 __all__ = list(_MODULES)
 
 

@@ -471,8 +471,8 @@ def int8_products(x_AxD, y_BxD):
   On a CPU, an int8 matrix product accumulated in int32 (several times faster than
   float32 on CPUs with int8 matrix instructions): on x86-64 CPUs with AVX-512 VNNI and
   no AMX, jaxlin's own kernel (``jaxlin.native``: 1.9-3.1x XLA's int8 product on an AMD
-  EPYC, Zen 4, on the shapes measured) for products of at least ``native.MIN_ROWS`` rows on each side, else
-  XLA's. On other devices (GPU, TPU), float32
+  EPYC, Zen 4, on the shapes measured) for products of at least ``native.MIN_ROWS`` rows
+  on each side, else XLA's. On other devices (GPU, TPU), float32
   products (``precision=HIGHEST``) of blocks of at most 1,024 features, added in int32:
   every partial sum of a block is an integer of magnitude at most 1024 * 2**14 = 2**24,
   exact in float32 whatever the order of summation.
