@@ -493,17 +493,7 @@ def int8_products(x_AxD, y_BxD):
       ``JAXLIN_INT8_PRODUCT`` other than auto, xla or native.
     RuntimeError: ``JAXLIN_INT8_PRODUCT=native`` on a CPU where the kernel cannot run.
   """
-  for name, a in (("x_AxD", x_AxD), ("y_BxD", y_BxD)):
-    if getattr(a, "dtype", None) != jnp.int8 or getattr(a, "ndim", None) != 2:
-      raise InputError(f"{name} must be a 2-D int8 array (rows of centred pixels: "
-                       f"distances.centred_pixels), got {getattr(a, 'dtype', type(a).__name__)} "
-                       f"of shape {getattr(a, 'shape', None)}", argument=name)
-  if x_AxD.shape[1] != y_BxD.shape[1]:
-    raise InputError(f"x_AxD and y_BxD must have the same number of features, got "
-                     f"{x_AxD.shape[1]} and {y_BxD.shape[1]}", argument="y_BxD")
-  if x_AxD.shape[1] > _INT8_PRODUCT_MAX_FEATURES:
-    raise InputError(f"at most {_INT8_PRODUCT_MAX_FEATURES} features (int32 sums), got "
-                     f"{x_AxD.shape[1]}", argument="x_AxD")
+  native.check_rows(x_AxD, y_BxD, " (rows of centred pixels: distances.centred_pixels)")
   native.check_setting()  # here too: a compiled program does not trace its branch again
   return _int8_products(x_AxD, y_BxD)
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxlin.errors import InputError
 
-__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "check_setting",
+__all__ = ["MAX_FEATURES", "MIN_ROWS", "SETTINGS", "available", "check_rows", "check_setting",
            "int8_products", "reason_unavailable", "setting", "unsupported"]
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "int8_products.cc")
@@ -221,21 +221,27 @@ def check_setting() -> None:
                        "xla) to use XLA's int8 product")
 
 
-def int8_products(x_AxD, y_BxD):
-  """x . y^T in int32 for 2-D int8 x (A, D) and y (B, D), by the native kernel (traceable).
-  Exact where the true sums fit in int32. Raises RuntimeError where ``available()`` is
-  False (``distances.int8_products`` picks this kernel or XLA's product by itself)."""
+def check_rows(x_AxD, y_BxD, what: str = "") -> None:
+  """InputError unless x and y are 2-D int8 arrays with the same number of features, at
+  most ``MAX_FEATURES`` (``what``: words after "int8 array" in the message)."""
   for name, a in (("x_AxD", x_AxD), ("y_BxD", y_BxD)):
     if getattr(a, "dtype", None) != np.int8 or getattr(a, "ndim", None) != 2:
-      raise InputError(f"{name} must be a 2-D int8 array, got "
+      raise InputError(f"{name} must be a 2-D int8 array{what}, got "
                        f"{getattr(a, 'dtype', type(a).__name__)} of shape "
                        f"{getattr(a, 'shape', None)}", argument=name)
   if x_AxD.shape[1] != y_BxD.shape[1]:
     raise InputError(f"x_AxD and y_BxD must have the same number of features, got "
                      f"{x_AxD.shape[1]} and {y_BxD.shape[1]}", argument="y_BxD")
   if x_AxD.shape[1] > MAX_FEATURES:
-    raise InputError(f"at most {MAX_FEATURES} features (int32 sums of products up to "
-                     f"128**2), got {x_AxD.shape[1]}", argument="x_AxD")
+    raise InputError(f"at most {MAX_FEATURES} features (int32 sums), got "
+                     f"{x_AxD.shape[1]}", argument="x_AxD")
+
+
+def int8_products(x_AxD, y_BxD):
+  """x . y^T in int32 for 2-D int8 x (A, D) and y (B, D), by the native kernel (traceable).
+  Exact where the true sums fit in int32. Raises RuntimeError where ``available()`` is
+  False (``distances.int8_products`` picks this kernel or XLA's product by itself)."""
+  check_rows(x_AxD, y_BxD)
   check_setting()
   reason = reason_unavailable()
   if reason is not None:
