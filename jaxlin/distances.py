@@ -459,7 +459,6 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 # Features per float32 block of int8_products off the CPU: every partial sum of a block is an
 # integer of magnitude at most 1024 * 128**2 = 2**24, and float32 holds every such integer.
 _FLOAT32_EXACT_FEATURES = 1024
-_INT8_PRODUCT_MAX_FEATURES = native.MAX_FEATURES  # 131,071: |x . y| below 2**31 in int32
 
 
 def int8_products(x_AxD, y_BxD):

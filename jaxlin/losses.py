@@ -137,11 +137,12 @@ def _softmax_cross_entropy(scores_NxC, labels_N):
   # -inf) go through the smooth form below as zeros: their inf - inf NaNs had NaN
   # gradients even where the caller masks their loss with jnp.where. -inf for other
   # classes is no such row: its probability is 0, and the smooth form handles it.
-  raw = scores_NxC
-  given = jax.lax.stop_gradient(jnp.take_along_axis(raw, safe[:, None], axis=1)[:, 0])
-  ruled = (jnp.any(jnp.isnan(scores_NxC) | (scores_NxC == jnp.inf), axis=1)
-           | (given == -jnp.inf))
-  scores_NxC = jnp.where(ruled[:, None], 0.0, scores_NxC).astype(given.dtype)
+  given_scores = jax.lax.stop_gradient(scores_NxC)
+  given = jnp.take_along_axis(given_scores, safe[:, None], axis=1)[:, 0]
+  infs = jnp.sum(given_scores == jnp.inf, axis=1)
+  nans = jnp.any(jnp.isnan(given_scores), axis=1)
+  ruled = nans | (infs > 0) | (given == -jnp.inf)
+  scores_NxC = jnp.where(ruled[:, None], 0.0, scores_NxC)
   correct = jnp.take_along_axis(scores_NxC, safe[:, None], axis=1)
   # logsumexp_j(d_j), d = s - s_y, d_y = 0, with m = max(0, max_{j != y} d_j):
   # m + log(exp(-m) + sum_{j != y} exp(d_j - m)); where m = 0, log1p of the sum, so that a
@@ -162,12 +163,10 @@ def _softmax_cross_entropy(scores_NxC, labels_N):
   # The ruled rows, from their scores as given (constants: no gradient), in this order: a
   # NaN score, NaN; another score +inf, +inf; a correct score of -inf: probability 0, loss
   # +inf; of +inf: probability 1, loss 0 if no other score is +inf (else undefined, NaN).
-  given_scores = jax.lax.stop_gradient(raw)
-  infs = jnp.sum(given_scores == jnp.inf, axis=1)
-  rule = jnp.where(jnp.any(jnp.isnan(given_scores), axis=1) | (infs == 0), jnp.nan, jnp.inf)
+  rule = jnp.where(nans | (infs == 0), jnp.nan, jnp.inf)
   rule = jnp.where(given == -jnp.inf, jnp.inf, rule)
   rule = jnp.where(given == jnp.inf, jnp.where(infs == 1, 0.0, jnp.nan), rule)
-  loss = jnp.where(ruled, jax.lax.stop_gradient(rule), loss)
+  loss = jnp.where(ruled, rule, loss)
   return _nan_where_out_of_range(loss, labels_N, scores_NxC.shape[1])
 
 

@@ -52,7 +52,7 @@ def test_products_exact(m, n, d):
 def test_products_exact_where_partial_sums_wrap():
   """At the most features int32 holds (131,071 of -128 x 127), the kernel's unsigned sums
   x . (y + 128) pass 2**31 and wrap; the true products still come out exact."""
-  d = distances._INT8_PRODUCT_MAX_FEATURES
+  d = native.MAX_FEATURES
   x = np.full((9, d), -128, np.int8)
   y = np.stack([np.full(d, 127, np.int8), np.full(d, -128, np.int8), np.zeros(d, np.int8)])
   got = np.asarray(jax.jit(native.int8_products)(x, y))
