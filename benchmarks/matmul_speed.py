@@ -6,7 +6,8 @@ Exact L2 on uint8 pixels is an int8 x int8 product accumulated in int32
 (jaxlin.distances.l2_squared_pixels). Whether that beats float32 depends on
 the chip (int8 matrix instructions) and on XLA's backend: this prints the
 rate of one (4096 x 3072) . (3072 x 2048) product in float32, bfloat16 -> float32
-and int8 -> int32, the shapes of one search tile, and checks that each gives
+and int8 -> int32 (XLA's, and jaxlin's native kernel where this CPU takes it:
+jaxlin.native), the shapes of one search tile, and checks that each gives
 the exact integer answer on pixel-range values. No dataset needed. Its "kernel"
 column names the library that XLA's compiled program hands the product to
 (on CPUs YNNPACK, whose int8 products run on AVX-512 VNNI, not on Intel's AMX
@@ -34,7 +35,7 @@ def _product(dtype, out_dtype):
 
 
 _KERNELS = (("__ynn_fusion", "YNNPACK"), ("__xnn_fusion", "XNNPACK"), ("onednn", "oneDNN"),
-            ("cublas", "cuBLAS"), ("triton", "Triton"))
+            ("cublas", "cuBLAS"), ("triton", "Triton"), ("jaxlin_int8_products", "jaxlin native"))
 
 
 def kernel_name(compiled_text: str) -> str:
@@ -53,11 +54,14 @@ def main(argv):
   a = jnp.asarray(rng.integers(-128, 128, (m, k), dtype=np.int8))
   b = jnp.asarray(rng.integers(-128, 128, (n, k), dtype=np.int8))
   exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T  # integers below 2**53
+  from jaxlin import native  # pylint: disable=import-outside-toplevel
+  products = [(name, _product(dtype, out_dtype)) for name, dtype, out_dtype in (
+      ("float32", jnp.float32, jnp.float32), ("bfloat16 -> float32", jnp.bfloat16, jnp.float32),
+      ("int8 -> int32", jnp.int8, jnp.int32))]
+  if jax.default_backend() == "cpu" and native.available():
+    products.append(("int8 -> int32, jaxlin's kernel", jax.jit(native.int8_products)))
   rows = []
-  for name, dtype, out_dtype in (("float32", jnp.float32, jnp.float32),
-                                 ("bfloat16 -> float32", jnp.bfloat16, jnp.float32),
-                                 ("int8 -> int32", jnp.int8, jnp.int32)):
-    f = _product(dtype, out_dtype)
+  for name, f in products:
     result = np.asarray(f(a, b), np.float64)
     times = []
     for _ in range(_REPEATS.value):

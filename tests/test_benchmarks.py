@@ -204,6 +204,7 @@ def test_matmul_speed_names_the_library_of_a_compiled_product():
          'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}')
   assert matmul_speed.kernel_name(ynn) == "YNNPACK"
   assert matmul_speed.kernel_name("ROOT %dot.0 = s32[512,2048]{1,0} dot(%p0, %p1)") == "XLA"
+  assert matmul_speed.kernel_name('custom_call_target="jaxlin_int8_products"') == "jaxlin native"
   assert matmul_speed.kernel_name('custom-call(...), custom_call_target="__onednn$matmul"') == (
       "oneDNN")
 
