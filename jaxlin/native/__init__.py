@@ -1,13 +1,14 @@
 """Native CPU kernels: an exact int8 matrix product for x86-64 CPUs with AVX-512 VNNI.
 
 XLA's CPU int8 product runs at about a third of what AVX-512 VNNI can do on CPUs without
-Intel's AMX (an AMD EPYC, Zen 4: 316 GOP/s against 770 GOP/s for this kernel on a
-1,000 x 4,000 x 3,072 product; 1.9-3.1x XLA's on the shapes measured, one tall shape with
-32 rows on its short side excepted at 0.86x; WORKSPACE.md, 2026-12-06). ``int8_products.cc``
-is an XLA FFI handler with the same contract as XLA's int8 dot with int32 output (exact wherever the
-true sums fit in int32), built with the machine's C++ compiler the first time a process
-needs it (about 3 s) into ``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/native``)
-and kept there, one file per source, compiler command, and jax and jaxlib version.
+Intel's AMX (an AMD EPYC, Zen 4: 323 GOP/s against 864 GOP/s for this kernel on a
+1,000 x 4,000 x 3,072 product, ``benchmarks.matmul_speed``; 1.9-3.1x XLA's on the shapes
+measured, one tall shape with 32 rows on its short side excepted at 0.86x; WORKSPACE.md,
+2026-12-06). ``int8_products.cc`` is an XLA FFI handler with the same contract as XLA's
+int8 dot with int32 output (exact wherever the true sums fit in int32), built with the
+machine's C++ compiler the first time a process needs it (about 3 s) into
+``$XDG_CACHE_HOME/jaxlin/native`` (``~/.cache/jaxlin/native``) and kept there, one file
+per source, compiler command, and jax and jaxlib version.
 
 ``distances.int8_products`` uses it on CPUs that list ``avx512f``, ``avx512bw`` and
 ``avx512_vnni`` and no ``amx_int8``, where the default device is a CPU, for products of at
